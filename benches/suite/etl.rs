@@ -1,0 +1,105 @@
+//! `etl`: read lineitem -> filter -> revenue -> registered map_batches -> write Parquet.
+//! Baseline: the same query in plain DataFusion (`COPY ... TO ... STORED AS PARQUET`).
+
+use std::sync::Arc;
+
+use arrow::array::{Array, RecordBatch, StringViewBuilder};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Schema};
+use manta::prelude::*;
+
+use crate::{Args, peak_rss_mib, peak_rss_of_mib, timed};
+
+#[manta::remote]
+fn add_shipmode_upper(batch: RecordBatch) -> manta::Result<RecordBatch> {
+    let modes = cast(batch.column_by_name("l_shipmode").expect("l_shipmode"), &DataType::Utf8)?;
+    let modes = modes.as_any().downcast_ref::<arrow::array::StringArray>().expect("strings");
+    let mut upper = StringViewBuilder::with_capacity(modes.len());
+    for mode in modes {
+        upper.append_option(mode.map(str::to_uppercase));
+    }
+    let mut fields = batch.schema().fields().to_vec();
+    fields.push(Arc::new(Field::new("l_shipmode_upper", DataType::Utf8View, true)));
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(upper.finish()));
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let input = manta::tpch::lineitem(&args.data_dir(), args.scale)?;
+    let out = std::env::temp_dir().join(format!("manta-bench-etl-{}", std::process::id()));
+    let mut config = manta::Config::from_env()?;
+    config.address = args.address.clone();
+    if let Some(bytes) = &args.object_store_memory {
+        config.object_store_memory = Some(manta::engine::parse_bytes(bytes)?);
+    }
+    let ctx = manta::init_with(config)?;
+    for run in 1..=args.runs {
+        let ds = ctx
+            .read_parquet(input.to_str().unwrap())?
+            .filter(col("l_shipdate").lt_eq(lit("1998-09-02")).and(col("l_discount").gt(lit(0.05))))
+            .with_column("revenue", col("l_extendedprice") * (lit(1) - col("l_discount")))
+            .map_batches(add_shipmode_upper);
+        let (seconds, written) = timed(|| ds.write_parquet(&out));
+        let written = written?;
+        let checksum = checksum_dir(&ctx, &written.path)?;
+        let mut rss = format!("peak_rss_mib={}", peak_rss_mib());
+        if let manta::scheduler::Client::Cluster(cluster) = ctx.client() {
+            let nodes = ctx.block_on(cluster.nodes())?;
+            let node_rss: Vec<String> = nodes.iter().filter_map(|n| peak_rss_of_mib(n.pid).map(|m| m.to_string())).collect();
+            rss.push_str(&format!(" node_peak_rss_mib={}", node_rss.join(",")));
+        }
+        println!(
+            "RESULT workload=etl mode={} scale={} run={run} seconds={seconds:.3} rows={} {rss} checksum={}",
+            args.mode(),
+            args.scale,
+            written.rows,
+            checksum.hex()
+        );
+        if run == args.runs {
+            eprintln!("{}", ds.stats());
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    if !args.no_baseline {
+        baseline(args, &input)?;
+    }
+    Ok(())
+}
+
+fn checksum_dir(ctx: &manta::Context, dir: &std::path::Path) -> anyhow::Result<manta::Checksum> {
+    let mut checksum = manta::Checksum::default();
+    for batch in ctx.read_parquet(dir.to_str().unwrap())?.iter_batches()? {
+        checksum.update(&batch?)?;
+    }
+    Ok(checksum)
+}
+
+fn baseline(args: &Args, input: &std::path::Path) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let out = std::env::temp_dir().join(format!("manta-bench-etl-df-{}", std::process::id()));
+    for run in 1..=args.runs {
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(&out)?;
+        let (seconds, rows) = runtime.block_on(async {
+            let ctx = datafusion::prelude::SessionContext::new();
+            ctx.register_parquet("lineitem", input.to_str().unwrap(), Default::default()).await?;
+            let started = std::time::Instant::now();
+            let result = ctx
+                .sql(&format!(
+                    "COPY (SELECT *, l_extendedprice * (1 - l_discount) AS revenue, upper(l_shipmode) AS l_shipmode_upper \
+                     FROM lineitem WHERE l_shipdate <= DATE '1998-09-02' AND l_discount > 0.05) \
+                     TO '{}' STORED AS PARQUET OPTIONS (compression 'snappy')",
+                    out.display()
+                ))
+                .await?
+                .collect()
+                .await?;
+            let rows = arrow::util::display::array_value_to_string(result[0].column(0), 0)?;
+            anyhow::Ok((started.elapsed().as_secs_f64(), rows))
+        })?;
+        println!("BASELINE workload=etl engine=datafusion scale={} run={run} seconds={seconds:.3} rows={rows}", args.scale);
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! `flight`: pull a 1 GiB object from another process's store over Arrow Flight on loopback,
+//! into this process's shared-memory store. Baseline: a raw TCP copy of the same bytes.
+//!
+//! The serving side is this binary again (`--serve-flight`): a node-like process with a
+//! shared-memory store holding the object (1 MiB batches, the size readers produce), a Flight
+//! endpoint and a plain TCP endpoint that writes the object's stored bytes.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use arrow::array::{Float64Array, Int64Array, RecordBatch};
+use manta::engine::{Location, NodeId, Object, ObjectId, ObjectStore, StoreConfig};
+use manta::flight::{FlightPool, ObjectFlightService};
+
+use crate::{Args, timed};
+
+const OBJECT_BYTES: usize = 1 << 30;
+const BATCH_ROWS: usize = 64 * 1024;
+
+pub fn serve(_args: &Args) -> anyhow::Result<()> {
+    let store = ObjectStore::new(StoreConfig::shared(u64::MAX))?;
+    let batches: Vec<RecordBatch> = (0..OBJECT_BYTES / (BATCH_ROWS * 16))
+        .map(|i| {
+            let start = (i * BATCH_ROWS) as i64;
+            RecordBatch::try_from_iter([
+                ("id", Arc::new(Int64Array::from_iter_values(start..start + BATCH_ROWS as i64)) as _),
+                ("value", Arc::new(Float64Array::from_iter_values((0..BATCH_ROWS).map(|v| v as f64))) as _),
+            ])
+            .unwrap()
+        })
+        .collect();
+    let id = ObjectId::random();
+    let size = store.put(id, Object::Block(manta::engine::Block::try_new(batches[0].schema(), batches)?))?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let (flight_address, tcp_address) = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let flight_address = listener.local_addr()?;
+        tokio::spawn(
+            manta::scheduler::server::server_builder()
+                .add_service(ObjectFlightService::new(Arc::clone(&store)).into_server())
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        anyhow::Ok((flight_address, std::net::TcpListener::bind("127.0.0.1:0")?))
+    })?;
+    let raw_address = tcp_address.local_addr()?;
+    let bytes = store.stored_bytes(id)?;
+    std::thread::spawn(move || {
+        for stream in tcp_address.incoming().flatten() {
+            let mut stream = stream;
+            let _ = stream.set_nodelay(true);
+            let _ = stream.write_all(&bytes);
+        }
+    });
+    println!("READY http://{flight_address} {raw_address} {id} {size}");
+    // Serve until the parent closes our stdin.
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    Ok(())
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["flight", "--serve-flight"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line)?;
+    let parts: Vec<&str> = line.split_whitespace().collect();
+    anyhow::ensure!(parts.len() == 5 && parts[0] == "READY", "flight server did not start: {line:?}");
+    let location = Location { node: NodeId::random(), flight_address: parts[1].into() };
+    let raw_address = parts[2].to_string();
+    let id: ObjectId = parts[3].parse()?;
+    let size: usize = parts[4].parse()?;
+
+    let store = ObjectStore::new(StoreConfig::shared(u64::MAX))?;
+    let pool = FlightPool::new();
+    let runtime = tokio::runtime::Runtime::new()?;
+    for run in 1..=args.runs {
+        let (seconds, received) = timed(|| runtime.block_on(pool.pull_into(&store, &location, id)));
+        let received = received?;
+        let block = store.get(id)?.into_block(id)?;
+        anyhow::ensure!(block.num_rows() == OBJECT_BYTES / 16, "pulled object is incomplete");
+        drop(block);
+        store.free(id);
+        println!(
+            "RESULT workload=flight mode=loopback run={run} seconds={seconds:.3} bytes={received} gbps={:.2}",
+            size as f64 / seconds / 1e9
+        );
+    }
+    if !args.no_baseline {
+        for run in 1..=args.runs {
+            let mut buffer = vec![0u8; size];
+            let (seconds, ()) = timed(|| {
+                let mut stream = std::net::TcpStream::connect(&raw_address).unwrap();
+                stream.read_exact(&mut buffer).unwrap();
+            });
+            println!("BASELINE workload=flight engine=raw-tcp run={run} seconds={seconds:.3} bytes={size} gbps={:.2}", size as f64 / seconds / 1e9);
+        }
+    }
+    drop(child.stdin.take());
+    let _ = child.wait();
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! The Dataset API's errors: each names the thing that was wrong (a path, a column, a stage).
+
+use std::path::PathBuf;
+
+/// The datasets crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong building or running a pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A path given to a reader does not exist or matches nothing.
+    #[error("input not found: {path} (no file, directory or glob match)")]
+    InputNotFound {
+        /// The path as given.
+        path: String,
+    },
+
+    /// A file that should be Parquet is not (or is corrupt).
+    #[error("{path} is not a readable Parquet file: {source}")]
+    InvalidParquet {
+        /// The file.
+        path: PathBuf,
+        /// The Parquet reader's error.
+        source: parquet::errors::ParquetError,
+    },
+
+    /// Files read as one dataset have different schemas.
+    #[error("{path} has a different schema from {first}: {difference}")]
+    SchemaMismatch {
+        /// The first file read.
+        first: PathBuf,
+        /// The file that differs.
+        path: PathBuf,
+        /// How it differs.
+        difference: String,
+    },
+
+    /// An operator's expression does not fit its input (an unknown column, a wrong type).
+    #[error("{operator}: {source}")]
+    Plan {
+        /// The operator and its argument, e.g. `filter(l_foo > 1)`.
+        operator: String,
+        /// DataFusion's message, which names the column and lists the valid ones.
+        source: datafusion::error::DataFusionError,
+    },
+
+    /// An argument to the API is not acceptable.
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    /// Running the pipeline failed.
+    #[error(transparent)]
+    Execution(#[from] manta_scheduler::Error),
+
+    /// Writing the output failed; nothing was left at the destination.
+    #[error("writing {path} failed: {reason}")]
+    Write {
+        /// The destination.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+
+    /// A file operation failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+
+    /// An engine error outside a task.
+    #[error(transparent)]
+    Engine(#[from] manta_engine::Error),
+
+    /// A DataFusion error outside an operator.
+    #[error(transparent)]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+
+    /// An Arrow error outside an operator.
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+}

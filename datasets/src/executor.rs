@@ -1,0 +1,143 @@
+//! The streaming executor: runs a compiled pipeline's stages at once, blocks flowing through.
+//!
+//! # How it works
+//!
+//! Blocks flow as object refs: a task of stage *s* produces one block, which waits in stage
+//! *s+1*'s input queue (or goes to the consumer after the last stage). One loop decides what to
+//! launch next, each time a task finishes:
+//!
+//! 1. at most `max_running` tasks run at once (twice the cluster's CPUs, so no CPU idles while
+//!    a result travels back);
+//! 2. the most downstream stage with a queued block goes first, so blocks leave the pipeline
+//!    as soon as they can and memory is given back;
+//! 3. a new source task starts only while the blocks waiting between stages, plus the source
+//!    tasks running, stay under `max_buffered`, and (embedded) while the object store is under
+//!    90% of its budget; the consumer's channel is bounded too, so a slow consumer
+//!    (`iter_batches`) throttles the whole pipeline instead of filling memory.
+//!
+//! No stage waits for the previous one to finish. On the first failure the executor stops
+//! launching, waits for the tasks already running (so nothing writes after the error is
+//! reported), and returns the error.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use manta_engine::{ObjectRef, TaskSpec};
+use manta_scheduler::Client;
+use tokio::sync::mpsc;
+
+use crate::error::Result;
+use crate::plan::PhysicalPlan;
+use crate::progress::Progress;
+use crate::stage::{TaskArgs, TaskPart, encode_args};
+use crate::stats::{DatasetStats, StageStats};
+
+/// A block out of the last stage.
+#[derive(Debug)]
+pub struct BlockOut {
+    /// Its index (the index of the source fragment it came from).
+    pub index: u64,
+    /// The block.
+    pub block: ObjectRef,
+}
+
+/// How much runs and waits at once.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Tasks running at once.
+    pub max_running: usize,
+    /// Blocks waiting between stages, plus source tasks running.
+    pub max_buffered: usize,
+}
+
+impl Limits {
+    /// Limits for a cluster (or process) with `cpus` CPUs.
+    pub fn for_cpus(cpus: f64) -> Self {
+        let cpus = cpus.ceil().max(1.0) as usize;
+        Self { max_running: 2 * cpus, max_buffered: (2 * cpus).max(4) }
+    }
+}
+
+/// Runs `plan`, sending the last stage's blocks to `out`. Stops early (without error) if `out`
+/// is closed.
+pub async fn execute(client: Client, plan: PhysicalPlan, out: mpsc::Sender<BlockOut>, limits: Limits, show_progress: bool) -> Result<DatasetStats> {
+    let started = Instant::now();
+    let n_stages = plan.stages.len();
+    let mut stats: Vec<StageStats> = plan.stages.iter().map(|s| StageStats::new(&s.name)).collect();
+    let names: Vec<String> = plan.stages.iter().map(|s| s.name.clone()).collect();
+    let progress = show_progress.then(|| Progress::new(&names, plan.fragments.len() as u64));
+    let mut sources: VecDeque<(u64, crate::parquet_source::Fragment)> =
+        plan.fragments.iter().cloned().enumerate().map(|(i, f)| (i as u64, f)).collect();
+    let mut queues: Vec<VecDeque<(u64, ObjectRef)>> = (0..n_stages).map(|_| VecDeque::new()).collect();
+    let mut running = FuturesUnordered::new();
+    let mut running_sources = 0usize;
+    let mut failure = None;
+    let mut consumer_gone = false;
+
+    loop {
+        // Launch what the limits allow, most downstream first.
+        while failure.is_none() && !consumer_gone && running.len() < limits.max_running {
+            let (stage, index, part, input_rows, inputs) = if let Some(stage) = (1..n_stages).rev().find(|s| !queues[*s].is_empty()) {
+                let (index, block) = queues[stage].pop_front().expect("non-empty");
+                let rows = block.meta().num_rows;
+                (stage, index, TaskPart::Blocks, rows, vec![block])
+            } else {
+                let buffered: usize = queues.iter().map(VecDeque::len).sum::<usize>() + running_sources;
+                let memory_ok = client
+                    .local_store_usage()
+                    .is_none_or(|u| u.resident_bytes <= u.budget_bytes / 10 * 9 || running.is_empty());
+                if sources.is_empty() || buffered >= limits.max_buffered || !memory_ok {
+                    break;
+                }
+                let (index, fragment) = sources.pop_front().expect("non-empty");
+                running_sources += 1;
+                let rows = fragment.rows;
+                (0, index, TaskPart::Read(fragment), rows, Vec::new())
+            };
+            let physical = &plan.stages[stage];
+            let args = encode_args(&physical.spec, &TaskArgs { part, index })?;
+            let spec = TaskSpec {
+                function: crate::stage::STAGE_FUNCTION.to_string(),
+                args,
+                inputs,
+                resources: physical.resources.clone(),
+                max_retries: 3,
+                label: format!("block {index} of stage {stage} ({})", physical.name),
+            };
+            stats[stage].started(Instant::now());
+            let task = client.submit(spec);
+            running.push(async move { (stage, index, input_rows, task.await) });
+        }
+
+        let Some((stage, index, input_rows, result)) = running.next().await else { break };
+        if stage == 0 {
+            running_sources -= 1;
+        }
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                failure.get_or_insert(e);
+                continue;
+            }
+        };
+        let meta = outcome.meta().clone();
+        stats[stage].finished(Instant::now(), input_rows, meta.num_rows, meta.size_bytes, &outcome.stats);
+        if let Some(progress) = &progress {
+            progress.task_done(stage, stats[stage].rows_out);
+        }
+        if stage + 1 < n_stages {
+            queues[stage + 1].push_back((index, outcome.output));
+        } else if !consumer_gone && out.send(BlockOut { index, block: outcome.output }).await.is_err() {
+            consumer_gone = true;
+        }
+    }
+    if let Some(progress) = &progress {
+        progress.finish();
+    }
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(DatasetStats { stages: stats, wall: started.elapsed() }),
+    }
+}

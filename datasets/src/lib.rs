@@ -1,0 +1,42 @@
+//! # manta-datasets: the Dataset API
+//!
+//! Fourth layer of Manta (`engine` <- `flight` <- `scheduler` <- **`datasets`** <- `manta`): a
+//! Ray Data-style lazy [`Dataset`] whose pipelines compile into stages of tasks and run
+//! streaming, embedded or on a cluster.
+//!
+//! ```text
+//!  Dataset (LogicalPlan: source + ops) ──compile──▶ stages (fused, StageSpec bytes)
+//!       ──execute──▶ tasks per block (Client: embedded pool, or head ─▶ nodes ─▶ workers)
+//!       ──▶ blocks as ObjectRefs ──▶ next stage / count / take / iter_batches / write_parquet
+//! ```
+//!
+//! * [`context`]: [`Context`], where pipelines run; `read_parquet` starts one.
+//! * [`dataset`]: [`Dataset`], the builder and the consuming calls.
+//! * [`plan`]: logical plans, validation, fusion into stages.
+//! * [`stage`]: the registered task that runs a stage's operators over one block.
+//! * [`ops`]: `filter` and `with_column` by DataFusion expression.
+//! * [`executor`]: the streaming executor and its backpressure.
+//! * [`parquet_source`], [`parquet_sink`]: reading fragments, writing atomically.
+//! * [`stats`], [`progress`], [`checksum`]: figures, bars, result comparison.
+
+#![warn(missing_docs)]
+
+pub mod checksum;
+pub mod context;
+pub mod dataset;
+pub mod error;
+pub mod executor;
+pub mod ops;
+pub mod parquet_sink;
+pub mod parquet_source;
+pub mod plan;
+pub mod progress;
+pub mod stage;
+pub mod stats;
+
+pub use checksum::Checksum;
+pub use context::{Config, Context};
+pub use dataset::{BatchIter, Dataset, WriteSummary};
+pub use error::{Error, Result};
+pub use plan::{MapBatchesOptions, ReadOptions};
+pub use stats::{DatasetStats, StageStats};

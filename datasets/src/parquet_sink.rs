@@ -1,0 +1,151 @@
+//! Writing Parquet atomically.
+//!
+//! Every write task writes one part file, `part-<block index>.parquet`, into a temporary
+//! directory beside the destination (`.<name>.manta-tmp-<random>`). Only when every task has
+//! succeeded is the temporary directory renamed to the destination (replacing what was there,
+//! which is first moved aside, then removed). A failed or abandoned write removes the temporary
+//! directory, so the destination is either the whole new output or untouched: never partial.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{RecordBatch, StringArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+
+use crate::error::{Error, Result};
+
+/// The destination of a write and its temporary directory.
+#[derive(Debug)]
+pub struct WriteTarget {
+    destination: PathBuf,
+    tmp: PathBuf,
+    committed: bool,
+}
+
+impl WriteTarget {
+    /// Creates the temporary directory for writing to `destination`.
+    pub fn prepare(destination: &Path) -> Result<Self> {
+        let destination = absolute(destination)?;
+        let name = destination
+            .file_name()
+            .ok_or_else(|| Error::InvalidArgument(format!("cannot write to {}: it has no file name", destination.display())))?
+            .to_string_lossy()
+            .into_owned();
+        let parent = destination.parent().unwrap_or(Path::new("/")).to_path_buf();
+        fs::create_dir_all(&parent).map_err(|source| Error::Io { action: "creating", path: parent.clone(), source })?;
+        let tmp = parent.join(format!(".{name}.manta-tmp-{:08x}", rand::random::<u32>()));
+        fs::create_dir(&tmp).map_err(|source| Error::Io { action: "creating", path: tmp.clone(), source })?;
+        Ok(Self { destination, tmp, committed: false })
+    }
+
+    /// The temporary directory tasks write into.
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// The destination.
+    pub fn destination(&self) -> &Path {
+        &self.destination
+    }
+
+    /// Moves the finished output into place.
+    pub fn commit(mut self) -> Result<()> {
+        let write_error = |reason: String| Error::Write { path: self.destination.clone(), reason };
+        let old = self.destination.with_file_name(format!(
+            ".{}.manta-old-{:08x}",
+            self.destination.file_name().expect("checked").to_string_lossy(),
+            rand::random::<u32>()
+        ));
+        let had_old = self.destination.exists();
+        if had_old {
+            fs::rename(&self.destination, &old).map_err(|e| write_error(format!("could not move the old output aside: {e}")))?;
+        }
+        if let Err(e) = fs::rename(&self.tmp, &self.destination) {
+            if had_old {
+                let _ = fs::rename(&old, &self.destination);
+            }
+            return Err(write_error(format!("could not move the new output into place: {e}")));
+        }
+        self.committed = true;
+        if had_old {
+            let _ = if old.is_dir() { fs::remove_dir_all(&old) } else { fs::remove_file(&old) };
+        }
+        Ok(())
+    }
+}
+
+impl Drop for WriteTarget {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).map_err(|source| Error::Io { action: "resolving", path: path.to_path_buf(), source })
+}
+
+/// The schema of a write task's result: one row per file written.
+pub fn written_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("path", DataType::Utf8, false),
+        Field::new("rows", DataType::UInt64, false),
+        Field::new("bytes", DataType::UInt64, false),
+    ]))
+}
+
+/// Writes `batches` as `dir/part-<index>.parquet`; returns the one-row record of it.
+pub fn write_part(dir: &Path, index: u64, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch> {
+    let path = dir.join(format!("part-{index:05}.parquet"));
+    let io = |source| Error::Io { action: "writing", path: path.clone(), source };
+    let file = File::create(&path).map_err(io)?;
+    let properties = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+    let write_error = |e: parquet::errors::ParquetError| Error::Write { path: path.clone(), reason: e.to_string() };
+    let mut writer = ArrowWriter::try_new(file, Arc::clone(schema), Some(properties)).map_err(write_error)?;
+    let mut rows = 0u64;
+    for batch in batches {
+        rows += batch.num_rows() as u64;
+        writer.write(batch).map_err(write_error)?;
+    }
+    writer.close().map_err(write_error)?;
+    let bytes = fs::metadata(&path).map_err(io)?.len();
+    let record = RecordBatch::try_new(
+        written_schema(),
+        vec![
+            Arc::new(StringArray::from(vec![path.to_string_lossy().into_owned()])),
+            Arc::new(UInt64Array::from(vec![rows])),
+            Arc::new(UInt64Array::from(vec![bytes])),
+        ],
+    )?;
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_replaces_and_drop_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let destination = tmp.path().join("out");
+        fs::create_dir(&destination).unwrap();
+        fs::write(destination.join("old.txt"), "old").unwrap();
+
+        let target = WriteTarget::prepare(&destination).unwrap();
+        fs::write(target.tmp_dir().join("new.txt"), "new").unwrap();
+        target.commit().unwrap();
+        assert!(destination.join("new.txt").exists());
+        assert!(!destination.join("old.txt").exists());
+
+        let abandoned = WriteTarget::prepare(&tmp.path().join("never")).unwrap();
+        fs::write(abandoned.tmp_dir().join("part"), "x").unwrap();
+        drop(abandoned);
+        let names: Vec<_> = fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("out")]);
+    }
+}

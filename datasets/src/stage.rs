@@ -1,0 +1,269 @@
+//! A stage: consecutive one-to-one operators fused into one task per block.
+//!
+//! The optimizer (see [`crate::plan`]) fuses a source or an upstream block with the operators
+//! that follow it and share its resources into one [`StageSpec`]; every task of the stage runs
+//! them over one input (a Parquet fragment, or one block), batch by batch, so a block is read
+//! once and never materialised between operators.
+//!
+//! A stage runs as the registered task function [`STAGE_FUNCTION`], in the driver's thread pool
+//! or in any worker process. Its arguments are the stage's spec (the same bytes for every task
+//! of the stage) followed by the task's own part (which fragment, which block index). The spec
+//! is decoded once per worker and kept in the worker's cache, keyed by its bytes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Schema, SchemaRef};
+use bytes::Bytes;
+use datafusion::logical_expr::Expr;
+use datafusion_proto::bytes::Serializeable;
+use manta_engine::registry::{BatchFn, call_batch, lookup_batch};
+use manta_engine::{Block, FunctionKind, Object, RemoteFunction, TaskContext, TaskInput};
+use serde::{Deserialize, Serialize};
+
+use crate::ops::{self, PlannedExpr, SESSION};
+use crate::parquet_sink::{write_part, written_schema};
+use crate::parquet_source::{Fragment, read_fragment};
+
+/// The registered name of the stage runner.
+pub const STAGE_FUNCTION: &str = "manta::datasets::stage";
+
+inventory::submit! {
+    RemoteFunction { name: STAGE_FUNCTION, kind: FunctionKind::Task(run_stage) }
+}
+
+/// What a stage does, as plain data.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StageSpec {
+    /// The stage's name, for messages.
+    pub name: String,
+    /// Rows per batch when reading.
+    pub batch_size: usize,
+    /// The operators, in order.
+    pub ops: Vec<OpSpec>,
+    /// Where the output goes, if the stage ends in a sink.
+    pub sink: Option<SinkSpec>,
+}
+
+/// One operator, serialised.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum OpSpec {
+    /// Keep rows where the expression (DataFusion protobuf) is true.
+    Filter {
+        /// The expression, as DataFusion protobuf bytes.
+        expr: Vec<u8>,
+    },
+    /// Add or replace a column.
+    WithColumn {
+        /// The column.
+        name: String,
+        /// The expression, as DataFusion protobuf bytes.
+        expr: Vec<u8>,
+    },
+    /// Call a registered batch function.
+    MapBatches {
+        /// Its registered name.
+        function: String,
+    },
+}
+
+/// Where a stage's output goes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum SinkSpec {
+    /// One Parquet part file per task, in this directory.
+    Parquet {
+        /// The write's temporary directory.
+        dir: PathBuf,
+    },
+}
+
+/// One task's own input.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum TaskPart {
+    /// Read this fragment.
+    Read(Fragment),
+    /// Process the task's input blocks.
+    Blocks,
+}
+
+/// One task's own arguments.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskArgs {
+    /// Its input.
+    pub part: TaskPart,
+    /// The index of the block it makes (names part files, keeps order).
+    pub index: u64,
+}
+
+/// Serialises a stage spec (once per stage).
+pub fn encode_spec(spec: &StageSpec) -> manta_engine::Result<Bytes> {
+    postcard::to_stdvec(spec)
+        .map(Bytes::from)
+        .map_err(|source| manta_engine::Error::Serialization { action: "encode", what: "a stage".into(), source })
+}
+
+/// Serialises an expression for a stage spec.
+pub fn encode_expr(expr: &Expr) -> datafusion::error::Result<Vec<u8>> {
+    Ok(expr.to_bytes()?.to_vec())
+}
+
+/// A task's arguments: the stage's spec, then the task's part.
+pub fn encode_args(spec: &Bytes, args: &TaskArgs) -> manta_engine::Result<Bytes> {
+    let part = postcard::to_stdvec(args)
+        .map_err(|source| manta_engine::Error::Serialization { action: "encode", what: "task arguments".into(), source })?;
+    let mut out = Vec::with_capacity(4 + spec.len() + part.len());
+    out.extend_from_slice(&(spec.len() as u32).to_le_bytes());
+    out.extend_from_slice(spec);
+    out.extend_from_slice(&part);
+    Ok(Bytes::from(out))
+}
+
+fn split_args(args: &Bytes) -> manta_engine::Result<(Bytes, TaskArgs)> {
+    let corrupt = || manta_engine::Error::Internal("stage arguments are truncated".into());
+    let len = u32::from_le_bytes(args.get(..4).ok_or_else(corrupt)?.try_into().expect("4 bytes")) as usize;
+    let spec = args.get(4..4 + len).ok_or_else(corrupt)?;
+    let part = postcard::from_bytes(&args[4 + len..])
+        .map_err(|source| manta_engine::Error::Serialization { action: "decode", what: "task arguments".into(), source })?;
+    Ok((args.slice_ref(spec), part))
+}
+
+enum CompiledOp {
+    Filter(PlannedExpr),
+    WithColumn(String, PlannedExpr),
+    MapBatches(String, BatchFn),
+}
+
+impl CompiledOp {
+    fn describe(&self) -> String {
+        match self {
+            CompiledOp::Filter(p) => format!("filter({})", p.expr()),
+            CompiledOp::WithColumn(name, p) => format!("with_column({name}, {})", p.expr()),
+            CompiledOp::MapBatches(name, _) => name.clone(),
+        }
+    }
+}
+
+/// A decoded stage, shared by every task of the stage in one worker.
+struct CompiledStage {
+    spec: StageSpec,
+    ops: Vec<CompiledOp>,
+}
+
+impl CompiledStage {
+    fn decode(bytes: &[u8]) -> manta_engine::Result<Self> {
+        let spec: StageSpec = postcard::from_bytes(bytes)
+            .map_err(|source| manta_engine::Error::Serialization { action: "decode", what: "a stage".into(), source })?;
+        let decode_expr = |bytes: &[u8]| {
+            Expr::from_bytes_with_ctx(bytes, &SESSION.task_ctx())
+                .map_err(|e| manta_engine::Error::Internal(format!("could not decode an expression of stage {}: {e}", spec.name)))
+        };
+        let ops = spec
+            .ops
+            .iter()
+            .map(|op| {
+                Ok(match op {
+                    OpSpec::Filter { expr } => CompiledOp::Filter(PlannedExpr::new(decode_expr(expr)?)),
+                    OpSpec::WithColumn { name, expr } => CompiledOp::WithColumn(name.clone(), PlannedExpr::new(decode_expr(expr)?)),
+                    OpSpec::MapBatches { function } => CompiledOp::MapBatches(function.clone(), lookup_batch(function)?),
+                })
+            })
+            .collect::<manta_engine::Result<_>>()?;
+        Ok(Self { spec, ops })
+    }
+
+    /// Runs the operators from `first` on one batch; `None` if no rows are left.
+    fn apply(&self, mut batch: RecordBatch, first: usize, input: &str) -> manta_engine::Result<Option<RecordBatch>> {
+        for op in &self.ops[first..] {
+            if batch.num_rows() == 0 {
+                return Ok(None);
+            }
+            let failed = |e: datafusion::error::DataFusionError| manta_engine::Error::UserFunction {
+                name: op.describe(),
+                input: input.to_string(),
+                source: Box::new(e),
+            };
+            batch = match op {
+                CompiledOp::Filter(predicate) => ops::filter(predicate, &batch).map_err(failed)?,
+                CompiledOp::WithColumn(name, value) => ops::with_column(name, value, &batch).map_err(failed)?,
+                CompiledOp::MapBatches(name, f) => call_batch(name, *f, batch, || input.to_string())?,
+            };
+        }
+        Ok((batch.num_rows() > 0).then_some(batch))
+    }
+
+    /// The schema the operators make of `input`, found by running them on no rows; `None` if
+    /// an operator cannot say (a user function that rejects an empty batch).
+    fn output_schema(&self, input: &SchemaRef, label: &str) -> Option<SchemaRef> {
+        let mut batch = RecordBatch::new_empty(Arc::clone(input));
+        for op in &self.ops {
+            batch = match op {
+                CompiledOp::Filter(_) => batch,
+                CompiledOp::WithColumn(name, value) => ops::with_column(name, value, &batch).ok()?,
+                CompiledOp::MapBatches(name, f) => call_batch(name, *f, batch, || label.to_string()).ok()?,
+            };
+        }
+        Some(batch.schema())
+    }
+
+    fn run(&self, args: TaskArgs, objects: Vec<Object>) -> manta_engine::Result<Object> {
+        let mut out = Vec::new();
+        let mut input_schema: Option<SchemaRef> = None;
+        let label = match &args.part {
+            TaskPart::Read(f) => format!("{} row groups {:?} (block {}, stage {})", f.path.display(), f.row_groups, args.index, self.spec.name),
+            TaskPart::Blocks => format!("block {} (stage {})", args.index, self.spec.name),
+        };
+        match &args.part {
+            TaskPart::Read(fragment) => {
+                let batches = read_fragment(fragment, self.spec.batch_size).map_err(|e| read_failed(&label, e))?;
+                for batch in batches {
+                    let batch = batch.map_err(|e| read_failed(&label, e))?;
+                    input_schema.get_or_insert_with(|| batch.schema());
+                    out.extend(self.apply(batch, 0, &label)?);
+                }
+            }
+            TaskPart::Blocks => {
+                for object in objects {
+                    let block = match object {
+                        Object::Block(block) => block,
+                        other => return Err(manta_engine::Error::Internal(format!("stage input is {}, not a block", other.kind()))),
+                    };
+                    input_schema.get_or_insert_with(|| Arc::clone(block.schema()));
+                    for batch in block.into_batches() {
+                        out.extend(self.apply(batch, 0, &label)?);
+                    }
+                }
+            }
+        }
+        let schema = match out.first() {
+            Some(batch) => batch.schema(),
+            None => input_schema
+                .and_then(|input| self.output_schema(&input, &label))
+                .unwrap_or_else(|| Arc::new(Schema::empty())),
+        };
+        match &self.spec.sink {
+            None => Ok(Object::Block(Block::try_new(schema, out)?)),
+            Some(SinkSpec::Parquet { dir }) => {
+                if out.is_empty() {
+                    return Ok(Object::Block(Block::empty(written_schema())));
+                }
+                let record = write_part(dir, args.index, &schema, &out).map_err(|e| manta_engine::Error::UserFunction {
+                    name: "write_parquet".into(),
+                    input: label.clone(),
+                    source: Box::new(e),
+                })?;
+                Ok(Object::from(record))
+            }
+        }
+    }
+}
+
+fn read_failed(label: &str, error: crate::Error) -> manta_engine::Error {
+    manta_engine::Error::UserFunction { name: "read_parquet".into(), input: label.to_string(), source: Box::new(error) }
+}
+
+fn run_stage(ctx: &TaskContext, input: TaskInput) -> manta_engine::Result<Object> {
+    let (spec, args) = split_args(&input.args)?;
+    let stage = ctx.cached(&spec, || CompiledStage::decode(&spec))?;
+    stage.run(args, input.objects)
+}

@@ -1,0 +1,56 @@
+//! # manta-engine: one node's runtime
+//!
+//! The bottom layer of Manta (`engine` <- `flight` <- `scheduler` <- `datasets` <- `manta`): the
+//! vocabulary every other crate speaks, and the object store each node runs.
+//!
+//! ```text
+//!   #[manta::remote] fn ──▶ registry (by name) ──▶ task::execute(spec, inputs) ──▶ Object
+//!                                                        ▲                          │
+//!                     ObjectRef (id, location) ──▶ store.get            store.put ◀─┘
+//!                                                  (heap, or /dev/shm files mapped zero-copy;
+//!                                                   spills to disk past its budget)
+//! ```
+//!
+//! * [`ids`]: [`ObjectId`], [`TaskId`], [`NodeId`], [`JobId`].
+//! * [`object`]: what an object holds: a [`Block`] of record batches, or bytes.
+//! * [`object_ref`]: [`ObjectRef`], the counted, typed handle a program holds.
+//! * [`store`]: the [`ObjectStore`]: memory budget, spilling, pins, freeing; its file layout.
+//! * [`registry`]: functions registered by name, and calling them safely.
+//! * [`task`]: [`TaskSpec`], [`execute`](task::execute), [`TaskStats`].
+//! * [`resources`]: CPUs, memory and custom resources; byte sizes.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use arrow::array::{Int64Array, RecordBatch};
+//! use manta_engine::{ObjectId, ObjectStore, StoreConfig};
+//!
+//! let store = ObjectStore::new(StoreConfig::heap(1 << 30)).unwrap();
+//! let batch = RecordBatch::try_from_iter([("x", Arc::new(Int64Array::from(vec![1, 2])) as _)]).unwrap();
+//! let id = ObjectId::random();
+//! store.put(id, batch.clone().into()).unwrap();
+//! let block = store.get(id).unwrap().into_block(id).unwrap();
+//! assert_eq!(block.batches(), &[batch]);
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod ids;
+pub mod object;
+pub mod object_ref;
+pub mod registry;
+pub mod resources;
+pub mod store;
+pub mod task;
+
+pub use error::{BoxError, Error, Result};
+pub use ids::{JobId, NodeId, ObjectId, TaskId};
+pub use object::{Block, Object};
+pub use object_ref::{Location, ObjectMeta, ObjectRef, ReleaseObject};
+pub use registry::{FunctionKind, RemoteBatchFn, RemoteFunction, TaskContext, TaskInput};
+pub use resources::{Resources, parse_bytes};
+pub use store::{ObjectStore, Pin, StoreConfig, StoreUsage};
+pub use task::{TaskOutcome, TaskSpec, TaskStats};
+
+/// Re-exported so that `#[manta::remote]` can register functions from any crate.
+pub use inventory;

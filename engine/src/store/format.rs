@@ -1,0 +1,276 @@
+//! The byte layout of a stored object, in shared memory, in a spill file and on the wire.
+//!
+//! ```text
+//! offset 0   "MANTAOB1"            8-byte magic
+//! offset 8   kind                  1 = block, 2 = bytes
+//! offset 9   zero padding to 64
+//! offset 64  payload               block: an Arrow IPC stream; bytes: the bytes as they are
+//! ```
+//!
+//! The 64-byte header keeps the payload 64-byte aligned in a page-aligned mapping, and the IPC
+//! writer aligns every message and buffer to 64 bytes within the stream, so decoding a mapped
+//! block hands out Arrow buffers that point straight into the mapping: zero copies on read.
+//! The payload of a block is a plain IPC *stream* (schema message, batch messages, end marker),
+//! so its messages can also be forwarded over Arrow Flight as they are.
+
+use std::io::Write;
+
+use arrow::buffer::Buffer;
+use arrow::ipc::reader::StreamDecoder;
+use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+use crate::ids::ObjectId;
+use crate::object::{Block, Object};
+
+/// Bytes before the payload.
+pub const HEADER_LEN: usize = 64;
+const MAGIC: &[u8; 8] = b"MANTAOB1";
+const KIND_BLOCK: u8 = 1;
+const KIND_BYTES: u8 = 2;
+const ALIGNMENT: usize = 64;
+const CONTINUATION: [u8; 4] = [0xff; 4];
+
+/// The 64-byte header of a stored block (`is_block == true`) or bytes object.
+pub fn header(is_block: bool) -> [u8; HEADER_LEN] {
+    let mut header = [0u8; HEADER_LEN];
+    header[..8].copy_from_slice(MAGIC);
+    header[8] = if is_block { KIND_BLOCK } else { KIND_BYTES };
+    header
+}
+
+/// Writes `object` in the stored layout; returns the bytes written.
+pub fn write_object(out: &mut impl Write, object: &Object) -> Result<u64> {
+    let mut counter = CountingWriter { inner: out, written: 0 };
+    match object {
+        Object::Block(block) => {
+            counter.write_all(&header(true)).map_err(arrow::error::ArrowError::from)?;
+            write_block_stream(&mut counter, block)?;
+        }
+        Object::Bytes(bytes) => {
+            counter.write_all(&header(false)).map_err(arrow::error::ArrowError::from)?;
+            counter.write_all(bytes).map_err(arrow::error::ArrowError::from)?;
+        }
+    }
+    Ok(counter.written)
+}
+
+/// Writes a block as an Arrow IPC stream (no Manta header).
+pub fn write_block_stream(out: &mut impl Write, block: &Block) -> Result<()> {
+    let mut writer = StreamWriter::try_new_with_options(out, block.schema(), IpcWriteOptions::default())?;
+    for batch in block.batches() {
+        writer.write(batch)?;
+    }
+    writer.finish()?;
+    Ok(())
+}
+
+/// Whether `bytes` (a whole stored object) holds a block.
+pub fn is_block(bytes: &[u8]) -> bool {
+    bytes.len() >= HEADER_LEN && &bytes[..8] == MAGIC && bytes[8] == KIND_BLOCK
+}
+
+/// Decodes a stored object without copying: the returned batches (or bytes) share `bytes`'
+/// memory, which keeps whatever owns it (a mapping, say) alive.
+pub fn read_object(id: ObjectId, bytes: Bytes) -> Result<Object> {
+    let corrupt = |reason: String| Error::CorruptObject { id, reason };
+    if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
+        return Err(corrupt(format!("missing header ({} bytes)", bytes.len())));
+    }
+    let payload = bytes.slice(HEADER_LEN..);
+    match bytes[8] {
+        KIND_BLOCK => read_block_stream(payload).map(Object::Block).map_err(|e| corrupt(e.to_string())),
+        KIND_BYTES => Ok(Object::Bytes(payload)),
+        other => Err(corrupt(format!("unknown kind {other}"))),
+    }
+}
+
+/// Decodes an Arrow IPC stream without copying.
+pub fn read_block_stream(payload: Bytes) -> Result<Block> {
+    let mut buffer = Buffer::from(payload);
+    // SAFETY: the stream was written by `write_block_stream` in this process or a worker of the
+    // same node, never by an outsider; skipping validation is what DataFusion does for the spill
+    // files it writes itself. Buffers stay zero-copy because the layout is 64-byte aligned.
+    let mut decoder = unsafe { StreamDecoder::new().with_skip_validation(true) };
+    let mut batches = Vec::new();
+    while !buffer.is_empty() {
+        if let Some(batch) = decoder.decode(&mut buffer)? {
+            batches.push(batch);
+        }
+    }
+    decoder.finish()?;
+    let schema = decoder.schema().ok_or_else(|| {
+        Error::Arrow(arrow::error::ArrowError::IpcError("stream has no schema message".into()))
+    })?;
+    Block::try_new(schema, batches)
+}
+
+/// One message of an Arrow IPC stream: its flatbuffer header and its body.
+#[derive(Clone, Debug)]
+pub struct IpcMessage {
+    /// The `Message` flatbuffer (with any padding that followed it).
+    pub header: Bytes,
+    /// The message body (`bodyLength` bytes).
+    pub body: Bytes,
+}
+
+/// Splits an Arrow IPC stream into its messages without copying; stops at the end marker.
+pub fn ipc_messages(stream: Bytes) -> impl Iterator<Item = Result<IpcMessage>> {
+    let mut pos = 0usize;
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let result = next_message(&stream, &mut pos);
+        if !matches!(result, Ok(Some(_))) {
+            done = true;
+        }
+        result.transpose()
+    })
+}
+
+fn next_message(stream: &Bytes, pos: &mut usize) -> Result<Option<IpcMessage>> {
+    let bad = |reason: &str| Error::Arrow(arrow::error::ArrowError::IpcError(format!("IPC stream: {reason}")));
+    let read_u32 = |at: usize| -> Result<u32> {
+        let word = stream.get(at..at + 4).ok_or_else(|| bad("truncated message prefix"))?;
+        Ok(u32::from_le_bytes(word.try_into().expect("4 bytes")))
+    };
+    if *pos >= stream.len() {
+        return Ok(None);
+    }
+    let mut at = *pos;
+    let mut len = read_u32(at)?;
+    at += 4;
+    if len == u32::MAX {
+        len = read_u32(at)?;
+        at += 4;
+    }
+    if len == 0 {
+        *pos = stream.len();
+        return Ok(None);
+    }
+    let header_end = at + len as usize;
+    let header = stream.get(at..header_end).ok_or_else(|| bad("truncated message header"))?;
+    let message = arrow::ipc::root_as_message(header).map_err(|e| bad(&format!("invalid message header: {e}")))?;
+    let body_len = usize::try_from(message.bodyLength()).map_err(|_| bad("negative body length"))?;
+    let body_end = header_end + body_len;
+    if body_end > stream.len() {
+        return Err(bad("truncated message body"));
+    }
+    *pos = body_end;
+    Ok(Some(IpcMessage { header: stream.slice(at..header_end), body: stream.slice(header_end..body_end) }))
+}
+
+/// Writes one IPC message so that its body starts 64-byte aligned if the stream so far is
+/// 64-byte aligned; returns the bytes written.
+pub fn write_ipc_message(out: &mut (impl Write + ?Sized), header: &[u8], body: &[u8]) -> std::io::Result<u64> {
+    let padding = (ALIGNMENT - (8 + header.len()) % ALIGNMENT) % ALIGNMENT;
+    let len = u32::try_from(header.len() + padding).map_err(std::io::Error::other)?;
+    out.write_all(&CONTINUATION)?;
+    out.write_all(&len.to_le_bytes())?;
+    out.write_all(header)?;
+    out.write_all(&[0u8; ALIGNMENT][..padding])?;
+    out.write_all(body)?;
+    Ok((8 + header.len() + padding + body.len()) as u64)
+}
+
+/// Writes the end-of-stream marker; returns the bytes written.
+pub fn write_ipc_end(out: &mut (impl Write + ?Sized)) -> std::io::Result<u64> {
+    out.write_all(&CONTINUATION)?;
+    out.write_all(&0u32.to_le_bytes())?;
+    Ok(8)
+}
+
+struct CountingWriter<'a, W: Write> {
+    inner: &'a mut W,
+    written: u64,
+}
+
+impl<W: Write> Write for CountingWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::array::RecordBatch;
+
+    use super::*;
+
+    fn block() -> Block {
+        let batch = RecordBatch::try_from_iter([
+            ("n", Arc::new(Int64Array::from(vec![1, 2, 3])) as _),
+            ("s", Arc::new(StringArray::from(vec![Some("a"), None, Some("ünï")])) as _),
+        ])
+        .unwrap();
+        Block::try_new(batch.schema(), vec![batch.clone(), batch.slice(1, 2)]).unwrap()
+    }
+
+    #[test]
+    fn block_round_trips() {
+        let mut out = Vec::new();
+        let written = write_object(&mut out, &Object::Block(block())).unwrap();
+        assert_eq!(written as usize, out.len());
+        assert!(is_block(&out));
+        let Object::Block(back) = read_object(ObjectId::random(), Bytes::from(out)).unwrap() else {
+            panic!("expected a block")
+        };
+        assert_eq!(back.batches(), block().batches());
+    }
+
+    #[test]
+    fn bytes_round_trip() {
+        let mut out = Vec::new();
+        write_object(&mut out, &Object::Bytes(Bytes::from_static(b"hello"))).unwrap();
+        let back = read_object(ObjectId::random(), Bytes::from(out)).unwrap();
+        assert_eq!(back.into_bytes(ObjectId::random()).unwrap(), Bytes::from_static(b"hello"));
+    }
+
+    #[test]
+    fn messages_split_and_rejoin_to_the_same_block() {
+        let mut stream = Vec::new();
+        write_block_stream(&mut stream, &block()).unwrap();
+        let messages: Vec<IpcMessage> = ipc_messages(Bytes::from(stream)).collect::<Result<_>>().unwrap();
+        assert_eq!(messages.len(), 3, "a schema message and two batches");
+
+        let mut rejoined = header(true).to_vec();
+        for m in &messages {
+            write_ipc_message(&mut rejoined, &m.header, &m.body).unwrap();
+        }
+        write_ipc_end(&mut rejoined).unwrap();
+        let back = read_object(ObjectId::random(), Bytes::from(rejoined)).unwrap();
+        assert_eq!(back.into_block(ObjectId::random()).unwrap().batches(), block().batches());
+    }
+
+    #[test]
+    fn truncated_stream_is_an_error() {
+        let mut stream = Vec::new();
+        write_block_stream(&mut stream, &block()).unwrap();
+        stream.truncate(stream.len() - 100);
+        let result: Result<Vec<IpcMessage>> = ipc_messages(Bytes::from(stream)).collect();
+        assert!(result.is_err());
+    }
+
+    #[test]
+    fn garbage_is_corrupt_not_a_panic() {
+        let id = ObjectId::random();
+        let err = read_object(id, Bytes::from_static(b"not an object")).unwrap_err();
+        assert!(matches!(err, Error::CorruptObject { id: got, .. } if got == id));
+        let mut truncated = Vec::new();
+        write_object(&mut truncated, &Object::Block(block())).unwrap();
+        truncated.truncate(HEADER_LEN + 40);
+        assert!(matches!(read_object(id, Bytes::from(truncated)), Err(Error::CorruptObject { .. })));
+    }
+}

@@ -1,0 +1,595 @@
+//! One node's object store: immutable objects by id, within a memory budget, spilling past it.
+//!
+//! # How it works
+//!
+//! Every object is in one of three places:
+//!
+//! ```text
+//!            put / adopt                     make_room (over budget, LRU, unpinned)
+//!   caller ──────────────▶ resident ───────────────────────────────────────────▶ spilled
+//!                          (heap or /dev/shm)  ◀─────────────────────────────── (disk file)
+//!                                                  get / pin (restore on access)
+//! ```
+//!
+//! * **Resident on the heap** (the embedded runtime): the object is kept as Arrow arrays; `get`
+//!   clones `Arc`s, so nothing is serialised or copied on the fast path.
+//! * **Resident in shared memory** (a node daemon): the object is a file in the node's
+//!   [`ObjectDir`] under `/dev/shm`; `get` maps it and decodes in place, and worker processes on
+//!   the same node map the same file, so every reader shares one copy.
+//! * **Spilled**: past the byte budget, the least recently used objects that nobody has pinned
+//!   are written to the spill directory and dropped from memory; `get` brings them back.
+//!
+//! A *pin* keeps an object resident while someone reads it: a mapping handed out by `get` pins
+//! until its last buffer is dropped, and a node daemon pins a task's inputs while the task runs.
+//! [`ObjectStore::free`] deletes an object when its owner reports that no reference is left.
+//!
+//! Disk I/O for spilling and restoring runs outside the store's lock; an object in motion is
+//! marked as such and readers wait for it on a condition variable.
+
+mod format;
+mod object_dir;
+mod spill;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+
+use arrow::buffer::MutableBuffer;
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex};
+
+pub use format::{
+    HEADER_LEN, IpcMessage, header, ipc_messages, is_block, read_block_stream, read_object, write_block_stream,
+    write_ipc_end, write_ipc_message, write_object,
+};
+pub use object_dir::{ObjectDir, default_shared_parent, process_alive, remove_stale_sessions};
+
+use crate::error::{Error, Result};
+use crate::ids::ObjectId;
+use crate::object::Object;
+
+/// How a store is set up.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Bytes of objects kept in memory before spilling.
+    pub budget_bytes: u64,
+    /// Keep objects in shared memory (`Some(parent of the session directory)`), or on the heap.
+    pub shared_parent: Option<PathBuf>,
+    /// Where the spill session directory is created.
+    pub spill_parent: PathBuf,
+}
+
+impl StoreConfig {
+    /// A heap store for the embedded runtime.
+    pub fn heap(budget_bytes: u64) -> Self {
+        Self { budget_bytes, shared_parent: None, spill_parent: std::env::temp_dir() }
+    }
+
+    /// A shared-memory store for a node daemon, in `/dev/shm`.
+    pub fn shared(budget_bytes: u64) -> Self {
+        Self { budget_bytes, shared_parent: Some(default_shared_parent()), spill_parent: std::env::temp_dir() }
+    }
+}
+
+/// A snapshot of what the store holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreUsage {
+    /// The memory budget.
+    pub budget_bytes: u64,
+    /// Bytes of objects in memory now.
+    pub resident_bytes: u64,
+    /// Bytes of objects in the spill directory now.
+    pub spilled_bytes: u64,
+    /// Objects stored.
+    pub objects: u64,
+    /// Bytes written to the spill directory since the store started.
+    pub spilled_bytes_total: u64,
+    /// Bytes read back from the spill directory since the store started.
+    pub restored_bytes_total: u64,
+}
+
+enum Residence {
+    Heap(Object),
+    Shared,
+    /// Being spilled or restored by another thread.
+    Moving,
+    Spilled,
+}
+
+struct Entry {
+    residence: Residence,
+    size_bytes: u64,
+    pins: u32,
+    last_used: u64,
+}
+
+#[derive(Default)]
+struct State {
+    entries: HashMap<ObjectId, Entry>,
+    usage: StoreUsage,
+    clock: u64,
+}
+
+impl State {
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+}
+
+/// A node's object store. Always used behind an `Arc` (pins point back to it).
+pub struct ObjectStore {
+    state: Mutex<State>,
+    moved: Condvar,
+    shared: Option<ObjectDir>,
+    spill: ObjectDir,
+}
+
+impl std::fmt::Debug for ObjectStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectStore").field("usage", &self.usage()).field("shared", &self.shared).finish()
+    }
+}
+
+impl ObjectStore {
+    /// Creates a store and its session directories.
+    pub fn new(config: StoreConfig) -> Result<Arc<Self>> {
+        let shared = config.shared_parent.as_deref().map(ObjectDir::create_session).transpose()?;
+        let spill = ObjectDir::create_session(&config.spill_parent)?;
+        let state = State { usage: StoreUsage { budget_bytes: config.budget_bytes, ..Default::default() }, ..Default::default() };
+        Ok(Arc::new(Self { state: Mutex::new(state), moved: Condvar::new(), shared, spill }))
+    }
+
+    /// The shared-memory directory worker processes open, if objects live in shared memory.
+    pub fn shared_dir(&self) -> Option<&Path> {
+        self.shared.as_ref().map(ObjectDir::path)
+    }
+
+    /// What the store holds now.
+    pub fn usage(&self) -> StoreUsage {
+        self.state.lock().usage
+    }
+
+    /// Whether `id` is stored here (resident or spilled).
+    pub fn contains(&self, id: ObjectId) -> bool {
+        self.state.lock().entries.contains_key(&id)
+    }
+
+    /// Stores `object` as `id`; returns its size in the store. May spill older objects.
+    pub fn put(&self, id: ObjectId, object: Object) -> Result<u64> {
+        let (residence, size_bytes) = match &self.shared {
+            Some(dir) => {
+                let size = dir.write(id, &object)?;
+                (Residence::Shared, size)
+            }
+            None => {
+                let size = object.size_bytes() as u64;
+                (Residence::Heap(object), size)
+            }
+        };
+        self.insert(id, residence, size_bytes);
+        self.make_room()?;
+        Ok(size_bytes)
+    }
+
+    /// Takes ownership of an object file a worker process wrote and sealed in the shared
+    /// directory; returns its size.
+    pub fn adopt(&self, id: ObjectId) -> Result<u64> {
+        let dir = self.shared.as_ref().expect("adopt needs a shared-memory store");
+        let path = dir.file(id);
+        let size = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
+        self.insert(id, Residence::Shared, size);
+        self.make_room()?;
+        Ok(size)
+    }
+
+    /// The object, restored first if it was spilled. Shared-memory objects are mapped without
+    /// copying and stay pinned while any of the returned buffers live.
+    pub fn get(self: &Arc<Self>, id: ObjectId) -> Result<Object> {
+        self.with_resident(id, |store, entry| match &entry.residence {
+            Residence::Heap(object) => Ok(Access::Heap(object.clone())),
+            _ => {
+                entry.pins += 1;
+                Ok(Access::Pinned(Pin { store: Arc::downgrade(store), id }))
+            }
+        })
+        .and_then(|access| match access {
+            Access::Heap(object) => Ok(object),
+            Access::Pinned(pin) => self.shared_dir_ref().read(id, Some(Box::new(pin))),
+        })
+    }
+
+    /// The object's stored bytes (header and payload, see [`write_object`]), for sending it
+    /// elsewhere. Zero-copy for shared-memory objects; heap objects are encoded.
+    pub fn stored_bytes(self: &Arc<Self>, id: ObjectId) -> Result<Bytes> {
+        let access = self.with_resident(id, |store, entry| match &entry.residence {
+            Residence::Heap(object) => Ok(Access::Heap(object.clone())),
+            _ => {
+                entry.pins += 1;
+                Ok(Access::Pinned(Pin { store: Arc::downgrade(store), id }))
+            }
+        })?;
+        match access {
+            Access::Heap(object) => {
+                let mut out = Vec::with_capacity(object.size_bytes() + HEADER_LEN);
+                write_object(&mut out, &object)?;
+                Ok(Bytes::from(out))
+            }
+            Access::Pinned(pin) => self.shared_dir_ref().map(id, Some(Box::new(pin))),
+        }
+    }
+
+    /// Starts receiving `id` as stored bytes (see [`write_object`]) arriving in pieces, from
+    /// another node say. `size_hint` is the expected total.
+    pub fn receive(self: &Arc<Self>, id: ObjectId, size_hint: usize) -> Result<ObjectReceiver> {
+        let target = match &self.shared {
+            Some(dir) => {
+                let tmp = dir.path().join(format!("{id}.tmp"));
+                let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+                Target::File { out: std::io::BufWriter::with_capacity(1 << 20, file), tmp }
+            }
+            None => Target::Memory(AlignedWriter(MutableBuffer::with_capacity(size_hint))),
+        };
+        Ok(ObjectReceiver { store: Arc::clone(self), id, target: Some(target) })
+    }
+
+    /// Keeps `id` resident (restoring it if needed) until the returned pin drops.
+    pub fn pin(self: &Arc<Self>, id: ObjectId) -> Result<Pin> {
+        self.with_resident(id, |store, entry| {
+            entry.pins += 1;
+            Ok(Pin { store: Arc::downgrade(store), id })
+        })
+    }
+
+    /// Deletes `id` (its owner holds no reference any more). Readers that already mapped it
+    /// keep their mapping.
+    pub fn free(&self, id: ObjectId) {
+        let mut state = self.state.lock();
+        let Some(entry) = state.entries.remove(&id) else { return };
+        state.usage.objects -= 1;
+        match entry.residence {
+            Residence::Heap(_) => state.usage.resident_bytes -= entry.size_bytes,
+            Residence::Shared => {
+                state.usage.resident_bytes -= entry.size_bytes;
+                drop(state);
+                self.shared_dir_ref().remove(id);
+            }
+            Residence::Spilled => {
+                state.usage.spilled_bytes -= entry.size_bytes;
+                drop(state);
+                self.spill.remove(id);
+            }
+            // The thread moving it sees the entry gone, fixes the counters and removes the files.
+            Residence::Moving => {}
+        }
+    }
+
+    fn shared_dir_ref(&self) -> &ObjectDir {
+        self.shared.as_ref().expect("only shared-memory objects are pinned")
+    }
+
+    fn insert(&self, id: ObjectId, residence: Residence, size_bytes: u64) {
+        let mut state = self.state.lock();
+        let last_used = state.tick();
+        let old = state.entries.insert(id, Entry { residence, size_bytes, pins: 0, last_used });
+        assert!(old.is_none(), "object {id} stored twice");
+        state.usage.objects += 1;
+        state.usage.resident_bytes += size_bytes;
+    }
+
+    /// Runs `f` on `id`'s entry once the object is resident, restoring it first if spilled.
+    fn with_resident<T>(self: &Arc<Self>, id: ObjectId, f: impl FnOnce(&Arc<Self>, &mut Entry) -> Result<T>) -> Result<T> {
+        let mut state = self.state.lock();
+        loop {
+            let tick = state.tick();
+            let entry = state.entries.get_mut(&id).ok_or(Error::ObjectNotFound { id })?;
+            match entry.residence {
+                Residence::Heap(_) | Residence::Shared => {
+                    entry.last_used = tick;
+                    return f(self, entry);
+                }
+                Residence::Moving => self.moved.wait(&mut state),
+                Residence::Spilled => {
+                    entry.last_used = tick;
+                    entry.residence = Residence::Moving;
+                    let size = entry.size_bytes;
+                    state.usage.spilled_bytes -= size;
+                    state.usage.resident_bytes += size;
+                    drop(state);
+                    let restored = self.restore(id);
+                    state = self.state.lock();
+                    self.finish_move(&mut state, id, size, restored, Direction::Restore)?;
+                    // Restoring may push others out; the restored one was just used, so LRU
+                    // spills it last.
+                    drop(state);
+                    self.make_room()?;
+                    state = self.state.lock();
+                }
+            }
+        }
+    }
+
+    /// Reads a spilled object back: onto the heap, or into shared memory.
+    fn restore(&self, id: ObjectId) -> Result<Residence> {
+        match &self.shared {
+            Some(dir) => {
+                let tmp = dir.path().join(format!("{id}.tmp"));
+                let from = self.spill.file(id);
+                std::fs::copy(&from, &tmp).map_err(|e| Error::io(&from, e))?;
+                dir.seal(id, &tmp)?;
+                Ok(Residence::Shared)
+            }
+            None => {
+                let path = self.spill.file(id);
+                let bytes = read_aligned(&path)?;
+                Ok(Residence::Heap(read_object(id, bytes)?))
+            }
+        }
+    }
+
+    /// Spills least-recently-used unpinned objects until the resident bytes fit the budget.
+    fn make_room(&self) -> Result<()> {
+        loop {
+            let mut state = self.state.lock();
+            if state.usage.resident_bytes <= state.usage.budget_bytes {
+                return Ok(());
+            }
+            let Some(id) = spill::choose_victim(state.entries.iter().map(|(id, e)| (*id, e))) else {
+                tracing::debug!(usage = ?state.usage, "over budget, but every resident object is pinned");
+                return Ok(());
+            };
+            let entry = state.entries.get_mut(&id).expect("victim exists");
+            let size = entry.size_bytes;
+            let residence = std::mem::replace(&mut entry.residence, Residence::Moving);
+            state.usage.resident_bytes -= size;
+            state.usage.spilled_bytes += size;
+            drop(state);
+            let spilled = self.spill_out(id, residence);
+            let mut state = self.state.lock();
+            self.finish_move(&mut state, id, size, spilled, Direction::Spill)?;
+        }
+    }
+
+    /// Writes one object to the spill directory and drops it from memory.
+    fn spill_out(&self, id: ObjectId, residence: Residence) -> Result<Residence, (Error, Residence)> {
+        match residence {
+            Residence::Heap(object) => match self.spill.write(id, &object) {
+                Ok(_) => Ok(Residence::Spilled),
+                Err(e) => Err((e, Residence::Heap(object))),
+            },
+            Residence::Shared => {
+                let dir = self.shared_dir_ref();
+                let to = self.spill.file(id);
+                match std::fs::copy(dir.file(id), &to) {
+                    Ok(_) => {
+                        dir.remove(id);
+                        Ok(Residence::Spilled)
+                    }
+                    Err(e) => Err((Error::io(to, e), Residence::Shared)),
+                }
+            }
+            Residence::Moving | Residence::Spilled => unreachable!("only resident objects are spilled"),
+        }
+    }
+
+    /// Records the end of a spill or restore, undoing the counters if it failed, and cleaning
+    /// up if the object was freed meanwhile.
+    fn finish_move<E: Into<MoveError>>(
+        &self,
+        state: &mut State,
+        id: ObjectId,
+        size: u64,
+        result: Result<Residence, E>,
+        direction: Direction,
+    ) -> Result<()> {
+        let (result, restore_residence) = match result.map_err(Into::into) {
+            Ok(residence) => (Ok(()), residence),
+            Err(MoveError { error, previous }) => (Err(error), previous),
+        };
+        let Some(entry) = state.entries.get_mut(&id) else {
+            // Freed while moving: `free` left the counts to us. They already say where the
+            // move was going, whatever its outcome.
+            match direction {
+                Direction::Spill => state.usage.spilled_bytes -= size,
+                Direction::Restore => state.usage.resident_bytes -= size,
+            }
+            if let Some(dir) = &self.shared {
+                dir.remove(id);
+            }
+            self.spill.remove(id);
+            self.moved.notify_all();
+            return Ok(());
+        };
+        entry.residence = restore_residence;
+        match (&result, direction) {
+            (Ok(()), Direction::Spill) => {
+                state.usage.spilled_bytes_total += size;
+            }
+            (Ok(()), Direction::Restore) => {
+                state.usage.restored_bytes_total += size;
+                self.spill.remove(id);
+            }
+            (Err(_), Direction::Spill) => {
+                state.usage.resident_bytes += size;
+                state.usage.spilled_bytes -= size;
+            }
+            (Err(_), Direction::Restore) => {
+                state.usage.resident_bytes -= size;
+                state.usage.spilled_bytes += size;
+            }
+        }
+        self.moved.notify_all();
+        result
+    }
+
+    fn unpin(&self, id: ObjectId) {
+        let mut state = self.state.lock();
+        if let Some(entry) = state.entries.get_mut(&id) {
+            entry.pins = entry.pins.saturating_sub(1);
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Spill,
+    Restore,
+}
+
+/// A failed move and where the object still is.
+struct MoveError {
+    error: Error,
+    previous: Residence,
+}
+
+impl From<(Error, Residence)> for MoveError {
+    fn from((error, previous): (Error, Residence)) -> Self {
+        Self { error, previous }
+    }
+}
+
+impl From<Error> for MoveError {
+    fn from(error: Error) -> Self {
+        Self { error, previous: Residence::Spilled }
+    }
+}
+
+enum Access {
+    Heap(Object),
+    Pinned(Pin),
+}
+
+/// Keeps one object resident while it lives.
+#[derive(Debug)]
+pub struct Pin {
+    store: Weak<ObjectStore>,
+    id: ObjectId,
+}
+
+impl Pin {
+    /// The pinned object.
+    pub fn id(&self) -> ObjectId {
+        self.id
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        if let Some(store) = self.store.upgrade() {
+            store.unpin(self.id);
+        }
+    }
+}
+
+/// Receives one object's stored bytes piece by piece; [`ObjectReceiver::finish`] stores it.
+/// Dropped unfinished, it leaves nothing behind.
+pub struct ObjectReceiver {
+    store: Arc<ObjectStore>,
+    id: ObjectId,
+    target: Option<Target>,
+}
+
+enum Target {
+    File { out: std::io::BufWriter<std::fs::File>, tmp: PathBuf },
+    Memory(AlignedWriter),
+}
+
+/// A growing 64-byte aligned buffer that takes writes.
+#[derive(Debug, Default)]
+pub struct AlignedWriter(MutableBuffer);
+
+impl AlignedWriter {
+    fn into_bytes(self) -> Bytes {
+        Bytes::from_owner(ArrowBytes(self.0.into()))
+    }
+}
+
+/// An Arrow buffer as the owner of `Bytes`.
+struct ArrowBytes(arrow::buffer::Buffer);
+
+impl AsRef<[u8]> for ArrowBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
+
+impl std::io::Write for AlignedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ObjectReceiver {
+    /// The destination as a writer, for framing helpers such as [`write_ipc_message`].
+    pub fn writer(&mut self) -> &mut (dyn std::io::Write + Send) {
+        match self.target.as_mut().expect("not finished") {
+            Target::File { out, .. } => out,
+            Target::Memory(buffer) => buffer,
+        }
+    }
+
+    /// Stores the object; returns its size.
+    pub fn finish(mut self) -> Result<u64> {
+        let id = self.id;
+        match self.target.take().expect("not finished") {
+            Target::File { out, tmp } => {
+                out.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
+                self.store.shared_dir_ref().seal(id, &tmp)?;
+                self.store.adopt(id)
+            }
+            Target::Memory(buffer) => {
+                let object = read_object(id, buffer.into_bytes())?;
+                self.store.put(id, object)
+            }
+        }
+    }
+}
+
+impl Drop for ObjectReceiver {
+    fn drop(&mut self) {
+        if let Some(Target::File { tmp, .. }) = &self.target {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+/// Receives one object's stored bytes into memory, without a store (a driver reading a result).
+#[derive(Debug, Default)]
+pub struct MemoryReceiver {
+    buffer: AlignedWriter,
+}
+
+impl MemoryReceiver {
+    /// A receiver with room for `size_hint` bytes.
+    pub fn with_capacity(size_hint: usize) -> Self {
+        Self { buffer: AlignedWriter(MutableBuffer::with_capacity(size_hint)) }
+    }
+
+    /// The destination as a writer.
+    pub fn writer(&mut self) -> &mut AlignedWriter {
+        &mut self.buffer
+    }
+
+    /// Decodes what was received (zero-copy from the 64-byte aligned buffer).
+    pub fn finish(self, id: ObjectId) -> Result<Object> {
+        read_object(id, self.buffer.into_bytes())
+    }
+}
+
+/// Reads a whole file into a 64-byte aligned buffer, so decoded arrays need no realignment.
+fn read_aligned(path: &Path) -> Result<Bytes> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len() as usize;
+    let mut buffer = MutableBuffer::from_len_zeroed(len);
+    file.read_exact(buffer.as_slice_mut()).map_err(|e| Error::io(path, e))?;
+    Ok(Bytes::from_owner(ArrowBytes(buffer.into())))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,210 @@
+//! A directory of object files: one node's shared memory, or its spill directory.
+//!
+//! Each object is one file named by its id, under a session directory. For the store's resident
+//! objects the directory is in `/dev/shm` (tmpfs, so the file's pages are the shared memory);
+//! for spilled objects it is on disk. The layout is the same in both (see [`super::format`]). Writers create `<id>.tmp` and rename it to `<id>`
+//! when complete, so a reader never sees half an object. Readers map the file read-only with
+//! memmap2 and decode it in place (see [`super::format`]).
+//!
+//! The session directory is named `manta-<pid>-<random>`. The node that created it removes it
+//! when it stops; and every new session first removes directories whose pid is no longer alive,
+//! so a crashed node leaks nothing past the next start on that machine.
+
+use std::fs::{self, File};
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use memmap2::Mmap;
+
+use super::format::{read_object, write_object};
+use crate::error::{Error, Result};
+use crate::ids::ObjectId;
+use crate::object::Object;
+
+/// Prefix of every session directory Manta creates.
+const SESSION_PREFIX: &str = "manta-";
+
+/// A directory of object files; removes itself on drop if it owns the session.
+#[derive(Debug)]
+pub struct ObjectDir {
+    path: PathBuf,
+    owned: bool,
+}
+
+impl ObjectDir {
+    /// Creates a fresh session directory under `parent`, first removing stale sessions there.
+    pub fn create_session(parent: &Path) -> Result<Self> {
+        remove_stale_sessions(parent);
+        let name = format!("{SESSION_PREFIX}{}-{:08x}", std::process::id(), rand::random::<u32>());
+        let path = parent.join(name);
+        fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+        Ok(Self { path, owned: true })
+    }
+
+    /// Opens a session directory another process owns (a worker opening its node's store).
+    pub fn open(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into(), owned: false }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file that holds (or will hold) `id`.
+    pub fn file(&self, id: ObjectId) -> PathBuf {
+        self.path.join(id.to_string())
+    }
+
+    /// Writes `object` as `id` and seals it; returns its size in bytes.
+    pub fn write(&self, id: ObjectId, object: &Object) -> Result<u64> {
+        let tmp = self.path.join(format!("{id}.tmp"));
+        let result = (|| {
+            let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            let mut out = BufWriter::with_capacity(1 << 20, file);
+            let size = write_object(&mut out, object)?;
+            out.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
+            Ok(size)
+        })();
+        match result {
+            Ok(size) => {
+                self.seal(id, &tmp)?;
+                Ok(size)
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Renames a completely written `tmp` file to `id`'s name.
+    pub fn seal(&self, id: ObjectId, tmp: &Path) -> Result<()> {
+        let path = self.file(id);
+        fs::rename(tmp, &path).map_err(|e| Error::io(&path, e))
+    }
+
+    /// Maps `id`'s file and returns its whole contents (header included) without copying.
+    /// `keep_alive` lives as long as any view of the mapping (a pin, for instance).
+    pub fn map(&self, id: ObjectId, keep_alive: Option<Box<dyn Send + Sync>>) -> Result<Bytes> {
+        map_file(&self.file(id), id, keep_alive)
+    }
+
+    /// Maps and decodes `id` without copying.
+    pub fn read(&self, id: ObjectId, keep_alive: Option<Box<dyn Send + Sync>>) -> Result<Object> {
+        read_object(id, self.map(id, keep_alive)?)
+    }
+
+    /// Removes `id`'s file, if there is one.
+    pub fn remove(&self, id: ObjectId) {
+        let _ = fs::remove_file(self.file(id));
+    }
+}
+
+impl Drop for ObjectDir {
+    fn drop(&mut self) {
+        if self.owned {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Maps a whole object file read-only, as `Bytes` that own the mapping.
+pub(crate) fn map_file(path: &Path, id: ObjectId, keep_alive: Option<Box<dyn Send + Sync>>) -> Result<Bytes> {
+    let file = File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::ObjectNotFound { id },
+        _ => Error::io(path, e),
+    })?;
+    // SAFETY: object files are written once, sealed by rename, and never modified afterwards;
+    // they are only removed, which leaves existing mappings valid.
+    let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    Ok(Bytes::from_owner(Mapping { mmap, _keep_alive: keep_alive }))
+}
+
+struct Mapping {
+    mmap: Mmap,
+    _keep_alive: Option<Box<dyn Send + Sync>>,
+}
+
+impl AsRef<[u8]> for Mapping {
+    fn as_ref(&self) -> &[u8] {
+        &self.mmap
+    }
+}
+
+/// Where shared memory lives: `/dev/shm`, or the temporary directory where there is none.
+pub fn default_shared_parent() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() }
+}
+
+/// Removes `manta-<pid>-*` directories under `parent` whose process is gone.
+pub fn remove_stale_sessions(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(SESSION_PREFIX)) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
+        if !process_alive(pid) {
+            tracing::info!(dir = %entry.path().display(), pid, "removing a dead session's objects");
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Whether a process with this pid exists.
+pub fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence and permission.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Array, Int64Array, RecordBatch};
+
+    use super::*;
+
+    #[test]
+    fn write_then_map_is_zero_copy() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = ObjectDir::create_session(parent.path()).unwrap();
+        let id = ObjectId::random();
+        let batch = RecordBatch::try_from_iter([("x", Arc::new(Int64Array::from_iter_values(0..1000)) as _)]).unwrap();
+        dir.write(id, &Object::from(batch.clone())).unwrap();
+
+        let mapped = dir.map(id, None).unwrap();
+        let range = mapped.as_ptr() as usize..mapped.as_ptr() as usize + mapped.len();
+        let block = read_object(id, mapped).unwrap().into_block(id).unwrap();
+        assert_eq!(block.batches(), &[batch]);
+        let values = block.batches()[0].column(0).to_data().buffers()[0].as_ptr() as usize;
+        assert!(range.contains(&values), "column buffer is not inside the mapping");
+    }
+
+    #[test]
+    fn session_dir_is_removed_on_drop_and_stale_ones_at_start() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = ObjectDir::create_session(parent.path()).unwrap();
+        let path = dir.path().to_path_buf();
+        drop(dir);
+        assert!(!path.exists());
+
+        // A session of a process that no longer exists: pid 2^22 + 1 is above Linux's pid_max.
+        let stale = parent.path().join("manta-4194305-deadbeef");
+        fs::create_dir_all(&stale).unwrap();
+        let fresh = ObjectDir::create_session(parent.path()).unwrap();
+        assert!(!stale.exists());
+        assert!(fresh.path().exists());
+    }
+
+    #[test]
+    fn missing_object_is_not_found() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = ObjectDir::create_session(parent.path()).unwrap();
+        let id = ObjectId::random();
+        assert!(matches!(dir.read(id, None), Err(Error::ObjectNotFound { id: got }) if got == id));
+    }
+}

@@ -1,0 +1,168 @@
+use std::sync::Arc;
+
+use arrow::array::{Array, Int64Array, RecordBatch};
+
+use super::*;
+
+fn batch(start: i64, rows: i64) -> RecordBatch {
+    RecordBatch::try_from_iter([("x", Arc::new(Int64Array::from_iter_values(start..start + rows)) as _)]).unwrap()
+}
+
+fn block_of(object: Object) -> RecordBatch {
+    object.into_block(ObjectId::random()).unwrap().concat().unwrap()
+}
+
+fn heap_store(budget_bytes: u64, dir: &Path) -> Arc<ObjectStore> {
+    ObjectStore::new(StoreConfig { budget_bytes, shared_parent: None, spill_parent: dir.to_path_buf() }).unwrap()
+}
+
+fn shared_store(budget_bytes: u64, dir: &Path) -> Arc<ObjectStore> {
+    ObjectStore::new(StoreConfig {
+        budget_bytes,
+        shared_parent: Some(dir.join("shm")),
+        spill_parent: dir.join("spill"),
+    })
+    .unwrap()
+}
+
+#[test]
+fn heap_put_get_and_free() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = heap_store(1 << 30, tmp.path());
+    let id = ObjectId::random();
+    let size = store.put(id, batch(0, 100).into()).unwrap();
+    assert_eq!(store.usage().resident_bytes, size);
+    assert_eq!(block_of(store.get(id).unwrap()), batch(0, 100));
+    store.free(id);
+    assert!(!store.contains(id));
+    assert!(matches!(store.get(id), Err(Error::ObjectNotFound { .. })));
+    assert_eq!(store.usage(), StoreUsage { budget_bytes: 1 << 30, ..Default::default() });
+}
+
+/// Puts ten blocks into a budget that holds about three; checks that the oldest were spilled,
+/// that every block reads back equal, and that the counters add up.
+fn spills_past_budget_and_restores(store: Arc<ObjectStore>) {
+    let rows = 10_000;
+    let ids: Vec<ObjectId> = (0..10)
+        .map(|i| {
+            let id = ObjectId::random();
+            store.put(id, batch(i * rows, rows).into()).unwrap();
+            id
+        })
+        .collect();
+    let usage = store.usage();
+    assert!(usage.resident_bytes <= usage.budget_bytes, "{usage:?}");
+    assert!(usage.spilled_bytes > 0 && usage.spilled_bytes_total > 0, "{usage:?}");
+    assert_eq!(usage.objects, 10);
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(block_of(store.get(*id).unwrap()), batch(i as i64 * rows, rows));
+    }
+    assert!(store.usage().restored_bytes_total > 0);
+    for id in &ids {
+        store.free(*id);
+    }
+    let usage = store.usage();
+    assert_eq!((usage.resident_bytes, usage.spilled_bytes, usage.objects), (0, 0, 0), "{usage:?}");
+}
+
+#[test]
+fn heap_store_spills_past_budget_and_restores() {
+    let tmp = tempfile::tempdir().unwrap();
+    spills_past_budget_and_restores(heap_store(3 * 80_000 + 1000, tmp.path()));
+}
+
+#[test]
+fn shared_store_spills_past_budget_and_restores() {
+    let tmp = tempfile::tempdir().unwrap();
+    spills_past_budget_and_restores(shared_store(3 * 80_500, tmp.path()));
+}
+
+#[test]
+fn shared_get_is_zero_copy_and_pins_until_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = shared_store(1 << 20, tmp.path());
+    let first = ObjectId::random();
+    store.put(first, batch(0, 100_000).into()).unwrap();
+    let object = store.get(first).unwrap();
+    let file = store.shared_dir().unwrap().join(first.to_string());
+    assert!(file.exists());
+
+    // A second object pushes the store over budget; the first is mapped, hence pinned, so the
+    // second (unpinned) is the one spilled.
+    let second = ObjectId::random();
+    store.put(second, batch(0, 100_000).into()).unwrap();
+    assert!(file.exists(), "a pinned object was spilled");
+    assert!(!store.shared_dir().unwrap().join(second.to_string()).exists());
+
+    // Once the mapping is dropped, the first can be spilled: reading the second makes room.
+    let values = block_of(object);
+    assert_eq!(values, batch(0, 100_000));
+    drop(values);
+    assert_eq!(block_of(store.get(second).unwrap()), batch(0, 100_000));
+    assert!(!file.exists(), "an unpinned, least recently used object was not spilled");
+}
+
+#[test]
+fn shared_object_buffers_point_into_shared_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = shared_store(1 << 30, tmp.path());
+    let id = ObjectId::random();
+    store.put(id, batch(0, 1000).into()).unwrap();
+    let raw = store.stored_bytes(id).unwrap();
+    let range = raw.as_ptr() as usize..raw.as_ptr() as usize + raw.len();
+    // A second mapping of the same file is a different address range; the decoded buffers must
+    // lie inside the mapping they were decoded from.
+    let decoded = block_of(read_object(id, raw.clone()).unwrap());
+    let ptr = decoded.column(0).to_data().buffers()[0].as_ptr() as usize;
+    assert!(range.contains(&ptr));
+}
+
+#[test]
+fn free_removes_files_resident_and_spilled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = shared_store(1, tmp.path());
+    let id = ObjectId::random();
+    store.put(id, batch(0, 10).into()).unwrap();
+    assert_eq!(store.usage().spilled_bytes_total, store.usage().spilled_bytes);
+    assert!(store.usage().spilled_bytes > 0);
+    store.free(id);
+    let leftovers: Vec<_> = walk(tmp.path());
+    assert!(leftovers.is_empty(), "files left after free: {leftovers:?}");
+}
+
+#[test]
+fn concurrent_readers_and_writers_under_a_tight_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = heap_store(200_000, tmp.path());
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let store = Arc::clone(&store);
+            scope.spawn(move || {
+                for i in 0..20 {
+                    let id = ObjectId::random();
+                    let start = t * 1_000_000 + i * 1000;
+                    store.put(id, batch(start, 5000).into()).unwrap();
+                    assert_eq!(block_of(store.get(id).unwrap()), batch(start, 5000));
+                    if i % 2 == 0 {
+                        store.free(id);
+                    }
+                }
+            });
+        }
+    });
+    let usage = store.usage();
+    assert_eq!(usage.objects, 40);
+    assert!(usage.resident_bytes <= usage.budget_bytes);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        if entry.file_type().unwrap().is_dir() {
+            files.extend(walk(&entry.path()));
+        } else {
+            files.push(entry.path());
+        }
+    }
+    files
+}

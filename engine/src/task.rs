@@ -1,0 +1,98 @@
+//! Tasks: a registered function applied to arguments and input objects, and what comes back.
+//!
+//! A [`TaskSpec`] is plain data (a function name, serialised arguments, input refs, a resource
+//! demand), so any process that has the function registered can run it. Running one is
+//! [`execute`]: look the function up, time it, catch its panic. The embedded runtime calls
+//! `execute` on a thread of its pool; a worker process calls it on objects mapped from its
+//! node's shared memory.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::object::Object;
+use crate::object_ref::{ObjectMeta, ObjectRef};
+use crate::registry::{TaskContext, TaskInput, run_task};
+use crate::resources::Resources;
+
+/// One task to run.
+#[derive(Clone, Debug)]
+pub struct TaskSpec {
+    /// The registered task function.
+    pub function: String,
+    /// Its arguments, serialised by the submitter.
+    pub args: Bytes,
+    /// Objects resolved before the task runs, passed to it in this order.
+    pub inputs: Vec<ObjectRef>,
+    /// What the task needs of a node.
+    pub resources: Resources,
+    /// How often to run it again after a failure of its worker or node.
+    pub max_retries: u32,
+    /// A short description for errors and progress ("stage 2, block 17").
+    pub label: String,
+}
+
+/// What one run of a task cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStats {
+    /// Wall time of the function, in nanoseconds.
+    pub wall_ns: u64,
+    /// CPU time of the function's thread, in nanoseconds.
+    pub cpu_ns: u64,
+    /// Bytes pulled from other nodes (over Flight) to resolve the inputs.
+    pub pulled_bytes: u64,
+    /// Inputs that were pulled from other nodes.
+    pub pulled_objects: u64,
+}
+
+impl TaskStats {
+    /// Adds another task's figures to these.
+    pub fn add(&mut self, other: &TaskStats) {
+        self.wall_ns += other.wall_ns;
+        self.cpu_ns += other.cpu_ns;
+        self.pulled_bytes += other.pulled_bytes;
+        self.pulled_objects += other.pulled_objects;
+    }
+}
+
+/// A finished task: its output object and what it cost.
+#[derive(Debug)]
+pub struct TaskOutcome {
+    /// The output.
+    pub output: ObjectRef,
+    /// The cost.
+    pub stats: TaskStats,
+}
+
+impl TaskOutcome {
+    /// The output's metadata.
+    pub fn meta(&self) -> &ObjectMeta {
+        self.output.meta()
+    }
+}
+
+/// Runs the task function `function` on resolved inputs in this thread, timing it.
+pub fn execute(ctx: &TaskContext, function: &str, args: Bytes, objects: Vec<Object>) -> Result<(Object, TaskStats)> {
+    let started = Instant::now();
+    let cpu_started = thread_cpu_time();
+    let output = run_task(function, ctx, TaskInput { args, objects })?;
+    let stats = TaskStats {
+        wall_ns: started.elapsed().as_nanos() as u64,
+        cpu_ns: thread_cpu_time().saturating_sub(cpu_started).as_nanos() as u64,
+        ..Default::default()
+    };
+    Ok((output, stats))
+}
+
+/// CPU time this thread has used.
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}

@@ -1,0 +1,151 @@
+//! Pulling objects from other nodes: into the local store, or into memory.
+//!
+//! [`FlightPool`] keeps one HTTP/2 channel per remote node and issues `DoGet(object id)`. The
+//! messages that arrive are written back into the stored layout as they come (an IPC stream
+//! whose bodies stay 64-byte aligned), straight into a shared-memory file of the local store, so
+//! the object is decoded only when read, zero-copy, like any local object.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::{FlightData, Ticket};
+use futures::StreamExt;
+use manta_engine::store::{MemoryReceiver, header, write_ipc_end, write_ipc_message};
+use manta_engine::{Location, Object, ObjectId, ObjectStore};
+use parking_lot::Mutex;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{Error, Result};
+use crate::service::MAX_MESSAGE_BYTES;
+
+/// How long to wait for a node's Flight endpoint to accept a connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Applies Manta's transport settings to an endpoint: a connect timeout, no Nagle delay, and
+/// HTTP/2 flow-control windows large enough that a multi-MiB message is not throttled.
+pub fn tune_endpoint(endpoint: Endpoint) -> Endpoint {
+    endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(16 << 20))
+        .initial_connection_window_size(Some(32 << 20))
+}
+
+/// Channels to other nodes' Flight endpoints, one per address, shared by all pulls.
+#[derive(Debug, Default)]
+pub struct FlightPool {
+    clients: Mutex<HashMap<Arc<str>, FlightServiceClient<Channel>>>,
+}
+
+impl FlightPool {
+    /// An empty pool.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    async fn client(&self, address: &Arc<str>) -> Result<FlightServiceClient<Channel>> {
+        if let Some(client) = self.clients.lock().get(address) {
+            return Ok(client.clone());
+        }
+        let connect_error = |source| Error::Connect { address: address.to_string(), source };
+        let endpoint = tune_endpoint(Endpoint::from_shared(address.to_string()).map_err(connect_error)?);
+        let channel = endpoint.connect().await.map_err(connect_error)?;
+        let client = FlightServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        self.clients.lock().insert(Arc::clone(address), client.clone());
+        Ok(client)
+    }
+
+    /// Pulls `id` from `location` into `store`; returns the bytes received.
+    pub async fn pull_into(&self, store: &Arc<ObjectStore>, location: &Location, id: ObjectId) -> Result<u64> {
+        let mut stream = self.open(location, id).await?;
+        let first = next_message(&mut stream, location, id).await?.ok_or_else(|| malformed(location, id, "no messages"))?;
+        let (is_block, size) = parse_metadata(&first, location, id)?;
+        let mut receiver = store.receive(id, size)?;
+        let received = receive(first, stream, is_block, receiver.writer(), location, id).await?;
+        receiver.finish()?;
+        Ok(received)
+    }
+
+    /// Fetches `id` from `location` into this process's memory.
+    pub async fn fetch(&self, location: &Location, id: ObjectId) -> Result<Object> {
+        let mut stream = self.open(location, id).await?;
+        let first = next_message(&mut stream, location, id).await?.ok_or_else(|| malformed(location, id, "no messages"))?;
+        let (is_block, size) = parse_metadata(&first, location, id)?;
+        let mut receiver = MemoryReceiver::with_capacity(size);
+        receive(first, stream, is_block, receiver.writer(), location, id).await?;
+        Ok(receiver.finish(id)?)
+    }
+
+    async fn open(&self, location: &Location, id: ObjectId) -> Result<tonic::Streaming<FlightData>> {
+        let mut client = self.client(&location.flight_address).await?;
+        let ticket = Ticket { ticket: bytes::Bytes::copy_from_slice(id.as_bytes()) };
+        match client.do_get(ticket).await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => {
+                if status.code() == tonic::Code::Unavailable {
+                    // The channel may be stale (the node restarted): connect afresh next time.
+                    self.clients.lock().remove(&location.flight_address);
+                }
+                Err(fetch_failed(location, id, status))
+            }
+        }
+    }
+}
+
+async fn next_message(stream: &mut tonic::Streaming<FlightData>, location: &Location, id: ObjectId) -> Result<Option<FlightData>> {
+    stream.message().await.map_err(|status| fetch_failed(location, id, status))
+}
+
+/// Writes the messages of one object into `out` in the stored layout; returns bytes received.
+async fn receive(
+    first: FlightData,
+    mut stream: tonic::Streaming<FlightData>,
+    is_block: bool,
+    out: &mut (dyn std::io::Write + Send),
+    location: &Location,
+    id: ObjectId,
+) -> Result<u64> {
+    let io = |e: std::io::Error| malformed(location, id, &format!("could not store it: {e}"));
+    out.write_all(&header(is_block)).map_err(io)?;
+    let mut received = 0u64;
+    let mut message = Some(first);
+    while let Some(data) = message {
+        received += (data.data_header.len() + data.data_body.len()) as u64;
+        if is_block {
+            write_ipc_message(out, &data.data_header, &data.data_body).map_err(io)?;
+        } else {
+            out.write_all(&data.data_body).map_err(io)?;
+        }
+        message = stream.next().await.transpose().map_err(|status| fetch_failed(location, id, status))?;
+    }
+    if is_block {
+        write_ipc_end(out).map_err(io)?;
+    }
+    Ok(received)
+}
+
+fn parse_metadata(first: &FlightData, location: &Location, id: ObjectId) -> Result<(bool, usize)> {
+    let text = std::str::from_utf8(&first.app_metadata).unwrap_or("");
+    let (kind, size) = text
+        .strip_prefix("manta:")
+        .and_then(|rest| rest.split_once(':'))
+        .ok_or_else(|| malformed(location, id, "first message lacks manta metadata"))?;
+    let size = size.parse().map_err(|_| malformed(location, id, "bad size in metadata"))?;
+    match kind {
+        "block" => Ok((true, size)),
+        "bytes" => Ok((false, size)),
+        other => Err(malformed(location, id, &format!("unknown object kind {other:?}"))),
+    }
+}
+
+fn fetch_failed(location: &Location, id: ObjectId, status: tonic::Status) -> Error {
+    Error::FetchFailed { node: location.flight_address.to_string(), object: id, status: Box::new(status) }
+}
+
+fn malformed(location: &Location, id: ObjectId, reason: &str) -> Error {
+    Error::Malformed { node: location.flight_address.to_string(), object: id, reason: reason.to_string() }
+}

@@ -1,0 +1,28 @@
+//! # manta-flight: the data plane
+//!
+//! Second layer of Manta (`engine` <- **`flight`** <- `scheduler` <- `datasets` <- `manta`).
+//! Every node serves its object store over Arrow Flight, and pulls the objects its tasks need
+//! from other nodes the same way.
+//!
+//! ```text
+//!   node A                                             node B
+//!   ObjectStore ──mmap──▶ ObjectFlightService ═DoGet(id)═▶ FlightPool::pull_into ──▶ ObjectStore
+//!   (/dev/shm file)       one FlightData per IPC message    writes the messages back    (/dev/shm)
+//! ```
+//!
+//! * [`service`]: [`ObjectFlightService`], the server side, zero-copy from the mapping.
+//! * [`client`]: [`FlightPool`], the client side, into a store or into memory.
+//! * [`error`]: [`Error`], typed (`FetchFailed { node, object, .. }`), never a string.
+//!
+//! Any Flight client can read a block: the ticket is the 16-byte object id and the stream is a
+//! plain Arrow IPC stream.
+
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod error;
+pub mod service;
+
+pub use client::{FlightPool, tune_endpoint};
+pub use error::{Error, Result};
+pub use service::ObjectFlightService;

@@ -1,0 +1,139 @@
+//! The Flight service every node runs: `DoGet(ticket = object id)` streams a stored object.
+//!
+//! A block is stored as an Arrow IPC stream (see `manta_engine::store`), and an IPC stream is
+//! exactly what Flight sends: one `FlightData` per IPC message, its `data_header` the message's
+//! flatbuffer and its `data_body` the message's body. So the service does not decode and
+//! re-encode anything: it maps the object and hands out slices of the mapping, and any Flight
+//! client can read the result as record batches. The first message's `app_metadata` says
+//! `manta:block:<size>` (or `manta:bytes:<size>` for a bytes object, sent in 2 MiB pieces), so a
+//! Manta receiver can size its buffer once.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo, HandshakeRequest,
+    HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+};
+use bytes::Bytes;
+use futures::Stream;
+use manta_engine::store::{HEADER_LEN, ipc_messages, is_block};
+use manta_engine::{ObjectId, ObjectStore};
+use tonic::{Request, Response, Status, Streaming};
+
+/// Largest message the service sends or accepts; blocks hold batches of a few MiB at most.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
+/// Size of the pieces a bytes object is sent in.
+const BYTES_CHUNK: usize = 2 << 20;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Serves one node's objects over Arrow Flight.
+#[derive(Debug, Clone)]
+pub struct ObjectFlightService {
+    store: Arc<ObjectStore>,
+}
+
+impl ObjectFlightService {
+    /// A service over `store`.
+    pub fn new(store: Arc<ObjectStore>) -> Self {
+        Self { store }
+    }
+
+    /// The service as a tonic server, with message limits raised for blocks.
+    pub fn into_server(self) -> FlightServiceServer<Self> {
+        FlightServiceServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+/// Splits an object's stored bytes into Flight messages, without copying.
+pub fn object_messages(id: ObjectId, stored: Bytes) -> Result<Vec<FlightData>, manta_engine::Error> {
+    let total = stored.len();
+    if is_block(&stored) {
+        let mut messages: Vec<FlightData> = ipc_messages(stored.slice(HEADER_LEN..))
+            .map(|m| m.map(|m| FlightData { data_header: m.header, data_body: m.body, ..Default::default() }))
+            .collect::<Result<_, _>>()
+            .map_err(|e| manta_engine::Error::CorruptObject { id, reason: e.to_string() })?;
+        if let Some(first) = messages.first_mut() {
+            first.app_metadata = Bytes::from(format!("manta:block:{total}"));
+        }
+        Ok(messages)
+    } else {
+        let payload = stored.slice(HEADER_LEN.min(total)..);
+        let mut messages: Vec<FlightData> = (0..payload.len().div_ceil(BYTES_CHUNK).max(1))
+            .map(|i| FlightData {
+                data_body: payload.slice(i * BYTES_CHUNK..((i + 1) * BYTES_CHUNK).min(payload.len())),
+                ..Default::default()
+            })
+            .collect();
+        messages[0].app_metadata = Bytes::from(format!("manta:bytes:{total}"));
+        Ok(messages)
+    }
+}
+
+#[tonic::async_trait]
+impl FlightService for ObjectFlightService {
+    type HandshakeStream = BoxStream<HandshakeResponse>;
+    type ListFlightsStream = BoxStream<FlightInfo>;
+    type DoGetStream = BoxStream<FlightData>;
+    type DoPutStream = BoxStream<PutResult>;
+    type DoExchangeStream = BoxStream<FlightData>;
+    type DoActionStream = BoxStream<arrow_flight::Result>;
+    type ListActionsStream = BoxStream<ActionType>;
+
+    async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+        let ticket = request.into_inner().ticket;
+        let id = ObjectId::from_slice(&ticket)
+            .map_err(|_| Status::invalid_argument("a Manta ticket is a 16-byte object id"))?;
+        let store = Arc::clone(&self.store);
+        // Reading may restore a spilled object from disk: keep it off the async threads.
+        let stored = tokio::task::spawn_blocking(move || store.stored_bytes(id))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| match e {
+                manta_engine::Error::ObjectNotFound { .. } => Status::not_found(e.to_string()),
+                other => Status::internal(other.to_string()),
+            })?;
+        let messages = object_messages(id, stored).map_err(|e| Status::data_loss(e.to_string()))?;
+        Ok(Response::new(Box::pin(futures::stream::iter(messages.into_iter().map(Ok)))))
+    }
+
+    async fn handshake(&self, _: Request<Streaming<HandshakeRequest>>) -> Result<Response<Self::HandshakeStream>, Status> {
+        Err(Status::unimplemented("a Manta node needs no handshake"))
+    }
+
+    async fn list_flights(&self, _: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
+        Err(Status::unimplemented("objects are fetched by id with DoGet"))
+    }
+
+    async fn get_flight_info(&self, _: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+        Err(Status::unimplemented("objects are fetched by id with DoGet"))
+    }
+
+    async fn poll_flight_info(&self, _: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented("objects are fetched by id with DoGet"))
+    }
+
+    async fn get_schema(&self, _: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
+        Err(Status::unimplemented("objects are fetched by id with DoGet"))
+    }
+
+    async fn do_put(&self, _: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
+        Err(Status::unimplemented("nodes pull objects; they do not accept pushes"))
+    }
+
+    async fn do_exchange(&self, _: Request<Streaming<FlightData>>) -> Result<Response<Self::DoExchangeStream>, Status> {
+        Err(Status::unimplemented("DoExchange is not used"))
+    }
+
+    async fn do_action(&self, _: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
+        Err(Status::unimplemented("no actions"))
+    }
+
+    async fn list_actions(&self, _: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
+        Ok(Response::new(Box::pin(futures::stream::empty())))
+    }
+}

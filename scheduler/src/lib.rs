@@ -1,0 +1,47 @@
+//! # manta-scheduler: the control plane
+//!
+//! Third layer of Manta (`engine` <- `flight` <- **`scheduler`** <- `datasets` <- `manta`): who
+//! runs what, where. On a cluster there are three kinds of process, talking tonic gRPC
+//! (`proto/manta.proto`):
+//!
+//! ```text
+//!                 SubmitTask                 RunTask                 Attach (stream)
+//!   driver ─────────────────▶ head ─────────────────▶ node daemon ◀──────────────── worker process
+//!   (ClusterClient)           placement,              object store,                (the driver's own
+//!                             node table,             Flight endpoint,              executable, runs
+//!                             executables             worker pool                   registered functions)
+//!        ◀════════════════ Arrow Flight DoGet(object id) ════════════════▶  other nodes
+//! ```
+//!
+//! Without an address the driver gets the [`EmbeddedRuntime`] instead: the same tasks on a
+//! thread pool in-process, no serialisation. [`Client`] is the one handle either way.
+//!
+//! * [`head`]: node table, jobs, placement, retries, liveness.
+//! * [`placement`]: the placement rule behind a two-method trait, unit-tested without processes.
+//! * [`node`]: the node daemon; [`worker_pool`]: its worker processes; [`worker`]: a worker.
+//! * [`client`]: the driver side of a cluster; [`embedded`]: the in-process runtime.
+//! * [`executables`]: the content-addressed executable cache.
+//! * [`error`]: typed errors that survive crossing processes.
+
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod embedded;
+pub mod error;
+pub mod executables;
+pub mod head;
+pub mod node;
+pub mod placement;
+pub mod proto;
+pub mod runtime;
+pub mod server;
+pub mod worker;
+pub mod worker_pool;
+
+pub use client::ClusterClient;
+pub use embedded::{EmbeddedConfig, EmbeddedRuntime};
+pub use error::{Error, Result};
+pub use head::{HeadConfig, run_head};
+pub use node::{NodeConfig, run_node};
+pub use runtime::Client;
+pub use worker::{WorkerEnv, run_worker};

@@ -1,0 +1,324 @@
+//! The node daemon: one machine's object store, Flight endpoint and worker processes.
+//!
+//! A node registers with the head (its resources), heartbeats its store usage, and serves three
+//! gRPC services on one port: `Node` (the head runs tasks here; drivers free objects),
+//! `Worker` (its worker processes attach here) and Arrow Flight (other nodes and drivers pull
+//! objects). Running a task means: make sure the job's executable is cached, pull the inputs
+//! that live elsewhere over Flight into the local store, pin them, hand the task to a worker
+//! process, and adopt the output file the worker wrote into shared memory.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use manta_engine::{JobId, NodeId, ObjectId, ObjectStore, Resources, StoreConfig, TaskStats};
+use manta_flight::{FlightPool, ObjectFlightService};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::{Error, Result};
+use crate::executables::ExecutableCache;
+use crate::proto::head_client::HeadClient;
+use crate::proto::node_server::{Node as NodeRpc, NodeServer};
+use crate::proto::worker_server::{Worker as WorkerRpc, WorkerServer};
+use crate::proto::{self, task_reply, worker_done, worker_message};
+use crate::server;
+use crate::worker_pool::WorkerPools;
+
+/// How a node daemon is set up.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The head's address.
+    pub head_address: String,
+    /// The IP address to bind and advertise.
+    pub host: String,
+    /// The port to bind (0: any free port).
+    pub port: u16,
+    /// CPUs offered to tasks.
+    pub num_cpus: f64,
+    /// Object store memory budget.
+    pub object_store_memory: u64,
+    /// Custom resources offered.
+    pub custom_resources: std::collections::BTreeMap<String, f64>,
+    /// Parent of the shared-memory session directory.
+    pub shared_parent: PathBuf,
+    /// Parent of the spill session directory.
+    pub spill_parent: PathBuf,
+    /// Where executables are cached.
+    pub cache_dir: PathBuf,
+}
+
+impl NodeConfig {
+    /// Defaults for a node of this machine joining `head_address`.
+    pub fn new(head_address: impl Into<String>) -> Self {
+        let store = StoreConfig::shared(0);
+        Self {
+            head_address: head_address.into(),
+            host: "127.0.0.1".into(),
+            port: 0,
+            num_cpus: std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0),
+            object_store_memory: 2 << 30,
+            custom_resources: Default::default(),
+            shared_parent: store.shared_parent.expect("shared config"),
+            spill_parent: store.spill_parent,
+            cache_dir: ExecutableCache::default_dir(),
+        }
+    }
+}
+
+/// A running node daemon's state.
+pub struct NodeDaemon {
+    id: NodeId,
+    address: String,
+    store: Arc<ObjectStore>,
+    flight: FlightPool,
+    workers: Arc<WorkerPools>,
+    executables: ExecutableCache,
+    head: HeadClient<tonic::transport::Channel>,
+    /// One lock per object being pulled, so two tasks needing it pull it once.
+    pulls: Mutex<HashMap<ObjectId, Arc<tokio::sync::Mutex<()>>>>,
+    downloads: tokio::sync::Mutex<()>,
+}
+
+impl NodeDaemon {
+    /// The node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The node's store.
+    pub fn store(&self) -> &Arc<ObjectStore> {
+        &self.store
+    }
+
+    async fn ensure_executable(&self, hash: &str) -> Result<PathBuf> {
+        if self.executables.contains(hash) {
+            return Ok(self.executables.path(hash));
+        }
+        let _one_at_a_time = self.downloads.lock().await;
+        if self.executables.contains(hash) {
+            return Ok(self.executables.path(hash));
+        }
+        let mut head = self.head.clone();
+        let mut chunks = head
+            .download_executable(proto::DownloadRequest { hash: hash.to_string() })
+            .await
+            .map_err(|s| Error::rpc("DownloadExecutable", s))?
+            .into_inner();
+        let mut writer = self.executables.writer(hash)?;
+        while let Some(chunk) = chunks.message().await.map_err(|s| Error::rpc("DownloadExecutable", s))? {
+            writer.write(&chunk.data)?;
+        }
+        writer.finish()
+    }
+
+    /// Makes `meta`'s object local (pulling it over Flight if needed); returns bytes pulled.
+    async fn make_local(&self, meta: &manta_engine::ObjectMeta) -> Result<u64> {
+        if self.store.contains(meta.id) {
+            return Ok(0);
+        }
+        if meta.location.node == self.id {
+            return Err(Error::ObjectLost { object: meta.id, node: self.address.clone() });
+        }
+        let lock = Arc::clone(self.pulls.lock().entry(meta.id).or_default());
+        let _guard = lock.lock().await;
+        let pulled = if self.store.contains(meta.id) {
+            0
+        } else {
+            self.flight.pull_into(&self.store, &meta.location, meta.id).await?
+        };
+        self.pulls.lock().remove(&meta.id);
+        Ok(pulled)
+    }
+
+    async fn run(&self, request: proto::TaskRequest) -> Result<proto::TaskSuccess> {
+        let job = JobId::from_slice(&request.job_id)?;
+        let output_id = ObjectId::from_slice(&request.output_id)?;
+        let executable = self.ensure_executable(&request.executable_hash).await?;
+        let mut stats = TaskStats::default();
+        let mut pins = Vec::with_capacity(request.inputs.len());
+        for input in &request.inputs {
+            let meta = input.to_meta()?;
+            let pulled = self.make_local(&meta).await?;
+            if pulled > 0 {
+                stats.pulled_bytes += pulled;
+                stats.pulled_objects += 1;
+            }
+            let store = Arc::clone(&self.store);
+            let pin = tokio::task::spawn_blocking(move || store.pin(meta.id))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
+            pins.push(pin);
+        }
+        let assignment = proto::WorkerAssignment {
+            task_id: request.task_id.clone(),
+            function: request.function.clone(),
+            args: request.args.clone(),
+            input_ids: request.inputs.iter().map(|i| i.object_id.clone()).collect(),
+            output_id: request.output_id.clone(),
+            label: request.label.clone(),
+        };
+        let done = self.workers.run(job, executable, assignment).await?;
+        drop(pins);
+        match done.result {
+            Some(worker_done::Result::Output(output)) => {
+                let store = Arc::clone(&self.store);
+                let size_bytes = tokio::task::spawn_blocking(move || store.adopt(output_id))
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))??;
+                stats.add(&output.stats.unwrap_or_default().into());
+                Ok(proto::TaskSuccess {
+                    output: Some(proto::ObjectLocation {
+                        object_id: request.output_id,
+                        node_id: Bytes::copy_from_slice(self.id.as_bytes()),
+                        address: self.address.clone(),
+                        size_bytes,
+                        num_rows: output.num_rows,
+                    }),
+                    stats: Some(stats.into()),
+                })
+            }
+            Some(worker_done::Result::Error(error)) => Err(error.into_error()),
+            None => Err(Error::Internal("worker sent an empty answer".into())),
+        }
+    }
+
+    async fn heartbeat_loop(self: Arc<Self>, interval: Duration, resources: Resources) {
+        let mut ticks = tokio::time::interval(interval);
+        let mut head = self.head.clone();
+        loop {
+            ticks.tick().await;
+            let request = proto::HeartbeatRequest {
+                node_id: Bytes::copy_from_slice(self.id.as_bytes()),
+                store: Some(self.store.usage().into()),
+            };
+            match head.heartbeat(request).await {
+                Ok(reply) if reply.get_ref().known => {}
+                Ok(_) => {
+                    tracing::warn!("the head does not know this node (it restarted?); registering again");
+                    if let Err(e) = register(&mut head, self.id, &self.address, &resources).await {
+                        tracing::warn!(error = %e, "registering again failed");
+                    }
+                }
+                Err(status) => tracing::warn!(%status, "heartbeat to the head failed"),
+            }
+        }
+    }
+}
+
+async fn register(head: &mut HeadClient<tonic::transport::Channel>, id: NodeId, address: &str, resources: &Resources) -> Result<Duration> {
+    let reply = head
+        .register_node(proto::RegisterNodeRequest {
+            node_id: Bytes::copy_from_slice(id.as_bytes()),
+            address: address.to_string(),
+            resources: Some(resources.into()),
+            pid: std::process::id(),
+        })
+        .await
+        .map_err(|s| Error::rpc("RegisterNode", s))?;
+    Ok(Duration::from_millis(reply.into_inner().heartbeat_interval_ms.max(10)))
+}
+
+/// The `Node` and `Worker` services of a daemon.
+#[derive(Clone)]
+struct NodeService(Arc<NodeDaemon>);
+
+#[tonic::async_trait]
+impl NodeRpc for NodeService {
+    async fn run_task(&self, request: Request<proto::TaskRequest>) -> Result<Response<proto::TaskReply>, Status> {
+        let reply = match self.0.run(request.into_inner()).await {
+            Ok(success) => proto::TaskReply { result: Some(task_reply::Result::Success(success)) },
+            Err(error) => proto::TaskReply::failed(&error),
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn free_objects(&self, request: Request<proto::FreeObjectsRequest>) -> Result<Response<proto::FreeObjectsReply>, Status> {
+        for id in request.into_inner().object_ids {
+            if let Ok(id) = ObjectId::from_slice(&id) {
+                self.0.store.free(id);
+            }
+        }
+        Ok(Response::new(proto::FreeObjectsReply {}))
+    }
+
+    async fn end_job(&self, request: Request<proto::EndJobRequest>) -> Result<Response<proto::EndJobReply>, Status> {
+        let job = proto::parse_id(&request.into_inner().job_id, JobId::from_slice, "job_id")?;
+        self.0.workers.end_job(job);
+        Ok(Response::new(proto::EndJobReply {}))
+    }
+}
+
+type AssignmentStream = Pin<Box<dyn Stream<Item = Result<proto::WorkerAssignment, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl WorkerRpc for NodeService {
+    type AttachStream = AssignmentStream;
+
+    async fn attach(&self, request: Request<Streaming<proto::WorkerMessage>>) -> Result<Response<AssignmentStream>, Status> {
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(proto::WorkerMessage { kind: Some(worker_message::Kind::Hello(hello)) }) => hello,
+            _ => return Err(Status::invalid_argument("a worker's first message must be its hello")),
+        };
+        let job = proto::parse_id(&hello.job_id, JobId::from_slice, "job_id")?;
+        let (tx, rx) = mpsc::channel(2);
+        let worker = self.0.workers.attached(job, hello.pid, tx);
+        let workers = Arc::clone(&self.0.workers);
+        tokio::spawn(async move {
+            while let Ok(Some(message)) = inbound.message().await {
+                if let Some(worker_message::Kind::Done(done)) = message.kind {
+                    worker.complete(done);
+                }
+            }
+            workers.detached(job, &worker);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Runs a node daemon until SIGTERM or Ctrl-C; `ready` is called with its address once it is
+/// registered with the head.
+pub async fn run_node(config: NodeConfig, ready: impl FnOnce(&str)) -> Result<()> {
+    let (listener, bound) = server::bind(&config.host, config.port).await?;
+    let address = format!("http://{bound}");
+    let id = NodeId::random();
+    let store = ObjectStore::new(StoreConfig {
+        budget_bytes: config.object_store_memory,
+        shared_parent: Some(config.shared_parent.clone()),
+        spill_parent: config.spill_parent.clone(),
+    })?;
+    let shared_dir = store.shared_dir().expect("a node's store is in shared memory").to_path_buf();
+    let mut head = HeadClient::new(server::connect_head(&config.head_address).await?);
+    let resources = Resources { cpus: config.num_cpus, memory_bytes: config.object_store_memory, custom: config.custom_resources.clone() };
+    let interval = register(&mut head, id, &address, &resources).await?;
+    let daemon = Arc::new(NodeDaemon {
+        id,
+        address: address.clone(),
+        store: Arc::clone(&store),
+        flight: FlightPool::new(),
+        workers: WorkerPools::new(config.num_cpus.ceil() as usize, id, address.clone(), shared_dir),
+        executables: ExecutableCache::new(&config.cache_dir)?,
+        head,
+        pulls: Mutex::default(),
+        downloads: tokio::sync::Mutex::new(()),
+    });
+    let heartbeats = tokio::spawn(Arc::clone(&daemon).heartbeat_loop(interval, resources));
+    tracing::info!(node = ?id, %address, "node registered with the head at {}", config.head_address);
+    ready(&address);
+    let service = NodeService(Arc::clone(&daemon));
+    let result = server::server_builder()
+        .add_service(NodeServer::new(service.clone()))
+        .add_service(WorkerServer::new(service))
+        .add_service(ObjectFlightService::new(store).into_server())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), server::shutdown_signal())
+        .await;
+    heartbeats.abort();
+    result.map_err(|e| Error::Internal(format!("node server: {e}")))
+}

@@ -1,0 +1,60 @@
+//! [`Client`]: the one handle a driver holds, embedded or on a cluster.
+
+use std::sync::Arc;
+
+use manta_engine::{Object, ObjectRef, StoreUsage, TaskOutcome, TaskSpec};
+
+use crate::client::ClusterClient;
+use crate::embedded::EmbeddedRuntime;
+use crate::error::Result;
+
+/// Where a driver's tasks run.
+#[derive(Clone, Debug)]
+pub enum Client {
+    /// In this process.
+    Embedded(Arc<EmbeddedRuntime>),
+    /// On a cluster.
+    Cluster(Arc<ClusterClient>),
+}
+
+impl std::fmt::Debug for EmbeddedRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedRuntime").field("cpus", &self.num_cpus()).field("store", &self.store().usage()).finish()
+    }
+}
+
+impl Client {
+    /// Runs a task; resolves when it is done.
+    pub fn submit(&self, spec: TaskSpec) -> std::pin::Pin<Box<dyn Future<Output = Result<TaskOutcome>> + Send + 'static>> {
+        match self {
+            Client::Embedded(runtime) => Box::pin(runtime.submit(spec)),
+            Client::Cluster(cluster) => Box::pin(cluster.submit(spec)),
+        }
+    }
+
+    /// Reads an object into this process (zero-copy when it is local).
+    pub async fn get(&self, object: &ObjectRef) -> Result<Object> {
+        match self {
+            Client::Embedded(runtime) => runtime.get(object),
+            Client::Cluster(cluster) => cluster.get(object).await,
+        }
+    }
+
+    /// CPUs across the cluster (embedded: this process's task threads).
+    pub async fn total_cpus(&self) -> Result<f64> {
+        match self {
+            Client::Embedded(runtime) => Ok(runtime.num_cpus() as f64),
+            Client::Cluster(cluster) => {
+                Ok(cluster.nodes().await?.iter().filter(|n| n.alive).map(|n| n.total.as_ref().map_or(0.0, |t| t.cpus)).sum())
+            }
+        }
+    }
+
+    /// The local store's usage, where there is one in this process.
+    pub fn local_store_usage(&self) -> Option<StoreUsage> {
+        match self {
+            Client::Embedded(runtime) => Some(runtime.store().usage()),
+            Client::Cluster(_) => None,
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Binding, serving and stopping: what the head and the node daemon share.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{Error, Result};
+
+/// How long a connection attempt to the head or a node may take before it is an error.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Binds `host:port` (port 0 picks a free port).
+pub async fn bind(host: &str, port: u16) -> Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind((host, port)).await.map_err(|source| Error::Io {
+        action: "binding",
+        path: format!("{host}:{port}").into(),
+        source,
+    })?;
+    let address = listener.local_addr().map_err(|source| Error::Io { action: "binding", path: host.into(), source })?;
+    Ok((listener, address))
+}
+
+/// A tonic server builder with Manta's transport settings (see `manta_flight::tune_endpoint`).
+pub fn server_builder() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(16 << 20))
+        .initial_connection_window_size(Some(32 << 20))
+}
+
+/// Resolves when the process is asked to stop (SIGTERM or Ctrl-C).
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("stopping");
+}
+
+/// `host:port` or `http://host:port` as an `http://` URL.
+pub fn normalize_address(address: &str) -> String {
+    let address = address.trim();
+    if address.starts_with("http://") || address.starts_with("https://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    }
+}
+
+/// Connects to the head, failing within [`CONNECT_TIMEOUT`] with [`Error::HeadUnreachable`].
+pub async fn connect_head(address: &str) -> Result<Channel> {
+    let url = normalize_address(address);
+    let unreachable = |reason: String| Error::HeadUnreachable { address: address.to_string(), reason };
+    let endpoint = Endpoint::from_shared(url).map_err(|e| unreachable(format!("not a valid address ({e})")))?;
+    let endpoint = manta_flight::tune_endpoint(endpoint).connect_timeout(CONNECT_TIMEOUT);
+    match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(e)) => Err(unreachable(transport_reason(&e))),
+        Err(_) => Err(unreachable(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()))),
+    }
+}
+
+/// A node's channel, connected on first use.
+pub fn lazy_channel(address: &str) -> Result<Channel> {
+    let endpoint = Endpoint::from_shared(normalize_address(address))
+        .map_err(|e| Error::NodeUnreachable { address: address.to_string(), reason: e.to_string() })?;
+    Ok(manta_flight::tune_endpoint(endpoint).connect_lazy())
+}
+
+/// The innermost cause of a transport error ("Connection refused"), which is what a user needs.
+pub fn transport_reason(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut source: &dyn std::error::Error = error;
+    while let Some(next) = source.source() {
+        source = next;
+    }
+    source.to_string()
+}

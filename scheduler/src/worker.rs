@@ -1,0 +1,115 @@
+//! The worker process: what `manta::init()` becomes when a node daemon started the program.
+//!
+//! The worker attaches to its node's `Worker` service, says hello, and then runs each task it
+//! is sent: it maps the task's inputs from the node's shared memory (zero-copy: the batches'
+//! buffers point into the mapping), runs the registered function, writes the output object into
+//! shared memory for the node to adopt, and answers. Tasks run one at a time; when the node
+//! closes the stream (or dies), the worker exits.
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use manta_engine::store::ObjectDir;
+use manta_engine::{NodeId, Object, ObjectId, TaskContext};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::error::{Error, Result, from_task_error};
+use crate::proto::worker_client::WorkerClient;
+use crate::proto::{self, worker_done, worker_message};
+use crate::worker_pool::env;
+
+/// What a worker process learns from its environment.
+#[derive(Clone, Debug)]
+pub struct WorkerEnv {
+    /// Its node's address.
+    pub node_address: String,
+    /// Its node's id.
+    pub node_id: NodeId,
+    /// Its job.
+    pub job_id: manta_engine::JobId,
+    /// The node's shared-memory directory.
+    pub shared_dir: PathBuf,
+    /// Its index among the job's workers on the node.
+    pub index: u64,
+}
+
+impl WorkerEnv {
+    /// The worker environment, if this process was started as a worker.
+    pub fn from_env() -> Option<Self> {
+        let node_address = std::env::var(env::NODE_ADDRESS).ok()?;
+        let parse_err = |what: &str| -> ! {
+            eprintln!("manta worker: invalid {what} in the environment");
+            std::process::exit(2)
+        };
+        Some(Self {
+            node_address,
+            node_id: std::env::var(env::NODE_ID).ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| parse_err(env::NODE_ID)),
+            job_id: std::env::var(env::JOB_ID).ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| parse_err(env::JOB_ID)),
+            shared_dir: std::env::var_os(env::SHARED_DIR).map(PathBuf::from).unwrap_or_else(|| parse_err(env::SHARED_DIR)),
+            index: std::env::var(env::INDEX).ok().and_then(|v| v.parse().ok()).unwrap_or(0),
+        })
+    }
+}
+
+/// Runs the worker loop until the node closes the stream, then exits the process.
+pub fn run_worker(worker: WorkerEnv) -> ! {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let code = match runtime.block_on(serve(worker)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("manta worker: {e}");
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+async fn serve(worker: WorkerEnv) -> Result<()> {
+    let channel = crate::server::lazy_channel(&worker.node_address)?;
+    let mut client = WorkerClient::new(channel);
+    let (tx, rx) = mpsc::channel(2);
+    let hello = proto::WorkerHello {
+        job_id: Bytes::copy_from_slice(worker.job_id.as_bytes()),
+        pid: std::process::id(),
+        worker_index: worker.index,
+    };
+    tx.send(proto::WorkerMessage { kind: Some(worker_message::Kind::Hello(hello)) })
+        .await
+        .map_err(|_| Error::Internal("worker channel closed".into()))?;
+    let mut assignments = client.attach(ReceiverStream::new(rx)).await.map_err(|s| Error::rpc("Attach", s))?.into_inner();
+    let dir = std::sync::Arc::new(ObjectDir::open(&worker.shared_dir));
+    let ctx = TaskContext::new(worker.node_id);
+    while let Some(assignment) = assignments.message().await.map_err(|s| Error::rpc("Attach", s))? {
+        let task_id = assignment.task_id.clone();
+        let (dir, ctx) = (std::sync::Arc::clone(&dir), ctx.clone());
+        let result = tokio::task::spawn_blocking(move || run_assignment(&ctx, &dir, assignment))
+            .await
+            .unwrap_or_else(|e| Err(Error::Internal(format!("task thread failed: {e}"))));
+        let result = match result {
+            Ok(output) => worker_done::Result::Output(output),
+            Err(e) => worker_done::Result::Error(proto::TaskError::from_error(&e)),
+        };
+        let done = proto::WorkerDone { task_id, result: Some(result) };
+        if tx.send(proto::WorkerMessage { kind: Some(worker_message::Kind::Done(done)) }).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Maps the inputs, runs the function, writes the output into shared memory.
+fn run_assignment(ctx: &TaskContext, dir: &ObjectDir, assignment: proto::WorkerAssignment) -> Result<proto::WorkerOutput> {
+    let inputs = assignment
+        .input_ids
+        .iter()
+        .map(|id| dir.read(ObjectId::from_slice(id)?, None))
+        .collect::<manta_engine::Result<Vec<Object>>>()?;
+    let (output, stats) = manta_engine::task::execute(ctx, &assignment.function, assignment.args, inputs).map_err(from_task_error)?;
+    let num_rows = match &output {
+        Object::Block(block) => block.num_rows() as u64,
+        Object::Bytes(_) => 0,
+    };
+    dir.write(ObjectId::from_slice(&assignment.output_id)?, &output)?;
+    Ok(proto::WorkerOutput { num_rows, stats: Some(stats.into()) })
+}

@@ -1,0 +1,278 @@
+//! A node's worker processes, per job.
+//!
+//! # How it works
+//!
+//! A worker is the job's own executable, started by the node with `MANTA_WORKER_*` variables in
+//! its environment; its `manta::init()` sees them, connects back to the node's `Worker` service,
+//! says hello, and then runs the tasks it is sent one at a time (see [`crate::worker`]).
+//!
+//! Per job the pool keeps idle workers and a queue of tasks waiting for one. A task takes an
+//! idle worker if there is one; otherwise, if the job has fewer than `max_workers` processes, a
+//! new one is started; otherwise the task waits in line and gets the next worker given back.
+//! A worker that dies (its stream ends, or its process exits) fails the task it was running
+//! with `WorkerDied`; a process that exits before it ever attached fails the waiting tasks, with
+//! its exit status, since the likeliest cause (a `main` that does not call `manta::init()` first)
+//! would fail every later start too.
+//!
+//! Workers are started with `kill_on_drop` and a parent-death signal, so they never outlive
+//! their node, and `end_job` stops a job's workers when its driver is done.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use manta_engine::{JobId, NodeId};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+
+use crate::error::{Error, Result};
+use crate::proto::{WorkerAssignment, WorkerDone};
+
+/// Environment variables a worker process is started with.
+pub mod env {
+    /// The node's address, to attach to.
+    pub const NODE_ADDRESS: &str = "MANTA_WORKER_NODE_ADDRESS";
+    /// The node's id.
+    pub const NODE_ID: &str = "MANTA_WORKER_NODE_ID";
+    /// The job the worker serves.
+    pub const JOB_ID: &str = "MANTA_WORKER_JOB_ID";
+    /// The node's shared-memory object directory.
+    pub const SHARED_DIR: &str = "MANTA_WORKER_SHARED_DIR";
+    /// The worker's index within its job on this node.
+    pub const INDEX: &str = "MANTA_WORKER_INDEX";
+}
+
+/// One attached worker process.
+pub struct WorkerConn {
+    pid: u32,
+    assignments: mpsc::Sender<Result<WorkerAssignment, Status>>,
+    running: Mutex<Option<(Bytes, oneshot::Sender<WorkerDone>)>>,
+}
+
+impl WorkerConn {
+    /// Delivers the worker's answer to the task waiting for it.
+    pub fn complete(&self, done: WorkerDone) {
+        let mut running = self.running.lock();
+        if running.as_ref().is_some_and(|(task, _)| *task == done.task_id) {
+            let (_, reply) = running.take().expect("checked");
+            let _ = reply.send(done);
+        }
+    }
+}
+
+struct JobWorkers {
+    executable: PathBuf,
+    idle: Vec<Arc<WorkerConn>>,
+    /// Processes started and not yet dead (attached or still starting).
+    live: usize,
+    waiting: VecDeque<oneshot::Sender<Result<Arc<WorkerConn>>>>,
+    next_index: u64,
+    pids: Vec<u32>,
+}
+
+/// A worker taken for one task, given back when dropped: also when the task's caller went away
+/// before the answer (the worker runs its tasks in order, so one sent meanwhile just queues).
+struct Borrowed<'a> {
+    pools: &'a WorkerPools,
+    job: JobId,
+    worker: Arc<WorkerConn>,
+}
+
+impl std::ops::Deref for Borrowed<'_> {
+    type Target = WorkerConn;
+
+    fn deref(&self) -> &WorkerConn {
+        &self.worker
+    }
+}
+
+impl Drop for Borrowed<'_> {
+    fn drop(&mut self) {
+        self.pools.give_back(self.job, Arc::clone(&self.worker));
+    }
+}
+
+/// Every job's workers on one node.
+pub struct WorkerPools {
+    jobs: Mutex<HashMap<JobId, JobWorkers>>,
+    max_workers: usize,
+    node_id: NodeId,
+    node_address: String,
+    shared_dir: PathBuf,
+}
+
+impl WorkerPools {
+    /// Pools for a node with `max_workers` workers per job.
+    pub fn new(max_workers: usize, node_id: NodeId, node_address: String, shared_dir: PathBuf) -> Arc<Self> {
+        Arc::new(Self { jobs: Mutex::default(), max_workers: max_workers.max(1), node_id, node_address, shared_dir })
+    }
+
+    /// Runs one assignment on a worker of `job` and waits for its answer.
+    pub async fn run(self: &Arc<Self>, job: JobId, executable: PathBuf, assignment: WorkerAssignment) -> Result<WorkerDone> {
+        let worker = Borrowed { pools: self, job, worker: self.acquire(job, executable).await? };
+        let (reply, answer) = oneshot::channel();
+        *worker.running.lock() = Some((assignment.task_id.clone(), reply));
+        let label = assignment.label.clone();
+        let died = |message: &str| Error::WorkerDied {
+            task: label.clone(),
+            node: self.node_address.clone(),
+            message: format!("worker pid {} {message}", worker.pid),
+        };
+        if worker.assignments.send(Ok(assignment)).await.is_err() {
+            return Err(died("was gone before the task reached it"));
+        }
+        answer.await.map_err(|_| died("exited while running the task"))
+    }
+
+    async fn acquire(self: &Arc<Self>, job: JobId, executable: PathBuf) -> Result<Arc<WorkerConn>> {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut jobs = self.jobs.lock();
+            let workers = jobs.entry(job).or_insert_with(|| JobWorkers {
+                executable,
+                idle: Vec::new(),
+                live: 0,
+                waiting: VecDeque::new(),
+                next_index: 0,
+                pids: Vec::new(),
+            });
+            while let Some(worker) = workers.idle.pop() {
+                if !worker.assignments.is_closed() {
+                    return Ok(worker);
+                }
+            }
+            workers.waiting.push_back(tx);
+            if workers.live < self.max_workers {
+                workers.live += 1;
+                workers.next_index += 1;
+                Some((workers.executable.clone(), workers.next_index))
+            } else {
+                None
+            }
+        };
+        if let Some((executable, index)) = start {
+            self.start(job, executable, index);
+        }
+        rx.await.map_err(|_| Error::Internal("the node stopped the job's workers".into()))?
+    }
+
+    fn give_back(&self, job: JobId, worker: Arc<WorkerConn>) {
+        if worker.assignments.is_closed() {
+            return;
+        }
+        let mut jobs = self.jobs.lock();
+        let Some(workers) = jobs.get_mut(&job) else { return };
+        let mut worker = Some(worker);
+        while let Some(waiter) = workers.waiting.pop_front() {
+            match waiter.send(Ok(worker.take().expect("present"))) {
+                Ok(()) => return,
+                Err(returned) => worker = returned.ok(),
+            }
+        }
+        workers.idle.extend(worker);
+    }
+
+    /// Starts one worker process; a task watches it until it exits.
+    fn start(self: &Arc<Self>, job: JobId, executable: PathBuf, index: u64) {
+        let mut command = tokio::process::Command::new(&executable);
+        command
+            .env(env::NODE_ADDRESS, &self.node_address)
+            .env(env::NODE_ID, self.node_id.to_string())
+            .env(env::JOB_ID, job.to_string())
+            .env(env::SHARED_DIR, &self.shared_dir)
+            .env(env::INDEX, index.to_string())
+            // A worker must never act as a driver and submit work of its own.
+            .env_remove("MANTA_ADDRESS")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe; it asks the kernel to kill the worker if the node
+        // daemon dies, so workers never outlive their node.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let pools = Arc::clone(self);
+        match command.spawn() {
+            Ok(mut child) => {
+                let pid = child.id().unwrap_or(0);
+                if let Some(workers) = self.jobs.lock().get_mut(&job) {
+                    workers.pids.push(pid);
+                }
+                tracing::info!(%job, pid, index, executable = %executable.display(), "started worker");
+                tokio::spawn(async move {
+                    let status = child.wait().await;
+                    let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                    pools.exited(job, pid, &status);
+                });
+            }
+            Err(e) => {
+                let message = format!("could not start worker {}: {e}", executable.display());
+                pools.start_failed(job, &message);
+            }
+        }
+    }
+
+    /// A worker process connected and said hello: hand it to a waiting task, or keep it idle.
+    pub fn attached(&self, job: JobId, pid: u32, assignments: mpsc::Sender<Result<WorkerAssignment, Status>>) -> Arc<WorkerConn> {
+        let worker = Arc::new(WorkerConn { pid, assignments, running: Mutex::new(None) });
+        tracing::debug!(%job, pid, "worker attached");
+        self.give_back(job, Arc::clone(&worker));
+        worker
+    }
+
+    /// A worker's stream ended: it is dead. The task it was running (if any) has already
+    /// failed, since its reply channel is dropped with the connection.
+    pub fn detached(&self, job: JobId, worker: &Arc<WorkerConn>) {
+        worker.running.lock().take();
+        let mut jobs = self.jobs.lock();
+        if let Some(workers) = jobs.get_mut(&job) {
+            workers.idle.retain(|w| !Arc::ptr_eq(w, worker));
+        }
+    }
+
+    /// A worker process exited, attached or not.
+    fn exited(&self, job: JobId, pid: u32, status: &str) {
+        tracing::info!(%job, pid, status, "worker exited");
+        let mut jobs = self.jobs.lock();
+        let Some(workers) = jobs.get_mut(&job) else { return };
+        workers.live = workers.live.saturating_sub(1);
+        workers.idle.retain(|w| w.pid != pid);
+        workers.pids.retain(|p| *p != pid);
+        if workers.live == 0 && !workers.waiting.is_empty() {
+            let message = format!(
+                "worker pid {pid} exited ({status}) and no worker of the job is left; \
+                 does the program's main() call manta::init() before anything else?"
+            );
+            for waiter in workers.waiting.drain(..) {
+                let _ = waiter.send(Err(Error::WorkerDied { task: "a task".into(), node: self.node_address.clone(), message: message.clone() }));
+            }
+        }
+    }
+
+    fn start_failed(&self, job: JobId, message: &str) {
+        let mut jobs = self.jobs.lock();
+        let Some(workers) = jobs.get_mut(&job) else { return };
+        workers.live = workers.live.saturating_sub(1);
+        if workers.live == 0 {
+            for waiter in workers.waiting.drain(..) {
+                let _ = waiter.send(Err(Error::WorkerDied { task: "a task".into(), node: self.node_address.clone(), message: message.to_string() }));
+            }
+        }
+    }
+
+    /// Stops every worker of `job` (its driver is done).
+    pub fn end_job(&self, job: JobId) {
+        let Some(workers) = self.jobs.lock().remove(&job) else { return };
+        for pid in workers.pids {
+            // SAFETY: plain kill(2) of a child this pool started; its watcher task reaps it.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        for waiter in workers.waiting {
+            let _ = waiter.send(Err(Error::Internal(format!("job {job} ended"))));
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Starting processes in the background, remembering them, and stopping them.
+//!
+//! `manta start` without `--block` runs itself again with `--block --daemon-child` in a new
+//! session (so it outlives the shell), its log going to a file, and waits for the child's
+//! `MANTA_READY <address>` line on a pipe: when `manta start` returns, the head is listening or
+//! the node is registered. Each started process is recorded as a file `<pid>` in the run
+//! directory (`$MANTA_RUN_DIR`, default `<temp>/manta-run`), which `manta stop` reads.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use manta::engine::{Resources, parse_bytes};
+use manta::scheduler::{HeadConfig, NodeConfig};
+
+use super::StartArgs;
+
+const READY: &str = "MANTA_READY";
+
+fn run_dir() -> PathBuf {
+    std::env::var_os("MANTA_RUN_DIR").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("manta-run"))
+}
+
+/// Runs the head or node in this process until SIGTERM.
+pub fn run_foreground(args: StartArgs) -> Result<()> {
+    super::validate(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let daemon_child = args.daemon_child;
+    let announce = move |address: &str| {
+        println!("{READY} {address}");
+        if daemon_child {
+            redirect_stdout_to_null();
+        }
+    };
+    if args.head {
+        runtime.block_on(manta::scheduler::run_head(&args.host, args.port, HeadConfig::default(), |a| {
+            announce(&a.to_string())
+        }))?;
+    } else {
+        let mut config = NodeConfig::new(args.address.clone().expect("validated"));
+        config.host = args.host.clone();
+        config.port = args.port;
+        if let Some(cpus) = args.num_cpus {
+            config.num_cpus = cpus;
+        }
+        config.object_store_memory = parse_bytes(&args.object_store_memory)?;
+        config.custom_resources = Resources::parse_custom(&args.resources)?;
+        if let Some(dir) = &args.spill_dir {
+            config.spill_parent = dir.clone();
+        }
+        runtime.block_on(manta::scheduler::run_node(config, |a| announce(a)))?;
+    }
+    Ok(())
+}
+
+fn redirect_stdout_to_null() {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    if let Ok(null) = fs::OpenOptions::new().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto stdout's descriptor; nothing else holds a raw copy of it.
+        unsafe { libc::dup2(null.as_raw_fd(), 1) };
+    }
+}
+
+/// Starts the head or node in the background and waits until it is ready.
+pub fn start_background(args: StartArgs) -> Result<()> {
+    super::validate(&args)?;
+    let kind = if args.head { "head" } else { "node" };
+    let dir = run_dir();
+    fs::create_dir_all(dir.join("logs")).with_context(|| format!("creating {}", dir.display()))?;
+    let log_path = dir.join("logs").join(format!("{kind}-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis()));
+    let log = fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let mut command = Command::new(std::env::current_exe()?);
+    command.args(std::env::args_os().skip(1)).arg("--block").arg("--daemon-child");
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
+    // SAFETY: setsid is async-signal-safe; it detaches the child from the terminal's session.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().context("starting the background process")?;
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+    let Some(address) = line.trim().strip_prefix(READY).map(str::trim) else {
+        let _ = child.kill();
+        let log = fs::read_to_string(&log_path).unwrap_or_default();
+        bail!("the {kind} did not start:\n{}", log.trim());
+    };
+    let pid = child.id();
+    fs::write(dir.join(pid.to_string()), format!("{kind} {address}\n"))?;
+    println!("Started the {kind} at {address} (pid {pid}; log {}).", log_path.display());
+    if args.head {
+        println!("Join it with:  manta start --address {address}");
+        println!("Run a driver:  MANTA_ADDRESS={address} cargo run --release --example quickstart");
+    }
+    Ok(())
+}
+
+/// Records of processes started here: (pid, kind, address).
+fn started() -> Vec<(i32, String, String)> {
+    let Ok(entries) = fs::read_dir(run_dir()) else { return Vec::new() };
+    let mut processes: Vec<_> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse().ok()?;
+            let text = fs::read_to_string(entry.path()).ok()?;
+            let (kind, address) = text.trim().split_once(' ')?;
+            Some((pid, kind.to_string(), address.to_string()))
+        })
+        .collect();
+    processes.sort_by_key(|(pid, kind, _)| (kind == "head", *pid));
+    processes
+}
+
+/// The address of a live head started on this machine.
+pub fn local_head_address() -> Result<Option<String>> {
+    Ok(started()
+        .into_iter()
+        .find(|(pid, kind, _)| kind == "head" && manta::engine::store::process_alive(*pid))
+        .map(|(_, _, address)| address))
+}
+
+/// Stops every process `manta start` started here: nodes first, then heads.
+pub fn stop_all() -> Result<()> {
+    let processes = started();
+    if processes.is_empty() {
+        println!("Nothing to stop.");
+    }
+    for (pid, kind, address) in processes {
+        if manta::engine::store::process_alive(pid) {
+            // SAFETY: kill(2) of a process this command line started.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while manta::engine::store::process_alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if manta::engine::store::process_alive(pid) {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            println!("Stopped the {kind} at {address} (pid {pid}).");
+        }
+        let _ = fs::remove_file(run_dir().join(pid.to_string()));
+    }
+    Ok(())
+}

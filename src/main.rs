@@ -1,0 +1,24 @@
+//! The `manta` command line: start and stop a cluster on this machine, and look at it.
+//!
+//! ```text
+//! manta start --head --port 6379                          # the head, in the background
+//! manta start --address 127.0.0.1:6379 --num-cpus 2       # a node daemon joining it
+//! manta status                                            # nodes, CPUs, object store use
+//! manta stop                                              # stop what `manta start` started here
+//! ```
+
+mod cli;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let args = cli::Cli::parse();
+    manta::init_tracing();
+    match cli::run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("manta: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

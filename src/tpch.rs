@@ -1,0 +1,85 @@
+//! TPC-H data for examples, tests and benchmarks, generated with the tpchgen crates.
+//!
+//! [`lineitem`] writes the `lineitem` table at a scale factor as Parquet files (snappy, row
+//! groups of 128Ki rows) under a cache directory, generating the parts in parallel, and reuses
+//! them on later calls. The directory appears atomically (written under a temporary name, then
+//! renamed), so a half-generated table is never mistaken for a whole one.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use tpchgen::generators::LineItemGenerator;
+use tpchgen_arrow::LineItemArrow;
+
+/// Rows per Parquet row group in generated tables.
+pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// The default cache: `target/tpch` under the workspace.
+pub fn default_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("tpch")
+}
+
+/// The directory of `lineitem` at `scale` under `root`, generated if missing.
+pub fn lineitem(root: &Path, scale: f64) -> std::io::Result<PathBuf> {
+    lineitem_with(root, scale, ROW_GROUP_ROWS)
+}
+
+/// [`lineitem`] with row groups of `row_group_rows` rows (small ones make many tasks of a small
+/// table, for tests).
+pub fn lineitem_with(root: &Path, scale: f64, row_group_rows: usize) -> std::io::Result<PathBuf> {
+    let name = if row_group_rows == ROW_GROUP_ROWS { format!("sf{scale}") } else { format!("sf{scale}-rg{row_group_rows}") };
+    let dir = root.join(name).join("lineitem");
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    let parent = dir.parent().expect("has a parent");
+    fs::create_dir_all(parent)?;
+    let tmp = parent.join(format!(".lineitem.tmp-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp)?;
+    let parts = ((scale * 8.0).ceil() as i32).max(1);
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let next = std::sync::atomic::AtomicI32::new(1);
+    let result: std::io::Result<()> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| -> std::io::Result<()> {
+                    loop {
+                        let part = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if part > parts {
+                            return Ok(());
+                        }
+                        write_part(&tmp, scale, part, parts, row_group_rows)?;
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().try_for_each(|w| w.join().expect("generator thread panicked"))
+    });
+    if let Err(e) = result {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    fs::rename(&tmp, &dir)?;
+    Ok(dir)
+}
+
+fn write_part(dir: &Path, scale: f64, part: i32, parts: i32, row_group_rows: usize) -> std::io::Result<()> {
+    let batches = LineItemArrow::new(LineItemGenerator::new(scale, part, parts)).with_batch_size(row_group_rows.min(ROW_GROUP_ROWS));
+    let schema = Arc::clone(tpchgen_arrow::RecordBatchIterator::schema(&batches));
+    let file = fs::File::create(dir.join(format!("part-{part:03}.parquet")))?;
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(row_group_rows))
+        .build();
+    let mut writer = ArrowWriter::try_new(file, schema, Some(properties)).map_err(std::io::Error::other)?;
+    for batch in batches {
+        writer.write(&batch).map_err(std::io::Error::other)?;
+    }
+    writer.close().map_err(std::io::Error::other)?;
+    Ok(())
+}

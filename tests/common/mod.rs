@@ -1,0 +1,183 @@
+//! Shared by the end-to-end tests: the quickstart pipeline, an independent way to compute its
+//! result (DataFusion SQL), and a loopback cluster of real `manta` processes.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use arrow::array::{Array, RecordBatch, StringViewBuilder};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Schema};
+use manta::prelude::*;
+use manta::{Checksum, MapBatchesOptions, ReadOptions};
+
+/// The quickstart's batch function: adds `l_shipmode_upper`.
+#[manta::remote]
+pub fn add_shipmode_upper(batch: RecordBatch) -> manta::Result<RecordBatch> {
+    let modes = cast(batch.column_by_name("l_shipmode").expect("l_shipmode"), &DataType::Utf8)?;
+    let modes = modes.as_any().downcast_ref::<arrow::array::StringArray>().expect("strings");
+    let mut upper = StringViewBuilder::with_capacity(modes.len());
+    for mode in modes {
+        upper.append_option(mode.map(str::to_uppercase));
+    }
+    let mut fields = batch.schema().fields().to_vec();
+    fields.push(Arc::new(Field::new("l_shipmode_upper", DataType::Utf8View, true)));
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(upper.finish()));
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+}
+
+/// Generates a small lineitem with many row groups (so many tasks), once per test binary run.
+pub fn small_lineitem(root: &Path) -> PathBuf {
+    manta::tpch::lineitem_with(root, 0.01, 4096).expect("generate lineitem")
+}
+
+/// Reads in tasks of one row group each.
+pub fn small_tasks() -> ReadOptions {
+    ReadOptions { rows_per_task: 4096, ..Default::default() }
+}
+
+/// The quickstart pipeline; `read` and `map` place its two halves (None: default, fused).
+pub fn etl(ctx: &manta::Context, input: &Path, read: ReadOptions, map: MapBatchesOptions) -> manta::Dataset {
+    ctx.read_parquet_with(input.to_str().unwrap(), read)
+        .expect("read")
+        .filter(col("l_shipdate").lt_eq(lit("1998-09-02")).and(col("l_discount").gt(lit(0.05))))
+        .with_column("revenue", col("l_extendedprice") * (lit(1) - col("l_discount")))
+        .map_batches_with(add_shipmode_upper, map)
+}
+
+/// The quickstart's result computed by DataFusion SQL over the same files.
+pub fn expected_etl(input: &Path) -> Checksum {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_parquet("lineitem", input.to_str().unwrap(), Default::default()).await.unwrap();
+        let batches = ctx
+            .sql(
+                "SELECT *, l_extendedprice * (1 - l_discount) AS revenue, upper(l_shipmode) AS l_shipmode_upper \
+                 FROM lineitem WHERE l_shipdate <= DATE '1998-09-02' AND l_discount > 0.05",
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        Checksum::of(&batches).unwrap()
+    })
+}
+
+/// The checksum of every Parquet file under `dir`, read with the parquet crate directly.
+pub fn checksum_of_parquet_dir(dir: &Path) -> Checksum {
+    let mut checksum = Checksum::default();
+    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    for file in files {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&file).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            checksum.update(&batch.unwrap()).unwrap();
+        }
+    }
+    checksum
+}
+
+/// A process started by a test, stopped (SIGTERM, then waited for) when dropped.
+pub struct Process {
+    pub child: Child,
+    pub address: String,
+}
+
+impl Process {
+    /// Runs `manta start ... --block` and waits for its ready line.
+    pub fn start(args: &[&str]) -> Process {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_manta"))
+            .arg("start")
+            .args(args)
+            .arg("--block")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start manta");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        // Keep draining: worker processes inherit this pipe, and a full pipe would block them.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        let address = line
+            .trim()
+            .strip_prefix("MANTA_READY ")
+            .unwrap_or_else(|| panic!("manta start {args:?} did not get ready: {line:?}"))
+            .to_string();
+        Process { child, address }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A head and nodes on 127.0.0.1.
+pub struct Cluster {
+    pub nodes: Vec<Process>,
+    pub head: Process,
+}
+
+impl Cluster {
+    /// A head and one node per entry of `node_resources` (custom resources, e.g. "a=1").
+    pub fn start(node_resources: &[&str]) -> Cluster {
+        let head = Process::start(&["--head", "--port", "0"]);
+        let nodes = node_resources
+            .iter()
+            .map(|resources| {
+                Process::start(&[
+                    "--address",
+                    &head.address,
+                    "--num-cpus",
+                    "2",
+                    "--object-store-memory",
+                    "1GiB",
+                    "--resources",
+                    resources,
+                ])
+            })
+            .collect();
+        Cluster { head, nodes }
+    }
+
+    /// A driver context joined to this cluster.
+    pub fn connect(&self) -> manta::Context {
+        manta::init_with(manta::Config { address: Some(self.head.address.clone()), ..Default::default() }).expect("join the cluster")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.stop();
+        }
+        self.head.stop();
+    }
+}
+
+/// A task on a node with this custom resource.
+pub fn on(resource: &str) -> manta::Resources {
+    manta::Resources { cpus: 1.0, memory_bytes: 0, custom: [(resource.to_string(), 0.5)].into() }
+}
