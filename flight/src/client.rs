@@ -59,15 +59,14 @@ impl FlightPool {
         Ok(client)
     }
 
-    /// Pulls `id` from `location` into `store`; returns the bytes received.
+    /// Pulls `id` from `location` into `store`; returns its size as stored.
     pub async fn pull_into(&self, store: &Arc<ObjectStore>, location: &Location, id: ObjectId) -> Result<u64> {
         let mut stream = self.open(location, id).await?;
         let first = next_message(&mut stream, location, id).await?.ok_or_else(|| malformed(location, id, "no messages"))?;
         let (is_block, size) = parse_metadata(&first, location, id)?;
         let mut receiver = store.receive(id, size)?;
-        let received = receive(first, stream, is_block, receiver.writer(), location, id).await?;
-        receiver.finish()?;
-        Ok(received)
+        receive(first, stream, is_block, receiver.writer(), location, id).await?;
+        Ok(receiver.finish()?)
     }
 
     /// Fetches `id` from `location` into this process's memory.
