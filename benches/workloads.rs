@@ -48,7 +48,11 @@ pub struct Args {
 
 impl Args {
     pub fn mode(&self) -> &'static str {
-        if self.address.is_some() { "cluster" } else { "embedded" }
+        if self.address.is_some() {
+            "cluster"
+        } else {
+            "embedded"
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -68,7 +72,11 @@ pub fn peak_rss_mib() -> u64 {
 pub fn peak_rss_of_mib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib / 1024)
+    line.split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()
+        .map(|kib| kib / 1024)
 }
 
 /// Times `f`, returning seconds and its result.

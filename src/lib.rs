@@ -33,6 +33,9 @@
 
 #![warn(missing_docs)]
 
+// Lets `#[manta::remote]` (which names `::manta`) be used inside this crate too.
+extern crate self as manta;
+
 pub use manta_datasets as datasets;
 pub use manta_engine as engine;
 pub use manta_flight as flight;
@@ -42,7 +45,8 @@ pub use manta_scheduler as scheduler;
 pub mod tpch;
 
 pub use manta_datasets::{
-    Checksum, Config, Context, Dataset, DatasetStats, Error, MapBatchesOptions, ReadOptions, Result, WriteSummary,
+    Checksum, Config, Context, Dataset, DatasetStats, Error, MapBatchesOptions, ReadOptions,
+    Result, WriteSummary,
 };
 pub use manta_engine::Resources;
 
@@ -86,5 +90,8 @@ pub fn run_worker_if_requested() {
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -9,6 +9,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arrow::array::{AsArray, RecordBatch, StringViewArray};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
@@ -20,7 +23,9 @@ pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 
 /// The default cache: `target/tpch` under the workspace.
 pub fn default_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("tpch")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("tpch")
 }
 
 /// The directory of `lineitem` at `scale` under `root`, generated if missing.
@@ -31,7 +36,11 @@ pub fn lineitem(root: &Path, scale: f64) -> std::io::Result<PathBuf> {
 /// [`lineitem`] with row groups of `row_group_rows` rows (small ones make many tasks of a small
 /// table, for tests).
 pub fn lineitem_with(root: &Path, scale: f64, row_group_rows: usize) -> std::io::Result<PathBuf> {
-    let name = if row_group_rows == ROW_GROUP_ROWS { format!("sf{scale}") } else { format!("sf{scale}-rg{row_group_rows}") };
+    let name = if row_group_rows == ROW_GROUP_ROWS {
+        format!("sf{scale}")
+    } else {
+        format!("sf{scale}-rg{row_group_rows}")
+    };
     let dir = root.join(name).join("lineitem");
     if dir.is_dir() {
         return Ok(dir);
@@ -42,7 +51,9 @@ pub fn lineitem_with(root: &Path, scale: f64, row_group_rows: usize) -> std::io:
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
     let parts = ((scale * 8.0).ceil() as i32).max(1);
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let next = std::sync::atomic::AtomicI32::new(1);
     let result: std::io::Result<()> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
@@ -58,7 +69,9 @@ pub fn lineitem_with(root: &Path, scale: f64, row_group_rows: usize) -> std::io:
                 })
             })
             .collect();
-        workers.into_iter().try_for_each(|w| w.join().expect("generator thread panicked"))
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().expect("generator thread panicked"))
     });
     if let Err(e) = result {
         let _ = fs::remove_dir_all(&tmp);
@@ -68,18 +81,54 @@ pub fn lineitem_with(root: &Path, scale: f64, row_group_rows: usize) -> std::io:
     Ok(dir)
 }
 
-fn write_part(dir: &Path, scale: f64, part: i32, parts: i32, row_group_rows: usize) -> std::io::Result<()> {
-    let batches = LineItemArrow::new(LineItemGenerator::new(scale, part, parts)).with_batch_size(row_group_rows.min(ROW_GROUP_ROWS));
+fn write_part(
+    dir: &Path,
+    scale: f64,
+    part: i32,
+    parts: i32,
+    row_group_rows: usize,
+) -> std::io::Result<()> {
+    let batches = LineItemArrow::new(LineItemGenerator::new(scale, part, parts))
+        .with_batch_size(row_group_rows.min(ROW_GROUP_ROWS));
     let schema = Arc::clone(tpchgen_arrow::RecordBatchIterator::schema(&batches));
     let file = fs::File::create(dir.join(format!("part-{part:03}.parquet")))?;
     let properties = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(row_group_rows))
         .build();
-    let mut writer = ArrowWriter::try_new(file, schema, Some(properties)).map_err(std::io::Error::other)?;
+    let mut writer =
+        ArrowWriter::try_new(file, schema, Some(properties)).map_err(std::io::Error::other)?;
     for batch in batches {
         writer.write(&batch).map_err(std::io::Error::other)?;
     }
     writer.close().map_err(std::io::Error::other)?;
     Ok(())
+}
+
+/// The quickstart's batch function (also used by the tests and the `etl` benchmark): adds
+/// `l_shipmode_upper`, the ship mode in upper case.
+#[crate::remote]
+pub fn add_shipmode_upper(batch: RecordBatch) -> crate::Result<RecordBatch> {
+    let modes = batch.column_by_name("l_shipmode").ok_or_else(|| {
+        crate::Error::InvalidArgument("the batch has no l_shipmode column".into())
+    })?;
+    // A no-op for lineitem, whose strings are already views.
+    let modes = cast(modes, &DataType::Utf8View)?;
+    let upper: StringViewArray = modes
+        .as_string_view()
+        .iter()
+        .map(|mode| mode.map(str::to_uppercase))
+        .collect();
+    let mut fields = batch.schema().fields().to_vec();
+    fields.push(Arc::new(Field::new(
+        "l_shipmode_upper",
+        DataType::Utf8View,
+        true,
+    )));
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(upper));
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }

@@ -14,7 +14,11 @@ fn manta(run_dir: &Path, args: &[&str]) -> Output {
 }
 
 fn text(output: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
 
 /// Runs `manta stop` when dropped, so a failed test leaves no daemons behind.
@@ -40,15 +44,32 @@ fn start_status_stop() {
         .unwrap_or_else(|| panic!("no address in: {head_text}"))
         .to_string();
 
-    let node = manta(run_dir.path(), &["start", "--address", &address, "--num-cpus", "3", "--object-store-memory", "256MiB"]);
+    let node = manta(
+        run_dir.path(),
+        &[
+            "start",
+            "--address",
+            &address,
+            "--num-cpus",
+            "3",
+            "--object-store-memory",
+            "256MiB",
+        ],
+    );
     assert!(node.status.success(), "{}", text(&node));
 
     let status = manta(run_dir.path(), &["status"]);
     let status_text = text(&status);
     assert!(status.status.success(), "{status_text}");
     assert!(status_text.contains("1 node(s), 1 alive"), "{status_text}");
-    assert!(status_text.contains("0.0/3.0"), "three CPUs, none used: {status_text}");
-    assert!(status_text.contains("256.0 MiB"), "the store's budget: {status_text}");
+    assert!(
+        status_text.contains("0.0/3.0"),
+        "three CPUs, none used: {status_text}"
+    );
+    assert!(
+        status_text.contains("256.0 MiB"),
+        "the store's budget: {status_text}"
+    );
 
     let pids: Vec<i32> = std::fs::read_dir(run_dir.path())
         .unwrap()
@@ -59,9 +80,18 @@ fn start_status_stop() {
     let stop = manta(run_dir.path(), &["stop"]);
     assert!(stop.status.success(), "{}", text(&stop));
     for pid in pids {
-        assert!(!manta::engine::store::process_alive(pid), "pid {pid} still runs after manta stop");
+        assert!(
+            !manta::engine::store::process_alive(pid),
+            "pid {pid} still runs after manta stop"
+        );
         let leaked = std::fs::read_dir("/dev/shm")
-            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with(&format!("manta-{pid}-"))))
+            .map(|d| {
+                d.flatten().any(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(&format!("manta-{pid}-"))
+                })
+            })
             .unwrap_or(false);
         assert!(!leaked, "pid {pid} left its shared memory behind");
     }
@@ -72,9 +102,24 @@ fn start_status_stop() {
 #[test]
 fn a_node_whose_head_does_not_answer_fails_fast() {
     let run_dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let node = manta(run_dir.path(), &["start", "--address", &format!("127.0.0.1:{port}"), "--block"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let node = manta(
+        run_dir.path(),
+        &[
+            "start",
+            "--address",
+            &format!("127.0.0.1:{port}"),
+            "--block",
+        ],
+    );
     assert!(!node.status.success());
     let message = text(&node);
-    assert!(message.contains("could not reach the Manta head"), "{message}");
+    assert!(
+        message.contains("could not reach the Manta head"),
+        "{message}"
+    );
 }

@@ -18,14 +18,26 @@ use common::*;
 fn main() {
     manta::run_worker_if_requested();
     let tests: &[(&str, fn(&Cluster))] = &[
-        ("quickstart_runs_across_two_nodes_and_matches_embedded", quickstart_runs_across_two_nodes_and_matches_embedded),
-        ("workers_read_blocks_zero_copy_from_shared_memory", workers_read_blocks_zero_copy_from_shared_memory),
-        ("a_failing_task_on_a_node_names_the_function", a_failing_task_on_a_node_names_the_function),
+        (
+            "quickstart_runs_across_two_nodes_and_matches_embedded",
+            quickstart_runs_across_two_nodes_and_matches_embedded,
+        ),
+        (
+            "workers_read_blocks_zero_copy_from_shared_memory",
+            workers_read_blocks_zero_copy_from_shared_memory,
+        ),
+        (
+            "a_failing_task_on_a_node_names_the_function",
+            a_failing_task_on_a_node_names_the_function,
+        ),
     ];
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
     let cluster = Cluster::start(&["a=1", "b=1"]);
     let mut failed = 0;
-    for (name, test) in tests.iter().filter(|(name, _)| filter.as_deref().is_none_or(|f| name.contains(f))) {
+    for (name, test) in tests
+        .iter()
+        .filter(|(name, _)| filter.as_deref().is_none_or(|f| name.contains(f)))
+    {
         println!("test {name} ...");
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| test(&cluster))) {
             Ok(()) => println!("test {name} ... ok"),
@@ -47,8 +59,13 @@ fn quickstart_runs_across_two_nodes_and_matches_embedded(cluster: &Cluster) {
     let input = small_lineitem(tmp.path());
     // Reads run only on node "a", the batch function only on node "b": every block is produced
     // on one node and consumed on the other.
-    let read = ReadOptions { resources: on("a"), ..small_tasks() };
-    let map = MapBatchesOptions { resources: Some(on("b")) };
+    let read = ReadOptions {
+        resources: on("a"),
+        ..small_tasks()
+    };
+    let map = MapBatchesOptions {
+        resources: Some(on("b")),
+    };
 
     let ctx = cluster.connect();
     let ds = etl(&ctx, &input, read.clone(), map.clone());
@@ -58,14 +75,26 @@ fn quickstart_runs_across_two_nodes_and_matches_embedded(cluster: &Cluster) {
     assert_eq!(stats.stages.len(), 2);
     let (produce, consume) = (&stats.stages[0], &stats.stages[1]);
     assert!(produce.tasks > 10);
-    assert_eq!(consume.task.pulled_objects, produce.tasks, "every block crossed nodes: {stats}");
+    assert_eq!(
+        consume.task.pulled_objects, produce.tasks,
+        "every block crossed nodes: {stats}"
+    );
     assert_eq!(consume.task.pulled_bytes, produce.bytes_out, "{stats}");
 
-    let embedded = manta::init_with(Config { custom_resources: [("a".into(), 1.0), ("b".into(), 1.0)].into(), ..Default::default() }).unwrap();
+    let embedded = manta::init_with(Config {
+        custom_resources: [("a".into(), 1.0), ("b".into(), 1.0)].into(),
+        ..Default::default()
+    })
+    .unwrap();
     let local_out = tmp.path().join("embedded-out");
-    let local = etl(&embedded, &input, read, map).write_parquet(&local_out).unwrap();
+    let local = etl(&embedded, &input, read, map)
+        .write_parquet(&local_out)
+        .unwrap();
     assert_eq!(written.rows, local.rows);
-    assert_eq!(checksum_of_parquet_dir(&out), checksum_of_parquet_dir(&local_out));
+    assert_eq!(
+        checksum_of_parquet_dir(&out),
+        checksum_of_parquet_dir(&local_out)
+    );
     assert_eq!(checksum_of_parquet_dir(&out), expected_etl(&input));
 }
 
@@ -81,12 +110,24 @@ fn where_is_my_data(batch: RecordBatch) -> Result<RecordBatch, manta::engine::Bo
         let range = parts.next().unwrap_or("");
         let path = parts.nth(4).unwrap_or("");
         let (start, end) = range.split_once('-').unwrap_or(("0", "0"));
-        let (start, end) = (usize::from_str_radix(start, 16).unwrap_or(0), usize::from_str_radix(end, 16).unwrap_or(0));
+        let (start, end) = (
+            usize::from_str_radix(start, 16).unwrap_or(0),
+            usize::from_str_radix(end, 16).unwrap_or(0),
+        );
         (start..end).contains(&values) && path.starts_with("/dev/shm/manta-")
     });
     let n = batch.num_rows();
-    let schema = Arc::new(Schema::new(vec![Field::new("pid", DataType::UInt32, false), Field::new("in_shm", DataType::Boolean, false)]));
-    Ok(RecordBatch::try_new(schema, vec![Arc::new(UInt32Array::from(vec![std::process::id(); n])), Arc::new(BooleanArray::from(vec![in_shm; n]))])?)
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("pid", DataType::UInt32, false),
+        Field::new("in_shm", DataType::Boolean, false),
+    ]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(UInt32Array::from(vec![std::process::id(); n])),
+            Arc::new(BooleanArray::from(vec![in_shm; n])),
+        ],
+    )?)
 }
 
 fn workers_read_blocks_zero_copy_from_shared_memory(cluster: &Cluster) {
@@ -94,23 +135,55 @@ fn workers_read_blocks_zero_copy_from_shared_memory(cluster: &Cluster) {
     let input = small_lineitem(tmp.path());
     let ctx = cluster.connect();
     let ds = ctx
-        .read_parquet_with(input.to_str().unwrap(), ReadOptions { resources: on("a"), ..small_tasks() })
+        .read_parquet_with(
+            input.to_str().unwrap(),
+            ReadOptions {
+                resources: on("a"),
+                ..small_tasks()
+            },
+        )
         .unwrap()
-        .map_batches_with(where_is_my_data, MapBatchesOptions { resources: Some(on("b")) });
+        .map_batches_with(
+            where_is_my_data,
+            MapBatchesOptions {
+                resources: Some(on("b")),
+            },
+        );
     let batches = ds.take(usize::MAX).unwrap();
     assert!(!batches.is_empty());
-    let node_pids = [cluster.nodes[0].pid(), cluster.nodes[1].pid(), std::process::id()];
+    let node_pids = [
+        cluster.nodes[0].pid(),
+        cluster.nodes[1].pid(),
+        std::process::id(),
+    ];
     for batch in &batches {
-        let pids = batch.column(0).as_any().downcast_ref::<UInt32Array>().unwrap();
-        let in_shm = batch.column(1).as_any().downcast_ref::<BooleanArray>().unwrap();
-        assert!(pids.iter().flatten().all(|pid| !node_pids.contains(&pid)), "ran in a worker process");
-        assert_eq!(in_shm.true_count(), in_shm.len(), "the block was mapped from shared memory, not copied");
+        let pids = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<UInt32Array>()
+            .unwrap();
+        let in_shm = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .unwrap();
+        assert!(
+            pids.iter().flatten().all(|pid| !node_pids.contains(&pid)),
+            "ran in a worker process"
+        );
+        assert_eq!(
+            in_shm.true_count(),
+            in_shm.len(),
+            "the block was mapped from shared memory, not copied"
+        );
     }
 }
 
 #[manta::remote]
 fn reject_everything(_batch: RecordBatch) -> manta::Result<RecordBatch> {
-    Err(manta::Error::InvalidArgument("this function rejects every batch".into()))
+    Err(manta::Error::InvalidArgument(
+        "this function rejects every batch".into(),
+    ))
 }
 
 fn a_failing_task_on_a_node_names_the_function(cluster: &Cluster) {
@@ -118,9 +191,18 @@ fn a_failing_task_on_a_node_names_the_function(cluster: &Cluster) {
     let input = small_lineitem(tmp.path());
     let out = tmp.path().join("out");
     let ctx = cluster.connect();
-    let err = ctx.read_parquet(input.to_str().unwrap()).unwrap().map_batches(reject_everything).write_parquet(&out).unwrap_err();
+    let err = ctx
+        .read_parquet(input.to_str().unwrap())
+        .unwrap()
+        .map_batches(reject_everything)
+        .write_parquet(&out)
+        .unwrap_err();
     match &err {
-        manta::Error::Execution(manta::scheduler::Error::UserFunction { function, message, .. }) => {
+        manta::Error::Execution(manta::scheduler::Error::UserFunction {
+            function,
+            message,
+            ..
+        }) => {
             assert!(function.ends_with("reject_everything"), "{function}");
             assert!(message.contains("rejects every batch"), "{message}");
         }

@@ -1,29 +1,10 @@
 //! `etl`: read lineitem -> filter -> revenue -> registered map_batches -> write Parquet.
 //! Baseline: the same query in plain DataFusion (`COPY ... TO ... STORED AS PARQUET`).
 
-use std::sync::Arc;
-
-use arrow::array::{Array, RecordBatch, StringViewBuilder};
-use arrow::compute::cast;
-use arrow::datatypes::{DataType, Field, Schema};
 use manta::prelude::*;
+use manta::tpch::add_shipmode_upper;
 
 use crate::{Args, peak_rss_mib, peak_rss_of_mib, timed};
-
-#[manta::remote]
-fn add_shipmode_upper(batch: RecordBatch) -> manta::Result<RecordBatch> {
-    let modes = cast(batch.column_by_name("l_shipmode").expect("l_shipmode"), &DataType::Utf8)?;
-    let modes = modes.as_any().downcast_ref::<arrow::array::StringArray>().expect("strings");
-    let mut upper = StringViewBuilder::with_capacity(modes.len());
-    for mode in modes {
-        upper.append_option(mode.map(str::to_uppercase));
-    }
-    let mut fields = batch.schema().fields().to_vec();
-    fields.push(Arc::new(Field::new("l_shipmode_upper", DataType::Utf8View, true)));
-    let mut columns = batch.columns().to_vec();
-    columns.push(Arc::new(upper.finish()));
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
-}
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let input = manta::tpch::lineitem(&args.data_dir(), args.scale)?;
@@ -37,8 +18,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     for run in 1..=args.runs {
         let ds = ctx
             .read_parquet(input.to_str().unwrap())?
-            .filter(col("l_shipdate").lt_eq(lit("1998-09-02")).and(col("l_discount").gt(lit(0.05))))
-            .with_column("revenue", col("l_extendedprice") * (lit(1) - col("l_discount")))
+            .filter(
+                col("l_shipdate")
+                    .lt_eq(lit("1998-09-02"))
+                    .and(col("l_discount").gt(lit(0.05))),
+            )
+            .with_column(
+                "revenue",
+                col("l_extendedprice") * (lit(1) - col("l_discount")),
+            )
             .map_batches(add_shipmode_upper);
         let (seconds, written) = timed(|| ds.write_parquet(&out));
         let written = written?;
@@ -46,7 +34,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let mut rss = format!("peak_rss_mib={}", peak_rss_mib());
         if let manta::scheduler::Client::Cluster(cluster) = ctx.client() {
             let nodes = ctx.block_on(cluster.nodes())?;
-            let node_rss: Vec<String> = nodes.iter().filter_map(|n| peak_rss_of_mib(n.pid).map(|m| m.to_string())).collect();
+            let node_rss: Vec<String> = nodes
+                .iter()
+                .filter_map(|n| peak_rss_of_mib(n.pid).map(|m| m.to_string()))
+                .collect();
             rss.push_str(&format!(" node_peak_rss_mib={}", node_rss.join(",")));
         }
         println!(
@@ -98,7 +89,10 @@ fn baseline(args: &Args, input: &std::path::Path) -> anyhow::Result<()> {
             let rows = arrow::util::display::array_value_to_string(result[0].column(0), 0)?;
             anyhow::Ok((started.elapsed().as_secs_f64(), rows))
         })?;
-        println!("BASELINE workload=etl engine=datafusion scale={} run={run} seconds={seconds:.3} rows={rows}", args.scale);
+        println!(
+            "BASELINE workload=etl engine=datafusion scale={} run={run} seconds={seconds:.3} rows={rows}",
+            args.scale
+        );
     }
     let _ = std::fs::remove_dir_all(&out);
     Ok(())

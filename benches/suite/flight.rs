@@ -24,14 +24,27 @@ pub fn serve(_args: &Args) -> anyhow::Result<()> {
         .map(|i| {
             let start = (i * BATCH_ROWS) as i64;
             RecordBatch::try_from_iter([
-                ("id", Arc::new(Int64Array::from_iter_values(start..start + BATCH_ROWS as i64)) as _),
-                ("value", Arc::new(Float64Array::from_iter_values((0..BATCH_ROWS).map(|v| v as f64))) as _),
+                (
+                    "id",
+                    Arc::new(Int64Array::from_iter_values(
+                        start..start + BATCH_ROWS as i64,
+                    )) as _,
+                ),
+                (
+                    "value",
+                    Arc::new(Float64Array::from_iter_values(
+                        (0..BATCH_ROWS).map(|v| v as f64),
+                    )) as _,
+                ),
             ])
             .unwrap()
         })
         .collect();
     let id = ObjectId::random();
-    let size = store.put(id, Object::Block(manta::engine::Block::try_new(batches[0].schema(), batches)?))?;
+    let size = store.put(
+        id,
+        Object::Block(manta::engine::Block::try_new(batches[0].schema(), batches)?),
+    )?;
     let runtime = tokio::runtime::Runtime::new()?;
     let (flight_address, tcp_address) = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -67,8 +80,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut line = String::new();
     BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line)?;
     let parts: Vec<&str> = line.split_whitespace().collect();
-    anyhow::ensure!(parts.len() == 5 && parts[0] == "READY", "flight server did not start: {line:?}");
-    let location = Location { node: NodeId::random(), flight_address: parts[1].into() };
+    anyhow::ensure!(
+        parts.len() == 5 && parts[0] == "READY",
+        "flight server did not start: {line:?}"
+    );
+    let location = Location {
+        node: NodeId::random(),
+        flight_address: parts[1].into(),
+    };
     let raw_address = parts[2].to_string();
     let id: ObjectId = parts[3].parse()?;
     let size: usize = parts[4].parse()?;
@@ -80,7 +99,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let (seconds, received) = timed(|| runtime.block_on(pool.pull_into(&store, &location, id)));
         let received = received?;
         let block = store.get(id)?.into_block(id)?;
-        anyhow::ensure!(block.num_rows() == OBJECT_BYTES / 16, "pulled object is incomplete");
+        anyhow::ensure!(
+            block.num_rows() == OBJECT_BYTES / 16,
+            "pulled object is incomplete"
+        );
         drop(block);
         store.free(id);
         println!(
@@ -95,7 +117,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 let mut stream = std::net::TcpStream::connect(&raw_address).unwrap();
                 stream.read_exact(&mut buffer).unwrap();
             });
-            println!("BASELINE workload=flight engine=raw-tcp run={run} seconds={seconds:.3} bytes={size} gbps={:.2}", size as f64 / seconds / 1e9);
+            println!(
+                "BASELINE workload=flight engine=raw-tcp run={run} seconds={seconds:.3} bytes={size} gbps={:.2}",
+                size as f64 / seconds / 1e9
+            );
         }
     }
     drop(child.stdin.take());

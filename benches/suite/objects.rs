@@ -17,8 +17,18 @@ fn block() -> manta::engine::Block {
         .map(|i| {
             let start = (i * BATCH_ROWS) as i64;
             RecordBatch::try_from_iter([
-                ("id", Arc::new(Int64Array::from_iter_values(start..start + BATCH_ROWS as i64)) as _),
-                ("value", Arc::new(Float64Array::from_iter_values((0..BATCH_ROWS).map(|v| v as f64 * 0.5))) as _),
+                (
+                    "id",
+                    Arc::new(Int64Array::from_iter_values(
+                        start..start + BATCH_ROWS as i64,
+                    )) as _,
+                ),
+                (
+                    "value",
+                    Arc::new(Float64Array::from_iter_values(
+                        (0..BATCH_ROWS).map(|v| v as f64 * 0.5),
+                    )) as _,
+                ),
             ])
             .unwrap()
         })

@@ -26,7 +26,11 @@ pub struct Checksum {
 impl Checksum {
     /// Adds a batch's rows.
     pub fn update(&mut self, batch: &RecordBatch) -> Result<()> {
-        let columns = batch.columns().iter().map(canonical).collect::<Result<Vec<ArrayRef>>>()?;
+        let columns = batch
+            .columns()
+            .iter()
+            .map(canonical)
+            .collect::<Result<Vec<ArrayRef>>>()?;
         let state = datafusion::common::hash_utils::RandomState::with_seed(0x6d61_6e74_61);
         let mut hashes = vec![0u64; batch.num_rows()];
         if !columns.is_empty() {
@@ -70,12 +74,18 @@ mod tests {
     fn independent_of_order_batching_and_string_layout() {
         let a = RecordBatch::try_from_iter([
             ("n", Arc::new(Int64Array::from(vec![1, 2, 3])) as ArrayRef),
-            ("s", Arc::new(StringArray::from(vec!["x", "y", "z"])) as ArrayRef),
+            (
+                "s",
+                Arc::new(StringArray::from(vec!["x", "y", "z"])) as ArrayRef,
+            ),
         ])
         .unwrap();
         let b = RecordBatch::try_from_iter([
             ("n", Arc::new(Int64Array::from(vec![3, 1])) as ArrayRef),
-            ("s", Arc::new(StringViewArray::from(vec!["z", "x"])) as ArrayRef),
+            (
+                "s",
+                Arc::new(StringViewArray::from(vec!["z", "x"])) as ArrayRef,
+            ),
         ])
         .unwrap();
         let c = RecordBatch::try_from_iter([
@@ -85,6 +95,9 @@ mod tests {
         .unwrap();
         assert_eq!(Checksum::of([&a]).unwrap(), Checksum::of([&b, &c]).unwrap());
         let different = a.slice(0, 2);
-        assert_ne!(Checksum::of([&a]).unwrap(), Checksum::of([&different, &c.slice(0, 0)]).unwrap());
+        assert_ne!(
+            Checksum::of([&a]).unwrap(),
+            Checksum::of([&different, &c.slice(0, 0)]).unwrap()
+        );
     }
 }

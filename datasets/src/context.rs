@@ -31,13 +31,22 @@ impl Config {
     pub fn from_env() -> Result<Self> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let num_cpus = var("MANTA_NUM_CPUS")
-            .map(|v| v.parse().map_err(|_| Error::InvalidArgument(format!("MANTA_NUM_CPUS={v:?} is not a whole number"))))
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    Error::InvalidArgument(format!("MANTA_NUM_CPUS={v:?} is not a whole number"))
+                })
+            })
             .transpose()?;
         Ok(Self {
             address: var("MANTA_ADDRESS"),
             num_cpus,
-            object_store_memory: var("MANTA_OBJECT_STORE_MEMORY").map(|v| parse_bytes(&v)).transpose()?,
-            custom_resources: var("MANTA_RESOURCES").map(|v| Resources::parse_custom(&v)).transpose()?.unwrap_or_default(),
+            object_store_memory: var("MANTA_OBJECT_STORE_MEMORY")
+                .map(|v| parse_bytes(&v))
+                .transpose()?,
+            custom_resources: var("MANTA_RESOURCES")
+                .map(|v| Resources::parse_custom(&v))
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 }
@@ -49,10 +58,14 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let Some(runtime) = self.runtime.take() else { return };
+        let Some(runtime) = self.runtime.take() else {
+            return;
+        };
         if let Client::Cluster(cluster) = &self.client {
             let cluster = Arc::clone(cluster);
-            let _ = runtime.block_on(async move { tokio::time::timeout(Duration::from_secs(2), cluster.end_job()).await });
+            let _ = runtime.block_on(async move {
+                tokio::time::timeout(Duration::from_secs(2), cluster.end_job()).await
+            });
         }
         runtime.shutdown_timeout(Duration::from_secs(1));
     }
@@ -71,7 +84,9 @@ pub struct Context {
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context").field("client", &self.inner.client).finish()
+        f.debug_struct("Context")
+            .field("client", &self.inner.client)
+            .finish()
     }
 }
 
@@ -83,7 +98,11 @@ impl Context {
             .thread_name("manta-driver")
             .enable_all()
             .build()
-            .map_err(|source| Error::Io { action: "starting", path: "the driver's runtime".into(), source })?;
+            .map_err(|source| Error::Io {
+                action: "starting",
+                path: "the driver's runtime".into(),
+                source,
+            })?;
         let client = match &config.address {
             Some(address) => Client::Cluster(runtime.block_on(ClusterClient::connect(address))?),
             None => {
@@ -98,7 +117,12 @@ impl Context {
                 Client::Embedded(EmbeddedRuntime::new(embedded)?)
             }
         };
-        Ok(Self { inner: Arc::new(Inner { runtime: Some(runtime), client }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                runtime: Some(runtime),
+                client,
+            }),
+        })
     }
 
     /// Where tasks run.
@@ -113,7 +137,11 @@ impl Context {
 
     /// Runs a future on the context's runtime, blocking this thread.
     pub fn block_on<F: Future>(&self, future: F) -> F::Output {
-        self.inner.runtime.as_ref().expect("runtime lives as long as the context").block_on(future)
+        self.inner
+            .runtime
+            .as_ref()
+            .expect("runtime lives as long as the context")
+            .block_on(future)
     }
 
     /// Spawns a future on the context's runtime.
@@ -122,7 +150,11 @@ impl Context {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.inner.runtime.as_ref().expect("runtime lives as long as the context").spawn(future)
+        self.inner
+            .runtime
+            .as_ref()
+            .expect("runtime lives as long as the context")
+            .spawn(future)
     }
 
     /// A dataset of the Parquet files at `path` (a file, a directory or a glob).
@@ -133,6 +165,13 @@ impl Context {
     /// [`read_parquet`](Self::read_parquet) with options (resources, batch size).
     pub fn read_parquet_with(&self, path: &str, options: ReadOptions) -> Result<Dataset> {
         let source = ParquetSource::open(path)?;
-        Ok(Dataset::new(self.clone(), LogicalPlan { source: Arc::new(source), read_options: options, ops: Vec::new() }))
+        Ok(Dataset::new(
+            self.clone(),
+            LogicalPlan {
+                source: Arc::new(source),
+                read_options: options,
+                ops: Vec::new(),
+            },
+        ))
     }
 }

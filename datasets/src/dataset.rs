@@ -43,7 +43,10 @@ pub struct Dataset {
 
 impl std::fmt::Debug for Dataset {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dataset").field("source", &self.plan.source.path).field("ops", &self.plan.ops).finish()
+        f.debug_struct("Dataset")
+            .field("source", &self.plan.source.path)
+            .field("ops", &self.plan.ops)
+            .finish()
     }
 }
 
@@ -62,7 +65,11 @@ pub struct WriteSummary {
 
 impl Dataset {
     pub(crate) fn new(ctx: Context, plan: LogicalPlan) -> Self {
-        Self { ctx, plan: Arc::new(plan), last_stats: Arc::default() }
+        Self {
+            ctx,
+            plan: Arc::new(plan),
+            last_stats: Arc::default(),
+        }
     }
 
     fn with_op(&self, op: LogicalOp) -> Self {
@@ -86,8 +93,15 @@ impl Dataset {
 
     /// [`map_batches`](Self::map_batches) with options: resources per task (which makes the
     /// function a stage of its own, run where those resources are).
-    pub fn map_batches_with(&self, function: impl RemoteBatchFn, options: MapBatchesOptions) -> Self {
-        self.with_op(LogicalOp::MapBatches { function: function.name(), options })
+    pub fn map_batches_with(
+        &self,
+        function: impl RemoteBatchFn,
+        options: MapBatchesOptions,
+    ) -> Self {
+        self.with_op(LogicalOp::MapBatches {
+            function: function.name(),
+            options,
+        })
     }
 
     /// The figures of this dataset's last run (empty before any).
@@ -96,7 +110,13 @@ impl Dataset {
     }
 
     /// Starts the pipeline; blocks arrive on the returned channel.
-    fn start(&self, sink: Sink) -> Result<(mpsc::Receiver<BlockOut>, tokio::task::JoinHandle<Result<DatasetStats>>)> {
+    fn start(
+        &self,
+        sink: Sink,
+    ) -> Result<(
+        mpsc::Receiver<BlockOut>,
+        tokio::task::JoinHandle<Result<DatasetStats>>,
+    )> {
         let plan = self.plan.compile(sink)?;
         let client = self.ctx.client().clone();
         let cpus = self.ctx.block_on(client.total_cpus())?;
@@ -106,11 +126,15 @@ impl Dataset {
         Ok((rx, handle))
     }
 
-    fn finish(&self, handle: tokio::task::JoinHandle<Result<DatasetStats>>) -> Result<DatasetStats> {
-        let stats = self
-            .ctx
-            .block_on(handle)
-            .map_err(|e| Error::Execution(manta_scheduler::Error::Internal(format!("the executor failed: {e}"))))??;
+    fn finish(
+        &self,
+        handle: tokio::task::JoinHandle<Result<DatasetStats>>,
+    ) -> Result<DatasetStats> {
+        let stats = self.ctx.block_on(handle).map_err(|e| {
+            Error::Execution(manta_scheduler::Error::Internal(format!(
+                "the executor failed: {e}"
+            )))
+        })??;
         *self.last_stats.lock() = Some(stats.clone());
         Ok(stats)
     }
@@ -132,7 +156,9 @@ impl Dataset {
         let mut rows = 0;
         let mut iter = self.iter_batches()?;
         while rows < limit {
-            let Some(batch) = iter.next().transpose()? else { break };
+            let Some(batch) = iter.next().transpose()? else {
+                break;
+            };
             let batch = batch.slice(0, batch.num_rows().min(limit - rows));
             rows += batch.num_rows();
             batches.push(batch);
@@ -144,7 +170,12 @@ impl Dataset {
     /// Runs the pipeline, yielding its batches as blocks finish (in completion order).
     pub fn iter_batches(&self) -> Result<BatchIter> {
         let (rx, handle) = self.start(Sink::Driver)?;
-        Ok(BatchIter { dataset: self.clone(), rx: Some(rx), handle: Some(handle), pending: VecDeque::new() })
+        Ok(BatchIter {
+            dataset: self.clone(),
+            rx: Some(rx),
+            handle: Some(handle),
+            pending: VecDeque::new(),
+        })
     }
 
     /// Runs the pipeline and writes it as Parquet part files under `path`, atomically: on
@@ -157,16 +188,41 @@ impl Dataset {
             written.push(out.block);
         }
         self.finish(handle)?;
-        let mut summary = WriteSummary { path: target.destination().to_path_buf(), files: 0, rows: 0, bytes: 0 };
+        let mut summary = WriteSummary {
+            path: target.destination().to_path_buf(),
+            files: 0,
+            rows: 0,
+            bytes: 0,
+        };
         for block in written {
             let object = self.ctx.block_on(self.ctx.client().get(&block))?;
             for record in object.into_block(block.id())?.batches() {
                 summary.files += record.num_rows() as u64;
-                summary.rows += record.column(1).as_primitive::<UInt64Type>().iter().flatten().sum::<u64>();
-                summary.bytes += record.column(2).as_primitive::<UInt64Type>().iter().flatten().sum::<u64>();
+                summary.rows += record
+                    .column(1)
+                    .as_primitive::<UInt64Type>()
+                    .iter()
+                    .flatten()
+                    .sum::<u64>();
+                summary.bytes += record
+                    .column(2)
+                    .as_primitive::<UInt64Type>()
+                    .iter()
+                    .flatten()
+                    .sum::<u64>();
             }
         }
         target.commit()?;
+        if let Some(stats) = self
+            .last_stats
+            .lock()
+            .as_mut()
+            .and_then(|s| s.stages.last_mut())
+        {
+            // The write stage's blocks are records of the files; report what the files hold.
+            stats.rows_out = summary.rows;
+            stats.bytes_out = summary.bytes;
+        }
         Ok(summary)
     }
 }
@@ -203,9 +259,20 @@ impl Iterator for BatchIter {
                 Some(out) => {
                     let client = self.dataset.ctx.client().clone();
                     let id = out.block.id();
-                    let fetched = self.dataset.ctx.block_on(async move { client.get(&out.block).await });
-                    match fetched.map_err(Error::from).and_then(|o| Ok(o.into_block(id)?)) {
-                        Ok(block) => self.pending.extend(block.into_batches().into_iter().filter(|b| b.num_rows() > 0)),
+                    let fetched = self
+                        .dataset
+                        .ctx
+                        .block_on(async move { client.get(&out.block).await });
+                    match fetched
+                        .map_err(Error::from)
+                        .and_then(|o| Ok(o.into_block(id)?))
+                    {
+                        Ok(block) => self.pending.extend(
+                            block
+                                .into_batches()
+                                .into_iter()
+                                .filter(|b| b.num_rows() > 0),
+                        ),
                         Err(e) => {
                             self.rx = None;
                             return Some(Err(e));

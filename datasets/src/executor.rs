@@ -56,21 +56,40 @@ impl Limits {
     /// Limits for a cluster (or process) with `cpus` CPUs.
     pub fn for_cpus(cpus: f64) -> Self {
         let cpus = cpus.ceil().max(1.0) as usize;
-        Self { max_running: 2 * cpus, max_buffered: (2 * cpus).max(4) }
+        Self {
+            max_running: 2 * cpus,
+            max_buffered: (2 * cpus).max(4),
+        }
     }
 }
 
 /// Runs `plan`, sending the last stage's blocks to `out`. Stops early (without error) if `out`
 /// is closed.
-pub async fn execute(client: Client, plan: PhysicalPlan, out: mpsc::Sender<BlockOut>, limits: Limits, show_progress: bool) -> Result<DatasetStats> {
+pub async fn execute(
+    client: Client,
+    plan: PhysicalPlan,
+    out: mpsc::Sender<BlockOut>,
+    limits: Limits,
+    show_progress: bool,
+) -> Result<DatasetStats> {
     let started = Instant::now();
     let n_stages = plan.stages.len();
-    let mut stats: Vec<StageStats> = plan.stages.iter().map(|s| StageStats::new(&s.name)).collect();
+    let mut stats: Vec<StageStats> = plan
+        .stages
+        .iter()
+        .map(|s| StageStats::new(&s.name))
+        .collect();
     let names: Vec<String> = plan.stages.iter().map(|s| s.name.clone()).collect();
     let progress = show_progress.then(|| Progress::new(&names, plan.fragments.len() as u64));
-    let mut sources: VecDeque<(u64, crate::parquet_source::Fragment)> =
-        plan.fragments.iter().cloned().enumerate().map(|(i, f)| (i as u64, f)).collect();
-    let mut queues: Vec<VecDeque<(u64, ObjectRef)>> = (0..n_stages).map(|_| VecDeque::new()).collect();
+    let mut sources: VecDeque<(u64, crate::parquet_source::Fragment)> = plan
+        .fragments
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, f)| (i as u64, f))
+        .collect();
+    let mut queues: Vec<VecDeque<(u64, ObjectRef)>> =
+        (0..n_stages).map(|_| VecDeque::new()).collect();
     let mut running = FuturesUnordered::new();
     let mut running_sources = 0usize;
     let mut failure = None;
@@ -79,23 +98,25 @@ pub async fn execute(client: Client, plan: PhysicalPlan, out: mpsc::Sender<Block
     loop {
         // Launch what the limits allow, most downstream first.
         while failure.is_none() && !consumer_gone && running.len() < limits.max_running {
-            let (stage, index, part, input_rows, inputs) = if let Some(stage) = (1..n_stages).rev().find(|s| !queues[*s].is_empty()) {
-                let (index, block) = queues[stage].pop_front().expect("non-empty");
-                let rows = block.meta().num_rows;
-                (stage, index, TaskPart::Blocks, rows, vec![block])
-            } else {
-                let buffered: usize = queues.iter().map(VecDeque::len).sum::<usize>() + running_sources;
-                let memory_ok = client
-                    .local_store_usage()
-                    .is_none_or(|u| u.resident_bytes <= u.budget_bytes / 10 * 9 || running.is_empty());
-                if sources.is_empty() || buffered >= limits.max_buffered || !memory_ok {
-                    break;
-                }
-                let (index, fragment) = sources.pop_front().expect("non-empty");
-                running_sources += 1;
-                let rows = fragment.rows;
-                (0, index, TaskPart::Read(fragment), rows, Vec::new())
-            };
+            let (stage, index, part, input_rows, inputs) =
+                if let Some(stage) = (1..n_stages).rev().find(|s| !queues[*s].is_empty()) {
+                    let (index, block) = queues[stage].pop_front().expect("non-empty");
+                    let rows = block.meta().num_rows;
+                    (stage, index, TaskPart::Blocks, rows, vec![block])
+                } else {
+                    let buffered: usize =
+                        queues.iter().map(VecDeque::len).sum::<usize>() + running_sources;
+                    let memory_ok = client.local_store_usage().is_none_or(|u| {
+                        u.resident_bytes <= u.budget_bytes / 10 * 9 || running.is_empty()
+                    });
+                    if sources.is_empty() || buffered >= limits.max_buffered || !memory_ok {
+                        break;
+                    }
+                    let (index, fragment) = sources.pop_front().expect("non-empty");
+                    running_sources += 1;
+                    let rows = fragment.rows;
+                    (0, index, TaskPart::Read(fragment), rows, Vec::new())
+                };
             let physical = &plan.stages[stage];
             let args = encode_args(&physical.spec, &TaskArgs { part, index })?;
             let spec = TaskSpec {
@@ -111,7 +132,9 @@ pub async fn execute(client: Client, plan: PhysicalPlan, out: mpsc::Sender<Block
             running.push(async move { (stage, index, input_rows, task.await) });
         }
 
-        let Some((stage, index, input_rows, result)) = running.next().await else { break };
+        let Some((stage, index, input_rows, result)) = running.next().await else {
+            break;
+        };
         if stage == 0 {
             running_sources -= 1;
         }
@@ -123,13 +146,27 @@ pub async fn execute(client: Client, plan: PhysicalPlan, out: mpsc::Sender<Block
             }
         };
         let meta = outcome.meta().clone();
-        stats[stage].finished(Instant::now(), input_rows, meta.num_rows, meta.size_bytes, &outcome.stats);
+        stats[stage].finished(
+            Instant::now(),
+            input_rows,
+            meta.num_rows,
+            meta.size_bytes,
+            &outcome.stats,
+        );
         if let Some(progress) = &progress {
             progress.task_done(stage, stats[stage].rows_out);
         }
         if stage + 1 < n_stages {
             queues[stage + 1].push_back((index, outcome.output));
-        } else if !consumer_gone && out.send(BlockOut { index, block: outcome.output }).await.is_err() {
+        } else if !consumer_gone
+            && out
+                .send(BlockOut {
+                    index,
+                    block: outcome.output,
+                })
+                .await
+                .is_err()
+        {
             consumer_gone = true;
         }
     }
@@ -138,6 +175,9 @@ pub async fn execute(client: Client, plan: PhysicalPlan, out: mpsc::Sender<Block
     }
     match failure {
         Some(e) => Err(e.into()),
-        None => Ok(DatasetStats { stages: stats, wall: started.elapsed() }),
+        None => Ok(DatasetStats {
+            stages: stats,
+            wall: started.elapsed(),
+        }),
     }
 }

@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use arrow::array::{Array, RecordBatch};
+use arrow::array::{Array, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::DFSchema;
@@ -30,7 +30,10 @@ pub struct PlannedExpr {
 impl PlannedExpr {
     /// An expression not yet planned.
     pub fn new(expr: Expr) -> Self {
-        Self { expr, planned: Mutex::new(None) }
+        Self {
+            expr,
+            planned: Mutex::new(None),
+        }
     }
 
     /// The logical expression.
@@ -39,7 +42,10 @@ impl PlannedExpr {
     }
 
     /// The physical expression for `schema`.
-    pub fn for_schema(&self, schema: &SchemaRef) -> datafusion::error::Result<Arc<dyn PhysicalExpr>> {
+    pub fn for_schema(
+        &self,
+        schema: &SchemaRef,
+    ) -> datafusion::error::Result<Arc<dyn PhysicalExpr>> {
         let mut planned = self.planned.lock();
         if let Some((cached, physical)) = planned.as_ref() {
             if Arc::ptr_eq(cached, schema) || cached == schema {
@@ -53,31 +59,54 @@ impl PlannedExpr {
 }
 
 /// Plans `expr` against `schema`, with type coercion.
-pub fn plan_expr(expr: &Expr, schema: &SchemaRef) -> datafusion::error::Result<Arc<dyn PhysicalExpr>> {
+pub fn plan_expr(
+    expr: &Expr,
+    schema: &SchemaRef,
+) -> datafusion::error::Result<Arc<dyn PhysicalExpr>> {
     let df_schema = DFSchema::try_from(Arc::clone(schema))?;
     SESSION.create_physical_expr(expr.clone(), &df_schema)
 }
 
 /// Keeps the rows where `predicate` is true (null counts as false).
-pub fn filter(predicate: &PlannedExpr, batch: &RecordBatch) -> datafusion::error::Result<RecordBatch> {
+pub fn filter(
+    predicate: &PlannedExpr,
+    batch: &RecordBatch,
+) -> datafusion::error::Result<RecordBatch> {
+    let mask = evaluate_predicate(predicate, batch)?;
+    Ok(filter_record_batch(batch, &mask)?)
+}
+
+/// The predicate's value on each row of `batch`.
+pub fn evaluate_predicate(
+    predicate: &PlannedExpr,
+    batch: &RecordBatch,
+) -> datafusion::error::Result<BooleanArray> {
     let physical = predicate.for_schema(batch.schema_ref())?;
     let mask = physical.evaluate(batch)?.into_array(batch.num_rows())?;
-    let Some(mask) = mask.as_any().downcast_ref::<arrow::array::BooleanArray>() else {
-        return Err(datafusion::error::DataFusionError::Plan(format!(
+    match mask.as_any().downcast_ref::<BooleanArray>() {
+        Some(mask) => Ok(mask.clone()),
+        None => Err(datafusion::error::DataFusionError::Plan(format!(
             "a filter predicate must be boolean, but {} is {}",
             predicate.expr(),
             mask.data_type()
-        )));
-    };
-    Ok(filter_record_batch(batch, mask)?)
+        ))),
+    }
 }
 
 /// Adds column `name` (or replaces it, if it exists) with the value of `value`.
-pub fn with_column(name: &str, value: &PlannedExpr, batch: &RecordBatch) -> datafusion::error::Result<RecordBatch> {
+pub fn with_column(
+    name: &str,
+    value: &PlannedExpr,
+    batch: &RecordBatch,
+) -> datafusion::error::Result<RecordBatch> {
     let schema = batch.schema_ref();
     let physical = value.for_schema(schema)?;
     let column = physical.evaluate(batch)?.into_array(batch.num_rows())?;
-    let field = Arc::new(Field::new(name, column.data_type().clone(), physical.nullable(schema)?));
+    let field = Arc::new(Field::new(
+        name,
+        column.data_type().clone(),
+        physical.nullable(schema)?,
+    ));
     let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
     let mut columns = batch.columns().to_vec();
     match schema.index_of(name) {
@@ -95,15 +124,26 @@ pub fn with_column(name: &str, value: &PlannedExpr, batch: &RecordBatch) -> data
 }
 
 /// The schema `with_column(name, expr)` produces from `schema`, planning the expression.
-pub fn with_column_schema(name: &str, expr: &Expr, schema: &SchemaRef) -> datafusion::error::Result<SchemaRef> {
+pub fn with_column_schema(
+    name: &str,
+    expr: &Expr,
+    schema: &SchemaRef,
+) -> datafusion::error::Result<SchemaRef> {
     let physical = plan_expr(expr, schema)?;
-    let field = Field::new(name, physical.data_type(schema)?, physical.nullable(schema)?);
+    let field = Field::new(
+        name,
+        physical.data_type(schema)?,
+        physical.nullable(schema)?,
+    );
     let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
     match schema.index_of(name) {
         Ok(i) => fields[i] = Arc::new(field),
         Err(_) => fields.push(Arc::new(field)),
     }
-    Ok(Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())))
+    Ok(Arc::new(Schema::new_with_metadata(
+        fields,
+        schema.metadata().clone(),
+    )))
 }
 
 /// Checks that `predicate` is a boolean expression over `schema`.
@@ -125,8 +165,12 @@ mod tests {
     use super::*;
 
     fn batch() -> RecordBatch {
-        let price = Decimal128Array::from(vec![1000, 2000, 3000]).with_precision_and_scale(15, 2).unwrap();
-        let discount = Decimal128Array::from(vec![5, 10, 0]).with_precision_and_scale(15, 2).unwrap();
+        let price = Decimal128Array::from(vec![1000, 2000, 3000])
+            .with_precision_and_scale(15, 2)
+            .unwrap();
+        let discount = Decimal128Array::from(vec![5, 10, 0])
+            .with_precision_and_scale(15, 2)
+            .unwrap();
         RecordBatch::try_from_iter([
             ("n", Arc::new(Int64Array::from(vec![1, 2, 3])) as _),
             ("price", Arc::new(price) as _),
@@ -142,7 +186,10 @@ mod tests {
         let expr = col("price") * (lit(1) - col("discount"));
         let out = with_column("revenue", &PlannedExpr::new(expr.clone()), &kept).unwrap();
         assert_eq!(out.schema().field(3).name(), "revenue");
-        assert_eq!(out.schema_ref(), &with_column_schema("revenue", &expr, kept.schema_ref()).unwrap());
+        assert_eq!(
+            out.schema_ref(),
+            &with_column_schema("revenue", &expr, kept.schema_ref()).unwrap()
+        );
         // 10.00 * (1 - 0.05) = 9.5000, 20.00 * (1 - 0.10) = 18.0000
         let revenue = arrow::util::display::array_value_to_string(out.column(3), 0).unwrap();
         assert_eq!(revenue.parse::<f64>().unwrap(), 10.0 * 0.95);

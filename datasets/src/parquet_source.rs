@@ -10,9 +10,14 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use arrow::array::RecordBatch;
+use arrow::array::{BooleanArray, RecordBatch};
 use arrow::datatypes::SchemaRef;
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use arrow::error::ArrowError;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{
+    ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+    RowFilter,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -69,11 +74,23 @@ impl ParquetSource {
                     }
                 }
             }
-            let row_group_rows = metadata.metadata().row_groups().iter().map(|rg| rg.num_rows() as u64).collect();
-            parquet_files.push(ParquetFile { path: file, row_group_rows });
+            let row_group_rows = metadata
+                .metadata()
+                .row_groups()
+                .iter()
+                .map(|rg| rg.num_rows() as u64)
+                .collect();
+            parquet_files.push(ParquetFile {
+                path: file,
+                row_group_rows,
+            });
         }
         let (schema, _) = schema.expect("list_files returns at least one file");
-        Ok(Self { path: path.to_string(), files: parquet_files, schema })
+        Ok(Self {
+            path: path.to_string(),
+            files: parquet_files,
+            schema,
+        })
     }
 
     /// Total rows.
@@ -85,10 +102,21 @@ impl ParquetSource {
     pub fn fragments(&self, target_rows: u64) -> Vec<Fragment> {
         let mut fragments = Vec::new();
         for file in &self.files {
-            let mut current = Fragment { path: file.path.clone(), row_groups: Vec::new(), rows: 0 };
+            let mut current = Fragment {
+                path: file.path.clone(),
+                row_groups: Vec::new(),
+                rows: 0,
+            };
             for (index, rows) in file.row_group_rows.iter().enumerate() {
                 if !current.row_groups.is_empty() && current.rows + rows > target_rows {
-                    fragments.push(std::mem::replace(&mut current, Fragment { path: file.path.clone(), row_groups: Vec::new(), rows: 0 }));
+                    fragments.push(std::mem::replace(
+                        &mut current,
+                        Fragment {
+                            path: file.path.clone(),
+                            row_groups: Vec::new(),
+                            rows: 0,
+                        },
+                    ));
                 }
                 current.row_groups.push(index);
                 current.rows += rows;
@@ -101,41 +129,95 @@ impl ParquetSource {
     }
 }
 
-/// Reads one fragment as batches of `batch_size` rows.
-pub fn read_fragment(fragment: &Fragment, batch_size: usize) -> Result<impl Iterator<Item = Result<RecordBatch>> + use<>> {
-    let invalid = |source| Error::InvalidParquet { path: fragment.path.clone(), source };
-    let file = File::open(&fragment.path).map_err(|source| Error::Io { action: "opening", path: fragment.path.clone(), source })?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+/// A predicate evaluated inside the Parquet reader: the columns it reads and the function that
+/// says which rows of a batch of those columns to keep.
+pub struct PushedPredicate {
+    /// Names of the columns the predicate reads.
+    pub columns: Vec<String>,
+    /// Which rows to keep.
+    pub keep: Box<dyn FnMut(RecordBatch) -> std::result::Result<BooleanArray, ArrowError> + Send>,
+}
+
+/// Reads one fragment as batches of `batch_size` rows. With `predicate`, the reader decodes the
+/// predicate's columns first and the other columns only for the rows it keeps.
+pub fn read_fragment(
+    fragment: &Fragment,
+    batch_size: usize,
+    predicate: Option<PushedPredicate>,
+) -> Result<impl Iterator<Item = Result<RecordBatch>> + use<>> {
+    let invalid = |source| Error::InvalidParquet {
+        path: fragment.path.clone(),
+        source,
+    };
+    let file = File::open(&fragment.path).map_err(|source| Error::Io {
+        action: "opening",
+        path: fragment.path.clone(),
+        source,
+    })?;
+    let mut builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(invalid)?
         .with_row_groups(fragment.row_groups.clone())
-        .with_batch_size(batch_size)
-        .build()
-        .map_err(invalid)?;
+        .with_batch_size(batch_size);
+    if let Some(predicate) = predicate {
+        let schema = builder.schema();
+        let indices = predicate
+            .columns
+            .iter()
+            .map(|name| schema.index_of(name))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+        builder = builder.with_row_filter(RowFilter::new(vec![Box::new(ArrowPredicateFn::new(
+            mask,
+            predicate.keep,
+        ))]));
+    }
+    let reader = builder.build().map_err(invalid)?;
     let path = fragment.path.clone();
     Ok(reader.map(move |batch| {
-        batch.map_err(|e| Error::InvalidParquet { path: path.clone(), source: parquet::errors::ParquetError::ArrowError(e.to_string()) })
+        batch.map_err(|e| Error::InvalidParquet {
+            path: path.clone(),
+            source: parquet::errors::ParquetError::ArrowError(e.to_string()),
+        })
     }))
 }
 
 fn read_metadata(path: &Path) -> Result<ArrowReaderMetadata> {
-    let file = File::open(path).map_err(|source| Error::Io { action: "opening", path: path.to_path_buf(), source })?;
-    ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
-        .map_err(|source| Error::InvalidParquet { path: path.to_path_buf(), source })
+    let file = File::open(path).map_err(|source| Error::Io {
+        action: "opening",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(|source| {
+        Error::InvalidParquet {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
 }
 
 /// The files a path names: itself, the files under it, or the files matching it.
 fn list_files(path: &str) -> Result<Vec<PathBuf>> {
-    let not_found = || Error::InputNotFound { path: path.to_string() };
+    let not_found = || Error::InputNotFound {
+        path: path.to_string(),
+    };
     let mut files = if path.contains(['*', '?', '[']) {
-        let matches = glob::glob(path).map_err(|e| Error::InvalidArgument(format!("invalid glob {path:?}: {e}")))?;
-        matches.filter_map(|m| m.ok()).filter(|p| p.is_file()).collect::<Vec<_>>()
+        let matches = glob::glob(path)
+            .map_err(|e| Error::InvalidArgument(format!("invalid glob {path:?}: {e}")))?;
+        matches
+            .filter_map(|m| m.ok())
+            .filter(|p| p.is_file())
+            .collect::<Vec<_>>()
     } else {
         let root = Path::new(path);
         if root.is_file() {
             vec![root.to_path_buf()]
         } else if root.is_dir() {
             let mut files = Vec::new();
-            walk(root, &mut files).map_err(|source| Error::Io { action: "listing", path: root.to_path_buf(), source })?;
+            walk(root, &mut files).map_err(|source| Error::Io {
+                action: "listing",
+                path: root.to_path_buf(),
+                source,
+            })?;
             files
         } else {
             return Err(not_found());
@@ -165,9 +247,18 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
 }
 
 fn describe_difference(first: &SchemaRef, other: &SchemaRef) -> String {
-    let names = |s: &SchemaRef| s.fields().iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect::<Vec<_>>();
+    let names = |s: &SchemaRef| {
+        s.fields()
+            .iter()
+            .map(|f| format!("{}: {}", f.name(), f.data_type()))
+            .collect::<Vec<_>>()
+    };
     let (a, b) = (names(first), names(other));
     let missing: Vec<_> = a.iter().filter(|f| !b.contains(f)).cloned().collect();
     let extra: Vec<_> = b.iter().filter(|f| !a.contains(f)).cloned().collect();
-    format!("missing [{}], unexpected [{}]", missing.join(", "), extra.join(", "))
+    format!(
+        "missing [{}], unexpected [{}]",
+        missing.join(", "),
+        extra.join(", ")
+    )
 }

@@ -33,7 +33,11 @@ pub struct ReadOptions {
 
 impl Default for ReadOptions {
     fn default() -> Self {
-        Self { resources: Resources::one_cpu(), batch_size: 8192, rows_per_task: 256 * 1024 }
+        Self {
+            resources: Resources::one_cpu(),
+            batch_size: 8192,
+            rows_per_task: 256 * 1024,
+        }
     }
 }
 
@@ -65,7 +69,9 @@ impl LogicalOp {
         match self {
             LogicalOp::Filter(e) => format!("filter({e})"),
             LogicalOp::WithColumn(name, e) => format!("with_column({name}, {e})"),
-            LogicalOp::MapBatches { function, .. } => format!("map_batches({})", short_name(function)),
+            LogicalOp::MapBatches { function, .. } => {
+                format!("map_batches({})", short_name(function))
+            }
         }
     }
 
@@ -73,7 +79,9 @@ impl LogicalOp {
         match self {
             LogicalOp::Filter(_) => "Filter".into(),
             LogicalOp::WithColumn(name, _) => format!("WithColumn({name})"),
-            LogicalOp::MapBatches { function, .. } => format!("MapBatches({})", short_name(function)),
+            LogicalOp::MapBatches { function, .. } => {
+                format!("MapBatches({})", short_name(function))
+            }
         }
     }
 }
@@ -135,22 +143,35 @@ impl LogicalPlan {
     /// Checks the expressions and fuses the operators into stages.
     pub fn compile(&self, sink: Sink) -> Result<PhysicalPlan> {
         let mut schema = Some(Arc::clone(&self.source.schema));
-        let mut stages: Vec<(String, Resources, Vec<OpSpec>)> =
-            vec![("ReadParquet".to_string(), self.read_options.resources.clone(), Vec::new())];
+        let mut stages: Vec<(String, Resources, Vec<OpSpec>)> = vec![(
+            "ReadParquet".to_string(),
+            self.read_options.resources.clone(),
+            Vec::new(),
+        )];
         for op in &self.ops {
-            let plan_error = |source| Error::Plan { operator: op.describe(), source };
+            let plan_error = |source| Error::Plan {
+                operator: op.describe(),
+                source,
+            };
             let spec = match op {
                 LogicalOp::Filter(predicate) => {
                     if let Some(schema) = &schema {
                         ops::check_predicate(predicate, schema).map_err(plan_error)?;
                     }
-                    OpSpec::Filter { expr: encode_expr(predicate).map_err(plan_error)? }
+                    OpSpec::Filter {
+                        expr: encode_expr(predicate).map_err(plan_error)?,
+                    }
                 }
                 LogicalOp::WithColumn(name, value) => {
                     if let Some(current) = &schema {
-                        schema = Some(ops::with_column_schema(name, value, current).map_err(plan_error)?);
+                        schema = Some(
+                            ops::with_column_schema(name, value, current).map_err(plan_error)?,
+                        );
                     }
-                    OpSpec::WithColumn { name: name.clone(), expr: encode_expr(value).map_err(plan_error)? }
+                    OpSpec::WithColumn {
+                        name: name.clone(),
+                        expr: encode_expr(value).map_err(plan_error)?,
+                    }
                 }
                 LogicalOp::MapBatches { function, options } => {
                     schema = None;
@@ -160,7 +181,9 @@ impl LogicalPlan {
                             stages.push((String::new(), resources.clone(), Vec::new()));
                         }
                     }
-                    OpSpec::MapBatches { function: function.to_string() }
+                    OpSpec::MapBatches {
+                        function: function.to_string(),
+                    }
                 }
             };
             let stage = stages.last_mut().expect("at least one stage");
@@ -182,10 +205,23 @@ impl LogicalPlan {
                     }
                     _ => None,
                 };
-                let spec = StageSpec { name: name.clone(), batch_size: self.read_options.batch_size, ops, sink };
-                Ok(PhysicalStage { name, spec: encode_spec(&spec)?, resources })
+                let spec = StageSpec {
+                    name: name.clone(),
+                    batch_size: self.read_options.batch_size,
+                    ops,
+                    sink,
+                };
+                Ok(PhysicalStage {
+                    name,
+                    spec: encode_spec(&spec)?,
+                    resources,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(PhysicalPlan { fragments: self.source.fragments(self.read_options.rows_per_task), stages, schema })
+        Ok(PhysicalPlan {
+            fragments: self.source.fragments(self.read_options.rows_per_task),
+            stages,
+            schema,
+        })
     }
 }

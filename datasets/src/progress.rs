@@ -12,9 +12,11 @@ impl Progress {
     /// One bar per stage, each expecting `tasks` tasks.
     pub fn new(stage_names: &[String], tasks: u64) -> Self {
         let multi = MultiProgress::new();
-        let style = ProgressStyle::with_template("{prefix:.bold} [{bar:30.cyan/blue}] {pos}/{len} {msg} {elapsed}")
-            .expect("valid template")
-            .progress_chars("=> ");
+        let style = ProgressStyle::with_template(
+            "{prefix:.bold} [{bar:30.cyan/blue}] {pos}/{len} {msg} {elapsed}",
+        )
+        .expect("valid template")
+        .progress_chars("=> ");
         let bars = stage_names
             .iter()
             .map(|name| {
@@ -24,7 +26,10 @@ impl Progress {
                 bar
             })
             .collect();
-        Self { bars, _multi: multi }
+        Self {
+            bars,
+            _multi: multi,
+        }
     }
 
     /// One task of `stage` finished; `rows` rows out of the stage so far.

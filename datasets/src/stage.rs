@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ops::{self, PlannedExpr, SESSION};
 use crate::parquet_sink::{write_part, written_schema};
-use crate::parquet_source::{Fragment, read_fragment};
+use crate::parquet_source::{Fragment, PushedPredicate, read_fragment};
 
 /// The registered name of the stage runner.
 pub const STAGE_FUNCTION: &str = "manta::datasets::stage";
@@ -100,7 +100,11 @@ pub struct TaskArgs {
 pub fn encode_spec(spec: &StageSpec) -> manta_engine::Result<Bytes> {
     postcard::to_stdvec(spec)
         .map(Bytes::from)
-        .map_err(|source| manta_engine::Error::Serialization { action: "encode", what: "a stage".into(), source })
+        .map_err(|source| manta_engine::Error::Serialization {
+            action: "encode",
+            what: "a stage".into(),
+            source,
+        })
 }
 
 /// Serialises an expression for a stage spec.
@@ -110,8 +114,11 @@ pub fn encode_expr(expr: &Expr) -> datafusion::error::Result<Vec<u8>> {
 
 /// A task's arguments: the stage's spec, then the task's part.
 pub fn encode_args(spec: &Bytes, args: &TaskArgs) -> manta_engine::Result<Bytes> {
-    let part = postcard::to_stdvec(args)
-        .map_err(|source| manta_engine::Error::Serialization { action: "encode", what: "task arguments".into(), source })?;
+    let part = postcard::to_stdvec(args).map_err(|source| manta_engine::Error::Serialization {
+        action: "encode",
+        what: "task arguments".into(),
+        source,
+    })?;
     let mut out = Vec::with_capacity(4 + spec.len() + part.len());
     out.extend_from_slice(&(spec.len() as u32).to_le_bytes());
     out.extend_from_slice(spec);
@@ -121,15 +128,25 @@ pub fn encode_args(spec: &Bytes, args: &TaskArgs) -> manta_engine::Result<Bytes>
 
 fn split_args(args: &Bytes) -> manta_engine::Result<(Bytes, TaskArgs)> {
     let corrupt = || manta_engine::Error::Internal("stage arguments are truncated".into());
-    let len = u32::from_le_bytes(args.get(..4).ok_or_else(corrupt)?.try_into().expect("4 bytes")) as usize;
+    let len = u32::from_le_bytes(
+        args.get(..4)
+            .ok_or_else(corrupt)?
+            .try_into()
+            .expect("4 bytes"),
+    ) as usize;
     let spec = args.get(4..4 + len).ok_or_else(corrupt)?;
-    let part = postcard::from_bytes(&args[4 + len..])
-        .map_err(|source| manta_engine::Error::Serialization { action: "decode", what: "task arguments".into(), source })?;
+    let part = postcard::from_bytes(&args[4 + len..]).map_err(|source| {
+        manta_engine::Error::Serialization {
+            action: "decode",
+            what: "task arguments".into(),
+            source,
+        }
+    })?;
     Ok((args.slice_ref(spec), part))
 }
 
 enum CompiledOp {
-    Filter(PlannedExpr),
+    Filter(Arc<PlannedExpr>),
     WithColumn(String, PlannedExpr),
     MapBatches(String, BatchFn),
 }
@@ -152,20 +169,34 @@ struct CompiledStage {
 
 impl CompiledStage {
     fn decode(bytes: &[u8]) -> manta_engine::Result<Self> {
-        let spec: StageSpec = postcard::from_bytes(bytes)
-            .map_err(|source| manta_engine::Error::Serialization { action: "decode", what: "a stage".into(), source })?;
+        let spec: StageSpec =
+            postcard::from_bytes(bytes).map_err(|source| manta_engine::Error::Serialization {
+                action: "decode",
+                what: "a stage".into(),
+                source,
+            })?;
         let decode_expr = |bytes: &[u8]| {
-            Expr::from_bytes_with_ctx(bytes, &SESSION.task_ctx())
-                .map_err(|e| manta_engine::Error::Internal(format!("could not decode an expression of stage {}: {e}", spec.name)))
+            Expr::from_bytes_with_ctx(bytes, &SESSION.task_ctx()).map_err(|e| {
+                manta_engine::Error::Internal(format!(
+                    "could not decode an expression of stage {}: {e}",
+                    spec.name
+                ))
+            })
         };
         let ops = spec
             .ops
             .iter()
             .map(|op| {
                 Ok(match op {
-                    OpSpec::Filter { expr } => CompiledOp::Filter(PlannedExpr::new(decode_expr(expr)?)),
-                    OpSpec::WithColumn { name, expr } => CompiledOp::WithColumn(name.clone(), PlannedExpr::new(decode_expr(expr)?)),
-                    OpSpec::MapBatches { function } => CompiledOp::MapBatches(function.clone(), lookup_batch(function)?),
+                    OpSpec::Filter { expr } => {
+                        CompiledOp::Filter(Arc::new(PlannedExpr::new(decode_expr(expr)?)))
+                    }
+                    OpSpec::WithColumn { name, expr } => {
+                        CompiledOp::WithColumn(name.clone(), PlannedExpr::new(decode_expr(expr)?))
+                    }
+                    OpSpec::MapBatches { function } => {
+                        CompiledOp::MapBatches(function.clone(), lookup_batch(function)?)
+                    }
                 })
             })
             .collect::<manta_engine::Result<_>>()?;
@@ -173,23 +204,76 @@ impl CompiledStage {
     }
 
     /// Runs the operators from `first` on one batch; `None` if no rows are left.
-    fn apply(&self, mut batch: RecordBatch, first: usize, input: &str) -> manta_engine::Result<Option<RecordBatch>> {
+    fn apply(
+        &self,
+        mut batch: RecordBatch,
+        first: usize,
+        input: &str,
+    ) -> manta_engine::Result<Option<RecordBatch>> {
         for op in &self.ops[first..] {
             if batch.num_rows() == 0 {
                 return Ok(None);
             }
-            let failed = |e: datafusion::error::DataFusionError| manta_engine::Error::UserFunction {
-                name: op.describe(),
-                input: input.to_string(),
-                source: Box::new(e),
-            };
+            let failed =
+                |e: datafusion::error::DataFusionError| manta_engine::Error::UserFunction {
+                    name: op.describe(),
+                    input: input.to_string(),
+                    source: Box::new(e),
+                };
             batch = match op {
                 CompiledOp::Filter(predicate) => ops::filter(predicate, &batch).map_err(failed)?,
-                CompiledOp::WithColumn(name, value) => ops::with_column(name, value, &batch).map_err(failed)?,
-                CompiledOp::MapBatches(name, f) => call_batch(name, *f, batch, || input.to_string())?,
+                CompiledOp::WithColumn(name, value) => {
+                    ops::with_column(name, value, &batch).map_err(failed)?
+                }
+                CompiledOp::MapBatches(name, f) => {
+                    call_batch(name, *f, batch, || input.to_string())?
+                }
             };
         }
         Ok((batch.num_rows() > 0).then_some(batch))
+    }
+
+    /// The filters at the head of the stage, to evaluate inside the Parquet reader, and the
+    /// index of the first operator left to apply to what the reader returns.
+    fn pushed_predicate(&self) -> (Option<PushedPredicate>, usize) {
+        let filters: Vec<Arc<PlannedExpr>> = self
+            .ops
+            .iter()
+            .map_while(|op| match op {
+                CompiledOp::Filter(predicate) => Some(Arc::clone(predicate)),
+                _ => None,
+            })
+            .collect();
+        if filters.is_empty() {
+            return (None, 0);
+        }
+        let mut columns: Vec<String> = filters
+            .iter()
+            .flat_map(|f| f.expr().column_refs())
+            .map(|c| c.name.clone())
+            .collect();
+        columns.sort();
+        columns.dedup();
+        let count = filters.len();
+        let keep = move |batch: RecordBatch| {
+            let mut keep: Option<arrow::array::BooleanArray> = None;
+            for filter in &filters {
+                let mask = ops::evaluate_predicate(filter, &batch)
+                    .map_err(|e| arrow::error::ArrowError::ExternalError(Box::new(e)))?;
+                keep = Some(match keep {
+                    None => mask,
+                    Some(previous) => arrow::compute::and_kleene(&previous, &mask)?,
+                });
+            }
+            Ok(keep.expect("at least one filter"))
+        };
+        (
+            Some(PushedPredicate {
+                columns,
+                keep: Box::new(keep),
+            }),
+            count,
+        )
     }
 
     /// The schema the operators make of `input`, found by running them on no rows; `None` if
@@ -199,8 +283,12 @@ impl CompiledStage {
         for op in &self.ops {
             batch = match op {
                 CompiledOp::Filter(_) => batch,
-                CompiledOp::WithColumn(name, value) => ops::with_column(name, value, &batch).ok()?,
-                CompiledOp::MapBatches(name, f) => call_batch(name, *f, batch, || label.to_string()).ok()?,
+                CompiledOp::WithColumn(name, value) => {
+                    ops::with_column(name, value, &batch).ok()?
+                }
+                CompiledOp::MapBatches(name, f) => {
+                    call_batch(name, *f, batch, || label.to_string()).ok()?
+                }
             };
         }
         Some(batch.schema())
@@ -210,23 +298,36 @@ impl CompiledStage {
         let mut out = Vec::new();
         let mut input_schema: Option<SchemaRef> = None;
         let label = match &args.part {
-            TaskPart::Read(f) => format!("{} row groups {:?} (block {}, stage {})", f.path.display(), f.row_groups, args.index, self.spec.name),
+            TaskPart::Read(f) => format!(
+                "{} row groups {:?} (block {}, stage {})",
+                f.path.display(),
+                f.row_groups,
+                args.index,
+                self.spec.name
+            ),
             TaskPart::Blocks => format!("block {} (stage {})", args.index, self.spec.name),
         };
         match &args.part {
             TaskPart::Read(fragment) => {
-                let batches = read_fragment(fragment, self.spec.batch_size).map_err(|e| read_failed(&label, e))?;
+                let (predicate, first_op) = self.pushed_predicate();
+                let batches = read_fragment(fragment, self.spec.batch_size, predicate)
+                    .map_err(|e| read_failed(&label, e))?;
                 for batch in batches {
                     let batch = batch.map_err(|e| read_failed(&label, e))?;
                     input_schema.get_or_insert_with(|| batch.schema());
-                    out.extend(self.apply(batch, 0, &label)?);
+                    out.extend(self.apply(batch, first_op, &label)?);
                 }
             }
             TaskPart::Blocks => {
                 for object in objects {
                     let block = match object {
                         Object::Block(block) => block,
-                        other => return Err(manta_engine::Error::Internal(format!("stage input is {}, not a block", other.kind()))),
+                        other => {
+                            return Err(manta_engine::Error::Internal(format!(
+                                "stage input is {}, not a block",
+                                other.kind()
+                            )));
+                        }
                     };
                     input_schema.get_or_insert_with(|| Arc::clone(block.schema()));
                     for batch in block.into_batches() {
@@ -247,10 +348,12 @@ impl CompiledStage {
                 if out.is_empty() {
                     return Ok(Object::Block(Block::empty(written_schema())));
                 }
-                let record = write_part(dir, args.index, &schema, &out).map_err(|e| manta_engine::Error::UserFunction {
-                    name: "write_parquet".into(),
-                    input: label.clone(),
-                    source: Box::new(e),
+                let record = write_part(dir, args.index, &schema, &out).map_err(|e| {
+                    manta_engine::Error::UserFunction {
+                        name: "write_parquet".into(),
+                        input: label.clone(),
+                        source: Box::new(e),
+                    }
                 })?;
                 Ok(Object::from(record))
             }
@@ -259,7 +362,11 @@ impl CompiledStage {
 }
 
 fn read_failed(label: &str, error: crate::Error) -> manta_engine::Error {
-    manta_engine::Error::UserFunction { name: "read_parquet".into(), input: label.to_string(), source: Box::new(error) }
+    manta_engine::Error::UserFunction {
+        name: "read_parquet".into(),
+        input: label.to_string(),
+        source: Box::new(error),
+    }
 }
 
 fn run_stage(ctx: &TaskContext, input: TaskInput) -> manta_engine::Result<Object> {

@@ -29,14 +29,24 @@ pub struct StageStats {
 impl StageStats {
     /// Empty figures for `name`.
     pub fn new(name: impl Into<String>) -> Self {
-        Self { name: name.into(), ..Default::default() }
+        Self {
+            name: name.into(),
+            ..Default::default()
+        }
     }
 
     pub(crate) fn started(&mut self, at: Instant) {
         self.first_start.get_or_insert(at);
     }
 
-    pub(crate) fn finished(&mut self, at: Instant, rows_in: u64, rows_out: u64, bytes_out: u64, task: &TaskStats) {
+    pub(crate) fn finished(
+        &mut self,
+        at: Instant,
+        rows_in: u64,
+        rows_out: u64,
+        bytes_out: u64,
+        task: &TaskStats,
+    ) {
         self.tasks += 1;
         self.rows_in += rows_in;
         self.rows_out += rows_out;
@@ -72,7 +82,12 @@ impl DatasetStats {
 
 impl fmt::Display for DatasetStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "Pipeline: {} stage(s), {:.3} s wall", self.stages.len(), self.wall.as_secs_f64())?;
+        writeln!(
+            f,
+            "Pipeline: {} stage(s), {:.3} s wall",
+            self.stages.len(),
+            self.wall.as_secs_f64()
+        )?;
         for (i, s) in self.stages.iter().enumerate() {
             let cpu = Duration::from_nanos(s.task.cpu_ns);
             let task_wall = Duration::from_nanos(s.task.wall_ns);
@@ -84,9 +99,20 @@ impl fmt::Display for DatasetStats {
                 task_wall.as_secs_f64(),
                 cpu.as_secs_f64()
             )?;
-            writeln!(f, "  rows in {}, rows out {}, bytes out {}", s.rows_in, s.rows_out, human_bytes(s.bytes_out))?;
+            writeln!(
+                f,
+                "  rows in {}, rows out {}, bytes out {}",
+                s.rows_in,
+                s.rows_out,
+                human_bytes(s.bytes_out)
+            )?;
             if s.task.pulled_objects > 0 {
-                writeln!(f, "  pulled over Flight: {} in {} objects", human_bytes(s.task.pulled_bytes), s.task.pulled_objects)?;
+                writeln!(
+                    f,
+                    "  pulled over Flight: {} in {} objects",
+                    human_bytes(s.task.pulled_bytes),
+                    s.task.pulled_objects
+                )?;
             }
         }
         Ok(())
@@ -102,5 +128,9 @@ pub fn human_bytes(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }

@@ -96,7 +96,9 @@ pub enum Error {
     },
 
     /// A size such as `--object-store-memory 2GiB` did not parse.
-    #[error("invalid byte size {text:?}: expected a number with an optional unit (B, KB, MB, GB, KiB, MiB, GiB)")]
+    #[error(
+        "invalid byte size {text:?}: expected a number with an optional unit (B, KB, MB, GB, KiB, MiB, GiB)"
+    )]
     InvalidByteSize {
         /// The text given.
         text: String,
@@ -134,6 +136,9 @@ pub enum Error {
 impl Error {
     /// Wraps an I/O error with the path it happened on.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::StoreIo { path: path.into(), source }
+        Error::StoreIo {
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -102,8 +102,14 @@ mod tests {
 
     #[test]
     fn parse_rejects_bad_text() {
-        assert!(matches!("xyz".parse::<ObjectId>(), Err(Error::InvalidId { .. })));
-        assert!(matches!("abcd".parse::<TaskId>(), Err(Error::InvalidId { .. })));
+        assert!(matches!(
+            "xyz".parse::<ObjectId>(),
+            Err(Error::InvalidId { .. })
+        ));
+        assert!(matches!(
+            "abcd".parse::<TaskId>(),
+            Err(Error::InvalidId { .. })
+        ));
     }
 
     #[test]

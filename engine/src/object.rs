@@ -34,24 +34,35 @@ pub struct Block {
 impl Block {
     /// A block of these batches, which must all have `schema`.
     pub fn try_new(schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<Self> {
-        if let Some(other) = batches.iter().find(|b| b.schema_ref().fields() != schema.fields()) {
-            return Err(Error::Arrow(arrow::error::ArrowError::SchemaError(format!(
-                "a block's batches must share one schema: expected {:?}, got {:?}",
-                schema,
-                other.schema()
-            ))));
+        if let Some(other) = batches
+            .iter()
+            .find(|b| b.schema_ref().fields() != schema.fields())
+        {
+            return Err(Error::Arrow(arrow::error::ArrowError::SchemaError(
+                format!(
+                    "a block's batches must share one schema: expected {:?}, got {:?}",
+                    schema,
+                    other.schema()
+                ),
+            )));
         }
         Ok(Self { schema, batches })
     }
 
     /// A block of one batch.
     pub fn from_batch(batch: RecordBatch) -> Self {
-        Self { schema: batch.schema(), batches: vec![batch] }
+        Self {
+            schema: batch.schema(),
+            batches: vec![batch],
+        }
     }
 
     /// A block with a schema and no rows.
     pub fn empty(schema: SchemaRef) -> Self {
-        Self { schema, batches: Vec::new() }
+        Self {
+            schema,
+            batches: Vec::new(),
+        }
     }
 
     /// The schema every batch shares.
@@ -76,7 +87,10 @@ impl Block {
 
     /// Bytes of Arrow memory the batches use.
     pub fn size_bytes(&self) -> usize {
-        self.batches.iter().map(RecordBatch::get_array_memory_size).sum()
+        self.batches
+            .iter()
+            .map(RecordBatch::get_array_memory_size)
+            .sum()
     }
 
     /// The block as one batch (copies unless it already is one batch).
@@ -118,7 +132,11 @@ impl Object {
     pub fn into_block(self, id: ObjectId) -> Result<Block> {
         match self {
             Object::Block(block) => Ok(block),
-            other => Err(Error::WrongObjectKind { id, expected: "a block", actual: other.kind() }),
+            other => Err(Error::WrongObjectKind {
+                id,
+                expected: "a block",
+                actual: other.kind(),
+            }),
         }
     }
 
@@ -126,7 +144,11 @@ impl Object {
     pub fn into_bytes(self, id: ObjectId) -> Result<bytes::Bytes> {
         match self {
             Object::Bytes(bytes) => Ok(bytes),
-            other => Err(Error::WrongObjectKind { id, expected: "bytes", actual: other.kind() }),
+            other => Err(Error::WrongObjectKind {
+                id,
+                expected: "bytes",
+                actual: other.kind(),
+            }),
         }
     }
 }

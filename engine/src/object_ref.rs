@@ -64,12 +64,24 @@ pub struct ObjectRef<T = crate::Object> {
 impl<T> ObjectRef<T> {
     /// A counted ref: `releaser` is told when the last clone drops.
     pub fn new(meta: ObjectMeta, releaser: Arc<dyn ReleaseObject>) -> Self {
-        Self { inner: Arc::new(RefInner { meta, releaser: Some(releaser) }), _type: PhantomData }
+        Self {
+            inner: Arc::new(RefInner {
+                meta,
+                releaser: Some(releaser),
+            }),
+            _type: PhantomData,
+        }
     }
 
     /// A ref that releases nothing (for objects whose lifetime someone else manages).
     pub fn borrowed(meta: ObjectMeta) -> Self {
-        Self { inner: Arc::new(RefInner { meta, releaser: None }), _type: PhantomData }
+        Self {
+            inner: Arc::new(RefInner {
+                meta,
+                releaser: None,
+            }),
+            _type: PhantomData,
+        }
     }
 
     /// The object's id.
@@ -89,13 +101,19 @@ impl<T> ObjectRef<T> {
 
     /// The same ref, typed as `U`. The count is shared.
     pub fn cast<U>(&self) -> ObjectRef<U> {
-        ObjectRef { inner: Arc::clone(&self.inner), _type: PhantomData }
+        ObjectRef {
+            inner: Arc::clone(&self.inner),
+            _type: PhantomData,
+        }
     }
 }
 
 impl<T> Clone for ObjectRef<T> {
     fn clone(&self) -> Self {
-        Self { inner: Arc::clone(&self.inner), _type: PhantomData }
+        Self {
+            inner: Arc::clone(&self.inner),
+            _type: PhantomData,
+        }
     }
 }
 
@@ -122,7 +140,10 @@ mod tests {
     fn meta() -> ObjectMeta {
         ObjectMeta {
             id: ObjectId::random(),
-            location: Location { node: NodeId::random(), flight_address: "".into() },
+            location: Location {
+                node: NodeId::random(),
+                flight_address: "".into(),
+            },
             size_bytes: 10,
             num_rows: 1,
         }

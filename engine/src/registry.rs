@@ -76,19 +76,31 @@ impl<E: Into<BoxError>> IntoBatchResult for Result<RecordBatch, E> {
 
 fn table() -> &'static HashMap<&'static str, &'static RemoteFunction> {
     static TABLE: OnceLock<HashMap<&'static str, &'static RemoteFunction>> = OnceLock::new();
-    TABLE.get_or_init(|| inventory::iter::<RemoteFunction>.into_iter().map(|f| (f.name, f)).collect())
+    TABLE.get_or_init(|| {
+        inventory::iter::<RemoteFunction>
+            .into_iter()
+            .map(|f| (f.name, f))
+            .collect()
+    })
 }
 
 /// The function registered as `name`.
 pub fn lookup(name: &str) -> Result<&'static RemoteFunction> {
-    table().get(name).copied().ok_or_else(|| Error::FunctionNotFound { name: name.to_string() })
+    table()
+        .get(name)
+        .copied()
+        .ok_or_else(|| Error::FunctionNotFound {
+            name: name.to_string(),
+        })
 }
 
 /// The batch function registered as `name`.
 pub fn lookup_batch(name: &str) -> Result<BatchFn> {
     match lookup(name)?.kind {
         FunctionKind::Batch(f) => Ok(f),
-        FunctionKind::Task(_) => Err(Error::FunctionNotFound { name: format!("{name} (registered, but not as a batch function)") }),
+        FunctionKind::Task(_) => Err(Error::FunctionNotFound {
+            name: format!("{name} (registered, but not as a batch function)"),
+        }),
     }
 }
 
@@ -101,22 +113,41 @@ pub fn names() -> Vec<&'static str> {
 
 /// Calls a batch function, turning its error or panic into [`Error::UserFunction`] or
 /// [`Error::UserPanic`] that name the function and the input.
-pub fn call_batch(name: &str, f: BatchFn, batch: RecordBatch, input: impl FnOnce() -> String) -> Result<RecordBatch> {
+pub fn call_batch(
+    name: &str,
+    f: BatchFn,
+    batch: RecordBatch,
+    input: impl FnOnce() -> String,
+) -> Result<RecordBatch> {
     match catch_unwind(AssertUnwindSafe(|| f(batch))) {
         Ok(Ok(batch)) => Ok(batch),
-        Ok(Err(source)) => Err(Error::UserFunction { name: name.to_string(), input: input(), source }),
-        Err(panic) => Err(Error::UserPanic { name: name.to_string(), input: input(), message: panic_message(&*panic) }),
+        Ok(Err(source)) => Err(Error::UserFunction {
+            name: name.to_string(),
+            input: input(),
+            source,
+        }),
+        Err(panic) => Err(Error::UserPanic {
+            name: name.to_string(),
+            input: input(),
+            message: panic_message(&*panic),
+        }),
     }
 }
 
 /// Runs the task function registered as `name`, catching a panic as [`Error::UserPanic`].
 pub fn run_task(name: &str, ctx: &TaskContext, input: TaskInput) -> Result<Object> {
     let FunctionKind::Task(f) = lookup(name)?.kind else {
-        return Err(Error::FunctionNotFound { name: format!("{name} (registered, but not as a task)") });
+        return Err(Error::FunctionNotFound {
+            name: format!("{name} (registered, but not as a task)"),
+        });
     };
     match catch_unwind(AssertUnwindSafe(|| f(ctx, input))) {
         Ok(result) => result,
-        Err(panic) => Err(Error::UserPanic { name: name.to_string(), input: "a task".into(), message: panic_message(&*panic) }),
+        Err(panic) => Err(Error::UserPanic {
+            name: name.to_string(),
+            input: "a task".into(),
+            message: panic_message(&*panic),
+        }),
     }
 }
 
@@ -150,7 +181,10 @@ pub struct TaskContext {
 impl TaskContext {
     /// A context for tasks on `node`.
     pub fn new(node: NodeId) -> Self {
-        Self { node, cache: Arc::default() }
+        Self {
+            node,
+            cache: Arc::default(),
+        }
     }
 
     /// The node the task runs on.
@@ -160,7 +194,11 @@ impl TaskContext {
 
     /// A value decoded from `key` once per worker and shared by every later task with the same
     /// key: a stage's decoded plan, say, so each block does not decode it again.
-    pub fn cached<T: Any + Send + Sync>(&self, key: &Bytes, make: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
+    pub fn cached<T: Any + Send + Sync>(
+        &self,
+        key: &Bytes,
+        make: impl FnOnce() -> Result<T>,
+    ) -> Result<Arc<T>> {
         let slot = (std::any::TypeId::of::<T>(), key.clone());
         if let Some(value) = self.cache.lock().get(&slot) {
             return Ok(Arc::clone(value).downcast::<T>().expect("keyed by type"));
@@ -180,9 +218,16 @@ mod tests {
     use super::*;
 
     fn double(batch: RecordBatch) -> Result<RecordBatch, BoxError> {
-        let x = batch.column(0).as_any().downcast_ref::<Int64Array>().ok_or("not i64")?;
+        let x = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or("not i64")?;
         let doubled: Int64Array = x.iter().map(|v| v.map(|v| v * 2)).collect();
-        Ok(RecordBatch::try_new(batch.schema(), vec![Arc::new(doubled)])?)
+        Ok(RecordBatch::try_new(
+            batch.schema(),
+            vec![Arc::new(doubled)],
+        )?)
     }
 
     fn explode(_batch: RecordBatch) -> Result<RecordBatch, BoxError> {
@@ -199,21 +244,32 @@ mod tests {
     fn registered_function_is_found_and_runs() {
         let f = lookup_batch("registry_tests::double").unwrap();
         let out = call_batch("registry_tests::double", f, batch(), || "block 0".into()).unwrap();
-        assert_eq!(out.column(0).as_ref(), &Int64Array::from(vec![2, 4]) as &dyn arrow::array::Array);
+        assert_eq!(
+            out.column(0).as_ref(),
+            &Int64Array::from(vec![2, 4]) as &dyn arrow::array::Array
+        );
         assert!(names().contains(&"registry_tests::double"));
     }
 
     #[test]
     fn unknown_name_is_a_clear_error() {
         let err = lookup("nope::missing").unwrap_err();
-        assert!(err.to_string().contains("nope::missing") && err.to_string().contains("#[manta::remote]"));
+        assert!(
+            err.to_string().contains("nope::missing")
+                && err.to_string().contains("#[manta::remote]")
+        );
     }
 
     #[test]
     fn panic_becomes_an_error_naming_function_and_input() {
-        let err = call_batch("explode", explode, batch(), || "block 3 of stage 1".into()).unwrap_err();
+        let err =
+            call_batch("explode", explode, batch(), || "block 3 of stage 1".into()).unwrap_err();
         match err {
-            Error::UserPanic { name, input, message } => {
+            Error::UserPanic {
+                name,
+                input,
+                message,
+            } => {
                 assert_eq!(name, "explode");
                 assert_eq!(input, "block 3 of stage 1");
                 assert!(message.contains("boom at row 7"));

@@ -24,7 +24,10 @@ pub struct Resources {
 impl Resources {
     /// One CPU, what a task asks for by default.
     pub fn one_cpu() -> Self {
-        Self { cpus: 1.0, ..Default::default() }
+        Self {
+            cpus: 1.0,
+            ..Default::default()
+        }
     }
 
     /// Whether `self` (what is free) covers `demand`.
@@ -32,7 +35,10 @@ impl Resources {
         const EPS: f64 = 1e-9;
         self.cpus + EPS >= demand.cpus
             && self.memory_bytes >= demand.memory_bytes
-            && demand.custom.iter().all(|(k, v)| self.custom.get(k).copied().unwrap_or(0.0) + EPS >= *v)
+            && demand
+                .custom
+                .iter()
+                .all(|(k, v)| self.custom.get(k).copied().unwrap_or(0.0) + EPS >= *v)
     }
 
     /// Takes `demand` out of `self`.
@@ -57,7 +63,10 @@ impl Resources {
     pub fn parse_custom(text: &str) -> Result<BTreeMap<String, f64>> {
         let mut custom = BTreeMap::new();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let bad = || Error::InvalidResources { text: text.to_string(), part: part.to_string() };
+            let bad = || Error::InvalidResources {
+                text: text.to_string(),
+                part: part.to_string(),
+            };
             let (name, amount) = part.split_once('=').ok_or_else(bad)?;
             let amount: f64 = amount.trim().parse().map_err(|_| bad())?;
             if name.trim().is_empty() || !(amount >= 0.0) {
@@ -79,7 +88,9 @@ pub fn parse_bytes(text: &str) -> Result<u64> {
     text.trim()
         .parse::<bytesize::ByteSize>()
         .map(|size| size.as_u64())
-        .map_err(|_| Error::InvalidByteSize { text: text.to_string() })
+        .map_err(|_| Error::InvalidByteSize {
+            text: text.to_string(),
+        })
 }
 
 #[cfg(test)]
@@ -88,22 +99,45 @@ mod tests {
 
     #[test]
     fn covers_and_accounting() {
-        let mut free = Resources { cpus: 2.0, memory_bytes: 100, custom: [("gpu".to_string(), 1.0)].into() };
-        let demand = Resources { cpus: 1.5, memory_bytes: 50, custom: [("gpu".to_string(), 0.5)].into() };
+        let mut free = Resources {
+            cpus: 2.0,
+            memory_bytes: 100,
+            custom: [("gpu".to_string(), 1.0)].into(),
+        };
+        let demand = Resources {
+            cpus: 1.5,
+            memory_bytes: 50,
+            custom: [("gpu".to_string(), 0.5)].into(),
+        };
         assert!(free.covers(&demand));
         free.subtract(&demand);
         assert!(!free.covers(&demand));
         free.add(&demand);
         assert!(free.covers(&demand));
-        assert!(!free.covers(&Resources { custom: [("tpu".to_string(), 1.0)].into(), ..Default::default() }));
+        assert!(!free.covers(&Resources {
+            custom: [("tpu".to_string(), 1.0)].into(),
+            ..Default::default()
+        }));
     }
 
     #[test]
     fn parses_custom_resources_and_sizes() {
-        assert_eq!(Resources::parse_custom("a=1, b=0.5").unwrap(), [("a".into(), 1.0), ("b".into(), 0.5)].into());
-        assert!(matches!(Resources::parse_custom("a"), Err(Error::InvalidResources { .. })));
-        assert!(matches!(Resources::parse_custom("a=-1"), Err(Error::InvalidResources { .. })));
+        assert_eq!(
+            Resources::parse_custom("a=1, b=0.5").unwrap(),
+            [("a".into(), 1.0), ("b".into(), 0.5)].into()
+        );
+        assert!(matches!(
+            Resources::parse_custom("a"),
+            Err(Error::InvalidResources { .. })
+        ));
+        assert!(matches!(
+            Resources::parse_custom("a=-1"),
+            Err(Error::InvalidResources { .. })
+        ));
         assert_eq!(parse_bytes("512MiB").unwrap(), 512 << 20);
-        assert!(matches!(parse_bytes("lots"), Err(Error::InvalidByteSize { .. })));
+        assert!(matches!(
+            parse_bytes("lots"),
+            Err(Error::InvalidByteSize { .. })
+        ));
     }
 }

@@ -74,7 +74,12 @@ impl TaskOutcome {
 }
 
 /// Runs the task function `function` on resolved inputs in this thread, timing it.
-pub fn execute(ctx: &TaskContext, function: &str, args: Bytes, objects: Vec<Object>) -> Result<(Object, TaskStats)> {
+pub fn execute(
+    ctx: &TaskContext,
+    function: &str,
+    args: Bytes,
+    objects: Vec<Object>,
+) -> Result<(Object, TaskStats)> {
     let started = Instant::now();
     let cpu_started = thread_cpu_time();
     let output = run_task(function, ctx, TaskInput { args, objects })?;
@@ -88,7 +93,10 @@ pub fn execute(ctx: &TaskContext, function: &str, args: Bytes, objects: Vec<Obje
 
 /// CPU time this thread has used.
 pub fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes one timespec through a valid pointer.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     if rc != 0 {

@@ -49,20 +49,33 @@ impl FlightPool {
         if let Some(client) = self.clients.lock().get(address) {
             return Ok(client.clone());
         }
-        let connect_error = |source| Error::Connect { address: address.to_string(), source };
-        let endpoint = tune_endpoint(Endpoint::from_shared(address.to_string()).map_err(connect_error)?);
+        let connect_error = |source| Error::Connect {
+            address: address.to_string(),
+            source,
+        };
+        let endpoint =
+            tune_endpoint(Endpoint::from_shared(address.to_string()).map_err(connect_error)?);
         let channel = endpoint.connect().await.map_err(connect_error)?;
         let client = FlightServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        self.clients.lock().insert(Arc::clone(address), client.clone());
+        self.clients
+            .lock()
+            .insert(Arc::clone(address), client.clone());
         Ok(client)
     }
 
     /// Pulls `id` from `location` into `store`; returns its size as stored.
-    pub async fn pull_into(&self, store: &Arc<ObjectStore>, location: &Location, id: ObjectId) -> Result<u64> {
+    pub async fn pull_into(
+        &self,
+        store: &Arc<ObjectStore>,
+        location: &Location,
+        id: ObjectId,
+    ) -> Result<u64> {
         let mut stream = self.open(location, id).await?;
-        let first = next_message(&mut stream, location, id).await?.ok_or_else(|| malformed(location, id, "no messages"))?;
+        let first = next_message(&mut stream, location, id)
+            .await?
+            .ok_or_else(|| malformed(location, id, "no messages"))?;
         let (is_block, size) = parse_metadata(&first, location, id)?;
         let mut receiver = store.receive(id, size)?;
         receive(first, stream, is_block, receiver.writer(), location, id).await?;
@@ -72,16 +85,24 @@ impl FlightPool {
     /// Fetches `id` from `location` into this process's memory.
     pub async fn fetch(&self, location: &Location, id: ObjectId) -> Result<Object> {
         let mut stream = self.open(location, id).await?;
-        let first = next_message(&mut stream, location, id).await?.ok_or_else(|| malformed(location, id, "no messages"))?;
+        let first = next_message(&mut stream, location, id)
+            .await?
+            .ok_or_else(|| malformed(location, id, "no messages"))?;
         let (is_block, size) = parse_metadata(&first, location, id)?;
         let mut receiver = MemoryReceiver::with_capacity(size);
         receive(first, stream, is_block, receiver.writer(), location, id).await?;
         Ok(receiver.finish(id)?)
     }
 
-    async fn open(&self, location: &Location, id: ObjectId) -> Result<tonic::Streaming<FlightData>> {
+    async fn open(
+        &self,
+        location: &Location,
+        id: ObjectId,
+    ) -> Result<tonic::Streaming<FlightData>> {
         let mut client = self.client(&location.flight_address).await?;
-        let ticket = Ticket { ticket: bytes::Bytes::copy_from_slice(id.as_bytes()) };
+        let ticket = Ticket {
+            ticket: bytes::Bytes::copy_from_slice(id.as_bytes()),
+        };
         match client.do_get(ticket).await {
             Ok(response) => Ok(response.into_inner()),
             Err(status) => {
@@ -95,8 +116,15 @@ impl FlightPool {
     }
 }
 
-async fn next_message(stream: &mut tonic::Streaming<FlightData>, location: &Location, id: ObjectId) -> Result<Option<FlightData>> {
-    stream.message().await.map_err(|status| fetch_failed(location, id, status))
+async fn next_message(
+    stream: &mut tonic::Streaming<FlightData>,
+    location: &Location,
+    id: ObjectId,
+) -> Result<Option<FlightData>> {
+    stream
+        .message()
+        .await
+        .map_err(|status| fetch_failed(location, id, status))
 }
 
 /// Writes the messages of one object into `out` in the stored layout; returns bytes received.
@@ -119,7 +147,11 @@ async fn receive(
         } else {
             out.write_all(&data.data_body).map_err(io)?;
         }
-        message = stream.next().await.transpose().map_err(|status| fetch_failed(location, id, status))?;
+        message = stream
+            .next()
+            .await
+            .transpose()
+            .map_err(|status| fetch_failed(location, id, status))?;
     }
     if is_block {
         write_ipc_end(out).map_err(io)?;
@@ -133,18 +165,32 @@ fn parse_metadata(first: &FlightData, location: &Location, id: ObjectId) -> Resu
         .strip_prefix("manta:")
         .and_then(|rest| rest.split_once(':'))
         .ok_or_else(|| malformed(location, id, "first message lacks manta metadata"))?;
-    let size = size.parse().map_err(|_| malformed(location, id, "bad size in metadata"))?;
+    let size = size
+        .parse()
+        .map_err(|_| malformed(location, id, "bad size in metadata"))?;
     match kind {
         "block" => Ok((true, size)),
         "bytes" => Ok((false, size)),
-        other => Err(malformed(location, id, &format!("unknown object kind {other:?}"))),
+        other => Err(malformed(
+            location,
+            id,
+            &format!("unknown object kind {other:?}"),
+        )),
     }
 }
 
 fn fetch_failed(location: &Location, id: ObjectId, status: tonic::Status) -> Error {
-    Error::FetchFailed { node: location.flight_address.to_string(), object: id, status: Box::new(status) }
+    Error::FetchFailed {
+        node: location.flight_address.to_string(),
+        object: id,
+        status: Box::new(status),
+    }
 }
 
 fn malformed(location: &Location, id: ObjectId, reason: &str) -> Error {
-    Error::Malformed { node: location.flight_address.to_string(), object: id, reason: reason.to_string() }
+    Error::Malformed {
+        node: location.flight_address.to_string(),
+        object: id,
+        reason: reason.to_string(),
+    }
 }

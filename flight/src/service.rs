@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
 use arrow_flight::{
-    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo, HandshakeRequest,
-    HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
 use bytes::Bytes;
 use futures::Stream;
@@ -50,13 +50,25 @@ impl ObjectFlightService {
 }
 
 /// Splits an object's stored bytes into Flight messages, without copying.
-pub fn object_messages(id: ObjectId, stored: Bytes) -> Result<Vec<FlightData>, manta_engine::Error> {
+pub fn object_messages(
+    id: ObjectId,
+    stored: Bytes,
+) -> Result<Vec<FlightData>, manta_engine::Error> {
     let total = stored.len();
     if is_block(&stored) {
         let mut messages: Vec<FlightData> = ipc_messages(stored.slice(HEADER_LEN..))
-            .map(|m| m.map(|m| FlightData { data_header: m.header, data_body: m.body, ..Default::default() }))
+            .map(|m| {
+                m.map(|m| FlightData {
+                    data_header: m.header,
+                    data_body: m.body,
+                    ..Default::default()
+                })
+            })
             .collect::<Result<_, _>>()
-            .map_err(|e| manta_engine::Error::CorruptObject { id, reason: e.to_string() })?;
+            .map_err(|e| manta_engine::Error::CorruptObject {
+                id,
+                reason: e.to_string(),
+            })?;
         if let Some(first) = messages.first_mut() {
             first.app_metadata = Bytes::from(format!("manta:block:{total}"));
         }
@@ -65,7 +77,8 @@ pub fn object_messages(id: ObjectId, stored: Bytes) -> Result<Vec<FlightData>, m
         let payload = stored.slice(HEADER_LEN.min(total)..);
         let mut messages: Vec<FlightData> = (0..payload.len().div_ceil(BYTES_CHUNK).max(1))
             .map(|i| FlightData {
-                data_body: payload.slice(i * BYTES_CHUNK..((i + 1) * BYTES_CHUNK).min(payload.len())),
+                data_body: payload
+                    .slice(i * BYTES_CHUNK..((i + 1) * BYTES_CHUNK).min(payload.len())),
                 ..Default::default()
             })
             .collect();
@@ -84,7 +97,10 @@ impl FlightService for ObjectFlightService {
     type DoActionStream = BoxStream<arrow_flight::Result>;
     type ListActionsStream = BoxStream<ActionType>;
 
-    async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
         let ticket = request.into_inner().ticket;
         let id = ObjectId::from_slice(&ticket)
             .map_err(|_| Status::invalid_argument("a Manta ticket is a 16-byte object id"))?;
@@ -98,42 +114,81 @@ impl FlightService for ObjectFlightService {
                 other => Status::internal(other.to_string()),
             })?;
         let messages = object_messages(id, stored).map_err(|e| Status::data_loss(e.to_string()))?;
-        Ok(Response::new(Box::pin(futures::stream::iter(messages.into_iter().map(Ok)))))
+        Ok(Response::new(Box::pin(futures::stream::iter(
+            messages.into_iter().map(Ok),
+        ))))
     }
 
-    async fn handshake(&self, _: Request<Streaming<HandshakeRequest>>) -> Result<Response<Self::HandshakeStream>, Status> {
+    async fn handshake(
+        &self,
+        _: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
         Err(Status::unimplemented("a Manta node needs no handshake"))
     }
 
-    async fn list_flights(&self, _: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
-        Err(Status::unimplemented("objects are fetched by id with DoGet"))
+    async fn list_flights(
+        &self,
+        _: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        Err(Status::unimplemented(
+            "objects are fetched by id with DoGet",
+        ))
     }
 
-    async fn get_flight_info(&self, _: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
-        Err(Status::unimplemented("objects are fetched by id with DoGet"))
+    async fn get_flight_info(
+        &self,
+        _: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        Err(Status::unimplemented(
+            "objects are fetched by id with DoGet",
+        ))
     }
 
-    async fn poll_flight_info(&self, _: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
-        Err(Status::unimplemented("objects are fetched by id with DoGet"))
+    async fn poll_flight_info(
+        &self,
+        _: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented(
+            "objects are fetched by id with DoGet",
+        ))
     }
 
-    async fn get_schema(&self, _: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
-        Err(Status::unimplemented("objects are fetched by id with DoGet"))
+    async fn get_schema(
+        &self,
+        _: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        Err(Status::unimplemented(
+            "objects are fetched by id with DoGet",
+        ))
     }
 
-    async fn do_put(&self, _: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
-        Err(Status::unimplemented("nodes pull objects; they do not accept pushes"))
+    async fn do_put(
+        &self,
+        _: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        Err(Status::unimplemented(
+            "nodes pull objects; they do not accept pushes",
+        ))
     }
 
-    async fn do_exchange(&self, _: Request<Streaming<FlightData>>) -> Result<Response<Self::DoExchangeStream>, Status> {
+    async fn do_exchange(
+        &self,
+        _: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
         Err(Status::unimplemented("DoExchange is not used"))
     }
 
-    async fn do_action(&self, _: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
+    async fn do_action(
+        &self,
+        _: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
         Err(Status::unimplemented("no actions"))
     }
 
-    async fn list_actions(&self, _: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
+    async fn list_actions(
+        &self,
+        _: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
         Ok(Response::new(Box::pin(futures::stream::empty())))
     }
 }

@@ -24,14 +24,22 @@ async fn serve(store: Arc<ObjectStore>) -> Location {
             .add_service(ObjectFlightService::new(store).into_server())
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
-    Location { node: NodeId::random(), flight_address: format!("http://{address}").into() }
+    Location {
+        node: NodeId::random(),
+        flight_address: format!("http://{address}").into(),
+    }
 }
 
 fn batches() -> Vec<RecordBatch> {
     (0..5)
         .map(|i| {
             let n = Int64Array::from_iter_values(i * 1000..(i + 1) * 1000);
-            let s = StringViewArray::from_iter_values((0..1000).map(|j| format!("row {} of batch {i}, long enough to spill out of the view", j)));
+            let s = StringViewArray::from_iter_values((0..1000).map(|j| {
+                format!(
+                    "row {} of batch {i}, long enough to spill out of the view",
+                    j
+                )
+            }));
             RecordBatch::try_from_iter([("n", Arc::new(n) as _), ("s", Arc::new(s) as _)]).unwrap()
         })
         .collect()
@@ -54,7 +62,12 @@ async fn block_moves_between_stores_and_into_memory() {
     let pulled = target.get(id).unwrap().into_block(id).unwrap();
     assert_eq!(pulled.batches(), batches().as_slice());
 
-    let fetched = pool.fetch(&location, id).await.unwrap().into_block(id).unwrap();
+    let fetched = pool
+        .fetch(&location, id)
+        .await
+        .unwrap()
+        .into_block(id)
+        .unwrap();
     assert_eq!(fetched.batches(), batches().as_slice());
 }
 
@@ -65,8 +78,15 @@ async fn bytes_object_moves_in_pieces() {
     let location = serve(Arc::clone(&source)).await;
     let id = ObjectId::random();
     let payload: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
-    source.put(id, Object::Bytes(payload.clone().into())).unwrap();
-    let fetched = FlightPool::new().fetch(&location, id).await.unwrap().into_bytes(id).unwrap();
+    source
+        .put(id, Object::Bytes(payload.clone().into()))
+        .unwrap();
+    let fetched = FlightPool::new()
+        .fetch(&location, id)
+        .await
+        .unwrap()
+        .into_bytes(id)
+        .unwrap();
     assert_eq!(fetched.as_ref(), payload.as_slice());
 }
 
@@ -76,7 +96,11 @@ async fn missing_object_is_fetch_failed_naming_node_and_object() {
     let location = serve(shared_store(tmp.path())).await;
     let id = ObjectId::random();
     match FlightPool::new().fetch(&location, id).await {
-        Err(Error::FetchFailed { node, object, status }) => {
+        Err(Error::FetchFailed {
+            node,
+            object,
+            status,
+        }) => {
             assert_eq!(object, id);
             assert_eq!(node, location.flight_address.to_string());
             assert_eq!(status.code(), tonic::Code::NotFound);
@@ -88,9 +112,18 @@ async fn missing_object_is_fetch_failed_naming_node_and_object() {
 #[tokio::test]
 async fn node_that_does_not_answer_is_a_connect_error() {
     // Bind a port, then close it, so nothing listens there.
-    let address = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let location = Location { node: NodeId::random(), flight_address: format!("http://{address}").into() };
-    let err = FlightPool::new().fetch(&location, ObjectId::random()).await.unwrap_err();
+    let address = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let location = Location {
+        node: NodeId::random(),
+        flight_address: format!("http://{address}").into(),
+    };
+    let err = FlightPool::new()
+        .fetch(&location, ObjectId::random())
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Connect { .. }), "{err:?}");
     assert!(err.to_string().contains(&address.to_string()));
 }

@@ -56,10 +56,16 @@ fn expand_batch_fn(engine: &Path, function: ItemFn) -> syn::Result<proc_macro2::
         ));
     }
     if sig.asyncness.is_some() || !sig.generics.params.is_empty() {
-        return Err(syn::Error::new_spanned(sig, "#[manta::remote] functions cannot be async or generic"));
+        return Err(syn::Error::new_spanned(
+            sig,
+            "#[manta::remote] functions cannot be async or generic",
+        ));
     }
     if matches!(sig.output, ReturnType::Default) {
-        return Err(syn::Error::new_spanned(sig, "#[manta::remote] batch functions return a RecordBatch or a Result of one"));
+        return Err(syn::Error::new_spanned(
+            sig,
+            "#[manta::remote] batch functions return a RecordBatch or a Result of one",
+        ));
     }
     let vis = &function.vis;
     let name = &sig.ident;

@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use manta_engine::{JobId, Location, Object, ObjectId, ObjectRef, ReleaseObject, TaskId, TaskOutcome, TaskSpec};
+use manta_engine::{
+    JobId, Location, Object, ObjectId, ObjectRef, ReleaseObject, TaskId, TaskOutcome, TaskSpec,
+};
 use manta_flight::FlightPool;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -34,7 +36,10 @@ pub struct ClusterClient {
 
 impl std::fmt::Debug for ClusterClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterClient").field("address", &self.address).field("job", &self.job).finish()
+        f.debug_struct("ClusterClient")
+            .field("address", &self.address)
+            .field("job", &self.job)
+            .finish()
     }
 }
 
@@ -51,13 +56,22 @@ impl ClusterClient {
     /// Joins the cluster whose head is at `address` (must run inside a tokio runtime).
     pub async fn connect(address: &str) -> Result<Arc<Self>> {
         let mut head = HeadClient::new(server::connect_head(address).await?);
-        let executable = std::env::current_exe().map_err(|source| Error::Io { action: "finding", path: "the current executable".into(), source })?;
+        let executable = std::env::current_exe().map_err(|source| Error::Io {
+            action: "finding",
+            path: "the current executable".into(),
+            source,
+        })?;
         let (hash, size) = {
             let executable = executable.clone();
-            tokio::task::spawn_blocking(move || hash_file(&executable)).await.map_err(|e| Error::Internal(e.to_string()))??
+            tokio::task::spawn_blocking(move || hash_file(&executable))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??
         };
         let reply = head
-            .register_job(proto::RegisterJobRequest { executable_hash: hash.clone(), executable_size: size })
+            .register_job(proto::RegisterJobRequest {
+                executable_hash: hash.clone(),
+                executable_size: size,
+            })
             .await
             .map_err(|s| Error::rpc("RegisterJob", s))?
             .into_inner();
@@ -68,7 +82,13 @@ impl ClusterClient {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(free_objects(rx));
         tracing::info!(%job, address, "joined the cluster");
-        Ok(Arc::new(Self { address: address.to_string(), head, job, flight: FlightPool::new(), releaser: Arc::new(FreeQueue(tx)) }))
+        Ok(Arc::new(Self {
+            address: address.to_string(),
+            head,
+            job,
+            flight: FlightPool::new(),
+            releaser: Arc::new(FreeQueue(tx)),
+        }))
     }
 
     /// The head's address.
@@ -77,13 +97,20 @@ impl ClusterClient {
     }
 
     /// Runs a task on the cluster; resolves when it is done.
-    pub fn submit(&self, spec: TaskSpec) -> impl Future<Output = Result<TaskOutcome>> + Send + 'static {
+    pub fn submit(
+        &self,
+        spec: TaskSpec,
+    ) -> impl Future<Output = Result<TaskOutcome>> + Send + 'static {
         let request = proto::TaskRequest {
             job_id: Bytes::copy_from_slice(self.job.as_bytes()),
             task_id: Bytes::copy_from_slice(TaskId::random().as_bytes()),
             function: spec.function,
             args: spec.args,
-            inputs: spec.inputs.iter().map(|r| proto::ObjectLocation::from(r.meta())).collect(),
+            inputs: spec
+                .inputs
+                .iter()
+                .map(|r| proto::ObjectLocation::from(r.meta()))
+                .collect(),
             resources: Some((&spec.resources).into()),
             max_retries: spec.max_retries,
             label: spec.label,
@@ -95,12 +122,22 @@ impl ClusterClient {
         // The inputs stay referenced (so not freed) until the task is done.
         let inputs = spec.inputs;
         async move {
-            let reply = head.submit_task(request).await.map_err(|s| Error::rpc("SubmitTask", s))?.into_inner();
+            let reply = head
+                .submit_task(request)
+                .await
+                .map_err(|s| Error::rpc("SubmitTask", s))?
+                .into_inner();
             drop(inputs);
             match reply.result {
                 Some(task_reply::Result::Success(success)) => {
-                    let meta = success.output.ok_or_else(|| Error::Internal("task reply without output".into()))?.to_meta()?;
-                    Ok(TaskOutcome { output: ObjectRef::new(meta, releaser), stats: success.stats.unwrap_or_default().into() })
+                    let meta = success
+                        .output
+                        .ok_or_else(|| Error::Internal("task reply without output".into()))?
+                        .to_meta()?;
+                    Ok(TaskOutcome {
+                        output: ObjectRef::new(meta, releaser),
+                        stats: success.stats.unwrap_or_default().into(),
+                    })
                 }
                 Some(task_reply::Result::Error(error)) => Err(error.into_error()),
                 None => Err(Error::Internal("empty task reply".into())),
@@ -116,30 +153,57 @@ impl ClusterClient {
     /// The cluster's nodes, as the head sees them.
     pub async fn nodes(&self) -> Result<Vec<proto::NodeInfo>> {
         let mut head = self.head.clone();
-        Ok(head.list_nodes(proto::ListNodesRequest {}).await.map_err(|s| Error::rpc("ListNodes", s))?.into_inner().nodes)
+        Ok(head
+            .list_nodes(proto::ListNodesRequest {})
+            .await
+            .map_err(|s| Error::rpc("ListNodes", s))?
+            .into_inner()
+            .nodes)
     }
 
     /// Tells the nodes to stop this job's workers.
     pub async fn end_job(&self) -> Result<()> {
         let mut head = self.head.clone();
-        head.end_job(proto::EndJobRequest { job_id: Bytes::copy_from_slice(self.job.as_bytes()) })
-            .await
-            .map_err(|s| Error::rpc("EndJob", s))?;
+        head.end_job(proto::EndJobRequest {
+            job_id: Bytes::copy_from_slice(self.job.as_bytes()),
+        })
+        .await
+        .map_err(|s| Error::rpc("EndJob", s))?;
         Ok(())
     }
 }
 
-async fn upload(head: &mut HeadClient<Channel>, executable: &std::path::Path, hash: &str) -> Result<()> {
+async fn upload(
+    head: &mut HeadClient<Channel>,
+    executable: &std::path::Path,
+    hash: &str,
+) -> Result<()> {
     let file = tokio::fs::File::open(executable)
         .await
-        .map_err(|source| Error::Io { action: "reading", path: executable.to_path_buf(), source })?;
+        .map_err(|source| Error::Io {
+            action: "reading",
+            path: executable.to_path_buf(),
+            source,
+        })?;
     let mut first = true;
     let hash = hash.to_string();
-    let chunks = futures::StreamExt::map(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20), move |data| {
-        let hash = if std::mem::take(&mut first) { hash.clone() } else { String::new() };
-        proto::ExecutableChunk { hash, data: data.unwrap_or_default() }
-    });
-    head.upload_executable(chunks).await.map_err(|s| Error::rpc("UploadExecutable", s))?;
+    let chunks = futures::StreamExt::map(
+        tokio_util::io::ReaderStream::with_capacity(file, 1 << 20),
+        move |data| {
+            let hash = if std::mem::take(&mut first) {
+                hash.clone()
+            } else {
+                String::new()
+            };
+            proto::ExecutableChunk {
+                hash,
+                data: data.unwrap_or_default(),
+            }
+        },
+    );
+    head.upload_executable(chunks)
+        .await
+        .map_err(|s| Error::rpc("UploadExecutable", s))?;
     Ok(())
 }
 
@@ -150,18 +214,27 @@ async fn free_objects(mut released: mpsc::UnboundedReceiver<(ObjectId, Location)
     while released.recv_many(&mut batch, 1024).await > 0 {
         let mut by_node: HashMap<Arc<str>, Vec<Bytes>> = HashMap::new();
         for (id, location) in batch.drain(..) {
-            by_node.entry(location.flight_address).or_default().push(Bytes::copy_from_slice(id.as_bytes()));
+            by_node
+                .entry(location.flight_address)
+                .or_default()
+                .push(Bytes::copy_from_slice(id.as_bytes()));
         }
         for (address, object_ids) in by_node {
             let client = match clients.get(&address) {
                 Some(client) => client.clone(),
                 None => match server::lazy_channel(&address) {
-                    Ok(channel) => clients.entry(Arc::clone(&address)).or_insert(NodeClient::new(channel)).clone(),
+                    Ok(channel) => clients
+                        .entry(Arc::clone(&address))
+                        .or_insert(NodeClient::new(channel))
+                        .clone(),
                     Err(_) => continue,
                 },
             };
             let mut client = client;
-            if let Err(status) = client.free_objects(proto::FreeObjectsRequest { object_ids }).await {
+            if let Err(status) = client
+                .free_objects(proto::FreeObjectsRequest { object_ids })
+                .await
+            {
                 tracing::debug!(%address, %status, "freeing objects failed (node gone?)");
             }
         }

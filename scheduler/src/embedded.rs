@@ -9,8 +9,8 @@
 use std::sync::{Arc, Weak};
 
 use manta_engine::{
-    Location, NodeId, Object, ObjectId, ObjectMeta, ObjectRef, ObjectStore, ReleaseObject, Resources, StoreConfig,
-    TaskContext, TaskOutcome, TaskSpec,
+    Location, NodeId, Object, ObjectId, ObjectMeta, ObjectRef, ObjectStore, ReleaseObject,
+    Resources, StoreConfig, TaskContext, TaskOutcome, TaskSpec,
 };
 use tokio::sync::oneshot;
 
@@ -32,7 +32,9 @@ pub struct EmbeddedConfig {
 impl Default for EmbeddedConfig {
     fn default() -> Self {
         Self {
-            num_cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            num_cpus: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             object_store_memory: default_store_memory(),
             custom_resources: Default::default(),
             spill_parent: std::env::temp_dir(),
@@ -43,7 +45,12 @@ impl Default for EmbeddedConfig {
 /// 30% of physical memory, like Ray's default object store size.
 pub fn default_store_memory() -> u64 {
     // SAFETY: sysconf only reads system configuration.
-    let (pages, page_size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let (pages, page_size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
     if pages <= 0 || page_size <= 0 {
         return 2 << 30;
     }
@@ -90,7 +97,14 @@ impl EmbeddedRuntime {
             custom: config.custom_resources,
         };
         let releaser = Arc::new(FreeFromStore(Arc::downgrade(&store)));
-        Ok(Arc::new(Self { node, store, pool, ctx: TaskContext::new(node), resources, releaser }))
+        Ok(Arc::new(Self {
+            node,
+            store,
+            pool,
+            ctx: TaskContext::new(node),
+            resources,
+            releaser,
+        }))
     }
 
     /// The in-process store.
@@ -104,7 +118,10 @@ impl EmbeddedRuntime {
     }
 
     /// Runs a task on the pool; the future resolves when it is done.
-    pub fn submit(self: &Arc<Self>, spec: TaskSpec) -> impl Future<Output = Result<TaskOutcome>> + Send + 'static {
+    pub fn submit(
+        self: &Arc<Self>,
+        spec: TaskSpec,
+    ) -> impl Future<Output = Result<TaskOutcome>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
         if !self.resources.covers(&spec.resources) {
             let _ = tx.send(Err(Error::Infeasible {
@@ -118,12 +135,21 @@ impl EmbeddedRuntime {
                 let _ = tx.send(runtime.run(spec));
             });
         }
-        async move { rx.await.map_err(|_| Error::Internal("a task thread died".into()))? }
+        async move {
+            rx.await
+                .map_err(|_| Error::Internal("a task thread died".into()))?
+        }
     }
 
     fn run(&self, spec: TaskSpec) -> Result<TaskOutcome> {
-        let objects = spec.inputs.iter().map(|r| self.store.get(r.id())).collect::<manta_engine::Result<Vec<_>>>()?;
-        let (output, stats) = manta_engine::task::execute(&self.ctx, &spec.function, spec.args, objects).map_err(from_task_error)?;
+        let objects = spec
+            .inputs
+            .iter()
+            .map(|r| self.store.get(r.id()))
+            .collect::<manta_engine::Result<Vec<_>>>()?;
+        let (output, stats) =
+            manta_engine::task::execute(&self.ctx, &spec.function, spec.args, objects)
+                .map_err(from_task_error)?;
         let output = self.put_object(output)?;
         Ok(TaskOutcome { output, stats })
     }
@@ -136,7 +162,15 @@ impl EmbeddedRuntime {
         };
         let id = ObjectId::random();
         let size_bytes = self.store.put(id, object)?;
-        let meta = ObjectMeta { id, location: Location { node: self.node, flight_address: "".into() }, size_bytes, num_rows };
+        let meta = ObjectMeta {
+            id,
+            location: Location {
+                node: self.node,
+                flight_address: "".into(),
+            },
+            size_bytes,
+            num_rows,
+        };
         Ok(ObjectRef::new(meta, Arc::clone(&self.releaser)))
     }
 

@@ -65,7 +65,9 @@ pub enum Error {
     },
 
     /// The function is not registered in the binary the workers run.
-    #[error("no function named {function:?} is registered in the job's binary: mark it #[manta::remote]")]
+    #[error(
+        "no function named {function:?} is registered in the job's binary: mark it #[manta::remote]"
+    )]
     FunctionNotFound {
         /// The name.
         function: String,
@@ -152,11 +154,20 @@ impl Error {
     /// Whether running the task again (elsewhere) may succeed: the failure was the machine's,
     /// not the function's.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::WorkerDied { .. } | Error::NodeLost { .. } | Error::FetchFailed { .. } | Error::ObjectLost { .. })
+        matches!(
+            self,
+            Error::WorkerDied { .. }
+                | Error::NodeLost { .. }
+                | Error::FetchFailed { .. }
+                | Error::ObjectLost { .. }
+        )
     }
 
     pub(crate) fn rpc(call: &'static str, status: tonic::Status) -> Self {
-        Error::Rpc { call, status: Box::new(status) }
+        Error::Rpc {
+            call,
+            status: Box::new(status),
+        }
     }
 }
 
@@ -164,11 +175,27 @@ impl Error {
 /// that the embedded runtime reports failures exactly as a cluster does.
 pub fn from_task_error(error: manta_engine::Error) -> Error {
     match error {
-        manta_engine::Error::UserFunction { name, input, source } => {
-            Error::UserFunction { function: name, input, message: source.to_string() }
+        manta_engine::Error::UserFunction {
+            name,
+            input,
+            source,
+        } => Error::UserFunction {
+            function: name,
+            input,
+            message: source.to_string(),
+        },
+        manta_engine::Error::UserPanic {
+            name,
+            input,
+            message,
+        } => Error::UserPanic {
+            function: name,
+            input,
+            message,
+        },
+        manta_engine::Error::FunctionNotFound { name } => {
+            Error::FunctionNotFound { function: name }
         }
-        manta_engine::Error::UserPanic { name, input, message } => Error::UserPanic { function: name, input, message },
-        manta_engine::Error::FunctionNotFound { name } => Error::FunctionNotFound { function: name },
         other => Error::Engine(other),
     }
 }

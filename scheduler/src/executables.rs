@@ -26,7 +26,11 @@ impl ExecutableCache {
     /// The cache in `dir`, created if missing.
     pub fn new(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(|source| Error::Io { action: "creating", path: dir.clone(), source })?;
+        fs::create_dir_all(&dir).map_err(|source| Error::Io {
+            action: "creating",
+            path: dir.clone(),
+            source,
+        })?;
         Ok(Self { dir })
     }
 
@@ -51,11 +55,26 @@ impl ExecutableCache {
     /// Starts writing the executable with this hash.
     pub fn writer(&self, hash: &str) -> Result<CacheWriter> {
         if !is_hash(hash) {
-            return Err(Error::Internal(format!("{hash:?} is not a SHA-256 hex digest")));
+            return Err(Error::Internal(format!(
+                "{hash:?} is not a SHA-256 hex digest"
+            )));
         }
-        let tmp = self.dir.join(format!(".{hash}.{:08x}.tmp", rand::random::<u32>()));
-        let file = File::create(&tmp).map_err(|source| Error::Io { action: "creating", path: tmp.clone(), source })?;
-        Ok(CacheWriter { file, tmp, target: self.path(hash), hash: hash.to_string(), hasher: Sha256::new(), done: false })
+        let tmp = self
+            .dir
+            .join(format!(".{hash}.{:08x}.tmp", rand::random::<u32>()));
+        let file = File::create(&tmp).map_err(|source| Error::Io {
+            action: "creating",
+            path: tmp.clone(),
+            source,
+        })?;
+        Ok(CacheWriter {
+            file,
+            tmp,
+            target: self.path(hash),
+            hash: hash.to_string(),
+            hasher: Sha256::new(),
+            done: false,
+        })
     }
 }
 
@@ -73,18 +92,33 @@ impl CacheWriter {
     /// Appends a chunk.
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
         self.hasher.update(data);
-        self.file.write_all(data).map_err(|source| Error::Io { action: "writing", path: self.tmp.clone(), source })
+        self.file.write_all(data).map_err(|source| Error::Io {
+            action: "writing",
+            path: self.tmp.clone(),
+            source,
+        })
     }
 
     /// Checks the hash, marks the file executable and moves it into place.
     pub fn finish(mut self) -> Result<PathBuf> {
         let actual = hex::encode(std::mem::take(&mut self.hasher).finalize());
         if actual != self.hash {
-            return Err(Error::Internal(format!("executable upload is corrupt: expected hash {}, got {actual}", self.hash)));
+            return Err(Error::Internal(format!(
+                "executable upload is corrupt: expected hash {}, got {actual}",
+                self.hash
+            )));
         }
-        self.file.sync_all().map_err(|source| Error::Io { action: "syncing", path: self.tmp.clone(), source })?;
+        self.file.sync_all().map_err(|source| Error::Io {
+            action: "syncing",
+            path: self.tmp.clone(),
+            source,
+        })?;
         set_executable(&self.tmp)?;
-        fs::rename(&self.tmp, &self.target).map_err(|source| Error::Io { action: "installing", path: self.target.clone(), source })?;
+        fs::rename(&self.tmp, &self.target).map_err(|source| Error::Io {
+            action: "installing",
+            path: self.target.clone(),
+            source,
+        })?;
         self.done = true;
         Ok(self.target.clone())
     }
@@ -100,7 +134,11 @@ impl Drop for CacheWriter {
 
 /// The SHA-256 (hex) and size of a file.
 pub fn hash_file(path: &Path) -> Result<(String, u64)> {
-    let io = |source| Error::Io { action: "reading", path: path.to_path_buf(), source };
+    let io = |source| Error::Io {
+        action: "reading",
+        path: path.to_path_buf(),
+        source,
+    };
     let mut file = File::open(path).map_err(io)?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
@@ -122,8 +160,11 @@ fn is_hash(text: &str) -> bool {
 
 fn set_executable(path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
-        .map_err(|source| Error::Io { action: "making executable", path: path.to_path_buf(), source })
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).map_err(|source| Error::Io {
+        action: "making executable",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -145,7 +186,10 @@ mod tests {
         let installed = writer.finish().unwrap();
         assert!(cache.contains(&hash));
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(fs::metadata(&installed).unwrap().permissions().mode() & 0o111, 0o111);
+        assert_eq!(
+            fs::metadata(&installed).unwrap().permissions().mode() & 0o111,
+            0o111
+        );
 
         let wrong = "0".repeat(64);
         let mut writer = cache.writer(&wrong).unwrap();

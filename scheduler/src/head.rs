@@ -115,7 +115,12 @@ impl Head {
     /// A head with no nodes.
     pub fn new(config: HeadConfig) -> Result<Arc<Self>> {
         let executables = ExecutableCache::new(&config.cache_dir)?;
-        Ok(Arc::new(Self { state: Mutex::default(), changed: Notify::new(), config, executables }))
+        Ok(Arc::new(Self {
+            state: Mutex::default(),
+            changed: Notify::new(),
+            config,
+            executables,
+        }))
     }
 
     /// Serves on `listener` until `shutdown` resolves; also watches node liveness.
@@ -159,19 +164,33 @@ impl Head {
         state
             .nodes
             .iter()
-            .map(|(id, n)| NodeView { id: *id, total: n.total.clone(), available: n.available.clone(), alive: n.alive })
+            .map(|(id, n)| NodeView {
+                id: *id,
+                total: n.total.clone(),
+                available: n.available.clone(),
+                alive: n.alive,
+            })
             .collect()
     }
 
     /// Takes resources on the node the policy picks, waiting while every fitting node is busy.
-    async fn acquire<'a>(&'a self, demand: &'a Resources, input_bytes: &HashMap<NodeId, u64>, label: &str) -> Result<Lease<'a>> {
+    async fn acquire<'a>(
+        &'a self,
+        demand: &'a Resources,
+        input_bytes: &HashMap<NodeId, u64>,
+        label: &str,
+    ) -> Result<Lease<'a>> {
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
                 let mut state = self.state.lock();
-                match self.config.policy.place(demand, input_bytes, &Self::views(&state)) {
+                match self
+                    .config
+                    .policy
+                    .place(demand, input_bytes, &Self::views(&state))
+                {
                     Placement::Node(id) => {
                         let node = state.nodes.get_mut(&id).expect("policy picks a known node");
                         node.available.subtract(demand);
@@ -192,8 +211,16 @@ impl Head {
                             .filter(|n| n.alive)
                             .map(|n| format!("{} {:?}", n.address, n.total))
                             .collect::<Vec<_>>();
-                        let offered = if offered.is_empty() { "no live nodes".to_string() } else { offered.join("; ") };
-                        return Err(Error::Infeasible { task: label.to_string(), demand: demand.clone(), offered });
+                        let offered = if offered.is_empty() {
+                            "no live nodes".to_string()
+                        } else {
+                            offered.join("; ")
+                        };
+                        return Err(Error::Infeasible {
+                            task: label.to_string(),
+                            demand: demand.clone(),
+                            offered,
+                        });
                     }
                     Placement::Wait => {}
                 }
@@ -215,7 +242,9 @@ impl Head {
         let demand: Resources = request.resources.clone().unwrap_or_default().into();
         let mut input_bytes: HashMap<NodeId, u64> = HashMap::new();
         for input in &request.inputs {
-            *input_bytes.entry(NodeId::from_slice(&input.node_id)?).or_default() += input.size_bytes;
+            *input_bytes
+                .entry(NodeId::from_slice(&input.node_id)?)
+                .or_default() += input.size_bytes;
         }
         let mut attempt = 0;
         loop {
@@ -277,10 +306,16 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<proto::ExecutableChunk, Stat
 
 #[tonic::async_trait]
 impl HeadRpc for Head {
-    async fn register_node(&self, request: Request<proto::RegisterNodeRequest>) -> Result<Response<proto::RegisterNodeReply>, Status> {
+    async fn register_node(
+        &self,
+        request: Request<proto::RegisterNodeRequest>,
+    ) -> Result<Response<proto::RegisterNodeReply>, Status> {
         let r = request.into_inner();
         let id = proto::parse_id(&r.node_id, NodeId::from_slice, "node_id")?;
-        let client = NodeClient::new(server::lazy_channel(&r.address).map_err(|e| Status::invalid_argument(e.to_string()))?);
+        let client = NodeClient::new(
+            server::lazy_channel(&r.address)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?,
+        );
         let total: Resources = r.resources.unwrap_or_default().into();
         tracing::info!(node = ?id, address = %r.address, resources = ?total, "node registered");
         let entry = NodeEntry {
@@ -299,10 +334,15 @@ impl HeadRpc for Head {
             old.lost.cancel();
         }
         self.changed.notify_waiters();
-        Ok(Response::new(proto::RegisterNodeReply { heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u64 }))
+        Ok(Response::new(proto::RegisterNodeReply {
+            heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u64,
+        }))
     }
 
-    async fn heartbeat(&self, request: Request<proto::HeartbeatRequest>) -> Result<Response<proto::HeartbeatReply>, Status> {
+    async fn heartbeat(
+        &self,
+        request: Request<proto::HeartbeatRequest>,
+    ) -> Result<Response<proto::HeartbeatReply>, Status> {
         let r = request.into_inner();
         let id = proto::parse_id(&r.node_id, NodeId::from_slice, "node_id")?;
         let mut state = self.state.lock();
@@ -317,22 +357,39 @@ impl HeadRpc for Head {
         Ok(Response::new(proto::HeartbeatReply { known }))
     }
 
-    async fn list_nodes(&self, _: Request<proto::ListNodesRequest>) -> Result<Response<proto::ListNodesReply>, Status> {
-        Ok(Response::new(proto::ListNodesReply { nodes: self.node_infos() }))
+    async fn list_nodes(
+        &self,
+        _: Request<proto::ListNodesRequest>,
+    ) -> Result<Response<proto::ListNodesReply>, Status> {
+        Ok(Response::new(proto::ListNodesReply {
+            nodes: self.node_infos(),
+        }))
     }
 
-    async fn register_job(&self, request: Request<proto::RegisterJobRequest>) -> Result<Response<proto::RegisterJobReply>, Status> {
+    async fn register_job(
+        &self,
+        request: Request<proto::RegisterJobRequest>,
+    ) -> Result<Response<proto::RegisterJobReply>, Status> {
         let r = request.into_inner();
         let job = JobId::random();
         let has_executable = self.executables.contains(&r.executable_hash);
         self.state.lock().jobs.insert(job, r.executable_hash);
         tracing::info!(job = %job, has_executable, "job registered");
-        Ok(Response::new(proto::RegisterJobReply { job_id: bytes::Bytes::copy_from_slice(job.as_bytes()), has_executable }))
+        Ok(Response::new(proto::RegisterJobReply {
+            job_id: bytes::Bytes::copy_from_slice(job.as_bytes()),
+            has_executable,
+        }))
     }
 
-    async fn upload_executable(&self, request: Request<Streaming<proto::ExecutableChunk>>) -> Result<Response<proto::UploadReply>, Status> {
+    async fn upload_executable(
+        &self,
+        request: Request<Streaming<proto::ExecutableChunk>>,
+    ) -> Result<Response<proto::UploadReply>, Status> {
         let mut chunks = request.into_inner();
-        let first = chunks.message().await?.ok_or_else(|| Status::invalid_argument("empty upload"))?;
+        let first = chunks
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty upload"))?;
         let internal = |e: Error| Status::internal(e.to_string());
         let mut writer = self.executables.writer(&first.hash).map_err(internal)?;
         writer.write(&first.data).map_err(internal)?;
@@ -345,38 +402,62 @@ impl HeadRpc for Head {
 
     type DownloadExecutableStream = ChunkStream;
 
-    async fn download_executable(&self, request: Request<proto::DownloadRequest>) -> Result<Response<ChunkStream>, Status> {
+    async fn download_executable(
+        &self,
+        request: Request<proto::DownloadRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
         let hash = request.into_inner().hash;
         if !self.executables.contains(&hash) {
             return Err(Status::not_found(format!("no executable with hash {hash}")));
         }
         let path = self.executables.path(&hash);
-        let file = tokio::fs::File::open(&path).await.map_err(|e| Status::internal(format!("{}: {e}", path.display())))?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| Status::internal(format!("{}: {e}", path.display())))?;
         let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
         let chunks = futures::StreamExt::map(stream, move |data| {
-            data.map(|data| proto::ExecutableChunk { hash: String::new(), data }).map_err(|e| Status::internal(e.to_string()))
+            data.map(|data| proto::ExecutableChunk {
+                hash: String::new(),
+                data,
+            })
+            .map_err(|e| Status::internal(e.to_string()))
         });
         Ok(Response::new(Box::pin(chunks)))
     }
 
-    async fn submit_task(&self, request: Request<proto::TaskRequest>) -> Result<Response<proto::TaskReply>, Status> {
+    async fn submit_task(
+        &self,
+        request: Request<proto::TaskRequest>,
+    ) -> Result<Response<proto::TaskReply>, Status> {
         let reply = match self.submit(request.into_inner()).await {
-            Ok(success) => proto::TaskReply { result: Some(task_reply::Result::Success(success)) },
+            Ok(success) => proto::TaskReply {
+                result: Some(task_reply::Result::Success(success)),
+            },
             Err(error) => proto::TaskReply::failed(&error),
         };
         Ok(Response::new(reply))
     }
 
-    async fn end_job(&self, request: Request<proto::EndJobRequest>) -> Result<Response<proto::EndJobReply>, Status> {
+    async fn end_job(
+        &self,
+        request: Request<proto::EndJobRequest>,
+    ) -> Result<Response<proto::EndJobReply>, Status> {
         let r = request.into_inner();
         let job = proto::parse_id(&r.job_id, JobId::from_slice, "job_id")?;
         let clients: Vec<_> = {
             let mut state = self.state.lock();
             state.jobs.remove(&job);
-            state.nodes.values().filter(|n| n.alive).map(|n| n.client.clone()).collect()
+            state
+                .nodes
+                .values()
+                .filter(|n| n.alive)
+                .map(|n| n.client.clone())
+                .collect()
         };
         let calls = clients.into_iter().map(|mut c| {
-            let request = proto::EndJobRequest { job_id: r.job_id.clone() };
+            let request = proto::EndJobRequest {
+                job_id: r.job_id.clone(),
+            };
             async move { c.end_job(request).await }
         });
         futures::future::join_all(calls).await;
@@ -385,7 +466,12 @@ impl HeadRpc for Head {
 }
 
 /// Runs a head on `host:port` until SIGTERM or Ctrl-C; `ready` is called with the bound address.
-pub async fn run_head(host: &str, port: u16, config: HeadConfig, ready: impl FnOnce(std::net::SocketAddr)) -> Result<()> {
+pub async fn run_head(
+    host: &str,
+    port: u16,
+    config: HeadConfig,
+    ready: impl FnOnce(std::net::SocketAddr),
+) -> Result<()> {
     let (listener, address) = server::bind(host, port).await?;
     let head = Head::new(config)?;
     ready(address);

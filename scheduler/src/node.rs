@@ -62,7 +62,9 @@ impl NodeConfig {
             head_address: head_address.into(),
             host: "127.0.0.1".into(),
             port: 0,
-            num_cpus: std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0),
+            num_cpus: std::thread::available_parallelism()
+                .map(|n| n.get() as f64)
+                .unwrap_or(1.0),
             object_store_memory: 2 << 30,
             custom_resources: Default::default(),
             shared_parent: store.shared_parent.expect("shared config"),
@@ -107,12 +109,18 @@ impl NodeDaemon {
         }
         let mut head = self.head.clone();
         let mut chunks = head
-            .download_executable(proto::DownloadRequest { hash: hash.to_string() })
+            .download_executable(proto::DownloadRequest {
+                hash: hash.to_string(),
+            })
             .await
             .map_err(|s| Error::rpc("DownloadExecutable", s))?
             .into_inner();
         let mut writer = self.executables.writer(hash)?;
-        while let Some(chunk) = chunks.message().await.map_err(|s| Error::rpc("DownloadExecutable", s))? {
+        while let Some(chunk) = chunks
+            .message()
+            .await
+            .map_err(|s| Error::rpc("DownloadExecutable", s))?
+        {
             writer.write(&chunk.data)?;
         }
         writer.finish()
@@ -124,14 +132,19 @@ impl NodeDaemon {
             return Ok(0);
         }
         if meta.location.node == self.id {
-            return Err(Error::ObjectLost { object: meta.id, node: self.address.clone() });
+            return Err(Error::ObjectLost {
+                object: meta.id,
+                node: self.address.clone(),
+            });
         }
         let lock = Arc::clone(self.pulls.lock().entry(meta.id).or_default());
         let _guard = lock.lock().await;
         let pulled = if self.store.contains(meta.id) {
             0
         } else {
-            self.flight.pull_into(&self.store, &meta.location, meta.id).await?
+            self.flight
+                .pull_into(&self.store, &meta.location, meta.id)
+                .await?
         };
         self.pulls.lock().remove(&meta.id);
         Ok(pulled)
@@ -201,7 +214,9 @@ impl NodeDaemon {
             match head.heartbeat(request).await {
                 Ok(reply) if reply.get_ref().known => {}
                 Ok(_) => {
-                    tracing::warn!("the head does not know this node (it restarted?); registering again");
+                    tracing::warn!(
+                        "the head does not know this node (it restarted?); registering again"
+                    );
                     if let Err(e) = register(&mut head, self.id, &self.address, &resources).await {
                         tracing::warn!(error = %e, "registering again failed");
                     }
@@ -212,7 +227,12 @@ impl NodeDaemon {
     }
 }
 
-async fn register(head: &mut HeadClient<tonic::transport::Channel>, id: NodeId, address: &str, resources: &Resources) -> Result<Duration> {
+async fn register(
+    head: &mut HeadClient<tonic::transport::Channel>,
+    id: NodeId,
+    address: &str,
+    resources: &Resources,
+) -> Result<Duration> {
     let reply = head
         .register_node(proto::RegisterNodeRequest {
             node_id: Bytes::copy_from_slice(id.as_bytes()),
@@ -222,7 +242,9 @@ async fn register(head: &mut HeadClient<tonic::transport::Channel>, id: NodeId, 
         })
         .await
         .map_err(|s| Error::rpc("RegisterNode", s))?;
-    Ok(Duration::from_millis(reply.into_inner().heartbeat_interval_ms.max(10)))
+    Ok(Duration::from_millis(
+        reply.into_inner().heartbeat_interval_ms.max(10),
+    ))
 }
 
 /// The `Node` and `Worker` services of a daemon.
@@ -231,15 +253,23 @@ struct NodeService(Arc<NodeDaemon>);
 
 #[tonic::async_trait]
 impl NodeRpc for NodeService {
-    async fn run_task(&self, request: Request<proto::TaskRequest>) -> Result<Response<proto::TaskReply>, Status> {
+    async fn run_task(
+        &self,
+        request: Request<proto::TaskRequest>,
+    ) -> Result<Response<proto::TaskReply>, Status> {
         let reply = match self.0.run(request.into_inner()).await {
-            Ok(success) => proto::TaskReply { result: Some(task_reply::Result::Success(success)) },
+            Ok(success) => proto::TaskReply {
+                result: Some(task_reply::Result::Success(success)),
+            },
             Err(error) => proto::TaskReply::failed(&error),
         };
         Ok(Response::new(reply))
     }
 
-    async fn free_objects(&self, request: Request<proto::FreeObjectsRequest>) -> Result<Response<proto::FreeObjectsReply>, Status> {
+    async fn free_objects(
+        &self,
+        request: Request<proto::FreeObjectsRequest>,
+    ) -> Result<Response<proto::FreeObjectsReply>, Status> {
         for id in request.into_inner().object_ids {
             if let Ok(id) = ObjectId::from_slice(&id) {
                 self.0.store.free(id);
@@ -248,7 +278,10 @@ impl NodeRpc for NodeService {
         Ok(Response::new(proto::FreeObjectsReply {}))
     }
 
-    async fn end_job(&self, request: Request<proto::EndJobRequest>) -> Result<Response<proto::EndJobReply>, Status> {
+    async fn end_job(
+        &self,
+        request: Request<proto::EndJobRequest>,
+    ) -> Result<Response<proto::EndJobReply>, Status> {
         let job = proto::parse_id(&request.into_inner().job_id, JobId::from_slice, "job_id")?;
         self.0.workers.end_job(job);
         Ok(Response::new(proto::EndJobReply {}))
@@ -261,11 +294,20 @@ type AssignmentStream = Pin<Box<dyn Stream<Item = Result<proto::WorkerAssignment
 impl WorkerRpc for NodeService {
     type AttachStream = AssignmentStream;
 
-    async fn attach(&self, request: Request<Streaming<proto::WorkerMessage>>) -> Result<Response<AssignmentStream>, Status> {
+    async fn attach(
+        &self,
+        request: Request<Streaming<proto::WorkerMessage>>,
+    ) -> Result<Response<AssignmentStream>, Status> {
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
-            Some(proto::WorkerMessage { kind: Some(worker_message::Kind::Hello(hello)) }) => hello,
-            _ => return Err(Status::invalid_argument("a worker's first message must be its hello")),
+            Some(proto::WorkerMessage {
+                kind: Some(worker_message::Kind::Hello(hello)),
+            }) => hello,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a worker's first message must be its hello",
+                ));
+            }
         };
         let job = proto::parse_id(&hello.job_id, JobId::from_slice, "job_id")?;
         let (tx, rx) = mpsc::channel(2);
@@ -294,16 +336,28 @@ pub async fn run_node(config: NodeConfig, ready: impl FnOnce(&str)) -> Result<()
         shared_parent: Some(config.shared_parent.clone()),
         spill_parent: config.spill_parent.clone(),
     })?;
-    let shared_dir = store.shared_dir().expect("a node's store is in shared memory").to_path_buf();
+    let shared_dir = store
+        .shared_dir()
+        .expect("a node's store is in shared memory")
+        .to_path_buf();
     let mut head = HeadClient::new(server::connect_head(&config.head_address).await?);
-    let resources = Resources { cpus: config.num_cpus, memory_bytes: config.object_store_memory, custom: config.custom_resources.clone() };
+    let resources = Resources {
+        cpus: config.num_cpus,
+        memory_bytes: config.object_store_memory,
+        custom: config.custom_resources.clone(),
+    };
     let interval = register(&mut head, id, &address, &resources).await?;
     let daemon = Arc::new(NodeDaemon {
         id,
         address: address.clone(),
         store: Arc::clone(&store),
         flight: FlightPool::new(),
-        workers: WorkerPools::new(config.num_cpus.ceil() as usize, id, address.clone(), shared_dir),
+        workers: WorkerPools::new(
+            config.num_cpus.ceil() as usize,
+            id,
+            address.clone(),
+            shared_dir,
+        ),
         executables: ExecutableCache::new(&config.cache_dir)?,
         head,
         pulls: Mutex::default(),

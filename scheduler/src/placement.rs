@@ -45,7 +45,12 @@ pub enum Placement {
 /// Decides where tasks run.
 pub trait PlacementPolicy: Send + Sync {
     /// Where to run a task needing `demand` whose inputs are held as `input_bytes` per node.
-    fn place(&self, demand: &Resources, input_bytes: &HashMap<NodeId, u64>, nodes: &[NodeView]) -> Placement;
+    fn place(
+        &self,
+        demand: &Resources,
+        input_bytes: &HashMap<NodeId, u64>,
+        nodes: &[NodeView],
+    ) -> Placement;
 }
 
 /// Data locality first, then spread; see the module documentation.
@@ -53,7 +58,12 @@ pub trait PlacementPolicy: Send + Sync {
 pub struct LocalityFirst;
 
 impl PlacementPolicy for LocalityFirst {
-    fn place(&self, demand: &Resources, input_bytes: &HashMap<NodeId, u64>, nodes: &[NodeView]) -> Placement {
+    fn place(
+        &self,
+        demand: &Resources,
+        input_bytes: &HashMap<NodeId, u64>,
+        nodes: &[NodeView],
+    ) -> Placement {
         let best = nodes
             .iter()
             .filter(|n| n.alive && n.available.covers(demand))
@@ -77,11 +87,20 @@ mod tests {
     use super::*;
 
     fn node(cpus_total: f64, cpus_free: f64, custom: &[(&str, f64)]) -> NodeView {
-        let custom: std::collections::BTreeMap<String, f64> = custom.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let custom: std::collections::BTreeMap<String, f64> =
+            custom.iter().map(|(k, v)| (k.to_string(), *v)).collect();
         NodeView {
             id: NodeId::random(),
-            total: Resources { cpus: cpus_total, memory_bytes: 0, custom: custom.clone() },
-            available: Resources { cpus: cpus_free, memory_bytes: 0, custom },
+            total: Resources {
+                cpus: cpus_total,
+                memory_bytes: 0,
+                custom: custom.clone(),
+            },
+            available: Resources {
+                cpus: cpus_free,
+                memory_bytes: 0,
+                custom,
+            },
             alive: true,
         }
     }
@@ -90,34 +109,59 @@ mod tests {
     fn prefers_the_node_holding_the_inputs() {
         let nodes = [node(2.0, 2.0, &[]), node(2.0, 1.0, &[])];
         let inputs = HashMap::from([(nodes[1].id, 1000)]);
-        assert_eq!(LocalityFirst.place(&Resources::one_cpu(), &inputs, &nodes), Placement::Node(nodes[1].id));
+        assert_eq!(
+            LocalityFirst.place(&Resources::one_cpu(), &inputs, &nodes),
+            Placement::Node(nodes[1].id)
+        );
     }
 
     #[test]
     fn spreads_tasks_without_inputs_to_the_freest_node() {
         let nodes = [node(2.0, 1.0, &[]), node(2.0, 2.0, &[])];
-        assert_eq!(LocalityFirst.place(&Resources::one_cpu(), &HashMap::new(), &nodes), Placement::Node(nodes[1].id));
+        assert_eq!(
+            LocalityFirst.place(&Resources::one_cpu(), &HashMap::new(), &nodes),
+            Placement::Node(nodes[1].id)
+        );
     }
 
     #[test]
     fn waits_when_busy_and_fails_when_impossible() {
         let nodes = [node(2.0, 0.0, &[])];
-        assert_eq!(LocalityFirst.place(&Resources::one_cpu(), &HashMap::new(), &nodes), Placement::Wait);
-        let big = Resources { cpus: 4.0, ..Default::default() };
-        assert_eq!(LocalityFirst.place(&big, &HashMap::new(), &nodes), Placement::Infeasible);
+        assert_eq!(
+            LocalityFirst.place(&Resources::one_cpu(), &HashMap::new(), &nodes),
+            Placement::Wait
+        );
+        let big = Resources {
+            cpus: 4.0,
+            ..Default::default()
+        };
+        assert_eq!(
+            LocalityFirst.place(&big, &HashMap::new(), &nodes),
+            Placement::Infeasible
+        );
     }
 
     #[test]
     fn custom_resources_pick_the_node_that_has_them() {
         let nodes = [node(2.0, 2.0, &[]), node(2.0, 2.0, &[("writer", 1.0)])];
-        let demand = Resources { cpus: 1.0, memory_bytes: 0, custom: [("writer".to_string(), 0.1)].into() };
-        assert_eq!(LocalityFirst.place(&demand, &HashMap::new(), &nodes), Placement::Node(nodes[1].id));
+        let demand = Resources {
+            cpus: 1.0,
+            memory_bytes: 0,
+            custom: [("writer".to_string(), 0.1)].into(),
+        };
+        assert_eq!(
+            LocalityFirst.place(&demand, &HashMap::new(), &nodes),
+            Placement::Node(nodes[1].id)
+        );
     }
 
     #[test]
     fn dead_nodes_are_never_chosen() {
         let mut nodes = [node(2.0, 2.0, &[])];
         nodes[0].alive = false;
-        assert_eq!(LocalityFirst.place(&Resources::one_cpu(), &HashMap::new(), &nodes), Placement::Infeasible);
+        assert_eq!(
+            LocalityFirst.place(&Resources::one_cpu(), &HashMap::new(), &nodes),
+            Placement::Infeasible
+        );
     }
 }

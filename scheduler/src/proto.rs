@@ -13,13 +13,21 @@ use crate::error::{Error, Result};
 
 impl From<&manta_engine::Resources> for Resources {
     fn from(r: &manta_engine::Resources) -> Self {
-        Self { cpus: r.cpus, memory_bytes: r.memory_bytes, custom: r.custom.iter().map(|(k, v)| (k.clone(), *v)).collect() }
+        Self {
+            cpus: r.cpus,
+            memory_bytes: r.memory_bytes,
+            custom: r.custom.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        }
     }
 }
 
 impl From<Resources> for manta_engine::Resources {
     fn from(r: Resources) -> Self {
-        Self { cpus: r.cpus, memory_bytes: r.memory_bytes, custom: r.custom.into_iter().collect() }
+        Self {
+            cpus: r.cpus,
+            memory_bytes: r.memory_bytes,
+            custom: r.custom.into_iter().collect(),
+        }
     }
 }
 
@@ -51,13 +59,23 @@ impl From<self::StoreUsage> for manta_engine::StoreUsage {
 
 impl From<manta_engine::TaskStats> for TaskStats {
     fn from(s: manta_engine::TaskStats) -> Self {
-        Self { wall_ns: s.wall_ns, cpu_ns: s.cpu_ns, pulled_bytes: s.pulled_bytes, pulled_objects: s.pulled_objects }
+        Self {
+            wall_ns: s.wall_ns,
+            cpu_ns: s.cpu_ns,
+            pulled_bytes: s.pulled_bytes,
+            pulled_objects: s.pulled_objects,
+        }
     }
 }
 
 impl From<TaskStats> for manta_engine::TaskStats {
     fn from(s: TaskStats) -> Self {
-        Self { wall_ns: s.wall_ns, cpu_ns: s.cpu_ns, pulled_bytes: s.pulled_bytes, pulled_objects: s.pulled_objects }
+        Self {
+            wall_ns: s.wall_ns,
+            cpu_ns: s.cpu_ns,
+            pulled_bytes: s.pulled_bytes,
+            pulled_objects: s.pulled_objects,
+        }
     }
 }
 
@@ -78,7 +96,10 @@ impl ObjectLocation {
     pub fn to_meta(&self) -> Result<ObjectMeta> {
         Ok(ObjectMeta {
             id: ObjectId::from_slice(&self.object_id)?,
-            location: Location { node: NodeId::from_slice(&self.node_id)?, flight_address: Arc::from(self.address.as_str()) },
+            location: Location {
+                node: NodeId::from_slice(&self.node_id)?,
+                flight_address: Arc::from(self.address.as_str()),
+            },
             size_bytes: self.size_bytes,
             num_rows: self.num_rows,
         })
@@ -88,7 +109,11 @@ impl ObjectLocation {
 impl TaskError {
     /// A task error of `kind` with a message.
     pub fn new(kind: task_error::Kind, message: impl Into<String>) -> Self {
-        Self { kind: kind as i32, message: message.into(), ..Default::default() }
+        Self {
+            kind: kind as i32,
+            message: message.into(),
+            ..Default::default()
+        }
     }
 
     /// The wire form of a scheduler error.
@@ -96,24 +121,42 @@ impl TaskError {
         use task_error::Kind;
         let mut e = TaskError::new(Kind::Internal, error.to_string());
         match error {
-            Error::UserFunction { function, input, message } => {
+            Error::UserFunction {
+                function,
+                input,
+                message,
+            } => {
                 e.kind = Kind::UserFunction as i32;
-                (e.function, e.input, e.message) = (function.clone(), input.clone(), message.clone());
+                (e.function, e.input, e.message) =
+                    (function.clone(), input.clone(), message.clone());
             }
-            Error::UserPanic { function, input, message } => {
+            Error::UserPanic {
+                function,
+                input,
+                message,
+            } => {
                 e.kind = Kind::UserPanic as i32;
-                (e.function, e.input, e.message) = (function.clone(), input.clone(), message.clone());
+                (e.function, e.input, e.message) =
+                    (function.clone(), input.clone(), message.clone());
             }
             Error::FunctionNotFound { function } => {
                 e.kind = Kind::FunctionNotFound as i32;
                 e.function = function.clone();
             }
-            Error::FetchFailed { node, object, message } => {
+            Error::FetchFailed {
+                node,
+                object,
+                message,
+            } => {
                 e.kind = Kind::FetchFailed as i32;
                 (e.node, e.message) = (node.clone(), message.clone());
                 e.object_id = Bytes::copy_from_slice(object.as_bytes());
             }
-            Error::Flight(manta_flight::Error::FetchFailed { node, object, status }) => {
+            Error::Flight(manta_flight::Error::FetchFailed {
+                node,
+                object,
+                status,
+            }) => {
                 e.kind = Kind::FetchFailed as i32;
                 (e.node, e.message) = (node.clone(), status.message().to_string());
                 e.object_id = Bytes::copy_from_slice(object.as_bytes());
@@ -127,11 +170,19 @@ impl TaskError {
                 e.node = node.clone();
                 e.object_id = Bytes::copy_from_slice(object.as_bytes());
             }
-            Error::WorkerDied { task, node, message } => {
+            Error::WorkerDied {
+                task,
+                node,
+                message,
+            } => {
                 e.kind = Kind::WorkerDied as i32;
                 (e.input, e.node, e.message) = (task.clone(), node.clone(), message.clone());
             }
-            Error::NodeLost { node, task, message } => {
+            Error::NodeLost {
+                node,
+                task,
+                message,
+            } => {
                 e.kind = Kind::NodeLost as i32;
                 (e.input, e.node, e.message) = (task.clone(), node.clone(), message.clone());
             }
@@ -144,15 +195,42 @@ impl TaskError {
     /// The scheduler error this message stands for.
     pub fn into_error(self) -> Error {
         use task_error::Kind;
-        let object = || ObjectId::from_slice(&self.object_id).unwrap_or_else(|_| ObjectId::from_bytes([0; 16]));
+        let object = || {
+            ObjectId::from_slice(&self.object_id).unwrap_or_else(|_| ObjectId::from_bytes([0; 16]))
+        };
         match Kind::try_from(self.kind).unwrap_or(Kind::Internal) {
-            Kind::UserFunction => Error::UserFunction { function: self.function, input: self.input, message: self.message },
-            Kind::UserPanic => Error::UserPanic { function: self.function, input: self.input, message: self.message },
-            Kind::FunctionNotFound => Error::FunctionNotFound { function: self.function },
-            Kind::FetchFailed => Error::FetchFailed { object: object(), node: self.node, message: self.message },
-            Kind::ObjectLost => Error::ObjectLost { object: object(), node: self.node },
-            Kind::WorkerDied => Error::WorkerDied { task: self.input, node: self.node, message: self.message },
-            Kind::NodeLost => Error::NodeLost { task: self.input, node: self.node, message: self.message },
+            Kind::UserFunction => Error::UserFunction {
+                function: self.function,
+                input: self.input,
+                message: self.message,
+            },
+            Kind::UserPanic => Error::UserPanic {
+                function: self.function,
+                input: self.input,
+                message: self.message,
+            },
+            Kind::FunctionNotFound => Error::FunctionNotFound {
+                function: self.function,
+            },
+            Kind::FetchFailed => Error::FetchFailed {
+                object: object(),
+                node: self.node,
+                message: self.message,
+            },
+            Kind::ObjectLost => Error::ObjectLost {
+                object: object(),
+                node: self.node,
+            },
+            Kind::WorkerDied => Error::WorkerDied {
+                task: self.input,
+                node: self.node,
+                message: self.message,
+            },
+            Kind::NodeLost => Error::NodeLost {
+                task: self.input,
+                node: self.node,
+                message: self.message,
+            },
             Kind::Infeasible | Kind::Internal => Error::Internal(self.message),
         }
     }
@@ -161,13 +239,20 @@ impl TaskError {
 impl TaskReply {
     /// A failed reply.
     pub fn failed(error: &Error) -> Self {
-        Self { result: Some(task_reply::Result::Error(TaskError::from_error(error))) }
+        Self {
+            result: Some(task_reply::Result::Error(TaskError::from_error(error))),
+        }
     }
 }
 
 /// Parses 16 id bytes from a message field, as a gRPC status on failure.
-pub fn parse_id<T>(bytes: &[u8], parse: fn(&[u8]) -> manta_engine::Result<T>, field: &str) -> Result<T, tonic::Status> {
-    parse(bytes).map_err(|_| tonic::Status::invalid_argument(format!("{field} is not a 16-byte id")))
+pub fn parse_id<T>(
+    bytes: &[u8],
+    parse: fn(&[u8]) -> manta_engine::Result<T>,
+    field: &str,
+) -> Result<T, tonic::Status> {
+    parse(bytes)
+        .map_err(|_| tonic::Status::invalid_argument(format!("{field} is not a 16-byte id")))
 }
 
 #[cfg(test)]
@@ -178,18 +263,46 @@ mod tests {
     fn task_errors_round_trip_by_kind() {
         let object = ObjectId::random();
         let errors = [
-            Error::UserFunction { function: "f".into(), input: "block 1".into(), message: "bad".into() },
-            Error::UserPanic { function: "f".into(), input: "block 2".into(), message: "boom".into() },
-            Error::FunctionNotFound { function: "g".into() },
-            Error::FetchFailed { node: "http://a".into(), object, message: "gone".into() },
-            Error::ObjectLost { object, node: "http://a".into() },
-            Error::WorkerDied { task: "t".into(), node: "http://b".into(), message: "signal 9".into() },
-            Error::NodeLost { node: "http://b".into(), task: "t".into(), message: "no heartbeat".into() },
+            Error::UserFunction {
+                function: "f".into(),
+                input: "block 1".into(),
+                message: "bad".into(),
+            },
+            Error::UserPanic {
+                function: "f".into(),
+                input: "block 2".into(),
+                message: "boom".into(),
+            },
+            Error::FunctionNotFound {
+                function: "g".into(),
+            },
+            Error::FetchFailed {
+                node: "http://a".into(),
+                object,
+                message: "gone".into(),
+            },
+            Error::ObjectLost {
+                object,
+                node: "http://a".into(),
+            },
+            Error::WorkerDied {
+                task: "t".into(),
+                node: "http://b".into(),
+                message: "signal 9".into(),
+            },
+            Error::NodeLost {
+                node: "http://b".into(),
+                task: "t".into(),
+                message: "no heartbeat".into(),
+            },
         ];
         for error in errors {
             let back = TaskError::from_error(&error).into_error();
             assert_eq!(back.to_string(), error.to_string());
-            assert_eq!(std::mem::discriminant(&back), std::mem::discriminant(&error));
+            assert_eq!(
+                std::mem::discriminant(&back),
+                std::mem::discriminant(&error)
+            );
         }
     }
 }

@@ -19,13 +19,19 @@ pub enum Client {
 
 impl std::fmt::Debug for EmbeddedRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedRuntime").field("cpus", &self.num_cpus()).field("store", &self.store().usage()).finish()
+        f.debug_struct("EmbeddedRuntime")
+            .field("cpus", &self.num_cpus())
+            .field("store", &self.store().usage())
+            .finish()
     }
 }
 
 impl Client {
     /// Runs a task; resolves when it is done.
-    pub fn submit(&self, spec: TaskSpec) -> std::pin::Pin<Box<dyn Future<Output = Result<TaskOutcome>> + Send + 'static>> {
+    pub fn submit(
+        &self,
+        spec: TaskSpec,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<TaskOutcome>> + Send + 'static>> {
         match self {
             Client::Embedded(runtime) => Box::pin(runtime.submit(spec)),
             Client::Cluster(cluster) => Box::pin(cluster.submit(spec)),
@@ -44,9 +50,13 @@ impl Client {
     pub async fn total_cpus(&self) -> Result<f64> {
         match self {
             Client::Embedded(runtime) => Ok(runtime.num_cpus() as f64),
-            Client::Cluster(cluster) => {
-                Ok(cluster.nodes().await?.iter().filter(|n| n.alive).map(|n| n.total.as_ref().map_or(0.0, |t| t.cpus)).sum())
-            }
+            Client::Cluster(cluster) => Ok(cluster
+                .nodes()
+                .await?
+                .iter()
+                .filter(|n| n.alive)
+                .map(|n| n.total.as_ref().map_or(0.0, |t| t.cpus))
+                .sum()),
         }
     }
 

@@ -13,12 +13,18 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Binds `host:port` (port 0 picks a free port).
 pub async fn bind(host: &str, port: u16) -> Result<(TcpListener, SocketAddr)> {
-    let listener = TcpListener::bind((host, port)).await.map_err(|source| Error::Io {
+    let listener = TcpListener::bind((host, port))
+        .await
+        .map_err(|source| Error::Io {
+            action: "binding",
+            path: format!("{host}:{port}").into(),
+            source,
+        })?;
+    let address = listener.local_addr().map_err(|source| Error::Io {
         action: "binding",
-        path: format!("{host}:{port}").into(),
+        path: host.into(),
         source,
     })?;
-    let address = listener.local_addr().map_err(|source| Error::Io { action: "binding", path: host.into(), source })?;
     Ok((listener, address))
 }
 
@@ -32,7 +38,8 @@ pub fn server_builder() -> tonic::transport::Server {
 
 /// Resolves when the process is asked to stop (SIGTERM or Ctrl-C).
 pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
@@ -53,20 +60,30 @@ pub fn normalize_address(address: &str) -> String {
 /// Connects to the head, failing within [`CONNECT_TIMEOUT`] with [`Error::HeadUnreachable`].
 pub async fn connect_head(address: &str) -> Result<Channel> {
     let url = normalize_address(address);
-    let unreachable = |reason: String| Error::HeadUnreachable { address: address.to_string(), reason };
-    let endpoint = Endpoint::from_shared(url).map_err(|e| unreachable(format!("not a valid address ({e})")))?;
+    let unreachable = |reason: String| Error::HeadUnreachable {
+        address: address.to_string(),
+        reason,
+    };
+    let endpoint = Endpoint::from_shared(url)
+        .map_err(|e| unreachable(format!("not a valid address ({e})")))?;
     let endpoint = manta_flight::tune_endpoint(endpoint).connect_timeout(CONNECT_TIMEOUT);
     match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
         Ok(Ok(channel)) => Ok(channel),
         Ok(Err(e)) => Err(unreachable(transport_reason(&e))),
-        Err(_) => Err(unreachable(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()))),
+        Err(_) => Err(unreachable(format!(
+            "no answer within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        ))),
     }
 }
 
 /// A node's channel, connected on first use.
 pub fn lazy_channel(address: &str) -> Result<Channel> {
-    let endpoint = Endpoint::from_shared(normalize_address(address))
-        .map_err(|e| Error::NodeUnreachable { address: address.to_string(), reason: e.to_string() })?;
+    let endpoint =
+        Endpoint::from_shared(normalize_address(address)).map_err(|e| Error::NodeUnreachable {
+            address: address.to_string(),
+            reason: e.to_string(),
+        })?;
     Ok(manta_flight::tune_endpoint(endpoint).connect_lazy())
 }
 

@@ -44,17 +44,31 @@ impl WorkerEnv {
         };
         Some(Self {
             node_address,
-            node_id: std::env::var(env::NODE_ID).ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| parse_err(env::NODE_ID)),
-            job_id: std::env::var(env::JOB_ID).ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| parse_err(env::JOB_ID)),
-            shared_dir: std::env::var_os(env::SHARED_DIR).map(PathBuf::from).unwrap_or_else(|| parse_err(env::SHARED_DIR)),
-            index: std::env::var(env::INDEX).ok().and_then(|v| v.parse().ok()).unwrap_or(0),
+            node_id: std::env::var(env::NODE_ID)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| parse_err(env::NODE_ID)),
+            job_id: std::env::var(env::JOB_ID)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| parse_err(env::JOB_ID)),
+            shared_dir: std::env::var_os(env::SHARED_DIR)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| parse_err(env::SHARED_DIR)),
+            index: std::env::var(env::INDEX)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
         })
     }
 }
 
 /// Runs the worker loop until the node closes the stream, then exits the process.
 pub fn run_worker(worker: WorkerEnv) -> ! {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let code = match runtime.block_on(serve(worker)) {
         Ok(()) => 0,
         Err(e) => {
@@ -74,13 +88,23 @@ async fn serve(worker: WorkerEnv) -> Result<()> {
         pid: std::process::id(),
         worker_index: worker.index,
     };
-    tx.send(proto::WorkerMessage { kind: Some(worker_message::Kind::Hello(hello)) })
+    tx.send(proto::WorkerMessage {
+        kind: Some(worker_message::Kind::Hello(hello)),
+    })
+    .await
+    .map_err(|_| Error::Internal("worker channel closed".into()))?;
+    let mut assignments = client
+        .attach(ReceiverStream::new(rx))
         .await
-        .map_err(|_| Error::Internal("worker channel closed".into()))?;
-    let mut assignments = client.attach(ReceiverStream::new(rx)).await.map_err(|s| Error::rpc("Attach", s))?.into_inner();
+        .map_err(|s| Error::rpc("Attach", s))?
+        .into_inner();
     let dir = std::sync::Arc::new(ObjectDir::open(&worker.shared_dir));
     let ctx = TaskContext::new(worker.node_id);
-    while let Some(assignment) = assignments.message().await.map_err(|s| Error::rpc("Attach", s))? {
+    while let Some(assignment) = assignments
+        .message()
+        .await
+        .map_err(|s| Error::rpc("Attach", s))?
+    {
         let task_id = assignment.task_id.clone();
         let (dir, ctx) = (std::sync::Arc::clone(&dir), ctx.clone());
         let result = tokio::task::spawn_blocking(move || run_assignment(&ctx, &dir, assignment))
@@ -90,8 +114,17 @@ async fn serve(worker: WorkerEnv) -> Result<()> {
             Ok(output) => worker_done::Result::Output(output),
             Err(e) => worker_done::Result::Error(proto::TaskError::from_error(&e)),
         };
-        let done = proto::WorkerDone { task_id, result: Some(result) };
-        if tx.send(proto::WorkerMessage { kind: Some(worker_message::Kind::Done(done)) }).await.is_err() {
+        let done = proto::WorkerDone {
+            task_id,
+            result: Some(result),
+        };
+        if tx
+            .send(proto::WorkerMessage {
+                kind: Some(worker_message::Kind::Done(done)),
+            })
+            .await
+            .is_err()
+        {
             break;
         }
     }
@@ -99,17 +132,26 @@ async fn serve(worker: WorkerEnv) -> Result<()> {
 }
 
 /// Maps the inputs, runs the function, writes the output into shared memory.
-fn run_assignment(ctx: &TaskContext, dir: &ObjectDir, assignment: proto::WorkerAssignment) -> Result<proto::WorkerOutput> {
+fn run_assignment(
+    ctx: &TaskContext,
+    dir: &ObjectDir,
+    assignment: proto::WorkerAssignment,
+) -> Result<proto::WorkerOutput> {
     let inputs = assignment
         .input_ids
         .iter()
         .map(|id| dir.read(ObjectId::from_slice(id)?, None))
         .collect::<manta_engine::Result<Vec<Object>>>()?;
-    let (output, stats) = manta_engine::task::execute(ctx, &assignment.function, assignment.args, inputs).map_err(from_task_error)?;
+    let (output, stats) =
+        manta_engine::task::execute(ctx, &assignment.function, assignment.args, inputs)
+            .map_err(from_task_error)?;
     let num_rows = match &output {
         Object::Block(block) => block.num_rows() as u64,
         Object::Bytes(_) => 0,
     };
     dir.write(ObjectId::from_slice(&assignment.output_id)?, &output)?;
-    Ok(proto::WorkerOutput { num_rows, stats: Some(stats.into()) })
+    Ok(proto::WorkerOutput {
+        num_rows,
+        stats: Some(stats.into()),
+    })
 }

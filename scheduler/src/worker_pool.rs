@@ -55,7 +55,10 @@ impl WorkerConn {
     /// Delivers the worker's answer to the task waiting for it.
     pub fn complete(&self, done: WorkerDone) {
         let mut running = self.running.lock();
-        if running.as_ref().is_some_and(|(task, _)| *task == done.task_id) {
+        if running
+            .as_ref()
+            .is_some_and(|(task, _)| *task == done.task_id)
+        {
             let (_, reply) = running.take().expect("checked");
             let _ = reply.send(done);
         }
@@ -105,13 +108,33 @@ pub struct WorkerPools {
 
 impl WorkerPools {
     /// Pools for a node with `max_workers` workers per job.
-    pub fn new(max_workers: usize, node_id: NodeId, node_address: String, shared_dir: PathBuf) -> Arc<Self> {
-        Arc::new(Self { jobs: Mutex::default(), max_workers: max_workers.max(1), node_id, node_address, shared_dir })
+    pub fn new(
+        max_workers: usize,
+        node_id: NodeId,
+        node_address: String,
+        shared_dir: PathBuf,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            jobs: Mutex::default(),
+            max_workers: max_workers.max(1),
+            node_id,
+            node_address,
+            shared_dir,
+        })
     }
 
     /// Runs one assignment on a worker of `job` and waits for its answer.
-    pub async fn run(self: &Arc<Self>, job: JobId, executable: PathBuf, assignment: WorkerAssignment) -> Result<WorkerDone> {
-        let worker = Borrowed { pools: self, job, worker: self.acquire(job, executable).await? };
+    pub async fn run(
+        self: &Arc<Self>,
+        job: JobId,
+        executable: PathBuf,
+        assignment: WorkerAssignment,
+    ) -> Result<WorkerDone> {
+        let worker = Borrowed {
+            pools: self,
+            job,
+            worker: self.acquire(job, executable).await?,
+        };
         let (reply, answer) = oneshot::channel();
         *worker.running.lock() = Some((assignment.task_id.clone(), reply));
         let label = assignment.label.clone();
@@ -123,7 +146,9 @@ impl WorkerPools {
         if worker.assignments.send(Ok(assignment)).await.is_err() {
             return Err(died("was gone before the task reached it"));
         }
-        answer.await.map_err(|_| died("exited while running the task"))
+        answer
+            .await
+            .map_err(|_| died("exited while running the task"))
     }
 
     async fn acquire(self: &Arc<Self>, job: JobId, executable: PathBuf) -> Result<Arc<WorkerConn>> {
@@ -155,7 +180,8 @@ impl WorkerPools {
         if let Some((executable, index)) = start {
             self.start(job, executable, index);
         }
-        rx.await.map_err(|_| Error::Internal("the node stopped the job's workers".into()))?
+        rx.await
+            .map_err(|_| Error::Internal("the node stopped the job's workers".into()))?
     }
 
     fn give_back(&self, job: JobId, worker: Arc<WorkerConn>) {
@@ -163,7 +189,9 @@ impl WorkerPools {
             return;
         }
         let mut jobs = self.jobs.lock();
-        let Some(workers) = jobs.get_mut(&job) else { return };
+        let Some(workers) = jobs.get_mut(&job) else {
+            return;
+        };
         let mut worker = Some(worker);
         while let Some(waiter) = workers.waiting.pop_front() {
             match waiter.send(Ok(worker.take().expect("present"))) {
@@ -205,7 +233,9 @@ impl WorkerPools {
                 tracing::info!(%job, pid, index, executable = %executable.display(), "started worker");
                 tokio::spawn(async move {
                     let status = child.wait().await;
-                    let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                    let status = status
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|e| e.to_string());
                     pools.exited(job, pid, &status);
                 });
             }
@@ -217,8 +247,17 @@ impl WorkerPools {
     }
 
     /// A worker process connected and said hello: hand it to a waiting task, or keep it idle.
-    pub fn attached(&self, job: JobId, pid: u32, assignments: mpsc::Sender<Result<WorkerAssignment, Status>>) -> Arc<WorkerConn> {
-        let worker = Arc::new(WorkerConn { pid, assignments, running: Mutex::new(None) });
+    pub fn attached(
+        &self,
+        job: JobId,
+        pid: u32,
+        assignments: mpsc::Sender<Result<WorkerAssignment, Status>>,
+    ) -> Arc<WorkerConn> {
+        let worker = Arc::new(WorkerConn {
+            pid,
+            assignments,
+            running: Mutex::new(None),
+        });
         tracing::debug!(%job, pid, "worker attached");
         self.give_back(job, Arc::clone(&worker));
         worker
@@ -238,7 +277,9 @@ impl WorkerPools {
     fn exited(&self, job: JobId, pid: u32, status: &str) {
         tracing::info!(%job, pid, status, "worker exited");
         let mut jobs = self.jobs.lock();
-        let Some(workers) = jobs.get_mut(&job) else { return };
+        let Some(workers) = jobs.get_mut(&job) else {
+            return;
+        };
         workers.live = workers.live.saturating_sub(1);
         workers.idle.retain(|w| w.pid != pid);
         workers.pids.retain(|p| *p != pid);
@@ -248,25 +289,37 @@ impl WorkerPools {
                  does the program's main() call manta::init() before anything else?"
             );
             for waiter in workers.waiting.drain(..) {
-                let _ = waiter.send(Err(Error::WorkerDied { task: "a task".into(), node: self.node_address.clone(), message: message.clone() }));
+                let _ = waiter.send(Err(Error::WorkerDied {
+                    task: "a task".into(),
+                    node: self.node_address.clone(),
+                    message: message.clone(),
+                }));
             }
         }
     }
 
     fn start_failed(&self, job: JobId, message: &str) {
         let mut jobs = self.jobs.lock();
-        let Some(workers) = jobs.get_mut(&job) else { return };
+        let Some(workers) = jobs.get_mut(&job) else {
+            return;
+        };
         workers.live = workers.live.saturating_sub(1);
         if workers.live == 0 {
             for waiter in workers.waiting.drain(..) {
-                let _ = waiter.send(Err(Error::WorkerDied { task: "a task".into(), node: self.node_address.clone(), message: message.to_string() }));
+                let _ = waiter.send(Err(Error::WorkerDied {
+                    task: "a task".into(),
+                    node: self.node_address.clone(),
+                    message: message.to_string(),
+                }));
             }
         }
     }
 
     /// Stops every worker of `job` (its driver is done).
     pub fn end_job(&self, job: JobId) {
-        let Some(workers) = self.jobs.lock().remove(&job) else { return };
+        let Some(workers) = self.jobs.lock().remove(&job) else {
+            return;
+        };
         for pid in workers.pids {
             // SAFETY: plain kill(2) of a child this pool started; its watcher task reaps it.
             unsafe { libc::kill(pid as i32, libc::SIGTERM) };

@@ -22,13 +22,17 @@ use super::StartArgs;
 const READY: &str = "MANTA_READY";
 
 fn run_dir() -> PathBuf {
-    std::env::var_os("MANTA_RUN_DIR").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("manta-run"))
+    std::env::var_os("MANTA_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("manta-run"))
 }
 
 /// Runs the head or node in this process until SIGTERM.
 pub fn run_foreground(args: StartArgs) -> Result<()> {
     super::validate(&args)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let daemon_child = args.daemon_child;
     let announce = move |address: &str| {
         println!("{READY} {address}");
@@ -37,9 +41,12 @@ pub fn run_foreground(args: StartArgs) -> Result<()> {
         }
     };
     if args.head {
-        runtime.block_on(manta::scheduler::run_head(&args.host, args.port, HeadConfig::default(), |a| {
-            announce(&a.to_string())
-        }))?;
+        runtime.block_on(manta::scheduler::run_head(
+            &args.host,
+            args.port,
+            HeadConfig::default(),
+            |a| announce(&a.to_string()),
+        ))?;
     } else {
         let mut config = NodeConfig::new(args.address.clone().expect("validated"));
         config.host = args.host.clone();
@@ -73,11 +80,23 @@ pub fn start_background(args: StartArgs) -> Result<()> {
     let kind = if args.head { "head" } else { "node" };
     let dir = run_dir();
     fs::create_dir_all(dir.join("logs")).with_context(|| format!("creating {}", dir.display()))?;
-    let log_path = dir.join("logs").join(format!("{kind}-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis()));
-    let log = fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let log_path = dir.join("logs").join(format!(
+        "{kind}-{}.log",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis()
+    ));
+    let log =
+        fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let mut command = Command::new(std::env::current_exe()?);
-    command.args(std::env::args_os().skip(1)).arg("--block").arg("--daemon-child");
-    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
+    command
+        .args(std::env::args_os().skip(1))
+        .arg("--block")
+        .arg("--daemon-child");
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log);
     // SAFETY: setsid is async-signal-safe; it detaches the child from the terminal's session.
     unsafe {
         command.pre_exec(|| {
@@ -101,7 +120,10 @@ pub fn start_background(args: StartArgs) -> Result<()> {
     };
     let pid = child.id();
     fs::write(dir.join(pid.to_string()), format!("{kind} {address}\n"))?;
-    println!("Started the {kind} at {address} (pid {pid}; log {}).", log_path.display());
+    println!(
+        "Started the {kind} at {address} (pid {pid}; log {}).",
+        log_path.display()
+    );
     if args.head {
         println!("Join it with:  manta start --address {address}");
         println!("Run a driver:  MANTA_ADDRESS={address} cargo run --release --example quickstart");
@@ -111,7 +133,9 @@ pub fn start_background(args: StartArgs) -> Result<()> {
 
 /// Records of processes started here: (pid, kind, address).
 fn started() -> Vec<(i32, String, String)> {
-    let Ok(entries) = fs::read_dir(run_dir()) else { return Vec::new() };
+    let Ok(entries) = fs::read_dir(run_dir()) else {
+        return Vec::new();
+    };
     let mut processes: Vec<_> = entries
         .flatten()
         .filter_map(|entry| {

@@ -77,8 +77,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Status(args) => {
             let address = match args.address {
                 Some(address) => address,
-                None => daemon::local_head_address()?
-                    .context("no head address: pass --address, set MANTA_ADDRESS, or start a head here")?,
+                None => daemon::local_head_address()?.context(
+                    "no head address: pass --address, set MANTA_ADDRESS, or start a head here",
+                )?,
             };
             status::print_status(&address)
         }

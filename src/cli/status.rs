@@ -2,24 +2,39 @@
 
 use anyhow::Result;
 use manta::datasets::stats::human_bytes;
-use manta::scheduler::proto::head_client::HeadClient;
 use manta::scheduler::proto::ListNodesRequest;
+use manta::scheduler::proto::head_client::HeadClient;
 
 /// Prints one line per node.
 pub fn print_status(address: &str) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let nodes = runtime.block_on(async {
         let channel = manta::scheduler::server::connect_head(address).await?;
-        let reply = HeadClient::new(channel).list_nodes(ListNodesRequest {}).await?;
+        let reply = HeadClient::new(channel)
+            .list_nodes(ListNodesRequest {})
+            .await?;
         anyhow::Ok(reply.into_inner().nodes)
     })?;
-    println!("Head {address}: {} node(s), {} alive", nodes.len(), nodes.iter().filter(|n| n.alive).count());
-    println!("{:<24} {:<6} {:>11} {:>7} {:>23} {:>10}  resources", "node", "state", "CPUs used", "tasks", "object store", "spilled");
+    println!(
+        "Head {address}: {} node(s), {} alive",
+        nodes.len(),
+        nodes.iter().filter(|n| n.alive).count()
+    );
+    println!(
+        "{:<24} {:<6} {:>11} {:>7} {:>23} {:>10}  resources",
+        "node", "state", "CPUs used", "tasks", "object store", "spilled"
+    );
     for node in nodes {
         let total = node.total.unwrap_or_default();
         let available = node.available.unwrap_or_default();
         let store = node.store.unwrap_or_default();
-        let custom: Vec<String> = total.custom.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let custom: Vec<String> = total
+            .custom
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         println!(
             "{:<24} {:<6} {:>5.1}/{:<5.1} {:>7} {:>10}/{:<12} {:>10}  {}",
             node.address.trim_start_matches("http://"),

@@ -6,29 +6,10 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 
-use arrow::array::{Array, RecordBatch, StringViewBuilder};
-use arrow::compute::cast;
-use arrow::datatypes::{DataType, Field, Schema};
 use manta::prelude::*;
+use manta::tpch::add_shipmode_upper;
 use manta::{Checksum, MapBatchesOptions, ReadOptions};
-
-/// The quickstart's batch function: adds `l_shipmode_upper`.
-#[manta::remote]
-pub fn add_shipmode_upper(batch: RecordBatch) -> manta::Result<RecordBatch> {
-    let modes = cast(batch.column_by_name("l_shipmode").expect("l_shipmode"), &DataType::Utf8)?;
-    let modes = modes.as_any().downcast_ref::<arrow::array::StringArray>().expect("strings");
-    let mut upper = StringViewBuilder::with_capacity(modes.len());
-    for mode in modes {
-        upper.append_option(mode.map(str::to_uppercase));
-    }
-    let mut fields = batch.schema().fields().to_vec();
-    fields.push(Arc::new(Field::new("l_shipmode_upper", DataType::Utf8View, true)));
-    let mut columns = batch.columns().to_vec();
-    columns.push(Arc::new(upper.finish()));
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
-}
 
 /// Generates a small lineitem with many row groups (so many tasks), once per test binary run.
 pub fn small_lineitem(root: &Path) -> PathBuf {
@@ -37,15 +18,30 @@ pub fn small_lineitem(root: &Path) -> PathBuf {
 
 /// Reads in tasks of one row group each.
 pub fn small_tasks() -> ReadOptions {
-    ReadOptions { rows_per_task: 4096, ..Default::default() }
+    ReadOptions {
+        rows_per_task: 4096,
+        ..Default::default()
+    }
 }
 
 /// The quickstart pipeline; `read` and `map` place its two halves (None: default, fused).
-pub fn etl(ctx: &manta::Context, input: &Path, read: ReadOptions, map: MapBatchesOptions) -> manta::Dataset {
+pub fn etl(
+    ctx: &manta::Context,
+    input: &Path,
+    read: ReadOptions,
+    map: MapBatchesOptions,
+) -> manta::Dataset {
     ctx.read_parquet_with(input.to_str().unwrap(), read)
         .expect("read")
-        .filter(col("l_shipdate").lt_eq(lit("1998-09-02")).and(col("l_discount").gt(lit(0.05))))
-        .with_column("revenue", col("l_extendedprice") * (lit(1) - col("l_discount")))
+        .filter(
+            col("l_shipdate")
+                .lt_eq(lit("1998-09-02"))
+                .and(col("l_discount").gt(lit(0.05))),
+        )
+        .with_column(
+            "revenue",
+            col("l_extendedprice") * (lit(1) - col("l_discount")),
+        )
         .map_batches_with(add_shipmode_upper, map)
 }
 
@@ -72,13 +68,18 @@ pub fn expected_etl(input: &Path) -> Checksum {
 /// The checksum of every Parquet file under `dir`, read with the parquet crate directly.
 pub fn checksum_of_parquet_dir(dir: &Path) -> Checksum {
     let mut checksum = Checksum::default();
-    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     for file in files {
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&file).unwrap())
-            .unwrap()
-            .build()
-            .unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(&file).unwrap(),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
         for batch in reader {
             checksum.update(&batch.unwrap()).unwrap();
         }
@@ -164,7 +165,11 @@ impl Cluster {
 
     /// A driver context joined to this cluster.
     pub fn connect(&self) -> manta::Context {
-        manta::init_with(manta::Config { address: Some(self.head.address.clone()), ..Default::default() }).expect("join the cluster")
+        manta::init_with(manta::Config {
+            address: Some(self.head.address.clone()),
+            ..Default::default()
+        })
+        .expect("join the cluster")
     }
 }
 
@@ -179,5 +184,9 @@ impl Drop for Cluster {
 
 /// A task on a node with this custom resource.
 pub fn on(resource: &str) -> manta::Resources {
-    manta::Resources { cpus: 1.0, memory_bytes: 0, custom: [(resource.to_string(), 0.5)].into() }
+    manta::Resources {
+        cpus: 1.0,
+        memory_bytes: 0,
+        custom: [(resource.to_string(), 0.5)].into(),
+    }
 }

@@ -42,15 +42,24 @@ pub fn header(is_block: bool) -> [u8; HEADER_LEN] {
 
 /// Writes `object` in the stored layout; returns the bytes written.
 pub fn write_object(out: &mut impl Write, object: &Object) -> Result<u64> {
-    let mut counter = CountingWriter { inner: out, written: 0 };
+    let mut counter = CountingWriter {
+        inner: out,
+        written: 0,
+    };
     match object {
         Object::Block(block) => {
-            counter.write_all(&header(true)).map_err(arrow::error::ArrowError::from)?;
+            counter
+                .write_all(&header(true))
+                .map_err(arrow::error::ArrowError::from)?;
             write_block_stream(&mut counter, block)?;
         }
         Object::Bytes(bytes) => {
-            counter.write_all(&header(false)).map_err(arrow::error::ArrowError::from)?;
-            counter.write_all(bytes).map_err(arrow::error::ArrowError::from)?;
+            counter
+                .write_all(&header(false))
+                .map_err(arrow::error::ArrowError::from)?;
+            counter
+                .write_all(bytes)
+                .map_err(arrow::error::ArrowError::from)?;
         }
     }
     Ok(counter.written)
@@ -58,7 +67,8 @@ pub fn write_object(out: &mut impl Write, object: &Object) -> Result<u64> {
 
 /// Writes a block as an Arrow IPC stream (no Manta header).
 pub fn write_block_stream(out: &mut impl Write, block: &Block) -> Result<()> {
-    let mut writer = StreamWriter::try_new_with_options(out, block.schema(), IpcWriteOptions::default())?;
+    let mut writer =
+        StreamWriter::try_new_with_options(out, block.schema(), IpcWriteOptions::default())?;
     for batch in block.batches() {
         writer.write(batch)?;
     }
@@ -80,7 +90,9 @@ pub fn read_object(id: ObjectId, bytes: Bytes) -> Result<Object> {
     }
     let payload = bytes.slice(HEADER_LEN..);
     match bytes[8] {
-        KIND_BLOCK => read_block_stream(payload).map(Object::Block).map_err(|e| corrupt(e.to_string())),
+        KIND_BLOCK => read_block_stream(payload)
+            .map(Object::Block)
+            .map_err(|e| corrupt(e.to_string())),
         KIND_BYTES => Ok(Object::Bytes(payload)),
         other => Err(corrupt(format!("unknown kind {other}"))),
     }
@@ -101,7 +113,9 @@ pub fn read_block_stream(payload: Bytes) -> Result<Block> {
     }
     decoder.finish()?;
     let schema = decoder.schema().ok_or_else(|| {
-        Error::Arrow(arrow::error::ArrowError::IpcError("stream has no schema message".into()))
+        Error::Arrow(arrow::error::ArrowError::IpcError(
+            "stream has no schema message".into(),
+        ))
     })?;
     Block::try_new(schema, batches)
 }
@@ -132,9 +146,15 @@ pub fn ipc_messages(stream: Bytes) -> impl Iterator<Item = Result<IpcMessage>> {
 }
 
 fn next_message(stream: &Bytes, pos: &mut usize) -> Result<Option<IpcMessage>> {
-    let bad = |reason: &str| Error::Arrow(arrow::error::ArrowError::IpcError(format!("IPC stream: {reason}")));
+    let bad = |reason: &str| {
+        Error::Arrow(arrow::error::ArrowError::IpcError(format!(
+            "IPC stream: {reason}"
+        )))
+    };
     let read_u32 = |at: usize| -> Result<u32> {
-        let word = stream.get(at..at + 4).ok_or_else(|| bad("truncated message prefix"))?;
+        let word = stream
+            .get(at..at + 4)
+            .ok_or_else(|| bad("truncated message prefix"))?;
         Ok(u32::from_le_bytes(word.try_into().expect("4 bytes")))
     };
     if *pos >= stream.len() {
@@ -152,20 +172,31 @@ fn next_message(stream: &Bytes, pos: &mut usize) -> Result<Option<IpcMessage>> {
         return Ok(None);
     }
     let header_end = at + len as usize;
-    let header = stream.get(at..header_end).ok_or_else(|| bad("truncated message header"))?;
-    let message = arrow::ipc::root_as_message(header).map_err(|e| bad(&format!("invalid message header: {e}")))?;
-    let body_len = usize::try_from(message.bodyLength()).map_err(|_| bad("negative body length"))?;
+    let header = stream
+        .get(at..header_end)
+        .ok_or_else(|| bad("truncated message header"))?;
+    let message = arrow::ipc::root_as_message(header)
+        .map_err(|e| bad(&format!("invalid message header: {e}")))?;
+    let body_len =
+        usize::try_from(message.bodyLength()).map_err(|_| bad("negative body length"))?;
     let body_end = header_end + body_len;
     if body_end > stream.len() {
         return Err(bad("truncated message body"));
     }
     *pos = body_end;
-    Ok(Some(IpcMessage { header: stream.slice(at..header_end), body: stream.slice(header_end..body_end) }))
+    Ok(Some(IpcMessage {
+        header: stream.slice(at..header_end),
+        body: stream.slice(header_end..body_end),
+    }))
 }
 
 /// Writes one IPC message so that its body starts 64-byte aligned if the stream so far is
 /// 64-byte aligned; returns the bytes written.
-pub fn write_ipc_message(out: &mut (impl Write + ?Sized), header: &[u8], body: &[u8]) -> std::io::Result<u64> {
+pub fn write_ipc_message(
+    out: &mut (impl Write + ?Sized),
+    header: &[u8],
+    body: &[u8],
+) -> std::io::Result<u64> {
     let padding = (ALIGNMENT - (8 + header.len()) % ALIGNMENT) % ALIGNMENT;
     let len = u32::try_from(header.len() + padding).map_err(std::io::Error::other)?;
     out.write_all(&CONTINUATION)?;
@@ -204,15 +235,18 @@ impl<W: Write> Write for CountingWriter<'_, W> {
 mod tests {
     use std::sync::Arc;
 
-    use arrow::array::{Int64Array, StringArray};
     use arrow::array::RecordBatch;
+    use arrow::array::{Int64Array, StringArray};
 
     use super::*;
 
     fn block() -> Block {
         let batch = RecordBatch::try_from_iter([
             ("n", Arc::new(Int64Array::from(vec![1, 2, 3])) as _),
-            ("s", Arc::new(StringArray::from(vec![Some("a"), None, Some("ünï")])) as _),
+            (
+                "s",
+                Arc::new(StringArray::from(vec![Some("a"), None, Some("ünï")])) as _,
+            ),
         ])
         .unwrap();
         Block::try_new(batch.schema(), vec![batch.clone(), batch.slice(1, 2)]).unwrap()
@@ -235,14 +269,19 @@ mod tests {
         let mut out = Vec::new();
         write_object(&mut out, &Object::Bytes(Bytes::from_static(b"hello"))).unwrap();
         let back = read_object(ObjectId::random(), Bytes::from(out)).unwrap();
-        assert_eq!(back.into_bytes(ObjectId::random()).unwrap(), Bytes::from_static(b"hello"));
+        assert_eq!(
+            back.into_bytes(ObjectId::random()).unwrap(),
+            Bytes::from_static(b"hello")
+        );
     }
 
     #[test]
     fn messages_split_and_rejoin_to_the_same_block() {
         let mut stream = Vec::new();
         write_block_stream(&mut stream, &block()).unwrap();
-        let messages: Vec<IpcMessage> = ipc_messages(Bytes::from(stream)).collect::<Result<_>>().unwrap();
+        let messages: Vec<IpcMessage> = ipc_messages(Bytes::from(stream))
+            .collect::<Result<_>>()
+            .unwrap();
         assert_eq!(messages.len(), 3, "a schema message and two batches");
 
         let mut rejoined = header(true).to_vec();
@@ -251,7 +290,10 @@ mod tests {
         }
         write_ipc_end(&mut rejoined).unwrap();
         let back = read_object(ObjectId::random(), Bytes::from(rejoined)).unwrap();
-        assert_eq!(back.into_block(ObjectId::random()).unwrap().batches(), block().batches());
+        assert_eq!(
+            back.into_block(ObjectId::random()).unwrap().batches(),
+            block().batches()
+        );
     }
 
     #[test]
@@ -271,6 +313,9 @@ mod tests {
         let mut truncated = Vec::new();
         write_object(&mut truncated, &Object::Block(block())).unwrap();
         truncated.truncate(HEADER_LEN + 40);
-        assert!(matches!(read_object(id, Bytes::from(truncated)), Err(Error::CorruptObject { .. })));
+        assert!(matches!(
+            read_object(id, Bytes::from(truncated)),
+            Err(Error::CorruptObject { .. })
+        ));
     }
 }

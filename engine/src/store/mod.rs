@@ -39,8 +39,8 @@ use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
 
 pub use format::{
-    HEADER_LEN, IpcMessage, header, ipc_messages, is_block, read_block_stream, read_object, write_block_stream,
-    write_ipc_end, write_ipc_message, write_object,
+    HEADER_LEN, IpcMessage, header, ipc_messages, is_block, read_block_stream, read_object,
+    write_block_stream, write_ipc_end, write_ipc_message, write_object,
 };
 pub use object_dir::{ObjectDir, default_shared_parent, process_alive, remove_stale_sessions};
 
@@ -62,12 +62,20 @@ pub struct StoreConfig {
 impl StoreConfig {
     /// A heap store for the embedded runtime.
     pub fn heap(budget_bytes: u64) -> Self {
-        Self { budget_bytes, shared_parent: None, spill_parent: std::env::temp_dir() }
+        Self {
+            budget_bytes,
+            shared_parent: None,
+            spill_parent: std::env::temp_dir(),
+        }
     }
 
     /// A shared-memory store for a node daemon, in `/dev/shm`.
     pub fn shared(budget_bytes: u64) -> Self {
-        Self { budget_bytes, shared_parent: Some(default_shared_parent()), spill_parent: std::env::temp_dir() }
+        Self {
+            budget_bytes,
+            shared_parent: Some(default_shared_parent()),
+            spill_parent: std::env::temp_dir(),
+        }
     }
 }
 
@@ -127,17 +135,35 @@ pub struct ObjectStore {
 
 impl std::fmt::Debug for ObjectStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ObjectStore").field("usage", &self.usage()).field("shared", &self.shared).finish()
+        f.debug_struct("ObjectStore")
+            .field("usage", &self.usage())
+            .field("shared", &self.shared)
+            .finish()
     }
 }
 
 impl ObjectStore {
     /// Creates a store and its session directories.
     pub fn new(config: StoreConfig) -> Result<Arc<Self>> {
-        let shared = config.shared_parent.as_deref().map(ObjectDir::create_session).transpose()?;
+        let shared = config
+            .shared_parent
+            .as_deref()
+            .map(ObjectDir::create_session)
+            .transpose()?;
         let spill = ObjectDir::create_session(&config.spill_parent)?;
-        let state = State { usage: StoreUsage { budget_bytes: config.budget_bytes, ..Default::default() }, ..Default::default() };
-        Ok(Arc::new(Self { state: Mutex::new(state), moved: Condvar::new(), shared, spill }))
+        let state = State {
+            usage: StoreUsage {
+                budget_bytes: config.budget_bytes,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Ok(Arc::new(Self {
+            state: Mutex::new(state),
+            moved: Condvar::new(),
+            shared,
+            spill,
+        }))
     }
 
     /// The shared-memory directory worker processes open, if objects live in shared memory.
@@ -175,9 +201,14 @@ impl ObjectStore {
     /// Takes ownership of an object file a worker process wrote and sealed in the shared
     /// directory; returns its size.
     pub fn adopt(&self, id: ObjectId) -> Result<u64> {
-        let dir = self.shared.as_ref().expect("adopt needs a shared-memory store");
+        let dir = self
+            .shared
+            .as_ref()
+            .expect("adopt needs a shared-memory store");
         let path = dir.file(id);
-        let size = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
+        let size = std::fs::metadata(&path)
+            .map_err(|e| Error::io(&path, e))?
+            .len();
         self.insert(id, Residence::Shared, size);
         self.make_room()?;
         Ok(size)
@@ -190,7 +221,10 @@ impl ObjectStore {
             Residence::Heap(object) => Ok(Access::Heap(object.clone())),
             _ => {
                 entry.pins += 1;
-                Ok(Access::Pinned(Pin { store: Arc::downgrade(store), id }))
+                Ok(Access::Pinned(Pin {
+                    store: Arc::downgrade(store),
+                    id,
+                }))
             }
         })
         .and_then(|access| match access {
@@ -206,7 +240,10 @@ impl ObjectStore {
             Residence::Heap(object) => Ok(Access::Heap(object.clone())),
             _ => {
                 entry.pins += 1;
-                Ok(Access::Pinned(Pin { store: Arc::downgrade(store), id }))
+                Ok(Access::Pinned(Pin {
+                    store: Arc::downgrade(store),
+                    id,
+                }))
             }
         })?;
         match access {
@@ -226,18 +263,28 @@ impl ObjectStore {
             Some(dir) => {
                 let tmp = dir.path().join(format!("{id}.tmp"));
                 let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-                Target::File { out: std::io::BufWriter::with_capacity(1 << 20, file), tmp }
+                Target::File {
+                    out: std::io::BufWriter::with_capacity(1 << 20, file),
+                    tmp,
+                }
             }
             None => Target::Memory(AlignedWriter(MutableBuffer::with_capacity(size_hint))),
         };
-        Ok(ObjectReceiver { store: Arc::clone(self), id, target: Some(target) })
+        Ok(ObjectReceiver {
+            store: Arc::clone(self),
+            id,
+            target: Some(target),
+        })
     }
 
     /// Keeps `id` resident (restoring it if needed) until the returned pin drops.
     pub fn pin(self: &Arc<Self>, id: ObjectId) -> Result<Pin> {
         self.with_resident(id, |store, entry| {
             entry.pins += 1;
-            Ok(Pin { store: Arc::downgrade(store), id })
+            Ok(Pin {
+                store: Arc::downgrade(store),
+                id,
+            })
         })
     }
 
@@ -245,7 +292,9 @@ impl ObjectStore {
     /// keep their mapping.
     pub fn free(&self, id: ObjectId) {
         let mut state = self.state.lock();
-        let Some(entry) = state.entries.remove(&id) else { return };
+        let Some(entry) = state.entries.remove(&id) else {
+            return;
+        };
         state.usage.objects -= 1;
         match entry.residence {
             Residence::Heap(_) => state.usage.resident_bytes -= entry.size_bytes,
@@ -265,24 +314,41 @@ impl ObjectStore {
     }
 
     fn shared_dir_ref(&self) -> &ObjectDir {
-        self.shared.as_ref().expect("only shared-memory objects are pinned")
+        self.shared
+            .as_ref()
+            .expect("only shared-memory objects are pinned")
     }
 
     fn insert(&self, id: ObjectId, residence: Residence, size_bytes: u64) {
         let mut state = self.state.lock();
         let last_used = state.tick();
-        let old = state.entries.insert(id, Entry { residence, size_bytes, pins: 0, last_used });
+        let old = state.entries.insert(
+            id,
+            Entry {
+                residence,
+                size_bytes,
+                pins: 0,
+                last_used,
+            },
+        );
         assert!(old.is_none(), "object {id} stored twice");
         state.usage.objects += 1;
         state.usage.resident_bytes += size_bytes;
     }
 
     /// Runs `f` on `id`'s entry once the object is resident, restoring it first if spilled.
-    fn with_resident<T>(self: &Arc<Self>, id: ObjectId, f: impl FnOnce(&Arc<Self>, &mut Entry) -> Result<T>) -> Result<T> {
+    fn with_resident<T>(
+        self: &Arc<Self>,
+        id: ObjectId,
+        f: impl FnOnce(&Arc<Self>, &mut Entry) -> Result<T>,
+    ) -> Result<T> {
         let mut state = self.state.lock();
         loop {
             let tick = state.tick();
-            let entry = state.entries.get_mut(&id).ok_or(Error::ObjectNotFound { id })?;
+            let entry = state
+                .entries
+                .get_mut(&id)
+                .ok_or(Error::ObjectNotFound { id })?;
             match entry.residence {
                 Residence::Heap(_) | Residence::Shared => {
                     entry.last_used = tick;
@@ -334,7 +400,8 @@ impl ObjectStore {
             if state.usage.resident_bytes <= state.usage.budget_bytes {
                 return Ok(());
             }
-            let Some(id) = spill::choose_victim(state.entries.iter().map(|(id, e)| (*id, e))) else {
+            let Some(id) = spill::choose_victim(state.entries.iter().map(|(id, e)| (*id, e)))
+            else {
                 tracing::debug!(usage = ?state.usage, "over budget, but every resident object is pinned");
                 return Ok(());
             };
@@ -351,7 +418,11 @@ impl ObjectStore {
     }
 
     /// Writes one object to the spill directory and drops it from memory.
-    fn spill_out(&self, id: ObjectId, residence: Residence) -> Result<Residence, (Error, Residence)> {
+    fn spill_out(
+        &self,
+        id: ObjectId,
+        residence: Residence,
+    ) -> Result<Residence, (Error, Residence)> {
         match residence {
             Residence::Heap(object) => match self.spill.write(id, &object) {
                 Ok(_) => Ok(Residence::Spilled),
@@ -368,7 +439,9 @@ impl ObjectStore {
                     Err(e) => Err((Error::io(to, e), Residence::Shared)),
                 }
             }
-            Residence::Moving | Residence::Spilled => unreachable!("only resident objects are spilled"),
+            Residence::Moving | Residence::Spilled => {
+                unreachable!("only resident objects are spilled")
+            }
         }
     }
 
@@ -450,7 +523,10 @@ impl From<(Error, Residence)> for MoveError {
 
 impl From<Error> for MoveError {
     fn from(error: Error) -> Self {
-        Self { error, previous: Residence::Spilled }
+        Self {
+            error,
+            previous: Residence::Spilled,
+        }
     }
 }
 
@@ -490,7 +566,10 @@ pub struct ObjectReceiver {
 }
 
 enum Target {
-    File { out: std::io::BufWriter<std::fs::File>, tmp: PathBuf },
+    File {
+        out: std::io::BufWriter<std::fs::File>,
+        tmp: PathBuf,
+    },
     Memory(AlignedWriter),
 }
 
@@ -538,7 +617,8 @@ impl ObjectReceiver {
         let id = self.id;
         match self.target.take().expect("not finished") {
             Target::File { out, tmp } => {
-                out.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
+                out.into_inner()
+                    .map_err(|e| Error::io(&tmp, e.into_error()))?;
                 self.store.shared_dir_ref().seal(id, &tmp)?;
                 self.store.adopt(id)
             }
@@ -567,7 +647,9 @@ pub struct MemoryReceiver {
 impl MemoryReceiver {
     /// A receiver with room for `size_hint` bytes.
     pub fn with_capacity(size_hint: usize) -> Self {
-        Self { buffer: AlignedWriter(MutableBuffer::with_capacity(size_hint)) }
+        Self {
+            buffer: AlignedWriter(MutableBuffer::with_capacity(size_hint)),
+        }
     }
 
     /// The destination as a writer.
@@ -587,7 +669,8 @@ fn read_aligned(path: &Path) -> Result<Bytes> {
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len() as usize;
     let mut buffer = MutableBuffer::from_len_zeroed(len);
-    file.read_exact(buffer.as_slice_mut()).map_err(|e| Error::io(path, e))?;
+    file.read_exact(buffer.as_slice_mut())
+        .map_err(|e| Error::io(path, e))?;
     Ok(Bytes::from_owner(ArrowBytes(buffer.into())))
 }
 

@@ -36,7 +36,11 @@ impl ObjectDir {
     /// Creates a fresh session directory under `parent`, first removing stale sessions there.
     pub fn create_session(parent: &Path) -> Result<Self> {
         remove_stale_sessions(parent);
-        let name = format!("{SESSION_PREFIX}{}-{:08x}", std::process::id(), rand::random::<u32>());
+        let name = format!(
+            "{SESSION_PREFIX}{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
         let path = parent.join(name);
         fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
         Ok(Self { path, owned: true })
@@ -44,7 +48,10 @@ impl ObjectDir {
 
     /// Opens a session directory another process owns (a worker opening its node's store).
     pub fn open(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into(), owned: false }
+        Self {
+            path: path.into(),
+            owned: false,
+        }
     }
 
     /// The directory.
@@ -64,7 +71,8 @@ impl ObjectDir {
             let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
             let mut out = BufWriter::with_capacity(1 << 20, file);
             let size = write_object(&mut out, object)?;
-            out.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
+            out.into_inner()
+                .map_err(|e| Error::io(&tmp, e.into_error()))?;
             Ok(size)
         })();
         match result {
@@ -111,7 +119,11 @@ impl Drop for ObjectDir {
 }
 
 /// Maps a whole object file read-only, as `Bytes` that own the mapping.
-pub(crate) fn map_file(path: &Path, id: ObjectId, keep_alive: Option<Box<dyn Send + Sync>>) -> Result<Bytes> {
+pub(crate) fn map_file(
+    path: &Path,
+    id: ObjectId,
+    keep_alive: Option<Box<dyn Send + Sync>>,
+) -> Result<Bytes> {
     let file = File::open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::ObjectNotFound { id },
         _ => Error::io(path, e),
@@ -119,7 +131,10 @@ pub(crate) fn map_file(path: &Path, id: ObjectId, keep_alive: Option<Box<dyn Sen
     // SAFETY: object files are written once, sealed by rename, and never modified afterwards;
     // they are only removed, which leaves existing mappings valid.
     let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    Ok(Bytes::from_owner(Mapping { mmap, _keep_alive: keep_alive }))
+    Ok(Bytes::from_owner(Mapping {
+        mmap,
+        _keep_alive: keep_alive,
+    }))
 }
 
 struct Mapping {
@@ -136,16 +151,26 @@ impl AsRef<[u8]> for Mapping {
 /// Where shared memory lives: `/dev/shm`, or the temporary directory where there is none.
 pub fn default_shared_parent() -> PathBuf {
     let shm = Path::new("/dev/shm");
-    if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() }
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
 }
 
 /// Removes `manta-<pid>-*` directories under `parent` whose process is gone.
 pub fn remove_stale_sessions(parent: &Path) {
-    let Ok(entries) = fs::read_dir(parent) else { return };
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(SESSION_PREFIX)) else { continue };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(SESSION_PREFIX)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
         if !process_alive(pid) {
             tracing::info!(dir = %entry.path().display(), pid, "removing a dead session's objects");
             let _ = fs::remove_dir_all(entry.path());
@@ -173,7 +198,11 @@ mod tests {
         let parent = tempfile::tempdir().unwrap();
         let dir = ObjectDir::create_session(parent.path()).unwrap();
         let id = ObjectId::random();
-        let batch = RecordBatch::try_from_iter([("x", Arc::new(Int64Array::from_iter_values(0..1000)) as _)]).unwrap();
+        let batch = RecordBatch::try_from_iter([(
+            "x",
+            Arc::new(Int64Array::from_iter_values(0..1000)) as _,
+        )])
+        .unwrap();
         dir.write(id, &Object::from(batch.clone())).unwrap();
 
         let mapped = dir.map(id, None).unwrap();
@@ -181,7 +210,10 @@ mod tests {
         let block = read_object(id, mapped).unwrap().into_block(id).unwrap();
         assert_eq!(block.batches(), &[batch]);
         let values = block.batches()[0].column(0).to_data().buffers()[0].as_ptr() as usize;
-        assert!(range.contains(&values), "column buffer is not inside the mapping");
+        assert!(
+            range.contains(&values),
+            "column buffer is not inside the mapping"
+        );
     }
 
     #[test]

@@ -9,9 +9,13 @@
 use super::{Entry, Residence};
 use crate::ids::ObjectId;
 
-pub(super) fn choose_victim<'a>(entries: impl Iterator<Item = (ObjectId, &'a Entry)>) -> Option<ObjectId> {
+pub(super) fn choose_victim<'a>(
+    entries: impl Iterator<Item = (ObjectId, &'a Entry)>,
+) -> Option<ObjectId> {
     entries
-        .filter(|(_, e)| e.pins == 0 && matches!(e.residence, Residence::Heap(_) | Residence::Shared))
+        .filter(|(_, e)| {
+            e.pins == 0 && matches!(e.residence, Residence::Heap(_) | Residence::Shared)
+        })
         .min_by_key(|(_, e)| e.last_used)
         .map(|(id, _)| id)
 }

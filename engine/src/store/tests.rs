@@ -5,15 +5,28 @@ use arrow::array::{Array, Int64Array, RecordBatch};
 use super::*;
 
 fn batch(start: i64, rows: i64) -> RecordBatch {
-    RecordBatch::try_from_iter([("x", Arc::new(Int64Array::from_iter_values(start..start + rows)) as _)]).unwrap()
+    RecordBatch::try_from_iter([(
+        "x",
+        Arc::new(Int64Array::from_iter_values(start..start + rows)) as _,
+    )])
+    .unwrap()
 }
 
 fn block_of(object: Object) -> RecordBatch {
-    object.into_block(ObjectId::random()).unwrap().concat().unwrap()
+    object
+        .into_block(ObjectId::random())
+        .unwrap()
+        .concat()
+        .unwrap()
 }
 
 fn heap_store(budget_bytes: u64, dir: &Path) -> Arc<ObjectStore> {
-    ObjectStore::new(StoreConfig { budget_bytes, shared_parent: None, spill_parent: dir.to_path_buf() }).unwrap()
+    ObjectStore::new(StoreConfig {
+        budget_bytes,
+        shared_parent: None,
+        spill_parent: dir.to_path_buf(),
+    })
+    .unwrap()
 }
 
 fn shared_store(budget_bytes: u64, dir: &Path) -> Arc<ObjectStore> {
@@ -36,7 +49,13 @@ fn heap_put_get_and_free() {
     store.free(id);
     assert!(!store.contains(id));
     assert!(matches!(store.get(id), Err(Error::ObjectNotFound { .. })));
-    assert_eq!(store.usage(), StoreUsage { budget_bytes: 1 << 30, ..Default::default() });
+    assert_eq!(
+        store.usage(),
+        StoreUsage {
+            budget_bytes: 1 << 30,
+            ..Default::default()
+        }
+    );
 }
 
 /// Puts ten blocks into a budget that holds about three; checks that the oldest were spilled,
@@ -52,17 +71,27 @@ fn spills_past_budget_and_restores(store: Arc<ObjectStore>) {
         .collect();
     let usage = store.usage();
     assert!(usage.resident_bytes <= usage.budget_bytes, "{usage:?}");
-    assert!(usage.spilled_bytes > 0 && usage.spilled_bytes_total > 0, "{usage:?}");
+    assert!(
+        usage.spilled_bytes > 0 && usage.spilled_bytes_total > 0,
+        "{usage:?}"
+    );
     assert_eq!(usage.objects, 10);
     for (i, id) in ids.iter().enumerate() {
-        assert_eq!(block_of(store.get(*id).unwrap()), batch(i as i64 * rows, rows));
+        assert_eq!(
+            block_of(store.get(*id).unwrap()),
+            batch(i as i64 * rows, rows)
+        );
     }
     assert!(store.usage().restored_bytes_total > 0);
     for id in &ids {
         store.free(*id);
     }
     let usage = store.usage();
-    assert_eq!((usage.resident_bytes, usage.spilled_bytes, usage.objects), (0, 0, 0), "{usage:?}");
+    assert_eq!(
+        (usage.resident_bytes, usage.spilled_bytes, usage.objects),
+        (0, 0, 0),
+        "{usage:?}"
+    );
 }
 
 #[test]
@@ -92,14 +121,23 @@ fn shared_get_is_zero_copy_and_pins_until_dropped() {
     let second = ObjectId::random();
     store.put(second, batch(0, 100_000).into()).unwrap();
     assert!(file.exists(), "a pinned object was spilled");
-    assert!(!store.shared_dir().unwrap().join(second.to_string()).exists());
+    assert!(
+        !store
+            .shared_dir()
+            .unwrap()
+            .join(second.to_string())
+            .exists()
+    );
 
     // Once the mapping is dropped, the first can be spilled: reading the second makes room.
     let values = block_of(object);
     assert_eq!(values, batch(0, 100_000));
     drop(values);
     assert_eq!(block_of(store.get(second).unwrap()), batch(0, 100_000));
-    assert!(!file.exists(), "an unpinned, least recently used object was not spilled");
+    assert!(
+        !file.exists(),
+        "an unpinned, least recently used object was not spilled"
+    );
 }
 
 #[test]
@@ -123,7 +161,10 @@ fn free_removes_files_resident_and_spilled() {
     let store = shared_store(1, tmp.path());
     let id = ObjectId::random();
     store.put(id, batch(0, 10).into()).unwrap();
-    assert_eq!(store.usage().spilled_bytes_total, store.usage().spilled_bytes);
+    assert_eq!(
+        store.usage().spilled_bytes_total,
+        store.usage().spilled_bytes
+    );
     assert!(store.usage().spilled_bytes > 0);
     store.free(id);
     let leftovers: Vec<_> = walk(tmp.path());
