@@ -14,6 +14,9 @@ use std::time::Instant;
 
 use clap::Parser;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod suite;
 
 #[derive(Parser, Debug, Clone)]

@@ -31,7 +31,12 @@ pub fn tune_endpoint(endpoint: Endpoint) -> Endpoint {
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(16 << 20))
         .initial_connection_window_size(Some(32 << 20))
+        .max_frame_size(Some(MAX_FRAME_BYTES))
 }
+
+/// Largest HTTP/2 frame either side accepts: a 1 MiB batch crosses in one frame instead of
+/// sixty-four of HTTP/2's default 16 KiB.
+pub const MAX_FRAME_BYTES: u32 = 1 << 20;
 
 /// Channels to other nodes' Flight endpoints, one per address, shared by all pulls.
 #[derive(Debug, Default)]

@@ -176,6 +176,11 @@ impl NodeDaemon {
             input_ids: request.inputs.iter().map(|i| i.object_id.clone()).collect(),
             output_id: request.output_id.clone(),
             label: request.label.clone(),
+            output_file: self
+                .store
+                .take_recycled()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default(),
         };
         let done = self.workers.run(job, executable, assignment).await?;
         drop(pins);

@@ -40,6 +40,7 @@ impl From<manta_engine::StoreUsage> for self::StoreUsage {
             objects: u.objects,
             spilled_bytes_total: u.spilled_bytes_total,
             restored_bytes_total: u.restored_bytes_total,
+            recycled_bytes: u.recycled_bytes,
         }
     }
 }
@@ -53,6 +54,7 @@ impl From<self::StoreUsage> for manta_engine::StoreUsage {
             objects: u.objects,
             spilled_bytes_total: u.spilled_bytes_total,
             restored_bytes_total: u.restored_bytes_total,
+            recycled_bytes: u.recycled_bytes,
         }
     }
 }

@@ -34,6 +34,7 @@ pub fn server_builder() -> tonic::transport::Server {
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(16 << 20))
         .initial_connection_window_size(Some(32 << 20))
+        .max_frame_size(Some(manta_flight::client::MAX_FRAME_BYTES))
 }
 
 /// Resolves when the process is asked to stop (SIGTERM or Ctrl-C).

@@ -149,7 +149,13 @@ fn run_assignment(
         Object::Block(block) => block.num_rows() as u64,
         Object::Bytes(_) => 0,
     };
-    dir.write(ObjectId::from_slice(&assignment.output_id)?, &output)?;
+    let recycled =
+        (!assignment.output_file.is_empty()).then(|| std::path::Path::new(&assignment.output_file));
+    dir.write_reusing(
+        ObjectId::from_slice(&assignment.output_id)?,
+        &output,
+        recycled,
+    )?;
     Ok(proto::WorkerOutput {
         num_rows,
         stats: Some(stats.into()),

@@ -28,6 +28,7 @@
 
 mod format;
 mod object_dir;
+mod recycle;
 mod spill;
 
 use std::collections::HashMap;
@@ -94,14 +95,63 @@ pub struct StoreUsage {
     pub spilled_bytes_total: u64,
     /// Bytes read back from the spill directory since the store started.
     pub restored_bytes_total: u64,
+    /// Bytes of freed shared-memory files kept to be written over (see `recycle`).
+    pub recycled_bytes: u64,
 }
 
 enum Residence {
     Heap(Object),
-    Shared,
+    /// In shared memory; mapped and decoded once the first `get` asks for it.
+    Shared(Option<Mapped>),
     /// Being spilled or restored by another thread.
     Moving,
     Spilled,
+}
+
+/// A shared-memory block mapped and decoded once and kept for later gets, so a repeated `get`
+/// clones `Arc`s instead of mapping and decoding again.
+///
+/// Whether any reader still holds (part of) the block is told by reference counts: a reader
+/// holding a batch or a column holds the cached arrays' `Arc`s (count above one), and a reader
+/// holding a slice or a buffer holds a clone of the one Arrow buffer all arrays are slices of
+/// (count above the `baseline` the cached block accounts for). Such an object is in use, like a
+/// pinned one: it is neither spilled nor recycled.
+struct Mapped {
+    object: Object,
+    root: arrow::buffer::Buffer,
+    baseline: usize,
+}
+
+impl Mapped {
+    /// Caches a decoded block whose buffers all come from one mapping; `None` if there is
+    /// nothing to count references by (bytes, or a block without buffers).
+    fn new(object: Object) -> Option<Self> {
+        let Object::Block(block) = &object else {
+            return None;
+        };
+        let root = block
+            .batches()
+            .iter()
+            .flat_map(|b| b.columns())
+            .find_map(|c| c.to_data().buffers().first().cloned())?;
+        let baseline = root.strong_count();
+        Some(Self {
+            object,
+            root,
+            baseline,
+        })
+    }
+
+    fn has_readers(&self) -> bool {
+        let Object::Block(block) = &self.object else {
+            return false;
+        };
+        self.root.strong_count() > self.baseline
+            || block
+                .batches()
+                .iter()
+                .any(|b| b.columns().iter().any(|c| Arc::strong_count(c) > 1))
+    }
 }
 
 struct Entry {
@@ -109,6 +159,14 @@ struct Entry {
     size_bytes: u64,
     pins: u32,
     last_used: u64,
+}
+
+impl Entry {
+    /// Whether someone reads the object now: pinned, or a cached block still held elsewhere.
+    fn in_use(&self) -> bool {
+        self.pins > 0
+            || matches!(&self.residence, Residence::Shared(Some(mapped)) if mapped.has_readers())
+    }
 }
 
 #[derive(Default)]
@@ -131,6 +189,7 @@ pub struct ObjectStore {
     moved: Condvar,
     shared: Option<ObjectDir>,
     spill: ObjectDir,
+    recycler: recycle::Recycler,
 }
 
 impl std::fmt::Debug for ObjectStore {
@@ -158,11 +217,13 @@ impl ObjectStore {
             },
             ..Default::default()
         };
+        let recycler = recycle::Recycler::new(config.budget_bytes / 4);
         Ok(Arc::new(Self {
             state: Mutex::new(state),
             moved: Condvar::new(),
             shared,
             spill,
+            recycler,
         }))
     }
 
@@ -173,7 +234,16 @@ impl ObjectStore {
 
     /// What the store holds now.
     pub fn usage(&self) -> StoreUsage {
-        self.state.lock().usage
+        StoreUsage {
+            recycled_bytes: self.recycler.bytes(),
+            ..self.state.lock().usage
+        }
+    }
+
+    /// A freed shared-memory file to write the next object into (its pages already exist),
+    /// for a worker process writing its task's output. `None` if there is none to spare.
+    pub fn take_recycled(&self) -> Option<PathBuf> {
+        self.recycler.take()
     }
 
     /// Whether `id` is stored here (resident or spilled).
@@ -185,8 +255,8 @@ impl ObjectStore {
     pub fn put(&self, id: ObjectId, object: Object) -> Result<u64> {
         let (residence, size_bytes) = match &self.shared {
             Some(dir) => {
-                let size = dir.write(id, &object)?;
-                (Residence::Shared, size)
+                let size = dir.write_reusing(id, &object, self.recycler.take().as_deref())?;
+                (Residence::Shared(None), size)
             }
             None => {
                 let size = object.size_bytes() as u64;
@@ -209,7 +279,7 @@ impl ObjectStore {
         let size = std::fs::metadata(&path)
             .map_err(|e| Error::io(&path, e))?
             .len();
-        self.insert(id, Residence::Shared, size);
+        self.insert(id, Residence::Shared(None), size);
         self.make_room()?;
         Ok(size)
     }
@@ -217,8 +287,9 @@ impl ObjectStore {
     /// The object, restored first if it was spilled. Shared-memory objects are mapped without
     /// copying and stay pinned while any of the returned buffers live.
     pub fn get(self: &Arc<Self>, id: ObjectId) -> Result<Object> {
-        self.with_resident(id, |store, entry| match &entry.residence {
-            Residence::Heap(object) => Ok(Access::Heap(object.clone())),
+        let access = self.with_resident(id, |store, entry| match &entry.residence {
+            Residence::Heap(object) => Ok(Access::Ready(object.clone())),
+            Residence::Shared(Some(mapped)) => Ok(Access::Ready(mapped.object.clone())),
             _ => {
                 entry.pins += 1;
                 Ok(Access::Pinned(Pin {
@@ -226,18 +297,39 @@ impl ObjectStore {
                     id,
                 }))
             }
-        })
-        .and_then(|access| match access {
-            Access::Heap(object) => Ok(object),
-            Access::Pinned(pin) => self.shared_dir_ref().read(id, Some(Box::new(pin))),
-        })
+        })?;
+        let pin = match access {
+            Access::Ready(object) => return Ok(object),
+            Access::Pinned(pin) => pin,
+        };
+        // First read of a shared-memory object: map and decode it, then keep it for later
+        // gets. Bytes objects (no buffers to count readers by) stay pinned by their mapping.
+        let object = self.shared_dir_ref().read(id, None)?;
+        match Mapped::new(object.clone()) {
+            Some(mapped) => {
+                let mut state = self.state.lock();
+                if let Some(entry) = state.entries.get_mut(&id) {
+                    if matches!(entry.residence, Residence::Shared(None)) {
+                        entry.residence = Residence::Shared(Some(mapped));
+                    }
+                }
+                drop(state);
+                drop(pin);
+                Ok(object)
+            }
+            None => {
+                drop(object);
+                self.shared_dir_ref().read(id, Some(Box::new(pin)))
+            }
+        }
     }
 
     /// The object's stored bytes (header and payload, see [`write_object`]), for sending it
-    /// elsewhere. Zero-copy for shared-memory objects; heap objects are encoded.
+    /// elsewhere. Zero-copy for shared-memory objects, which stay pinned while the bytes live;
+    /// heap objects are encoded.
     pub fn stored_bytes(self: &Arc<Self>, id: ObjectId) -> Result<Bytes> {
         let access = self.with_resident(id, |store, entry| match &entry.residence {
-            Residence::Heap(object) => Ok(Access::Heap(object.clone())),
+            Residence::Heap(object) => Ok(Access::Ready(object.clone())),
             _ => {
                 entry.pins += 1;
                 Ok(Access::Pinned(Pin {
@@ -247,7 +339,7 @@ impl ObjectStore {
             }
         })?;
         match access {
-            Access::Heap(object) => {
+            Access::Ready(object) => {
                 let mut out = Vec::with_capacity(object.size_bytes() + HEADER_LEN);
                 write_object(&mut out, &object)?;
                 Ok(Bytes::from(out))
@@ -261,8 +353,7 @@ impl ObjectStore {
     pub fn receive(self: &Arc<Self>, id: ObjectId, size_hint: usize) -> Result<ObjectReceiver> {
         let target = match &self.shared {
             Some(dir) => {
-                let tmp = dir.path().join(format!("{id}.tmp"));
-                let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+                let (file, tmp) = dir.open_tmp(id, self.recycler.take().as_deref())?;
                 Target::File {
                     out: std::io::BufWriter::with_capacity(1 << 20, file),
                     tmp,
@@ -298,10 +389,16 @@ impl ObjectStore {
         state.usage.objects -= 1;
         match entry.residence {
             Residence::Heap(_) => state.usage.resident_bytes -= entry.size_bytes,
-            Residence::Shared => {
+            Residence::Shared(_) => {
                 state.usage.resident_bytes -= entry.size_bytes;
                 drop(state);
-                self.shared_dir_ref().remove(id);
+                let dir = self.shared_dir_ref();
+                if !entry.in_use() {
+                    self.recycler
+                        .keep(dir.path(), &dir.file(id), entry.size_bytes);
+                } else {
+                    dir.remove(id);
+                }
             }
             Residence::Spilled => {
                 state.usage.spilled_bytes -= entry.size_bytes;
@@ -350,7 +447,7 @@ impl ObjectStore {
                 .get_mut(&id)
                 .ok_or(Error::ObjectNotFound { id })?;
             match entry.residence {
-                Residence::Heap(_) | Residence::Shared => {
+                Residence::Heap(_) | Residence::Shared(_) => {
                     entry.last_used = tick;
                     return f(self, entry);
                 }
@@ -383,7 +480,7 @@ impl ObjectStore {
                 let from = self.spill.file(id);
                 std::fs::copy(&from, &tmp).map_err(|e| Error::io(&from, e))?;
                 dir.seal(id, &tmp)?;
-                Ok(Residence::Shared)
+                Ok(Residence::Shared(None))
             }
             None => {
                 let path = self.spill.file(id);
@@ -397,7 +494,14 @@ impl ObjectStore {
     fn make_room(&self) -> Result<()> {
         loop {
             let mut state = self.state.lock();
-            if state.usage.resident_bytes <= state.usage.budget_bytes {
+            let budget = state.usage.budget_bytes;
+            if state.usage.resident_bytes + self.recycler.bytes() <= budget {
+                return Ok(());
+            }
+            // Recycled files go first: they hold no data anyone needs.
+            self.recycler
+                .shrink_to(budget.saturating_sub(state.usage.resident_bytes));
+            if state.usage.resident_bytes <= budget {
                 return Ok(());
             }
             let Some(id) = spill::choose_victim(state.entries.iter().map(|(id, e)| (*id, e)))
@@ -428,15 +532,16 @@ impl ObjectStore {
                 Ok(_) => Ok(Residence::Spilled),
                 Err(e) => Err((e, Residence::Heap(object))),
             },
-            Residence::Shared => {
+            Residence::Shared(_) => {
                 let dir = self.shared_dir_ref();
                 let to = self.spill.file(id);
                 match std::fs::copy(dir.file(id), &to) {
-                    Ok(_) => {
-                        dir.remove(id);
+                    Ok(size) => {
+                        // Victims are unpinned, so nobody maps the file: its pages can be reused.
+                        self.recycler.keep(dir.path(), &dir.file(id), size);
                         Ok(Residence::Spilled)
                     }
-                    Err(e) => Err((Error::io(to, e), Residence::Shared)),
+                    Err(e) => Err((Error::io(to, e), Residence::Shared(None))),
                 }
             }
             Residence::Moving | Residence::Spilled => {
@@ -531,7 +636,7 @@ impl From<Error> for MoveError {
 }
 
 enum Access {
-    Heap(Object),
+    Ready(Object),
     Pinned(Pin),
 }
 
@@ -617,8 +722,13 @@ impl ObjectReceiver {
         let id = self.id;
         match self.target.take().expect("not finished") {
             Target::File { out, tmp } => {
-                out.into_inner()
+                let mut file = out
+                    .into_inner()
                     .map_err(|e| Error::io(&tmp, e.into_error()))?;
+                // Cut what a recycled file held past the new end.
+                let written =
+                    std::io::Seek::stream_position(&mut file).map_err(|e| Error::io(&tmp, e))?;
+                file.set_len(written).map_err(|e| Error::io(&tmp, e))?;
                 self.store.shared_dir_ref().seal(id, &tmp)?;
                 self.store.adopt(id)
             }

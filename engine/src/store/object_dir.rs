@@ -66,13 +66,25 @@ impl ObjectDir {
 
     /// Writes `object` as `id` and seals it; returns its size in bytes.
     pub fn write(&self, id: ObjectId, object: &Object) -> Result<u64> {
-        let tmp = self.path.join(format!("{id}.tmp"));
+        self.write_reusing(id, object, None)
+    }
+
+    /// [`write`](Self::write), into `recycled` (a file of this directory whose pages are
+    /// already allocated, see [`super::recycle`]) if given.
+    pub fn write_reusing(
+        &self,
+        id: ObjectId,
+        object: &Object,
+        recycled: Option<&Path>,
+    ) -> Result<u64> {
+        let (file, tmp) = self.open_tmp(id, recycled)?;
         let result = (|| {
-            let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
             let mut out = BufWriter::with_capacity(1 << 20, file);
             let size = write_object(&mut out, object)?;
-            out.into_inner()
+            let file = out
+                .into_inner()
                 .map_err(|e| Error::io(&tmp, e.into_error()))?;
+            file.set_len(size).map_err(|e| Error::io(&tmp, e))?;
             Ok(size)
         })();
         match result {
@@ -85,6 +97,22 @@ impl ObjectDir {
                 Err(e)
             }
         }
+    }
+
+    /// Opens `<id>.tmp` for writing from its start: a fresh file, or `recycled` renamed (its
+    /// old bytes are overwritten, and whatever is left past the new end must be cut with
+    /// `set_len` once the length is known).
+    pub fn open_tmp(&self, id: ObjectId, recycled: Option<&Path>) -> Result<(File, PathBuf)> {
+        let tmp = self.path.join(format!("{id}.tmp"));
+        if let Some(recycled) = recycled {
+            if fs::rename(recycled, &tmp).is_ok() {
+                if let Ok(file) = fs::OpenOptions::new().write(true).open(&tmp) {
+                    return Ok((file, tmp));
+                }
+            }
+        }
+        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        Ok((file, tmp))
     }
 
     /// Renames a completely written `tmp` file to `id`'s name.

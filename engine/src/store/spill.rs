@@ -14,7 +14,7 @@ pub(super) fn choose_victim<'a>(
 ) -> Option<ObjectId> {
     entries
         .filter(|(_, e)| {
-            e.pins == 0 && matches!(e.residence, Residence::Heap(_) | Residence::Shared)
+            !e.in_use() && matches!(e.residence, Residence::Heap(_) | Residence::Shared(_))
         })
         .min_by_key(|(_, e)| e.last_used)
         .map(|(id, _)| id)

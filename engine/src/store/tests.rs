@@ -207,3 +207,36 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     files
 }
+
+#[test]
+fn repeated_gets_share_one_mapping_and_readers_keep_it_resident() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = shared_store(1 << 20, tmp.path());
+    let id = ObjectId::random();
+    store.put(id, batch(0, 100_000).into()).unwrap();
+    let first = block_of(store.get(id).unwrap());
+    let second = block_of(store.get(id).unwrap());
+    let ptr = |b: &RecordBatch| b.column(0).to_data().buffers()[0].as_ptr();
+    assert_eq!(
+        ptr(&first),
+        ptr(&second),
+        "the second get reuses the first's mapping"
+    );
+
+    // Only a column of the first read is still held: that is enough to keep the object in.
+    let held = first.column(0).clone();
+    drop((first, second));
+    let other = ObjectId::random();
+    store.put(other, batch(0, 100_000).into()).unwrap();
+    assert!(
+        store.shared_dir().unwrap().join(id.to_string()).exists(),
+        "a block in use was spilled"
+    );
+    drop(held);
+    store.get(other).unwrap();
+    assert!(
+        !store.shared_dir().unwrap().join(id.to_string()).exists(),
+        "an unused block was not spilled"
+    );
+    assert_eq!(block_of(store.get(id).unwrap()), batch(0, 100_000));
+}
