@@ -52,7 +52,7 @@ pub fn serve(_args: &Args) -> anyhow::Result<()> {
         tokio::spawn(
             manta::scheduler::server::server_builder()
                 .add_service(ObjectFlightService::new(Arc::clone(&store)).into_server())
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+                .serve_with_incoming(manta::flight::incoming(listener)),
         );
         anyhow::Ok((flight_address, std::net::TcpListener::bind("127.0.0.1:0")?))
     })?;

@@ -181,13 +181,16 @@ impl Dataset {
     /// Runs the pipeline and writes it as Parquet part files under `path`, atomically: on
     /// success `path` holds exactly the new files; on failure it is untouched.
     pub fn write_parquet(&self, path: impl AsRef<Path>) -> Result<WriteSummary> {
+        let started = std::time::Instant::now();
         let target = WriteTarget::prepare(path.as_ref())?;
         let (mut rx, handle) = self.start(Sink::Parquet(target.tmp_dir().to_path_buf()))?;
+        tracing::debug!(elapsed = ?started.elapsed(), "write_parquet: pipeline started");
         let mut written = Vec::new();
         while let Some(out) = self.ctx.block_on(rx.recv()) {
             written.push(out.block);
         }
         self.finish(handle)?;
+        tracing::debug!(elapsed = ?started.elapsed(), "write_parquet: pipeline finished");
         let mut summary = WriteSummary {
             path: target.destination().to_path_buf(),
             files: 0,
@@ -212,7 +215,9 @@ impl Dataset {
                     .sum::<u64>();
             }
         }
+        tracing::debug!(elapsed = ?started.elapsed(), "write_parquet: file records read");
         target.commit()?;
+        tracing::debug!(elapsed = ?started.elapsed(), "write_parquet: committed");
         if let Some(stats) = self
             .last_stats
             .lock()

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use arrow::array::{Int64Array, RecordBatch, StringViewArray};
 use manta_engine::{Location, NodeId, Object, ObjectId, ObjectStore, StoreConfig};
 use manta_flight::{Error, FlightPool, ObjectFlightService};
-use tokio_stream::wrappers::TcpListenerStream;
 
 fn shared_store(dir: &std::path::Path) -> Arc<ObjectStore> {
     ObjectStore::new(StoreConfig {
@@ -22,7 +21,7 @@ async fn serve(store: Arc<ObjectStore>) -> Location {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(ObjectFlightService::new(store).into_server())
-            .serve_with_incoming(TcpListenerStream::new(listener)),
+            .serve_with_incoming(manta_flight::incoming(listener)),
     );
     Location {
         node: NodeId::random(),

@@ -26,7 +26,6 @@ use futures::Stream;
 use manta_engine::{JobId, NodeId, Resources};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
@@ -132,7 +131,7 @@ impl Head {
         let watcher = tokio::spawn(Arc::clone(&self).watch_liveness());
         let result = server::server_builder()
             .add_service(HeadServer::from_arc(Arc::clone(&self)))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(manta_flight::incoming(listener), shutdown)
             .await;
         watcher.abort();
         result.map_err(|e| Error::Internal(format!("head server: {e}")))

@@ -19,7 +19,7 @@ use manta_engine::{JobId, NodeId, ObjectId, ObjectStore, Resources, StoreConfig,
 use manta_flight::{FlightPool, ObjectFlightService};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{Error, Result};
@@ -376,7 +376,7 @@ pub async fn run_node(config: NodeConfig, ready: impl FnOnce(&str)) -> Result<()
         .add_service(NodeServer::new(service.clone()))
         .add_service(WorkerServer::new(service))
         .add_service(ObjectFlightService::new(store).into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), server::shutdown_signal())
+        .serve_with_incoming_shutdown(manta_flight::incoming(listener), server::shutdown_signal())
         .await;
     heartbeats.abort();
     result.map_err(|e| Error::Internal(format!("node server: {e}")))
