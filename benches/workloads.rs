@@ -82,6 +82,35 @@ pub fn peak_rss_of_mib(pid: u32) -> Option<u64> {
         .map(|kib| kib / 1024)
 }
 
+/// A block of `bytes` bytes in batches of `batch_rows` rows of two 8-byte columns
+/// (`batch_rows` = 65536 makes 1 MiB batches).
+pub fn numbers_block(bytes: usize, batch_rows: usize) -> manta::engine::Block {
+    use std::sync::Arc;
+
+    use arrow::array::{Float64Array, Int64Array, RecordBatch};
+    let batches: Vec<RecordBatch> = (0..bytes / (batch_rows * 16))
+        .map(|i| {
+            let start = (i * batch_rows) as i64;
+            RecordBatch::try_from_iter([
+                (
+                    "id",
+                    Arc::new(Int64Array::from_iter_values(
+                        start..start + batch_rows as i64,
+                    )) as _,
+                ),
+                (
+                    "value",
+                    Arc::new(Float64Array::from_iter_values(
+                        (0..batch_rows).map(|v| v as f64 * 0.5),
+                    )) as _,
+                ),
+            ])
+            .expect("two columns of equal length")
+        })
+        .collect();
+    manta::engine::Block::try_new(batches[0].schema(), batches).expect("one schema")
+}
+
 /// Times `f`, returning seconds and its result.
 pub fn timed<T>(f: impl FnOnce() -> T) -> (f64, T) {
     let started = Instant::now();

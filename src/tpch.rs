@@ -105,6 +105,33 @@ fn write_part(
     Ok(())
 }
 
+/// The quickstart's pipeline over the lineitem files at `input` (also used by the tests and the
+/// `etl` benchmark): filter, `revenue`, then [`add_shipmode_upper`]. `read` and `map` say where
+/// its two halves run (by default they fuse into one stage).
+pub fn etl(
+    ctx: &crate::Context,
+    input: &Path,
+    read: crate::ReadOptions,
+    map: crate::MapBatchesOptions,
+) -> crate::Result<crate::Dataset> {
+    use datafusion::prelude::{col, lit};
+    let path = input.to_str().ok_or_else(|| {
+        crate::Error::InvalidArgument(format!("{} is not a UTF-8 path", input.display()))
+    })?;
+    Ok(ctx
+        .read_parquet_with(path, read)?
+        .filter(
+            col("l_shipdate")
+                .lt_eq(lit("1998-09-02"))
+                .and(col("l_discount").gt(lit(0.05))),
+        )
+        .with_column(
+            "revenue",
+            col("l_extendedprice") * (lit(1) - col("l_discount")),
+        )
+        .map_batches_with(add_shipmode_upper, map))
+}
+
 /// The quickstart's batch function (also used by the tests and the `etl` benchmark): adds
 /// `l_shipmode_upper`, the ship mode in upper case.
 #[crate::remote]

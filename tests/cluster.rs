@@ -17,7 +17,8 @@ use common::*;
 
 fn main() {
     manta::run_worker_if_requested();
-    let tests: &[(&str, fn(&Cluster))] = &[
+    type Test = (&'static str, fn(&Cluster));
+    let tests: &[Test] = &[
         (
             "quickstart_runs_across_two_nodes_and_matches_embedded",
             quickstart_runs_across_two_nodes_and_matches_embedded,

@@ -1,9 +1,6 @@
 //! `etl`: read lineitem -> filter -> revenue -> registered map_batches -> write Parquet.
 //! Baseline: the same query in plain DataFusion (`COPY ... TO ... STORED AS PARQUET`).
 
-use manta::prelude::*;
-use manta::tpch::add_shipmode_upper;
-
 use crate::{Args, peak_rss_mib, peak_rss_of_mib, timed};
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -16,18 +13,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     let ctx = manta::init_with(config)?;
     for run in 1..=args.runs {
-        let ds = ctx
-            .read_parquet(input.to_str().unwrap())?
-            .filter(
-                col("l_shipdate")
-                    .lt_eq(lit("1998-09-02"))
-                    .and(col("l_discount").gt(lit(0.05))),
-            )
-            .with_column(
-                "revenue",
-                col("l_extendedprice") * (lit(1) - col("l_discount")),
-            )
-            .map_batches(add_shipmode_upper);
+        let ds = manta::tpch::etl(&ctx, &input, Default::default(), Default::default())?;
         let (seconds, written) = timed(|| ds.write_parquet(&out));
         let written = written?;
         let checksum = checksum_dir(&ctx, &written.path)?;

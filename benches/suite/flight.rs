@@ -9,42 +9,18 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use arrow::array::{Float64Array, Int64Array, RecordBatch};
 use manta::engine::{Location, NodeId, Object, ObjectId, ObjectStore, StoreConfig};
 use manta::flight::{FlightPool, ObjectFlightService};
 
-use crate::{Args, timed};
+use crate::{Args, numbers_block, timed};
 
 const OBJECT_BYTES: usize = 1 << 30;
 const BATCH_ROWS: usize = 64 * 1024;
 
 pub fn serve(_args: &Args) -> anyhow::Result<()> {
     let store = ObjectStore::new(StoreConfig::shared(u64::MAX))?;
-    let batches: Vec<RecordBatch> = (0..OBJECT_BYTES / (BATCH_ROWS * 16))
-        .map(|i| {
-            let start = (i * BATCH_ROWS) as i64;
-            RecordBatch::try_from_iter([
-                (
-                    "id",
-                    Arc::new(Int64Array::from_iter_values(
-                        start..start + BATCH_ROWS as i64,
-                    )) as _,
-                ),
-                (
-                    "value",
-                    Arc::new(Float64Array::from_iter_values(
-                        (0..BATCH_ROWS).map(|v| v as f64),
-                    )) as _,
-                ),
-            ])
-            .unwrap()
-        })
-        .collect();
     let id = ObjectId::random();
-    let size = store.put(
-        id,
-        Object::Block(manta::engine::Block::try_new(batches[0].schema(), batches)?),
-    )?;
+    let size = store.put(id, Object::Block(numbers_block(OBJECT_BYTES, BATCH_ROWS)))?;
     let runtime = tokio::runtime::Runtime::new()?;
     let (flight_address, tcp_address) = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

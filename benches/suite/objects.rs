@@ -1,43 +1,15 @@
 //! `objects`: put and zero-copy get of 64 MiB blocks, in the embedded (heap) store and in a
 //! node's shared-memory store.
 
-use std::sync::Arc;
-
-use arrow::array::{Float64Array, Int64Array, RecordBatch};
 use manta::engine::{Object, ObjectId, ObjectStore, StoreConfig};
 
-use crate::{Args, peak_rss_mib, timed};
+use crate::{Args, numbers_block, peak_rss_mib, timed};
 
 const BLOCK_BYTES: usize = 64 << 20;
 const BATCH_ROWS: usize = 64 * 1024;
 
-/// A 64 MiB block of 1 MiB batches (two 8-byte columns).
-fn block() -> manta::engine::Block {
-    let batches: Vec<RecordBatch> = (0..BLOCK_BYTES / (BATCH_ROWS * 16))
-        .map(|i| {
-            let start = (i * BATCH_ROWS) as i64;
-            RecordBatch::try_from_iter([
-                (
-                    "id",
-                    Arc::new(Int64Array::from_iter_values(
-                        start..start + BATCH_ROWS as i64,
-                    )) as _,
-                ),
-                (
-                    "value",
-                    Arc::new(Float64Array::from_iter_values(
-                        (0..BATCH_ROWS).map(|v| v as f64 * 0.5),
-                    )) as _,
-                ),
-            ])
-            .unwrap()
-        })
-        .collect();
-    manta::engine::Block::try_new(batches[0].schema(), batches).unwrap()
-}
-
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let block = block();
+    let block = numbers_block(BLOCK_BYTES, BATCH_ROWS);
     let blocks_per_run = 16;
     for (name, config) in [
         ("heap", StoreConfig::heap(u64::MAX)),

@@ -31,7 +31,7 @@ impl Checksum {
             .iter()
             .map(canonical)
             .collect::<Result<Vec<ArrayRef>>>()?;
-        let state = datafusion::common::hash_utils::RandomState::with_seed(0x6d61_6e74_61);
+        let state = datafusion::common::hash_utils::RandomState::with_seed(0x006d_616e_7461);
         let mut hashes = vec![0u64; batch.num_rows()];
         if !columns.is_empty() {
             create_hashes(&columns, &state, &mut hashes)?;

@@ -47,10 +47,10 @@ impl PlannedExpr {
         schema: &SchemaRef,
     ) -> datafusion::error::Result<Arc<dyn PhysicalExpr>> {
         let mut planned = self.planned.lock();
-        if let Some((cached, physical)) = planned.as_ref() {
-            if Arc::ptr_eq(cached, schema) || cached == schema {
-                return Ok(Arc::clone(physical));
-            }
+        if let Some((cached, physical)) = planned.as_ref()
+            && (Arc::ptr_eq(cached, schema) || cached == schema)
+        {
+            return Ok(Arc::clone(physical));
         }
         let physical = plan_expr(&self.expr, schema)?;
         *planned = Some((Arc::clone(schema), Arc::clone(&physical)));

@@ -171,11 +171,14 @@ pub struct TaskInput {
     pub objects: Vec<Object>,
 }
 
+/// Values decoded once per worker, by type and key.
+type WorkerCache = HashMap<(std::any::TypeId, Bytes), Arc<dyn Any + Send + Sync>>;
+
 /// Where a task runs: the node, and a cache that lives as long as the worker.
 #[derive(Clone, Debug)]
 pub struct TaskContext {
     node: NodeId,
-    cache: Arc<Mutex<HashMap<(std::any::TypeId, Bytes), Arc<dyn Any + Send + Sync>>>>,
+    cache: Arc<Mutex<WorkerCache>>,
 }
 
 impl TaskContext {

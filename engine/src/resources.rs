@@ -69,7 +69,7 @@ impl Resources {
             };
             let (name, amount) = part.split_once('=').ok_or_else(bad)?;
             let amount: f64 = amount.trim().parse().map_err(|_| bad())?;
-            if name.trim().is_empty() || !(amount >= 0.0) {
+            if name.trim().is_empty() || amount.is_nan() || amount < 0.0 {
                 return Err(bad());
             }
             custom.insert(name.trim().to_string(), amount);

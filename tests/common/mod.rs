@@ -7,8 +7,6 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use manta::prelude::*;
-use manta::tpch::add_shipmode_upper;
 use manta::{Checksum, MapBatchesOptions, ReadOptions};
 
 /// Generates a small lineitem with many row groups (so many tasks), once per test binary run.
@@ -24,25 +22,14 @@ pub fn small_tasks() -> ReadOptions {
     }
 }
 
-/// The quickstart pipeline; `read` and `map` place its two halves (None: default, fused).
+/// The quickstart pipeline; `read` and `map` place its two halves (defaults: fused).
 pub fn etl(
     ctx: &manta::Context,
     input: &Path,
     read: ReadOptions,
     map: MapBatchesOptions,
 ) -> manta::Dataset {
-    ctx.read_parquet_with(input.to_str().unwrap(), read)
-        .expect("read")
-        .filter(
-            col("l_shipdate")
-                .lt_eq(lit("1998-09-02"))
-                .and(col("l_discount").gt(lit(0.05))),
-        )
-        .with_column(
-            "revenue",
-            col("l_extendedprice") * (lit(1) - col("l_discount")),
-        )
-        .map_batches_with(add_shipmode_upper, map)
+    manta::tpch::etl(ctx, input, read, map).expect("read lineitem")
 }
 
 /// The quickstart's result computed by DataFusion SQL over the same files.

@@ -287,18 +287,7 @@ impl ObjectStore {
     /// The object, restored first if it was spilled. Shared-memory objects are mapped without
     /// copying and stay pinned while any of the returned buffers live.
     pub fn get(self: &Arc<Self>, id: ObjectId) -> Result<Object> {
-        let access = self.with_resident(id, |store, entry| match &entry.residence {
-            Residence::Heap(object) => Ok(Access::Ready(object.clone())),
-            Residence::Shared(Some(mapped)) => Ok(Access::Ready(mapped.object.clone())),
-            _ => {
-                entry.pins += 1;
-                Ok(Access::Pinned(Pin {
-                    store: Arc::downgrade(store),
-                    id,
-                }))
-            }
-        })?;
-        let pin = match access {
+        let pin = match self.access(id, true)? {
             Access::Ready(object) => return Ok(object),
             Access::Pinned(pin) => pin,
         };
@@ -308,10 +297,10 @@ impl ObjectStore {
         match Mapped::new(object.clone()) {
             Some(mapped) => {
                 let mut state = self.state.lock();
-                if let Some(entry) = state.entries.get_mut(&id) {
-                    if matches!(entry.residence, Residence::Shared(None)) {
-                        entry.residence = Residence::Shared(Some(mapped));
-                    }
+                if let Some(entry) = state.entries.get_mut(&id)
+                    && matches!(entry.residence, Residence::Shared(None))
+                {
+                    entry.residence = Residence::Shared(Some(mapped));
                 }
                 drop(state);
                 drop(pin);
@@ -328,17 +317,7 @@ impl ObjectStore {
     /// elsewhere. Zero-copy for shared-memory objects, which stay pinned while the bytes live;
     /// heap objects are encoded.
     pub fn stored_bytes(self: &Arc<Self>, id: ObjectId) -> Result<Bytes> {
-        let access = self.with_resident(id, |store, entry| match &entry.residence {
-            Residence::Heap(object) => Ok(Access::Ready(object.clone())),
-            _ => {
-                entry.pins += 1;
-                Ok(Access::Pinned(Pin {
-                    store: Arc::downgrade(store),
-                    id,
-                }))
-            }
-        })?;
-        match access {
+        match self.access(id, false)? {
             Access::Ready(object) => {
                 let mut out = Vec::with_capacity(object.size_bytes() + HEADER_LEN);
                 write_object(&mut out, &object)?;
@@ -372,10 +351,7 @@ impl ObjectStore {
     pub fn pin(self: &Arc<Self>, id: ObjectId) -> Result<Pin> {
         self.with_resident(id, |store, entry| {
             entry.pins += 1;
-            Ok(Pin {
-                store: Arc::downgrade(store),
-                id,
-            })
+            Ok(Pin::new(store, id))
         })
     }
 
@@ -408,6 +384,21 @@ impl ObjectStore {
             // The thread moving it sees the entry gone, fixes the counters and removes the files.
             Residence::Moving => {}
         }
+    }
+
+    /// A heap object (or, with `use_cache`, a cached mapped block) ready to hand out, or a pin
+    /// on a shared-memory object the caller then maps.
+    fn access(self: &Arc<Self>, id: ObjectId, use_cache: bool) -> Result<Access> {
+        self.with_resident(id, |store, entry| match &entry.residence {
+            Residence::Heap(object) => Ok(Access::Ready(object.clone())),
+            Residence::Shared(Some(mapped)) if use_cache => {
+                Ok(Access::Ready(mapped.object.clone()))
+            }
+            _ => {
+                entry.pins += 1;
+                Ok(Access::Pinned(Pin::new(store, id)))
+            }
+        })
     }
 
     fn shared_dir_ref(&self) -> &ObjectDir {
@@ -521,7 +512,9 @@ impl ObjectStore {
         }
     }
 
-    /// Writes one object to the spill directory and drops it from memory.
+    /// Writes one object to the spill directory and drops it from memory; on failure, gives
+    /// the object back with the error.
+    #[allow(clippy::result_large_err)]
     fn spill_out(
         &self,
         id: ObjectId,
@@ -648,6 +641,13 @@ pub struct Pin {
 }
 
 impl Pin {
+    fn new(store: &Arc<ObjectStore>, id: ObjectId) -> Self {
+        Self {
+            store: Arc::downgrade(store),
+            id,
+        }
+    }
+
     /// The pinned object.
     pub fn id(&self) -> ObjectId {
         self.id

@@ -104,12 +104,11 @@ impl ObjectDir {
     /// `set_len` once the length is known).
     pub fn open_tmp(&self, id: ObjectId, recycled: Option<&Path>) -> Result<(File, PathBuf)> {
         let tmp = self.path.join(format!("{id}.tmp"));
-        if let Some(recycled) = recycled {
-            if fs::rename(recycled, &tmp).is_ok() {
-                if let Ok(file) = fs::OpenOptions::new().write(true).open(&tmp) {
-                    return Ok((file, tmp));
-                }
-            }
+        if let Some(recycled) = recycled
+            && fs::rename(recycled, &tmp).is_ok()
+            && let Ok(file) = fs::OpenOptions::new().write(true).open(&tmp)
+        {
+            return Ok((file, tmp));
         }
         let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         Ok((file, tmp))
