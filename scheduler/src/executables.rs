@@ -6,7 +6,8 @@
 //! first time a task of the job arrives. Files are named by their hash, written to a temporary
 //! name, verified, made executable and renamed into place, so a half-written binary is never
 //! started. On one machine the head and its nodes share the cache directory, so nothing is
-//! copied twice.
+//! copied twice. The cache keeps the [`KEEP_EXECUTABLES`] most recently used executables (a
+//! driver's binary is some hundred MB, and every rebuild is a new one).
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -15,6 +16,9 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+
+/// How many executables the cache keeps.
+pub const KEEP_EXECUTABLES: usize = 8;
 
 /// A directory of executables named by SHA-256.
 #[derive(Clone, Debug)]
@@ -47,9 +51,28 @@ impl ExecutableCache {
         self.dir.join(hash)
     }
 
-    /// Whether the executable is cached.
+    /// Whether the executable is cached (and marks it used, for [`prune`](Self::prune)).
     pub fn contains(&self, hash: &str) -> bool {
-        is_hash(hash) && self.path(hash).is_file()
+        let path = self.path(hash);
+        let cached = is_hash(hash) && path.is_file();
+        if cached {
+            touch(&path);
+        }
+        cached
+    }
+
+    /// Deletes all but the `keep` most recently used executables.
+    pub fn prune(&self, keep: usize) {
+        let Ok(entries) = fs::read_dir(&self.dir) else { return };
+        let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .flatten()
+            .filter(|e| e.file_name().to_str().is_some_and(is_hash))
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        files.sort_by(|a, b| b.0.cmp(&a.0));
+        for (_, path) in files.into_iter().skip(keep) {
+            let _ = fs::remove_file(path);
+        }
     }
 
     /// Starts writing the executable with this hash.
@@ -120,6 +143,9 @@ impl CacheWriter {
             source,
         })?;
         self.done = true;
+        if let Some(dir) = self.target.parent() {
+            ExecutableCache { dir: dir.to_path_buf() }.prune(KEEP_EXECUTABLES);
+        }
         Ok(self.target.clone())
     }
 }
@@ -152,6 +178,14 @@ pub fn hash_file(path: &Path) -> Result<(String, u64)> {
         hasher.update(&buffer[..n]);
     }
     Ok((hex::encode(hasher.finalize()), size))
+}
+
+/// Sets a file's times to now, without opening it (it may be a running executable).
+fn touch(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return };
+    // SAFETY: a valid NUL-terminated path; a null `times` means "now".
+    unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), std::ptr::null(), 0) };
 }
 
 fn is_hash(text: &str) -> bool {
@@ -198,5 +232,28 @@ mod tests {
         assert!(!cache.contains(&wrong));
         let leftovers = fs::read_dir(tmp.path().join("cache")).unwrap().count();
         assert_eq!(leftovers, 1, "only the verified executable remains");
+    }
+
+    #[test]
+    fn prune_keeps_the_most_recently_used() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = ExecutableCache::new(tmp.path()).unwrap();
+        let hashes: Vec<String> = (0..4)
+            .map(|i| {
+                let data = format!("program {i}");
+                let hash = hex::encode(Sha256::digest(data.as_bytes()));
+                let mut writer = cache.writer(&hash).unwrap();
+                writer.write(data.as_bytes()).unwrap();
+                writer.finish().unwrap();
+                // Distinct modification times, oldest first.
+                let when = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000 + i);
+                File::options().append(true).open(cache.path(&hash)).unwrap().set_modified(when).unwrap();
+                hash
+            })
+            .collect();
+        assert!(cache.contains(&hashes[0]), "using the oldest makes it the newest");
+        cache.prune(2);
+        let kept: Vec<bool> = hashes.iter().map(|h| cache.path(h).exists()).collect();
+        assert_eq!(kept, vec![true, false, false, true]);
     }
 }
