@@ -45,8 +45,8 @@ pub use manta_scheduler as scheduler;
 pub mod tpch;
 
 pub use manta_datasets::{
-    Checksum, Config, Context, Dataset, DatasetStats, Error, MapBatchesOptions, ReadOptions,
-    Result, WriteSummary,
+    Aggregate, Checksum, Config, Context, Dataset, DatasetStats, Error, FileFormat, GroupedData,
+    JoinKind, MapBatchesOptions, ReadOptions, Result, SortKey, WriteFormat, WriteSummary,
 };
 pub use manta_engine::Resources;
 
@@ -55,7 +55,10 @@ pub mod prelude {
     pub use arrow::array::RecordBatch;
     pub use datafusion::prelude::{Expr, col, lit};
 
-    pub use crate::{Context, Dataset, MapBatchesOptions, ReadOptions, Resources, remote};
+    pub use crate::{
+        Aggregate, Context, Dataset, JoinKind, MapBatchesOptions, ReadOptions, Resources, SortKey,
+        remote,
+    };
 }
 
 /// Starts Manta for this program: joins the cluster at `MANTA_ADDRESS` if set, else starts the

@@ -4,13 +4,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use manta_engine::{Resources, parse_bytes};
+use arrow::array::RecordBatch;
+use manta_engine::{Block, Object, Resources, parse_bytes};
 use manta_scheduler::{Client, ClusterClient, EmbeddedConfig, EmbeddedRuntime};
 
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
-use crate::parquet_source::ParquetSource;
 use crate::plan::{LogicalPlan, ReadOptions};
+use crate::source::{FileFormat, Source};
 
 /// How a context starts.
 #[derive(Clone, Debug, Default)]
@@ -157,21 +158,150 @@ impl Context {
             .spawn(future)
     }
 
-    /// A dataset of the Parquet files at `path` (a file, a directory or a glob).
+    /// Reads Parquet: a file, a directory of files, or a glob.
+    ///
+    /// ```no_run
+    /// # fn main() -> manta_datasets::Result<()> {
+    /// let ctx = manta_datasets::Context::new(Default::default())?;
+    /// println!("{} rows", ctx.read_parquet("data/lineitem/")?.count()?);
+    /// # Ok(()) }
+    /// ```
     pub fn read_parquet(&self, path: &str) -> Result<Dataset> {
         self.read_parquet_with(path, ReadOptions::default())
     }
 
-    /// [`read_parquet`](Self::read_parquet) with options (resources, batch size).
+    /// Reads Parquet with options (resources per read task, batch and task sizes).
     pub fn read_parquet_with(&self, path: &str, options: ReadOptions) -> Result<Dataset> {
-        let source = ParquetSource::open(path)?;
+        self.read(Source::parquet(path)?, options)
+    }
+
+    /// Reads CSV files with a header row; the schema is inferred from every file's first rows.
+    pub fn read_csv(&self, path: &str) -> Result<Dataset> {
+        self.read(
+            Source::files(FileFormat::Csv, path)?,
+            ReadOptions::default(),
+        )
+    }
+
+    /// Reads newline-delimited JSON; the schema is inferred from every file's first rows.
+    pub fn read_json(&self, path: &str) -> Result<Dataset> {
+        self.read(
+            Source::files(FileFormat::Json, path)?,
+            ReadOptions::default(),
+        )
+    }
+
+    /// Reads Arrow IPC files (file or stream format).
+    pub fn read_ipc(&self, path: &str) -> Result<Dataset> {
+        self.read(
+            Source::files(FileFormat::Ipc, path)?,
+            ReadOptions::default(),
+        )
+    }
+
+    /// Reads text files, one row per line in a column `text`.
+    pub fn read_text(&self, path: &str) -> Result<Dataset> {
+        self.read(
+            Source::files(FileFormat::Text, path)?,
+            ReadOptions::default(),
+        )
+    }
+
+    /// Reads whole files, one row per file: columns `path` and `bytes`.
+    pub fn read_binary_files(&self, path: &str) -> Result<Dataset> {
+        self.read(
+            Source::files(FileFormat::Binary, path)?,
+            ReadOptions::default(),
+        )
+    }
+
+    /// Reads any source with options.
+    pub fn read(&self, source: Source, options: ReadOptions) -> Result<Dataset> {
         Ok(Dataset::new(
             self.clone(),
-            LogicalPlan {
-                source: Arc::new(source),
-                read_options: options,
-                ops: Vec::new(),
-            },
+            LogicalPlan::read(source, options),
         ))
+    }
+
+    /// The integers `0..n` in an `Int64` column `id`.
+    pub fn range(&self, n: u64) -> Dataset {
+        Dataset::new(
+            self.clone(),
+            LogicalPlan::read(Source::Range { n }, ReadOptions::default()),
+        )
+    }
+
+    /// A dataset of these record batches (which must share one schema), one block each.
+    /// Embedded, the batches are shared with the store, not copied.
+    pub fn from_arrow(&self, batches: Vec<RecordBatch>) -> Result<Dataset> {
+        let Some(first) = batches.first() else {
+            return Err(Error::InvalidArgument(
+                "from_arrow needs at least one batch (its schema)".into(),
+            ));
+        };
+        let schema = first.schema();
+        if let Some(other) = batches
+            .iter()
+            .find(|b| b.schema_ref().fields() != schema.fields())
+        {
+            return Err(Error::InvalidArgument(format!(
+                "from_arrow: batches have different schemas: {schema:?} and {:?}",
+                other.schema()
+            )));
+        }
+        match self.client() {
+            Client::Embedded(runtime) => {
+                let blocks = batches
+                    .into_iter()
+                    .map(|b| runtime.put_object(Object::Block(Block::from_batch(b))))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                Ok(Dataset::new(
+                    self.clone(),
+                    LogicalPlan::blocks(blocks, Some(schema)),
+                ))
+            }
+            Client::Cluster(_) => {
+                self.read(Source::inline(schema, batches)?, ReadOptions::default())
+            }
+        }
+    }
+
+    /// A dataset of serde values (structs or maps become columns), one row each, with the
+    /// schema inferred from the values.
+    ///
+    /// ```no_run
+    /// # fn main() -> manta_datasets::Result<()> {
+    /// #[derive(serde::Serialize)]
+    /// struct Point { x: f64, label: String }
+    /// let ctx = manta_datasets::Context::new(Default::default())?;
+    /// let ds = ctx.from_items(&[Point { x: 1.0, label: "a".into() }])?;
+    /// assert_eq!(ds.count()?, 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn from_items<T: serde::Serialize>(&self, items: &[T]) -> Result<Dataset> {
+        let values = items
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::InvalidArgument(format!("from_items: {e}")))?;
+        if values.is_empty() {
+            return Err(Error::InvalidArgument(
+                "from_items needs at least one item (its schema)".into(),
+            ));
+        }
+        let schema = arrow::json::reader::infer_json_schema_from_iterator(
+            values.iter().map(|v| Ok(v.clone())),
+        )?;
+        let schema = Arc::new(schema);
+        let batch_size = ReadOptions::default().batch_size;
+        let mut decoder = arrow::json::ReaderBuilder::new(Arc::clone(&schema))
+            .with_batch_size(batch_size)
+            .build_decoder()?;
+        let mut batches = Vec::new();
+        for chunk in values.chunks(batch_size) {
+            decoder.serialize(chunk)?;
+            batches.extend(decoder.flush()?);
+        }
+        self.from_arrow(batches)
     }
 }

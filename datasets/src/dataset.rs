@@ -4,19 +4,23 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::UInt64Type;
+use arrow::array::{ArrayRef, AsArray, RecordBatch};
+use arrow::compute::concat_batches;
+use arrow::datatypes::{SchemaRef, UInt64Type};
 use datafusion::logical_expr::Expr;
 use manta_engine::RemoteBatchFn;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
+use crate::columns::Reshape;
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::executor::{BlockOut, Limits, execute};
-use crate::parquet_sink::WriteTarget;
-use crate::plan::{LogicalOp, LogicalPlan, MapBatchesOptions, Sink};
-use crate::stats::DatasetStats;
+use crate::exchange::{Aggregate, Exchange, JoinKind, SortKey};
+use crate::executor::BlockOut;
+use crate::plan::{LogicalOp, LogicalPlan, MapBatchesOptions, PlanInput, Sink};
+use crate::run;
+use crate::sink::{WriteFormat, WriteTarget};
+use crate::stats::{DatasetStats, StageStats};
 
 /// A lazy dataset: a source and the operators to apply to it. Nothing runs until a consuming
 /// call (`count`, `take`, `iter_batches`, `write_parquet`); each such call runs the pipeline,
@@ -44,13 +48,21 @@ pub struct Dataset {
 impl std::fmt::Debug for Dataset {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dataset")
-            .field("source", &self.plan.source.path)
+            .field("input", &self.plan.input)
             .field("ops", &self.plan.ops)
             .finish()
     }
 }
 
-/// What `write_parquet` wrote.
+/// A started pipeline: its output blocks, its executor, and the figures of the barriers run
+/// before it.
+type Running = (
+    mpsc::Receiver<BlockOut>,
+    tokio::task::JoinHandle<Result<DatasetStats>>,
+    Vec<StageStats>,
+);
+
+/// What a write produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WriteSummary {
     /// The output directory.
@@ -76,7 +88,21 @@ impl Dataset {
         Self::new(self.ctx.clone(), self.plan.with_op(op))
     }
 
-    /// Keeps the rows where `predicate` (a DataFusion expression) is true.
+    fn exchange(&self, exchange: Exchange) -> Self {
+        Self::new(
+            self.ctx.clone(),
+            LogicalPlan {
+                input: PlanInput::Exchange(Arc::new(exchange)),
+                ops: Vec::new(),
+            },
+        )
+    }
+
+    fn plan(&self) -> LogicalPlan {
+        self.plan.as_ref().clone()
+    }
+
+    /// Keeps the rows where `predicate` (a DataFusion expression) is true; null counts as false.
     pub fn filter(&self, predicate: Expr) -> Self {
         self.with_op(LogicalOp::Filter(predicate))
     }
@@ -86,13 +112,13 @@ impl Dataset {
         self.with_op(LogicalOp::WithColumn(name.to_string(), value))
     }
 
-    /// Applies a `#[manta::remote]` batch function to every batch.
+    /// Applies a `#[manta::remote]` batch function to every batch, fused with the operators
+    /// around it.
     pub fn map_batches(&self, function: impl RemoteBatchFn) -> Self {
         self.map_batches_with(function, MapBatchesOptions::default())
     }
 
-    /// [`map_batches`](Self::map_batches) with options: resources per task (which makes the
-    /// function a stage of its own, run where those resources are).
+    /// [`map_batches`](Self::map_batches) with options (resources per task).
     pub fn map_batches_with(
         &self,
         function: impl RemoteBatchFn,
@@ -104,53 +130,212 @@ impl Dataset {
         })
     }
 
-    /// The figures of this dataset's last run (empty before any).
+    /// Keeps these columns, in this order.
+    pub fn select_columns(&self, columns: &[&str]) -> Self {
+        self.with_op(LogicalOp::Reshape(Reshape::Select(
+            columns.iter().map(|c| c.to_string()).collect(),
+        )))
+    }
+
+    /// Removes these columns.
+    pub fn drop_columns(&self, columns: &[&str]) -> Self {
+        self.with_op(LogicalOp::Reshape(Reshape::Drop(
+            columns.iter().map(|c| c.to_string()).collect(),
+        )))
+    }
+
+    /// Renames columns: `(old, new)` pairs.
+    pub fn rename_columns(&self, renames: &[(&str, &str)]) -> Self {
+        self.with_op(LogicalOp::Reshape(Reshape::Rename(
+            renames
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        )))
+    }
+
+    /// Keeps each row with probability `fraction`; the same seed keeps the same rows.
+    pub fn random_sample(&self, fraction: f64, seed: Option<u64>) -> Self {
+        self.with_op(LogicalOp::RandomSample {
+            fraction,
+            seed: seed.unwrap_or_else(rand::random),
+        })
+    }
+
+    /// The first `n` rows (of the blocks that finish first; in block order among those).
+    pub fn limit(&self, n: u64) -> Self {
+        Self::new(
+            self.ctx.clone(),
+            LogicalPlan {
+                input: PlanInput::Limit {
+                    input: Arc::clone(&self.plan),
+                    n,
+                },
+                ops: Vec::new(),
+            },
+        )
+    }
+
+    /// The rows in a random order (a seed makes the order repeatable).
+    pub fn random_shuffle(&self, seed: Option<u64>) -> Self {
+        self.exchange(Exchange::RandomShuffle {
+            input: self.plan(),
+            seed: seed.unwrap_or_else(rand::random),
+        })
+    }
+
+    /// `n` blocks of about equal size: split in order, or (`shuffle`) with rows spread at random.
+    pub fn repartition(&self, n: usize, shuffle: bool) -> Self {
+        self.exchange(Exchange::Repartition {
+            input: self.plan(),
+            n,
+            shuffle,
+        })
+    }
+
+    /// Sorted by one column.
+    pub fn sort(&self, column: &str, descending: bool) -> Self {
+        self.sort_by(vec![SortKey {
+            column: column.into(),
+            descending,
+        }])
+    }
+
+    /// Sorted by several keys, most significant first (nulls last ascending, first descending).
+    pub fn sort_by(&self, keys: Vec<SortKey>) -> Self {
+        self.exchange(Exchange::Sort {
+            input: self.plan(),
+            keys,
+        })
+    }
+
+    /// Groups rows by key columns, for [`GroupedData::aggregate`] or
+    /// [`GroupedData::map_groups`]. No keys: one group of every row.
+    pub fn groupby(&self, keys: &[&str]) -> GroupedData {
+        GroupedData {
+            dataset: self.clone(),
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+        }
+    }
+
+    /// Aggregates over the whole dataset, as one row.
+    pub fn aggregate(&self, aggregates: Vec<Aggregate>) -> Self {
+        self.groupby(&[]).aggregate(aggregates)
+    }
+
+    /// Joins with `other` where the columns `on` are equal on both sides.
+    pub fn join(&self, other: &Dataset, on: &[&str], how: JoinKind) -> Self {
+        self.join_on(other, on, on, how)
+    }
+
+    /// Joins where `left_on` of this dataset equals `right_on` of `other`, pairwise.
+    pub fn join_on(
+        &self,
+        other: &Dataset,
+        left_on: &[&str],
+        right_on: &[&str],
+        how: JoinKind,
+    ) -> Self {
+        self.exchange(Exchange::Join {
+            left: self.plan(),
+            right: other.plan(),
+            left_on: left_on.iter().map(|c| c.to_string()).collect(),
+            right_on: right_on.iter().map(|c| c.to_string()).collect(),
+            how,
+        })
+    }
+
+    /// The rows of this dataset, then those of `others` (all with the same schema).
+    pub fn union(&self, others: &[&Dataset]) -> Self {
+        let mut plans = vec![self.plan()];
+        plans.extend(others.iter().map(|d| d.plan()));
+        self.exchange(Exchange::Union(plans))
+    }
+
+    /// This dataset's columns beside `other`'s, row by row (both must have as many rows).
+    pub fn zip(&self, other: &Dataset) -> Self {
+        self.exchange(Exchange::Zip {
+            left: self.plan(),
+            right: other.plan(),
+        })
+    }
+
+    /// The distinct values of `column`, in no particular order.
+    pub fn unique(&self, column: &str) -> Result<ArrayRef> {
+        let distinct = self.groupby(&[column]).aggregate(Vec::new()).to_arrow()?;
+        let schema = match distinct.first() {
+            Some(b) => b.schema(),
+            None => self
+                .schema()?
+                .project(&[self.schema()?.index_of(column)?])
+                .map(Arc::new)?,
+        };
+        let batch = concat_batches(&schema, &distinct)?;
+        Ok(Arc::clone(batch.column(batch.schema().index_of(column)?)))
+    }
+
+    /// How many blocks the dataset holds, for one whose blocks are in the store already
+    /// (after [`materialize`](Self::materialize)); `None` for a pipeline not yet run.
+    pub fn num_blocks(&self) -> Option<usize> {
+        match &self.plan.input {
+            PlanInput::Blocks { blocks, .. } if self.plan.ops.is_empty() => Some(blocks.len()),
+            _ => None,
+        }
+    }
+
+    /// Figures of the last run (per stage: wall time, rows, bytes).
     pub fn stats(&self) -> DatasetStats {
         self.last_stats.lock().clone().unwrap_or_default()
     }
 
-    /// Starts the pipeline; blocks arrive on the returned channel.
-    fn start(
-        &self,
-        sink: Sink,
-    ) -> Result<(
-        mpsc::Receiver<BlockOut>,
-        tokio::task::JoinHandle<Result<DatasetStats>>,
-    )> {
-        let plan = self.plan.compile(sink)?;
-        let client = self.ctx.client().clone();
-        let cpus = self.ctx.block_on(client.total_cpus())?;
-        let limits = Limits::for_cpus(cpus);
-        let (tx, rx) = mpsc::channel(limits.max_buffered);
-        let handle = self.ctx.spawn(execute(client, plan, tx, limits, true));
-        Ok((rx, handle))
+    fn start(&self, sink: Sink) -> Result<Running> {
+        let mut before = Vec::new();
+        let plan = run::resolve(&self.ctx, &self.plan, &mut before)?;
+        let (rx, handle) = run::start(&self.ctx, &plan, sink)?;
+        Ok((rx, handle, before))
     }
 
     fn finish(
         &self,
         handle: tokio::task::JoinHandle<Result<DatasetStats>>,
+        before: Vec<StageStats>,
     ) -> Result<DatasetStats> {
-        let stats = self.ctx.block_on(handle).map_err(|e| {
-            Error::Execution(manta_scheduler::Error::Internal(format!(
-                "the executor failed: {e}"
-            )))
-        })??;
+        let mut stats = run::join(&self.ctx, handle)?;
+        if !before.is_empty() {
+            let mut stages = before;
+            stages.append(&mut stats.stages);
+            stats.stages = stages;
+        }
         *self.last_stats.lock() = Some(stats.clone());
         Ok(stats)
     }
 
-    /// Runs the pipeline and counts its rows (no data comes back to the driver).
+    /// Runs the pipeline and counts the rows.
     pub fn count(&self) -> Result<u64> {
-        let (mut rx, handle) = self.start(Sink::Driver)?;
+        let (mut rx, handle, before) = self.start(Sink::Driver)?;
         let mut rows = 0;
         while let Some(out) = self.ctx.block_on(rx.recv()) {
             rows += out.block.meta().num_rows;
         }
-        self.finish(handle)?;
+        self.finish(handle, before)?;
         Ok(rows)
     }
 
-    /// Up to `limit` rows, as batches; stops the pipeline once it has them.
+    /// The schema of the rows: known from the plan, or (after a user function) from running
+    /// the pipeline up to its first block.
+    pub fn schema(&self) -> Result<SchemaRef> {
+        if let Some(schema) = self.plan.schema() {
+            return Ok(schema);
+        }
+        let mut iter = self.iter_batches()?;
+        let first = iter.next().transpose()?;
+        iter.close()?;
+        Ok(first
+            .map(|b| b.schema())
+            .unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty())))
+    }
+
+    /// Up to `limit` rows, as batches.
     pub fn take(&self, limit: usize) -> Result<Vec<RecordBatch>> {
         let mut batches = Vec::new();
         let mut rows = 0;
@@ -167,30 +352,120 @@ impl Dataset {
         Ok(batches)
     }
 
-    /// Runs the pipeline, yielding its batches as blocks finish (in completion order).
+    /// Up to `limit` rows, as one batch.
+    pub fn take_batch(&self, limit: usize) -> Result<RecordBatch> {
+        let batches = self.take(limit)?;
+        let schema = match batches.first() {
+            Some(b) => b.schema(),
+            None => self.schema()?,
+        };
+        Ok(concat_batches(&schema, &batches)?)
+    }
+
+    /// Prints up to `limit` rows as a table.
+    pub fn show(&self, limit: usize) -> Result<()> {
+        let batches = self.take(limit)?;
+        println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
+        Ok(())
+    }
+
+    /// Every row, as batches in block order.
+    pub fn to_arrow(&self) -> Result<Vec<RecordBatch>> {
+        let mut blocks: Vec<(u64, Vec<RecordBatch>)> = Vec::new();
+        let (mut rx, handle, before) = self.start(Sink::Driver)?;
+        while let Some(out) = self.ctx.block_on(rx.recv()) {
+            let client = self.ctx.client().clone();
+            let id = out.block.id();
+            let object = self
+                .ctx
+                .block_on(async move { client.get(&out.block).await });
+            match object
+                .map_err(Error::from)
+                .and_then(|o| Ok(o.into_block(id)?))
+            {
+                Ok(block) => blocks.push((out.index, block.into_batches())),
+                Err(e) => {
+                    drop(rx);
+                    let _ = self.finish(handle, before);
+                    return Err(e);
+                }
+            }
+        }
+        self.finish(handle, before)?;
+        blocks.sort_by_key(|(index, _)| *index);
+        Ok(blocks
+            .into_iter()
+            .flat_map(|(_, b)| b)
+            .filter(|b| b.num_rows() > 0)
+            .collect())
+    }
+
+    /// Runs the pipeline and keeps its blocks in the object store: a dataset over them, which
+    /// later pipelines read without running this one again.
+    pub fn materialize(&self) -> Result<Dataset> {
+        let mut stats = Vec::new();
+        let (blocks, schema) = run::run_to_blocks(&self.ctx, &self.plan, &mut stats)?;
+        *self.last_stats.lock() = Some(DatasetStats {
+            wall: stats.iter().map(|s| s.wall).sum(),
+            stages: stats,
+        });
+        Ok(Dataset::new(
+            self.ctx.clone(),
+            LogicalPlan::blocks(blocks, schema),
+        ))
+    }
+
+    /// Iterates over the rows as batches, streaming: the pipeline runs as the batches are
+    /// consumed, and stops if the iterator is dropped.
     pub fn iter_batches(&self) -> Result<BatchIter> {
-        let (rx, handle) = self.start(Sink::Driver)?;
+        let (rx, handle, before) = self.start(Sink::Driver)?;
         Ok(BatchIter {
             dataset: self.clone(),
             rx: Some(rx),
             handle: Some(handle),
+            before,
             pending: VecDeque::new(),
+            batch_size: None,
         })
     }
 
-    /// Runs the pipeline and writes it as Parquet part files under `path`, atomically: on
-    /// success `path` holds exactly the new files; on failure it is untouched.
+    /// Iterates over batches of exactly `batch_size` rows (the last may be smaller).
+    pub fn iter_batches_of(&self, batch_size: usize) -> Result<BatchIter> {
+        let mut iter = self.iter_batches()?;
+        iter.batch_size = Some(batch_size.max(1));
+        Ok(iter)
+    }
+
+    /// Writes Parquet part files into directory `path`, atomically: the directory appears
+    /// complete, or (on failure) not at all.
     pub fn write_parquet(&self, path: impl AsRef<Path>) -> Result<WriteSummary> {
-        let started = std::time::Instant::now();
-        let target = WriteTarget::prepare(path.as_ref())?;
-        let (mut rx, handle) = self.start(Sink::Parquet(target.tmp_dir().to_path_buf()))?;
-        tracing::debug!(elapsed = ?started.elapsed(), "write_parquet: pipeline started");
+        self.write(path.as_ref(), WriteFormat::Parquet)
+    }
+
+    /// Writes CSV part files (with a header row) into directory `path`, atomically.
+    pub fn write_csv(&self, path: impl AsRef<Path>) -> Result<WriteSummary> {
+        self.write(path.as_ref(), WriteFormat::Csv)
+    }
+
+    /// Writes newline-delimited JSON part files into directory `path`, atomically.
+    pub fn write_json(&self, path: impl AsRef<Path>) -> Result<WriteSummary> {
+        self.write(path.as_ref(), WriteFormat::Json)
+    }
+
+    /// Writes Arrow IPC part files into directory `path`, atomically.
+    pub fn write_ipc(&self, path: impl AsRef<Path>) -> Result<WriteSummary> {
+        self.write(path.as_ref(), WriteFormat::Ipc)
+    }
+
+    fn write(&self, path: &Path, format: WriteFormat) -> Result<WriteSummary> {
+        let target = WriteTarget::prepare(path)?;
+        let (mut rx, handle, before) =
+            self.start(Sink::Files(target.tmp_dir().to_path_buf(), format))?;
         let mut written = Vec::new();
         while let Some(out) = self.ctx.block_on(rx.recv()) {
             written.push(out.block);
         }
-        self.finish(handle)?;
-        tracing::debug!(elapsed = ?started.elapsed(), "write_parquet: pipeline finished");
+        self.finish(handle, before)?;
         let mut summary = WriteSummary {
             path: target.destination().to_path_buf(),
             files: 0,
@@ -215,9 +490,7 @@ impl Dataset {
                     .sum::<u64>();
             }
         }
-        tracing::debug!(elapsed = ?started.elapsed(), "write_parquet: file records read");
         target.commit()?;
-        tracing::debug!(elapsed = ?started.elapsed(), "write_parquet: committed");
         if let Some(stats) = self
             .last_stats
             .lock()
@@ -232,29 +505,101 @@ impl Dataset {
     }
 }
 
-/// The batches of a running pipeline; see [`Dataset::iter_batches`].
+/// A dataset grouped by key columns.
+#[derive(Clone, Debug)]
+pub struct GroupedData {
+    dataset: Dataset,
+    keys: Vec<String>,
+}
+
+impl GroupedData {
+    /// One row per group: the keys, then the aggregates.
+    ///
+    /// ```no_run
+    /// use manta_datasets::Aggregate;
+    /// # fn main() -> manta_datasets::Result<()> {
+    /// let ctx = manta_datasets::Context::new(Default::default())?;
+    /// let by_flag = ctx
+    ///     .read_parquet("data/lineitem/")?
+    ///     .groupby(&["l_returnflag"])
+    ///     .aggregate(vec![Aggregate::count(), Aggregate::mean("l_quantity")]);
+    /// by_flag.show(10)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn aggregate(&self, aggregates: Vec<Aggregate>) -> Dataset {
+        self.dataset.exchange(Exchange::Aggregate {
+            input: self.dataset.plan(),
+            keys: self.keys.clone(),
+            aggregates,
+        })
+    }
+
+    /// Rows per group, in a column `count()`.
+    pub fn count(&self) -> Dataset {
+        self.aggregate(vec![Aggregate::count()])
+    }
+
+    /// `sum(column)` per group.
+    pub fn sum(&self, column: &str) -> Dataset {
+        self.aggregate(vec![Aggregate::sum(column)])
+    }
+
+    /// `min(column)` per group.
+    pub fn min(&self, column: &str) -> Dataset {
+        self.aggregate(vec![Aggregate::min(column)])
+    }
+
+    /// `max(column)` per group.
+    pub fn max(&self, column: &str) -> Dataset {
+        self.aggregate(vec![Aggregate::max(column)])
+    }
+
+    /// `mean(column)` per group.
+    pub fn mean(&self, column: &str) -> Dataset {
+        self.aggregate(vec![Aggregate::mean(column)])
+    }
+
+    /// `std(column)` per group (sample standard deviation).
+    pub fn std(&self, column: &str) -> Dataset {
+        self.aggregate(vec![Aggregate::std(column)])
+    }
+
+    /// Calls a registered batch function once per group (each call sees all of one group's
+    /// rows, sorted by the keys) and concatenates what it returns.
+    pub fn map_groups(&self, function: impl RemoteBatchFn) -> Dataset {
+        self.dataset.exchange(Exchange::MapGroups {
+            input: self.dataset.plan(),
+            keys: self.keys.clone(),
+            function: function.name(),
+        })
+    }
+}
+
+/// An iterator over a running pipeline's batches.
 pub struct BatchIter {
     dataset: Dataset,
     rx: Option<mpsc::Receiver<BlockOut>>,
     handle: Option<tokio::task::JoinHandle<Result<DatasetStats>>>,
+    before: Vec<StageStats>,
     pending: VecDeque<RecordBatch>,
+    batch_size: Option<usize>,
 }
 
 impl BatchIter {
-    /// Stops the pipeline (if still running) and reports how it ended.
+    /// Stops the pipeline and reports its error, if it failed.
     pub fn close(mut self) -> Result<()> {
         self.rx.take();
         match self.handle.take() {
-            Some(handle) => self.dataset.finish(handle).map(|_| ()),
+            Some(handle) => self
+                .dataset
+                .finish(handle, std::mem::take(&mut self.before))
+                .map(|_| ()),
             None => Ok(()),
         }
     }
-}
 
-impl Iterator for BatchIter {
-    type Item = Result<RecordBatch>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+    /// The next batch as the pipeline makes it.
+    fn next_raw(&mut self) -> Option<Result<RecordBatch>> {
         loop {
             if let Some(batch) = self.pending.pop_front() {
                 return Some(Ok(batch));
@@ -287,10 +632,40 @@ impl Iterator for BatchIter {
                 None => {
                     self.rx = None;
                     let handle = self.handle.take()?;
-                    return self.dataset.finish(handle).err().map(Err);
+                    let before = std::mem::take(&mut self.before);
+                    return self.dataset.finish(handle, before).err().map(Err);
                 }
             }
         }
+    }
+}
+
+impl Iterator for BatchIter {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let Some(size) = self.batch_size else {
+            return self.next_raw();
+        };
+        let mut parts: Vec<RecordBatch> = Vec::new();
+        let mut rows = 0;
+        while rows < size {
+            match self.next_raw() {
+                Some(Ok(batch)) => {
+                    let take = (size - rows).min(batch.num_rows());
+                    if take < batch.num_rows() {
+                        self.pending
+                            .push_front(batch.slice(take, batch.num_rows() - take));
+                    }
+                    rows += take;
+                    parts.push(batch.slice(0, take));
+                }
+                Some(Err(e)) => return Some(Err(e)),
+                None => break,
+            }
+        }
+        let first = parts.first()?;
+        Some(concat_batches(first.schema_ref(), &parts).map_err(Error::from))
     }
 }
 
@@ -298,7 +673,9 @@ impl Drop for BatchIter {
     fn drop(&mut self) {
         self.rx.take();
         if let Some(handle) = self.handle.take() {
-            let _ = self.dataset.finish(handle);
+            let _ = self
+                .dataset
+                .finish(handle, std::mem::take(&mut self.before));
         }
     }
 }

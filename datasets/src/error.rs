@@ -24,6 +24,17 @@ pub enum Error {
         source: parquet::errors::ParquetError,
     },
 
+    /// A file that should be CSV, JSON, Arrow IPC or text is not (or is corrupt).
+    #[error("{path} is not a readable {format} file: {reason}")]
+    InvalidFile {
+        /// The format expected.
+        format: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The reader's message (e.g. a row with the wrong number of fields).
+        reason: String,
+    },
+
     /// Files read as one dataset have different schemas.
     #[error("{path} has a different schema from {first}: {difference}")]
     SchemaMismatch {

@@ -29,7 +29,7 @@ use manta_scheduler::Client;
 use tokio::sync::mpsc;
 
 use crate::error::Result;
-use crate::plan::PhysicalPlan;
+use crate::plan::{PhysicalPlan, SourceTask};
 use crate::progress::Progress;
 use crate::stage::{TaskArgs, TaskPart, encode_args};
 use crate::stats::{DatasetStats, StageStats};
@@ -80,14 +80,29 @@ pub async fn execute(
         .map(|s| StageStats::new(&s.name))
         .collect();
     let names: Vec<String> = plan.stages.iter().map(|s| s.name.clone()).collect();
-    let progress = show_progress.then(|| Progress::new(&names, plan.fragments.len() as u64));
-    let mut sources: VecDeque<(u64, crate::parquet_source::Fragment)> = plan
-        .fragments
+    let mut sources: VecDeque<(u64, SourceTask)> = plan
+        .sources
         .iter()
         .cloned()
         .enumerate()
         .map(|(i, f)| (i as u64, f))
         .collect();
+    if n_stages == 0 {
+        // Blocks already in the store, asked for as they are.
+        for (index, source) in sources {
+            let SourceTask::Block(block) = source else {
+                unreachable!("a plan without stages starts from blocks")
+            };
+            if out.send(BlockOut { index, block }).await.is_err() {
+                break;
+            }
+        }
+        return Ok(DatasetStats {
+            stages: Vec::new(),
+            wall: started.elapsed(),
+        });
+    }
+    let progress = show_progress.then(|| Progress::new(&names, plan.sources.len() as u64));
     let mut queues: Vec<VecDeque<(u64, ObjectRef)>> =
         (0..n_stages).map(|_| VecDeque::new()).collect();
     let mut running = FuturesUnordered::new();
@@ -98,25 +113,29 @@ pub async fn execute(
     loop {
         // Launch what the limits allow, most downstream first.
         while failure.is_none() && !consumer_gone && running.len() < limits.max_running {
-            let (stage, index, part, input_rows, inputs) =
-                if let Some(stage) = (1..n_stages).rev().find(|s| !queues[*s].is_empty()) {
-                    let (index, block) = queues[stage].pop_front().expect("non-empty");
-                    let rows = block.meta().num_rows;
-                    (stage, index, TaskPart::Blocks, rows, vec![block])
-                } else {
-                    let buffered: usize =
-                        queues.iter().map(VecDeque::len).sum::<usize>() + running_sources;
-                    let memory_ok = client.local_store_usage().is_none_or(|u| {
-                        u.resident_bytes <= u.budget_bytes / 10 * 9 || running.is_empty()
-                    });
-                    if sources.is_empty() || buffered >= limits.max_buffered || !memory_ok {
-                        break;
-                    }
-                    let (index, fragment) = sources.pop_front().expect("non-empty");
-                    running_sources += 1;
-                    let rows = fragment.rows;
-                    (0, index, TaskPart::Read(fragment), rows, Vec::new())
-                };
+            let (stage, index, part, input_rows, inputs) = if let Some(stage) =
+                (1..n_stages).rev().find(|s| !queues[*s].is_empty())
+            {
+                let (index, block) = queues[stage].pop_front().expect("non-empty");
+                let rows = block.meta().num_rows;
+                (stage, index, TaskPart::Blocks, rows, vec![block])
+            } else {
+                let buffered: usize =
+                    queues.iter().map(VecDeque::len).sum::<usize>() + running_sources;
+                let memory_ok = client.local_store_usage().is_none_or(|u| {
+                    u.resident_bytes <= u.budget_bytes / 10 * 9 || running.is_empty()
+                });
+                if sources.is_empty() || buffered >= limits.max_buffered || !memory_ok {
+                    break;
+                }
+                let (index, source) = sources.pop_front().expect("non-empty");
+                running_sources += 1;
+                let rows = source.rows();
+                match source {
+                    SourceTask::Read(task) => (0, index, TaskPart::Read(task), rows, Vec::new()),
+                    SourceTask::Block(block) => (0, index, TaskPart::Blocks, rows, vec![block]),
+                }
+            };
             let physical = &plan.stages[stage];
             let args = encode_args(&physical.spec, &TaskArgs { part, index })?;
             let spec = TaskSpec {

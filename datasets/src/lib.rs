@@ -16,27 +16,36 @@
 //! * [`stage`]: the registered task that runs a stage's operators over one block.
 //! * [`ops`]: `filter` and `with_column` by DataFusion expression.
 //! * [`executor`]: the streaming executor and its backpressure.
-//! * [`parquet_source`], [`parquet_sink`]: reading fragments, writing atomically.
+//! * [`source`], [`parquet_source`], [`files`]: what a dataset reads, split into read tasks.
+//! * [`sink`]: writing part files atomically.
 //! * [`stats`], [`progress`], [`checksum`]: figures, bars, result comparison.
 
 #![warn(missing_docs)]
 
 pub mod checksum;
+pub mod columns;
 pub mod context;
 pub mod dataset;
 pub mod error;
+pub mod exchange;
 pub mod executor;
+pub mod files;
 pub mod ops;
-pub mod parquet_sink;
 pub mod parquet_source;
 pub mod plan;
 pub mod progress;
+pub mod run;
+pub mod sink;
+pub mod source;
 pub mod stage;
 pub mod stats;
 
 pub use checksum::Checksum;
 pub use context::{Config, Context};
-pub use dataset::{BatchIter, Dataset, WriteSummary};
+pub use dataset::{BatchIter, Dataset, GroupedData, WriteSummary};
 pub use error::{Error, Result};
+pub use exchange::{Aggregate, JoinKind, SortKey};
 pub use plan::{MapBatchesOptions, ReadOptions};
+pub use sink::WriteFormat;
+pub use source::FileFormat;
 pub use stats::{DatasetStats, StageStats};

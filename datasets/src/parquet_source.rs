@@ -21,6 +21,7 @@ use parquet::arrow::arrow_reader::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::files::list_files;
 
 /// The files of one Parquet dataset and their common schema.
 #[derive(Clone, Debug)]
@@ -195,58 +196,7 @@ fn read_metadata(path: &Path) -> Result<ArrowReaderMetadata> {
     })
 }
 
-/// The files a path names: itself, the files under it, or the files matching it.
-fn list_files(path: &str) -> Result<Vec<PathBuf>> {
-    let not_found = || Error::InputNotFound {
-        path: path.to_string(),
-    };
-    let mut files = if path.contains(['*', '?', '[']) {
-        let matches = glob::glob(path)
-            .map_err(|e| Error::InvalidArgument(format!("invalid glob {path:?}: {e}")))?;
-        matches
-            .filter_map(|m| m.ok())
-            .filter(|p| p.is_file())
-            .collect::<Vec<_>>()
-    } else {
-        let root = Path::new(path);
-        if root.is_file() {
-            vec![root.to_path_buf()]
-        } else if root.is_dir() {
-            let mut files = Vec::new();
-            walk(root, &mut files).map_err(|source| Error::Io {
-                action: "listing",
-                path: root.to_path_buf(),
-                source,
-            })?;
-            files
-        } else {
-            return Err(not_found());
-        }
-    };
-    files.sort();
-    if files.is_empty() {
-        return Err(not_found());
-    }
-    Ok(files)
-}
-
-fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        if name.to_string_lossy().starts_with(['.', '_']) {
-            continue;
-        }
-        if entry.file_type()?.is_dir() {
-            walk(&entry.path(), files)?;
-        } else {
-            files.push(entry.path());
-        }
-    }
-    Ok(())
-}
-
-fn describe_difference(first: &SchemaRef, other: &SchemaRef) -> String {
+pub(crate) fn describe_difference(first: &SchemaRef, other: &SchemaRef) -> String {
     let names = |s: &SchemaRef| {
         s.fields()
             .iter()

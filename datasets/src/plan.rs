@@ -15,9 +15,14 @@ use bytes::Bytes;
 use datafusion::logical_expr::Expr;
 use manta_engine::Resources;
 
+use manta_engine::ObjectRef;
+
+use crate::columns::Reshape;
 use crate::error::{Error, Result};
+use crate::exchange::Exchange;
 use crate::ops;
-use crate::parquet_source::{Fragment, ParquetSource};
+use crate::sink::WriteFormat;
+use crate::source::{ReadTask, Source};
 use crate::stage::{OpSpec, SinkSpec, StageSpec, encode_expr, encode_spec};
 
 /// Options for reading.
@@ -62,6 +67,15 @@ pub enum LogicalOp {
         /// Its options.
         options: MapBatchesOptions,
     },
+    /// Select, drop or rename columns.
+    Reshape(Reshape),
+    /// Keep each row with a probability.
+    RandomSample {
+        /// The probability.
+        fraction: f64,
+        /// The seed.
+        seed: u64,
+    },
 }
 
 impl LogicalOp {
@@ -71,6 +85,10 @@ impl LogicalOp {
             LogicalOp::WithColumn(name, e) => format!("with_column({name}, {e})"),
             LogicalOp::MapBatches { function, .. } => {
                 format!("map_batches({})", short_name(function))
+            }
+            LogicalOp::Reshape(r) => format!("{r:?}"),
+            LogicalOp::RandomSample { fraction, seed } => {
+                format!("random_sample({fraction}, seed {seed})")
             }
         }
     }
@@ -82,6 +100,10 @@ impl LogicalOp {
             LogicalOp::MapBatches { function, .. } => {
                 format!("MapBatches({})", short_name(function))
             }
+            LogicalOp::Reshape(Reshape::Select(_)) => "SelectColumns".into(),
+            LogicalOp::Reshape(Reshape::Drop(_)) => "DropColumns".into(),
+            LogicalOp::Reshape(Reshape::Rename(_)) => "RenameColumns".into(),
+            LogicalOp::RandomSample { .. } => "RandomSample".into(),
         }
     }
 }
@@ -90,13 +112,39 @@ fn short_name(function: &str) -> &str {
     function.rsplit("::").next().unwrap_or(function)
 }
 
-/// A source and its operators.
+/// Where a plan's blocks come from.
+#[derive(Clone, Debug)]
+pub enum PlanInput {
+    /// Read tasks of a source.
+    Read {
+        /// What is read.
+        source: Arc<Source>,
+        /// How.
+        options: ReadOptions,
+    },
+    /// Blocks already in the object store (`from_arrow`, `materialize`, an all-to-all's output).
+    Blocks {
+        /// The blocks, in order.
+        blocks: Arc<Vec<ObjectRef>>,
+        /// Their schema, where known without reading them.
+        schema: Option<SchemaRef>,
+    },
+    /// The first `n` rows of another plan's output.
+    Limit {
+        /// The plan.
+        input: Arc<LogicalPlan>,
+        /// Rows.
+        n: u64,
+    },
+    /// An all-to-all operation over other plans.
+    Exchange(Arc<Exchange>),
+}
+
+/// An input and the one-to-one operators applied to its blocks.
 #[derive(Clone, Debug)]
 pub struct LogicalPlan {
-    /// What is read.
-    pub source: Arc<ParquetSource>,
-    /// How.
-    pub read_options: ReadOptions,
+    /// Where the blocks come from.
+    pub input: PlanInput,
     /// Then what is done to each block.
     pub ops: Vec<LogicalOp>,
 }
@@ -106,8 +154,27 @@ pub struct LogicalPlan {
 pub enum Sink {
     /// Back to the driver (count, take, iterate).
     Driver,
-    /// Parquet part files in this (temporary) directory.
-    Parquet(std::path::PathBuf),
+    /// Part files of a format in this (temporary) directory.
+    Files(std::path::PathBuf, WriteFormat),
+}
+
+/// What one task of the first stage starts from.
+#[derive(Clone, Debug)]
+pub enum SourceTask {
+    /// A read.
+    Read(ReadTask),
+    /// A block in the store.
+    Block(ObjectRef),
+}
+
+impl SourceTask {
+    /// Rows in, where known.
+    pub fn rows(&self) -> u64 {
+        match self {
+            SourceTask::Read(task) => task.rows(),
+            SourceTask::Block(block) => block.meta().num_rows,
+        }
+    }
 }
 
 /// A stage ready to run.
@@ -124,8 +191,8 @@ pub struct PhysicalStage {
 /// A compiled pipeline: the source fragments and the stages each block flows through.
 #[derive(Clone, Debug)]
 pub struct PhysicalPlan {
-    /// Read tasks of the first stage, one block each.
-    pub fragments: Vec<Fragment>,
+    /// Tasks of the first stage, one block each.
+    pub sources: Vec<SourceTask>,
     /// The stages, in order.
     pub stages: Vec<PhysicalStage>,
     /// The output schema, when the operators let it be known before running.
@@ -133,6 +200,28 @@ pub struct PhysicalPlan {
 }
 
 impl LogicalPlan {
+    /// A plan reading `source`.
+    pub fn read(source: Source, options: ReadOptions) -> Self {
+        Self {
+            input: PlanInput::Read {
+                source: Arc::new(source),
+                options,
+            },
+            ops: Vec::new(),
+        }
+    }
+
+    /// A plan over blocks in the store.
+    pub fn blocks(blocks: Vec<ObjectRef>, schema: Option<SchemaRef>) -> Self {
+        Self {
+            input: PlanInput::Blocks {
+                blocks: Arc::new(blocks),
+                schema,
+            },
+            ops: Vec::new(),
+        }
+    }
+
     /// The plan with one more operator.
     pub fn with_op(&self, op: LogicalOp) -> Self {
         let mut plan = self.clone();
@@ -140,41 +229,94 @@ impl LogicalPlan {
         plan
     }
 
-    /// Checks the expressions and fuses the operators into stages.
+    /// The schema of the plan's output, where it can be known without running anything.
+    pub fn schema(&self) -> Option<SchemaRef> {
+        let mut schema = self.input_schema()?;
+        for op in &self.ops {
+            schema = op_schema(op, &schema).ok()??;
+        }
+        Some(schema)
+    }
+
+    fn input_schema(&self) -> Option<SchemaRef> {
+        match &self.input {
+            PlanInput::Read { source, .. } => Some(source.schema()),
+            PlanInput::Blocks { schema, .. } => schema.clone(),
+            PlanInput::Limit { input, .. } => input.schema(),
+            PlanInput::Exchange(exchange) => exchange.schema(),
+        }
+    }
+
+    /// Checks the expressions and column names against the schema flowing into each operator.
+    pub fn check(&self) -> Result<()> {
+        match &self.input {
+            PlanInput::Limit { input, .. } => input.check()?,
+            PlanInput::Exchange(exchange) => exchange.check()?,
+            _ => {}
+        }
+        let mut schema = self.input_schema();
+        for op in &self.ops {
+            if let Some(current) = &schema {
+                schema = op_schema(op, current).map_err(|source| Error::Plan {
+                    operator: op.describe(),
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fuses the operators into stages. The input must be a read or blocks (the caller runs
+    /// limits and exchanges first).
     pub fn compile(&self, sink: Sink) -> Result<PhysicalPlan> {
-        let mut schema = Some(Arc::clone(&self.source.schema));
-        let mut stages: Vec<(String, Resources, Vec<OpSpec>)> = vec![(
-            "ReadParquet".to_string(),
-            self.read_options.resources.clone(),
-            Vec::new(),
-        )];
+        self.check()?;
+        let (sources, first_stage, first_resources, batch_size) = match &self.input {
+            PlanInput::Read { source, options } => (
+                source
+                    .tasks(options.rows_per_task)
+                    .into_iter()
+                    .map(SourceTask::Read)
+                    .collect::<Vec<_>>(),
+                source.stage_name(),
+                options.resources.clone(),
+                options.batch_size,
+            ),
+            PlanInput::Blocks { blocks, .. } => (
+                blocks.iter().cloned().map(SourceTask::Block).collect(),
+                String::new(),
+                Resources::one_cpu(),
+                ReadOptions::default().batch_size,
+            ),
+            PlanInput::Limit { .. } | PlanInput::Exchange(_) => {
+                return Err(Error::InvalidArgument(
+                    "internal: a limit or all-to-all input must run before compiling".into(),
+                ));
+            }
+        };
+        if first_stage.is_empty() && self.ops.is_empty() && matches!(sink, Sink::Driver) {
+            // Blocks straight to the driver: nothing to run.
+            return Ok(PhysicalPlan {
+                sources,
+                stages: Vec::new(),
+                schema: self.schema(),
+            });
+        }
+        let mut stages: Vec<(String, Resources, Vec<OpSpec>)> =
+            vec![(first_stage, first_resources, Vec::new())];
         for op in &self.ops {
             let plan_error = |source| Error::Plan {
                 operator: op.describe(),
                 source,
             };
             let spec = match op {
-                LogicalOp::Filter(predicate) => {
-                    if let Some(schema) = &schema {
-                        ops::check_predicate(predicate, schema).map_err(plan_error)?;
-                    }
-                    OpSpec::Filter {
-                        expr: encode_expr(predicate).map_err(plan_error)?,
-                    }
-                }
-                LogicalOp::WithColumn(name, value) => {
-                    if let Some(current) = &schema {
-                        schema = Some(
-                            ops::with_column_schema(name, value, current).map_err(plan_error)?,
-                        );
-                    }
-                    OpSpec::WithColumn {
-                        name: name.clone(),
-                        expr: encode_expr(value).map_err(plan_error)?,
-                    }
-                }
+                LogicalOp::Filter(predicate) => OpSpec::Filter {
+                    expr: encode_expr(predicate).map_err(plan_error)?,
+                },
+                LogicalOp::WithColumn(name, value) => OpSpec::WithColumn {
+                    name: name.clone(),
+                    expr: encode_expr(value).map_err(plan_error)?,
+                },
                 LogicalOp::MapBatches { function, options } => {
-                    schema = None;
                     if let Some(resources) = &options.resources {
                         let current = &stages.last().expect("at least one stage").1;
                         if resources != current {
@@ -185,6 +327,11 @@ impl LogicalPlan {
                         function: function.to_string(),
                     }
                 }
+                LogicalOp::Reshape(reshape) => OpSpec::Reshape(reshape.clone()),
+                LogicalOp::RandomSample { fraction, seed } => OpSpec::RandomSample {
+                    fraction: *fraction,
+                    seed: *seed,
+                },
             };
             let stage = stages.last_mut().expect("at least one stage");
             if !stage.0.is_empty() {
@@ -199,15 +346,24 @@ impl LogicalPlan {
             .enumerate()
             .map(|(i, (mut name, resources, ops))| {
                 let sink = match (&sink, i == last) {
-                    (Sink::Parquet(dir), true) => {
-                        name.push_str("->WriteParquet");
-                        Some(SinkSpec::Parquet { dir: dir.clone() })
+                    (Sink::Files(dir, format), true) => {
+                        if !name.is_empty() {
+                            name.push_str("->");
+                        }
+                        name.push_str(format.stage_name());
+                        Some(SinkSpec::Files {
+                            dir: dir.clone(),
+                            format: *format,
+                        })
                     }
                     _ => None,
                 };
+                if name.is_empty() {
+                    name = "Blocks".into();
+                }
                 let spec = StageSpec {
                     name: name.clone(),
-                    batch_size: self.read_options.batch_size,
+                    batch_size,
                     ops,
                     sink,
                 };
@@ -219,9 +375,32 @@ impl LogicalPlan {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(PhysicalPlan {
-            fragments: self.source.fragments(self.read_options.rows_per_task),
+            sources,
             stages,
-            schema,
+            schema: self.schema(),
         })
     }
+}
+
+/// The schema `op` makes of `schema`: `Ok(None)` if only running it can tell (a user function).
+fn op_schema(op: &LogicalOp, schema: &SchemaRef) -> datafusion::error::Result<Option<SchemaRef>> {
+    Ok(Some(match op {
+        LogicalOp::Filter(predicate) => {
+            ops::check_predicate(predicate, schema)?;
+            Arc::clone(schema)
+        }
+        LogicalOp::WithColumn(name, value) => ops::with_column_schema(name, value, schema)?,
+        LogicalOp::MapBatches { .. } => return Ok(None),
+        LogicalOp::Reshape(reshape) => reshape
+            .schema(schema)
+            .map_err(|e| datafusion::error::DataFusionError::ArrowError(Box::new(e), None))?,
+        LogicalOp::RandomSample { fraction, .. } => {
+            if !(0.0..=1.0).contains(fraction) {
+                return Err(datafusion::error::DataFusionError::Plan(format!(
+                    "a sample fraction must be between 0 and 1, not {fraction}"
+                )));
+            }
+            Arc::clone(schema)
+        }
+    }))
 }

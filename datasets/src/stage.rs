@@ -22,9 +22,11 @@ use manta_engine::registry::{BatchFn, call_batch, lookup_batch};
 use manta_engine::{Block, FunctionKind, Object, RemoteFunction, TaskContext, TaskInput};
 use serde::{Deserialize, Serialize};
 
+use crate::columns::{self, Reshape};
 use crate::ops::{self, PlannedExpr, SESSION};
-use crate::parquet_sink::{write_part, written_schema};
-use crate::parquet_source::{Fragment, PushedPredicate, read_fragment};
+use crate::parquet_source::PushedPredicate;
+use crate::sink::{WriteFormat, write_part, written_schema};
+use crate::source::ReadTask;
 
 /// The registered name of the stage runner.
 pub const STAGE_FUNCTION: &str = "manta::datasets::stage";
@@ -66,23 +68,34 @@ pub enum OpSpec {
         /// Its registered name.
         function: String,
     },
+    /// Select, drop or rename columns.
+    Reshape(Reshape),
+    /// Keep each row with probability `fraction`.
+    RandomSample {
+        /// The probability.
+        fraction: f64,
+        /// The user's seed.
+        seed: u64,
+    },
 }
 
 /// Where a stage's output goes.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum SinkSpec {
-    /// One Parquet part file per task, in this directory.
-    Parquet {
+    /// One part file per task, in this directory.
+    Files {
         /// The write's temporary directory.
         dir: PathBuf,
+        /// The files' format.
+        format: WriteFormat,
     },
 }
 
 /// One task's own input.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum TaskPart {
-    /// Read this fragment.
-    Read(Fragment),
+    /// Run this read.
+    Read(ReadTask),
     /// Process the task's input blocks.
     Blocks,
 }
@@ -149,6 +162,8 @@ enum CompiledOp {
     Filter(Arc<PlannedExpr>),
     WithColumn(String, PlannedExpr),
     MapBatches(String, BatchFn),
+    Reshape(Reshape),
+    Sample(f64, u64),
 }
 
 impl CompiledOp {
@@ -157,6 +172,8 @@ impl CompiledOp {
             CompiledOp::Filter(p) => format!("filter({})", p.expr()),
             CompiledOp::WithColumn(name, p) => format!("with_column({name}, {})", p.expr()),
             CompiledOp::MapBatches(name, _) => name.clone(),
+            CompiledOp::Reshape(r) => format!("{r:?}"),
+            CompiledOp::Sample(fraction, _) => format!("random_sample({fraction})"),
         }
     }
 }
@@ -197,18 +214,22 @@ impl CompiledStage {
                     OpSpec::MapBatches { function } => {
                         CompiledOp::MapBatches(function.clone(), lookup_batch(function)?)
                     }
+                    OpSpec::Reshape(reshape) => CompiledOp::Reshape(reshape.clone()),
+                    OpSpec::RandomSample { fraction, seed } => CompiledOp::Sample(*fraction, *seed),
                 })
             })
             .collect::<manta_engine::Result<_>>()?;
         Ok(Self { spec, ops })
     }
 
-    /// Runs the operators from `first` on one batch; `None` if no rows are left.
+    /// Runs the operators from `first` on one batch (the `position`th of block `block`);
+    /// `None` if no rows are left.
     fn apply(
         &self,
         mut batch: RecordBatch,
         first: usize,
         input: &str,
+        (block, position): (u64, u64),
     ) -> manta_engine::Result<Option<RecordBatch>> {
         for op in &self.ops[first..] {
             if batch.num_rows() == 0 {
@@ -228,6 +249,15 @@ impl CompiledStage {
                 CompiledOp::MapBatches(name, f) => {
                     call_batch(name, *f, batch, || input.to_string())?
                 }
+                CompiledOp::Reshape(reshape) => reshape
+                    .apply(&batch)
+                    .map_err(|e| failed(datafusion::error::DataFusionError::from(e)))?,
+                CompiledOp::Sample(fraction, seed) => columns::sample(
+                    &batch,
+                    *fraction,
+                    columns::batch_seed(*seed, block, position),
+                )
+                .map_err(|e| failed(datafusion::error::DataFusionError::from(e)))?,
             };
         }
         Ok((batch.num_rows() > 0).then_some(batch))
@@ -282,7 +312,8 @@ impl CompiledStage {
         let mut batch = RecordBatch::new_empty(Arc::clone(input));
         for op in &self.ops {
             batch = match op {
-                CompiledOp::Filter(_) => batch,
+                CompiledOp::Filter(_) | CompiledOp::Sample(..) => batch,
+                CompiledOp::Reshape(reshape) => reshape.apply(&batch).ok()?,
                 CompiledOp::WithColumn(name, value) => {
                     ops::with_column(name, value, &batch).ok()?
                 }
@@ -298,27 +329,37 @@ impl CompiledStage {
         let mut out = Vec::new();
         let mut input_schema: Option<SchemaRef> = None;
         let label = match &args.part {
-            TaskPart::Read(f) => format!(
-                "{} row groups {:?} (block {}, stage {})",
-                f.path.display(),
-                f.row_groups,
+            TaskPart::Read(task) => format!(
+                "{} (block {}, stage {})",
+                task.describe(),
                 args.index,
                 self.spec.name
             ),
             TaskPart::Blocks => format!("block {} (stage {})", args.index, self.spec.name),
         };
         match &args.part {
-            TaskPart::Read(fragment) => {
-                let (predicate, first_op) = self.pushed_predicate();
-                let batches = read_fragment(fragment, self.spec.batch_size, predicate)
+            TaskPart::Read(task) => {
+                let (predicate, first_op) = if task.pushes_predicates() {
+                    self.pushed_predicate()
+                } else {
+                    (None, 0)
+                };
+                let batches = task
+                    .read(self.spec.batch_size, predicate)
                     .map_err(|e| read_failed(&label, e))?;
-                for batch in batches {
+                for (position, batch) in batches.enumerate() {
                     let batch = batch.map_err(|e| read_failed(&label, e))?;
                     input_schema.get_or_insert_with(|| batch.schema());
-                    out.extend(self.apply(batch, first_op, &label)?);
+                    out.extend(self.apply(
+                        batch,
+                        first_op,
+                        &label,
+                        (args.index, position as u64),
+                    )?);
                 }
             }
             TaskPart::Blocks => {
+                let mut position = 0u64;
                 for object in objects {
                     let block = match object {
                         Object::Block(block) => block,
@@ -331,7 +372,9 @@ impl CompiledStage {
                     };
                     input_schema.get_or_insert_with(|| Arc::clone(block.schema()));
                     for batch in block.into_batches() {
-                        out.extend(self.apply(batch, 0, &label)?);
+                        let at = (args.index, position);
+                        position += 1;
+                        out.extend(self.apply(batch, 0, &label, at)?);
                     }
                 }
             }
@@ -344,13 +387,13 @@ impl CompiledStage {
         };
         match &self.spec.sink {
             None => Ok(Object::Block(Block::try_new(schema, out)?)),
-            Some(SinkSpec::Parquet { dir }) => {
+            Some(SinkSpec::Files { dir, format }) => {
                 if out.is_empty() {
                     return Ok(Object::Block(Block::empty(written_schema())));
                 }
-                let record = write_part(dir, args.index, &schema, &out).map_err(|e| {
+                let record = write_part(dir, args.index, *format, &schema, &out).map_err(|e| {
                     manta_engine::Error::UserFunction {
-                        name: "write_parquet".into(),
+                        name: format!("write_{}", format.extension()),
                         input: label.clone(),
                         source: Box::new(e),
                     }
@@ -363,7 +406,7 @@ impl CompiledStage {
 
 fn read_failed(label: &str, error: crate::Error) -> manta_engine::Error {
     manta_engine::Error::UserFunction {
-        name: "read_parquet".into(),
+        name: "read".into(),
         input: label.to_string(),
         source: Box::new(error),
     }

@@ -85,11 +85,17 @@ impl Block {
         self.batches.iter().map(RecordBatch::num_rows).sum()
     }
 
-    /// Bytes of Arrow memory the batches use.
+    /// Bytes of Arrow memory the batches' rows use (a slice counts its rows, not the whole
+    /// buffer it points into).
     pub fn size_bytes(&self) -> usize {
         self.batches
             .iter()
-            .map(RecordBatch::get_array_memory_size)
+            .flat_map(|b| b.columns())
+            .map(|c| {
+                c.to_data()
+                    .get_slice_memory_size()
+                    .unwrap_or_else(|_| c.get_array_memory_size())
+            })
             .sum()
     }
 

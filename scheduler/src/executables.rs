@@ -63,13 +63,15 @@ impl ExecutableCache {
 
     /// Deletes all but the `keep` most recently used executables.
     pub fn prune(&self, keep: usize) {
-        let Ok(entries) = fs::read_dir(&self.dir) else { return };
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
         let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
             .flatten()
             .filter(|e| e.file_name().to_str().is_some_and(is_hash))
             .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
             .collect();
-        files.sort_by(|a, b| b.0.cmp(&a.0));
+        files.sort_by_key(|f| std::cmp::Reverse(f.0));
         for (_, path) in files.into_iter().skip(keep) {
             let _ = fs::remove_file(path);
         }
@@ -144,7 +146,10 @@ impl CacheWriter {
         })?;
         self.done = true;
         if let Some(dir) = self.target.parent() {
-            ExecutableCache { dir: dir.to_path_buf() }.prune(KEEP_EXECUTABLES);
+            ExecutableCache {
+                dir: dir.to_path_buf(),
+            }
+            .prune(KEEP_EXECUTABLES);
         }
         Ok(self.target.clone())
     }
@@ -183,7 +188,9 @@ pub fn hash_file(path: &Path) -> Result<(String, u64)> {
 /// Sets a file's times to now, without opening it (it may be a running executable).
 fn touch(path: &Path) {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return };
+    let Ok(path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return;
+    };
     // SAFETY: a valid NUL-terminated path; a null `times` means "now".
     unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), std::ptr::null(), 0) };
 }
@@ -246,12 +253,21 @@ mod tests {
                 writer.write(data.as_bytes()).unwrap();
                 writer.finish().unwrap();
                 // Distinct modification times, oldest first.
-                let when = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000 + i);
-                File::options().append(true).open(cache.path(&hash)).unwrap().set_modified(when).unwrap();
+                let when = std::time::SystemTime::UNIX_EPOCH
+                    + std::time::Duration::from_secs(1_000_000 + i);
+                File::options()
+                    .append(true)
+                    .open(cache.path(&hash))
+                    .unwrap()
+                    .set_modified(when)
+                    .unwrap();
                 hash
             })
             .collect();
-        assert!(cache.contains(&hashes[0]), "using the oldest makes it the newest");
+        assert!(
+            cache.contains(&hashes[0]),
+            "using the oldest makes it the newest"
+        );
         cache.prune(2);
         let kept: Vec<bool> = hashes.iter().map(|h| cache.path(h).exists()).collect();
         assert_eq!(kept, vec![true, false, false, true]);

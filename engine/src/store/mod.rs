@@ -264,7 +264,7 @@ impl ObjectStore {
             }
         };
         self.insert(id, residence, size_bytes);
-        self.make_room()?;
+        self.make_room(None)?;
         Ok(size_bytes)
     }
 
@@ -280,7 +280,7 @@ impl ObjectStore {
             .map_err(|e| Error::io(&path, e))?
             .len();
         self.insert(id, Residence::Shared(None), size);
-        self.make_room()?;
+        self.make_room(None)?;
         Ok(size)
     }
 
@@ -453,10 +453,10 @@ impl ObjectStore {
                     let restored = self.restore(id);
                     state = self.state.lock();
                     self.finish_move(&mut state, id, size, restored, Direction::Restore)?;
-                    // Restoring may push others out; the restored one was just used, so LRU
-                    // spills it last.
+                    // Restoring may push others out, never the one being restored (it is about
+                    // to be used: spilling it would restore it again, round and round).
                     drop(state);
-                    self.make_room()?;
+                    self.make_room(Some(id))?;
                     state = self.state.lock();
                 }
             }
@@ -481,8 +481,9 @@ impl ObjectStore {
         }
     }
 
-    /// Spills least-recently-used unpinned objects until the resident bytes fit the budget.
-    fn make_room(&self) -> Result<()> {
+    /// Spills least-recently-used unpinned objects (other than `keep`) until the resident
+    /// bytes fit the budget.
+    fn make_room(&self, keep: Option<ObjectId>) -> Result<()> {
         loop {
             let mut state = self.state.lock();
             let budget = state.usage.budget_bytes;
@@ -495,8 +496,8 @@ impl ObjectStore {
             if state.usage.resident_bytes <= budget {
                 return Ok(());
             }
-            let Some(id) = spill::choose_victim(state.entries.iter().map(|(id, e)| (*id, e)))
-            else {
+            let candidates = state.entries.iter().filter(|(id, _)| Some(**id) != keep);
+            let Some(id) = spill::choose_victim(candidates.map(|(id, e)| (*id, e))) else {
                 tracing::debug!(usage = ?state.usage, "over budget, but every resident object is pinned");
                 return Ok(());
             };

@@ -1,12 +1,13 @@
-//! Writing Parquet atomically.
+//! Writing files atomically: Parquet, CSV, newline-delimited JSON, Arrow IPC.
 //!
-//! Every write task writes one part file, `part-<block index>.parquet`, into a temporary
+//! Every write task writes one part file, `part-<block index>.<extension>`, into a temporary
 //! directory beside the destination (`.<name>.manta-tmp-<random>`). Only when every task has
 //! succeeded is the temporary directory renamed to the destination (replacing what was there,
 //! which is first moved aside, then removed). A failed or abandoned write removes the temporary
 //! directory, so the destination is either the whole new output or untouched: never partial.
 
 use std::fs::{self, File};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,6 +16,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -133,33 +136,110 @@ pub fn written_schema() -> SchemaRef {
     ]))
 }
 
-/// Writes `batches` as `dir/part-<index>.parquet`; returns the one-row record of it.
+/// A format written by a sink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteFormat {
+    /// Parquet, Snappy-compressed.
+    Parquet,
+    /// CSV with a header row.
+    Csv,
+    /// Newline-delimited JSON.
+    Json,
+    /// Arrow IPC file format.
+    Ipc,
+}
+
+impl WriteFormat {
+    /// The part files' extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            WriteFormat::Parquet => "parquet",
+            WriteFormat::Csv => "csv",
+            WriteFormat::Json => "json",
+            WriteFormat::Ipc => "arrow",
+        }
+    }
+
+    /// The sink's name in stage names ("WriteParquet").
+    pub fn stage_name(self) -> &'static str {
+        match self {
+            WriteFormat::Parquet => "WriteParquet",
+            WriteFormat::Csv => "WriteCsv",
+            WriteFormat::Json => "WriteJson",
+            WriteFormat::Ipc => "WriteIpc",
+        }
+    }
+}
+
+/// Writes `batches` as `dir/part-<index>.<extension>`; returns the one-row record of it.
 pub fn write_part(
     dir: &Path,
     index: u64,
+    format: WriteFormat,
     schema: &SchemaRef,
     batches: &[RecordBatch],
 ) -> Result<RecordBatch> {
-    let path = dir.join(format!("part-{index:05}.parquet"));
+    let path = dir.join(format!("part-{index:05}.{}", format.extension()));
     let io = |source| Error::Io {
         action: "writing",
         path: path.clone(),
         source,
     };
-    let file = File::create(&path).map_err(io)?;
-    let properties = writer_properties(schema, batches.first());
-    let write_error = |e: parquet::errors::ParquetError| Error::Write {
+    let file = std::io::BufWriter::new(File::create(&path).map_err(io)?);
+    let write_error = |reason: String| Error::Write {
         path: path.clone(),
-        reason: e.to_string(),
+        reason,
     };
-    let mut writer =
-        ArrowWriter::try_new(file, Arc::clone(schema), Some(properties)).map_err(write_error)?;
-    let mut rows = 0u64;
-    for batch in batches {
-        rows += batch.num_rows() as u64;
-        writer.write(batch).map_err(write_error)?;
+    let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+    match format {
+        WriteFormat::Parquet => {
+            let properties = writer_properties(schema, batches.first());
+            let mut writer = ArrowWriter::try_new(file, Arc::clone(schema), Some(properties))
+                .map_err(|e| write_error(e.to_string()))?;
+            for batch in batches {
+                writer
+                    .write(batch)
+                    .map_err(|e| write_error(e.to_string()))?;
+            }
+            writer.close().map_err(|e| write_error(e.to_string()))?;
+        }
+        WriteFormat::Csv => {
+            let mut writer = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(file);
+            for batch in batches {
+                writer
+                    .write(batch)
+                    .map_err(|e| write_error(e.to_string()))?;
+            }
+            writer.into_inner().flush().map_err(io)?;
+        }
+        WriteFormat::Json => {
+            let mut writer = arrow::json::LineDelimitedWriter::new(file);
+            for batch in batches {
+                writer
+                    .write(batch)
+                    .map_err(|e| write_error(e.to_string()))?;
+            }
+            writer.finish().map_err(|e| write_error(e.to_string()))?;
+            writer.into_inner().flush().map_err(io)?;
+        }
+        WriteFormat::Ipc => {
+            let mut writer = arrow::ipc::writer::FileWriter::try_new(file, schema)
+                .map_err(|e| write_error(e.to_string()))?;
+            for batch in batches {
+                writer
+                    .write(batch)
+                    .map_err(|e| write_error(e.to_string()))?;
+            }
+            writer.finish().map_err(|e| write_error(e.to_string()))?;
+            writer
+                .into_inner()
+                .map_err(|e| write_error(e.to_string()))?
+                .flush()
+                .map_err(io)?;
+        }
     }
-    writer.close().map_err(write_error)?;
     let bytes = fs::metadata(&path).map_err(io)?.len();
     let record = RecordBatch::try_new(
         written_schema(),

@@ -1,0 +1,209 @@
+//! Operators that reshape a batch without computing: selecting, dropping and renaming columns,
+//! sampling rows, and conforming a batch to a wider schema.
+//!
+//! Each works on a schema too, so the plan checks column names before any task runs and the
+//! message lists the columns there are.
+
+use std::sync::Arc;
+
+use arrow::array::{BooleanArray, RecordBatch, new_null_array};
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::error::ArrowError;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+/// A change of columns.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Reshape {
+    /// Keep these columns, in this order.
+    Select(Vec<String>),
+    /// Remove these columns.
+    Drop(Vec<String>),
+    /// Rename columns, `(old, new)`.
+    Rename(Vec<(String, String)>),
+}
+
+impl Reshape {
+    /// The columns of `input` to keep, in output order, and their output names.
+    fn plan(&self, input: &Schema) -> Result<Vec<(usize, String)>, ArrowError> {
+        let index = |name: &String| {
+            input.index_of(name).map_err(|_| {
+                ArrowError::SchemaError(format!(
+                    "no column named {name:?}; the columns are [{}]",
+                    input
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })
+        };
+        let all = || {
+            input
+                .fields()
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (i, f.name().clone()))
+        };
+        Ok(match self {
+            Reshape::Select(names) => names
+                .iter()
+                .map(|n| Ok((index(n)?, n.clone())))
+                .collect::<Result<_, ArrowError>>()?,
+            Reshape::Drop(names) => {
+                for name in names {
+                    index(name)?;
+                }
+                all().filter(|(_, n)| !names.contains(n)).collect()
+            }
+            Reshape::Rename(pairs) => {
+                for (old, _) in pairs {
+                    index(old)?;
+                }
+                all()
+                    .map(|(i, name)| {
+                        let renamed = pairs.iter().find(|(old, _)| *old == name);
+                        (i, renamed.map_or(name, |(_, new)| new.clone()))
+                    })
+                    .collect()
+            }
+        })
+    }
+
+    /// The schema this makes of `input`.
+    pub fn schema(&self, input: &SchemaRef) -> Result<SchemaRef, ArrowError> {
+        let columns = self.plan(input)?;
+        let fields: Vec<_> = columns
+            .iter()
+            .map(|(i, name)| input.field(*i).clone().with_name(name))
+            .collect();
+        let schema = Schema::new_with_metadata(fields, input.metadata().clone());
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = schema.fields().iter().find(|f| !seen.insert(f.name())) {
+            return Err(ArrowError::SchemaError(format!(
+                "two columns would be named {:?}",
+                dup.name()
+            )));
+        }
+        Ok(Arc::new(schema))
+    }
+
+    /// Applies the change to a batch, without copying any column.
+    pub fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+        let columns = self.plan(batch.schema_ref())?;
+        let schema = self.schema(batch.schema_ref())?;
+        let arrays = columns
+            .iter()
+            .map(|(i, _)| Arc::clone(batch.column(*i)))
+            .collect();
+        RecordBatch::try_new(schema, arrays)
+    }
+}
+
+/// Keeps each row with probability `fraction`, decided by a generator seeded with `seed`, so
+/// the same seed, block and batch always keep the same rows.
+pub fn sample(batch: &RecordBatch, fraction: f64, seed: u64) -> Result<RecordBatch, ArrowError> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let keep: BooleanArray = (0..batch.num_rows())
+        .map(|_| Some(rng.random::<f64>() < fraction))
+        .collect();
+    arrow::compute::filter_record_batch(batch, &keep)
+}
+
+/// A seed for one batch, from the user's seed, the block index and the batch's position.
+pub fn batch_seed(seed: u64, block: u64, batch: u64) -> u64 {
+    let mut x = seed
+        ^ block.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ batch.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    // splitmix64 finaliser: nearby inputs give unrelated seeds.
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// The batch with `schema`'s columns, by name: columns it lacks become nulls, columns of
+/// another type are cast (files merged into one wider schema).
+pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+    if batch.schema_ref() == schema {
+        return Ok(batch.clone());
+    }
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| match batch.column_by_name(field.name()) {
+            Some(column) if column.data_type() == field.data_type() => Ok(Arc::clone(column)),
+            Some(column) => arrow::compute::cast(column, field.data_type()),
+            None => Ok(new_null_array(field.data_type(), batch.num_rows())),
+        })
+        .collect::<Result<_, _>>()?;
+    RecordBatch::try_new(Arc::clone(schema), columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int32Array, StringArray};
+
+    fn batch() -> RecordBatch {
+        RecordBatch::try_from_iter([
+            ("a", Arc::new(Int32Array::from(vec![1, 2, 3])) as _),
+            ("b", Arc::new(StringArray::from(vec!["x", "ÿ", "z"])) as _),
+            (
+                "c",
+                Arc::new(Int32Array::from(vec![None, Some(5), None])) as _,
+            ),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn select_drop_and_rename_keep_the_columns_asked_for() {
+        let b = batch();
+        let selected = Reshape::Select(vec!["c".into(), "a".into()])
+            .apply(&b)
+            .unwrap();
+        assert_eq!(selected.schema().field(0).name(), "c");
+        assert_eq!(selected.column(1), b.column(0));
+        let dropped = Reshape::Drop(vec!["b".into()]).apply(&b).unwrap();
+        assert_eq!(dropped.num_columns(), 2);
+        assert_eq!(dropped.column(1), b.column(2));
+        let renamed = Reshape::Rename(vec![("b".into(), "name".into())])
+            .apply(&b)
+            .unwrap();
+        assert_eq!(renamed.schema().field(1).name(), "name");
+        assert_eq!(renamed.column(1), b.column(1));
+    }
+
+    #[test]
+    fn unknown_and_clashing_columns_are_errors_naming_them() {
+        let b = batch();
+        let error = Reshape::Select(vec!["nope".into()])
+            .apply(&b)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("\"nope\"") && error.contains("a, b, c"),
+            "{error}"
+        );
+        let error = Reshape::Rename(vec![("a".into(), "b".into())])
+            .apply(&b)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("\"b\""), "{error}");
+    }
+
+    #[test]
+    fn sampling_is_repeatable_and_near_the_fraction() {
+        let ids = Int32Array::from_iter_values(0..10_000);
+        let b = RecordBatch::try_from_iter([("id", Arc::new(ids) as _)]).unwrap();
+        let once = sample(&b, 0.3, 42).unwrap();
+        assert_eq!(once, sample(&b, 0.3, 42).unwrap());
+        assert!(
+            (2700..3300).contains(&once.num_rows()),
+            "{}",
+            once.num_rows()
+        );
+        assert_ne!(batch_seed(1, 0, 0), batch_seed(1, 1, 0));
+    }
+}

@@ -1,0 +1,394 @@
+//! Running plans: barriers (limits, all-to-all exchanges) first, then the streaming executor.
+//!
+//! A plan whose input is a read or blocks in the store streams through [`crate::executor`]. A
+//! plan whose input is a limit or an exchange is *resolved* first: the driver runs the inputs to
+//! blocks, runs the exchange's tasks (see [`crate::exchange`] for the map/reduce scheme), and
+//! replaces the input with the resulting blocks, so every plan that reaches the executor starts
+//! from a read or from blocks. Figures of every round of tasks go into the dataset's stats.
+
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use futures::StreamExt;
+use manta_engine::{ObjectRef, Resources, TaskOutcome, TaskSpec};
+use tokio::sync::mpsc;
+
+use crate::context::Context;
+use crate::error::Result;
+use crate::exchange::{
+    self, Exchange, PARTITION_FUNCTION, PartitionSpec, REDUCE_FUNCTION, ReduceSpec,
+    SAMPLE_FUNCTION, SLICE_FUNCTION, ZIP_FUNCTION,
+};
+use crate::executor::{BlockOut, Limits, execute};
+use crate::plan::{LogicalPlan, PlanInput, Sink};
+use crate::stats::{DatasetStats, StageStats};
+
+/// Replaces a limit or exchange input by the blocks it makes; other plans come back as they are.
+pub fn resolve(
+    ctx: &Context,
+    plan: &LogicalPlan,
+    stats: &mut Vec<StageStats>,
+) -> Result<LogicalPlan> {
+    let (blocks, schema) = match &plan.input {
+        PlanInput::Read { .. } | PlanInput::Blocks { .. } => return Ok(plan.clone()),
+        PlanInput::Limit { input, n } => run_limit(ctx, input, *n, stats)?,
+        PlanInput::Exchange(exchange) => run_exchange(ctx, exchange, stats)?,
+    };
+    Ok(LogicalPlan {
+        input: PlanInput::Blocks {
+            blocks: std::sync::Arc::new(blocks),
+            schema,
+        },
+        ops: plan.ops.clone(),
+    })
+}
+
+/// Starts the streaming executor on a resolved plan.
+pub fn start(
+    ctx: &Context,
+    plan: &LogicalPlan,
+    sink: Sink,
+) -> Result<(
+    mpsc::Receiver<BlockOut>,
+    tokio::task::JoinHandle<Result<DatasetStats>>,
+)> {
+    let physical = plan.compile(sink)?;
+    let client = ctx.client().clone();
+    let limits = limits(ctx)?;
+    let (tx, rx) = mpsc::channel(limits.max_buffered);
+    let handle = ctx.spawn(execute(client, physical, tx, limits, true));
+    Ok((rx, handle))
+}
+
+fn limits(ctx: &Context) -> Result<Limits> {
+    let cpus = ctx.block_on(ctx.client().total_cpus())?;
+    Ok(Limits::for_cpus(cpus))
+}
+
+/// Waits for the executor.
+pub fn join(
+    ctx: &Context,
+    handle: tokio::task::JoinHandle<Result<DatasetStats>>,
+) -> Result<DatasetStats> {
+    ctx.block_on(handle).map_err(|e| {
+        crate::Error::Execution(manta_scheduler::Error::Internal(format!(
+            "the executor failed: {e}"
+        )))
+    })?
+}
+
+/// Runs a plan to blocks in the store, in block order, and the schema where known.
+pub fn run_to_blocks(
+    ctx: &Context,
+    plan: &LogicalPlan,
+    stats: &mut Vec<StageStats>,
+) -> Result<(Vec<ObjectRef>, Option<SchemaRef>)> {
+    let plan = resolve(ctx, plan, stats)?;
+    let (mut rx, handle) = start(ctx, &plan, Sink::Driver)?;
+    let mut out = Vec::new();
+    while let Some(block) = ctx.block_on(rx.recv()) {
+        out.push(block);
+    }
+    let run = join(ctx, handle)?;
+    stats.extend(run.stages);
+    out.sort_by_key(|b| b.index);
+    Ok((out.into_iter().map(|b| b.block).collect(), plan.schema()))
+}
+
+fn run_limit(
+    ctx: &Context,
+    input: &LogicalPlan,
+    n: u64,
+    stats: &mut Vec<StageStats>,
+) -> Result<(Vec<ObjectRef>, Option<SchemaRef>)> {
+    let plan = resolve(ctx, input, stats)?;
+    let (mut rx, handle) = start(ctx, &plan, Sink::Driver)?;
+    let mut kept: Vec<BlockOut> = Vec::new();
+    let mut rows = 0;
+    while rows < n {
+        let Some(block) = ctx.block_on(rx.recv()) else {
+            break;
+        };
+        rows += block.block.meta().num_rows;
+        kept.push(block);
+    }
+    drop(rx);
+    let run = join(ctx, handle)?;
+    stats.extend(run.stages);
+    kept.sort_by_key(|b| b.index);
+    let mut blocks = Vec::new();
+    let mut left = n;
+    for out in kept {
+        let rows = out.block.meta().num_rows;
+        if left == 0 {
+            break;
+        }
+        if rows <= left {
+            left -= rows;
+            blocks.push(out.block);
+        } else {
+            let mut stage = StageStats::new("Limit");
+            let outcome = run_tasks(
+                ctx,
+                vec![task(
+                    SLICE_FUNCTION,
+                    exchange::slice_args(&[(0, left)])?,
+                    vec![out.block],
+                    "limit",
+                )],
+                &mut stage,
+            )?;
+            stats.push(stage);
+            blocks.extend(outcome.into_iter().map(|o| o.output));
+            left = 0;
+        }
+    }
+    Ok((blocks, plan.schema()))
+}
+
+fn task(function: &str, args: bytes::Bytes, inputs: Vec<ObjectRef>, label: &str) -> TaskSpec {
+    TaskSpec {
+        function: function.to_string(),
+        args,
+        inputs,
+        resources: Resources::one_cpu(),
+        max_retries: 3,
+        label: label.to_string(),
+    }
+}
+
+/// Runs tasks, at most the executor's limit at once, returning their outcomes in order.
+fn run_tasks(
+    ctx: &Context,
+    tasks: Vec<TaskSpec>,
+    stage: &mut StageStats,
+) -> Result<Vec<TaskOutcome>> {
+    let client = ctx.client().clone();
+    let limit = limits(ctx)?.max_running;
+    stage.started(Instant::now());
+    let rows_in: Vec<u64> = tasks
+        .iter()
+        .map(|t| t.inputs.iter().map(|i| i.meta().num_rows).sum())
+        .collect();
+    let results: Vec<_> = ctx.block_on(
+        futures::stream::iter(tasks.into_iter().map(|t| client.submit(t)))
+            .buffered(limit)
+            .collect(),
+    );
+    let mut outcomes = Vec::with_capacity(results.len());
+    for (result, rows_in) in results.into_iter().zip(rows_in) {
+        let outcome = result?;
+        let meta = outcome.meta().clone();
+        stage.finished(
+            Instant::now(),
+            rows_in,
+            meta.num_rows,
+            meta.size_bytes,
+            &outcome.stats,
+        );
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
+/// Reads small blocks (samples) into the driver.
+fn fetch(ctx: &Context, blocks: &[ObjectRef]) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    for block in blocks {
+        let client = ctx.client().clone();
+        let object = ctx.block_on(async { client.get(block).await })?;
+        out.extend(object.into_block(block.id())?.into_batches());
+    }
+    Ok(out)
+}
+
+/// `(block index, offset, length)` slices of `blocks` that cut them into pieces of `sizes` rows.
+fn cut(blocks: &[ObjectRef], sizes: &[u64]) -> Vec<Vec<(usize, u64, u64)>> {
+    let mut pieces = Vec::with_capacity(sizes.len());
+    let (mut block, mut offset) = (0usize, 0u64);
+    for &size in sizes {
+        let mut piece = Vec::new();
+        let mut left = size;
+        while left > 0 && block < blocks.len() {
+            let rows = blocks[block].meta().num_rows;
+            let take = (rows - offset).min(left);
+            if take > 0 {
+                piece.push((block, offset, take));
+            }
+            left -= take;
+            offset += take;
+            if offset == rows {
+                block += 1;
+                offset = 0;
+            }
+        }
+        pieces.push(piece);
+    }
+    pieces
+}
+
+fn slice_tasks(blocks: &[ObjectRef], sizes: &[u64], name: &str) -> Result<Vec<TaskSpec>> {
+    cut(blocks, sizes)
+        .into_iter()
+        .enumerate()
+        .map(|(i, piece)| {
+            let slices: Vec<(u64, u64)> = piece.iter().map(|(_, o, l)| (*o, *l)).collect();
+            let inputs = piece.iter().map(|(b, _, _)| blocks[*b].clone()).collect();
+            Ok(task(
+                SLICE_FUNCTION,
+                exchange::slice_args(&slices)?,
+                inputs,
+                &format!("{name} block {i}"),
+            ))
+        })
+        .collect()
+}
+
+fn run_exchange(
+    ctx: &Context,
+    exchange: &Exchange,
+    stats: &mut Vec<StageStats>,
+) -> Result<(Vec<ObjectRef>, Option<SchemaRef>)> {
+    exchange.check()?;
+    let mut inputs = Vec::new();
+    for plan in exchange.inputs() {
+        inputs.push(run_to_blocks(ctx, plan, stats)?);
+    }
+    let name = exchange.name();
+    let schema = exchange.schema();
+    match exchange {
+        Exchange::Union(_) => {
+            let schema = inputs.iter().find_map(|(_, s)| s.clone());
+            let blocks = inputs.into_iter().flat_map(|(b, _)| b).collect();
+            return Ok((blocks, schema));
+        }
+        Exchange::Zip { .. } => {
+            let (left, _) = &inputs[0];
+            let (right, _) = &inputs[1];
+            let rows = |b: &[ObjectRef]| b.iter().map(|o| o.meta().num_rows).sum::<u64>();
+            if rows(left) != rows(right) {
+                return Err(crate::Error::InvalidArgument(format!(
+                    "zip needs datasets of the same length, not {} and {} rows",
+                    rows(left),
+                    rows(right)
+                )));
+            }
+            let sizes: Vec<u64> = left.iter().map(|b| b.meta().num_rows).collect();
+            let mut tasks = Vec::new();
+            for (i, piece) in cut(right, &sizes).into_iter().enumerate() {
+                let slices: Vec<(u64, u64)> = piece.iter().map(|(_, o, l)| (*o, *l)).collect();
+                let mut blocks = vec![left[i].clone()];
+                blocks.extend(piece.iter().map(|(b, _, _)| right[*b].clone()));
+                tasks.push(task(
+                    ZIP_FUNCTION,
+                    exchange::slice_args(&slices)?,
+                    blocks,
+                    &format!("zip block {i}"),
+                ));
+            }
+            let mut stage = StageStats::new(name);
+            let out = run_tasks(ctx, tasks, &mut stage)?;
+            stats.push(stage);
+            return Ok((out.into_iter().map(|o| o.output).collect(), schema));
+        }
+        Exchange::Repartition {
+            n, shuffle: false, ..
+        } => {
+            let (blocks, input_schema) = &inputs[0];
+            let total: u64 = blocks.iter().map(|b| b.meta().num_rows).sum();
+            let n = *n as u64;
+            let sizes: Vec<u64> = (0..n)
+                .map(|i| (i + 1) * total / n - i * total / n)
+                .collect();
+            let mut stage = StageStats::new(name);
+            let out = run_tasks(ctx, slice_tasks(blocks, &sizes, "repartition")?, &mut stage)?;
+            stats.push(stage);
+            return Ok((
+                out.into_iter().map(|o| o.output).collect(),
+                input_schema.clone(),
+            ));
+        }
+        _ => {}
+    }
+    // Map and reduce.
+    let n = match exchange {
+        Exchange::Repartition { n, .. } => *n,
+        Exchange::Aggregate { keys, .. } if keys.is_empty() => 1,
+        _ => inputs
+            .iter()
+            .map(|(b, _)| b.len())
+            .max()
+            .unwrap_or(1)
+            .max(1),
+    };
+    let boundaries = if let Exchange::Sort { keys, .. } = exchange {
+        let blocks = &inputs[0].0;
+        let tasks = blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                Ok(task(
+                    SAMPLE_FUNCTION,
+                    exchange::sample_args(keys)?,
+                    vec![b.clone()],
+                    &format!("sample block {i}"),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut stage = StageStats::new("SortSample");
+        let samples = run_tasks(ctx, tasks, &mut stage)?;
+        stats.push(stage);
+        let refs: Vec<ObjectRef> = samples.into_iter().map(|o| o.output).collect();
+        Some(exchange::boundaries(&fetch(ctx, &refs)?, keys, n)?)
+    } else {
+        None
+    };
+    let partitioners = exchange.partitioners(boundaries);
+    let mut map_outputs = Vec::new();
+    let mut sides = Vec::new();
+    let mut stage = StageStats::new(format!("{name}Map"));
+    let mut next_block = 0u64;
+    for ((blocks, _), partitioner) in inputs.into_iter().zip(partitioners) {
+        let mut tasks = Vec::new();
+        for block in blocks {
+            let spec = PartitionSpec {
+                partitioner: partitioner.clone(),
+                n,
+                block: next_block,
+            };
+            tasks.push(task(
+                PARTITION_FUNCTION,
+                exchange::partition_args(&spec)?,
+                vec![block],
+                &format!("{name} map block {next_block}"),
+            ));
+            next_block += 1;
+        }
+        let outputs = run_tasks(ctx, tasks, &mut stage)?;
+        sides.push(outputs.len());
+        map_outputs.extend(outputs.into_iter().map(|o| o.output));
+    }
+    stats.push(stage);
+    let reducer = exchange.reducer().expect("partitioning exchanges reduce");
+    let tasks = (0..n)
+        .map(|partition| {
+            let spec = ReduceSpec {
+                reducer: reducer.clone(),
+                partition,
+                sides: sides.clone(),
+            };
+            Ok(task(
+                REDUCE_FUNCTION,
+                exchange::reduce_args(&spec)?,
+                map_outputs.clone(),
+                &format!("{name} reduce partition {partition}"),
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut stage = StageStats::new(format!("{name}Reduce"));
+    let reduced = run_tasks(ctx, tasks, &mut stage)?;
+    stats.push(stage);
+    drop(map_outputs);
+    Ok((reduced.into_iter().map(|o| o.output).collect(), schema))
+}

@@ -1,0 +1,582 @@
+//! Sources: what a dataset reads, and the read tasks it is split into.
+//!
+//! A [`Source`] is planned in the driver: its files are listed and their schemas read (Parquet
+//! footers, IPC headers) or inferred (CSV and JSON, from the first rows of every file, merged
+//! into one schema as Ray Data does; files whose types conflict are an error naming both).
+//! [`Source::tasks`] splits it into [`ReadTask`]s, plain data that any worker can run: Parquet
+//! row groups (see [`crate::parquet_source`]), whole files of the other formats, or a range of
+//! integers. [`ReadTask::read`] runs one, yielding batches of at most `batch_size` rows.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::{BinaryArray, Int64Array, RecordBatch, StringArray, StringBuilder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::files::list_files;
+use crate::parquet_source::{Fragment, ParquetSource, PushedPredicate, read_fragment};
+
+/// Rows read to infer a CSV or JSON file's schema.
+const INFER_ROWS: usize = 1000;
+/// Files per task for `read_binary_files` (each file is one row).
+const BINARY_FILES_PER_TASK: usize = 16;
+
+/// A file format read whole, file by file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileFormat {
+    /// Comma-separated values with a header row.
+    Csv,
+    /// Newline-delimited JSON objects.
+    Json,
+    /// Arrow IPC (file or stream format).
+    Ipc,
+    /// Text: one row per line, in a column `text`.
+    Text,
+    /// Whole files: columns `path` and `bytes`.
+    Binary,
+}
+
+impl FileFormat {
+    fn name(self) -> &'static str {
+        match self {
+            FileFormat::Csv => "Csv",
+            FileFormat::Json => "Json",
+            FileFormat::Ipc => "Ipc",
+            FileFormat::Text => "Text",
+            FileFormat::Binary => "BinaryFiles",
+        }
+    }
+}
+
+/// What a dataset reads.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// Parquet files.
+    Parquet(ParquetSource),
+    /// Files of another format.
+    Files {
+        /// Their format.
+        format: FileFormat,
+        /// The path as given.
+        path: String,
+        /// The files, sorted.
+        files: Vec<PathBuf>,
+        /// The schema all of them are read with.
+        schema: SchemaRef,
+    },
+    /// The integers `0..n` in a column `id`.
+    Range {
+        /// How many.
+        n: u64,
+    },
+    /// Batches from the driver, shipped inside the read tasks (`from_arrow` on a cluster).
+    Inline {
+        /// Their schema.
+        schema: SchemaRef,
+        /// The batches.
+        batches: Arc<Vec<RecordBatch>>,
+    },
+}
+
+/// One read task: plain data, run by any worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ReadTask {
+    /// Some row groups of a Parquet file.
+    Parquet(Fragment),
+    /// Whole files.
+    Files {
+        /// Their format.
+        format: FileFormat,
+        /// The files.
+        paths: Vec<PathBuf>,
+        /// The schema to read them with, as an Arrow IPC schema message.
+        schema: Vec<u8>,
+    },
+    /// The integers `start..end`.
+    Range {
+        /// First.
+        start: u64,
+        /// One past the last.
+        end: u64,
+    },
+    /// A batch carried in the task, as an Arrow IPC stream.
+    Inline {
+        /// The stream.
+        ipc: Vec<u8>,
+        /// Its rows.
+        rows: u64,
+    },
+}
+
+impl Source {
+    /// Parquet files at `path`.
+    pub fn parquet(path: &str) -> Result<Self> {
+        Ok(Source::Parquet(ParquetSource::open(path)?))
+    }
+
+    /// Files of `format` at `path`, their schema read or inferred now.
+    pub fn files(format: FileFormat, path: &str) -> Result<Self> {
+        let files = list_files(path)?;
+        let schema = match format {
+            FileFormat::Text => {
+                Arc::new(Schema::new(vec![Field::new("text", DataType::Utf8, false)]))
+            }
+            FileFormat::Binary => Arc::new(Schema::new(vec![
+                Field::new("path", DataType::Utf8, false),
+                Field::new("bytes", DataType::Binary, false),
+            ])),
+            FileFormat::Csv | FileFormat::Json | FileFormat::Ipc => {
+                let mut merged: Option<(Schema, PathBuf)> = None;
+                for file in &files {
+                    let schema = file_schema(format, file)?;
+                    merged = Some(match merged {
+                        None => (schema, file.clone()),
+                        Some((so_far, first)) => {
+                            let unified = Schema::try_merge([so_far.clone(), schema.clone()])
+                                .map_err(|_| Error::SchemaMismatch {
+                                    first: first.clone(),
+                                    path: file.clone(),
+                                    difference: crate::parquet_source::describe_difference(
+                                        &Arc::new(so_far),
+                                        &Arc::new(schema),
+                                    ),
+                                })?;
+                            (unified, first)
+                        }
+                    });
+                }
+                Arc::new(merged.expect("list_files returns at least one file").0)
+            }
+        };
+        Ok(Source::Files {
+            format,
+            path: path.to_string(),
+            files,
+            schema,
+        })
+    }
+
+    /// Batches from the driver, each one read task.
+    pub fn inline(schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<Self> {
+        Ok(Source::Inline {
+            schema,
+            batches: Arc::new(batches),
+        })
+    }
+
+    /// The schema of what the source reads.
+    pub fn schema(&self) -> SchemaRef {
+        match self {
+            Source::Parquet(p) => Arc::clone(&p.schema),
+            Source::Files { schema, .. } => Arc::clone(schema),
+            Source::Range { .. } => range_schema(),
+            Source::Inline { schema, .. } => Arc::clone(schema),
+        }
+    }
+
+    /// The name of the read, for stage names ("ReadParquet").
+    pub fn stage_name(&self) -> String {
+        match self {
+            Source::Parquet(_) => "ReadParquet".into(),
+            Source::Files { format, .. } => format!("Read{}", format.name()),
+            Source::Range { .. } => "Range".into(),
+            Source::Inline { .. } => "FromArrow".into(),
+        }
+    }
+
+    /// What was asked for, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Parquet(p) => p.path.clone(),
+            Source::Files { path, .. } => path.clone(),
+            Source::Range { n } => format!("range({n})"),
+            Source::Inline { batches, .. } => format!("{} batches from the driver", batches.len()),
+        }
+    }
+
+    /// The read tasks, each about `rows_per_task` rows where the source can tell.
+    pub fn tasks(&self, rows_per_task: u64) -> Vec<ReadTask> {
+        match self {
+            Source::Parquet(p) => p
+                .fragments(rows_per_task)
+                .into_iter()
+                .map(ReadTask::Parquet)
+                .collect(),
+            Source::Files {
+                format,
+                files,
+                schema,
+                ..
+            } => {
+                let per_task = if *format == FileFormat::Binary {
+                    BINARY_FILES_PER_TASK
+                } else {
+                    1
+                };
+                let schema = encode_schema(schema);
+                files
+                    .chunks(per_task)
+                    .map(|paths| ReadTask::Files {
+                        format: *format,
+                        paths: paths.to_vec(),
+                        schema: schema.clone(),
+                    })
+                    .collect()
+            }
+            Source::Range { n } => {
+                let step = rows_per_task.max(1);
+                (0..n.div_ceil(step))
+                    .map(|i| ReadTask::Range {
+                        start: i * step,
+                        end: ((i + 1) * step).min(*n),
+                    })
+                    .collect()
+            }
+            Source::Inline { batches, .. } => batches
+                .iter()
+                .map(|b| ReadTask::Inline {
+                    ipc: crate::exchange::write_ipc(b).expect("a valid batch encodes"),
+                    rows: b.num_rows() as u64,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl ReadTask {
+    /// Rows the task will read, where known before reading (0 if not).
+    pub fn rows(&self) -> u64 {
+        match self {
+            ReadTask::Parquet(f) => f.rows,
+            ReadTask::Files { .. } => 0,
+            ReadTask::Range { start, end } => end - start,
+            ReadTask::Inline { rows, .. } => *rows,
+        }
+    }
+
+    /// What the task reads, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            ReadTask::Parquet(f) => format!("{} row groups {:?}", f.path.display(), f.row_groups),
+            ReadTask::Files { paths, .. } if paths.len() == 1 => paths[0].display().to_string(),
+            ReadTask::Files { paths, .. } => format!(
+                "{} .. {} ({} files)",
+                paths[0].display(),
+                paths[paths.len() - 1].display(),
+                paths.len()
+            ),
+            ReadTask::Range { start, end } => format!("range {start}..{end}"),
+            ReadTask::Inline { rows, .. } => format!("{rows} rows from the driver"),
+        }
+    }
+
+    /// Whether [`read`](Self::read) can evaluate a predicate inside the reader.
+    pub fn pushes_predicates(&self) -> bool {
+        matches!(self, ReadTask::Parquet(_))
+    }
+
+    /// Reads the task's rows as batches of at most `batch_size` rows. `predicate` is used only
+    /// where [`pushes_predicates`](Self::pushes_predicates) says so.
+    pub fn read(
+        &self,
+        batch_size: usize,
+        predicate: Option<PushedPredicate>,
+    ) -> Result<Box<dyn Iterator<Item = Result<RecordBatch>> + Send>> {
+        match self {
+            ReadTask::Parquet(fragment) => {
+                Ok(Box::new(read_fragment(fragment, batch_size, predicate)?))
+            }
+            ReadTask::Range { start, end } => {
+                let (start, end) = (*start, *end);
+                let schema = range_schema();
+                let batches = (start..end).step_by(batch_size.max(1)).map(move |from| {
+                    let to = (from + batch_size as u64).min(end);
+                    let ids = Int64Array::from_iter_values(from as i64..to as i64);
+                    Ok(RecordBatch::try_new(
+                        Arc::clone(&schema),
+                        vec![Arc::new(ids)],
+                    )?)
+                });
+                Ok(Box::new(batches))
+            }
+            ReadTask::Inline { ipc, .. } => {
+                let reader = arrow::ipc::reader::StreamReader::try_new(
+                    std::io::Cursor::new(ipc.clone()),
+                    None,
+                )?;
+                let batches: Vec<_> = reader.map(|b| b.map_err(Error::from)).collect();
+                Ok(Box::new(batches.into_iter()))
+            }
+            ReadTask::Files {
+                format,
+                paths,
+                schema,
+            } => {
+                let schema = decode_schema(schema)?;
+                let mut batches = Vec::new();
+                match format {
+                    FileFormat::Binary => {
+                        let mut bytes = Vec::with_capacity(paths.len());
+                        for path in paths {
+                            bytes.push(std::fs::read(path).map_err(|source| Error::Io {
+                                action: "reading",
+                                path: path.clone(),
+                                source,
+                            })?);
+                        }
+                        let names: StringArray = paths
+                            .iter()
+                            .map(|p| Some(p.display().to_string()))
+                            .collect();
+                        let bytes = BinaryArray::from_iter_values(bytes.iter());
+                        batches.push(RecordBatch::try_new(
+                            schema,
+                            vec![Arc::new(names), Arc::new(bytes)],
+                        )?);
+                    }
+                    _ => {
+                        for path in paths {
+                            read_file(*format, path, &schema, batch_size, &mut batches)?;
+                        }
+                    }
+                }
+                Ok(Box::new(batches.into_iter().map(Ok)))
+            }
+        }
+    }
+}
+
+fn range_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]))
+}
+
+fn open(path: &PathBuf) -> Result<File> {
+    File::open(path).map_err(|source| Error::Io {
+        action: "opening",
+        path: path.clone(),
+        source,
+    })
+}
+
+fn invalid(format: FileFormat, path: &std::path::Path, reason: impl std::fmt::Display) -> Error {
+    Error::InvalidFile {
+        format: format.name(),
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Reads or infers one file's schema.
+fn file_schema(format: FileFormat, path: &PathBuf) -> Result<Schema> {
+    let mut file = open(path)?;
+    match format {
+        FileFormat::Csv => arrow::csv::reader::Format::default()
+            .with_header(true)
+            .infer_schema(&mut file, Some(INFER_ROWS))
+            .map(|(schema, _)| schema)
+            .map_err(|e| invalid(format, path, e)),
+        FileFormat::Json => arrow::json::reader::infer_json_schema_from_seekable(
+            BufReader::new(file),
+            Some(INFER_ROWS),
+        )
+        .map(|(schema, _)| schema)
+        .map_err(|e| invalid(format, path, e)),
+        FileFormat::Ipc => {
+            let schema = if is_ipc_file(&mut file)? {
+                arrow::ipc::reader::FileReader::try_new(file, None)
+                    .map_err(|e| invalid(format, path, e))?
+                    .schema()
+            } else {
+                arrow::ipc::reader::StreamReader::try_new(BufReader::new(file), None)
+                    .map_err(|e| invalid(format, path, e))?
+                    .schema()
+            };
+            Ok(schema.as_ref().clone())
+        }
+        FileFormat::Text | FileFormat::Binary => unreachable!("fixed schemas"),
+    }
+}
+
+/// Whether an IPC file starts with the file format's magic (else it is a stream).
+fn is_ipc_file(file: &mut File) -> Result<bool> {
+    let mut magic = [0u8; 6];
+    let n = file.read(&mut magic).unwrap_or(0);
+    file.rewind().map_err(|source| Error::Io {
+        action: "rewinding",
+        path: PathBuf::new(),
+        source,
+    })?;
+    Ok(n == 6 && &magic == b"ARROW1")
+}
+
+/// Reads a whole file of `format` with `schema`, appending its batches.
+fn read_file(
+    format: FileFormat,
+    path: &PathBuf,
+    schema: &SchemaRef,
+    batch_size: usize,
+    out: &mut Vec<RecordBatch>,
+) -> Result<()> {
+    let mut file = open(path)?;
+    let fail = |e: arrow::error::ArrowError| invalid(format, path, e);
+    match format {
+        FileFormat::Csv => {
+            let reader = arrow::csv::ReaderBuilder::new(Arc::clone(schema))
+                .with_header(true)
+                .with_batch_size(batch_size)
+                .build(file)
+                .map_err(fail)?;
+            for batch in reader {
+                out.push(batch.map_err(fail)?);
+            }
+        }
+        FileFormat::Json => {
+            let reader = arrow::json::ReaderBuilder::new(Arc::clone(schema))
+                .with_batch_size(batch_size)
+                .build(BufReader::new(file))
+                .map_err(fail)?;
+            for batch in reader {
+                out.push(batch.map_err(fail)?);
+            }
+        }
+        FileFormat::Ipc => {
+            let batches: Box<dyn Iterator<Item = std::result::Result<RecordBatch, _>>> =
+                if is_ipc_file(&mut file)? {
+                    Box::new(arrow::ipc::reader::FileReader::try_new(file, None).map_err(fail)?)
+                } else {
+                    Box::new(
+                        arrow::ipc::reader::StreamReader::try_new(BufReader::new(file), None)
+                            .map_err(fail)?,
+                    )
+                };
+            for batch in batches {
+                let batch = batch.map_err(fail)?;
+                // Files merged into a wider schema: fill the missing columns with nulls.
+                out.push(crate::columns::conform(&batch, schema).map_err(fail)?);
+            }
+        }
+        FileFormat::Text => {
+            let mut lines = BufReader::new(file).lines();
+            loop {
+                let mut builder = StringBuilder::new();
+                let mut rows = 0;
+                for line in lines.by_ref().take(batch_size) {
+                    let line = line.map_err(|e| invalid(format, path, e))?;
+                    builder.append_value(line.strip_suffix('\r').unwrap_or(&line));
+                    rows += 1;
+                }
+                if rows == 0 {
+                    break;
+                }
+                out.push(RecordBatch::try_new(
+                    Arc::clone(schema),
+                    vec![Arc::new(builder.finish())],
+                )?);
+            }
+        }
+        FileFormat::Binary => unreachable!("read whole"),
+    }
+    Ok(())
+}
+
+/// A schema as an Arrow IPC schema message.
+pub fn encode_schema(schema: &Schema) -> Vec<u8> {
+    let generator = arrow::ipc::writer::IpcDataGenerator::default();
+    let mut tracker = arrow::ipc::writer::DictionaryTracker::new(false);
+    generator
+        .schema_to_bytes_with_dictionary_tracker(
+            schema,
+            &mut tracker,
+            &arrow::ipc::writer::IpcWriteOptions::default(),
+        )
+        .ipc_message
+}
+
+/// The schema of an Arrow IPC schema message.
+pub fn decode_schema(bytes: &[u8]) -> Result<SchemaRef> {
+    let message = arrow::ipc::root_as_message(bytes).map_err(|e| {
+        Error::Arrow(arrow::error::ArrowError::ParseError(format!(
+            "not a schema message: {e}"
+        )))
+    })?;
+    let schema = message.header_as_schema().ok_or_else(|| {
+        Error::Arrow(arrow::error::ArrowError::ParseError(
+            "not a schema message".into(),
+        ))
+    })?;
+    Ok(Arc::new(arrow::ipc::convert::fb_to_schema(schema)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemas_round_trip_through_ipc_messages() {
+        let schema = Schema::new(vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new(
+                "l",
+                DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+                false,
+            ),
+        ]);
+        assert_eq!(
+            decode_schema(&encode_schema(&schema)).unwrap().as_ref(),
+            &schema
+        );
+    }
+
+    #[test]
+    fn range_tasks_cover_every_integer_once() {
+        let source = Source::Range { n: 1003 };
+        let mut seen = Vec::new();
+        for task in source.tasks(100) {
+            for batch in task.read(64, None).unwrap() {
+                let batch = batch.unwrap();
+                assert!(batch.num_rows() <= 64);
+                let ids = batch
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap();
+                seen.extend(ids.values().iter().copied());
+            }
+        }
+        assert_eq!(seen, (0..1003).collect::<Vec<i64>>());
+    }
+
+    #[test]
+    fn csv_with_a_wrong_column_count_names_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("bad.csv");
+        std::fs::write(&path, "a,b\n1,2\n3,4,5\n").unwrap();
+        // Inferring the schema reads the first rows, so planning already finds it.
+        let error = Source::files(FileFormat::Csv, path.to_str().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("bad.csv") && error.contains("line 3"),
+            "{error}"
+        );
+        // Past the rows inference reads, the read task finds it.
+        let mut text = String::from("a,b\n");
+        text.extend((0..INFER_ROWS).map(|i| format!("{i},{i}\n")));
+        text.push_str("1,2,3\n");
+        std::fs::write(&path, text).unwrap();
+        let source = Source::files(FileFormat::Csv, path.to_str().unwrap()).unwrap();
+        let task = source.tasks(1000).remove(0);
+        let error = match task.read(1024, None) {
+            Err(e) => e.to_string(),
+            Ok(mut batches) => batches.find_map(|b| b.err()).expect("an error").to_string(),
+        };
+        assert!(
+            error.contains("bad.csv") && error.contains("line"),
+            "{error}"
+        );
+    }
+}
