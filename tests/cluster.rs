@@ -31,6 +31,10 @@ fn main() {
             "a_failing_task_on_a_node_names_the_function",
             a_failing_task_on_a_node_names_the_function,
         ),
+        (
+            "all_to_all_operations_match_sql_across_nodes",
+            all_to_all_operations_match_sql_across_nodes,
+        ),
     ];
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
     let cluster = Cluster::start(&["a=1", "b=1"]);
@@ -210,4 +214,66 @@ fn a_failing_task_on_a_node_names_the_function(cluster: &Cluster) {
         other => panic!("expected UserFunction, got {other:?}"),
     }
     assert!(!out.exists());
+}
+
+fn all_to_all_operations_match_sql_across_nodes(cluster: &Cluster) {
+    use manta::{Aggregate, JoinKind, SortKey};
+    let tmp = tempfile::tempdir().unwrap();
+    let input = small_lineitem(tmp.path());
+    let df = lineitem_sql(&input);
+    let ctx = cluster.connect();
+    let lineitem = ctx
+        .read_parquet_with(input.to_str().unwrap(), small_tasks())
+        .unwrap()
+        .select_columns(&["l_orderkey", "l_linenumber", "l_returnflag", "l_quantity"]);
+
+    // A shuffle then a sort: every row crosses the map/reduce boundary twice.
+    let sorted_ds = lineitem
+        .random_shuffle(Some(5))
+        .sort_by(vec![SortKey::asc("l_orderkey"), SortKey::desc("l_linenumber")]);
+    let ours = sorted_ds.to_arrow().unwrap();
+    let expected = sql(
+        &df,
+        "SELECT l_orderkey, l_linenumber, l_returnflag, l_quantity FROM lineitem \
+         ORDER BY l_orderkey, l_linenumber DESC",
+    );
+    assert_eq!(rows(&ours), rows(&expected));
+    let stats = sorted_ds.stats();
+    assert!(stats.pulled_bytes() > 0, "reducers pulled partitions from the other node: {stats}");
+
+    // Group and aggregate, with the reduce running DataFusion in worker processes.
+    let grouped = lineitem
+        .groupby(&["l_returnflag"])
+        .aggregate(vec![Aggregate::count(), Aggregate::sum("l_quantity")])
+        .to_arrow()
+        .unwrap();
+    let expected = sql(
+        &df,
+        "SELECT l_returnflag, count(*), sum(l_quantity) FROM lineitem GROUP BY l_returnflag",
+    );
+    assert_eq!(sorted(rows(&grouped)), sorted(rows(&expected)));
+
+    // A join with a small table shipped from the driver (from_arrow on a cluster).
+    let flags = RecordBatch::try_from_iter([
+        (
+            "l_returnflag",
+            Arc::new(arrow::array::StringViewArray::from(vec!["A", "R"])) as _,
+        ),
+        (
+            "meaning",
+            Arc::new(arrow::array::StringArray::from(vec!["accepted", "returned"])) as _,
+        ),
+    ])
+    .unwrap();
+    let joined = lineitem
+        .join(&ctx.from_arrow(vec![flags.clone()]).unwrap(), &["l_returnflag"], JoinKind::Inner)
+        .to_arrow()
+        .unwrap();
+    df.register_batch("flags", flags).unwrap();
+    let expected = sql(
+        &df,
+        "SELECT l.l_orderkey, l.l_linenumber, l.l_returnflag, l.l_quantity, f.meaning \
+         FROM lineitem l JOIN flags f ON l.l_returnflag = f.l_returnflag",
+    );
+    assert_eq!(sorted(rows(&joined)), sorted(rows(&expected)));
 }

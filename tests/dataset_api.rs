@@ -4,13 +4,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::DataType;
-use arrow::util::display::{ArrayFormatter, FormatOptions};
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use datafusion::prelude::SessionContext;
 use manta::prelude::*;
 use manta::{Config, JoinKind};
 
@@ -22,68 +20,6 @@ fn embedded() -> manta::Context {
         ..Default::default()
     })
     .unwrap()
-}
-
-/// Each row as text (floats to 9 significant digits, so sums in another order compare equal).
-fn rows(batches: &[RecordBatch]) -> Vec<String> {
-    let options = FormatOptions::default().with_null("NULL");
-    let mut out = Vec::new();
-    for batch in batches {
-        let columns: Vec<Box<dyn Fn(usize) -> String>> = batch
-            .columns()
-            .iter()
-            .map(|c| -> Box<dyn Fn(usize) -> String> {
-                match c.data_type() {
-                    DataType::Float64 => {
-                        let c = c.as_any().downcast_ref::<Float64Array>().unwrap().clone();
-                        Box::new(move |i| {
-                            if c.is_null(i) {
-                                "NULL".into()
-                            } else {
-                                format!("{:.8e}", c.value(i))
-                            }
-                        })
-                    }
-                    _ => {
-                        let c = Arc::clone(c);
-                        let options = options.clone();
-                        Box::new(move |i| {
-                            ArrayFormatter::try_new(c.as_ref(), &options)
-                                .unwrap()
-                                .value(i)
-                                .to_string()
-                        })
-                    }
-                }
-            })
-            .collect();
-        for i in 0..batch.num_rows() {
-            out.push(columns.iter().map(|f| f(i)).collect::<Vec<_>>().join("|"));
-        }
-    }
-    out
-}
-
-fn sorted(mut rows: Vec<String>) -> Vec<String> {
-    rows.sort();
-    rows
-}
-
-fn sql(df: &SessionContext, query: &str) -> Vec<RecordBatch> {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async { df.sql(query).await.unwrap().collect().await.unwrap() })
-}
-
-fn lineitem_sql(input: &Path) -> SessionContext {
-    let df = SessionContext::new();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(df.register_parquet(
-        "lineitem",
-        input.to_str().unwrap(),
-        ParquetReadOptions::default(),
-    ))
-    .unwrap();
-    df
 }
 
 fn people() -> RecordBatch {

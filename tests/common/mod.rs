@@ -7,6 +7,12 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use std::sync::Arc;
+
+use arrow::array::{Array, Float64Array, RecordBatch};
+use arrow::datatypes::DataType;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use manta::{Checksum, MapBatchesOptions, ReadOptions};
 
 /// Generates a small lineitem with many row groups (so many tasks), once per test binary run.
@@ -177,3 +183,66 @@ pub fn on(resource: &str) -> manta::Resources {
         custom: [(resource.to_string(), 0.5)].into(),
     }
 }
+
+/// Each row as text (floats to 9 significant digits, so sums in another order compare equal).
+pub fn rows(batches: &[RecordBatch]) -> Vec<String> {
+    let options = FormatOptions::default().with_null("NULL");
+    let mut out = Vec::new();
+    for batch in batches {
+        let columns: Vec<Box<dyn Fn(usize) -> String>> = batch
+            .columns()
+            .iter()
+            .map(|c| -> Box<dyn Fn(usize) -> String> {
+                match c.data_type() {
+                    DataType::Float64 => {
+                        let c = c.as_any().downcast_ref::<Float64Array>().unwrap().clone();
+                        Box::new(move |i| {
+                            if c.is_null(i) {
+                                "NULL".into()
+                            } else {
+                                format!("{:.8e}", c.value(i))
+                            }
+                        })
+                    }
+                    _ => {
+                        let c = Arc::clone(c);
+                        let options = options.clone();
+                        Box::new(move |i| {
+                            ArrayFormatter::try_new(c.as_ref(), &options)
+                                .unwrap()
+                                .value(i)
+                                .to_string()
+                        })
+                    }
+                }
+            })
+            .collect();
+        for i in 0..batch.num_rows() {
+            out.push(columns.iter().map(|f| f(i)).collect::<Vec<_>>().join("|"));
+        }
+    }
+    out
+}
+
+pub fn sorted(mut rows: Vec<String>) -> Vec<String> {
+    rows.sort();
+    rows
+}
+
+pub fn sql(df: &SessionContext, query: &str) -> Vec<RecordBatch> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async { df.sql(query).await.unwrap().collect().await.unwrap() })
+}
+
+pub fn lineitem_sql(input: &Path) -> SessionContext {
+    let df = SessionContext::new();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(df.register_parquet(
+        "lineitem",
+        input.to_str().unwrap(),
+        ParquetReadOptions::default(),
+    ))
+    .unwrap();
+    df
+}
+
