@@ -7,7 +7,7 @@
 //!
 //! Each run prints one `RESULT workload=... seconds=...` line; where a workload has a baseline
 //! (plain DataFusion, raw TCP) it runs in the same process run and prints a `BASELINE` line.
-//! Workloads so far: `etl`, `objects`, `flight`.
+//! Workloads so far: `etl`, `q1`, `shuffle`, `sort`, `objects`, `flight`.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -21,7 +21,7 @@ mod suite;
 
 #[derive(Parser, Debug, Clone)]
 pub struct Args {
-    /// etl | objects | flight
+    /// etl | q1 | shuffle | sort | objects | flight
     workload: String,
     /// TPC-H scale factor.
     #[arg(long, default_value_t = 1.0)]
@@ -128,6 +128,9 @@ fn main() -> anyhow::Result<()> {
         "etl" => suite::etl::run(&args),
         "objects" => suite::objects::run(&args),
         "flight" => suite::flight::run(&args),
-        other => anyhow::bail!("unknown workload {other:?}: expected etl, objects or flight"),
+        "q1" | "shuffle" | "sort" => suite::alltoall::run(&args),
+        other => anyhow::bail!(
+            "unknown workload {other:?}: expected etl, q1, shuffle, sort, objects or flight"
+        ),
     }
 }
