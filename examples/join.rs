@@ -30,9 +30,18 @@ fn main() -> anyhow::Result<()> {
         .read_parquet(input.to_str().expect("a UTF-8 path"))?
         .select_columns(&["l_orderkey", "l_returnflag"]);
     let flags = ctx.from_items(&[
-        Flag { flag: "A", meaning: "accepted" },
-        Flag { flag: "N", meaning: "none" },
-        Flag { flag: "R", meaning: "returned" },
+        Flag {
+            flag: "A",
+            meaning: "accepted",
+        },
+        Flag {
+            flag: "N",
+            meaning: "none",
+        },
+        Flag {
+            flag: "R",
+            meaning: "returned",
+        },
     ])?;
     // tpchgen writes string views; from_items makes plain strings: cast so the keys match.
     let lineitem = lineitem.with_column(

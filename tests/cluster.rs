@@ -228,9 +228,10 @@ fn all_to_all_operations_match_sql_across_nodes(cluster: &Cluster) {
         .select_columns(&["l_orderkey", "l_linenumber", "l_returnflag", "l_quantity"]);
 
     // A shuffle then a sort: every row crosses the map/reduce boundary twice.
-    let sorted_ds = lineitem
-        .random_shuffle(Some(5))
-        .sort_by(vec![SortKey::asc("l_orderkey"), SortKey::desc("l_linenumber")]);
+    let sorted_ds = lineitem.random_shuffle(Some(5)).sort_by(vec![
+        SortKey::asc("l_orderkey"),
+        SortKey::desc("l_linenumber"),
+    ]);
     let ours = sorted_ds.to_arrow().unwrap();
     let expected = sql(
         &df,
@@ -239,7 +240,10 @@ fn all_to_all_operations_match_sql_across_nodes(cluster: &Cluster) {
     );
     assert_eq!(rows(&ours), rows(&expected));
     let stats = sorted_ds.stats();
-    assert!(stats.pulled_bytes() > 0, "reducers pulled partitions from the other node: {stats}");
+    assert!(
+        stats.pulled_bytes() > 0,
+        "reducers pulled partitions from the other node: {stats}"
+    );
 
     // Group and aggregate, with the reduce running DataFusion in worker processes.
     let grouped = lineitem
@@ -261,12 +265,18 @@ fn all_to_all_operations_match_sql_across_nodes(cluster: &Cluster) {
         ),
         (
             "meaning",
-            Arc::new(arrow::array::StringArray::from(vec!["accepted", "returned"])) as _,
+            Arc::new(arrow::array::StringArray::from(vec![
+                "accepted", "returned",
+            ])) as _,
         ),
     ])
     .unwrap();
     let joined = lineitem
-        .join(&ctx.from_arrow(vec![flags.clone()]).unwrap(), &["l_returnflag"], JoinKind::Inner)
+        .join(
+            &ctx.from_arrow(vec![flags.clone()]).unwrap(),
+            &["l_returnflag"],
+            JoinKind::Inner,
+        )
         .to_arrow()
         .unwrap();
     df.register_batch("flags", flags).unwrap();

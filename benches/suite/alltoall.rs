@@ -20,7 +20,10 @@ fn context(args: &Args) -> anyhow::Result<manta::Context> {
 fn q1(lineitem: &Dataset) -> Dataset {
     lineitem
         .filter(col("l_shipdate").lt_eq(lit("1998-09-02")))
-        .with_column("disc_price", col("l_extendedprice") * (lit(1) - col("l_discount")))
+        .with_column(
+            "disc_price",
+            col("l_extendedprice") * (lit(1) - col("l_discount")),
+        )
         .with_column("charge", col("disc_price") * (lit(1) + col("l_tax")))
         .groupby(&["l_returnflag", "l_linestatus"])
         .aggregate(vec![
@@ -33,7 +36,10 @@ fn q1(lineitem: &Dataset) -> Dataset {
             Aggregate::mean("l_discount").alias("avg_disc"),
             Aggregate::count().alias("count_order"),
         ])
-        .sort_by(vec![SortKey::asc("l_returnflag"), SortKey::asc("l_linestatus")])
+        .sort_by(vec![
+            SortKey::asc("l_returnflag"),
+            SortKey::asc("l_linestatus"),
+        ])
 }
 
 const Q1_SQL: &str = "SELECT l_returnflag, l_linestatus, sum(l_quantity), sum(l_extendedprice), \
@@ -64,7 +70,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                         let batch = batch?;
                         rows += batch.num_rows() as u64;
                         let q = batch.column_by_name("l_quantity").expect("l_quantity");
-                        let q = q.as_any().downcast_ref::<Decimal128Array>().expect("decimal");
+                        let q = q
+                            .as_any()
+                            .downcast_ref::<Decimal128Array>()
+                            .expect("decimal");
                         quantity += q.iter().flatten().sum::<i128>();
                     }
                     (rows, format!(" sum_quantity_raw={quantity}"), ds.stats())
@@ -76,7 +85,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                         top.column_by_name("l_extendedprice").expect("price"),
                         0,
                     )?;
-                    (top.num_rows() as u64, format!(" top_price={price}"), ds.stats())
+                    (
+                        top.num_rows() as u64,
+                        format!(" top_price={price}"),
+                        ds.stats(),
+                    )
                 }
                 other => anyhow::bail!("unknown workload {other}"),
             })

@@ -323,6 +323,38 @@ impl Exchange {
         }
     }
 
+    /// The input plans as they run: an aggregation's input keeps only the columns it uses,
+    /// so the partition tasks copy (and Parquet reads decode) nothing more.
+    pub fn input_plans(&self) -> Vec<LogicalPlan> {
+        match self {
+            Exchange::Aggregate {
+                input,
+                keys,
+                aggregates,
+            } => {
+                let mut used: Vec<String> = keys.clone();
+                for column in aggregates.iter().filter_map(|a| a.column.clone()) {
+                    if !used.contains(&column) {
+                        used.push(column);
+                    }
+                }
+                if used.is_empty() {
+                    // count() alone: any one column carries the row count.
+                    match input.schema() {
+                        Some(schema) if !schema.fields().is_empty() => {
+                            used.push(schema.field(0).name().clone());
+                        }
+                        _ => return vec![input.clone()],
+                    }
+                }
+                vec![input.with_op(crate::plan::LogicalOp::Reshape(
+                    crate::columns::Reshape::Select(used),
+                ))]
+            }
+            _ => self.inputs().into_iter().cloned().collect(),
+        }
+    }
+
     /// The output schema, where it can be known before running.
     pub fn schema(&self) -> Option<SchemaRef> {
         match self {

@@ -139,12 +139,14 @@ pub struct PushedPredicate {
     pub keep: Box<dyn FnMut(RecordBatch) -> std::result::Result<BooleanArray, ArrowError> + Send>,
 }
 
-/// Reads one fragment as batches of `batch_size` rows. With `predicate`, the reader decodes the
-/// predicate's columns first and the other columns only for the rows it keeps.
+/// Reads one fragment as batches of `batch_size` rows, only the `columns` named (all if
+/// `None`). With `predicate`, the reader decodes the predicate's columns first and the other
+/// columns only for the rows it keeps.
 pub fn read_fragment(
     fragment: &Fragment,
     batch_size: usize,
     predicate: Option<PushedPredicate>,
+    columns: Option<&[String]>,
 ) -> Result<impl Iterator<Item = Result<RecordBatch>> + use<>> {
     let invalid = |source| Error::InvalidParquet {
         path: fragment.path.clone(),
@@ -159,6 +161,16 @@ pub fn read_fragment(
         .map_err(invalid)?
         .with_row_groups(fragment.row_groups.clone())
         .with_batch_size(batch_size);
+    if let Some(columns) = columns {
+        let schema = builder.schema();
+        let mut indices = columns
+            .iter()
+            .map(|name| schema.index_of(name))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        indices.sort_unstable();
+        let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+        builder = builder.with_projection(mask);
+    }
     if let Some(predicate) = predicate {
         let schema = builder.schema();
         let indices = predicate

@@ -8,6 +8,7 @@
 //! where those resources are). A sink joins the last stage. Most pipelines are one stage: read,
 //! filter, compute, map and write each block in one task, with no intermediate objects.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
@@ -340,6 +341,7 @@ impl LogicalPlan {
             stage.0.push_str(&op.stage_name());
             stage.2.push(spec);
         }
+        let read_columns = self.needed_columns();
         let last = stages.len() - 1;
         let stages = stages
             .into_iter()
@@ -364,6 +366,7 @@ impl LogicalPlan {
                 let spec = StageSpec {
                     name: name.clone(),
                     batch_size,
+                    read_columns: if i == 0 { read_columns.clone() } else { None },
                     ops,
                     sink,
                 };
@@ -379,6 +382,55 @@ impl LogicalPlan {
             stages,
             schema: self.schema(),
         })
+    }
+}
+
+impl LogicalPlan {
+    /// The input columns the operators need, in the input's order: all (`None`) if a user
+    /// function sees the batches, or the plan cannot tell. Found walking the operators
+    /// backwards from the output (which needs every column it has).
+    pub fn needed_columns(&self) -> Option<Vec<String>> {
+        let input = self.input_schema()?;
+        let mut needed: Option<BTreeSet<String>> = None;
+        for op in self.ops.iter().rev() {
+            match op {
+                LogicalOp::Reshape(Reshape::Select(columns)) => {
+                    needed = Some(columns.iter().cloned().collect());
+                }
+                LogicalOp::Reshape(Reshape::Rename(pairs)) => {
+                    if let Some(set) = &mut needed {
+                        for (old, new) in pairs {
+                            if set.remove(new) {
+                                set.insert(old.clone());
+                            }
+                        }
+                    }
+                }
+                LogicalOp::WithColumn(name, expr) => {
+                    if let Some(set) = &mut needed {
+                        set.remove(name);
+                        set.extend(expr.column_refs().into_iter().map(|c| c.name.clone()));
+                    }
+                }
+                LogicalOp::Filter(expr) => {
+                    if let Some(set) = &mut needed {
+                        set.extend(expr.column_refs().into_iter().map(|c| c.name.clone()));
+                    }
+                }
+                // Dropping removes columns, never needs one.
+                LogicalOp::RandomSample { .. } | LogicalOp::Reshape(Reshape::Drop(_)) => {}
+                LogicalOp::MapBatches { .. } => needed = None,
+            }
+        }
+        let needed = needed?;
+        Some(
+            input
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .filter(|name| needed.contains(name))
+                .collect(),
+        )
     }
 }
 
@@ -403,4 +455,43 @@ fn op_schema(op: &LogicalOp, schema: &SchemaRef) -> datafusion::error::Result<Op
             Arc::clone(schema)
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::prelude::{col, lit};
+
+    #[test]
+    fn reads_need_only_the_columns_the_operators_use() {
+        let schema = Arc::new(Schema::new(
+            ["a", "b", "c", "d"]
+                .map(|n| Field::new(n, DataType::Int64, true))
+                .to_vec(),
+        ));
+        let plan = LogicalPlan::blocks(Vec::new(), Some(schema))
+            .with_op(LogicalOp::Filter(col("a").gt(lit(1))))
+            .with_op(LogicalOp::WithColumn("e".into(), col("b") * lit(2)))
+            .with_op(LogicalOp::Reshape(Reshape::Rename(vec![(
+                "e".into(),
+                "f".into(),
+            )])))
+            .with_op(LogicalOp::Reshape(Reshape::Select(vec![
+                "f".into(),
+                "c".into(),
+            ])));
+        assert_eq!(
+            plan.needed_columns(),
+            Some(vec!["a".to_string(), "b".to_string(), "c".to_string()])
+        );
+        let without_select = plan.clone();
+        let mut ops = without_select.ops.clone();
+        ops.pop();
+        let all = LogicalPlan {
+            ops,
+            ..without_select
+        };
+        assert_eq!(all.needed_columns(), None, "the output keeps every column");
+    }
 }

@@ -252,8 +252,8 @@ fn run_exchange(
 ) -> Result<(Vec<ObjectRef>, Option<SchemaRef>)> {
     exchange.check()?;
     let mut inputs = Vec::new();
-    for plan in exchange.inputs() {
-        inputs.push(run_to_blocks(ctx, plan, stats)?);
+    for plan in exchange.input_plans() {
+        inputs.push(run_to_blocks(ctx, &plan, stats)?);
     }
     let name = exchange.name();
     let schema = exchange.schema();

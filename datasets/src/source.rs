@@ -279,17 +279,19 @@ impl ReadTask {
         matches!(self, ReadTask::Parquet(_))
     }
 
-    /// Reads the task's rows as batches of at most `batch_size` rows. `predicate` is used only
-    /// where [`pushes_predicates`](Self::pushes_predicates) says so.
+    /// Reads the task's rows as batches of at most `batch_size` rows. `predicate` and
+    /// `columns` (the columns needed, all if `None`) are used only where
+    /// [`pushes_predicates`](Self::pushes_predicates) says so; other formats read everything.
     pub fn read(
         &self,
         batch_size: usize,
         predicate: Option<PushedPredicate>,
+        columns: Option<&[String]>,
     ) -> Result<Box<dyn Iterator<Item = Result<RecordBatch>> + Send>> {
         match self {
-            ReadTask::Parquet(fragment) => {
-                Ok(Box::new(read_fragment(fragment, batch_size, predicate)?))
-            }
+            ReadTask::Parquet(fragment) => Ok(Box::new(read_fragment(
+                fragment, batch_size, predicate, columns,
+            )?)),
             ReadTask::Range { start, end } => {
                 let (start, end) = (*start, *end);
                 let schema = range_schema();
@@ -536,7 +538,7 @@ mod tests {
         let source = Source::Range { n: 1003 };
         let mut seen = Vec::new();
         for task in source.tasks(100) {
-            for batch in task.read(64, None).unwrap() {
+            for batch in task.read(64, None, None).unwrap() {
                 let batch = batch.unwrap();
                 assert!(batch.num_rows() <= 64);
                 let ids = batch
@@ -570,7 +572,7 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         let source = Source::files(FileFormat::Csv, path.to_str().unwrap()).unwrap();
         let task = source.tasks(1000).remove(0);
-        let error = match task.read(1024, None) {
+        let error = match task.read(1024, None, None) {
             Err(e) => e.to_string(),
             Ok(mut batches) => batches.find_map(|b| b.err()).expect("an error").to_string(),
         };

@@ -42,6 +42,8 @@ pub struct StageSpec {
     pub name: String,
     /// Rows per batch when reading.
     pub batch_size: usize,
+    /// The columns a read needs to produce (all if `None`): projection pushdown.
+    pub read_columns: Option<Vec<String>>,
     /// The operators, in order.
     pub ops: Vec<OpSpec>,
     /// Where the output goes, if the stage ends in a sink.
@@ -345,7 +347,11 @@ impl CompiledStage {
                     (None, 0)
                 };
                 let batches = task
-                    .read(self.spec.batch_size, predicate)
+                    .read(
+                        self.spec.batch_size,
+                        predicate,
+                        self.spec.read_columns.as_deref(),
+                    )
                     .map_err(|e| read_failed(&label, e))?;
                 for (position, batch) in batches.enumerate() {
                     let batch = batch.map_err(|e| read_failed(&label, e))?;

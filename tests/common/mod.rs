@@ -245,4 +245,3 @@ pub fn lineitem_sql(input: &Path) -> SessionContext {
     .unwrap();
     df
 }
-
