@@ -22,6 +22,16 @@ fn embedded() -> manta::Context {
     .unwrap()
 }
 
+/// The values of an `Int64` column without nulls.
+fn int64s(batch: &RecordBatch, column: usize) -> Vec<i64> {
+    let array = batch
+        .column(column)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap();
+    array.values().to_vec()
+}
+
 fn people() -> RecordBatch {
     RecordBatch::try_from_iter([
         (
@@ -245,14 +255,7 @@ fn column_operators_sample_and_limit() {
         .to_arrow()
         .unwrap()
         .iter()
-        .flat_map(|b| {
-            b.column(0)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .unwrap()
-                .values()
-                .to_vec()
-        })
+        .flat_map(|b| int64s(b, 0))
         .collect();
     let mut unique = ids.clone();
     unique.sort();
@@ -537,14 +540,7 @@ fn union_and_zip() {
         .to_arrow()
         .unwrap()
         .iter()
-        .flat_map(|b| {
-            b.column(0)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .unwrap()
-                .values()
-                .to_vec()
-        })
+        .flat_map(|b| int64s(b, 0))
         .collect();
     assert_eq!(ids, (0..1500).collect::<Vec<i64>>());
 
@@ -557,18 +553,8 @@ fn union_and_zip() {
     let mut n = 0;
     for batch in &zipped {
         assert_eq!(batch.schema().field(1).name(), "id_1");
-        let a = batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap();
-        let b = batch
-            .column(2)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap();
-        for i in 0..batch.num_rows() {
-            assert_eq!(b.value(i), 2 * a.value(i));
+        for (a, b) in int64s(batch, 0).iter().zip(int64s(batch, 2)) {
+            assert_eq!(b, 2 * a);
             n += 1;
         }
     }
