@@ -7,7 +7,8 @@
 //!
 //! Each run prints one `RESULT workload=... seconds=...` line; where a workload has a baseline
 //! (plain DataFusion, raw TCP) it runs in the same process run and prints a `BASELINE` line.
-//! Workloads so far: `etl`, `q1`, `shuffle`, `sort`, `objects`, `flight`.
+//! Workloads so far: `etl`, `q1`, `shuffle`, `sort`, `scale` (the three all-to-all ones, each in
+//! its own process), `objects`, `flight`.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -21,7 +22,7 @@ mod suite;
 
 #[derive(Parser, Debug, Clone)]
 pub struct Args {
-    /// etl | q1 | shuffle | sort | objects | flight
+    /// etl | q1 | shuffle | sort | scale | objects | flight
     workload: String,
     /// TPC-H scale factor.
     #[arg(long, default_value_t = 1.0)]
@@ -82,6 +83,48 @@ pub fn peak_rss_of_mib(pid: u32) -> Option<u64> {
         .map(|kib| kib / 1024)
 }
 
+/// `peak_rss_mib=N`, and on a cluster `node_peak_rss_mib=A,B` for each node daemon.
+pub fn rss_report(ctx: &manta::Context) -> anyhow::Result<String> {
+    let mut rss = format!("peak_rss_mib={}", peak_rss_mib());
+    if let manta::scheduler::Client::Cluster(cluster) = ctx.client() {
+        let nodes = ctx.block_on(cluster.nodes())?;
+        let node_rss: Vec<String> = nodes
+            .iter()
+            .filter_map(|n| peak_rss_of_mib(n.pid).map(|m| m.to_string()))
+            .collect();
+        rss.push_str(&format!(" node_peak_rss_mib={}", node_rss.join(",")));
+    }
+    Ok(rss)
+}
+
+/// Runs `shuffle`, `sort` and `q1` (the groupby) one after the other, each in a process of its
+/// own so that each reports its own peak RSS: the `scale` workload (run it with `--scale 10
+/// --object-store-memory 1GiB`).
+fn run_scale(args: &Args) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut forwarded: Vec<String> = std::env::args().skip(1).collect();
+    let at = forwarded
+        .iter()
+        .position(|a| a == "scale")
+        .ok_or_else(|| anyhow::anyhow!("scale workload not named"))?;
+    if !forwarded.iter().any(|a| a == "--runs") {
+        forwarded.extend(["--runs".to_string(), "1".to_string()]);
+    }
+    for workload in ["shuffle", "sort", "q1"] {
+        forwarded[at] = workload.to_string();
+        let status = std::process::Command::new(&exe)
+            .args(&forwarded)
+            .arg("--no-baseline")
+            .status()?;
+        anyhow::ensure!(
+            status.success(),
+            "{workload} at scale {} failed",
+            args.scale
+        );
+    }
+    Ok(())
+}
+
 /// A block of `bytes` bytes in batches of `batch_rows` rows of two 8-byte columns
 /// (`batch_rows` = 65536 makes 1 MiB batches).
 pub fn numbers_block(bytes: usize, batch_rows: usize) -> manta::engine::Block {
@@ -129,8 +172,9 @@ fn main() -> anyhow::Result<()> {
         "objects" => suite::objects::run(&args),
         "flight" => suite::flight::run(&args),
         "q1" | "shuffle" | "sort" => suite::alltoall::run(&args),
+        "scale" => run_scale(&args),
         other => anyhow::bail!(
-            "unknown workload {other:?}: expected etl, q1, shuffle, sort, objects or flight"
+            "unknown workload {other:?}: expected etl, q1, shuffle, sort, scale, objects or flight"
         ),
     }
 }

@@ -39,7 +39,7 @@ extern crate self as manta;
 pub use manta_datasets as datasets;
 pub use manta_engine as engine;
 pub use manta_flight as flight;
-pub use manta_macros::remote;
+pub use manta_macros::{callable, remote};
 pub use manta_scheduler as scheduler;
 
 pub mod tpch;
@@ -48,7 +48,7 @@ pub use manta_datasets::{
     Aggregate, Checksum, Config, Context, Dataset, DatasetStats, Error, FileFormat, GroupedData,
     JoinKind, MapBatchesOptions, ReadOptions, Result, SortKey, WriteFormat, WriteSummary,
 };
-pub use manta_engine::Resources;
+pub use manta_engine::{BoxError, Callable, Resources};
 
 /// What most programs need: `use manta::prelude::*;`.
 pub mod prelude {
@@ -56,8 +56,8 @@ pub mod prelude {
     pub use datafusion::prelude::{Expr, col, lit};
 
     pub use crate::{
-        Aggregate, Context, Dataset, JoinKind, MapBatchesOptions, ReadOptions, Resources, SortKey,
-        remote,
+        Aggregate, BoxError, Callable, Context, Dataset, JoinKind, MapBatchesOptions, ReadOptions,
+        Resources, SortKey, callable, remote,
     };
 }
 

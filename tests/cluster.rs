@@ -68,9 +68,7 @@ fn quickstart_runs_across_two_nodes_and_matches_embedded(cluster: &Cluster) {
         resources: on("a"),
         ..small_tasks()
     };
-    let map = MapBatchesOptions {
-        resources: Some(on("b")),
-    };
+    let map = MapBatchesOptions::default().resources(on("b"));
 
     let ctx = cluster.connect();
     let ds = etl(&ctx, &input, read.clone(), map.clone());
@@ -150,9 +148,7 @@ fn workers_read_blocks_zero_copy_from_shared_memory(cluster: &Cluster) {
         .unwrap()
         .map_batches_with(
             where_is_my_data,
-            MapBatchesOptions {
-                resources: Some(on("b")),
-            },
+            MapBatchesOptions::default().resources(on("b")),
         );
     let batches = ds.take(usize::MAX).unwrap();
     assert!(!batches.is_empty());

@@ -685,4 +685,136 @@ fn a_shuffle_larger_than_the_store_spills_and_stays_right() {
     let usage = ctx.client().local_store_usage().unwrap();
     assert!(usage.spilled_bytes_total > 0, "{usage:?}");
     assert!(usage.restored_bytes_total > 0, "{usage:?}");
+    // The stages that spilled say so, and account for all of it.
+    let stats = shuffled.stats();
+    assert!(stats.spilled_bytes() > 0, "{stats}");
+    assert!(
+        stats.spilled_bytes() <= usage.spilled_bytes_total,
+        "{stats}"
+    );
+
+    // A groupby over the same data, with its map-side combine, spills too and stays right.
+    let grouped = ds
+        .groupby(&["l_returnflag", "l_linestatus"])
+        .aggregate(vec![
+            Aggregate::sum("l_quantity").alias("sum_qty"),
+            Aggregate::mean("l_extendedprice").alias("avg_price"),
+            Aggregate::std("l_discount").alias("std_disc"),
+            Aggregate::count().alias("count_order"),
+        ])
+        .sort_by(vec![
+            SortKey::asc("l_returnflag"),
+            SortKey::asc("l_linestatus"),
+        ]);
+    let expected = sql(
+        &lineitem_sql(&input),
+        "SELECT l_returnflag, l_linestatus, sum(l_quantity), avg(l_extendedprice), \
+         stddev(l_discount), count(1) FROM lineitem GROUP BY l_returnflag, l_linestatus \
+         ORDER BY l_returnflag, l_linestatus",
+    );
+    assert_eq!(rows(&grouped.to_arrow().unwrap()), rows(&expected));
+}
+
+/// Empty datasets (no blocks), datasets of empty blocks (everything filtered out) and a single
+/// row, through every all-to-all operation, each against DataFusion SQL over the same rows.
+#[test]
+fn empty_datasets_empty_blocks_and_a_single_row() {
+    let ctx = embedded();
+    let df = SessionContext::new();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let base = people();
+    df.register_batch("people", base.clone()).unwrap();
+
+    let all = ctx
+        .from_arrow(vec![base.slice(0, 3), base.slice(3, 2)])
+        .unwrap();
+    let cases = [
+        (
+            "no rows in any block",
+            all.filter(col("score").gt(lit(1e20))),
+            "score > 1e20",
+        ),
+        (
+            "one row",
+            all.filter(col("name").eq(lit("李"))),
+            "name = '李'",
+        ),
+    ];
+    for (what, ds, condition) in cases {
+        let expect = |query: &str| -> Vec<String> {
+            let query = query.replace("{t}", &format!("(SELECT * FROM people WHERE {condition})"));
+            rows(
+                &rt.block_on(async { df.sql(&query).await?.collect().await })
+                    .unwrap(),
+            )
+        };
+        let sorted_rows = ds.sort("score", true).to_arrow().unwrap();
+        assert_eq!(
+            rows(&sorted_rows),
+            expect("SELECT * FROM {t} ORDER BY score DESC"),
+            "{what}: sort"
+        );
+        assert_eq!(
+            sorted(rows(&ds.random_shuffle(Some(1)).to_arrow().unwrap())),
+            sorted(expect("SELECT * FROM {t}")),
+            "{what}: shuffle"
+        );
+        assert_eq!(
+            sorted(rows(&ds.repartition(3, true).to_arrow().unwrap())),
+            sorted(expect("SELECT * FROM {t}")),
+            "{what}: repartition"
+        );
+        let grouped = ds
+            .groupby(&["name"])
+            .aggregate(vec![Aggregate::count(), Aggregate::sum("score")]);
+        assert_eq!(
+            sorted(rows(&grouped.to_arrow().unwrap())),
+            sorted(expect(
+                "SELECT name, count(1), sum(score) FROM {t} GROUP BY name"
+            )),
+            "{what}: groupby"
+        );
+        let total = ds.aggregate(vec![Aggregate::count(), Aggregate::max("score")]);
+        assert_eq!(
+            rows(&total.to_arrow().unwrap()),
+            expect("SELECT count(1), max(score) FROM {t}"),
+            "{what}: global aggregate"
+        );
+        let joined = ds.select_columns(&["id", "name"]).join(
+            &all.select_columns(&["id", "score"]),
+            &["id"],
+            JoinKind::Inner,
+        );
+        assert_eq!(
+            sorted(rows(&joined.to_arrow().unwrap())),
+            sorted(expect(
+                "SELECT t.id, t.name, p.score FROM {t} t JOIN people p ON t.id = p.id"
+            )),
+            "{what}: join"
+        );
+        assert_eq!(
+            ds.count().unwrap() as usize,
+            expect("SELECT * FROM {t}").len()
+        );
+        assert_eq!(ds.union(&[&ds]).count().unwrap(), 2 * ds.count().unwrap());
+    }
+
+    // A source with no blocks at all.
+    let nothing = ctx.range(0);
+    assert_eq!(nothing.count().unwrap(), 0);
+    assert!(nothing.to_arrow().unwrap().is_empty());
+    assert!(nothing.sort("id", false).to_arrow().unwrap().is_empty());
+    assert!(nothing.random_shuffle(None).to_arrow().unwrap().is_empty());
+    let counted = nothing
+        .aggregate(vec![Aggregate::count()])
+        .to_arrow()
+        .unwrap();
+    assert_eq!(
+        rows(&counted),
+        vec!["0".to_string()],
+        "count of nothing is 0, as in SQL"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let written = nothing.write_parquet(tmp.path().join("empty")).unwrap();
+    assert_eq!((written.files, written.rows), (0, 0));
 }

@@ -82,9 +82,7 @@ fn blocks_of_separate_stages_stream_through_the_store() {
         &ctx,
         &input,
         small_tasks(),
-        MapBatchesOptions {
-            resources: Some(on("b")),
-        },
+        MapBatchesOptions::default().resources(on("b")),
     );
     assert_eq!(ds.count().unwrap(), expected_etl(&input).rows);
     let stats = ds.stats();

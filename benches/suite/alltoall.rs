@@ -5,7 +5,7 @@
 use arrow::array::{Array, Decimal128Array};
 use manta::prelude::*;
 
-use crate::{Args, peak_rss_mib, timed};
+use crate::{Args, rss_report, timed};
 
 fn context(args: &Args) -> anyhow::Result<manta::Context> {
     let mut config = manta::Config::from_env()?;
@@ -96,11 +96,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         });
         let (rows, detail, stats) = result?;
         println!(
-            "RESULT workload={workload} mode={} scale={} run={run} seconds={seconds:.3} rows={rows} rows_per_s={:.0} peak_rss_mib={}{detail}",
+            "RESULT workload={workload} mode={} scale={} run={run} seconds={seconds:.3} rows={rows} rows_per_s={:.0} {} spilled_mib={}{detail}",
             args.mode(),
             args.scale,
             6_000_000.0 * args.scale / seconds,
-            peak_rss_mib(),
+            rss_report(&ctx)?,
+            stats.spilled_bytes() >> 20,
         );
         if run == args.runs {
             eprintln!("{stats}");

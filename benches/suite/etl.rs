@@ -1,7 +1,7 @@
 //! `etl`: read lineitem -> filter -> revenue -> registered map_batches -> write Parquet.
 //! Baseline: the same query in plain DataFusion (`COPY ... TO ... STORED AS PARQUET`).
 
-use crate::{Args, peak_rss_mib, peak_rss_of_mib, timed};
+use crate::{Args, rss_report, timed};
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let input = manta::tpch::lineitem(&args.data_dir(), args.scale)?;
@@ -17,15 +17,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let (seconds, written) = timed(|| ds.write_parquet(&out));
         let written = written?;
         let checksum = checksum_dir(&ctx, &written.path)?;
-        let mut rss = format!("peak_rss_mib={}", peak_rss_mib());
-        if let manta::scheduler::Client::Cluster(cluster) = ctx.client() {
-            let nodes = ctx.block_on(cluster.nodes())?;
-            let node_rss: Vec<String> = nodes
-                .iter()
-                .filter_map(|n| peak_rss_of_mib(n.pid).map(|m| m.to_string()))
-                .collect();
-            rss.push_str(&format!(" node_peak_rss_mib={}", node_rss.join(",")));
-        }
+        let rss = rss_report(&ctx)?;
         println!(
             "RESULT workload=etl mode={} scale={} run={run} seconds={seconds:.3} rows={} {rss} checksum={}",
             args.mode(),

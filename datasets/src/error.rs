@@ -72,6 +72,14 @@ pub enum Error {
         reason: String,
     },
 
+    /// The pipeline feeding a `streaming_split` consumer failed (another consumer saw the
+    /// error first).
+    #[error("the pipeline feeding this split failed: {reason}")]
+    PipelineFailed {
+        /// The pipeline's error.
+        reason: String,
+    },
+
     /// A file operation failed.
     #[error("{action} {path}: {source}")]
     Io {

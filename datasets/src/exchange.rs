@@ -10,15 +10,20 @@
 //!    by a [`Partitioner`] (random, key hash, or sampled key ranges for a sort) and returns one
 //!    block of exactly `n` batches, batch *i* holding partition *i*. One object per map task,
 //!    not `n`, so the store tracks `blocks` objects rather than `blocks × n`.
-//! 2. **reduce** (one task per partition *i*): takes every map output as input, keeps batch
-//!    *i* of each (a zero-copy slice of the mapped block) and reduces them with a [`Reducer`]
+//! 2. **reduce** (one task per partition *i*): takes every map output as input, but asks for
+//!    batch *i* of each only (the task's `input_batch`), and reduces them with a [`Reducer`]
 //!    (concatenate, shuffle, sort, aggregate with DataFusion, join with DataFusion, or call a
 //!    registered function per group).
 //!
 //! Map outputs live in the object store like any block: past the store's budget they spill to
-//! disk and come back when a reducer reads them, which is what lets an all-to-all operation run
-//! over more data than memory. On a cluster a reducer's inputs are pulled over Flight to the
-//! node it runs on. The reduce outputs become the input blocks of the operators that follow.
+//! disk. A reducer reads its batch of a spilled map output straight from the mapped spill file
+//! (only that batch's pages), without restoring the whole output, and on a cluster pulls only
+//! its batch of a remote map output over Flight (a ticket naming the object and the batch). So
+//! an all-to-all operation over more data than memory reads and moves each byte about once.
+//! The reduce outputs become the input blocks of the operators that follow.
+//!
+//! Aggregations combine on the map side (see [`crate::combine`]): a map task aggregates its
+//! block into partial states first, so only one row per group and block is partitioned.
 //!
 //! A sort samples first: a **sample** task per block returns a few rows of the sort keys, the
 //! driver sorts the samples and picks `n - 1` boundaries, and the partitioner sends each row to
@@ -43,6 +48,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::columns::batch_seed;
+use crate::combine;
 use crate::error::{Error, Result};
 use crate::plan::LogicalPlan;
 
@@ -178,7 +184,7 @@ impl Aggregate {
         self
     }
 
-    fn expr(&self) -> Expr {
+    pub(crate) fn expr(&self) -> Expr {
         use datafusion::functions_aggregate::expr_fn as f;
         let column = || col(ident(self.column.as_deref().unwrap_or_default()));
         let expr = match (self.function, &self.column) {
@@ -632,6 +638,8 @@ pub struct PartitionSpec {
     pub n: usize,
     /// The input block's index (seeds random partitioning).
     pub block: u64,
+    /// Aggregate the block into partial states first (map-side combine): keys, aggregates.
+    pub combine: Option<(Vec<String>, Vec<Aggregate>)>,
 }
 
 /// How a reduce task combines one partition of every map output.
@@ -683,6 +691,9 @@ pub struct ReduceSpec {
     pub partition: usize,
     /// How many inputs come from each side (one entry unless a join).
     pub sides: Vec<usize>,
+    /// Each side's schema where the plan knows it (an IPC schema message), for a side with no
+    /// inputs at all.
+    pub side_schemas: Vec<Option<Vec<u8>>>,
 }
 
 fn encode<T: Serialize>(value: &T, what: &str) -> manta_engine::Result<bytes::Bytes> {
@@ -760,8 +771,12 @@ fn run_partition(_: &TaskContext, input: TaskInput) -> manta_engine::Result<Obje
         manta_engine::Error::Internal("a partition task needs its block".into())
     })?)?;
     let label = format!("block {} ({:?})", spec.block, spec.partitioner);
-    let batch = single_batch(&block)?;
-    let schema = Arc::clone(block.schema());
+    let mut batch = single_batch(&block)?;
+    if let Some((keys, aggregates)) = &spec.combine {
+        batch = combine::partial(batch, keys, aggregates)
+            .map_err(|e| user_error("aggregate", label.clone(), e))?;
+    }
+    let schema = batch.schema();
     let n = spec.n.max(1);
     let assignment: Vec<u32> = match &spec.partitioner {
         Partitioner::Random { seed } => {
@@ -957,17 +972,21 @@ fn run_reduce(_: &TaskContext, input: TaskInput) -> manta_engine::Result<Object>
     let mut objects = input.objects.into_iter();
     let mut schemas = Vec::new();
     let mut sides = Vec::new();
-    for &count in &spec.sides {
+    for (side_index, &count) in spec.sides.iter().enumerate() {
         let mut side = Vec::new();
-        let mut schema = None;
+        let mut schema = match spec.side_schemas.get(side_index) {
+            Some(Some(bytes)) if count == 0 => {
+                Some(crate::source::decode_schema(bytes).map_err(|e| {
+                    manta_engine::Error::Internal(format!("a reduce task's schema: {e}"))
+                })?)
+            }
+            _ => None,
+        };
+        // Each input arrives as its partition alone (the task's `input_batch`).
         for object in objects.by_ref().take(count) {
             let block = into_block(object)?;
             schema.get_or_insert_with(|| Arc::clone(block.schema()));
-            if let Some(batch) = block.batches().get(spec.partition)
-                && batch.num_rows() > 0
-            {
-                side.push(batch.clone());
-            }
+            side.extend(block.batches().iter().filter(|b| b.num_rows() > 0).cloned());
         }
         schemas.push(schema.unwrap_or_else(|| Arc::new(Schema::empty())));
         sides.push(side);
@@ -1019,6 +1038,16 @@ impl Reducer {
         mut sides: Vec<Vec<RecordBatch>>,
     ) -> Result<RecordBatch, ReduceError> {
         let schema = Arc::clone(&schemas[0]);
+        if let Reducer::Aggregate { keys, aggregates } = self
+            && combine::is_partial(&schema)
+        {
+            return Ok(combine::finish(
+                &schema,
+                sides.swap_remove(0),
+                keys,
+                aggregates,
+            )?);
+        }
         let rows = concat_batches(&schema, &sides[0])?;
         match self {
             Reducer::Concat => Ok(rows),
@@ -1086,16 +1115,22 @@ fn single_partition_session() -> SessionContext {
     SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1))
 }
 
-/// Runs a DataFusion plan to one batch, on this thread.
-fn collect(frame: datafusion::dataframe::DataFrame) -> Result<RecordBatch, ReduceError> {
+/// Runs a future on this thread's own current-thread runtime (DataFusion's plans are async;
+/// tasks run on plain threads).
+pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
     thread_local! {
         static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a current-thread runtime");
     }
+    RUNTIME.with(|rt| rt.block_on(future))
+}
+
+/// Runs a DataFusion plan to one batch, on this thread.
+fn collect(frame: datafusion::dataframe::DataFrame) -> Result<RecordBatch, ReduceError> {
     let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-    let batches = RUNTIME.with(|rt| rt.block_on(frame.collect()))?;
+    let batches = block_on(frame.collect())?;
     Ok(concat_batches(&schema, &batches)?)
 }
 
@@ -1270,6 +1305,7 @@ mod tests {
             },
             n: 3,
             block: 0,
+            combine: None,
         };
         let block = partition(spec, people());
         assert_eq!(block.batches().len(), 3);
@@ -1300,6 +1336,7 @@ mod tests {
                 },
                 n: 2,
                 block: 0,
+                combine: None,
             },
             people(),
         );

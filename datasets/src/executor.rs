@@ -11,9 +11,13 @@
 //! 2. the most downstream stage with a queued block goes first, so blocks leave the pipeline
 //!    as soon as they can and memory is given back;
 //! 3. a new source task starts only while the blocks waiting between stages, plus the source
-//!    tasks running, stay under `max_buffered`, and (embedded) while the object store is under
-//!    90% of its budget; the consumer's channel is bounded too, so a slow consumer
-//!    (`iter_batches`) throttles the whole pipeline instead of filling memory.
+//!    tasks running, stay under `max_buffered`, and while the object store (this process's, or
+//!    the cluster's nodes' summed, as of their last heartbeats) is under 90% of its budget;
+//!    the consumer's channel is bounded too, so a slow consumer (`iter_batches`) throttles
+//!    the whole pipeline instead of filling memory.
+//!
+//! A stage with a concurrency cap (`map_batches` with `concurrency`, an actor pool) never has
+//! more tasks running than its cap; its input waits in its queue meanwhile.
 //!
 //! No stage waits for the previous one to finish. On the first failure the executor stops
 //! launching, waits for the tasks already running (so nothing writes after the error is
@@ -107,14 +111,21 @@ pub async fn execute(
         (0..n_stages).map(|_| VecDeque::new()).collect();
     let mut running = FuturesUnordered::new();
     let mut running_sources = 0usize;
+    let mut running_per_stage = vec![0usize; n_stages];
     let mut failure = None;
     let mut consumer_gone = false;
 
     loop {
         // Launch what the limits allow, most downstream first.
         while failure.is_none() && !consumer_gone && running.len() < limits.max_running {
-            let (stage, index, part, input_rows, inputs) = if let Some(stage) =
-                (1..n_stages).rev().find(|s| !queues[*s].is_empty())
+            let has_room = |s: usize| {
+                plan.stages[s]
+                    .concurrency
+                    .is_none_or(|cap| running_per_stage[s] < cap)
+            };
+            let (stage, index, part, input_rows, inputs) = if let Some(stage) = (1..n_stages)
+                .rev()
+                .find(|s| !queues[*s].is_empty() && has_room(*s))
             {
                 let (index, block) = queues[stage].pop_front().expect("non-empty");
                 let rows = block.meta().num_rows;
@@ -122,10 +133,16 @@ pub async fn execute(
             } else {
                 let buffered: usize =
                     queues.iter().map(VecDeque::len).sum::<usize>() + running_sources;
-                let memory_ok = client.local_store_usage().is_none_or(|u| {
-                    u.resident_bytes <= u.budget_bytes / 10 * 9 || running.is_empty()
-                });
-                if sources.is_empty() || buffered >= limits.max_buffered || !memory_ok {
+                let memory_ok = running.is_empty()
+                    || client
+                        .store_usage()
+                        .await
+                        .is_none_or(|u| u.resident_bytes <= u.budget_bytes / 10 * 9);
+                if sources.is_empty()
+                    || buffered >= limits.max_buffered
+                    || !memory_ok
+                    || !has_room(0)
+                {
                     break;
                 }
                 let (index, source) = sources.pop_front().expect("non-empty");
@@ -142,11 +159,13 @@ pub async fn execute(
                 function: crate::stage::STAGE_FUNCTION.to_string(),
                 args,
                 inputs,
+                input_batch: None,
                 resources: physical.resources.clone(),
                 max_retries: 3,
                 label: format!("block {index} of stage {stage} ({})", physical.name),
             };
             stats[stage].started(Instant::now());
+            running_per_stage[stage] += 1;
             let task = client.submit(spec);
             running.push(async move { (stage, index, input_rows, task.await) });
         }
@@ -154,6 +173,7 @@ pub async fn execute(
         let Some((stage, index, input_rows, result)) = running.next().await else {
             break;
         };
+        running_per_stage[stage] -= 1;
         if stage == 0 {
             running_sources -= 1;
         }

@@ -1,6 +1,7 @@
 //! Finding the files a path names: a file, a directory (read recursively, skipping names that
 //! start with `.` or `_`, as Spark and Ray do), or a glob. The result is sorted, so the same
-//! path always gives the same order of files and so the same order of blocks.
+//! path always gives the same order of files and so the same order of blocks. Object store URLs
+//! are listed by [`crate::storage::list_objects`] with the same rules.
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +12,9 @@ pub fn list_files(path: &str) -> Result<Vec<PathBuf>> {
     let not_found = || Error::InputNotFound {
         path: path.to_string(),
     };
+    if crate::storage::is_url(path) {
+        return crate::storage::list_objects(path);
+    }
     let path = path.strip_prefix("file://").unwrap_or(path);
     let mut files = if path.contains(['*', '?', '[']) {
         let matches = glob::glob(path)

@@ -18,12 +18,14 @@
 //! * [`executor`]: the streaming executor and its backpressure.
 //! * [`source`], [`parquet_source`], [`files`]: what a dataset reads, split into read tasks.
 //! * [`sink`]: writing part files atomically.
+//! * [`storage`]: local paths and object store URLs (s3, gs, az, memory).
 //! * [`stats`], [`progress`], [`checksum`]: figures, bars, result comparison.
 
 #![warn(missing_docs)]
 
 pub mod checksum;
 pub mod columns;
+pub mod combine;
 pub mod context;
 pub mod dataset;
 pub mod error;
@@ -34,15 +36,17 @@ pub mod ops;
 pub mod parquet_source;
 pub mod plan;
 pub mod progress;
+pub mod rows;
 pub mod run;
 pub mod sink;
 pub mod source;
 pub mod stage;
 pub mod stats;
+pub mod storage;
 
 pub use checksum::Checksum;
 pub use context::{Config, Context};
-pub use dataset::{BatchIter, Dataset, GroupedData, WriteSummary};
+pub use dataset::{BatchIter, Dataset, GroupedData, RowIter, SplitIter, WriteSummary};
 pub use error::{Error, Result};
 pub use exchange::{Aggregate, JoinKind, SortKey};
 pub use plan::{MapBatchesOptions, ReadOptions};

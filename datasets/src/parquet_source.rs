@@ -7,7 +7,6 @@
 //! small row groups of a file are merged until a fragment holds `target_rows`, so tiny row groups
 //! do not make tiny tasks.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use arrow::array::{BooleanArray, RecordBatch};
@@ -22,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::files::list_files;
+use crate::storage::StorageFile;
 
 /// The files of one Parquet dataset and their common schema.
 #[derive(Clone, Debug)]
@@ -152,11 +152,7 @@ pub fn read_fragment(
         path: fragment.path.clone(),
         source,
     };
-    let file = File::open(&fragment.path).map_err(|source| Error::Io {
-        action: "opening",
-        path: fragment.path.clone(),
-        source,
-    })?;
+    let file = StorageFile::open(&fragment.path)?;
     let mut builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(invalid)?
         .with_row_groups(fragment.row_groups.clone())
@@ -195,11 +191,7 @@ pub fn read_fragment(
 }
 
 fn read_metadata(path: &Path) -> Result<ArrowReaderMetadata> {
-    let file = File::open(path).map_err(|source| Error::Io {
-        action: "opening",
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let file = StorageFile::open(path)?;
     ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(|source| {
         Error::InvalidParquet {
             path: path.to_path_buf(),

@@ -22,6 +22,7 @@ use crate::columns::Reshape;
 use crate::error::{Error, Result};
 use crate::exchange::Exchange;
 use crate::ops;
+use crate::rows::RowMode;
 use crate::sink::WriteFormat;
 use crate::source::{ReadTask, Source};
 use crate::stage::{OpSpec, SinkSpec, StageSpec, encode_expr, encode_spec};
@@ -48,10 +49,42 @@ impl Default for ReadOptions {
 }
 
 /// Options for `map_batches`.
+///
+/// ```
+/// use manta_datasets::MapBatchesOptions;
+/// let options = MapBatchesOptions::default().batch_size(4096).concurrency(2);
+/// assert_eq!(options.batch_size, Some(4096));
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct MapBatchesOptions {
     /// Resources each task asks for; `None` runs in the stage before it (fused).
     pub resources: Option<Resources>,
+    /// Rows per call of the function (the last batch of a block may be smaller); `None` passes
+    /// the batches as they come.
+    pub batch_size: Option<usize>,
+    /// Most tasks of this function running at once, cluster-wide: the size of the actor pool
+    /// for a callable. `None`: no cap beyond the executor's.
+    pub concurrency: Option<usize>,
+}
+
+impl MapBatchesOptions {
+    /// Calls the function with batches of `rows` rows.
+    pub fn batch_size(mut self, rows: usize) -> Self {
+        self.batch_size = Some(rows.max(1));
+        self
+    }
+
+    /// Runs at most `tasks` tasks of the function at once.
+    pub fn concurrency(mut self, tasks: usize) -> Self {
+        self.concurrency = Some(tasks.max(1));
+        self
+    }
+
+    /// Asks for `resources` per task.
+    pub fn resources(mut self, resources: Resources) -> Self {
+        self.resources = Some(resources);
+        self
+    }
 }
 
 /// One operator as the user wrote it.
@@ -67,6 +100,15 @@ pub enum LogicalOp {
         function: &'static str,
         /// Its options.
         options: MapBatchesOptions,
+        /// For a stateful callable: its constructor's arguments, as JSON.
+        constructor: Option<Vec<u8>>,
+    },
+    /// Apply a registered row function (`map`, `flat_map`, `filter_fn`).
+    MapRows {
+        /// Its registered name.
+        function: &'static str,
+        /// What its result means.
+        mode: RowMode,
     },
     /// Select, drop or rename columns.
     Reshape(Reshape),
@@ -87,6 +129,9 @@ impl LogicalOp {
             LogicalOp::MapBatches { function, .. } => {
                 format!("map_batches({})", short_name(function))
             }
+            LogicalOp::MapRows { function, mode } => {
+                format!("{}({})", mode.name().to_lowercase(), short_name(function))
+            }
             LogicalOp::Reshape(r) => format!("{r:?}"),
             LogicalOp::RandomSample { fraction, seed } => {
                 format!("random_sample({fraction}, seed {seed})")
@@ -100,6 +145,9 @@ impl LogicalOp {
             LogicalOp::WithColumn(name, _) => format!("WithColumn({name})"),
             LogicalOp::MapBatches { function, .. } => {
                 format!("MapBatches({})", short_name(function))
+            }
+            LogicalOp::MapRows { function, mode } => {
+                format!("{}({})", mode.name(), short_name(function))
             }
             LogicalOp::Reshape(Reshape::Select(_)) => "SelectColumns".into(),
             LogicalOp::Reshape(Reshape::Drop(_)) => "DropColumns".into(),
@@ -187,6 +235,16 @@ pub struct PhysicalStage {
     pub spec: Bytes,
     /// Resources per task.
     pub resources: Resources,
+    /// Most tasks of the stage running at once, if capped.
+    pub concurrency: Option<usize>,
+}
+
+/// A stage being built by [`LogicalPlan::compile`].
+struct NewStage {
+    name: String,
+    resources: Resources,
+    ops: Vec<OpSpec>,
+    concurrency: Option<usize>,
 }
 
 /// A compiled pipeline: the source fragments and the stages each block flows through.
@@ -302,8 +360,12 @@ impl LogicalPlan {
                 schema: self.schema(),
             });
         }
-        let mut stages: Vec<(String, Resources, Vec<OpSpec>)> =
-            vec![(first_stage, first_resources, Vec::new())];
+        let mut stages = vec![NewStage {
+            name: first_stage,
+            resources: first_resources,
+            ops: Vec::new(),
+            concurrency: None,
+        }];
         for op in &self.ops {
             let plan_error = |source| Error::Plan {
                 operator: op.describe(),
@@ -317,17 +379,39 @@ impl LogicalPlan {
                     name: name.clone(),
                     expr: encode_expr(value).map_err(plan_error)?,
                 },
-                LogicalOp::MapBatches { function, options } => {
-                    if let Some(resources) = &options.resources {
-                        let current = &stages.last().expect("at least one stage").1;
-                        if resources != current {
-                            stages.push((String::new(), resources.clone(), Vec::new()));
+                LogicalOp::MapBatches {
+                    function,
+                    options,
+                    constructor,
+                } => {
+                    let current = stages.last().expect("at least one stage");
+                    let resources = options.resources.as_ref().unwrap_or(&current.resources);
+                    // A capped map (an actor pool) is a stage of its own, so the cap holds
+                    // for it alone; so is a map that asks for other resources.
+                    if options.concurrency.is_some() || resources != &current.resources {
+                        let stage = NewStage {
+                            name: String::new(),
+                            resources: resources.clone(),
+                            ops: Vec::new(),
+                            concurrency: options.concurrency,
+                        };
+                        // Blocks with nothing done to them yet need no stage of their own.
+                        if current.name.is_empty() && current.ops.is_empty() {
+                            *stages.last_mut().expect("at least one stage") = stage;
+                        } else {
+                            stages.push(stage);
                         }
                     }
                     OpSpec::MapBatches {
                         function: function.to_string(),
+                        batch_size: options.batch_size,
+                        constructor: constructor.clone(),
                     }
                 }
+                LogicalOp::MapRows { function, mode } => OpSpec::MapRows {
+                    function: function.to_string(),
+                    mode: *mode,
+                },
                 LogicalOp::Reshape(reshape) => OpSpec::Reshape(reshape.clone()),
                 LogicalOp::RandomSample { fraction, seed } => OpSpec::RandomSample {
                     fraction: *fraction,
@@ -335,18 +419,24 @@ impl LogicalPlan {
                 },
             };
             let stage = stages.last_mut().expect("at least one stage");
-            if !stage.0.is_empty() {
-                stage.0.push_str("->");
+            if !stage.name.is_empty() {
+                stage.name.push_str("->");
             }
-            stage.0.push_str(&op.stage_name());
-            stage.2.push(spec);
+            stage.name.push_str(&op.stage_name());
+            stage.ops.push(spec);
         }
         let read_columns = self.needed_columns();
         let last = stages.len() - 1;
         let stages = stages
             .into_iter()
             .enumerate()
-            .map(|(i, (mut name, resources, ops))| {
+            .map(|(i, stage)| {
+                let NewStage {
+                    mut name,
+                    resources,
+                    ops,
+                    concurrency,
+                } = stage;
                 let sink = match (&sink, i == last) {
                     (Sink::Files(dir, format), true) => {
                         if !name.is_empty() {
@@ -374,6 +464,7 @@ impl LogicalPlan {
                     name,
                     spec: encode_spec(&spec)?,
                     resources,
+                    concurrency,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -419,7 +510,7 @@ impl LogicalPlan {
                 }
                 // Dropping removes columns, never needs one.
                 LogicalOp::RandomSample { .. } | LogicalOp::Reshape(Reshape::Drop(_)) => {}
-                LogicalOp::MapBatches { .. } => needed = None,
+                LogicalOp::MapBatches { .. } | LogicalOp::MapRows { .. } => needed = None,
             }
         }
         let needed = needed?;
@@ -443,6 +534,10 @@ fn op_schema(op: &LogicalOp, schema: &SchemaRef) -> datafusion::error::Result<Op
         }
         LogicalOp::WithColumn(name, value) => ops::with_column_schema(name, value, schema)?,
         LogicalOp::MapBatches { .. } => return Ok(None),
+        LogicalOp::MapRows { mode, .. } => match mode {
+            RowMode::Filter => Arc::clone(schema),
+            RowMode::Map | RowMode::FlatMap => return Ok(None),
+        },
         LogicalOp::Reshape(reshape) => reshape
             .schema(schema)
             .map_err(|e| datafusion::error::DataFusionError::ArrowError(Box::new(e), None))?,

@@ -14,6 +14,7 @@ use futures::StreamExt;
 use manta_engine::{ObjectRef, Resources, TaskOutcome, TaskSpec};
 use tokio::sync::mpsc;
 
+use crate::combine;
 use crate::context::Context;
 use crate::error::Result;
 use crate::exchange::{
@@ -152,6 +153,7 @@ fn task(function: &str, args: bytes::Bytes, inputs: Vec<ObjectRef>, label: &str)
         function: function.to_string(),
         args,
         inputs,
+        input_batch: None,
         resources: Resources::one_cpu(),
         max_retries: 3,
         label: label.to_string(),
@@ -167,9 +169,15 @@ fn run_tasks(
     let client = ctx.client().clone();
     let limit = limits(ctx)?.max_running;
     stage.started(Instant::now());
-    let rows_in: Vec<u64> = tasks
+    // A reduce task reads only its partition of each input, whose rows the driver does not
+    // know: the caller fills in the stage's rows in (the map stage's rows out).
+    let rows_in: Vec<Option<u64>> = tasks
         .iter()
-        .map(|t| t.inputs.iter().map(|i| i.meta().num_rows).sum())
+        .map(|t| {
+            t.input_batch
+                .is_none()
+                .then(|| t.inputs.iter().map(|i| i.meta().num_rows).sum())
+        })
         .collect();
     let results: Vec<_> = ctx.block_on(
         futures::stream::iter(tasks.into_iter().map(|t| client.submit(t)))
@@ -182,7 +190,7 @@ fn run_tasks(
         let meta = outcome.meta().clone();
         stage.finished(
             Instant::now(),
-            rows_in,
+            rows_in.unwrap_or(0),
             meta.num_rows,
             meta.size_bytes,
             &outcome.stats,
@@ -312,6 +320,16 @@ fn run_exchange(
         _ => {}
     }
     // Map and reduce.
+    let side_schemas: Vec<Option<Vec<u8>>> = inputs
+        .iter()
+        .map(|(_, schema)| schema.as_ref().map(|s| crate::source::encode_schema(s)))
+        .collect();
+    let no_rows_anywhere = inputs.iter().all(|(blocks, _)| blocks.is_empty());
+    if no_rows_anywhere && !matches!(exchange, Exchange::Aggregate { keys, .. } if keys.is_empty())
+    {
+        // Nothing to partition: no output blocks (a global aggregate still answers one row).
+        return Ok((Vec::new(), schema));
+    }
     let n = match exchange {
         Exchange::Repartition { n, .. } => *n,
         Exchange::Aggregate { keys, .. } if keys.is_empty() => 1,
@@ -345,6 +363,13 @@ fn run_exchange(
         None
     };
     let partitioners = exchange.partitioners(boundaries);
+    // Aggregations move partial states, not rows, when their aggregates allow it.
+    let combine = match exchange {
+        Exchange::Aggregate {
+            keys, aggregates, ..
+        } if combine::combinable(aggregates) => Some((keys.clone(), aggregates.clone())),
+        _ => None,
+    };
     let mut map_outputs = Vec::new();
     let mut sides = Vec::new();
     let mut stage = StageStats::new(format!("{name}Map"));
@@ -356,6 +381,7 @@ fn run_exchange(
                 partitioner: partitioner.clone(),
                 n,
                 block: next_block,
+                combine: combine.clone(),
             };
             tasks.push(task(
                 PARTITION_FUNCTION,
@@ -377,16 +403,22 @@ fn run_exchange(
                 reducer: reducer.clone(),
                 partition,
                 sides: sides.clone(),
+                side_schemas: side_schemas.clone(),
             };
-            Ok(task(
-                REDUCE_FUNCTION,
-                exchange::reduce_args(&spec)?,
-                map_outputs.clone(),
-                &format!("{name} reduce partition {partition}"),
-            ))
+            // Each reduce task reads (and pulls) only its own partition of every map output.
+            Ok(TaskSpec {
+                input_batch: Some(partition as u32),
+                ..task(
+                    REDUCE_FUNCTION,
+                    exchange::reduce_args(&spec)?,
+                    map_outputs.clone(),
+                    &format!("{name} reduce partition {partition}"),
+                )
+            })
         })
         .collect::<Result<Vec<_>>>()?;
     let mut stage = StageStats::new(format!("{name}Reduce"));
+    stage.rows_in = stats.last().map_or(0, |map| map.rows_out);
     let reduced = run_tasks(ctx, tasks, &mut stage)?;
     stats.push(stage);
     drop(map_outputs);

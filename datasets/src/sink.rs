@@ -5,6 +5,11 @@
 //! succeeded is the temporary directory renamed to the destination (replacing what was there,
 //! which is first moved aside, then removed). A failed or abandoned write removes the temporary
 //! directory, so the destination is either the whole new output or untouched: never partial.
+//!
+//! An object store destination (`s3://bucket/out`) has no atomic rename: parts are staged under
+//! `out/_manta-tmp-<random>/` (which readers skip) and copied into place only when every task
+//! has succeeded, then `_SUCCESS` is written (see [`storage::commit_remote`]); a failed write
+//! deletes the staged parts.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -20,6 +25,7 @@ use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::storage;
 
 /// The destination of a write and its temporary directory.
 #[derive(Debug)]
@@ -32,6 +38,15 @@ pub struct WriteTarget {
 impl WriteTarget {
     /// Creates the temporary directory for writing to `destination`.
     pub fn prepare(destination: &Path) -> Result<Self> {
+        let url = destination.to_string_lossy();
+        if storage::is_url(&url) {
+            let url = url.trim_end_matches('/');
+            return Ok(Self {
+                destination: PathBuf::from(url),
+                tmp: PathBuf::from(format!("{url}/_manta-tmp-{:08x}", rand::random::<u32>())),
+                committed: false,
+            });
+        }
         let destination = absolute(destination)?;
         let name = destination
             .file_name()
@@ -74,6 +89,11 @@ impl WriteTarget {
 
     /// Moves the finished output into place.
     pub fn commit(mut self) -> Result<()> {
+        if let Some(destination) = self.remote() {
+            storage::commit_remote(&self.tmp.to_string_lossy(), &destination)?;
+            self.committed = true;
+            return Ok(());
+        }
         let write_error = |reason: String| Error::Write {
             path: self.destination.clone(),
             reason,
@@ -111,9 +131,22 @@ impl WriteTarget {
     }
 }
 
+impl WriteTarget {
+    /// The destination URL, if it is in an object store.
+    fn remote(&self) -> Option<String> {
+        let url = self.destination.to_string_lossy();
+        storage::is_url(&url).then(|| url.into_owned())
+    }
+}
+
 impl Drop for WriteTarget {
     fn drop(&mut self) {
-        if !self.committed {
+        if self.committed {
+            return;
+        }
+        if self.remote().is_some() {
+            let _ = storage::abort_remote(&self.tmp.to_string_lossy());
+        } else {
             let _ = fs::remove_dir_all(&self.tmp);
         }
     }
@@ -171,7 +204,8 @@ impl WriteFormat {
     }
 }
 
-/// Writes `batches` as `dir/part-<index>.<extension>`; returns the one-row record of it.
+/// Writes `batches` as `dir/part-<index>.<extension>`; returns the one-row record of it. `dir`
+/// is a local directory or an object store URL (the part is encoded in memory, then put whole).
 pub fn write_part(
     dir: &Path,
     index: u64,
@@ -185,16 +219,47 @@ pub fn write_part(
         path: path.clone(),
         source,
     };
-    let file = std::io::BufWriter::new(File::create(&path).map_err(io)?);
+    let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+    let url = path.to_string_lossy();
+    let bytes = if storage::is_url(&url) {
+        let mut buffer = Vec::new();
+        encode(&mut buffer, &path, format, schema, batches)?;
+        let len = buffer.len() as u64;
+        storage::Object::parse(&url)?.write(buffer)?;
+        len
+    } else {
+        let file = std::io::BufWriter::new(File::create(&path).map_err(io)?);
+        encode(file, &path, format, schema, batches)?;
+        fs::metadata(&path).map_err(io)?.len()
+    };
+    let record = RecordBatch::try_new(
+        written_schema(),
+        vec![
+            Arc::new(StringArray::from(vec![url.into_owned()])),
+            Arc::new(UInt64Array::from(vec![rows])),
+            Arc::new(UInt64Array::from(vec![bytes])),
+        ],
+    )?;
+    Ok(record)
+}
+
+/// Encodes `batches` in `format` into `out`, flushing it at the end.
+fn encode<W: Write + Send>(
+    out: W,
+    path: &Path,
+    format: WriteFormat,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<()> {
     let write_error = |reason: String| Error::Write {
-        path: path.clone(),
+        path: path.to_path_buf(),
         reason,
     };
-    let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+    let flushed = |e: std::io::Error| write_error(e.to_string());
     match format {
         WriteFormat::Parquet => {
             let properties = writer_properties(schema, batches.first());
-            let mut writer = ArrowWriter::try_new(file, Arc::clone(schema), Some(properties))
+            let mut writer = ArrowWriter::try_new(out, Arc::clone(schema), Some(properties))
                 .map_err(|e| write_error(e.to_string()))?;
             for batch in batches {
                 writer
@@ -206,26 +271,26 @@ pub fn write_part(
         WriteFormat::Csv => {
             let mut writer = arrow::csv::WriterBuilder::new()
                 .with_header(true)
-                .build(file);
+                .build(out);
             for batch in batches {
                 writer
                     .write(batch)
                     .map_err(|e| write_error(e.to_string()))?;
             }
-            writer.into_inner().flush().map_err(io)?;
+            writer.into_inner().flush().map_err(flushed)?;
         }
         WriteFormat::Json => {
-            let mut writer = arrow::json::LineDelimitedWriter::new(file);
+            let mut writer = arrow::json::LineDelimitedWriter::new(out);
             for batch in batches {
                 writer
                     .write(batch)
                     .map_err(|e| write_error(e.to_string()))?;
             }
             writer.finish().map_err(|e| write_error(e.to_string()))?;
-            writer.into_inner().flush().map_err(io)?;
+            writer.into_inner().flush().map_err(flushed)?;
         }
         WriteFormat::Ipc => {
-            let mut writer = arrow::ipc::writer::FileWriter::try_new(file, schema)
+            let mut writer = arrow::ipc::writer::FileWriter::try_new(out, schema)
                 .map_err(|e| write_error(e.to_string()))?;
             for batch in batches {
                 writer
@@ -237,19 +302,10 @@ pub fn write_part(
                 .into_inner()
                 .map_err(|e| write_error(e.to_string()))?
                 .flush()
-                .map_err(io)?;
+                .map_err(flushed)?;
         }
     }
-    let bytes = fs::metadata(&path).map_err(io)?.len();
-    let record = RecordBatch::try_new(
-        written_schema(),
-        vec![
-            Arc::new(StringArray::from(vec![path.to_string_lossy().into_owned()])),
-            Arc::new(UInt64Array::from(vec![rows])),
-            Arc::new(UInt64Array::from(vec![bytes])),
-        ],
-    )?;
-    Ok(record)
+    Ok(())
 }
 
 /// Rows sampled to decide which columns get dictionary encoding.

@@ -7,8 +7,7 @@
 //! row groups (see [`crate::parquet_source`]), whole files of the other formats, or a range of
 //! integers. [`ReadTask::read`] runs one, yielding batches of at most `batch_size` rows.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -19,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::files::list_files;
 use crate::parquet_source::{Fragment, ParquetSource, PushedPredicate, read_fragment};
+use crate::storage::ReadSeek;
 
 /// Rows read to infer a CSV or JSON file's schema.
 const INFER_ROWS: usize = 1000;
@@ -324,11 +324,7 @@ impl ReadTask {
                     FileFormat::Binary => {
                         let mut bytes = Vec::with_capacity(paths.len());
                         for path in paths {
-                            bytes.push(std::fs::read(path).map_err(|source| Error::Io {
-                                action: "reading",
-                                path: path.clone(),
-                                source,
-                            })?);
+                            bytes.push(crate::storage::read_all(path)?);
                         }
                         let names: StringArray = paths
                             .iter()
@@ -356,12 +352,8 @@ fn range_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]))
 }
 
-fn open(path: &PathBuf) -> Result<File> {
-    File::open(path).map_err(|source| Error::Io {
-        action: "opening",
-        path: path.clone(),
-        source,
-    })
+fn open(path: &std::path::Path) -> Result<Box<dyn ReadSeek>> {
+    crate::storage::open(path)
 }
 
 fn invalid(format: FileFormat, path: &std::path::Path, reason: impl std::fmt::Display) -> Error {
@@ -373,7 +365,7 @@ fn invalid(format: FileFormat, path: &std::path::Path, reason: impl std::fmt::Di
 }
 
 /// Reads or infers one file's schema.
-fn file_schema(format: FileFormat, path: &PathBuf) -> Result<Schema> {
+fn file_schema(format: FileFormat, path: &std::path::Path) -> Result<Schema> {
     let mut file = open(path)?;
     match format {
         FileFormat::Csv => arrow::csv::reader::Format::default()
@@ -404,7 +396,7 @@ fn file_schema(format: FileFormat, path: &PathBuf) -> Result<Schema> {
 }
 
 /// Whether an IPC file starts with the file format's magic (else it is a stream).
-fn is_ipc_file(file: &mut File) -> Result<bool> {
+fn is_ipc_file(file: &mut dyn ReadSeek) -> Result<bool> {
     let mut magic = [0u8; 6];
     let n = file.read(&mut magic).unwrap_or(0);
     file.rewind().map_err(|source| Error::Io {
@@ -418,7 +410,7 @@ fn is_ipc_file(file: &mut File) -> Result<bool> {
 /// Reads a whole file of `format` with `schema`, appending its batches.
 fn read_file(
     format: FileFormat,
-    path: &PathBuf,
+    path: &std::path::Path,
     schema: &SchemaRef,
     batch_size: usize,
     out: &mut Vec<RecordBatch>,

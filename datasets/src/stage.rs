@@ -18,13 +18,15 @@ use arrow::datatypes::{Schema, SchemaRef};
 use bytes::Bytes;
 use datafusion::logical_expr::Expr;
 use datafusion_proto::bytes::Serializeable;
-use manta_engine::registry::{BatchFn, call_batch, lookup_batch};
+use manta_engine::callable::call_callable;
+use manta_engine::registry::{BatchFn, RowFn, call_batch, lookup_batch, lookup_row};
 use manta_engine::{Block, FunctionKind, Object, RemoteFunction, TaskContext, TaskInput};
 use serde::{Deserialize, Serialize};
 
 use crate::columns::{self, Reshape};
 use crate::ops::{self, PlannedExpr, SESSION};
 use crate::parquet_source::PushedPredicate;
+use crate::rows::{self, RowMode};
 use crate::sink::{WriteFormat, write_part, written_schema};
 use crate::source::ReadTask;
 
@@ -65,10 +67,21 @@ pub enum OpSpec {
         /// The expression, as DataFusion protobuf bytes.
         expr: Vec<u8>,
     },
-    /// Call a registered batch function.
+    /// Call a registered batch function, or a stateful callable.
     MapBatches {
         /// Its registered name.
         function: String,
+        /// Rows per call, if the user fixed it.
+        batch_size: Option<usize>,
+        /// For a callable: its constructor's arguments (JSON).
+        constructor: Option<Vec<u8>>,
+    },
+    /// Call a registered row function on every row.
+    MapRows {
+        /// Its registered name.
+        function: String,
+        /// What its result means.
+        mode: RowMode,
     },
     /// Select, drop or rename columns.
     Reshape(Reshape),
@@ -163,9 +176,21 @@ fn split_args(args: &Bytes) -> manta_engine::Result<(Bytes, TaskArgs)> {
 enum CompiledOp {
     Filter(Arc<PlannedExpr>),
     WithColumn(String, PlannedExpr),
-    MapBatches(String, BatchFn),
+    MapBatches {
+        name: String,
+        call: BatchCall,
+        batch_size: Option<usize>,
+    },
+    MapRows(String, RowFn, RowMode),
     Reshape(Reshape),
     Sample(f64, u64),
+}
+
+/// What a `map_batches` calls.
+enum BatchCall {
+    Function(BatchFn),
+    /// A stateful callable, by its constructor's arguments.
+    Callable(Vec<u8>),
 }
 
 impl CompiledOp {
@@ -173,9 +198,70 @@ impl CompiledOp {
         match self {
             CompiledOp::Filter(p) => format!("filter({})", p.expr()),
             CompiledOp::WithColumn(name, p) => format!("with_column({name}, {})", p.expr()),
-            CompiledOp::MapBatches(name, _) => name.clone(),
+            CompiledOp::MapBatches { name, .. } | CompiledOp::MapRows(name, ..) => name.clone(),
             CompiledOp::Reshape(r) => format!("{r:?}"),
             CompiledOp::Sample(fraction, _) => format!("random_sample({fraction})"),
+        }
+    }
+
+    /// Rows per call, if the operator wants its input regrouped.
+    fn batch_size(&self) -> Option<usize> {
+        match self {
+            CompiledOp::MapBatches { batch_size, .. } => *batch_size,
+            _ => None,
+        }
+    }
+}
+
+/// One task's batches waiting to be regrouped, per operator that fixes its batch size.
+#[derive(Default)]
+struct Regroup {
+    pending: Vec<Vec<RecordBatch>>,
+}
+
+impl Regroup {
+    fn new(ops: usize) -> Self {
+        Self {
+            pending: (0..ops).map(|_| Vec::new()).collect(),
+        }
+    }
+
+    /// Adds `batch` before operator `op`; returns the batches of exactly `size` rows now ready.
+    fn push(
+        &mut self,
+        op: usize,
+        size: usize,
+        batch: RecordBatch,
+    ) -> arrow::error::Result<Vec<RecordBatch>> {
+        let pending = &mut self.pending[op];
+        pending.push(batch);
+        let rows: usize = pending.iter().map(RecordBatch::num_rows).sum();
+        if rows < size {
+            return Ok(Vec::new());
+        }
+        let all = arrow::compute::concat_batches(&pending[0].schema(), pending.iter())?;
+        pending.clear();
+        let mut ready = Vec::with_capacity(rows / size);
+        let mut offset = 0;
+        while rows - offset >= size {
+            ready.push(all.slice(offset, size));
+            offset += size;
+        }
+        if offset < rows {
+            pending.push(all.slice(offset, rows - offset));
+        }
+        Ok(ready)
+    }
+
+    /// What is left before operator `op`, as one batch.
+    fn rest(&mut self, op: usize) -> arrow::error::Result<Option<RecordBatch>> {
+        let pending = std::mem::take(&mut self.pending[op]);
+        match pending.first() {
+            None => Ok(None),
+            Some(first) => Ok(Some(arrow::compute::concat_batches(
+                &first.schema(),
+                pending.iter(),
+            )?)),
         }
     }
 }
@@ -213,8 +299,20 @@ impl CompiledStage {
                     OpSpec::WithColumn { name, expr } => {
                         CompiledOp::WithColumn(name.clone(), PlannedExpr::new(decode_expr(expr)?))
                     }
-                    OpSpec::MapBatches { function } => {
-                        CompiledOp::MapBatches(function.clone(), lookup_batch(function)?)
+                    OpSpec::MapBatches {
+                        function,
+                        batch_size,
+                        constructor,
+                    } => CompiledOp::MapBatches {
+                        name: function.clone(),
+                        call: match constructor {
+                            Some(args) => BatchCall::Callable(args.clone()),
+                            None => BatchCall::Function(lookup_batch(function)?),
+                        },
+                        batch_size: *batch_size,
+                    },
+                    OpSpec::MapRows { function, mode } => {
+                        CompiledOp::MapRows(function.clone(), lookup_row(function)?, *mode)
                     }
                     OpSpec::Reshape(reshape) => CompiledOp::Reshape(reshape.clone()),
                     OpSpec::RandomSample { fraction, seed } => CompiledOp::Sample(*fraction, *seed),
@@ -224,45 +322,108 @@ impl CompiledStage {
         Ok(Self { spec, ops })
     }
 
-    /// Runs the operators from `first` on one batch (the `position`th of block `block`);
-    /// `None` if no rows are left.
-    fn apply(
+    /// Runs the operators from `first` on one batch (the `position`th of block `block`),
+    /// appending what comes out to `out`. Before an operator that fixes its batch size, the
+    /// batch waits in `regroup` until enough rows have come.
+    fn push(
         &self,
         mut batch: RecordBatch,
         first: usize,
         input: &str,
-        (block, position): (u64, u64),
-    ) -> manta_engine::Result<Option<RecordBatch>> {
-        for op in &self.ops[first..] {
+        at: (u64, u64),
+        regroup: &mut Regroup,
+        out: &mut Vec<RecordBatch>,
+    ) -> manta_engine::Result<()> {
+        for (index, op) in self.ops.iter().enumerate().skip(first) {
             if batch.num_rows() == 0 {
-                return Ok(None);
+                return Ok(());
             }
-            let failed =
-                |e: datafusion::error::DataFusionError| manta_engine::Error::UserFunction {
-                    name: op.describe(),
-                    input: input.to_string(),
-                    source: Box::new(e),
-                };
-            batch = match op {
-                CompiledOp::Filter(predicate) => ops::filter(predicate, &batch).map_err(failed)?,
-                CompiledOp::WithColumn(name, value) => {
-                    ops::with_column(name, value, &batch).map_err(failed)?
+            if let Some(size) = op.batch_size() {
+                let ready = regroup
+                    .push(index, size, batch)
+                    .map_err(|e| self.failed(op, input, e.into()))?;
+                for chunk in ready {
+                    let mapped = self.run_op(op, chunk, input, at)?;
+                    self.push(mapped, index + 1, input, at, regroup, out)?;
                 }
-                CompiledOp::MapBatches(name, f) => {
-                    call_batch(name, *f, batch, || input.to_string())?
-                }
-                CompiledOp::Reshape(reshape) => reshape
-                    .apply(&batch)
-                    .map_err(|e| failed(datafusion::error::DataFusionError::from(e)))?,
-                CompiledOp::Sample(fraction, seed) => columns::sample(
-                    &batch,
-                    *fraction,
-                    columns::batch_seed(*seed, block, position),
-                )
-                .map_err(|e| failed(datafusion::error::DataFusionError::from(e)))?,
-            };
+                return Ok(());
+            }
+            batch = self.run_op(op, batch, input, at)?;
         }
-        Ok((batch.num_rows() > 0).then_some(batch))
+        if batch.num_rows() > 0 {
+            out.push(batch);
+        }
+        Ok(())
+    }
+
+    /// Runs what waits in `regroup` at the end of a task, operator by operator.
+    fn finish(
+        &self,
+        input: &str,
+        at: (u64, u64),
+        regroup: &mut Regroup,
+        out: &mut Vec<RecordBatch>,
+    ) -> manta_engine::Result<()> {
+        for (index, op) in self.ops.iter().enumerate() {
+            let rest = regroup
+                .rest(index)
+                .map_err(|e| self.failed(op, input, e.into()))?;
+            if let Some(rest) = rest {
+                let mapped = self.run_op(op, rest, input, at)?;
+                self.push(mapped, index + 1, input, at, regroup, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn failed(
+        &self,
+        op: &CompiledOp,
+        input: &str,
+        e: datafusion::error::DataFusionError,
+    ) -> manta_engine::Error {
+        manta_engine::Error::UserFunction {
+            name: op.describe(),
+            input: input.to_string(),
+            source: Box::new(e),
+        }
+    }
+
+    /// Runs one operator on one batch.
+    fn run_op(
+        &self,
+        op: &CompiledOp,
+        batch: RecordBatch,
+        input: &str,
+        (block, position): (u64, u64),
+    ) -> manta_engine::Result<RecordBatch> {
+        let failed = |e| self.failed(op, input, e);
+        Ok(match op {
+            CompiledOp::Filter(predicate) => ops::filter(predicate, &batch).map_err(failed)?,
+            CompiledOp::WithColumn(name, value) => {
+                ops::with_column(name, value, &batch).map_err(failed)?
+            }
+            CompiledOp::MapBatches {
+                name,
+                call: BatchCall::Function(f),
+                ..
+            } => call_batch(name, *f, batch, || input.to_string())?,
+            CompiledOp::MapBatches {
+                name,
+                call: BatchCall::Callable(args),
+                ..
+            } => call_callable(name, args, batch, || input.to_string())?,
+            CompiledOp::MapRows(name, f, mode) => rows::apply(name, *f, *mode, &batch, input)?,
+            CompiledOp::Reshape(reshape) => reshape
+                .apply(&batch)
+                .map_err(|e| failed(datafusion::error::DataFusionError::from(e)))?,
+            CompiledOp::Sample(fraction, seed) => columns::sample(
+                &batch,
+                *fraction,
+                columns::batch_seed(*seed, block, position),
+            )
+            .map_err(|e| failed(datafusion::error::DataFusionError::from(e)))?,
+        })
     }
 
     /// The filters at the head of the stage, to evaluate inside the Parquet reader, and the
@@ -319,9 +480,13 @@ impl CompiledStage {
                 CompiledOp::WithColumn(name, value) => {
                     ops::with_column(name, value, &batch).ok()?
                 }
-                CompiledOp::MapBatches(name, f) => {
-                    call_batch(name, *f, batch, || label.to_string()).ok()?
-                }
+                CompiledOp::MapBatches {
+                    name,
+                    call: BatchCall::Function(f),
+                    ..
+                } => call_batch(name, *f, batch, || label.to_string()).ok()?,
+                // A callable is not built just to learn a schema; nor are rows mapped.
+                CompiledOp::MapBatches { .. } | CompiledOp::MapRows(..) => return None,
             };
         }
         Some(batch.schema())
@@ -329,6 +494,8 @@ impl CompiledStage {
 
     fn run(&self, args: TaskArgs, objects: Vec<Object>) -> manta_engine::Result<Object> {
         let mut out = Vec::new();
+        let mut regroup = Regroup::new(self.ops.len());
+        let mut position = 0u64;
         let mut input_schema: Option<SchemaRef> = None;
         let label = match &args.part {
             TaskPart::Read(task) => format!(
@@ -353,19 +520,15 @@ impl CompiledStage {
                         self.spec.read_columns.as_deref(),
                     )
                     .map_err(|e| read_failed(&label, e))?;
-                for (position, batch) in batches.enumerate() {
+                for batch in batches {
                     let batch = batch.map_err(|e| read_failed(&label, e))?;
                     input_schema.get_or_insert_with(|| batch.schema());
-                    out.extend(self.apply(
-                        batch,
-                        first_op,
-                        &label,
-                        (args.index, position as u64),
-                    )?);
+                    let at = (args.index, position);
+                    position += 1;
+                    self.push(batch, first_op, &label, at, &mut regroup, &mut out)?;
                 }
             }
             TaskPart::Blocks => {
-                let mut position = 0u64;
                 for object in objects {
                     let block = match object {
                         Object::Block(block) => block,
@@ -380,11 +543,12 @@ impl CompiledStage {
                     for batch in block.into_batches() {
                         let at = (args.index, position);
                         position += 1;
-                        out.extend(self.apply(batch, 0, &label, at)?);
+                        self.push(batch, 0, &label, at, &mut regroup, &mut out)?;
                     }
                 }
             }
         }
+        self.finish(&label, (args.index, position), &mut regroup, &mut out)?;
         let schema = match out.first() {
             Some(batch) => batch.schema(),
             None => input_schema

@@ -74,6 +74,11 @@ impl DatasetStats {
         self.stages.iter().map(|s| s.task.pulled_bytes).sum()
     }
 
+    /// Bytes spilled to disk to make room for the stages' outputs, over all stages.
+    pub fn spilled_bytes(&self) -> u64 {
+        self.stages.iter().map(|s| s.task.spilled_bytes).sum()
+    }
+
     /// Rows out of the last stage.
     pub fn rows_out(&self) -> u64 {
         self.stages.last().map_or(0, |s| s.rows_out)
@@ -101,11 +106,19 @@ impl fmt::Display for DatasetStats {
             )?;
             writeln!(
                 f,
-                "  rows in {}, rows out {}, bytes out {}",
+                "  rows in {}, rows out {}, blocks out {}, bytes out {}",
                 s.rows_in,
                 s.rows_out,
+                s.tasks,
                 human_bytes(s.bytes_out)
             )?;
+            if s.task.spilled_bytes > 0 {
+                writeln!(
+                    f,
+                    "  spilled to disk to make room for its output: {}",
+                    human_bytes(s.task.spilled_bytes)
+                )?;
+            }
             if s.task.pulled_objects > 0 {
                 writeln!(
                     f,

@@ -34,6 +34,7 @@
 
 #![warn(missing_docs)]
 
+pub mod callable;
 pub mod error;
 pub mod ids;
 pub mod object;
@@ -43,14 +44,19 @@ pub mod resources;
 pub mod store;
 pub mod task;
 
+pub use callable::{Callable, RegisteredCallable};
 pub use error::{BoxError, Error, Result};
 pub use ids::{JobId, NodeId, ObjectId, TaskId};
 pub use object::{Block, Object};
 pub use object_ref::{Location, ObjectMeta, ObjectRef, ReleaseObject};
-pub use registry::{FunctionKind, RemoteBatchFn, RemoteFunction, TaskContext, TaskInput};
+pub use registry::{
+    FunctionKind, RemoteBatchFn, RemoteFunction, RemoteRowFn, TaskContext, TaskInput,
+};
 pub use resources::{Resources, parse_bytes};
-pub use store::{ObjectStore, Pin, StoreConfig, StoreUsage};
+pub use store::{ObjectStore, Pin, StoreConfig, StoreUsage, Stored};
 pub use task::{TaskOutcome, TaskSpec, TaskStats};
 
 /// Re-exported so that `#[manta::remote]` can register functions from any crate.
 pub use inventory;
+#[doc(hidden)]
+pub use serde_json;

@@ -6,8 +6,12 @@
 //! runner, for instance) register themselves the same way. A worker process is the driver's own
 //! executable, so it holds the same registrations, and a task names its function by string.
 //!
-//! Two kinds of function:
+//! The kinds of function:
 //! * [`FunctionKind::Batch`]: `fn(RecordBatch) -> Result<RecordBatch>`, what `map_batches` runs;
+//! * [`FunctionKind::Row`]: a function over one row of a serde type, what `map`, `flat_map`
+//!   and `filter_fn` run (rows travel as JSON values);
+//! * [`FunctionKind::Callable`]: a stateful batch function built once per worker
+//!   ([`crate::callable`]);
 //! * [`FunctionKind::Task`]: a general task body over serialised arguments and input objects.
 
 use std::any::Any;
@@ -29,11 +33,19 @@ pub type BatchFn = fn(RecordBatch) -> Result<RecordBatch, BoxError>;
 /// A task body: serialised arguments and resolved input objects in, one object out.
 pub type TaskFn = fn(&TaskContext, TaskInput) -> Result<Object>;
 
+/// A row-to-value function over serde types, erased to JSON values: `map` expects an object
+/// back, `flat_map` an array of objects, `filter_fn` a boolean.
+pub type RowFn = fn(serde_json::Value) -> Result<serde_json::Value, BoxError>;
+
 /// What a registered function is.
 #[derive(Clone, Copy, Debug)]
 pub enum FunctionKind {
     /// Runs on each batch of a block (`map_batches`).
     Batch(BatchFn),
+    /// Runs on each row, as a serde value (`map`, `flat_map`, `filter_fn`).
+    Row(RowFn),
+    /// A stateful batch function: constructed once per worker (see [`crate::callable`]).
+    Callable(crate::callable::CallableFactory),
     /// Runs as a whole task.
     Task(TaskFn),
 }
@@ -52,6 +64,13 @@ inventory::collect!(RemoteFunction);
 /// Implemented by the unit struct `#[manta::remote]` makes of a batch function, so that a
 /// pipeline can take the function itself (`ds.map_batches(add_upper)`) and record its name.
 pub trait RemoteBatchFn: Copy + Send + Sync + 'static {
+    /// The registered name.
+    fn name(&self) -> &'static str;
+}
+
+/// Implemented by the unit struct `#[manta::remote]` makes of a row function (one argument of
+/// a serde type), so that `ds.map(f)`, `ds.flat_map(f)` and `ds.filter_fn(f)` can take it.
+pub trait RemoteRowFn: Copy + Send + Sync + 'static {
     /// The registered name.
     fn name(&self) -> &'static str;
 }
@@ -98,8 +117,50 @@ pub fn lookup(name: &str) -> Result<&'static RemoteFunction> {
 pub fn lookup_batch(name: &str) -> Result<BatchFn> {
     match lookup(name)?.kind {
         FunctionKind::Batch(f) => Ok(f),
-        FunctionKind::Task(_) => Err(Error::FunctionNotFound {
+        _ => Err(Error::FunctionNotFound {
             name: format!("{name} (registered, but not as a batch function)"),
+        }),
+    }
+}
+
+/// The row function registered as `name`.
+pub fn lookup_row(name: &str) -> Result<RowFn> {
+    match lookup(name)?.kind {
+        FunctionKind::Row(f) => Ok(f),
+        _ => Err(Error::FunctionNotFound {
+            name: format!("{name} (registered, but not as a row function)"),
+        }),
+    }
+}
+
+/// Calls a row function, turning its error or panic into [`Error::UserFunction`] or
+/// [`Error::UserPanic`] that name the function and the input.
+pub fn call_row(
+    name: &str,
+    f: RowFn,
+    row: serde_json::Value,
+    input: impl FnOnce() -> String,
+) -> Result<serde_json::Value> {
+    guarded(name, || f(row), input)
+}
+
+/// Runs `f`, turning its error or panic into an error naming `name` and the input.
+pub(crate) fn guarded<T>(
+    name: &str,
+    f: impl FnOnce() -> Result<T, BoxError>,
+    input: impl FnOnce() -> String,
+) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(source)) => Err(Error::UserFunction {
+            name: name.to_string(),
+            input: input(),
+            source,
+        }),
+        Err(panic) => Err(Error::UserPanic {
+            name: name.to_string(),
+            input: input(),
+            message: panic_message(&*panic),
         }),
     }
 }
@@ -119,19 +180,7 @@ pub fn call_batch(
     batch: RecordBatch,
     input: impl FnOnce() -> String,
 ) -> Result<RecordBatch> {
-    match catch_unwind(AssertUnwindSafe(|| f(batch))) {
-        Ok(Ok(batch)) => Ok(batch),
-        Ok(Err(source)) => Err(Error::UserFunction {
-            name: name.to_string(),
-            input: input(),
-            source,
-        }),
-        Err(panic) => Err(Error::UserPanic {
-            name: name.to_string(),
-            input: input(),
-            message: panic_message(&*panic),
-        }),
-    }
+    guarded(name, || f(batch), input)
 }
 
 /// Runs the task function registered as `name`, catching a panic as [`Error::UserPanic`].

@@ -26,6 +26,9 @@ pub struct TaskSpec {
     pub args: Bytes,
     /// Objects resolved before the task runs, passed to it in this order.
     pub inputs: Vec<ObjectRef>,
+    /// If set, each input arrives as a block of only its batch `i` (a reduce task's partition
+    /// of each map output), and only that batch is read or moved between nodes.
+    pub input_batch: Option<u32>,
     /// What the task needs of a node.
     pub resources: Resources,
     /// How often to run it again after a failure of its worker or node.
@@ -45,6 +48,8 @@ pub struct TaskStats {
     pub pulled_bytes: u64,
     /// Inputs that were pulled from other nodes.
     pub pulled_objects: u64,
+    /// Bytes of other objects spilled to disk to make room for the output.
+    pub spilled_bytes: u64,
 }
 
 impl TaskStats {
@@ -54,6 +59,7 @@ impl TaskStats {
         self.cpu_ns += other.cpu_ns;
         self.pulled_bytes += other.pulled_bytes;
         self.pulled_objects += other.pulled_objects;
+        self.spilled_bytes += other.spilled_bytes;
     }
 }
 
@@ -73,22 +79,31 @@ impl TaskOutcome {
     }
 }
 
-/// Runs the task function `function` on resolved inputs in this thread, timing it.
+/// Runs the task function `function` on resolved inputs in this thread, timing it, inside a
+/// `tracing` span named `task` (fields: the function and the task's label), which ends with a
+/// debug event giving its wall and CPU time (`RUST_LOG=manta_engine=debug` shows them).
 pub fn execute(
     ctx: &TaskContext,
     function: &str,
+    label: &str,
     args: Bytes,
     objects: Vec<Object>,
 ) -> Result<(Object, TaskStats)> {
+    let span = tracing::info_span!("task", function, label);
+    let _entered = span.enter();
     let started = Instant::now();
     let cpu_started = thread_cpu_time();
-    let output = run_task(function, ctx, TaskInput { args, objects })?;
+    let output = run_task(function, ctx, TaskInput { args, objects });
     let stats = TaskStats {
         wall_ns: started.elapsed().as_nanos() as u64,
         cpu_ns: thread_cpu_time().saturating_sub(cpu_started).as_nanos() as u64,
         ..Default::default()
     };
-    Ok((output, stats))
+    match &output {
+        Ok(_) => tracing::debug!(wall_ns = stats.wall_ns, cpu_ns = stats.cpu_ns, "task done"),
+        Err(error) => tracing::debug!(%error, "task failed"),
+    }
+    Ok((output?, stats))
 }
 
 /// CPU time this thread has used.

@@ -77,7 +77,7 @@ impl FlightPool {
         location: &Location,
         id: ObjectId,
     ) -> Result<u64> {
-        let mut stream = self.open(location, id).await?;
+        let mut stream = self.open(location, id, None).await?;
         let first = next_message(&mut stream, location, id)
             .await?
             .ok_or_else(|| malformed(location, id, "no messages"))?;
@@ -87,9 +87,29 @@ impl FlightPool {
         Ok(receiver.finish()?)
     }
 
+    /// Pulls only batch `batch` of block `id` from `location` into `store`, as a new object
+    /// `local` (a block of that one batch); returns its size as stored.
+    pub async fn pull_batch_into(
+        &self,
+        store: &Arc<ObjectStore>,
+        location: &Location,
+        id: ObjectId,
+        batch: u32,
+        local: ObjectId,
+    ) -> Result<u64> {
+        let mut stream = self.open(location, id, Some(batch)).await?;
+        let first = next_message(&mut stream, location, id)
+            .await?
+            .ok_or_else(|| malformed(location, id, "no messages"))?;
+        let (is_block, size) = parse_metadata(&first, location, id)?;
+        let mut receiver = store.receive(local, size)?;
+        receive(first, stream, is_block, receiver.writer(), location, id).await?;
+        Ok(receiver.finish()?)
+    }
+
     /// Fetches `id` from `location` into this process's memory.
     pub async fn fetch(&self, location: &Location, id: ObjectId) -> Result<Object> {
-        let mut stream = self.open(location, id).await?;
+        let mut stream = self.open(location, id, None).await?;
         let first = next_message(&mut stream, location, id)
             .await?
             .ok_or_else(|| malformed(location, id, "no messages"))?;
@@ -103,10 +123,11 @@ impl FlightPool {
         &self,
         location: &Location,
         id: ObjectId,
+        batch: Option<u32>,
     ) -> Result<tonic::Streaming<FlightData>> {
         let mut client = self.client(&location.flight_address).await?;
         let ticket = Ticket {
-            ticket: bytes::Bytes::copy_from_slice(id.as_bytes()),
+            ticket: crate::service::ticket(id, batch),
         };
         match client.do_get(ticket).await {
             Ok(response) => Ok(response.into_inner()),

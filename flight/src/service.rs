@@ -1,4 +1,6 @@
-//! The Flight service every node runs: `DoGet(ticket = object id)` streams a stored object.
+//! The Flight service every node runs: `DoGet(ticket = object id)` streams a stored object;
+//! `DoGet(ticket = object id + batch index)` only that batch of it (a reduce task's partition),
+//! read from a spilled object in place.
 //!
 //! A block is stored as an Arrow IPC stream (see `manta_engine::store`), and an IPC stream is
 //! exactly what Flight sends: one `FlightData` per IPC message, its `data_header` the message's
@@ -87,6 +89,70 @@ pub fn object_messages(
     }
 }
 
+/// A ticket: an object id, and the batch asked for if only one is.
+pub fn ticket(id: ObjectId, batch: Option<u32>) -> Bytes {
+    let mut ticket = id.as_bytes().to_vec();
+    if let Some(batch) = batch {
+        ticket.extend_from_slice(&batch.to_le_bytes());
+    }
+    Bytes::from(ticket)
+}
+
+fn parse_ticket(ticket: &[u8]) -> Option<(ObjectId, Option<u32>)> {
+    let id = ObjectId::from_slice(ticket.get(..16)?).ok()?;
+    match ticket.len() {
+        16 => Some((id, None)),
+        20 => Some((id, Some(u32::from_le_bytes(ticket[16..].try_into().ok()?)))),
+        _ => None,
+    }
+}
+
+/// The Flight messages of one batch of a stored block: the schema, any dictionaries, and the
+/// `batch`th record batch (an empty stream of the schema if there are fewer). Zero-copy.
+pub fn batch_messages(
+    id: ObjectId,
+    stored: Bytes,
+    batch: u32,
+) -> Result<Vec<FlightData>, manta_engine::Error> {
+    let corrupt = |reason: String| manta_engine::Error::CorruptObject { id, reason };
+    if !is_block(&stored) {
+        return Err(corrupt("a batch was asked of a bytes object".into()));
+    }
+    let mut messages = Vec::new();
+    let mut batches_seen = 0u32;
+    for message in ipc_messages(stored.slice(HEADER_LEN..)) {
+        let message = message.map_err(|e| corrupt(e.to_string()))?;
+        let kind = arrow::ipc::root_as_message(&message.header)
+            .map_err(|e| corrupt(e.to_string()))?
+            .header_type();
+        let keep = if kind == arrow::ipc::MessageHeader::RecordBatch {
+            batches_seen += 1;
+            batches_seen == batch + 1
+        } else {
+            true
+        };
+        if keep {
+            messages.push(FlightData {
+                data_header: message.header,
+                data_body: message.body,
+                ..Default::default()
+            });
+        }
+        if batches_seen > batch {
+            break;
+        }
+    }
+    let size: usize = messages
+        .iter()
+        .map(|m| m.data_header.len() + m.data_body.len() + 72)
+        .sum::<usize>()
+        + HEADER_LEN;
+    if let Some(first) = messages.first_mut() {
+        first.app_metadata = Bytes::from(format!("manta:block:{size}"));
+    }
+    Ok(messages)
+}
+
 #[tonic::async_trait]
 impl FlightService for ObjectFlightService {
     type HandshakeStream = BoxStream<HandshakeResponse>;
@@ -102,18 +168,29 @@ impl FlightService for ObjectFlightService {
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
         let ticket = request.into_inner().ticket;
-        let id = ObjectId::from_slice(&ticket)
-            .map_err(|_| Status::invalid_argument("a Manta ticket is a 16-byte object id"))?;
+        let (id, batch) = parse_ticket(&ticket).ok_or_else(|| {
+            Status::invalid_argument(
+                "a Manta ticket is a 16-byte object id, optionally followed by a 4-byte batch index",
+            )
+        })?;
         let store = Arc::clone(&self.store);
-        // Reading may restore a spilled object from disk: keep it off the async threads.
-        let stored = tokio::task::spawn_blocking(move || store.stored_bytes(id))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| match e {
-                manta_engine::Error::ObjectNotFound { .. } => Status::not_found(e.to_string()),
-                other => Status::internal(other.to_string()),
-            })?;
-        let messages = object_messages(id, stored).map_err(|e| Status::data_loss(e.to_string()))?;
+        // Reading may map a spill file or restore an object: keep it off the async threads. A
+        // single batch is read from a spilled object in place, never restored for it.
+        let stored = tokio::task::spawn_blocking(move || match batch {
+            Some(_) => store.stored_view(id),
+            None => store.stored_bytes(id),
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| match e {
+            manta_engine::Error::ObjectNotFound { .. } => Status::not_found(e.to_string()),
+            other => Status::internal(other.to_string()),
+        })?;
+        let messages = match batch {
+            Some(batch) => batch_messages(id, stored, batch),
+            None => object_messages(id, stored),
+        }
+        .map_err(|e| Status::data_loss(e.to_string()))?;
         Ok(Response::new(Box::pin(futures::stream::iter(
             messages.into_iter().map(Ok),
         ))))

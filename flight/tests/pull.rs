@@ -126,3 +126,45 @@ async fn node_that_does_not_answer_is_a_connect_error() {
     assert!(matches!(err, Error::Connect { .. }), "{err:?}");
     assert!(err.to_string().contains(&address.to_string()));
 }
+
+#[tokio::test]
+async fn one_batch_moves_alone_even_from_a_spilled_block() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A source whose budget holds one block at most, so the first block spills.
+    let source = ObjectStore::new(StoreConfig {
+        budget_bytes: 200_000,
+        shared_parent: Some(tmp.path().join("a/shm")),
+        spill_parent: tmp.path().join("a/spill"),
+    })
+    .unwrap();
+    let target = shared_store(&tmp.path().join("b"));
+    let location = serve(Arc::clone(&source)).await;
+
+    let id = ObjectId::random();
+    let block = manta_engine::Block::try_new(batches()[0].schema(), batches()).unwrap();
+    let whole = source.put(id, Object::Block(block.clone())).unwrap();
+    source
+        .put(ObjectId::random(), Object::Block(block))
+        .unwrap();
+    assert!(source.usage().spilled_bytes > 0);
+
+    let pool = FlightPool::new();
+    for (i, expected) in batches().iter().enumerate() {
+        let local = ObjectId::random();
+        let received = pool
+            .pull_batch_into(&target, &location, id, i as u32, local)
+            .await
+            .unwrap();
+        assert!(
+            received < whole / 3,
+            "{received} of {whole} bytes for one batch of five"
+        );
+        let pulled = target.get(local).unwrap().into_block(local).unwrap();
+        assert_eq!(pulled.batches(), std::slice::from_ref(expected));
+    }
+    assert_eq!(
+        source.usage().restored_bytes_total,
+        0,
+        "serving batches restored the block"
+    );
+}

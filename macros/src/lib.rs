@@ -1,4 +1,4 @@
-//! # manta-macros: `#[manta::remote]`
+//! # manta-macros: `#[manta::remote]` and `#[manta::callable]`
 //!
 //! Turns a function into a *remote function*: a unit struct of the same name that knows its
 //! registered name, plus an [`inventory`](https://docs.rs/inventory) registration so that every
@@ -16,6 +16,14 @@
 //! add_upper::call(batch)?;            // a plain local call
 //! ```
 //!
+//! A row function takes one value of a serde type and returns a value of a serde type (or a
+//! `Result` of one): a row for `map`, a `Vec` of rows for `flat_map`, a `bool` for `filter_fn`.
+//! Rows travel to it as JSON values, so it is convenient rather than fast; `map_batches` is
+//! the fast path.
+//!
+//! `#[manta::callable]` on an `impl manta::Callable for T` block registers a stateful batch
+//! function (Ray's callable class): built once per worker, reused across batches.
+//!
 //! The generated code refers to the engine as `::manta::engine`; inside Manta's own crates,
 //! `#[remote(engine = manta_engine)]` points it elsewhere.
 
@@ -23,7 +31,7 @@ use proc_macro::TokenStream;
 use proc_macro2::Span;
 use quote::{format_ident, quote};
 use syn::parse::Parser;
-use syn::{FnArg, ItemFn, Path, ReturnType, parse_macro_input};
+use syn::{FnArg, ItemFn, ItemImpl, Path, ReturnType, Type, parse_macro_input};
 
 /// Registers a batch function by name and makes a handle of it; see the crate docs.
 #[proc_macro_attribute]
@@ -41,20 +49,117 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
         return e.to_compile_error().into();
     }
     let function = parse_macro_input!(item as ItemFn);
-    match expand_batch_fn(&engine, function) {
+    let expanded = if takes_record_batch(&function) {
+        expand_batch_fn(&engine, function)
+    } else {
+        expand_row_fn(&engine, function)
+    };
+    match expanded {
         Ok(tokens) => tokens.into(),
         Err(e) => e.to_compile_error().into(),
     }
 }
 
-fn expand_batch_fn(engine: &Path, function: ItemFn) -> syn::Result<proc_macro2::TokenStream> {
+/// Whether the function's one argument is a `RecordBatch` (by its type's last path segment).
+fn takes_record_batch(function: &ItemFn) -> bool {
+    match function.sig.inputs.first() {
+        Some(FnArg::Typed(arg)) => last_segment_is(&arg.ty, "RecordBatch"),
+        _ => true,
+    }
+}
+
+fn last_segment_is(ty: &Type, name: &str) -> bool {
+    matches!(ty, Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == name))
+}
+
+fn check_signature(function: &ItemFn) -> syn::Result<()> {
     let sig = &function.sig;
     if sig.inputs.len() != 1 || matches!(sig.inputs.first(), Some(FnArg::Receiver(_))) {
         return Err(syn::Error::new_spanned(
             &sig.inputs,
-            "#[manta::remote] batch functions take exactly one argument, a RecordBatch",
+            "#[manta::remote] functions take exactly one argument: a RecordBatch (map_batches) \
+             or a row of a serde type (map, flat_map, filter_fn)",
         ));
     }
+    Ok(())
+}
+
+/// A row function `fn(T) -> U` or `fn(T) -> Result<U, E>` (T: Deserialize, U: Serialize),
+/// registered erased to JSON values.
+fn expand_row_fn(engine: &Path, function: ItemFn) -> syn::Result<proc_macro2::TokenStream> {
+    check_signature(&function)?;
+    let sig = &function.sig;
+    if sig.asyncness.is_some() || !sig.generics.params.is_empty() {
+        return Err(syn::Error::new_spanned(
+            sig,
+            "#[manta::remote] functions cannot be async or generic",
+        ));
+    }
+    let returns_result = match &sig.output {
+        ReturnType::Default => {
+            return Err(syn::Error::new_spanned(
+                sig,
+                "#[manta::remote] row functions return a value of a serde type (a row, a Vec of \
+                 rows, or a bool) or a Result of one",
+            ));
+        }
+        ReturnType::Type(_, ty) => last_segment_is(ty, "Result"),
+    };
+    let vis = &function.vis;
+    let name = &sig.ident;
+    let attrs = &function.attrs;
+    let inputs = &sig.inputs;
+    let output = &sig.output;
+    let body = &function.block;
+    let Some(FnArg::Typed(arg)) = sig.inputs.first() else {
+        unreachable!("checked")
+    };
+    let row_type = &arg.ty;
+    let erased = format_ident!("__manta_erased_{}", name, span = Span::call_site());
+    let name_str = name.to_string();
+    let call = if returns_result {
+        quote! { #name::call(row).map_err(::std::convert::Into::<#engine::BoxError>::into)? }
+    } else {
+        quote! { #name::call(row) }
+    };
+    Ok(quote! {
+        #(#attrs)*
+        #[allow(non_camel_case_types)]
+        #[derive(Clone, Copy, Debug)]
+        #vis struct #name;
+
+        impl #name {
+            /// The name this function is registered under.
+            pub const NAME: &'static str = concat!(module_path!(), "::", #name_str);
+
+            /// Calls the function here, in this thread.
+            pub fn call(#inputs) #output #body
+        }
+
+        impl #engine::RemoteRowFn for #name {
+            fn name(&self) -> &'static str {
+                Self::NAME
+            }
+        }
+
+        const _: () = {
+            fn #erased(
+                value: #engine::serde_json::Value,
+            ) -> ::std::result::Result<#engine::serde_json::Value, #engine::BoxError> {
+                let row: #row_type = #engine::serde_json::from_value(value)?;
+                let out = #call;
+                ::std::result::Result::Ok(#engine::serde_json::to_value(out)?)
+            }
+            #engine::inventory::submit! {
+                #engine::RemoteFunction { name: #name::NAME, kind: #engine::FunctionKind::Row(#erased) }
+            }
+        };
+    })
+}
+
+fn expand_batch_fn(engine: &Path, function: ItemFn) -> syn::Result<proc_macro2::TokenStream> {
+    check_signature(&function)?;
+    let sig = &function.sig;
     if sig.asyncness.is_some() || !sig.generics.params.is_empty() {
         return Err(syn::Error::new_spanned(
             sig,
@@ -106,4 +211,59 @@ fn expand_batch_fn(engine: &Path, function: ItemFn) -> syn::Result<proc_macro2::
             }
         };
     })
+}
+
+/// Registers a stateful batch function: put it on the `impl manta::Callable for T` block.
+/// Workers build `T` from its name and arguments once and reuse it across batches;
+/// `ds.map_batches_callable::<T>(args, options)` runs it.
+#[proc_macro_attribute]
+pub fn callable(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let mut engine: Path = syn::parse_quote!(::manta::engine);
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("engine") {
+            engine = meta.value()?.parse()?;
+            Ok(())
+        } else {
+            Err(meta.error("unknown #[callable] option; the only one is `engine = path`"))
+        }
+    });
+    if let Err(e) = parser.parse(attr) {
+        return e.to_compile_error().into();
+    }
+    let block = parse_macro_input!(item as ItemImpl);
+    if block.trait_.is_none() {
+        return syn::Error::new_spanned(
+            &block.self_ty,
+            "#[manta::callable] goes on an `impl manta::Callable for T` block",
+        )
+        .to_compile_error()
+        .into();
+    }
+    let self_ty = &block.self_ty;
+    let Type::Path(type_path) = self_ty.as_ref() else {
+        return syn::Error::new_spanned(self_ty, "#[manta::callable] needs a named type")
+            .to_compile_error()
+            .into();
+    };
+    let type_name = type_path
+        .path
+        .segments
+        .last()
+        .map(|s| s.ident.to_string())
+        .unwrap_or_default();
+    quote! {
+        #block
+
+        impl #engine::RegisteredCallable for #self_ty {
+            const NAME: &'static str = concat!(module_path!(), "::", #type_name);
+        }
+
+        #engine::inventory::submit! {
+            #engine::RemoteFunction {
+                name: <#self_ty as #engine::RegisteredCallable>::NAME,
+                kind: #engine::FunctionKind::Callable(#engine::callable::factory::<#self_ty>),
+            }
+        }
+    }
+    .into()
 }

@@ -32,7 +32,12 @@ pub struct ClusterClient {
     job: JobId,
     flight: FlightPool,
     releaser: Arc<dyn ReleaseObject>,
+    /// The cluster's store usage as last asked of the head, and when.
+    usage: parking_lot::Mutex<Option<(std::time::Instant, manta_engine::StoreUsage)>>,
 }
+
+/// How long a store usage answer is reused before the head is asked again.
+const USAGE_TTL: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl std::fmt::Debug for ClusterClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -88,6 +93,7 @@ impl ClusterClient {
             job,
             flight: FlightPool::new(),
             releaser: Arc::new(FreeQueue(tx)),
+            usage: parking_lot::Mutex::new(None),
         }))
     }
 
@@ -116,6 +122,7 @@ impl ClusterClient {
             label: spec.label,
             output_id: Bytes::copy_from_slice(ObjectId::random().as_bytes()),
             executable_hash: String::new(),
+            input_batch: spec.input_batch,
         };
         let mut head = self.head.clone();
         let releaser = Arc::clone(&self.releaser);
@@ -159,6 +166,29 @@ impl ClusterClient {
             .map_err(|s| Error::rpc("ListNodes", s))?
             .into_inner()
             .nodes)
+    }
+
+    /// The object stores of the live nodes, summed (as of their last heartbeats); asks the head
+    /// at most every 200 ms.
+    pub async fn store_usage(&self) -> Result<manta_engine::StoreUsage> {
+        if let Some((at, usage)) = *self.usage.lock()
+            && at.elapsed() < USAGE_TTL
+        {
+            return Ok(usage);
+        }
+        let mut total = manta_engine::StoreUsage::default();
+        for node in self.nodes().await?.into_iter().filter(|n| n.alive) {
+            let usage: manta_engine::StoreUsage = node.store.unwrap_or_default().into();
+            total.budget_bytes += usage.budget_bytes;
+            total.resident_bytes += usage.resident_bytes;
+            total.spilled_bytes += usage.spilled_bytes;
+            total.objects += usage.objects;
+            total.spilled_bytes_total += usage.spilled_bytes_total;
+            total.restored_bytes_total += usage.restored_bytes_total;
+            total.recycled_bytes += usage.recycled_bytes;
+        }
+        *self.usage.lock() = Some((std::time::Instant::now(), total));
+        Ok(total)
     }
 
     /// Tells the nodes to stop this job's workers.

@@ -145,33 +145,45 @@ impl EmbeddedRuntime {
         let objects = spec
             .inputs
             .iter()
-            .map(|r| self.store.get(r.id()))
+            .map(|r| match spec.input_batch {
+                Some(batch) => self.store.get_batch(r.id(), batch as usize),
+                None => self.store.get(r.id()),
+            })
             .collect::<manta_engine::Result<Vec<_>>>()?;
-        let (output, stats) =
-            manta_engine::task::execute(&self.ctx, &spec.function, spec.args, objects)
+        let (output, mut stats) =
+            manta_engine::task::execute(&self.ctx, &spec.function, &spec.label, spec.args, objects)
                 .map_err(from_task_error)?;
-        let output = self.put_object(output)?;
+        let (output, spilled_bytes) = self.store_object(output)?;
+        stats.spilled_bytes += spilled_bytes;
         Ok(TaskOutcome { output, stats })
     }
 
     /// Stores a value and returns a counted ref to it.
     pub fn put_object(&self, object: Object) -> Result<ObjectRef> {
+        self.store_object(object).map(|(object, _)| object)
+    }
+
+    /// Stores a value; returns a counted ref to it and the bytes it made the store spill.
+    fn store_object(&self, object: Object) -> Result<(ObjectRef, u64)> {
         let num_rows = match &object {
             Object::Block(block) => block.num_rows() as u64,
             Object::Bytes(_) => 0,
         };
         let id = ObjectId::random();
-        let size_bytes = self.store.put(id, object)?;
+        let stored = self.store.put_reporting(id, object)?;
         let meta = ObjectMeta {
             id,
             location: Location {
                 node: self.node,
                 flight_address: "".into(),
             },
-            size_bytes,
+            size_bytes: stored.size_bytes,
             num_rows,
         };
-        Ok(ObjectRef::new(meta, Arc::clone(&self.releaser)))
+        Ok((
+            ObjectRef::new(meta, Arc::clone(&self.releaser)),
+            stored.spilled_bytes,
+        ))
     }
 
     /// Reads an object (zero-copy).

@@ -150,14 +150,70 @@ impl NodeDaemon {
         Ok(pulled)
     }
 
+    /// Batch `batch` of `meta`'s object, readable by a worker from this node's shared memory:
+    /// the object itself if it is here and resident (pinned; the worker picks the batch), else
+    /// a new object of that batch alone, copied from the spill file or pulled over Flight.
+    /// Returns the id to read, the batch to pick in it, a pin, and the bytes pulled.
+    async fn local_batch(
+        &self,
+        meta: &manta_engine::ObjectMeta,
+        batch: u32,
+    ) -> Result<(ObjectId, u32, Option<manta_engine::Pin>, u64)> {
+        let id = meta.id;
+        if self.store.contains(id) {
+            let store = Arc::clone(&self.store);
+            let local = tokio::task::spawn_blocking(move || -> manta_engine::Result<_> {
+                if let Some(pin) = store.pin_if_resident(id)? {
+                    return Ok((id, batch, Some(pin)));
+                }
+                let part = ObjectId::random();
+                store.put(part, store.get_batch(id, batch as usize)?)?;
+                Ok((part, 0, None))
+            })
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
+            return Ok((local.0, local.1, local.2, 0));
+        }
+        if meta.location.node == self.id {
+            return Err(Error::ObjectLost {
+                object: id,
+                node: self.address.clone(),
+            });
+        }
+        let part = ObjectId::random();
+        let pulled = self
+            .flight
+            .pull_batch_into(&self.store, &meta.location, id, batch, part)
+            .await?;
+        Ok((part, 0, None, pulled))
+    }
+
     async fn run(&self, request: proto::TaskRequest) -> Result<proto::TaskSuccess> {
         let job = JobId::from_slice(&request.job_id)?;
         let output_id = ObjectId::from_slice(&request.output_id)?;
         let executable = self.ensure_executable(&request.executable_hash).await?;
         let mut stats = TaskStats::default();
         let mut pins = Vec::with_capacity(request.inputs.len());
+        let mut input_ids = Vec::with_capacity(request.inputs.len());
+        let mut input_batches = Vec::new();
+        // Partitions copied or pulled for this task alone, freed when it ends.
+        let mut scratch = Scratch(Arc::clone(&self.store), Vec::new());
         for input in &request.inputs {
             let meta = input.to_meta()?;
+            if let Some(batch) = request.input_batch {
+                let (id, index, pin, pulled) = self.local_batch(&meta, batch).await?;
+                if pulled > 0 {
+                    stats.pulled_bytes += pulled;
+                    stats.pulled_objects += 1;
+                }
+                if id != meta.id {
+                    scratch.1.push(id);
+                }
+                pins.extend(pin);
+                input_ids.push(Bytes::copy_from_slice(id.as_bytes()));
+                input_batches.push(index);
+                continue;
+            }
             let pulled = self.make_local(&meta).await?;
             if pulled > 0 {
                 stats.pulled_bytes += pulled;
@@ -168,12 +224,14 @@ impl NodeDaemon {
                 .await
                 .map_err(|e| Error::Internal(e.to_string()))??;
             pins.push(pin);
+            input_ids.push(input.object_id.clone());
         }
         let assignment = proto::WorkerAssignment {
             task_id: request.task_id.clone(),
             function: request.function.clone(),
             args: request.args.clone(),
-            input_ids: request.inputs.iter().map(|i| i.object_id.clone()).collect(),
+            input_ids,
+            input_batches,
             output_id: request.output_id.clone(),
             label: request.label.clone(),
             output_file: self
@@ -184,12 +242,15 @@ impl NodeDaemon {
         };
         let done = self.workers.run(job, executable, assignment).await?;
         drop(pins);
+        drop(scratch);
         match done.result {
             Some(worker_done::Result::Output(output)) => {
                 let store = Arc::clone(&self.store);
-                let size_bytes = tokio::task::spawn_blocking(move || store.adopt(output_id))
+                let stored = tokio::task::spawn_blocking(move || store.adopt_reporting(output_id))
                     .await
                     .map_err(|e| Error::Internal(e.to_string()))??;
+                let size_bytes = stored.size_bytes;
+                stats.spilled_bytes += stored.spilled_bytes;
                 stats.add(&output.stats.unwrap_or_default().into());
                 Ok(proto::TaskSuccess {
                     output: Some(proto::ObjectLocation {
@@ -250,6 +311,17 @@ async fn register(
     Ok(Duration::from_millis(
         reply.into_inner().heartbeat_interval_ms.max(10),
     ))
+}
+
+/// Objects made for one task's inputs; freed when it drops.
+struct Scratch(Arc<ObjectStore>, Vec<ObjectId>);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for id in self.1.drain(..) {
+            self.0.free(id);
+        }
+    }
 }
 
 /// The `Node` and `Worker` services of a daemon.

@@ -66,6 +66,7 @@ impl From<manta_engine::TaskStats> for TaskStats {
             cpu_ns: s.cpu_ns,
             pulled_bytes: s.pulled_bytes,
             pulled_objects: s.pulled_objects,
+            spilled_bytes: s.spilled_bytes,
         }
     }
 }
@@ -77,6 +78,7 @@ impl From<TaskStats> for manta_engine::TaskStats {
             cpu_ns: s.cpu_ns,
             pulled_bytes: s.pulled_bytes,
             pulled_objects: s.pulled_objects,
+            spilled_bytes: s.spilled_bytes,
         }
     }
 }

@@ -67,4 +67,13 @@ impl Client {
             Client::Cluster(_) => None,
         }
     }
+
+    /// The object store usage where tasks run: this process's store, or the cluster's nodes'
+    /// stores summed (as of their last heartbeats); `None` if the head does not answer.
+    pub async fn store_usage(&self) -> Option<StoreUsage> {
+        match self {
+            Client::Embedded(runtime) => Some(runtime.store().usage()),
+            Client::Cluster(cluster) => cluster.store_usage().await.ok(),
+        }
+    }
 }

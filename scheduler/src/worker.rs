@@ -140,11 +140,24 @@ fn run_assignment(
     let inputs = assignment
         .input_ids
         .iter()
-        .map(|id| dir.read(ObjectId::from_slice(id)?, None))
+        .enumerate()
+        .map(|(i, id)| {
+            let id = ObjectId::from_slice(id)?;
+            let object = dir.read(id, None)?;
+            match assignment.input_batches.get(i) {
+                Some(batch) => manta_engine::store::select_batch(id, object, *batch as usize),
+                None => Ok(object),
+            }
+        })
         .collect::<manta_engine::Result<Vec<Object>>>()?;
-    let (output, stats) =
-        manta_engine::task::execute(ctx, &assignment.function, assignment.args, inputs)
-            .map_err(from_task_error)?;
+    let (output, stats) = manta_engine::task::execute(
+        ctx,
+        &assignment.function,
+        &assignment.label,
+        assignment.args,
+        inputs,
+    )
+    .map_err(from_task_error)?;
     let num_rows = match &output {
         Object::Block(block) => block.num_rows() as u64,
         Object::Bytes(_) => 0,

@@ -47,7 +47,7 @@ pub use object_dir::{ObjectDir, default_shared_parent, process_alive, remove_sta
 
 use crate::error::{Error, Result};
 use crate::ids::ObjectId;
-use crate::object::Object;
+use crate::object::{Block, Object};
 
 /// How a store is set up.
 #[derive(Clone, Debug)]
@@ -78,6 +78,31 @@ impl StoreConfig {
             spill_parent: std::env::temp_dir(),
         }
     }
+}
+
+/// Batch `index` of a block object, as a block of that one batch (empty past the last).
+pub fn select_batch(id: ObjectId, object: Object, index: usize) -> Result<Object> {
+    let Object::Block(block) = object else {
+        return Err(Error::CorruptObject {
+            id,
+            reason: "a batch was asked of a bytes object".into(),
+        });
+    };
+    let schema = std::sync::Arc::clone(block.schema());
+    let batch =
+        block.batches().get(index).cloned().unwrap_or_else(|| {
+            arrow::array::RecordBatch::new_empty(std::sync::Arc::clone(&schema))
+        });
+    Ok(Object::Block(Block::try_new(schema, vec![batch])?))
+}
+
+/// What storing one object did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stored {
+    /// The object's size in the store.
+    pub size_bytes: u64,
+    /// Bytes of other objects spilled to disk to make room for it.
+    pub spilled_bytes: u64,
 }
 
 /// A snapshot of what the store holds.
@@ -253,6 +278,12 @@ impl ObjectStore {
 
     /// Stores `object` as `id`; returns its size in the store. May spill older objects.
     pub fn put(&self, id: ObjectId, object: Object) -> Result<u64> {
+        self.put_reporting(id, object)
+            .map(|stored| stored.size_bytes)
+    }
+
+    /// [`put`](Self::put), also saying how many bytes of other objects it spilled.
+    pub fn put_reporting(&self, id: ObjectId, object: Object) -> Result<Stored> {
         let (residence, size_bytes) = match &self.shared {
             Some(dir) => {
                 let size = dir.write_reusing(id, &object, self.recycler.take().as_deref())?;
@@ -264,13 +295,21 @@ impl ObjectStore {
             }
         };
         self.insert(id, residence, size_bytes);
-        self.make_room(None)?;
-        Ok(size_bytes)
+        let spilled_bytes = self.make_room(None)?;
+        Ok(Stored {
+            size_bytes,
+            spilled_bytes,
+        })
     }
 
     /// Takes ownership of an object file a worker process wrote and sealed in the shared
     /// directory; returns its size.
     pub fn adopt(&self, id: ObjectId) -> Result<u64> {
+        self.adopt_reporting(id).map(|stored| stored.size_bytes)
+    }
+
+    /// [`adopt`](Self::adopt), also saying how many bytes of other objects it spilled.
+    pub fn adopt_reporting(&self, id: ObjectId) -> Result<Stored> {
         let dir = self
             .shared
             .as_ref()
@@ -280,8 +319,11 @@ impl ObjectStore {
             .map_err(|e| Error::io(&path, e))?
             .len();
         self.insert(id, Residence::Shared(None), size);
-        self.make_room(None)?;
-        Ok(size)
+        let spilled_bytes = self.make_room(None)?;
+        Ok(Stored {
+            size_bytes: size,
+            spilled_bytes,
+        })
     }
 
     /// The object, restored first if it was spilled. Shared-memory objects are mapped without
@@ -311,6 +353,64 @@ impl ObjectStore {
                 self.shared_dir_ref().read(id, Some(Box::new(pin)))
             }
         }
+    }
+
+    /// Batch `index` of a stored block, as a block of that one batch, without restoring a
+    /// spilled block: its spill file is mapped as it is and only the batch's pages are read, so
+    /// a reduce task reading its partition of a spilled map output reads only that partition.
+    /// Zero-copy for shared-memory and spilled blocks. A block with fewer batches gives an
+    /// empty one.
+    pub fn get_batch(self: &Arc<Self>, id: ObjectId, index: usize) -> Result<Object> {
+        let object = match self.open_spilled(id)? {
+            Some(file) => read_object(
+                id,
+                object_dir::map_open_file(file, &self.spill.file(id), None)?,
+            )?,
+            None => self.get(id)?,
+        };
+        select_batch(id, object, index)
+    }
+
+    /// The stored bytes of `id` (see [`stored_bytes`](Self::stored_bytes)), but a spilled
+    /// object's spill file is mapped as it is instead of being restored first.
+    pub fn stored_view(self: &Arc<Self>, id: ObjectId) -> Result<Bytes> {
+        match self.open_spilled(id)? {
+            Some(file) => object_dir::map_open_file(file, &self.spill.file(id), None),
+            None => self.stored_bytes(id),
+        }
+    }
+
+    /// Keeps `id` resident until the returned pin drops, if it is resident now; `None` if it is
+    /// spilled (or on its way), which a caller that can read spilled objects in place prefers
+    /// to restoring it.
+    pub fn pin_if_resident(self: &Arc<Self>, id: ObjectId) -> Result<Option<Pin>> {
+        let mut state = self.state.lock();
+        let entry = state
+            .entries
+            .get_mut(&id)
+            .ok_or(Error::ObjectNotFound { id })?;
+        match entry.residence {
+            Residence::Heap(_) | Residence::Shared(_) => {
+                entry.pins += 1;
+                drop(state);
+                Ok(Some(Pin::new(self, id)))
+            }
+            Residence::Spilled | Residence::Moving => Ok(None),
+        }
+    }
+
+    /// The spill file of `id`, opened, if the object is spilled. Opened under the state lock,
+    /// so no restore can remove the file first; the open file stays valid after that.
+    fn open_spilled(&self, id: ObjectId) -> Result<Option<std::fs::File>> {
+        let state = self.state.lock();
+        let entry = state.entries.get(&id).ok_or(Error::ObjectNotFound { id })?;
+        if !matches!(entry.residence, Residence::Spilled) {
+            return Ok(None);
+        }
+        let path = self.spill.file(id);
+        std::fs::File::open(&path)
+            .map(Some)
+            .map_err(|e| Error::io(&path, e))
     }
 
     /// The object's stored bytes (header and payload, see [`write_object`]), for sending it
@@ -482,25 +582,27 @@ impl ObjectStore {
     }
 
     /// Spills least-recently-used unpinned objects (other than `keep`) until the resident
-    /// bytes fit the budget.
-    fn make_room(&self, keep: Option<ObjectId>) -> Result<()> {
+    /// bytes fit the budget; returns the bytes spilled.
+    fn make_room(&self, keep: Option<ObjectId>) -> Result<u64> {
+        let mut spilled_bytes = 0;
         loop {
             let mut state = self.state.lock();
             let budget = state.usage.budget_bytes;
             if state.usage.resident_bytes + self.recycler.bytes() <= budget {
-                return Ok(());
+                return Ok(spilled_bytes);
             }
             // Recycled files go first: they hold no data anyone needs.
             self.recycler
                 .shrink_to(budget.saturating_sub(state.usage.resident_bytes));
             if state.usage.resident_bytes <= budget {
-                return Ok(());
+                return Ok(spilled_bytes);
             }
             let candidates = state.entries.iter().filter(|(id, _)| Some(**id) != keep);
             let Some(id) = spill::choose_victim(candidates.map(|(id, e)| (*id, e))) else {
                 tracing::debug!(usage = ?state.usage, "over budget, but every resident object is pinned");
-                return Ok(());
+                return Ok(spilled_bytes);
             };
+            spilled_bytes += state.entries[&id].size_bytes;
             let entry = state.entries.get_mut(&id).expect("victim exists");
             let size = entry.size_bytes;
             let residence = std::mem::replace(&mut entry.residence, Residence::Moving);

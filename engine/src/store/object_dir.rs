@@ -155,6 +155,15 @@ pub(crate) fn map_file(
         std::io::ErrorKind::NotFound => Error::ObjectNotFound { id },
         _ => Error::io(path, e),
     })?;
+    map_open_file(file, path, keep_alive)
+}
+
+/// Maps an object file already opened (`path` for messages).
+pub(crate) fn map_open_file(
+    file: File,
+    path: &Path,
+    keep_alive: Option<Box<dyn Send + Sync>>,
+) -> Result<Bytes> {
     // SAFETY: object files are written once, sealed by rename, and never modified afterwards;
     // they are only removed, which leaves existing mappings valid.
     let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;

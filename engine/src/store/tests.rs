@@ -240,3 +240,43 @@ fn repeated_gets_share_one_mapping_and_readers_keep_it_resident() {
     );
     assert_eq!(block_of(store.get(id).unwrap()), batch(0, 100_000));
 }
+
+#[test]
+fn one_batch_of_a_spilled_block_is_read_in_place() {
+    for shared in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        // Room for the first block (160 kB), not for both.
+        let store = if shared {
+            shared_store(200_000, tmp.path())
+        } else {
+            heap_store(200_000, tmp.path())
+        };
+        let parts: Vec<RecordBatch> = (0..4).map(|i| batch(i * 5000, 5000)).collect();
+        let first = ObjectId::random();
+        let block = Block::try_new(parts[0].schema(), parts.clone()).unwrap();
+        let stored = store.put_reporting(first, Object::Block(block)).unwrap();
+        // A second block pushes the first out to disk.
+        let second = ObjectId::random();
+        let spilled = store
+            .put_reporting(second, batch(0, 10_000).into())
+            .unwrap();
+        assert_eq!(spilled.spilled_bytes, stored.size_bytes, "shared: {shared}");
+        assert_eq!(store.usage().spilled_bytes, stored.size_bytes);
+
+        for (i, part) in parts.iter().enumerate() {
+            assert_eq!(&block_of(store.get_batch(first, i).unwrap()), part);
+        }
+        assert_eq!(block_of(store.get_batch(first, 9).unwrap()).num_rows(), 0);
+        assert_eq!(
+            store.usage().restored_bytes_total,
+            0,
+            "reading batches restored the block (shared: {shared})"
+        );
+        assert!(store.pin_if_resident(first).unwrap().is_none());
+        assert!(store.pin_if_resident(second).unwrap().is_some());
+        // The stored view of a spilled block is its spill file, byte for byte what a restore
+        // would give.
+        let view = store.stored_view(first).unwrap();
+        assert_eq!(view, store.stored_bytes(first).unwrap());
+    }
+}
