@@ -35,6 +35,10 @@ fn main() {
             "all_to_all_operations_match_sql_across_nodes",
             all_to_all_operations_match_sql_across_nodes,
         ),
+        (
+            "row_functions_callables_and_splits_run_on_the_nodes",
+            row_functions_callables_and_splits_run_on_the_nodes,
+        ),
     ];
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
     let cluster = Cluster::start(&["a=1", "b=1"]);
@@ -282,4 +286,147 @@ fn all_to_all_operations_match_sql_across_nodes(cluster: &Cluster) {
          FROM lineitem l JOIN flags f ON l.l_returnflag = f.l_returnflag",
     );
     assert_eq!(sorted(rows(&joined)), sorted(rows(&expected)));
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+struct Id {
+    id: i64,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+struct Described {
+    id: i64,
+    text: String,
+}
+
+#[manta::remote]
+fn describe(row: Id) -> Described {
+    Described {
+        id: row.id,
+        text: format!(
+            "row {} of {}",
+            row.id,
+            if row.id % 2 == 0 { "even" } else { "odd" }
+        ),
+    }
+}
+
+/// Adds an offset read from a file at construction, and tags each row with the instance (a
+/// random number drawn once per construction) that scored it.
+struct Offset {
+    offset: i64,
+    instance: u64,
+}
+
+#[manta::callable]
+impl manta::Callable for Offset {
+    type Args = String;
+
+    fn new(path: String) -> Result<Self, manta::BoxError> {
+        Ok(Self {
+            offset: std::fs::read_to_string(path)?.trim().parse()?,
+            instance: rand::random(),
+        })
+    }
+
+    fn call(&mut self, batch: RecordBatch) -> Result<RecordBatch, manta::BoxError> {
+        use arrow::array::{AsArray, Int64Array, UInt64Array};
+        let ids = batch
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>();
+        let shifted: Int64Array = ids.iter().map(|v| v.map(|v| v + self.offset)).collect();
+        let instance = UInt64Array::from(vec![self.instance; batch.num_rows()]);
+        Ok(RecordBatch::try_from_iter([
+            ("id", Arc::new(shifted) as _),
+            ("instance", Arc::new(instance) as _),
+        ])?)
+    }
+}
+
+fn row_functions_callables_and_splits_run_on_the_nodes(cluster: &Cluster) {
+    use arrow::array::AsArray;
+    let ctx = cluster.connect();
+    let ids = ctx
+        .read(
+            manta::datasets::source::Source::Range { n: 20_000 },
+            ReadOptions {
+                rows_per_task: 1_000,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+
+    let mut described: Vec<Described> = ids
+        .map(describe)
+        .iter_rows()
+        .unwrap()
+        .collect::<manta::Result<_>>()
+        .unwrap();
+    described.sort_by_key(|d| d.id);
+    let expected: Vec<Described> = (0..20_000).map(|id| describe::call(Id { id })).collect();
+    assert_eq!(described, expected);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("offset.txt");
+    std::fs::write(&model, "7").unwrap();
+    let scored = ids
+        .map_batches_callable::<Offset>(
+            model.to_string_lossy().into_owned(),
+            MapBatchesOptions::default().concurrency(2),
+        )
+        .unwrap()
+        .to_arrow()
+        .unwrap();
+    let mut shifted: Vec<i64> = Vec::new();
+    let mut instances: std::collections::BTreeSet<u64> = std::collections::BTreeSet::new();
+    for batch in &scored {
+        shifted.extend(
+            batch
+                .column(0)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .values(),
+        );
+        instances.extend(
+            batch
+                .column(1)
+                .as_primitive::<arrow::datatypes::UInt64Type>()
+                .values(),
+        );
+    }
+    assert_eq!(shifted, (7..20_007).collect::<Vec<i64>>());
+    assert!(
+        instances.len() < 20,
+        "each worker built its scorer once and reused it for its next blocks: {} instances for 20 blocks",
+        instances.len()
+    );
+
+    let splits = ids.streaming_split(2).unwrap();
+    let shares: Vec<Vec<i64>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = splits
+            .into_iter()
+            .map(|split| {
+                scope.spawn(move || {
+                    let mut ids = Vec::new();
+                    for batch in split {
+                        let batch = batch.unwrap();
+                        ids.extend(
+                            batch
+                                .column(0)
+                                .as_primitive::<arrow::datatypes::Int64Type>()
+                                .values(),
+                        );
+                    }
+                    ids
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut all: Vec<i64> = shares.concat();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..20_000).collect::<Vec<i64>>(),
+        "disjoint shares, every row once"
+    );
 }
