@@ -362,6 +362,8 @@ impl Dataset {
     ) -> Result<DatasetStats> {
         let mut stats = run::join(&self.ctx, handle)?;
         if !before.is_empty() {
+            // The barriers before the last pipeline ran one after the other.
+            stats.wall += before.iter().map(|s| s.wall).sum::<std::time::Duration>();
             let mut stages = before;
             stages.append(&mut stats.stages);
             stats.stages = stages;

@@ -771,7 +771,22 @@ fn run_partition(_: &TaskContext, input: TaskInput) -> manta_engine::Result<Obje
         manta_engine::Error::Internal("a partition task needs its block".into())
     })?)?;
     let label = format!("block {} ({:?})", spec.block, spec.partitioner);
-    let mut batch = single_batch(&block)?;
+    Ok(Object::Block(partition_batch(
+        single_batch(&block)?,
+        &spec,
+        &label,
+    )?))
+}
+
+/// The map side of an exchange on one block's rows: combined first if the spec says so, then
+/// split into exactly `spec.n` batches, batch *i* holding partition *i*. Run by partition
+/// tasks, and by the last stage of an input pipeline fused with the exchange's map side.
+pub fn partition_batch(
+    mut batch: RecordBatch,
+    spec: &PartitionSpec,
+    label: &str,
+) -> manta_engine::Result<Block> {
+    let label = label.to_string();
     if let Some((keys, aggregates)) = &spec.combine {
         batch = combine::partial(batch, keys, aggregates)
             .map_err(|e| user_error("aggregate", label.clone(), e))?;
@@ -807,7 +822,7 @@ fn run_partition(_: &TaskContext, input: TaskInput) -> manta_engine::Result<Obje
     }
     let sorted = take_record_batch(&batch, &UInt32Array::from(order))?;
     let batches = (0..n).map(|p| sorted.slice(starts[p], counts[p])).collect();
-    Ok(Object::Block(Block::try_new(schema, batches)?))
+    Ok(Block::try_new(schema, batches)?)
 }
 
 /// The partition of each row by key hash.

@@ -205,6 +205,9 @@ pub enum Sink {
     Driver,
     /// Part files of a format in this (temporary) directory.
     Files(std::path::PathBuf, WriteFormat),
+    /// The map side of an exchange (named, e.g. "RandomShuffleMap"), fused with the last
+    /// stage.
+    Partition(String, crate::exchange::PartitionSpec),
 }
 
 /// What one task of the first stage starts from.
@@ -447,6 +450,13 @@ impl LogicalPlan {
                             dir: dir.clone(),
                             format: *format,
                         })
+                    }
+                    (Sink::Partition(map_name, spec), true) => {
+                        if !name.is_empty() {
+                            name.push_str("->");
+                        }
+                        name.push_str(map_name);
+                        Some(SinkSpec::Partition(spec.clone()))
                     }
                     _ => None,
                 };

@@ -259,12 +259,24 @@ fn run_exchange(
     stats: &mut Vec<StageStats>,
 ) -> Result<(Vec<ObjectRef>, Option<SchemaRef>)> {
     exchange.check()?;
+    let name = exchange.name();
+    let schema = exchange.schema();
+    // Operations whose partitioner is known before the data is seen partition inside the last
+    // stage of their input pipelines: no input block is ever materialised.
+    if matches!(
+        exchange,
+        Exchange::RandomShuffle { .. }
+            | Exchange::Aggregate { .. }
+            | Exchange::MapGroups { .. }
+            | Exchange::Join { .. }
+            | Exchange::Repartition { shuffle: true, .. }
+    ) {
+        return run_fused_exchange(ctx, exchange, stats);
+    }
     let mut inputs = Vec::new();
     for plan in exchange.input_plans() {
         inputs.push(run_to_blocks(ctx, &plan, stats)?);
     }
-    let name = exchange.name();
-    let schema = exchange.schema();
     match exchange {
         Exchange::Union(_) => {
             let schema = inputs.iter().find_map(|(_, s)| s.clone());
@@ -319,51 +331,93 @@ fn run_exchange(
         }
         _ => {}
     }
-    // Map and reduce.
-    let side_schemas: Vec<Option<Vec<u8>>> = inputs
-        .iter()
-        .map(|(_, schema)| schema.as_ref().map(|s| crate::source::encode_schema(s)))
-        .collect();
-    let no_rows_anywhere = inputs.iter().all(|(blocks, _)| blocks.is_empty());
-    if no_rows_anywhere && !matches!(exchange, Exchange::Aggregate { keys, .. } if keys.is_empty())
-    {
-        // Nothing to partition: no output blocks (a global aggregate still answers one row).
+    // A sort: sample the materialised input for range boundaries, then map and reduce.
+    let Exchange::Sort { keys, .. } = exchange else {
+        unreachable!("other exchanges return above or run fused")
+    };
+    let (blocks, input_schema) = inputs.remove(0);
+    if blocks.is_empty() {
         return Ok((Vec::new(), schema));
+    }
+    let n = blocks.len();
+    let tasks = blocks
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            Ok(task(
+                SAMPLE_FUNCTION,
+                exchange::sample_args(keys)?,
+                vec![b.clone()],
+                &format!("sample block {i}"),
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut stage = StageStats::new("SortSample");
+    let samples = run_tasks(ctx, tasks, &mut stage)?;
+    stats.push(stage);
+    let refs: Vec<ObjectRef> = samples.into_iter().map(|o| o.output).collect();
+    let boundaries = exchange::boundaries(&fetch(ctx, &refs)?, keys, n)?;
+    let partitioner = exchange
+        .partitioners(Some(boundaries))
+        .pop()
+        .expect("a sort partitions its input");
+    let mut tasks = Vec::with_capacity(n);
+    for (index, block) in blocks.into_iter().enumerate() {
+        let spec = PartitionSpec {
+            partitioner: partitioner.clone(),
+            n,
+            block: index as u64,
+            combine: None,
+        };
+        tasks.push(task(
+            PARTITION_FUNCTION,
+            exchange::partition_args(&spec)?,
+            vec![block],
+            &format!("{name} map block {index}"),
+        ));
+    }
+    let mut stage = StageStats::new(format!("{name}Map"));
+    let map_outputs: Vec<ObjectRef> = run_tasks(ctx, tasks, &mut stage)?
+        .into_iter()
+        .map(|o| o.output)
+        .collect();
+    stats.push(stage);
+    let side_schemas = vec![input_schema.map(|s| crate::source::encode_schema(&s))];
+    let sides = vec![map_outputs.len()];
+    let reduced = run_reduce_tasks(ctx, exchange, n, map_outputs, sides, side_schemas, stats)?;
+    Ok((reduced, schema))
+}
+
+/// The map side fused into the input pipelines (see [`run_exchange`]), then the reduce tasks.
+fn run_fused_exchange(
+    ctx: &Context,
+    exchange: &Exchange,
+    stats: &mut Vec<StageStats>,
+) -> Result<(Vec<ObjectRef>, Option<SchemaRef>)> {
+    let name = exchange.name();
+    let plans = exchange
+        .input_plans()
+        .iter()
+        .map(|plan| resolve(ctx, plan, stats))
+        .collect::<Result<Vec<_>>>()?;
+    let side_schemas: Vec<Option<Vec<u8>>> = plans
+        .iter()
+        .map(|plan| plan.schema().map(|s| crate::source::encode_schema(&s)))
+        .collect();
+    let blocks_in = plans
+        .iter()
+        .map(|plan| Ok(plan.compile(Sink::Driver)?.sources.len()))
+        .collect::<Result<Vec<usize>>>()?;
+    let global_aggregate = matches!(exchange, Exchange::Aggregate { keys, .. } if keys.is_empty());
+    if blocks_in.iter().all(|&b| b == 0) && !global_aggregate {
+        // Nothing to partition: no output blocks (a global aggregate still answers one row).
+        return Ok((Vec::new(), exchange.schema()));
     }
     let n = match exchange {
         Exchange::Repartition { n, .. } => *n,
-        Exchange::Aggregate { keys, .. } if keys.is_empty() => 1,
-        _ => inputs
-            .iter()
-            .map(|(b, _)| b.len())
-            .max()
-            .unwrap_or(1)
-            .max(1),
+        _ if global_aggregate => 1,
+        _ => blocks_in.iter().copied().max().unwrap_or(1).max(1),
     };
-    let boundaries = if let Exchange::Sort { keys, .. } = exchange {
-        let blocks = &inputs[0].0;
-        let tasks = blocks
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                Ok(task(
-                    SAMPLE_FUNCTION,
-                    exchange::sample_args(keys)?,
-                    vec![b.clone()],
-                    &format!("sample block {i}"),
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut stage = StageStats::new("SortSample");
-        let samples = run_tasks(ctx, tasks, &mut stage)?;
-        stats.push(stage);
-        let refs: Vec<ObjectRef> = samples.into_iter().map(|o| o.output).collect();
-        Some(exchange::boundaries(&fetch(ctx, &refs)?, keys, n)?)
-    } else {
-        None
-    };
-    let partitioners = exchange.partitioners(boundaries);
-    // Aggregations move partial states, not rows, when their aggregates allow it.
     let combine = match exchange {
         Exchange::Aggregate {
             keys, aggregates, ..
@@ -372,30 +426,39 @@ fn run_exchange(
     };
     let mut map_outputs = Vec::new();
     let mut sides = Vec::new();
-    let mut stage = StageStats::new(format!("{name}Map"));
-    let mut next_block = 0u64;
-    for ((blocks, _), partitioner) in inputs.into_iter().zip(partitioners) {
-        let mut tasks = Vec::new();
-        for block in blocks {
-            let spec = PartitionSpec {
-                partitioner: partitioner.clone(),
-                n,
-                block: next_block,
-                combine: combine.clone(),
-            };
-            tasks.push(task(
-                PARTITION_FUNCTION,
-                exchange::partition_args(&spec)?,
-                vec![block],
-                &format!("{name} map block {next_block}"),
-            ));
-            next_block += 1;
+    for (plan, partitioner) in plans.iter().zip(exchange.partitioners(None)) {
+        let spec = PartitionSpec {
+            partitioner,
+            n,
+            block: 0,
+            combine: combine.clone(),
+        };
+        let (mut rx, handle) = start(ctx, plan, Sink::Partition(format!("{name}Map"), spec))?;
+        let mut out = Vec::new();
+        while let Some(block) = ctx.block_on(rx.recv()) {
+            out.push(block);
         }
-        let outputs = run_tasks(ctx, tasks, &mut stage)?;
-        sides.push(outputs.len());
-        map_outputs.extend(outputs.into_iter().map(|o| o.output));
+        let run = join(ctx, handle)?;
+        stats.extend(run.stages);
+        out.sort_by_key(|b| b.index);
+        sides.push(out.len());
+        map_outputs.extend(out.into_iter().map(|b| b.block));
     }
-    stats.push(stage);
+    let reduced = run_reduce_tasks(ctx, exchange, n, map_outputs, sides, side_schemas, stats)?;
+    Ok((reduced, exchange.schema()))
+}
+
+/// The reduce round: one task per partition, each reading its partition of every map output.
+fn run_reduce_tasks(
+    ctx: &Context,
+    exchange: &Exchange,
+    n: usize,
+    map_outputs: Vec<ObjectRef>,
+    sides: Vec<usize>,
+    side_schemas: Vec<Option<Vec<u8>>>,
+    stats: &mut Vec<StageStats>,
+) -> Result<Vec<ObjectRef>> {
+    let name = exchange.name();
     let reducer = exchange.reducer().expect("partitioning exchanges reduce");
     let tasks = (0..n)
         .map(|partition| {
@@ -422,5 +485,5 @@ fn run_exchange(
     let reduced = run_tasks(ctx, tasks, &mut stage)?;
     stats.push(stage);
     drop(map_outputs);
-    Ok((reduced.into_iter().map(|o| o.output).collect(), schema))
+    Ok(reduced.into_iter().map(|o| o.output).collect())
 }

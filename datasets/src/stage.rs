@@ -97,6 +97,9 @@ pub enum OpSpec {
 /// Where a stage's output goes.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum SinkSpec {
+    /// Into partitions: the map side of an exchange, fused with the stage (each task's block
+    /// is partitioned as [`crate::exchange::partition_batch`] does, `block` set per task).
+    Partition(crate::exchange::PartitionSpec),
     /// One part file per task, in this directory.
     Files {
         /// The write's temporary directory.
@@ -557,6 +560,16 @@ impl CompiledStage {
         };
         match &self.spec.sink {
             None => Ok(Object::Block(Block::try_new(schema, out)?)),
+            Some(SinkSpec::Partition(spec)) => {
+                let rows = arrow::compute::concat_batches(&schema, &out)?;
+                let spec = crate::exchange::PartitionSpec {
+                    block: args.index,
+                    ..spec.clone()
+                };
+                Ok(Object::Block(crate::exchange::partition_batch(
+                    rows, &spec, &label,
+                )?))
+            }
             Some(SinkSpec::Files { dir, format }) => {
                 if out.is_empty() {
                     return Ok(Object::Block(Block::empty(written_schema())));
