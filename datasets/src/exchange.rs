@@ -822,7 +822,7 @@ pub fn partition_batch(
     }
     let sorted = take_record_batch(&batch, &UInt32Array::from(order))?;
     let batches = (0..n).map(|p| sorted.slice(starts[p], counts[p])).collect();
-    Ok(Block::try_new(schema, batches)?)
+    Block::try_new(schema, batches)
 }
 
 /// The partition of each row by key hash.
