@@ -706,29 +706,13 @@ impl BatchIter {
             }
             let rx = self.rx.as_mut()?;
             match self.dataset.ctx.block_on(rx.recv()) {
-                Some(out) => {
-                    let client = self.dataset.ctx.client().clone();
-                    let id = out.block.id();
-                    let fetched = self
-                        .dataset
-                        .ctx
-                        .block_on(async move { client.get(&out.block).await });
-                    match fetched
-                        .map_err(Error::from)
-                        .and_then(|o| Ok(o.into_block(id)?))
-                    {
-                        Ok(block) => self.pending.extend(
-                            block
-                                .into_batches()
-                                .into_iter()
-                                .filter(|b| b.num_rows() > 0),
-                        ),
-                        Err(e) => {
-                            self.rx = None;
-                            return Some(Err(e));
-                        }
+                Some(out) => match fetch_batches(&self.dataset.ctx, out.block) {
+                    Ok(batches) => self.pending.extend(batches),
+                    Err(e) => {
+                        self.rx = None;
+                        return Some(Err(e));
                     }
-                }
+                },
                 None => {
                     self.rx = None;
                     let handle = self.handle.take()?;
@@ -879,22 +863,23 @@ impl Iterator for SplitIter {
                 Ok(out) => out,
                 Err(e) => return Some(Err(e)),
             };
-            let ctx = &self.shared.dataset.ctx;
-            let client = ctx.client().clone();
-            let id = out.block.id();
-            let fetched = ctx.block_on(async move { client.get(&out.block).await });
-            match fetched
-                .map_err(Error::from)
-                .and_then(|o| Ok(o.into_block(id)?))
-            {
-                Ok(block) => self.pending.extend(
-                    block
-                        .into_batches()
-                        .into_iter()
-                        .filter(|b| b.num_rows() > 0),
-                ),
+            match fetch_batches(&self.shared.dataset.ctx, out.block) {
+                Ok(batches) => self.pending.extend(batches),
                 Err(e) => return Some(Err(e)),
             }
         }
     }
+}
+
+/// The non-empty batches of an output block, read into this process.
+fn fetch_batches(ctx: &Context, block: manta_engine::ObjectRef) -> Result<Vec<RecordBatch>> {
+    let client = ctx.client().clone();
+    let id = block.id();
+    let object = ctx.block_on(async move { client.get(&block).await })?;
+    Ok(object
+        .into_block(id)?
+        .into_batches()
+        .into_iter()
+        .filter(|b| b.num_rows() > 0)
+        .collect())
 }

@@ -86,7 +86,18 @@ pub fn run_to_blocks(
     stats: &mut Vec<StageStats>,
 ) -> Result<(Vec<ObjectRef>, Option<SchemaRef>)> {
     let plan = resolve(ctx, plan, stats)?;
-    let (mut rx, handle) = start(ctx, &plan, Sink::Driver)?;
+    let blocks = collect_blocks(ctx, &plan, Sink::Driver, stats)?;
+    Ok((blocks, plan.schema()))
+}
+
+/// Runs a resolved plan into `sink`, returning its output blocks in block order.
+fn collect_blocks(
+    ctx: &Context,
+    plan: &LogicalPlan,
+    sink: Sink,
+    stats: &mut Vec<StageStats>,
+) -> Result<Vec<ObjectRef>> {
+    let (mut rx, handle) = start(ctx, plan, sink)?;
     let mut out = Vec::new();
     while let Some(block) = ctx.block_on(rx.recv()) {
         out.push(block);
@@ -94,7 +105,7 @@ pub fn run_to_blocks(
     let run = join(ctx, handle)?;
     stats.extend(run.stages);
     out.sort_by_key(|b| b.index);
-    Ok((out.into_iter().map(|b| b.block).collect(), plan.schema()))
+    Ok(out.into_iter().map(|b| b.block).collect())
 }
 
 fn run_limit(
@@ -433,16 +444,14 @@ fn run_fused_exchange(
             block: 0,
             combine: combine.clone(),
         };
-        let (mut rx, handle) = start(ctx, plan, Sink::Partition(format!("{name}Map"), spec))?;
-        let mut out = Vec::new();
-        while let Some(block) = ctx.block_on(rx.recv()) {
-            out.push(block);
-        }
-        let run = join(ctx, handle)?;
-        stats.extend(run.stages);
-        out.sort_by_key(|b| b.index);
+        let out = collect_blocks(
+            ctx,
+            plan,
+            Sink::Partition(format!("{name}Map"), spec),
+            stats,
+        )?;
         sides.push(out.len());
-        map_outputs.extend(out.into_iter().map(|b| b.block));
+        map_outputs.extend(out);
     }
     let reduced = run_reduce_tasks(ctx, exchange, n, map_outputs, sides, side_schemas, stats)?;
     Ok((reduced, exchange.schema()))
