@@ -286,14 +286,12 @@ fn shuffle_sort_and_repartition_keep_every_row() {
         .unwrap()
         .select_columns(&["l_orderkey", "l_linenumber", "l_shipmode", "l_quantity"]);
 
-    let sorted_ours = ds
-        .sort_by(vec![
-            SortKey::desc("l_shipmode"),
-            SortKey::asc("l_orderkey"),
-            SortKey::asc("l_linenumber"),
-        ])
-        .to_arrow()
-        .unwrap();
+    let sorting = ds.sort_by(vec![
+        SortKey::desc("l_shipmode"),
+        SortKey::asc("l_orderkey"),
+        SortKey::asc("l_linenumber"),
+    ]);
+    let sorted_ours = sorting.to_arrow().unwrap();
     let expected = sql(
         &df,
         "SELECT l_orderkey, l_linenumber, l_shipmode, l_quantity FROM lineitem \
@@ -304,6 +302,21 @@ fn shuffle_sort_and_repartition_keep_every_row() {
         rows(&expected),
         "sorted exactly as SQL sorts"
     );
+    // A read is sorted in two passes (a sample of the keys, then partitioning inside the read
+    // stage), and iterating streams the reduced blocks in sorted order.
+    let streamed: Vec<RecordBatch> = sorting
+        .iter_batches()
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows(&streamed), rows(&expected), "iterated in sorted order");
+    let stats = sorting.stats();
+    let names: Vec<&str> = stats.stages.iter().map(|s| s.name.as_str()).collect();
+    assert!(
+        names[0].starts_with("SortSample(") && names[1].ends_with("->SortMap"),
+        "{stats}"
+    );
+    assert_eq!(stats.stages[2].rows_in, stats.stages[1].rows_out, "{stats}");
 
     let shuffled = ds.random_shuffle(Some(3));
     let once = rows(&shuffled.to_arrow().unwrap());
@@ -687,6 +700,18 @@ fn a_shuffle_larger_than_the_store_spills_and_stays_right() {
     );
     let usage = ctx.client().local_store_usage().unwrap();
     assert!(usage.spilled_bytes_total > 0, "{usage:?}");
+    // Four rounds at most wrote the data (shuffle map, sort input, sort map, reduced blocks
+    // held for to_arrow): a partition stores its own strings, not every string of the block it
+    // was cut from (string views compacted before storing).
+    let compact: usize = ours
+        .iter()
+        .map(|b| manta::engine::views::compact_views(b).get_array_memory_size())
+        .sum();
+    assert!(
+        usage.spilled_bytes_total < 5 * compact as u64,
+        "spilled {} B for {compact} B of data",
+        usage.spilled_bytes_total
+    );
     assert!(usage.restored_bytes_total > 0, "{usage:?}");
     // The stages that spilled say so, and account for all of it.
     let stats = shuffled.stats();

@@ -8,7 +8,7 @@ use arrow::array::{ArrayRef, AsArray, RecordBatch};
 use arrow::compute::concat_batches;
 use arrow::datatypes::{SchemaRef, UInt64Type};
 use datafusion::logical_expr::Expr;
-use manta_engine::{RegisteredCallable, RemoteBatchFn, RemoteRowFn};
+use manta_engine::{ObjectRef, RegisteredCallable, RemoteBatchFn, RemoteRowFn};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -478,7 +478,8 @@ impl Dataset {
     }
 
     /// Iterates over the rows as batches, streaming: the pipeline runs as the batches are
-    /// consumed, and stops if the iterator is dropped.
+    /// consumed, and stops if the iterator is dropped. Batches come in block order (a sorted
+    /// dataset's in sorted order); a block that finishes early waits for the ones before it.
     pub fn iter_batches(&self) -> Result<BatchIter> {
         let (rx, handle, before) = self.start(Sink::Driver)?;
         Ok(BatchIter {
@@ -488,6 +489,8 @@ impl Dataset {
             before,
             pending: VecDeque::new(),
             batch_size: None,
+            early: Default::default(),
+            next_index: 0,
         })
     }
 
@@ -683,6 +686,10 @@ pub struct BatchIter {
     before: Vec<StageStats>,
     pending: VecDeque<RecordBatch>,
     batch_size: Option<usize>,
+    /// Blocks that finished before the ones ahead of them, by block index, and the index of
+    /// the next block to hand out: batches come out in block order (a sort's order).
+    early: std::collections::BTreeMap<u64, ObjectRef>,
+    next_index: u64,
 }
 
 impl BatchIter {
@@ -704,20 +711,40 @@ impl BatchIter {
             if let Some(batch) = self.pending.pop_front() {
                 return Some(Ok(batch));
             }
-            let rx = self.rx.as_mut()?;
-            match self.dataset.ctx.block_on(rx.recv()) {
-                Some(out) => match fetch_batches(&self.dataset.ctx, out.block) {
+            // The next block in order if it is here; once the pipeline is done, whatever is
+            // left, in order.
+            let next = match self.early.first_key_value() {
+                Some((&index, _)) if index == self.next_index || self.rx.is_none() => {
+                    self.early.pop_first()
+                }
+                _ => None,
+            };
+            if let Some((index, block)) = next {
+                self.next_index = index + 1;
+                match fetch_batches(&self.dataset.ctx, block) {
                     Ok(batches) => self.pending.extend(batches),
                     Err(e) => {
                         self.rx = None;
+                        self.early.clear();
                         return Some(Err(e));
                     }
-                },
+                }
+                continue;
+            }
+            let rx = self.rx.as_mut()?;
+            match self.dataset.ctx.block_on(rx.recv()) {
+                Some(out) => {
+                    self.early.insert(out.index, out.block);
+                }
                 None => {
                     self.rx = None;
-                    let handle = self.handle.take()?;
-                    let before = std::mem::take(&mut self.before);
-                    return self.dataset.finish(handle, before).err().map(Err);
+                    if let Some(handle) = self.handle.take() {
+                        let before = std::mem::take(&mut self.before);
+                        if let Err(e) = self.dataset.finish(handle, before) {
+                            self.early.clear();
+                            return Some(Err(e));
+                        }
+                    }
                 }
             }
         }

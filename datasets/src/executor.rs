@@ -16,6 +16,10 @@
 //!    the consumer's channel is bounded too, so a slow consumer (`iter_batches`) throttles
 //!    the whole pipeline instead of filling memory.
 //!
+//! A source is a read, a block already in the store, or a task that makes a block (an
+//! all-to-all's reduce task, see [`crate::run`]): reduce tasks are throttled like reads, so a
+//! shuffle's reduced blocks stream to the consumer instead of piling up in the store.
+//!
 //! A stage with a concurrency cap (`map_batches` with `concurrency`, an actor pool) never has
 //! more tasks running than its cap; its input waits in its queue meanwhile.
 //!
@@ -65,6 +69,26 @@ impl Limits {
             max_buffered: (2 * cpus).max(4),
         }
     }
+}
+
+/// The task that runs `stage` of `plan` over one source fragment or block.
+fn stage_task(
+    plan: &PhysicalPlan,
+    stage: usize,
+    index: u64,
+    part: TaskPart,
+    inputs: Vec<ObjectRef>,
+) -> Result<TaskSpec> {
+    let physical = &plan.stages[stage];
+    Ok(TaskSpec {
+        function: crate::stage::STAGE_FUNCTION.to_string(),
+        args: encode_args(&physical.spec, &TaskArgs { part, index })?,
+        inputs,
+        input_batch: None,
+        resources: physical.resources.clone(),
+        max_retries: 3,
+        label: format!("block {index} of stage {stage} ({})", physical.name),
+    })
 }
 
 /// Runs `plan`, sending the last stage's blocks to `out`. Stops early (without error) if `out`
@@ -123,13 +147,14 @@ pub async fn execute(
                     .concurrency
                     .is_none_or(|cap| running_per_stage[s] < cap)
             };
-            let (stage, index, part, input_rows, inputs) = if let Some(stage) = (1..n_stages)
+            let (stage, index, input_rows, spec) = if let Some(stage) = (1..n_stages)
                 .rev()
                 .find(|s| !queues[*s].is_empty() && has_room(*s))
             {
                 let (index, block) = queues[stage].pop_front().expect("non-empty");
                 let rows = block.meta().num_rows;
-                (stage, index, TaskPart::Blocks, rows, vec![block])
+                let spec = stage_task(&plan, stage, index, TaskPart::Blocks, vec![block])?;
+                (stage, index, rows, spec)
             } else {
                 let buffered: usize =
                     queues.iter().map(VecDeque::len).sum::<usize>() + running_sources;
@@ -148,21 +173,16 @@ pub async fn execute(
                 let (index, source) = sources.pop_front().expect("non-empty");
                 running_sources += 1;
                 let rows = source.rows();
-                match source {
-                    SourceTask::Read(task) => (0, index, TaskPart::Read(task), rows, Vec::new()),
-                    SourceTask::Block(block) => (0, index, TaskPart::Blocks, rows, vec![block]),
-                }
-            };
-            let physical = &plan.stages[stage];
-            let args = encode_args(&physical.spec, &TaskArgs { part, index })?;
-            let spec = TaskSpec {
-                function: crate::stage::STAGE_FUNCTION.to_string(),
-                args,
-                inputs,
-                input_batch: None,
-                resources: physical.resources.clone(),
-                max_retries: 3,
-                label: format!("block {index} of stage {stage} ({})", physical.name),
+                let spec = match source {
+                    SourceTask::Read(task) => {
+                        stage_task(&plan, 0, index, TaskPart::Read(task), Vec::new())?
+                    }
+                    SourceTask::Block(block) => {
+                        stage_task(&plan, 0, index, TaskPart::Blocks, vec![block])?
+                    }
+                    SourceTask::Task(task) => *task,
+                };
+                (0, index, rows, spec)
             };
             stats[stage].started(Instant::now());
             running_per_stage[stage] += 1;
@@ -211,6 +231,11 @@ pub async fn execute(
     }
     if let Some(progress) = &progress {
         progress.finish();
+    }
+    for (stage, physical) in stats.iter_mut().zip(&plan.stages) {
+        if let Some(rows) = physical.rows_in {
+            stage.rows_in = rows;
+        }
     }
     match failure {
         Some(e) => Err(e.into()),

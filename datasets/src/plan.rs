@@ -14,7 +14,7 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
 use datafusion::logical_expr::Expr;
-use manta_engine::Resources;
+use manta_engine::{Resources, TaskSpec};
 
 use manta_engine::ObjectRef;
 
@@ -178,6 +178,20 @@ pub enum PlanInput {
         /// Their schema, where known without reading them.
         schema: Option<SchemaRef>,
     },
+    /// Blocks that tasks not yet run will make (an all-to-all's reduce round): the tasks run
+    /// as the pipeline's first stage, throttled like reads, so their blocks stream on to the
+    /// next stages and the consumer instead of all waiting in the store first.
+    Tasks {
+        /// The stage's name ("RandomShuffleReduce").
+        name: String,
+        /// The tasks, one output block each, in order.
+        tasks: Arc<Vec<TaskSpec>>,
+        /// Rows the tasks read in all (what the driver knows; a reduce task reads a partition
+        /// of every map output, whose rows it does not know).
+        rows_in: u64,
+        /// Their output schema, where known.
+        schema: Option<SchemaRef>,
+    },
     /// The first `n` rows of another plan's output.
     Limit {
         /// The plan.
@@ -217,6 +231,8 @@ pub enum SourceTask {
     Read(ReadTask),
     /// A block in the store.
     Block(ObjectRef),
+    /// A task that makes the block (a reduce task), run as it is.
+    Task(Box<TaskSpec>),
 }
 
 impl SourceTask {
@@ -225,6 +241,7 @@ impl SourceTask {
         match self {
             SourceTask::Read(task) => task.rows(),
             SourceTask::Block(block) => block.meta().num_rows,
+            SourceTask::Task(_) => 0,
         }
     }
 }
@@ -240,6 +257,9 @@ pub struct PhysicalStage {
     pub resources: Resources,
     /// Most tasks of the stage running at once, if capped.
     pub concurrency: Option<usize>,
+    /// Rows its tasks read in all, where the driver knows the total but not each task's (a
+    /// reduce round).
+    pub rows_in: Option<u64>,
 }
 
 /// A stage being built by [`LogicalPlan::compile`].
@@ -303,7 +323,7 @@ impl LogicalPlan {
     fn input_schema(&self) -> Option<SchemaRef> {
         match &self.input {
             PlanInput::Read { source, .. } => Some(source.schema()),
-            PlanInput::Blocks { schema, .. } => schema.clone(),
+            PlanInput::Blocks { schema, .. } | PlanInput::Tasks { schema, .. } => schema.clone(),
             PlanInput::Limit { input, .. } => input.schema(),
             PlanInput::Exchange(exchange) => exchange.schema(),
         }
@@ -332,6 +352,36 @@ impl LogicalPlan {
     /// limits and exchanges first).
     pub fn compile(&self, sink: Sink) -> Result<PhysicalPlan> {
         self.check()?;
+        if let PlanInput::Tasks {
+            name,
+            tasks,
+            rows_in,
+            schema,
+        } = &self.input
+        {
+            // The tasks' stage, then the stages the operators make over its blocks.
+            let over_blocks = LogicalPlan::blocks(Vec::new(), schema.clone());
+            let mut compiled = LogicalPlan {
+                ops: self.ops.clone(),
+                ..over_blocks
+            }
+            .compile(sink)?;
+            compiled.sources = tasks
+                .iter()
+                .map(|task| SourceTask::Task(Box::new(task.clone())))
+                .collect();
+            compiled.stages.insert(
+                0,
+                PhysicalStage {
+                    name: name.clone(),
+                    spec: Bytes::new(),
+                    resources: Resources::one_cpu(),
+                    concurrency: None,
+                    rows_in: Some(*rows_in),
+                },
+            );
+            return Ok(compiled);
+        }
         let (sources, first_stage, first_resources, batch_size) = match &self.input {
             PlanInput::Read { source, options } => (
                 source
@@ -349,6 +399,7 @@ impl LogicalPlan {
                 Resources::one_cpu(),
                 ReadOptions::default().batch_size,
             ),
+            PlanInput::Tasks { .. } => unreachable!("compiled above"),
             PlanInput::Limit { .. } | PlanInput::Exchange(_) => {
                 return Err(Error::InvalidArgument(
                     "internal: a limit or all-to-all input must run before compiling".into(),
@@ -475,6 +526,7 @@ impl LogicalPlan {
                     spec: encode_spec(&spec)?,
                     resources,
                     concurrency,
+                    rows_in: None,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -1,10 +1,12 @@
 //! Running plans: barriers (limits, all-to-all exchanges) first, then the streaming executor.
 //!
 //! A plan whose input is a read or blocks in the store streams through [`crate::executor`]. A
-//! plan whose input is a limit or an exchange is *resolved* first: the driver runs the inputs to
-//! blocks, runs the exchange's tasks (see [`crate::exchange`] for the map/reduce scheme), and
-//! replaces the input with the resulting blocks, so every plan that reaches the executor starts
-//! from a read or from blocks. Figures of every round of tasks go into the dataset's stats.
+//! plan whose input is a limit or an exchange is *resolved* first: the driver runs the inputs,
+//! runs the exchange's map side (see [`crate::exchange`] for the map/reduce scheme), and
+//! replaces the input with the exchange's reduce tasks (or, for a limit, a union, a zip, the
+//! resulting blocks), so every plan that reaches the executor starts from a read, from blocks,
+//! or from reduce tasks that run as its first stage. Figures of every round of tasks go into the
+//! dataset's stats.
 
 use std::time::Instant;
 
@@ -31,18 +33,48 @@ pub fn resolve(
     plan: &LogicalPlan,
     stats: &mut Vec<StageStats>,
 ) -> Result<LogicalPlan> {
-    let (blocks, schema) = match &plan.input {
-        PlanInput::Read { .. } | PlanInput::Blocks { .. } => return Ok(plan.clone()),
-        PlanInput::Limit { input, n } => run_limit(ctx, input, *n, stats)?,
+    let (resolved, schema) = match &plan.input {
+        PlanInput::Read { .. } | PlanInput::Blocks { .. } | PlanInput::Tasks { .. } => {
+            return Ok(plan.clone());
+        }
+        PlanInput::Limit { input, n } => {
+            let (blocks, schema) = run_limit(ctx, input, *n, stats)?;
+            (Resolved::Blocks(blocks), schema)
+        }
         PlanInput::Exchange(exchange) => run_exchange(ctx, exchange, stats)?,
     };
-    Ok(LogicalPlan {
-        input: PlanInput::Blocks {
+    let input = match resolved {
+        Resolved::Blocks(blocks) => PlanInput::Blocks {
             blocks: std::sync::Arc::new(blocks),
             schema,
         },
+        Resolved::Reduce {
+            name,
+            tasks,
+            rows_in,
+        } => PlanInput::Tasks {
+            name,
+            tasks: std::sync::Arc::new(tasks),
+            rows_in,
+            schema,
+        },
+    };
+    Ok(LogicalPlan {
+        input,
         ops: plan.ops.clone(),
     })
+}
+
+/// What a limit or an exchange leaves for the rest of the plan to start from.
+enum Resolved {
+    /// Blocks in the store.
+    Blocks(Vec<ObjectRef>),
+    /// An exchange's reduce tasks, not yet run: they stream as the next run's first stage.
+    Reduce {
+        name: String,
+        tasks: Vec<TaskSpec>,
+        rows_in: u64,
+    },
 }
 
 /// Starts the streaming executor on a resolved plan.
@@ -180,15 +212,9 @@ fn run_tasks(
     let client = ctx.client().clone();
     let limit = limits(ctx)?.max_running;
     stage.started(Instant::now());
-    // A reduce task reads only its partition of each input, whose rows the driver does not
-    // know: the caller fills in the stage's rows in (the map stage's rows out).
-    let rows_in: Vec<Option<u64>> = tasks
+    let rows_in: Vec<u64> = tasks
         .iter()
-        .map(|t| {
-            t.input_batch
-                .is_none()
-                .then(|| t.inputs.iter().map(|i| i.meta().num_rows).sum())
-        })
+        .map(|t| t.inputs.iter().map(|i| i.meta().num_rows).sum())
         .collect();
     let results: Vec<_> = ctx.block_on(
         futures::stream::iter(tasks.into_iter().map(|t| client.submit(t)))
@@ -201,7 +227,7 @@ fn run_tasks(
         let meta = outcome.meta().clone();
         stage.finished(
             Instant::now(),
-            rows_in.unwrap_or(0),
+            rows_in,
             meta.num_rows,
             meta.size_bytes,
             &outcome.stats,
@@ -268,7 +294,7 @@ fn run_exchange(
     ctx: &Context,
     exchange: &Exchange,
     stats: &mut Vec<StageStats>,
-) -> Result<(Vec<ObjectRef>, Option<SchemaRef>)> {
+) -> Result<(Resolved, Option<SchemaRef>)> {
     exchange.check()?;
     let name = exchange.name();
     let schema = exchange.schema();
@@ -284,6 +310,11 @@ fn run_exchange(
     ) {
         return run_fused_exchange(ctx, exchange, stats);
     }
+    if let Exchange::Sort { input, keys } = exchange
+        && samples_in_a_first_pass(input)?
+    {
+        return run_two_pass_sort(ctx, exchange, input, keys, stats);
+    }
     let mut inputs = Vec::new();
     for plan in exchange.input_plans() {
         inputs.push(run_to_blocks(ctx, &plan, stats)?);
@@ -292,7 +323,7 @@ fn run_exchange(
         Exchange::Union(_) => {
             let schema = inputs.iter().find_map(|(_, s)| s.clone());
             let blocks = inputs.into_iter().flat_map(|(b, _)| b).collect();
-            return Ok((blocks, schema));
+            return Ok((Resolved::Blocks(blocks), schema));
         }
         Exchange::Zip { .. } => {
             let (left, _) = &inputs[0];
@@ -321,7 +352,8 @@ fn run_exchange(
             let mut stage = StageStats::new(name);
             let out = run_tasks(ctx, tasks, &mut stage)?;
             stats.push(stage);
-            return Ok((out.into_iter().map(|o| o.output).collect(), schema));
+            let blocks = out.into_iter().map(|o| o.output).collect();
+            return Ok((Resolved::Blocks(blocks), schema));
         }
         Exchange::Repartition {
             n, shuffle: false, ..
@@ -335,10 +367,8 @@ fn run_exchange(
             let mut stage = StageStats::new(name);
             let out = run_tasks(ctx, slice_tasks(blocks, &sizes, "repartition")?, &mut stage)?;
             stats.push(stage);
-            return Ok((
-                out.into_iter().map(|o| o.output).collect(),
-                input_schema.clone(),
-            ));
+            let blocks = out.into_iter().map(|o| o.output).collect();
+            return Ok((Resolved::Blocks(blocks), input_schema.clone()));
         }
         _ => {}
     }
@@ -348,7 +378,7 @@ fn run_exchange(
     };
     let (blocks, input_schema) = inputs.remove(0);
     if blocks.is_empty() {
-        return Ok((Vec::new(), schema));
+        return Ok((Resolved::Blocks(Vec::new()), schema));
     }
     let n = blocks.len();
     let tasks = blocks
@@ -392,11 +422,89 @@ fn run_exchange(
         .into_iter()
         .map(|o| o.output)
         .collect();
-    stats.push(stage);
     let side_schemas = vec![input_schema.map(|s| crate::source::encode_schema(&s))];
     let sides = vec![map_outputs.len()];
-    let reduced = run_reduce_tasks(ctx, exchange, n, map_outputs, sides, side_schemas, stats)?;
-    Ok((reduced, schema))
+    let rows_in = stage.rows_out;
+    stats.push(stage);
+    let reduce = reduce_tasks(exchange, n, map_outputs, sides, side_schemas, rows_in)?;
+    Ok((reduce, schema))
+}
+
+/// Whether a sort's input is better read twice (once for a sample of its keys, once to
+/// partition it) than materialised: a read whose row counts are known and whose operators are
+/// cheap, deterministic expressions (nothing to resolve first). The sampling pass reads only the
+/// key columns (projection pushdown), and no input block is ever stored.
+fn samples_in_a_first_pass(plan: &LogicalPlan) -> Result<bool> {
+    use crate::plan::LogicalOp;
+    if !matches!(plan.input, PlanInput::Read { .. }) {
+        return Ok(false);
+    }
+    let cheap = plan.ops.iter().all(|op| {
+        matches!(
+            op,
+            LogicalOp::Filter(_)
+                | LogicalOp::WithColumn(..)
+                | LogicalOp::Reshape(_)
+                | LogicalOp::RandomSample { .. }
+        )
+    });
+    let sources = plan.compile(Sink::Driver)?.sources;
+    Ok(cheap && !sources.is_empty() && sources.iter().all(|s| s.rows() > 0))
+}
+
+/// A sort whose input is read twice (see [`samples_in_a_first_pass`]): a first pass keeps a
+/// random sample of the key columns (about [`exchange::SAMPLES_PER_BLOCK`] rows per block), the
+/// driver picks range boundaries from it, and the second pass partitions by them inside its
+/// last stage, like the other fused exchanges.
+fn run_two_pass_sort(
+    ctx: &Context,
+    exchange: &Exchange,
+    plan: &LogicalPlan,
+    keys: &[crate::exchange::SortKey],
+    stats: &mut Vec<StageStats>,
+) -> Result<(Resolved, Option<SchemaRef>)> {
+    use crate::columns::Reshape;
+    use crate::plan::LogicalOp;
+    /// Any fixed seed: the sample only has to be spread evenly.
+    const SAMPLE_SEED: u64 = 0x5eed_5eed;
+    let name = exchange.name();
+    let sources = plan.compile(Sink::Driver)?.sources;
+    let n = sources.len();
+    let rows: u64 = sources.iter().map(|s| s.rows()).sum();
+    let fraction = ((exchange::SAMPLES_PER_BLOCK * n) as f64 / rows as f64).min(1.0);
+    let key_columns = keys.iter().map(|k| k.column.clone()).collect();
+    let sampling = plan
+        .with_op(LogicalOp::Reshape(Reshape::Select(key_columns)))
+        .with_op(LogicalOp::RandomSample {
+            fraction,
+            seed: SAMPLE_SEED,
+        });
+    let sample_blocks = collect_blocks(ctx, &sampling, Sink::Driver, stats)?;
+    if let Some(stage) = stats.last_mut() {
+        stage.name = format!("{name}Sample({})", stage.name);
+    }
+    let boundaries = exchange::boundaries(&fetch(ctx, &sample_blocks)?, keys, n)?;
+    let partitioner = exchange
+        .partitioners(Some(boundaries))
+        .pop()
+        .expect("a sort partitions its input");
+    let spec = PartitionSpec {
+        partitioner,
+        n,
+        block: 0,
+        combine: None,
+    };
+    let map_outputs = collect_blocks(
+        ctx,
+        plan,
+        Sink::Partition(format!("{name}Map"), spec),
+        stats,
+    )?;
+    let rows_in = stats.last().map_or(0, |map| map.rows_out);
+    let side_schemas = vec![plan.schema().map(|s| crate::source::encode_schema(&s))];
+    let sides = vec![map_outputs.len()];
+    let reduce = reduce_tasks(exchange, n, map_outputs, sides, side_schemas, rows_in)?;
+    Ok((reduce, exchange.schema()))
 }
 
 /// The map side fused into the input pipelines (see [`run_exchange`]), then the reduce tasks.
@@ -404,7 +512,7 @@ fn run_fused_exchange(
     ctx: &Context,
     exchange: &Exchange,
     stats: &mut Vec<StageStats>,
-) -> Result<(Vec<ObjectRef>, Option<SchemaRef>)> {
+) -> Result<(Resolved, Option<SchemaRef>)> {
     let name = exchange.name();
     let plans = exchange
         .input_plans()
@@ -422,7 +530,7 @@ fn run_fused_exchange(
     let global_aggregate = matches!(exchange, Exchange::Aggregate { keys, .. } if keys.is_empty());
     if blocks_in.iter().all(|&b| b == 0) && !global_aggregate {
         // Nothing to partition: no output blocks (a global aggregate still answers one row).
-        return Ok((Vec::new(), exchange.schema()));
+        return Ok((Resolved::Blocks(Vec::new()), exchange.schema()));
     }
     let n = match exchange {
         Exchange::Repartition { n, .. } => *n,
@@ -437,6 +545,8 @@ fn run_fused_exchange(
     };
     let mut map_outputs = Vec::new();
     let mut sides = Vec::new();
+    // Rows the map sides wrote (each side's last stage partitions): what the reducers read.
+    let mut rows_in = 0;
     for (plan, partitioner) in plans.iter().zip(exchange.partitioners(None)) {
         let spec = PartitionSpec {
             partitioner,
@@ -452,21 +562,23 @@ fn run_fused_exchange(
         )?;
         sides.push(out.len());
         map_outputs.extend(out);
+        rows_in += stats.last().map_or(0, |map| map.rows_out);
     }
-    let reduced = run_reduce_tasks(ctx, exchange, n, map_outputs, sides, side_schemas, stats)?;
-    Ok((reduced, exchange.schema()))
+    let reduce = reduce_tasks(exchange, n, map_outputs, sides, side_schemas, rows_in)?;
+    Ok((reduce, exchange.schema()))
 }
 
 /// The reduce round: one task per partition, each reading its partition of every map output.
-fn run_reduce_tasks(
-    ctx: &Context,
+/// The tasks are not run here: they become the first stage of whatever runs next, so reduced
+/// blocks stream on instead of all waiting in the store (and spilling) for their consumer.
+fn reduce_tasks(
     exchange: &Exchange,
     n: usize,
     map_outputs: Vec<ObjectRef>,
     sides: Vec<usize>,
     side_schemas: Vec<Option<Vec<u8>>>,
-    stats: &mut Vec<StageStats>,
-) -> Result<Vec<ObjectRef>> {
+    rows_in: u64,
+) -> Result<Resolved> {
     let name = exchange.name();
     let reducer = exchange.reducer().expect("partitioning exchanges reduce");
     let tasks = (0..n)
@@ -489,10 +601,9 @@ fn run_reduce_tasks(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut stage = StageStats::new(format!("{name}Reduce"));
-    stage.rows_in = stats.last().map_or(0, |map| map.rows_out);
-    let reduced = run_tasks(ctx, tasks, &mut stage)?;
-    stats.push(stage);
-    drop(map_outputs);
-    Ok(reduced.into_iter().map(|o| o.output).collect())
+    Ok(Resolved::Reduce {
+        name: format!("{name}Reduce"),
+        tasks,
+        rows_in,
+    })
 }

@@ -43,6 +43,7 @@ pub mod registry;
 pub mod resources;
 pub mod store;
 pub mod task;
+pub mod views;
 
 pub use callable::{Callable, RegisteredCallable};
 pub use error::{BoxError, Error, Result};

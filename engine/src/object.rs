@@ -99,6 +99,20 @@ impl Block {
             .sum()
     }
 
+    /// The block with its wasteful string/binary view columns compacted (see
+    /// [`views`](crate::views)): what is stored, so that a row selection is stored with its own
+    /// values only.
+    pub fn compacted(self) -> Self {
+        Self {
+            batches: self
+                .batches
+                .iter()
+                .map(crate::views::compact_views)
+                .collect(),
+            schema: self.schema,
+        }
+    }
+
     /// The block as one batch (copies unless it already is one batch).
     pub fn concat(&self) -> Result<RecordBatch> {
         match self.batches.as_slice() {
@@ -123,6 +137,14 @@ impl Object {
         match self {
             Object::Block(_) => "a block",
             Object::Bytes(_) => "bytes",
+        }
+    }
+
+    /// The object ready to be stored: a block [compacted](Block::compacted), bytes as they are.
+    pub fn compacted(self) -> Self {
+        match self {
+            Object::Block(block) => Object::Block(block.compacted()),
+            bytes => bytes,
         }
     }
 

@@ -174,23 +174,22 @@ impl FlightService for ObjectFlightService {
             )
         })?;
         let store = Arc::clone(&self.store);
-        // Reading may map a spill file or restore an object: keep it off the async threads. A
-        // single batch is read from a spilled object in place, never restored for it.
-        let stored = tokio::task::spawn_blocking(move || match batch {
-            Some(_) => store.stored_view(id),
-            None => store.stored_bytes(id),
+        // Reading may read a spill file or restore an object: keep it off the async threads. A
+        // single batch of a spilled block is read alone from its spill file, never restored.
+        let messages = tokio::task::spawn_blocking(move || match batch {
+            Some(batch) => match store.spilled_batch(id, batch as usize)? {
+                Some(alone) => batch_messages(id, alone, 0),
+                None => batch_messages(id, store.stored_bytes(id)?, batch),
+            },
+            None => object_messages(id, store.stored_bytes(id)?),
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e| match e {
             manta_engine::Error::ObjectNotFound { .. } => Status::not_found(e.to_string()),
+            manta_engine::Error::CorruptObject { .. } => Status::data_loss(e.to_string()),
             other => Status::internal(other.to_string()),
         })?;
-        let messages = match batch {
-            Some(batch) => batch_messages(id, stored, batch),
-            None => object_messages(id, stored),
-        }
-        .map_err(|e| Status::data_loss(e.to_string()))?;
         Ok(Response::new(Box::pin(futures::stream::iter(
             messages.into_iter().map(Ok),
         ))))

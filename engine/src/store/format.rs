@@ -15,8 +15,6 @@
 
 use std::io::Write;
 
-use arrow::buffer::Buffer;
-use arrow::ipc::reader::StreamDecoder;
 use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
 use bytes::Bytes;
 
@@ -65,12 +63,13 @@ pub fn write_object(out: &mut impl Write, object: &Object) -> Result<u64> {
     Ok(counter.written)
 }
 
-/// Writes a block as an Arrow IPC stream (no Manta header).
+/// Writes a block as an Arrow IPC stream (no Manta header), its view columns compacted first
+/// where they point into mostly-unused buffers (see [`crate::views`]).
 pub fn write_block_stream(out: &mut impl Write, block: &Block) -> Result<()> {
     let mut writer =
         StreamWriter::try_new_with_options(out, block.schema(), IpcWriteOptions::default())?;
     for batch in block.batches() {
-        writer.write(batch)?;
+        writer.write(&crate::views::compact_views(batch))?;
     }
     writer.finish()?;
     Ok(())
@@ -98,31 +97,69 @@ pub fn read_object(id: ObjectId, bytes: Bytes) -> Result<Object> {
     }
 }
 
-/// Decodes an Arrow IPC stream without copying.
+/// Decodes an Arrow IPC stream without copying, with validation skipped.
+///
+/// Arrow's `StreamDecoder` would validate every string of every batch (its skip-validation flag
+/// does not reach record batches in arrow-ipc 59), which reads every page of a mapped block;
+/// its `FileDecoder` honours the flag and decodes one framed message at a time, so the stream's
+/// messages are split here and handed to it.
 pub fn read_block_stream(payload: Bytes) -> Result<Block> {
-    let mut buffer = Buffer::from(payload);
-    // SAFETY: the stream was written by `write_block_stream` in this process or a worker of the
-    // same node, never by an outsider; skipping validation is what DataFusion does for the spill
-    // files it writes itself. Buffers stay zero-copy because the layout is 64-byte aligned.
-    let mut decoder = unsafe { StreamDecoder::new().with_skip_validation(true) };
+    use arrow::ipc::MessageHeader;
+    use arrow::ipc::reader::FileDecoder;
+
+    let bad = |reason: String| Error::Arrow(arrow::error::ArrowError::IpcError(reason));
+    let mut decoder: Option<FileDecoder> = None;
+    let mut schema = None;
     let mut batches = Vec::new();
-    while !buffer.is_empty() {
-        if let Some(batch) = decoder.decode(&mut buffer)? {
-            batches.push(batch);
+    for message in ipc_messages(payload) {
+        let message = message?;
+        let parsed = arrow::ipc::root_as_message(&message.header)
+            .map_err(|e| bad(format!("invalid message header: {e}")))?;
+        match parsed.header_type() {
+            MessageHeader::Schema => {
+                let fb = parsed.header_as_schema().expect("a schema message");
+                let decoded = std::sync::Arc::new(arrow::ipc::convert::fb_to_schema(fb));
+                // SAFETY: the stream was written by `write_block_stream` in this process or a
+                // worker of the same node, never by an outsider; skipping validation is what
+                // DataFusion does for the spill files it writes itself. Buffers stay zero-copy
+                // because the layout is 64-byte aligned.
+                decoder = Some(unsafe {
+                    FileDecoder::new(std::sync::Arc::clone(&decoded), parsed.version())
+                        .with_skip_validation(true)
+                });
+                schema = Some(decoded);
+            }
+            MessageHeader::DictionaryBatch | MessageHeader::RecordBatch => {
+                let decoder = decoder
+                    .as_mut()
+                    .ok_or_else(|| bad("a batch before the schema message".into()))?;
+                let framed = arrow::buffer::Buffer::from(message.framed.clone());
+                let meta_len = message.framed.len() - message.body.len();
+                let block = arrow::ipc::Block::new(
+                    0,
+                    i32::try_from(meta_len).map_err(|_| bad("huge message header".into()))?,
+                    message.body.len() as i64,
+                );
+                if parsed.header_type() == MessageHeader::DictionaryBatch {
+                    decoder.read_dictionary(&block, &framed)?;
+                    continue;
+                }
+                if let Some(batch) = decoder.read_record_batch(&block, &framed)? {
+                    batches.push(batch);
+                }
+            }
+            other => return Err(bad(format!("unexpected {other:?} message in a block"))),
         }
     }
-    decoder.finish()?;
-    let schema = decoder.schema().ok_or_else(|| {
-        Error::Arrow(arrow::error::ArrowError::IpcError(
-            "stream has no schema message".into(),
-        ))
-    })?;
+    let schema = schema.ok_or_else(|| bad("stream has no schema message".into()))?;
     Block::try_new(schema, batches)
 }
 
 /// One message of an Arrow IPC stream: its flatbuffer header and its body.
 #[derive(Clone, Debug)]
 pub struct IpcMessage {
+    /// The whole message as it is in the stream: length prefix, header, body.
+    pub framed: Bytes,
     /// The `Message` flatbuffer (with any padding that followed it).
     pub header: Bytes,
     /// The message body (`bodyLength` bytes).
@@ -183,8 +220,10 @@ fn next_message(stream: &Bytes, pos: &mut usize) -> Result<Option<IpcMessage>> {
     if body_end > stream.len() {
         return Err(bad("truncated message body"));
     }
+    let framed = stream.slice(*pos..body_end);
     *pos = body_end;
     Ok(Some(IpcMessage {
+        framed,
         header: stream.slice(at..header_end),
         body: stream.slice(header_end..body_end),
     }))
@@ -262,6 +301,48 @@ mod tests {
             panic!("expected a block")
         };
         assert_eq!(back.batches(), block().batches());
+    }
+
+    /// Views, dictionaries, nested lists and nulls decode through the validation-free path.
+    #[test]
+    fn every_kind_of_column_round_trips() {
+        use arrow::array::{DictionaryArray, ListArray, StringViewArray};
+        use arrow::datatypes::{Int32Type, Int64Type};
+        let batch = |offset: i64| {
+            RecordBatch::try_from_iter([
+                (
+                    "view",
+                    Arc::new(StringViewArray::from(vec![
+                        Some("a value longer than twelve bytes"),
+                        None,
+                        Some("ünï"),
+                    ])) as _,
+                ),
+                (
+                    "dict",
+                    Arc::new(DictionaryArray::<Int32Type>::from_iter(["x", "y", "x"])) as _,
+                ),
+                (
+                    "list",
+                    Arc::new(ListArray::from_iter_primitive::<Int64Type, _, _>(vec![
+                        Some(vec![Some(offset), None]),
+                        None,
+                        Some(vec![]),
+                    ])) as _,
+                ),
+            ])
+            .unwrap()
+        };
+        let (first, second) = (batch(1), batch(2));
+        let block = Block::try_new(first.schema(), vec![first.clone(), second.clone()]).unwrap();
+        let mut out = Vec::new();
+        write_object(&mut out, &Object::Block(block)).unwrap();
+        let out = Bytes::from(out);
+        let whole = read_object(ObjectId::random(), out.clone()).unwrap();
+        assert_eq!(
+            whole.into_block(ObjectId::random()).unwrap().batches(),
+            &[first, second.clone()]
+        );
     }
 
     #[test]

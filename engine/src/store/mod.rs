@@ -26,6 +26,7 @@
 //! Disk I/O for spilling and restoring runs outside the store's lock; an object in motion is
 //! marked as such and readers wait for it on a condition variable.
 
+mod batch_index;
 mod format;
 mod object_dir;
 mod recycle;
@@ -38,6 +39,8 @@ use std::sync::{Arc, Weak};
 use arrow::buffer::MutableBuffer;
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
+
+use batch_index::BatchIndex;
 
 pub use format::{
     HEADER_LEN, IpcMessage, header, ipc_messages, is_block, read_block_stream, read_object,
@@ -130,7 +133,9 @@ enum Residence {
     Shared(Option<Mapped>),
     /// Being spilled or restored by another thread.
     Moving,
-    Spilled,
+    /// In the spill directory, with the index of its batches if it is a block without
+    /// dictionaries (see [`batch_index`]).
+    Spilled(Option<Arc<BatchIndex>>),
 }
 
 /// A shared-memory block mapped and decoded once and kept for later gets, so a repeated `get`
@@ -290,6 +295,7 @@ impl ObjectStore {
                 (Residence::Shared(None), size)
             }
             None => {
+                let object = object.compacted();
                 let size = object.size_bytes() as u64;
                 (Residence::Heap(object), size)
             }
@@ -355,29 +361,37 @@ impl ObjectStore {
         }
     }
 
-    /// Batch `index` of a stored block, as a block of that one batch, without restoring a
-    /// spilled block: its spill file is mapped as it is and only the batch's pages are read, so
-    /// a reduce task reading its partition of a spilled map output reads only that partition.
-    /// Zero-copy for shared-memory and spilled blocks. A block with fewer batches gives an
-    /// empty one.
+    /// Batch `index` of a stored block, as a block of that one batch (empty past the last),
+    /// without restoring a spilled block: only that batch is read from its spill file (see
+    /// [`spilled_batch`](Self::spilled_batch)), so a reduce task reading its partition of a
+    /// spilled map output reads only that partition. Zero-copy for resident blocks.
     pub fn get_batch(self: &Arc<Self>, id: ObjectId, index: usize) -> Result<Object> {
-        let object = match self.open_spilled(id)? {
-            Some(file) => read_object(
-                id,
-                object_dir::map_open_file(file, &self.spill.file(id), None)?,
-            )?,
-            None => self.get(id)?,
-        };
-        select_batch(id, object, index)
+        match self.spilled_batch(id, index)? {
+            Some(bytes) => read_object(id, bytes),
+            None => select_batch(id, self.get(id)?, index),
+        }
     }
 
-    /// The stored bytes of `id` (see [`stored_bytes`](Self::stored_bytes)), but a spilled
-    /// object's spill file is mapped as it is instead of being restored first.
-    pub fn stored_view(self: &Arc<Self>, id: ObjectId) -> Result<Bytes> {
-        match self.open_spilled(id)? {
-            Some(file) => object_dir::map_open_file(file, &self.spill.file(id), None),
-            None => self.stored_bytes(id),
-        }
+    /// If `id` is a spilled block with an index of its batches, the stored bytes of a block of
+    /// its batch `index` alone, read from the spill file with two `pread`s into a fresh buffer
+    /// (never mapped: see [`batch_index`]); `None` if it is resident (or moving, or not
+    /// indexed), when a caller reads it the usual way.
+    pub fn spilled_batch(&self, id: ObjectId, index: usize) -> Result<Option<Bytes>> {
+        let (file, batches) = {
+            let state = self.state.lock();
+            let entry = state.entries.get(&id).ok_or(Error::ObjectNotFound { id })?;
+            let Residence::Spilled(Some(batches)) = &entry.residence else {
+                return Ok(None);
+            };
+            // Opened under the lock, so no restore can remove the file first; the open file
+            // stays readable after that.
+            let path = self.spill.file(id);
+            let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+            (file, Arc::clone(batches))
+        };
+        batches
+            .read_batch(&file, &self.spill.file(id), index)
+            .map(Some)
     }
 
     /// Keeps `id` resident until the returned pin drops, if it is resident now; `None` if it is
@@ -395,22 +409,8 @@ impl ObjectStore {
                 drop(state);
                 Ok(Some(Pin::new(self, id)))
             }
-            Residence::Spilled | Residence::Moving => Ok(None),
+            Residence::Spilled(_) | Residence::Moving => Ok(None),
         }
-    }
-
-    /// The spill file of `id`, opened, if the object is spilled. Opened under the state lock,
-    /// so no restore can remove the file first; the open file stays valid after that.
-    fn open_spilled(&self, id: ObjectId) -> Result<Option<std::fs::File>> {
-        let state = self.state.lock();
-        let entry = state.entries.get(&id).ok_or(Error::ObjectNotFound { id })?;
-        if !matches!(entry.residence, Residence::Spilled) {
-            return Ok(None);
-        }
-        let path = self.spill.file(id);
-        std::fs::File::open(&path)
-            .map(Some)
-            .map_err(|e| Error::io(&path, e))
     }
 
     /// The object's stored bytes (header and payload, see [`write_object`]), for sending it
@@ -476,7 +476,7 @@ impl ObjectStore {
                     dir.remove(id);
                 }
             }
-            Residence::Spilled => {
+            Residence::Spilled(_) => {
                 state.usage.spilled_bytes -= entry.size_bytes;
                 drop(state);
                 self.spill.remove(id);
@@ -543,7 +543,7 @@ impl ObjectStore {
                     return f(self, entry);
                 }
                 Residence::Moving => self.moved.wait(&mut state),
-                Residence::Spilled => {
+                Residence::Spilled(_) => {
                     entry.last_used = tick;
                     entry.residence = Residence::Moving;
                     let size = entry.size_bytes;
@@ -577,6 +577,22 @@ impl ObjectStore {
                 let path = self.spill.file(id);
                 let bytes = read_aligned(&path)?;
                 Ok(Residence::Heap(read_object(id, bytes)?))
+            }
+        }
+    }
+
+    /// The batch index of a just-spilled object (see [`batch_index`]); none if it cannot be
+    /// made, which only costs readers of single batches a restore.
+    fn index_spilled(&self, id: ObjectId) -> Option<Arc<BatchIndex>> {
+        let path = self.spill.file(id);
+        let indexed = std::fs::File::open(&path)
+            .map_err(|e| Error::io(&path, e))
+            .and_then(|file| BatchIndex::of_file(id, &file, &path));
+        match indexed {
+            Ok(index) => index.map(Arc::new),
+            Err(e) => {
+                tracing::warn!(%id, error = %e, "could not index a spilled block's batches");
+                None
             }
         }
     }
@@ -625,7 +641,7 @@ impl ObjectStore {
     ) -> Result<Residence, (Error, Residence)> {
         match residence {
             Residence::Heap(object) => match self.spill.write(id, &object) {
-                Ok(_) => Ok(Residence::Spilled),
+                Ok(_) => Ok(Residence::Spilled(self.index_spilled(id))),
                 Err(e) => Err((e, Residence::Heap(object))),
             },
             Residence::Shared(_) => {
@@ -635,12 +651,12 @@ impl ObjectStore {
                     Ok(size) => {
                         // Victims are unpinned, so nobody maps the file: its pages can be reused.
                         self.recycler.keep(dir.path(), &dir.file(id), size);
-                        Ok(Residence::Spilled)
+                        Ok(Residence::Spilled(self.index_spilled(id)))
                     }
                     Err(e) => Err((Error::io(to, e), Residence::Shared(None))),
                 }
             }
-            Residence::Moving | Residence::Spilled => {
+            Residence::Moving | Residence::Spilled(_) => {
                 unreachable!("only resident objects are spilled")
             }
         }
@@ -726,7 +742,7 @@ impl From<Error> for MoveError {
     fn from(error: Error) -> Self {
         Self {
             error,
-            previous: Residence::Spilled,
+            previous: Residence::Spilled(None),
         }
     }
 }

@@ -274,9 +274,51 @@ fn one_batch_of_a_spilled_block_is_read_in_place() {
         );
         assert!(store.pin_if_resident(first).unwrap().is_none());
         assert!(store.pin_if_resident(second).unwrap().is_some());
-        // The stored view of a spilled block is its spill file, byte for byte what a restore
-        // would give.
-        let view = store.stored_view(first).unwrap();
-        assert_eq!(view, store.stored_bytes(first).unwrap());
+        // The stored bytes of one spilled batch decode to that batch; a restore still gives
+        // the whole block.
+        let one = store
+            .spilled_batch(first, 2)
+            .unwrap()
+            .expect("spilled and indexed");
+        let one = crate::store::read_object(first, one).unwrap();
+        assert_eq!(block_of(one), parts[2]);
+        let whole = store.get(first).unwrap().into_block(first).unwrap();
+        assert_eq!(whole.batches(), parts.as_slice());
+        assert!(
+            store.spilled_batch(first, 0).unwrap().is_none(),
+            "resident now"
+        );
     }
+}
+
+#[test]
+fn a_spilled_block_with_dictionaries_is_restored_to_read_one_batch() {
+    use arrow::array::DictionaryArray;
+    use arrow::datatypes::Int32Type;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = heap_store(100_000, tmp.path());
+    let words: Vec<String> = (0..20_000).map(|i| format!("word{}", i % 7)).collect();
+    let dict = |from: usize| {
+        RecordBatch::try_from_iter([(
+            "w",
+            Arc::new(DictionaryArray::<Int32Type>::from_iter(
+                words[from..from + 10_000].iter().map(String::as_str),
+            )) as _,
+        )])
+        .unwrap()
+    };
+    let parts = vec![dict(0), dict(5)];
+    let id = ObjectId::random();
+    store
+        .put(
+            id,
+            Object::Block(Block::try_new(parts[0].schema(), parts.clone()).unwrap()),
+        )
+        .unwrap();
+    store
+        .put(ObjectId::random(), batch(0, 10_000).into())
+        .unwrap();
+    assert!(store.pin_if_resident(id).unwrap().is_none(), "not spilled");
+    assert!(store.spilled_batch(id, 1).unwrap().is_none());
+    assert_eq!(block_of(store.get_batch(id, 1).unwrap()), parts[1]);
 }
