@@ -384,6 +384,10 @@ fn groupby_aggregates_match_sql() {
     let ours = grouped.to_arrow().unwrap();
     assert_eq!(sorted(rows(&ours)), sorted(rows(&expected)));
     assert_eq!(grouped.schema().unwrap().field(2).name(), "count()");
+    // A few kilobytes of partial states: one task reduces every partition.
+    let stats = grouped.stats();
+    let reduce = stats.stages.iter().find(|s| s.name == "AggregateReduce");
+    assert_eq!(reduce.map(|s| s.tasks), Some(1), "{stats}");
 
     let whole = ds
         .aggregate(vec![Aggregate::sum("l_quantity").alias("q")])
@@ -716,6 +720,9 @@ fn a_shuffle_larger_than_the_store_spills_and_stays_right() {
     // The stages that spilled say so, and account for all of it.
     let stats = shuffled.stats();
     assert!(stats.spilled_bytes() > 0, "{stats}");
+    // Map outputs past a quarter of the budget: one reduce task per partition.
+    let reduce = stats.stages.iter().find(|s| s.name == "SortReduce");
+    assert!(reduce.is_some_and(|s| s.tasks > 1), "{stats}");
     assert!(
         stats.spilled_bytes() <= usage.spilled_bytes_total,
         "{stats}"

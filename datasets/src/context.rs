@@ -24,11 +24,19 @@ pub struct Config {
     pub object_store_memory: Option<u64>,
     /// Embedded: custom resources offered.
     pub custom_resources: BTreeMap<String, f64>,
+    /// An all-to-all operation whose map outputs total at most this many bytes (and at most a
+    /// quarter of the object store budget) is reduced by one task reading them whole, instead
+    /// of one task per partition each fetching its partition of every map output (default
+    /// 64 MiB; `Some(0)` always partitions). `repartition` always makes its `n` blocks.
+    pub small_exchange_bytes: Option<u64>,
 }
+
+/// The default of [`Config::small_exchange_bytes`].
+pub const SMALL_EXCHANGE_BYTES: u64 = 64 << 20;
 
 impl Config {
     /// From the environment: `MANTA_ADDRESS`, `MANTA_NUM_CPUS`, `MANTA_OBJECT_STORE_MEMORY`,
-    /// `MANTA_RESOURCES` (`name=amount,...`).
+    /// `MANTA_RESOURCES` (`name=amount,...`), `MANTA_SMALL_EXCHANGE_BYTES`.
     pub fn from_env() -> Result<Self> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let num_cpus = var("MANTA_NUM_CPUS")
@@ -48,6 +56,9 @@ impl Config {
                 .map(|v| Resources::parse_custom(&v))
                 .transpose()?
                 .unwrap_or_default(),
+            small_exchange_bytes: var("MANTA_SMALL_EXCHANGE_BYTES")
+                .map(|v| parse_bytes(&v))
+                .transpose()?,
         })
     }
 }
@@ -55,6 +66,7 @@ impl Config {
 struct Inner {
     runtime: Option<tokio::runtime::Runtime>,
     client: Client,
+    small_exchange_bytes: u64,
 }
 
 impl Drop for Inner {
@@ -122,8 +134,14 @@ impl Context {
             inner: Arc::new(Inner {
                 runtime: Some(runtime),
                 client,
+                small_exchange_bytes: config.small_exchange_bytes.unwrap_or(SMALL_EXCHANGE_BYTES),
             }),
         })
+    }
+
+    /// See [`Config::small_exchange_bytes`].
+    pub(crate) fn small_exchange_bytes(&self) -> u64 {
+        self.inner.small_exchange_bytes
     }
 
     /// Where tasks run.

@@ -687,8 +687,9 @@ pub enum Reducer {
 pub struct ReduceSpec {
     /// How.
     pub reducer: Reducer,
-    /// Which partition of each input.
-    pub partition: usize,
+    /// Which partition of each input (the task's `input_batch`); `None` when the task reads
+    /// its inputs whole (every partition, a small exchange).
+    pub partition: Option<usize>,
     /// How many inputs come from each side (one entry unless a join).
     pub sides: Vec<usize>,
     /// Each side's schema where the plan knows it (an IPC schema message), for a side with no
@@ -983,7 +984,10 @@ fn sort_batch(
 
 fn run_reduce(_: &TaskContext, input: TaskInput) -> manta_engine::Result<Object> {
     let spec: ReduceSpec = decode(&input.args, "a reduce task")?;
-    let label = format!("partition {}", spec.partition);
+    let label = match spec.partition {
+        Some(partition) => format!("partition {partition}"),
+        None => "all partitions".to_string(),
+    };
     let mut objects = input.objects.into_iter();
     let mut schemas = Vec::new();
     let mut sides = Vec::new();

@@ -426,7 +426,7 @@ fn run_exchange(
     let sides = vec![map_outputs.len()];
     let rows_in = stage.rows_out;
     stats.push(stage);
-    let reduce = reduce_tasks(exchange, n, map_outputs, sides, side_schemas, rows_in)?;
+    let reduce = reduce_tasks(ctx, exchange, n, map_outputs, sides, side_schemas, rows_in)?;
     Ok((reduce, schema))
 }
 
@@ -503,7 +503,7 @@ fn run_two_pass_sort(
     let rows_in = stats.last().map_or(0, |map| map.rows_out);
     let side_schemas = vec![plan.schema().map(|s| crate::source::encode_schema(&s))];
     let sides = vec![map_outputs.len()];
-    let reduce = reduce_tasks(exchange, n, map_outputs, sides, side_schemas, rows_in)?;
+    let reduce = reduce_tasks(ctx, exchange, n, map_outputs, sides, side_schemas, rows_in)?;
     Ok((reduce, exchange.schema()))
 }
 
@@ -564,14 +564,20 @@ fn run_fused_exchange(
         map_outputs.extend(out);
         rows_in += stats.last().map_or(0, |map| map.rows_out);
     }
-    let reduce = reduce_tasks(exchange, n, map_outputs, sides, side_schemas, rows_in)?;
+    let reduce = reduce_tasks(ctx, exchange, n, map_outputs, sides, side_schemas, rows_in)?;
     Ok((reduce, exchange.schema()))
 }
 
-/// The reduce round: one task per partition, each reading its partition of every map output.
-/// The tasks are not run here: they become the first stage of whatever runs next, so reduced
-/// blocks stream on instead of all waiting in the store (and spilling) for their consumer.
+/// The reduce round: one task per partition, each reading its partition of every map output;
+/// or, when the map outputs are small (see [`Config::small_exchange_bytes`]), one task reading
+/// them whole (every reducer accepts any set of whole partitions, and fetching n small pieces
+/// from each of n outputs costs far more than the reduce). The tasks are not run here: they
+/// become the first stage of whatever runs next, so reduced blocks stream on instead of all
+/// waiting in the store (and spilling) for their consumer.
+///
+/// [`Config::small_exchange_bytes`]: crate::Config::small_exchange_bytes
 fn reduce_tasks(
+    ctx: &Context,
     exchange: &Exchange,
     n: usize,
     map_outputs: Vec<ObjectRef>,
@@ -581,11 +587,36 @@ fn reduce_tasks(
 ) -> Result<Resolved> {
     let name = exchange.name();
     let reducer = exchange.reducer().expect("partitioning exchanges reduce");
+    let map_bytes: u64 = map_outputs.iter().map(|o| o.meta().size_bytes).sum();
+    let budget = ctx
+        .block_on(ctx.client().store_usage())
+        .map_or(u64::MAX, |usage| usage.budget_bytes);
+    let small = map_bytes <= ctx.small_exchange_bytes().min(budget / 4)
+        && !matches!(exchange, Exchange::Repartition { .. });
+    if small {
+        let spec = ReduceSpec {
+            reducer,
+            partition: None,
+            sides,
+            side_schemas,
+        };
+        let label = format!("{name} reduce (all {n} partitions, {map_bytes} bytes)");
+        return Ok(Resolved::Reduce {
+            name: format!("{name}Reduce"),
+            tasks: vec![task(
+                REDUCE_FUNCTION,
+                exchange::reduce_args(&spec)?,
+                map_outputs,
+                &label,
+            )],
+            rows_in,
+        });
+    }
     let tasks = (0..n)
         .map(|partition| {
             let spec = ReduceSpec {
                 reducer: reducer.clone(),
-                partition,
+                partition: Some(partition),
                 sides: sides.clone(),
                 side_schemas: side_schemas.clone(),
             };

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use manta_engine::{JobId, NodeId, ObjectId, ObjectStore, Resources, StoreConfig, TaskStats};
 use manta_flight::{FlightPool, ObjectFlightService};
 use parking_lot::Mutex;
@@ -30,6 +30,9 @@ use crate::proto::worker_server::{Worker as WorkerRpc, WorkerServer};
 use crate::proto::{self, task_reply, worker_done, worker_message};
 use crate::server;
 use crate::worker_pool::WorkerPools;
+
+/// Partitions a node fetches at once for one reduce task.
+const PARTITION_FETCHES: usize = 16;
 
 /// How a node daemon is set up.
 #[derive(Clone, Debug)]
@@ -198,10 +201,32 @@ impl NodeDaemon {
         let mut input_batches = Vec::new();
         // Partitions copied or pulled for this task alone, freed when it ends.
         let mut scratch = Scratch(Arc::clone(&self.store), Vec::new());
-        for input in &request.inputs {
-            let meta = input.to_meta()?;
-            if let Some(batch) = request.input_batch {
-                let (id, index, pin, pulled) = self.local_batch(&meta, batch).await?;
+        if let Some(batch) = request.input_batch {
+            // A reduce task's partition of every map output: fetched several at once (most are
+            // small, and half may be a Flight round trip away). Every fetch is awaited, so the
+            // scratch objects of those that succeeded are freed even if another failed.
+            let metas = request
+                .inputs
+                .iter()
+                .map(|input| input.to_meta())
+                .collect::<Result<Vec<_>>>()?;
+            let fetches = metas.into_iter().map(|meta| async move {
+                let result = self.local_batch(&meta, batch).await;
+                (meta, result)
+            });
+            let fetched: Vec<_> = futures::stream::iter(fetches)
+                .buffered(PARTITION_FETCHES)
+                .collect()
+                .await;
+            let mut first_error = None;
+            for (meta, result) in fetched {
+                let (id, index, pin, pulled) = match result {
+                    Ok(fetched) => fetched,
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                        continue;
+                    }
+                };
                 if pulled > 0 {
                     stats.pulled_bytes += pulled;
                     stats.pulled_objects += 1;
@@ -212,8 +237,17 @@ impl NodeDaemon {
                 pins.extend(pin);
                 input_ids.push(Bytes::copy_from_slice(id.as_bytes()));
                 input_batches.push(index);
-                continue;
             }
+            if let Some(e) = first_error {
+                return Err(e);
+            }
+        }
+        for input in request
+            .inputs
+            .iter()
+            .filter(|_| request.input_batch.is_none())
+        {
+            let meta = input.to_meta()?;
             let pulled = self.make_local(&meta).await?;
             if pulled > 0 {
                 stats.pulled_bytes += pulled;

@@ -160,6 +160,9 @@ impl Cluster {
     pub fn connect(&self) -> manta::Context {
         manta::init_with(manta::Config {
             address: Some(self.head.address.clone()),
+            // Small test data still takes the partitioned reduce path: each reducer fetching
+            // (and pulling over Flight) its partition of every map output.
+            small_exchange_bytes: Some(0),
             ..Default::default()
         })
         .expect("join the cluster")
