@@ -1,8 +1,8 @@
 //! TPC-H data for examples, tests and benchmarks, generated with the tpchgen crates.
 //!
-//! [`lineitem`] writes the `lineitem` table at a scale factor as Parquet files (snappy, row
-//! groups of 128Ki rows) under a cache directory, generating the parts in parallel, and reuses
-//! them on later calls. The directory appears atomically (written under a temporary name, then
+//! [`table`] writes one of the eight TPC-H tables ([`TABLES`]) at a scale factor as Parquet
+//! files (snappy, row groups of 128Ki rows) under a cache directory, generating the parts in
+//! parallel, and reuses them on later calls; [`lineitem`] is the one most workloads read. The directory appears atomically (written under a temporary name, then
 //! renamed), so a half-generated table is never mistaken for a whole one.
 
 use std::fs;
@@ -15,8 +15,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
-use tpchgen::generators::LineItemGenerator;
-use tpchgen_arrow::LineItemArrow;
+use tpchgen_arrow::RecordBatchIterator;
 
 /// Rows per Parquet row group in generated tables.
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
@@ -28,29 +27,61 @@ pub fn default_dir() -> PathBuf {
         .join("tpch")
 }
 
+/// The eight TPC-H tables.
+pub const TABLES: [&str; 8] = [
+    "nation", "region", "part", "supplier", "partsupp", "customer", "orders", "lineitem",
+];
+
 /// The directory of `lineitem` at `scale` under `root`, generated if missing.
 pub fn lineitem(root: &Path, scale: f64) -> std::io::Result<PathBuf> {
-    lineitem_with(root, scale, ROW_GROUP_ROWS)
+    table(root, "lineitem", scale)
 }
 
 /// [`lineitem`] with row groups of `row_group_rows` rows (small ones make many tasks of a small
 /// table, for tests).
 pub fn lineitem_with(root: &Path, scale: f64, row_group_rows: usize) -> std::io::Result<PathBuf> {
+    table_with(root, "lineitem", scale, row_group_rows)
+}
+
+/// The directory of TPC-H table `name` (one of [`TABLES`]) at `scale` under `root`, generated
+/// if missing.
+pub fn table(root: &Path, name: &str, scale: f64) -> std::io::Result<PathBuf> {
+    table_with(root, name, scale, ROW_GROUP_ROWS)
+}
+
+/// [`table`] with row groups of `row_group_rows` rows.
+pub fn table_with(
+    root: &Path,
+    table: &str,
+    scale: f64,
+    row_group_rows: usize,
+) -> std::io::Result<PathBuf> {
+    if !TABLES.contains(&table) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{table:?} is not a TPC-H table; they are {TABLES:?}"),
+        ));
+    }
     let name = if row_group_rows == ROW_GROUP_ROWS {
         format!("sf{scale}")
     } else {
         format!("sf{scale}-rg{row_group_rows}")
     };
-    let dir = root.join(name).join("lineitem");
+    let dir = root.join(name).join(table);
     if dir.is_dir() {
         return Ok(dir);
     }
     let parent = dir.parent().expect("has a parent");
     fs::create_dir_all(parent)?;
-    let tmp = parent.join(format!(".lineitem.tmp-{}", std::process::id()));
+    let tmp = parent.join(format!(".{table}.tmp-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
-    let parts = ((scale * 8.0).ceil() as i32).max(1);
+    // Parts generated in parallel: about 750k lineitem rows or 375k orders rows each.
+    let parts = match table {
+        "lineitem" => ((scale * 8.0).ceil() as i32).max(1),
+        "orders" | "partsupp" => ((scale * 4.0).ceil() as i32).max(1),
+        _ => 1,
+    };
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -64,7 +95,7 @@ pub fn lineitem_with(root: &Path, scale: f64, row_group_rows: usize) -> std::io:
                         if part > parts {
                             return Ok(());
                         }
-                        write_part(&tmp, scale, part, parts, row_group_rows)?;
+                        write_part(&tmp, table, scale, part, parts, row_group_rows)?;
                     }
                 })
             })
@@ -81,16 +112,64 @@ pub fn lineitem_with(root: &Path, scale: f64, row_group_rows: usize) -> std::io:
     Ok(dir)
 }
 
+/// Part `part` of `parts` of `table`'s rows, as Arrow batches of `batch_size` rows.
+fn generator(
+    table: &str,
+    scale: f64,
+    part: i32,
+    parts: i32,
+    batch_size: usize,
+) -> Box<dyn RecordBatchIterator> {
+    use tpchgen::generators::*;
+    use tpchgen_arrow::*;
+    match table {
+        "nation" => Box::new(
+            NationArrow::new(NationGenerator::new(scale, part, parts)).with_batch_size(batch_size),
+        ),
+        "region" => Box::new(
+            RegionArrow::new(RegionGenerator::new(scale, part, parts)).with_batch_size(batch_size),
+        ),
+        "part" => Box::new(
+            PartArrow::new(PartGenerator::new(scale, part, parts)).with_batch_size(batch_size),
+        ),
+        "supplier" => Box::new(
+            SupplierArrow::new(SupplierGenerator::new(scale, part, parts))
+                .with_batch_size(batch_size),
+        ),
+        "partsupp" => Box::new(
+            PartSuppArrow::new(PartSuppGenerator::new(scale, part, parts))
+                .with_batch_size(batch_size),
+        ),
+        "customer" => Box::new(
+            CustomerArrow::new(CustomerGenerator::new(scale, part, parts))
+                .with_batch_size(batch_size),
+        ),
+        "orders" => Box::new(
+            OrderArrow::new(OrderGenerator::new(scale, part, parts)).with_batch_size(batch_size),
+        ),
+        _ => Box::new(
+            LineItemArrow::new(LineItemGenerator::new(scale, part, parts))
+                .with_batch_size(batch_size),
+        ),
+    }
+}
+
 fn write_part(
     dir: &Path,
+    table: &str,
     scale: f64,
     part: i32,
     parts: i32,
     row_group_rows: usize,
 ) -> std::io::Result<()> {
-    let batches = LineItemArrow::new(LineItemGenerator::new(scale, part, parts))
-        .with_batch_size(row_group_rows.min(ROW_GROUP_ROWS));
-    let schema = Arc::clone(tpchgen_arrow::RecordBatchIterator::schema(&batches));
+    let batches = generator(
+        table,
+        scale,
+        part,
+        parts,
+        row_group_rows.min(ROW_GROUP_ROWS),
+    );
+    let schema = Arc::clone(batches.schema());
     let file = fs::File::create(dir.join(format!("part-{part:03}.parquet")))?;
     let properties = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)

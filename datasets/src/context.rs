@@ -67,6 +67,8 @@ struct Inner {
     runtime: Option<tokio::runtime::Runtime>,
     client: Client,
     small_exchange_bytes: u64,
+    /// The SQL session whose tables `register` and friends add (see [`crate::sql`]).
+    sql: datafusion::prelude::SessionContext,
 }
 
 impl Drop for Inner {
@@ -135,8 +137,14 @@ impl Context {
                 runtime: Some(runtime),
                 client,
                 small_exchange_bytes: config.small_exchange_bytes.unwrap_or(SMALL_EXCHANGE_BYTES),
+                sql: datafusion::prelude::SessionContext::new(),
             }),
         })
+    }
+
+    /// The SQL session (a cheap handle; see [`crate::sql`]).
+    pub(crate) fn sql_session(&self) -> datafusion::prelude::SessionContext {
+        self.inner.sql.clone()
     }
 
     /// See [`Config::small_exchange_bytes`].

@@ -40,6 +40,7 @@ pub mod rows;
 pub mod run;
 pub mod sink;
 pub mod source;
+pub mod sql;
 pub mod stage;
 pub mod stats;
 pub mod storage;

@@ -1,0 +1,176 @@
+//! SQL over datasets, with Apache DataFusion as the engine.
+//!
+//! A [`Context`] keeps one DataFusion `SessionContext` whose tables are of two kinds:
+//!
+//! * files registered with [`Context::register_parquet`] (and `_csv`, `_json`) are DataFusion's
+//!   own listing tables, so its scans prune row groups and pages with the query's filters;
+//! * a dataset registered with [`Context::register`] is a [`DatasetTable`]: its scan adds the
+//!   query's filters, projection and limit to the dataset's plan (the projection reaches the
+//!   dataset's read, filters on a Parquet read reach its row groups) and runs it as a pipeline.
+//!
+//! [`Context::sql`] plans and runs a query and returns its result as a dataset over blocks in
+//! the store, so a pipeline continues from it. The query runs in the driver (joins, final
+//! aggregation, sorting); a registered dataset's pipeline runs its tasks wherever the context
+//! runs them (the embedded pool, or the cluster's nodes).
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
+
+use crate::context::Context;
+use crate::dataset::Dataset;
+use crate::error::Result;
+
+/// A dataset as a DataFusion table (see the module doc).
+#[derive(Debug)]
+pub struct DatasetTable {
+    dataset: Dataset,
+    schema: SchemaRef,
+}
+
+impl DatasetTable {
+    /// The table over `dataset`, whose schema must be known (it runs the plan's first block
+    /// if the operators do not tell it).
+    pub fn new(dataset: &Dataset) -> Result<Self> {
+        Ok(Self {
+            schema: dataset.schema()?,
+            dataset: dataset.clone(),
+        })
+    }
+}
+
+#[async_trait]
+impl TableProvider for DatasetTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+        // Applied in the pipeline; DataFusion keeps its own filter above as well.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let mut dataset = self.dataset.clone();
+        for filter in filters {
+            dataset = dataset.filter(unqualified(filter.clone())?);
+        }
+        let schema = match projection {
+            Some(columns) => Arc::new(self.schema.project(columns)?),
+            None => Arc::clone(&self.schema),
+        };
+        if projection.is_some() {
+            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            dataset = dataset.select_columns(&names);
+        }
+        if let Some(n) = limit {
+            dataset = dataset.limit(n as u64);
+        }
+        // The pipeline blocks on the context's runtime, which may be the one running this
+        // query: run it on a thread of its own.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(dataset.to_arrow());
+        });
+        let batches = rx
+            .await
+            .map_err(|_| DataFusionError::Execution("a dataset scan's thread died".into()))?
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let batches = batches
+            .into_iter()
+            .map(|b| b.with_schema(Arc::clone(&schema)))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(MemorySourceConfig::try_new_exec(&[batches], schema, None)?)
+    }
+}
+
+/// `expr` with its column references stripped of table qualifiers (a dataset's columns have
+/// none).
+fn unqualified(expr: Expr) -> datafusion::error::Result<Expr> {
+    expr.transform_up(|e| match e {
+        Expr::Column(column) if column.relation.is_some() => Ok(Transformed::yes(Expr::Column(
+            datafusion::common::Column::new_unqualified(column.name),
+        ))),
+        other => Ok(Transformed::no(other)),
+    })
+    .map(|t| t.data)
+}
+
+impl Context {
+    /// Registers `dataset` as the SQL table `name` (replacing any table of that name).
+    ///
+    /// ```no_run
+    /// let ctx = manta_datasets::Context::new(Default::default()).unwrap();
+    /// let items = ctx.read_parquet("data/lineitem/").unwrap();
+    /// ctx.register("lineitem", &items).unwrap();
+    /// let big = ctx.sql("SELECT count(*) FROM lineitem WHERE l_quantity > 45").unwrap();
+    /// big.show(10).unwrap();
+    /// ```
+    pub fn register(&self, name: &str, dataset: &Dataset) -> Result<()> {
+        let table = DatasetTable::new(dataset)?;
+        self.sql_session().register_table(name, Arc::new(table))?;
+        Ok(())
+    }
+
+    /// Registers Parquet files (a file, a directory or a glob) as the SQL table `name`, scanned
+    /// by DataFusion itself (row-group and page pruning).
+    pub fn register_parquet(&self, name: &str, path: &str) -> Result<()> {
+        let session = self.sql_session();
+        self.block_on(session.register_parquet(name, path, ParquetReadOptions::default()))?;
+        Ok(())
+    }
+
+    /// Registers CSV files (with a header row) as the SQL table `name`.
+    pub fn register_csv(&self, name: &str, path: &str) -> Result<()> {
+        let session = self.sql_session();
+        self.block_on(session.register_csv(name, path, CsvReadOptions::default()))?;
+        Ok(())
+    }
+
+    /// Registers newline-delimited JSON files as the SQL table `name`.
+    pub fn register_json(&self, name: &str, path: &str) -> Result<()> {
+        let session = self.sql_session();
+        self.block_on(session.register_json(name, path, JsonReadOptions::default()))?;
+        Ok(())
+    }
+
+    /// Runs a SQL query over the registered tables; its result is a dataset (blocks in the
+    /// store) that a pipeline can continue from.
+    pub fn sql(&self, query: &str) -> Result<Dataset> {
+        let session = self.sql_session();
+        let (schema, batches): (SchemaRef, Vec<RecordBatch>) = self.block_on(async move {
+            let frame = session.sql(query).await?;
+            let schema = Arc::new(frame.schema().as_arrow().clone());
+            Ok::<_, DataFusionError>((schema, frame.collect().await?))
+        })?;
+        let mut batches: Vec<RecordBatch> =
+            batches.into_iter().filter(|b| b.num_rows() > 0).collect();
+        if batches.is_empty() {
+            batches.push(RecordBatch::new_empty(schema));
+        }
+        self.from_arrow(batches)
+    }
+}
