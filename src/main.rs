@@ -5,6 +5,7 @@
 //! manta start --address 127.0.0.1:6379 --num-cpus 2       # a node daemon joining it
 //! manta status                                            # nodes, CPUs, object store use
 //! manta stop                                              # stop what `manta start` started here
+//! manta sql --table t=data/t/ "SELECT count(*) FROM t"    # SQL over files (a shell without a query)
 //! ```
 
 mod cli;

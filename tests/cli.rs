@@ -123,3 +123,90 @@ fn a_node_whose_head_does_not_answer_fails_fast() {
         "{message}"
     );
 }
+
+/// `manta sql` over a CSV table: a query's answer in CSV and JSON (checked against sums of the
+/// rows written here), a shell reading several statements (one bad: its error is printed and
+/// the shell goes on), and a bad query as an argument (a failure naming the table).
+#[test]
+fn sql_over_files_in_every_format_and_in_a_shell() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = [(1i64, "a"), (2, "b"), (3, "ü"), (40, "d")];
+    let mut csv = String::from("id,name\n");
+    for (id, name) in rows {
+        csv.push_str(&format!("{id},{name}\n"));
+    }
+    let path = tmp.path().join("t.csv");
+    std::fs::write(&path, csv).unwrap();
+    let table = format!("t={}", path.display());
+    let sum: i64 = rows.iter().map(|(id, _)| id).sum();
+
+    let out = manta(
+        tmp.path(),
+        &[
+            "sql",
+            "--table",
+            &table,
+            "--format",
+            "csv",
+            "SELECT count(*) AS n, sum(id) AS s FROM t",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("n,s\n{},{sum}\n", rows.len())
+    );
+
+    let out = manta(
+        tmp.path(),
+        &[
+            "sql",
+            "--table",
+            &table,
+            "--format",
+            "json",
+            "SELECT name FROM t WHERE id = 3",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"name":"ü"}"#
+    );
+
+    let mut shell = Command::new(env!("CARGO_BIN_EXE_manta"))
+        .args(["sql", "--table", &table, "--format", "csv"])
+        .env("MANTA_RUN_DIR", tmp.path())
+        .env_remove("MANTA_ADDRESS")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    shell
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"SELECT max(id)\n  AS top FROM t;\nSELEC oops;\nSELECT count(*) AS n FROM t;\n")
+        .unwrap();
+    let out = shell.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let top = rows.iter().map(|(id, _)| id).max().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("top\n{top}\nn\n{}\n", rows.len())
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("SELEC"),
+        "{}",
+        text(&out)
+    );
+
+    let out = manta(
+        tmp.path(),
+        &["sql", "--table", &table, "SELECT * FROM nowhere"],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("nowhere"), "{}", text(&out));
+}

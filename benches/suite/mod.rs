@@ -4,3 +4,4 @@ pub mod alltoall;
 pub mod etl;
 pub mod flight;
 pub mod objects;
+pub mod tpch;

@@ -1,6 +1,7 @@
 //! The subcommands, one struct each (clap derive: doc comments are the help text).
 
 mod daemon;
+mod sql;
 mod status;
 
 use std::path::PathBuf;
@@ -24,6 +25,8 @@ enum Command {
     Status(StatusArgs),
     /// Stop every head and node daemon that `manta start` started on this machine.
     Stop,
+    /// Run SQL over tables of files: one query, or a shell without one.
+    Sql(sql::SqlArgs),
 }
 
 /// Arguments of `manta start`.
@@ -84,6 +87,7 @@ pub fn run(cli: Cli) -> Result<()> {
             status::print_status(&address)
         }
         Command::Stop => daemon::stop_all(),
+        Command::Sql(args) => sql::run(args),
     }
 }
 
