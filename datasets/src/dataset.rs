@@ -104,6 +104,22 @@ impl Dataset {
         self.plan.as_ref().clone()
     }
 
+    /// The path as given, if the dataset is nothing but a read of local Parquet files (which
+    /// SQL then scans with DataFusion's own Parquet scan).
+    pub(crate) fn plain_local_parquet(&self) -> Option<&str> {
+        match &self.plan.input {
+            PlanInput::Read { source, .. } if self.plan.ops.is_empty() => match source.as_ref() {
+                crate::source::Source::Parquet(parquet)
+                    if !crate::storage::is_url(&parquet.path) =>
+                {
+                    Some(parquet.path.as_str())
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// Keeps the rows where `predicate` (a DataFusion expression) is true; null counts as false.
     pub fn filter(&self, predicate: Expr) -> Self {
         self.with_op(LogicalOp::Filter(predicate))

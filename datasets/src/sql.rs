@@ -4,7 +4,9 @@
 //!
 //! * files registered with [`Context::register_parquet`] (and `_csv`, `_json`) are DataFusion's
 //!   own listing tables, so its scans prune row groups and pages with the query's filters;
-//! * a dataset registered with [`Context::register`] is a [`DatasetTable`]: its scan adds the
+//! * a dataset registered with [`Context::register`] that is nothing but a read of local Parquet
+//!   files is registered the same way;
+//! * any other registered dataset is a [`DatasetTable`]: its scan adds the
 //!   query's filters, projection and limit to the dataset's plan (the projection reaches the
 //!   dataset's read, filters on a Parquet read reach its row groups) and runs it as a pipeline.
 //!
@@ -120,7 +122,10 @@ fn unqualified(expr: Expr) -> datafusion::error::Result<Expr> {
 }
 
 impl Context {
-    /// Registers `dataset` as the SQL table `name` (replacing any table of that name).
+    /// Registers `dataset` as the SQL table `name` (replacing any table of that name). A dataset
+    /// that is nothing but a read of local Parquet files is registered as DataFusion's own
+    /// Parquet table over them (row-group and page pruning, statistics); any other is a
+    /// [`DatasetTable`].
     ///
     /// ```no_run
     /// let ctx = manta_datasets::Context::new(Default::default()).unwrap();
@@ -130,8 +135,15 @@ impl Context {
     /// big.show(10).unwrap();
     /// ```
     pub fn register(&self, name: &str, dataset: &Dataset) -> Result<()> {
+        if let Some(path) = dataset.plain_local_parquet() {
+            let session = self.sql_session();
+            session.deregister_table(name)?;
+            return self.register_parquet(name, path);
+        }
         let table = DatasetTable::new(dataset)?;
-        self.sql_session().register_table(name, Arc::new(table))?;
+        let session = self.sql_session();
+        session.deregister_table(name)?;
+        session.register_table(name, Arc::new(table))?;
         Ok(())
     }
 
