@@ -17,6 +17,23 @@ fn query_texts() -> anyhow::Result<Vec<(String, String)>> {
         .collect()
 }
 
+/// Runs every query once with `run_one` (which returns the answer's rows): the total seconds,
+/// the rows, and `qNN=seconds` for each query.
+fn time_queries(
+    queries: &[(String, String)],
+    mut run_one: impl FnMut(&str) -> anyhow::Result<u64>,
+) -> anyhow::Result<(f64, u64, String)> {
+    let (mut total, mut rows, mut per_query) = (0.0, 0u64, Vec::new());
+    for (name, sql) in queries {
+        let started = Instant::now();
+        rows += run_one(sql)?;
+        let seconds = started.elapsed().as_secs_f64();
+        total += seconds;
+        per_query.push(format!("{name}={seconds:.3}"));
+    }
+    Ok((total, rows, per_query.join(" ")))
+}
+
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let root = args.data_dir();
     let mut tables = Vec::new();
@@ -32,22 +49,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         ctx.register_parquet(name, path)?;
     }
     for run in 1..=args.runs {
-        let mut total = 0.0;
-        let mut rows = 0u64;
-        let mut per_query = Vec::new();
-        for (name, sql) in &queries {
-            let started = Instant::now();
-            let answer = ctx.sql(sql)?;
-            rows += answer
-                .to_arrow()?
-                .iter()
-                .map(|b| b.num_rows() as u64)
-                .sum::<u64>();
-            let seconds = started.elapsed().as_secs_f64();
-            total += seconds;
-            per_query.push(format!("{name}={seconds:.3}"));
-        }
-        println!("QUERY engine=manta run={run} {}", per_query.join(" "));
+        let (total, rows, per_query) = time_queries(&queries, |sql| {
+            let answer = ctx.sql(sql)?.to_arrow()?;
+            Ok(answer.iter().map(|b| b.num_rows() as u64).sum())
+        })?;
+        println!("QUERY engine=manta run={run} {per_query}");
         println!(
             "RESULT workload=tpch mode={} scale={} run={run} seconds={total:.3} rows={rows} {}",
             args.mode(),
@@ -59,29 +65,20 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
-        let df = datafusion::prelude::SessionContext::new();
-        for (name, path) in &tables {
-            df.register_parquet(*name, path, Default::default()).await?;
-        }
-        for run in 1..=args.runs {
-            let mut total = 0.0;
-            let mut rows = 0u64;
-            let mut per_query = Vec::new();
-            for (name, sql) in &queries {
-                let started = Instant::now();
-                let batches = df.sql(sql).await?.collect().await?;
-                rows += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
-                let seconds = started.elapsed().as_secs_f64();
-                total += seconds;
-                per_query.push(format!("{name}={seconds:.3}"));
-            }
-            println!("QUERY engine=datafusion run={run} {}", per_query.join(" "));
-            println!(
-                "BASELINE workload=tpch engine=datafusion scale={} run={run} seconds={total:.3} rows={rows}",
-                args.scale
-            );
-        }
-        Ok::<_, anyhow::Error>(())
-    })
+    let df = datafusion::prelude::SessionContext::new();
+    for (name, path) in &tables {
+        runtime.block_on(df.register_parquet(*name, path, Default::default()))?;
+    }
+    for run in 1..=args.runs {
+        let (total, rows, per_query) = time_queries(&queries, |sql| {
+            let answer = runtime.block_on(async { df.sql(sql).await?.collect().await })?;
+            Ok(answer.iter().map(|b| b.num_rows() as u64).sum())
+        })?;
+        println!("QUERY engine=datafusion run={run} {per_query}");
+        println!(
+            "BASELINE workload=tpch engine=datafusion scale={} run={run} seconds={total:.3} rows={rows}",
+            args.scale
+        );
+    }
+    Ok(())
 }
