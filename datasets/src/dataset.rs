@@ -238,7 +238,7 @@ impl Dataset {
         })
     }
 
-    /// The first `n` rows (of the blocks that finish first; in block order among those).
+    /// The first `n` rows, in block order.
     pub fn limit(&self, n: u64) -> Self {
         Self::new(
             self.ctx.clone(),

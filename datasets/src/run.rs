@@ -148,19 +148,31 @@ fn run_limit(
 ) -> Result<(Vec<ObjectRef>, Option<SchemaRef>)> {
     let plan = resolve(ctx, input, stats)?;
     let (mut rx, handle) = start(ctx, &plan, Sink::Driver)?;
-    let mut kept: Vec<BlockOut> = Vec::new();
-    let mut rows = 0;
+    // The first n rows in block order: blocks arrive as they finish, and the run stops once
+    // the blocks 0, 1, 2, ... that have all arrived hold n rows.
+    let mut arrived: std::collections::BTreeMap<u64, BlockOut> = Default::default();
+    let (mut next, mut rows, mut all_in) = (0u64, 0u64, false);
     while rows < n {
         let Some(block) = ctx.block_on(rx.recv()) else {
+            all_in = true;
             break;
         };
-        rows += block.block.meta().num_rows;
-        kept.push(block);
+        arrived.insert(block.index, block);
+        while rows < n
+            && let Some(block) = arrived.get(&next)
+        {
+            rows += block.block.meta().num_rows;
+            next += 1;
+        }
     }
     drop(rx);
     let run = join(ctx, handle)?;
     stats.extend(run.stages);
-    kept.sort_by_key(|b| b.index);
+    // Blocks past a full prefix are not needed; with every block in, all are kept.
+    let kept: Vec<BlockOut> = arrived
+        .into_values()
+        .filter(|b| all_in || b.index < next)
+        .collect();
     let mut blocks = Vec::new();
     let mut left = n;
     for out in kept {
