@@ -6,6 +6,8 @@
 //! manta status                                            # nodes, CPUs, object store use
 //! manta stop                                              # stop what `manta start` started here
 //! manta sql --table t=data/t/ "SELECT count(*) FROM t"    # SQL over files (a shell without a query)
+//! manta start --head --flight-sql-port 50051 --table t=data/t/   # and serve Flight SQL clients
+//! manta sql --flight-sql 127.0.0.1:50051 "SELECT 1"       # a Flight SQL server's answers
 //! ```
 
 mod cli;
@@ -18,6 +20,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // A driver's tasks run in worker processes started from the driver's own executable, and
+    // `manta sql --address` and a head serving Flight SQL are drivers.
+    manta::run_worker_if_requested();
     let args = cli::Cli::parse();
     manta::init_tracing();
     match cli::run(args) {

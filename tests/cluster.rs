@@ -13,7 +13,80 @@ use arrow::array::{Array, BooleanArray, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use manta::{Config, MapBatchesOptions, ReadOptions};
 
+use common::tpch::{self, cells};
 use common::*;
+
+/// The TPC-H queries the cluster runs.
+const CLUSTER_QUERIES: [usize; 5] = [1, 3, 5, 9, 18];
+
+/// A driver of the cluster answers TPC-H queries 1, 3, 5, 9 and 18 right, with every table's
+/// scan, filters and partial aggregate running as tasks (on the cluster by default).
+fn tpch_queries_run_their_scans_as_tasks_on_the_nodes(cluster: &Cluster) {
+    let ctx = cluster.connect();
+    for (table, path) in tpch::tables() {
+        ctx.register_parquet(table, &path).unwrap();
+    }
+    let plan = cells(
+        &ctx.sql(&format!("EXPLAIN {}", tpch::query(18)))
+            .unwrap()
+            .to_arrow()
+            .unwrap(),
+    );
+    let physical = plan
+        .iter()
+        .find(|row| row[0] == "physical_plan")
+        .map(|row| row[1].clone())
+        .unwrap_or_default();
+    assert!(
+        physical.matches("ScanTasksExec").count() >= 3,
+        "q18's three scans run as tasks:\n{physical}"
+    );
+    let wrong: Vec<String> = CLUSTER_QUERIES
+        .iter()
+        .filter_map(|&n| {
+            tpch::check(
+                n,
+                &cells(&ctx.sql(&tpch::query(n)).unwrap().to_arrow().unwrap()),
+            )
+        })
+        .collect();
+    assert!(wrong.is_empty(), "wrong answers:\n{}", wrong.join("\n"));
+}
+
+/// `manta start --head --flight-sql-port 0 --table ...` serves the tables: a Flight SQL client
+/// gets the right answers to the same queries.
+fn the_heads_flight_sql_endpoint_answers_tpch(cluster: &Cluster) {
+    use futures::TryStreamExt;
+    let address = cluster
+        .head
+        .flight_sql
+        .clone()
+        .expect("the head serves Flight SQL");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let wrong: Vec<String> = runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+        let mut wrong = Vec::new();
+        for n in CLUSTER_QUERIES {
+            let info = client.execute(tpch::query(n), None).await.unwrap();
+            let mut batches = Vec::new();
+            for endpoint in info.endpoint {
+                let stream = client.do_get(endpoint.ticket.unwrap()).await.unwrap();
+                batches.extend(stream.try_collect::<Vec<_>>().await.unwrap());
+            }
+            wrong.extend(tpch::check(n, &cells(&batches)));
+        }
+        wrong
+    });
+    assert!(wrong.is_empty(), "wrong answers:\n{}", wrong.join("\n"));
+}
 
 fn main() {
     manta::run_worker_if_requested();
@@ -39,9 +112,26 @@ fn main() {
             "row_functions_callables_and_splits_run_on_the_nodes",
             row_functions_callables_and_splits_run_on_the_nodes,
         ),
+        (
+            "tpch_queries_run_their_scans_as_tasks_on_the_nodes",
+            tpch_queries_run_their_scans_as_tasks_on_the_nodes,
+        ),
+        (
+            "the_heads_flight_sql_endpoint_answers_tpch",
+            the_heads_flight_sql_endpoint_answers_tpch,
+        ),
     ];
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
-    let cluster = Cluster::start(&["a=1", "b=1"]);
+    // The head serves the TPC-H tables to Flight SQL clients.
+    let tables: Vec<String> = tpch::tables()
+        .into_iter()
+        .map(|(name, path)| format!("{name}={path}"))
+        .collect();
+    let mut head_args = vec!["--head", "--port", "0", "--flight-sql-port", "0"];
+    for table in &tables {
+        head_args.extend(["--table", table]);
+    }
+    let cluster = Cluster::start_with_head(&head_args, &["a=1", "b=1"]);
     let mut failed = 0;
     for (name, test) in tests
         .iter()

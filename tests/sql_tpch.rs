@@ -5,113 +5,76 @@
 //! (scanned by running it with the query's projection and filters), `orders` a registered plain
 //! Parquet dataset, the other tables DataFusion's own Parquet tables.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+mod common;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::{DataType, Field, Schema};
-use arrow::util::display::{ArrayFormatter, FormatOptions};
-
-const SCALE: f64 = 0.1;
-
-fn shared_tpch() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tpch")
-}
-
-/// Every cell of the batches as text (NULL as the empty string), row by row.
-fn cells(batches: &[RecordBatch]) -> Vec<Vec<String>> {
-    let options = FormatOptions::default().with_null("");
-    let mut rows = Vec::new();
-    for batch in batches {
-        let formatters: Vec<ArrayFormatter> = batch
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
-            .collect();
-        for row in 0..batch.num_rows() {
-            rows.push(
-                formatters
-                    .iter()
-                    .map(|f| f.value(row).to_string())
-                    .collect(),
-            );
-        }
-    }
-    rows
-}
-
-/// The answer file's rows, every field as text.
-fn answer(query: &str) -> Vec<Vec<String>> {
-    let path = shared_tpch().join(format!("answers/sf{SCALE}/{query}.csv"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let header = text.lines().next().expect("a header row");
-    let fields: Vec<Field> = header
-        .split(',')
-        .map(|name| Field::new(name, DataType::Utf8, true))
-        .collect();
-    let reader = arrow::csv::ReaderBuilder::new(Arc::new(Schema::new(fields)))
-        .with_header(true)
-        .build(std::io::Cursor::new(text.into_bytes()))
-        .unwrap();
-    let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
-    cells(&batches)
-}
-
-fn same_value(ours: &str, theirs: &str) -> bool {
-    if ours == theirs {
-        return true;
-    }
-    match (ours.parse::<f64>(), theirs.parse::<f64>()) {
-        (Ok(a), Ok(b)) => (a - b).abs() <= (1e-6 * b.abs()).max(1e-2),
-        _ => false,
-    }
-}
+use common::tpch::{self, cells};
 
 #[test]
 fn all_22_tpch_queries_answer_right_at_scale_0_1() {
-    let root = manta::tpch::default_dir();
     let ctx = manta::init_with(manta::Config::default()).unwrap();
-    for table in manta::tpch::TABLES {
-        let dir = manta::tpch::table(&root, table, SCALE).unwrap();
-        let path = dir.to_str().unwrap();
+    for (table, path) in tpch::tables() {
         match table {
             // A pipeline: scanned by running it, with the query's projection and filters.
             "lineitem" => {
                 let prepared = ctx
-                    .read_parquet(path)
+                    .read_parquet(&path)
                     .unwrap()
                     .with_column("l_unused", manta::prelude::lit(1));
                 ctx.register(table, &prepared).unwrap()
             }
             // A plain Parquet read: registered as DataFusion's own Parquet table.
             "orders" => ctx
-                .register(table, &ctx.read_parquet(path).unwrap())
+                .register(table, &ctx.read_parquet(&path).unwrap())
                 .unwrap(),
-            _ => ctx.register_parquet(table, path).unwrap(),
+            _ => ctx.register_parquet(table, &path).unwrap(),
         }
     }
-    let mut wrong = Vec::new();
-    for n in 1..=22 {
-        let query = format!("q{n:02}");
-        let sql =
-            std::fs::read_to_string(shared_tpch().join(format!("queries/{query}.sql"))).unwrap();
-        let ours = cells(&ctx.sql(&sql).unwrap().to_arrow().unwrap());
-        let expected = answer(&query);
-        let matches = ours.len() == expected.len()
-            && ours
-                .iter()
-                .zip(&expected)
-                .all(|(a, b)| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same_value(x, y)));
-        if !matches {
-            wrong.push(format!(
-                "{query}: {} rows, expected {}; first {:?} vs {:?}",
-                ours.len(),
-                expected.len(),
-                ours.first(),
-                expected.first()
-            ));
-        }
+    let wrong: Vec<String> = (1..=22)
+        .filter_map(|n| {
+            tpch::check(
+                n,
+                &cells(&ctx.sql(&tpch::query(n)).unwrap().to_arrow().unwrap()),
+            )
+        })
+        .collect();
+    assert!(wrong.is_empty(), "wrong answers:\n{}", wrong.join("\n"));
+}
+
+/// With `sql_tasks` on, every table's scan (with its filters, projections and partial
+/// aggregate) runs as tasks, here in the embedded pool: all 22 answers stay right.
+#[test]
+fn all_22_tpch_queries_answer_right_with_scans_as_tasks() {
+    let ctx = manta::init_with(manta::Config {
+        sql_tasks: Some(true),
+        ..Default::default()
+    })
+    .unwrap();
+    for (table, path) in tpch::tables() {
+        ctx.register_parquet(table, &path).unwrap();
     }
+    let plan = cells(
+        &ctx.sql(&format!("EXPLAIN {}", tpch::query(1)))
+            .unwrap()
+            .to_arrow()
+            .unwrap(),
+    );
+    let physical = plan
+        .iter()
+        .find(|row| row[0] == "physical_plan")
+        .map(|row| row[1].clone())
+        .unwrap_or_default();
+    assert!(
+        physical.contains("ScanTasksExec") && physical.contains("AggregateExec: mode=Partial"),
+        "q1's scan and partial aggregate run as tasks:\n{physical}"
+    );
+    let wrong: Vec<String> = (1..=22)
+        .filter_map(|n| {
+            tpch::check(
+                n,
+                &cells(&ctx.sql(&tpch::query(n)).unwrap().to_arrow().unwrap()),
+            )
+        })
+        .collect();
     assert!(wrong.is_empty(), "wrong answers:\n{}", wrong.join("\n"));
 }
 
@@ -143,6 +106,15 @@ fn datasets_and_queries_compose_and_bad_queries_are_clear_errors() {
         .filter(|row| row[1].parse::<i64>().unwrap() > 29_000)
         .count() as u64;
     assert_eq!(continued, plain);
+
+    // No columns projected (count(*)): rows still counted.
+    let counted = cells(
+        &ctx.sql("SELECT count(*) FROM numbers")
+            .unwrap()
+            .to_arrow()
+            .unwrap(),
+    );
+    assert_eq!(counted, vec![vec![(10_000 - 100).to_string()]]);
 
     let syntax = ctx.sql("SELEC id FROM numbers").unwrap_err().to_string();
     assert!(syntax.contains("SELEC"), "{syntax}");

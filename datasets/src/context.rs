@@ -29,6 +29,10 @@ pub struct Config {
     /// of one task per partition each fetching its partition of every map output (default
     /// 64 MiB; `Some(0)` always partitions). `repartition` always makes its `n` blocks.
     pub small_exchange_bytes: Option<u64>,
+    /// Whether SQL queries run their file scans, filters, projections and partial aggregates
+    /// as tasks (see [`crate::sql_tasks`]); default: on a cluster, yes; embedded, no (DataFusion
+    /// already uses every core of this process).
+    pub sql_tasks: Option<bool>,
 }
 
 /// The default of [`Config::small_exchange_bytes`].
@@ -36,7 +40,8 @@ pub const SMALL_EXCHANGE_BYTES: u64 = 64 << 20;
 
 impl Config {
     /// From the environment: `MANTA_ADDRESS`, `MANTA_NUM_CPUS`, `MANTA_OBJECT_STORE_MEMORY`,
-    /// `MANTA_RESOURCES` (`name=amount,...`), `MANTA_SMALL_EXCHANGE_BYTES`.
+    /// `MANTA_RESOURCES` (`name=amount,...`), `MANTA_SMALL_EXCHANGE_BYTES`, `MANTA_SQL_TASKS`
+    /// (`1`/`true` or `0`/`false`).
     pub fn from_env() -> Result<Self> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let num_cpus = var("MANTA_NUM_CPUS")
@@ -58,6 +63,15 @@ impl Config {
                 .unwrap_or_default(),
             small_exchange_bytes: var("MANTA_SMALL_EXCHANGE_BYTES")
                 .map(|v| parse_bytes(&v))
+                .transpose()?,
+            sql_tasks: var("MANTA_SQL_TASKS")
+                .map(|v| match v.trim().to_ascii_lowercase().as_str() {
+                    "1" | "true" | "yes" | "on" => Ok(true),
+                    "0" | "false" | "no" | "off" => Ok(false),
+                    _ => Err(Error::InvalidArgument(format!(
+                        "MANTA_SQL_TASKS={v:?}: expected 1 or 0"
+                    ))),
+                })
                 .transpose()?,
         })
     }
@@ -132,12 +146,21 @@ impl Context {
                 Client::Embedded(EmbeddedRuntime::new(embedded)?)
             }
         };
+        let sql_tasks = config
+            .sql_tasks
+            .unwrap_or(matches!(client, Client::Cluster(_)));
+        let sql = if sql_tasks {
+            let cpus = runtime.block_on(client.total_cpus())?;
+            crate::sql::session_with_tasks(&client, cpus)
+        } else {
+            datafusion::prelude::SessionContext::new()
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 runtime: Some(runtime),
                 client,
                 small_exchange_bytes: config.small_exchange_bytes.unwrap_or(SMALL_EXCHANGE_BYTES),
-                sql: datafusion::prelude::SessionContext::new(),
+                sql,
             }),
         })
     }

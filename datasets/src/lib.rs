@@ -19,6 +19,7 @@
 //! * [`source`], [`parquet_source`], [`files`]: what a dataset reads, split into read tasks.
 //! * [`sink`]: writing part files atomically.
 //! * [`storage`]: local paths and object store URLs (s3, gs, az, memory).
+//! * [`sql`], [`flight_sql`]: SQL over datasets through DataFusion, and a Flight SQL endpoint.
 //! * [`stats`], [`progress`], [`checksum`]: figures, bars, result comparison.
 
 #![warn(missing_docs)]
@@ -32,6 +33,7 @@ pub mod error;
 pub mod exchange;
 pub mod executor;
 pub mod files;
+pub mod flight_sql;
 pub mod ops;
 pub mod parquet_source;
 pub mod plan;
@@ -41,6 +43,7 @@ pub mod run;
 pub mod sink;
 pub mod source;
 pub mod sql;
+pub mod sql_tasks;
 pub mod stage;
 pub mod stats;
 pub mod storage;
@@ -50,6 +53,7 @@ pub use context::{Config, Context};
 pub use dataset::{BatchIter, Dataset, GroupedData, RowIter, SplitIter, WriteSummary};
 pub use error::{Error, Result};
 pub use exchange::{Aggregate, JoinKind, SortKey};
+pub use flight_sql::FlightSqlServer;
 pub use plan::{MapBatchesOptions, ReadOptions};
 pub use sink::WriteFormat;
 pub use source::FileFormat;

@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{RecordBatch, RecordBatchOptions};
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
@@ -25,13 +25,18 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
+use datafusion::prelude::{
+    CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionConfig, SessionContext,
+};
+use manta_scheduler::Client;
 
 use crate::context::Context;
 use crate::dataset::Dataset;
 use crate::error::Result;
+use crate::sql_tasks::ScanTasks;
 
 /// A dataset as a DataFusion table (see the module doc).
 #[derive(Debug)]
@@ -85,7 +90,18 @@ impl TableProvider for DatasetTable {
             None => Arc::clone(&self.schema),
         };
         if projection.is_some() {
-            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            // `count(*)` projects no columns, but rows need a column to travel in: keep the
+            // first, and drop it below.
+            let names: Vec<&str> = match schema.fields().is_empty() {
+                true => self
+                    .schema
+                    .fields()
+                    .iter()
+                    .take(1)
+                    .map(|f| f.name().as_str())
+                    .collect(),
+                false => schema.fields().iter().map(|f| f.name().as_str()).collect(),
+            };
             dataset = dataset.select_columns(&names);
         }
         if let Some(n) = limit {
@@ -103,7 +119,14 @@ impl TableProvider for DatasetTable {
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let batches = batches
             .into_iter()
-            .map(|b| b.with_schema(Arc::clone(&schema)))
+            .map(|b| {
+                let options = RecordBatchOptions::new().with_row_count(Some(b.num_rows()));
+                let columns = match schema.fields().is_empty() {
+                    true => Vec::new(),
+                    false => b.columns().to_vec(),
+                };
+                RecordBatch::try_new_with_options(Arc::clone(&schema), columns, &options)
+            })
             .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(MemorySourceConfig::try_new_exec(&[batches], schema, None)?)
     }
@@ -119,6 +142,24 @@ fn unqualified(expr: Expr) -> datafusion::error::Result<Expr> {
         other => Ok(Transformed::no(other)),
     })
     .map(|t| t.data)
+}
+
+/// A SQL session whose queries run their file scans (with filters, projections and partial
+/// aggregates) as tasks through `client` (see [`crate::sql_tasks`]). A scan is split into at
+/// least as many partitions as the cluster has CPUs. Dynamic filters (a join's build side
+/// narrowing its probe side's scan at run time) are off: the scans they would narrow run
+/// elsewhere.
+pub fn session_with_tasks(client: &Client, cpus: f64) -> SessionContext {
+    let mut config =
+        SessionConfig::new().set_bool("datafusion.optimizer.enable_dynamic_filter_pushdown", false);
+    let partitions = config.target_partitions().max(cpus.ceil() as usize);
+    config = config.with_target_partitions(partitions);
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .with_physical_optimizer_rule(Arc::new(ScanTasks::new(client.clone())))
+        .build();
+    SessionContext::new_with_state(state)
 }
 
 impl Context {

@@ -218,7 +218,7 @@ static IO_RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
 });
 
 /// Runs `future` on the storage runtime and waits for it; callable from any thread.
-fn block_on<F>(future: F) -> F::Output
+pub(crate) fn block_on<F>(future: F) -> F::Output
 where
     F: Future + Send,
     F::Output: Send,

@@ -2,7 +2,7 @@
 //!
 //! `manta start` without `--block` runs itself again with `--block --daemon-child` in a new
 //! session (so it outlives the shell), its log going to a file, and waits for the child's
-//! `MANTA_READY <address>` line on a pipe: when `manta start` returns, the head is listening or
+//! `MANTA_READY <address> [flight-sql=<address>]` line on a pipe: when `manta start` returns, the head is listening or
 //! the node is registered. Each started process is recorded as a file `<pid>` in the run
 //! directory (`$MANTA_RUN_DIR`, default `<temp>/manta-run`), which `manta stop` reads.
 
@@ -41,11 +41,16 @@ pub fn run_foreground(args: StartArgs) -> Result<()> {
         }
     };
     if args.head {
+        let flight_sql = args.flight_sql_port.map(|port| (port, args.clone()));
         runtime.block_on(manta::scheduler::run_head(
             &args.host,
             args.port,
             HeadConfig::default(),
-            |a| announce(&a.to_string()),
+            |a| match flight_sql {
+                // Ready once the Flight SQL endpoint listens too.
+                Some((port, args)) => serve_flight_sql(a.to_string(), port, args, announce),
+                None => announce(&a.to_string()),
+            },
         ))?;
     } else {
         let mut config = NodeConfig::new(args.address.clone().expect("validated"));
@@ -62,6 +67,46 @@ pub fn run_foreground(args: StartArgs) -> Result<()> {
         runtime.block_on(manta::scheduler::run_node(config, |a| announce(a)))?;
     }
     Ok(())
+}
+
+/// Serves Flight SQL from a driver of the head at `head`, on a thread of its own: the driver
+/// joins the head, which starts serving only once this returns. `announce` runs when the
+/// endpoint listens; if it cannot start, the process exits with the reason.
+fn serve_flight_sql(
+    head: String,
+    port: u16,
+    args: StartArgs,
+    announce: impl FnOnce(&str) + Send + 'static,
+) {
+    std::thread::spawn(move || {
+        let started = (|| -> Result<(manta::Context, manta::datasets::FlightSqlServer)> {
+            let ctx = manta::init_with(manta::Config {
+                address: Some(head.clone()),
+                ..manta::Config::from_env()?
+            })?;
+            for table in &args.tables {
+                let (name, path) = super::sql::parse_table(table)?;
+                super::sql::register(&ctx, name, path)
+                    .with_context(|| format!("table {name} at {path}"))?;
+            }
+            let server = ctx.serve_flight_sql(&format!("{}:{port}", args.host))?;
+            Ok((ctx, server))
+        })();
+        match started {
+            Ok((_ctx, server)) => {
+                eprintln!("Flight SQL clients: {}", server.address());
+                announce(&format!("{head} flight-sql={}", server.address()));
+                // Serve until the process ends.
+                loop {
+                    std::thread::park();
+                }
+            }
+            Err(e) => {
+                eprintln!("the Flight SQL endpoint did not start: {e:#}");
+                std::process::exit(1);
+            }
+        }
+    });
 }
 
 fn redirect_stdout_to_null() {
@@ -113,17 +158,28 @@ pub fn start_background(args: StartArgs) -> Result<()> {
         let _ = tx.send(line);
     });
     let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
-    let Some(address) = line.trim().strip_prefix(READY).map(str::trim) else {
+    // `MANTA_READY <address> [flight-sql=<address>]`
+    let mut ready = line
+        .trim()
+        .strip_prefix(READY)
+        .map(|rest| rest.split_whitespace())
+        .into_iter()
+        .flatten();
+    let Some(address) = ready.next() else {
         let _ = child.kill();
         let log = fs::read_to_string(&log_path).unwrap_or_default();
         bail!("the {kind} did not start:\n{}", log.trim());
     };
+    let flight_sql = ready.find_map(|part| part.strip_prefix("flight-sql="));
     let pid = child.id();
     fs::write(dir.join(pid.to_string()), format!("{kind} {address}\n"))?;
     println!(
         "Started the {kind} at {address} (pid {pid}; log {}).",
         log_path.display()
     );
+    if let Some(flight_sql) = flight_sql {
+        println!("Flight SQL clients connect to {flight_sql}.");
+    }
     if args.head {
         println!("Join it with:  manta start --address {address}");
         println!("Run a driver:  MANTA_ADDRESS={address} cargo run --release --example quickstart");

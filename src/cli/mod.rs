@@ -53,6 +53,14 @@ pub struct StartArgs {
     /// Node: custom resources offered, as name=amount,name=amount.
     #[arg(long, default_value = "")]
     resources: String,
+    /// Head: also serve Flight SQL clients on this port (0 picks a free one), through a driver
+    /// of this cluster.
+    #[arg(long, requires = "head")]
+    flight_sql_port: Option<u16>,
+    /// Head with --flight-sql-port: a table to serve, as NAME=PATH (Parquet, CSV or
+    /// newline-delimited JSON files). Repeat for more tables.
+    #[arg(long = "table", value_name = "NAME=PATH", requires = "flight_sql_port")]
+    tables: Vec<String>,
     /// Node: directory for spilled objects.
     #[arg(long)]
     spill_dir: Option<PathBuf>,

@@ -4,13 +4,19 @@
 //! SQL session: CSV for `.csv` paths, newline-delimited JSON for `.json`/`.jsonl`/`.ndjson`,
 //! Parquet otherwise. With a query, its answer is printed and the command ends; without one, a
 //! shell reads statements (ending with `;`, over as many lines as they need) until end of input
-//! or `\q`, and a bad statement prints its error and the shell goes on.
+//! or `\q`, and a bad statement prints its error and the shell goes on. At a terminal the
+//! shell has line editing and a history kept in `~/.manta_sql_history` (rustyline).
+//!
+//! With `--flight-sql HOST:PORT` the statements go to a Flight SQL server instead (Manta's,
+//! or any other), through arrow-flight's Flight SQL client.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{Context as _, Result, bail};
 use arrow::array::RecordBatch;
+use arrow_flight::sql::client::FlightSqlServiceClient;
 use clap::{Args, ValueEnum};
+use futures::TryStreamExt;
 
 /// Arguments of `manta sql`.
 #[derive(Debug, Args)]
@@ -20,8 +26,11 @@ pub struct SqlArgs {
     #[arg(long = "table", value_name = "NAME=PATH")]
     tables: Vec<String>,
     /// Run on the cluster whose head is here (default: embedded, in this process).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "flight_sql")]
     address: Option<String>,
+    /// Send the statements to the Flight SQL server at HOST:PORT instead.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "tables")]
+    flight_sql: Option<String>,
     /// How to print answers.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
@@ -40,25 +49,81 @@ enum Format {
     Json,
 }
 
-/// Runs `manta sql`.
-pub fn run(args: SqlArgs) -> Result<()> {
-    let ctx = manta::init_with(manta::Config {
-        address: args.address.clone(),
-        ..manta::Config::from_env()?
-    })?;
-    for table in &args.tables {
-        let (name, path) = table
-            .split_once('=')
-            .with_context(|| format!("--table {table:?}: expected NAME=PATH"))?;
-        register(&ctx, name, path).with_context(|| format!("table {name} at {path}"))?;
-    }
-    match &args.query {
-        Some(query) => answer(&ctx, query, args.format),
-        None => shell(&ctx, args.format),
+/// Where statements run.
+enum Engine {
+    /// This process's context (embedded, or a driver of a cluster).
+    Context(manta::Context),
+    /// A Flight SQL server.
+    FlightSql {
+        runtime: tokio::runtime::Runtime,
+        client: FlightSqlServiceClient<tonic::transport::Channel>,
+    },
+}
+
+impl Engine {
+    fn query(&mut self, query: &str) -> Result<Vec<RecordBatch>> {
+        match self {
+            Engine::Context(ctx) => Ok(ctx.sql(query)?.to_arrow()?),
+            Engine::FlightSql { runtime, client } => runtime.block_on(async {
+                let info = client.execute(query.to_string(), None).await?;
+                let mut batches = Vec::new();
+                for endpoint in info.endpoint {
+                    let ticket = endpoint.ticket.context("an endpoint without a ticket")?;
+                    let stream = client.do_get(ticket).await?;
+                    batches.extend(stream.try_collect::<Vec<_>>().await?);
+                }
+                Ok(batches)
+            }),
+        }
     }
 }
 
-fn register(ctx: &manta::Context, name: &str, path: &str) -> manta::Result<()> {
+/// Runs `manta sql`.
+pub fn run(args: SqlArgs) -> Result<()> {
+    let mut engine = match &args.flight_sql {
+        Some(address) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let client = runtime
+                .block_on(async {
+                    let channel =
+                        tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
+                            .connect()
+                            .await?;
+                    Ok::<_, anyhow::Error>(FlightSqlServiceClient::new(channel))
+                })
+                .with_context(|| format!("connecting to the Flight SQL server at {address}"))?;
+            Engine::FlightSql { runtime, client }
+        }
+        None => {
+            let ctx = manta::init_with(manta::Config {
+                address: args.address.clone(),
+                ..manta::Config::from_env()?
+            })?;
+            for table in &args.tables {
+                let (name, path) = parse_table(table)?;
+                register(&ctx, name, path).with_context(|| format!("table {name} at {path}"))?;
+            }
+            Engine::Context(ctx)
+        }
+    };
+    match &args.query {
+        Some(query) => answer(&mut engine, query, args.format),
+        None if std::io::stdin().is_terminal() => edited_shell(&mut engine, args.format),
+        None => shell(&mut engine, args.format),
+    }
+}
+
+/// `NAME=PATH` split in two.
+pub fn parse_table(table: &str) -> Result<(&str, &str)> {
+    table
+        .split_once('=')
+        .with_context(|| format!("--table {table:?}: expected NAME=PATH"))
+}
+
+/// Registers files as a table: CSV, newline-delimited JSON or Parquet by the path's ending.
+pub fn register(ctx: &manta::Context, name: &str, path: &str) -> manta::Result<()> {
     let lower = path.to_ascii_lowercase();
     if lower.ends_with(".csv") {
         ctx.register_csv(name, path)
@@ -73,8 +138,8 @@ fn register(ctx: &manta::Context, name: &str, path: &str) -> manta::Result<()> {
 }
 
 /// Runs one query and prints its answer.
-fn answer(ctx: &manta::Context, query: &str, format: Format) -> Result<()> {
-    let batches = ctx.sql(query)?.to_arrow()?;
+fn answer(engine: &mut Engine, query: &str, format: Format) -> Result<()> {
+    let batches = engine.query(query)?;
     let mut out = std::io::stdout().lock();
     print(&mut out, &batches, format)?;
     out.flush()?;
@@ -107,26 +172,75 @@ fn print(out: &mut impl Write, batches: &[RecordBatch], format: Format) -> Resul
     Ok(())
 }
 
+/// What a shell does with a line: the statement so far, and what to do next.
+enum Line {
+    /// Read another line.
+    More,
+    /// Leave the shell.
+    Quit,
+}
+
+/// Adds `line` to `statement`; runs it when it ends with `;`.
+fn take_line(engine: &mut Engine, statement: &mut String, line: &str, format: Format) -> Line {
+    if statement.is_empty() && matches!(line.trim(), "\\q" | "quit" | "exit") {
+        return Line::Quit;
+    }
+    statement.push_str(line);
+    statement.push('\n');
+    if line.trim_end().ends_with(';') {
+        let query = statement.trim().trim_end_matches(';').to_string();
+        statement.clear();
+        if !query.trim().is_empty()
+            && let Err(e) = answer(engine, &query, format)
+        {
+            eprintln!("error: {e:#}");
+        }
+    }
+    Line::More
+}
+
+/// The shell at a terminal: line editing, and history across sessions.
+fn edited_shell(engine: &mut Engine, format: Format) -> Result<()> {
+    let mut editor = rustyline::DefaultEditor::new()?;
+    let history = std::env::var_os("HOME")
+        .map(|home| std::path::PathBuf::from(home).join(".manta_sql_history"));
+    if let Some(path) = &history {
+        let _ = editor.load_history(path);
+    }
+    let mut statement = String::new();
+    loop {
+        let prompt = if statement.is_empty() {
+            "manta> "
+        } else {
+            "   ... "
+        };
+        match editor.readline(prompt) {
+            Ok(line) => {
+                let _ = editor.add_history_entry(line.as_str());
+                if let Line::Quit = take_line(engine, &mut statement, &line, format) {
+                    break;
+                }
+            }
+            // Ctrl-C drops the statement being typed.
+            Err(rustyline::error::ReadlineError::Interrupted) => statement.clear(),
+            Err(rustyline::error::ReadlineError::Eof) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Some(path) = &history {
+        let _ = editor.save_history(path);
+    }
+    Ok(())
+}
+
 /// Reads statements from standard input until it ends or `\q`.
-fn shell(ctx: &manta::Context, format: Format) -> Result<()> {
+fn shell(engine: &mut Engine, format: Format) -> Result<()> {
     let stdin = std::io::stdin();
     let mut statement = String::new();
     prompt(&statement)?;
     for line in stdin.lock().lines() {
-        let line = line?;
-        if statement.is_empty() && matches!(line.trim(), "\\q" | "quit" | "exit") {
+        if let Line::Quit = take_line(engine, &mut statement, &line?, format) {
             return Ok(());
-        }
-        statement.push_str(&line);
-        statement.push('\n');
-        if line.trim_end().ends_with(';') {
-            let query = statement.trim().trim_end_matches(';').to_string();
-            statement.clear();
-            if !query.trim().is_empty()
-                && let Err(e) = answer(ctx, &query, format)
-            {
-                eprintln!("error: {e:#}");
-            }
         }
         prompt(&statement)?;
     }

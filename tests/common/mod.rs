@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod tpch;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -84,6 +86,8 @@ pub fn checksum_of_parquet_dir(dir: &Path) -> Checksum {
 pub struct Process {
     pub child: Child,
     pub address: String,
+    /// A head's Flight SQL endpoint, when started with `--flight-sql-port`.
+    pub flight_sql: Option<String>,
 }
 
 impl Process {
@@ -102,12 +106,21 @@ impl Process {
         stdout.read_line(&mut line).unwrap();
         // Keep draining: worker processes inherit this pipe, and a full pipe would block them.
         std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        let address = line
+        // MANTA_READY <address> [flight-sql=<address>]
+        let mut ready = line
             .trim()
             .strip_prefix("MANTA_READY ")
             .unwrap_or_else(|| panic!("manta start {args:?} did not get ready: {line:?}"))
-            .to_string();
-        Process { child, address }
+            .split_whitespace();
+        let address = ready.next().expect("an address").to_string();
+        let flight_sql = ready
+            .find_map(|part| part.strip_prefix("flight-sql="))
+            .map(str::to_string);
+        Process {
+            child,
+            address,
+            flight_sql,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -137,7 +150,12 @@ pub struct Cluster {
 impl Cluster {
     /// A head and one node per entry of `node_resources` (custom resources, e.g. "a=1").
     pub fn start(node_resources: &[&str]) -> Cluster {
-        let head = Process::start(&["--head", "--port", "0"]);
+        Self::start_with_head(&["--head", "--port", "0"], node_resources)
+    }
+
+    /// A head started with `head_args` and one node per entry of `node_resources`.
+    pub fn start_with_head(head_args: &[&str], node_resources: &[&str]) -> Cluster {
+        let head = Process::start(head_args);
         let nodes = node_resources
             .iter()
             .map(|resources| {

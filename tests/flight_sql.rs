@@ -1,0 +1,352 @@
+//! The Flight SQL endpoint (`Context::serve_flight_sql`), driven by clients no part of Manta
+//! wrote: arrow-flight's Flight SQL client, and Python's ADBC driver (installed with pip into a
+//! virtual environment; skipped, saying why, only where pip cannot install it).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use arrow_flight::sql::{CommandGetDbSchemas, CommandGetTables, SqlInfo};
+use futures::TryStreamExt;
+use manta::prelude::*;
+use tonic::transport::Channel;
+
+use common::tpch::{self, cells};
+
+type Client = FlightSqlServiceClient<Channel>;
+
+async fn connect(address: &str) -> Client {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    FlightSqlServiceClient::new(channel)
+}
+
+/// Every batch of every endpoint of `info`.
+async fn fetch(
+    client: &mut Client,
+    info: arrow_flight::FlightInfo,
+) -> Result<Vec<RecordBatch>, arrow_flight::error::FlightError> {
+    let mut batches = Vec::new();
+    for endpoint in info.endpoint {
+        let stream = client.do_get(endpoint.ticket.unwrap()).await?;
+        batches.extend(stream.try_collect::<Vec<_>>().await?);
+    }
+    Ok(batches)
+}
+
+async fn query(client: &mut Client, sql: &str) -> Result<Vec<RecordBatch>, String> {
+    let info = client
+        .execute(sql.to_string(), None)
+        .await
+        .map_err(|e| e.to_string())?;
+    fetch(client, info).await.map_err(|e| e.to_string())
+}
+
+/// An embedded context serving the TPC-H tables and a pipeline `numbers` (id, id squared).
+fn serving_context() -> (manta::Context, manta::datasets::FlightSqlServer) {
+    let ctx = manta::init_with(manta::Config::default()).unwrap();
+    for (table, path) in tpch::tables() {
+        ctx.register_parquet(table, &path).unwrap();
+    }
+    let numbers = ctx.range(1000).with_column("sq", col("id") * col("id"));
+    ctx.register("numbers", &numbers).unwrap();
+    let server = ctx.serve_flight_sql("127.0.0.1:0").unwrap();
+    (ctx, server)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn flight_sql_client_queries_prepares_lists_and_creates_tables() {
+    let (_ctx, server) = serving_context();
+    let address = server.address().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let mut client = connect(&address).await;
+
+        // A TPC-H query: the answer file's rows.
+        let batches = query(&mut client, &tpch::query(3)).await.unwrap();
+        assert_eq!(tpch::check(3, &cells(&batches)), None);
+
+        // A prepared statement, bound twice (`?` and `$n` placeholders both work).
+        let mut prepared = client
+            .prepare(
+                "SELECT id, sq FROM numbers WHERE id > ? AND id < $2 ORDER BY id".into(),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(prepared.parameter_schema().unwrap().fields().len(), 2);
+        for (low, high) in [(10_i64, 20_i64), (500, 503)] {
+            let params = RecordBatch::try_from_iter([
+                ("$1", std::sync::Arc::new(Int64Array::from(vec![low])) as _),
+                ("$2", std::sync::Arc::new(Int64Array::from(vec![high])) as _),
+            ])
+            .unwrap();
+            prepared.set_parameters(params).unwrap();
+            let info = prepared.execute().await.unwrap();
+            let rows = cells(&fetch(&mut client, info).await.unwrap());
+            let expected: Vec<Vec<String>> = (low + 1..high)
+                .map(|id| vec![id.to_string(), (id * id).to_string()])
+                .collect();
+            assert_eq!(rows, expected, "bound {low}, {high}");
+        }
+        prepared.close().await.unwrap();
+
+        // Metadata: catalogs, schemas, tables with their schemas, server info.
+        let info = client.get_catalogs().await.unwrap();
+        let catalogs = cells(&fetch(&mut client, info).await.unwrap());
+        assert_eq!(catalogs, vec![vec!["datafusion".to_string()]]);
+        let info = client
+            .get_db_schemas(CommandGetDbSchemas {
+                catalog: None,
+                db_schema_filter_pattern: None,
+            })
+            .await
+            .unwrap();
+        let schemas = cells(&fetch(&mut client, info).await.unwrap());
+        assert!(schemas.contains(&vec!["datafusion".to_string(), "public".to_string()]));
+        let info = client
+            .get_tables(CommandGetTables {
+                catalog: None,
+                db_schema_filter_pattern: None,
+                table_name_filter_pattern: Some("n%".into()),
+                table_types: vec![],
+                include_schema: true,
+            })
+            .await
+            .unwrap();
+        let tables = fetch(&mut client, info).await.unwrap();
+        let names = column_strings(&tables, "table_name");
+        assert_eq!(names, vec!["nation", "numbers"]);
+        let schema_bytes = tables[0]
+            .column_by_name("table_schema")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::BinaryArray>()
+            .unwrap()
+            .value(1)
+            .to_vec();
+        let numbers_schema =
+            arrow::ipc::convert::try_schema_from_ipc_buffer(&schema_bytes).unwrap();
+        let fields: Vec<&str> = numbers_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        assert_eq!(fields, vec!["id", "sq"]);
+        let info = client
+            .get_sql_info(vec![SqlInfo::FlightSqlServerName])
+            .await
+            .unwrap();
+        let sql_info = cells(&fetch(&mut client, info).await.unwrap());
+        assert!(sql_info[0][1].contains("Manta"), "{sql_info:?}");
+
+        // CREATE EXTERNAL TABLE, as an update and as a query; then the new tables answer.
+        let csv = tmp.path().join("people.csv");
+        let ages = [31_i64, 47, 8, 64];
+        let text: String = std::iter::once("name,age\n".to_string())
+            .chain(ages.iter().enumerate().map(|(i, a)| format!("p{i},{a}\n")))
+            .collect();
+        std::fs::write(&csv, text).unwrap();
+        let changed = client
+            .execute_update(
+                format!(
+                    "CREATE EXTERNAL TABLE people STORED AS CSV LOCATION '{}' \
+                     OPTIONS ('format.has_header' 'true')",
+                    csv.display()
+                ),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(changed, 0);
+        query(
+            &mut client,
+            &format!(
+                "CREATE EXTERNAL TABLE people_too STORED AS CSV LOCATION '{}' \
+                 OPTIONS ('format.has_header' 'true')",
+                csv.display()
+            ),
+        )
+        .await
+        .unwrap();
+        for table in ["people", "people_too"] {
+            let sum = cells(
+                &query(&mut client, &format!("SELECT sum(age) FROM {table}"))
+                    .await
+                    .unwrap(),
+            );
+            assert_eq!(sum, vec![vec![ages.iter().sum::<i64>().to_string()]]);
+        }
+    });
+}
+
+fn column_strings(batches: &[RecordBatch], name: &str) -> Vec<String> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let column = b.column_by_name(name).unwrap();
+            let strings = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8).unwrap();
+            let strings = strings.as_any().downcast_ref::<StringArray>().unwrap();
+            (0..strings.len())
+                .map(|i| strings.value(i).to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Syntax, name and type errors reach the client with DataFusion's message (the position of
+/// a syntax error included); a client that gives up on a long query cuts it off; and the
+/// server goes on answering.
+#[test]
+fn bad_queries_and_cancelled_ones_are_clear_errors_and_the_server_goes_on() {
+    let (_ctx, server) = serving_context();
+    let address = server.address().to_string();
+    runtime().block_on(async {
+        let mut client = connect(&address).await;
+        let syntax = query(&mut client, "SELEC id FROM numbers")
+            .await
+            .unwrap_err();
+        assert!(syntax.contains("Line: 1, Column"), "{syntax}");
+        let table = query(&mut client, "SELECT * FROM nowhere")
+            .await
+            .unwrap_err();
+        assert!(table.contains("nowhere"), "{table}");
+        let column = query(&mut client, "SELECT nothing FROM numbers")
+            .await
+            .unwrap_err();
+        assert!(column.contains("nothing"), "{column}");
+        let types = query(&mut client, "SELECT id + true FROM numbers")
+            .await
+            .unwrap_err();
+        assert!(types.contains("Boolean"), "{types}");
+        let bound = client
+            .prepare("SELECT id FROM numbers WHERE id = $1".into(), None)
+            .await
+            .unwrap()
+            .execute()
+            .await
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(bound.contains("$1"), "an unbound parameter: {bound}");
+
+        // A query that would run for minutes (a self-join with 600 matches per row); the
+        // client gives up on it and the call ends with that error.
+        let long = "SELECT count(*) FROM lineitem a JOIN lineitem b \
+                    ON a.l_orderkey % 1000 = b.l_orderkey % 1000";
+        let info = client.execute(long.into(), None).await.unwrap();
+        let mut other = client.clone();
+        let cancelled =
+            tokio::time::timeout(Duration::from_millis(300), fetch(&mut other, info)).await;
+        assert!(cancelled.is_err(), "the client's deadline ended the call");
+
+        // The server goes on answering.
+        let count = cells(
+            &query(&mut client, "SELECT count(*) FROM numbers")
+                .await
+                .unwrap(),
+        );
+        assert_eq!(count, vec![vec!["1000".to_string()]]);
+    });
+}
+
+/// Python's ADBC Flight SQL driver runs TPC-H query 1 and a prepared statement with a bound
+/// `?`, and gets the right answers.
+#[test]
+fn python_adbc_driver_gets_the_right_answers() {
+    let Some(python) = adbc_python() else {
+        return;
+    };
+    let (ctx, server) = serving_context();
+    let uri = format!("grpc://{}", server.address());
+    let tmp = tempfile::tempdir().unwrap();
+
+    let q1 = tmp.path().join("q1.sql");
+    std::fs::write(&q1, tpch::query(1)).unwrap();
+    let rows = run_adbc(&python, &uri, &q1, None);
+    assert_eq!(tpch::check(1, &rows), None);
+
+    let counted = tmp.path().join("count.sql");
+    std::fs::write(
+        &counted,
+        "SELECT count(*) FROM lineitem WHERE l_quantity > ?",
+    )
+    .unwrap();
+    let rows = run_adbc(&python, &uri, &counted, Some(45));
+    let expected = cells(
+        &ctx.sql("SELECT count(*) FROM lineitem WHERE l_quantity > 45")
+            .unwrap()
+            .to_arrow()
+            .unwrap(),
+    );
+    assert_eq!(rows, expected);
+}
+
+fn run_adbc(python: &Path, uri: &str, query: &Path, param: Option<i64>) -> Vec<Vec<String>> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/adbc_query.py");
+    let mut command = Command::new(python);
+    command.arg(script).arg(uri).arg(query);
+    if let Some(param) = param {
+        command.arg(param.to_string());
+    }
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "adbc_query.py failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| line.split('\t').map(str::to_string).collect())
+        .collect()
+}
+
+/// A Python with `adbc_driver_flightsql` and `pyarrow`: a virtual environment kept in the user's
+/// cache, made with pip on first use. `None`, with the reason printed, where that cannot be.
+fn adbc_python() -> Option<PathBuf> {
+    let home = std::env::var_os("HOME").map(PathBuf::from)?;
+    let venv = home.join(".cache/manta/adbc-venv");
+    let python = venv.join("bin/python");
+    let ready = |python: &Path| {
+        Command::new(python)
+            .args(["-c", "import adbc_driver_flightsql.dbapi, pyarrow"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if ready(&python) {
+        return Some(python);
+    }
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .output();
+    if !made.as_ref().is_ok_and(|o| o.status.success()) {
+        println!("SKIPPED: python3 -m venv failed: {made:?}");
+        return None;
+    }
+    let pip = Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "adbc_driver_flightsql", "pyarrow"])
+        .output();
+    match pip {
+        Ok(out) if out.status.success() && ready(&python) => Some(python),
+        other => {
+            println!("SKIPPED: pip could not install adbc_driver_flightsql and pyarrow: {other:?}");
+            None
+        }
+    }
+}
