@@ -86,6 +86,42 @@ fn the_heads_flight_sql_endpoint_answers_tpch(cluster: &Cluster) {
         wrong
     });
     assert!(wrong.is_empty(), "wrong answers:\n{}", wrong.join("\n"));
+
+    // `manta sql --flight-sql` is a client of the same endpoint: its CSV answer against rows
+    // counted with the parquet crate.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_manta"))
+        .args(["sql", "--flight-sql", &address, "--format", "csv"])
+        .arg("SELECT count(*) AS n FROM orders")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let orders = tpch::tables()
+        .into_iter()
+        .find(|(name, _)| *name == "orders")
+        .unwrap()
+        .1;
+    let expected: i64 = std::fs::read_dir(&orders)
+        .unwrap()
+        .map(|file| {
+            parquet::file::reader::SerializedFileReader::new(
+                std::fs::File::open(file.unwrap().path()).unwrap(),
+            )
+            .map(|r| {
+                parquet::file::reader::FileReader::metadata(&r)
+                    .file_metadata()
+                    .num_rows()
+            })
+            .unwrap()
+        })
+        .sum();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("n\n{expected}\n")
+    );
 }
 
 fn main() {
