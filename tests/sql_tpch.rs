@@ -116,6 +116,46 @@ fn datasets_and_queries_compose_and_bad_queries_are_clear_errors() {
     );
     assert_eq!(counted, vec![vec![(10_000 - 100).to_string()]]);
 
+    // Plain CSV and JSON reads are scanned by DataFusion's own readers.
+    let tmp = tempfile::tempdir().unwrap();
+    let values: Vec<i64> = (0..500).map(|i| (i * 37) % 101).collect();
+    let csv = tmp.path().join("values.csv");
+    let text: String = std::iter::once("v\n".to_string())
+        .chain(values.iter().map(|v| format!("{v}\n")))
+        .collect();
+    std::fs::write(&csv, text).unwrap();
+    let json = tmp.path().join("values.jsonl");
+    let text: String = values.iter().map(|v| format!("{{\"v\": {v}}}\n")).collect();
+    std::fs::write(&json, text).unwrap();
+    for (table, dataset, file_type) in [
+        (
+            "csv_values",
+            ctx.read_csv(csv.to_str().unwrap()).unwrap(),
+            "file_type=csv",
+        ),
+        (
+            "json_values",
+            ctx.read_json(json.to_str().unwrap()).unwrap(),
+            "file_type=json",
+        ),
+    ] {
+        ctx.register(table, &dataset).unwrap();
+        let sql = format!("SELECT sum(v) FROM {table} WHERE v > 50");
+        let plan = cells(
+            &ctx.sql(&format!("EXPLAIN {sql}"))
+                .unwrap()
+                .to_arrow()
+                .unwrap(),
+        );
+        assert!(
+            plan.iter().any(|row| row[1].contains(file_type)),
+            "{table} is DataFusion's own scan: {plan:?}"
+        );
+        let sum = cells(&ctx.sql(&sql).unwrap().to_arrow().unwrap());
+        let plain: i64 = values.iter().filter(|v| **v > 50).sum();
+        assert_eq!(sum, vec![vec![plain.to_string()]], "{table}");
+    }
+
     let syntax = ctx.sql("SELEC id FROM numbers").unwrap_err().to_string();
     assert!(syntax.contains("SELEC"), "{syntax}");
     let table = ctx.sql("SELECT * FROM nowhere").unwrap_err().to_string();

@@ -104,18 +104,33 @@ impl Dataset {
         self.plan.as_ref().clone()
     }
 
-    /// The path as given, if the dataset is nothing but a read of local Parquet files (which
-    /// SQL then scans with DataFusion's own Parquet scan).
-    pub(crate) fn plain_local_parquet(&self) -> Option<&str> {
-        match &self.plan.input {
-            PlanInput::Read { source, .. } if self.plan.ops.is_empty() => match source.as_ref() {
-                crate::source::Source::Parquet(parquet)
-                    if !crate::storage::is_url(&parquet.path) =>
-                {
-                    Some(parquet.path.as_str())
+    /// The files, if this dataset is nothing but a read of local Parquet, CSV or JSON files
+    /// (then SQL scans them with DataFusion's own reader): the format, the path as given, and
+    /// the files' common extension (without the dot; empty if they differ).
+    pub(crate) fn plain_local_files(&self) -> Option<(PlainFiles, &str)> {
+        let PlanInput::Read { source, .. } = &self.plan.input else {
+            return None;
+        };
+        if !self.plan.ops.is_empty() {
+            return None;
+        }
+        match source.as_ref() {
+            crate::source::Source::Parquet(parquet) if !crate::storage::is_url(&parquet.path) => {
+                Some((PlainFiles::Parquet, parquet.path.as_str()))
+            }
+            crate::source::Source::Files {
+                format,
+                path,
+                files,
+                ..
+            } if !crate::storage::is_url(path) => {
+                let extension = common_extension(files);
+                match format {
+                    crate::source::FileFormat::Csv => Some((PlainFiles::Csv(extension), path)),
+                    crate::source::FileFormat::Json => Some((PlainFiles::Json(extension), path)),
+                    _ => None,
                 }
-                _ => None,
-            },
+            }
             _ => None,
         }
     }
@@ -925,4 +940,25 @@ fn fetch_batches(ctx: &Context, block: manta_engine::ObjectRef) -> Result<Vec<Re
         .into_iter()
         .filter(|b| b.num_rows() > 0)
         .collect())
+}
+
+/// The format of a dataset that is a plain read of local files (see
+/// [`Dataset::plain_local_files`]), with the files' common extension for CSV and JSON.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum PlainFiles {
+    Parquet,
+    Csv(String),
+    Json(String),
+}
+
+/// The extension every one of `files` has (without the dot), or empty.
+fn common_extension(files: &[std::path::PathBuf]) -> String {
+    let mut extensions = files
+        .iter()
+        .map(|f| f.extension().and_then(|e| e.to_str()).unwrap_or(""));
+    let first = extensions.next().unwrap_or("");
+    match extensions.all(|e| e == first) {
+        true => first.to_string(),
+        false => String::new(),
+    }
 }

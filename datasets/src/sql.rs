@@ -4,8 +4,8 @@
 //!
 //! * files registered with [`Context::register_parquet`] (and `_csv`, `_json`) are DataFusion's
 //!   own listing tables, so its scans prune row groups and pages with the query's filters;
-//! * a dataset registered with [`Context::register`] that is nothing but a read of local Parquet
-//!   files is registered the same way;
+//! * a dataset registered with [`Context::register`] that is nothing but a read of local
+//!   Parquet, CSV or JSON files is registered the same way;
 //! * any other registered dataset is a [`DatasetTable`]: its scan adds the
 //!   query's filters, projection and limit to the dataset's plan (the projection reaches the
 //!   dataset's read, filters on a Parquet read reach its row groups) and runs it as a pipeline.
@@ -34,7 +34,7 @@ use datafusion::prelude::{
 use manta_scheduler::Client;
 
 use crate::context::Context;
-use crate::dataset::Dataset;
+use crate::dataset::{Dataset, PlainFiles};
 use crate::error::Result;
 use crate::sql_tasks::ScanTasks;
 
@@ -164,9 +164,9 @@ pub fn session_with_tasks(client: &Client, cpus: f64) -> SessionContext {
 
 impl Context {
     /// Registers `dataset` as the SQL table `name` (replacing any table of that name). A dataset
-    /// that is nothing but a read of local Parquet files is registered as DataFusion's own
-    /// Parquet table over them (row-group and page pruning, statistics); any other is a
-    /// [`DatasetTable`].
+    /// that is nothing but a read of local Parquet, CSV or JSON files is registered as
+    /// DataFusion's own table over them (for Parquet: row-group and page pruning, statistics);
+    /// any other is a [`DatasetTable`].
     ///
     /// ```no_run
     /// let ctx = manta_datasets::Context::new(Default::default()).unwrap();
@@ -176,10 +176,25 @@ impl Context {
     /// big.show(10).unwrap();
     /// ```
     pub fn register(&self, name: &str, dataset: &Dataset) -> Result<()> {
-        if let Some(path) = dataset.plain_local_parquet() {
+        if let Some((format, path)) = dataset.plain_local_files() {
             let session = self.sql_session();
             session.deregister_table(name)?;
-            return self.register_parquet(name, path);
+            match format {
+                PlainFiles::Parquet => {
+                    self.block_on(session.register_parquet(name, path, Default::default()))?
+                }
+                PlainFiles::Csv(extension) => {
+                    let extension = format!(".{extension}");
+                    let options = CsvReadOptions::new().file_extension(&extension);
+                    self.block_on(session.register_csv(name, path, options))?
+                }
+                PlainFiles::Json(extension) => {
+                    let extension = format!(".{extension}");
+                    let options = JsonReadOptions::default().file_extension(&extension);
+                    self.block_on(session.register_json(name, path, options))?
+                }
+            }
+            return Ok(());
         }
         let table = DatasetTable::new(dataset)?;
         let session = self.sql_session();
