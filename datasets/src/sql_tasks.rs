@@ -56,6 +56,9 @@ inventory::submit! {
     RemoteFunction { name: FRAGMENT_FUNCTION, kind: FunctionKind::Task(run_fragment) }
 }
 
+/// The largest encoded subtree shipped with every task.
+const MAX_FRAGMENT_BYTES: usize = 1 << 20;
+
 /// The physical optimizer rule (see the module doc).
 #[derive(Debug)]
 pub struct ScanTasks {
@@ -85,6 +88,15 @@ impl ScanTasks {
                 .map(|_| encoded)
             });
         match encoded {
+            // Every task carries the subtree; a subtree this large (DataFusion's encoding can
+            // include per-file statistics) would not fit a task message, so it stays here.
+            Ok(encoded) if encoded.len() > MAX_FRAGMENT_BYTES => {
+                tracing::debug!(
+                    "a scan stays in the driver: its plan is {} bytes",
+                    encoded.len()
+                );
+                None
+            }
             Ok(encoded) => Some(Arc::new(ScanTasksExec::new(
                 Arc::clone(node),
                 encoded,
