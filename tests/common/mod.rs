@@ -189,6 +189,11 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // A head serving Flight SQL is a driver with connections to the nodes, which their
+        // graceful shutdown would wait for: it goes first.
+        if self.head.flight_sql.is_some() {
+            self.head.stop();
+        }
         for node in &mut self.nodes {
             node.stop();
         }
