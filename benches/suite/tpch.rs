@@ -26,7 +26,7 @@ fn time_queries(
     let (mut total, mut rows, mut per_query) = (0.0, 0u64, Vec::new());
     for (name, sql) in queries {
         let started = Instant::now();
-        rows += run_one(sql)?;
+        rows += run_one(sql).map_err(|e| e.context(format!("TPC-H {name}")))?;
         let seconds = started.elapsed().as_secs_f64();
         total += seconds;
         per_query.push(format!("{name}={seconds:.3}"));

@@ -24,6 +24,9 @@ use crate::storage::ReadSeek;
 const INFER_ROWS: usize = 1000;
 /// Files per task for `read_binary_files` (each file is one row).
 const BINARY_FILES_PER_TASK: usize = 16;
+/// The most data one inline read task carries: tasks travel in gRPC messages, whose limit is
+/// 4 MiB.
+const INLINE_TASK_BYTES: usize = 2 << 20;
 
 /// A file format read whole, file by file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,11 +163,32 @@ impl Source {
         })
     }
 
-    /// Batches from the driver, each one read task.
+    /// Batches from the driver, cut into read tasks of at most [`INLINE_TASK_BYTES`] each.
+    ///
+    /// String and binary *view* columns are compacted first: a view array keeps every buffer
+    /// its values point into, so a few rows picked from a large scan (a top-k query's answer)
+    /// would otherwise carry the whole scan's strings.
     pub fn inline(schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<Self> {
+        let mut pieces = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let batch = compact_views(&batch)?;
+            let parts = batch
+                .get_array_memory_size()
+                .div_ceil(INLINE_TASK_BYTES)
+                .clamp(1, batch.num_rows().max(1));
+            let rows = batch.num_rows().div_ceil(parts).max(1);
+            if parts == 1 {
+                pieces.push(batch);
+                continue;
+            }
+            for start in (0..batch.num_rows()).step_by(rows) {
+                let len = rows.min(batch.num_rows() - start);
+                pieces.push(compact_views(&batch.slice(start, len))?);
+            }
+        }
         Ok(Source::Inline {
             schema,
-            batches: Arc::new(batches),
+            batches: Arc::new(pieces),
         })
     }
 
@@ -245,6 +269,33 @@ impl Source {
                 .collect(),
         }
     }
+}
+
+/// `batch` with its top-level string and binary view columns holding only the bytes their
+/// rows use.
+fn compact_views(batch: &RecordBatch) -> Result<RecordBatch> {
+    use arrow::array::{Array, ArrayRef, BinaryViewArray, StringViewArray};
+    if !batch
+        .columns()
+        .iter()
+        .any(|c| matches!(c.data_type(), DataType::Utf8View | DataType::BinaryView))
+    {
+        return Ok(batch.clone());
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|column| -> ArrayRef {
+            if let Some(strings) = column.as_any().downcast_ref::<StringViewArray>() {
+                Arc::new(strings.gc())
+            } else if let Some(bytes) = column.as_any().downcast_ref::<BinaryViewArray>() {
+                Arc::new(bytes.gc())
+            } else {
+                Arc::clone(column)
+            }
+        })
+        .collect();
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
 impl ReadTask {
@@ -572,5 +623,42 @@ mod tests {
             error.contains("bad.csv") && error.contains("line"),
             "{error}"
         );
+    }
+
+    /// The strings of every read task's batches, in order, and the largest task's IPC bytes.
+    fn inline_strings(source: &Source) -> (Vec<String>, usize) {
+        let (mut strings, mut largest) = (Vec::new(), 0);
+        for task in source.tasks(u64::MAX) {
+            if let ReadTask::Inline { ipc, .. } = &task {
+                largest = largest.max(ipc.len());
+            }
+            for batch in task.read(usize::MAX, None, None).unwrap() {
+                let batch = arrow::compute::cast(batch.unwrap().column(0), &DataType::Utf8).unwrap();
+                let column = batch.as_any().downcast_ref::<StringArray>().unwrap();
+                strings.extend(column.iter().map(|s| s.unwrap().to_string()));
+            }
+        }
+        (strings, largest)
+    }
+
+    #[test]
+    fn inline_batches_travel_in_tasks_of_bounded_size() {
+        use arrow::array::StringViewArray;
+        // 6 MiB of strings in one view column.
+        let values: Vec<String> = (0..6 * 1024).map(|i| format!("{i:01024}")).collect();
+        let schema = Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8View, false)]));
+        let column = Arc::new(StringViewArray::from_iter_values(&values));
+        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![column]).unwrap();
+
+        let whole = Source::inline(Arc::clone(&schema), vec![batch.clone()]).unwrap();
+        let (strings, largest) = inline_strings(&whole);
+        assert_eq!(strings, values);
+        assert!(largest <= INLINE_TASK_BYTES + 64 * 1024, "{largest} bytes");
+
+        // Three rows picked from the batch carry their own bytes, not the batch's.
+        let picked = Source::inline(schema, vec![batch.slice(100, 3)]).unwrap();
+        let (strings, largest) = inline_strings(&picked);
+        assert_eq!(strings, values[100..103]);
+        assert!(largest < 16 * 1024, "{largest} bytes");
     }
 }
