@@ -55,7 +55,6 @@ fn tpch_queries_run_their_scans_as_tasks_on_the_nodes(cluster: &Cluster) {
 
 /// `manta start --head --flight-sql-port 0 --table ...` serves the tables: a Flight SQL client
 /// gets the right answers to the same queries.
-#[allow(dead_code)]
 fn the_heads_flight_sql_endpoint_answers_tpch(cluster: &Cluster) {
     use futures::TryStreamExt;
     let address = cluster
@@ -153,6 +152,10 @@ fn main() {
             "tpch_queries_run_their_scans_as_tasks_on_the_nodes",
             tpch_queries_run_their_scans_as_tasks_on_the_nodes,
         ),
+        (
+            "the_heads_flight_sql_endpoint_answers_tpch",
+            the_heads_flight_sql_endpoint_answers_tpch,
+        ),
     ];
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
     // The head serves the TPC-H tables to Flight SQL clients.
@@ -164,10 +167,7 @@ fn main() {
     for table in &tables {
         head_args.extend(["--table", table]);
     }
-    // A head serving Flight SQL keeps its nodes' graceful shutdown waiting (its driver's
-    // connections), so that test is off until node shutdown has a deadline.
-    let _ = &head_args;
-    let cluster = Cluster::start(&["a=1", "b=1"]);
+    let cluster = Cluster::start_with_head(&head_args, &["a=1", "b=1"]);
     let mut failed = 0;
     for (name, test) in tests
         .iter()

@@ -633,7 +633,8 @@ mod tests {
                 largest = largest.max(ipc.len());
             }
             for batch in task.read(usize::MAX, None, None).unwrap() {
-                let batch = arrow::compute::cast(batch.unwrap().column(0), &DataType::Utf8).unwrap();
+                let batch =
+                    arrow::compute::cast(batch.unwrap().column(0), &DataType::Utf8).unwrap();
                 let column = batch.as_any().downcast_ref::<StringArray>().unwrap();
                 strings.extend(column.iter().map(|s| s.unwrap().to_string()));
             }
@@ -646,7 +647,11 @@ mod tests {
         use arrow::array::StringViewArray;
         // 6 MiB of strings in one view column.
         let values: Vec<String> = (0..6 * 1024).map(|i| format!("{i:01024}")).collect();
-        let schema = Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8View, false)]));
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "s",
+            DataType::Utf8View,
+            false,
+        )]));
         let column = Arc::new(StringViewArray::from_iter_values(&values));
         let batch = RecordBatch::try_new(Arc::clone(&schema), vec![column]).unwrap();
 

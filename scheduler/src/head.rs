@@ -122,17 +122,20 @@ impl Head {
         }))
     }
 
-    /// Serves on `listener` until `shutdown` resolves; also watches node liveness.
+    /// Serves on `listener` until `shutdown` resolves (then drains for at most
+    /// [`server::DRAIN_TIMEOUT`]); also watches node liveness.
     pub async fn serve(
         self: Arc<Self>,
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<()> {
         let watcher = tokio::spawn(Arc::clone(&self).watch_liveness());
-        let result = server::server_builder()
-            .add_service(HeadServer::from_arc(Arc::clone(&self)))
-            .serve_with_incoming_shutdown(manta_flight::incoming(listener), shutdown)
-            .await;
+        let result = server::serve_until(shutdown, |graceful| {
+            server::server_builder()
+                .add_service(HeadServer::from_arc(Arc::clone(&self)))
+                .serve_with_incoming_shutdown(manta_flight::incoming(listener), graceful)
+        })
+        .await;
         watcher.abort();
         result.map_err(|e| Error::Internal(format!("head server: {e}")))
     }

@@ -478,12 +478,14 @@ pub async fn run_node(config: NodeConfig, ready: impl FnOnce(&str)) -> Result<()
     tracing::info!(node = ?id, %address, "node registered with the head at {}", config.head_address);
     ready(&address);
     let service = NodeService(Arc::clone(&daemon));
-    let result = server::server_builder()
-        .add_service(NodeServer::new(service.clone()))
-        .add_service(WorkerServer::new(service))
-        .add_service(ObjectFlightService::new(store).into_server())
-        .serve_with_incoming_shutdown(manta_flight::incoming(listener), server::shutdown_signal())
-        .await;
+    let result = server::serve_until(server::shutdown_signal(), |graceful| {
+        server::server_builder()
+            .add_service(NodeServer::new(service.clone()))
+            .add_service(WorkerServer::new(service))
+            .add_service(ObjectFlightService::new(store).into_server())
+            .serve_with_incoming_shutdown(manta_flight::incoming(listener), graceful)
+    })
+    .await;
     heartbeats.abort();
     result.map_err(|e| Error::Internal(format!("node server: {e}")))
 }

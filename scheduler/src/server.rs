@@ -1,7 +1,11 @@
 //! Binding, serving and stopping: what the head and the node daemon share.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
 
 use tokio::net::TcpListener;
 use tonic::transport::{Channel, Endpoint};
@@ -35,6 +39,41 @@ pub fn server_builder() -> tonic::transport::Server {
         .initial_stream_window_size(Some(16 << 20))
         .initial_connection_window_size(Some(32 << 20))
         .max_frame_size(Some(manta_flight::client::MAX_FRAME_BYTES))
+}
+
+/// How long a stopping server waits for its open connections to close. Drivers keep pooled
+/// connections open for as long as they live (a head serving Flight SQL runs one), so a
+/// graceful shutdown alone could wait forever.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs a tonic server until `stop` resolves, then lets it finish its open calls for at most
+/// [`DRAIN_TIMEOUT`]. `serve` is given the stop signal for tonic's graceful shutdown.
+pub async fn serve_until<E, F>(
+    stop: impl Future<Output = ()> + Send,
+    serve: impl FnOnce(BoxFuture<'static, ()>) -> F,
+) -> std::result::Result<(), E>
+where
+    F: Future<Output = std::result::Result<(), E>>,
+{
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    let graceful = async move {
+        // An error means the sender was dropped: the server is gone anyway.
+        let _ = stopped.await;
+    }
+    .boxed();
+    let serving = serve(graceful);
+    let deadline = async move {
+        stop.await;
+        let _ = stopping.send(());
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    tokio::select! {
+        result = serving => result,
+        () = deadline => {
+            tracing::warn!("connections still open {DRAIN_TIMEOUT:?} after stopping; closing them");
+            Ok(())
+        }
+    }
 }
 
 /// Resolves when the process is asked to stop (SIGTERM or Ctrl-C).

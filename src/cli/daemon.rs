@@ -96,32 +96,17 @@ fn serve_flight_sql(
             Ok((_ctx, server)) => {
                 eprintln!("Flight SQL clients: {}", server.address());
                 announce(&format!("{head} flight-sql={}", server.address()));
-                // Serve until SIGTERM or SIGINT. The head's graceful shutdown waits for its
-                // clients' connections to close, and this driver is one of them: end the
-                // process here.
-                wait_for_termination();
-                std::process::exit(0);
+                // Serve for as long as the head runs: the process ends when the head's
+                // server stops (within its drain deadline, though this driver's connections
+                // stay open).
+                loop {
+                    std::thread::park();
+                }
             }
             Err(e) => {
                 eprintln!("the Flight SQL endpoint did not start: {e:#}");
                 std::process::exit(1);
             }
-        }
-    });
-}
-
-/// Blocks until the process gets SIGTERM or SIGINT.
-fn wait_for_termination() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime to wait for signals on");
-    runtime.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut terminate = signal(SignalKind::terminate()).expect("a SIGTERM handler");
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
         }
     });
 }

@@ -128,10 +128,26 @@ impl Process {
     }
 
     /// SIGTERM and wait.
+    /// Asks the process to stop (SIGTERM) and waits for it; one that is still running 30 s
+    /// later is killed, and says so, so that a shutdown bug fails loudly instead of hanging.
     pub fn stop(&mut self) {
         // SAFETY: kill(2) of our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let pid = self.child.id() as i32;
+        let (exited, waiting) = std::sync::mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            if waiting
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .is_err()
+            {
+                eprintln!("process {pid} ignored SIGTERM for 30 s: killed");
+                // SAFETY: kill(2) of our own child, not yet reaped.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        });
         let _ = self.child.wait();
+        let _ = exited.send(());
+        let _ = watchdog.join();
     }
 }
 
@@ -189,11 +205,6 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        // A head serving Flight SQL is a driver with connections to the nodes, which their
-        // graceful shutdown would wait for: it goes first.
-        if self.head.flight_sql.is_some() {
-            self.head.stop();
-        }
         for node in &mut self.nodes {
             node.stop();
         }
