@@ -8,7 +8,7 @@
 //! Each run prints one `RESULT workload=... seconds=...` line; where a workload has a baseline
 //! (plain DataFusion, raw TCP) it runs in the same process run and prints a `BASELINE` line.
 //! Workloads so far: `etl`, `q1`, `shuffle`, `sort`, `scale` (the three all-to-all ones, each in
-//! its own process), `tpch` (22 queries through `ctx.sql`), `objects`, `flight`.
+//! its own process), `tpch` (22 queries through `ctx.sql`), `objects`, `flight`, `tasks`.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -22,7 +22,7 @@ mod suite;
 
 #[derive(Parser, Debug, Clone)]
 pub struct Args {
-    /// etl | q1 | shuffle | sort | scale | tpch | objects | flight
+    /// etl | q1 | shuffle | sort | scale | tpch | objects | flight | tasks
     workload: String,
     /// TPC-H scale factor.
     #[arg(long, default_value_t = 1.0)]
@@ -174,8 +174,9 @@ fn main() -> anyhow::Result<()> {
         "q1" | "shuffle" | "sort" => suite::alltoall::run(&args),
         "scale" => run_scale(&args),
         "tpch" => suite::tpch::run(&args),
+        "tasks" => suite::tasks::run(&args),
         other => anyhow::bail!(
-            "unknown workload {other:?}: expected etl, q1, shuffle, sort, scale, tpch, objects or flight"
+            "unknown workload {other:?}: expected etl, q1, shuffle, sort, scale, tpch, objects, flight or tasks"
         ),
     }
 }

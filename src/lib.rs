@@ -26,9 +26,14 @@
 //! }
 //! ```
 //!
+//! Ray Core's tasks and objects too: `#[manta::remote] fn add(a: i64, b: i64) -> i64` makes
+//! `add.remote(&ctx, 5, 10)` return an [`ObjectRef`] at once, and `ctx.get(&r)` its value
+//! (see [`tasks`]).
+//!
 //! The crates underneath, bottom up: [`engine`] (ids, blocks, the object store, the function
 //! registry), [`flight`] (moving objects between nodes), [`scheduler`] (head, node daemons,
-//! workers, the embedded runtime), [`datasets`] (the Dataset API). This crate re-exports what a
+//! workers, the embedded runtime), [`tasks`] (remote functions, object refs), [`datasets`]
+//! (the Dataset API). This crate re-exports what a
 //! program needs and provides the `manta` command line.
 
 #![warn(missing_docs)]
@@ -41,6 +46,7 @@ pub use manta_engine as engine;
 pub use manta_flight as flight;
 pub use manta_macros::{callable, remote};
 pub use manta_scheduler as scheduler;
+pub use manta_tasks as tasks;
 
 pub mod tpch;
 
@@ -49,6 +55,7 @@ pub use manta_datasets::{
     JoinKind, MapBatchesOptions, ReadOptions, Result, SortKey, WriteFormat, WriteSummary,
 };
 pub use manta_engine::{BoxError, Callable, Resources};
+pub use manta_tasks::{ObjectRef, TaskOptions};
 
 /// What most programs need: `use manta::prelude::*;`.
 pub mod prelude {
@@ -56,8 +63,8 @@ pub mod prelude {
     pub use datafusion::prelude::{Expr, col, lit};
 
     pub use crate::{
-        Aggregate, BoxError, Callable, Context, Dataset, JoinKind, MapBatchesOptions, ReadOptions,
-        Resources, SortKey, callable, remote,
+        Aggregate, BoxError, Callable, Context, Dataset, JoinKind, MapBatchesOptions, ObjectRef,
+        ReadOptions, Resources, SortKey, TaskOptions, callable, remote,
     };
 }
 

@@ -156,6 +156,18 @@ fn main() {
             "the_heads_flight_sql_endpoint_answers_tpch",
             the_heads_flight_sql_endpoint_answers_tpch,
         ),
+        (
+            "remote_tasks_and_objects_run_on_the_nodes",
+            remote_tasks_and_objects_run_on_the_nodes,
+        ),
+        (
+            "a_task_whose_worker_dies_is_retried",
+            a_task_whose_worker_dies_is_retried,
+        ),
+        (
+            "wait_and_get_time_out_on_a_task_that_is_not_done",
+            wait_and_get_time_out_on_a_task_that_is_not_done,
+        ),
     ];
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
     // The head serves the TPC-H tables to Flight SQL clients.
@@ -555,4 +567,126 @@ fn row_functions_callables_and_splits_run_on_the_nodes(cluster: &Cluster) {
         (0..20_000).collect::<Vec<i64>>(),
         "disjoint shares, every row once"
     );
+}
+
+#[manta::remote]
+fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+#[manta::remote]
+fn where_am_i() -> u32 {
+    std::process::id()
+}
+
+#[manta::remote]
+fn explode(at: i64) -> i64 {
+    panic!("exploded at {at}")
+}
+
+/// Remote calls on the cluster: results match plain calls, refs travel as arguments between
+/// nodes, `put` values are stored on a node, failures name the function.
+fn remote_tasks_and_objects_run_on_the_nodes(cluster: &Cluster) {
+    let ctx = cluster.connect();
+    assert_eq!(ctx.get(&add.remote(&ctx, 5, 10)).unwrap(), 15);
+    let products: Vec<_> = (0..200i64).map(|i| add.remote(&ctx, i, i * i)).collect();
+    let expected: Vec<i64> = (0..200i64).map(|i| add::call(i, i * i)).collect();
+    assert_eq!(ctx.get_all(&products).unwrap(), expected);
+
+    // A tree of additions over put values: each level takes the refs of the one below.
+    let mut level: Vec<_> = (0..64i64).map(|i| ctx.put(&i).unwrap()).collect();
+    while level.len() > 1 {
+        level = level
+            .chunks(2)
+            .map(|pair| add.remote(&ctx, &pair[0], &pair[1]))
+            .collect();
+    }
+    assert_eq!(ctx.get(&level[0]).unwrap(), (0..64i64).sum::<i64>());
+
+    // Tasks run in worker processes, not in the driver.
+    let pids: Vec<_> = (0..8).map(|_| where_am_i.remote(&ctx)).collect();
+    let pids = ctx.get_all(&pids).unwrap();
+    assert!(pids.iter().all(|&p| p != std::process::id()), "{pids:?}");
+
+    let error = ctx.get(&explode.remote(&ctx, 7)).unwrap_err().to_string();
+    assert!(
+        error.contains("explode") && error.contains("exploded at 7"),
+        "{error}"
+    );
+}
+
+/// Aborts its worker process the first time (marked by a file), answers the second.
+#[manta::remote]
+fn die_once(marker: String, answer: i64) -> i64 {
+    if std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&marker)
+        .is_ok()
+    {
+        std::process::abort();
+    }
+    answer
+}
+
+fn a_task_whose_worker_dies_is_retried(cluster: &Cluster) {
+    let ctx = cluster.connect();
+    let tmp = tempfile::tempdir().unwrap();
+    let marker = tmp.path().join("died").to_str().unwrap().to_string();
+    assert_eq!(
+        ctx.get(&die_once.remote(&ctx, marker.clone(), 42)).unwrap(),
+        42
+    );
+    assert!(
+        std::path::Path::new(&marker).exists(),
+        "the first attempt ran"
+    );
+    // With no retries, the death is the answer.
+    let options = manta::tasks::TaskOptions {
+        max_retries: 0,
+        ..Default::default()
+    };
+    let marker = tmp.path().join("died-again").to_str().unwrap().to_string();
+    let error = ctx
+        .get(&die_once.remote_with(&ctx, &options, marker, 42))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("die_once"), "{error}");
+}
+
+#[manta::remote]
+fn shout(text: String) -> String {
+    text.to_uppercase()
+}
+
+/// Reads a line from a named pipe: blocks until the test writes it.
+#[manta::remote]
+fn read_pipe(path: String) -> String {
+    std::fs::read_to_string(path).unwrap()
+}
+
+fn wait_and_get_time_out_on_a_task_that_is_not_done(cluster: &Cluster) {
+    let ctx = cluster.connect();
+    let tmp = tempfile::tempdir().unwrap();
+    let pipe = tmp.path().join("pipe");
+    let c_path = std::ffi::CString::new(pipe.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let blocked = read_pipe.remote(&ctx, pipe.to_str().unwrap().to_string());
+    let quick = shout.remote(&ctx, "quick".to_string());
+    let all = vec![quick.clone(), blocked.clone()];
+    assert_eq!(ctx.get(&quick).unwrap(), "QUICK");
+
+    let timeout = std::time::Duration::from_millis(300);
+    let (done, rest) = ctx.wait(&all, 2, Some(timeout));
+    assert_eq!((done.len(), rest.len()), (1, 1));
+    assert!(!blocked.is_ready());
+    let error = ctx.get_timeout(&blocked, timeout).unwrap_err().to_string();
+    assert!(error.contains("not ready"), "{error}");
+
+    // Opening the pipe for writing lets the task go on.
+    std::fs::write(&pipe, "hello from the test").unwrap();
+    assert_eq!(ctx.get(&blocked).unwrap(), "hello from the test");
+    let (done, rest) = ctx.wait(&all, 2, None);
+    assert_eq!((done.len(), rest.len()), (2, 0));
 }

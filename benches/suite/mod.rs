@@ -4,4 +4,5 @@ pub mod alltoall;
 pub mod etl;
 pub mod flight;
 pub mod objects;
+pub mod tasks;
 pub mod tpch;

@@ -194,6 +194,16 @@ impl Context {
             .block_on(future)
     }
 
+    /// A handle to the context's runtime (remote calls run on it).
+    pub(crate) fn runtime_handle(&self) -> tokio::runtime::Handle {
+        self.inner
+            .runtime
+            .as_ref()
+            .expect("runtime lives as long as the context")
+            .handle()
+            .clone()
+    }
+
     /// Spawns a future on the context's runtime.
     pub(crate) fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
     where

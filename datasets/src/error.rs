@@ -63,6 +63,10 @@ pub enum Error {
     #[error(transparent)]
     Execution(#[from] manta_scheduler::Error),
 
+    /// A remote call, `put`, `get` or `wait` failed.
+    #[error(transparent)]
+    Task(#[from] manta_tasks::Error),
+
     /// Writing the output failed; nothing was left at the destination.
     #[error("writing {path} failed: {reason}")]
     Write {

@@ -21,6 +21,21 @@
 //! Rows travel to it as JSON values, so it is convenient rather than fast; `map_batches` is
 //! the fast path.
 //!
+//! Any other function of serde arguments (none, or several, or one returning nothing) is a
+//! *task function* (Ray's `@ray.remote def`); a one-argument row function is one too:
+//!
+//! ```ignore
+//! #[manta::remote]
+//! fn add(a: i64, b: i64) -> i64 { a + b }
+//!
+//! let sum = add.remote(&ctx, 5, 10);       // ObjectRef<i64>, at once
+//! let more = add.remote(&ctx, &sum, 1);    // a ref as an argument: resolved before it runs
+//! add.remote_with(&ctx, &options, 1, 2);   // resources, retries
+//! ```
+//!
+//! Its task body is registered under `NAME` + `"/task"`; arguments travel encoded with
+//! postcard (see `manta_tasks::args`).
+//!
 //! `#[manta::callable]` on an `impl manta::Callable for T` block registers a stateful batch
 //! function (Ray's callable class): built once per worker, reused across batches.
 //!
@@ -37,27 +52,197 @@ use syn::{FnArg, ItemFn, ItemImpl, Path, ReturnType, Type, parse_macro_input};
 #[proc_macro_attribute]
 pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut engine: Path = syn::parse_quote!(::manta::engine);
+    let mut tasks: Path = syn::parse_quote!(::manta::tasks);
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("engine") {
             engine = meta.value()?.parse()?;
             Ok(())
+        } else if meta.path.is_ident("tasks") {
+            tasks = meta.value()?.parse()?;
+            Ok(())
         } else {
-            Err(meta.error("unknown #[remote] option; the only one is `engine = path`"))
+            Err(meta.error("unknown #[remote] option; they are `engine = path`, `tasks = path`"))
         }
     });
     if let Err(e) = parser.parse(attr) {
         return e.to_compile_error().into();
     }
     let function = parse_macro_input!(item as ItemFn);
-    let expanded = if takes_record_batch(&function) {
+    if let Err(e) = check_plain(&function) {
+        return e.to_compile_error().into();
+    }
+    let returns_nothing = matches!(function.sig.output, ReturnType::Default);
+    let expanded = if function.sig.inputs.len() != 1 || returns_nothing {
+        expand_task_only_fn(&engine, &tasks, function)
+    } else if takes_record_batch(&function) {
         expand_batch_fn(&engine, function)
     } else {
-        expand_row_fn(&engine, function)
+        expand_row_fn(&engine, &function).and_then(|row| {
+            let task = expand_task_part(&engine, &tasks, &function)?;
+            Ok(quote! { #row #task })
+        })
     };
     match expanded {
         Ok(tokens) => tokens.into(),
         Err(e) => e.to_compile_error().into(),
     }
+}
+
+/// Not async, not generic, no `self`.
+fn check_plain(function: &ItemFn) -> syn::Result<()> {
+    let sig = &function.sig;
+    if sig.asyncness.is_some() || !sig.generics.params.is_empty() {
+        return Err(syn::Error::new_spanned(
+            sig,
+            "#[manta::remote] functions cannot be async or generic",
+        ));
+    }
+    if let Some(FnArg::Receiver(receiver)) = sig.inputs.first() {
+        return Err(syn::Error::new_spanned(
+            receiver,
+            "#[manta::remote] goes on free functions; for methods see #[manta::actor]",
+        ));
+    }
+    Ok(())
+}
+
+/// A task function of any number of serde arguments other than one: the handle struct, its
+/// plain `call`, and the task part.
+fn expand_task_only_fn(
+    engine: &Path,
+    tasks: &Path,
+    function: ItemFn,
+) -> syn::Result<proc_macro2::TokenStream> {
+    let sig = &function.sig;
+    let vis = &function.vis;
+    let name = &sig.ident;
+    let attrs = &function.attrs;
+    let inputs = &sig.inputs;
+    let output = &sig.output;
+    let body = &function.block;
+    let name_str = name.to_string();
+    let task = expand_task_part(engine, tasks, &function)?;
+    Ok(quote! {
+        #(#attrs)*
+        #[allow(non_camel_case_types)]
+        #[derive(Clone, Copy, Debug)]
+        #vis struct #name;
+
+        impl #name {
+            /// The name this function is registered under.
+            pub const NAME: &'static str = concat!(module_path!(), "::", #name_str);
+
+            /// Calls the function here, in this thread.
+            pub fn call(#inputs) #output #body
+        }
+
+        #task
+    })
+}
+
+/// The remote-call part of a function of serde arguments: `remote`, `remote_with`, and the
+/// registration of its task body under `NAME` + `"/task"`.
+fn expand_task_part(
+    engine: &Path,
+    tasks: &Path,
+    function: &ItemFn,
+) -> syn::Result<proc_macro2::TokenStream> {
+    let sig = &function.sig;
+    let name = &sig.ident;
+    let mut types = Vec::new();
+    for input in &sig.inputs {
+        match input {
+            FnArg::Typed(arg) => types.push(arg.ty.as_ref().clone()),
+            FnArg::Receiver(r) => {
+                return Err(syn::Error::new_spanned(
+                    r,
+                    "remote functions take no `self`",
+                ));
+            }
+        }
+    }
+    let args: Vec<_> = (0..types.len())
+        .map(|i| format_ident!("__manta_arg{}", i, span = Span::call_site()))
+        .collect();
+    let indices: Vec<_> = (0..types.len()).collect();
+    let (value_type, returns_result) = match &sig.output {
+        ReturnType::Default => (syn::parse_quote!(()), false),
+        ReturnType::Type(_, ty) if last_segment_is(ty, "Result") => (result_ok_type(ty)?, true),
+        ReturnType::Type(_, ty) => (ty.as_ref().clone(), false),
+    };
+    let value_type: Type = value_type;
+    let call = if returns_result {
+        quote! {
+            match #name::call(#(#args),*) {
+                ::std::result::Result::Ok(value) => #tasks::output(#name::TASK_NAME, value),
+                ::std::result::Result::Err(error) => ::std::result::Result::Err(#tasks::user_error(#name::TASK_NAME, error)),
+            }
+        }
+    } else {
+        quote! { #tasks::output(#name::TASK_NAME, #name::call(#(#args),*)) }
+    };
+    let erased = format_ident!("__manta_task_{}", name, span = Span::call_site());
+    Ok(quote! {
+        impl #name {
+            /// The name this function's task body is registered under.
+            pub const TASK_NAME: &'static str = concat!(module_path!(), "::", stringify!(#name), "/task");
+
+            /// Runs the function as a task (one CPU); returns a ref to its result at once.
+            /// Each argument is a value or a ref to one.
+            #[allow(clippy::too_many_arguments)]
+            pub fn remote(
+                &self,
+                runtime: &impl #tasks::Runtime,
+                #(#args: impl ::std::convert::Into<#tasks::Arg<#types>>),*
+            ) -> #tasks::ObjectRef<#value_type> {
+                self.remote_with(runtime, &::std::default::Default::default(), #(#args),*)
+            }
+
+            /// [`Self::remote`] with options: resources, retries.
+            #[allow(clippy::too_many_arguments)]
+            pub fn remote_with(
+                &self,
+                runtime: &impl #tasks::Runtime,
+                options: &#tasks::TaskOptions,
+                #(#args: impl ::std::convert::Into<#tasks::Arg<#types>>),*
+            ) -> #tasks::ObjectRef<#value_type> {
+                #[allow(unused_mut)]
+                let mut args = #tasks::Args::new();
+                #( args.push::<#types>(#args.into()); )*
+                #tasks::submit(runtime, Self::TASK_NAME, args, options)
+            }
+        }
+
+        const _: () = {
+            fn #erased(
+                _ctx: &#engine::TaskContext,
+                input: #engine::TaskInput,
+            ) -> #engine::Result<#engine::Object> {
+                #[allow(unused_variables)]
+                let args = #tasks::TaskArgs::decode(#name::TASK_NAME, input)?;
+                #( let #args: #types = args.get(#indices)?; )*
+                #call
+            }
+            #engine::inventory::submit! {
+                #engine::RemoteFunction { name: #name::TASK_NAME, kind: #engine::FunctionKind::Task(#erased) }
+            }
+        };
+    })
+}
+
+/// `T` of a `Result<T, E>` (or of an alias `Result<T>`).
+fn result_ok_type(ty: &Type) -> syn::Result<Type> {
+    if let Type::Path(p) = ty
+        && let Some(segment) = p.path.segments.last()
+        && let syn::PathArguments::AngleBracketed(generics) = &segment.arguments
+        && let Some(syn::GenericArgument::Type(ok)) = generics.args.first()
+    {
+        return Ok(ok.clone());
+    }
+    Err(syn::Error::new_spanned(
+        ty,
+        "#[manta::remote]: cannot see the value type of this Result",
+    ))
 }
 
 /// Whether the function's one argument is a `RecordBatch` (by its type's last path segment).
@@ -86,7 +271,7 @@ fn check_signature(function: &ItemFn) -> syn::Result<()> {
 
 /// A row function `fn(T) -> U` or `fn(T) -> Result<U, E>` (T: Deserialize, U: Serialize),
 /// registered erased to JSON values.
-fn expand_row_fn(engine: &Path, function: ItemFn) -> syn::Result<proc_macro2::TokenStream> {
+fn expand_row_fn(engine: &Path, function: &ItemFn) -> syn::Result<proc_macro2::TokenStream> {
     check_signature(&function)?;
     let sig = &function.sig;
     if sig.asyncness.is_some() || !sig.generics.params.is_empty() {

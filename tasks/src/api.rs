@@ -1,0 +1,248 @@
+//! The calls: submitting a task, and `put`, `get`, `get_all`, `wait` on object refs.
+//!
+//! Everything runs on the driver's tokio runtime, which a [`Runtime`] (Manta's `Context`)
+//! provides along with the [`Client`] that runs tasks, in this process or on a cluster. A
+//! submitted call first waits for the refs among its arguments, then submits the task with
+//! their objects as inputs (so the node fetches them before the task starts), then sets the
+//! returned ref to the task's output.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use manta_engine::{Object, Resources, TaskSpec};
+use manta_scheduler::Client;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::args::{Args, decode, encode};
+use crate::error::{Error, Result};
+use crate::object_ref::{ObjectRef, Resolution, UntypedRef};
+
+/// The registered name of the task that stores a `put` value on a cluster node.
+pub const PUT_FUNCTION: &str = "manta::tasks::put";
+
+/// What runs calls: a client and the runtime its futures run on (Manta's `Context`).
+pub trait Runtime {
+    /// Where tasks run.
+    fn client(&self) -> &Client;
+    /// The runtime that drives calls.
+    fn handle(&self) -> tokio::runtime::Handle;
+}
+
+/// How one call runs (Ray's `.options(...)`).
+#[derive(Clone, Debug)]
+pub struct TaskOptions {
+    /// What the task needs of its node; one CPU by default.
+    pub resources: Resources,
+    /// How often the task is run again when its worker or node is lost (and, with
+    /// `retry_exceptions`, when it fails).
+    pub max_retries: u32,
+    /// Also retry when the function returns an error or panics.
+    pub retry_exceptions: bool,
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        Self {
+            resources: Resources {
+                cpus: 1.0,
+                ..Resources::default()
+            },
+            max_retries: 3,
+            retry_exceptions: false,
+        }
+    }
+}
+
+/// Submits a call of the task function registered as `function`; returns its ref at once.
+pub fn submit<R>(
+    runtime: &impl Runtime,
+    function: &'static str,
+    args: Args,
+    options: &TaskOptions,
+) -> ObjectRef<R> {
+    let (sender, object) = UntypedRef::pending();
+    let client = runtime.client().clone();
+    let options = options.clone();
+    runtime.handle().spawn(async move {
+        let outcome = call(&client, function, args, &options).await;
+        sender.send_replace(Some(outcome));
+    });
+    ObjectRef::from_untyped(object)
+}
+
+/// Resolves the arguments, runs the task (again on failure, as `options` allow).
+async fn call(
+    client: &Client,
+    function: &'static str,
+    args: Args,
+    options: &TaskOptions,
+) -> Resolution {
+    let (bytes, refs, error) = args.into_parts();
+    if let Some(error) = error {
+        return Err(error);
+    }
+    let mut inputs = Vec::with_capacity(refs.len());
+    for (argument, object) in refs {
+        let stored = object
+            .resolution()
+            .await
+            .map_err(|source| Error::Argument {
+                function: function.to_string(),
+                argument,
+                source: Box::new(source),
+            })?;
+        inputs.push(stored);
+    }
+    let spec = TaskSpec {
+        function: function.to_string(),
+        args: bytes,
+        inputs,
+        input_batch: None,
+        resources: options.resources.clone(),
+        max_retries: options.max_retries,
+        label: function.to_string(),
+    };
+    let mut failures = 0;
+    loop {
+        match client.submit(spec.clone()).await {
+            Ok(outcome) => return Ok(outcome.output),
+            Err(
+                error @ (manta_scheduler::Error::UserFunction { .. }
+                | manta_scheduler::Error::UserPanic { .. }),
+            ) if options.retry_exceptions && failures < options.max_retries => {
+                failures += 1;
+                tracing::debug!("{function} failed ({error}); retry {failures}");
+            }
+            Err(error) => {
+                return Err(Error::Task {
+                    function: function.to_string(),
+                    source: Arc::new(error),
+                });
+            }
+        }
+    }
+}
+
+/// Stores `value` and returns a ref to it: in this process's store, or on a cluster in the
+/// store of a node (a small task carries it there).
+pub fn put<T: Serialize>(runtime: &impl Runtime, value: &T) -> Result<ObjectRef<T>> {
+    let bytes = bytes::Bytes::from(encode(value)?);
+    let stored = match runtime.client() {
+        Client::Embedded(embedded) => embedded.put_object(Object::Bytes(bytes))?,
+        Client::Cluster(_) => {
+            let spec = TaskSpec {
+                function: PUT_FUNCTION.to_string(),
+                args: bytes,
+                inputs: Vec::new(),
+                input_batch: None,
+                resources: Resources::default(),
+                max_retries: 3,
+                label: "put".into(),
+            };
+            block_on(runtime, runtime.client().submit(spec))?.output
+        }
+    };
+    Ok(ObjectRef::from_untyped(UntypedRef::ready(Ok(stored))))
+}
+
+/// The value behind `object`, once its task is done.
+pub async fn get_async<T: DeserializeOwned>(client: &Client, object: &ObjectRef<T>) -> Result<T> {
+    let stored = object.stored().await?;
+    match client.get(&stored).await? {
+        Object::Bytes(bytes) => decode(&bytes),
+        Object::Block(_) => Err(Error::Codec {
+            action: "decode",
+            type_name: std::any::type_name::<T>(),
+            reason: "the object is a block of record batches".into(),
+        }),
+    }
+}
+
+/// Waits for `object`'s value: the task's result, or its error.
+pub fn get<T: DeserializeOwned>(runtime: &impl Runtime, object: &ObjectRef<T>) -> Result<T> {
+    block_on(runtime, get_async(runtime.client(), object))
+}
+
+/// [`get`] with a deadline: [`Error::Timeout`] if the value is not there in time.
+pub fn get_timeout<T: DeserializeOwned>(
+    runtime: &impl Runtime,
+    object: &ObjectRef<T>,
+    timeout: Duration,
+) -> Result<T> {
+    block_on(runtime, async {
+        tokio::time::timeout(timeout, get_async(runtime.client(), object))
+            .await
+            .map_err(|_| Error::Timeout(timeout))?
+    })
+}
+
+/// The values of all `objects`, in order; the first failure if any fails.
+pub fn get_all<T: DeserializeOwned>(
+    runtime: &impl Runtime,
+    objects: &[ObjectRef<T>],
+) -> Result<Vec<T>> {
+    let client = runtime.client();
+    block_on(
+        runtime,
+        futures::future::try_join_all(objects.iter().map(|o| get_async(client, o))),
+    )
+}
+
+/// Waits until `num_returns` of `objects` are done (or failed), or `timeout` passes; returns
+/// the done ones (at most `num_returns`, in the order given) and the rest.
+pub fn wait<T>(
+    runtime: &impl Runtime,
+    objects: &[ObjectRef<T>],
+    num_returns: usize,
+    timeout: Option<Duration>,
+) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
+    let wanted = num_returns.min(objects.len());
+    block_on(runtime, async {
+        let mut done = objects.iter().filter(|o| o.is_ready()).count();
+        let mut pending: FuturesUnordered<_> = objects
+            .iter()
+            .filter(|o| !o.is_ready())
+            .map(|o| async move { o.stored().await.is_ok() })
+            .collect();
+        let waiting = async {
+            while done < wanted && pending.next().await.is_some() {
+                done += 1;
+            }
+        };
+        match timeout {
+            Some(timeout) => {
+                let _ = tokio::time::timeout(timeout, waiting).await;
+            }
+            None => waiting.await,
+        }
+    });
+    let (mut ready, mut rest) = (Vec::new(), Vec::new());
+    for object in objects {
+        if ready.len() < wanted && object.is_ready() {
+            ready.push(object.clone());
+        } else {
+            rest.push(object.clone());
+        }
+    }
+    (ready, rest)
+}
+
+fn block_on<F: Future>(runtime: &impl Runtime, future: F) -> F::Output {
+    runtime.handle().block_on(future)
+}
+
+/// The task body of [`PUT_FUNCTION`]: its argument bytes are the object.
+fn put_task(
+    _ctx: &manta_engine::TaskContext,
+    input: manta_engine::TaskInput,
+) -> manta_engine::Result<Object> {
+    Ok(Object::Bytes(input.args))
+}
+
+manta_engine::inventory::submit! {
+    manta_engine::RemoteFunction { name: PUT_FUNCTION, kind: manta_engine::FunctionKind::Task(put_task) }
+}

@@ -1,0 +1,190 @@
+//! A remote call's arguments: values encoded in the driver, object refs resolved before the
+//! task runs.
+//!
+//! The driver turns each argument into a [`Slot`]: a value is encoded with postcard into the
+//! task's argument bytes, an object ref becomes one of the task's *inputs* (which the node
+//! fetches, from its own store where it can, before the task starts). The task body decodes
+//! each slot back into the function's parameter type with [`TaskArgs::get`].
+
+use bytes::Bytes;
+use manta_engine::{Object, TaskInput};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::object_ref::{ObjectRef, UntypedRef};
+
+/// One argument of a remote call: a value, or the value an object ref will hold.
+///
+/// Both convert into it, so a call takes either: `add.remote(&ctx, 5, &other)`.
+pub enum Arg<T> {
+    /// A value, encoded into the task.
+    Value(T),
+    /// An object ref, resolved before the task runs.
+    Ref(ObjectRef<T>),
+}
+
+impl<T> From<T> for Arg<T> {
+    fn from(value: T) -> Self {
+        Arg::Value(value)
+    }
+}
+
+impl<T> From<&ObjectRef<T>> for Arg<T> {
+    fn from(object: &ObjectRef<T>) -> Self {
+        Arg::Ref(object.clone())
+    }
+}
+
+/// Where a task finds one argument.
+#[derive(Debug, Serialize, Deserialize)]
+enum Slot {
+    /// Encoded in the task's argument bytes.
+    Value(Vec<u8>),
+    /// The task's input object with this index.
+    Input(u32),
+}
+
+/// A call's arguments, as the driver builds them.
+#[derive(Default)]
+pub struct Args {
+    slots: Vec<Slot>,
+    refs: Vec<(usize, UntypedRef)>,
+    error: Option<Error>,
+}
+
+impl Args {
+    /// No arguments yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends one argument. A value that does not encode makes the call fail with the error.
+    pub fn push<T: Serialize>(&mut self, arg: Arg<T>) {
+        match arg {
+            Arg::Value(value) => match encode(&value) {
+                Ok(bytes) => self.slots.push(Slot::Value(bytes)),
+                Err(e) => {
+                    self.error.get_or_insert(e);
+                    self.slots.push(Slot::Value(Vec::new()));
+                }
+            },
+            Arg::Ref(object) => {
+                self.slots.push(Slot::Input(self.refs.len() as u32));
+                self.refs.push((self.slots.len() - 1, object.untyped()));
+            }
+        }
+    }
+
+    /// The argument bytes, the refs to resolve (in input order, each with its argument's
+    /// position), and an encoding error if any.
+    pub(crate) fn into_parts(self) -> (Bytes, Vec<(usize, UntypedRef)>, Option<Error>) {
+        let bytes = postcard::to_stdvec(&self.slots).expect("slots are plain data");
+        (Bytes::from(bytes), self.refs, self.error)
+    }
+}
+
+/// A call's arguments, as the task body reads them.
+pub struct TaskArgs {
+    function: &'static str,
+    slots: Vec<Slot>,
+    objects: Vec<Object>,
+}
+
+impl TaskArgs {
+    /// Reads the task's input as the arguments of `function`.
+    pub fn decode(function: &'static str, input: TaskInput) -> manta_engine::Result<Self> {
+        let slots = postcard::from_bytes(&input.args).map_err(|source| {
+            manta_engine::Error::Serialization {
+                action: "decode",
+                what: format!("the arguments of {function}"),
+                source,
+            }
+        })?;
+        Ok(Self {
+            function,
+            slots,
+            objects: input.objects,
+        })
+    }
+
+    /// Argument `index`, decoded as a `T`.
+    pub fn get<T: DeserializeOwned>(&self, index: usize) -> manta_engine::Result<T> {
+        let bytes: &[u8] = match self.slots.get(index) {
+            Some(Slot::Value(bytes)) => bytes,
+            Some(Slot::Input(input)) => match self.objects.get(*input as usize) {
+                Some(Object::Bytes(bytes)) => bytes,
+                Some(Object::Block(_)) => {
+                    return Err(manta_engine::Error::Internal(format!(
+                        "argument {index} of {} is a block, not a value",
+                        self.function
+                    )));
+                }
+                None => {
+                    return Err(manta_engine::Error::Internal(format!(
+                        "argument {index} of {} names a missing input",
+                        self.function
+                    )));
+                }
+            },
+            None => {
+                return Err(manta_engine::Error::Internal(format!(
+                    "{} was called with {} arguments; argument {index} is missing",
+                    self.function,
+                    self.slots.len()
+                )));
+            }
+        };
+        postcard::from_bytes(bytes).map_err(|source| manta_engine::Error::Serialization {
+            action: "decode",
+            what: format!(
+                "argument {index} of {} as {}",
+                self.function,
+                std::any::type_name::<T>()
+            ),
+            source,
+        })
+    }
+}
+
+/// `value` encoded as an object's bytes.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    postcard::to_stdvec(value).map_err(|e| Error::Codec {
+        action: "encode",
+        type_name: std::any::type_name::<T>(),
+        reason: e.to_string(),
+    })
+}
+
+/// An object's bytes decoded as a `T`.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    postcard::from_bytes(bytes).map_err(|e| Error::Codec {
+        action: "decode",
+        type_name: std::any::type_name::<T>(),
+        reason: e.to_string(),
+    })
+}
+
+/// What a task body returns: its function's result encoded as an object. A `Result` that is an
+/// error becomes the task's error, naming the function.
+pub fn output<T: Serialize>(function: &'static str, value: T) -> manta_engine::Result<Object> {
+    let bytes =
+        postcard::to_stdvec(&value).map_err(|source| manta_engine::Error::Serialization {
+            action: "encode",
+            what: format!("the result of {function}"),
+            source,
+        })?;
+    Ok(Object::Bytes(Bytes::from(bytes)))
+}
+
+/// A function's `Err` as the task's error.
+pub fn user_error(
+    function: &'static str,
+    error: impl Into<manta_engine::BoxError>,
+) -> manta_engine::Error {
+    manta_engine::Error::UserFunction {
+        name: function.to_string(),
+        input: "a task".into(),
+        source: error.into(),
+    }
+}
