@@ -39,6 +39,9 @@ pub struct Args {
     /// Where generated TPC-H data is cached.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// How many tasks the `tasks` workload runs (default 100,000).
+    #[arg(long)]
+    count: Option<usize>,
     /// Skip the baseline.
     #[arg(long)]
     no_baseline: bool,

@@ -11,21 +11,23 @@
 //!
 //! The head holds one entry per node: its resources (total and available), its last store
 //! usage and the time of its last heartbeat. A submitted task takes resources from the node the
-//! policy picks and gives them back when the node answers, which wakes the tasks waiting for
-//! resources (a `Notify`, never a sleep). A node that misses heartbeats for
+//! policy picks and gives them back when the node answers. A task that finds no room waits in a
+//! queue of tasks with the same demand; whenever resources come back (or nodes come and go) the
+//! head hands them to the queues' first tasks in order, and stops at each queue's first task
+//! that must go on waiting, so a release costs the tasks it places, not the tasks waiting. A node that misses heartbeats for
 //! `missed_heartbeats` intervals is marked dead: its running tasks fail with `NodeLost` at once,
 //! and are retried elsewhere if their retry budget allows.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
 use manta_engine::{JobId, NodeId, Resources};
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
@@ -79,44 +81,79 @@ struct NodeEntry {
 struct HeadState {
     nodes: HashMap<NodeId, NodeEntry>,
     jobs: HashMap<JobId, String>,
+    /// Tasks waiting for resources, by demand (see the module doc), first come first served.
+    waiting: BTreeMap<String, VecDeque<Waiter>>,
+}
+
+/// A task waiting for resources: told the node whose resources were taken for it.
+struct Waiter {
+    demand: Resources,
+    input_bytes: HashMap<NodeId, u64>,
+    label: String,
+    placed: oneshot::Sender<Result<Reservation>>,
 }
 
 /// The head's state and gRPC service.
 pub struct Head {
     state: Mutex<HeadState>,
-    changed: Notify,
+    /// This head, for reservations to give their resources back to.
+    me: Weak<Head>,
     config: HeadConfig,
     executables: ExecutableCache,
 }
 
-/// A node's resources taken for one task; given back when dropped, so a task whose caller
-/// went away (its RPC cancelled) does not keep them.
-struct Lease<'a> {
-    head: &'a Head,
-    demand: &'a Resources,
+/// A node's resources taken for one task; given back when dropped (also when a waiting task's
+/// caller went away before it heard of them), which lets waiting tasks have them.
+struct Reservation {
+    head: Weak<Head>,
     node: NodeId,
+    demand: Resources,
+    held: bool,
+}
+
+impl Reservation {
+    /// Gives the resources back within a section that already holds the head's lock.
+    fn give_back(mut self, state: &mut HeadState) {
+        release(state, self.node, &self.demand);
+        self.held = false;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.held {
+            return;
+        }
+        if let Some(head) = self.head.upgrade() {
+            let mut state = head.state.lock();
+            release(&mut state, self.node, &self.demand);
+            head.dispatch(&mut state);
+        }
+    }
+}
+
+fn release(state: &mut HeadState, node: NodeId, demand: &Resources) {
+    if let Some(node) = state.nodes.get_mut(&node) {
+        node.available.add(demand);
+        node.running -= 1;
+    }
+}
+
+/// A reservation, with what it takes to run the task on its node.
+struct Lease {
+    _reservation: Reservation,
     address: String,
     client: NodeClient<Channel>,
     lost: CancellationToken,
-}
-
-impl Drop for Lease<'_> {
-    fn drop(&mut self) {
-        if let Some(node) = self.head.state.lock().nodes.get_mut(&self.node) {
-            node.available.add(self.demand);
-            node.running -= 1;
-        }
-        self.head.changed.notify_waiters();
-    }
 }
 
 impl Head {
     /// A head with no nodes.
     pub fn new(config: HeadConfig) -> Result<Arc<Self>> {
         let executables = ExecutableCache::new(&config.cache_dir)?;
-        Ok(Arc::new(Self {
+        Ok(Arc::new_cyclic(|me| Self {
             state: Mutex::default(),
-            changed: Notify::new(),
+            me: me.clone(),
             config,
             executables,
         }))
@@ -155,9 +192,9 @@ impl Head {
                     changed = true;
                 }
             }
-            drop(state);
             if changed {
-                self.changed.notify_waiters();
+                // Tasks that only a dead node could run are now infeasible.
+                self.dispatch(&mut state);
             }
         }
     }
@@ -175,59 +212,130 @@ impl Head {
             .collect()
     }
 
-    /// Takes resources on the node the policy picks, waiting while every fitting node is busy.
-    async fn acquire<'a>(
-        &'a self,
-        demand: &'a Resources,
+    /// Takes resources on the node the policy picks, waiting in its demand's queue while every
+    /// fitting node is busy.
+    async fn acquire(
+        &self,
+        demand: &Resources,
         input_bytes: &HashMap<NodeId, u64>,
         label: &str,
-    ) -> Result<Lease<'a>> {
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut state = self.state.lock();
-                match self
-                    .config
-                    .policy
-                    .place(demand, input_bytes, &Self::views(&state))
-                {
-                    Placement::Node(id) => {
-                        let node = state.nodes.get_mut(&id).expect("policy picks a known node");
-                        node.available.subtract(demand);
-                        node.running += 1;
-                        return Ok(Lease {
-                            head: self,
-                            demand,
-                            node: id,
-                            address: node.address.clone(),
-                            client: node.client.clone(),
-                            lost: node.lost.clone(),
-                        });
-                    }
-                    Placement::Infeasible => {
-                        let offered = state
-                            .nodes
-                            .values()
-                            .filter(|n| n.alive)
-                            .map(|n| format!("{} {:?}", n.address, n.total))
-                            .collect::<Vec<_>>();
-                        let offered = if offered.is_empty() {
-                            "no live nodes".to_string()
-                        } else {
-                            offered.join("; ")
-                        };
-                        return Err(Error::Infeasible {
-                            task: label.to_string(),
-                            demand: demand.clone(),
-                            offered,
-                        });
-                    }
-                    Placement::Wait => {}
+    ) -> Result<Lease> {
+        let placed = {
+            let mut state = self.state.lock();
+            let key = format!("{demand:?}");
+            let queued = state.waiting.get(&key).is_some_and(|q| !q.is_empty());
+            if !queued {
+                match self.try_place(&mut state, demand, input_bytes, label) {
+                    Some(Ok(reservation)) => return Ok(self.lease(&state, reservation)),
+                    Some(Err(e)) => return Err(e),
+                    None => {}
                 }
             }
-            notified.await;
+            let (placed, told) = oneshot::channel();
+            state.waiting.entry(key).or_default().push_back(Waiter {
+                demand: demand.clone(),
+                input_bytes: input_bytes.clone(),
+                label: label.to_string(),
+                placed,
+            });
+            told
+        };
+        let reservation = placed
+            .await
+            .map_err(|_| Error::Internal("the head stopped while the task waited".into()))??;
+        Ok(self.lease(&self.state.lock(), reservation))
+    }
+
+    /// Takes resources for `demand` on the node the policy picks: `None` if it must wait.
+    fn try_place(
+        &self,
+        state: &mut HeadState,
+        demand: &Resources,
+        input_bytes: &HashMap<NodeId, u64>,
+        label: &str,
+    ) -> Option<Result<Reservation>> {
+        match self
+            .config
+            .policy
+            .place(demand, input_bytes, &Self::views(state))
+        {
+            Placement::Node(id) => {
+                let node = state.nodes.get_mut(&id).expect("policy picks a known node");
+                node.available.subtract(demand);
+                node.running += 1;
+                Some(Ok(Reservation {
+                    head: self.me.clone(),
+                    node: id,
+                    demand: demand.clone(),
+                    held: true,
+                }))
+            }
+            Placement::Infeasible => {
+                let offered = state
+                    .nodes
+                    .values()
+                    .filter(|n| n.alive)
+                    .map(|n| format!("{} {:?}", n.address, n.total))
+                    .collect::<Vec<_>>();
+                let offered = if offered.is_empty() {
+                    "no live nodes".to_string()
+                } else {
+                    offered.join("; ")
+                };
+                Some(Err(Error::Infeasible {
+                    task: label.to_string(),
+                    demand: demand.clone(),
+                    offered,
+                }))
+            }
+            Placement::Wait => None,
+        }
+    }
+
+    /// Hands free resources to waiting tasks: each queue's tasks in order, up to the first that
+    /// must go on waiting. Called with the lock held whenever resources or nodes change.
+    fn dispatch(&self, state: &mut HeadState) {
+        let keys: Vec<String> = state.waiting.keys().cloned().collect();
+        for key in keys {
+            while let Some(waiter) = state.waiting.get_mut(&key).and_then(VecDeque::pop_front) {
+                if waiter.placed.is_closed() {
+                    continue;
+                }
+                let outcome =
+                    self.try_place(state, &waiter.demand, &waiter.input_bytes, &waiter.label);
+                match outcome {
+                    Some(Ok(reservation)) => {
+                        if let Err(Ok(reservation)) = waiter.placed.send(Ok(reservation)) {
+                            reservation.give_back(state);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        let _ = waiter.placed.send(Err(e));
+                    }
+                    None => {
+                        if let Some(queue) = state.waiting.get_mut(&key) {
+                            queue.push_front(waiter);
+                        }
+                        break;
+                    }
+                }
+            }
+            if state.waiting.get(&key).is_some_and(VecDeque::is_empty) {
+                state.waiting.remove(&key);
+            }
+        }
+    }
+
+    fn lease(&self, state: &HeadState, reservation: Reservation) -> Lease {
+        let (address, client, lost) = match state.nodes.get(&reservation.node) {
+            Some(node) => (node.address.clone(), node.client.clone(), node.lost.clone()),
+            None => unreachable!("nodes are never removed, only marked dead"),
+        };
+        Lease {
+            _reservation: reservation,
+            address,
+            client,
+            lost,
         }
     }
 
@@ -332,10 +440,12 @@ impl HeadRpc for Head {
             client,
             lost: CancellationToken::new(),
         };
-        if let Some(old) = self.state.lock().nodes.insert(id, entry) {
+        let mut state = self.state.lock();
+        if let Some(old) = state.nodes.insert(id, entry) {
             old.lost.cancel();
         }
-        self.changed.notify_waiters();
+        self.dispatch(&mut state);
+        drop(state);
         Ok(Response::new(proto::RegisterNodeReply {
             heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u64,
         }))
@@ -478,4 +588,81 @@ pub async fn run_head(
     let head = Head::new(config)?;
     ready(address);
     head.serve(listener, server::shutdown_signal()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::pin;
+
+    use futures::poll;
+
+    use super::*;
+
+    fn head_with_one_cpu(dir: &std::path::Path) -> (Arc<Head>, NodeId) {
+        let head = Head::new(HeadConfig {
+            cache_dir: dir.to_path_buf(),
+            ..HeadConfig::default()
+        })
+        .unwrap();
+        let id = NodeId::random();
+        let entry = NodeEntry {
+            address: "http://127.0.0.1:9".into(),
+            total: Resources::one_cpu(),
+            available: Resources::one_cpu(),
+            store: proto::StoreUsage::default(),
+            last_heartbeat: Instant::now(),
+            alive: true,
+            running: 0,
+            pid: 0,
+            client: NodeClient::new(server::lazy_channel("127.0.0.1:9").unwrap()),
+            lost: CancellationToken::new(),
+        };
+        head.state.lock().nodes.insert(id, entry);
+        (head, id)
+    }
+
+    #[tokio::test]
+    async fn waiting_tasks_get_freed_resources_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (head, node) = head_with_one_cpu(dir.path());
+        let (cpu, none) = (Resources::one_cpu(), HashMap::new());
+        let first = head.acquire(&cpu, &none, "first").await.unwrap();
+        let mut second = pin!(head.acquire(&cpu, &none, "second"));
+        let mut third = pin!(head.acquire(&cpu, &none, "third"));
+        assert!(poll!(second.as_mut()).is_pending());
+        assert!(poll!(third.as_mut()).is_pending());
+        {
+            // A waiter whose caller goes away is skipped, not given the CPU.
+            let mut gone = pin!(head.acquire(&cpu, &none, "gone"));
+            assert!(poll!(gone.as_mut()).is_pending());
+        }
+        drop(first);
+        let second = match poll!(second.as_mut()) {
+            std::task::Poll::Ready(lease) => lease.unwrap(),
+            std::task::Poll::Pending => panic!("the second task waits on a free CPU"),
+        };
+        assert!(poll!(third.as_mut()).is_pending());
+        drop(second);
+        let third = third.await.unwrap();
+        drop(third);
+        let state = head.state.lock();
+        assert_eq!(state.nodes[&node].available, Resources::one_cpu());
+        assert_eq!(state.nodes[&node].running, 0);
+        assert!(state.waiting.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_task_no_node_can_run_fails_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (head, _) = head_with_one_cpu(dir.path());
+        let big = Resources {
+            cpus: 4.0,
+            ..Resources::default()
+        };
+        let error = match head.acquire(&big, &HashMap::new(), "big").await {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("4 CPUs on a 1-CPU node"),
+        };
+        assert!(error.contains("big"), "{error}");
+    }
 }
