@@ -272,7 +272,7 @@ fn check_signature(function: &ItemFn) -> syn::Result<()> {
 /// A row function `fn(T) -> U` or `fn(T) -> Result<U, E>` (T: Deserialize, U: Serialize),
 /// registered erased to JSON values.
 fn expand_row_fn(engine: &Path, function: &ItemFn) -> syn::Result<proc_macro2::TokenStream> {
-    check_signature(&function)?;
+    check_signature(function)?;
     let sig = &function.sig;
     if sig.asyncness.is_some() || !sig.generics.params.is_empty() {
         return Err(syn::Error::new_spanned(

@@ -56,7 +56,7 @@ enum Engine {
     /// A Flight SQL server.
     FlightSql {
         runtime: tokio::runtime::Runtime,
-        client: FlightSqlServiceClient<tonic::transport::Channel>,
+        client: Box<FlightSqlServiceClient<tonic::transport::Channel>>,
     },
 }
 
@@ -94,7 +94,10 @@ pub fn run(args: SqlArgs) -> Result<()> {
                     Ok::<_, anyhow::Error>(FlightSqlServiceClient::new(channel))
                 })
                 .with_context(|| format!("connecting to the Flight SQL server at {address}"))?;
-            Engine::FlightSql { runtime, client }
+            Engine::FlightSql {
+                runtime,
+                client: Box::new(client),
+            }
         }
         None => {
             let ctx = manta::init_with(manta::Config {

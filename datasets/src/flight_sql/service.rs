@@ -394,7 +394,7 @@ impl FlightSqlService for MantaFlightSql {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         metadata_info(query, &schema, request.into_inner())
     }
 
@@ -483,7 +483,7 @@ impl FlightSqlService for MantaFlightSql {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         metadata_info(query, &schema, request.into_inner())
     }
 
