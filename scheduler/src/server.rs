@@ -70,7 +70,7 @@ where
     tokio::select! {
         result = serving => result,
         () = deadline => {
-            tracing::warn!("connections still open {DRAIN_TIMEOUT:?} after stopping; closing them");
+            tracing::info!("connections still open {DRAIN_TIMEOUT:?} after stopping; closing them");
             Ok(())
         }
     }

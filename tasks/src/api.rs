@@ -206,7 +206,10 @@ pub fn wait<T>(
         let mut pending: FuturesUnordered<_> = objects
             .iter()
             .filter(|o| !o.is_ready())
-            .map(|o| async move { o.stored().await.is_ok() })
+            .map(|o| async move {
+                // Done either way: with a value or with the failure that replaces it.
+                let _ = o.stored().await;
+            })
             .collect();
         let waiting = async {
             while done < wanted && pending.next().await.is_some() {
