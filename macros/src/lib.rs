@@ -88,6 +88,29 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
+/// The handle every remote function gets: a unit struct of the function's name, with the name
+/// it is registered under and the function itself as a plain `call`.
+fn handle_struct(function: &ItemFn) -> proc_macro2::TokenStream {
+    let sig = &function.sig;
+    let (vis, name, attrs) = (&function.vis, &sig.ident, &function.attrs);
+    let (inputs, output, body) = (&sig.inputs, &sig.output, &function.block);
+    let name_str = name.to_string();
+    quote! {
+        #(#attrs)*
+        #[allow(non_camel_case_types)]
+        #[derive(Clone, Copy, Debug)]
+        #vis struct #name;
+
+        impl #name {
+            /// The name this function is registered under.
+            pub const NAME: &'static str = concat!(module_path!(), "::", #name_str);
+
+            /// Calls the function here, in this thread.
+            pub fn call(#inputs) #output #body
+        }
+    }
+}
+
 /// Not async, not generic, no `self`.
 fn check_plain(function: &ItemFn) -> syn::Result<()> {
     let sig = &function.sig;
@@ -113,28 +136,10 @@ fn expand_task_only_fn(
     tasks: &Path,
     function: ItemFn,
 ) -> syn::Result<proc_macro2::TokenStream> {
-    let sig = &function.sig;
-    let vis = &function.vis;
-    let name = &sig.ident;
-    let attrs = &function.attrs;
-    let inputs = &sig.inputs;
-    let output = &sig.output;
-    let body = &function.block;
-    let name_str = name.to_string();
+    let handle = handle_struct(&function);
     let task = expand_task_part(engine, tasks, &function)?;
     Ok(quote! {
-        #(#attrs)*
-        #[allow(non_camel_case_types)]
-        #[derive(Clone, Copy, Debug)]
-        #vis struct #name;
-
-        impl #name {
-            /// The name this function is registered under.
-            pub const NAME: &'static str = concat!(module_path!(), "::", #name_str);
-
-            /// Calls the function here, in this thread.
-            pub fn call(#inputs) #output #body
-        }
+        #handle
 
         #task
     })
@@ -290,36 +295,20 @@ fn expand_row_fn(engine: &Path, function: &ItemFn) -> syn::Result<proc_macro2::T
         }
         ReturnType::Type(_, ty) => last_segment_is(ty, "Result"),
     };
-    let vis = &function.vis;
     let name = &sig.ident;
-    let attrs = &function.attrs;
-    let inputs = &sig.inputs;
-    let output = &sig.output;
-    let body = &function.block;
     let Some(FnArg::Typed(arg)) = sig.inputs.first() else {
         unreachable!("checked")
     };
     let row_type = &arg.ty;
     let erased = format_ident!("__manta_erased_{}", name, span = Span::call_site());
-    let name_str = name.to_string();
+    let handle = handle_struct(function);
     let call = if returns_result {
         quote! { #name::call(row).map_err(::std::convert::Into::<#engine::BoxError>::into)? }
     } else {
         quote! { #name::call(row) }
     };
     Ok(quote! {
-        #(#attrs)*
-        #[allow(non_camel_case_types)]
-        #[derive(Clone, Copy, Debug)]
-        #vis struct #name;
-
-        impl #name {
-            /// The name this function is registered under.
-            pub const NAME: &'static str = concat!(module_path!(), "::", #name_str);
-
-            /// Calls the function here, in this thread.
-            pub fn call(#inputs) #output #body
-        }
+        #handle
 
         impl #engine::RemoteRowFn for #name {
             fn name(&self) -> &'static str {
@@ -357,27 +346,11 @@ fn expand_batch_fn(engine: &Path, function: ItemFn) -> syn::Result<proc_macro2::
             "#[manta::remote] batch functions return a RecordBatch or a Result of one",
         ));
     }
-    let vis = &function.vis;
     let name = &sig.ident;
-    let attrs = &function.attrs;
-    let inputs = &sig.inputs;
-    let output = &sig.output;
-    let body = &function.block;
     let erased = format_ident!("__manta_erased_{}", name, span = Span::call_site());
-    let name_str = name.to_string();
+    let handle = handle_struct(&function);
     Ok(quote! {
-        #(#attrs)*
-        #[allow(non_camel_case_types)]
-        #[derive(Clone, Copy, Debug)]
-        #vis struct #name;
-
-        impl #name {
-            /// The name this function is registered under.
-            pub const NAME: &'static str = concat!(module_path!(), "::", #name_str);
-
-            /// Calls the function here, in this thread.
-            pub fn call(#inputs) #output #body
-        }
+        #handle
 
         impl #engine::RemoteBatchFn for #name {
             fn name(&self) -> &'static str {
