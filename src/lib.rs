@@ -44,7 +44,7 @@ extern crate self as manta;
 pub use manta_datasets as datasets;
 pub use manta_engine as engine;
 pub use manta_flight as flight;
-pub use manta_macros::{callable, remote};
+pub use manta_macros::{actor, callable, remote};
 pub use manta_scheduler as scheduler;
 pub use manta_tasks as tasks;
 
@@ -55,7 +55,7 @@ pub use manta_datasets::{
     JoinKind, MapBatchesOptions, ReadOptions, Result, SortKey, WriteFormat, WriteSummary,
 };
 pub use manta_engine::{BoxError, Callable, Resources};
-pub use manta_tasks::{ObjectRef, TaskOptions};
+pub use manta_tasks::{ActorOptions, ActorRef, ObjectRef, TaskOptions};
 
 /// What most programs need: `use manta::prelude::*;`.
 pub mod prelude {
@@ -63,8 +63,8 @@ pub mod prelude {
     pub use datafusion::prelude::{Expr, col, lit};
 
     pub use crate::{
-        Aggregate, BoxError, Callable, Context, Dataset, JoinKind, MapBatchesOptions, ObjectRef,
-        ReadOptions, Resources, SortKey, TaskOptions, callable, remote,
+        ActorOptions, Aggregate, BoxError, Callable, Context, Dataset, JoinKind, MapBatchesOptions,
+        ObjectRef, ReadOptions, Resources, SortKey, TaskOptions, actor, callable, remote,
     };
 }
 

@@ -1,4 +1,4 @@
-//! Ray Core's object calls on a [`Context`]: `put`, `get`, `get_all`, `wait`.
+//! Ray Core's object calls on a [`Context`]: `put`, `get`, `get_all`, `wait`, `get_actor`.
 //!
 //! The context is the [`manta_tasks::Runtime`] that remote calls run on (`add.remote(&ctx, 5,
 //! 10)`); these methods are thin forwards to [`manta_tasks`], so that a program needs only its
@@ -66,5 +66,12 @@ impl Context {
         timeout: Option<Duration>,
     ) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
         manta_tasks::wait(self, objects, num_returns, timeout)
+    }
+
+    /// The live actor of type `A` this driver started with `name` (in [`ActorOptions`]).
+    ///
+    /// [`ActorOptions`]: manta_tasks::ActorOptions
+    pub fn get_actor<A: manta_tasks::ActorClass>(&self, name: &str) -> Result<A::Handle> {
+        Ok(manta_tasks::ActorRef::named(self, A::CLASS, name)?.into())
     }
 }

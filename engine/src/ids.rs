@@ -1,4 +1,4 @@
-//! Identifiers: objects, tasks, nodes and jobs.
+//! Identifiers: objects, tasks, actors, nodes and jobs.
 //!
 //! Every id is 16 random bytes, printed as 32 hex digits. Random ids need no coordination, so a
 //! worker on any node can name the object it is about to create without asking anyone, and the
@@ -82,6 +82,12 @@ define_id!(
     NodeId,
     "Node"
 );
+define_id!(
+    /// Names one actor: a stateful worker whose method calls run in order.
+    ActorId,
+    "Actor"
+);
+
 define_id!(
     /// Names one driver's job on a cluster.
     JobId,

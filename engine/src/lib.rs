@@ -11,7 +11,8 @@
 //!                                                   spills to disk past its budget)
 //! ```
 //!
-//! * [`ids`]: [`ObjectId`], [`TaskId`], [`NodeId`], [`JobId`].
+//! * [`ids`]: [`ObjectId`], [`TaskId`], [`ActorId`], [`NodeId`], [`JobId`].
+//! * [`actor`]: the actor instances living in this process, by id.
 //! * [`object`]: what an object holds: a [`Block`] of record batches, or bytes.
 //! * [`object_ref`]: [`ObjectRef`], the counted, typed handle a program holds.
 //! * [`store`]: the [`ObjectStore`]: memory budget, spilling, pins, freeing; its file layout.
@@ -34,6 +35,7 @@
 
 #![warn(missing_docs)]
 
+pub mod actor;
 pub mod callable;
 pub mod error;
 pub mod ids;
@@ -47,7 +49,7 @@ pub mod views;
 
 pub use callable::{Callable, RegisteredCallable};
 pub use error::{BoxError, Error, Result};
-pub use ids::{JobId, NodeId, ObjectId, TaskId};
+pub use ids::{ActorId, JobId, NodeId, ObjectId, TaskId};
 pub use object::{Block, Object};
 pub use object_ref::{Location, ObjectMeta, ObjectRef, ReleaseObject};
 pub use registry::{

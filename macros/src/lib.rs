@@ -425,3 +425,276 @@ pub fn callable(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
     .into()
 }
+
+/// Makes the type of an `impl` block an actor (Ray's `@ray.remote class`): its `new` is the
+/// constructor, its `&self`/`&mut self` methods are the actor's methods. See
+/// `manta_tasks::actor`.
+///
+/// ```ignore
+/// #[manta::actor]
+/// impl Counter {
+///     pub fn new(start: i64) -> Self { ... }
+///     pub fn incr(&mut self, by: i64) -> i64 { ... }
+/// }
+/// let counter = Counter::remote(&ctx, 0)?;   // CounterHandle
+/// let one = counter.incr(1);                 // ObjectRef<i64>
+/// ```
+#[proc_macro_attribute]
+pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let mut engine: Path = syn::parse_quote!(::manta::engine);
+    let mut tasks: Path = syn::parse_quote!(::manta::tasks);
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("engine") {
+            engine = meta.value()?.parse()?;
+            Ok(())
+        } else if meta.path.is_ident("tasks") {
+            tasks = meta.value()?.parse()?;
+            Ok(())
+        } else {
+            Err(meta.error("unknown #[actor] option; they are `engine = path`, `tasks = path`"))
+        }
+    });
+    if let Err(e) = parser.parse(attr) {
+        return e.to_compile_error().into();
+    }
+    let block = parse_macro_input!(item as ItemImpl);
+    expand_actor(&engine, &tasks, block)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// One method (or the constructor) of an actor: its name, argument types, value type, and
+/// whether it returns a `Result`.
+struct ActorMethod {
+    name: syn::Ident,
+    types: Vec<Type>,
+    value_type: Type,
+    returns_result: bool,
+}
+
+impl ActorMethod {
+    fn parse(method: &syn::ImplItemFn) -> syn::Result<Self> {
+        let mut types = Vec::new();
+        for input in &method.sig.inputs {
+            if let FnArg::Typed(arg) = input {
+                types.push(arg.ty.as_ref().clone());
+            }
+        }
+        let (value_type, returns_result) = match &method.sig.output {
+            ReturnType::Default => (syn::parse_quote!(()), false),
+            ReturnType::Type(_, ty) if last_segment_is(ty, "Result") => (result_ok_type(ty)?, true),
+            ReturnType::Type(_, ty) => (ty.as_ref().clone(), false),
+        };
+        Ok(Self {
+            name: method.sig.ident.clone(),
+            types,
+            value_type,
+            returns_result,
+        })
+    }
+
+    fn args(&self) -> Vec<syn::Ident> {
+        (0..self.types.len())
+            .map(|i| format_ident!("__manta_arg{}", i, span = Span::call_site()))
+            .collect()
+    }
+}
+
+fn expand_actor(
+    engine: &Path,
+    tasks: &Path,
+    block: ItemImpl,
+) -> syn::Result<proc_macro2::TokenStream> {
+    if block.trait_.is_some() || !block.generics.params.is_empty() {
+        return Err(syn::Error::new_spanned(
+            &block.self_ty,
+            "#[manta::actor] goes on a plain `impl Type { ... }` block, without generics",
+        ));
+    }
+    let self_ty = &block.self_ty;
+    let Type::Path(type_path) = self_ty.as_ref() else {
+        return Err(syn::Error::new_spanned(
+            self_ty,
+            "#[manta::actor] needs a named type",
+        ));
+    };
+    let type_ident = type_path
+        .path
+        .segments
+        .last()
+        .map(|s| s.ident.clone())
+        .ok_or_else(|| syn::Error::new_spanned(self_ty, "#[manta::actor] needs a named type"))?;
+    let type_name = type_ident.to_string();
+    let handle = format_ident!("{}Handle", type_ident);
+    let mut constructor = None;
+    let mut methods = Vec::new();
+    for item in &block.items {
+        let syn::ImplItem::Fn(method) = item else {
+            continue;
+        };
+        let has_receiver = matches!(method.sig.inputs.first(), Some(FnArg::Receiver(_)));
+        if has_receiver {
+            methods.push(ActorMethod::parse(method)?);
+        } else if method.sig.ident == "new" {
+            constructor = Some(ActorMethod::parse(method)?);
+        }
+    }
+    let constructor = constructor.ok_or_else(|| {
+        syn::Error::new_spanned(
+            self_ty,
+            "#[manta::actor]: the block needs a `fn new(...) -> Self`",
+        )
+    })?;
+
+    let class = quote! { <#self_ty as #tasks::ActorClass>::CLASS };
+    let new_args = constructor.args();
+    let new_types = &constructor.types;
+    let new_indices: Vec<_> = (0..new_types.len()).collect();
+    let new_name = quote! { concat!(module_path!(), "::", #type_name, "::new/actor") };
+    let build = if constructor.returns_result {
+        quote! {
+            match <#self_ty>::new(#(#new_args),*) {
+                ::std::result::Result::Ok(value) => value,
+                ::std::result::Result::Err(error) => {
+                    return ::std::result::Result::Err(#tasks::user_error(NAME, error));
+                }
+            }
+        }
+    } else {
+        quote! { <#self_ty>::new(#(#new_args),*) }
+    };
+
+    let mut handle_methods = Vec::new();
+    let mut bodies = Vec::new();
+    for method in &methods {
+        let name = &method.name;
+        let args = method.args();
+        let types = &method.types;
+        let indices: Vec<_> = (0..types.len()).collect();
+        let value_type = &method.value_type;
+        let task_name =
+            quote! { concat!(module_path!(), "::", #type_name, "::", stringify!(#name), "/actor") };
+        let erased = format_ident!("__manta_actor_{}", name, span = Span::call_site());
+        handle_methods.push(quote! {
+            /// Queues a call of the actor's method of this name; returns a ref to its result at
+            /// once. Calls run one at a time, in the order made.
+            #[allow(clippy::too_many_arguments)]
+            pub fn #name(
+                &self,
+                #(#args: impl ::std::convert::Into<#tasks::Arg<#types>>),*
+            ) -> #tasks::ObjectRef<#value_type> {
+                #[allow(unused_mut)]
+                let mut args = #tasks::Args::new();
+                #( args.push::<#types>(#args.into()); )*
+                self.0.call(#task_name, args)
+            }
+        });
+        let finish = if method.returns_result {
+            quote! {
+                match value {
+                    ::std::result::Result::Ok(value) => #tasks::output(NAME, value),
+                    ::std::result::Result::Err(error) => ::std::result::Result::Err(#tasks::user_error(NAME, error)),
+                }
+            }
+        } else {
+            quote! { #tasks::output(NAME, value) }
+        };
+        bodies.push(quote! {
+            const _: () = {
+                const NAME: &str = #task_name;
+                fn #erased(
+                    _ctx: &#engine::TaskContext,
+                    input: #engine::TaskInput,
+                ) -> #engine::Result<#engine::Object> {
+                    let args = #tasks::TaskArgs::decode(NAME, input)?;
+                    let actor = args.actor()?;
+                    #( let #args: #types = args.get(#indices)?; )*
+                    let value = #engine::actor::with(actor, #class, |this: &mut #self_ty| {
+                        this.#name(#(#args),*)
+                    })?;
+                    #finish
+                }
+                #engine::inventory::submit! {
+                    #engine::RemoteFunction { name: NAME, kind: #engine::FunctionKind::Task(#erased) }
+                }
+            };
+        });
+    }
+
+    Ok(quote! {
+        #block
+
+        /// A handle on a live actor of this type: one method per actor method, each returning
+        /// an object ref at once. Derefs to `ActorRef` (`kill`, `id`).
+        #[derive(Clone, Debug)]
+        pub struct #handle(#tasks::ActorRef);
+
+        impl ::std::convert::From<#tasks::ActorRef> for #handle {
+            fn from(actor: #tasks::ActorRef) -> Self {
+                Self(actor)
+            }
+        }
+
+        impl ::std::ops::Deref for #handle {
+            type Target = #tasks::ActorRef;
+
+            fn deref(&self) -> &#tasks::ActorRef {
+                &self.0
+            }
+        }
+
+        impl #handle {
+            #(#handle_methods)*
+        }
+
+        impl #tasks::ActorClass for #self_ty {
+            const CLASS: &'static str = concat!(module_path!(), "::", #type_name);
+            type Handle = #handle;
+        }
+
+        impl #self_ty {
+            /// Starts the actor on a worker (no resources held, no restarts); returns its handle
+            /// at once, before the constructor has run.
+            #[allow(clippy::too_many_arguments)]
+            pub fn remote(
+                runtime: &impl #tasks::Runtime,
+                #(#new_args: impl ::std::convert::Into<#tasks::Arg<#new_types>>),*
+            ) -> #tasks::Result<#handle> {
+                Self::remote_with(runtime, &::std::default::Default::default(), #(#new_args),*)
+            }
+
+            /// [`Self::remote`] with options: resources, restarts, a name.
+            #[allow(clippy::too_many_arguments)]
+            pub fn remote_with(
+                runtime: &impl #tasks::Runtime,
+                options: &#tasks::ActorOptions,
+                #(#new_args: impl ::std::convert::Into<#tasks::Arg<#new_types>>),*
+            ) -> #tasks::Result<#handle> {
+                #[allow(unused_mut)]
+                let mut args = #tasks::Args::new();
+                #( args.push::<#new_types>(#new_args.into()); )*
+                #tasks::ActorRef::create(runtime, #class, #new_name, args, options).map(#handle)
+            }
+        }
+
+        const _: () = {
+            const NAME: &str = #new_name;
+            fn __manta_actor_new(
+                _ctx: &#engine::TaskContext,
+                input: #engine::TaskInput,
+            ) -> #engine::Result<#engine::Object> {
+                let args = #tasks::TaskArgs::decode(NAME, input)?;
+                let actor = args.actor()?;
+                #( let #new_args: #new_types = args.get(#new_indices)?; )*
+                let value: #self_ty = #build;
+                #engine::actor::insert(actor, ::std::boxed::Box::new(value));
+                #tasks::output(NAME, ())
+            }
+            #engine::inventory::submit! {
+                #engine::RemoteFunction { name: NAME, kind: #engine::FunctionKind::Task(__manta_actor_new) }
+            }
+        };
+
+        #(#bodies)*
+    })
+}

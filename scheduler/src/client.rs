@@ -34,6 +34,7 @@ pub struct ClusterClient {
     releaser: Arc<dyn ReleaseObject>,
     /// The cluster's store usage as last asked of the head, and when.
     usage: parking_lot::Mutex<Option<(std::time::Instant, manta_engine::StoreUsage)>>,
+    actors: Arc<crate::actors::ActorDirectory>,
 }
 
 /// How long a store usage answer is reused before the head is asked again.
@@ -94,6 +95,7 @@ impl ClusterClient {
             flight: FlightPool::new(),
             releaser: Arc::new(FreeQueue(tx)),
             usage: parking_lot::Mutex::new(None),
+            actors: Arc::default(),
         }))
     }
 
@@ -102,16 +104,32 @@ impl ClusterClient {
         &self.address
     }
 
-    /// Runs a task on the cluster; resolves when it is done.
-    pub fn submit(
-        &self,
-        spec: TaskSpec,
-    ) -> impl Future<Output = Result<TaskOutcome>> + Send + 'static {
-        let request = proto::TaskRequest {
+    /// A client of the head's control service.
+    pub(crate) fn head(&self) -> HeadClient<Channel> {
+        self.head.clone()
+    }
+
+    /// Starts an actor on the cluster.
+    pub fn create_actor(
+        self: &Arc<Self>,
+        spec: crate::actors::ActorSpec,
+        tokio: &tokio::runtime::Handle,
+    ) -> Result<crate::actors::ActorHandle> {
+        crate::actors::spawn_cluster(self, spec, &self.actors, tokio)
+    }
+
+    /// The named actors this driver started.
+    pub fn actors(&self) -> &crate::actors::ActorDirectory {
+        &self.actors
+    }
+
+    /// The request that runs `spec` as this job's task.
+    pub(crate) fn request(&self, spec: &TaskSpec) -> proto::TaskRequest {
+        proto::TaskRequest {
             job_id: Bytes::copy_from_slice(self.job.as_bytes()),
             task_id: Bytes::copy_from_slice(TaskId::random().as_bytes()),
-            function: spec.function,
-            args: spec.args,
+            function: spec.function.clone(),
+            args: spec.args.clone(),
             inputs: spec
                 .inputs
                 .iter()
@@ -119,11 +137,26 @@ impl ClusterClient {
                 .collect(),
             resources: Some((&spec.resources).into()),
             max_retries: spec.max_retries,
-            label: spec.label,
+            label: spec.label.clone(),
             output_id: Bytes::copy_from_slice(ObjectId::random().as_bytes()),
             executable_hash: String::new(),
             input_batch: spec.input_batch,
-        };
+            actor_id: Bytes::new(),
+            actor_incarnation: 0,
+        }
+    }
+
+    /// A task's reply as its outcome: the output, owned by this driver, or the error.
+    pub(crate) fn outcome(&self, reply: proto::TaskReply) -> Result<TaskOutcome> {
+        outcome(reply, &self.releaser)
+    }
+
+    /// Runs a task on the cluster; resolves when it is done.
+    pub fn submit(
+        &self,
+        spec: TaskSpec,
+    ) -> impl Future<Output = Result<TaskOutcome>> + Send + 'static {
+        let request = self.request(&spec);
         let mut head = self.head.clone();
         let releaser = Arc::clone(&self.releaser);
         // The inputs stay referenced (so not freed) until the task is done.
@@ -135,20 +168,7 @@ impl ClusterClient {
                 .map_err(|s| Error::rpc("SubmitTask", s))?
                 .into_inner();
             drop(inputs);
-            match reply.result {
-                Some(task_reply::Result::Success(success)) => {
-                    let meta = success
-                        .output
-                        .ok_or_else(|| Error::Internal("task reply without output".into()))?
-                        .to_meta()?;
-                    Ok(TaskOutcome {
-                        output: ObjectRef::new(meta, releaser),
-                        stats: success.stats.unwrap_or_default().into(),
-                    })
-                }
-                Some(task_reply::Result::Error(error)) => Err(error.into_error()),
-                None => Err(Error::Internal("empty task reply".into())),
-            }
+            outcome(reply, &releaser)
         }
     }
 
@@ -200,6 +220,23 @@ impl ClusterClient {
         .await
         .map_err(|s| Error::rpc("EndJob", s))?;
         Ok(())
+    }
+}
+
+fn outcome(reply: proto::TaskReply, releaser: &Arc<dyn ReleaseObject>) -> Result<TaskOutcome> {
+    match reply.result {
+        Some(task_reply::Result::Success(success)) => {
+            let meta = success
+                .output
+                .ok_or_else(|| Error::Internal("task reply without output".into()))?
+                .to_meta()?;
+            Ok(TaskOutcome {
+                output: ObjectRef::new(meta, Arc::clone(releaser)),
+                stats: success.stats.unwrap_or_default().into(),
+            })
+        }
+        Some(task_reply::Result::Error(error)) => Err(error.into_error()),
+        None => Err(Error::Internal("empty task reply".into())),
     }
 }
 

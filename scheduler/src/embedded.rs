@@ -65,6 +65,7 @@ pub struct EmbeddedRuntime {
     ctx: TaskContext,
     resources: Resources,
     releaser: Arc<dyn ReleaseObject>,
+    actors: Arc<crate::actors::ActorDirectory>,
 }
 
 struct FreeFromStore(Weak<ObjectStore>);
@@ -104,6 +105,7 @@ impl EmbeddedRuntime {
             ctx: TaskContext::new(node),
             resources,
             releaser,
+            actors: Arc::default(),
         }))
     }
 
@@ -123,12 +125,8 @@ impl EmbeddedRuntime {
         spec: TaskSpec,
     ) -> impl Future<Output = Result<TaskOutcome>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
-        if !self.resources.covers(&spec.resources) {
-            let _ = tx.send(Err(Error::Infeasible {
-                task: spec.label.clone(),
-                demand: spec.resources.clone(),
-                offered: format!("the embedded runtime offers {:?}", self.resources),
-            }));
+        if let Err(infeasible) = self.check_feasible(&spec) {
+            let _ = tx.send(Err(infeasible));
         } else {
             let runtime = Arc::clone(self);
             self.pool.spawn(move || {
@@ -141,7 +139,34 @@ impl EmbeddedRuntime {
         }
     }
 
-    fn run(&self, spec: TaskSpec) -> Result<TaskOutcome> {
+    /// Starts an actor on a thread of its own.
+    pub fn create_actor(
+        self: &Arc<Self>,
+        spec: crate::actors::ActorSpec,
+        tokio: &tokio::runtime::Handle,
+    ) -> Result<crate::actors::ActorHandle> {
+        crate::actors::spawn_embedded(self, spec, &self.actors, tokio)
+    }
+
+    /// The named actors started here.
+    pub fn actors(&self) -> &crate::actors::ActorDirectory {
+        &self.actors
+    }
+
+    /// `Infeasible` if this runtime can never give `spec` what it asks for.
+    pub(crate) fn check_feasible(&self, spec: &TaskSpec) -> Result<()> {
+        if self.resources.covers(&spec.resources) {
+            return Ok(());
+        }
+        Err(Error::Infeasible {
+            task: spec.label.clone(),
+            demand: spec.resources.clone(),
+            offered: format!("the embedded runtime offers {:?}", self.resources),
+        })
+    }
+
+    /// Runs a task in this thread.
+    pub(crate) fn run(&self, spec: TaskSpec) -> Result<TaskOutcome> {
         let objects = spec
             .inputs
             .iter()

@@ -126,6 +126,18 @@ pub enum Error {
         offered: String,
     },
 
+    /// The actor a method call was sent to died (or was killed) before answering it, or is
+    /// dead for good.
+    #[error("actor {actor} died before {call} ran or finished: {message}")]
+    ActorDied {
+        /// The actor's class and id.
+        actor: String,
+        /// The lost call.
+        call: String,
+        /// What is known of the death.
+        message: String,
+    },
+
     /// A remote failure of some other kind.
     #[error("{0}")]
     Internal(String),

@@ -40,6 +40,8 @@ use crate::proto::node_client::NodeClient;
 use crate::proto::{self, task_reply};
 use crate::server;
 
+mod actors;
+
 /// How the head is set up.
 #[derive(Clone)]
 pub struct HeadConfig {
@@ -83,6 +85,8 @@ struct HeadState {
     jobs: HashMap<JobId, String>,
     /// Tasks waiting for resources, by demand (see the module doc), first come first served.
     waiting: BTreeMap<String, VecDeque<Waiter>>,
+    /// Every actor created, live or dead ([`actors`]).
+    actors: HashMap<manta_engine::ActorId, actors::ActorEntry>,
 }
 
 /// A task waiting for resources: told the node whose resources were taken for it.
@@ -339,16 +343,30 @@ impl Head {
         }
     }
 
-    /// Places and runs one task, retrying on machine failures within its retry budget.
-    async fn submit(&self, mut request: proto::TaskRequest) -> Result<proto::TaskSuccess> {
-        let job = JobId::from_slice(&request.job_id)?;
-        request.executable_hash = self
-            .state
+    /// The executable hash of the job with these id bytes.
+    fn executable_of(&self, job: &[u8]) -> Result<String> {
+        let job = JobId::from_slice(job)?;
+        self.state
             .lock()
             .jobs
             .get(&job)
             .cloned()
-            .ok_or_else(|| Error::Internal(format!("unknown job {job}: register it first")))?;
+            .ok_or_else(|| Error::Internal(format!("unknown job {job}: register it first")))
+    }
+
+    /// A client of the live node at `address`.
+    fn client_for(&self, address: &str) -> Option<NodeClient<Channel>> {
+        let state = self.state.lock();
+        state
+            .nodes
+            .values()
+            .find(|n| n.alive && n.address == address)
+            .map(|n| n.client.clone())
+    }
+
+    /// Places and runs one task, retrying on machine failures within its retry budget.
+    async fn submit(&self, mut request: proto::TaskRequest) -> Result<proto::TaskSuccess> {
+        request.executable_hash = self.executable_of(&request.job_id)?;
         let demand: Resources = request.resources.clone().unwrap_or_default().into();
         let mut input_bytes: HashMap<NodeId, u64> = HashMap::new();
         for input in &request.inputs {
@@ -556,6 +574,7 @@ impl HeadRpc for Head {
     ) -> Result<Response<proto::EndJobReply>, Status> {
         let r = request.into_inner();
         let job = proto::parse_id(&r.job_id, JobId::from_slice, "job_id")?;
+        self.end_job_actors(job);
         let clients: Vec<_> = {
             let mut state = self.state.lock();
             state.jobs.remove(&job);
@@ -574,6 +593,40 @@ impl HeadRpc for Head {
         });
         futures::future::join_all(calls).await;
         Ok(Response::new(proto::EndJobReply {}))
+    }
+
+    async fn create_actor(
+        &self,
+        request: Request<proto::CreateActorRequest>,
+    ) -> Result<Response<proto::ActorInfo>, Status> {
+        Head::create_actor(self, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_actor(
+        &self,
+        request: Request<proto::GetActorRequest>,
+    ) -> Result<Response<proto::ActorInfo>, Status> {
+        Head::get_actor(self, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn actor_died(
+        &self,
+        request: Request<proto::ActorDiedRequest>,
+    ) -> Result<Response<proto::ActorReply>, Status> {
+        Head::actor_died(self, request.into_inner())?;
+        Ok(Response::new(proto::ActorReply {}))
+    }
+
+    async fn kill_actor(
+        &self,
+        request: Request<proto::KillActorRequest>,
+    ) -> Result<Response<proto::ActorReply>, Status> {
+        Head::kill_actor(self, request.into_inner())?;
+        Ok(Response::new(proto::ActorReply {}))
     }
 }
 

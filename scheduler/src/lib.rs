@@ -20,11 +20,13 @@
 //! * [`placement`]: the placement rule behind a two-method trait, unit-tested without processes.
 //! * [`node`]: the node daemon; [`worker_pool`]: its worker processes; [`worker`]: a worker.
 //! * [`client`]: the driver side of a cluster; [`embedded`]: the in-process runtime.
+//! * [`actors`]: actors, their call queues, restarts and kills.
 //! * [`executables`]: the content-addressed executable cache.
 //! * [`error`]: typed errors that survive crossing processes.
 
 #![warn(missing_docs)]
 
+pub mod actors;
 pub mod client;
 pub mod embedded;
 pub mod error;
@@ -38,6 +40,7 @@ pub mod server;
 pub mod worker;
 pub mod worker_pool;
 
+pub use actors::{ActorHandle, ActorSpec};
 pub use client::ClusterClient;
 pub use embedded::{EmbeddedConfig, EmbeddedRuntime};
 pub use error::{Error, Result};

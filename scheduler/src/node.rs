@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use manta_engine::{JobId, NodeId, ObjectId, ObjectStore, Resources, StoreConfig, TaskStats};
+use manta_engine::{
+    ActorId, JobId, NodeId, ObjectId, ObjectStore, Resources, StoreConfig, TaskStats,
+};
 use manta_flight::{FlightPool, ObjectFlightService};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -27,9 +29,9 @@ use crate::executables::ExecutableCache;
 use crate::proto::head_client::HeadClient;
 use crate::proto::node_server::{Node as NodeRpc, NodeServer};
 use crate::proto::worker_server::{Worker as WorkerRpc, WorkerServer};
-use crate::proto::{self, task_reply, worker_done, worker_message};
+use crate::proto::{self, worker_done, worker_message};
 use crate::server;
-use crate::worker_pool::WorkerPools;
+use crate::worker_pool::{WorkerConn, WorkerPools};
 
 /// Partitions a node fetches at once for one reduce task.
 const PARTITION_FETCHES: usize = 16;
@@ -86,6 +88,8 @@ pub struct NodeDaemon {
     workers: Arc<WorkerPools>,
     executables: ExecutableCache,
     head: HeadClient<tonic::transport::Channel>,
+    /// The actors running here.
+    actors: Mutex<HashMap<ActorId, LocalActor>>,
     /// One lock per object being pulled, so two tasks needing it pull it once.
     pulls: Mutex<HashMap<ObjectId, Arc<tokio::sync::Mutex<()>>>>,
     downloads: tokio::sync::Mutex<()>,
@@ -192,9 +196,116 @@ impl NodeDaemon {
     }
 
     async fn run(&self, request: proto::TaskRequest) -> Result<proto::TaskSuccess> {
+        if !request.actor_id.is_empty() {
+            return self.create_actor(request).await;
+        }
         let job = JobId::from_slice(&request.job_id)?;
-        let output_id = ObjectId::from_slice(&request.output_id)?;
         let executable = self.ensure_executable(&request.executable_hash).await?;
+        let mut prepared = self.prepare(&request).await?;
+        let assignment = prepared.assignment.take().expect("just prepared");
+        let done = self.workers.run(job, executable, assignment).await?;
+        self.finish(prepared, done).await
+    }
+
+    /// Starts a worker process for the actor `request` constructs, and runs the constructor
+    /// on it; the actor then lives here until its worker dies or it is killed.
+    async fn create_actor(&self, request: proto::TaskRequest) -> Result<proto::TaskSuccess> {
+        let job = JobId::from_slice(&request.job_id)?;
+        let actor = ActorId::from_slice(&request.actor_id)?;
+        let executable = self.ensure_executable(&request.executable_hash).await?;
+        let worker = self.workers.start_actor(job, executable, actor).await?;
+        self.actors.lock().insert(
+            actor,
+            LocalActor {
+                worker: Arc::clone(&worker),
+                incarnation: request.actor_incarnation,
+            },
+        );
+        let created = async {
+            let mut prepared = self.prepare(&request).await?;
+            let assignment = prepared.assignment.take().expect("just prepared");
+            let lost = || Error::WorkerDied {
+                task: request.label.clone(),
+                node: self.address.clone(),
+                message: format!("the actor's worker pid {} exited", worker.pid()),
+            };
+            let answer = worker.send(assignment).await.map_err(|_| lost())?;
+            let done = answer.await.map_err(|_| lost())?;
+            self.finish(prepared, done).await
+        };
+        match created.await {
+            Ok(success) => {
+                // The constructor's output is nothing; only its state in the worker matters.
+                self.store.free(ObjectId::from_slice(&request.output_id)?);
+                Ok(success)
+            }
+            Err(e) => {
+                self.actors.lock().remove(&actor);
+                self.workers.kill_actor(actor);
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends one method call to its actor's worker: resolves its inputs, then queues it
+    /// behind the calls sent before. Returns what must live until the answer, and the answer.
+    async fn send_actor_call(
+        &self,
+        request: &proto::TaskRequest,
+    ) -> Result<(Prepared, tokio::sync::oneshot::Receiver<proto::WorkerDone>)> {
+        let actor = ActorId::from_slice(&request.actor_id)?;
+        let died = |message: String| Error::ActorDied {
+            actor: format!("{actor:?}"),
+            call: request.label.clone(),
+            message,
+        };
+        let worker = self
+            .actors
+            .lock()
+            .get(&actor)
+            .map(|local| Arc::clone(&local.worker))
+            .ok_or_else(|| died(format!("it does not run on node {}", self.address)))?;
+        let mut prepared = self.prepare(request).await?;
+        let assignment = prepared.assignment.take().expect("just prepared");
+        let answer = worker
+            .send(assignment)
+            .await
+            .map_err(|_| died(format!("its worker pid {} has exited", worker.pid())))?;
+        Ok((prepared, answer))
+    }
+
+    /// An actor's worker process is gone: its queued calls fail, and the head hears of it (to
+    /// start the actor again, if it may).
+    async fn actor_worker_gone(&self, actor: ActorId, worker: &Arc<WorkerConn>) {
+        let local = {
+            let mut actors = self.actors.lock();
+            match actors.get(&actor) {
+                Some(local) if Arc::ptr_eq(&local.worker, worker) => actors.remove(&actor),
+                _ => None,
+            }
+        };
+        let Some(local) = local else {
+            return;
+        };
+        tracing::warn!(?actor, pid = worker.pid(), "an actor's worker died");
+        let mut head = self.head.clone();
+        let report = proto::ActorDiedRequest {
+            actor_id: Bytes::copy_from_slice(actor.as_bytes()),
+            incarnation: local.incarnation,
+            message: format!(
+                "its worker (pid {}) on node {} exited",
+                worker.pid(),
+                self.address
+            ),
+        };
+        if let Err(status) = head.actor_died(report).await {
+            tracing::warn!(%status, "could not tell the head an actor died");
+        }
+    }
+
+    /// Makes a task's inputs readable by a worker and builds its assignment.
+    async fn prepare(&self, request: &proto::TaskRequest) -> Result<Prepared> {
+        let output_id = ObjectId::from_slice(&request.output_id)?;
         let mut stats = TaskStats::default();
         let mut pins = Vec::with_capacity(request.inputs.len());
         let mut input_ids = Vec::with_capacity(request.inputs.len());
@@ -274,7 +385,28 @@ impl NodeDaemon {
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default(),
         };
-        let done = self.workers.run(job, executable, assignment).await?;
+        Ok(Prepared {
+            assignment: Some(assignment),
+            output_id,
+            stats,
+            pins,
+            scratch,
+        })
+    }
+
+    /// Adopts the output a worker wrote for a prepared task, or returns its error.
+    async fn finish(
+        &self,
+        prepared: Prepared,
+        done: proto::WorkerDone,
+    ) -> Result<proto::TaskSuccess> {
+        let Prepared {
+            output_id,
+            mut stats,
+            pins,
+            scratch,
+            ..
+        } = prepared;
         drop(pins);
         drop(scratch);
         match done.result {
@@ -288,7 +420,7 @@ impl NodeDaemon {
                 stats.add(&output.stats.unwrap_or_default().into());
                 Ok(proto::TaskSuccess {
                     output: Some(proto::ObjectLocation {
-                        object_id: request.output_id,
+                        object_id: Bytes::copy_from_slice(output_id.as_bytes()),
                         node_id: Bytes::copy_from_slice(self.id.as_bytes()),
                         address: self.address.clone(),
                         size_bytes,
@@ -347,6 +479,22 @@ async fn register(
     ))
 }
 
+/// A task ready for a worker: its assignment, and the pins and scratch objects that keep its
+/// inputs readable until the worker answers.
+struct Prepared {
+    assignment: Option<proto::WorkerAssignment>,
+    output_id: ObjectId,
+    stats: TaskStats,
+    pins: Vec<manta_engine::Pin>,
+    scratch: Scratch,
+}
+
+/// An actor whose worker runs on this node.
+struct LocalActor {
+    worker: Arc<WorkerConn>,
+    incarnation: u64,
+}
+
 /// Objects made for one task's inputs; freed when it drops.
 struct Scratch(Arc<ObjectStore>, Vec<ObjectId>);
 
@@ -368,13 +516,7 @@ impl NodeRpc for NodeService {
         &self,
         request: Request<proto::TaskRequest>,
     ) -> Result<Response<proto::TaskReply>, Status> {
-        let reply = match self.0.run(request.into_inner()).await {
-            Ok(success) => proto::TaskReply {
-                result: Some(task_reply::Result::Success(success)),
-            },
-            Err(error) => proto::TaskReply::failed(&error),
-        };
-        Ok(Response::new(reply))
+        Ok(Response::new(self.0.run(request.into_inner()).await.into()))
     }
 
     async fn free_objects(
@@ -397,7 +539,71 @@ impl NodeRpc for NodeService {
         self.0.workers.end_job(job);
         Ok(Response::new(proto::EndJobReply {}))
     }
+
+    type ActorCallsStream = ActorReplyStream;
+
+    async fn actor_calls(
+        &self,
+        request: Request<Streaming<proto::ActorCall>>,
+    ) -> Result<Response<ActorReplyStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (replies, outbound) = mpsc::channel(1024);
+        let daemon = Arc::clone(&self.0);
+        tokio::spawn(async move {
+            while let Ok(Some(call)) = inbound.message().await {
+                let Some(task) = call.task else {
+                    continue;
+                };
+                let call_id = call.call_id;
+                let reply = move |reply: proto::TaskReply| {
+                    Ok(proto::ActorCallReply {
+                        call_id,
+                        reply: Some(reply),
+                    })
+                };
+                // Sent to the worker in the order received; answered whenever each is done.
+                match daemon.send_actor_call(&task).await {
+                    Ok((prepared, answer)) => {
+                        let (daemon, replies) = (Arc::clone(&daemon), replies.clone());
+                        tokio::spawn(async move {
+                            let outcome = match answer.await {
+                                Ok(done) => daemon.finish(prepared, done).await,
+                                Err(_) => Err(Error::ActorDied {
+                                    actor: format!("{:?}", ActorId::from_slice(&task.actor_id)),
+                                    call: task.label.clone(),
+                                    message: format!(
+                                        "its worker on node {} exited before answering",
+                                        daemon.address
+                                    ),
+                                }),
+                            };
+                            let _ = replies.send(reply(proto::TaskReply::from(outcome))).await;
+                        });
+                    }
+                    Err(e) => {
+                        let _ = replies.send(reply(proto::TaskReply::failed(&e))).await;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(outbound))))
+    }
+
+    async fn kill_actor(
+        &self,
+        request: Request<proto::KillActorRequest>,
+    ) -> Result<Response<proto::ActorReply>, Status> {
+        let actor = proto::parse_id(
+            &request.into_inner().actor_id,
+            ActorId::from_slice,
+            "actor_id",
+        )?;
+        self.0.workers.kill_actor(actor);
+        Ok(Response::new(proto::ActorReply {}))
+    }
 }
+
+type ActorReplyStream = Pin<Box<dyn Stream<Item = Result<proto::ActorCallReply, Status>> + Send>>;
 
 type AssignmentStream = Pin<Box<dyn Stream<Item = Result<proto::WorkerAssignment, Status>> + Send>>;
 
@@ -422,6 +628,21 @@ impl WorkerRpc for NodeService {
         };
         let job = proto::parse_id(&hello.job_id, JobId::from_slice, "job_id")?;
         let (tx, rx) = mpsc::channel(2);
+        if !hello.actor_id.is_empty() {
+            let actor = proto::parse_id(&hello.actor_id, ActorId::from_slice, "actor_id")?;
+            let worker = self.0.workers.attached_actor(actor, hello.pid, tx);
+            let daemon = Arc::clone(&self.0);
+            tokio::spawn(async move {
+                while let Ok(Some(message)) = inbound.message().await {
+                    if let Some(worker_message::Kind::Done(done)) = message.kind {
+                        worker.complete(done);
+                    }
+                }
+                daemon.actor_worker_gone(actor, &worker).await;
+                daemon.workers.detached(job, &worker);
+            });
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+        }
         let worker = self.0.workers.attached(job, hello.pid, tx);
         let workers = Arc::clone(&self.0.workers);
         tokio::spawn(async move {
@@ -471,6 +692,7 @@ pub async fn run_node(config: NodeConfig, ready: impl FnOnce(&str)) -> Result<()
         ),
         executables: ExecutableCache::new(&config.cache_dir)?,
         head,
+        actors: Mutex::default(),
         pulls: Mutex::default(),
         downloads: tokio::sync::Mutex::new(()),
     });

@@ -174,6 +174,14 @@ impl TaskError {
                 e.node = node.clone();
                 e.object_id = Bytes::copy_from_slice(object.as_bytes());
             }
+            Error::ActorDied {
+                actor,
+                call,
+                message,
+            } => {
+                e.kind = Kind::ActorDied as i32;
+                (e.function, e.input, e.message) = (actor.clone(), call.clone(), message.clone());
+            }
             Error::WorkerDied {
                 task,
                 node,
@@ -235,7 +243,23 @@ impl TaskError {
                 node: self.node,
                 message: self.message,
             },
+            Kind::ActorDied => Error::ActorDied {
+                actor: self.function,
+                call: self.input,
+                message: self.message,
+            },
             Kind::Infeasible | Kind::Internal => Error::Internal(self.message),
+        }
+    }
+}
+
+impl From<Result<TaskSuccess>> for TaskReply {
+    fn from(outcome: Result<TaskSuccess>) -> Self {
+        match outcome {
+            Ok(success) => Self {
+                result: Some(task_reply::Result::Success(success)),
+            },
+            Err(error) => Self::failed(&error),
         }
     }
 }
@@ -298,6 +322,11 @@ mod tests {
                 node: "http://b".into(),
                 task: "t".into(),
                 message: "no heartbeat".into(),
+            },
+            Error::ActorDied {
+                actor: "Counter(1a2b)".into(),
+                call: "Counter::incr".into(),
+                message: "its worker exited".into(),
             },
         ];
         for error in errors {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use manta_engine::{Object, ObjectRef, StoreUsage, TaskOutcome, TaskSpec};
 
+use crate::actors::{ActorHandle, ActorSpec};
 use crate::client::ClusterClient;
 use crate::embedded::EmbeddedRuntime;
 use crate::error::Result;
@@ -35,6 +36,27 @@ impl Client {
         match self {
             Client::Embedded(runtime) => Box::pin(runtime.submit(spec)),
             Client::Cluster(cluster) => Box::pin(cluster.submit(spec)),
+        }
+    }
+
+    /// Starts an actor; its calls and lifecycle go through the handle. `tokio` runs its
+    /// driver-side queue.
+    pub fn create_actor(
+        &self,
+        spec: ActorSpec,
+        tokio: &tokio::runtime::Handle,
+    ) -> Result<ActorHandle> {
+        match self {
+            Client::Embedded(runtime) => runtime.create_actor(spec, tokio),
+            Client::Cluster(cluster) => cluster.create_actor(spec, tokio),
+        }
+    }
+
+    /// The live actor this driver started under `name`.
+    pub fn get_actor(&self, name: &str) -> Option<ActorHandle> {
+        match self {
+            Client::Embedded(runtime) => runtime.actors().get(name),
+            Client::Cluster(cluster) => cluster.actors().get(name),
         }
     }
 

@@ -32,6 +32,8 @@ pub struct WorkerEnv {
     pub shared_dir: PathBuf,
     /// Its index among the job's workers on the node.
     pub index: u64,
+    /// The actor it was started for, if any.
+    pub actor: Option<manta_engine::ActorId>,
 }
 
 impl WorkerEnv {
@@ -59,6 +61,7 @@ impl WorkerEnv {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
+            actor: std::env::var(env::ACTOR).ok().and_then(|v| v.parse().ok()),
         })
     }
 }
@@ -87,6 +90,10 @@ async fn serve(worker: WorkerEnv) -> Result<()> {
         job_id: Bytes::copy_from_slice(worker.job_id.as_bytes()),
         pid: std::process::id(),
         worker_index: worker.index,
+        actor_id: worker
+            .actor
+            .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+            .unwrap_or_default(),
     };
     tx.send(proto::WorkerMessage {
         kind: Some(worker_message::Kind::Hello(hello)),

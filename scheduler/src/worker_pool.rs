@@ -14,6 +14,9 @@
 //! its exit status, since the likeliest cause (a `main` that does not call `manta::init()` first)
 //! would fail every later start too.
 //!
+//! An actor gets a worker process of its own ([`WorkerPools::start_actor`]), outside the pool:
+//! it runs the actor's constructor and then its calls, and is killed when the actor is.
+//!
 //! Workers are started with `kill_on_drop` and a parent-death signal, so they never outlive
 //! their node, and `end_job` stops a job's workers when its driver is done.
 
@@ -22,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use manta_engine::{JobId, NodeId};
+use manta_engine::{ActorId, JobId, NodeId};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
@@ -42,25 +45,47 @@ pub mod env {
     pub const SHARED_DIR: &str = "MANTA_WORKER_SHARED_DIR";
     /// The worker's index within its job on this node.
     pub const INDEX: &str = "MANTA_WORKER_INDEX";
+    /// Set when the worker runs one actor: the actor's id.
+    pub const ACTOR: &str = "MANTA_WORKER_ACTOR";
 }
 
 /// One attached worker process.
 pub struct WorkerConn {
     pid: u32,
     assignments: mpsc::Sender<Result<WorkerAssignment, Status>>,
-    running: Mutex<Option<(Bytes, oneshot::Sender<WorkerDone>)>>,
+    /// The tasks sent and not yet answered (a pool worker has one at most; an actor's worker
+    /// has its queued calls), each with the sender its answer goes to.
+    running: Mutex<HashMap<Bytes, oneshot::Sender<WorkerDone>>>,
 }
 
 impl WorkerConn {
+    /// The worker's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// Delivers the worker's answer to the task waiting for it.
     pub fn complete(&self, done: WorkerDone) {
-        let mut running = self.running.lock();
-        if running
-            .as_ref()
-            .is_some_and(|(task, _)| *task == done.task_id)
-        {
-            let (_, reply) = running.take().expect("checked");
+        if let Some(reply) = self.running.lock().remove(&done.task_id) {
             let _ = reply.send(done);
+        }
+    }
+
+    /// Sends the worker a task; the receiver gets its answer, or is closed if the worker dies
+    /// first. The worker runs what it is sent in the order sent.
+    pub async fn send(
+        &self,
+        assignment: WorkerAssignment,
+    ) -> std::result::Result<oneshot::Receiver<WorkerDone>, WorkerAssignment> {
+        let (reply, answer) = oneshot::channel();
+        let task = assignment.task_id.clone();
+        self.running.lock().insert(task.clone(), reply);
+        match self.assignments.send(Ok(assignment)).await {
+            Ok(()) => Ok(answer),
+            Err(returned) => {
+                self.running.lock().remove(&task);
+                Err(returned.0.expect("sent Ok"))
+            }
         }
     }
 }
@@ -104,6 +129,10 @@ pub struct WorkerPools {
     node_id: NodeId,
     node_address: String,
     shared_dir: PathBuf,
+    /// Actors' workers started and not yet attached.
+    actor_starts: Mutex<HashMap<ActorId, oneshot::Sender<Arc<WorkerConn>>>>,
+    /// Actors' worker processes: their job and pid.
+    actor_pids: Mutex<HashMap<ActorId, (JobId, u32)>>,
 }
 
 impl WorkerPools {
@@ -120,6 +149,8 @@ impl WorkerPools {
             node_id,
             node_address,
             shared_dir,
+            actor_starts: Mutex::default(),
+            actor_pids: Mutex::default(),
         })
     }
 
@@ -135,17 +166,15 @@ impl WorkerPools {
             job,
             worker: self.acquire(job, executable).await?,
         };
-        let (reply, answer) = oneshot::channel();
-        *worker.running.lock() = Some((assignment.task_id.clone(), reply));
         let label = assignment.label.clone();
         let died = |message: &str| Error::WorkerDied {
             task: label.clone(),
             node: self.node_address.clone(),
             message: format!("worker pid {} {message}", worker.pid),
         };
-        if worker.assignments.send(Ok(assignment)).await.is_err() {
+        let Ok(answer) = worker.send(assignment).await else {
             return Err(died("was gone before the task reached it"));
-        }
+        };
         answer
             .await
             .map_err(|_| died("exited while running the task"))
@@ -202,9 +231,9 @@ impl WorkerPools {
         workers.idle.extend(worker);
     }
 
-    /// Starts one worker process; a task watches it until it exits.
-    fn start(self: &Arc<Self>, job: JobId, executable: PathBuf, index: u64) {
-        let mut command = tokio::process::Command::new(&executable);
+    /// The command that starts a worker process of `job`.
+    fn command(&self, job: JobId, executable: &PathBuf, index: u64) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(executable);
         command
             .env(env::NODE_ADDRESS, &self.node_address)
             .env(env::NODE_ID, self.node_id.to_string())
@@ -223,6 +252,71 @@ impl WorkerPools {
                 Ok(())
             });
         }
+        command
+    }
+
+    /// Starts a worker process for `actor` alone and waits until it has attached.
+    pub async fn start_actor(
+        self: &Arc<Self>,
+        job: JobId,
+        executable: PathBuf,
+        actor: ActorId,
+    ) -> Result<Arc<WorkerConn>> {
+        let mut command = self.command(job, &executable, 0);
+        command.env(env::ACTOR, actor.to_string());
+        let (attached, answer) = oneshot::channel();
+        self.actor_starts.lock().insert(actor, attached);
+        let mut child = command.spawn().map_err(|e| Error::WorkerDied {
+            task: format!("actor {actor:?}"),
+            node: self.node_address.clone(),
+            message: format!("could not start worker {}: {e}", executable.display()),
+        })?;
+        let pid = child.id().unwrap_or(0);
+        tracing::info!(%job, pid, ?actor, "started an actor's worker");
+        self.actor_pids.lock().insert(actor, (job, pid));
+        let pools = Arc::clone(self);
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            tracing::info!(?actor, pid, ?status, "actor worker exited");
+            pools.actor_pids.lock().remove(&actor);
+            pools.actor_starts.lock().remove(&actor);
+        });
+        answer.await.map_err(|_| Error::WorkerDied {
+            task: format!("actor {actor:?}"),
+            node: self.node_address.clone(),
+            message: format!("worker pid {pid} exited before it attached"),
+        })
+    }
+
+    /// An actor's worker attached: hand it to the start waiting for it.
+    pub fn attached_actor(
+        &self,
+        actor: ActorId,
+        pid: u32,
+        assignments: mpsc::Sender<Result<WorkerAssignment, Status>>,
+    ) -> Arc<WorkerConn> {
+        let worker = Arc::new(WorkerConn {
+            pid,
+            assignments,
+            running: Mutex::new(HashMap::new()),
+        });
+        if let Some(start) = self.actor_starts.lock().remove(&actor) {
+            let _ = start.send(Arc::clone(&worker));
+        }
+        worker
+    }
+
+    /// Kills `actor`'s worker process, if it runs here.
+    pub fn kill_actor(&self, actor: ActorId) {
+        if let Some((_, pid)) = self.actor_pids.lock().get(&actor) {
+            // SAFETY: plain kill(2) of a child this pool started; its watcher task reaps it.
+            unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+        }
+    }
+
+    /// Starts one worker process; a task watches it until it exits.
+    fn start(self: &Arc<Self>, job: JobId, executable: PathBuf, index: u64) {
+        let mut command = self.command(job, &executable, index);
         let pools = Arc::clone(self);
         match command.spawn() {
             Ok(mut child) => {
@@ -256,7 +350,7 @@ impl WorkerPools {
         let worker = Arc::new(WorkerConn {
             pid,
             assignments,
-            running: Mutex::new(None),
+            running: Mutex::new(HashMap::new()),
         });
         tracing::debug!(%job, pid, "worker attached");
         self.give_back(job, Arc::clone(&worker));
@@ -266,7 +360,7 @@ impl WorkerPools {
     /// A worker's stream ended: it is dead. The task it was running (if any) has already
     /// failed, since its reply channel is dropped with the connection.
     pub fn detached(&self, job: JobId, worker: &Arc<WorkerConn>) {
-        worker.running.lock().take();
+        worker.running.lock().clear();
         let mut jobs = self.jobs.lock();
         if let Some(workers) = jobs.get_mut(&job) {
             workers.idle.retain(|w| !Arc::ptr_eq(w, worker));
@@ -315,8 +409,14 @@ impl WorkerPools {
         }
     }
 
-    /// Stops every worker of `job` (its driver is done).
+    /// Stops every worker of `job` (its driver is done), its actors' too.
     pub fn end_job(&self, job: JobId) {
+        for (_, (actor_job, pid)) in self.actor_pids.lock().iter() {
+            if *actor_job == job {
+                // SAFETY: plain kill(2) of a child this pool started; its watcher reaps it.
+                unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
+            }
+        }
         let Some(workers) = self.jobs.lock().remove(&job) else {
             return;
         };

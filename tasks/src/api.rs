@@ -74,13 +74,12 @@ pub fn submit<R>(
     ObjectRef::from_untyped(object)
 }
 
-/// Resolves the arguments, runs the task (again on failure, as `options` allow).
-async fn call(
-    client: &Client,
+/// Waits for the refs among a call's arguments: the argument bytes and the input objects, or
+/// the failure of the first argument that failed.
+pub(crate) async fn resolve(
     function: &'static str,
     args: Args,
-    options: &TaskOptions,
-) -> Resolution {
+) -> Result<(bytes::Bytes, Vec<manta_engine::ObjectRef>)> {
     let (bytes, refs, error) = args.into_parts();
     if let Some(error) = error {
         return Err(error);
@@ -97,6 +96,17 @@ async fn call(
             })?;
         inputs.push(stored);
     }
+    Ok((bytes, inputs))
+}
+
+/// Resolves the arguments, runs the task (again on failure, as `options` allow).
+async fn call(
+    client: &Client,
+    function: &'static str,
+    args: Args,
+    options: &TaskOptions,
+) -> Resolution {
+    let (bytes, inputs) = resolve(function, args).await?;
     let spec = TaskSpec {
         function: function.to_string(),
         args: bytes,
@@ -234,7 +244,7 @@ pub fn wait<T>(
     (ready, rest)
 }
 
-fn block_on<F: Future>(runtime: &impl Runtime, future: F) -> F::Output {
+pub(crate) fn block_on<F: Future>(runtime: &impl Runtime, future: F) -> F::Output {
     runtime.handle().block_on(future)
 }
 

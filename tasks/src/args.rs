@@ -48,6 +48,8 @@ enum Slot {
 /// A call's arguments, as the driver builds them.
 #[derive(Default)]
 pub struct Args {
+    /// The actor a method call is for.
+    actor: Option<manta_engine::ActorId>,
     slots: Vec<Slot>,
     refs: Vec<(usize, UntypedRef)>,
     error: Option<Error>,
@@ -76,10 +78,16 @@ impl Args {
         }
     }
 
+    /// Marks these as the arguments of a call on `actor` (its constructor or a method).
+    pub(crate) fn for_actor(mut self, actor: manta_engine::ActorId) -> Self {
+        self.actor = Some(actor);
+        self
+    }
+
     /// The argument bytes, the refs to resolve (in input order, each with its argument's
     /// position), and an encoding error if any.
     pub(crate) fn into_parts(self) -> (Bytes, Vec<(usize, UntypedRef)>, Option<Error>) {
-        let bytes = postcard::to_stdvec(&self.slots).expect("slots are plain data");
+        let bytes = postcard::to_stdvec(&(self.actor, &self.slots)).expect("slots are plain data");
         (Bytes::from(bytes), self.refs, self.error)
     }
 }
@@ -87,6 +95,7 @@ impl Args {
 /// A call's arguments, as the task body reads them.
 pub struct TaskArgs {
     function: &'static str,
+    actor: Option<manta_engine::ActorId>,
     slots: Vec<Slot>,
     objects: Vec<Object>,
 }
@@ -94,7 +103,7 @@ pub struct TaskArgs {
 impl TaskArgs {
     /// Reads the task's input as the arguments of `function`.
     pub fn decode(function: &'static str, input: TaskInput) -> manta_engine::Result<Self> {
-        let slots = postcard::from_bytes(&input.args).map_err(|source| {
+        let (actor, slots) = postcard::from_bytes(&input.args).map_err(|source| {
             manta_engine::Error::Serialization {
                 action: "decode",
                 what: format!("the arguments of {function}"),
@@ -103,8 +112,16 @@ impl TaskArgs {
         })?;
         Ok(Self {
             function,
+            actor,
             slots,
             objects: input.objects,
+        })
+    }
+
+    /// The actor this call is for (a constructor's or method's call).
+    pub fn actor(&self) -> manta_engine::Result<manta_engine::ActorId> {
+        self.actor.ok_or_else(|| {
+            manta_engine::Error::Internal(format!("{} was called without an actor", self.function))
         })
     }
 

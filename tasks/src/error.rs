@@ -39,6 +39,23 @@ pub enum Error {
     /// Storing or fetching an object failed.
     #[error("object store: {0}")]
     Object(Arc<manta_scheduler::Error>),
+    /// An actor could not be started.
+    #[error("could not start actor {actor}: {source}")]
+    Actor {
+        /// The actor's class.
+        actor: String,
+        /// Why.
+        #[source]
+        source: Arc<manta_scheduler::Error>,
+    },
+    /// `get_actor` found no such actor.
+    #[error("no actor named {name:?}: {reason}")]
+    ActorNotFound {
+        /// The name asked for.
+        name: String,
+        /// Why it does not match.
+        reason: String,
+    },
     /// `get` with a timeout: the object was not ready in time.
     #[error("object not ready after {0:?}")]
     Timeout(std::time::Duration),

@@ -19,15 +19,18 @@
 //!
 //! * [`args`]: how arguments travel (values encoded with postcard, refs as task inputs).
 //! * [`object_ref`]: the typed, possibly-pending [`ObjectRef`].
+//! * [`actor`]: actors ([`ActorRef`], [`ActorOptions`]), what `#[manta::actor]` builds on.
 //! * [`api`]: [`submit`], [`put`], [`get`], [`get_all`], [`wait`], and [`TaskOptions`].
 
 #![warn(missing_docs)]
 
+pub mod actor;
 pub mod api;
 pub mod args;
 pub mod error;
 pub mod object_ref;
 
+pub use actor::{ActorClass, ActorOptions, ActorRef};
 pub use api::{
     PUT_FUNCTION, Runtime, TaskOptions, get, get_all, get_async, get_timeout, put, submit, wait,
 };
