@@ -168,6 +168,14 @@ fn main() {
             "wait_and_get_time_out_on_a_task_that_is_not_done",
             wait_and_get_time_out_on_a_task_that_is_not_done,
         ),
+        (
+            "actors_run_in_their_own_worker_in_call_order",
+            actors_run_in_their_own_worker_in_call_order,
+        ),
+        (
+            "an_actor_whose_worker_dies_is_restarted_and_its_lost_calls_fail",
+            an_actor_whose_worker_dies_is_restarted_and_its_lost_calls_fail,
+        ),
     ];
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
     // The head serves the TPC-H tables to Flight SQL clients.
@@ -689,4 +697,125 @@ fn wait_and_get_time_out_on_a_task_that_is_not_done(cluster: &Cluster) {
     assert_eq!(ctx.get(&blocked).unwrap(), "hello from the test");
     let (done, rest) = ctx.wait(&all, 2, None);
     assert_eq!((done.len(), rest.len()), (2, 0));
+}
+
+/// A running total, where it runs, and a call that blocks on a named pipe.
+pub struct Tally {
+    total: i64,
+}
+
+#[manta::actor]
+impl Tally {
+    pub fn new(start: i64) -> Self {
+        Tally { total: start }
+    }
+
+    pub fn add(&mut self, x: i64) -> i64 {
+        self.total += x;
+        self.total
+    }
+
+    pub fn pid(&self) -> u32 {
+        std::process::id()
+    }
+
+    pub fn read_pipe(&mut self, path: String) -> String {
+        std::fs::read_to_string(path).unwrap()
+    }
+}
+
+fn make_pipe(dir: &std::path::Path) -> String {
+    let pipe = dir.join("pipe");
+    let c_path = std::ffi::CString::new(pipe.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    pipe.to_str().unwrap().to_string()
+}
+
+/// Calls on a cluster actor run in order in one worker process, refs from tasks on either node
+/// are arguments, named actors are found, a killed actor answers with errors.
+fn actors_run_in_their_own_worker_in_call_order(cluster: &Cluster) {
+    let ctx = cluster.connect();
+    let options = manta::ActorOptions {
+        name: Some("tally".into()),
+        resources: manta::Resources {
+            cpus: 1.0,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let tally = Tally::remote_with(&ctx, &options, 1000).unwrap();
+    let inputs: Vec<i64> = (0..300).map(|i| (i * 31) % 17 - 8).collect();
+    let totals: Vec<_> = inputs.iter().map(|&x| tally.add(x)).collect();
+    let mut local = Tally::new(1000);
+    let expected: Vec<i64> = inputs.iter().map(|&x| local.add(x)).collect();
+    assert_eq!(ctx.get_all(&totals).unwrap(), expected);
+
+    let pids: Vec<_> = (0..4).map(|_| tally.pid()).collect();
+    let pids = ctx.get_all(&pids).unwrap();
+    assert!(
+        pids.iter()
+            .all(|&p| p == pids[0] && p != std::process::id()),
+        "{pids:?}"
+    );
+
+    // Task results (from any node) as arguments; the actor holds one of the two CPUs, so the
+    // tasks run on the other node meanwhile.
+    let sums: Vec<_> = (0..10i64).map(|i| add.remote(&ctx, i, 1)).collect();
+    let after: Vec<_> = sums.iter().map(|s| tally.add(s)).collect();
+    let base = *expected.last().unwrap();
+    let expected: Vec<i64> = (1..=10i64)
+        .scan(base, |t, x| {
+            *t += x;
+            Some(*t)
+        })
+        .collect();
+    assert_eq!(ctx.get_all(&after).unwrap(), expected);
+
+    let found = ctx.get_actor::<Tally>("tally").unwrap();
+    assert_eq!(ctx.get(&found.add(0)).unwrap(), *expected.last().unwrap());
+    tally.kill();
+    let error = ctx.get(&found.add(1)).unwrap_err().to_string();
+    assert!(error.contains("add") && error.contains("killed"), "{error}");
+    // Its CPU is free again: a task asking for a whole node's CPU on each node runs.
+    let full = manta::tasks::TaskOptions::default();
+    let both: Vec<_> = (0..2).map(|i| add.remote_with(&ctx, &full, i, 0)).collect();
+    assert_eq!(ctx.get_all(&both).unwrap(), [0, 1]);
+}
+
+/// Killing an actor's worker process: the calls it had fail naming themselves, the actor starts
+/// again with its constructor's state, and once its restarts are spent it stays dead.
+fn an_actor_whose_worker_dies_is_restarted_and_its_lost_calls_fail(cluster: &Cluster) {
+    let ctx = cluster.connect();
+    let tmp = tempfile::tempdir().unwrap();
+    let pipe = make_pipe(tmp.path());
+    let options = manta::ActorOptions {
+        max_restarts: 1,
+        ..Default::default()
+    };
+    let tally = Tally::remote_with(&ctx, &options, 100).unwrap();
+    assert_eq!(ctx.get(&tally.add(5)).unwrap(), 105);
+    let pid = ctx.get(&tally.pid()).unwrap();
+    let blocked = tally.read_pipe(pipe.clone());
+    let queued = tally.add(1);
+    // SAFETY: kill(2) of the actor's worker process.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let errors = [
+        (ctx.get(&blocked).unwrap_err().to_string(), "read_pipe"),
+        (ctx.get(&queued).unwrap_err().to_string(), "add"),
+    ];
+    for (error, method) in errors {
+        assert!(error.contains(method) && error.contains("died"), "{error}");
+    }
+    // The new incarnation starts from the constructor's state.
+    assert_eq!(ctx.get(&tally.add(1)).unwrap(), 101);
+    let new_pid = ctx.get(&tally.pid()).unwrap();
+    assert_ne!(new_pid, pid);
+
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(new_pid as i32, libc::SIGKILL) }, 0);
+    let lost = ctx.get(&tally.add(1)).unwrap_err().to_string();
+    assert!(lost.contains("add"), "{lost}");
+    let dead = ctx.get(&tally.add(1)).unwrap_err().to_string();
+    assert!(dead.contains("no restarts left"), "{dead}");
 }
