@@ -8,7 +8,7 @@
 //! Each run prints one `RESULT workload=... seconds=...` line; where a workload has a baseline
 //! (plain DataFusion, raw TCP) it runs in the same process run and prints a `BASELINE` line.
 //! Workloads so far: `etl`, `q1`, `shuffle`, `sort`, `scale` (the three all-to-all ones, each in
-//! its own process), `tpch` (22 queries through `ctx.sql`), `objects`, `flight`, `tasks`.
+//! its own process), `tpch` (22 queries through `ctx.sql`), `objects`, `flight`, `tasks`, `actors`.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -22,7 +22,7 @@ mod suite;
 
 #[derive(Parser, Debug, Clone)]
 pub struct Args {
-    /// etl | q1 | shuffle | sort | scale | tpch | objects | flight | tasks
+    /// etl | q1 | shuffle | sort | scale | tpch | objects | flight | tasks | actors
     workload: String,
     /// TPC-H scale factor.
     #[arg(long, default_value_t = 1.0)]
@@ -39,7 +39,7 @@ pub struct Args {
     /// Where generated TPC-H data is cached.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// How many tasks the `tasks` workload runs (default 100,000).
+    /// How many tasks (or actor calls) the `tasks` and `actors` workloads run (default 100,000).
     #[arg(long)]
     count: Option<usize>,
     /// Skip the baseline.
@@ -178,8 +178,9 @@ fn main() -> anyhow::Result<()> {
         "scale" => run_scale(&args),
         "tpch" => suite::tpch::run(&args),
         "tasks" => suite::tasks::run(&args),
+        "actors" => suite::actors::run(&args),
         other => anyhow::bail!(
-            "unknown workload {other:?}: expected etl, q1, shuffle, sort, scale, tpch, objects, flight or tasks"
+            "unknown workload {other:?}: expected etl, q1, shuffle, sort, scale, tpch, objects, flight, tasks or actors"
         ),
     }
 }

@@ -47,6 +47,7 @@ pub use manta_flight as flight;
 pub use manta_macros::{actor, callable, remote};
 pub use manta_scheduler as scheduler;
 pub use manta_tasks as tasks;
+pub use manta_tune as tune;
 
 pub mod tpch;
 

@@ -176,6 +176,10 @@ fn main() {
             "an_actor_whose_worker_dies_is_restarted_and_its_lost_calls_fail",
             an_actor_whose_worker_dies_is_restarted_and_its_lost_calls_fail,
         ),
+        (
+            "tune_runs_trials_as_tasks_and_actors_on_the_nodes",
+            tune_runs_trials_as_tasks_and_actors_on_the_nodes,
+        ),
     ];
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
     // The head serves the TPC-H tables to Flight SQL clients.
@@ -818,4 +822,49 @@ fn an_actor_whose_worker_dies_is_restarted_and_its_lost_calls_fail(cluster: &Clu
     assert!(lost.contains("add"), "{lost}");
     let dead = ctx.get(&tally.add(1)).unwrap_err().to_string();
     assert!(dead.contains("no restarts left"), "{dead}");
+}
+
+/// A grid search with trials as tasks, and an ASHA search with trials as actors, on the nodes.
+fn tune_runs_trials_as_tasks_and_actors_on_the_nodes(cluster: &Cluster) {
+    use common::trainables::{Climber, grid, objective, quadratic};
+    use manta::tune::{Asha, Mode, SearchSpace, TuneConfig, Tuner, grid_search};
+
+    let ctx = cluster.connect();
+    let results = Tuner::new(&ctx, quadratic, grid())
+        .with_config(TuneConfig::new("score", Mode::Max).progress(false))
+        .fit()
+        .unwrap();
+    assert_eq!(results.trials().len(), 8);
+    for trial in results.trials() {
+        let (x, y): (f64, f64) = (
+            trial.config.get("x").unwrap(),
+            trial.config.get("y").unwrap(),
+        );
+        assert_eq!(trial.metrics["score"], objective(x, y));
+        assert_ne!(trial.metrics["pid"], f64::from(std::process::id()));
+    }
+    let best = results.best().unwrap();
+    assert_eq!(best.config.get::<f64>("x").unwrap(), 3.0);
+    assert_eq!(best.config.get::<f64>("y").unwrap(), -1.0);
+
+    let space = SearchSpace::new().with("rate", grid_search([4.0, 2.0, 1.0, 0.5, 0.2, 0.1]));
+    let asha = Asha {
+        grace_period: 1,
+        reduction_factor: 2.0,
+        max_t: 8,
+    };
+    let results = Tuner::with_class::<Climber>(&ctx, space)
+        .with_config(
+            TuneConfig::new("height", Mode::Max)
+                .scheduler(asha)
+                .max_iterations(8)
+                .progress(false),
+        )
+        .fit()
+        .unwrap();
+    assert_eq!(results.errors().count(), 0);
+    let best = results.best().unwrap();
+    assert_eq!(best.config.get::<f64>("rate").unwrap(), 4.0);
+    assert_eq!(best.metrics["height"], 32.0);
+    assert!(results.trials().iter().any(|t| t.stopped_early));
 }

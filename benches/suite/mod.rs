@@ -1,5 +1,6 @@
 //! One module per workload.
 
+pub mod actors;
 pub mod alltoall;
 pub mod etl;
 pub mod flight;

@@ -187,6 +187,16 @@ fn expand_task_part(
         quote! { #tasks::output(#name::TASK_NAME, #name::call(#(#args),*)) }
     };
     let erased = format_ident!("__manta_task_{}", name, span = Span::call_site());
+    let unary = match types.as_slice() {
+        [arg] => quote! {
+            impl #tasks::UnaryTask for #name {
+                type Arg = #arg;
+                type Output = #value_type;
+                const TASK: &'static str = #name::TASK_NAME;
+            }
+        },
+        _ => quote! {},
+    };
     Ok(quote! {
         impl #name {
             /// The name this function's task body is registered under.
@@ -217,6 +227,8 @@ fn expand_task_part(
                 #tasks::submit(runtime, Self::TASK_NAME, args, options)
             }
         }
+
+        #unary
 
         const _: () = {
             fn #erased(
@@ -316,6 +328,7 @@ fn expand_row_fn(engine: &Path, function: &ItemFn) -> syn::Result<proc_macro2::T
             }
         }
 
+
         const _: () = {
             fn #erased(
                 value: #engine::serde_json::Value,
@@ -357,6 +370,7 @@ fn expand_batch_fn(engine: &Path, function: ItemFn) -> syn::Result<proc_macro2::
                 Self::NAME
             }
         }
+
 
         const _: () = {
             fn #erased(

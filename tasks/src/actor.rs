@@ -64,7 +64,8 @@ impl std::fmt::Debug for ActorRef {
 }
 
 impl ActorRef {
-    /// Starts an actor of `class` whose constructor task is `constructor`.
+    /// Starts an actor of `class` whose constructor task is `constructor`. Waits only for
+    /// object refs among the arguments; the constructor runs on its own.
     pub fn create(
         runtime: &impl Runtime,
         class: &'static str,
@@ -72,8 +73,22 @@ impl ActorRef {
         args: Args,
         options: &ActorOptions,
     ) -> Result<Self> {
+        block_on(
+            runtime,
+            Self::create_async(runtime, class, constructor, args, options),
+        )
+    }
+
+    /// [`ActorRef::create`], for async code.
+    pub async fn create_async(
+        runtime: &impl Runtime,
+        class: &'static str,
+        constructor: &'static str,
+        args: Args,
+        options: &ActorOptions,
+    ) -> Result<Self> {
         let id = ActorId::random();
-        let (bytes, inputs) = block_on(runtime, resolve(constructor, args.for_actor(id)))?;
+        let (bytes, inputs) = resolve(constructor, args.for_actor(id)).await?;
         let spec = ActorSpec {
             id,
             class: class.to_string(),
@@ -166,8 +181,14 @@ impl ActorRef {
     }
 
     /// Kills the actor: calls not yet run fail, it is not restarted, and a name it had is free.
+    /// (Blocks; from async code use [`ActorRef::kill_async`].)
     pub fn kill(&self) {
         let killed = self.inner.kill();
         self.tokio.block_on(killed);
+    }
+
+    /// [`ActorRef::kill`], for async code.
+    pub async fn kill_async(&self) {
+        self.inner.kill().await
     }
 }

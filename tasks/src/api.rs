@@ -57,6 +57,29 @@ impl Default for TaskOptions {
     }
 }
 
+/// Implemented by `#[manta::remote]` for a task function of one argument, so that a library
+/// can take the function itself and call it (Tune's trainable functions are these).
+pub trait UnaryTask: Copy + Send + Sync + 'static {
+    /// The argument's type.
+    type Arg: Serialize;
+    /// The result's type (the `Ok` type of a function returning a `Result`).
+    type Output: DeserializeOwned;
+    /// The name its task body is registered under.
+    const TASK: &'static str;
+
+    /// Runs it as a task; returns a ref to its result at once.
+    fn submit(
+        &self,
+        runtime: &impl Runtime,
+        arg: Self::Arg,
+        options: &TaskOptions,
+    ) -> ObjectRef<Self::Output> {
+        let mut args = Args::new();
+        args.push::<Self::Arg>(arg.into());
+        submit(runtime, Self::TASK, args, options)
+    }
+}
+
 /// Submits a call of the task function registered as `function`; returns its ref at once.
 pub fn submit<R>(
     runtime: &impl Runtime,

@@ -32,7 +32,8 @@ pub mod object_ref;
 
 pub use actor::{ActorClass, ActorOptions, ActorRef};
 pub use api::{
-    PUT_FUNCTION, Runtime, TaskOptions, get, get_all, get_async, get_timeout, put, submit, wait,
+    PUT_FUNCTION, Runtime, TaskOptions, UnaryTask, get, get_all, get_async, get_timeout, put,
+    submit, wait,
 };
 pub use args::{Arg, Args, TaskArgs, output, user_error};
 pub use error::{Error, Result};

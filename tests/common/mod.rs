@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod tpch;
+pub mod trainables;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
