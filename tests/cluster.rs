@@ -625,6 +625,16 @@ fn remote_tasks_and_objects_run_on_the_nodes(cluster: &Cluster) {
         error.contains("explode") && error.contains("exploded at 7"),
         "{error}"
     );
+
+    // Record batches as arguments and results: by value, put on a node, chained between tasks.
+    use common::batch_tasks::{numbers, scale_x, scaled};
+    let batch = numbers(50_000);
+    let stored = ctx.put_batch(batch.clone()).unwrap();
+    let by_value = scale_x.remote(&ctx, batch.clone(), 2);
+    let chained = scale_x.remote(&ctx, &scale_x.remote(&ctx, &stored, 3), 5);
+    assert_eq!(ctx.get_batch(&by_value).unwrap(), scaled(&batch, 2));
+    assert_eq!(ctx.get_batch(&chained).unwrap(), scaled(&batch, 15));
+    assert_eq!(ctx.get_batch(&stored).unwrap(), batch);
 }
 
 /// Aborts its worker process the first time (marked by a file), answers the second.

@@ -1,10 +1,14 @@
 //! Ray Core's tasks and objects in embedded mode: remote functions, refs as arguments, `put`,
 //! `get_all`, `wait`, failures and retries; each answer checked against a plain Rust call.
 
+mod common;
+
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+use common::batch_tasks::{numbers, scale_x, scaled};
 use manta::tasks::TaskOptions;
 use manta::{Config, Context};
 
@@ -207,4 +211,47 @@ fn objects_are_freed_when_the_last_ref_drops() {
 #[manta::remote]
 fn sum_bytes(bytes: Vec<u8>) -> u64 {
     bytes.iter().map(|&b| b as u64).sum()
+}
+
+/// Where the batch's first buffer lives.
+#[manta::remote]
+fn buffer_address(batch: RecordBatch) -> u64 {
+    batch.column(0).to_data().buffers()[0].as_ptr() as u64
+}
+
+#[test]
+fn record_batches_are_arguments_and_results_zero_copy_in_process() {
+    let ctx = embedded();
+    let batch = numbers(10_000);
+    // A batch value, a put batch, and a task's batch result as arguments.
+    let by_value = scale_x.remote(&ctx, batch.clone(), 2);
+    let stored = ctx.put_batch(batch.clone()).unwrap();
+    let by_ref = scale_x.remote(&ctx, &stored, 3);
+    let chained = scale_x.remote(&ctx, &by_ref, 5);
+    for (object, factor) in [(&by_value, 2), (&by_ref, 3), (&chained, 15)] {
+        let out = ctx.get_batch(object).unwrap();
+        assert_eq!(out, scaled(&batch, factor));
+    }
+    // The task reads the very buffer the driver holds: nothing was copied.
+    let address = batch.column(0).to_data().buffers()[0].as_ptr() as u64;
+    assert_eq!(
+        ctx.get(&buffer_address.remote(&ctx, &stored)).unwrap(),
+        address
+    );
+    assert_eq!(
+        ctx.get(&buffer_address.remote(&ctx, batch.clone()))
+            .unwrap(),
+        address
+    );
+    let missing =
+        RecordBatch::try_from_iter([("y", Arc::new(Int64Array::from(vec![1])) as ArrayRef)])
+            .unwrap();
+    let error = ctx
+        .get_batch(&scale_x.remote(&ctx, missing, 2))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("scale_x") && error.contains("no column x"),
+        "{error}"
+    );
 }

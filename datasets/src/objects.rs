@@ -38,6 +38,23 @@ impl Context {
         Ok(manta_tasks::put(self, value)?)
     }
 
+    /// Stores a record batch (zero-copy embedded) and returns a ref to it, which tasks taking a
+    /// `RecordBatch` argument accept.
+    pub fn put_batch(
+        &self,
+        batch: arrow::array::RecordBatch,
+    ) -> Result<ObjectRef<arrow::array::RecordBatch>> {
+        Ok(manta_tasks::put_batch(self, batch)?)
+    }
+
+    /// The record batch behind `object` (zero-copy when it is in this process's store).
+    pub fn get_batch(
+        &self,
+        object: &ObjectRef<arrow::array::RecordBatch>,
+    ) -> Result<arrow::array::RecordBatch> {
+        Ok(manta_tasks::get_batch(self, object)?)
+    }
+
     /// Waits for the value behind `object`: a task's result, or the task's error (naming its
     /// function).
     pub fn get<T: DeserializeOwned>(&self, object: &ObjectRef<T>) -> Result<T> {

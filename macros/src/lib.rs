@@ -72,10 +72,23 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
         return e.to_compile_error().into();
     }
     let returns_nothing = matches!(function.sig.output, ReturnType::Default);
-    let expanded = if function.sig.inputs.len() != 1 || returns_nothing {
+    let returns_batch = match &function.sig.output {
+        ReturnType::Type(_, ty) if last_segment_is(ty, "Result") => {
+            result_ok_type(ty).is_ok_and(|ok| last_segment_is(&ok, "RecordBatch"))
+        }
+        ReturnType::Type(_, ty) => last_segment_is(ty, "RecordBatch"),
+        ReturnType::Default => false,
+    };
+    let batch_to_value = takes_record_batch(&function) && !returns_batch;
+    let expanded = if function.sig.inputs.len() != 1 || returns_nothing || batch_to_value {
         expand_task_only_fn(&engine, &tasks, function)
     } else if takes_record_batch(&function) {
-        expand_batch_fn(&engine, function)
+        // A batch function is a task function of one batch too.
+        let task = expand_task_part(&engine, &tasks, &function);
+        expand_batch_fn(&engine, function).and_then(|batch| {
+            let task = task?;
+            Ok(quote! { #batch #task })
+        })
     } else {
         expand_row_fn(&engine, &function).and_then(|row| {
             let task = expand_task_part(&engine, &tasks, &function)?;
@@ -169,26 +182,61 @@ fn expand_task_part(
     let args: Vec<_> = (0..types.len())
         .map(|i| format_ident!("__manta_arg{}", i, span = Span::call_site()))
         .collect();
-    let indices: Vec<_> = (0..types.len()).collect();
     let (value_type, returns_result) = match &sig.output {
         ReturnType::Default => (syn::parse_quote!(()), false),
         ReturnType::Type(_, ty) if last_segment_is(ty, "Result") => (result_ok_type(ty)?, true),
         ReturnType::Type(_, ty) => (ty.as_ref().clone(), false),
     };
     let value_type: Type = value_type;
+    // Record batches travel as blocks (zero-copy in one process), other values with postcard.
+    let is_batch: Vec<bool> = types
+        .iter()
+        .map(|t| last_segment_is(t, "RecordBatch"))
+        .collect();
+    let returns_batch = last_segment_is(&value_type, "RecordBatch");
+    let output = if returns_batch {
+        quote! { #tasks::output_batch(value) }
+    } else {
+        quote! { #tasks::output(#name::TASK_NAME, value) }
+    };
     let call = if returns_result {
         quote! {
             match #name::call(#(#args),*) {
-                ::std::result::Result::Ok(value) => #tasks::output(#name::TASK_NAME, value),
+                ::std::result::Result::Ok(value) => #output,
                 ::std::result::Result::Err(error) => ::std::result::Result::Err(#tasks::user_error(#name::TASK_NAME, error)),
             }
         }
     } else {
-        quote! { #tasks::output(#name::TASK_NAME, #name::call(#(#args),*)) }
+        quote! {{ let value = #name::call(#(#args),*); #output }}
     };
+    let pushes: Vec<_> = args
+        .iter()
+        .zip(&types)
+        .zip(&is_batch)
+        .map(|((arg, ty), batch)| {
+            if *batch {
+                quote! { args.push_batch(#arg.into()); }
+            } else {
+                quote! { args.push::<#ty>(#arg.into()); }
+            }
+        })
+        .collect();
+    let reads: Vec<_> = args
+        .iter()
+        .zip(&types)
+        .zip(&is_batch)
+        .enumerate()
+        .map(|(index, ((arg, ty), batch))| {
+            if *batch {
+                quote! { let #arg: #ty = args.batch(#index)?; }
+            } else {
+                quote! { let #arg: #ty = args.get(#index)?; }
+            }
+        })
+        .collect();
     let erased = format_ident!("__manta_task_{}", name, span = Span::call_site());
     let unary = match types.as_slice() {
-        [arg] => quote! {
+        [arg] if !is_batch[0] && !returns_batch => quote! {
             impl #tasks::UnaryTask for #name {
                 type Arg = #arg;
                 type Output = #value_type;
@@ -223,7 +271,7 @@ fn expand_task_part(
             ) -> #tasks::ObjectRef<#value_type> {
                 #[allow(unused_mut)]
                 let mut args = #tasks::Args::new();
-                #( args.push::<#types>(#args.into()); )*
+                #( #pushes )*
                 #tasks::submit(runtime, Self::TASK_NAME, args, options)
             }
         }
@@ -237,7 +285,7 @@ fn expand_task_part(
             ) -> #engine::Result<#engine::Object> {
                 #[allow(unused_variables)]
                 let args = #tasks::TaskArgs::decode(#name::TASK_NAME, input)?;
-                #( let #args: #types = args.get(#indices)?; )*
+                #( #reads )*
                 #call
             }
             #engine::inventory::submit! {

@@ -54,6 +54,7 @@ pub trait ActorClass: Sized + Send + 'static {
 #[derive(Clone)]
 pub struct ActorRef {
     inner: ActorHandle,
+    client: manta_scheduler::Client,
     tokio: tokio::runtime::Handle,
 }
 
@@ -88,7 +89,7 @@ impl ActorRef {
         options: &ActorOptions,
     ) -> Result<Self> {
         let id = ActorId::random();
-        let (bytes, inputs) = resolve(constructor, args.for_actor(id)).await?;
+        let (bytes, inputs) = resolve(runtime.client(), constructor, args.for_actor(id)).await?;
         let spec = ActorSpec {
             id,
             class: class.to_string(),
@@ -112,7 +113,11 @@ impl ActorRef {
                 actor: class.to_string(),
                 source: std::sync::Arc::new(e),
             })?;
-        Ok(Self { inner, tokio })
+        Ok(Self {
+            inner,
+            client: runtime.client().clone(),
+            tokio,
+        })
     }
 
     /// The live actor this driver started under `name`, if it is a `class`.
@@ -132,6 +137,7 @@ impl ActorRef {
         }
         Ok(Self {
             inner,
+            client: runtime.client().clone(),
             tokio: runtime.handle(),
         })
     }
@@ -148,8 +154,9 @@ impl ActorRef {
         let sender = std::sync::Arc::new(sender);
         let failed = std::sync::Arc::clone(&sender);
         let args = args.for_actor(self.inner.id());
+        let client = self.client.clone();
         let pending = Box::pin(async move {
-            match resolve(method, args).await {
+            match resolve(&client, method, args).await {
                 Ok((bytes, inputs)) => Some(TaskSpec {
                     function: method.to_string(),
                     args: bytes,

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arrow::array::RecordBatch;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use manta_engine::{Object, Resources, TaskSpec};
@@ -23,6 +24,9 @@ use crate::object_ref::{ObjectRef, Resolution, UntypedRef};
 
 /// The registered name of the task that stores a `put` value on a cluster node.
 pub const PUT_FUNCTION: &str = "manta::tasks::put";
+
+/// The registered name of the task that stores a `put_batch` batch on a cluster node.
+pub const PUT_BATCH_FUNCTION: &str = "manta::tasks::put_batch";
 
 /// What runs calls: a client and the runtime its futures run on (Manta's `Context`).
 pub trait Runtime {
@@ -100,9 +104,11 @@ pub fn submit<R>(
 /// Waits for the refs among a call's arguments: the argument bytes and the input objects, or
 /// the failure of the first argument that failed.
 pub(crate) async fn resolve(
+    client: &Client,
     function: &'static str,
-    args: Args,
+    mut args: Args,
 ) -> Result<(bytes::Bytes, Vec<manta_engine::ObjectRef>)> {
+    args.place_batches(client);
     let (bytes, refs, error) = args.into_parts();
     if let Some(error) = error {
         return Err(error);
@@ -129,7 +135,7 @@ async fn call(
     args: Args,
     options: &TaskOptions,
 ) -> Resolution {
-    let (bytes, inputs) = resolve(function, args).await?;
+    let (bytes, inputs) = resolve(client, function, args).await?;
     let spec = TaskSpec {
         function: function.to_string(),
         args: bytes,
@@ -180,6 +186,48 @@ pub fn put<T: Serialize>(runtime: &impl Runtime, value: &T) -> Result<ObjectRef<
         }
     };
     Ok(ObjectRef::from_untyped(UntypedRef::ready(Ok(stored))))
+}
+
+/// Stores a record batch and returns a ref to it: zero-copy in this process's store, or on a
+/// cluster in the store of a node (a small task carries it there as Arrow IPC).
+pub fn put_batch(runtime: &impl Runtime, batch: RecordBatch) -> Result<ObjectRef<RecordBatch>> {
+    let stored = match runtime.client() {
+        Client::Embedded(embedded) => {
+            embedded.put_object(Object::Block(manta_engine::Block::from_batch(batch)))?
+        }
+        Client::Cluster(_) => {
+            let spec = TaskSpec {
+                function: PUT_BATCH_FUNCTION.to_string(),
+                args: bytes::Bytes::from(crate::args::encode_batch(&batch)?),
+                inputs: Vec::new(),
+                input_batch: None,
+                resources: Resources::default(),
+                max_retries: 3,
+                label: "put_batch".into(),
+            };
+            block_on(runtime, runtime.client().submit(spec))?.output
+        }
+    };
+    Ok(ObjectRef::from_untyped(UntypedRef::ready(Ok(stored))))
+}
+
+/// The record batch behind `object` (zero-copy when it is in this process's store).
+pub async fn get_batch_async(
+    client: &Client,
+    object: &ObjectRef<RecordBatch>,
+) -> Result<RecordBatch> {
+    let stored = object.stored().await?;
+    let id = stored.id();
+    let block = client.get(&stored).await?.into_block(id)?;
+    Ok(match block.batches() {
+        [one] => one.clone(),
+        _ => block.concat()?,
+    })
+}
+
+/// Waits for the record batch behind `object`.
+pub fn get_batch(runtime: &impl Runtime, object: &ObjectRef<RecordBatch>) -> Result<RecordBatch> {
+    block_on(runtime, get_batch_async(runtime.client(), object))
 }
 
 /// The value behind `object`, once its task is done.
@@ -281,4 +329,18 @@ fn put_task(
 
 manta_engine::inventory::submit! {
     manta_engine::RemoteFunction { name: PUT_FUNCTION, kind: manta_engine::FunctionKind::Task(put_task) }
+}
+
+/// The task body of [`PUT_BATCH_FUNCTION`]: its argument bytes are the batch, as Arrow IPC.
+fn put_batch_task(
+    _ctx: &manta_engine::TaskContext,
+    input: manta_engine::TaskInput,
+) -> manta_engine::Result<Object> {
+    let batch = crate::args::decode_batch(&input.args)
+        .map_err(|e| manta_engine::Error::Internal(format!("put_batch: {e}")))?;
+    crate::args::output_batch(batch)
+}
+
+manta_engine::inventory::submit! {
+    manta_engine::RemoteFunction { name: PUT_BATCH_FUNCTION, kind: manta_engine::FunctionKind::Task(put_batch_task) }
 }

@@ -6,6 +6,7 @@
 //! fetches, from its own store where it can, before the task starts). The task body decodes
 //! each slot back into the function's parameter type with [`TaskArgs::get`].
 
+use arrow::array::RecordBatch;
 use bytes::Bytes;
 use manta_engine::{Object, TaskInput};
 use serde::de::DeserializeOwned;
@@ -43,6 +44,8 @@ enum Slot {
     Value(Vec<u8>),
     /// The task's input object with this index.
     Input(u32),
+    /// A record batch, as Arrow IPC stream bytes in the task's argument bytes.
+    Batch(Vec<u8>),
 }
 
 /// A call's arguments, as the driver builds them.
@@ -52,6 +55,9 @@ pub struct Args {
     actor: Option<manta_engine::ActorId>,
     slots: Vec<Slot>,
     refs: Vec<(usize, UntypedRef)>,
+    /// Record batches passed by value, by slot, until [`Args::place_batches`] decides how
+    /// they travel.
+    batches: Vec<(usize, RecordBatch)>,
     error: Option<Error>,
 }
 
@@ -75,6 +81,49 @@ impl Args {
                 self.slots.push(Slot::Input(self.refs.len() as u32));
                 self.refs.push((self.slots.len() - 1, object.untyped()));
             }
+        }
+    }
+
+    /// Appends a record batch argument. A batch value travels zero-copy in this process's
+    /// store when tasks run here, and as Arrow IPC inside the task on a cluster.
+    pub fn push_batch(&mut self, arg: Arg<RecordBatch>) {
+        match arg {
+            Arg::Value(batch) => {
+                self.batches.push((self.slots.len(), batch));
+                self.slots.push(Slot::Batch(Vec::new()));
+            }
+            Arg::Ref(object) => {
+                self.slots.push(Slot::Input(self.refs.len() as u32));
+                self.refs.push((self.slots.len() - 1, object.untyped()));
+            }
+        }
+    }
+
+    /// Decides how the batch values travel to a task run by `client`: stored in the embedded
+    /// store (the task gets the very arrays), or encoded into the task for a cluster.
+    pub(crate) fn place_batches(&mut self, client: &manta_scheduler::Client) {
+        for (slot, batch) in std::mem::take(&mut self.batches) {
+            let placed = match client {
+                manta_scheduler::Client::Embedded(embedded) => embedded
+                    .put_object(Object::Block(manta_engine::Block::from_batch(batch)))
+                    .map(|stored| {
+                        self.refs.push((slot, UntypedRef::ready(Ok(stored))));
+                        Slot::Input(self.refs.len() as u32 - 1)
+                    })
+                    .map_err(Error::from),
+                manta_scheduler::Client::Cluster(_) => encode_batch(&batch).map(Slot::Batch),
+            };
+            match placed {
+                Ok(placed) => self.slots[slot] = placed,
+                Err(e) => {
+                    self.error.get_or_insert(e);
+                }
+            }
+        }
+        // Inputs are resolved in the order of `refs`, which is the order their slots name.
+        self.refs.sort_by_key(|(slot, _)| *slot);
+        for (input, (slot, _)) in self.refs.iter().enumerate() {
+            self.slots[*slot] = Slot::Input(input as u32);
         }
     }
 
@@ -118,6 +167,29 @@ impl TaskArgs {
         })
     }
 
+    /// Argument `index`, a record batch (zero-copy when it is a block in this process).
+    pub fn batch(&self, index: usize) -> manta_engine::Result<RecordBatch> {
+        match self.slots.get(index) {
+            Some(Slot::Batch(bytes)) => decode_batch(bytes).map_err(|e| {
+                manta_engine::Error::Internal(format!("argument {index} of {}: {e}", self.function))
+            }),
+            Some(Slot::Input(input)) => match self.objects.get(*input as usize) {
+                Some(Object::Block(block)) => match block.batches() {
+                    [one] => Ok(one.clone()),
+                    _ => block.concat(),
+                },
+                _ => Err(manta_engine::Error::Internal(format!(
+                    "argument {index} of {} is not a record batch",
+                    self.function
+                ))),
+            },
+            _ => Err(manta_engine::Error::Internal(format!(
+                "argument {index} of {} is not a record batch",
+                self.function
+            ))),
+        }
+    }
+
     /// The actor this call is for (a constructor's or method's call).
     pub fn actor(&self) -> manta_engine::Result<manta_engine::ActorId> {
         self.actor.ok_or_else(|| {
@@ -129,6 +201,12 @@ impl TaskArgs {
     pub fn get<T: DeserializeOwned>(&self, index: usize) -> manta_engine::Result<T> {
         let bytes: &[u8] = match self.slots.get(index) {
             Some(Slot::Value(bytes)) => bytes,
+            Some(Slot::Batch(_)) => {
+                return Err(manta_engine::Error::Internal(format!(
+                    "argument {index} of {} is a record batch, not a value",
+                    self.function
+                )));
+            }
             Some(Slot::Input(input)) => match self.objects.get(*input as usize) {
                 Some(Object::Bytes(bytes)) => bytes,
                 Some(Object::Block(_)) => {
@@ -192,6 +270,45 @@ pub fn output<T: Serialize>(function: &'static str, value: T) -> manta_engine::R
             source,
         })?;
     Ok(Object::Bytes(Bytes::from(bytes)))
+}
+
+/// What a task body returning a record batch returns: a block of it.
+pub fn output_batch(batch: RecordBatch) -> manta_engine::Result<Object> {
+    Ok(Object::Block(manta_engine::Block::from_batch(batch)))
+}
+
+/// `batch` as Arrow IPC stream bytes.
+pub(crate) fn encode_batch(batch: &RecordBatch) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let written = arrow::ipc::writer::StreamWriter::try_new(&mut bytes, &batch.schema()).and_then(
+        |mut writer| {
+            writer.write(batch)?;
+            writer.finish()
+        },
+    );
+    written.map_err(|e| Error::Codec {
+        action: "encode",
+        type_name: "RecordBatch",
+        reason: e.to_string(),
+    })?;
+    Ok(bytes)
+}
+
+/// Arrow IPC stream bytes as one record batch.
+pub(crate) fn decode_batch(bytes: &[u8]) -> Result<RecordBatch> {
+    let codec = |e: arrow::error::ArrowError| Error::Codec {
+        action: "decode",
+        type_name: "RecordBatch",
+        reason: e.to_string(),
+    };
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+        .map_err(codec)?;
+    let schema = reader.schema();
+    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(codec)?;
+    match batches.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => arrow::compute::concat_batches(&schema, &batches).map_err(codec),
+    }
 }
 
 /// A function's `Err` as the task's error.

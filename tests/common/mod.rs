@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod batch_tasks;
 pub mod tpch;
 pub mod trainables;
 
