@@ -628,13 +628,30 @@ fn remote_tasks_and_objects_run_on_the_nodes(cluster: &Cluster) {
 
     // Record batches as arguments and results: by value, put on a node, chained between tasks.
     use common::batch_tasks::{numbers, scale_x, scaled};
-    let batch = numbers(50_000);
-    let stored = ctx.put_batch(batch.clone()).unwrap();
-    let by_value = scale_x.remote(&ctx, batch.clone(), 2);
-    let chained = scale_x.remote(&ctx, &scale_x.remote(&ctx, &stored, 3), 5);
-    assert_eq!(ctx.get_batch(&by_value).unwrap(), scaled(&batch, 2));
-    assert_eq!(ctx.get_batch(&chained).unwrap(), scaled(&batch, 15));
-    assert_eq!(ctx.get_batch(&stored).unwrap(), batch);
+    // A small batch value travels inside the task, a large one (8 MiB, past gRPC's 4 MiB
+    // message limit) through a node's store.
+    for rows in [50_000, 1 << 20] {
+        let batch = numbers(rows);
+        let stored = ctx.put_batch(batch.clone()).unwrap();
+        let by_value = scale_x.remote(&ctx, batch.clone(), 2);
+        let chained = scale_x.remote(&ctx, &scale_x.remote(&ctx, &stored, 3), 5);
+        assert_eq!(ctx.get_batch(&by_value).unwrap(), scaled(&batch, 2));
+        assert_eq!(ctx.get_batch(&chained).unwrap(), scaled(&batch, 15));
+        assert_eq!(ctx.get_batch(&stored).unwrap(), batch);
+    }
+    // A put larger than a gRPC message is pushed to a node over Flight.
+    let big: Vec<u64> = (0..1_000_000).collect();
+    let stored = ctx.put(&big).unwrap();
+    assert_eq!(ctx.get(&stored).unwrap(), big);
+    assert_eq!(
+        ctx.get(&sum_all.remote(&ctx, &stored)).unwrap(),
+        big.iter().sum::<u64>()
+    );
+}
+
+#[manta::remote]
+fn sum_all(values: Vec<u64>) -> u64 {
+    values.iter().sum()
 }
 
 /// Aborts its worker process the first time (marked by a file), answers the second.

@@ -107,6 +107,32 @@ impl FlightPool {
         Ok(receiver.finish()?)
     }
 
+    /// Stores `object` as `id` in the store of the node at `location` (Flight `DoPut`); returns
+    /// its stored size.
+    pub async fn push(&self, location: &Location, id: ObjectId, object: &Object) -> Result<u64> {
+        let mut stored = Vec::with_capacity(object.size_bytes() + 4096);
+        manta_engine::store::write_object(&mut stored, object)?;
+        let mut messages = crate::service::object_messages(id, bytes::Bytes::from(stored))?;
+        messages[0].flight_descriptor = Some(arrow_flight::FlightDescriptor::new_cmd(
+            id.as_bytes().to_vec(),
+        ));
+        let mut client = self.client(&location.flight_address).await?;
+        let mut replies = client
+            .do_put(futures::stream::iter(messages))
+            .await
+            .map_err(|status| fetch_failed(location, id, status))?
+            .into_inner();
+        let reply = replies
+            .message()
+            .await
+            .map_err(|status| fetch_failed(location, id, status))?
+            .ok_or_else(|| malformed(location, id, "DoPut answered nothing"))?;
+        std::str::from_utf8(&reply.app_metadata)
+            .ok()
+            .and_then(|size| size.parse().ok())
+            .ok_or_else(|| malformed(location, id, "DoPut's answer is not a size"))
+    }
+
     /// Fetches `id` from `location` into this process's memory.
     pub async fn fetch(&self, location: &Location, id: ObjectId) -> Result<Object> {
         let mut stream = self.open(location, id, None).await?;
@@ -154,7 +180,7 @@ async fn next_message(
 }
 
 /// Writes the messages of one object into `out` in the stored layout; returns bytes received.
-async fn receive(
+pub(crate) async fn receive(
     first: FlightData,
     mut stream: tonic::Streaming<FlightData>,
     is_block: bool,
@@ -185,7 +211,11 @@ async fn receive(
     Ok(received)
 }
 
-fn parse_metadata(first: &FlightData, location: &Location, id: ObjectId) -> Result<(bool, usize)> {
+pub(crate) fn parse_metadata(
+    first: &FlightData,
+    location: &Location,
+    id: ObjectId,
+) -> Result<(bool, usize)> {
     let text = std::str::from_utf8(&first.app_metadata).unwrap_or("");
     let (kind, size) = text
         .strip_prefix("manta:")

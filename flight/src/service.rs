@@ -1,6 +1,7 @@
 //! The Flight service every node runs: `DoGet(ticket = object id)` streams a stored object;
 //! `DoGet(ticket = object id + batch index)` only that batch of it (a reduce task's partition),
-//! read from a spilled object in place.
+//! read from a spilled object in place. `DoPut` (descriptor = object id) stores an object a
+//! driver pushes, in the same messages.
 //!
 //! A block is stored as an Arrow IPC stream (see `manta_engine::store`), and an IPC stream is
 //! exactly what Flight sends: one `FlightData` per IPC message, its `data_header` the message's
@@ -238,13 +239,46 @@ impl FlightService for ObjectFlightService {
         ))
     }
 
+    /// Stores an object a driver pushes (its `put`): the first message's descriptor is the
+    /// object id, the messages are those `DoGet` sends. Answers with the stored size.
     async fn do_put(
         &self,
-        _: Request<Streaming<FlightData>>,
+        request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
-        Err(Status::unimplemented(
-            "nodes pull objects; they do not accept pushes",
-        ))
+        let mut messages = request.into_inner();
+        let first = messages
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("an empty DoPut"))?;
+        let id = first
+            .flight_descriptor
+            .as_ref()
+            .and_then(|d| ObjectId::from_slice(&d.cmd).ok())
+            .ok_or_else(|| {
+                Status::invalid_argument("a DoPut's descriptor must be the 16-byte object id")
+            })?;
+        let from = manta_engine::Location {
+            node: manta_engine::NodeId::from_bytes([0; 16]),
+            flight_address: "the pushing client".into(),
+        };
+        let invalid = |e: crate::Error| Status::invalid_argument(e.to_string());
+        let (is_block, size) = crate::client::parse_metadata(&first, &from, id).map_err(invalid)?;
+        let mut receiver = self
+            .store
+            .receive(id, size)
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        crate::client::receive(first, messages, is_block, receiver.writer(), &from, id)
+            .await
+            .map_err(invalid)?;
+        let stored = receiver
+            .finish()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let reply = PutResult {
+            app_metadata: Bytes::from(stored.to_string()),
+        };
+        Ok(Response::new(Box::pin(futures::stream::once(async move {
+            Ok(reply)
+        }))))
     }
 
     async fn do_exchange(

@@ -172,6 +172,35 @@ impl ClusterClient {
         }
     }
 
+    /// Stores `object` (a driver's `put`) on a node: the live node whose store holds the least,
+    /// over Flight `DoPut`. The driver owns it like a task's output.
+    pub async fn put_object(&self, object: Object) -> Result<ObjectRef> {
+        let node = self
+            .nodes()
+            .await?
+            .into_iter()
+            .filter(|n| n.alive)
+            .min_by_key(|n| n.store.map_or(0, |s| s.resident_bytes))
+            .ok_or_else(|| Error::Internal("no live node to put the object on".into()))?;
+        let location = Location {
+            node: manta_engine::NodeId::from_slice(&node.node_id)?,
+            flight_address: Arc::from(node.address.as_str()),
+        };
+        let id = ObjectId::random();
+        let num_rows = match &object {
+            Object::Block(block) => block.num_rows() as u64,
+            Object::Bytes(_) => 0,
+        };
+        let size_bytes = self.flight.push(&location, id, &object).await?;
+        let meta = manta_engine::ObjectMeta {
+            id,
+            location,
+            size_bytes,
+            num_rows,
+        };
+        Ok(ObjectRef::new(meta, Arc::clone(&self.releaser)))
+    }
+
     /// Reads an object from the node that holds it.
     pub async fn get(&self, object: &ObjectRef) -> Result<Object> {
         Ok(self.flight.fetch(object.location(), object.id()).await?)

@@ -22,12 +22,6 @@ use crate::args::{Args, decode, encode};
 use crate::error::{Error, Result};
 use crate::object_ref::{ObjectRef, Resolution, UntypedRef};
 
-/// The registered name of the task that stores a `put` value on a cluster node.
-pub const PUT_FUNCTION: &str = "manta::tasks::put";
-
-/// The registered name of the task that stores a `put_batch` batch on a cluster node.
-pub const PUT_BATCH_FUNCTION: &str = "manta::tasks::put_batch";
-
 /// What runs calls: a client and the runtime its futures run on (Manta's `Context`).
 pub trait Runtime {
     /// Where tasks run.
@@ -108,7 +102,7 @@ pub(crate) async fn resolve(
     function: &'static str,
     mut args: Args,
 ) -> Result<(bytes::Bytes, Vec<manta_engine::ObjectRef>)> {
-    args.place_batches(client);
+    args.place_batches(client).await;
     let (bytes, refs, error) = args.into_parts();
     if let Some(error) = error {
         return Err(error);
@@ -167,46 +161,25 @@ async fn call(
 }
 
 /// Stores `value` and returns a ref to it: in this process's store, or on a cluster in the
-/// store of a node (a small task carries it there).
+/// store of a node (pushed there over Flight).
 pub fn put<T: Serialize>(runtime: &impl Runtime, value: &T) -> Result<ObjectRef<T>> {
     let bytes = bytes::Bytes::from(encode(value)?);
-    let stored = match runtime.client() {
-        Client::Embedded(embedded) => embedded.put_object(Object::Bytes(bytes))?,
-        Client::Cluster(_) => {
-            let spec = TaskSpec {
-                function: PUT_FUNCTION.to_string(),
-                args: bytes,
-                inputs: Vec::new(),
-                input_batch: None,
-                resources: Resources::default(),
-                max_retries: 3,
-                label: "put".into(),
-            };
-            block_on(runtime, runtime.client().submit(spec))?.output
-        }
-    };
-    Ok(ObjectRef::from_untyped(UntypedRef::ready(Ok(stored))))
+    put_object(runtime, Object::Bytes(bytes))
 }
 
 /// Stores a record batch and returns a ref to it: zero-copy in this process's store, or on a
-/// cluster in the store of a node (a small task carries it there as Arrow IPC).
+/// cluster in the store of a node (pushed there over Flight).
 pub fn put_batch(runtime: &impl Runtime, batch: RecordBatch) -> Result<ObjectRef<RecordBatch>> {
+    put_object(
+        runtime,
+        Object::Block(manta_engine::Block::from_batch(batch)),
+    )
+}
+
+fn put_object<T>(runtime: &impl Runtime, object: Object) -> Result<ObjectRef<T>> {
     let stored = match runtime.client() {
-        Client::Embedded(embedded) => {
-            embedded.put_object(Object::Block(manta_engine::Block::from_batch(batch)))?
-        }
-        Client::Cluster(_) => {
-            let spec = TaskSpec {
-                function: PUT_BATCH_FUNCTION.to_string(),
-                args: bytes::Bytes::from(crate::args::encode_batch(&batch)?),
-                inputs: Vec::new(),
-                input_batch: None,
-                resources: Resources::default(),
-                max_retries: 3,
-                label: "put_batch".into(),
-            };
-            block_on(runtime, runtime.client().submit(spec))?.output
-        }
+        Client::Embedded(embedded) => embedded.put_object(object)?,
+        Client::Cluster(cluster) => block_on(runtime, cluster.put_object(object))?,
     };
     Ok(ObjectRef::from_untyped(UntypedRef::ready(Ok(stored))))
 }
@@ -317,30 +290,4 @@ pub fn wait<T>(
 
 pub(crate) fn block_on<F: Future>(runtime: &impl Runtime, future: F) -> F::Output {
     runtime.handle().block_on(future)
-}
-
-/// The task body of [`PUT_FUNCTION`]: its argument bytes are the object.
-fn put_task(
-    _ctx: &manta_engine::TaskContext,
-    input: manta_engine::TaskInput,
-) -> manta_engine::Result<Object> {
-    Ok(Object::Bytes(input.args))
-}
-
-manta_engine::inventory::submit! {
-    manta_engine::RemoteFunction { name: PUT_FUNCTION, kind: manta_engine::FunctionKind::Task(put_task) }
-}
-
-/// The task body of [`PUT_BATCH_FUNCTION`]: its argument bytes are the batch, as Arrow IPC.
-fn put_batch_task(
-    _ctx: &manta_engine::TaskContext,
-    input: manta_engine::TaskInput,
-) -> manta_engine::Result<Object> {
-    let batch = crate::args::decode_batch(&input.args)
-        .map_err(|e| manta_engine::Error::Internal(format!("put_batch: {e}")))?;
-    crate::args::output_batch(batch)
-}
-
-manta_engine::inventory::submit! {
-    manta_engine::RemoteFunction { name: PUT_BATCH_FUNCTION, kind: manta_engine::FunctionKind::Task(put_batch_task) }
 }

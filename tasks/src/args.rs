@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::object_ref::{ObjectRef, UntypedRef};
 
+/// Batches up to this size travel inside the task on a cluster; larger ones through a node's
+/// store.
+const INLINE_BATCH_BYTES: usize = 1 << 20;
+
 /// One argument of a remote call: a value, or the value an object ref will hold.
 ///
 /// Both convert into it, so a call takes either: `add.remote(&ctx, 5, &other)`.
@@ -100,23 +104,37 @@ impl Args {
     }
 
     /// Decides how the batch values travel to a task run by `client`: stored in the embedded
-    /// store (the task gets the very arrays), or encoded into the task for a cluster.
-    pub(crate) fn place_batches(&mut self, client: &manta_scheduler::Client) {
+    /// store (the task gets the very arrays); on a cluster, encoded into the task if small, else
+    /// pushed to a node's store (task messages stay small).
+    pub(crate) async fn place_batches(&mut self, client: &manta_scheduler::Client) {
         for (slot, batch) in std::mem::take(&mut self.batches) {
-            let placed = match client {
-                manta_scheduler::Client::Embedded(embedded) => embedded
-                    .put_object(Object::Block(manta_engine::Block::from_batch(batch)))
-                    .map(|stored| {
-                        self.refs.push((slot, UntypedRef::ready(Ok(stored))));
-                        Slot::Input(self.refs.len() as u32 - 1)
-                    })
-                    .map_err(Error::from),
-                manta_scheduler::Client::Cluster(_) => encode_batch(&batch).map(Slot::Batch),
+            let stored = match client {
+                manta_scheduler::Client::Embedded(embedded) => {
+                    embedded.put_object(Object::Block(manta_engine::Block::from_batch(batch)))
+                }
+                manta_scheduler::Client::Cluster(_)
+                    if batch.get_array_memory_size() <= INLINE_BATCH_BYTES =>
+                {
+                    match encode_batch(&batch) {
+                        Ok(bytes) => self.slots[slot] = Slot::Batch(bytes),
+                        Err(e) => {
+                            self.error.get_or_insert(e);
+                        }
+                    }
+                    continue;
+                }
+                manta_scheduler::Client::Cluster(cluster) => {
+                    let block = Object::Block(manta_engine::Block::from_batch(batch));
+                    cluster.put_object(block).await
+                }
             };
-            match placed {
-                Ok(placed) => self.slots[slot] = placed,
+            match stored {
+                Ok(stored) => {
+                    self.refs.push((slot, UntypedRef::ready(Ok(stored))));
+                    self.slots[slot] = Slot::Input(0);
+                }
                 Err(e) => {
-                    self.error.get_or_insert(e);
+                    self.error.get_or_insert(Error::from(e));
                 }
             }
         }

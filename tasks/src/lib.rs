@@ -32,8 +32,8 @@ pub mod object_ref;
 
 pub use actor::{ActorClass, ActorOptions, ActorRef};
 pub use api::{
-    PUT_BATCH_FUNCTION, PUT_FUNCTION, Runtime, TaskOptions, UnaryTask, get, get_all, get_async,
-    get_batch, get_batch_async, get_timeout, put, put_batch, submit, wait,
+    Runtime, TaskOptions, UnaryTask, get, get_all, get_async, get_batch, get_batch_async,
+    get_timeout, put, put_batch, submit, wait,
 };
 pub use args::{Arg, Args, TaskArgs, output, output_batch, user_error};
 pub use error::{Error, Result};
