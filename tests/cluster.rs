@@ -180,6 +180,10 @@ fn main() {
             "tune_runs_trials_as_tasks_and_actors_on_the_nodes",
             tune_runs_trials_as_tasks_and_actors_on_the_nodes,
         ),
+        (
+            "an_actor_whose_node_dies_is_restarted_on_another_node",
+            an_actor_whose_node_dies_is_restarted_on_another_node,
+        ),
     ];
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
     // The head serves the TPC-H tables to Flight SQL clients.
@@ -753,6 +757,11 @@ impl Tally {
     pub fn read_pipe(&mut self, path: String) -> String {
         std::fs::read_to_string(path).unwrap()
     }
+
+    /// The address of the node whose worker runs this actor.
+    pub fn node(&self) -> String {
+        std::env::var("MANTA_WORKER_NODE_ADDRESS").unwrap_or_default()
+    }
 }
 
 fn make_pipe(dir: &std::path::Path) -> String {
@@ -894,4 +903,36 @@ fn tune_runs_trials_as_tasks_and_actors_on_the_nodes(cluster: &Cluster) {
     assert_eq!(best.config.get::<f64>("rate").unwrap(), 4.0);
     assert_eq!(best.metrics["height"], 32.0);
     assert!(results.trials().iter().any(|t| t.stopped_early));
+}
+
+/// Killing the node an actor runs on: the head notices the missed heartbeats and starts the
+/// actor again on the other node. A cluster of its own, since a node dies.
+fn an_actor_whose_node_dies_is_restarted_on_another_node(_shared: &Cluster) {
+    let mut cluster = Cluster::start(&["a=1", "b=1"]);
+    let ctx = cluster.connect();
+    let options = manta::ActorOptions {
+        max_restarts: 1,
+        ..Default::default()
+    };
+    let tally = Tally::remote_with(&ctx, &options, 7).unwrap();
+    assert_eq!(ctx.get(&tally.add(3)).unwrap(), 10);
+    let first_node = ctx.get(&tally.node()).unwrap();
+    let doomed = cluster
+        .nodes
+        .iter()
+        .position(|n| n.address.trim_end_matches('/') == first_node.trim_end_matches('/'))
+        .unwrap_or_else(|| panic!("{first_node} is one of the cluster's nodes"));
+    let node = cluster.nodes.remove(doomed);
+    // SAFETY: kill(2) of the node daemon this test started.
+    assert_eq!(unsafe { libc::kill(node.pid() as i32, libc::SIGKILL) }, 0);
+    drop(node);
+    // Calls made after the death reach the new incarnation, which starts from scratch.
+    let mut answer = ctx.get(&tally.add(1));
+    if answer.is_err() {
+        // The first call may have been sent to the dead node before the driver noticed.
+        answer = ctx.get(&tally.add(1));
+    }
+    assert_eq!(answer.unwrap(), 8);
+    let second_node = ctx.get(&tally.node()).unwrap();
+    assert_ne!(second_node, first_node);
 }
