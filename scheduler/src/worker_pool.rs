@@ -129,8 +129,9 @@ pub struct WorkerPools {
     node_id: NodeId,
     node_address: String,
     shared_dir: PathBuf,
-    /// Actors' workers started and not yet attached.
-    actor_starts: Mutex<HashMap<ActorId, oneshot::Sender<Arc<WorkerConn>>>>,
+    /// Actors' workers started and not yet attached, with their start's token.
+    actor_starts: Mutex<HashMap<ActorId, (u64, oneshot::Sender<Arc<WorkerConn>>)>>,
+    actor_start_tokens: std::sync::atomic::AtomicU64,
     /// Actors' worker processes: their job and pid.
     actor_pids: Mutex<HashMap<ActorId, (JobId, u32)>>,
 }
@@ -150,6 +151,7 @@ impl WorkerPools {
             node_address,
             shared_dir,
             actor_starts: Mutex::default(),
+            actor_start_tokens: Default::default(),
             actor_pids: Mutex::default(),
         })
     }
@@ -265,7 +267,12 @@ impl WorkerPools {
         let mut command = self.command(job, &executable, 0);
         command.env(env::ACTOR, actor.to_string());
         let (attached, answer) = oneshot::channel();
-        self.actor_starts.lock().insert(actor, attached);
+        // This start's token: the exit watcher of an earlier worker of the same actor (a
+        // restart) must not take away this start's entries.
+        let token = self
+            .actor_start_tokens
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.actor_starts.lock().insert(actor, (token, attached));
         let mut child = command.spawn().map_err(|e| Error::WorkerDied {
             task: format!("actor {actor:?}"),
             node: self.node_address.clone(),
@@ -278,8 +285,14 @@ impl WorkerPools {
         tokio::spawn(async move {
             let status = child.wait().await;
             tracing::info!(?actor, pid, ?status, "actor worker exited");
-            pools.actor_pids.lock().remove(&actor);
-            pools.actor_starts.lock().remove(&actor);
+            let mut pids = pools.actor_pids.lock();
+            if pids.get(&actor).is_some_and(|(_, p)| *p == pid) {
+                pids.remove(&actor);
+            }
+            let mut starts = pools.actor_starts.lock();
+            if starts.get(&actor).is_some_and(|(t, _)| *t == token) {
+                starts.remove(&actor);
+            }
         });
         answer.await.map_err(|_| Error::WorkerDied {
             task: format!("actor {actor:?}"),
@@ -300,7 +313,7 @@ impl WorkerPools {
             assignments,
             running: Mutex::new(HashMap::new()),
         });
-        if let Some(start) = self.actor_starts.lock().remove(&actor) {
+        if let Some((_, start)) = self.actor_starts.lock().remove(&actor) {
             let _ = start.send(Arc::clone(&worker));
         }
         worker
