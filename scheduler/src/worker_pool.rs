@@ -122,6 +122,9 @@ impl Drop for Borrowed<'_> {
     }
 }
 
+/// An actor's worker being started: its start's token, and who waits for it to attach.
+type PendingStart = (u64, oneshot::Sender<Arc<WorkerConn>>);
+
 /// Every job's workers on one node.
 pub struct WorkerPools {
     jobs: Mutex<HashMap<JobId, JobWorkers>>,
@@ -130,7 +133,7 @@ pub struct WorkerPools {
     node_address: String,
     shared_dir: PathBuf,
     /// Actors' workers started and not yet attached, with their start's token.
-    actor_starts: Mutex<HashMap<ActorId, (u64, oneshot::Sender<Arc<WorkerConn>>)>>,
+    actor_starts: Mutex<HashMap<ActorId, PendingStart>>,
     actor_start_tokens: std::sync::atomic::AtomicU64,
     /// Actors' worker processes: their job and pid.
     actor_pids: Mutex<HashMap<ActorId, (JobId, u32)>>,
