@@ -51,22 +51,10 @@ use syn::{FnArg, ItemFn, ItemImpl, Path, ReturnType, Type, parse_macro_input};
 /// Registers a batch function by name and makes a handle of it; see the crate docs.
 #[proc_macro_attribute]
 pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
-    let mut engine: Path = syn::parse_quote!(::manta::engine);
-    let mut tasks: Path = syn::parse_quote!(::manta::tasks);
-    let parser = syn::meta::parser(|meta| {
-        if meta.path.is_ident("engine") {
-            engine = meta.value()?.parse()?;
-            Ok(())
-        } else if meta.path.is_ident("tasks") {
-            tasks = meta.value()?.parse()?;
-            Ok(())
-        } else {
-            Err(meta.error("unknown #[remote] option; they are `engine = path`, `tasks = path`"))
-        }
-    });
-    if let Err(e) = parser.parse(attr) {
-        return e.to_compile_error().into();
-    }
+    let (engine, tasks) = match crate_paths(attr, "remote") {
+        Ok(paths) => paths,
+        Err(e) => return e.to_compile_error().into(),
+    };
     let function = parse_macro_input!(item as ItemFn);
     if let Err(e) = check_plain(&function) {
         return e.to_compile_error().into();
@@ -99,6 +87,28 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
         Ok(tokens) => tokens.into(),
         Err(e) => e.to_compile_error().into(),
     }
+}
+
+/// The `engine = path` and `tasks = path` options of `#[remote]` and `#[actor]`: where the
+/// generated code finds Manta's crates (`::manta::engine`, `::manta::tasks` by default).
+fn crate_paths(attr: TokenStream, macro_name: &str) -> syn::Result<(Path, Path)> {
+    let mut engine: Path = syn::parse_quote!(::manta::engine);
+    let mut tasks: Path = syn::parse_quote!(::manta::tasks);
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("engine") {
+            engine = meta.value()?.parse()?;
+            Ok(())
+        } else if meta.path.is_ident("tasks") {
+            tasks = meta.value()?.parse()?;
+            Ok(())
+        } else {
+            Err(meta.error(format!(
+                "unknown #[{macro_name}] option; they are `engine = path`, `tasks = path`"
+            )))
+        }
+    });
+    parser.parse(attr)?;
+    Ok((engine, tasks))
 }
 
 /// The handle every remote function gets: a unit struct of the function's name, with the name
@@ -503,22 +513,10 @@ pub fn callable(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// ```
 #[proc_macro_attribute]
 pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
-    let mut engine: Path = syn::parse_quote!(::manta::engine);
-    let mut tasks: Path = syn::parse_quote!(::manta::tasks);
-    let parser = syn::meta::parser(|meta| {
-        if meta.path.is_ident("engine") {
-            engine = meta.value()?.parse()?;
-            Ok(())
-        } else if meta.path.is_ident("tasks") {
-            tasks = meta.value()?.parse()?;
-            Ok(())
-        } else {
-            Err(meta.error("unknown #[actor] option; they are `engine = path`, `tasks = path`"))
-        }
-    });
-    if let Err(e) = parser.parse(attr) {
-        return e.to_compile_error().into();
-    }
+    let (engine, tasks) = match crate_paths(attr, "actor") {
+        Ok(paths) => paths,
+        Err(e) => return e.to_compile_error().into(),
+    };
     let block = parse_macro_input!(item as ItemImpl);
     expand_actor(&engine, &tasks, block)
         .unwrap_or_else(syn::Error::into_compile_error)

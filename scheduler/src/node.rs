@@ -605,6 +605,15 @@ impl NodeRpc for NodeService {
 
 type ActorReplyStream = Pin<Box<dyn Stream<Item = Result<proto::ActorCallReply, Status>> + Send>>;
 
+/// Hands each answer a worker sends to the task waiting for it, until its stream ends.
+async fn deliver_answers(inbound: &mut Streaming<proto::WorkerMessage>, worker: &WorkerConn) {
+    while let Ok(Some(message)) = inbound.message().await {
+        if let Some(worker_message::Kind::Done(done)) = message.kind {
+            worker.complete(done);
+        }
+    }
+}
+
 type AssignmentStream = Pin<Box<dyn Stream<Item = Result<proto::WorkerAssignment, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -633,11 +642,7 @@ impl WorkerRpc for NodeService {
             let worker = self.0.workers.attached_actor(actor, hello.pid, tx);
             let daemon = Arc::clone(&self.0);
             tokio::spawn(async move {
-                while let Ok(Some(message)) = inbound.message().await {
-                    if let Some(worker_message::Kind::Done(done)) = message.kind {
-                        worker.complete(done);
-                    }
-                }
+                deliver_answers(&mut inbound, &worker).await;
                 daemon.actor_worker_gone(actor, &worker).await;
                 daemon.workers.detached(job, &worker);
             });
@@ -646,11 +651,7 @@ impl WorkerRpc for NodeService {
         let worker = self.0.workers.attached(job, hello.pid, tx);
         let workers = Arc::clone(&self.0.workers);
         tokio::spawn(async move {
-            while let Ok(Some(message)) = inbound.message().await {
-                if let Some(worker_message::Kind::Done(done)) = message.kind {
-                    worker.complete(done);
-                }
-            }
+            deliver_answers(&mut inbound, &worker).await;
             workers.detached(job, &worker);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

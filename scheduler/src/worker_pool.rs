@@ -59,6 +59,14 @@ pub struct WorkerConn {
 }
 
 impl WorkerConn {
+    fn new(pid: u32, assignments: mpsc::Sender<Result<WorkerAssignment, Status>>) -> Arc<Self> {
+        Arc::new(Self {
+            pid,
+            assignments,
+            running: Mutex::new(HashMap::new()),
+        })
+    }
+
     /// The worker's process id.
     pub fn pid(&self) -> u32 {
         self.pid
@@ -311,11 +319,7 @@ impl WorkerPools {
         pid: u32,
         assignments: mpsc::Sender<Result<WorkerAssignment, Status>>,
     ) -> Arc<WorkerConn> {
-        let worker = Arc::new(WorkerConn {
-            pid,
-            assignments,
-            running: Mutex::new(HashMap::new()),
-        });
+        let worker = WorkerConn::new(pid, assignments);
         if let Some((_, start)) = self.actor_starts.lock().remove(&actor) {
             let _ = start.send(Arc::clone(&worker));
         }
@@ -363,11 +367,7 @@ impl WorkerPools {
         pid: u32,
         assignments: mpsc::Sender<Result<WorkerAssignment, Status>>,
     ) -> Arc<WorkerConn> {
-        let worker = Arc::new(WorkerConn {
-            pid,
-            assignments,
-            running: Mutex::new(HashMap::new()),
-        });
+        let worker = WorkerConn::new(pid, assignments);
         tracing::debug!(%job, pid, "worker attached");
         self.give_back(job, Arc::clone(&worker));
         worker

@@ -192,10 +192,7 @@ pub async fn get_batch_async(
     let stored = object.stored().await?;
     let id = stored.id();
     let block = client.get(&stored).await?.into_block(id)?;
-    Ok(match block.batches() {
-        [one] => one.clone(),
-        _ => block.concat()?,
-    })
+    Ok(crate::args::one_batch(&block)?)
 }
 
 /// Waits for the record batch behind `object`.

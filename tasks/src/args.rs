@@ -192,10 +192,7 @@ impl TaskArgs {
                 manta_engine::Error::Internal(format!("argument {index} of {}: {e}", self.function))
             }),
             Some(Slot::Input(input)) => match self.objects.get(*input as usize) {
-                Some(Object::Block(block)) => match block.batches() {
-                    [one] => Ok(one.clone()),
-                    _ => block.concat(),
-                },
+                Some(Object::Block(block)) => one_batch(block),
                 _ => Err(manta_engine::Error::Internal(format!(
                     "argument {index} of {} is not a record batch",
                     self.function
@@ -288,6 +285,14 @@ pub fn output<T: Serialize>(function: &'static str, value: T) -> manta_engine::R
             source,
         })?;
     Ok(Object::Bytes(Bytes::from(bytes)))
+}
+
+/// A block as one record batch: its only batch (zero-copy), or its batches concatenated.
+pub(crate) fn one_batch(block: &manta_engine::Block) -> manta_engine::Result<RecordBatch> {
+    match block.batches() {
+        [one] => Ok(one.clone()),
+        _ => block.concat(),
+    }
 }
 
 /// What a task body returning a record batch returns: a block of it.
