@@ -184,6 +184,10 @@ fn main() {
             "an_actor_whose_node_dies_is_restarted_on_another_node",
             an_actor_whose_node_dies_is_restarted_on_another_node,
         ),
+        (
+            "task_outputs_lost_with_their_node_are_rebuilt_from_lineage",
+            task_outputs_lost_with_their_node_are_rebuilt_from_lineage,
+        ),
     ];
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
     // The head serves the TPC-H tables to Flight SQL clients.
@@ -935,4 +939,61 @@ fn an_actor_whose_node_dies_is_restarted_on_another_node(_shared: &Cluster) {
     assert_eq!(answer.unwrap(), 8);
     let second_node = ctx.get(&tally.node()).unwrap();
     assert_ne!(second_node, first_node);
+}
+
+/// The address of the node whose worker runs the task.
+fn this_node() -> String {
+    std::env::var("MANTA_WORKER_NODE_ADDRESS").unwrap_or_default()
+}
+
+#[manta::remote]
+fn numbers_on_node(count: u64) -> (String, Vec<u64>) {
+    (this_node(), (0..count).collect())
+}
+
+#[manta::remote]
+fn concat_on_node(a: (String, Vec<u64>), b: (String, Vec<u64>)) -> (String, Vec<u64>) {
+    (this_node(), a.1.into_iter().chain(b.1).collect())
+}
+
+/// Killing the node that holds task outputs: each is made again by running its task on the
+/// other node, its lost inputs first, whether the driver still holds them or not. (Outputs are
+/// large enough to live in the node's store: small results come back inline and are never
+/// lost.) A cluster of its own, since a node dies.
+fn task_outputs_lost_with_their_node_are_rebuilt_from_lineage(_shared: &Cluster) {
+    let mut cluster = Cluster::start(&["a=1", "b=1"]);
+    let ctx = cluster.connect();
+    let expected = |counts: &[u64]| -> Vec<u64> { counts.iter().flat_map(|&n| 0..n).collect() };
+    let numbers = numbers_on_node.remote(&ctx, 200_000);
+    let empty = numbers_on_node.remote(&ctx, 0);
+    // Placed with its largest input, on the same node as `numbers`; the middle call's ref is
+    // dropped at once, so only its lineage is left.
+    let joined = concat_on_node.remote(&ctx, &numbers, &numbers_on_node.remote(&ctx, 100_000));
+    let (doomed, values) = ctx.get(&joined).unwrap();
+    assert_eq!(values, expected(&[200_000, 100_000]));
+    assert_eq!(ctx.get(&numbers).unwrap().0, doomed, "placed by locality");
+
+    let index = cluster
+        .nodes
+        .iter()
+        .position(|n| n.address.trim_end_matches('/') == doomed.trim_end_matches('/'))
+        .unwrap_or_else(|| panic!("{doomed} is one of the cluster's nodes"));
+    let node = cluster.nodes.remove(index);
+    // SAFETY: kill(2) of the node daemon this test started.
+    assert_eq!(unsafe { libc::kill(node.pid() as i32, libc::SIGKILL) }, 0);
+    drop(node);
+
+    // A new task whose input was on the dead node: the node asked to run it cannot pull the
+    // input, so the driver makes the input again and submits the task again.
+    let later = concat_on_node.remote(&ctx, &numbers, &empty);
+    let (later_node, values) = ctx.get(&later).unwrap();
+    assert_eq!(values, expected(&[200_000]));
+    assert_ne!(later_node, doomed);
+    // A lost output fetched by the driver: made again, and its dropped input with it.
+    let (rebuilt_node, values) = ctx.get(&joined).unwrap();
+    assert_eq!(values, expected(&[200_000, 100_000]));
+    assert_ne!(rebuilt_node, doomed);
+    let (numbers_node, values) = ctx.get(&numbers).unwrap();
+    assert_eq!(values, expected(&[200_000]));
+    assert_ne!(numbers_node, doomed);
 }

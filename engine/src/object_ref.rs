@@ -43,6 +43,8 @@ pub struct ObjectMeta {
 struct RefInner {
     meta: ObjectMeta,
     releaser: Option<Arc<dyn ReleaseObject>>,
+    /// The value itself, for a small task result that travelled back with its answer.
+    inline: Option<bytes::Bytes>,
 }
 
 impl Drop for RefInner {
@@ -68,6 +70,7 @@ impl<T> ObjectRef<T> {
             inner: Arc::new(RefInner {
                 meta,
                 releaser: Some(releaser),
+                inline: None,
             }),
             _type: PhantomData,
         }
@@ -79,9 +82,28 @@ impl<T> ObjectRef<T> {
             inner: Arc::new(RefInner {
                 meta,
                 releaser: None,
+                inline: None,
             }),
             _type: PhantomData,
         }
+    }
+
+    /// A ref to a small bytes object held right here (a task result that came back with its
+    /// answer): reading it fetches nothing, and nothing is freed when it drops.
+    pub fn inline(meta: ObjectMeta, value: bytes::Bytes) -> Self {
+        Self {
+            inner: Arc::new(RefInner {
+                meta,
+                releaser: None,
+                inline: Some(value),
+            }),
+            _type: PhantomData,
+        }
+    }
+
+    /// The object's bytes, if it is held inline ([`ObjectRef::inline`]).
+    pub fn inline_value(&self) -> Option<&bytes::Bytes> {
+        self.inner.inline.as_ref()
     }
 
     /// The object's id.

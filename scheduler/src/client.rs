@@ -2,8 +2,9 @@
 //!
 //! Joining: connect to the head (failing within seconds if nothing answers), hash this
 //! executable and register a job with it, uploading the executable if the head lacks it. Then
-//! tasks are submitted to the head, which answers with the output's location, and objects are
-//! read straight from the node that holds them over Flight. The driver owns the objects its
+//! tasks are submitted to the head over one stream ([`TaskStream`]), which answers with the
+//! output's location (or, for a small result, the value itself), and objects are read straight
+//! from the node that holds them over Flight. The driver owns the objects its
 //! tasks create: when the last [`ObjectRef`] to one drops, a background task tells the node to
 //! free it (batched per node).
 
@@ -24,6 +25,7 @@ use crate::proto::head_client::HeadClient;
 use crate::proto::node_client::NodeClient;
 use crate::proto::{self, task_reply};
 use crate::server;
+use crate::task_stream::TaskStream;
 
 /// A driver's handle on a cluster.
 pub struct ClusterClient {
@@ -32,6 +34,8 @@ pub struct ClusterClient {
     job: JobId,
     flight: FlightPool,
     releaser: Arc<dyn ReleaseObject>,
+    /// The stream tasks are submitted to the head on.
+    tasks: TaskStream,
     /// The cluster's store usage as last asked of the head, and when.
     usage: parking_lot::Mutex<Option<(std::time::Instant, manta_engine::StoreUsage)>>,
     actors: Arc<crate::actors::ActorDirectory>,
@@ -87,6 +91,15 @@ impl ClusterClient {
         let job = JobId::from_slice(&reply.job_id)?;
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(free_objects(rx));
+        let submitter = head.clone();
+        let tasks = TaskStream::new(Arc::new(move |calls| {
+            let mut head = submitter.clone();
+            Box::pin(async move {
+                head.submit_tasks(calls)
+                    .await
+                    .map(tonic::Response::into_inner)
+            })
+        }));
         tracing::info!(%job, address, "joined the cluster");
         Ok(Arc::new(Self {
             address: address.to_string(),
@@ -94,6 +107,7 @@ impl ClusterClient {
             job,
             flight: FlightPool::new(),
             releaser: Arc::new(FreeQueue(tx)),
+            tasks,
             usage: parking_lot::Mutex::new(None),
             actors: Arc::default(),
         }))
@@ -133,7 +147,7 @@ impl ClusterClient {
             inputs: spec
                 .inputs
                 .iter()
-                .map(|r| proto::ObjectLocation::from(r.meta()))
+                .map(proto::ObjectLocation::from)
                 .collect(),
             resources: Some((&spec.resources).into()),
             max_retries: spec.max_retries,
@@ -143,6 +157,7 @@ impl ClusterClient {
             input_batch: spec.input_batch,
             actor_id: Bytes::new(),
             actor_incarnation: 0,
+            pipeline: false,
         }
     }
 
@@ -157,16 +172,15 @@ impl ClusterClient {
         spec: TaskSpec,
     ) -> impl Future<Output = Result<TaskOutcome>> + Send + 'static {
         let request = self.request(&spec);
-        let mut head = self.head.clone();
+        let tasks = self.tasks.clone();
         let releaser = Arc::clone(&self.releaser);
         // The inputs stay referenced (so not freed) until the task is done.
         let inputs = spec.inputs;
         async move {
-            let reply = head
-                .submit_task(request)
+            let reply = tasks
+                .call(request)
                 .await
-                .map_err(|s| Error::rpc("SubmitTask", s))?
-                .into_inner();
+                .map_err(|s| Error::rpc("SubmitTasks", s))?;
             drop(inputs);
             outcome(reply, &releaser)
         }
@@ -201,9 +215,17 @@ impl ClusterClient {
         Ok(ObjectRef::new(meta, Arc::clone(&self.releaser)))
     }
 
-    /// Reads an object from the node that holds it.
+    /// Reads an object from the node that holds it (or from the ref, for a small task result
+    /// that came back inline).
     pub async fn get(&self, object: &ObjectRef) -> Result<Object> {
-        Ok(self.flight.fetch(object.location(), object.id()).await?)
+        if let Some(value) = object.inline_value() {
+            return Ok(Object::Bytes(value.clone()));
+        }
+        let location = object.location();
+        self.flight
+            .fetch(location, object.id())
+            .await
+            .map_err(|e| Error::fetching(&location.flight_address, object.id(), e))
     }
 
     /// The cluster's nodes, as the head sees them.
@@ -255,12 +277,16 @@ impl ClusterClient {
 fn outcome(reply: proto::TaskReply, releaser: &Arc<dyn ReleaseObject>) -> Result<TaskOutcome> {
     match reply.result {
         Some(task_reply::Result::Success(success)) => {
-            let meta = success
+            let output = success
                 .output
-                .ok_or_else(|| Error::Internal("task reply without output".into()))?
-                .to_meta()?;
+                .ok_or_else(|| Error::Internal("task reply without output".into()))?;
+            let meta = output.to_meta()?;
+            let output = match output.inline {
+                Some(value) => ObjectRef::inline(meta, value),
+                None => ObjectRef::new(meta, Arc::clone(releaser)),
+            };
             Ok(TaskOutcome {
-                output: ObjectRef::new(meta, Arc::clone(releaser)),
+                output,
                 stats: success.stats.unwrap_or_default().into(),
             })
         }

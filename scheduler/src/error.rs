@@ -175,6 +175,20 @@ impl Error {
         )
     }
 
+    /// A failure to fetch `object` from the node at `node`: [`Error::FetchFailed`] naming the
+    /// object whatever the transport said (lineage recovery keys on the object), except a
+    /// local store failure, which is not the object's fault.
+    pub fn fetching(node: &str, object: ObjectId, error: manta_flight::Error) -> Self {
+        match error {
+            manta_flight::Error::Engine(e) => Error::Engine(e),
+            other => Error::FetchFailed {
+                node: node.to_string(),
+                object,
+                message: other.to_string(),
+            },
+        }
+    }
+
     pub(crate) fn rpc(call: &'static str, status: tonic::Status) -> Self {
         Error::Rpc {
             call,

@@ -39,8 +39,24 @@ use crate::proto::head_server::{Head as HeadRpc, HeadServer};
 use crate::proto::node_client::NodeClient;
 use crate::proto::{self, task_reply};
 use crate::server;
+use crate::task_stream::{self, TaskStream};
 
 mod actors;
+
+/// A function whose runs average at most this long is *short*: its tasks may queue on a node
+/// whose workers are all busy, so that a worker goes from one to the next without waiting for
+/// a round trip to the head.
+const SHORT_TASK_NS: f64 = 1e6;
+
+/// How long a short task may expect to wait in a node's queue: the queue holds this much work
+/// per CPU.
+const QUEUED_WORK_NS: f64 = 4e6;
+
+/// How many tasks of a function averaging `mean_ns` may queue per CPU of a busy node; `None`
+/// if it is not short.
+fn short_task_queue(mean_ns: f64) -> Option<u64> {
+    (mean_ns <= SHORT_TASK_NS).then(|| (QUEUED_WORK_NS / mean_ns.max(1.0)).clamp(1.0, 128.0) as u64)
+}
 
 /// How the head is set up.
 #[derive(Clone)]
@@ -74,9 +90,22 @@ struct NodeEntry {
     last_heartbeat: Instant,
     alive: bool,
     running: u64,
+    /// Short tasks queued here behind busy workers, beyond its resources.
+    queued: u64,
     pid: u32,
     client: NodeClient<Channel>,
+    /// The stream the node's tasks are sent on.
+    tasks: TaskStream,
     lost: CancellationToken,
+}
+
+/// The task stream to the node `client` reaches.
+fn node_tasks(client: &NodeClient<Channel>) -> TaskStream {
+    let client = client.clone();
+    TaskStream::new(Arc::new(move |calls| {
+        let mut client = client.clone();
+        Box::pin(async move { client.run_tasks(calls).await.map(Response::into_inner) })
+    }))
 }
 
 #[derive(Default)]
@@ -87,6 +116,8 @@ struct HeadState {
     waiting: BTreeMap<String, VecDeque<Waiter>>,
     /// Every actor created, live or dead ([`actors`]).
     actors: HashMap<manta_engine::ActorId, actors::ActorEntry>,
+    /// How long each task function runs, in nanoseconds (a moving average), by label.
+    durations: HashMap<String, f64>,
 }
 
 /// A task waiting for resources: told the node whose resources were taken for it.
@@ -112,13 +143,15 @@ struct Reservation {
     head: Weak<Head>,
     node: NodeId,
     demand: Resources,
+    /// Queued behind the node's busy workers rather than holding its resources.
+    queued: bool,
     held: bool,
 }
 
 impl Reservation {
     /// Gives the resources back within a section that already holds the head's lock.
     fn give_back(mut self, state: &mut HeadState) {
-        release(state, self.node, &self.demand);
+        release(state, &self);
         self.held = false;
     }
 }
@@ -130,24 +163,29 @@ impl Drop for Reservation {
         }
         if let Some(head) = self.head.upgrade() {
             let mut state = head.state.lock();
-            release(&mut state, self.node, &self.demand);
+            release(&mut state, self);
             head.dispatch(&mut state);
         }
     }
 }
 
-fn release(state: &mut HeadState, node: NodeId, demand: &Resources) {
-    if let Some(node) = state.nodes.get_mut(&node) {
-        node.available.add(demand);
-        node.running -= 1;
+fn release(state: &mut HeadState, reservation: &Reservation) {
+    if let Some(node) = state.nodes.get_mut(&reservation.node) {
+        if reservation.queued {
+            node.queued = node.queued.saturating_sub(1);
+        } else {
+            node.available.add(&reservation.demand);
+            node.running = node.running.saturating_sub(1);
+        }
     }
 }
 
 /// A reservation, with what it takes to run the task on its node.
 struct Lease {
-    _reservation: Reservation,
+    reservation: Reservation,
     address: String,
     client: NodeClient<Channel>,
+    tasks: TaskStream,
     lost: CancellationToken,
 }
 
@@ -201,6 +239,36 @@ impl Head {
                 self.dispatch(&mut state);
             }
         }
+    }
+
+    /// A node could not be reached: it is marked dead at once rather than after its missed
+    /// heartbeats, so that retries go elsewhere. (A node that is in fact alive hears at its
+    /// next heartbeat that the head does not know it, and registers again.)
+    fn unreachable(&self, id: NodeId) {
+        let mut state = self.state.lock();
+        if let Some(node) = state.nodes.get_mut(&id)
+            && node.alive
+        {
+            tracing::warn!(node = ?id, address = %node.address, "node unreachable; marking it dead");
+            node.alive = false;
+            node.lost.cancel();
+            self.dispatch(&mut state);
+        }
+    }
+
+    /// Whether `error` is a task's input that is gone (or cannot be fetched because its node is
+    /// dead): no retry helps, and the driver makes the input again from its lineage.
+    fn input_gone(&self, error: &Error) -> bool {
+        let node = match error {
+            Error::ObjectLost { .. } => return true,
+            Error::FetchFailed { node, .. } => node,
+            _ => return false,
+        };
+        let state = self.state.lock();
+        !state
+            .nodes
+            .values()
+            .any(|n| n.alive && n.address.trim_end_matches('/') == node.trim_end_matches('/'))
     }
 
     fn views(state: &HeadState) -> Vec<NodeView> {
@@ -271,9 +339,11 @@ impl Head {
                     head: self.me.clone(),
                     node: id,
                     demand: demand.clone(),
+                    queued: false,
                     held: true,
                 }))
             }
+            Placement::Wait => self.queue_on_busy_node(state, demand, label).map(Ok),
             Placement::Infeasible => {
                 let offered = state
                     .nodes
@@ -292,8 +362,55 @@ impl Head {
                     offered,
                 }))
             }
-            Placement::Wait => None,
         }
+    }
+
+    /// A short task that finds every fitting node busy: queued on the node with the fewest
+    /// queued, if one has room (see [`short_task_queue`]).
+    fn queue_on_busy_node(
+        &self,
+        state: &mut HeadState,
+        demand: &Resources,
+        label: &str,
+    ) -> Option<Reservation> {
+        if demand.memory_bytes > 0 || !demand.custom.is_empty() {
+            return None;
+        }
+        let per_cpu = short_task_queue(*state.durations.get(label)?)?;
+        let (id, node) = state
+            .nodes
+            .iter_mut()
+            .filter(|(_, n)| n.alive && n.total.covers(demand))
+            .filter(|(_, n)| n.queued < per_cpu * n.total.cpus.ceil().max(1.0) as u64)
+            .min_by_key(|(_, n)| n.queued)?;
+        node.queued += 1;
+        Some(Reservation {
+            head: self.me.clone(),
+            node: *id,
+            demand: demand.clone(),
+            queued: true,
+            held: true,
+        })
+    }
+
+    /// Notes how long a run of `label`'s function took (a moving average per function).
+    fn record_duration(&self, label: &str, wall_ns: u64) {
+        let mut state = self.state.lock();
+        match state.durations.get_mut(label) {
+            Some(mean) => *mean = *mean * 0.9 + wall_ns as f64 * 0.1,
+            None => {
+                state.durations.insert(label.to_string(), wall_ns as f64);
+            }
+        }
+    }
+
+    /// Whether `label`'s function is short enough to be queued behind busy workers.
+    fn is_short(&self, label: &str) -> bool {
+        let state = self.state.lock();
+        state
+            .durations
+            .get(label)
+            .is_some_and(|mean| short_task_queue(*mean).is_some())
     }
 
     /// Hands free resources to waiting tasks: each queue's tasks in order, up to the first that
@@ -331,15 +448,15 @@ impl Head {
     }
 
     fn lease(&self, state: &HeadState, reservation: Reservation) -> Lease {
-        let (address, client, lost) = match state.nodes.get(&reservation.node) {
-            Some(node) => (node.address.clone(), node.client.clone(), node.lost.clone()),
-            None => unreachable!("nodes are never removed, only marked dead"),
+        let Some(node) = state.nodes.get(&reservation.node) else {
+            unreachable!("nodes are never removed, only marked dead")
         };
         Lease {
-            _reservation: reservation,
-            address,
-            client,
-            lost,
+            address: node.address.clone(),
+            client: node.client.clone(),
+            tasks: node.tasks.clone(),
+            lost: node.lost.clone(),
+            reservation,
         }
     }
 
@@ -376,20 +493,25 @@ impl Head {
         }
         let mut attempt = 0;
         loop {
+            request.pipeline = self.is_short(&request.label);
             let lease = self.acquire(&demand, &input_bytes, &request.label).await?;
-            let mut client = lease.client.clone();
             let outcome = tokio::select! {
-                reply = client.run_task(request.clone()) => match reply {
-                    Ok(reply) => match reply.into_inner().result {
+                reply = lease.tasks.call(request.clone()) => match reply {
+                    Ok(reply) => match reply.result {
                         Some(task_reply::Result::Success(success)) => Ok(success),
                         Some(task_reply::Result::Error(error)) => Err(error.into_error()),
                         None => Err(Error::Internal("node sent an empty reply".into())),
                     },
-                    Err(status) => Err(Error::NodeLost {
-                        node: lease.address.clone(),
-                        task: request.label.clone(),
-                        message: status.message().to_string(),
-                    }),
+                    Err(status) => {
+                        if status.code() == tonic::Code::Unavailable {
+                            self.unreachable(lease.reservation.node);
+                        }
+                        Err(Error::NodeLost {
+                            node: lease.address.clone(),
+                            task: request.label.clone(),
+                            message: status.message().to_string(),
+                        })
+                    }
                 },
                 _ = lease.lost.cancelled() => Err(Error::NodeLost {
                     node: lease.address.clone(),
@@ -398,8 +520,16 @@ impl Head {
                 }),
             };
             drop(lease);
+            if let Ok(success) = &outcome {
+                let wall_ns = success.stats.as_ref().map_or(0, |s| s.wall_ns);
+                self.record_duration(&request.label, wall_ns);
+            }
             match outcome {
-                Err(e) if e.is_retryable() && attempt < request.max_retries => {
+                Err(e)
+                    if e.is_retryable()
+                        && attempt < request.max_retries
+                        && !self.input_gone(&e) =>
+                {
                     attempt += 1;
                     tracing::warn!(task = %request.label, attempt, error = %e, "retrying task");
                 }
@@ -454,7 +584,9 @@ impl HeadRpc for Head {
             last_heartbeat: Instant::now(),
             alive: true,
             running: 0,
+            queued: 0,
             pid: r.pid,
+            tasks: node_tasks(&client),
             client,
             lost: CancellationToken::new(),
         };
@@ -555,17 +687,28 @@ impl HeadRpc for Head {
         Ok(Response::new(Box::pin(chunks)))
     }
 
-    async fn submit_task(
+    type SubmitTasksStream = task_stream::ReplyStream;
+
+    async fn submit_tasks(
         &self,
-        request: Request<proto::TaskRequest>,
-    ) -> Result<Response<proto::TaskReply>, Status> {
-        let reply = match self.submit(request.into_inner()).await {
-            Ok(success) => proto::TaskReply {
-                result: Some(task_reply::Result::Success(success)),
-            },
-            Err(error) => proto::TaskReply::failed(&error),
-        };
-        Ok(Response::new(reply))
+        request: Request<Streaming<proto::TaskCalls>>,
+    ) -> Result<Response<task_stream::ReplyStream>, Status> {
+        let head = self
+            .me
+            .upgrade()
+            .ok_or_else(|| Status::unavailable("the head is stopping"))?;
+        let replies = task_stream::serve(request.into_inner(), move |task| {
+            let head = Arc::clone(&head);
+            async move {
+                match head.submit(task).await {
+                    Ok(success) => proto::TaskReply {
+                        result: Some(task_reply::Result::Success(success)),
+                    },
+                    Err(error) => proto::TaskReply::failed(&error),
+                }
+            }
+        });
+        Ok(Response::new(replies))
     }
 
     async fn end_job(
@@ -658,6 +801,7 @@ mod tests {
         })
         .unwrap();
         let id = NodeId::random();
+        let client = NodeClient::new(server::lazy_channel("127.0.0.1:9").unwrap());
         let entry = NodeEntry {
             address: "http://127.0.0.1:9".into(),
             total: Resources::one_cpu(),
@@ -666,8 +810,10 @@ mod tests {
             last_heartbeat: Instant::now(),
             alive: true,
             running: 0,
+            queued: 0,
             pid: 0,
-            client: NodeClient::new(server::lazy_channel("127.0.0.1:9").unwrap()),
+            client: client.clone(),
+            tasks: node_tasks(&client),
             lost: CancellationToken::new(),
         };
         head.state.lock().nodes.insert(id, entry);

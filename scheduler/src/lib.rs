@@ -37,6 +37,7 @@ pub mod placement;
 pub mod proto;
 pub mod runtime;
 pub mod server;
+pub mod task_stream;
 pub mod worker;
 pub mod worker_pool;
 

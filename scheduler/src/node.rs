@@ -31,6 +31,7 @@ use crate::proto::node_server::{Node as NodeRpc, NodeServer};
 use crate::proto::worker_server::{Worker as WorkerRpc, WorkerServer};
 use crate::proto::{self, worker_done, worker_message};
 use crate::server;
+use crate::task_stream;
 use crate::worker_pool::{WorkerConn, WorkerPools};
 
 /// Partitions a node fetches at once for one reduce task.
@@ -87,6 +88,8 @@ pub struct NodeDaemon {
     flight: FlightPool,
     workers: Arc<WorkerPools>,
     executables: ExecutableCache,
+    /// Executables found in the cache since this node started (checked once, not per task).
+    checked_executables: Mutex<std::collections::HashSet<String>>,
     head: HeadClient<tonic::transport::Channel>,
     /// The actors running here.
     actors: Mutex<HashMap<ActorId, LocalActor>>,
@@ -107,6 +110,16 @@ impl NodeDaemon {
     }
 
     async fn ensure_executable(&self, hash: &str) -> Result<PathBuf> {
+        if self.checked_executables.lock().contains(hash) {
+            return Ok(self.executables.path(hash));
+        }
+        let path = self.download_executable(hash).await?;
+        self.checked_executables.lock().insert(hash.to_string());
+        Ok(path)
+    }
+
+    /// The executable with `hash` from the cache, downloaded from the head if missing.
+    async fn download_executable(&self, hash: &str) -> Result<PathBuf> {
         if self.executables.contains(hash) {
             return Ok(self.executables.path(hash));
         }
@@ -151,7 +164,8 @@ impl NodeDaemon {
         } else {
             self.flight
                 .pull_into(&self.store, &meta.location, meta.id)
-                .await?
+                .await
+                .map_err(|e| Error::fetching(&meta.location.flight_address, meta.id, e))?
         };
         self.pulls.lock().remove(&meta.id);
         Ok(pulled)
@@ -191,7 +205,8 @@ impl NodeDaemon {
         let pulled = self
             .flight
             .pull_batch_into(&self.store, &meta.location, id, batch, part)
-            .await?;
+            .await
+            .map_err(|e| Error::fetching(&meta.location.flight_address, id, e))?;
         Ok((part, 0, None, pulled))
     }
 
@@ -203,7 +218,10 @@ impl NodeDaemon {
         let executable = self.ensure_executable(&request.executable_hash).await?;
         let mut prepared = self.prepare(&request).await?;
         let assignment = prepared.assignment.take().expect("just prepared");
-        let done = self.workers.run(job, executable, assignment).await?;
+        let done = self
+            .workers
+            .run(job, executable, assignment, request.pipeline)
+            .await?;
         self.finish(prepared, done).await
     }
 
@@ -353,11 +371,21 @@ impl NodeDaemon {
                 return Err(e);
             }
         }
-        for input in request
+        let mut inline_inputs = Vec::new();
+        for (index, input) in request
             .inputs
             .iter()
+            .enumerate()
             .filter(|_| request.input_batch.is_none())
         {
+            if let Some(data) = &input.inline {
+                inline_inputs.push(proto::InlineInput {
+                    index: index as u32,
+                    data: data.clone(),
+                });
+                input_ids.push(input.object_id.clone());
+                continue;
+            }
             let meta = input.to_meta()?;
             let pulled = self.make_local(&meta).await?;
             if pulled > 0 {
@@ -371,6 +399,7 @@ impl NodeDaemon {
             pins.push(pin);
             input_ids.push(input.object_id.clone());
         }
+        let output_file = self.store.take_recycled();
         let assignment = proto::WorkerAssignment {
             task_id: request.task_id.clone(),
             function: request.function.clone(),
@@ -379,14 +408,15 @@ impl NodeDaemon {
             input_batches,
             output_id: request.output_id.clone(),
             label: request.label.clone(),
-            output_file: self
-                .store
-                .take_recycled()
+            output_file: output_file
+                .as_ref()
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default(),
+            inline_inputs,
         };
         Ok(Prepared {
             assignment: Some(assignment),
+            output_file,
             output_id,
             stats,
             pins,
@@ -402,6 +432,7 @@ impl NodeDaemon {
     ) -> Result<proto::TaskSuccess> {
         let Prepared {
             output_id,
+            output_file,
             mut stats,
             pins,
             scratch,
@@ -409,7 +440,27 @@ impl NodeDaemon {
         } = prepared;
         drop(pins);
         drop(scratch);
+        if let Some(unwritten) = output_file {
+            // The worker wrote its output over this file, or (an inline result, a failure)
+            // left it: then it goes back to the pool.
+            self.store.give_back_recycled(&unwritten);
+        }
         match done.result {
+            Some(worker_done::Result::Output(mut output)) if output.inline.is_some() => {
+                let value = output.inline.take().expect("checked");
+                stats.add(&output.stats.unwrap_or_default().into());
+                Ok(proto::TaskSuccess {
+                    output: Some(proto::ObjectLocation {
+                        object_id: Bytes::copy_from_slice(output_id.as_bytes()),
+                        node_id: Bytes::copy_from_slice(self.id.as_bytes()),
+                        address: self.address.clone(),
+                        size_bytes: value.len() as u64,
+                        num_rows: 0,
+                        inline: Some(value),
+                    }),
+                    stats: Some(stats.into()),
+                })
+            }
             Some(worker_done::Result::Output(output)) => {
                 let store = Arc::clone(&self.store);
                 let stored = tokio::task::spawn_blocking(move || store.adopt_reporting(output_id))
@@ -425,6 +476,7 @@ impl NodeDaemon {
                         address: self.address.clone(),
                         size_bytes,
                         num_rows: output.num_rows,
+                        inline: None,
                     }),
                     stats: Some(stats.into()),
                 })
@@ -483,6 +535,8 @@ async fn register(
 /// inputs readable until the worker answers.
 struct Prepared {
     assignment: Option<proto::WorkerAssignment>,
+    /// The recycled file the worker may write its output over.
+    output_file: Option<PathBuf>,
     output_id: ObjectId,
     stats: TaskStats,
     pins: Vec<manta_engine::Pin>,
@@ -517,6 +571,20 @@ impl NodeRpc for NodeService {
         request: Request<proto::TaskRequest>,
     ) -> Result<Response<proto::TaskReply>, Status> {
         Ok(Response::new(self.0.run(request.into_inner()).await.into()))
+    }
+
+    type RunTasksStream = task_stream::ReplyStream;
+
+    async fn run_tasks(
+        &self,
+        request: Request<Streaming<proto::TaskCalls>>,
+    ) -> Result<Response<task_stream::ReplyStream>, Status> {
+        let daemon = Arc::clone(&self.0);
+        let replies = task_stream::serve(request.into_inner(), move |task| {
+            let daemon = Arc::clone(&daemon);
+            async move { daemon.run(task).await.into() }
+        });
+        Ok(Response::new(replies))
     }
 
     async fn free_objects(
@@ -636,7 +704,7 @@ impl WorkerRpc for NodeService {
             }
         };
         let job = proto::parse_id(&hello.job_id, JobId::from_slice, "job_id")?;
-        let (tx, rx) = mpsc::channel(2);
+        let (tx, rx) = mpsc::channel(crate::worker_pool::PIPELINE_DEPTH);
         if !hello.actor_id.is_empty() {
             let actor = proto::parse_id(&hello.actor_id, ActorId::from_slice, "actor_id")?;
             let worker = self.0.workers.attached_actor(actor, hello.pid, tx);
@@ -692,6 +760,7 @@ pub async fn run_node(config: NodeConfig, ready: impl FnOnce(&str)) -> Result<()
             shared_dir,
         ),
         executables: ExecutableCache::new(&config.cache_dir)?,
+        checked_executables: Mutex::default(),
         head,
         actors: Mutex::default(),
         pulls: Mutex::default(),

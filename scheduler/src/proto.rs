@@ -91,6 +91,16 @@ impl From<&ObjectMeta> for ObjectLocation {
             address: m.location.flight_address.to_string(),
             size_bytes: m.size_bytes,
             num_rows: m.num_rows,
+            inline: None,
+        }
+    }
+}
+
+impl<T> From<&manta_engine::ObjectRef<T>> for ObjectLocation {
+    fn from(object: &manta_engine::ObjectRef<T>) -> Self {
+        Self {
+            inline: object.inline_value().cloned(),
+            ..Self::from(object.meta())
         }
     }
 }

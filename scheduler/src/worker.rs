@@ -3,7 +3,8 @@
 //! The worker attaches to its node's `Worker` service, says hello, and then runs each task it
 //! is sent: it maps the task's inputs from the node's shared memory (zero-copy: the batches'
 //! buffers point into the mapping), runs the registered function, writes the output object into
-//! shared memory for the node to adopt, and answers. Tasks run one at a time; when the node
+//! shared memory for the node to adopt (or, a small bytes result, sends it back inline), and
+//! answers. Tasks run one at a time; when the node
 //! closes the stream (or dies), the worker exits.
 
 use std::path::PathBuf;
@@ -18,6 +19,11 @@ use crate::error::{Error, Result, from_task_error};
 use crate::proto::worker_client::WorkerClient;
 use crate::proto::{self, worker_done, worker_message};
 use crate::worker_pool::env;
+
+/// Bytes results up to this size go back with the task's answer (and on to the driver) rather
+/// than into shared memory: a small result costs no file, no fetch and no free (Ray's
+/// `max_direct_call_object_size` is 100 KiB).
+pub const INLINE_RESULT_BYTES: usize = 64 << 10;
 
 /// What a worker process learns from its environment.
 #[derive(Clone, Debug)]
@@ -144,11 +150,19 @@ fn run_assignment(
     dir: &ObjectDir,
     assignment: proto::WorkerAssignment,
 ) -> Result<proto::WorkerOutput> {
+    let mut inline: std::collections::HashMap<u32, Bytes> = assignment
+        .inline_inputs
+        .iter()
+        .map(|input| (input.index, input.data.clone()))
+        .collect();
     let inputs = assignment
         .input_ids
         .iter()
         .enumerate()
         .map(|(i, id)| {
+            if let Some(value) = inline.remove(&(i as u32)) {
+                return Ok(Object::Bytes(value));
+            }
             let id = ObjectId::from_slice(id)?;
             let object = dir.read(id, None)?;
             match assignment.input_batches.get(i) {
@@ -167,6 +181,13 @@ fn run_assignment(
     .map_err(from_task_error)?;
     let num_rows = match &output {
         Object::Block(block) => block.num_rows() as u64,
+        Object::Bytes(value) if value.len() <= INLINE_RESULT_BYTES => {
+            return Ok(proto::WorkerOutput {
+                num_rows: 0,
+                stats: Some(stats.into()),
+                inline: Some(value.clone()),
+            });
+        }
         Object::Bytes(_) => 0,
     };
     let recycled =
@@ -179,5 +200,6 @@ fn run_assignment(
     Ok(proto::WorkerOutput {
         num_rows,
         stats: Some(stats.into()),
+        inline: None,
     })
 }

@@ -49,6 +49,9 @@ pub mod env {
     pub const ACTOR: &str = "MANTA_WORKER_ACTOR";
 }
 
+/// Short tasks queued on one busy worker at most (see [`WorkerPools::run`]).
+pub const PIPELINE_DEPTH: usize = 64;
+
 /// One attached worker process.
 pub struct WorkerConn {
     pid: u32,
@@ -101,6 +104,8 @@ impl WorkerConn {
 struct JobWorkers {
     executable: PathBuf,
     idle: Vec<Arc<WorkerConn>>,
+    /// Every attached worker, idle or not (short tasks are queued on busy ones).
+    attached: Vec<Arc<WorkerConn>>,
     /// Processes started and not yet dead (attached or still starting).
     live: usize,
     waiting: VecDeque<oneshot::Sender<Result<Arc<WorkerConn>>>>,
@@ -167,18 +172,50 @@ impl WorkerPools {
         })
     }
 
-    /// Runs one assignment on a worker of `job` and waits for its answer.
+    /// Runs one assignment on a worker of `job` and waits for its answer. A `pipeline`d (short)
+    /// task that finds every worker busy is queued on the least loaded one rather than waiting
+    /// for one to come back: the worker starts it the moment its current task ends, with no
+    /// round trip in between.
     pub async fn run(
         self: &Arc<Self>,
         job: JobId,
         executable: PathBuf,
         assignment: WorkerAssignment,
+        pipeline: bool,
     ) -> Result<WorkerDone> {
+        if let Some(worker) = pipeline.then(|| self.busy_worker(job)).flatten() {
+            return self.send_to(&worker, assignment).await;
+        }
         let worker = Borrowed {
             pools: self,
             job,
             worker: self.acquire(job, executable).await?,
         };
+        self.send_to(&worker, assignment).await
+    }
+
+    /// The busy worker with the fewest tasks queued, when no worker is idle, none can be
+    /// started, and one has fewer than [`PIPELINE_DEPTH`] queued.
+    fn busy_worker(&self, job: JobId) -> Option<Arc<WorkerConn>> {
+        let jobs = self.jobs.lock();
+        let workers = jobs.get(&job)?;
+        if !workers.idle.is_empty() || workers.live < self.max_workers {
+            return None;
+        }
+        workers
+            .attached
+            .iter()
+            .map(|w| (w.running.lock().len(), w))
+            .filter(|(queued, _)| *queued < PIPELINE_DEPTH)
+            .min_by_key(|(queued, _)| *queued)
+            .map(|(_, w)| Arc::clone(w))
+    }
+
+    async fn send_to(
+        &self,
+        worker: &WorkerConn,
+        assignment: WorkerAssignment,
+    ) -> Result<WorkerDone> {
         let label = assignment.label.clone();
         let died = |message: &str| Error::WorkerDied {
             task: label.clone(),
@@ -200,6 +237,7 @@ impl WorkerPools {
             let workers = jobs.entry(job).or_insert_with(|| JobWorkers {
                 executable,
                 idle: Vec::new(),
+                attached: Vec::new(),
                 live: 0,
                 waiting: VecDeque::new(),
                 next_index: 0,
@@ -369,6 +407,9 @@ impl WorkerPools {
     ) -> Arc<WorkerConn> {
         let worker = WorkerConn::new(pid, assignments);
         tracing::debug!(%job, pid, "worker attached");
+        if let Some(workers) = self.jobs.lock().get_mut(&job) {
+            workers.attached.push(Arc::clone(&worker));
+        }
         self.give_back(job, Arc::clone(&worker));
         worker
     }
@@ -380,6 +421,7 @@ impl WorkerPools {
         let mut jobs = self.jobs.lock();
         if let Some(workers) = jobs.get_mut(&job) {
             workers.idle.retain(|w| !Arc::ptr_eq(w, worker));
+            workers.attached.retain(|w| !Arc::ptr_eq(w, worker));
         }
     }
 
@@ -392,6 +434,7 @@ impl WorkerPools {
         };
         workers.live = workers.live.saturating_sub(1);
         workers.idle.retain(|w| w.pid != pid);
+        workers.attached.retain(|w| w.pid != pid);
         workers.pids.retain(|p| *p != pid);
         if workers.live == 0 && !workers.waiting.is_empty() {
             let message = format!(

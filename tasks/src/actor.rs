@@ -89,7 +89,7 @@ impl ActorRef {
         options: &ActorOptions,
     ) -> Result<Self> {
         let id = ActorId::random();
-        let (bytes, inputs) = resolve(runtime.client(), constructor, args.for_actor(id)).await?;
+        let (bytes, inputs, _) = resolve(runtime.client(), constructor, args.for_actor(id)).await?;
         let spec = ActorSpec {
             id,
             class: class.to_string(),
@@ -151,13 +151,12 @@ impl ActorRef {
     /// time, in the order made.
     pub fn call<R>(&self, method: &'static str, args: Args) -> ObjectRef<R> {
         let (sender, object) = UntypedRef::pending();
-        let sender = std::sync::Arc::new(sender);
-        let failed = std::sync::Arc::clone(&sender);
+        let failed = sender.clone();
         let args = args.for_actor(self.inner.id());
         let client = self.client.clone();
         let pending = Box::pin(async move {
             match resolve(&client, method, args).await {
-                Ok((bytes, inputs)) => Some(TaskSpec {
+                Ok((bytes, inputs, _)) => Some(TaskSpec {
                     function: method.to_string(),
                     args: bytes,
                     inputs,
@@ -167,7 +166,7 @@ impl ActorRef {
                     label: method.to_string(),
                 }),
                 Err(e) => {
-                    failed.send_replace(Some(Err(e)));
+                    failed.set(Err(e));
                     None
                 }
             }
@@ -182,7 +181,7 @@ impl ActorRef {
                 }),
                 None => return,
             };
-            sender.send_replace(Some(outcome));
+            sender.set(outcome);
         });
         ObjectRef::from_untyped(object)
     }

@@ -13,14 +13,15 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use manta_engine::{Object, Resources, TaskSpec};
+use manta_engine::{Object, Resources};
 use manta_scheduler::Client;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::args::{Args, decode, encode};
 use crate::error::{Error, Result};
-use crate::object_ref::{ObjectRef, Resolution, UntypedRef};
+use crate::lineage::Lineage;
+use crate::object_ref::{ObjectRef, Resolution, Setter, UntypedRef};
 
 /// What runs calls: a client and the runtime its futures run on (Manta's `Context`).
 pub trait Runtime {
@@ -85,15 +86,23 @@ pub fn submit<R>(
     args: Args,
     options: &TaskOptions,
 ) -> ObjectRef<R> {
-    let (sender, object) = UntypedRef::pending();
+    let (setter, object) = UntypedRef::pending();
     let client = runtime.client().clone();
     let options = options.clone();
     runtime.handle().spawn(async move {
-        let outcome = call(&client, function, args, &options).await;
-        sender.send_replace(Some(outcome));
+        let outcome = call(&client, function, args, &options, &setter).await;
+        setter.set(outcome);
     });
     ObjectRef::from_untyped(object)
 }
+
+/// A call's arguments once its refs are resolved: the argument bytes, the input objects, and
+/// the refs they came from (each with its argument's position).
+pub(crate) type Resolved = (
+    bytes::Bytes,
+    Vec<manta_engine::ObjectRef>,
+    Vec<(usize, UntypedRef)>,
+);
 
 /// Waits for the refs among a call's arguments: the argument bytes and the input objects, or
 /// the failure of the first argument that failed.
@@ -101,62 +110,55 @@ pub(crate) async fn resolve(
     client: &Client,
     function: &'static str,
     mut args: Args,
-) -> Result<(bytes::Bytes, Vec<manta_engine::ObjectRef>)> {
+) -> Result<Resolved> {
     args.place_batches(client).await;
     let (bytes, refs, error) = args.into_parts();
     if let Some(error) = error {
         return Err(error);
     }
     let mut inputs = Vec::with_capacity(refs.len());
-    for (argument, object) in refs {
+    for (argument, object) in &refs {
         let stored = object
             .resolution()
             .await
             .map_err(|source| Error::Argument {
                 function: function.to_string(),
-                argument,
+                argument: *argument,
                 source: Box::new(source),
             })?;
         inputs.push(stored);
     }
-    Ok((bytes, inputs))
+    Ok((bytes, inputs, refs))
 }
 
-/// Resolves the arguments, runs the task (again on failure, as `options` allow).
+/// Resolves the arguments and runs the task (again on failure, as `options` allow). On a
+/// cluster the ref remembers the task first, so that its output can be made again if lost.
 async fn call(
     client: &Client,
     function: &'static str,
     args: Args,
     options: &TaskOptions,
+    setter: &Setter,
 ) -> Resolution {
-    let (bytes, inputs) = resolve(client, function, args).await?;
-    let spec = TaskSpec {
-        function: function.to_string(),
-        args: bytes,
-        inputs,
-        input_batch: None,
-        resources: options.resources.clone(),
-        max_retries: options.max_retries,
-        label: function.to_string(),
-    };
-    let mut failures = 0;
-    loop {
-        match client.submit(spec.clone()).await {
-            Ok(outcome) => return Ok(outcome.output),
-            Err(
-                error @ (manta_scheduler::Error::UserFunction { .. }
-                | manta_scheduler::Error::UserPanic { .. }),
-            ) if options.retry_exceptions && failures < options.max_retries => {
-                failures += 1;
-                tracing::debug!("{function} failed ({error}); retry {failures}");
-            }
-            Err(error) => {
-                return Err(Error::Task {
-                    function: function.to_string(),
-                    source: Arc::new(error),
-                });
-            }
+    let (bytes, inputs, sources) = resolve(client, function, args).await?;
+    let lineage = Lineage::new(function, bytes, &sources, options);
+    if matches!(client, Client::Cluster(_)) {
+        setter.set_lineage(Arc::clone(&lineage));
+    }
+    lineage.submit(client, inputs).await
+}
+
+/// The object behind `object` as this process reads it: fetched from its node on a cluster,
+/// and made again from its lineage if its node is gone.
+async fn fetch<T>(client: &Client, object: &ObjectRef<T>) -> Result<Object> {
+    let stored = object.stored().await?;
+    match client.get(&stored).await {
+        Err(error) if crate::lineage::lost_object(&error).is_some() => {
+            tracing::info!(object = %stored.id(), %error, "object lost; rebuilding it");
+            let rebuilt = object.untyped().rebuild(client, stored.id()).await?;
+            Ok(client.get(&rebuilt).await?)
         }
+        fetched => Ok(fetched?),
     }
 }
 
@@ -189,9 +191,16 @@ pub async fn get_batch_async(
     client: &Client,
     object: &ObjectRef<RecordBatch>,
 ) -> Result<RecordBatch> {
-    let stored = object.stored().await?;
-    let id = stored.id();
-    let block = client.get(&stored).await?.into_block(id)?;
+    let block = match fetch(client, object).await? {
+        Object::Block(block) => block,
+        Object::Bytes(_) => {
+            return Err(Error::Codec {
+                action: "decode",
+                type_name: "RecordBatch",
+                reason: "the object is bytes, not a block of record batches".into(),
+            });
+        }
+    };
     Ok(crate::args::one_batch(&block)?)
 }
 
@@ -202,8 +211,7 @@ pub fn get_batch(runtime: &impl Runtime, object: &ObjectRef<RecordBatch>) -> Res
 
 /// The value behind `object`, once its task is done.
 pub async fn get_async<T: DeserializeOwned>(client: &Client, object: &ObjectRef<T>) -> Result<T> {
-    let stored = object.stored().await?;
-    match client.get(&stored).await? {
+    match fetch(client, object).await? {
         Object::Bytes(bytes) => decode(&bytes),
         Object::Block(_) => Err(Error::Codec {
             action: "decode",

@@ -56,6 +56,14 @@ pub enum Error {
         /// Why it does not match.
         reason: String,
     },
+    /// An object's copy is gone (its node died) and it cannot be made again.
+    #[error("object {object} is lost and cannot be rebuilt: {reason}")]
+    Lost {
+        /// The object.
+        object: String,
+        /// Why it cannot be rebuilt.
+        reason: String,
+    },
     /// `get` with a timeout: the object was not ready in time.
     #[error("object not ready after {0:?}")]
     Timeout(std::time::Duration),

@@ -18,7 +18,8 @@
 //! ```
 //!
 //! * [`args`]: how arguments travel (values encoded with postcard, refs as task inputs).
-//! * [`object_ref`]: the typed, possibly-pending [`ObjectRef`].
+//! * [`object_ref`]: the typed, possibly-pending [`ObjectRef`]; `lineage`: how a lost
+//!   task output is made again.
 //! * [`actor`]: actors ([`ActorRef`], [`ActorOptions`]), what `#[manta::actor]` builds on.
 //! * [`api`]: [`submit`], [`put`], [`get`], [`get_all`], [`wait`], and [`TaskOptions`].
 
@@ -28,6 +29,7 @@ pub mod actor;
 pub mod api;
 pub mod args;
 pub mod error;
+mod lineage;
 pub mod object_ref;
 
 pub use actor::{ActorClass, ActorOptions, ActorRef};

@@ -2,57 +2,133 @@
 //!
 //! A remote call returns its ref at once; the call itself (resolving its arguments, submitting
 //! the task, waiting for it) runs on the driver's runtime and sets the ref when it is done. The
-//! ref is a `tokio::sync::watch` receiver of that outcome, so any number of clones can wait
-//! for it, and once set it holds the stored object's counted [`manta_engine::ObjectRef`]: the
-//! object is freed when the last clone of every ref to it has dropped.
+//! ref shares a `tokio::sync::watch` of that outcome, so any number of clones can wait for it,
+//! and once set it holds the stored object's counted [`manta_engine::ObjectRef`]: the object is
+//! freed when the last clone of every ref to it has dropped. On a cluster the ref also knows the
+//! task that made it ([`Lineage`]), and is rebuilt from it when its node is lost.
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::{Arc, OnceLock, Weak};
 
+use manta_engine::ObjectId;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
+use crate::lineage::Lineage;
 
 /// What a call ended with: the stored object, or why there is none.
 pub(crate) type Resolution = Result<manta_engine::ObjectRef>;
 
+/// What every clone of one ref shares: the outcome, and how to make the object again.
+pub(crate) struct Shared {
+    state: watch::Sender<Option<Resolution>>,
+    /// The task that made the object, on a cluster (set once its arguments are resolved).
+    lineage: OnceLock<Arc<Lineage>>,
+    /// Held while the object is rebuilt, so that concurrent `get`s rebuild it once.
+    rebuilding: tokio::sync::Mutex<()>,
+}
+
 /// A ref whose value type has been forgotten (a task's argument list holds these).
 #[derive(Clone)]
 pub(crate) struct UntypedRef {
-    state: watch::Receiver<Option<Resolution>>,
+    shared: Arc<Shared>,
+}
+
+/// Sets a pending ref: what the call producing it holds.
+#[derive(Clone)]
+pub(crate) struct Setter(Arc<Shared>);
+
+impl Setter {
+    /// Records how the object is made (before it is there, so that its dependents see it).
+    pub(crate) fn set_lineage(&self, lineage: Arc<Lineage>) {
+        let _ = self.0.lineage.set(lineage);
+    }
+
+    /// Sets the outcome; every clone of the ref sees it.
+    pub(crate) fn set(&self, resolution: Resolution) {
+        self.0.state.send_replace(Some(resolution));
+    }
 }
 
 impl UntypedRef {
-    /// A ref to be set through the returned sender.
-    pub(crate) fn pending() -> (watch::Sender<Option<Resolution>>, Self) {
-        let (sender, state) = watch::channel(None);
-        (sender, Self { state })
+    fn with_state(state: Option<Resolution>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                state: watch::Sender::new(state),
+                lineage: OnceLock::new(),
+                rebuilding: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    /// A ref to be set through the returned setter.
+    pub(crate) fn pending() -> (Setter, Self) {
+        let object = Self::with_state(None);
+        (Setter(Arc::clone(&object.shared)), object)
     }
 
     /// A ref that is already set.
     pub(crate) fn ready(resolution: Resolution) -> Self {
-        let (_, state) = watch::channel(Some(resolution));
-        Self { state }
+        Self::with_state(Some(resolution))
     }
 
     /// Whether the call is done (successfully or not).
     pub(crate) fn is_ready(&self) -> bool {
-        self.state.borrow().is_some()
+        self.shared.state.borrow().is_some()
+    }
+
+    /// The task that makes this object, if it is a task's result on a cluster.
+    pub(crate) fn lineage(&self) -> Option<Arc<Lineage>> {
+        self.shared.lineage.get().cloned()
+    }
+
+    /// A link to this ref that does not keep its object alive.
+    pub(crate) fn downgrade(&self) -> Weak<Shared> {
+        Arc::downgrade(&self.shared)
+    }
+
+    /// The ref behind a link, if any clone of it is still alive.
+    pub(crate) fn upgrade(link: &Weak<Shared>) -> Option<Self> {
+        link.upgrade().map(|shared| Self { shared })
     }
 
     /// Waits for the call to be done.
     pub(crate) async fn resolution(&self) -> Resolution {
-        let mut state = self.state.clone();
+        let mut state = self.shared.state.subscribe();
         match state.wait_for(Option::is_some).await {
             Ok(done) => done.clone().expect("waited for Some"),
-            Err(_) => Err(Error::Object(std::sync::Arc::new(
-                manta_scheduler::Error::Internal(
-                    "the call producing this object ended without an outcome (its runtime \
-                     stopped)"
-                        .into(),
-                ),
-            ))),
+            Err(_) => Err(Error::Object(Arc::new(manta_scheduler::Error::Internal(
+                "the call producing this object ended without an outcome (its runtime stopped)"
+                    .into(),
+            )))),
         }
+    }
+
+    /// Makes the object again after its copy `lost` was found gone (its node died): runs its
+    /// task again, rebuilding lost inputs first. Every clone of the ref then sees the new copy.
+    /// Concurrent callers rebuild it once.
+    pub(crate) async fn rebuild(
+        &self,
+        client: &manta_scheduler::Client,
+        lost: ObjectId,
+    ) -> Resolution {
+        let _one_at_a_time = self.shared.rebuilding.lock().await;
+        if let Some(Ok(current)) = &*self.shared.state.borrow()
+            && current.id() != lost
+        {
+            return Ok(current.clone());
+        }
+        let Some(lineage) = self.lineage() else {
+            return Err(Error::Lost {
+                object: lost.to_string(),
+                reason: "it was stored by `put`, not made by a task, so it cannot be made again"
+                    .into(),
+            });
+        };
+        let outcome = lineage.run(client).await;
+        self.shared.state.send_replace(Some(outcome.clone()));
+        outcome
     }
 }
 
@@ -94,7 +170,7 @@ impl<T> Clone for ObjectRef<T> {
 
 impl<T> fmt::Debug for ObjectRef<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match &*self.inner.state.borrow() {
+        let state = match &*self.inner.shared.state.borrow() {
             None => "pending".to_string(),
             Some(Ok(object)) => object.id().to_string(),
             Some(Err(_)) => "failed".to_string(),

@@ -276,6 +276,22 @@ impl ObjectStore {
         self.recycler.take()
     }
 
+    /// Gives back a file from [`take_recycled`](Self::take_recycled) that was not written (its
+    /// task's output went elsewhere).
+    pub fn give_back_recycled(&self, path: &std::path::Path) {
+        let Some(dir) = self.shared_dir() else {
+            return;
+        };
+        match std::fs::metadata(path) {
+            Ok(meta) => {
+                self.recycler.keep(dir, path, meta.len());
+            }
+            Err(_) => {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+
     /// Whether `id` is stored here (resident or spilled).
     pub fn contains(&self, id: ObjectId) -> bool {
         self.state.lock().entries.contains_key(&id)

@@ -1,0 +1,235 @@
+//! Many task calls over one gRPC stream, in batches: how a driver submits tasks to the head,
+//! and how the head runs them on a node.
+//!
+//! A unary RPC per task costs an HTTP/2 stream, headers, and a round of wake-ups on both sides;
+//! at tens of thousands of tasks a second that is most of the work. So each link is one
+//! long-lived bidirectional stream of [`TaskCalls`] one way and [`TaskCallReplies`] the other:
+//!
+//! * The caller's side is a [`TaskStream`]. [`TaskStream::call`] queues a call and waits for
+//!   its reply. One sender task takes everything queued (up to [`MAX_CALLS`] calls or
+//!   [`MAX_BATCH_BYTES`]) and sends it as one message; one receiver task per stream hands
+//!   each reply to the call waiting for it, by call id. If the stream breaks, the calls it
+//!   carried fail with the transport's status, and the next call opens a new stream.
+//! * The callee's side is [`serve`]: it runs each call of each message as a tokio task of its
+//!   own and sends the replies back, batched the same way.
+//!
+//! Batching costs no latency: the sender takes what is queued *now*; under light load a batch
+//! is one call.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::{Stream, StreamExt};
+use parking_lot::Mutex;
+use prost::Message;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+
+use crate::proto::{TaskCall, TaskCallReplies, TaskCallReply, TaskCalls, TaskReply, TaskRequest};
+
+/// Calls sent in one message at most.
+pub const MAX_CALLS: usize = 4096;
+
+/// A message is cut once its calls (or replies) pass this size, well under gRPC's 4 MiB.
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// Opens the stream: given the outgoing messages, starts the RPC and returns the replies.
+pub type Opener = Arc<
+    dyn Fn(
+            ReceiverStream<TaskCalls>,
+        ) -> BoxFuture<'static, Result<Streaming<TaskCallReplies>, Status>>
+        + Send
+        + Sync,
+>;
+
+type Reply = oneshot::Sender<Result<TaskReply, Status>>;
+
+/// The caller's side of a task stream (see the module documentation).
+#[derive(Clone)]
+pub struct TaskStream {
+    queue: mpsc::UnboundedSender<(TaskRequest, Reply)>,
+}
+
+impl std::fmt::Debug for TaskStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskStream").finish_non_exhaustive()
+    }
+}
+
+impl TaskStream {
+    /// A stream opened with `open` at the first call (must be created inside a tokio runtime).
+    pub fn new(open: Opener) -> Self {
+        let (queue, calls) = mpsc::unbounded_channel();
+        tokio::spawn(send_calls(open, calls));
+        Self { queue }
+    }
+
+    /// Sends one task and waits for its reply; an error status if the stream broke first.
+    pub async fn call(&self, task: TaskRequest) -> Result<TaskReply, Status> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send((task, reply))
+            .map_err(|_| Status::unavailable("the task stream has stopped"))?;
+        answer
+            .await
+            .map_err(|_| Status::unavailable("the task stream stopped before the reply"))?
+    }
+}
+
+/// The calls one stream carries and awaits; once it breaks, no call is added to it.
+#[derive(Default)]
+struct InFlight {
+    broken: bool,
+    waiting: HashMap<u64, Reply>,
+}
+
+/// One open stream: where its messages go, and the calls awaiting replies on it.
+struct Link {
+    outgoing: mpsc::Sender<TaskCalls>,
+    in_flight: Arc<Mutex<InFlight>>,
+}
+
+async fn send_calls(open: Opener, mut queue: mpsc::UnboundedReceiver<(TaskRequest, Reply)>) {
+    let mut link: Option<Link> = None;
+    let mut next_id = 0u64;
+    let mut queued = Vec::new();
+    while queue.recv_many(&mut queued, MAX_CALLS).await > 0 {
+        let mut calls = queued.drain(..).peekable();
+        while calls.peek().is_some() {
+            if link.as_ref().is_none_or(|l| l.in_flight.lock().broken) {
+                match open_link(&open).await {
+                    Ok(opened) => link = Some(opened),
+                    Err(status) => {
+                        for (_, reply) in calls.by_ref() {
+                            let _ = reply.send(Err(status.clone()));
+                        }
+                        break;
+                    }
+                }
+            }
+            let link = link.as_ref().expect("opened");
+            let mut message = TaskCalls::default();
+            let mut bytes = 0;
+            {
+                let mut in_flight = link.in_flight.lock();
+                if in_flight.broken {
+                    continue;
+                }
+                while bytes < MAX_BATCH_BYTES
+                    && let Some((task, reply)) = calls.next()
+                {
+                    next_id += 1;
+                    bytes += task.encoded_len();
+                    in_flight.waiting.insert(next_id, reply);
+                    message.calls.push(TaskCall {
+                        call_id: next_id,
+                        task: Some(task),
+                    });
+                }
+            }
+            // If the stream is gone, its receiver fails the calls just added.
+            let _ = link.outgoing.send(message).await;
+        }
+    }
+}
+
+async fn open_link(open: &Opener) -> Result<Link, Status> {
+    let (outgoing, messages) = mpsc::channel(64);
+    let replies = open(ReceiverStream::new(messages)).await?;
+    let in_flight = Arc::new(Mutex::new(InFlight::default()));
+    tokio::spawn(receive_replies(replies, Arc::clone(&in_flight)));
+    Ok(Link {
+        outgoing,
+        in_flight,
+    })
+}
+
+/// Hands each reply to its call; when the stream ends, fails the calls still waiting.
+async fn receive_replies(mut replies: Streaming<TaskCallReplies>, in_flight: Arc<Mutex<InFlight>>) {
+    let status = loop {
+        match replies.message().await {
+            Ok(Some(batch)) => {
+                let mut in_flight = in_flight.lock();
+                for reply in batch.replies {
+                    if let Some(waiting) = in_flight.waiting.remove(&reply.call_id) {
+                        let _ = waiting.send(reply.reply.ok_or_else(|| {
+                            Status::internal("a task call's reply came back empty")
+                        }));
+                    }
+                }
+            }
+            Ok(None) => break Status::unavailable("the task stream ended"),
+            Err(status) => break status,
+        }
+    };
+    let mut in_flight = in_flight.lock();
+    in_flight.broken = true;
+    for (_, waiting) in in_flight.waiting.drain() {
+        let _ = waiting.send(Err(status.clone()));
+    }
+}
+
+/// The reply stream [`serve`] returns.
+pub type ReplyStream = Pin<Box<dyn Stream<Item = Result<TaskCallReplies, Status>> + Send>>;
+
+/// The callee's side: runs every call arriving on `calls` with `run`, each as a tokio task of
+/// its own, and streams the replies back in batches as they finish.
+pub fn serve<F, Fut>(mut calls: Streaming<TaskCalls>, run: F) -> ReplyStream
+where
+    F: Fn(TaskRequest) -> Fut + Send + 'static,
+    Fut: Future<Output = TaskReply> + Send + 'static,
+{
+    let (done, replies) = mpsc::unbounded_channel::<TaskCallReply>();
+    tokio::spawn(async move {
+        while let Ok(Some(message)) = calls.message().await {
+            for call in message.calls {
+                let running = run(call.task.unwrap_or_default());
+                let done = done.clone();
+                tokio::spawn(async move {
+                    let reply = running.await;
+                    let _ = done.send(TaskCallReply {
+                        call_id: call.call_id,
+                        reply: Some(reply),
+                    });
+                });
+            }
+        }
+    });
+    let batches = futures::stream::unfold(
+        (replies, None::<TaskCallReply>),
+        |(mut replies, mut carried)| async move {
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            if let Some(reply) = carried.take() {
+                bytes += reply.encoded_len();
+                batch.push(reply);
+            } else {
+                match replies.recv().await {
+                    Some(reply) => {
+                        bytes += reply.encoded_len();
+                        batch.push(reply);
+                    }
+                    None => return None,
+                }
+            }
+            // Then whatever else is done now, up to the size cap.
+            while batch.len() < MAX_CALLS
+                && let Ok(reply) = replies.try_recv()
+            {
+                let size = reply.encoded_len();
+                if bytes + size > MAX_BATCH_BYTES {
+                    carried = Some(reply);
+                    break;
+                }
+                bytes += size;
+                batch.push(reply);
+            }
+            Some((Ok(TaskCallReplies { replies: batch }), (replies, carried)))
+        },
+    );
+    batches.boxed()
+}
