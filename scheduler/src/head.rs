@@ -3,20 +3,32 @@
 //! # How a task runs on a cluster
 //!
 //! ```text
-//! driver ──SubmitTask──▶ head: place (PlacementPolicy) ──RunTask──▶ node daemon
-//!    ▲                        take the node's resources              pull inputs (Flight), pin,
-//!    │                        ...                                    hand to a worker process
-//!    └──── TaskReply ◀────── give resources back, wake waiters ◀──── output object's location
+//! driver ══SubmitTasks══▶ head: place (PlacementPolicy) ══RunTasks══▶ node daemon
+//!    ▲                         take the node's resources               pull inputs (Flight), pin,
+//!    ║                         ...                                     hand to a worker process
+//!    ╚═══ replies ◀═══════════ give resources back, wake waiters ◀═══ output's location (or a
+//!                                                                      small output itself)
 //! ```
+//!
+//! (Both links are one stream each, carrying calls and replies in batches: [`task_stream`].)
 //!
 //! The head holds one entry per node: its resources (total and available), its last store
 //! usage and the time of its last heartbeat. A submitted task takes resources from the node the
 //! policy picks and gives them back when the node answers. A task that finds no room waits in a
 //! queue of tasks with the same demand; whenever resources come back (or nodes come and go) the
 //! head hands them to the queues' first tasks in order, and stops at each queue's first task
-//! that must go on waiting, so a release costs the tasks it places, not the tasks waiting. A node that misses heartbeats for
-//! `missed_heartbeats` intervals is marked dead: its running tasks fail with `NodeLost` at once,
-//! and are retried elsewhere if their retry budget allows.
+//! that must go on waiting, so a release costs the tasks it places, not the tasks waiting.
+//!
+//! *Short* tasks are the exception. The head keeps a moving average of each function's run
+//! time; a task of a function averaging under 1 ms ([`SHORT_TASK_NS`]) that finds every node
+//! busy is sent to the node with the fewest queued anyway (CPU-only demands, up to about 4 ms
+//! of work per CPU), without taking its resources, and the node queues it on a busy worker. A
+//! worker then goes from one short task to the next with no round trip to the head between
+//! them, which is what lets tiny tasks run at tens of thousands a second.
+//!
+//! A node that misses heartbeats for `missed_heartbeats` intervals, or refuses a connection, is
+//! marked dead: its running tasks fail with `NodeLost` at once, and are retried elsewhere if
+//! their retry budget allows.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;

@@ -4,8 +4,8 @@
 //! is sent: it maps the task's inputs from the node's shared memory (zero-copy: the batches'
 //! buffers point into the mapping), runs the registered function, writes the output object into
 //! shared memory for the node to adopt (or, a small bytes result, sends it back inline), and
-//! answers. Tasks run one at a time; when the node
-//! closes the stream (or dies), the worker exits.
+//! answers. Tasks run one at a time, in the order sent, on a thread of their own (the node may
+//! queue several short ones); when the node closes the stream (or dies), the worker exits.
 
 use std::path::PathBuf;
 
@@ -111,34 +111,51 @@ async fn serve(worker: WorkerEnv) -> Result<()> {
         .await
         .map_err(|s| Error::rpc("Attach", s))?
         .into_inner();
-    let dir = std::sync::Arc::new(ObjectDir::open(&worker.shared_dir));
+    // Tasks run one after another on a thread of their own, which takes the next assignment
+    // queued (the node may queue several short ones) without waiting on this runtime.
+    let (to_runner, queued) = std::sync::mpsc::channel::<proto::WorkerAssignment>();
+    let (finished, mut answers) = mpsc::unbounded_channel::<proto::WorkerDone>();
+    let dir = ObjectDir::open(&worker.shared_dir);
     let ctx = TaskContext::new(worker.node_id);
-    while let Some(assignment) = assignments
-        .message()
-        .await
-        .map_err(|s| Error::rpc("Attach", s))?
-    {
-        let task_id = assignment.task_id.clone();
-        let (dir, ctx) = (std::sync::Arc::clone(&dir), ctx.clone());
-        let result = tokio::task::spawn_blocking(move || run_assignment(&ctx, &dir, assignment))
-            .await
-            .unwrap_or_else(|e| Err(Error::Internal(format!("task thread failed: {e}"))));
-        let result = match result {
-            Ok(output) => worker_done::Result::Output(output),
-            Err(e) => worker_done::Result::Error(proto::TaskError::from_error(&e)),
-        };
-        let done = proto::WorkerDone {
-            task_id,
-            result: Some(result),
-        };
-        if tx
-            .send(proto::WorkerMessage {
-                kind: Some(worker_message::Kind::Done(done)),
-            })
-            .await
-            .is_err()
-        {
-            break;
+    std::thread::Builder::new()
+        .name("manta-task".into())
+        .spawn(move || {
+            for assignment in queued {
+                let task_id = assignment.task_id.clone();
+                let result = match run_assignment(&ctx, &dir, assignment) {
+                    Ok(output) => worker_done::Result::Output(output),
+                    Err(e) => worker_done::Result::Error(proto::TaskError::from_error(&e)),
+                };
+                let done = proto::WorkerDone {
+                    task_id,
+                    result: Some(result),
+                };
+                if finished.send(done).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| Error::Internal(format!("starting the task thread: {e}")))?;
+    loop {
+        tokio::select! {
+            assignment = assignments.message() => {
+                match assignment.map_err(|s| Error::rpc("Attach", s))? {
+                    Some(assignment) => {
+                        if to_runner.send(assignment).is_err() {
+                            return Err(Error::Internal("the task thread stopped".into()));
+                        }
+                    }
+                    None => break,
+                }
+            }
+            Some(done) = answers.recv() => {
+                let message = proto::WorkerMessage {
+                    kind: Some(worker_message::Kind::Done(done)),
+                };
+                if tx.send(message).await.is_err() {
+                    break;
+                }
+            }
         }
     }
     Ok(())
