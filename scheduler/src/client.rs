@@ -36,6 +36,8 @@ pub struct ClusterClient {
     releaser: Arc<dyn ReleaseObject>,
     /// The stream tasks are submitted to the head on.
     tasks: TaskStream,
+    /// This process's IP address as seen on the way to the head: its host in the cluster.
+    own_ip: Option<std::net::IpAddr>,
     /// The cluster's store usage as last asked of the head, and when.
     usage: parking_lot::Mutex<Option<(std::time::Instant, manta_engine::StoreUsage)>>,
     actors: Arc<crate::actors::ActorDirectory>,
@@ -108,6 +110,7 @@ impl ClusterClient {
             flight: FlightPool::new(),
             releaser: Arc::new(FreeQueue(tx)),
             tasks,
+            own_ip: own_ip_towards(address),
             usage: parking_lot::Mutex::new(None),
             actors: Arc::default(),
         }))
@@ -186,15 +189,13 @@ impl ClusterClient {
         }
     }
 
-    /// Stores `object` (a driver's `put`) on a node: the live node whose store holds the least,
-    /// over Flight `DoPut`. The driver owns it like a task's output.
+    /// Stores `object` (a driver's `put`) on a node over Flight `DoPut`: a live node on this
+    /// process's own host if there is one (the driver has no store of its own), the one whose
+    /// store holds the least. The driver owns it like a task's output; the store keeps it
+    /// (spilling it under pressure, never dropping it) until the last ref drops.
     pub async fn put_object(&self, object: Object) -> Result<ObjectRef> {
-        let node = self
-            .nodes()
-            .await?
-            .into_iter()
-            .filter(|n| n.alive)
-            .min_by_key(|n| n.store.map_or(0, |s| s.resident_bytes))
+        let nodes = self.nodes().await?;
+        let node = put_node(&nodes, self.own_ip)
             .ok_or_else(|| Error::Internal("no live node to put the object on".into()))?;
         let location = Location {
             node: manta_engine::NodeId::from_slice(&node.node_id)?,
@@ -272,6 +273,42 @@ impl ClusterClient {
         .map_err(|s| Error::rpc("EndJob", s))?;
         Ok(())
     }
+}
+
+/// The IP address of `address` (a `host:port` or a URL).
+fn ip_of(address: &str) -> Option<std::net::IpAddr> {
+    use std::net::ToSocketAddrs;
+    let url = server::normalize_address(address);
+    let authority = url.split("://").nth(1)?.trim_end_matches('/');
+    Some(authority.to_socket_addrs().ok()?.next()?.ip())
+}
+
+/// The IP address this process reaches `address` from (connecting a UDP socket only picks the
+/// route; nothing is sent).
+fn own_ip_towards(address: &str) -> Option<std::net::IpAddr> {
+    let target = ip_of(address)?;
+    let any: std::net::IpAddr = if target.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    let socket = std::net::UdpSocket::bind((any, 0)).ok()?;
+    socket.connect((target, 9)).ok()?;
+    Some(socket.local_addr().ok()?.ip())
+}
+
+/// Where a driver's `put` goes: among the live nodes on the host at `own_ip` (all live nodes
+/// if none is there), the one whose store holds the least.
+fn put_node(
+    nodes: &[proto::NodeInfo],
+    own_ip: Option<std::net::IpAddr>,
+) -> Option<&proto::NodeInfo> {
+    let live = || nodes.iter().filter(|n| n.alive);
+    let local = || live().filter(|n| own_ip.is_some() && ip_of(&n.address) == own_ip);
+    let least = |n: &&proto::NodeInfo| n.store.map_or(0, |s| s.resident_bytes);
+    local()
+        .min_by_key(least)
+        .or_else(|| live().min_by_key(least))
 }
 
 fn outcome(reply: proto::TaskReply, releaser: &Arc<dyn ReleaseObject>) -> Result<TaskOutcome> {
@@ -360,5 +397,45 @@ async fn free_objects(mut released: mpsc::UnboundedReceiver<(ObjectId, Location)
                 tracing::debug!(%address, %status, "freeing objects failed (node gone?)");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(address: &str, resident_bytes: u64, alive: bool) -> proto::NodeInfo {
+        proto::NodeInfo {
+            address: address.into(),
+            alive,
+            store: Some(proto::StoreUsage {
+                resident_bytes,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn puts_go_to_the_emptiest_live_node_on_the_drivers_host() {
+        let nodes = [
+            node("http://10.0.0.2:4000", 0, true),
+            node("http://127.0.0.1:4001", 500, true),
+            node("http://127.0.0.1:4002", 100, false),
+            node("http://127.0.0.1:4003", 200, true),
+        ];
+        let own = own_ip_towards("127.0.0.1:4000");
+        assert_eq!(own, Some(std::net::Ipv4Addr::LOCALHOST.into()));
+        assert_eq!(
+            put_node(&nodes, own).unwrap().address,
+            "http://127.0.0.1:4003"
+        );
+        // No live node on this host: the emptiest live node anywhere.
+        let elsewhere = Some("192.168.9.9".parse().unwrap());
+        assert_eq!(
+            put_node(&nodes, elsewhere).unwrap().address,
+            "http://10.0.0.2:4000"
+        );
+        assert!(put_node(&nodes[2..3], own).is_none());
     }
 }
