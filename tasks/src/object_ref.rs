@@ -35,19 +35,25 @@ pub(crate) struct UntypedRef {
     shared: Arc<Shared>,
 }
 
-/// Sets a pending ref: what the call producing it holds.
+/// Sets a pending ref: what the call producing it holds. It holds the ref weakly, so that the
+/// outcome is never kept alive by the call: if every clone of the ref is gone, the outcome is
+/// dropped (and its object freed) at once, and once set, dropping the last clone frees it.
 #[derive(Clone)]
-pub(crate) struct Setter(Arc<Shared>);
+pub(crate) struct Setter(Weak<Shared>);
 
 impl Setter {
     /// Records how the object is made (before it is there, so that its dependents see it).
     pub(crate) fn set_lineage(&self, lineage: Arc<Lineage>) {
-        let _ = self.0.lineage.set(lineage);
+        if let Some(shared) = self.0.upgrade() {
+            let _ = shared.lineage.set(lineage);
+        }
     }
 
     /// Sets the outcome; every clone of the ref sees it.
     pub(crate) fn set(&self, resolution: Resolution) {
-        self.0.state.send_replace(Some(resolution));
+        if let Some(shared) = self.0.upgrade() {
+            shared.state.send_replace(Some(resolution));
+        }
     }
 }
 
@@ -65,7 +71,7 @@ impl UntypedRef {
     /// A ref to be set through the returned setter.
     pub(crate) fn pending() -> (Setter, Self) {
         let object = Self::with_state(None);
-        (Setter(Arc::clone(&object.shared)), object)
+        (Setter(Arc::downgrade(&object.shared)), object)
     }
 
     /// A ref that is already set.
