@@ -2,14 +2,14 @@
 //!
 //! A remote call returns its ref at once; the call itself (resolving its arguments, submitting
 //! the task, waiting for it) runs on the driver's runtime and sets the ref when it is done. The
-//! ref shares a `tokio::sync::watch` of that outcome, so any number of clones can wait for it,
-//! and once set it holds the stored object's counted [`manta_engine::ObjectRef`]: the object is
+//! ref shares that outcome (and a `tokio::sync::watch` saying it is set), so any number of
+//! clones can wait for it, and once set it holds the stored object's counted [`manta_engine::ObjectRef`]: the object is
 //! freed when the last clone of every ref to it has dropped. On a cluster the ref also knows the
 //! task that made it ([`Lineage`]), and is rebuilt from it when its node is lost.
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 
 use manta_engine::ObjectId;
 use tokio::sync::watch;
@@ -22,11 +22,20 @@ pub(crate) type Resolution = Result<manta_engine::ObjectRef>;
 
 /// What every clone of one ref shares: the outcome, and how to make the object again.
 pub(crate) struct Shared {
-    state: watch::Sender<Option<Resolution>>,
+    /// The outcome, once there is one.
+    state: Mutex<Option<Resolution>>,
+    /// Turns `true` when the outcome is set; closed if the call ended without one.
+    ready: watch::Receiver<bool>,
     /// The task that made the object, on a cluster (set once its arguments are resolved).
     lineage: OnceLock<Arc<Lineage>>,
     /// Held while the object is rebuilt, so that concurrent `get`s rebuild it once.
     rebuilding: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, Option<Resolution>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// A ref whose value type has been forgotten (a task's argument list holds these).
@@ -37,31 +46,37 @@ pub(crate) struct UntypedRef {
 
 /// Sets a pending ref: what the call producing it holds. It holds the ref weakly, so that the
 /// outcome is never kept alive by the call: if every clone of the ref is gone, the outcome is
-/// dropped (and its object freed) at once, and once set, dropping the last clone frees it.
+/// dropped (and its object freed) at once. The outcome is stored and the link let go *before*
+/// waiters are woken, so a waiter that drops the last clone frees the object there and then.
 #[derive(Clone)]
-pub(crate) struct Setter(Weak<Shared>);
+pub(crate) struct Setter {
+    shared: Weak<Shared>,
+    ready: Arc<watch::Sender<bool>>,
+}
 
 impl Setter {
     /// Records how the object is made (before it is there, so that its dependents see it).
     pub(crate) fn set_lineage(&self, lineage: Arc<Lineage>) {
-        if let Some(shared) = self.0.upgrade() {
+        if let Some(shared) = self.shared.upgrade() {
             let _ = shared.lineage.set(lineage);
         }
     }
 
     /// Sets the outcome; every clone of the ref sees it.
     pub(crate) fn set(&self, resolution: Resolution) {
-        if let Some(shared) = self.0.upgrade() {
-            shared.state.send_replace(Some(resolution));
+        if let Some(shared) = self.shared.upgrade() {
+            *shared.state() = Some(resolution);
         }
+        self.ready.send_replace(true);
     }
 }
 
 impl UntypedRef {
-    fn with_state(state: Option<Resolution>) -> Self {
+    fn with_state(state: Option<Resolution>, ready: watch::Receiver<bool>) -> Self {
         Self {
             shared: Arc::new(Shared {
-                state: watch::Sender::new(state),
+                state: Mutex::new(state),
+                ready,
                 lineage: OnceLock::new(),
                 rebuilding: tokio::sync::Mutex::new(()),
             }),
@@ -70,18 +85,24 @@ impl UntypedRef {
 
     /// A ref to be set through the returned setter.
     pub(crate) fn pending() -> (Setter, Self) {
-        let object = Self::with_state(None);
-        (Setter(Arc::downgrade(&object.shared)), object)
+        let (ready, waiting) = watch::channel(false);
+        let object = Self::with_state(None, waiting);
+        let setter = Setter {
+            shared: Arc::downgrade(&object.shared),
+            ready: Arc::new(ready),
+        };
+        (setter, object)
     }
 
     /// A ref that is already set.
     pub(crate) fn ready(resolution: Resolution) -> Self {
-        Self::with_state(Some(resolution))
+        let (_, ready) = watch::channel(true);
+        Self::with_state(Some(resolution), ready)
     }
 
     /// Whether the call is done (successfully or not).
     pub(crate) fn is_ready(&self) -> bool {
-        self.shared.state.borrow().is_some()
+        self.shared.state().is_some()
     }
 
     /// The task that makes this object, if it is a task's result on a cluster.
@@ -101,13 +122,19 @@ impl UntypedRef {
 
     /// Waits for the call to be done.
     pub(crate) async fn resolution(&self) -> Resolution {
-        let mut state = self.shared.state.subscribe();
-        match state.wait_for(Option::is_some).await {
-            Ok(done) => done.clone().expect("waited for Some"),
-            Err(_) => Err(Error::Object(Arc::new(manta_scheduler::Error::Internal(
-                "the call producing this object ended without an outcome (its runtime stopped)"
-                    .into(),
-            )))),
+        // Subscribed before looking, so an outcome set in between still wakes this.
+        let mut ready = self.shared.ready.clone();
+        loop {
+            if let Some(done) = &*self.shared.state() {
+                return done.clone();
+            }
+            if ready.changed().await.is_err() && self.shared.state().is_none() {
+                return Err(Error::Object(Arc::new(manta_scheduler::Error::Internal(
+                    "the call producing this object ended without an outcome (its runtime \
+                     stopped)"
+                        .into(),
+                ))));
+            }
         }
     }
 
@@ -120,7 +147,7 @@ impl UntypedRef {
         lost: ObjectId,
     ) -> Resolution {
         let _one_at_a_time = self.shared.rebuilding.lock().await;
-        if let Some(Ok(current)) = &*self.shared.state.borrow()
+        if let Some(Ok(current)) = &*self.shared.state()
             && current.id() != lost
         {
             return Ok(current.clone());
@@ -133,7 +160,7 @@ impl UntypedRef {
             });
         };
         let outcome = lineage.run(client).await;
-        self.shared.state.send_replace(Some(outcome.clone()));
+        *self.shared.state() = Some(outcome.clone());
         outcome
     }
 }
@@ -176,7 +203,7 @@ impl<T> Clone for ObjectRef<T> {
 
 impl<T> fmt::Debug for ObjectRef<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match &*self.inner.shared.state.borrow() {
+        let state = match &*self.inner.shared.state() {
             None => "pending".to_string(),
             Some(Ok(object)) => object.id().to_string(),
             Some(Err(_)) => "failed".to_string(),
