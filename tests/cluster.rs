@@ -764,7 +764,7 @@ impl Tally {
 
     /// The address of the node whose worker runs this actor.
     pub fn node(&self) -> String {
-        std::env::var("MANTA_WORKER_NODE_ADDRESS").unwrap_or_default()
+        this_node()
     }
 }
 
@@ -909,6 +909,18 @@ fn tune_runs_trials_as_tasks_and_actors_on_the_nodes(cluster: &Cluster) {
     assert!(results.trials().iter().any(|t| t.stopped_early));
 }
 
+/// SIGKILLs the node daemon at `address`, one of `cluster`'s.
+fn kill_node_at(cluster: &mut Cluster, address: &str) {
+    let index = cluster
+        .nodes
+        .iter()
+        .position(|n| n.address.trim_end_matches('/') == address.trim_end_matches('/'))
+        .unwrap_or_else(|| panic!("{address} is one of the cluster's nodes"));
+    let node = cluster.nodes.remove(index);
+    // SAFETY: kill(2) of a node daemon the test started.
+    assert_eq!(unsafe { libc::kill(node.pid() as i32, libc::SIGKILL) }, 0);
+}
+
 /// Killing the node an actor runs on: the head notices the missed heartbeats and starts the
 /// actor again on the other node. A cluster of its own, since a node dies.
 fn an_actor_whose_node_dies_is_restarted_on_another_node(_shared: &Cluster) {
@@ -921,15 +933,7 @@ fn an_actor_whose_node_dies_is_restarted_on_another_node(_shared: &Cluster) {
     let tally = Tally::remote_with(&ctx, &options, 7).unwrap();
     assert_eq!(ctx.get(&tally.add(3)).unwrap(), 10);
     let first_node = ctx.get(&tally.node()).unwrap();
-    let doomed = cluster
-        .nodes
-        .iter()
-        .position(|n| n.address.trim_end_matches('/') == first_node.trim_end_matches('/'))
-        .unwrap_or_else(|| panic!("{first_node} is one of the cluster's nodes"));
-    let node = cluster.nodes.remove(doomed);
-    // SAFETY: kill(2) of the node daemon this test started.
-    assert_eq!(unsafe { libc::kill(node.pid() as i32, libc::SIGKILL) }, 0);
-    drop(node);
+    kill_node_at(&mut cluster, &first_node);
     // Calls made after the death reach the new incarnation, which starts from scratch.
     let mut answer = ctx.get(&tally.add(1));
     if answer.is_err() {
@@ -973,15 +977,7 @@ fn task_outputs_lost_with_their_node_are_rebuilt_from_lineage(_shared: &Cluster)
     assert_eq!(values, expected(&[200_000, 100_000]));
     assert_eq!(ctx.get(&numbers).unwrap().0, doomed, "placed by locality");
 
-    let index = cluster
-        .nodes
-        .iter()
-        .position(|n| n.address.trim_end_matches('/') == doomed.trim_end_matches('/'))
-        .unwrap_or_else(|| panic!("{doomed} is one of the cluster's nodes"));
-    let node = cluster.nodes.remove(index);
-    // SAFETY: kill(2) of the node daemon this test started.
-    assert_eq!(unsafe { libc::kill(node.pid() as i32, libc::SIGKILL) }, 0);
-    drop(node);
+    kill_node_at(&mut cluster, &doomed);
 
     // A new task whose input was on the dead node: the node asked to run it cannot pull the
     // input, so the driver makes the input again and submits the task again.

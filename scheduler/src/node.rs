@@ -446,29 +446,21 @@ impl NodeDaemon {
             self.store.give_back_recycled(&unwritten);
         }
         match done.result {
-            Some(worker_done::Result::Output(mut output)) if output.inline.is_some() => {
-                let value = output.inline.take().expect("checked");
+            Some(worker_done::Result::Output(mut output)) => {
                 stats.add(&output.stats.unwrap_or_default().into());
-                Ok(proto::TaskSuccess {
-                    output: Some(proto::ObjectLocation {
-                        object_id: Bytes::copy_from_slice(output_id.as_bytes()),
-                        node_id: Bytes::copy_from_slice(self.id.as_bytes()),
-                        address: self.address.clone(),
-                        size_bytes: value.len() as u64,
-                        num_rows: 0,
-                        inline: Some(value),
-                    }),
-                    stats: Some(stats.into()),
-                })
-            }
-            Some(worker_done::Result::Output(output)) => {
-                let store = Arc::clone(&self.store);
-                let stored = tokio::task::spawn_blocking(move || store.adopt_reporting(output_id))
-                    .await
-                    .map_err(|e| Error::Internal(e.to_string()))??;
-                let size_bytes = stored.size_bytes;
-                stats.spilled_bytes += stored.spilled_bytes;
-                stats.add(&output.stats.unwrap_or_default().into());
+                let inline = output.inline.take();
+                let size_bytes = match &inline {
+                    Some(value) => value.len() as u64,
+                    None => {
+                        let store = Arc::clone(&self.store);
+                        let stored =
+                            tokio::task::spawn_blocking(move || store.adopt_reporting(output_id))
+                                .await
+                                .map_err(|e| Error::Internal(e.to_string()))??;
+                        stats.spilled_bytes += stored.spilled_bytes;
+                        stored.size_bytes
+                    }
+                };
                 Ok(proto::TaskSuccess {
                     output: Some(proto::ObjectLocation {
                         object_id: Bytes::copy_from_slice(output_id.as_bytes()),
@@ -476,7 +468,7 @@ impl NodeDaemon {
                         address: self.address.clone(),
                         size_bytes,
                         num_rows: output.num_rows,
-                        inline: None,
+                        inline,
                     }),
                     stats: Some(stats.into()),
                 })
