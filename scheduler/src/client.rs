@@ -169,24 +169,24 @@ impl ClusterClient {
         outcome(reply, &self.releaser)
     }
 
-    /// Runs a task on the cluster; resolves when it is done.
-    pub fn submit(
-        &self,
-        spec: TaskSpec,
-    ) -> impl Future<Output = Result<TaskOutcome>> + Send + 'static {
+    /// Queues a task on the cluster; `done` gets its outcome, on the task stream's receiving
+    /// task (so it must not block). Callable from any thread.
+    pub fn submit_then(&self, spec: TaskSpec, done: crate::runtime::OnOutcome) {
         let request = self.request(&spec);
-        let tasks = self.tasks.clone();
         let releaser = Arc::clone(&self.releaser);
         // The inputs stay referenced (so not freed) until the task is done.
         let inputs = spec.inputs;
-        async move {
-            let reply = tasks
-                .call(request)
-                .await
-                .map_err(|s| Error::rpc("SubmitTasks", s))?;
-            drop(inputs);
-            outcome(reply, &releaser)
-        }
+        self.tasks.send(
+            request,
+            Box::new(move |reply| {
+                drop(inputs);
+                done(
+                    reply
+                        .map_err(|s| Error::rpc("SubmitTasks", s))
+                        .and_then(|reply| outcome(reply, &releaser)),
+                )
+            }),
+        );
     }
 
     /// Stores `object` (a driver's `put`) on a node over Flight `DoPut`: a live node on this

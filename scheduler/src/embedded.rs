@@ -12,7 +12,6 @@ use manta_engine::{
     Location, NodeId, Object, ObjectId, ObjectMeta, ObjectRef, ObjectStore, ReleaseObject,
     Resources, StoreConfig, TaskContext, TaskOutcome, TaskSpec,
 };
-use tokio::sync::oneshot;
 
 use crate::error::{Error, Result, from_task_error};
 
@@ -119,24 +118,13 @@ impl EmbeddedRuntime {
         self.pool.current_num_threads()
     }
 
-    /// Runs a task on the pool; the future resolves when it is done.
-    pub fn submit(
-        self: &Arc<Self>,
-        spec: TaskSpec,
-    ) -> impl Future<Output = Result<TaskOutcome>> + Send + 'static {
-        let (tx, rx) = oneshot::channel();
+    /// Runs a task on the pool; `done` gets its outcome there.
+    pub fn submit_then(self: &Arc<Self>, spec: TaskSpec, done: crate::runtime::OnOutcome) {
         if let Err(infeasible) = self.check_feasible(&spec) {
-            let _ = tx.send(Err(infeasible));
-        } else {
-            let runtime = Arc::clone(self);
-            self.pool.spawn(move || {
-                let _ = tx.send(runtime.run(spec));
-            });
+            return done(Err(infeasible));
         }
-        async move {
-            rx.await
-                .map_err(|_| Error::Internal("a task thread died".into()))?
-        }
+        let runtime = Arc::clone(self);
+        self.pool.spawn(move || done(runtime.run(spec)));
     }
 
     /// Starts an actor on a thread of its own.

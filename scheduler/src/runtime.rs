@@ -7,7 +7,10 @@ use manta_engine::{Object, ObjectRef, StoreUsage, TaskOutcome, TaskSpec};
 use crate::actors::{ActorHandle, ActorSpec};
 use crate::client::ClusterClient;
 use crate::embedded::EmbeddedRuntime;
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+/// What is done with a task's outcome (see [`Client::submit_then`]).
+pub type OnOutcome = Box<dyn FnOnce(Result<TaskOutcome>) + Send>;
 
 /// Where a driver's tasks run.
 #[derive(Clone, Debug)]
@@ -32,10 +35,29 @@ impl Client {
     pub fn submit(
         &self,
         spec: TaskSpec,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<TaskOutcome>> + Send + 'static>> {
+    ) -> impl Future<Output = Result<TaskOutcome>> + Send + 'static {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        self.submit_then(
+            spec,
+            Box::new(move |result| {
+                let _ = done.send(result);
+            }),
+        );
+        async move {
+            outcome
+                .await
+                .map_err(|_| Error::Internal("a task's outcome was dropped unsent".into()))?
+        }
+    }
+
+    /// Queues a task; `done` gets its outcome when it is done, on a thread of the client's (a
+    /// task thread embedded, the task stream's receiving task on a cluster), so it must be
+    /// quick and must not block. Callable from any thread: submitting this way needs no future
+    /// per task.
+    pub fn submit_then(&self, spec: TaskSpec, done: OnOutcome) {
         match self {
-            Client::Embedded(runtime) => Box::pin(runtime.submit(spec)),
-            Client::Cluster(cluster) => Box::pin(cluster.submit(spec)),
+            Client::Embedded(runtime) => runtime.submit_then(spec, done),
+            Client::Cluster(cluster) => cluster.submit_then(spec, done),
         }
     }
 

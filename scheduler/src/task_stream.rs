@@ -5,8 +5,9 @@
 //! at tens of thousands of tasks a second that is most of the work. So each link is one
 //! long-lived bidirectional stream of [`TaskCalls`] one way and [`TaskCallReplies`] the other:
 //!
-//! * The caller's side is a [`TaskStream`]. [`TaskStream::call`] queues a call and waits for
-//!   its reply. One sender task takes everything queued (up to [`MAX_CALLS`] calls or
+//! * The caller's side is a [`TaskStream`]. [`TaskStream::send`] queues a call with what to do
+//!   with its reply (a callback, so a call in flight costs no task of its own), and
+//!   [`TaskStream::call`] queues one and waits for its reply. One sender task takes everything queued (up to [`MAX_CALLS`] calls or
 //!   [`MAX_BATCH_BYTES`]) and sends it as one message; one receiver task per stream hands
 //!   each reply to the call waiting for it, by call id. If the stream breaks, the calls it
 //!   carried fail with the transport's status, and the next call opens a new stream.
@@ -46,7 +47,10 @@ pub type Opener = Arc<
         + Sync,
 >;
 
-type Reply = oneshot::Sender<Result<TaskReply, Status>>;
+/// What is done with a call's reply (or with the status that replaces it).
+pub type OnReply = Box<dyn FnOnce(Result<TaskReply, Status>) + Send>;
+
+type Reply = OnReply;
 
 /// The caller's side of a task stream (see the module documentation).
 #[derive(Clone)]
@@ -68,12 +72,25 @@ impl TaskStream {
         Self { queue }
     }
 
+    /// Queues one task; `on_reply` gets its reply, or the error status that replaces it if
+    /// the stream broke first. It runs on the stream's receiving task, so it must not block.
+    /// Needs no runtime context: a plain thread can send.
+    pub fn send(&self, task: TaskRequest, on_reply: OnReply) {
+        if let Err(refused) = self.queue.send((task, on_reply)) {
+            let (_, on_reply) = refused.0;
+            on_reply(Err(Status::unavailable("the task stream has stopped")));
+        }
+    }
+
     /// Sends one task and waits for its reply; an error status if the stream broke first.
     pub async fn call(&self, task: TaskRequest) -> Result<TaskReply, Status> {
         let (reply, answer) = oneshot::channel();
-        self.queue
-            .send((task, reply))
-            .map_err(|_| Status::unavailable("the task stream has stopped"))?;
+        self.send(
+            task,
+            Box::new(move |outcome| {
+                let _ = reply.send(outcome);
+            }),
+        );
         answer
             .await
             .map_err(|_| Status::unavailable("the task stream stopped before the reply"))?
@@ -105,7 +122,7 @@ async fn send_calls(open: Opener, mut queue: mpsc::UnboundedReceiver<(TaskReques
                     Ok(opened) => link = Some(opened),
                     Err(status) => {
                         for (_, reply) in calls.by_ref() {
-                            let _ = reply.send(Err(status.clone()));
+                            reply(Err(status.clone()));
                         }
                         break;
                     }
@@ -153,23 +170,36 @@ async fn receive_replies(mut replies: Streaming<TaskCallReplies>, in_flight: Arc
     let status = loop {
         match replies.message().await {
             Ok(Some(batch)) => {
-                let mut in_flight = in_flight.lock();
-                for reply in batch.replies {
-                    if let Some(waiting) = in_flight.waiting.remove(&reply.call_id) {
-                        let _ = waiting.send(reply.reply.ok_or_else(|| {
-                            Status::internal("a task call's reply came back empty")
-                        }));
-                    }
+                // Taken under the lock, answered outside it.
+                let answered: Vec<_> = {
+                    let mut in_flight = in_flight.lock();
+                    batch
+                        .replies
+                        .into_iter()
+                        .filter_map(|reply| {
+                            let waiting = in_flight.waiting.remove(&reply.call_id)?;
+                            Some((waiting, reply.reply))
+                        })
+                        .collect()
+                };
+                for (waiting, reply) in answered {
+                    waiting(
+                        reply
+                            .ok_or_else(|| Status::internal("a task call's reply came back empty")),
+                    );
                 }
             }
             Ok(None) => break Status::unavailable("the task stream ended"),
             Err(status) => break status,
         }
     };
-    let mut in_flight = in_flight.lock();
-    in_flight.broken = true;
-    for (_, waiting) in in_flight.waiting.drain() {
-        let _ = waiting.send(Err(status.clone()));
+    let waiting = {
+        let mut in_flight = in_flight.lock();
+        in_flight.broken = true;
+        std::mem::take(&mut in_flight.waiting)
+    };
+    for (_, waiting) in waiting {
+        waiting(Err(status.clone()));
     }
 }
 

@@ -87,7 +87,24 @@ pub fn submit<R>(
     options: &TaskOptions,
 ) -> ObjectRef<R> {
     let (setter, object) = UntypedRef::pending();
-    let client = runtime.client().clone();
+    let client = runtime.client();
+    if args.is_plain() && !options.retry_exceptions {
+        // Nothing to wait for and nothing to retry: submitted from this thread, with no future
+        // of its own (the common case, and the one that decides tasks per second).
+        let (bytes, _, error) = args.into_parts();
+        match error {
+            Some(error) => setter.set(Err(error)),
+            None => {
+                let lineage = Lineage::new(function, bytes, &[], options);
+                if matches!(client, Client::Cluster(_)) {
+                    setter.set_lineage(Arc::clone(&lineage));
+                }
+                lineage.submit_then(client, setter);
+            }
+        }
+        return ObjectRef::from_untyped(object);
+    }
+    let client = client.clone();
     let options = options.clone();
     runtime.handle().spawn(async move {
         let outcome = call(&client, function, args, &options, &setter).await;
@@ -148,9 +165,28 @@ async fn call(
     lineage.submit(client, inputs).await
 }
 
+/// The object behind `object` if reading it needs no waiting and no network: its call is done
+/// and the value is in this process (in the embedded store, or inline in the ref).
+fn read_local<T>(client: &Client, object: &ObjectRef<T>) -> Option<Result<Object>> {
+    let stored = match object.try_stored()? {
+        Ok(stored) => stored,
+        Err(error) => return Some(Err(error)),
+    };
+    if let Some(value) = stored.inline_value() {
+        return Some(Ok(Object::Bytes(value.clone())));
+    }
+    match client {
+        Client::Embedded(embedded) => Some(embedded.get(&stored).map_err(Error::from)),
+        Client::Cluster(_) => None,
+    }
+}
+
 /// The object behind `object` as this process reads it: fetched from its node on a cluster,
 /// and made again from its lineage if its node is gone.
 async fn fetch<T>(client: &Client, object: &ObjectRef<T>) -> Result<Object> {
+    if let Some(local) = read_local(client, object) {
+        return local;
+    }
     let stored = object.stored().await?;
     match client.get(&stored).await {
         Err(error) if crate::lineage::lost_object(&error).is_some() => {
@@ -211,7 +247,12 @@ pub fn get_batch(runtime: &impl Runtime, object: &ObjectRef<RecordBatch>) -> Res
 
 /// The value behind `object`, once its task is done.
 pub async fn get_async<T: DeserializeOwned>(client: &Client, object: &ObjectRef<T>) -> Result<T> {
-    match fetch(client, object).await? {
+    value(fetch(client, object).await?)
+}
+
+/// The value `object` holds.
+fn value<T: DeserializeOwned>(object: Object) -> Result<T> {
+    match object {
         Object::Bytes(bytes) => decode(&bytes),
         Object::Block(_) => Err(Error::Codec {
             action: "decode",
@@ -245,10 +286,36 @@ pub fn get_all<T: DeserializeOwned>(
     objects: &[ObjectRef<T>],
 ) -> Result<Vec<T>> {
     let client = runtime.client();
-    block_on(
-        runtime,
-        futures::future::try_join_all(objects.iter().map(|o| get_async(client, o))),
-    )
+    // Values already here are read in place; only the rest are fetched, concurrently (a
+    // future per object would cost more than the read itself).
+    let mut values = Vec::with_capacity(objects.len());
+    let mut elsewhere = Vec::new();
+    for (index, object) in objects.iter().enumerate() {
+        match read_local(client, object) {
+            Some(local) => values.push(Some(value(local?)?)),
+            None => {
+                values.push(None);
+                elsewhere.push(index);
+            }
+        }
+    }
+    if !elsewhere.is_empty() {
+        let fetched = block_on(
+            runtime,
+            futures::future::try_join_all(
+                elsewhere
+                    .iter()
+                    .map(|&index| get_async(client, &objects[index])),
+            ),
+        )?;
+        for (index, fetched) in elsewhere.into_iter().zip(fetched) {
+            values[index] = Some(fetched);
+        }
+    }
+    Ok(values
+        .into_iter()
+        .map(|v| v.expect("every value read or fetched"))
+        .collect())
 }
 
 /// Waits until `num_returns` of `objects` are done (or failed), or `timeout` passes; returns

@@ -145,6 +145,11 @@ impl Args {
         }
     }
 
+    /// Whether every argument is a plain value: nothing to resolve or place before the call.
+    pub(crate) fn is_plain(&self) -> bool {
+        self.refs.is_empty() && self.batches.is_empty()
+    }
+
     /// Marks these as the arguments of a call on `actor` (its constructor or a method).
     pub(crate) fn for_actor(mut self, actor: manta_engine::ActorId) -> Self {
         self.actor = Some(actor);

@@ -23,7 +23,7 @@ use manta_scheduler::Client;
 
 use crate::api::TaskOptions;
 use crate::error::{Error, Result};
-use crate::object_ref::{Resolution, Shared, UntypedRef};
+use crate::object_ref::{Resolution, Setter, Shared, UntypedRef};
 
 /// One task as it was submitted: enough to run it again.
 pub(crate) struct Lineage {
@@ -90,16 +90,7 @@ impl Lineage {
         // Each input may be lost once per submission; more means its rebuilds keep failing.
         let mut rebuilds = 0;
         loop {
-            let spec = TaskSpec {
-                function: self.function.to_string(),
-                args: self.args.clone(),
-                inputs: inputs.clone(),
-                input_batch: None,
-                resources: self.options.resources.clone(),
-                max_retries: self.options.max_retries,
-                label: self.function.to_string(),
-            };
-            let error = match client.submit(spec).await {
+            let error = match client.submit(self.spec(inputs.clone())).await {
                 Ok(outcome) => return Ok(outcome.output),
                 Err(error) => error,
             };
@@ -129,13 +120,43 @@ impl Lineage {
                     failures += 1;
                     tracing::debug!("{} failed ({error}); retry {failures}", self.function);
                 }
-                _ => {
-                    return Err(Error::Task {
-                        function: self.function.to_string(),
-                        source: Arc::new(error),
-                    });
-                }
+                _ => return Err(self.failed(error)),
             }
+        }
+    }
+
+    /// Submits the task, which has no inputs, once; `setter` gets the outcome. No future and
+    /// no retry of exceptions: what [`submit`](Self::submit) does for such a task, from a
+    /// callback.
+    pub(crate) fn submit_then(self: &Arc<Self>, client: &Client, setter: Setter) {
+        debug_assert!(self.inputs.is_empty() && !self.options.retry_exceptions);
+        let lineage = Arc::clone(self);
+        client.submit_then(
+            self.spec(Vec::new()),
+            Box::new(move |outcome| {
+                setter.set(outcome.map(|o| o.output).map_err(|e| lineage.failed(e)));
+            }),
+        );
+    }
+
+    /// The task to submit, with `inputs` as its input objects.
+    fn spec(&self, inputs: Vec<manta_engine::ObjectRef>) -> TaskSpec {
+        TaskSpec {
+            function: self.function.to_string(),
+            args: self.args.clone(),
+            inputs,
+            input_batch: None,
+            resources: self.options.resources.clone(),
+            max_retries: self.options.max_retries,
+            label: self.function.to_string(),
+        }
+    }
+
+    /// The task's failure as its caller sees it.
+    fn failed(&self, error: manta_scheduler::Error) -> Error {
+        Error::Task {
+            function: self.function.to_string(),
+            source: Arc::new(error),
         }
     }
 }

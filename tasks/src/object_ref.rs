@@ -105,6 +105,11 @@ impl UntypedRef {
         self.shared.state().is_some()
     }
 
+    /// The outcome, if the call is done.
+    pub(crate) fn try_resolution(&self) -> Option<Resolution> {
+        self.shared.state().clone()
+    }
+
     /// The task that makes this object, if it is a task's result on a cluster.
     pub(crate) fn lineage(&self) -> Option<Arc<Lineage>> {
         self.shared.lineage.get().cloned()
@@ -187,6 +192,11 @@ impl<T> ObjectRef<T> {
     /// Whether the value (or the failure that replaces it) is there: `get` would not wait.
     pub fn is_ready(&self) -> bool {
         self.inner.is_ready()
+    }
+
+    /// The stored object (or why there is none), if the task is done.
+    pub(crate) fn try_stored(&self) -> Option<Resolution> {
+        self.inner.try_resolution()
     }
 
     /// Waits until the task is done; the stored object, or why there is none.
