@@ -507,30 +507,8 @@ impl Head {
         loop {
             request.pipeline = self.is_short(&request.label);
             let lease = self.acquire(&demand, &input_bytes, &request.label).await?;
-            let outcome = tokio::select! {
-                reply = lease.tasks.call(request.clone()) => match reply {
-                    Ok(reply) => match reply.result {
-                        Some(task_reply::Result::Success(success)) => Ok(success),
-                        Some(task_reply::Result::Error(error)) => Err(error.into_error()),
-                        None => Err(Error::Internal("node sent an empty reply".into())),
-                    },
-                    Err(status) => {
-                        if status.code() == tonic::Code::Unavailable {
-                            self.unreachable(lease.reservation.node);
-                        }
-                        Err(Error::NodeLost {
-                            node: lease.address.clone(),
-                            task: request.label.clone(),
-                            message: status.message().to_string(),
-                        })
-                    }
-                },
-                _ = lease.lost.cancelled() => Err(Error::NodeLost {
-                    node: lease.address.clone(),
-                    task: request.label.clone(),
-                    message: "the node missed its heartbeats".into(),
-                }),
-            };
+            // Boxed: a task waiting for a node then holds only what it needs to be placed.
+            let outcome = Box::pin(self.run_on(&lease, &request)).await;
             drop(lease);
             if let Ok(success) = &outcome {
                 let wall_ns = success.stats.as_ref().map_or(0, |s| s.wall_ns);
@@ -547,6 +525,38 @@ impl Head {
                 }
                 other => return other,
             }
+        }
+    }
+
+    /// Runs `request` on the node `lease` holds resources on; fails if the node is lost first.
+    async fn run_on(
+        &self,
+        lease: &Lease,
+        request: &proto::TaskRequest,
+    ) -> Result<proto::TaskSuccess> {
+        tokio::select! {
+            reply = lease.tasks.call(request.clone()) => match reply {
+                Ok(reply) => match reply.result {
+                    Some(task_reply::Result::Success(success)) => Ok(success),
+                    Some(task_reply::Result::Error(error)) => Err(error.into_error()),
+                    None => Err(Error::Internal("node sent an empty reply".into())),
+                },
+                Err(status) => {
+                    if status.code() == tonic::Code::Unavailable {
+                        self.unreachable(lease.reservation.node);
+                    }
+                    Err(Error::NodeLost {
+                        node: lease.address.clone(),
+                        task: request.label.clone(),
+                        message: status.message().to_string(),
+                    })
+                }
+            },
+            _ = lease.lost.cancelled() => Err(Error::NodeLost {
+                node: lease.address.clone(),
+                task: request.label.clone(),
+                message: "the node missed its heartbeats".into(),
+            }),
         }
     }
 
