@@ -595,6 +595,11 @@ fn add(a: i64, b: i64) -> i64 {
 }
 
 #[manta::remote]
+fn count_up(n: u64) -> Vec<u64> {
+    (0..n).collect()
+}
+
+#[manta::remote]
 fn where_am_i() -> u32 {
     std::process::id()
 }
@@ -612,6 +617,15 @@ fn remote_tasks_and_objects_run_on_the_nodes(cluster: &Cluster) {
     let products: Vec<_> = (0..200i64).map(|i| add.remote(&ctx, i, i * i)).collect();
     let expected: Vec<i64> = (0..200i64).map(|i| add::call(i, i * i)).collect();
     assert_eq!(ctx.get_all(&products).unwrap(), expected);
+
+    // Small results come back inline, large ones stay in a node's store: one `get_all` reads
+    // the first in place and fetches the others, and keeps the order.
+    let sizes: Vec<u64> = (0..12)
+        .map(|i| if i % 3 == 0 { 100_000 } else { i })
+        .collect();
+    let mixed: Vec<_> = sizes.iter().map(|&n| count_up.remote(&ctx, n)).collect();
+    let expected: Vec<Vec<u64>> = sizes.iter().map(|&n| count_up::call(n)).collect();
+    assert_eq!(ctx.get_all(&mixed).unwrap(), expected);
 
     // A tree of additions over put values: each level takes the refs of the one below.
     let mut level: Vec<_> = (0..64i64).map(|i| ctx.put(&i).unwrap()).collect();
