@@ -614,8 +614,11 @@ fn explode(at: i64) -> i64 {
 fn remote_tasks_and_objects_run_on_the_nodes(cluster: &Cluster) {
     let ctx = cluster.connect();
     assert_eq!(ctx.get(&add.remote(&ctx, 5, 10)).unwrap(), 15);
-    let products: Vec<_> = (0..200i64).map(|i| add.remote(&ctx, i, i * i)).collect();
-    let expected: Vec<i64> = (0..200i64).map(|i| add::call(i, i * i)).collect();
+    // More calls than the head runs at once (`MAX_IN_FLIGHT`): the rest wait in the driver's
+    // queue and the stream's flow control, and every one still answers.
+    let calls = 3 * manta::scheduler::task_stream::MAX_IN_FLIGHT as i64;
+    let products: Vec<_> = (0..calls).map(|i| add.remote(&ctx, i, i * i)).collect();
+    let expected: Vec<i64> = (0..calls).map(|i| add::call(i, i * i)).collect();
     assert_eq!(ctx.get_all(&products).unwrap(), expected);
 
     // Small results come back inline, large ones stay in a node's store: one `get_all` reads

@@ -26,7 +26,7 @@ use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
 use prost::Message;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
@@ -203,20 +203,31 @@ async fn receive_replies(mut replies: Streaming<TaskCallReplies>, in_flight: Arc
     }
 }
 
+/// Calls one served stream runs at once at most; past it, [`serve`] stops reading the stream
+/// until a call finishes. Calls waiting beyond it wait at the caller (as queued requests, far
+/// smaller than running calls) and in the transport's flow control, so a callee's memory stays
+/// bounded however many calls a caller sends.
+pub const MAX_IN_FLIGHT: usize = 2 * MAX_CALLS;
+
 /// The reply stream [`serve`] returns.
 pub type ReplyStream = Pin<Box<dyn Stream<Item = Result<TaskCallReplies, Status>> + Send>>;
 
 /// The callee's side: runs every call arriving on `calls` with `run`, each as a tokio task of
-/// its own, and streams the replies back in batches as they finish.
+/// its own ([`MAX_IN_FLIGHT`] at once at most), and streams the replies back in batches as they
+/// finish.
 pub fn serve<F, Fut>(mut calls: Streaming<TaskCalls>, run: F) -> ReplyStream
 where
     F: Fn(TaskRequest) -> Fut + Send + 'static,
     Fut: Future<Output = TaskReply> + Send + 'static,
 {
     let (done, replies) = mpsc::unbounded_channel::<TaskCallReply>();
+    let room = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     tokio::spawn(async move {
         while let Ok(Some(message)) = calls.message().await {
             for call in message.calls {
+                let Ok(slot) = Arc::clone(&room).acquire_owned().await else {
+                    return;
+                };
                 let running = run(call.task.unwrap_or_default());
                 let done = done.clone();
                 tokio::spawn(async move {
@@ -225,6 +236,7 @@ where
                         call_id: call.call_id,
                         reply: Some(reply),
                     });
+                    drop(slot);
                 });
             }
         }
