@@ -5,7 +5,7 @@
 //! (`proto/manta.proto`):
 //!
 //! ```text
-//!                 SubmitTask                 RunTask                 Attach (stream)
+//!                 SubmitTasks                RunTasks                Attach (stream)
 //!   driver ─────────────────▶ head ─────────────────▶ node daemon ◀──────────────── worker process
 //!   (ClusterClient)           placement,              object store,                (the driver's own
 //!                             node table,             Flight endpoint,              executable, runs

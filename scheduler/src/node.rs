@@ -558,13 +558,6 @@ struct NodeService(Arc<NodeDaemon>);
 
 #[tonic::async_trait]
 impl NodeRpc for NodeService {
-    async fn run_task(
-        &self,
-        request: Request<proto::TaskRequest>,
-    ) -> Result<Response<proto::TaskReply>, Status> {
-        Ok(Response::new(self.0.run(request.into_inner()).await.into()))
-    }
-
     type RunTasksStream = task_stream::ReplyStream;
 
     async fn run_tasks(

@@ -7,12 +7,13 @@
 //!
 //! * The caller's side is a [`TaskStream`]. [`TaskStream::send`] queues a call with what to do
 //!   with its reply (a callback, so a call in flight costs no task of its own), and
-//!   [`TaskStream::call`] queues one and waits for its reply. One sender task takes everything queued (up to [`MAX_CALLS`] calls or
-//!   [`MAX_BATCH_BYTES`]) and sends it as one message; one receiver task per stream hands
-//!   each reply to the call waiting for it, by call id. If the stream breaks, the calls it
-//!   carried fail with the transport's status, and the next call opens a new stream.
+//!   [`TaskStream::call`] queues one and waits for its reply. One sender task takes everything
+//!   queued (up to [`MAX_CALLS`] calls or [`MAX_BATCH_BYTES`]) and sends it as one message;
+//!   one receiver task per stream hands each reply to the call waiting for it, by call id. If
+//!   the stream breaks, the calls it carried fail with the transport's status, and the next
+//!   call opens a new stream.
 //! * The callee's side is [`serve`]: it runs each call of each message as a tokio task of its
-//!   own and sends the replies back, batched the same way.
+//!   own, [`MAX_IN_FLIGHT`] at once at most, and sends the replies back, batched the same way.
 //!
 //! Batching costs no latency: the sender takes what is queued *now*; under light load a batch
 //! is one call.
@@ -50,12 +51,10 @@ pub type Opener = Arc<
 /// What is done with a call's reply (or with the status that replaces it).
 pub type OnReply = Box<dyn FnOnce(Result<TaskReply, Status>) + Send>;
 
-type Reply = OnReply;
-
 /// The caller's side of a task stream (see the module documentation).
 #[derive(Clone)]
 pub struct TaskStream {
-    queue: mpsc::UnboundedSender<(TaskRequest, Reply)>,
+    queue: mpsc::UnboundedSender<(TaskRequest, OnReply)>,
 }
 
 impl std::fmt::Debug for TaskStream {
@@ -101,7 +100,7 @@ impl TaskStream {
 #[derive(Default)]
 struct InFlight {
     broken: bool,
-    waiting: HashMap<u64, Reply>,
+    waiting: HashMap<u64, OnReply>,
 }
 
 /// One open stream: where its messages go, and the calls awaiting replies on it.
@@ -110,7 +109,7 @@ struct Link {
     in_flight: Arc<Mutex<InFlight>>,
 }
 
-async fn send_calls(open: Opener, mut queue: mpsc::UnboundedReceiver<(TaskRequest, Reply)>) {
+async fn send_calls(open: Opener, mut queue: mpsc::UnboundedReceiver<(TaskRequest, OnReply)>) {
     let mut link: Option<Link> = None;
     let mut next_id = 0u64;
     let mut queued = Vec::new();

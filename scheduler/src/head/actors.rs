@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
 use super::Head;
-use crate::error::{Error, Result};
-use crate::proto::{self, actor_info::State, task_reply};
+use crate::error::Result;
+use crate::proto::{self, actor_info::State};
 
 /// What the head keeps of one actor.
 pub(super) struct ActorEntry {
@@ -201,26 +201,7 @@ impl Head {
                         Ok(lease) => lease,
                         Err(e) => break format!("it could not be placed: {e}"),
                     };
-                    let mut client = lease.client.clone();
-                    let created = tokio::select! {
-                        reply = client.run_task(constructor.clone()) => match reply {
-                            Ok(reply) => match reply.into_inner().result {
-                                Some(task_reply::Result::Success(_)) => Ok(()),
-                                Some(task_reply::Result::Error(error)) => Err(error.into_error()),
-                                None => Err(Error::Internal("node sent an empty reply".into())),
-                            },
-                            Err(status) => Err(Error::NodeLost {
-                                node: lease.address.clone(),
-                                task: constructor.label.clone(),
-                                message: status.message().to_string(),
-                            }),
-                        },
-                        _ = lease.lost.cancelled() => Err(Error::NodeLost {
-                            node: lease.address.clone(),
-                            task: constructor.label.clone(),
-                            message: "the node missed its heartbeats".into(),
-                        }),
-                    };
+                    let created = self.run_on(&lease, &constructor).await.map(|_| ());
                     let why = match created {
                         Ok(()) => {
                             tracing::info!(?actor, incarnation, node = %lease.address, "actor started");
@@ -257,7 +238,9 @@ impl Head {
                         .is_some_and(|a| a.killed);
                     if killed {
                         // Also when the kill came while the constructor ran.
-                        let _ = client
+                        let _ = lease
+                            .client
+                            .clone()
                             .kill_actor(proto::KillActorRequest {
                                 actor_id: constructor.actor_id.clone(),
                             })
