@@ -10,7 +10,7 @@ fn add(a: i64, b: i64) -> i64 {
     a + b
 }
 
-fn main() -> manta::Result<()> {
+fn main() -> Result<(), manta::Report> {
     let ctx = manta::init()?;
     let sum = add.remote(&ctx, 5, 10); // an ObjectRef<i64>, at once
     println!("{}", ctx.get(&sum)?);

@@ -72,7 +72,7 @@ impl Callable for Scorer {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> Result<(), manta::Report> {
     let ctx = manta::init()?; // first: in a worker process this never returns
     let args = Args::parse();
     let dir = manta::tpch::default_dir();

@@ -25,7 +25,7 @@ impl Counter {
     }
 }
 
-fn main() -> manta::Result<()> {
+fn main() -> Result<(), manta::Report> {
     let ctx = manta::init()?;
     let counter = Counter::remote(&ctx, 0)?;
     // Five calls queued at once; they run one at a time, in this order.

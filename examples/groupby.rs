@@ -15,7 +15,7 @@ struct Args {
     scale: f64,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> Result<(), manta::Report> {
     let ctx = manta::init()?; // first: in a worker process this never returns
     let args = Args::parse();
     let input = manta::tpch::lineitem(&manta::tpch::default_dir(), args.scale)?;

@@ -22,7 +22,7 @@ struct Flag {
     meaning: &'static str,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> Result<(), manta::Report> {
     let ctx = manta::init()?; // first: in a worker process this never returns
     let args = Args::parse();
     let input = manta::tpch::lineitem(&manta::tpch::default_dir(), args.scale)?;
@@ -52,7 +52,7 @@ fn main() -> anyhow::Result<()> {
         .join_on(&flags, &["l_returnflag"], &["flag"], JoinKind::Inner)
         .groupby(&["meaning"])
         .count()
-        .sort("meaning", false);
+        .sort("meaning");
     counts.show(10)?;
     println!("{}", counts.stats());
     Ok(())

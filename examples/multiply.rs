@@ -9,7 +9,7 @@ fn multiply(a: i64, b: i64) -> i64 {
     a * b
 }
 
-fn main() -> manta::Result<()> {
+fn main() -> Result<(), manta::Report> {
     let ctx = manta::init()?;
     let products: Vec<_> = (0..5).map(|i| multiply.remote(&ctx, i, i + 1)).collect();
     println!("{:?}", ctx.get_all(&products)?);

@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{AsArray, StringViewArray};
-use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema};
 use clap::Parser;
 use manta::prelude::*;
@@ -25,8 +24,7 @@ fn add_shipmode_upper(batch: RecordBatch) -> manta::Result<RecordBatch> {
     let modes = batch.column_by_name("l_shipmode").ok_or_else(|| {
         manta::Error::InvalidArgument("the batch has no l_shipmode column".into())
     })?;
-    // A no-op for lineitem, whose strings are already views.
-    let modes = cast(modes, &DataType::Utf8View)?;
+    // Batch functions see every string column as a view (`Utf8View`), whatever the source.
     let upper: StringViewArray = modes
         .as_string_view()
         .iter()
@@ -59,7 +57,7 @@ struct Args {
     output: PathBuf,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> Result<(), manta::Report> {
     let ctx = manta::init()?; // first: in a worker process this never returns
     let args = Args::parse();
     let input = match args.input {
@@ -79,7 +77,9 @@ fn main() -> anyhow::Result<()> {
             col("l_extendedprice") * (lit(1) - col("l_discount")),
         )
         .map_batches(add_shipmode_upper);
-    let written = ds.write_parquet(&args.output)?;
+    // Overwrite: each run replaces the last one's output (the default refuses to write over
+    // a directory that holds anything).
+    let written = ds.write_with(&args.output, WriteFormat::Parquet, WriteMode::Overwrite)?;
     println!("{}", ds.stats());
     println!(
         "Wrote {} rows in {} files to {}",

@@ -71,7 +71,7 @@ fn train_forest(config: Config) -> Result<Metrics, manta::BoxError> {
     )]))
 }
 
-fn main() -> Result<(), manta::BoxError> {
+fn main() -> Result<(), manta::Report> {
     let ctx = manta::init()?;
     let space = SearchSpace::new()
         .with("n_estimators", grid_search([10, 50, 100]))
@@ -86,7 +86,8 @@ fn main() -> Result<(), manta::BoxError> {
         let configs = space.configs(1, &mut rand::rng());
         let mut best = (f64::MIN, Config::default());
         for config in &configs {
-            let accuracy = train_forest::call(config.clone())?["accuracy"];
+            let accuracy =
+                train_forest::call(config.clone()).map_err(manta::Report::new)?["accuracy"];
             if accuracy > best.0 {
                 best = (accuracy, config.clone());
             }
@@ -103,7 +104,9 @@ fn main() -> Result<(), manta::BoxError> {
         .with_config(TuneConfig::new("accuracy", Mode::Max))
         .fit()?;
     println!("{}", results.table(5));
-    let best = results.best().ok_or("no trial finished")?;
+    let best = results
+        .best()
+        .ok_or_else(|| manta::Report::new("no trial finished"))?;
     println!(
         "best config: {}, accuracy {:.4}",
         best.config, best.metrics["accuracy"]

@@ -49,11 +49,15 @@ pub use manta_scheduler as scheduler;
 pub use manta_tasks as tasks;
 pub use manta_tune as tune;
 
+pub mod report;
 pub mod tpch;
 
+pub use report::{Report, error_chain};
+
 pub use manta_datasets::{
-    Aggregate, Checksum, Config, Context, Dataset, DatasetStats, Error, FileFormat, GroupedData,
-    JoinKind, MapBatchesOptions, ReadOptions, Result, SortKey, WriteFormat, WriteSummary,
+    Aggregate, Checksum, Config, Context, CsvOptions, Dataset, DatasetStats, Error, FileFormat,
+    GroupedData, JoinKind, JsonOptions, MapBatchesOptions, ReadOptions, Result, SortKey,
+    WriteFormat, WriteMode, WriteSummary, asc, desc,
 };
 pub use manta_engine::{BoxError, Callable, Resources};
 pub use manta_tasks::{ActorOptions, ActorRef, ObjectRef, TaskOptions};
@@ -65,7 +69,8 @@ pub mod prelude {
 
     pub use crate::{
         ActorOptions, Aggregate, BoxError, Callable, Context, Dataset, JoinKind, MapBatchesOptions,
-        ObjectRef, ReadOptions, Resources, SortKey, TaskOptions, actor, callable, remote,
+        ObjectRef, ReadOptions, Resources, SortKey, TaskOptions, WriteFormat, WriteMode, actor,
+        asc, callable, desc, remote,
     };
 }
 

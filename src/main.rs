@@ -28,7 +28,8 @@ fn main() -> std::process::ExitCode {
     match cli::run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("manta: {e:#}");
+            // The causes Manta's messages already hold are not said again.
+            eprintln!("manta: {}", manta::error_chain(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }

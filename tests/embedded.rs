@@ -180,7 +180,13 @@ fn an_existing_output_is_replaced_whole() {
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("stale.parquet"), "old").unwrap();
     let ds = embedded().read_parquet(input.to_str().unwrap()).unwrap();
-    let written = ds.write_parquet(&out).unwrap();
+    // Not by default: a directory that holds something is left alone.
+    let err = ds.write_parquet(&out).unwrap_err();
+    assert!(matches!(err, Error::OutputExists { .. }), "{err:?}");
+    assert!(out.join("stale.parquet").exists());
+    let written = ds
+        .write_with(&out, WriteFormat::Parquet, WriteMode::Overwrite)
+        .unwrap();
     assert!(!out.join("stale.parquet").exists());
     let whole_input = checksum_of_parquet_dir(&input);
     assert_eq!(written.rows, whole_input.rows);

@@ -80,7 +80,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 }
                 "sort" => {
                     // Every row comes out, and in order: the whole sort is timed, checked.
-                    let ds = lineitem.sort("l_extendedprice", true);
+                    let ds = lineitem.sort(desc("l_extendedprice"));
                     let (mut rows, mut previous, mut top) = (0u64, i128::MAX, None);
                     for batch in ds.iter_batches()? {
                         let batch = batch?;

@@ -14,7 +14,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let ctx = manta::init_with(config)?;
     for run in 1..=args.runs {
         let ds = manta::tpch::etl(&ctx, &input, Default::default(), Default::default())?;
-        let (seconds, written) = timed(|| ds.write_parquet(&out));
+        let (seconds, written) = timed(|| {
+            ds.write_with(
+                &out,
+                manta::WriteFormat::Parquet,
+                manta::WriteMode::Overwrite,
+            )
+        });
         let written = written?;
         let checksum = checksum_dir(&ctx, &written.path)?;
         let rss = rss_report(&ctx)?;

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use arrow::array::{BooleanArray, RecordBatch, new_null_array};
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -97,7 +97,7 @@ impl Reshape {
             .iter()
             .map(|(i, _)| Arc::clone(batch.column(*i)))
             .collect();
-        RecordBatch::try_new(schema, arrays)
+        with_columns(schema, arrays, batch.num_rows())
     }
 }
 
@@ -137,7 +137,138 @@ pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, A
             None => Ok(new_null_array(field.data_type(), batch.num_rows())),
         })
         .collect::<Result<_, _>>()?;
-    RecordBatch::try_new(Arc::clone(schema), columns)
+    with_columns(Arc::clone(schema), columns, batch.num_rows())
+}
+
+/// A batch of these columns and `rows` rows: the row count is kept even with no column left
+/// (a pipeline that needs none of a read's columns, only how many rows it has).
+pub fn with_columns(
+    schema: SchemaRef,
+    columns: Vec<arrow::array::ArrayRef>,
+    rows: usize,
+) -> Result<RecordBatch, ArrowError> {
+    RecordBatch::try_new_with_options(
+        schema,
+        columns,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
+    )
+}
+
+/// `batch` with its string columns as `Utf8View` and binary columns as `BinaryView`, whatever
+/// their type was (`Utf8`, `LargeUtf8`, a dictionary of strings; the binary ones alike): what
+/// user functions are given, so that they handle one type whether the rows came from Parquet,
+/// CSV, SQL or `from_arrow`. Views over `Utf8` point into its buffer, so nothing is copied but
+/// the 16-byte views; a batch with no such column comes back as it is.
+pub fn string_views(batch: RecordBatch) -> Result<RecordBatch, ArrowError> {
+    let target = |data_type: &DataType| -> Option<DataType> {
+        match data_type {
+            DataType::Utf8 | DataType::LargeUtf8 => Some(DataType::Utf8View),
+            DataType::Binary | DataType::LargeBinary => Some(DataType::BinaryView),
+            DataType::Dictionary(_, values) => match values.as_ref() {
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                    Some(DataType::Utf8View)
+                }
+                DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
+                    Some(DataType::BinaryView)
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    };
+    let schema = batch.schema();
+    if !schema
+        .fields()
+        .iter()
+        .any(|f| target(f.data_type()).is_some())
+    {
+        return Ok(batch);
+    }
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for (field, column) in schema.fields().iter().zip(batch.columns()) {
+        match target(field.data_type()) {
+            Some(view) => {
+                columns.push(arrow::compute::cast(column, &view)?);
+                fields.push(field.as_ref().clone().with_data_type(view));
+            }
+            None => {
+                columns.push(Arc::clone(column));
+                fields.push(field.as_ref().clone());
+            }
+        }
+    }
+    let schema = Schema::new_with_metadata(fields, schema.metadata().clone());
+    with_columns(Arc::new(schema), columns, batch.num_rows())
+}
+
+/// The batches as one, with `schema`: an error naming the first batch whose columns differ in
+/// number or type (where arrow's `concat_batches` would panic or fail obscurely), such as the
+/// outputs of a user function that does not always return the same columns.
+pub fn concat(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch, ArrowError> {
+    let fits = |batch: &RecordBatch| {
+        batch.num_columns() == schema.fields().len()
+            && batch
+                .schema_ref()
+                .fields()
+                .iter()
+                .zip(schema.fields())
+                .all(|(a, b)| a.data_type() == b.data_type())
+    };
+    if let Some(other) = batches.iter().find(|b| !fits(b)) {
+        return Err(ArrowError::SchemaError(format!(
+            "batches of different columns cannot be put together: [{}] and [{}]",
+            describe_fields(schema),
+            describe_fields(other.schema_ref())
+        )));
+    }
+    arrow::compute::concat_batches(schema, batches)
+}
+
+/// One schema for batches of `schemas`, which must have the same column names and types in
+/// the same order: a column is nullable if it is in any of them (so every batch fits). Where
+/// they differ otherwise, the error names the two schemas, with each column's full type.
+pub fn unify(schemas: &[SchemaRef]) -> Result<SchemaRef, String> {
+    let Some(first) = schemas.first() else {
+        return Err("no schemas to unify".into());
+    };
+    let mut fields: Vec<Field> = first.fields().iter().map(|f| f.as_ref().clone()).collect();
+    for other in &schemas[1..] {
+        let same_shape = other.fields().len() == fields.len()
+            && fields
+                .iter()
+                .zip(other.fields())
+                .all(|(a, b)| a.name() == b.name() && a.data_type().equals_datatype(b.data_type()));
+        if !same_shape {
+            return Err(format!(
+                "[{}] and [{}]",
+                describe_fields(first),
+                describe_fields(other)
+            ));
+        }
+        for (field, theirs) in fields.iter_mut().zip(other.fields()) {
+            if theirs.is_nullable() && !field.is_nullable() {
+                *field = field.clone().with_nullable(true);
+            }
+        }
+    }
+    Ok(Arc::new(Schema::new_with_metadata(
+        fields,
+        first.metadata().clone(),
+    )))
+}
+
+/// A schema's columns with their whole types: `id: Int64 not null, name: Utf8`.
+pub fn describe_fields(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let null = if f.is_nullable() { "" } else { " not null" };
+            format!("{}: {}{null}", f.name(), f.data_type())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

@@ -93,7 +93,10 @@ pub fn finish(
     run(replace_final_input(&plan, merged)?)
 }
 
-/// The aggregate's physical plan over `schema`, unoptimised: `Final` over `Partial`.
+/// The aggregate's physical plan over `schema`, unoptimised: `Final` over `Partial` over the
+/// scan of the whole input. Neither optimizer runs: the logical one would put projections
+/// between the scan and the `Partial` aggregate (pruning columns, or sharing an aggregate asked
+/// for twice), and the halves are run over batches of the input's own columns.
 fn plan(
     schema: &SchemaRef,
     keys: &[String],
@@ -102,6 +105,7 @@ fn plan(
     let state = SessionStateBuilder::new()
         .with_config(SessionConfig::new().with_target_partitions(1))
         .with_default_features()
+        .with_optimizer_rules(Vec::new())
         .with_physical_optimizer_rules(Vec::new())
         .build();
     let ctx = SessionContext::new_with_state(state);
@@ -242,5 +246,28 @@ mod tests {
         assert_eq!(combined.num_rows(), 3);
         assert_eq!(rows(&combined), rows(&expected));
         assert_eq!(combined.num_columns(), 7);
+    }
+
+    #[test]
+    fn the_same_aggregate_twice_combines() {
+        let batch = RecordBatch::try_from_iter([
+            ("nn_v", Arc::new(Int64Array::from(vec![1, 1, 0])) as _),
+            (
+                "min_v",
+                Arc::new(Int64Array::from(vec![Some(3), None, Some(-2)])) as _,
+            ),
+            ("nn_g", Arc::new(Int64Array::from(vec![2, 0, 1])) as _),
+        ])
+        .unwrap();
+        let keys = vec!["nn_v".to_string()];
+        let aggregates = vec![
+            Aggregate::min("min_v").alias("c1"),
+            Aggregate::mean("nn_g").alias("c2"),
+            Aggregate::mean("nn_g").alias("c3"),
+        ];
+        let states = partial(batch.clone(), &keys, &aggregates).unwrap();
+        let combined = finish(&states.schema(), vec![states], &keys, &aggregates).unwrap();
+        assert_eq!(combined.num_rows(), 2);
+        assert_eq!(combined.num_columns(), 4);
     }
 }

@@ -10,6 +10,7 @@ use manta_scheduler::{Client, ClusterClient, EmbeddedConfig, EmbeddedRuntime};
 
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
+use crate::file_options::{CsvOptions, JsonOptions};
 use crate::plan::{LogicalPlan, ReadOptions};
 use crate::source::{FileFormat, Source};
 
@@ -234,20 +235,36 @@ impl Context {
         self.read(Source::parquet(path)?, options)
     }
 
-    /// Reads CSV files with a header row; the schema is inferred from every file's first rows.
+    /// Reads CSV files with a header row, their schema inferred from all their rows (see
+    /// [`read_csv_with`](Self::read_csv_with) for other delimiters, no header, a given schema).
     pub fn read_csv(&self, path: &str) -> Result<Dataset> {
-        self.read(
-            Source::files(FileFormat::Csv, path)?,
-            ReadOptions::default(),
-        )
+        self.read_csv_with(path, &CsvOptions::default())
     }
 
-    /// Reads newline-delimited JSON; the schema is inferred from every file's first rows.
+    /// Reads CSV files with options: delimiter, quote, header or not, a schema or the rows to
+    /// infer it from.
+    ///
+    /// ```no_run
+    /// use manta_datasets::CsvOptions;
+    /// # fn main() -> manta_datasets::Result<()> {
+    /// let ctx = manta_datasets::Context::new(Default::default())?;
+    /// let tsv = ctx.read_csv_with("data/events.tsv", &CsvOptions::default().delimiter(b'\t'))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn read_csv_with(&self, path: &str, options: &CsvOptions) -> Result<Dataset> {
+        self.read(Source::csv(path, options)?, ReadOptions::default())
+    }
+
+    /// Reads newline-delimited JSON, the schema inferred from all the rows (see
+    /// [`read_json_with`](Self::read_json_with) for a given schema or fewer rows to infer from).
     pub fn read_json(&self, path: &str) -> Result<Dataset> {
-        self.read(
-            Source::files(FileFormat::Json, path)?,
-            ReadOptions::default(),
-        )
+        self.read_json_with(path, &JsonOptions::default())
+    }
+
+    /// Reads newline-delimited JSON with options: a schema, or the rows to infer it from (then
+    /// a field that first appears later fails the read, naming it).
+    pub fn read_json_with(&self, path: &str, options: &JsonOptions) -> Result<Dataset> {
+        self.read(Source::json(path, options)?, ReadOptions::default())
     }
 
     /// Reads Arrow IPC files (file or stream format).

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, RecordBatch};
-use arrow::compute::concat_batches;
 use arrow::datatypes::{SchemaRef, UInt64Type};
 use datafusion::logical_expr::Expr;
 use manta_engine::{ObjectRef, RegisteredCallable, RemoteBatchFn, RemoteRowFn};
@@ -21,7 +20,8 @@ use crate::executor::BlockOut;
 use crate::plan::{LogicalOp, LogicalPlan, MapBatchesOptions, PlanInput, Sink};
 use crate::rows::{self, RowMode};
 use crate::run;
-use crate::sink::{WriteFormat, WriteTarget};
+use crate::sink::{WriteFormat, WriteMode, WriteTarget};
+use crate::split::SplitIter;
 use crate::stats::{DatasetStats, StageStats};
 
 /// A lazy dataset: a source and the operators to apply to it. Nothing runs until a consuming
@@ -42,7 +42,7 @@ use crate::stats::{DatasetStats, StageStats};
 /// ```
 #[derive(Clone)]
 pub struct Dataset {
-    ctx: Context,
+    pub(crate) ctx: Context,
     plan: Arc<LogicalPlan>,
     last_stats: Arc<Mutex<Option<DatasetStats>>>,
 }
@@ -58,7 +58,7 @@ impl std::fmt::Debug for Dataset {
 
 /// A started pipeline: its output blocks, its executor, and the figures of the barriers run
 /// before it.
-type Running = (
+pub(crate) type Running = (
     mpsc::Receiver<BlockOut>,
     tokio::task::JoinHandle<Result<DatasetStats>>,
     Vec<StageStats>,
@@ -122,12 +122,17 @@ impl Dataset {
                 format,
                 path,
                 files,
-                ..
+                schema,
+                parse,
             } if !crate::storage::is_url(path) => {
-                let extension = common_extension(files);
+                let plain = PlainText {
+                    extension: common_extension(files),
+                    schema: Arc::clone(schema),
+                    parse: *parse,
+                };
                 match format {
-                    crate::source::FileFormat::Csv => Some((PlainFiles::Csv(extension), path)),
-                    crate::source::FileFormat::Json => Some((PlainFiles::Json(extension), path)),
+                    crate::source::FileFormat::Csv => Some((PlainFiles::Csv(plain), path)),
+                    crate::source::FileFormat::Json => Some((PlainFiles::Json(plain), path)),
                     _ => None,
                 }
             }
@@ -146,7 +151,9 @@ impl Dataset {
     }
 
     /// Applies a `#[manta::remote]` batch function to every batch, fused with the operators
-    /// around it.
+    /// around it. The function sees string columns as `Utf8View` (`as_string_view()`) and
+    /// binary columns as `BinaryView`, whatever the source (Parquet, CSV, SQL, `from_arrow`):
+    /// one type to handle.
     pub fn map_batches(&self, function: impl RemoteBatchFn) -> Self {
         self.map_batches_with(function, MapBatchesOptions::default())
     }
@@ -275,28 +282,47 @@ impl Dataset {
         })
     }
 
-    /// `n` blocks of about equal size: split in order, or (`shuffle`) with rows spread at random.
-    pub fn repartition(&self, n: usize, shuffle: bool) -> Self {
+    /// `n` blocks of about equal size, the rows split in order (Ray's `repartition(n)`).
+    pub fn repartition(&self, n: usize) -> Self {
         self.exchange(Exchange::Repartition {
             input: self.plan(),
             n,
-            shuffle,
+            shuffle: false,
         })
     }
 
-    /// Sorted by one column.
-    pub fn sort(&self, column: &str, descending: bool) -> Self {
-        self.sort_by(vec![SortKey {
-            column: column.into(),
-            descending,
-        }])
+    /// `n` blocks of about equal size, each row sent to one at random (Ray's
+    /// `repartition(n, shuffle=True)`): a cheaper mix than [`random_shuffle`](Self::random_shuffle),
+    /// which also shuffles within blocks.
+    pub fn repartition_shuffled(&self, n: usize) -> Self {
+        self.exchange(Exchange::Repartition {
+            input: self.plan(),
+            n,
+            shuffle: true,
+        })
     }
 
-    /// Sorted by several keys, most significant first (nulls last ascending, first descending).
-    pub fn sort_by(&self, keys: Vec<SortKey>) -> Self {
+    /// Sorted by one key: a column name for ascending, or [`asc`](crate::asc) /
+    /// [`desc`](crate::desc) of one. Nulls go last ascending and first descending, as in SQL.
+    ///
+    /// ```no_run
+    /// use manta_datasets::desc;
+    /// # fn main() -> manta_datasets::Result<()> {
+    /// let ctx = manta_datasets::Context::new(Default::default())?;
+    /// let items = ctx.read_parquet("data/lineitem/")?;
+    /// let cheapest_first = items.sort("l_extendedprice");
+    /// let dearest_first = items.sort(desc("l_extendedprice"));
+    /// # Ok(()) }
+    /// ```
+    pub fn sort(&self, key: impl Into<SortKey>) -> Self {
+        self.sort_by([key.into()])
+    }
+
+    /// Sorted by several keys, most significant first: `sort_by([desc("a"), asc("b")])`.
+    pub fn sort_by(&self, keys: impl IntoIterator<Item = SortKey>) -> Self {
         self.exchange(Exchange::Sort {
             input: self.plan(),
-            keys,
+            keys: keys.into_iter().collect(),
         })
     }
 
@@ -356,12 +382,18 @@ impl Dataset {
         let distinct = self.groupby(&[column]).aggregate(Vec::new()).to_arrow()?;
         let schema = match distinct.first() {
             Some(b) => b.schema(),
-            None => self
-                .schema()?
-                .project(&[self.schema()?.index_of(column)?])
-                .map(Arc::new)?,
+            None => {
+                let schema = self.schema()?;
+                if schema.fields().is_empty() {
+                    // No rows and no known schema (a map_groups of nothing): no values.
+                    return Ok(arrow::array::new_empty_array(
+                        &arrow::datatypes::DataType::Null,
+                    ));
+                }
+                Arc::new(schema.project(&[schema.index_of(column)?])?)
+            }
         };
-        let batch = concat_batches(&schema, &distinct)?;
+        let batch = crate::columns::concat(&schema, &distinct)?;
         Ok(Arc::clone(batch.column(batch.schema().index_of(column)?)))
     }
 
@@ -379,14 +411,14 @@ impl Dataset {
         self.last_stats.lock().clone().unwrap_or_default()
     }
 
-    fn start(&self, sink: Sink) -> Result<Running> {
+    pub(crate) fn start(&self, sink: Sink) -> Result<Running> {
         let mut before = Vec::new();
         let plan = run::resolve(&self.ctx, &self.plan, &mut before)?;
         let (rx, handle) = run::start(&self.ctx, &plan, sink)?;
         Ok((rx, handle, before))
     }
 
-    fn finish(
+    pub(crate) fn finish(
         &self,
         handle: tokio::task::JoinHandle<Result<DatasetStats>>,
         before: Vec<StageStats>,
@@ -452,7 +484,7 @@ impl Dataset {
             Some(b) => b.schema(),
             None => self.schema()?,
         };
-        Ok(concat_batches(&schema, &batches)?)
+        Ok(crate::columns::concat(&schema, &batches)?)
     }
 
     /// Prints up to `limit` rows as a table.
@@ -545,54 +577,62 @@ impl Dataset {
     /// Splits the output into `n` iterators that share one running pipeline, for feeding `n`
     /// consumers (training workers) in parallel: each block goes to exactly one of them, the
     /// one that asks next, so the shares are disjoint and together are the whole dataset.
-    /// The iterators can move to other threads.
+    /// The iterators can move to other threads. See [`streaming_split_equal`](
+    /// Self::streaming_split_equal) for shares of equal rows.
     pub fn streaming_split(&self, n: usize) -> Result<Vec<SplitIter>> {
-        if n == 0 {
-            return Err(Error::InvalidArgument(
-                "streaming_split needs at least one consumer".into(),
-            ));
-        }
-        let (rx, handle, before) = self.start(Sink::Driver)?;
-        let shared = Arc::new(SplitShared {
-            dataset: self.clone(),
-            state: Mutex::new(SplitState {
-                rx: Some(rx),
-                handle: Some(handle),
-                before,
-                failure: None,
-            }),
-        });
-        Ok((0..n)
-            .map(|_| SplitIter {
-                shared: Arc::clone(&shared),
-                pending: VecDeque::new(),
-            })
-            .collect())
+        crate::split::start(self, n, false)
+    }
+
+    /// [`streaming_split`](Self::streaming_split) into shares of exactly the same number of
+    /// rows, `total / n` each (Ray's `equal=True`): blocks are cut where a share needs it, and
+    /// the `total % n` rows left over at the end go to no one.
+    pub fn streaming_split_equal(&self, n: usize) -> Result<Vec<SplitIter>> {
+        crate::split::start(self, n, true)
     }
 
     /// Writes Parquet part files into directory `path`, atomically: the directory appears
-    /// complete, or (on failure) not at all.
+    /// complete, or (on failure) not at all. `path` must not exist, or be an empty directory
+    /// ([`WriteMode::Error`]); [`write_with`](Self::write_with) takes another mode.
     pub fn write_parquet(&self, path: impl AsRef<Path>) -> Result<WriteSummary> {
-        self.write(path.as_ref(), WriteFormat::Parquet)
+        self.write_with(path, WriteFormat::Parquet, WriteMode::default())
     }
 
     /// Writes CSV part files (with a header row) into directory `path`, atomically.
     pub fn write_csv(&self, path: impl AsRef<Path>) -> Result<WriteSummary> {
-        self.write(path.as_ref(), WriteFormat::Csv)
+        self.write_with(path, WriteFormat::Csv, WriteMode::default())
     }
 
     /// Writes newline-delimited JSON part files into directory `path`, atomically.
     pub fn write_json(&self, path: impl AsRef<Path>) -> Result<WriteSummary> {
-        self.write(path.as_ref(), WriteFormat::Json)
+        self.write_with(path, WriteFormat::Json, WriteMode::default())
     }
 
     /// Writes Arrow IPC part files into directory `path`, atomically.
     pub fn write_ipc(&self, path: impl AsRef<Path>) -> Result<WriteSummary> {
-        self.write(path.as_ref(), WriteFormat::Ipc)
+        self.write_with(path, WriteFormat::Ipc, WriteMode::default())
     }
 
-    fn write(&self, path: &Path, format: WriteFormat) -> Result<WriteSummary> {
-        let target = WriteTarget::prepare(path)?;
+    /// Writes part files of `format` into directory `path`, atomically, doing what `mode`
+    /// says where `path` exists: refuse ([`WriteMode::Error`], the default of the `write_*`
+    /// calls), replace it ([`WriteMode::Overwrite`]) or add to it ([`WriteMode::Append`]).
+    /// A path that is a file is never written over. A dataset with no rows is written as one
+    /// file with no rows, so it reads back as an empty dataset.
+    ///
+    /// ```no_run
+    /// use manta_datasets::{WriteFormat, WriteMode};
+    /// # fn main() -> manta_datasets::Result<()> {
+    /// let ctx = manta_datasets::Context::new(Default::default())?;
+    /// let ds = ctx.read_parquet("data/lineitem/")?;
+    /// ds.write_with("out/lineitem", WriteFormat::Parquet, WriteMode::Overwrite)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn write_with(
+        &self,
+        path: impl AsRef<Path>,
+        format: WriteFormat,
+        mode: WriteMode,
+    ) -> Result<WriteSummary> {
+        let target = WriteTarget::prepare(path.as_ref(), mode)?;
         let (mut rx, handle, before) =
             self.start(Sink::Files(target.tmp_dir().to_path_buf(), format))?;
         let mut written = Vec::new();
@@ -606,23 +646,27 @@ impl Dataset {
             rows: 0,
             bytes: 0,
         };
+        // The rows' schema, as the tasks that wrote nothing saw it.
+        let mut unwritten = None;
         for block in written {
             let object = self.ctx.block_on(self.ctx.client().get(&block))?;
-            for record in object.into_block(block.id())?.batches() {
-                summary.files += record.num_rows() as u64;
-                summary.rows += record
-                    .column(1)
-                    .as_primitive::<UInt64Type>()
-                    .iter()
-                    .flatten()
-                    .sum::<u64>();
-                summary.bytes += record
-                    .column(2)
-                    .as_primitive::<UInt64Type>()
-                    .iter()
-                    .flatten()
-                    .sum::<u64>();
+            let records = object.into_block(block.id())?;
+            if unwritten.is_none() {
+                unwritten = crate::sink::unwritten_schema(records.schema());
             }
+            for record in records.batches() {
+                summary.add(record);
+            }
+        }
+        if summary.files == 0 {
+            // No rows at all: one empty file, so the output reads back with its schema.
+            let schema = self
+                .plan
+                .schema()
+                .or(unwritten)
+                .unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty()));
+            let record = crate::sink::write_part(target.tmp_dir(), 0, format, &schema, &[])?;
+            summary.add(&record);
         }
         target.commit()?;
         if let Some(stats) = self
@@ -636,6 +680,23 @@ impl Dataset {
             stats.bytes_out = summary.bytes;
         }
         Ok(summary)
+    }
+}
+
+impl WriteSummary {
+    /// Counts the files of a write task's record (one row per file: path, rows, bytes).
+    fn add(&mut self, record: &RecordBatch) {
+        let sum = |column: usize| {
+            record
+                .column(column)
+                .as_primitive::<UInt64Type>()
+                .iter()
+                .flatten()
+                .sum::<u64>()
+        };
+        self.files += record.num_rows() as u64;
+        self.rows += sum(1);
+        self.bytes += sum(2);
     }
 }
 
@@ -698,8 +759,11 @@ impl GroupedData {
         self.aggregate(vec![Aggregate::std(column)])
     }
 
-    /// Calls a registered batch function once per group (each call sees all of one group's
-    /// rows, sorted by the keys) and concatenates what it returns.
+    /// Calls a registered batch function exactly once per group (each call sees all of one
+    /// group's rows, sorted by the keys; strings as `Utf8View`, as in
+    /// [`Dataset::map_batches`]) and concatenates what it returns. It is never called on no
+    /// rows, so a dataset with no rows gives no rows (and, since only the function knows its
+    /// output's schema, no schema).
     pub fn map_groups(&self, function: impl RemoteBatchFn) -> Dataset {
         self.dataset.exchange(Exchange::MapGroups {
             input: self.dataset.plan(),
@@ -807,7 +871,7 @@ impl Iterator for BatchIter {
             }
         }
         let first = parts.first()?;
-        Some(concat_batches(first.schema_ref(), &parts).map_err(Error::from))
+        Some(crate::columns::concat(first.schema_ref(), &parts).map_err(Error::from))
     }
 }
 
@@ -852,85 +916,11 @@ impl<T: DeserializeOwned> Iterator for RowIter<T> {
     }
 }
 
-/// One consumer's share of a [`Dataset::streaming_split`].
-pub struct SplitIter {
-    shared: Arc<SplitShared>,
-    pending: VecDeque<RecordBatch>,
-}
-
-struct SplitShared {
-    dataset: Dataset,
-    state: Mutex<SplitState>,
-}
-
-struct SplitState {
-    rx: Option<mpsc::Receiver<BlockOut>>,
-    handle: Option<tokio::task::JoinHandle<Result<DatasetStats>>>,
-    before: Vec<StageStats>,
-    /// The pipeline's error, for the consumers that did not see it first.
-    failure: Option<String>,
-}
-
-impl SplitShared {
-    /// The next block for whichever consumer asks; `None` at the end.
-    fn next_block(&self) -> Option<Result<BlockOut>> {
-        let mut state = self.state.lock();
-        if let Some(reason) = &state.failure {
-            return Some(Err(Error::PipelineFailed {
-                reason: reason.clone(),
-            }));
-        }
-        let rx = state.rx.as_mut()?;
-        if let Some(out) = self.dataset.ctx.block_on(rx.recv()) {
-            return Some(Ok(out));
-        }
-        state.rx = None;
-        let handle = state.handle.take()?;
-        let before = std::mem::take(&mut state.before);
-        match self.dataset.finish(handle, before) {
-            Ok(_) => None,
-            Err(e) => {
-                state.failure = Some(e.to_string());
-                Some(Err(e))
-            }
-        }
-    }
-}
-
-impl Drop for SplitShared {
-    fn drop(&mut self) {
-        let state = self.state.get_mut();
-        state.rx.take();
-        if let Some(handle) = state.handle.take() {
-            let _ = self
-                .dataset
-                .finish(handle, std::mem::take(&mut state.before));
-        }
-    }
-}
-
-impl Iterator for SplitIter {
-    type Item = Result<RecordBatch>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(batch) = self.pending.pop_front() {
-                return Some(Ok(batch));
-            }
-            let out = match self.shared.next_block()? {
-                Ok(out) => out,
-                Err(e) => return Some(Err(e)),
-            };
-            match fetch_batches(&self.shared.dataset.ctx, out.block) {
-                Ok(batches) => self.pending.extend(batches),
-                Err(e) => return Some(Err(e)),
-            }
-        }
-    }
-}
-
 /// The non-empty batches of an output block, read into this process.
-fn fetch_batches(ctx: &Context, block: manta_engine::ObjectRef) -> Result<Vec<RecordBatch>> {
+pub(crate) fn fetch_batches(
+    ctx: &Context,
+    block: manta_engine::ObjectRef,
+) -> Result<Vec<RecordBatch>> {
     let client = ctx.client().clone();
     let id = block.id();
     let object = ctx.block_on(async move { client.get(&block).await })?;
@@ -943,12 +933,23 @@ fn fetch_batches(ctx: &Context, block: manta_engine::ObjectRef) -> Result<Vec<Re
 }
 
 /// The format of a dataset that is a plain read of local files (see
-/// [`Dataset::plain_local_files`]), with the files' common extension for CSV and JSON.
+/// [`Dataset::plain_local_files`]), with how CSV and JSON files are read.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum PlainFiles {
     Parquet,
-    Csv(String),
-    Json(String),
+    Csv(PlainText),
+    Json(PlainText),
+}
+
+/// How the dataset reads its CSV or JSON files, for DataFusion to read them the same way.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct PlainText {
+    /// The files' common extension (without the dot; empty if they differ).
+    pub extension: String,
+    /// The schema the dataset reads them with.
+    pub schema: SchemaRef,
+    /// Delimiter, quote, header.
+    pub parse: crate::file_options::ParseOptions,
 }
 
 /// The extension every one of `files` has (without the dot), or empty.

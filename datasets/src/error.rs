@@ -76,6 +76,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// A write's destination is there already and the write mode does not allow replacing
+    /// or adding to it; nothing was written, nothing there was touched.
+    #[error("cannot write to {path}: {reason}; nothing was written")]
+    OutputExists {
+        /// The destination.
+        path: PathBuf,
+        /// What is there, and what to do about it.
+        reason: String,
+    },
+
     /// The pipeline feeding a `streaming_split` consumer failed (another consumer saw the
     /// error first).
     #[error("the pipeline feeding this split failed: {reason}")]

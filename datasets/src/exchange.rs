@@ -32,9 +32,7 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
-use arrow::compute::{
-    SortColumn, SortOptions, concat_batches, lexsort_to_indices, take_record_batch,
-};
+use arrow::compute::{SortColumn, SortOptions, lexsort_to_indices, take_record_batch};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use datafusion::common::JoinType;
@@ -99,12 +97,38 @@ impl SortKey {
     }
 
     /// SQL's order: ascending puts nulls last, descending puts them first.
-    fn options(&self) -> SortOptions {
+    pub(crate) fn options(&self) -> SortOptions {
         SortOptions {
             descending: self.descending,
             nulls_first: self.descending,
         }
     }
+}
+
+impl From<&str> for SortKey {
+    /// Ascending by the column.
+    fn from(column: &str) -> Self {
+        SortKey::asc(column)
+    }
+}
+
+impl From<String> for SortKey {
+    /// Ascending by the column.
+    fn from(column: String) -> Self {
+        SortKey::asc(&column)
+    }
+}
+
+/// Ascending by `column` (nulls last), for [`Dataset::sort`](crate::Dataset::sort) and
+/// [`sort_by`](crate::Dataset::sort_by).
+pub fn asc(column: &str) -> SortKey {
+    SortKey::asc(column)
+}
+
+/// Descending by `column` (nulls first), for [`Dataset::sort`](crate::Dataset::sort) and
+/// [`sort_by`](crate::Dataset::sort_by).
+pub fn desc(column: &str) -> SortKey {
+    SortKey::desc(column)
 }
 
 /// An aggregate function.
@@ -153,6 +177,11 @@ impl Aggregate {
             column: None,
             alias: "count()".into(),
         }
+    }
+    /// `count(column)`: the non-null values of `column` per group (SQL's `count(column)`,
+    /// Polars' `count`; [`count`](Self::count) counts rows, nulls and all).
+    pub fn count_non_null(column: &str) -> Self {
+        Self::new(AggregateFunction::Count, column, "count")
     }
     /// `sum(column)`.
     pub fn sum(column: &str) -> Self {
@@ -367,7 +396,10 @@ impl Exchange {
             Exchange::RandomShuffle { input, .. }
             | Exchange::Repartition { input, .. }
             | Exchange::Sort { input, .. } => input.schema(),
-            Exchange::Union(inputs) => inputs.first()?.schema(),
+            Exchange::Union(inputs) => {
+                let schemas: Option<Vec<SchemaRef>> = inputs.iter().map(|p| p.schema()).collect();
+                crate::columns::unify(&schemas?).ok()
+            }
             Exchange::MapGroups { .. } => None,
             Exchange::Aggregate { .. } | Exchange::Join { .. } => {
                 let schemas: Option<Vec<SchemaRef>> =
@@ -487,14 +519,13 @@ impl Exchange {
             }
             Exchange::Union(inputs) => {
                 let schemas: Vec<SchemaRef> = inputs.iter().filter_map(|p| p.schema()).collect();
-                if let Some(first) = schemas.first()
-                    && let Some(other) = schemas.iter().find(|s| s.fields() != first.fields())
-                {
-                    return Err(plan_error(format!(
-                        "union of datasets with different schemas: [{}] and [{}]",
-                        names(first).join(", "),
-                        names(other).join(", ")
-                    )));
+                if !schemas.is_empty() {
+                    crate::columns::unify(&schemas).map_err(|difference| {
+                        plan_error(format!(
+                            "union of datasets with different schemas (the same columns, of the \
+                             same types, in the same order, are needed): {difference}"
+                        ))
+                    })?;
                 }
             }
             Exchange::Zip { left, right } => {
@@ -695,6 +726,8 @@ pub struct ReduceSpec {
     /// Each side's schema where the plan knows it (an IPC schema message), for a side with no
     /// inputs at all.
     pub side_schemas: Vec<Option<Vec<u8>>>,
+    /// The stage's name ("AggregateReduce"), for messages.
+    pub stage: String,
 }
 
 fn encode<T: Serialize>(value: &T, what: &str) -> manta_engine::Result<bytes::Bytes> {
@@ -761,7 +794,7 @@ fn user_error(
 fn single_batch(block: &Block) -> manta_engine::Result<RecordBatch> {
     match block.batches() {
         [one] => Ok(one.clone()),
-        batches => Ok(concat_batches(block.schema(), batches)?),
+        batches => Ok(crate::columns::concat(block.schema(), batches)?),
     }
 }
 
@@ -788,12 +821,16 @@ pub fn partition_batch(
     label: &str,
 ) -> manta_engine::Result<Block> {
     let label = label.to_string();
+    let n = spec.n.max(1);
+    if batch.num_rows() == 0 && batch.schema().fields().is_empty() {
+        // Rows of a schema nobody knows (see `stage::is_unknown`): none, in every partition.
+        return Block::try_new(batch.schema(), vec![batch; n]);
+    }
     if let Some((keys, aggregates)) = &spec.combine {
         batch = combine::partial(batch, keys, aggregates)
             .map_err(|e| user_error("aggregate", label.clone(), e))?;
     }
     let schema = batch.schema();
-    let n = spec.n.max(1);
     let assignment: Vec<u32> = match &spec.partitioner {
         Partitioner::Random { seed } => {
             let mut rng = rand::rngs::StdRng::seed_from_u64(batch_seed(*seed, spec.block, 0));
@@ -899,7 +936,7 @@ fn read_ipc(bytes: &[u8]) -> Result<Option<RecordBatch>, arrow::error::ArrowErro
     let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
     let schema = reader.schema();
     let batches = reader.collect::<Result<Vec<_>, _>>()?;
-    Ok(Some(concat_batches(&schema, &batches)?))
+    Ok(Some(crate::columns::concat(&schema, &batches)?))
 }
 
 /// A batch as an Arrow IPC stream.
@@ -918,6 +955,10 @@ fn run_sample(_: &TaskContext, input: TaskInput) -> manta_engine::Result<Object>
         into_block(input.objects.into_iter().next().ok_or_else(|| {
             manta_engine::Error::Internal("a sample task needs its block".into())
         })?)?;
+    if crate::stage::is_unknown(&block) {
+        // No rows: no samples.
+        return Ok(Object::Block(block));
+    }
     let batch = single_batch(&block)?;
     let rows = batch.num_rows();
     let picks: Vec<u32> = (0..SAMPLES_PER_BLOCK.min(rows))
@@ -938,10 +979,16 @@ fn run_sample(_: &TaskContext, input: TaskInput) -> manta_engine::Result<Object>
 /// Picks `n - 1` boundaries from the sampled key rows, as an IPC stream (empty if `n` is 1 or
 /// there are no samples).
 pub fn boundaries(samples: &[RecordBatch], keys: &[SortKey], n: usize) -> Result<Vec<u8>> {
+    // Samples of blocks with no known schema have no rows and no columns.
+    let samples: Vec<RecordBatch> = samples
+        .iter()
+        .filter(|b| b.num_rows() > 0 && b.num_columns() > 0)
+        .cloned()
+        .collect();
     let Some(first) = samples.first() else {
         return Ok(Vec::new());
     };
-    let all = concat_batches(first.schema_ref(), samples)?;
+    let all = crate::columns::concat(first.schema_ref(), &samples)?;
     if n <= 1 || all.num_rows() == 0 {
         return Ok(Vec::new());
     }
@@ -985,27 +1032,40 @@ fn sort_batch(
 fn run_reduce(_: &TaskContext, input: TaskInput) -> manta_engine::Result<Object> {
     let spec: ReduceSpec = decode(&input.args, "a reduce task")?;
     let label = match spec.partition {
-        Some(partition) => format!("partition {partition}"),
-        None => "all partitions".to_string(),
+        Some(partition) => format!("partition {partition} (stage {})", spec.stage),
+        None => format!("all partitions (stage {})", spec.stage),
     };
     let mut objects = input.objects.into_iter();
     let mut schemas = Vec::new();
     let mut sides = Vec::new();
     for (side_index, &count) in spec.sides.iter().enumerate() {
         let mut side = Vec::new();
-        let mut schema = match spec.side_schemas.get(side_index) {
-            Some(Some(bytes)) if count == 0 => {
-                Some(crate::source::decode_schema(bytes).map_err(|e| {
-                    manta_engine::Error::Internal(format!("a reduce task's schema: {e}"))
-                })?)
-            }
-            _ => None,
-        };
-        // Each input arrives as its partition alone (the task's `input_batch`).
+        let mut schema = None;
+        // Each input arrives as its partition alone (the task's `input_batch`). Blocks of no
+        // known schema hold no rows and are skipped; the others all carry the side's schema.
         for object in objects.by_ref().take(count) {
             let block = into_block(object)?;
-            schema.get_or_insert_with(|| Arc::clone(block.schema()));
+            if crate::stage::is_unknown(&block) {
+                continue;
+            }
+            schema = Some(match schema {
+                None => Arc::clone(block.schema()),
+                // Blocks of a side may differ in nullability (a column null in some blocks
+                // only): the side's schema is nullable wherever any block's is.
+                Some(so_far) if &so_far == block.schema() => so_far,
+                Some(so_far) => {
+                    crate::columns::unify(&[Arc::clone(&so_far), Arc::clone(block.schema())])
+                        .unwrap_or(so_far)
+                }
+            });
             side.extend(block.batches().iter().filter(|b| b.num_rows() > 0).cloned());
+        }
+        if schema.is_none()
+            && let Some(Some(bytes)) = spec.side_schemas.get(side_index)
+        {
+            schema = Some(crate::source::decode_schema(bytes).map_err(|e| {
+                manta_engine::Error::Internal(format!("a reduce task's schema: {e}"))
+            })?);
         }
         schemas.push(schema.unwrap_or_else(|| Arc::new(Schema::empty())));
         sides.push(side);
@@ -1056,6 +1116,9 @@ impl Reducer {
         schemas: &[SchemaRef],
         mut sides: Vec<Vec<RecordBatch>>,
     ) -> Result<RecordBatch, ReduceError> {
+        if schemas.iter().any(|s| s.fields().is_empty()) {
+            return self.reduce_unknown(schemas, sides);
+        }
         let schema = Arc::clone(&schemas[0]);
         if let Reducer::Aggregate { keys, aggregates } = self
             && combine::is_partial(&schema)
@@ -1067,7 +1130,7 @@ impl Reducer {
                 aggregates,
             )?);
         }
-        let rows = concat_batches(&schema, &sides[0])?;
+        let rows = crate::columns::concat(&schema, &sides[0])?;
         match self {
             Reducer::Concat => Ok(rows),
             Reducer::Shuffle { seed } => {
@@ -1100,6 +1163,7 @@ impl Reducer {
                     .collect::<Result<Vec<_>, arrow::error::ArrowError>>()?;
                 let ranges = arrow::compute::partition(&columns)?.ranges();
                 let mut out: Vec<RecordBatch> = Vec::new();
+                let sorted = crate::columns::string_views(sorted)?;
                 for range in ranges {
                     let group = sorted.slice(range.start, range.end - range.start);
                     let result = call_batch(function, f, group, || {
@@ -1108,13 +1172,11 @@ impl Reducer {
                     .map_err(ReduceError::User)?;
                     out.push(result);
                 }
+                // The function runs once per group and never on no rows: a partition without
+                // a group makes a block of no known schema, which every consumer skips.
                 match out.first() {
-                    Some(first) => Ok(concat_batches(first.schema_ref(), &out)?),
-                    None => {
-                        let empty = RecordBatch::new_empty(schema);
-                        call_batch(function, f, empty, || "no rows".into())
-                            .or_else(|_| Ok(RecordBatch::new_empty(Arc::new(Schema::empty()))))
-                    }
+                    Some(first) => Ok(crate::columns::concat(first.schema_ref(), &out)?),
+                    None => Ok(RecordBatch::new_empty(Arc::new(Schema::empty()))),
                 }
             }
             Reducer::Join {
@@ -1123,9 +1185,53 @@ impl Reducer {
                 how,
             } => {
                 let right_schema = Arc::clone(&schemas[1]);
-                let right_rows = concat_batches(&right_schema, &sides.swap_remove(1))?;
+                let right_rows = crate::columns::concat(&right_schema, &sides.swap_remove(1))?;
                 join(rows, right_rows, left_on, right_on, *how)
             }
+        }
+    }
+}
+
+impl Reducer {
+    /// A reduce where a side has no known schema, so no rows (see `stage::is_unknown`): what
+    /// the answer is, where it can be told without that schema, or an error saying why not.
+    fn reduce_unknown(
+        &self,
+        schemas: &[SchemaRef],
+        sides: Vec<Vec<RecordBatch>>,
+    ) -> Result<RecordBatch, ReduceError> {
+        let unknown = |side: usize| schemas[side].fields().is_empty();
+        let has_rows = |side: usize| sides[side].iter().any(|b| b.num_rows() > 0);
+        let nothing = || Ok(RecordBatch::new_empty(Arc::new(Schema::empty())));
+        let cannot = |what: String| {
+            Err(ReduceError::DataFusion(
+                datafusion::error::DataFusionError::Plan(format!(
+                    "{what}: its input has no rows and no known schema (a map_groups that found \
+                     no group never calls its function, which alone knows its columns)"
+                )),
+            ))
+        };
+        match self {
+            Reducer::Aggregate { keys, .. } if keys.is_empty() => {
+                cannot("an aggregate of the whole dataset answers one row, of columns".into())
+            }
+            Reducer::Join { how, .. } => {
+                let (left, right) = (unknown(0), unknown(1));
+                let keeps_left = matches!(how, JoinKind::Left | JoinKind::Full);
+                let keeps_right = matches!(how, JoinKind::Right | JoinKind::Full);
+                if (right && keeps_left && has_rows(0)) || (left && keeps_right && has_rows(1)) {
+                    return cannot(format!(
+                        "a {how:?} join keeps the rows of one side with the other's columns"
+                    ));
+                }
+                match how {
+                    // No match possible: no left row, or every left row.
+                    JoinKind::Semi if !left => Ok(RecordBatch::new_empty(Arc::clone(&schemas[0]))),
+                    JoinKind::Anti if !left => Ok(crate::columns::concat(&schemas[0], &sides[0])?),
+                    _ => nothing(),
+                }
+            }
+            _ => nothing(),
         }
     }
 }
@@ -1150,7 +1256,7 @@ pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
 fn collect(frame: datafusion::dataframe::DataFrame) -> Result<RecordBatch, ReduceError> {
     let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
     let batches = block_on(frame.collect())?;
-    Ok(concat_batches(&schema, &batches)?)
+    Ok(crate::columns::concat(&schema, &batches)?)
 }
 
 /// Joins two partitions with DataFusion. Key columns of the same name appear once (for a full
@@ -1247,6 +1353,9 @@ fn slice_blocks(objects: Vec<Object>, slices: &[(u64, u64)]) -> manta_engine::Re
     let mut out = Vec::new();
     for (object, &(offset, length)) in objects.into_iter().zip(slices) {
         let block = into_block(object)?;
+        if crate::stage::is_unknown(&block) {
+            continue;
+        }
         schema.get_or_insert_with(|| Arc::clone(block.schema()));
         let (mut skip, mut left) = (offset as usize, length as usize);
         for batch in block.batches() {

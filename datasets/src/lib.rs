@@ -15,9 +15,11 @@
 //! * [`plan`]: logical plans, validation, fusion into stages.
 //! * [`stage`]: the registered task that runs a stage's operators over one block.
 //! * [`ops`]: `filter` and `with_column` by DataFusion expression.
-//! * [`executor`]: the streaming executor and its backpressure.
-//! * [`source`], [`parquet_source`], [`files`]: what a dataset reads, split into read tasks.
-//! * [`sink`]: writing part files atomically.
+//! * [`executor`]: the streaming executor and its backpressure; [`split`]: one run feeding
+//!   several consumers.
+//! * [`source`], [`parquet_source`], [`files`], [`file_options`]: what a dataset reads, split
+//!   into read tasks.
+//! * [`sink`]: writing part files atomically, in a [`WriteMode`].
 //! * [`storage`]: local paths and object store URLs (s3, gs, az, memory).
 //! * [`sql`], [`flight_sql`]: SQL over datasets through DataFusion, and a Flight SQL endpoint.
 //! * [`stats`], [`progress`], [`checksum`]: figures, bars, result comparison.
@@ -32,6 +34,7 @@ pub mod dataset;
 pub mod error;
 pub mod exchange;
 pub mod executor;
+pub mod file_options;
 pub mod files;
 pub mod flight_sql;
 pub mod objects;
@@ -43,6 +46,7 @@ pub mod rows;
 pub mod run;
 pub mod sink;
 pub mod source;
+pub mod split;
 pub mod sql;
 pub mod sql_tasks;
 pub mod stage;
@@ -51,11 +55,13 @@ pub mod storage;
 
 pub use checksum::Checksum;
 pub use context::{Config, Context};
-pub use dataset::{BatchIter, Dataset, GroupedData, RowIter, SplitIter, WriteSummary};
+pub use dataset::{BatchIter, Dataset, GroupedData, RowIter, WriteSummary};
 pub use error::{Error, Result};
-pub use exchange::{Aggregate, JoinKind, SortKey};
+pub use exchange::{Aggregate, JoinKind, SortKey, asc, desc};
+pub use file_options::{CsvOptions, JsonOptions};
 pub use flight_sql::FlightSqlServer;
 pub use plan::{MapBatchesOptions, ReadOptions};
-pub use sink::WriteFormat;
+pub use sink::{WriteFormat, WriteMode};
 pub use source::FileFormat;
+pub use split::SplitIter;
 pub use stats::{DatasetStats, StageStats};

@@ -13,6 +13,8 @@ use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::simplify::SimplifyContext;
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 use parking_lot::Mutex;
@@ -58,13 +60,20 @@ impl PlannedExpr {
     }
 }
 
-/// Plans `expr` against `schema`, with type coercion.
+/// Plans `expr` against `schema`: type coercion, then DataFusion's expression simplifier (which
+/// some functions need before they can run at all: `coalesce`, `nvl` and the like are rewritten
+/// into `CASE` there), then the physical expression.
 pub fn plan_expr(
     expr: &Expr,
     schema: &SchemaRef,
 ) -> datafusion::error::Result<Arc<dyn PhysicalExpr>> {
-    let df_schema = DFSchema::try_from(Arc::clone(schema))?;
-    SESSION.create_physical_expr(expr.clone(), &df_schema)
+    let df_schema = Arc::new(DFSchema::try_from(Arc::clone(schema))?);
+    let context = SimplifyContext::builder()
+        .with_schema(Arc::clone(&df_schema))
+        .build();
+    let simplifier = ExprSimplifier::new(context);
+    let expr = simplifier.simplify(simplifier.coerce(expr.clone(), &df_schema)?)?;
+    SESSION.create_physical_expr(expr, &df_schema)
 }
 
 /// Keeps the rows where `predicate` is true (null counts as false).

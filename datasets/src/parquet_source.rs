@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::files::list_files;
+use crate::source::ReadBatches;
 use crate::storage::StorageFile;
 
 /// The files of one Parquet dataset and their common schema.
@@ -141,13 +142,14 @@ pub struct PushedPredicate {
 
 /// Reads one fragment as batches of `batch_size` rows, only the `columns` named (all if
 /// `None`). With `predicate`, the reader decodes the predicate's columns first and the other
-/// columns only for the rows it keeps.
+/// columns only for the rows it keeps. The schema comes back with the batches: a fragment whose
+/// every row the predicate drops yields no batch, but its rows still have a schema.
 pub fn read_fragment(
     fragment: &Fragment,
     batch_size: usize,
     predicate: Option<PushedPredicate>,
     columns: Option<&[String]>,
-) -> Result<impl Iterator<Item = Result<RecordBatch>> + use<>> {
+) -> Result<ReadBatches> {
     let invalid = |source| Error::InvalidParquet {
         path: fragment.path.clone(),
         source,
@@ -181,13 +183,18 @@ pub fn read_fragment(
         ))]));
     }
     let reader = builder.build().map_err(invalid)?;
+    let schema = arrow::record_batch::RecordBatchReader::schema(&reader);
     let path = fragment.path.clone();
-    Ok(reader.map(move |batch| {
+    let batches = reader.map(move |batch| {
         batch.map_err(|e| Error::InvalidParquet {
             path: path.clone(),
             source: parquet::errors::ParquetError::ArrowError(e.to_string()),
         })
-    }))
+    });
+    Ok(ReadBatches {
+        schema,
+        batches: Box::new(batches),
+    })
 }
 
 fn read_metadata(path: &Path) -> Result<ArrowReaderMetadata> {

@@ -119,6 +119,9 @@ pub enum LogicalOp {
         /// The seed.
         seed: u64,
     },
+    /// Give every batch this schema: the same columns, made nullable where it says (a union of
+    /// inputs that differ only in nullability).
+    Conform(SchemaRef),
 }
 
 impl LogicalOp {
@@ -136,6 +139,7 @@ impl LogicalOp {
             LogicalOp::RandomSample { fraction, seed } => {
                 format!("random_sample({fraction}, seed {seed})")
             }
+            LogicalOp::Conform(_) => "conform".into(),
         }
     }
 
@@ -153,6 +157,7 @@ impl LogicalOp {
             LogicalOp::Reshape(Reshape::Drop(_)) => "DropColumns".into(),
             LogicalOp::Reshape(Reshape::Rename(_)) => "RenameColumns".into(),
             LogicalOp::RandomSample { .. } => "RandomSample".into(),
+            LogicalOp::Conform(_) => "Conform".into(),
         }
     }
 }
@@ -420,6 +425,10 @@ impl LogicalPlan {
             ops: Vec::new(),
             concurrency: None,
         }];
+        let read_columns = self.needed_columns();
+        // The columns flowing at each operator once the read is pruned to `read_columns`
+        // (`None` from the first user function on: it sees whole batches).
+        let mut present = read_columns.clone();
         for op in &self.ops {
             let plan_error = |source| Error::Plan {
                 operator: op.describe(),
@@ -466,12 +475,18 @@ impl LogicalPlan {
                     function: function.to_string(),
                     mode: *mode,
                 },
-                LogicalOp::Reshape(reshape) => OpSpec::Reshape(reshape.clone()),
+                LogicalOp::Reshape(reshape) => {
+                    OpSpec::Reshape(pruned_reshape(reshape, present.as_deref()))
+                }
                 LogicalOp::RandomSample { fraction, seed } => OpSpec::RandomSample {
                     fraction: *fraction,
                     seed: *seed,
                 },
+                LogicalOp::Conform(schema) => OpSpec::Conform {
+                    schema: crate::source::encode_schema(schema),
+                },
             };
+            present = present.and_then(|columns| columns_after(op, columns));
             let stage = stages.last_mut().expect("at least one stage");
             if !stage.name.is_empty() {
                 stage.name.push_str("->");
@@ -479,7 +494,6 @@ impl LogicalPlan {
             stage.name.push_str(&op.stage_name());
             stage.ops.push(spec);
         }
-        let read_columns = self.needed_columns();
         let last = stages.len() - 1;
         let stages = stages
             .into_iter()
@@ -550,13 +564,19 @@ impl LogicalPlan {
                 LogicalOp::Reshape(Reshape::Select(columns)) => {
                     needed = Some(columns.iter().cloned().collect());
                 }
+                LogicalOp::Conform(schema) => {
+                    needed = Some(schema.fields().iter().map(|f| f.name().clone()).collect());
+                }
                 LogicalOp::Reshape(Reshape::Rename(pairs)) => {
+                    // All pairs at once: `a -> b, b -> a` swaps, whatever the pairs' order.
                     if let Some(set) = &mut needed {
-                        for (old, new) in pairs {
-                            if set.remove(new) {
-                                set.insert(old.clone());
-                            }
-                        }
+                        *set = set
+                            .iter()
+                            .map(|name| match pairs.iter().find(|(_, new)| new == name) {
+                                Some((old, _)) => old.clone(),
+                                None => name.clone(),
+                            })
+                            .collect();
                     }
                 }
                 LogicalOp::WithColumn(name, expr) => {
@@ -587,6 +607,53 @@ impl LogicalPlan {
     }
 }
 
+/// `reshape` as it runs on a read pruned to the `present` columns (all if `None`): dropping or
+/// renaming a column that pruning already removed is nothing to do. (Pruning removes only
+/// columns that no later operator uses, and the plan checked the names against the whole
+/// schema, so this never hides a mistake.)
+fn pruned_reshape(reshape: &Reshape, present: Option<&[String]>) -> Reshape {
+    let Some(present) = present else {
+        return reshape.clone();
+    };
+    let here = |name: &String| present.contains(name);
+    match reshape {
+        Reshape::Select(columns) => Reshape::Select(columns.clone()),
+        Reshape::Drop(columns) => {
+            Reshape::Drop(columns.iter().filter(|c| here(c)).cloned().collect())
+        }
+        Reshape::Rename(pairs) => {
+            Reshape::Rename(pairs.iter().filter(|(old, _)| here(old)).cloned().collect())
+        }
+    }
+}
+
+/// The columns flowing after `op` when `columns` flow into it; `None` once a user function
+/// decides them.
+fn columns_after(op: &LogicalOp, mut columns: Vec<String>) -> Option<Vec<String>> {
+    match op {
+        LogicalOp::Filter(_) | LogicalOp::RandomSample { .. } => {}
+        LogicalOp::WithColumn(name, _) => {
+            if !columns.contains(name) {
+                columns.push(name.clone());
+            }
+        }
+        LogicalOp::Reshape(Reshape::Select(selected)) => columns = selected.clone(),
+        LogicalOp::Conform(schema) => {
+            columns = schema.fields().iter().map(|f| f.name().clone()).collect();
+        }
+        LogicalOp::Reshape(Reshape::Drop(dropped)) => columns.retain(|c| !dropped.contains(c)),
+        LogicalOp::Reshape(Reshape::Rename(pairs)) => {
+            for column in &mut columns {
+                if let Some((_, new)) = pairs.iter().find(|(old, _)| old == column) {
+                    *column = new.clone();
+                }
+            }
+        }
+        LogicalOp::MapBatches { .. } | LogicalOp::MapRows { .. } => return None,
+    }
+    Some(columns)
+}
+
 /// The schema `op` makes of `schema`: `Ok(None)` if only running it can tell (a user function).
 fn op_schema(op: &LogicalOp, schema: &SchemaRef) -> datafusion::error::Result<Option<SchemaRef>> {
     Ok(Some(match op {
@@ -603,6 +670,7 @@ fn op_schema(op: &LogicalOp, schema: &SchemaRef) -> datafusion::error::Result<Op
         LogicalOp::Reshape(reshape) => reshape
             .schema(schema)
             .map_err(|e| datafusion::error::DataFusionError::ArrowError(Box::new(e), None))?,
+        LogicalOp::Conform(target) => Arc::clone(target),
         LogicalOp::RandomSample { fraction, .. } => {
             if !(0.0..=1.0).contains(fraction) {
                 return Err(datafusion::error::DataFusionError::Plan(format!(

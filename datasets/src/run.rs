@@ -289,7 +289,11 @@ fn slice_tasks(blocks: &[ObjectRef], sizes: &[u64], name: &str) -> Result<Vec<Ta
     cut(blocks, sizes)
         .into_iter()
         .enumerate()
-        .map(|(i, piece)| {
+        .map(|(i, mut piece)| {
+            if piece.is_empty() && !blocks.is_empty() {
+                // No rows for this one: no rows of the first block, which carry its schema.
+                piece.push((0, 0, 0));
+            }
             let slices: Vec<(u64, u64)> = piece.iter().map(|(_, o, l)| (*o, *l)).collect();
             let inputs = piece.iter().map(|(b, _, _)| blocks[*b].clone()).collect();
             Ok(task(
@@ -328,12 +332,20 @@ fn run_exchange(
         return run_two_pass_sort(ctx, exchange, input, keys, stats);
     }
     let mut inputs = Vec::new();
-    for plan in exchange.input_plans() {
+    for mut plan in exchange.input_plans() {
+        // A union's inputs that differ from its schema only in nullability are given it.
+        if let (Exchange::Union(_), Some(unified), Some(own)) = (exchange, &schema, plan.schema())
+            && &own != unified
+        {
+            plan = plan.with_op(crate::plan::LogicalOp::Conform(std::sync::Arc::clone(
+                unified,
+            )));
+        }
         inputs.push(run_to_blocks(ctx, &plan, stats)?);
     }
     match exchange {
         Exchange::Union(_) => {
-            let schema = inputs.iter().find_map(|(_, s)| s.clone());
+            let schema = schema.or_else(|| inputs.iter().find_map(|(_, s)| s.clone()));
             let blocks = inputs.into_iter().flat_map(|(b, _)| b).collect();
             return Ok((Resolved::Blocks(blocks), schema));
         }
@@ -371,6 +383,10 @@ fn run_exchange(
             n, shuffle: false, ..
         } => {
             let (blocks, input_schema) = &inputs[0];
+            if blocks.is_empty() {
+                // Nothing to cut (a read of files without rows).
+                return Ok((Resolved::Blocks(Vec::new()), input_schema.clone()));
+            }
             let total: u64 = blocks.iter().map(|b| b.meta().num_rows).sum();
             let n = *n as u64;
             let sizes: Vec<u64> = (0..n)
@@ -611,6 +627,7 @@ fn reduce_tasks(
             partition: None,
             sides,
             side_schemas,
+            stage: format!("{name}Reduce"),
         };
         let label = format!("{name} reduce (all {n} partitions, {map_bytes} bytes)");
         return Ok(Resolved::Reduce {
@@ -631,6 +648,7 @@ fn reduce_tasks(
                 partition: Some(partition),
                 sides: sides.clone(),
                 side_schemas: side_schemas.clone(),
+                stage: format!("{name}Reduce"),
             };
             // Each reduce task reads (and pulls) only its own partition of every map output.
             Ok(TaskSpec {

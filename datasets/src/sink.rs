@@ -2,9 +2,17 @@
 //!
 //! Every write task writes one part file, `part-<block index>.<extension>`, into a temporary
 //! directory beside the destination (`.<name>.manta-tmp-<random>`). Only when every task has
-//! succeeded is the temporary directory renamed to the destination (replacing what was there,
-//! which is first moved aside, then removed). A failed or abandoned write removes the temporary
-//! directory, so the destination is either the whole new output or untouched: never partial.
+//! succeeded does the output move into place, as the [`WriteMode`] says: a new directory (the
+//! default, [`WriteMode::Error`], refuses a destination that exists and is not an empty
+//! directory), the whole directory replaced ([`WriteMode::Overwrite`]: the old one is moved
+//! aside, the new one renamed in, the old one removed), or the parts added to it under names of
+//! their own ([`WriteMode::Append`]). A destination that is a *file* is never touched, in any
+//! mode. A failed or abandoned write removes the temporary directory, so the destination is
+//! either the whole new output or untouched: never partial.
+//!
+//! A dataset with no rows is written as one part file with no rows, so it reads back as zero
+//! rows with its schema (Parquet and IPC keep the types; CSV keeps the column names), as Spark,
+//! Polars and DuckDB do.
 //!
 //! An object store destination (`s3://bucket/out`) has no atomic rename: parts are staged under
 //! `out/_manta-tmp-<random>/` (which readers skip) and copied into place only when every task
@@ -27,27 +35,49 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::storage;
 
+/// What a write does where its destination already exists (Spark's and Ray's save modes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteMode {
+    /// Refuse, unless the destination is an empty directory (the default): nothing of what is
+    /// there is ever touched.
+    #[default]
+    Error,
+    /// Replace the destination directory, whole and atomically.
+    Overwrite,
+    /// Add the new part files to the destination directory, under names of this write's own.
+    Append,
+}
+
 /// The destination of a write and its temporary directory.
 #[derive(Debug)]
 pub struct WriteTarget {
     destination: PathBuf,
     tmp: PathBuf,
+    mode: WriteMode,
+    /// This write's own tag (the temporary directory's random part), for appended names.
+    tag: String,
     committed: bool,
 }
 
 impl WriteTarget {
-    /// Creates the temporary directory for writing to `destination`.
-    pub fn prepare(destination: &Path) -> Result<Self> {
+    /// Checks the destination against `mode` and creates the temporary directory; an error
+    /// here means nothing ran and nothing was touched.
+    pub fn prepare(destination: &Path, mode: WriteMode) -> Result<Self> {
+        let tag = format!("{:08x}", rand::random::<u32>());
         let url = destination.to_string_lossy();
         if storage::is_url(&url) {
             let url = url.trim_end_matches('/');
+            storage::check_remote_destination(url, mode)?;
             return Ok(Self {
                 destination: PathBuf::from(url),
-                tmp: PathBuf::from(format!("{url}/_manta-tmp-{:08x}", rand::random::<u32>())),
+                tmp: PathBuf::from(format!("{url}/_manta-tmp-{tag}")),
+                mode,
+                tag,
                 committed: false,
             });
         }
         let destination = absolute(destination)?;
+        check_local_destination(&destination, mode)?;
         let name = destination
             .file_name()
             .ok_or_else(|| {
@@ -64,7 +94,7 @@ impl WriteTarget {
             path: parent.clone(),
             source,
         })?;
-        let tmp = parent.join(format!(".{name}.manta-tmp-{:08x}", rand::random::<u32>()));
+        let tmp = parent.join(format!(".{name}.manta-tmp-{tag}"));
         fs::create_dir(&tmp).map_err(|source| Error::Io {
             action: "creating",
             path: tmp.clone(),
@@ -73,6 +103,8 @@ impl WriteTarget {
         Ok(Self {
             destination,
             tmp,
+            mode,
+            tag,
             committed: false,
         })
     }
@@ -87,48 +119,131 @@ impl WriteTarget {
         &self.destination
     }
 
-    /// Moves the finished output into place.
+    /// Moves the finished output into place, as the mode says.
     pub fn commit(mut self) -> Result<()> {
         if let Some(destination) = self.remote() {
-            storage::commit_remote(&self.tmp.to_string_lossy(), &destination)?;
+            storage::commit_remote(
+                &self.tmp.to_string_lossy(),
+                &destination,
+                self.mode,
+                &self.tag,
+            )?;
             self.committed = true;
             return Ok(());
         }
-        let write_error = |reason: String| Error::Write {
-            path: self.destination.clone(),
-            reason,
-        };
+        // Checked again: the destination may have changed while the tasks ran.
+        check_local_destination(&self.destination, self.mode)?;
+        match self.mode {
+            WriteMode::Append if self.destination.is_dir() => self.append_parts()?,
+            WriteMode::Overwrite if self.destination.is_dir() => self.replace()?,
+            // Nothing there, or an empty directory (which a rename replaces).
+            _ => fs::rename(&self.tmp, &self.destination).map_err(|e| {
+                self.write_error(format!("could not move the new output into place: {e}"))
+            })?,
+        }
+        self.committed = true;
+        Ok(())
+    }
+
+    /// Replaces the destination directory: the old one moved aside, the new one renamed in,
+    /// the old one removed.
+    fn replace(&self) -> Result<()> {
         let old = self.destination.with_file_name(format!(
-            ".{}.manta-old-{:08x}",
+            ".{}.manta-old-{}",
             self.destination
                 .file_name()
                 .expect("checked")
                 .to_string_lossy(),
-            rand::random::<u32>()
+            self.tag
         ));
-        let had_old = self.destination.exists();
-        if had_old {
-            fs::rename(&self.destination, &old)
-                .map_err(|e| write_error(format!("could not move the old output aside: {e}")))?;
-        }
+        fs::rename(&self.destination, &old)
+            .map_err(|e| self.write_error(format!("could not move the old output aside: {e}")))?;
         if let Err(e) = fs::rename(&self.tmp, &self.destination) {
-            if had_old {
-                let _ = fs::rename(&old, &self.destination);
-            }
-            return Err(write_error(format!(
-                "could not move the new output into place: {e}"
-            )));
+            let _ = fs::rename(&old, &self.destination);
+            return Err(self.write_error(format!("could not move the new output into place: {e}")));
         }
-        self.committed = true;
-        if had_old {
-            let _ = if old.is_dir() {
-                fs::remove_dir_all(&old)
-            } else {
-                fs::remove_file(&old)
-            };
-        }
+        let _ = fs::remove_dir_all(&old);
         Ok(())
     }
+
+    /// Moves each part into the destination directory under a name of this write's own
+    /// (`part-00003-<tag>.parquet`); if one move fails, the parts already moved are taken back.
+    fn append_parts(&self) -> Result<()> {
+        let parts = fs::read_dir(&self.tmp)
+            .and_then(|entries| {
+                entries
+                    .map(|e| e.map(|e| e.path()))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(|e| self.write_error(format!("could not list the new parts: {e}")))?;
+        let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
+        for part in parts {
+            let name = appended_name(&part, &self.tag);
+            let target = self.destination.join(name);
+            if target.exists() {
+                return Err(self.undo_append(&moved, format!("{} exists", target.display())));
+            }
+            if let Err(e) = fs::rename(&part, &target) {
+                return Err(self.undo_append(&moved, format!("moving {}: {e}", part.display())));
+            }
+            moved.push((target, part));
+        }
+        let _ = fs::remove_dir(&self.tmp);
+        Ok(())
+    }
+
+    fn undo_append(&self, moved: &[(PathBuf, PathBuf)], reason: String) -> Error {
+        for (target, part) in moved {
+            let _ = fs::rename(target, part);
+        }
+        self.write_error(format!("could not append the new parts: {reason}"))
+    }
+
+    fn write_error(&self, reason: String) -> Error {
+        Error::Write {
+            path: self.destination.clone(),
+            reason,
+        }
+    }
+}
+
+/// `part-00003.parquet` appended by the write tagged `tag`: `part-00003-<tag>.parquet`.
+pub(crate) fn appended_name(part: &Path, tag: &str) -> String {
+    let stem = part.file_stem().unwrap_or_default().to_string_lossy();
+    match part.extension() {
+        Some(extension) => format!("{stem}-{tag}.{}", extension.to_string_lossy()),
+        None => format!("{stem}-{tag}"),
+    }
+}
+
+/// Whether a local write in `mode` may go to `destination`: never over a file, and (the
+/// default mode) never over a directory that holds anything.
+fn check_local_destination(destination: &Path, mode: WriteMode) -> Result<()> {
+    let exists = |reason: &str| Error::OutputExists {
+        path: destination.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let Ok(metadata) = fs::metadata(destination) else {
+        return Ok(());
+    };
+    if !metadata.is_dir() {
+        return Err(exists(
+            "it is a file, not a directory; a write makes a directory of part files, so \
+             choose another path",
+        ));
+    }
+    if mode == WriteMode::Error {
+        let empty = fs::read_dir(destination)
+            .map(|mut entries| entries.next().is_none())
+            .unwrap_or(false);
+        if !empty {
+            return Err(exists(
+                "it is a directory that is not empty; write with WriteMode::Overwrite to \
+                 replace it or WriteMode::Append to add to it",
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl WriteTarget {
@@ -167,6 +282,26 @@ pub fn written_schema() -> SchemaRef {
         Field::new("rows", DataType::UInt64, false),
         Field::new("bytes", DataType::UInt64, false),
     ]))
+}
+
+/// The metadata key under which a write task that wrote nothing tells the schema of the rows
+/// it would have written (hex IPC schema message).
+const DATA_SCHEMA_KEY: &str = "manta.write.data_schema";
+
+/// A write task's result when it had no rows to write: no file, but the rows' schema, so that
+/// a write of no rows at all can still leave one empty file with that schema.
+pub fn nothing_written(data: &Schema) -> SchemaRef {
+    let mut metadata = std::collections::HashMap::new();
+    let encoded = hex::encode(crate::source::encode_schema(data));
+    metadata.insert(DATA_SCHEMA_KEY.to_string(), encoded);
+    Arc::new(written_schema().as_ref().clone().with_metadata(metadata))
+}
+
+/// The schema a write task that wrote nothing reported (see [`nothing_written`]).
+pub fn unwritten_schema(record: &Schema) -> Option<SchemaRef> {
+    let encoded = record.metadata().get(DATA_SCHEMA_KEY)?;
+    let bytes = hex::decode(encoded).ok()?;
+    crate::source::decode_schema(&bytes).ok()
 }
 
 /// A format written by a sink.
@@ -272,6 +407,12 @@ fn encode<W: Write + Send>(
             let mut writer = arrow::csv::WriterBuilder::new()
                 .with_header(true)
                 .build(out);
+            if batches.is_empty() {
+                // The header alone: the columns' names survive a write of no rows.
+                writer
+                    .write(&RecordBatch::new_empty(Arc::clone(schema)))
+                    .map_err(|e| write_error(e.to_string()))?;
+            }
             for batch in batches {
                 writer
                     .write(batch)
@@ -358,13 +499,13 @@ mod tests {
         fs::create_dir(&destination).unwrap();
         fs::write(destination.join("old.txt"), "old").unwrap();
 
-        let target = WriteTarget::prepare(&destination).unwrap();
+        let target = WriteTarget::prepare(&destination, WriteMode::Overwrite).unwrap();
         fs::write(target.tmp_dir().join("new.txt"), "new").unwrap();
         target.commit().unwrap();
         assert!(destination.join("new.txt").exists());
         assert!(!destination.join("old.txt").exists());
 
-        let abandoned = WriteTarget::prepare(&tmp.path().join("never")).unwrap();
+        let abandoned = WriteTarget::prepare(&tmp.path().join("never"), WriteMode::Error).unwrap();
         fs::write(abandoned.tmp_dir().join("part"), "x").unwrap();
         drop(abandoned);
         let names: Vec<_> = fs::read_dir(tmp.path())

@@ -16,12 +16,11 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::file_options::{CsvOptions, JsonOptions, ParseOptions};
 use crate::files::list_files;
 use crate::parquet_source::{Fragment, ParquetSource, PushedPredicate, read_fragment};
 use crate::storage::ReadSeek;
 
-/// Rows read to infer a CSV or JSON file's schema.
-const INFER_ROWS: usize = 1000;
 /// Files per task for `read_binary_files` (each file is one row).
 const BINARY_FILES_PER_TASK: usize = 16;
 /// The most data one inline read task carries: tasks travel in gRPC messages, whose limit is
@@ -70,6 +69,8 @@ pub enum Source {
         files: Vec<PathBuf>,
         /// The schema all of them are read with.
         schema: SchemaRef,
+        /// How CSV and JSON files are parsed.
+        parse: ParseOptions,
     },
     /// The integers `0..n` in a column `id`.
     Range {
@@ -98,6 +99,8 @@ pub enum ReadTask {
         paths: Vec<PathBuf>,
         /// The schema to read them with, as an Arrow IPC schema message.
         schema: Vec<u8>,
+        /// How CSV and JSON files are parsed.
+        options: ParseOptions,
     },
     /// The integers `start..end`.
     Range {
@@ -121,21 +124,56 @@ impl Source {
         Ok(Source::Parquet(ParquetSource::open(path)?))
     }
 
-    /// Files of `format` at `path`, their schema read or inferred now.
+    /// Files of `format` at `path` (IPC, text or binary files), their schema read now.
     pub fn files(format: FileFormat, path: &str) -> Result<Self> {
+        Self::files_with(format, path, ParseOptions::default(), None, None)
+    }
+
+    /// CSV files at `path`, their schema given or inferred now.
+    pub fn csv(path: &str, options: &CsvOptions) -> Result<Self> {
+        let schema = options.schema.clone();
+        Self::files_with(
+            FileFormat::Csv,
+            path,
+            options.parse(),
+            schema,
+            options.infer_rows,
+        )
+    }
+
+    /// Newline-delimited JSON files at `path`, their schema given or inferred now.
+    pub fn json(path: &str, options: &JsonOptions) -> Result<Self> {
+        let schema = options.schema.clone();
+        Self::files_with(
+            FileFormat::Json,
+            path,
+            options.parse(),
+            schema,
+            options.infer_rows,
+        )
+    }
+
+    fn files_with(
+        format: FileFormat,
+        path: &str,
+        parse: ParseOptions,
+        given: Option<SchemaRef>,
+        infer_rows: Option<usize>,
+    ) -> Result<Self> {
         let files = list_files(path)?;
-        let schema = match format {
-            FileFormat::Text => {
+        let schema = match (format, given) {
+            (_, Some(schema)) => schema,
+            (FileFormat::Text, None) => {
                 Arc::new(Schema::new(vec![Field::new("text", DataType::Utf8, false)]))
             }
-            FileFormat::Binary => Arc::new(Schema::new(vec![
+            (FileFormat::Binary, None) => Arc::new(Schema::new(vec![
                 Field::new("path", DataType::Utf8, false),
                 Field::new("bytes", DataType::Binary, false),
             ])),
-            FileFormat::Csv | FileFormat::Json | FileFormat::Ipc => {
+            (FileFormat::Csv | FileFormat::Json | FileFormat::Ipc, None) => {
                 let mut merged: Option<(Schema, PathBuf)> = None;
                 for file in &files {
-                    let schema = file_schema(format, file)?;
+                    let schema = file_schema(format, &parse, infer_rows, file)?;
                     merged = Some(match merged {
                         None => (schema, file.clone()),
                         Some((so_far, first)) => {
@@ -160,6 +198,7 @@ impl Source {
             path: path.to_string(),
             files,
             schema,
+            parse,
         })
     }
 
@@ -234,6 +273,7 @@ impl Source {
                 format,
                 files,
                 schema,
+                parse,
                 ..
             } => {
                 let per_task = if *format == FileFormat::Binary {
@@ -248,6 +288,7 @@ impl Source {
                         format: *format,
                         paths: paths.to_vec(),
                         schema: schema.clone(),
+                        options: *parse,
                     })
                     .collect()
             }
@@ -330,44 +371,56 @@ impl ReadTask {
         matches!(self, ReadTask::Parquet(_))
     }
 
-    /// Reads the task's rows as batches of at most `batch_size` rows. `predicate` and
-    /// `columns` (the columns needed, all if `None`) are used only where
-    /// [`pushes_predicates`](Self::pushes_predicates) says so; other formats read everything.
+    /// Reads the task's rows as batches of at most `batch_size` rows, with only the `columns`
+    /// named (all if `None`), in the source's order. `predicate` is evaluated inside the reader
+    /// where [`pushes_predicates`](Self::pushes_predicates) says so (and ignored elsewhere);
+    /// Parquet also decodes only the columns named, other formats read everything and then
+    /// keep the columns named. The schema comes with the batches, so a read that yields no
+    /// batch (every row filtered out in the reader) still says what its rows would be.
     pub fn read(
         &self,
         batch_size: usize,
         predicate: Option<PushedPredicate>,
         columns: Option<&[String]>,
-    ) -> Result<Box<dyn Iterator<Item = Result<RecordBatch>> + Send>> {
-        match self {
-            ReadTask::Parquet(fragment) => Ok(Box::new(read_fragment(
-                fragment, batch_size, predicate, columns,
-            )?)),
+    ) -> Result<ReadBatches> {
+        let whole = match self {
+            ReadTask::Parquet(fragment) => {
+                return read_fragment(fragment, batch_size, predicate, columns);
+            }
             ReadTask::Range { start, end } => {
                 let (start, end) = (*start, *end);
                 let schema = range_schema();
+                let batch_schema = Arc::clone(&schema);
                 let batches = (start..end).step_by(batch_size.max(1)).map(move |from| {
                     let to = (from + batch_size as u64).min(end);
                     let ids = Int64Array::from_iter_values(from as i64..to as i64);
                     Ok(RecordBatch::try_new(
-                        Arc::clone(&schema),
+                        Arc::clone(&batch_schema),
                         vec![Arc::new(ids)],
                     )?)
                 });
-                Ok(Box::new(batches))
+                ReadBatches {
+                    schema,
+                    batches: Box::new(batches),
+                }
             }
             ReadTask::Inline { ipc, .. } => {
                 let reader = arrow::ipc::reader::StreamReader::try_new(
                     std::io::Cursor::new(ipc.clone()),
                     None,
                 )?;
+                let schema = reader.schema();
                 let batches: Vec<_> = reader.map(|b| b.map_err(Error::from)).collect();
-                Ok(Box::new(batches.into_iter()))
+                ReadBatches {
+                    schema,
+                    batches: Box::new(batches.into_iter()),
+                }
             }
             ReadTask::Files {
                 format,
                 paths,
                 schema,
+                options,
             } => {
                 let schema = decode_schema(schema)?;
                 let mut batches = Vec::new();
@@ -383,19 +436,69 @@ impl ReadTask {
                             .collect();
                         let bytes = BinaryArray::from_iter_values(bytes.iter());
                         batches.push(RecordBatch::try_new(
-                            schema,
+                            Arc::clone(&schema),
                             vec![Arc::new(names), Arc::new(bytes)],
                         )?);
                     }
                     _ => {
                         for path in paths {
-                            read_file(*format, path, &schema, batch_size, &mut batches)?;
+                            read_file(*format, options, path, &schema, batch_size, &mut batches)?;
                         }
                     }
                 }
-                Ok(Box::new(batches.into_iter().map(Ok)))
+                ReadBatches {
+                    schema,
+                    batches: Box::new(batches.into_iter().map(Ok)),
+                }
             }
+        };
+        match columns {
+            Some(columns) => whole.project(columns),
+            None => Ok(whole),
         }
+    }
+}
+
+/// What a read task yields: its schema, and its batches.
+pub struct ReadBatches {
+    /// The schema of every batch (after projection).
+    pub schema: SchemaRef,
+    /// The batches.
+    pub batches: Box<dyn Iterator<Item = Result<RecordBatch>> + Send>,
+}
+
+impl ReadBatches {
+    /// Keeps only the `columns` named, in the schema's order.
+    fn project(self, columns: &[String]) -> Result<Self> {
+        let indices: Vec<usize> = self
+            .schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| columns.contains(f.name()))
+            .map(|(i, _)| i)
+            .collect();
+        if indices.len() == self.schema.fields().len() {
+            return Ok(self);
+        }
+        let schema = Arc::new(self.schema.project(&indices)?);
+        let batch_schema = Arc::clone(&schema);
+        let batches = self.batches.map(move |batch| {
+            let batch = batch?;
+            let columns = indices
+                .iter()
+                .map(|&i| Arc::clone(batch.column(i)))
+                .collect();
+            Ok(crate::columns::with_columns(
+                Arc::clone(&batch_schema),
+                columns,
+                batch.num_rows(),
+            )?)
+        });
+        Ok(Self {
+            schema,
+            batches: Box::new(batches),
+        })
     }
 }
 
@@ -415,21 +518,27 @@ fn invalid(format: FileFormat, path: &std::path::Path, reason: impl std::fmt::Di
     }
 }
 
-/// Reads or infers one file's schema.
-fn file_schema(format: FileFormat, path: &std::path::Path) -> Result<Schema> {
+/// Reads or infers one file's schema (CSV and JSON: from its first `infer_rows` rows, or all).
+fn file_schema(
+    format: FileFormat,
+    parse: &ParseOptions,
+    infer_rows: Option<usize>,
+    path: &std::path::Path,
+) -> Result<Schema> {
     let mut file = open(path)?;
     match format {
         FileFormat::Csv => arrow::csv::reader::Format::default()
-            .with_header(true)
-            .infer_schema(&mut file, Some(INFER_ROWS))
+            .with_header(parse.has_header)
+            .with_delimiter(parse.delimiter)
+            .with_quote(parse.quote)
+            .infer_schema(&mut file, infer_rows)
             .map(|(schema, _)| schema)
             .map_err(|e| invalid(format, path, e)),
-        FileFormat::Json => arrow::json::reader::infer_json_schema_from_seekable(
-            BufReader::new(file),
-            Some(INFER_ROWS),
-        )
-        .map(|(schema, _)| schema)
-        .map_err(|e| invalid(format, path, e)),
+        FileFormat::Json => {
+            arrow::json::reader::infer_json_schema_from_seekable(BufReader::new(file), infer_rows)
+                .map(|(schema, _)| schema)
+                .map_err(|e| invalid(format, path, e))
+        }
         FileFormat::Ipc => {
             let schema = if is_ipc_file(&mut file)? {
                 arrow::ipc::reader::FileReader::try_new(file, None)
@@ -461,6 +570,7 @@ fn is_ipc_file(file: &mut dyn ReadSeek) -> Result<bool> {
 /// Reads a whole file of `format` with `schema`, appending its batches.
 fn read_file(
     format: FileFormat,
+    parse: &ParseOptions,
     path: &std::path::Path,
     schema: &SchemaRef,
     batch_size: usize,
@@ -471,7 +581,9 @@ fn read_file(
     match format {
         FileFormat::Csv => {
             let reader = arrow::csv::ReaderBuilder::new(Arc::clone(schema))
-                .with_header(true)
+                .with_header(parse.has_header)
+                .with_delimiter(parse.delimiter)
+                .with_quote(parse.quote)
                 .with_batch_size(batch_size)
                 .build(file)
                 .map_err(fail)?;
@@ -482,10 +594,21 @@ fn read_file(
         FileFormat::Json => {
             let reader = arrow::json::ReaderBuilder::new(Arc::clone(schema))
                 .with_batch_size(batch_size)
+                .with_strict_mode(parse.strict)
                 .build(BufReader::new(file))
                 .map_err(fail)?;
             for batch in reader {
-                out.push(batch.map_err(fail)?);
+                out.push(batch.map_err(|e| match parse.strict {
+                    true => invalid(
+                        format,
+                        path,
+                        format!(
+                            "{e} (the schema was inferred from the files' first rows: infer \
+                             from more rows, or give the schema, with JsonOptions)"
+                        ),
+                    ),
+                    false => fail(e),
+                })?);
             }
         }
         FileFormat::Ipc => {
@@ -581,7 +704,7 @@ mod tests {
         let source = Source::Range { n: 1003 };
         let mut seen = Vec::new();
         for task in source.tasks(100) {
-            for batch in task.read(64, None, None).unwrap() {
+            for batch in task.read(64, None, None).unwrap().batches {
                 let batch = batch.unwrap();
                 assert!(batch.num_rows() <= 64);
                 let ids = batch
@@ -601,7 +724,7 @@ mod tests {
         let path = tmp.path().join("bad.csv");
         std::fs::write(&path, "a,b\n1,2\n3,4,5\n").unwrap();
         // Inferring the schema reads the first rows, so planning already finds it.
-        let error = Source::files(FileFormat::Csv, path.to_str().unwrap())
+        let error = Source::csv(path.to_str().unwrap(), &CsvOptions::default())
             .unwrap_err()
             .to_string();
         assert!(
@@ -610,14 +733,19 @@ mod tests {
         );
         // Past the rows inference reads, the read task finds it.
         let mut text = String::from("a,b\n");
-        text.extend((0..INFER_ROWS).map(|i| format!("{i},{i}\n")));
+        text.extend((0..1000).map(|i| format!("{i},{i}\n")));
         text.push_str("1,2,3\n");
         std::fs::write(&path, text).unwrap();
-        let source = Source::files(FileFormat::Csv, path.to_str().unwrap()).unwrap();
+        let options = CsvOptions::default().infer_rows(1000);
+        let source = Source::csv(path.to_str().unwrap(), &options).unwrap();
         let task = source.tasks(1000).remove(0);
         let error = match task.read(1024, None, None) {
             Err(e) => e.to_string(),
-            Ok(mut batches) => batches.find_map(|b| b.err()).expect("an error").to_string(),
+            Ok(mut read) => read
+                .batches
+                .find_map(|b| b.err())
+                .expect("an error")
+                .to_string(),
         };
         assert!(
             error.contains("bad.csv") && error.contains("line"),
@@ -632,7 +760,7 @@ mod tests {
             if let ReadTask::Inline { ipc, .. } = &task {
                 largest = largest.max(ipc.len());
             }
-            for batch in task.read(usize::MAX, None, None).unwrap() {
+            for batch in task.read(usize::MAX, None, None).unwrap().batches {
                 let batch =
                     arrow::compute::cast(batch.unwrap().column(0), &DataType::Utf8).unwrap();
                 let column = batch.as_any().downcast_ref::<StringArray>().unwrap();

@@ -183,14 +183,22 @@ impl Context {
                 PlainFiles::Parquet => {
                     self.block_on(session.register_parquet(name, path, Default::default()))?
                 }
-                PlainFiles::Csv(extension) => {
-                    let extension = format!(".{extension}");
-                    let options = CsvReadOptions::new().file_extension(&extension);
+                // The dataset's own schema and parsing, so SQL sees what the dataset reads.
+                PlainFiles::Csv(plain) => {
+                    let extension = format!(".{}", plain.extension);
+                    let options = CsvReadOptions::new()
+                        .file_extension(&extension)
+                        .schema(&plain.schema)
+                        .delimiter(plain.parse.delimiter)
+                        .quote(plain.parse.quote)
+                        .has_header(plain.parse.has_header);
                     self.block_on(session.register_csv(name, path, options))?
                 }
-                PlainFiles::Json(extension) => {
-                    let extension = format!(".{extension}");
-                    let options = JsonReadOptions::default().file_extension(&extension);
+                PlainFiles::Json(plain) => {
+                    let extension = format!(".{}", plain.extension);
+                    let options = JsonReadOptions::default()
+                        .file_extension(&extension)
+                        .schema(&plain.schema);
                     self.block_on(session.register_json(name, path, options))?
                 }
             }

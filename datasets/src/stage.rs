@@ -27,7 +27,7 @@ use crate::columns::{self, Reshape};
 use crate::ops::{self, PlannedExpr, SESSION};
 use crate::parquet_source::PushedPredicate;
 use crate::rows::{self, RowMode};
-use crate::sink::{WriteFormat, write_part, written_schema};
+use crate::sink::{WriteFormat, nothing_written, write_part};
 use crate::source::ReadTask;
 
 /// The registered name of the stage runner.
@@ -91,6 +91,11 @@ pub enum OpSpec {
         fraction: f64,
         /// The user's seed.
         seed: u64,
+    },
+    /// Give every batch this schema (an IPC schema message), see [`columns::conform`].
+    Conform {
+        /// The schema.
+        schema: Vec<u8>,
     },
 }
 
@@ -187,6 +192,7 @@ enum CompiledOp {
     MapRows(String, RowFn, RowMode),
     Reshape(Reshape),
     Sample(f64, u64),
+    Conform(SchemaRef),
 }
 
 /// What a `map_batches` calls.
@@ -204,6 +210,7 @@ impl CompiledOp {
             CompiledOp::MapBatches { name, .. } | CompiledOp::MapRows(name, ..) => name.clone(),
             CompiledOp::Reshape(r) => format!("{r:?}"),
             CompiledOp::Sample(fraction, _) => format!("random_sample({fraction})"),
+            CompiledOp::Conform(_) => "conform".into(),
         }
     }
 
@@ -242,7 +249,7 @@ impl Regroup {
         if rows < size {
             return Ok(Vec::new());
         }
-        let all = arrow::compute::concat_batches(&pending[0].schema(), pending.iter())?;
+        let all = crate::columns::concat(&pending[0].schema(), pending)?;
         pending.clear();
         let mut ready = Vec::with_capacity(rows / size);
         let mut offset = 0;
@@ -261,10 +268,7 @@ impl Regroup {
         let pending = std::mem::take(&mut self.pending[op]);
         match pending.first() {
             None => Ok(None),
-            Some(first) => Ok(Some(arrow::compute::concat_batches(
-                &first.schema(),
-                pending.iter(),
-            )?)),
+            Some(first) => Ok(Some(crate::columns::concat(&first.schema(), &pending)?)),
         }
     }
 }
@@ -319,6 +323,14 @@ impl CompiledStage {
                     }
                     OpSpec::Reshape(reshape) => CompiledOp::Reshape(reshape.clone()),
                     OpSpec::RandomSample { fraction, seed } => CompiledOp::Sample(*fraction, *seed),
+                    OpSpec::Conform { schema } => {
+                        CompiledOp::Conform(crate::source::decode_schema(schema).map_err(|e| {
+                            manta_engine::Error::Internal(format!(
+                                "could not decode a schema of stage {}: {e}",
+                                spec.name
+                            ))
+                        })?)
+                    }
                 })
             })
             .collect::<manta_engine::Result<_>>()?;
@@ -406,16 +418,16 @@ impl CompiledStage {
             CompiledOp::WithColumn(name, value) => {
                 ops::with_column(name, value, &batch).map_err(failed)?
             }
-            CompiledOp::MapBatches {
-                name,
-                call: BatchCall::Function(f),
-                ..
-            } => call_batch(name, *f, batch, || input.to_string())?,
-            CompiledOp::MapBatches {
-                name,
-                call: BatchCall::Callable(args),
-                ..
-            } => call_callable(name, args, batch, || input.to_string())?,
+            CompiledOp::MapBatches { name, call, .. } => {
+                let batch = columns::string_views(batch)
+                    .map_err(|e| failed(datafusion::error::DataFusionError::from(e)))?;
+                match call {
+                    BatchCall::Function(f) => call_batch(name, *f, batch, || input.to_string())?,
+                    BatchCall::Callable(args) => {
+                        call_callable(name, args, batch, || input.to_string())?
+                    }
+                }
+            }
             CompiledOp::MapRows(name, f, mode) => rows::apply(name, *f, *mode, &batch, input)?,
             CompiledOp::Reshape(reshape) => reshape
                 .apply(&batch)
@@ -426,6 +438,8 @@ impl CompiledStage {
                 columns::batch_seed(*seed, block, position),
             )
             .map_err(|e| failed(datafusion::error::DataFusionError::from(e)))?,
+            CompiledOp::Conform(schema) => columns::conform(&batch, schema)
+                .map_err(|e| failed(datafusion::error::DataFusionError::from(e)))?,
         })
     }
 
@@ -480,6 +494,7 @@ impl CompiledStage {
             batch = match op {
                 CompiledOp::Filter(_) | CompiledOp::Sample(..) => batch,
                 CompiledOp::Reshape(reshape) => reshape.apply(&batch).ok()?,
+                CompiledOp::Conform(schema) => RecordBatch::new_empty(Arc::clone(schema)),
                 CompiledOp::WithColumn(name, value) => {
                     ops::with_column(name, value, &batch).ok()?
                 }
@@ -487,12 +502,38 @@ impl CompiledStage {
                     name,
                     call: BatchCall::Function(f),
                     ..
-                } => call_batch(name, *f, batch, || label.to_string()).ok()?,
+                } => {
+                    let batch = columns::string_views(batch).ok()?;
+                    call_batch(name, *f, batch, || label.to_string()).ok()?
+                }
                 // A callable is not built just to learn a schema; nor are rows mapped.
                 CompiledOp::MapBatches { .. } | CompiledOp::MapRows(..) => return None,
             };
         }
         Some(batch.schema())
+    }
+
+    /// The schema and column indices that keep only the stage's `read_columns` of a block of
+    /// `schema`; `None` if the block has no other columns. Blocks are pruned as reads are, so
+    /// the operators see the same columns whichever way the stage's input comes.
+    fn projection(
+        &self,
+        schema: &SchemaRef,
+    ) -> manta_engine::Result<Option<(SchemaRef, Vec<usize>)>> {
+        let Some(columns) = &self.spec.read_columns else {
+            return Ok(None);
+        };
+        let indices: Vec<usize> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| columns.contains(f.name()))
+            .map(|(i, _)| i)
+            .collect();
+        if indices.len() == schema.fields().len() {
+            return Ok(None);
+        }
+        Ok(Some((Arc::new(schema.project(&indices)?), indices)))
     }
 
     fn run(&self, args: TaskArgs, objects: Vec<Object>) -> manta_engine::Result<Object> {
@@ -516,16 +557,16 @@ impl CompiledStage {
                 } else {
                     (None, 0)
                 };
-                let batches = task
+                let read = task
                     .read(
                         self.spec.batch_size,
                         predicate,
                         self.spec.read_columns.as_deref(),
                     )
                     .map_err(|e| read_failed(&label, e))?;
-                for batch in batches {
+                input_schema = Some(read.schema);
+                for batch in read.batches {
                     let batch = batch.map_err(|e| read_failed(&label, e))?;
-                    input_schema.get_or_insert_with(|| batch.schema());
                     let at = (args.index, position);
                     position += 1;
                     self.push(batch, first_op, &label, at, &mut regroup, &mut out)?;
@@ -542,8 +583,28 @@ impl CompiledStage {
                             )));
                         }
                     };
-                    input_schema.get_or_insert_with(|| Arc::clone(block.schema()));
+                    if is_unknown(&block) {
+                        // No rows and no schema (a map_groups reducer without a group).
+                        continue;
+                    }
+                    let projection = self.projection(block.schema())?;
+                    let schema = match &projection {
+                        Some((schema, _)) => Arc::clone(schema),
+                        None => Arc::clone(block.schema()),
+                    };
+                    input_schema.get_or_insert_with(|| Arc::clone(&schema));
                     for batch in block.into_batches() {
+                        let batch = match &projection {
+                            Some((schema, indices)) => columns::with_columns(
+                                Arc::clone(schema),
+                                indices
+                                    .iter()
+                                    .map(|&i| Arc::clone(batch.column(i)))
+                                    .collect(),
+                                batch.num_rows(),
+                            )?,
+                            None => batch,
+                        };
                         let at = (args.index, position);
                         position += 1;
                         self.push(batch, 0, &label, at, &mut regroup, &mut out)?;
@@ -561,7 +622,7 @@ impl CompiledStage {
         match &self.spec.sink {
             None => Ok(Object::Block(Block::try_new(schema, out)?)),
             Some(SinkSpec::Partition(spec)) => {
-                let rows = arrow::compute::concat_batches(&schema, &out)?;
+                let rows = crate::columns::concat(&schema, &out)?;
                 let spec = crate::exchange::PartitionSpec {
                     block: args.index,
                     ..spec.clone()
@@ -572,7 +633,7 @@ impl CompiledStage {
             }
             Some(SinkSpec::Files { dir, format }) => {
                 if out.is_empty() {
-                    return Ok(Object::Block(Block::empty(written_schema())));
+                    return Ok(Object::Block(Block::empty(nothing_written(&schema))));
                 }
                 let record = write_part(dir, args.index, *format, &schema, &out).map_err(|e| {
                     manta_engine::Error::UserFunction {
@@ -585,6 +646,13 @@ impl CompiledStage {
             }
         }
     }
+}
+
+/// Whether a block has no rows and no columns: a block whose schema nobody could tell (a
+/// `map_groups` reducer that got no group, and so never called the function that makes it).
+/// Every consumer skips such blocks; any block with a schema is taken as it is, rows or not.
+pub(crate) fn is_unknown(block: &Block) -> bool {
+    block.num_rows() == 0 && block.schema().fields().is_empty()
 }
 
 fn read_failed(label: &str, error: crate::Error) -> manta_engine::Error {

@@ -386,28 +386,59 @@ pub enum PartDir {
     Remote(String),
 }
 
-/// Commits a remote write: copies every staged part under `destination` (replacing what was
-/// there), removes the staging prefix, and writes an empty `_SUCCESS` marker last. Object
-/// stores have no atomic rename of a prefix, so this is the Hadoop committer's protocol: parts
-/// only appear at the destination once every task has succeeded.
-pub fn commit_remote(staging: &str, destination: &str) -> Result<()> {
+/// Whether a write in `mode` may go to the object store `url`: never where an object is at
+/// exactly that key (a file), and (the default mode) never over a prefix that holds objects.
+pub fn check_remote_destination(url: &str, mode: crate::sink::WriteMode) -> Result<()> {
+    let destination = Object::parse(url)?;
+    let exists = |reason: &str| Error::OutputExists {
+        path: PathBuf::from(url),
+        reason: reason.to_string(),
+    };
+    if !destination.key.as_ref().is_empty() && destination.size()?.is_some() {
+        return Err(exists(
+            "an object is there (a file, not a directory); choose another path",
+        ));
+    }
+    if mode == crate::sink::WriteMode::Error && !destination.list()?.is_empty() {
+        return Err(exists(
+            "objects are there already; write with WriteMode::Overwrite to replace them or \
+             WriteMode::Append to add to them",
+        ));
+    }
+    Ok(())
+}
+
+/// Moves staged parts to `destination` as `mode` says: beside what is there (`Append`, under
+/// names tagged with `tag`), or replacing it (`Overwrite`, the objects of the old output that
+/// the new one did not overwrite are deleted afterwards), then writes `_SUCCESS`.
+pub fn commit_remote(
+    staging: &str,
+    destination: &str,
+    mode: crate::sink::WriteMode,
+    tag: &str,
+) -> Result<()> {
     let staging = Object::parse(staging)?;
     let destination = Object::parse(destination)?;
     let staged = staging.list()?;
     let old = destination.list()?;
     let mut written = Vec::with_capacity(staged.len());
     for part in &staged {
-        let Some(name) = part.relative_to(&staging) else {
+        let Some(mut name) = part.relative_to(&staging) else {
             continue;
         };
+        if mode == crate::sink::WriteMode::Append {
+            name = crate::sink::appended_name(LocalPath::new(&name), tag);
+        }
         let target = destination.with_key(destination.key.clone().join(name.as_str()));
         part.copy_to(&target)?;
         written.push(target.key.clone());
     }
-    for object in old {
-        let inside_staging = object.relative_to(&staging).is_some();
-        if !written.contains(&object.key) && !inside_staging {
-            object.delete()?;
+    if mode != crate::sink::WriteMode::Append {
+        for object in old {
+            let inside_staging = object.relative_to(&staging).is_some();
+            if !written.contains(&object.key) && !inside_staging {
+                object.delete()?;
+            }
         }
     }
     abort_remote(&staging.url())?;
@@ -493,6 +524,8 @@ mod tests {
         commit_remote(
             "memory:///commit-test/out/_tmp1",
             "memory:///commit-test/out",
+            crate::sink::WriteMode::Overwrite,
+            "tag",
         )
         .unwrap();
         let all: Vec<String> = Object::parse("memory:///commit-test")
