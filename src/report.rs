@@ -41,13 +41,16 @@ impl Report {
 }
 
 /// `error` and its causes as one line: each cause is appended (after `: `) only if the text so
-/// far does not already contain it.
+/// far does not already say it, whole or but for a leading kind (`sql parser error: `).
 pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(next) = cause {
         let said = next.to_string();
-        if !said.is_empty() && !text.contains(&said) {
+        let gist = said
+            .split_once(": ")
+            .map_or(said.as_str(), |(_, rest)| rest);
+        if !said.is_empty() && !text.contains(&said) && !text.contains(gist) {
             text.push_str(": ");
             text.push_str(&said);
         }
@@ -91,6 +94,17 @@ mod tests {
         cause: Inner,
     }
 
+    #[derive(Debug, thiserror::Error)]
+    #[error("sql parser error: found EOF")]
+    struct Parse;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("SQL error: Parse(\"found EOF\")")]
+    struct Sql {
+        #[source]
+        cause: Parse,
+    }
+
     #[test]
     fn a_cause_already_in_the_message_is_said_once_and_a_new_one_is_added() {
         let repeated = Report::from(Outer {
@@ -101,5 +115,7 @@ mod tests {
         assert_eq!(format!("{repeated:?}"), "reading a.csv: no such file");
         let terse = Report::from(Terse { cause: Inner });
         assert_eq!(terse.to_string(), "the job failed: no such file");
+        let kind_aside = Report::from(Sql { cause: Parse });
+        assert_eq!(kind_aside.to_string(), "SQL error: Parse(\"found EOF\")");
     }
 }

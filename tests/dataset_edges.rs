@@ -623,3 +623,41 @@ fn streaming_split_equal_gives_every_consumer_the_same_rows() {
     assert_eq!(all.len(), 4 * (1003 / 4), "disjoint shares");
     assert!(all.iter().all(|id| (0..1003).contains(id)));
 }
+
+#[test]
+fn parquet_files_that_differ_only_in_nullability_read_as_one_nullable_dataset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("mixed");
+    std::fs::create_dir(&dir).unwrap();
+    let write = |name: &str, nullable: bool, ids: Vec<Option<i64>>| {
+        let batch = RecordBatch::try_from_iter_with_nullable([(
+            "id",
+            Arc::new(Int64Array::from(ids)) as ArrayRef,
+            nullable,
+        )])
+        .unwrap();
+        let file = std::fs::File::create(dir.join(name)).unwrap();
+        let mut writer = ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+    };
+    write("a.parquet", false, vec![Some(3), Some(1)]);
+    write("b.parquet", true, vec![None, Some(2)]);
+    let ctx = embedded();
+    let ds = ctx.read_parquet(dir.to_str().unwrap()).unwrap();
+    assert!(ds.schema().unwrap().field(0).is_nullable());
+    let sorted_ids: Vec<Option<i64>> = ds
+        .sort(desc("id"))
+        .to_arrow()
+        .unwrap()
+        .iter()
+        .flat_map(|b| {
+            assert!(b.schema().field(0).is_nullable(), "every block is nullable");
+            b.column(0)
+                .as_primitive::<Int64Type>()
+                .iter()
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(sorted_ids, vec![None, Some(3), Some(2), Some(1)]);
+}

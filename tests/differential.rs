@@ -6,7 +6,8 @@
 //! `cargo test --test differential` runs a fixed set of cases (seeded, so every run is the
 //! same). `MANTA_FUZZ_CASES=5000` runs more, `MANTA_FUZZ_SEED=<n>` other ones. A failing case is
 //! shrunk (fewer steps, fewer rows) and printed as a reproducer: the pipeline in Rust and in
-//! SQL, the tables' rows, and the case itself, which `MANTA_FUZZ_CASE='Case { ... }'` reruns.
+//! SQL, the tables' rows, and the case itself, which `MANTA_FUZZ_CASE='Case { ... }'` reruns
+//! (`MANTA_FUZZ_KEEP=1` keeps its files).
 
 mod fuzz;
 
@@ -55,7 +56,7 @@ fn parse_case(text: &str) -> Case {
         .map(|t| t.parse().expect("a number"))
         .collect();
     assert!(
-        numbers.len() >= 4 && numbers.len() % 2 == 0,
+        numbers.len() >= 4 && numbers.len().is_multiple_of(2),
         "not a case: {text}"
     );
     let choices = numbers[2..numbers.len() - 2]

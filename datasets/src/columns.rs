@@ -202,6 +202,32 @@ pub fn string_views(batch: RecordBatch) -> Result<RecordBatch, ArrowError> {
     with_columns(Arc::new(schema), columns, batch.num_rows())
 }
 
+/// The indices of `schema`'s columns named in `columns`, in the schema's order; `None` if that
+/// is every column (nothing to prune).
+pub fn pruned_indices(schema: &Schema, columns: &[String]) -> Option<Vec<usize>> {
+    let indices: Vec<usize> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| columns.contains(f.name()))
+        .map(|(i, _)| i)
+        .collect();
+    (indices.len() < schema.fields().len()).then_some(indices)
+}
+
+/// The columns of `batch` at `indices`, as a batch of `schema` (the projected schema).
+pub fn project(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+    indices: &[usize],
+) -> Result<RecordBatch, ArrowError> {
+    let columns = indices
+        .iter()
+        .map(|&i| Arc::clone(batch.column(i)))
+        .collect();
+    with_columns(Arc::clone(schema), columns, batch.num_rows())
+}
+
 /// The batches as one, with `schema`: an error naming the first batch whose columns differ in
 /// number or type (where arrow's `concat_batches` would panic or fail obscurely), such as the
 /// outputs of a user function that does not always return the same columns.

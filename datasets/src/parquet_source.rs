@@ -42,6 +42,8 @@ pub struct ParquetFile {
     pub path: PathBuf,
     /// Rows per row group.
     pub row_group_rows: Vec<u64>,
+    /// The file's own schema (it may differ from the dataset's in nullability).
+    pub schema: SchemaRef,
 }
 
 /// What one read task reads: some row groups of one file.
@@ -53,6 +55,9 @@ pub struct Fragment {
     pub row_groups: Vec<usize>,
     /// Rows in those row groups.
     pub rows: u64,
+    /// The dataset's schema (an IPC schema message), when it differs from the file's in
+    /// nullability: the batches read are given it.
+    pub conform_to: Option<Vec<u8>>,
 }
 
 impl ParquetSource {
@@ -64,18 +69,23 @@ impl ParquetSource {
         for file in files {
             let metadata = read_metadata(&file)?;
             let file_schema = metadata.schema();
-            match &schema {
-                None => schema = Some((std::sync::Arc::clone(file_schema), file.clone())),
-                Some((first_schema, first)) => {
-                    if first_schema.fields() != file_schema.fields() {
-                        return Err(Error::SchemaMismatch {
-                            first: first.clone(),
-                            path: file.clone(),
-                            difference: describe_difference(first_schema, file_schema),
-                        });
-                    }
+            schema = Some(match schema {
+                None => (std::sync::Arc::clone(file_schema), file.clone()),
+                // Files written by different tools may differ in nullability: nullable wins.
+                Some((so_far, first)) if so_far.fields() != file_schema.fields() => {
+                    let unified = crate::columns::unify(&[
+                        std::sync::Arc::clone(&so_far),
+                        std::sync::Arc::clone(file_schema),
+                    ])
+                    .map_err(|_| Error::SchemaMismatch {
+                        first: first.clone(),
+                        path: file.clone(),
+                        difference: describe_difference(&so_far, file_schema),
+                    })?;
+                    (unified, first)
                 }
-            }
+                Some(same) => same,
+            });
             let row_group_rows = metadata
                 .metadata()
                 .row_groups()
@@ -85,6 +95,7 @@ impl ParquetSource {
             parquet_files.push(ParquetFile {
                 path: file,
                 row_group_rows,
+                schema: std::sync::Arc::clone(file_schema),
             });
         }
         let (schema, _) = schema.expect("list_files returns at least one file");
@@ -103,11 +114,15 @@ impl ParquetSource {
     /// The read tasks: row groups, merged within a file up to `target_rows`.
     pub fn fragments(&self, target_rows: u64) -> Vec<Fragment> {
         let mut fragments = Vec::new();
+        let encoded = crate::source::encode_schema(&self.schema);
         for file in &self.files {
+            let conform_to =
+                (file.schema.fields() != self.schema.fields()).then(|| encoded.clone());
             let mut current = Fragment {
                 path: file.path.clone(),
                 row_groups: Vec::new(),
                 rows: 0,
+                conform_to: conform_to.clone(),
             };
             for (index, rows) in file.row_group_rows.iter().enumerate() {
                 if !current.row_groups.is_empty() && current.rows + rows > target_rows {
@@ -117,6 +132,7 @@ impl ParquetSource {
                             path: file.path.clone(),
                             row_groups: Vec::new(),
                             rows: 0,
+                            conform_to: conform_to.clone(),
                         },
                     ));
                 }
@@ -183,13 +199,38 @@ pub fn read_fragment(
         ))]));
     }
     let reader = builder.build().map_err(invalid)?;
-    let schema = arrow::record_batch::RecordBatchReader::schema(&reader);
+    let mut schema = arrow::record_batch::RecordBatchReader::schema(&reader);
+    if let Some(bytes) = &fragment.conform_to {
+        // The dataset's fields (nullable where any file's is) for the columns read.
+        let dataset = crate::source::decode_schema(bytes)?;
+        let fields: Vec<_> = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                dataset
+                    .field_with_name(f.name())
+                    .map(|d| f.as_ref().clone().with_nullable(d.is_nullable()))
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        schema = std::sync::Arc::new(arrow::datatypes::Schema::new_with_metadata(
+            fields,
+            schema.metadata().clone(),
+        ));
+    }
+    let target = fragment
+        .conform_to
+        .is_some()
+        .then(|| std::sync::Arc::clone(&schema));
     let path = fragment.path.clone();
     let batches = reader.map(move |batch| {
-        batch.map_err(|e| Error::InvalidParquet {
+        let batch = batch.map_err(|e| Error::InvalidParquet {
             path: path.clone(),
             source: parquet::errors::ParquetError::ArrowError(e.to_string()),
-        })
+        })?;
+        match &target {
+            Some(target) => Ok(crate::columns::conform(&batch, target)?),
+            None => Ok(batch),
+        }
     });
     Ok(ReadBatches {
         schema,

@@ -470,31 +470,14 @@ pub struct ReadBatches {
 impl ReadBatches {
     /// Keeps only the `columns` named, in the schema's order.
     fn project(self, columns: &[String]) -> Result<Self> {
-        let indices: Vec<usize> = self
-            .schema
-            .fields()
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| columns.contains(f.name()))
-            .map(|(i, _)| i)
-            .collect();
-        if indices.len() == self.schema.fields().len() {
+        let Some(indices) = crate::columns::pruned_indices(&self.schema, columns) else {
             return Ok(self);
-        }
+        };
         let schema = Arc::new(self.schema.project(&indices)?);
         let batch_schema = Arc::clone(&schema);
-        let batches = self.batches.map(move |batch| {
-            let batch = batch?;
-            let columns = indices
-                .iter()
-                .map(|&i| Arc::clone(batch.column(i)))
-                .collect();
-            Ok(crate::columns::with_columns(
-                Arc::clone(&batch_schema),
-                columns,
-                batch.num_rows(),
-            )?)
-        });
+        let batches = self
+            .batches
+            .map(move |batch| Ok(crate::columns::project(&batch?, &batch_schema, &indices)?));
         Ok(Self {
             schema,
             batches: Box::new(batches),

@@ -523,16 +523,9 @@ impl CompiledStage {
         let Some(columns) = &self.spec.read_columns else {
             return Ok(None);
         };
-        let indices: Vec<usize> = schema
-            .fields()
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| columns.contains(f.name()))
-            .map(|(i, _)| i)
-            .collect();
-        if indices.len() == schema.fields().len() {
+        let Some(indices) = columns::pruned_indices(schema, columns) else {
             return Ok(None);
-        }
+        };
         Ok(Some((Arc::new(schema.project(&indices)?), indices)))
     }
 
@@ -595,14 +588,7 @@ impl CompiledStage {
                     input_schema.get_or_insert_with(|| Arc::clone(&schema));
                     for batch in block.into_batches() {
                         let batch = match &projection {
-                            Some((schema, indices)) => columns::with_columns(
-                                Arc::clone(schema),
-                                indices
-                                    .iter()
-                                    .map(|&i| Arc::clone(batch.column(i)))
-                                    .collect(),
-                                batch.num_rows(),
-                            )?,
+                            Some((schema, indices)) => columns::project(&batch, schema, indices)?,
                             None => batch,
                         };
                         let at = (args.index, position);

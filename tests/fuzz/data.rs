@@ -134,7 +134,7 @@ fn table_b(rng: &mut StdRng, rows: usize, keys: i64) -> RecordBatch {
 }
 
 /// Cuts `rows` into 1 to 4 files of uneven sizes (some may have no rows), each with row groups
-/// of a random small size.
+/// of a random small size, some declaring their columns without nulls not nullable.
 fn write_files(rng: &mut StdRng, dir: &Path, rows: &RecordBatch) {
     std::fs::create_dir_all(dir).expect("create a table directory");
     let files = rng.random_range(1..=4usize);
@@ -145,13 +145,28 @@ fn write_files(rng: &mut StdRng, dir: &Path, rows: &RecordBatch) {
     cuts.push(rows.num_rows());
     cuts.sort_unstable();
     for (i, pair) in cuts.windows(2).enumerate() {
-        let part = rows.slice(pair[0], pair[1] - pair[0]);
+        let mut part = rows.slice(pair[0], pair[1] - pair[0]);
+        if rng.random_range(0..3) == 0 {
+            // As another writer might: columns without a null here declared not nullable, so
+            // the files differ in nullability.
+            let fields: Vec<Field> = part
+                .schema()
+                .fields()
+                .iter()
+                .zip(part.columns())
+                .map(|(f, c)| f.as_ref().clone().with_nullable(c.null_count() > 0))
+                .collect();
+            part = part
+                .clone()
+                .with_schema(Arc::new(Schema::new(fields)))
+                .unwrap_or(part);
+        }
         let properties = WriterProperties::builder()
             .set_max_row_group_row_count(Some(rng.random_range(1..=16)))
             .build();
         let file = std::fs::File::create(dir.join(format!("part-{i}.parquet"))).expect("create");
         let mut writer =
-            ArrowWriter::try_new(file, rows.schema(), Some(properties)).expect("a writer");
+            ArrowWriter::try_new(file, part.schema(), Some(properties)).expect("a writer");
         // Written in small batches, so row groups end where the writer cuts them.
         for start in (0..part.num_rows()).step_by(5) {
             let len = 5.min(part.num_rows() - start);
