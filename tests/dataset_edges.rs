@@ -661,3 +661,63 @@ fn parquet_files_that_differ_only_in_nullability_read_as_one_nullable_dataset() 
         .collect();
     assert_eq!(sorted_ids, vec![None, Some(3), Some(2), Some(1)]);
 }
+
+/// Passes the rows on, as a batch function may: its strings come (and so go) as views.
+#[manta::remote]
+fn pass_on(batch: RecordBatch) -> manta::Result<RecordBatch> {
+    Ok(batch)
+}
+
+#[test]
+fn keys_of_a_batch_function_join_keys_read_from_files_fully_partitioned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = numbers(&tmp.path().join("numbers"), 30, 4);
+    let df = df_over("numbers", &path);
+    let ctx = partitioned();
+    let read = ctx.read_parquet_with(&path, per_row_group()).unwrap();
+    // The left keys are Utf8View (what the function was given), the right ones Utf8: equal
+    // keys must meet in one partition.
+    let left = read.map_batches(pass_on).select_columns(&["grp", "id"]);
+    let right = read.select_columns(&["grp", "val"]);
+    let joined = left.join(&right, &["grp"], JoinKind::Inner);
+    assert_eq!(
+        sorted(rows(&joined.to_arrow().unwrap())),
+        sorted(rows(&sql(
+            &df,
+            "SELECT l.grp, l.id, r.val FROM numbers l JOIN numbers r ON l.grp = r.grp"
+        )))
+    );
+}
+
+#[test]
+fn a_pipeline_over_no_input_still_has_its_schema() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = numbers(&tmp.path().join("none"), 0, 4);
+    let ctx = embedded();
+    // The file has no row group: no read task at all.
+    let mapped = ctx
+        .read_parquet(&path)
+        .unwrap()
+        .map_batches(pass_on)
+        .with_column(
+            "val_or_zero",
+            datafusion::functions::expr_fn::coalesce(vec![col("val"), lit(0i64)]),
+        );
+    assert_eq!(mapped.count().unwrap(), 0);
+    let out = tmp.path().join("out");
+    mapped.write_parquet(&out).unwrap();
+    let back = ctx.read_parquet(out.to_str().unwrap()).unwrap();
+    let names: Vec<String> = back
+        .schema()
+        .unwrap()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(names, ["id", "grp", "val", "val_or_zero"]);
+    assert_eq!(
+        back.groupby(&["grp"]).count().count().unwrap(),
+        0,
+        "no groups of no rows"
+    );
+}

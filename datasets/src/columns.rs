@@ -251,6 +251,28 @@ pub fn concat(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch
     arrow::compute::concat_batches(schema, batches)
 }
 
+/// The type a key column of `data_type` is compared and hashed as: strings of every kind
+/// (`Utf8`, `LargeUtf8`, `Utf8View`, dictionaries of them) as `Utf8View`, binary alike as
+/// `BinaryView`, any other type as itself. Equal keys of either side of a join, or of blocks
+/// of one dataset, then hash alike whatever their string type.
+pub fn key_type(data_type: &DataType) -> DataType {
+    match data_type {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => DataType::Utf8View,
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => DataType::BinaryView,
+        DataType::Dictionary(_, values) => key_type(values),
+        other => other.clone(),
+    }
+}
+
+/// `column` as its [`key_type`] (no copy if it is one already).
+pub fn key_column(column: &arrow::array::ArrayRef) -> Result<arrow::array::ArrayRef, ArrowError> {
+    let target = key_type(column.data_type());
+    match &target == column.data_type() {
+        true => Ok(Arc::clone(column)),
+        false => arrow::compute::cast(column, &target),
+    }
+}
+
 /// One schema for batches of `schemas`, which must have the same column names and types in
 /// the same order: a column is nullable if it is in any of them (so every batch fits). Where
 /// they differ otherwise, the error names the two schemas, with each column's full type.

@@ -509,11 +509,7 @@ impl Exchange {
                             ls.field_with_name(l).expect("checked").data_type(),
                             rs.field_with_name(r).expect("checked").data_type(),
                         );
-                        if lt != rt {
-                            return Err(plan_error(format!(
-                                "join keys {l:?} ({lt}) and {r:?} ({rt}) have different types; cast one first"
-                            )));
-                        }
+                        check_join_keys(l, lt, r, rt).map_err(plan_error)?;
                     }
                 }
             }
@@ -598,6 +594,23 @@ impl Exchange {
             Exchange::Union(_) | Exchange::Zip { .. } => return None,
         })
     }
+}
+
+/// Whether a left key of type `lt` can be joined with a right key of type `rt`: the same type,
+/// strings of any kind with strings (see [`crate::columns::key_type`]).
+fn check_join_keys(
+    l: &str,
+    lt: &arrow::datatypes::DataType,
+    r: &str,
+    rt: &arrow::datatypes::DataType,
+) -> Result<(), String> {
+    use crate::columns::key_type;
+    if key_type(lt) != key_type(rt) {
+        return Err(format!(
+            "join keys {l:?} ({lt}) and {r:?} ({rt}) have different types; cast one first"
+        ));
+    }
+    Ok(())
 }
 
 /// Whether values of this type have an order a sort can use.
@@ -869,9 +882,10 @@ fn hash_partitions(
     keys: &[String],
     n: usize,
 ) -> Result<Vec<u32>, datafusion::error::DataFusionError> {
+    // Keys as their key type: a string key hashes alike as Utf8 or as a view.
     let columns: Vec<ArrayRef> = keys
         .iter()
-        .map(|k| Ok(Arc::clone(batch.column(batch.schema().index_of(k)?))))
+        .map(|k| crate::columns::key_column(batch.column(batch.schema().index_of(k)?)))
         .collect::<Result<_, arrow::error::ArrowError>>()?;
     let mut hashes = vec![0u64; batch.num_rows()];
     if !columns.is_empty() {
@@ -1268,9 +1282,16 @@ fn join(
     right_on: &[String],
     how: JoinKind,
 ) -> Result<RecordBatch, ReduceError> {
-    let ctx = single_partition_session();
     let left_schema = left.schema();
     let right_schema = right.schema();
+    // Checked here too: the plan could not when a user function made a side.
+    for (l, r) in left_on.iter().zip(right_on) {
+        let lt = left_schema.field_with_name(l)?.data_type();
+        let rt = right_schema.field_with_name(r)?.data_type();
+        check_join_keys(l, lt, r, rt)
+            .map_err(|e| ReduceError::DataFusion(datafusion::error::DataFusionError::Plan(e)))?;
+    }
+    let ctx = single_partition_session();
     let l = ctx
         .read_table(Arc::new(MemTable::try_new(
             Arc::clone(&left_schema),

@@ -419,6 +419,18 @@ impl LogicalPlan {
                 schema: self.schema(),
             });
         }
+        let mut sources = sources;
+        if sources.is_empty()
+            && let Some(schema) = self.input_schema()
+        {
+            // No input at all (files without row groups, an exchange without output): one task
+            // over no rows of the input's schema, so the output still has a block that says
+            // what its rows would be (the operators' schema, a user function's included), and a
+            // write still writes its one empty file.
+            let empty = arrow::array::RecordBatch::new_empty(schema);
+            let ipc = crate::exchange::write_ipc(&empty).map_err(Error::Arrow)?;
+            sources.push(SourceTask::Read(ReadTask::Inline { ipc, rows: 0 }));
+        }
         let mut stages = vec![NewStage {
             name: first_stage,
             resources: first_resources,

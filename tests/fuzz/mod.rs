@@ -51,6 +51,41 @@ pub fn group_summary(group: RecordBatch) -> manta::Result<RecordBatch> {
     )?)
 }
 
+/// A row-wise batch function, for `map_batches`: appends a column `m<n>` (`n` the columns it is
+/// given) counting each row's non-null values, which SQL computes with `CASE`s. It reads strings
+/// as views, as every batch function may.
+#[manta::remote]
+pub fn count_values(batch: RecordBatch) -> manta::Result<RecordBatch> {
+    let mut counts = vec![0i64; batch.num_rows()];
+    for column in batch.columns() {
+        if matches!(column.data_type(), DataType::Utf8 | DataType::LargeUtf8) {
+            return Err(manta::Error::InvalidArgument(
+                "a batch function was given strings that are not views".into(),
+            ));
+        }
+        for (row, count) in counts.iter_mut().enumerate() {
+            *count += i64::from(column.is_valid(row));
+        }
+    }
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(
+        format!("m{}", batch.num_columns()),
+        DataType::Int64,
+        false,
+    ));
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(Int64Array::from(counts)));
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
 /// One generated case: its data and its pipeline's choices.
 #[derive(Clone, Debug)]
 pub struct Case {
@@ -131,7 +166,8 @@ fn sql(
             .rules
             .into_iter()
             .filter(|rule| {
-                matches!(reference, Reference::Default) || !rule.name().starts_with("FilterPushdown")
+                matches!(reference, Reference::Default)
+                    || !rule.name().starts_with("FilterPushdown")
             })
             .collect();
         let state = SessionStateBuilder::new()

@@ -375,6 +375,11 @@ pub enum Step {
     Shuffle(u64),
     Repartition(usize, bool),
     WriteRead(Format),
+    /// `count_values`, with rows per call and a cap on concurrent tasks (a stage of its own).
+    MapBatches {
+        batch_size: Option<usize>,
+        concurrency: Option<usize>,
+    },
 }
 
 /// What the pipeline's answer is.
@@ -433,7 +438,7 @@ impl State {
 }
 
 /// Kinds of step; the generator picks one per choice.
-pub const STEP_KINDS: u8 = 13;
+pub const STEP_KINDS: u8 = 14;
 
 impl Pipeline {
     /// The pipeline made of these choices (see the module's doc).
@@ -747,6 +752,17 @@ impl Pipeline {
                 };
                 Some(Step::WriteRead(format))
             }
+            13 => {
+                let name = format!("m{}", state.columns.len());
+                if state.columns.iter().any(|c| c.name == name) {
+                    return None;
+                }
+                state.columns.push(Column { name, ty: Ty::Int });
+                Some(Step::MapBatches {
+                    batch_size: [None, Some(1), Some(3), Some(7)][rng.random_range(0..4)],
+                    concurrency: [None, None, Some(1)][rng.random_range(0..3)],
+                })
+            }
             _ => None,
         }
     }
@@ -861,6 +877,20 @@ impl Pipeline {
                     "SELECT * FROM ({query}) AS {t}a UNION ALL SELECT * FROM ({query}) AS {t}b WHERE {}",
                     p.sql()
                 ),
+                Step::MapBatches { .. } => {
+                    let count: Vec<String> = columns
+                        .iter()
+                        .map(|c| format!("CASE WHEN {} IS NULL THEN 0 ELSE 1 END", q(&c.name)))
+                        .collect();
+                    let count = match count.is_empty() {
+                        true => "0".to_string(),
+                        false => count.join(" + "),
+                    };
+                    format!(
+                        "SELECT *, CAST({count} AS BIGINT) AS {} FROM ({query}) AS {t}",
+                        q(&format!("m{}", columns.len()))
+                    )
+                }
             };
         }
         query
@@ -955,6 +985,19 @@ impl Pipeline {
                 Step::Shuffle(seed) => ds.random_shuffle(Some(*seed)),
                 Step::Repartition(n, false) => ds.repartition(*n),
                 Step::Repartition(n, true) => ds.repartition_shuffled(*n),
+                Step::MapBatches {
+                    batch_size,
+                    concurrency,
+                } => {
+                    let mut options = manta::MapBatchesOptions::default();
+                    if let Some(rows) = batch_size {
+                        options = options.batch_size(*rows);
+                    }
+                    if let Some(tasks) = concurrency {
+                        options = options.concurrency(*tasks);
+                    }
+                    ds.map_batches_with(super::count_values, options)
+                }
                 Step::WriteRead(format) => {
                     let dir = scratch.join(format!("step-{i}"));
                     let dir_str = dir.to_str().expect("a UTF-8 path").to_string();
@@ -1025,6 +1068,12 @@ impl Pipeline {
                 Step::Shuffle(seed) => format!("    .random_shuffle(Some({seed}))"),
                 Step::Repartition(n, false) => format!("    .repartition({n})"),
                 Step::Repartition(n, true) => format!("    .repartition_shuffled({n})"),
+                Step::MapBatches {
+                    batch_size,
+                    concurrency,
+                } => format!(
+                    "    .map_batches_with(count_values, MapBatchesOptions {{ batch_size: {batch_size:?}, concurrency: {concurrency:?}, ..Default::default() }})"
+                ),
                 Step::WriteRead(format) => format!(
                     "    ; ds.write_with(\"step-{i}\", WriteFormat::{format:?}, WriteMode::Overwrite)?; let ds = ctx.read_{}(\"step-{i}\")?",
                     match format {
