@@ -14,7 +14,11 @@
 //! * [`dataset`]: [`Dataset`], the builder and the consuming calls.
 //! * [`plan`]: logical plans, validation, fusion into stages.
 //! * [`stage`]: the registered task that runs a stage's operators over one block.
-//! * [`ops`]: `filter` and `with_column` by DataFusion expression.
+//! * [`ops`]: `filter` and `with_column` by DataFusion expression; [`columns`]: select, drop,
+//!   rename, conform.
+//! * [`exchange`]: all-to-all operations (shuffle, sort, groupby, join, union, ...), their map
+//!   side in [`partition`] and reduce side in [`reduce`]; [`combine`]: map-side aggregation;
+//!   [`run`]: runs them as barriers.
 //! * [`executor`]: the streaming executor and its backpressure; [`split`]: one run feeding
 //!   several consumers.
 //! * [`source`], [`parquet_source`], [`files`], [`file_options`]: what a dataset reads, split
@@ -40,8 +44,10 @@ pub mod flight_sql;
 pub mod objects;
 pub mod ops;
 mod parquet_source;
+pub mod partition;
 pub mod plan;
 pub mod progress;
+pub mod reduce;
 pub mod rows;
 pub mod run;
 pub mod sink;

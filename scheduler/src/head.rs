@@ -598,11 +598,17 @@ impl HeadRpc for Head {
         );
         let total: Resources = r.resources.unwrap_or_default().into();
         tracing::info!(node = ?id, address = %r.address, resources = ?total, "node registered");
+        // Until its first heartbeat, the node's store is empty and has the budget it asked
+        // for as memory (what `manta status` shows right after `manta start`).
+        let store = proto::StoreUsage {
+            budget_bytes: total.memory_bytes,
+            ..Default::default()
+        };
         let entry = NodeEntry {
             address: r.address,
             available: total.clone(),
             total,
-            store: proto::StoreUsage::default(),
+            store,
             last_heartbeat: Instant::now(),
             alive: true,
             running: 0,

@@ -1,0 +1,358 @@
+//! The map side of an exchange (see [`crate::exchange`]): a partition task splits one block
+//! into exactly `n` batches, batch *i* holding the rows of partition *i*, by a
+//! [`Partitioner`]: at random (seeded by the seed, the block and the batch), by a hash of the
+//! key columns (strings hashed as their key type, so `Utf8` and views of equal keys meet), or
+//! by the range of the sort keys between sampled boundaries. Rows are counted per partition,
+//! sorted by partition with one `take`, and the batches are zero-copy slices of that. An
+//! aggregation first combines the block into partial states ([`crate::combine`]).
+//!
+//! A sort's boundaries come from sample tasks (a few rows of each block's keys) or a sampling
+//! first pass; [`boundaries`] picks `n - 1` evenly spaced rows of the sorted samples.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use arrow::compute::{SortColumn, lexsort_to_indices, take_record_batch};
+use arrow::datatypes::Schema;
+use arrow::row::{RowConverter, SortField};
+use manta_engine::{Block, Object, TaskContext, TaskInput};
+use rand::{Rng, SeedableRng};
+
+use crate::columns::batch_seed;
+use crate::combine;
+use crate::error::Result;
+use crate::exchange::{
+    PartitionSpec, Partitioner, SAMPLES_PER_BLOCK, SortKey, decode, into_block, single_batch,
+    user_error,
+};
+
+pub(crate) fn run_partition(_: &TaskContext, input: TaskInput) -> manta_engine::Result<Object> {
+    let spec: PartitionSpec = decode(&input.args, "a partition task")?;
+    let mut objects = input.objects.into_iter();
+    let block = into_block(objects.next().ok_or_else(|| {
+        manta_engine::Error::Internal("a partition task needs its block".into())
+    })?)?;
+    let label = format!("block {} ({:?})", spec.block, spec.partitioner);
+    Ok(Object::Block(partition_batch(
+        single_batch(&block)?,
+        &spec,
+        &label,
+    )?))
+}
+
+/// The map side of an exchange on one block's rows: combined first if the spec says so, then
+/// split into exactly `spec.n` batches, batch *i* holding partition *i*. Run by partition
+/// tasks, and by the last stage of an input pipeline fused with the exchange's map side.
+pub fn partition_batch(
+    mut batch: RecordBatch,
+    spec: &PartitionSpec,
+    label: &str,
+) -> manta_engine::Result<Block> {
+    let label = label.to_string();
+    let n = spec.n.max(1);
+    if batch.num_rows() == 0 && batch.schema().fields().is_empty() {
+        // Rows of a schema nobody knows (see `stage::is_unknown`): none, in every partition.
+        return Block::try_new(batch.schema(), vec![batch; n]);
+    }
+    if let Some((keys, aggregates)) = &spec.combine {
+        batch = combine::partial(batch, keys, aggregates)
+            .map_err(|e| user_error("aggregate", label.clone(), e))?;
+    }
+    let schema = batch.schema();
+    let assignment: Vec<u32> = match &spec.partitioner {
+        Partitioner::Random { seed } => {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(batch_seed(*seed, spec.block, 0));
+            (0..batch.num_rows())
+                .map(|_| rng.random_range(0..n as u32))
+                .collect()
+        }
+        Partitioner::Hash { keys } => hash_partitions(&batch, keys, n)
+            .map_err(|e| user_error("partition by hash", label.clone(), e))?,
+        Partitioner::Range { keys, boundaries } => range_partitions(&batch, keys, boundaries)
+            .map_err(|e| user_error("partition by range", label.clone(), e))?,
+    };
+    // Counting sort of row indices by partition, one take, then zero-copy slices.
+    let mut counts = vec![0usize; n];
+    for &p in &assignment {
+        counts[p as usize] += 1;
+    }
+    let mut starts = vec![0usize; n];
+    for p in 1..n {
+        starts[p] = starts[p - 1] + counts[p - 1];
+    }
+    let mut next = starts.clone();
+    let mut order = vec![0u32; assignment.len()];
+    for (row, &p) in assignment.iter().enumerate() {
+        order[next[p as usize]] = row as u32;
+        next[p as usize] += 1;
+    }
+    let sorted = take_record_batch(&batch, &UInt32Array::from(order))?;
+    let batches = (0..n).map(|p| sorted.slice(starts[p], counts[p])).collect();
+    Block::try_new(schema, batches)
+}
+
+/// The partition of each row by key hash.
+fn hash_partitions(
+    batch: &RecordBatch,
+    keys: &[String],
+    n: usize,
+) -> Result<Vec<u32>, datafusion::error::DataFusionError> {
+    // Keys as their key type: a string key hashes alike as Utf8 or as a view.
+    let columns: Vec<ArrayRef> = keys
+        .iter()
+        .map(|k| crate::columns::key_column(batch.column(batch.schema().index_of(k)?)))
+        .collect::<Result<_, arrow::error::ArrowError>>()?;
+    let mut hashes = vec![0u64; batch.num_rows()];
+    if !columns.is_empty() {
+        let state = datafusion::common::hash_utils::RandomState::with_seed(0x006d_616e_7461);
+        datafusion::common::hash_utils::create_hashes(&columns, &state, &mut hashes)?;
+    }
+    Ok(hashes.iter().map(|h| (h % n as u64) as u32).collect())
+}
+
+pub(crate) fn sort_fields(
+    keys: &[SortKey],
+    schema: &Schema,
+) -> Result<Vec<SortField>, arrow::error::ArrowError> {
+    keys.iter()
+        .map(|k| {
+            let field = schema.field_with_name(&k.column)?;
+            Ok(SortField::new_with_options(
+                field.data_type().clone(),
+                k.options(),
+            ))
+        })
+        .collect()
+}
+
+fn key_columns(
+    batch: &RecordBatch,
+    keys: &[SortKey],
+) -> Result<Vec<ArrayRef>, arrow::error::ArrowError> {
+    keys.iter()
+        .map(|k| {
+            Ok(Arc::clone(
+                batch.column(batch.schema().index_of(&k.column)?),
+            ))
+        })
+        .collect()
+}
+
+/// The partition of each row: how many boundaries sort before it.
+fn range_partitions(
+    batch: &RecordBatch,
+    keys: &[SortKey],
+    boundaries: &[u8],
+) -> Result<Vec<u32>, arrow::error::ArrowError> {
+    let converter = RowConverter::new(sort_fields(keys, batch.schema_ref())?)?;
+    let rows = converter.convert_columns(&key_columns(batch, keys)?)?;
+    let bounds = read_ipc(boundaries)?;
+    let bound_rows = match &bounds {
+        Some(b) => converter.convert_columns(&key_columns(b, keys)?)?,
+        None => converter.empty_rows(0, 0),
+    };
+    let bounds: Vec<_> = bound_rows.iter().collect();
+    Ok(rows
+        .iter()
+        .map(|row| bounds.partition_point(|b| *b < row) as u32)
+        .collect())
+}
+
+fn read_ipc(bytes: &[u8]) -> Result<Option<RecordBatch>, arrow::error::ArrowError> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
+    let schema = reader.schema();
+    let batches = reader.collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(crate::columns::concat(&schema, &batches)?))
+}
+
+/// A batch as an Arrow IPC stream.
+pub fn write_ipc(batch: &RecordBatch) -> Result<Vec<u8>, arrow::error::ArrowError> {
+    let mut out = Vec::new();
+    let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut out, batch.schema_ref())?;
+    writer.write(batch)?;
+    writer.finish()?;
+    drop(writer);
+    Ok(out)
+}
+
+pub(crate) fn run_sample(_: &TaskContext, input: TaskInput) -> manta_engine::Result<Object> {
+    let keys: Vec<SortKey> = decode(&input.args, "a sample task")?;
+    let block =
+        into_block(input.objects.into_iter().next().ok_or_else(|| {
+            manta_engine::Error::Internal("a sample task needs its block".into())
+        })?)?;
+    if crate::stage::is_unknown(&block) {
+        // No rows: no samples.
+        return Ok(Object::Block(block));
+    }
+    let batch = single_batch(&block)?;
+    let rows = batch.num_rows();
+    let picks: Vec<u32> = (0..SAMPLES_PER_BLOCK.min(rows))
+        .map(|i| (i * rows / SAMPLES_PER_BLOCK.min(rows)) as u32)
+        .collect();
+    let keys_only = batch.project(
+        &keys
+            .iter()
+            .map(|k| batch.schema().index_of(&k.column))
+            .collect::<Result<Vec<_>, _>>()?,
+    )?;
+    Ok(Object::Block(Block::from_batch(take_record_batch(
+        &keys_only,
+        &UInt32Array::from(picks),
+    )?)))
+}
+
+/// Picks `n - 1` boundaries from the sampled key rows, as an IPC stream (empty if `n` is 1 or
+/// there are no samples).
+pub fn boundaries(samples: &[RecordBatch], keys: &[SortKey], n: usize) -> Result<Vec<u8>> {
+    // Samples of blocks with no known schema have no rows and no columns.
+    let samples: Vec<RecordBatch> = samples
+        .iter()
+        .filter(|b| b.num_rows() > 0 && b.num_columns() > 0)
+        .cloned()
+        .collect();
+    let Some(first) = samples.first() else {
+        return Ok(Vec::new());
+    };
+    let all = crate::columns::concat(first.schema_ref(), &samples)?;
+    if n <= 1 || all.num_rows() == 0 {
+        return Ok(Vec::new());
+    }
+    let sorted = sort_batch(&all, keys)?;
+    let picks: Vec<u32> = (1..n)
+        .map(|i| ((i * sorted.num_rows()) / n).min(sorted.num_rows() - 1) as u32)
+        .collect();
+    Ok(write_ipc(&take_record_batch(
+        &sorted,
+        &UInt32Array::from(picks),
+    )?)?)
+}
+
+/// Sorts a batch by the keys: by lexicographic sort for one primitive key, else by comparing
+/// rows in Arrow's row format (one byte comparison per pair, any key types).
+pub(crate) fn sort_batch(
+    batch: &RecordBatch,
+    keys: &[SortKey],
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let columns = key_columns(batch, keys)?;
+    let indices = if let ([column], [key]) = (columns.as_slice(), keys)
+        && column.data_type().is_primitive()
+    {
+        lexsort_to_indices(
+            &[SortColumn {
+                values: Arc::clone(column),
+                options: Some(key.options()),
+            }],
+            None,
+        )?
+    } else {
+        let converter = RowConverter::new(sort_fields(keys, batch.schema_ref())?)?;
+        let rows = converter.convert_columns(&columns)?;
+        let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
+        order.sort_by(|a, b| rows.row(*a as usize).cmp(&rows.row(*b as usize)));
+        UInt32Array::from(order)
+    };
+    take_record_batch(batch, &indices)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exchange::partition_args;
+    use arrow::array::{Int64Array, StringArray};
+
+    fn people() -> RecordBatch {
+        RecordBatch::try_from_iter([
+            (
+                "id",
+                Arc::new(Int64Array::from(vec![3, 1, 2, 1, 5])) as ArrayRef,
+            ),
+            (
+                "name",
+                Arc::new(StringArray::from(vec![
+                    Some("c"),
+                    Some("a"),
+                    None,
+                    Some("á"),
+                    Some("e"),
+                ])) as ArrayRef,
+            ),
+        ])
+        .unwrap()
+    }
+
+    fn partition(spec: PartitionSpec, batch: RecordBatch) -> Block {
+        let ctx = TaskContext::new(manta_engine::NodeId::random());
+        let out = run_partition(
+            &ctx,
+            TaskInput {
+                args: partition_args(&spec).unwrap(),
+                objects: vec![Object::Block(Block::from_batch(batch))],
+            },
+        )
+        .unwrap();
+        into_block(out).unwrap()
+    }
+
+    #[test]
+    fn hash_partitions_keep_equal_keys_together_and_every_row_once() {
+        let spec = PartitionSpec {
+            partitioner: Partitioner::Hash {
+                keys: vec!["id".into()],
+            },
+            n: 3,
+            block: 0,
+            combine: None,
+        };
+        let block = partition(spec, people());
+        assert_eq!(block.batches().len(), 3);
+        assert_eq!(block.num_rows(), 5);
+        let holding_one: Vec<usize> = block
+            .batches()
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| {
+                let ids = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                ids.values().contains(&1)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(holding_one.len(), 1, "both rows with id 1 in one partition");
+    }
+
+    #[test]
+    fn range_partitions_are_ordered_by_the_boundaries() {
+        let keys = vec![SortKey::desc("id")];
+        let sample = people().project(&[0]).unwrap();
+        let bounds = boundaries(&[sample], &keys, 2).unwrap();
+        let block = partition(
+            PartitionSpec {
+                partitioner: Partitioner::Range {
+                    keys: keys.clone(),
+                    boundaries: bounds,
+                },
+                n: 2,
+                block: 0,
+                combine: None,
+            },
+            people(),
+        );
+        let ids = |b: &RecordBatch| -> Vec<i64> {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .values()
+                .to_vec()
+        };
+        let (first, second) = (ids(&block.batches()[0]), ids(&block.batches()[1]));
+        assert_eq!(first.len() + second.len(), 5);
+        assert!(
+            first.iter().min() >= second.iter().max(),
+            "{first:?} then {second:?}"
+        );
+    }
+}
