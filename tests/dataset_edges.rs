@@ -721,3 +721,102 @@ fn a_pipeline_over_no_input_still_has_its_schema() {
         "no groups of no rows"
     );
 }
+
+/// Writes one Parquet file of `batch` into a new directory `dir`.
+fn parquet_dir(dir: &std::path::Path, batch: &RecordBatch) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let file = std::fs::File::create(dir.join("part.parquet")).unwrap();
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    writer.write(batch).unwrap();
+    writer.close().unwrap();
+    dir.to_str().unwrap().to_string()
+}
+
+#[test]
+fn sql_keeps_a_filter_above_a_join_of_sides_with_a_column_of_one_name() {
+    // DataFusion 55's first physical FilterPushdown pass pushed this filter on the left's `k`
+    // into the right side (also with a `k`) and dropped it: Manta's sessions run without it.
+    let tmp = tempfile::tempdir().unwrap();
+    let strings = ["x", "ü", "y"];
+    let a_k: Vec<Option<i64>> = (0..18).map(|i| (i % 7 != 0).then_some(i % 3)).collect();
+    let a_g: Vec<&str> = (0..18).map(|i| strings[i % 3]).collect();
+    let mut b_k: Vec<Option<i64>> = (0..20).map(|i| Some(i % 4)).collect();
+    let mut b_h: Vec<&str> = (0..20).map(|i| ["x", "y", "z"][i % 3]).collect();
+    b_k.extend([None, Some(3)]);
+    b_h.extend(["x", "ü"]);
+    let a = RecordBatch::try_from_iter([
+        ("k", Arc::new(Int64Array::from(a_k.clone())) as ArrayRef),
+        ("g", Arc::new(StringArray::from(a_g.clone()))),
+    ])
+    .unwrap();
+    let b = RecordBatch::try_from_iter([
+        ("k", Arc::new(Int64Array::from(b_k.clone())) as ArrayRef),
+        ("h", Arc::new(StringArray::from(b_h.clone()))),
+    ])
+    .unwrap();
+    let ctx = embedded();
+    ctx.register_parquet("a", &parquet_dir(&tmp.path().join("a"), &a))
+        .unwrap();
+    ctx.register_parquet("b", &parquet_dir(&tmp.path().join("b"), &b))
+        .unwrap();
+    let got = ctx
+        .sql(
+            "SELECT * FROM (SELECT l.k AS k, l.g AS g, r.k AS k_right, r.h AS h FROM a l \
+             RIGHT JOIN (SELECT * FROM b WHERE k IS NULL OR h = 'ü') r ON l.g = r.h) t \
+             WHERE NOT (k IS NOT NULL AND k_right >= -3)",
+        )
+        .unwrap()
+        .to_arrow()
+        .unwrap();
+    // The same in plain Rust, with SQL's three-valued logic.
+    let mut want = Vec::new();
+    for (rk, rh) in b_k.iter().zip(&b_h) {
+        if !(rk.is_none() || *rh == "ü") {
+            continue;
+        }
+        let matches: Vec<(Option<i64>, Option<&str>)> = a_k
+            .iter()
+            .zip(&a_g)
+            .filter(|(_, g)| *g == rh)
+            .map(|(k, g)| (*k, Some(*g)))
+            .collect();
+        let rows = match matches.is_empty() {
+            true => vec![(None, None)],
+            false => matches,
+        };
+        for (k, g) in rows {
+            let not_null = Some(k.is_some());
+            let at_least = rk.map(|v| v >= -3);
+            let both = match (not_null, at_least) {
+                (Some(false), _) | (_, Some(false)) => Some(false),
+                (Some(true), Some(true)) => Some(true),
+                _ => None,
+            };
+            if both.map(|b| !b) == Some(true) {
+                want.push(format!("{k:?}|{g:?}|{rk:?}|{rh}"));
+            }
+        }
+    }
+    let mut got_rows: Vec<String> = got
+        .iter()
+        .flat_map(|batch| {
+            let k = batch.column(0).as_primitive::<Int64Type>().clone();
+            let g = arrow::compute::cast(batch.column(1), &DataType::Utf8).unwrap();
+            let g = g.as_string::<i32>().clone();
+            let rk = batch.column(2).as_primitive::<Int64Type>().clone();
+            let rh = arrow::compute::cast(batch.column(3), &DataType::Utf8).unwrap();
+            let rh = rh.as_string::<i32>().clone();
+            (0..batch.num_rows())
+                .map(|i| {
+                    let k = (!k.is_null(i)).then(|| k.value(i));
+                    let g = (!g.is_null(i)).then(|| g.value(i));
+                    let rk = (!rk.is_null(i)).then(|| rk.value(i));
+                    format!("{k:?}|{g:?}|{rk:?}|{}", rh.value(i))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    got_rows.sort();
+    want.sort();
+    assert_eq!(got_rows, want);
+}

@@ -154,7 +154,7 @@ impl Context {
             let cpus = runtime.block_on(client.total_cpus())?;
             crate::sql::session_with_tasks(&client, cpus)
         } else {
-            datafusion::prelude::SessionContext::new()
+            crate::sql::session()
         };
         Ok(Self {
             inner: Arc::new(Inner {
