@@ -60,6 +60,7 @@ pub use manta_datasets::{
     WriteFormat, WriteMode, WriteSummary, asc, desc,
 };
 pub use manta_engine::{BoxError, Callable, Resources};
+pub use manta_flight::auth::Token;
 pub use manta_tasks::{ActorOptions, ActorRef, ObjectRef, TaskOptions};
 
 /// What most programs need: `use manta::prelude::*;`.

@@ -73,6 +73,9 @@ fn the_heads_flight_sql_endpoint_answers_tpch(cluster: &Cluster) {
             .await
             .unwrap();
         let mut client = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+        // The endpoint takes the cluster's token, whose file it wrote for its own port too.
+        let token = manta::scheduler::cluster_token::resolve(None, &address).unwrap();
+        client.set_token(token.secret().to_string());
         let mut wrong = Vec::new();
         for n in CLUSTER_QUERIES {
             let info = client.execute(tpch::query(n), None).await.unwrap();

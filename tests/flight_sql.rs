@@ -19,7 +19,14 @@ use common::tpch::{self, cells};
 
 type Client = FlightSqlServiceClient<Channel>;
 
-async fn connect(address: &str) -> Client {
+/// A client presenting `token` as a bearer token.
+async fn connect(address: &str, token: &manta::Token) -> Client {
+    let mut client = connect_without_token(address).await;
+    client.set_token(token.secret().to_string());
+    client
+}
+
+async fn connect_without_token(address: &str) -> Client {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         .unwrap()
         .connect()
@@ -49,15 +56,22 @@ async fn query(client: &mut Client, sql: &str) -> Result<Vec<RecordBatch>, Strin
     fetch(client, info).await.map_err(|e| e.to_string())
 }
 
-/// An embedded context serving the TPC-H tables and a pipeline `numbers` (id, id squared).
+/// An embedded context serving the TPC-H tables and a pipeline `numbers` (id, id squared), to
+/// clients that may only query.
 fn serving_context() -> (manta::Context, manta::datasets::FlightSqlServer) {
+    serving_context_with(manta::datasets::SqlAccess::read_only())
+}
+
+fn serving_context_with(
+    access: manta::datasets::SqlAccess,
+) -> (manta::Context, manta::datasets::FlightSqlServer) {
     let ctx = manta::init_with(manta::Config::default()).unwrap();
     for (table, path) in tpch::tables() {
         ctx.register_parquet(table, &path).unwrap();
     }
     let numbers = ctx.range(1000).with_column("sq", col("id") * col("id"));
     ctx.register("numbers", &numbers).unwrap();
-    let server = ctx.serve_flight_sql("127.0.0.1:0").unwrap();
+    let server = ctx.serve_flight_sql_with("127.0.0.1:0", access).unwrap();
     (ctx, server)
 }
 
@@ -70,11 +84,14 @@ fn runtime() -> tokio::runtime::Runtime {
 
 #[test]
 fn flight_sql_client_queries_prepares_lists_and_creates_tables() {
-    let (_ctx, server) = serving_context();
-    let address = server.address().to_string();
     let tmp = tempfile::tempdir().unwrap();
+    let (_ctx, server) = serving_context_with(manta::datasets::SqlAccess::writable_under([tmp
+        .path()
+        .display()
+        .to_string()]));
+    let address = server.address().to_string();
     runtime().block_on(async {
-        let mut client = connect(&address).await;
+        let mut client = connect(&address, server.token()).await;
 
         // A TPC-H query: the answer file's rows.
         let batches = query(&mut client, &tpch::query(3)).await.unwrap();
@@ -216,7 +233,7 @@ fn bad_queries_and_cancelled_ones_are_clear_errors_and_the_server_goes_on() {
     let (_ctx, server) = serving_context();
     let address = server.address().to_string();
     runtime().block_on(async {
-        let mut client = connect(&address).await;
+        let mut client = connect(&address, server.token()).await;
         let syntax = query(&mut client, "SELEC id FROM numbers")
             .await
             .unwrap_err();
@@ -265,7 +282,7 @@ fn bad_queries_and_cancelled_ones_are_clear_errors_and_the_server_goes_on() {
 }
 
 /// Python's ADBC Flight SQL driver runs TPC-H query 1 and a prepared statement with a bound
-/// `?`, and gets the right answers.
+/// `?`, and gets the right answers: presenting the token as a header, and as a password.
 #[test]
 fn python_adbc_driver_gets_the_right_answers() {
     let Some(python) = adbc_python() else {
@@ -277,7 +294,7 @@ fn python_adbc_driver_gets_the_right_answers() {
 
     let q1 = tmp.path().join("q1.sql");
     std::fs::write(&q1, tpch::query(1)).unwrap();
-    let rows = run_adbc(&python, &uri, &q1, None);
+    let rows = run_adbc(&python, &uri, server.token(), Login::Header, &q1, None);
     assert_eq!(tpch::check(1, &rows), None);
 
     let counted = tmp.path().join("count.sql");
@@ -286,7 +303,14 @@ fn python_adbc_driver_gets_the_right_answers() {
         "SELECT count(*) FROM lineitem WHERE l_quantity > ?",
     )
     .unwrap();
-    let rows = run_adbc(&python, &uri, &counted, Some(45));
+    let rows = run_adbc(
+        &python,
+        &uri,
+        server.token(),
+        Login::UserPassword,
+        &counted,
+        Some(45),
+    );
     let expected = cells(
         &ctx.sql("SELECT count(*) FROM lineitem WHERE l_quantity > 45")
             .unwrap()
@@ -296,10 +320,30 @@ fn python_adbc_driver_gets_the_right_answers() {
     assert_eq!(rows, expected);
 }
 
-fn run_adbc(python: &Path, uri: &str, query: &Path, param: Option<i64>) -> Vec<Vec<String>> {
+/// How the ADBC client presents the token.
+#[derive(Clone, Copy, Debug)]
+enum Login {
+    /// As an `authorization: Bearer` header on every call.
+    Header,
+    /// As the password of a handshake, then as the bearer token the handshake answers.
+    UserPassword,
+}
+
+fn run_adbc(
+    python: &Path,
+    uri: &str,
+    token: &manta::Token,
+    login: Login,
+    query: &Path,
+    param: Option<i64>,
+) -> Vec<Vec<String>> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/adbc_query.py");
     let mut command = Command::new(python);
     command.arg(script).arg(uri).arg(query);
+    command.env("MANTA_TOKEN", token.secret());
+    if let Login::UserPassword = login {
+        command.env("ADBC_LOGIN", "1");
+    }
     if let Some(param) = param {
         command.arg(param.to_string());
     }
@@ -349,4 +393,149 @@ fn adbc_python() -> Option<PathBuf> {
             None
         }
     }
+}
+
+/// Without the token, or with another, every call is UNAUTHENTICATED and nothing runs: not a
+/// query, not a statement that would make a table. With the token as a handshake's password,
+/// the handshake answers the bearer token and queries work.
+#[test]
+fn a_client_without_the_token_or_with_another_is_refused_before_anything_runs() {
+    let (ctx, server) = serving_context();
+    let address = server.address().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("t.csv");
+    std::fs::write(&file, "a\n1\n").unwrap();
+    let create = format!(
+        "CREATE EXTERNAL TABLE sneaky STORED AS CSV LOCATION '{}' OPTIONS ('format.has_header' 'true')",
+        file.display()
+    );
+    runtime().block_on(async {
+        let anonymous = connect_without_token(&address).await;
+        let wrong = connect(&address, &manta::Token::generate()).await;
+        for mut client in [anonymous, wrong] {
+            for sql in ["SELECT 1", create.as_str()] {
+                let refused = client
+                    .execute(sql.to_string(), None)
+                    .await
+                    .unwrap_err()
+                    .to_string();
+                // tonic says UNAUTHENTICATED in words.
+                assert!(
+                    refused.contains("does not have valid authentication credentials"),
+                    "{sql}: {refused}"
+                );
+            }
+            let refused = client
+                .handshake("manta", "not the token")
+                .await
+                .unwrap_err();
+            let refused = refused.to_string();
+            assert!(
+                refused.contains("does not have valid authentication credentials"),
+                "{refused}"
+            );
+        }
+        let mut login = connect_without_token(&address).await;
+        login
+            .handshake("anyone", server.token().secret())
+            .await
+            .unwrap();
+        let count = cells(
+            &query(&mut login, "SELECT count(*) FROM numbers")
+                .await
+                .unwrap(),
+        );
+        assert_eq!(count, vec![vec!["1000".to_string()]]);
+    });
+    // Nothing an outsider sent ran: no table was made.
+    assert!(ctx.sql("SELECT * FROM sneaky").is_err());
+}
+
+/// By default clients only query: statements that read or write files or change the catalog
+/// are PERMISSION_DENIED and change nothing. With a writable directory, they run there and
+/// only there.
+#[test]
+fn flight_sql_is_read_only_unless_told_where_clients_may_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let allowed = tmp.path().join("allowed");
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(&allowed).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    for dir in [&allowed, &outside] {
+        std::fs::write(dir.join("t.csv"), "a\n1\n2\n").unwrap();
+    }
+    let create = |name: &str, dir: &Path| {
+        format!(
+            "CREATE EXTERNAL TABLE {name} STORED AS CSV LOCATION '{}' \
+             OPTIONS ('format.has_header' 'true')",
+            dir.join("t.csv").display()
+        )
+    };
+    let copy = |dir: &Path| {
+        format!(
+            "COPY (SELECT 1 AS x) TO '{}' STORED AS CSV",
+            dir.join("copied.csv").display()
+        )
+    };
+    let denied = |result: Result<Vec<RecordBatch>, String>, what: &str| {
+        let error = result.expect_err(what);
+        // tonic says PERMISSION_DENIED in words.
+        assert!(error.contains("does not have permission"), "{what}: {error}");
+    };
+
+    let (ctx, server) = serving_context();
+    runtime().block_on(async {
+        let mut client = connect(&server.address().to_string(), server.token()).await;
+        for statement in [
+            create("shadow", &outside),
+            copy(&outside),
+            "CREATE VIEW v AS SELECT 1".to_string(),
+            "DROP TABLE numbers".to_string(),
+            "SET datafusion.execution.batch_size = 1".to_string(),
+            "INSERT INTO numbers VALUES (1, 1)".to_string(),
+        ] {
+            denied(query(&mut client, &statement).await, &statement);
+            let update = client.execute_update(statement.clone(), None).await;
+            assert!(update.is_err(), "{statement} ran as an update");
+        }
+        // Queries still run.
+        let count = cells(
+            &query(&mut client, "SELECT count(*) FROM numbers")
+                .await
+                .unwrap(),
+        );
+        assert_eq!(count, vec![vec!["1000".to_string()]]);
+    });
+    assert!(!outside.join("copied.csv").exists());
+    assert!(ctx.sql("SELECT * FROM shadow").is_err());
+    assert!(ctx.sql("SELECT * FROM v").is_err());
+    drop((ctx, server));
+
+    let (ctx, server) = serving_context_with(manta::datasets::SqlAccess::writable_under([allowed
+        .display()
+        .to_string()]));
+    runtime().block_on(async {
+        let mut client = connect(&server.address().to_string(), server.token()).await;
+        query(&mut client, &create("mine", &allowed)).await.unwrap();
+        query(&mut client, &copy(&allowed)).await.unwrap();
+        denied(
+            query(&mut client, &create("theirs", &outside)).await,
+            "outside",
+        );
+        denied(query(&mut client, &copy(&outside)).await, "copy outside");
+        let sneaky = format!(
+            "CREATE EXTERNAL TABLE sneaky STORED AS CSV LOCATION '{}/../outside/t.csv'",
+            allowed.display()
+        );
+        denied(query(&mut client, &sneaky).await, "a path climbing out");
+        denied(
+            query(&mut client, "SET datafusion.execution.batch_size = 1").await,
+            "SET",
+        );
+        let sum = cells(&query(&mut client, "SELECT sum(a) FROM mine").await.unwrap());
+        assert_eq!(sum, vec![vec!["3".to_string()]]);
+    });
+    assert!(allowed.join("copied.csv").exists());
+    assert!(!outside.join("copied.csv").exists());
+    assert!(ctx.sql("SELECT * FROM theirs").is_err());
 }

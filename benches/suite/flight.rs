@@ -17,7 +17,11 @@ use crate::{Args, numbers_block, timed};
 const OBJECT_BYTES: usize = 1 << 30;
 const BATCH_ROWS: usize = 64 * 1024;
 
+/// The cluster token the serving process requires, handed to it by `run`.
+const TOKEN_ENV: &str = "MANTA_BENCH_FLIGHT_TOKEN";
+
 pub fn serve(_args: &Args) -> anyhow::Result<()> {
+    let token = manta::Token::new(&std::env::var(TOKEN_ENV)?)?;
     let store = ObjectStore::new(StoreConfig::shared(u64::MAX))?;
     let id = ObjectId::random();
     let size = store.put(id, Object::Block(numbers_block(OBJECT_BYTES, BATCH_ROWS)))?;
@@ -27,7 +31,10 @@ pub fn serve(_args: &Args) -> anyhow::Result<()> {
         let flight_address = listener.local_addr()?;
         tokio::spawn(
             manta::scheduler::server::server_builder()
-                .add_service(ObjectFlightService::new(Arc::clone(&store)).into_server())
+                .add_service(manta::flight::auth::guard(
+                    ObjectFlightService::new(Arc::clone(&store)).into_server(),
+                    &token,
+                ))
                 .serve_with_incoming(manta::flight::incoming(listener)),
         );
         anyhow::Ok((flight_address, std::net::TcpListener::bind("127.0.0.1:0")?))
@@ -48,8 +55,10 @@ pub fn serve(_args: &Args) -> anyhow::Result<()> {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    let token = manta::Token::generate();
     let mut child = Command::new(std::env::current_exe()?)
         .args(["flight", "--serve-flight"])
+        .env(TOKEN_ENV, token.secret())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;
@@ -69,7 +78,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let size: usize = parts[4].parse()?;
 
     let store = ObjectStore::new(StoreConfig::shared(u64::MAX))?;
-    let pool = FlightPool::new();
+    let pool = FlightPool::new(&token);
     let runtime = tokio::runtime::Runtime::new()?;
     for run in 1..=args.runs {
         let (seconds, received) = timed(|| runtime.block_on(pool.pull_into(&store, &location, id)));
@@ -97,7 +106,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     for run in 1..=args.runs {
         // Only the transfer: the messages are dropped as they arrive.
-        let (seconds, bytes) = timed(|| runtime.block_on(drain(&location, id)));
+        let (seconds, bytes) = timed(|| runtime.block_on(drain(&location, id, &token)));
         let bytes = bytes?;
         println!(
             "RESULT workload=flight mode=loopback-drain run={run} seconds={seconds:.3} bytes={bytes} gbps={:.2}",
@@ -121,13 +130,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn drain(location: &Location, id: ObjectId) -> anyhow::Result<u64> {
+async fn drain(location: &Location, id: ObjectId, token: &manta::Token) -> anyhow::Result<u64> {
     let endpoint = manta::flight::tune_endpoint(tonic::transport::Endpoint::from_shared(
         location.flight_address.to_string(),
     )?);
-    let mut client =
-        arrow_flight::flight_service_client::FlightServiceClient::new(endpoint.connect().await?)
-            .max_decoding_message_size(1 << 30);
+    let mut client = arrow_flight::flight_service_client::FlightServiceClient::new(
+        manta::flight::auth::with_token(endpoint.connect().await?, token),
+    )
+    .max_decoding_message_size(1 << 30);
     let mut stream = client
         .do_get(arrow_flight::Ticket {
             ticket: bytes::Bytes::copy_from_slice(id.as_bytes()),

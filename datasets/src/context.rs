@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use manta_engine::{Block, Object, Resources, parse_bytes};
+use manta_flight::auth::Token;
 use manta_scheduler::{Client, ClusterClient, EmbeddedConfig, EmbeddedRuntime};
 
 use crate::dataset::Dataset;
@@ -19,6 +20,10 @@ use crate::source::{FileFormat, Source};
 pub struct Config {
     /// The head to join (`host:port`); `None` runs embedded.
     pub address: Option<String>,
+    /// The cluster token (`MANTA_TOKEN`; on the head's machine, its token file will do: see
+    /// [`manta_scheduler::cluster_token`]). Embedded, the token of the Flight SQL endpoints
+    /// the context serves (default: one made for each).
+    pub token: Option<Token>,
     /// Embedded: task threads (default: the machine's CPUs).
     pub num_cpus: Option<usize>,
     /// Embedded: object store budget (default: 30% of memory).
@@ -40,7 +45,7 @@ pub struct Config {
 pub const SMALL_EXCHANGE_BYTES: u64 = 64 << 20;
 
 impl Config {
-    /// From the environment: `MANTA_ADDRESS`, `MANTA_NUM_CPUS`, `MANTA_OBJECT_STORE_MEMORY`,
+    /// From the environment: `MANTA_ADDRESS`, `MANTA_TOKEN`, `MANTA_NUM_CPUS`, `MANTA_OBJECT_STORE_MEMORY`,
     /// `MANTA_RESOURCES` (`name=amount,...`), `MANTA_SMALL_EXCHANGE_BYTES`, `MANTA_SQL_TASKS`
     /// (`1`/`true` or `0`/`false`).
     pub fn from_env() -> Result<Self> {
@@ -54,6 +59,10 @@ impl Config {
             .transpose()?;
         Ok(Self {
             address: var("MANTA_ADDRESS"),
+            token: var(manta_scheduler::cluster_token::ENV)
+                .map(|v| Token::new(&v))
+                .transpose()
+                .map_err(|e| Error::InvalidArgument(format!("MANTA_TOKEN: {e}")))?,
             num_cpus,
             object_store_memory: var("MANTA_OBJECT_STORE_MEMORY")
                 .map(|v| parse_bytes(&v))
@@ -84,6 +93,8 @@ struct Inner {
     small_exchange_bytes: u64,
     /// The SQL session whose tables `register` and friends add (see [`crate::sql`]).
     sql: datafusion::prelude::SessionContext,
+    /// The token the context's services require: the cluster's, or an embedded one given.
+    token: Option<Token>,
 }
 
 impl Drop for Inner {
@@ -134,7 +145,9 @@ impl Context {
                 source,
             })?;
         let client = match &config.address {
-            Some(address) => Client::Cluster(runtime.block_on(ClusterClient::connect(address))?),
+            Some(address) => Client::Cluster(
+                runtime.block_on(ClusterClient::connect(address, config.token.as_ref()))?,
+            ),
             None => {
                 let mut embedded = EmbeddedConfig::default();
                 if let Some(cpus) = config.num_cpus {
@@ -146,6 +159,10 @@ impl Context {
                 embedded.custom_resources = config.custom_resources.clone();
                 Client::Embedded(EmbeddedRuntime::new(embedded)?)
             }
+        };
+        let token = match &client {
+            Client::Cluster(cluster) => Some(cluster.token().clone()),
+            Client::Embedded(_) => config.token.clone(),
         };
         let sql_tasks = config
             .sql_tasks
@@ -162,6 +179,7 @@ impl Context {
                 client,
                 small_exchange_bytes: config.small_exchange_bytes.unwrap_or(SMALL_EXCHANGE_BYTES),
                 sql,
+                token,
             }),
         })
     }
@@ -169,6 +187,11 @@ impl Context {
     /// The SQL session (a cheap handle; see [`crate::sql`]).
     pub(crate) fn sql_session(&self) -> datafusion::prelude::SessionContext {
         self.inner.sql.clone()
+    }
+
+    /// The token this context's services require, if it has one (see [`Config::token`]).
+    pub fn token(&self) -> Option<&Token> {
+        self.inner.token.as_ref()
     }
 
     /// See [`Config::small_exchange_bytes`].

@@ -15,8 +15,9 @@ use futures::StreamExt;
 use manta_engine::store::{MemoryReceiver, header, write_ipc_end, write_ipc_message};
 use manta_engine::{Location, Object, ObjectId, ObjectStore};
 use parking_lot::Mutex;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
+use crate::auth::{AuthChannel, Token, with_token};
 use crate::error::{Error, Result};
 use crate::service::MAX_MESSAGE_BYTES;
 
@@ -39,18 +40,23 @@ pub fn tune_endpoint(endpoint: Endpoint) -> Endpoint {
 pub const MAX_FRAME_BYTES: u32 = 1 << 20;
 
 /// Channels to other nodes' Flight endpoints, one per address, shared by all pulls.
-#[derive(Debug, Default)]
+/// Every call presents the cluster token (see [`crate::auth`]).
+#[derive(Debug)]
 pub struct FlightPool {
-    clients: Mutex<HashMap<Arc<str>, FlightServiceClient<Channel>>>,
+    token: Token,
+    clients: Mutex<HashMap<Arc<str>, FlightServiceClient<AuthChannel>>>,
 }
 
 impl FlightPool {
-    /// An empty pool.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty pool whose calls present `token`.
+    pub fn new(token: &Token) -> Self {
+        Self {
+            token: token.clone(),
+            clients: Mutex::default(),
+        }
     }
 
-    async fn client(&self, address: &Arc<str>) -> Result<FlightServiceClient<Channel>> {
+    async fn client(&self, address: &Arc<str>) -> Result<FlightServiceClient<AuthChannel>> {
         if let Some(client) = self.clients.lock().get(address) {
             return Ok(client.clone());
         }
@@ -61,7 +67,7 @@ impl FlightPool {
         let endpoint =
             tune_endpoint(Endpoint::from_shared(address.to_string()).map_err(connect_error)?);
         let channel = endpoint.connect().await.map_err(connect_error)?;
-        let client = FlightServiceClient::new(channel)
+        let client = FlightServiceClient::new(with_token(channel, &self.token))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         self.clients

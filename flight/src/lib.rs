@@ -10,6 +10,7 @@
 //!   (/dev/shm file)       one FlightData per IPC message    writes the messages back    (/dev/shm)
 //! ```
 //!
+//! * [`auth`]: the cluster [`auth::Token`], presented on every call and required by every service.
 //! * [`service`]: [`ObjectFlightService`], the server side, zero-copy from the mapping.
 //! * [`client`]: [`FlightPool`], the client side, into a store or into memory.
 //! * [`error`]: [`Error`], typed (`FetchFailed { node, object, .. }`), never a string.
@@ -19,6 +20,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod client;
 pub mod error;
 pub mod service;

@@ -4,7 +4,14 @@ use std::sync::Arc;
 
 use arrow::array::{Int64Array, RecordBatch, StringViewArray};
 use manta_engine::{Location, NodeId, Object, ObjectId, ObjectStore, StoreConfig};
+use manta_flight::auth::{Token, guard};
 use manta_flight::{Error, FlightPool, ObjectFlightService};
+
+/// The token the servers of this test binary require.
+fn token() -> &'static Token {
+    static TOKEN: std::sync::OnceLock<Token> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(Token::generate)
+}
 
 fn shared_store(dir: &std::path::Path) -> Arc<ObjectStore> {
     ObjectStore::new(StoreConfig {
@@ -20,7 +27,10 @@ async fn serve(store: Arc<ObjectStore>) -> Location {
     let address = listener.local_addr().unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(ObjectFlightService::new(store).into_server())
+            .add_service(guard(
+                ObjectFlightService::new(store).into_server(),
+                token(),
+            ))
             .serve_with_incoming(manta_flight::incoming(listener)),
     );
     Location {
@@ -55,7 +65,7 @@ async fn block_moves_between_stores_and_into_memory() {
     let block = manta_engine::Block::try_new(batches()[0].schema(), batches()).unwrap();
     source.put(id, Object::Block(block)).unwrap();
 
-    let pool = FlightPool::new();
+    let pool = FlightPool::new(token());
     let received = pool.pull_into(&target, &location, id).await.unwrap();
     assert!(received > 5 * 1000 * 8);
     let pulled = target.get(id).unwrap().into_block(id).unwrap();
@@ -80,7 +90,7 @@ async fn bytes_object_moves_in_pieces() {
     source
         .put(id, Object::Bytes(payload.clone().into()))
         .unwrap();
-    let fetched = FlightPool::new()
+    let fetched = FlightPool::new(token())
         .fetch(&location, id)
         .await
         .unwrap()
@@ -94,7 +104,7 @@ async fn missing_object_is_fetch_failed_naming_node_and_object() {
     let tmp = tempfile::tempdir().unwrap();
     let location = serve(shared_store(tmp.path())).await;
     let id = ObjectId::random();
-    match FlightPool::new().fetch(&location, id).await {
+    match FlightPool::new(token()).fetch(&location, id).await {
         Err(Error::FetchFailed {
             node,
             object,
@@ -119,7 +129,7 @@ async fn node_that_does_not_answer_is_a_connect_error() {
         node: NodeId::random(),
         flight_address: format!("http://{address}").into(),
     };
-    let err = FlightPool::new()
+    let err = FlightPool::new(token())
         .fetch(&location, ObjectId::random())
         .await
         .unwrap_err();
@@ -148,7 +158,7 @@ async fn one_batch_moves_alone_even_from_a_spilled_block() {
         .unwrap();
     assert!(source.usage().spilled_bytes > 0);
 
-    let pool = FlightPool::new();
+    let pool = FlightPool::new(token());
     for (i, expected) in batches().iter().enumerate() {
         let local = ObjectId::random();
         let received = pool
@@ -167,4 +177,48 @@ async fn one_batch_moves_alone_even_from_a_spilled_block() {
         0,
         "serving batches restored the block"
     );
+}
+
+#[tokio::test]
+async fn a_caller_without_the_token_or_with_another_gets_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = shared_store(tmp.path());
+    let location = serve(Arc::clone(&source)).await;
+    let id = ObjectId::random();
+    source
+        .put(id, Object::Bytes(vec![7u8; 100].into()))
+        .unwrap();
+
+    let refused = |result: Result<Object, Error>| match result {
+        Err(Error::FetchFailed { status, .. }) => {
+            assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status}")
+        }
+        other => panic!("expected UNAUTHENTICATED, got {other:?}"),
+    };
+    refused(
+        FlightPool::new(&Token::generate())
+            .fetch(&location, id)
+            .await,
+    );
+
+    // A plain Flight client, as anyone could write: no token, so no object, and no DoPut.
+    let channel = tonic::transport::Endpoint::from_shared(location.flight_address.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut plain = arrow_flight::flight_service_client::FlightServiceClient::new(channel);
+    let got = plain
+        .do_get(arrow_flight::Ticket::new(id.as_bytes().to_vec()))
+        .await
+        .unwrap_err();
+    assert_eq!(got.code(), tonic::Code::Unauthenticated);
+    let put = plain
+        .do_put(futures::stream::iter([arrow_flight::FlightData::default()]))
+        .await
+        .unwrap_err();
+    assert_eq!(put.code(), tonic::Code::Unauthenticated);
+    // The object is untouched and the right token still reads it.
+    let fetched = FlightPool::new(token()).fetch(&location, id).await.unwrap();
+    assert_eq!(fetched.into_bytes(id).unwrap().as_ref(), &[7u8; 100][..]);
 }

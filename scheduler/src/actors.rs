@@ -406,7 +406,7 @@ async fn run_incarnation(
     };
     let (sender, receiver) = mpsc::channel(1024);
     let stream = async {
-        let channel = server::lazy_channel(&info.address)?;
+        let channel = server::lazy_channel(&info.address, client.token())?;
         NodeClient::new(channel)
             .actor_calls(ReceiverStream::new(receiver))
             .await

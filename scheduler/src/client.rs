@@ -16,8 +16,8 @@ use manta_engine::{
     JobId, Location, Object, ObjectId, ObjectRef, ReleaseObject, TaskId, TaskOutcome, TaskSpec,
 };
 use manta_flight::FlightPool;
+use manta_flight::auth::{AuthChannel, Token};
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
 use crate::executables::hash_file;
@@ -30,7 +30,9 @@ use crate::task_stream::TaskStream;
 /// A driver's handle on a cluster.
 pub struct ClusterClient {
     address: String,
-    head: HeadClient<Channel>,
+    head: HeadClient<AuthChannel>,
+    /// The cluster token every call presents.
+    token: Token,
     job: JobId,
     flight: FlightPool,
     releaser: Arc<dyn ReleaseObject>,
@@ -65,9 +67,11 @@ impl ReleaseObject for FreeQueue {
 }
 
 impl ClusterClient {
-    /// Joins the cluster whose head is at `address` (must run inside a tokio runtime).
-    pub async fn connect(address: &str) -> Result<Arc<Self>> {
-        let mut head = HeadClient::new(server::connect_head(address).await?);
+    /// Joins the cluster whose head is at `address` (must run inside a tokio runtime),
+    /// presenting `token`, else the one [`crate::cluster_token::resolve`] finds.
+    pub async fn connect(address: &str, token: Option<&Token>) -> Result<Arc<Self>> {
+        let (channel, token) = crate::cluster_token::connect_head(address, token).await?;
+        let mut head = HeadClient::new(channel);
         let executable = std::env::current_exe().map_err(|source| Error::Io {
             action: "finding",
             path: "the current executable".into(),
@@ -92,7 +96,7 @@ impl ClusterClient {
         }
         let job = JobId::from_slice(&reply.job_id)?;
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(free_objects(rx));
+        tokio::spawn(free_objects(rx, token.clone()));
         let submitter = head.clone();
         let tasks = TaskStream::new(Arc::new(move |calls| {
             let mut head = submitter.clone();
@@ -107,7 +111,8 @@ impl ClusterClient {
             address: address.to_string(),
             head,
             job,
-            flight: FlightPool::new(),
+            flight: FlightPool::new(&token),
+            token,
             releaser: Arc::new(FreeQueue(tx)),
             tasks,
             own_ip: own_ip_towards(address),
@@ -121,8 +126,13 @@ impl ClusterClient {
         &self.address
     }
 
+    /// The cluster token this driver presents.
+    pub fn token(&self) -> &Token {
+        &self.token
+    }
+
     /// A client of the head's control service.
-    pub(crate) fn head(&self) -> HeadClient<Channel> {
+    pub(crate) fn head(&self) -> HeadClient<AuthChannel> {
         self.head.clone()
     }
 
@@ -333,7 +343,7 @@ fn outcome(reply: proto::TaskReply, releaser: &Arc<dyn ReleaseObject>) -> Result
 }
 
 async fn upload(
-    head: &mut HeadClient<Channel>,
+    head: &mut HeadClient<AuthChannel>,
     executable: &std::path::Path,
     hash: &str,
 ) -> Result<()> {
@@ -367,8 +377,8 @@ async fn upload(
 }
 
 /// Frees released objects on their nodes, a batch per node at a time.
-async fn free_objects(mut released: mpsc::UnboundedReceiver<(ObjectId, Location)>) {
-    let mut clients: HashMap<Arc<str>, NodeClient<Channel>> = HashMap::new();
+async fn free_objects(mut released: mpsc::UnboundedReceiver<(ObjectId, Location)>, token: Token) {
+    let mut clients: HashMap<Arc<str>, NodeClient<AuthChannel>> = HashMap::new();
     let mut batch = Vec::new();
     while released.recv_many(&mut batch, 1024).await > 0 {
         let mut by_node: HashMap<Arc<str>, Vec<Bytes>> = HashMap::new();
@@ -381,7 +391,7 @@ async fn free_objects(mut released: mpsc::UnboundedReceiver<(ObjectId, Location)
         for (address, object_ids) in by_node {
             let client = match clients.get(&address) {
                 Some(client) => client.clone(),
-                None => match server::lazy_channel(&address) {
+                None => match server::lazy_channel(&address, &token) {
                     Ok(channel) => clients
                         .entry(Arc::clone(&address))
                         .or_insert(NodeClient::new(channel))

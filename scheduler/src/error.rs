@@ -24,6 +24,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// No cluster token to present to the head at `address`.
+    #[error(
+        "no cluster token for the Manta head at {address}: {reason}. Pass --token or set MANTA_TOKEN \
+         (the head's token is in its token file, e.g. ~/.manta/head-<port>.token on its machine)"
+    )]
+    NoToken {
+        /// The head's address.
+        address: String,
+        /// Where the token was looked for.
+        reason: String,
+    },
+
     /// A node daemon did not answer.
     #[error("could not reach the node at {address}: {reason}")]
     NodeUnreachable {

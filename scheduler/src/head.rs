@@ -38,10 +38,10 @@ use std::time::{Duration, Instant};
 
 use futures::Stream;
 use manta_engine::{JobId, NodeId, Resources};
+use manta_flight::auth::{AuthChannel, Token, guard};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{Error, Result};
@@ -81,6 +81,9 @@ pub struct HeadConfig {
     pub cache_dir: PathBuf,
     /// The placement rule.
     pub policy: Arc<dyn PlacementPolicy>,
+    /// The cluster token every caller must present, and the head presents to nodes (default:
+    /// a new random one).
+    pub token: Token,
 }
 
 impl Default for HeadConfig {
@@ -90,6 +93,7 @@ impl Default for HeadConfig {
             missed_heartbeats: 6,
             cache_dir: ExecutableCache::default_dir(),
             policy: Arc::new(LocalityFirst),
+            token: Token::generate(),
         }
     }
 }
@@ -105,14 +109,14 @@ struct NodeEntry {
     /// Short tasks queued here behind busy workers, beyond its resources.
     queued: u64,
     pid: u32,
-    client: NodeClient<Channel>,
+    client: NodeClient<AuthChannel>,
     /// The stream the node's tasks are sent on.
     tasks: TaskStream,
     lost: CancellationToken,
 }
 
 /// The task stream to the node `client` reaches.
-fn node_tasks(client: &NodeClient<Channel>) -> TaskStream {
+fn node_tasks(client: &NodeClient<AuthChannel>) -> TaskStream {
     let client = client.clone();
     TaskStream::new(Arc::new(move |calls| {
         let mut client = client.clone();
@@ -196,7 +200,7 @@ fn release(state: &mut HeadState, reservation: &Reservation) {
 struct Lease {
     reservation: Reservation,
     address: String,
-    client: NodeClient<Channel>,
+    client: NodeClient<AuthChannel>,
     tasks: TaskStream,
     lost: CancellationToken,
 }
@@ -223,7 +227,10 @@ impl Head {
         let watcher = tokio::spawn(Arc::clone(&self).watch_liveness());
         let result = server::serve_until(shutdown, |graceful| {
             server::server_builder()
-                .add_service(HeadServer::from_arc(Arc::clone(&self)))
+                .add_service(guard(
+                    HeadServer::from_arc(Arc::clone(&self)),
+                    &self.config.token,
+                ))
                 .serve_with_incoming_shutdown(manta_flight::incoming(listener), graceful)
         })
         .await;
@@ -484,7 +491,7 @@ impl Head {
     }
 
     /// A client of the live node at `address`.
-    fn client_for(&self, address: &str) -> Option<NodeClient<Channel>> {
+    fn client_for(&self, address: &str) -> Option<NodeClient<AuthChannel>> {
         let state = self.state.lock();
         state
             .nodes
@@ -593,7 +600,7 @@ impl HeadRpc for Head {
         let r = request.into_inner();
         let id = proto::parse_id(&r.node_id, NodeId::from_slice, "node_id")?;
         let client = NodeClient::new(
-            server::lazy_channel(&r.address)
+            server::lazy_channel(&r.address, &self.config.token)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?,
         );
         let total: Resources = r.resources.unwrap_or_default().into();
@@ -809,9 +816,12 @@ pub async fn run_head(
     ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<()> {
     let (listener, address) = server::bind(host, port).await?;
+    let stop = server::shutdown_signal();
+    // Processes of this user on this machine find the token here; removed when the head stops.
+    let _token_file = crate::cluster_token::TokenFile::write(address.port(), &config.token)?;
     let head = Head::new(config)?;
     ready(address);
-    head.serve(listener, server::shutdown_signal()).await
+    head.serve(listener, stop).await
 }
 
 #[cfg(test)]
@@ -829,7 +839,8 @@ mod tests {
         })
         .unwrap();
         let id = NodeId::random();
-        let client = NodeClient::new(server::lazy_channel("127.0.0.1:9").unwrap());
+        let client =
+            NodeClient::new(server::lazy_channel("127.0.0.1:9", &Token::generate()).unwrap());
         let entry = NodeEntry {
             address: "http://127.0.0.1:9".into(),
             total: Resources::one_cpu(),

@@ -21,6 +21,7 @@
 //! * [`node`]: the node daemon; [`worker_pool`]: its worker processes; [`worker`]: a worker.
 //! * [`client`]: the driver side of a cluster; [`embedded`]: the in-process runtime.
 //! * [`actors`]: actors, their call queues, restarts and kills.
+//! * [`cluster_token`]: where a process finds the cluster token every service requires.
 //! * [`executables`]: the content-addressed executable cache.
 //! * [`error`]: typed errors that survive crossing processes.
 
@@ -28,6 +29,7 @@
 
 pub mod actors;
 pub mod client;
+pub mod cluster_token;
 pub mod embedded;
 pub mod error;
 pub mod executables;

@@ -33,6 +33,7 @@ use crate::proto::{self, worker_done, worker_message};
 use crate::server;
 use crate::task_stream;
 use crate::worker_pool::{WorkerConn, WorkerPools};
+use manta_flight::auth::{AuthChannel, guard};
 
 /// Partitions a node fetches at once for one reduce task.
 const PARTITION_FETCHES: usize = 16;
@@ -58,6 +59,9 @@ pub struct NodeConfig {
     pub spill_parent: PathBuf,
     /// Where executables are cached.
     pub cache_dir: PathBuf,
+    /// The cluster token (default: `MANTA_TOKEN`, else the head's token file on this machine;
+    /// see [`crate::cluster_token`]).
+    pub token: Option<manta_flight::auth::Token>,
 }
 
 impl NodeConfig {
@@ -76,6 +80,7 @@ impl NodeConfig {
             shared_parent: store.shared_parent.expect("shared config"),
             spill_parent: store.spill_parent,
             cache_dir: ExecutableCache::default_dir(),
+            token: None,
         }
     }
 }
@@ -90,7 +95,7 @@ pub struct NodeDaemon {
     executables: ExecutableCache,
     /// Executables found in the cache since this node started (checked once, not per task).
     checked_executables: Mutex<std::collections::HashSet<String>>,
-    head: HeadClient<tonic::transport::Channel>,
+    head: HeadClient<AuthChannel>,
     /// The actors running here.
     actors: Mutex<HashMap<ActorId, LocalActor>>,
     /// One lock per object being pulled, so two tasks needing it pull it once.
@@ -504,7 +509,7 @@ impl NodeDaemon {
 }
 
 async fn register(
-    head: &mut HeadClient<tonic::transport::Channel>,
+    head: &mut HeadClient<AuthChannel>,
     id: NodeId,
     address: &str,
     resources: &Resources,
@@ -714,6 +719,7 @@ impl WorkerRpc for NodeService {
 /// Runs a node daemon until SIGTERM or Ctrl-C; `ready` is called with its address once it is
 /// registered with the head.
 pub async fn run_node(config: NodeConfig, ready: impl FnOnce(&str)) -> Result<()> {
+    let stop = server::shutdown_signal();
     let (listener, bound) = server::bind(&config.host, config.port).await?;
     let address = format!("http://{bound}");
     let id = NodeId::random();
@@ -726,7 +732,9 @@ pub async fn run_node(config: NodeConfig, ready: impl FnOnce(&str)) -> Result<()
         .shared_dir()
         .expect("a node's store is in shared memory")
         .to_path_buf();
-    let mut head = HeadClient::new(server::connect_head(&config.head_address).await?);
+    let (channel, token) =
+        crate::cluster_token::connect_head(&config.head_address, config.token.as_ref()).await?;
+    let mut head = HeadClient::new(channel);
     let resources = Resources {
         cpus: config.num_cpus,
         memory_bytes: config.object_store_memory,
@@ -737,12 +745,13 @@ pub async fn run_node(config: NodeConfig, ready: impl FnOnce(&str)) -> Result<()
         id,
         address: address.clone(),
         store: Arc::clone(&store),
-        flight: FlightPool::new(),
+        flight: FlightPool::new(&token),
         workers: WorkerPools::new(
             config.num_cpus.ceil() as usize,
             id,
             address.clone(),
             shared_dir,
+            token.clone(),
         ),
         executables: ExecutableCache::new(&config.cache_dir)?,
         checked_executables: Mutex::default(),
@@ -755,11 +764,11 @@ pub async fn run_node(config: NodeConfig, ready: impl FnOnce(&str)) -> Result<()
     tracing::info!(node = ?id, %address, "node registered with the head at {}", config.head_address);
     ready(&address);
     let service = NodeService(Arc::clone(&daemon));
-    let result = server::serve_until(server::shutdown_signal(), |graceful| {
+    let result = server::serve_until(stop, |graceful| {
         server::server_builder()
-            .add_service(NodeServer::new(service.clone()))
-            .add_service(WorkerServer::new(service))
-            .add_service(ObjectFlightService::new(store).into_server())
+            .add_service(guard(NodeServer::new(service.clone()), &token))
+            .add_service(guard(WorkerServer::new(service), &token))
+            .add_service(guard(ObjectFlightService::new(store).into_server(), &token))
             .serve_with_incoming_shutdown(manta_flight::incoming(listener), graceful)
     })
     .await;

@@ -7,8 +7,9 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
+use manta_flight::auth::{AuthChannel, Token, with_token};
 use tokio::net::TcpListener;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::error::{Error, Result};
 
@@ -76,15 +77,21 @@ where
     }
 }
 
-/// Resolves when the process is asked to stop (SIGTERM or Ctrl-C).
-pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+/// Resolves when the process is asked to stop (SIGTERM or SIGINT). The handlers are in place
+/// when this returns, before the future is first polled: a process that says it is ready and
+/// is stopped a moment later still stops cleanly (and removes what it must, such as its token
+/// file) instead of dying of the signal's default action. Call it inside a tokio runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        tracing::info!("stopping");
     }
-    tracing::info!("stopping");
 }
 
 /// `host:port` or `http://host:port` as an `http://` URL.
@@ -97,8 +104,9 @@ pub fn normalize_address(address: &str) -> String {
     }
 }
 
-/// Connects to the head, failing within [`CONNECT_TIMEOUT`] with [`Error::HeadUnreachable`].
-pub async fn connect_head(address: &str) -> Result<Channel> {
+/// Connects to the head, failing within [`CONNECT_TIMEOUT`] with [`Error::HeadUnreachable`];
+/// every call on the channel presents `token`.
+pub async fn connect_head(address: &str, token: &Token) -> Result<AuthChannel> {
     let url = normalize_address(address);
     let unreachable = |reason: String| Error::HeadUnreachable {
         address: address.to_string(),
@@ -108,7 +116,7 @@ pub async fn connect_head(address: &str) -> Result<Channel> {
         .map_err(|e| unreachable(format!("not a valid address ({e})")))?;
     let endpoint = manta_flight::tune_endpoint(endpoint).connect_timeout(CONNECT_TIMEOUT);
     match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
-        Ok(Ok(channel)) => Ok(channel),
+        Ok(Ok(channel)) => Ok(with_token(channel, token)),
         Ok(Err(e)) => Err(unreachable(transport_reason(&e))),
         Err(_) => Err(unreachable(format!(
             "no answer within {} s",
@@ -117,14 +125,17 @@ pub async fn connect_head(address: &str) -> Result<Channel> {
     }
 }
 
-/// A node's channel, connected on first use.
-pub fn lazy_channel(address: &str) -> Result<Channel> {
+/// A node's channel, connected on first use, presenting `token` on every call.
+pub fn lazy_channel(address: &str, token: &Token) -> Result<AuthChannel> {
     let endpoint =
         Endpoint::from_shared(normalize_address(address)).map_err(|e| Error::NodeUnreachable {
             address: address.to_string(),
             reason: e.to_string(),
         })?;
-    Ok(manta_flight::tune_endpoint(endpoint).connect_lazy())
+    Ok(with_token(
+        manta_flight::tune_endpoint(endpoint).connect_lazy(),
+        token,
+    ))
 }
 
 /// The innermost cause of a transport error ("Connection refused"), which is what a user needs.

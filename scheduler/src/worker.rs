@@ -40,6 +40,8 @@ pub struct WorkerEnv {
     pub index: u64,
     /// The actor it was started for, if any.
     pub actor: Option<manta_engine::ActorId>,
+    /// The cluster token it attaches with.
+    pub token: manta_flight::auth::Token,
 }
 
 impl WorkerEnv {
@@ -68,6 +70,10 @@ impl WorkerEnv {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
             actor: std::env::var(env::ACTOR).ok().and_then(|v| v.parse().ok()),
+            token: std::env::var(env::TOKEN)
+                .ok()
+                .and_then(|v| manta_flight::auth::Token::new(&v).ok())
+                .unwrap_or_else(|| parse_err(env::TOKEN)),
         })
     }
 }
@@ -89,7 +95,7 @@ pub fn run_worker(worker: WorkerEnv) -> ! {
 }
 
 async fn serve(worker: WorkerEnv) -> Result<()> {
-    let channel = crate::server::lazy_channel(&worker.node_address)?;
+    let channel = crate::server::lazy_channel(&worker.node_address, &worker.token)?;
     let mut client = WorkerClient::new(channel);
     let (tx, rx) = mpsc::channel(2);
     let hello = proto::WorkerHello {

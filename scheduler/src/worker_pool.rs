@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use manta_engine::{ActorId, JobId, NodeId};
+use manta_flight::auth::Token;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
@@ -47,6 +48,8 @@ pub mod env {
     pub const INDEX: &str = "MANTA_WORKER_INDEX";
     /// Set when the worker runs one actor: the actor's id.
     pub const ACTOR: &str = "MANTA_WORKER_ACTOR";
+    /// The cluster token the worker presents when it attaches.
+    pub const TOKEN: &str = "MANTA_WORKER_TOKEN";
 }
 
 /// Short tasks queued on one busy worker at most (see [`WorkerPools::run`]).
@@ -145,6 +148,8 @@ pub struct WorkerPools {
     node_id: NodeId,
     node_address: String,
     shared_dir: PathBuf,
+    /// The cluster token, handed to each worker to attach with.
+    token: Token,
     /// Actors' workers started and not yet attached, with their start's token.
     actor_starts: Mutex<HashMap<ActorId, PendingStart>>,
     actor_start_tokens: std::sync::atomic::AtomicU64,
@@ -159,8 +164,10 @@ impl WorkerPools {
         node_id: NodeId,
         node_address: String,
         shared_dir: PathBuf,
+        token: Token,
     ) -> Arc<Self> {
         Arc::new(Self {
+            token,
             jobs: Mutex::default(),
             max_workers: max_workers.max(1),
             node_id,
@@ -291,6 +298,7 @@ impl WorkerPools {
             .env(env::JOB_ID, job.to_string())
             .env(env::SHARED_DIR, &self.shared_dir)
             .env(env::INDEX, index.to_string())
+            .env(env::TOKEN, self.token.secret())
             // A worker must never act as a driver and submit work of its own.
             .env_remove("MANTA_ADDRESS")
             .stdin(std::process::Stdio::null())

@@ -40,20 +40,38 @@ pub fn run_foreground(args: StartArgs) -> Result<()> {
             redirect_stdout_to_null();
         }
     };
+    let token = super::token(args.token.as_deref())?;
     if args.head {
-        let flight_sql = args.flight_sql_port.map(|port| (port, args.clone()));
+        let token = token.unwrap_or_else(manta::Token::generate);
+        let flight_sql = args
+            .flight_sql_port
+            .map(|port| (port, args.clone(), token.clone()));
+        let config = HeadConfig {
+            token,
+            ..HeadConfig::default()
+        };
         runtime.block_on(manta::scheduler::run_head(
             &args.host,
             args.port,
-            HeadConfig::default(),
+            config,
             |a| match flight_sql {
                 // Ready once the Flight SQL endpoint listens too.
-                Some((port, args)) => serve_flight_sql(a.to_string(), port, args, announce),
+                Some((port, args, token)) => {
+                    serve_flight_sql(a.to_string(), port, args, token, announce)
+                }
                 None => announce(&a.to_string()),
             },
         ))?;
+        // The Flight SQL endpoint's token file goes with the head.
+        drop(
+            FLIGHT_SQL_TOKEN_FILE
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
     } else {
         let mut config = NodeConfig::new(args.address.clone().expect("validated"));
+        config.token = token;
         config.host = args.host.clone();
         config.port = args.port;
         if let Some(cpus) = args.num_cpus {
@@ -69,19 +87,32 @@ pub fn run_foreground(args: StartArgs) -> Result<()> {
     Ok(())
 }
 
+/// The token file of the head's Flight SQL endpoint, removed when the head stops.
+static FLIGHT_SQL_TOKEN_FILE: std::sync::Mutex<Option<manta::scheduler::cluster_token::TokenFile>> =
+    std::sync::Mutex::new(None);
+
 /// Serves Flight SQL from a driver of the head at `head`, on a thread of its own: the driver
-/// joins the head, which starts serving only once this returns. `announce` runs when the
-/// endpoint listens; if it cannot start, the process exits with the reason.
+/// joins the head, which starts serving only once this returns. The endpoint takes the
+/// cluster's `token`, whose token file it writes for its own port too (so that `manta sql
+/// --flight-sql` on this machine finds it). `announce` runs when the endpoint listens; if it
+/// cannot start, the process exits with the reason.
 fn serve_flight_sql(
     head: String,
     port: u16,
     args: StartArgs,
+    token: manta::Token,
     announce: impl FnOnce(&str) + Send + 'static,
 ) {
     std::thread::spawn(move || {
-        let started = (|| -> Result<(manta::Context, manta::datasets::FlightSqlServer)> {
+        type Started = (
+            manta::Context,
+            manta::datasets::FlightSqlServer,
+            manta::scheduler::cluster_token::TokenFile,
+        );
+        let started = (|| -> Result<Started> {
             let ctx = manta::init_with(manta::Config {
                 address: Some(head.clone()),
+                token: Some(token.clone()),
                 ..manta::Config::from_env()?
             })?;
             for table in &args.tables {
@@ -89,11 +120,17 @@ fn serve_flight_sql(
                 super::sql::register(&ctx, name, path)
                     .with_context(|| format!("table {name} at {path}"))?;
             }
-            let server = ctx.serve_flight_sql(&format!("{}:{port}", args.host))?;
-            Ok((ctx, server))
+            let access = writable_locations(&args.sql_writable)?;
+            let server = ctx.serve_flight_sql_with(&format!("{}:{port}", args.host), access)?;
+            let file =
+                manta::scheduler::cluster_token::TokenFile::write(server.address().port(), &token)?;
+            Ok((ctx, server, file))
         })();
         match started {
-            Ok((_ctx, server)) => {
+            Ok((_ctx, server, file)) => {
+                *FLIGHT_SQL_TOKEN_FILE
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(file);
                 eprintln!("Flight SQL clients: {}", server.address());
                 announce(&format!("{head} flight-sql={}", server.address()));
                 // Serve for as long as the head runs: the process ends when the head's
@@ -109,6 +146,23 @@ fn serve_flight_sql(
             }
         }
     });
+}
+
+/// `--sql-writable` locations: local directories made absolute (they must exist), URLs as
+/// given.
+fn writable_locations(locations: &[String]) -> Result<manta::datasets::SqlAccess> {
+    let absolute = locations
+        .iter()
+        .map(|location| {
+            if location.contains("://") {
+                return Ok(location.clone());
+            }
+            let path =
+                fs::canonicalize(location).with_context(|| format!("--sql-writable {location}"))?;
+            Ok(path.display().to_string())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(manta::datasets::SqlAccess::writable_under(absolute))
 }
 
 fn redirect_stdout_to_null() {

@@ -44,6 +44,11 @@ pub struct StartArgs {
     /// IP address to bind and advertise.
     #[arg(long = "node-ip-address", default_value = "127.0.0.1")]
     host: String,
+    /// The cluster token. Head: the token every caller must present (default: a new random
+    /// one, written to ~/.manta/head-<port>.token, readable by this user only). Node: the
+    /// head's token (default: that file, when the head runs on this machine).
+    #[arg(long, env = "MANTA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Node: CPUs offered to tasks (default: this machine's).
     #[arg(long)]
     num_cpus: Option<f64>,
@@ -61,6 +66,15 @@ pub struct StartArgs {
     /// newline-delimited JSON files). Repeat for more tables.
     #[arg(long = "table", value_name = "NAME=PATH", requires = "flight_sql_port")]
     tables: Vec<String>,
+    /// Head with --flight-sql-port: let Flight SQL clients run DDL, DML and COPY, reading and
+    /// writing only under this directory (or URL prefix). Repeat for more. Without it, clients
+    /// may only query.
+    #[arg(
+        long = "sql-writable",
+        value_name = "DIR",
+        requires = "flight_sql_port"
+    )]
+    sql_writable: Vec<String>,
     /// Node: directory for spilled objects.
     #[arg(long)]
     spill_dir: Option<PathBuf>,
@@ -78,6 +92,9 @@ pub struct StatusArgs {
     /// The head's address (default: MANTA_ADDRESS, else the head started on this machine).
     #[arg(long, env = "MANTA_ADDRESS")]
     address: Option<String>,
+    /// The cluster token (default: the head's token file, on the head's machine).
+    #[arg(long, env = "MANTA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 /// Runs one command.
@@ -92,11 +109,20 @@ pub fn run(cli: Cli) -> Result<()> {
                     "no head address: pass --address, set MANTA_ADDRESS, or start a head here",
                 )?,
             };
-            status::print_status(&address)
+            let token = token(args.token.as_deref())?;
+            status::print_status(&address, token.as_ref())
         }
         Command::Stop => daemon::stop_all(),
         Command::Sql(args) => sql::run(args),
     }
+}
+
+/// A token given on the command line or in `MANTA_TOKEN`, checked.
+fn token(given: Option<&str>) -> Result<Option<manta::Token>> {
+    given
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| manta::Token::new(t).context("--token / MANTA_TOKEN"))
+        .transpose()
 }
 
 fn validate(args: &StartArgs) -> Result<()> {

@@ -31,6 +31,10 @@ pub struct SqlArgs {
     /// Send the statements to the Flight SQL server at HOST:PORT instead.
     #[arg(long, value_name = "HOST:PORT", conflicts_with = "tables")]
     flight_sql: Option<String>,
+    /// The cluster token, for --address or --flight-sql (default: the token file of the head
+    /// or Flight SQL endpoint at that address, on its machine).
+    #[arg(long, env = "MANTA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// How to print answers.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
@@ -80,8 +84,10 @@ impl Engine {
 
 /// Runs `manta sql`.
 pub fn run(args: SqlArgs) -> Result<()> {
+    let token = super::token(args.token.as_deref())?;
     let mut engine = match &args.flight_sql {
         Some(address) => {
+            let token = manta::scheduler::cluster_token::resolve(token.as_ref(), address)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -91,7 +97,9 @@ pub fn run(args: SqlArgs) -> Result<()> {
                         tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
                             .connect()
                             .await?;
-                    Ok::<_, anyhow::Error>(FlightSqlServiceClient::new(channel))
+                    let mut client = FlightSqlServiceClient::new(channel);
+                    client.set_token(token.secret().to_string());
+                    Ok::<_, anyhow::Error>(client)
                 })
                 .with_context(|| format!("connecting to the Flight SQL server at {address}"))?;
             Engine::FlightSql {
@@ -100,10 +108,12 @@ pub fn run(args: SqlArgs) -> Result<()> {
             }
         }
         None => {
-            let ctx = manta::init_with(manta::Config {
+            let mut config = manta::Config {
                 address: args.address.clone(),
                 ..manta::Config::from_env()?
-            })?;
+            };
+            config.token = token.or(config.token);
+            let ctx = manta::init_with(config)?;
             for table in &args.tables {
                 let (name, path) = parse_table(table)?;
                 register(&ctx, name, path).with_context(|| format!("table {name} at {path}"))?;

@@ -6,12 +6,12 @@ use manta::scheduler::proto::ListNodesRequest;
 use manta::scheduler::proto::head_client::HeadClient;
 
 /// Prints one line per node.
-pub fn print_status(address: &str) -> Result<()> {
+pub fn print_status(address: &str, token: Option<&manta::Token>) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let nodes = runtime.block_on(async {
-        let channel = manta::scheduler::server::connect_head(address).await?;
+        let (channel, _) = manta::scheduler::cluster_token::connect_head(address, token).await?;
         let reply = HeadClient::new(channel)
             .list_nodes(ListNodesRequest {})
             .await?;

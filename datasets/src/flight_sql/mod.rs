@@ -6,7 +6,7 @@
 //! [`Context::register`] and [`Context::sql`] use. The handles it gives clients carry
 //! everything (see [`handles`]), so the service ([`service`]) keeps no per-client state. It
 //! supports queries, prepared statements with parameters (`$1` or `?`), updates such as
-//! `CREATE EXTERNAL TABLE`, and the `GetCatalogs`, `GetDbSchemas`, `GetTables`,
+//! `CREATE EXTERNAL TABLE` where the operator allows them ([`access`]), and the `GetCatalogs`, `GetDbSchemas`, `GetTables`,
 //! `GetTableTypes` and `GetSqlInfo` metadata commands.
 //!
 //! ```no_run
@@ -14,25 +14,32 @@
 //! ctx.register_parquet("lineitem", "data/lineitem/").unwrap();
 //! let server = ctx.serve_flight_sql("127.0.0.1:50051").unwrap();
 //! println!("Flight SQL at {}", server.address());
+//! // Clients present `authorization: Bearer <token>` (ADBC:
+//! // `adbc.flight.sql.authorization_header`), or the token as a handshake's password.
+//! let token = server.token().secret();
 //! // ... clients query until the server is dropped or shut down.
 //! ```
 
+pub mod access;
 pub mod handles;
 pub mod service;
 
 use std::net::SocketAddr;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
+use manta_flight::auth::Token;
 use tokio::sync::oneshot;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
+pub use access::SqlAccess;
 pub use service::MantaFlightSql;
 
 /// A running Flight SQL endpoint; it stops when shut down or dropped.
 #[derive(Debug)]
 pub struct FlightSqlServer {
     address: SocketAddr,
+    token: Token,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -40,6 +47,13 @@ impl FlightSqlServer {
     /// Where clients connect (the bound address, with the port picked if 0 was asked for).
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// The token clients present (`authorization: Bearer <token>`, or as the password of a
+    /// handshake): the cluster's, or the one [`Config::token`](crate::Config::token) gave an
+    /// embedded context, or else one made for this server.
+    pub fn token(&self) -> &Token {
+        &self.token
     }
 
     /// Stops accepting clients; calls in progress are cut off.
@@ -63,8 +77,19 @@ impl Drop for FlightSqlServer {
 impl Context {
     /// Serves this context's SQL tables to Flight SQL clients at `address` (`host:port`; port
     /// 0 picks a free one) until the returned server is dropped. Tables registered later are
-    /// served too, and clients can add their own with `CREATE EXTERNAL TABLE`.
+    /// served too. Every call must present the server's [`FlightSqlServer::token`]. Clients
+    /// may only query: see [`Context::serve_flight_sql_with`] to let them create tables.
     pub fn serve_flight_sql(&self, address: &str) -> Result<FlightSqlServer> {
+        self.serve_flight_sql_with(address, SqlAccess::read_only())
+    }
+
+    /// [`Context::serve_flight_sql`], letting clients change what `access` allows (e.g. `CREATE
+    /// EXTERNAL TABLE` and `COPY` under some directories).
+    pub fn serve_flight_sql_with(
+        &self,
+        address: &str,
+        access: SqlAccess,
+    ) -> Result<FlightSqlServer> {
         let bind_error = |source| Error::Io {
             action: "binding the Flight SQL endpoint at",
             path: address.into(),
@@ -74,7 +99,15 @@ impl Context {
             .block_on(tokio::net::TcpListener::bind(address))
             .map_err(bind_error)?;
         let bound = listener.local_addr().map_err(bind_error)?;
-        let service = FlightServiceServer::new(MantaFlightSql::new(self.sql_session()));
+        let token = self.token().cloned().unwrap_or_else(Token::generate);
+        let service = manta_flight::auth::guard(
+            FlightServiceServer::new(MantaFlightSql::new(
+                self.sql_session(),
+                token.clone(),
+                access,
+            )),
+            &token,
+        );
         let (stop, stopped) = oneshot::channel::<()>();
         self.spawn(async move {
             let served = tonic::transport::Server::builder()
@@ -92,6 +125,7 @@ impl Context {
         });
         Ok(FlightSqlServer {
             address: bound,
+            token,
             stop: Some(stop),
         })
     }

@@ -37,9 +37,11 @@ use datafusion::error::DataFusionError;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use futures::{Stream, TryStreamExt};
+use manta_flight::auth::Token;
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::access::SqlAccess;
 use super::handles::Statement;
 
 /// The ticket of a statement that already ran (DDL, DML): no rows.
@@ -48,18 +50,30 @@ const DONE: &[u8] = b"done";
 type DataStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
 
 /// The service (see the module doc).
+///
+/// Who may call it is decided before it is called (the server guards it with
+/// [`manta_flight::auth::RequireToken`]); a handshake answers with the bearer token, so that
+/// clients that logged in with user and password present it from then on.
 #[derive(Clone)]
 pub struct MantaFlightSql {
     session: SessionContext,
+    token: Token,
+    access: SqlAccess,
 }
 
 impl MantaFlightSql {
-    /// The service over `session`'s tables.
-    pub fn new(session: SessionContext) -> Self {
-        Self { session }
+    /// The service over `session`'s tables, whose callers present `token` and may run what
+    /// `access` allows.
+    pub fn new(session: SessionContext, token: Token, access: SqlAccess) -> Self {
+        Self {
+            session,
+            token,
+            access,
+        }
     }
 
-    /// Plans `statement` with its parameters bound.
+    /// Plans `statement` with its parameters bound, refusing what the endpoint's
+    /// [`SqlAccess`] does not allow. Every statement a client sends passes here.
     async fn plan(&self, statement: &Statement) -> Result<LogicalPlan, Status> {
         let plan = self
             .session
@@ -67,6 +81,7 @@ impl MantaFlightSql {
             .create_logical_plan(&statement.sql)
             .await
             .map_err(sql_error)?;
+        self.access.check(&plan)?;
         if statement.params.is_empty() {
             return Ok(plan);
         }
@@ -233,7 +248,8 @@ fn table_type_name(table_type: TableType) -> &'static str {
 impl FlightSqlService for MantaFlightSql {
     type FlightService = MantaFlightSql;
 
-    /// No authentication: every handshake is accepted.
+    /// The caller got here with the token (as a bearer, or as a `Basic` password): the answer
+    /// carries it as the bearer token to present on later calls, as ADBC and JDBC expect.
     async fn do_handshake(
         &self,
         _request: Request<Streaming<HandshakeRequest>>,
@@ -245,9 +261,12 @@ impl FlightSqlService for MantaFlightSql {
             protocol_version: 0,
             payload: Default::default(),
         };
-        Ok(Response::new(Box::pin(futures::stream::once(async {
-            Ok(response)
-        }))))
+        let mut response =
+            Response::new(Box::pin(futures::stream::once(async { Ok(response) })) as Pin<Box<_>>);
+        response
+            .metadata_mut()
+            .insert(manta_flight::auth::HEADER, self.token.header_value());
+        Ok(response)
     }
 
     async fn get_flight_info_statement(
