@@ -480,7 +480,10 @@ fn flight_sql_is_read_only_unless_told_where_clients_may_write() {
     let denied = |result: Result<Vec<RecordBatch>, String>, what: &str| {
         let error = result.expect_err(what);
         // tonic says PERMISSION_DENIED in words.
-        assert!(error.contains("does not have permission"), "{what}: {error}");
+        assert!(
+            error.contains("does not have permission"),
+            "{what}: {error}"
+        );
     };
 
     let (ctx, server) = serving_context();
@@ -538,4 +541,41 @@ fn flight_sql_is_read_only_unless_told_where_clients_may_write() {
     assert!(allowed.join("copied.csv").exists());
     assert!(!outside.join("copied.csv").exists());
     assert!(ctx.sql("SELECT * FROM theirs").is_err());
+}
+
+/// A query nested deeper than a thread's stack could plan (a 40 KB chain of `+`, or of `OR`)
+/// is a clear error and the server goes on; one as deep as the limit allows plans and answers
+/// right.
+#[test]
+fn deeply_nested_queries_are_refused_and_the_server_goes_on() {
+    let (_ctx, server) = serving_context();
+    runtime().block_on(async {
+        let mut client = connect(&server.address().to_string(), server.token()).await;
+        let plus = format!("SELECT 1{}", "+1".repeat(20_000));
+        let or = format!(
+            "SELECT count(*) FROM numbers WHERE id = 0{}",
+            (1..10_000)
+                .map(|i| format!(" OR id = {i}"))
+                .collect::<String>()
+        );
+        for deep in [plus, or] {
+            let error = query(&mut client, &deep).await.unwrap_err();
+            assert!(error.contains("past the limit"), "{error}");
+        }
+        // Under the limit: 901 ones added up, and 450 ids picked one OR at a time.
+        let sum = cells(
+            &query(&mut client, &format!("SELECT 1{}", "+1".repeat(900)))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(sum, vec![vec!["901".to_string()]]);
+        let picked = format!(
+            "SELECT count(*) FROM numbers WHERE id = 0{}",
+            (1..450)
+                .map(|i| format!(" OR id = {}", i * 2))
+                .collect::<String>()
+        );
+        let count = cells(&query(&mut client, &picked).await.unwrap());
+        assert_eq!(count, vec![vec!["450".to_string()]]);
+    });
 }

@@ -34,6 +34,15 @@ pub enum Error {
         id: ObjectId,
     },
 
+    /// An object of this id is stored, or being received, already: objects never change.
+    #[error(
+        "object {id} already exists in this node's store (an object, once stored, never changes)"
+    )]
+    ObjectExists {
+        /// The object.
+        id: ObjectId,
+    },
+
     /// Reading or writing the store's files failed.
     #[error("object store I/O on {path}: {source}")]
     StoreIo {

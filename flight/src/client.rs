@@ -89,7 +89,16 @@ impl FlightPool {
             .ok_or_else(|| malformed(location, id, "no messages"))?;
         let (is_block, size) = parse_metadata(&first, location, id)?;
         let mut receiver = store.receive(id, size)?;
-        receive(first, stream, is_block, receiver.writer(), location, id).await?;
+        receive(
+            first,
+            stream,
+            is_block,
+            size,
+            receiver.writer(),
+            location,
+            id,
+        )
+        .await?;
         Ok(receiver.finish()?)
     }
 
@@ -109,7 +118,16 @@ impl FlightPool {
             .ok_or_else(|| malformed(location, id, "no messages"))?;
         let (is_block, size) = parse_metadata(&first, location, id)?;
         let mut receiver = store.receive(local, size)?;
-        receive(first, stream, is_block, receiver.writer(), location, id).await?;
+        receive(
+            first,
+            stream,
+            is_block,
+            size,
+            receiver.writer(),
+            location,
+            id,
+        )
+        .await?;
         Ok(receiver.finish()?)
     }
 
@@ -147,7 +165,16 @@ impl FlightPool {
             .ok_or_else(|| malformed(location, id, "no messages"))?;
         let (is_block, size) = parse_metadata(&first, location, id)?;
         let mut receiver = MemoryReceiver::with_capacity(size);
-        receive(first, stream, is_block, receiver.writer(), location, id).await?;
+        receive(
+            first,
+            stream,
+            is_block,
+            size,
+            receiver.writer(),
+            location,
+            id,
+        )
+        .await?;
         Ok(receiver.finish(id)?)
     }
 
@@ -190,6 +217,7 @@ pub(crate) async fn receive(
     first: FlightData,
     mut stream: tonic::Streaming<FlightData>,
     is_block: bool,
+    declared: usize,
     out: &mut (dyn std::io::Write + Send),
     location: &Location,
     id: ObjectId,
@@ -200,6 +228,13 @@ pub(crate) async fn receive(
     let mut message = Some(first);
     while let Some(data) = message {
         received += (data.data_header.len() + data.data_body.len()) as u64;
+        if received > declared as u64 {
+            return Err(malformed(
+                location,
+                id,
+                &format!("more than the {declared} bytes its metadata declared"),
+            ));
+        }
         if is_block {
             write_ipc_message(out, &data.data_header, &data.data_body).map_err(io)?;
         } else {

@@ -1,7 +1,8 @@
 //! The Flight service every node runs: `DoGet(ticket = object id)` streams a stored object;
 //! `DoGet(ticket = object id + batch index)` only that batch of it (a reduce task's partition),
 //! read from a spilled object in place. `DoPut` (descriptor = object id) stores an object a
-//! driver pushes, in the same messages.
+//! driver pushes, in the same messages: a new id only (`ALREADY_EXISTS` otherwise: objects never
+//! change), no larger than the store's budget, and no more bytes than its metadata declared.
 //!
 //! A block is stored as an Arrow IPC stream (see `manta_engine::store`), and an IPC stream is
 //! exactly what Flight sends: one `FlightData` per IPC message, its `data_header` the message's
@@ -263,13 +264,30 @@ impl FlightService for ObjectFlightService {
         };
         let invalid = |e: crate::Error| Status::invalid_argument(e.to_string());
         let (is_block, size) = crate::client::parse_metadata(&first, &from, id).map_err(invalid)?;
-        let mut receiver = self
-            .store
-            .receive(id, size)
-            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
-        crate::client::receive(first, messages, is_block, receiver.writer(), &from, id)
-            .await
-            .map_err(invalid)?;
+        // Whole objects live in the store's budget: one larger than all of it never fits, and
+        // the sender may not send more than it declared.
+        let budget = self.store.usage().budget_bytes;
+        if size as u64 > budget {
+            return Err(Status::resource_exhausted(format!(
+                "object {id} of {size} bytes is larger than this node's whole object store \
+                 budget of {budget} bytes"
+            )));
+        }
+        let mut receiver = self.store.receive(id, size).map_err(|e| match e {
+            manta_engine::Error::ObjectExists { .. } => Status::already_exists(e.to_string()),
+            e => Status::resource_exhausted(e.to_string()),
+        })?;
+        crate::client::receive(
+            first,
+            messages,
+            is_block,
+            size,
+            receiver.writer(),
+            &from,
+            id,
+        )
+        .await
+        .map_err(invalid)?;
         let stored = receiver
             .finish()
             .map_err(|e| Status::internal(e.to_string()))?;

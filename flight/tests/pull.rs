@@ -222,3 +222,81 @@ async fn a_caller_without_the_token_or_with_another_gets_nothing() {
     let fetched = FlightPool::new(token()).fetch(&location, id).await.unwrap();
     assert_eq!(fetched.into_bytes(id).unwrap().as_ref(), &[7u8; 100][..]);
 }
+
+/// The code of a failed push.
+fn push_refused(result: Result<u64, Error>) -> tonic::Code {
+    match result {
+        Err(Error::FetchFailed { status, .. }) => status.code(),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_put_never_replaces_an_object_nor_outgrows_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Room for one block of five batches (about 400 KB), not for a 1 MB bytes object.
+    let store = ObjectStore::new(StoreConfig {
+        budget_bytes: 600_000,
+        shared_parent: Some(tmp.path().join("shm")),
+        spill_parent: tmp.path().join("spill"),
+    })
+    .unwrap();
+    let location = serve(Arc::clone(&store)).await;
+    let pool = FlightPool::new(token());
+
+    let id = ObjectId::random();
+    let block = manta_engine::Block::try_new(batches()[0].schema(), batches()).unwrap();
+    pool.push(&location, id, &Object::Block(block))
+        .await
+        .unwrap();
+    // The same id again, with other contents: ALREADY_EXISTS, and the object is unchanged.
+    let other = Object::Bytes(vec![1u8; 1000].into());
+    assert_eq!(
+        push_refused(pool.push(&location, id, &other).await),
+        tonic::Code::AlreadyExists
+    );
+    let kept = store.get(id).unwrap().into_block(id).unwrap();
+    assert_eq!(kept.batches(), batches().as_slice());
+
+    // An object larger than the whole budget is refused before it is received.
+    let big = ObjectId::random();
+    let huge = Object::Bytes(vec![2u8; 1 << 20].into());
+    assert_eq!(
+        push_refused(pool.push(&location, big, &huge).await),
+        tonic::Code::ResourceExhausted
+    );
+    assert!(!store.contains(big));
+
+    // A sender that sends more than its metadata declared is cut off, and nothing is stored.
+    let liar = ObjectId::random();
+    let mut first = arrow_flight::FlightData {
+        app_metadata: bytes::Bytes::from_static(b"manta:bytes:100"),
+        data_body: bytes::Bytes::from(vec![3u8; 80]),
+        ..Default::default()
+    };
+    first.flight_descriptor = Some(arrow_flight::FlightDescriptor::new_cmd(
+        liar.as_bytes().to_vec(),
+    ));
+    let rest = arrow_flight::FlightData {
+        data_body: bytes::Bytes::from(vec![3u8; 80]),
+        ..Default::default()
+    };
+    let channel = tonic::transport::Endpoint::from_shared(location.flight_address.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = arrow_flight::flight_service_client::FlightServiceClient::new(
+        manta_flight::auth::with_token(channel, token()),
+    );
+    let refused = client
+        .do_put(futures::stream::iter([first, rest]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
+    assert!(refused.message().contains("declared"), "{refused}");
+    assert!(!store.contains(liar));
+    // The id the liar took is free again.
+    let fine = Object::Bytes(vec![4u8; 50].into());
+    pool.push(&location, liar, &fine).await.unwrap();
+}

@@ -22,6 +22,7 @@
 
 pub mod access;
 pub mod handles;
+pub mod nesting;
 pub mod service;
 
 use std::net::SocketAddr;

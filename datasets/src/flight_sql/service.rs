@@ -72,9 +72,10 @@ impl MantaFlightSql {
         }
     }
 
-    /// Plans `statement` with its parameters bound, refusing what the endpoint's
-    /// [`SqlAccess`] does not allow. Every statement a client sends passes here.
+    /// Plans `statement` with its parameters bound, refusing what nests too deeply to plan
+    /// ([`super::nesting`]) and what the endpoint's [`SqlAccess`] does not allow. Every statement a client sends passes here.
     async fn plan(&self, statement: &Statement) -> Result<LogicalPlan, Status> {
+        super::nesting::check(&statement.sql)?;
         let plan = self
             .session
             .state()

@@ -202,6 +202,8 @@ impl Entry {
 #[derive(Default)]
 struct State {
     entries: HashMap<ObjectId, Entry>,
+    /// Objects being received ([`ObjectStore::receive`]): their ids are taken.
+    receiving: std::collections::HashSet<ObjectId>,
     usage: StoreUsage,
     clock: u64,
 }
@@ -444,8 +446,21 @@ impl ObjectStore {
     }
 
     /// Starts receiving `id` as stored bytes (see [`write_object`]) arriving in pieces, from
-    /// another node say. `size_hint` is the expected total.
+    /// another node say. `size_hint` is the expected total. An id already stored, or being
+    /// received, is [`Error::ObjectExists`]: an object never changes under its readers.
     pub fn receive(self: &Arc<Self>, id: ObjectId, size_hint: usize) -> Result<ObjectReceiver> {
+        {
+            let mut state = self.state.lock();
+            if state.entries.contains_key(&id) || !state.receiving.insert(id) {
+                return Err(Error::ObjectExists { id });
+            }
+        }
+        // From here the receiver owns the id: dropping it gives the id back.
+        let mut receiver = ObjectReceiver {
+            store: Arc::clone(self),
+            id,
+            target: None,
+        };
         let target = match &self.shared {
             Some(dir) => {
                 let (file, tmp) = dir.open_tmp(id, self.recycler.take().as_deref())?;
@@ -456,11 +471,8 @@ impl ObjectStore {
             }
             None => Target::Memory(AlignedWriter(MutableBuffer::with_capacity(size_hint))),
         };
-        Ok(ObjectReceiver {
-            store: Arc::clone(self),
-            id,
-            target: Some(target),
-        })
+        receiver.target = Some(target);
+        Ok(receiver)
     }
 
     /// Keeps `id` resident (restoring it if needed) until the returned pin drops.
@@ -880,6 +892,9 @@ impl Drop for ObjectReceiver {
         if let Some(Target::File { tmp, .. }) = &self.target {
             let _ = std::fs::remove_file(tmp);
         }
+        // Finished (the object is stored under the id) or abandoned: either way the id is no
+        // longer being received.
+        self.store.state.lock().receiving.remove(&self.id);
     }
 }
 
