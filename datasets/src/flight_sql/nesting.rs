@@ -39,11 +39,7 @@ pub fn nesting(sql: &str) -> usize {
     for token in &tokens {
         match token {
             Token::LParen => levels.push(0),
-            Token::RParen => {
-                if levels.len() > 1 {
-                    total -= levels.pop().unwrap_or(0);
-                }
-            }
+            Token::RParen if levels.len() > 1 => total -= levels.pop().unwrap_or(0),
             Token::Comma => reset(&mut levels, &mut total),
             Token::Word(word) => match word.keyword {
                 Keyword::AND | Keyword::OR | Keyword::LIKE | Keyword::ILIKE | Keyword::IS => {
