@@ -131,6 +131,7 @@ fn main() {
     manta::run_worker_if_requested();
     type Test = (&'static str, fn(&Cluster));
     let tests: &[Test] = &[
+        ("the_quickstart_runs_over_tls", the_quickstart_runs_over_tls),
         (
             "quickstart_runs_across_two_nodes_and_matches_embedded",
             quickstart_runs_across_two_nodes_and_matches_embedded,
@@ -264,6 +265,64 @@ fn quickstart_runs_across_two_nodes_and_matches_embedded(cluster: &Cluster) {
         checksum_of_parquet_dir(&local_out)
     );
     assert_eq!(checksum_of_parquet_dir(&out), expected_etl(&input));
+}
+
+/// The quickstart on a cluster serving TLS (certificates made now, by an authority made now):
+/// the head's address is `https://`, blocks cross nodes over TLS, worker processes attach over
+/// TLS, and the answer is the quickstart's. A client that does not speak TLS gets nothing. The
+/// nodes bind 0.0.0.0 and advertise 127.0.0.1.
+fn the_quickstart_runs_over_tls(_plain: &Cluster) {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(tmp.path());
+    let tls = ca.args();
+    let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
+    let head_args = [&["--head", "--port", "0"], &tls[..]].concat();
+    // The nodes listen on every interface and advertise 127.0.0.1, which their certificate names.
+    let node_args = [&["--bind-address", "0.0.0.0"], &tls[..]].concat();
+    let cluster = Cluster::start_with(&head_args, &["a=1", "b=1"], &node_args);
+    assert!(
+        cluster.head.address.starts_with("https://"),
+        "{}",
+        cluster.head.address
+    );
+    for node in &cluster.nodes {
+        assert!(
+            node.address.starts_with("https://127.0.0.1:"),
+            "{}",
+            node.address
+        );
+    }
+    // This driver trusts the authority (what --tls-ca or MANTA_TLS_CA do); plain addresses of
+    // the other tests' cluster are not affected.
+    manta::flight::tls::trust_file(&ca.ca).unwrap();
+
+    let input = small_lineitem(tmp.path());
+    let read = ReadOptions {
+        resources: on("a"),
+        ..small_tasks()
+    };
+    let map = MapBatchesOptions::default().resources(on("b"));
+    let ctx = cluster.connect();
+    let ds = etl(&ctx, &input, read, map);
+    let out = tmp.path().join("tls-out");
+    ds.write_parquet(&out).unwrap();
+    let stats = ds.stats();
+    assert_eq!(
+        stats.stages[1].task.pulled_objects, stats.stages[0].tasks,
+        "every block crossed nodes: {stats}"
+    );
+    assert_eq!(checksum_of_parquet_dir(&out), expected_etl(&input));
+
+    // The same head over plain HTTP/2: no answer.
+    let plain = cluster.head.address.replace("https://", "http://");
+    let err = manta::init_with(Config {
+        address: Some(plain.clone()),
+        ..Default::default()
+    })
+    .err()
+    .unwrap_or_else(|| panic!("a plain client joined the TLS head at {plain}"));
+    let err = err.to_string();
+    assert!(err.contains(&plain) && err.contains("TLS"), "{err}");
 }
 
 /// For each batch: the pid of the process running it, and whether its first column's values

@@ -71,7 +71,11 @@ fn serving_context_with(
     }
     let numbers = ctx.range(1000).with_column("sq", col("id") * col("id"));
     ctx.register("numbers", &numbers).unwrap();
-    let server = ctx.serve_flight_sql_with("127.0.0.1:0", access).unwrap();
+    let options = manta::datasets::FlightSqlOptions {
+        access,
+        ..Default::default()
+    };
+    let server = ctx.serve_flight_sql_with("127.0.0.1:0", options).unwrap();
     (ctx, server)
 }
 

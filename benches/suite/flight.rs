@@ -30,7 +30,7 @@ pub fn serve(_args: &Args) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let flight_address = listener.local_addr()?;
         tokio::spawn(
-            manta::scheduler::server::server_builder()
+            manta::scheduler::server::server_builder(None)?
                 .add_service(manta::flight::auth::guard(
                     ObjectFlightService::new(Arc::clone(&store)).into_server(),
                     &token,

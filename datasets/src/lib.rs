@@ -65,7 +65,7 @@ pub use dataset::{BatchIter, Dataset, GroupedData, RowIter, WriteSummary};
 pub use error::{Error, Result};
 pub use exchange::{Aggregate, JoinKind, SortKey, asc, desc};
 pub use file_options::{CsvOptions, JsonOptions};
-pub use flight_sql::{FlightSqlServer, SqlAccess};
+pub use flight_sql::{FlightSqlOptions, FlightSqlServer, SqlAccess};
 pub use plan::{MapBatchesOptions, ReadOptions};
 pub use sink::{WriteFormat, WriteMode};
 pub use source::FileFormat;

@@ -37,6 +37,7 @@
 
 pub mod actor;
 pub mod callable;
+pub mod dirs;
 pub mod error;
 pub mod ids;
 pub mod object;

@@ -60,13 +60,11 @@ impl FlightPool {
         if let Some(client) = self.clients.lock().get(address) {
             return Ok(client.clone());
         }
-        let connect_error = |source| Error::Connect {
+        let endpoint = crate::tls::endpoint(address)?;
+        let channel = endpoint.connect().await.map_err(|source| Error::Connect {
             address: address.to_string(),
             source,
-        };
-        let endpoint =
-            tune_endpoint(Endpoint::from_shared(address.to_string()).map_err(connect_error)?);
-        let channel = endpoint.connect().await.map_err(connect_error)?;
+        })?;
         let client = FlightServiceClient::new(with_token(channel, &self.token))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -17,6 +17,15 @@ pub enum Error {
         source: tonic::transport::Error,
     },
 
+    /// A TLS certificate, key or authority could not be used.
+    #[error("TLS: {what}: {reason}")]
+    Tls {
+        /// The file, address or part concerned.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// The node answered, but not with the object.
     #[error("fetching object {object} from node {node} failed: {status}")]
     FetchFailed {

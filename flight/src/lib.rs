@@ -11,6 +11,7 @@
 //! ```
 //!
 //! * [`auth`]: the cluster [`auth::Token`], presented on every call and required by every service.
+//! * [`tls`]: opt-in TLS: a server's [`tls::ServerIdentity`], the authorities a client trusts.
 //! * [`service`]: [`ObjectFlightService`], the server side, zero-copy from the mapping.
 //! * [`client`]: [`FlightPool`], the client side, into a store or into memory.
 //! * [`error`]: [`Error`], typed (`FetchFailed { node, object, .. }`), never a string.
@@ -24,6 +25,7 @@ pub mod auth;
 pub mod client;
 pub mod error;
 pub mod service;
+pub mod tls;
 
 pub use client::{FlightPool, tune_endpoint};
 

@@ -89,7 +89,7 @@ impl ClusterClient {
                 executable_size: size,
             })
             .await
-            .map_err(|s| Error::rpc("RegisterJob", s))?
+            .map_err(|s| joining_failed(address, s))?
             .into_inner();
         if !reply.has_executable {
             upload(&mut head, &executable, &hash).await?;
@@ -282,6 +282,24 @@ impl ClusterClient {
         .await
         .map_err(|s| Error::rpc("EndJob", s))?;
         Ok(())
+    }
+}
+
+/// The error of a driver's first call to the head: a transport failure (the head's end does
+/// not speak what this end does, most often TLS on one side only) is [`Error::HeadUnreachable`]
+/// with a hint; an answer from the head (a wrong token, ...) is what the head said.
+fn joining_failed(address: &str, status: tonic::Status) -> Error {
+    let Some(source) = std::error::Error::source(&status) else {
+        return Error::rpc("RegisterJob", status);
+    };
+    let hint = if server::normalize_address(address).starts_with("https://") {
+        "; is the head serving TLS, and does its certificate name this address?"
+    } else {
+        "; if the head serves TLS, address it as https://HOST:PORT"
+    };
+    Error::HeadUnreachable {
+        address: address.to_string(),
+        reason: format!("{}{hint}", server::transport_reason(source)),
     }
 }
 

@@ -6,8 +6,17 @@
 //! first time a task of the job arrives. Files are named by their hash, written to a temporary
 //! name, verified, made executable and renamed into place, so a half-written binary is never
 //! started. On one machine the head and its nodes share the cache directory, so nothing is
-//! copied twice. The cache keeps the [`KEEP_EXECUTABLES`] most recently used executables (a
-//! driver's binary is some hundred MB, and every rebuild is a new one).
+//! copied twice. The cache keeps the [`KEEP_EXECUTABLES`] most recently used executables, and
+//! at most [`MAX_CACHE_BYTES`] of them (a driver's binary is some hundred MB, and every
+//! rebuild is a new one).
+//!
+//! The directory is per user (`~/.cache/manta/executables`, mode 0700): never a predictable
+//! path in `/tmp` that another user could create first and fill. A node trusts a file's name
+//! only until it [loads](ExecutableCache::load) it: loading hashes the contents and keeps the
+//! file open, and before each start of a worker the node checks the name still leads to that
+//! same file ([`LoadedExecutable::installed`]); if another process pruned it meanwhile, it is
+//! put back from the open file (verified again), so a node never starts workers from a path
+//! it only remembers.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -20,6 +29,9 @@ use crate::error::{Error, Result};
 /// How many executables the cache keeps.
 pub const KEEP_EXECUTABLES: usize = 8;
 
+/// How many bytes of executables the cache keeps (the most recently used one is always kept).
+pub const MAX_CACHE_BYTES: u64 = 4 << 30;
+
 /// A directory of executables named by SHA-256.
 #[derive(Clone, Debug)]
 pub struct ExecutableCache {
@@ -27,23 +39,53 @@ pub struct ExecutableCache {
 }
 
 impl ExecutableCache {
-    /// The cache in `dir`, created if missing.
+    /// The cache in `dir`, created if missing, readable by this user only (an existing
+    /// directory of another user's is an error).
     pub fn new(dir: impl Into<PathBuf>) -> Result<Self> {
-        let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(|source| Error::Io {
-            action: "creating",
-            path: dir.clone(),
-            source,
-        })?;
+        let dir = manta_engine::dirs::private_dir(&dir.into())?;
         Ok(Self { dir })
     }
 
-    /// `$MANTA_CACHE_DIR/executables`, or `<temp dir>/manta-cache/executables`.
+    /// `$MANTA_CACHE_DIR/executables`, else `executables` in this user's cache directory
+    /// ([`manta_engine::dirs::user_cache_dir`]).
     pub fn default_dir() -> PathBuf {
         std::env::var_os("MANTA_CACHE_DIR")
+            .filter(|d| !d.is_empty())
             .map(PathBuf::from)
-            .unwrap_or_else(|| std::env::temp_dir().join("manta-cache"))
+            .unwrap_or_else(manta_engine::dirs::user_cache_dir)
             .join("executables")
+    }
+
+    /// Opens the executable with `hash` and checks its contents have that hash: `None` if it
+    /// is not cached, or was not what its name says (then it is deleted, to be fetched again).
+    pub fn load(&self, hash: &str) -> Result<Option<LoadedExecutable>> {
+        let path = self.path(hash);
+        if !is_hash(hash) {
+            return Ok(None);
+        }
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(Error::Io {
+                    action: "opening",
+                    path,
+                    source,
+                });
+            }
+        };
+        let (actual, _) = hash_reader(&file, &path)?;
+        if actual != hash {
+            tracing::warn!(path = %path.display(), %actual, "a cached executable is not what its name says; deleting it");
+            let _ = fs::remove_file(&path);
+            return Ok(None);
+        }
+        touch(&path);
+        Ok(Some(LoadedExecutable {
+            hash: hash.to_string(),
+            path,
+            file,
+        }))
     }
 
     /// Where the executable with this hash is (or would be).
@@ -61,19 +103,27 @@ impl ExecutableCache {
         cached
     }
 
-    /// Deletes all but the `keep` most recently used executables.
-    pub fn prune(&self, keep: usize) {
+    /// Deletes all but the `keep` most recently used executables, and the least recently
+    /// used past `max_bytes` in all (the most recently used one is always kept).
+    pub fn prune(&self, keep: usize, max_bytes: u64) {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return;
         };
-        let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+        let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
             .flatten()
             .filter(|e| e.file_name().to_str().is_some_and(is_hash))
-            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .filter_map(|e| {
+                let meta = e.metadata().ok()?;
+                Some((meta.modified().ok()?, meta.len(), e.path()))
+            })
             .collect();
         files.sort_by_key(|f| std::cmp::Reverse(f.0));
-        for (_, path) in files.into_iter().skip(keep) {
-            let _ = fs::remove_file(path);
+        let mut bytes = 0u64;
+        for (index, (_, size, path)) in files.into_iter().enumerate() {
+            bytes = bytes.saturating_add(size);
+            if index > 0 && (index >= keep || bytes > max_bytes) {
+                let _ = fs::remove_file(path);
+            }
         }
     }
 
@@ -149,7 +199,7 @@ impl CacheWriter {
             ExecutableCache {
                 dir: dir.to_path_buf(),
             }
-            .prune(KEEP_EXECUTABLES);
+            .prune(KEEP_EXECUTABLES, MAX_CACHE_BYTES);
         }
         Ok(self.target.clone())
     }
@@ -163,14 +213,72 @@ impl Drop for CacheWriter {
     }
 }
 
+/// An executable of the cache, opened and verified (see [`ExecutableCache::load`]).
+#[derive(Debug)]
+pub struct LoadedExecutable {
+    hash: String,
+    path: PathBuf,
+    /// The verified file, open: its contents stay whatever happens to its name.
+    file: File,
+}
+
+impl LoadedExecutable {
+    /// Its path, if that still names the verified file (two `stat`s: cheap enough for every
+    /// use).
+    pub fn in_place(&self) -> Option<&Path> {
+        use std::os::unix::fs::MetadataExt;
+        let open = self.file.metadata().ok()?;
+        let named = fs::metadata(&self.path).ok()?;
+        ((named.dev(), named.ino()) == (open.dev(), open.ino())).then_some(self.path.as_path())
+    }
+
+    /// The path to start it by, after checking it still names the verified file; if it does
+    /// not (pruned, or replaced), the file is put back from the open copy, verified again.
+    pub fn installed(&self, cache: &ExecutableCache) -> Result<PathBuf> {
+        if let Some(path) = self.in_place() {
+            return Ok(path.to_path_buf());
+        }
+        tracing::info!(path = %self.path.display(), "a loaded executable left the cache; putting it back");
+        let mut writer = cache.writer(&self.hash)?;
+        let mut offset = 0u64;
+        let mut buffer = vec![0u8; 1 << 20];
+        loop {
+            use std::os::unix::fs::FileExt;
+            let n = self
+                .file
+                .read_at(&mut buffer, offset)
+                .map_err(|source| Error::Io {
+                    action: "reading",
+                    path: self.path.clone(),
+                    source,
+                })?;
+            if n == 0 {
+                break;
+            }
+            writer.write(&buffer[..n])?;
+            offset += n as u64;
+        }
+        writer.finish()
+    }
+}
+
 /// The SHA-256 (hex) and size of a file.
 pub fn hash_file(path: &Path) -> Result<(String, u64)> {
+    let file = File::open(path).map_err(|source| Error::Io {
+        action: "reading",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    hash_reader(&file, path)
+}
+
+/// The SHA-256 (hex) and size of what `file` (at `path`, for errors) holds.
+fn hash_reader(mut file: &File, path: &Path) -> Result<(String, u64)> {
     let io = |source| Error::Io {
         action: "reading",
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(io)?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
     let mut size = 0u64;
@@ -211,6 +319,69 @@ fn set_executable(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn install(cache: &ExecutableCache, data: &[u8]) -> String {
+        let hash = hex::encode(Sha256::digest(data));
+        let mut writer = cache.writer(&hash).unwrap();
+        writer.write(data).unwrap();
+        writer.finish().unwrap();
+        hash
+    }
+
+    /// Nine different executables through a cache that keeps eight: the node that loaded the
+    /// first still starts it, from the same verified bytes, though it was pruned.
+    #[test]
+    fn a_loaded_executable_survives_being_pruned() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = ExecutableCache::new(tmp.path().join("cache")).unwrap();
+        let first = install(&cache, b"#!/bin/sh\necho first\n");
+        let loaded = cache.load(&first).unwrap().expect("cached");
+        for i in 0..KEEP_EXECUTABLES {
+            // Newer than the first: it is the one pruned.
+            let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1);
+            File::options()
+                .append(true)
+                .open(cache.path(&first))
+                .and_then(|f| f.set_modified(old))
+                .ok();
+            install(&cache, format!("program {i}").as_bytes());
+        }
+        assert!(!cache.path(&first).exists(), "pruned");
+        let path = loaded.installed(&cache).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"#!/bin/sh\necho first\n");
+        assert_eq!(hash_file(&path).unwrap().0, first);
+    }
+
+    #[test]
+    fn a_file_that_is_not_what_its_name_says_is_not_loaded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = ExecutableCache::new(tmp.path()).unwrap();
+        let hash = install(&cache, b"the real thing");
+        fs::write(cache.path(&hash), b"something else").unwrap();
+        assert!(cache.load(&hash).unwrap().is_none());
+        assert!(!cache.path(&hash).exists(), "deleted, to be fetched again");
+        assert!(cache.load(&"f".repeat(64)).unwrap().is_none());
+        assert!(cache.load("../../etc/passwd").unwrap().is_none());
+    }
+
+    #[test]
+    fn the_cache_is_its_users_alone_and_capped_in_bytes() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = ExecutableCache::new(tmp.path().join("cache")).unwrap();
+        let mode = fs::metadata(tmp.path().join("cache"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let hashes: Vec<String> = (0..3)
+            .map(|i| install(&cache, &vec![i as u8; 1000]))
+            .collect();
+        // The newest is kept even past the cap; then as many as fit.
+        cache.prune(usize::MAX, 1);
+        let kept = hashes.iter().filter(|h| cache.path(h).exists()).count();
+        assert_eq!(kept, 1);
+    }
 
     #[test]
     fn installs_verified_executables_only() {
@@ -268,7 +439,7 @@ mod tests {
             cache.contains(&hashes[0]),
             "using the oldest makes it the newest"
         );
-        cache.prune(2);
+        cache.prune(2, u64::MAX);
         let kept: Vec<bool> = hashes.iter().map(|h| cache.path(h).exists()).collect();
         assert_eq!(kept, vec![true, false, false, true]);
     }

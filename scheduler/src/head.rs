@@ -84,6 +84,8 @@ pub struct HeadConfig {
     /// The cluster token every caller must present, and the head presents to nodes (default:
     /// a new random one).
     pub token: Token,
+    /// Serve TLS with this certificate and key.
+    pub tls: Option<manta_flight::tls::ServerIdentity>,
 }
 
 impl Default for HeadConfig {
@@ -94,6 +96,7 @@ impl Default for HeadConfig {
             cache_dir: ExecutableCache::default_dir(),
             policy: Arc::new(LocalityFirst),
             token: Token::generate(),
+            tls: None,
         }
     }
 }
@@ -225,8 +228,9 @@ impl Head {
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<()> {
         let watcher = tokio::spawn(Arc::clone(&self).watch_liveness());
+        let mut builder = server::server_builder(self.config.tls.as_ref())?;
         let result = server::serve_until(shutdown, |graceful| {
-            server::server_builder()
+            builder
                 .add_service(guard(
                     HeadServer::from_arc(Arc::clone(&self)),
                     &self.config.token,

@@ -25,7 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{Error, Result};
-use crate::executables::ExecutableCache;
+use crate::executables::{ExecutableCache, LoadedExecutable};
 use crate::proto::head_client::HeadClient;
 use crate::proto::node_server::{Node as NodeRpc, NodeServer};
 use crate::proto::worker_server::{Worker as WorkerRpc, WorkerServer};
@@ -43,8 +43,12 @@ const PARTITION_FETCHES: usize = 16;
 pub struct NodeConfig {
     /// The head's address.
     pub head_address: String,
-    /// The IP address to bind and advertise.
+    /// The IP address (or host name) advertised to the head and the other nodes, and bound
+    /// unless [`NodeConfig::bind_host`] says otherwise.
     pub host: String,
+    /// The address to bind, when not `host` (e.g. `0.0.0.0`, to listen on every interface
+    /// while advertising one of them).
+    pub bind_host: Option<String>,
     /// The port to bind (0: any free port).
     pub port: u16,
     /// CPUs offered to tasks.
@@ -62,6 +66,11 @@ pub struct NodeConfig {
     /// The cluster token (default: `MANTA_TOKEN`, else the head's token file on this machine;
     /// see [`crate::cluster_token`]).
     pub token: Option<manta_flight::auth::Token>,
+    /// Serve TLS with this certificate and key (the node's address is then `https://`).
+    pub tls: Option<manta_flight::tls::ServerIdentity>,
+    /// A PEM file of the certificate authorities this node trusts, handed to its worker
+    /// processes (`MANTA_TLS_CA`); the node itself trusts what `manta_flight::tls` was given.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -71,6 +80,7 @@ impl NodeConfig {
         Self {
             head_address: head_address.into(),
             host: "127.0.0.1".into(),
+            bind_host: None,
             port: 0,
             num_cpus: std::thread::available_parallelism()
                 .map(|n| n.get() as f64)
@@ -81,6 +91,8 @@ impl NodeConfig {
             spill_parent: store.spill_parent,
             cache_dir: ExecutableCache::default_dir(),
             token: None,
+            tls: None,
+            tls_ca: None,
         }
     }
 }
@@ -93,8 +105,8 @@ pub struct NodeDaemon {
     flight: FlightPool,
     workers: Arc<WorkerPools>,
     executables: ExecutableCache,
-    /// Executables found in the cache since this node started (checked once, not per task).
-    checked_executables: Mutex<std::collections::HashSet<String>>,
+    /// Executables loaded (opened and verified) since this node started, by hash.
+    loaded_executables: Mutex<HashMap<String, Arc<LoadedExecutable>>>,
     head: HeadClient<AuthChannel>,
     /// The actors running here.
     actors: Mutex<HashMap<ActorId, LocalActor>>,
@@ -114,13 +126,44 @@ impl NodeDaemon {
         &self.store
     }
 
+    /// The path to start the executable with `hash` by: loaded (verified) once, and checked
+    /// to still be in place before every use (see [`crate::executables`]).
     async fn ensure_executable(&self, hash: &str) -> Result<PathBuf> {
-        if self.checked_executables.lock().contains(hash) {
-            return Ok(self.executables.path(hash));
+        let loaded = self.loaded_executables.lock().get(hash).cloned();
+        let loaded = match loaded {
+            Some(loaded) => loaded,
+            None => {
+                let mut loaded = None;
+                // A cached file that fails verification is deleted: fetch it once more.
+                for _ in 0..2 {
+                    self.download_executable(hash).await?;
+                    let cache = self.executables.clone();
+                    let hash = hash.to_string();
+                    loaded = tokio::task::spawn_blocking(move || cache.load(&hash))
+                        .await
+                        .map_err(|e| Error::Internal(e.to_string()))??;
+                    if loaded.is_some() {
+                        break;
+                    }
+                }
+                let loaded = Arc::new(loaded.ok_or_else(|| {
+                    Error::Internal(format!(
+                        "the executable {hash} from the head does not have that hash"
+                    ))
+                })?);
+                self.loaded_executables
+                    .lock()
+                    .insert(hash.to_string(), Arc::clone(&loaded));
+                loaded
+            }
+        };
+        if let Some(path) = loaded.in_place() {
+            return Ok(path.to_path_buf());
         }
-        let path = self.download_executable(hash).await?;
-        self.checked_executables.lock().insert(hash.to_string());
-        Ok(path)
+        let cache = self.executables.clone();
+        tokio::task::spawn_blocking(move || loaded.installed(&cache))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
     }
 
     /// The executable with `hash` from the cache, downloaded from the head if missing.
@@ -716,12 +759,38 @@ impl WorkerRpc for NodeService {
     }
 }
 
+/// The URL other processes reach this node at: the advertised host with the bound port. An
+/// unspecified host (`0.0.0.0`, `::`) cannot be reached: it is advertised anyway (a node on the
+/// head's machine may still work) with a warning saying to pass an address of this machine.
+fn advertised_address(config: &NodeConfig, port: u16) -> String {
+    let host = config.host.trim();
+    if host
+        .trim_matches(['[', ']'])
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
+    {
+        tracing::warn!(
+            "advertising the unspecified address {host}: other machines cannot reach this node \
+             there; pass --node-ip-address with an address of this machine (and --bind-address \
+             {host} to listen on every interface)"
+        );
+    }
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    format!("{}://{host}:{port}", server::scheme(config.tls.as_ref()))
+}
+
 /// Runs a node daemon until SIGTERM or Ctrl-C; `ready` is called with its address once it is
 /// registered with the head.
 pub async fn run_node(config: NodeConfig, ready: impl FnOnce(&str)) -> Result<()> {
     let stop = server::shutdown_signal();
-    let (listener, bound) = server::bind(&config.host, config.port).await?;
-    let address = format!("http://{bound}");
+    let bind_host = config.bind_host.as_deref().unwrap_or(&config.host);
+    let (listener, bound) = server::bind(bind_host, config.port).await?;
+    let address = advertised_address(&config, bound.port());
+    let mut builder = server::server_builder(config.tls.as_ref())?;
     let id = NodeId::random();
     let store = ObjectStore::new(StoreConfig {
         budget_bytes: config.object_store_memory,
@@ -752,9 +821,10 @@ pub async fn run_node(config: NodeConfig, ready: impl FnOnce(&str)) -> Result<()
             address.clone(),
             shared_dir,
             token.clone(),
+            config.tls_ca.clone(),
         ),
         executables: ExecutableCache::new(&config.cache_dir)?,
-        checked_executables: Mutex::default(),
+        loaded_executables: Mutex::default(),
         head,
         actors: Mutex::default(),
         pulls: Mutex::default(),
@@ -765,7 +835,7 @@ pub async fn run_node(config: NodeConfig, ready: impl FnOnce(&str)) -> Result<()
     ready(&address);
     let service = NodeService(Arc::clone(&daemon));
     let result = server::serve_until(stop, |graceful| {
-        server::server_builder()
+        builder
             .add_service(guard(NodeServer::new(service.clone()), &token))
             .add_service(guard(WorkerServer::new(service), &token))
             .add_service(guard(ObjectFlightService::new(store).into_server(), &token))

@@ -8,8 +8,8 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use manta_flight::auth::{AuthChannel, Token, with_token};
+use manta_flight::tls::ServerIdentity;
 use tokio::net::TcpListener;
-use tonic::transport::Endpoint;
 
 use crate::error::{Error, Result};
 
@@ -33,13 +33,28 @@ pub async fn bind(host: &str, port: u16) -> Result<(TcpListener, SocketAddr)> {
     Ok((listener, address))
 }
 
-/// A tonic server builder with Manta's transport settings (see `manta_flight::tune_endpoint`).
-pub fn server_builder() -> tonic::transport::Server {
-    tonic::transport::Server::builder()
+/// A tonic server builder with Manta's transport settings (see `manta_flight::tune_endpoint`),
+/// serving TLS with `tls` when given.
+pub fn server_builder(tls: Option<&ServerIdentity>) -> Result<tonic::transport::Server> {
+    let builder = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(16 << 20))
         .initial_connection_window_size(Some(32 << 20))
-        .max_frame_size(Some(manta_flight::client::MAX_FRAME_BYTES))
+        .max_frame_size(Some(manta_flight::client::MAX_FRAME_BYTES));
+    match tls {
+        Some(identity) => builder.tls_config(identity.server_config()).map_err(|e| {
+            Error::Flight(manta_flight::Error::Tls {
+                what: "the server's certificate".into(),
+                reason: transport_reason(&e),
+            })
+        }),
+        None => Ok(builder),
+    }
+}
+
+/// The scheme of this process's servers' addresses: `https` when serving `tls`.
+pub fn scheme(tls: Option<&ServerIdentity>) -> &'static str {
+    if tls.is_some() { "https" } else { "http" }
 }
 
 /// How long a stopping server waits for its open connections to close. Drivers keep pooled
@@ -94,7 +109,8 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     }
 }
 
-/// `host:port` or `http://host:port` as an `http://` URL.
+/// `host:port`, `http://host:port` or `https://host:port` as a URL: a bare `host:port` is
+/// plain `http://` (a cluster serving TLS is addressed as `https://host:port`).
 pub fn normalize_address(address: &str) -> String {
     let address = address.trim();
     if address.starts_with("http://") || address.starts_with("https://") {
@@ -112,9 +128,9 @@ pub async fn connect_head(address: &str, token: &Token) -> Result<AuthChannel> {
         address: address.to_string(),
         reason,
     };
-    let endpoint = Endpoint::from_shared(url)
-        .map_err(|e| unreachable(format!("not a valid address ({e})")))?;
-    let endpoint = manta_flight::tune_endpoint(endpoint).connect_timeout(CONNECT_TIMEOUT);
+    let endpoint = manta_flight::tls::endpoint(&url)
+        .map_err(|e| unreachable(e.to_string()))?
+        .connect_timeout(CONNECT_TIMEOUT);
     match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
         Ok(Ok(channel)) => Ok(with_token(channel, token)),
         Ok(Err(e)) => Err(unreachable(transport_reason(&e))),
@@ -127,15 +143,13 @@ pub async fn connect_head(address: &str, token: &Token) -> Result<AuthChannel> {
 
 /// A node's channel, connected on first use, presenting `token` on every call.
 pub fn lazy_channel(address: &str, token: &Token) -> Result<AuthChannel> {
-    let endpoint =
-        Endpoint::from_shared(normalize_address(address)).map_err(|e| Error::NodeUnreachable {
+    let endpoint = manta_flight::tls::endpoint(&normalize_address(address)).map_err(|e| {
+        Error::NodeUnreachable {
             address: address.to_string(),
             reason: e.to_string(),
-        })?;
-    Ok(with_token(
-        manta_flight::tune_endpoint(endpoint).connect_lazy(),
-        token,
-    ))
+        }
+    })?;
+    Ok(with_token(endpoint.connect_lazy(), token))
 }
 
 /// The innermost cause of a transport error ("Connection refused"), which is what a user needs.

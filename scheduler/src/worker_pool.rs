@@ -150,6 +150,9 @@ pub struct WorkerPools {
     shared_dir: PathBuf,
     /// The cluster token, handed to each worker to attach with.
     token: Token,
+    /// The certificate authorities the node trusts (a PEM file), handed to each worker so that
+    /// it can attach to a node serving TLS.
+    tls_ca: Option<PathBuf>,
     /// Actors' workers started and not yet attached, with their start's token.
     actor_starts: Mutex<HashMap<ActorId, PendingStart>>,
     actor_start_tokens: std::sync::atomic::AtomicU64,
@@ -165,9 +168,11 @@ impl WorkerPools {
         node_address: String,
         shared_dir: PathBuf,
         token: Token,
+        tls_ca: Option<PathBuf>,
     ) -> Arc<Self> {
         Arc::new(Self {
             token,
+            tls_ca,
             jobs: Mutex::default(),
             max_workers: max_workers.max(1),
             node_id,
@@ -303,6 +308,9 @@ impl WorkerPools {
             .env_remove("MANTA_ADDRESS")
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
+        if let Some(ca) = &self.tls_ca {
+            command.env(manta_flight::tls::CA_ENV, ca);
+        }
         // SAFETY: prctl is async-signal-safe; it asks the kernel to kill the worker if the node
         // daemon dies, so workers never outlive their node.
         unsafe {

@@ -41,25 +41,48 @@ pub fn run_foreground(args: StartArgs) -> Result<()> {
         }
     };
     let token = super::token(args.token.as_deref())?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            manta::flight::tls::ServerIdentity::from_files(cert, key)
+                .context("--tls-cert / --tls-key")?,
+        ),
+        _ => None,
+    };
+    let bind_host = args
+        .bind_address
+        .clone()
+        .unwrap_or_else(|| args.host.clone());
     if args.head {
         let token = token.unwrap_or_else(manta::Token::generate);
         let flight_sql = args
             .flight_sql_port
-            .map(|port| (port, args.clone(), token.clone()));
+            .map(|port| (port, args.clone(), token.clone(), tls.clone()));
         let config = HeadConfig {
             token,
+            tls,
             ..HeadConfig::default()
         };
+        let host = args.host.clone();
+        let serves_tls = config.tls.is_some();
         runtime.block_on(manta::scheduler::run_head(
-            &args.host,
+            &bind_host,
             args.port,
             config,
-            |a| match flight_sql {
-                // Ready once the Flight SQL endpoint listens too.
-                Some((port, args, token)) => {
-                    serve_flight_sql(a.to_string(), port, args, token, announce)
+            |bound| {
+                // The advertised host with the bound port, as an https:// URL when serving TLS.
+                let address =
+                    std::net::SocketAddr::new(host.parse().unwrap_or(bound.ip()), bound.port());
+                let address = match serves_tls {
+                    true => format!("https://{address}"),
+                    false => address.to_string(),
+                };
+                match flight_sql {
+                    // Ready once the Flight SQL endpoint listens too.
+                    Some((port, args, token, tls)) => {
+                        serve_flight_sql(address, port, args, token, tls, announce)
+                    }
+                    None => announce(&address),
                 }
-                None => announce(&a.to_string()),
             },
         ))?;
         // The Flight SQL endpoint's token file goes with the head.
@@ -73,7 +96,10 @@ pub fn run_foreground(args: StartArgs) -> Result<()> {
         let mut config = NodeConfig::new(args.address.clone().expect("validated"));
         config.token = token;
         config.host = args.host.clone();
+        config.bind_host = args.bind_address.clone();
         config.port = args.port;
+        config.tls = tls;
+        config.tls_ca = args.ca.tls_ca.clone();
         if let Some(cpus) = args.num_cpus {
             config.num_cpus = cpus;
         }
@@ -101,6 +127,7 @@ fn serve_flight_sql(
     port: u16,
     args: StartArgs,
     token: manta::Token,
+    tls: Option<manta::flight::tls::ServerIdentity>,
     announce: impl FnOnce(&str) + Send + 'static,
 ) {
     std::thread::spawn(move || {
@@ -120,8 +147,12 @@ fn serve_flight_sql(
                 super::sql::register(&ctx, name, path)
                     .with_context(|| format!("table {name} at {path}"))?;
             }
-            let access = writable_locations(&args.sql_writable)?;
-            let server = ctx.serve_flight_sql_with(&format!("{}:{port}", args.host), access)?;
+            let options = manta::datasets::FlightSqlOptions {
+                access: writable_locations(&args.sql_writable)?,
+                tls,
+            };
+            let bind_host = args.bind_address.as_deref().unwrap_or(&args.host);
+            let server = ctx.serve_flight_sql_with(&format!("{bind_host}:{port}"), options)?;
             let file =
                 manta::scheduler::cluster_token::TokenFile::write(server.address().port(), &token)?;
             Ok((ctx, server, file))

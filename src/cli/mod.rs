@@ -49,6 +49,19 @@ pub struct StartArgs {
     /// head's token (default: that file, when the head runs on this machine).
     #[arg(long, env = "MANTA_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The address to listen on, when not the advertised --node-ip-address (e.g. 0.0.0.0 to
+    /// listen on every interface).
+    #[arg(long = "bind-address")]
+    bind_address: Option<String>,
+    /// Serve TLS with this certificate chain (PEM; the server's certificate first). Needs
+    /// --tls-key, and --tls-ca to reach the rest of the cluster.
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    ca: CaArgs,
     /// Node: CPUs offered to tasks (default: this machine's).
     #[arg(long)]
     num_cpus: Option<f64>,
@@ -95,12 +108,36 @@ pub struct StatusArgs {
     /// The cluster token (default: the head's token file, on the head's machine).
     #[arg(long, env = "MANTA_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    #[command(flatten)]
+    ca: CaArgs,
+}
+
+/// The certificate authority of a cluster serving TLS.
+#[derive(Debug, Args, Clone)]
+pub struct CaArgs {
+    /// Trust this certificate authority (PEM) to verify the TLS certificates of the cluster's
+    /// `https://HOST:PORT` addresses.
+    #[arg(long, env = "MANTA_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+}
+
+impl CaArgs {
+    /// Makes this process trust the authority, if one was given.
+    fn trust(&self) -> Result<()> {
+        if let Some(ca) = &self.tls_ca {
+            manta::flight::tls::trust_file(ca).context("--tls-ca")?;
+        }
+        Ok(())
+    }
 }
 
 /// Runs one command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Start(args) if args.block => daemon::run_foreground(args),
+        Command::Start(args) if args.block => {
+            args.ca.trust()?;
+            daemon::run_foreground(args)
+        }
         Command::Start(args) => daemon::start_background(args),
         Command::Status(args) => {
             let address = match args.address {
@@ -109,11 +146,15 @@ pub fn run(cli: Cli) -> Result<()> {
                     "no head address: pass --address, set MANTA_ADDRESS, or start a head here",
                 )?,
             };
+            args.ca.trust()?;
             let token = token(args.token.as_deref())?;
             status::print_status(&address, token.as_ref())
         }
         Command::Stop => daemon::stop_all(),
-        Command::Sql(args) => sql::run(args),
+        Command::Sql(args) => {
+            args.ca.trust()?;
+            sql::run(args)
+        }
     }
 }
 

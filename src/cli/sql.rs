@@ -35,6 +35,8 @@ pub struct SqlArgs {
     /// or Flight SQL endpoint at that address, on its machine).
     #[arg(long, env = "MANTA_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    #[command(flatten)]
+    pub(super) ca: super::CaArgs,
     /// How to print answers.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
@@ -93,10 +95,8 @@ pub fn run(args: SqlArgs) -> Result<()> {
                 .build()?;
             let client = runtime
                 .block_on(async {
-                    let channel =
-                        tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
-                            .connect()
-                            .await?;
+                    let url = manta::scheduler::server::normalize_address(address);
+                    let channel = manta::flight::tls::endpoint(&url)?.connect().await?;
                     let mut client = FlightSqlServiceClient::new(channel);
                     client.set_token(token.secret().to_string());
                     Ok::<_, anyhow::Error>(client)

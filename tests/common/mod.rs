@@ -159,6 +159,50 @@ impl Drop for Process {
     }
 }
 
+/// A certificate authority made at test time, and a server certificate it signed for
+/// 127.0.0.1 and localhost, as PEM files in a directory.
+pub struct TestCa {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCa {
+    pub fn new(dir: &Path) -> TestCa {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let files = TestCa {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        };
+        std::fs::write(&files.ca, ca.pem()).unwrap();
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        files
+    }
+
+    /// `--tls-cert .. --tls-key .. --tls-ca ..`
+    pub fn args(&self) -> Vec<String> {
+        [
+            ("--tls-cert", &self.cert),
+            ("--tls-key", &self.key),
+            ("--tls-ca", &self.ca),
+        ]
+        .into_iter()
+        .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
+        .collect()
+    }
+}
+
 /// A head and nodes on 127.0.0.1.
 pub struct Cluster {
     pub nodes: Vec<Process>,
@@ -173,11 +217,17 @@ impl Cluster {
 
     /// A head started with `head_args` and one node per entry of `node_resources`.
     pub fn start_with_head(head_args: &[&str], node_resources: &[&str]) -> Cluster {
+        Self::start_with(head_args, node_resources, &[])
+    }
+
+    /// A head started with `head_args`, one node per entry of `node_resources`, each node
+    /// started with `node_args` too.
+    pub fn start_with(head_args: &[&str], node_resources: &[&str], node_args: &[&str]) -> Cluster {
         let head = Process::start(head_args);
         let nodes = node_resources
             .iter()
             .map(|resources| {
-                Process::start(&[
+                let mut args = vec![
                     "--address",
                     &head.address,
                     "--num-cpus",
@@ -186,7 +236,9 @@ impl Cluster {
                     "1GiB",
                     "--resources",
                     resources,
-                ])
+                ];
+                args.extend_from_slice(node_args);
+                Process::start(&args)
             })
             .collect();
         Cluster { head, nodes }

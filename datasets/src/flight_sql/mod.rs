@@ -75,22 +75,39 @@ impl Drop for FlightSqlServer {
     }
 }
 
+/// How a Flight SQL endpoint serves (see [`Context::serve_flight_sql_with`]).
+#[derive(Clone, Debug, Default)]
+pub struct FlightSqlOptions {
+    /// What clients may change (default: nothing; they may only query).
+    pub access: SqlAccess,
+    /// Serve TLS with this certificate and key (default: plain).
+    pub tls: Option<manta_flight::tls::ServerIdentity>,
+}
+
 impl Context {
     /// Serves this context's SQL tables to Flight SQL clients at `address` (`host:port`; port
     /// 0 picks a free one) until the returned server is dropped. Tables registered later are
     /// served too. Every call must present the server's [`FlightSqlServer::token`]. Clients
     /// may only query: see [`Context::serve_flight_sql_with`] to let them create tables.
     pub fn serve_flight_sql(&self, address: &str) -> Result<FlightSqlServer> {
-        self.serve_flight_sql_with(address, SqlAccess::read_only())
+        self.serve_flight_sql_with(address, FlightSqlOptions::default())
     }
 
-    /// [`Context::serve_flight_sql`], letting clients change what `access` allows (e.g. `CREATE
-    /// EXTERNAL TABLE` and `COPY` under some directories).
+    /// [`Context::serve_flight_sql`] with `options`: letting clients change what
+    /// [`FlightSqlOptions::access`] allows (e.g. `CREATE EXTERNAL TABLE` and `COPY` under some
+    /// directories), serving TLS.
     pub fn serve_flight_sql_with(
         &self,
         address: &str,
-        access: SqlAccess,
+        options: FlightSqlOptions,
     ) -> Result<FlightSqlServer> {
+        let FlightSqlOptions { access, tls } = options;
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(identity) = &tls {
+            builder = builder
+                .tls_config(identity.server_config())
+                .map_err(|e| Error::InvalidArgument(format!("Flight SQL TLS: {e}")))?;
+        }
         let bind_error = |source| Error::Io {
             action: "binding the Flight SQL endpoint at",
             path: address.into(),
@@ -111,7 +128,7 @@ impl Context {
         );
         let (stop, stopped) = oneshot::channel::<()>();
         self.spawn(async move {
-            let served = tonic::transport::Server::builder()
+            let served = builder
                 .add_service(service)
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(listener),

@@ -59,8 +59,14 @@ pub struct StoreConfig {
     pub budget_bytes: u64,
     /// Keep objects in shared memory (`Some(parent of the session directory)`), or on the heap.
     pub shared_parent: Option<PathBuf>,
-    /// Where the spill session directory is created.
+    /// Where the spill session directory is created (default: [`default_spill_parent`], on
+    /// disk: spilling into tmpfs would only move the memory it frees).
     pub spill_parent: PathBuf,
+}
+
+/// `<user cache dir>/spill` (see [`crate::dirs::user_cache_dir`]).
+pub fn default_spill_parent() -> PathBuf {
+    crate::dirs::user_cache_dir().join("spill")
 }
 
 impl StoreConfig {
@@ -69,7 +75,7 @@ impl StoreConfig {
         Self {
             budget_bytes,
             shared_parent: None,
-            spill_parent: std::env::temp_dir(),
+            spill_parent: default_spill_parent(),
         }
     }
 
@@ -78,7 +84,7 @@ impl StoreConfig {
         Self {
             budget_bytes,
             shared_parent: Some(default_shared_parent()),
-            spill_parent: std::env::temp_dir(),
+            spill_parent: default_spill_parent(),
         }
     }
 }

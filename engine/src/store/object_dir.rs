@@ -6,12 +6,16 @@
 //! when complete, so a reader never sees half an object. Readers map the file read-only with
 //! memmap2 and decode it in place (see [`super::format`]).
 //!
+//! The session directory (mode 0700) and its object files (mode 0600) are readable by the
+//! node's user only: its worker processes run as that user, nobody else may map an object.
+//!
 //! The session directory is named `manta-<pid>-<random>`. The node that created it removes it
 //! when it stops; and every new session first removes directories whose pid is no longer alive,
 //! so a crashed node leaks nothing past the next start on that machine.
 
 use std::fs::{self, File};
 use std::io::BufWriter;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -42,7 +46,11 @@ impl ObjectDir {
             rand::random::<u32>()
         );
         let path = parent.join(name);
-        fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+        fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|e| Error::io(&path, e))?;
         Ok(Self { path, owned: true })
     }
 
@@ -110,7 +118,13 @@ impl ObjectDir {
         {
             return Ok((file, tmp));
         }
-        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| Error::io(&tmp, e))?;
         Ok((file, tmp))
     }
 

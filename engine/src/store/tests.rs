@@ -322,3 +322,31 @@ fn a_spilled_block_with_dictionaries_is_restored_to_read_one_batch() {
     assert!(store.spilled_batch(id, 1).unwrap().is_none());
     assert_eq!(block_of(store.get_batch(id, 1).unwrap()), parts[1]);
 }
+
+#[test]
+fn object_files_and_session_directories_are_their_users_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    // A budget of one object: the second put spills the first.
+    let size = heap_store(1 << 30, tmp.path())
+        .put(ObjectId::random(), batch(0, 1000).into())
+        .unwrap();
+    let store = shared_store(size, tmp.path());
+    let (first, second) = (ObjectId::random(), ObjectId::random());
+    store.put(first, batch(0, 1000).into()).unwrap();
+    store.put(second, batch(0, 1000).into()).unwrap();
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let mut files = 0;
+    for parent in [tmp.path().join("shm"), tmp.path().join("spill")] {
+        for session in std::fs::read_dir(&parent).unwrap() {
+            let session = session.unwrap().path();
+            assert_eq!(mode(&session), 0o700, "{}", session.display());
+            for file in std::fs::read_dir(&session).unwrap() {
+                let file = file.unwrap().path();
+                assert_eq!(mode(&file), 0o600, "{}", file.display());
+                files += 1;
+            }
+        }
+    }
+    assert_eq!(files, 2, "one object resident, one spilled");
+}
