@@ -273,10 +273,15 @@ impl FlightService for ObjectFlightService {
                  budget of {budget} bytes"
             )));
         }
-        let mut receiver = self.store.receive(id, size).map_err(|e| match e {
-            manta_engine::Error::ObjectExists { .. } => Status::already_exists(e.to_string()),
-            e => Status::resource_exhausted(e.to_string()),
-        })?;
+        // Off the async threads: making room may spill other objects to disk.
+        let store = std::sync::Arc::clone(&self.store);
+        let mut receiver = tokio::task::spawn_blocking(move || store.receive(id, size))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| match e {
+                manta_engine::Error::ObjectExists { .. } => Status::already_exists(e.to_string()),
+                e => Status::resource_exhausted(e.to_string()),
+            })?;
         crate::client::receive(
             first,
             messages,
@@ -288,9 +293,17 @@ impl FlightService for ObjectFlightService {
         )
         .await
         .map_err(invalid)?;
-        let stored = receiver
-            .finish()
-            .map_err(|e| Status::internal(e.to_string()))?;
+        // Off the async threads: validating (and storing, which may spill others to make room)
+        // reads or copies the whole object.
+        let stored = tokio::task::spawn_blocking(move || receiver.finish_validated())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| match e {
+                e @ manta_engine::Error::CorruptObject { .. } => {
+                    Status::invalid_argument(e.to_string())
+                }
+                e => Status::internal(e.to_string()),
+            })?;
         let reply = PutResult {
             app_metadata: Bytes::from(stored.to_string()),
         };

@@ -348,4 +348,90 @@ mod tests {
             );
         }
     }
+
+    /// The control plane's messages as they arrive from the network: random bytes, and real
+    /// messages cut or with bytes changed, decode to a message or an error, and what decodes
+    /// converts to the engine's types or an error. Never a panic.
+    mod hostile_bytes {
+        use super::*;
+        use proptest::prelude::*;
+        use prost::Message;
+
+        fn a_real_task() -> Vec<u8> {
+            let location = ObjectLocation {
+                object_id: ObjectId::random().as_bytes().to_vec().into(),
+                node_id: NodeId::random().as_bytes().to_vec().into(),
+                address: "http://127.0.0.1:1".into(),
+                size_bytes: 10,
+                num_rows: 1,
+                ..Default::default()
+            };
+            TaskCalls {
+                calls: vec![TaskCall {
+                    task: Some(TaskRequest {
+                        job_id: ObjectId::random().as_bytes().to_vec().into(),
+                        function: "crate::f".into(),
+                        args: vec![1, 2, 3].into(),
+                        inputs: vec![location],
+                        resources: Some(Resources::from(&manta_engine::Resources::one_cpu())),
+                        input_batch: Some(3),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+            }
+            .encode_to_vec()
+        }
+
+        fn convert(calls: TaskCalls) {
+            for call in calls.calls {
+                if let Some(request) = call.task {
+                    for input in &request.inputs {
+                        let _ = input.to_meta();
+                    }
+                    let _ = parse_id(&request.job_id, manta_engine::JobId::from_slice, "job_id");
+                    let _ = parse_id(
+                        &request.actor_id,
+                        manta_engine::ActorId::from_slice,
+                        "actor_id",
+                    );
+                    let _ = request.resources.map(manta_engine::Resources::from);
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn task_messages_decode_or_fail_cleanly(
+                noise in proptest::collection::vec(any::<u8>(), 0..256),
+                cut in any::<usize>(),
+                changes in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+            ) {
+                let mut real = a_real_task();
+                real.truncate(cut % (real.len() + 1));
+                let len = real.len().max(1);
+                for (at, value) in changes {
+                    if !real.is_empty() {
+                        real[at % len] = value;
+                    }
+                }
+                for bytes in [&noise, &real] {
+                    if let Ok(calls) = TaskCalls::decode(bytes.as_slice()) {
+                        convert(calls);
+                    }
+                    if let Ok(error) = TaskError::decode(bytes.as_slice()) {
+                        let _ = error.into_error();
+                    }
+                    let _ = WorkerAssignment::decode(bytes.as_slice());
+                    let _ = WorkerMessage::decode(bytes.as_slice());
+                    if let Ok(node) = RegisterNodeRequest::decode(bytes.as_slice()) {
+                        let _ = node.resources.map(manta_engine::Resources::from);
+                    }
+                    let _ = HeartbeatRequest::decode(bytes.as_slice());
+                }
+            }
+        }
+    }
 }

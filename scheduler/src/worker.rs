@@ -80,6 +80,7 @@ impl WorkerEnv {
 
 /// Runs the worker loop until the node closes the stream, then exits the process.
 pub fn run_worker(worker: WorkerEnv) -> ! {
+    raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -92,6 +93,24 @@ pub fn run_worker(worker: WorkerEnv) -> ! {
         }
     };
     std::process::exit(code)
+}
+
+/// Every input a worker maps keeps its file open (and locked) while it lives (see
+/// `ObjectDir::read_locked`): a task reading a thousand partitions needs a thousand
+/// descriptors, past the usual soft limit of 1,024. The hard limit is the real one.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: get/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 async fn serve(worker: WorkerEnv) -> Result<()> {
@@ -187,7 +206,7 @@ fn run_assignment(
                 return Ok(Object::Bytes(value));
             }
             let id = ObjectId::from_slice(id)?;
-            let object = dir.read(id, None)?;
+            let object = dir.read_locked(id)?;
             match assignment.input_batches.get(i) {
                 Some(batch) => manta_engine::store::select_batch(id, object, *batch as usize),
                 None => Ok(object),

@@ -83,13 +83,37 @@ pub fn is_block(bytes: &[u8]) -> bool {
 /// Decodes a stored object without copying: the returned batches (or bytes) share `bytes`'
 /// memory, which keeps whatever owns it (a mapping, say) alive.
 pub fn read_object(id: ObjectId, bytes: Bytes) -> Result<Object> {
+    decode_object(id, bytes, false)
+}
+
+/// [`read_object`] with Arrow's full validation (offsets, UTF-8, lengths): for bytes that came
+/// from outside the cluster's processes, before they are stored and then trusted.
+///
+/// Arrow's IPC reader panics on some malformed messages even when validating (a buffer length
+/// past the body, a null bitmap shorter than its length: found by `flight/tests/hostile_bytes.rs`),
+/// so a panic here is caught and reported as a corrupt object.
+pub fn read_object_validated(id: ObjectId, bytes: Bytes) -> Result<Object> {
+    std::panic::catch_unwind(|| decode_object(id, bytes, true)).unwrap_or_else(|panic| {
+        let reason = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("the decoder panicked");
+        Err(Error::CorruptObject {
+            id,
+            reason: format!("malformed Arrow IPC: {reason}"),
+        })
+    })
+}
+
+fn decode_object(id: ObjectId, bytes: Bytes, validate: bool) -> Result<Object> {
     let corrupt = |reason: String| Error::CorruptObject { id, reason };
     if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
         return Err(corrupt(format!("missing header ({} bytes)", bytes.len())));
     }
     let payload = bytes.slice(HEADER_LEN..);
     match bytes[8] {
-        KIND_BLOCK => read_block_stream(payload)
+        KIND_BLOCK => decode_block_stream(payload, validate)
             .map(Object::Block)
             .map_err(|e| corrupt(e.to_string())),
         KIND_BYTES => Ok(Object::Bytes(payload)),
@@ -104,6 +128,10 @@ pub fn read_object(id: ObjectId, bytes: Bytes) -> Result<Object> {
 /// its `FileDecoder` honours the flag and decodes one framed message at a time, so the stream's
 /// messages are split here and handed to it.
 pub fn read_block_stream(payload: Bytes) -> Result<Block> {
+    decode_block_stream(payload, false)
+}
+
+fn decode_block_stream(payload: Bytes, validate: bool) -> Result<Block> {
     use arrow::ipc::MessageHeader;
     use arrow::ipc::reader::FileDecoder;
 
@@ -119,13 +147,16 @@ pub fn read_block_stream(payload: Bytes) -> Result<Block> {
             MessageHeader::Schema => {
                 let fb = parsed.header_as_schema().expect("a schema message");
                 let decoded = std::sync::Arc::new(arrow::ipc::convert::fb_to_schema(fb));
-                // SAFETY: the stream was written by `write_block_stream` in this process or a
-                // worker of the same node, never by an outsider; skipping validation is what
-                // DataFusion does for the spill files it writes itself. Buffers stay zero-copy
-                // because the layout is 64-byte aligned.
+                // SAFETY: validation is skipped only for streams the cluster's own processes
+                // wrote: `write_block_stream` in this process or a worker of the same node, or
+                // another node (which holds the cluster token and is trusted as this one is).
+                // What a client sends with `DoPut` is decoded with validation once, before it
+                // is stored (`ObjectReceiver::finish_validated`), and never changes after (see
+                // `super::recycle`). Skipping validation is what DataFusion does for the spill
+                // files it writes itself. Buffers stay zero-copy: the layout is 64-byte aligned.
                 decoder = Some(unsafe {
                     FileDecoder::new(std::sync::Arc::clone(&decoded), parsed.version())
-                        .with_skip_validation(true)
+                        .with_skip_validation(!validate)
                 });
                 schema = Some(decoded);
             }

@@ -44,7 +44,7 @@ use batch_index::BatchIndex;
 
 pub use format::{
     HEADER_LEN, IpcMessage, header, ipc_messages, is_block, read_block_stream, read_object,
-    write_block_stream, write_ipc_end, write_ipc_message, write_object,
+    read_object_validated, write_block_stream, write_ipc_end, write_ipc_message, write_object,
 };
 pub use object_dir::{ObjectDir, default_shared_parent, process_alive, remove_stale_sessions};
 
@@ -871,22 +871,46 @@ impl ObjectReceiver {
     }
 
     /// Stores the object; returns its size.
-    pub fn finish(mut self) -> Result<u64> {
+    pub fn finish(self) -> Result<u64> {
+        self.store(false)
+    }
+
+    /// [`finish`](Self::finish) for bytes from outside the cluster (a client's `DoPut`): the
+    /// object is decoded with Arrow's full validation first, and a malformed one is an error
+    /// and is not stored (stored objects are later decoded without validation).
+    pub fn finish_validated(self) -> Result<u64> {
+        self.store(true)
+    }
+
+    fn store(mut self, validate: bool) -> Result<u64> {
         let id = self.id;
         match self.target.take().expect("not finished") {
             Target::File { out, tmp } => {
-                let mut file = out
-                    .into_inner()
-                    .map_err(|e| Error::io(&tmp, e.into_error()))?;
-                // Cut what a recycled file held past the new end.
-                let written =
-                    std::io::Seek::stream_position(&mut file).map_err(|e| Error::io(&tmp, e))?;
-                file.set_len(written).map_err(|e| Error::io(&tmp, e))?;
-                self.store.shared_dir_ref().seal(id, &tmp)?;
+                let result = (|| {
+                    let mut file = out
+                        .into_inner()
+                        .map_err(|e| Error::io(&tmp, e.into_error()))?;
+                    // Cut what a recycled file held past the new end.
+                    let written = std::io::Seek::stream_position(&mut file)
+                        .map_err(|e| Error::io(&tmp, e))?;
+                    file.set_len(written).map_err(|e| Error::io(&tmp, e))?;
+                    if validate {
+                        format::read_object_validated(id, object_dir::map_file(&tmp, id, None)?)?;
+                    }
+                    self.store.shared_dir_ref().seal(id, &tmp)
+                })();
+                if let Err(e) = result {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e);
+                }
                 self.store.adopt(id)
             }
             Target::Memory(buffer) => {
-                let object = read_object(id, buffer.into_bytes())?;
+                let bytes = buffer.into_bytes();
+                let object = match validate {
+                    true => format::read_object_validated(id, bytes)?,
+                    false => read_object(id, bytes)?,
+                };
                 self.store.put(id, object)
             }
         }

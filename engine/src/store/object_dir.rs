@@ -145,6 +145,26 @@ impl ObjectDir {
         read_object(id, self.map(id, keep_alive)?)
     }
 
+    /// [`read`](Self::read) for a process other than the store's (a worker): the file is held
+    /// with a shared lock for as long as any view of the mapping lives, which is what keeps the
+    /// store from recycling it (see [`super::recycle`]). `ObjectNotFound` if the object was
+    /// freed (or recycled) before the lock was taken.
+    pub fn read_locked(&self, id: ObjectId) -> Result<Object> {
+        let path = self.file(id);
+        let file = File::open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::ObjectNotFound { id },
+            _ => Error::io(&path, e),
+        })?;
+        lock(&file, libc::LOCK_SH).map_err(|e| Error::io(&path, e))?;
+        // The store renames a file away (holding the exclusive lock) before it recycles it:
+        // if the name no longer leads to this file, it is not this object any more.
+        if !same_file(&file, &path) {
+            return Err(Error::ObjectNotFound { id });
+        }
+        let holder = file.try_clone().map_err(|e| Error::io(&path, e))?;
+        read_object(id, map_open_file(file, &path, Some(Box::new(holder)))?)
+    }
+
     /// Removes `id`'s file, if there is one.
     pub fn remove(&self, id: ObjectId) {
         let _ = fs::remove_file(self.file(id));
@@ -172,14 +192,40 @@ pub(crate) fn map_file(
     map_open_file(file, path, keep_alive)
 }
 
+/// `flock(2)` on `file` (`LOCK_SH`, `LOCK_EX`, with `LOCK_NB` or not).
+pub(crate) fn lock(file: &File, operation: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: flock on a descriptor this `File` owns; it touches no memory.
+        if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
+            return Ok(());
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+/// Whether `path` names the file `file` has open.
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(open), Ok(named)) => (open.dev(), open.ino()) == (named.dev(), named.ino()),
+        _ => false,
+    }
+}
+
 /// Maps an object file already opened (`path` for messages).
 pub(crate) fn map_open_file(
     file: File,
     path: &Path,
     keep_alive: Option<Box<dyn Send + Sync>>,
 ) -> Result<Bytes> {
-    // SAFETY: object files are written once, sealed by rename, and never modified afterwards;
-    // they are only removed, which leaves existing mappings valid.
+    // SAFETY: an object file is written once and sealed by rename; after that its bytes change
+    // only if the store recycles it (see `super::recycle`), which it does only when no pin of
+    // its own process is left and no other process holds the file's shared lock (which
+    // `read_locked` takes, and keeps with the mapping). Removing a file leaves mappings valid.
     let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
     Ok(Bytes::from_owner(Mapping {
         mmap,

@@ -9,6 +9,20 @@
 //! of the store's budget), counts against the budget, and is emptied first when the store
 //! needs room. This is what Ray's plasma store gets from its preallocated arena, without an
 //! allocator: each object still has a file of its own, mapped by readers.
+//!
+//! # Never under a reader
+//!
+//! Writing over a file that someone still maps would change bytes under them (and decoded
+//! Arrow arrays are trusted, so that is undefined behaviour, not just a wrong answer). The
+//! invariant: **a file is recycled only when nobody can still map it.** Readers in the store's
+//! process hold pins, and the store offers only unpinned files. Readers in other processes (a
+//! node's worker processes, whose actors and callables may keep an input batch for as long as
+//! they like) map through [`ObjectDir::read_locked`](super::ObjectDir::read_locked), which holds
+//! a shared `flock` on the file for as long as the mapping lives. Before recycling a file the
+//! store takes the exclusive lock without waiting; if it cannot, a reader holds it, and the
+//! file is deleted instead (its pages stay with the reader's mapping until it is dropped). The
+//! rename happens while the exclusive lock is held, and a reader that got its lock after it
+//! finds the object's name gone and reports the object not found, never a recycled file.
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +52,14 @@ impl Recycler {
     /// Keeps `path` (an object file of `size` bytes in `dir` that nobody maps) for reuse;
     /// deletes it if it is small or the pool is full. Returns whether it was kept.
     pub(crate) fn keep(&self, dir: &Path, path: &Path, size: u64) -> bool {
+        // Held (if taken) until the file is renamed into the pool: see the module doc.
+        let unmapped = std::fs::File::open(path)
+            .ok()
+            .filter(|file| super::object_dir::lock(file, libc::LOCK_EX | libc::LOCK_NB).is_ok());
+        if unmapped.is_none() {
+            let _ = std::fs::remove_file(path);
+            return false;
+        }
         let mut files = self.files.lock();
         let pooled: u64 = files.iter().map(|(_, size)| size).sum();
         if size < MIN_RECYCLED_BYTES

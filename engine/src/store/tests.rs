@@ -350,3 +350,44 @@ fn object_files_and_session_directories_are_their_users_alone() {
     }
     assert_eq!(files, 2, "one object resident, one spilled");
 }
+
+/// A reader in another process (a worker's actor keeping an input) maps an object through
+/// `read_locked`; the store frees it and writes the next object: the reader's bytes do not
+/// change, because a file someone holds locked is deleted, never recycled. (`flock` locks of
+/// two opens conflict within one process as across processes, so this one stands for both.)
+#[test]
+fn a_file_a_worker_still_maps_is_never_written_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = shared_store(1 << 30, tmp.path());
+    let worker_view = ObjectDir::open(store.shared_dir().unwrap());
+    // Large enough to be recycled (at least 256 KiB).
+    let (kept, next) = (batch(0, 100_000), batch(1_000_000, 100_000));
+    let id = ObjectId::random();
+    store.put(id, kept.clone().into()).unwrap();
+    let held = block_of(worker_view.read_locked(id).unwrap());
+    store.free(id);
+    assert_eq!(
+        store.usage().recycled_bytes,
+        0,
+        "a locked file is not pooled"
+    );
+    let other = ObjectId::random();
+    store.put(other, next.clone().into()).unwrap();
+    assert_eq!(held, kept, "the held input changed under its reader");
+    assert!(matches!(
+        worker_view.read_locked(id),
+        Err(Error::ObjectNotFound { .. })
+    ));
+
+    // Once nobody holds it, a freed file is recycled as before.
+    drop(held);
+    let third = ObjectId::random();
+    store.put(third, kept.clone().into()).unwrap();
+    let view = block_of(worker_view.read_locked(third).unwrap());
+    store.free(other);
+    assert!(
+        store.usage().recycled_bytes > 0,
+        "an unlocked file is pooled"
+    );
+    assert_eq!(view, kept);
+}
