@@ -583,3 +583,93 @@ fn deeply_nested_queries_are_refused_and_the_server_goes_on() {
         assert_eq!(count, vec![vec!["450".to_string()]]);
     });
 }
+
+/// Each client (connection) has a session of its own: what one creates or drops, the others
+/// and the operator's context never see; tables the operator registers later, every client
+/// sees.
+#[test]
+fn each_clients_ddl_stays_in_its_own_session() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("t.csv"), "a\n1\n2\n").unwrap();
+    let (ctx, server) = serving_context_with(manta::datasets::SqlAccess::writable_under([tmp
+        .path()
+        .display()
+        .to_string()]));
+    let address = server.address().to_string();
+    let tables = async |client: &mut Client| {
+        let info = client
+            .get_tables(CommandGetTables {
+                catalog: None,
+                db_schema_filter_pattern: None,
+                table_name_filter_pattern: None,
+                table_types: vec![],
+                include_schema: false,
+            })
+            .await
+            .unwrap();
+        column_strings(&fetch(client, info).await.unwrap(), "table_name")
+    };
+    let runtime = runtime();
+    let (mut a, mut b) = runtime.block_on(async {
+        let mut a = connect(&address, server.token()).await;
+        let mut b = connect(&address, server.token()).await;
+        let create = format!(
+            "CREATE EXTERNAL TABLE mine STORED AS CSV LOCATION '{}' \
+             OPTIONS ('format.has_header' 'true')",
+            tmp.path().join("t.csv").display()
+        );
+        query(&mut a, &create).await.unwrap();
+        query(&mut a, "CREATE VIEW v AS SELECT sum(a) AS s FROM mine")
+            .await
+            .unwrap();
+        query(&mut a, "DROP TABLE numbers").await.unwrap();
+
+        // A sees its own catalog.
+        let sum = cells(&query(&mut a, "SELECT s FROM v").await.unwrap());
+        assert_eq!(sum, vec![vec!["3".to_string()]]);
+        assert!(query(&mut a, "SELECT * FROM numbers").await.is_err());
+        let a_tables = tables(&mut a).await;
+        assert!(a_tables.contains(&"mine".to_string()), "{a_tables:?}");
+        assert!(!a_tables.contains(&"numbers".to_string()), "{a_tables:?}");
+
+        // B, the shared one.
+        for name in ["mine", "v"] {
+            let error = query(&mut b, &format!("SELECT * FROM {name}"))
+                .await
+                .expect_err(name);
+            assert!(error.contains("not found"), "{name}: {error}");
+        }
+        let count = cells(&query(&mut b, "SELECT count(*) FROM numbers").await.unwrap());
+        assert_eq!(count, vec![vec!["1000".to_string()]]);
+        let b_tables = tables(&mut b).await;
+        assert!(
+            b_tables.contains(&"numbers".to_string()) && !b_tables.contains(&"mine".to_string())
+        );
+        // B may make a table of the same name; it is B's.
+        query(&mut b, &create).await.unwrap();
+        query(&mut b, "DROP TABLE mine").await.unwrap();
+        let sum = cells(&query(&mut a, "SELECT sum(a) FROM mine").await.unwrap());
+        assert_eq!(sum, vec![vec!["3".to_string()]]);
+        (a, b)
+    });
+
+    // The operator's context saw none of it, and what it registers now, both clients see.
+    assert!(ctx.sql("SELECT * FROM mine").is_err());
+    assert!(ctx.sql("SELECT * FROM v").is_err());
+    ctx.register("later", &ctx.range(7)).unwrap();
+    runtime.block_on(async {
+        for client in [&mut a, &mut b] {
+            let count = cells(&query(client, "SELECT count(*) FROM later").await.unwrap());
+            assert_eq!(count, vec![vec!["7".to_string()]]);
+        }
+    });
+    assert_eq!(
+        cells(
+            &ctx.sql("SELECT count(*) FROM numbers")
+                .unwrap()
+                .to_arrow()
+                .unwrap()
+        ),
+        vec![vec!["1000".to_string()]]
+    );
+}

@@ -224,7 +224,11 @@ mod tests {
         let unpadded = basic(&format!("anyone:{}", token.secret()));
         assert!(token.accepts(unpadded.trim_end_matches('=')));
         // The secret with its last digit changed.
-        let last = if token.secret().ends_with('0') { '1' } else { '0' };
+        let last = if token.secret().ends_with('0') {
+            '1'
+        } else {
+            '0'
+        };
         let wrong = format!("{}{last}", &token.secret()[..63]);
         for header in [
             String::new(),

@@ -3,9 +3,10 @@
 //!
 //! [`Context::serve_flight_sql`] binds an address and serves, on the context's runtime,
 //! arrow-flight's Flight SQL protocol over the same DataFusion session that
-//! [`Context::register`] and [`Context::sql`] use. The handles it gives clients carry
-//! everything (see [`handles`]), so the service ([`service`]) keeps no per-client state. It
-//! supports queries, prepared statements with parameters (`$1` or `?`), updates such as
+//! [`Context::register`] and [`Context::sql`] use. The handles it gives clients carry their
+//! statements (see [`handles`]); the only per-client state of the service ([`service`]) is
+//! each client's session ([`sessions`]), an overlay of the shared catalog where what the
+//! client creates or drops stays its own. It supports queries, prepared statements with parameters (`$1` or `?`), updates such as
 //! `CREATE EXTERNAL TABLE` where the operator allows them ([`access`]), and the `GetCatalogs`, `GetDbSchemas`, `GetTables`,
 //! `GetTableTypes` and `GetSqlInfo` metadata commands.
 //!
@@ -24,6 +25,7 @@ pub mod access;
 pub mod handles;
 pub mod nesting;
 pub mod service;
+pub mod sessions;
 
 use std::net::SocketAddr;
 

@@ -43,6 +43,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::access::SqlAccess;
 use super::handles::Statement;
+use super::sessions::Sessions;
 
 /// The ticket of a statement that already ran (DDL, DML): no rows.
 const DONE: &[u8] = b"done";
@@ -56,19 +57,30 @@ type DataStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send +
 /// clients that logged in with user and password present it from then on.
 #[derive(Clone)]
 pub struct MantaFlightSql {
+    /// The session of the client being served (the shared one until [`Self::for_client`]).
     session: SessionContext,
+    sessions: Arc<Sessions>,
     token: Token,
     access: SqlAccess,
 }
 
 impl MantaFlightSql {
     /// The service over `session`'s tables, whose callers present `token` and may run what
-    /// `access` allows.
+    /// `access` allows; each client in a session of its own over them ([`super::sessions`]).
     pub fn new(session: SessionContext, token: Token, access: SqlAccess) -> Self {
         Self {
+            sessions: Arc::new(Sessions::new(session.clone())),
             session,
             token,
             access,
+        }
+    }
+
+    /// This service as the client of `request` sees it: in its own session.
+    fn for_client<T>(&self, request: &Request<T>) -> Self {
+        Self {
+            session: self.sessions.of(request.remote_addr()),
+            ..self.clone()
         }
     }
 
@@ -275,7 +287,8 @@ impl FlightSqlService for MantaFlightSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.statement_info(Statement::new(&query.query), request.into_inner())
+        self.for_client(&request)
+            .statement_info(Statement::new(&query.query), request.into_inner())
             .await
     }
 
@@ -285,20 +298,23 @@ impl FlightSqlService for MantaFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let statement = Statement::decode(&query.prepared_statement_handle)?;
-        self.statement_info(statement, request.into_inner()).await
+        self.for_client(&request)
+            .statement_info(statement, request.into_inner())
+            .await
     }
 
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         if ticket.statement_handle.as_ref() == DONE {
             return Ok(stream_batches(Arc::new(Schema::empty()), Vec::new()));
         }
         let statement = Statement::decode(&ticket.statement_handle)?;
-        let plan = self.plan(&statement).await?;
-        let rows = self
+        let this = self.for_client(&request);
+        let plan = this.plan(&statement).await?;
+        let rows = this
             .session
             .execute_logical_plan(plan)
             .await
@@ -328,17 +344,20 @@ impl FlightSqlService for MantaFlightSql {
     async fn do_put_statement_update(
         &self,
         command: CommandStatementUpdate,
-        _request: Request<PeekableFlightDataStream>,
+        request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        self.update(Statement::new(&command.query)).await
+        self.for_client(&request)
+            .update(Statement::new(&command.query))
+            .await
     }
 
     async fn do_put_prepared_statement_update(
         &self,
         command: CommandPreparedStatementUpdate,
-        _request: Request<PeekableFlightDataStream>,
+        request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        self.update(Statement::decode(&command.prepared_statement_handle)?)
+        self.for_client(&request)
+            .update(Statement::decode(&command.prepared_statement_handle)?)
             .await
     }
 
@@ -370,10 +389,10 @@ impl FlightSqlService for MantaFlightSql {
     async fn do_action_create_prepared_statement(
         &self,
         query: ActionCreatePreparedStatementRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let statement = Statement::new(&query.query);
-        let plan = self.plan(&statement).await?;
+        let plan = self.for_client(&request).plan(&statement).await?;
         let mut params: Vec<(usize, Field)> = plan
             .get_parameter_types()
             .map_err(sql_error)?
@@ -421,10 +440,11 @@ impl FlightSqlService for MantaFlightSql {
     async fn do_get_catalogs(
         &self,
         query: CommandGetCatalogs,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let session = self.for_client(&request).session;
         let mut builder = query.into_builder();
-        for name in self.session.catalog_names() {
+        for name in session.catalog_names() {
             builder.append(name);
         }
         let schema = builder.schema();
@@ -443,11 +463,12 @@ impl FlightSqlService for MantaFlightSql {
     async fn do_get_schemas(
         &self,
         query: CommandGetDbSchemas,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let session = self.for_client(&request).session;
         let mut builder = query.into_builder();
-        for catalog_name in self.session.catalog_names() {
-            if let Some(catalog) = self.session.catalog(&catalog_name) {
+        for catalog_name in session.catalog_names() {
+            if let Some(catalog) = session.catalog(&catalog_name) {
                 for schema_name in catalog.schema_names() {
                     builder.append(&catalog_name, schema_name);
                 }
@@ -469,11 +490,12 @@ impl FlightSqlService for MantaFlightSql {
     async fn do_get_tables(
         &self,
         query: CommandGetTables,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let session = self.for_client(&request).session;
         let mut builder = query.into_builder();
-        for catalog_name in self.session.catalog_names() {
-            let Some(catalog) = self.session.catalog(&catalog_name) else {
+        for catalog_name in session.catalog_names() {
+            let Some(catalog) = session.catalog(&catalog_name) else {
                 continue;
             };
             for schema_name in catalog.schema_names() {
