@@ -127,8 +127,96 @@ fn the_heads_flight_sql_endpoint_answers_tpch(cluster: &Cluster) {
     );
 }
 
+/// The env variable that makes this binary a driver that puts a block and waits to be killed
+/// (see `objects_a_killed_driver_put_are_freed`).
+const PUT_THEN_WAIT: &str = "MANTA_TEST_PUT_THEN_WAIT";
+
+/// Rows of the block the killed driver puts (32 MiB of `i64`s).
+const PUT_ROWS: usize = 1 << 22;
+
+fn put_then_wait(head: String) -> ! {
+    let ctx = manta::init_with(Config {
+        address: Some(head),
+        ..Default::default()
+    })
+    .unwrap();
+    let stored = ctx
+        .put_batch(common::batch_tasks::numbers(PUT_ROWS as i64))
+        .unwrap();
+    println!("put");
+    loop {
+        std::thread::park();
+        let _ = &stored;
+    }
+}
+
+/// The bytes held in the nodes' object stores, as the head last heard.
+fn resident_bytes(cluster: &Cluster) -> u64 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (channel, _) =
+            manta::scheduler::cluster_token::connect_head(&cluster.head.address, None)
+                .await
+                .unwrap();
+        let nodes = manta::scheduler::proto::head_client::HeadClient::new(channel)
+            .list_nodes(manta::scheduler::proto::ListNodesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .nodes;
+        nodes
+            .iter()
+            .map(|n| n.store.map_or(0, |s| s.resident_bytes))
+            .sum()
+    })
+}
+
+/// Polls `condition` (every 100 ms, for at most 30 s); panics naming `what` if it never holds.
+fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// A driver puts a 32 MiB block on a node and is killed (SIGKILL: it frees nothing, ends
+/// nothing): the head sees its job's connection close and ends the job, and the node frees
+/// the block.
+fn objects_a_killed_driver_put_are_freed(cluster: &Cluster) {
+    use std::io::BufRead;
+    let before = resident_bytes(cluster);
+    let mut driver = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(PUT_THEN_WAIT, &cluster.head.address)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(driver.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "put");
+    let size = (PUT_ROWS * 8) as u64;
+    let mut with_block = 0;
+    eventually("the nodes report the put block", || {
+        with_block = resident_bytes(cluster);
+        with_block >= before + size
+    });
+    driver.kill().unwrap();
+    driver.wait().unwrap();
+    eventually("the killed driver's block is freed", || {
+        resident_bytes(cluster) + size <= with_block
+    });
+}
+
 fn main() {
     manta::run_worker_if_requested();
+    if let Ok(head) = std::env::var(PUT_THEN_WAIT) {
+        put_then_wait(head);
+    }
     type Test = (&'static str, fn(&Cluster));
     let tests: &[Test] = &[
         ("the_quickstart_runs_over_tls", the_quickstart_runs_over_tls),
@@ -191,6 +279,10 @@ fn main() {
         (
             "task_outputs_lost_with_their_node_are_rebuilt_from_lineage",
             task_outputs_lost_with_their_node_are_rebuilt_from_lineage,
+        ),
+        (
+            "objects_a_killed_driver_put_are_freed",
+            objects_a_killed_driver_put_are_freed,
         ),
     ];
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));

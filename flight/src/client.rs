@@ -132,12 +132,37 @@ impl FlightPool {
     /// Stores `object` as `id` in the store of the node at `location` (Flight `DoPut`); returns
     /// its stored size.
     pub async fn push(&self, location: &Location, id: ObjectId, object: &Object) -> Result<u64> {
+        self.push_as(location, id, object, None).await
+    }
+
+    /// [`push`](Self::push) on behalf of `job`: the node frees the object when the job ends
+    /// (its driver finished or went away), if nobody freed it before.
+    pub async fn push_for_job(
+        &self,
+        location: &Location,
+        id: ObjectId,
+        object: &Object,
+        job: manta_engine::JobId,
+    ) -> Result<u64> {
+        self.push_as(location, id, object, Some(job)).await
+    }
+
+    async fn push_as(
+        &self,
+        location: &Location,
+        id: ObjectId,
+        object: &Object,
+        job: Option<manta_engine::JobId>,
+    ) -> Result<u64> {
         let mut stored = Vec::with_capacity(object.size_bytes() + 4096);
         manta_engine::store::write_object(&mut stored, object)?;
         let mut messages = crate::service::object_messages(id, bytes::Bytes::from(stored))?;
-        messages[0].flight_descriptor = Some(arrow_flight::FlightDescriptor::new_cmd(
-            id.as_bytes().to_vec(),
-        ));
+        // The descriptor: the object's id, then the owning job's, if any.
+        let mut descriptor = id.as_bytes().to_vec();
+        if let Some(job) = job {
+            descriptor.extend_from_slice(job.as_bytes());
+        }
+        messages[0].flight_descriptor = Some(arrow_flight::FlightDescriptor::new_cmd(descriptor));
         let mut client = self.client(&location.flight_address).await?;
         let mut replies = client
             .do_put(futures::stream::iter(messages))

@@ -251,13 +251,25 @@ impl FlightService for ObjectFlightService {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("an empty DoPut"))?;
-        let id = first
+        // The object's id, then (optionally) the id of the job it belongs to.
+        let cmd = first
             .flight_descriptor
             .as_ref()
-            .and_then(|d| ObjectId::from_slice(&d.cmd).ok())
-            .ok_or_else(|| {
-                Status::invalid_argument("a DoPut's descriptor must be the 16-byte object id")
-            })?;
+            .map(|d| d.cmd.clone())
+            .unwrap_or_default();
+        let (id, job) = match cmd.len() {
+            16 => (ObjectId::from_slice(&cmd).ok(), None),
+            32 => (
+                ObjectId::from_slice(&cmd[..16]).ok(),
+                manta_engine::JobId::from_slice(&cmd[16..]).ok(),
+            ),
+            _ => (None, None),
+        };
+        let id = id.ok_or_else(|| {
+            Status::invalid_argument(
+                "a DoPut's descriptor must be the 16-byte object id (and the 16-byte id of its job)",
+            )
+        })?;
         let from = manta_engine::Location {
             node: manta_engine::NodeId::from_bytes([0; 16]),
             flight_address: "the pushing client".into(),
@@ -304,6 +316,9 @@ impl FlightService for ObjectFlightService {
                 }
                 e => Status::internal(e.to_string()),
             })?;
+        if let Some(job) = job {
+            self.store.set_job(id, job);
+        }
         let reply = PutResult {
             app_metadata: Bytes::from(stored.to_string()),
         };

@@ -95,6 +95,17 @@ impl ClusterClient {
             upload(&mut head, &executable, &hash).await?;
         }
         let job = JobId::from_slice(&reply.job_id)?;
+        // Open for as long as this process runs: if it dies, the head ends the job (its
+        // workers stop, the objects it put are freed).
+        let mut holder = head.clone();
+        let hold = proto::EndJobRequest {
+            job_id: reply.job_id.clone(),
+        };
+        tokio::spawn(async move {
+            if let Ok(stream) = holder.hold_job(hold).await {
+                let _ = stream.into_inner().message().await;
+            }
+        });
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(free_objects(rx, token.clone()));
         let submitter = head.clone();
@@ -216,7 +227,10 @@ impl ClusterClient {
             Object::Block(block) => block.num_rows() as u64,
             Object::Bytes(_) => 0,
         };
-        let size_bytes = self.flight.push(&location, id, &object).await?;
+        let size_bytes = self
+            .flight
+            .push_for_job(&location, id, &object, self.job)
+            .await?;
         let meta = manta_engine::ObjectMeta {
             id,
             location,

@@ -208,7 +208,51 @@ struct Lease {
     lost: CancellationToken,
 }
 
+/// A driver's `HoldJob` stream, open: when it is dropped (the driver's connection closed) and
+/// the job has not ended, the head ends it.
+struct JobHeld {
+    head: Arc<Head>,
+    job: JobId,
+}
+
+impl Drop for JobHeld {
+    fn drop(&mut self) {
+        if !self.head.state.lock().jobs.contains_key(&self.job) {
+            return;
+        }
+        tracing::warn!(job = %self.job, "the job's driver went away without ending it; ending it");
+        let (head, job) = (Arc::clone(&self.head), self.job);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { head.finish_job(job).await });
+        }
+    }
+}
+
 impl Head {
+    /// Ends `job`: its actors are killed, and every node stops its workers and frees the
+    /// objects its driver put there.
+    async fn finish_job(&self, job: JobId) {
+        self.end_job_actors(job);
+        let clients: Vec<_> = {
+            let mut state = self.state.lock();
+            state.jobs.remove(&job);
+            state
+                .nodes
+                .values()
+                .filter(|n| n.alive)
+                .map(|n| n.client.clone())
+                .collect()
+        };
+        let job_id = bytes::Bytes::copy_from_slice(job.as_bytes());
+        let calls = clients.into_iter().map(|mut c| {
+            let request = proto::EndJobRequest {
+                job_id: job_id.clone(),
+            };
+            async move { c.end_job(request).await }
+        });
+        futures::future::join_all(calls).await;
+    }
+
     /// A head with no nodes.
     pub fn new(config: HeadConfig) -> Result<Arc<Self>> {
         let executables = ExecutableCache::new(&config.cache_dir)?;
@@ -756,25 +800,32 @@ impl HeadRpc for Head {
     ) -> Result<Response<proto::EndJobReply>, Status> {
         let r = request.into_inner();
         let job = proto::parse_id(&r.job_id, JobId::from_slice, "job_id")?;
-        self.end_job_actors(job);
-        let clients: Vec<_> = {
-            let mut state = self.state.lock();
-            state.jobs.remove(&job);
-            state
-                .nodes
-                .values()
-                .filter(|n| n.alive)
-                .map(|n| n.client.clone())
-                .collect()
-        };
-        let calls = clients.into_iter().map(|mut c| {
-            let request = proto::EndJobRequest {
-                job_id: r.job_id.clone(),
-            };
-            async move { c.end_job(request).await }
-        });
-        futures::future::join_all(calls).await;
+        self.finish_job(job).await;
         Ok(Response::new(proto::EndJobReply {}))
+    }
+
+    type HoldJobStream = Pin<Box<dyn Stream<Item = Result<proto::HoldJobReply, Status>> + Send>>;
+
+    async fn hold_job(
+        &self,
+        request: Request<proto::EndJobRequest>,
+    ) -> Result<Response<Self::HoldJobStream>, Status> {
+        let job = proto::parse_id(&request.into_inner().job_id, JobId::from_slice, "job_id")?;
+        if !self.state.lock().jobs.contains_key(&job) {
+            return Err(Status::not_found(format!("no job {job}")));
+        }
+        let head = self
+            .me
+            .upgrade()
+            .ok_or_else(|| Status::unavailable("the head is stopping"))?;
+        let held = JobHeld { head, job };
+        // Never yields: it ends when the driver's connection does, dropping `held`.
+        let stream = futures::stream::unfold(held, |held| async move {
+            let _held = held;
+            futures::future::pending::<Option<(Result<proto::HoldJobReply, Status>, JobHeld)>>()
+                .await
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn create_actor(

@@ -638,6 +638,10 @@ impl NodeRpc for NodeService {
     ) -> Result<Response<proto::EndJobReply>, Status> {
         let job = proto::parse_id(&request.into_inner().job_id, JobId::from_slice, "job_id")?;
         self.0.workers.end_job(job);
+        let freed = self.0.store.free_job(job);
+        if freed > 0 {
+            tracing::info!(%job, freed, "freed the objects its driver put and left behind");
+        }
         Ok(Response::new(proto::EndJobReply {}))
     }
 

@@ -195,6 +195,9 @@ struct Entry {
     size_bytes: u64,
     pins: u32,
     last_used: u64,
+    /// The job the object was put for by a client outside the node (see
+    /// [`ObjectStore::free_job`]).
+    job: Option<crate::ids::JobId>,
 }
 
 impl Entry {
@@ -489,6 +492,31 @@ impl ObjectStore {
         })
     }
 
+    /// Records that `id` was put for `job` (by its driver, from outside the node): if it is
+    /// still here when the job ends, [`free_job`](Self::free_job) deletes it.
+    pub fn set_job(&self, id: ObjectId, job: crate::ids::JobId) {
+        if let Some(entry) = self.state.lock().entries.get_mut(&id) {
+            entry.job = Some(job);
+        }
+    }
+
+    /// Deletes the objects put for `job` that are still here (its driver ended, or went away
+    /// without freeing them); returns how many.
+    pub fn free_job(&self, job: crate::ids::JobId) -> usize {
+        let ids: Vec<ObjectId> = self
+            .state
+            .lock()
+            .entries
+            .iter()
+            .filter(|(_, entry)| entry.job == Some(job))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            self.free(*id);
+        }
+        ids.len()
+    }
+
     /// Deletes `id` (its owner holds no reference any more). Readers that already mapped it
     /// keep their mapping.
     pub fn free(&self, id: ObjectId) {
@@ -551,6 +579,7 @@ impl ObjectStore {
                 size_bytes,
                 pins: 0,
                 last_used,
+                job: None,
             },
         );
         assert!(old.is_none(), "object {id} stored twice");
