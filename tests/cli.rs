@@ -99,6 +99,66 @@ fn start_status_stop() {
     assert!(!again.status.success(), "status with no head must fail");
 }
 
+/// Whether a session directory of process `pid` is in /dev/shm.
+fn has_shm_session(pid: i32) -> bool {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten().any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("manta-{pid}-"))
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// A node killed with SIGKILL cannot clean up; `manta stop` removes what it left in /dev/shm.
+#[test]
+fn manta_stop_reclaims_what_a_killed_node_left() {
+    let run_dir = tempfile::tempdir().unwrap();
+    let _guard = StopOnDrop(run_dir.path());
+    let head = manta(run_dir.path(), &["start", "--head", "--port", "0"]);
+    assert!(head.status.success(), "{}", text(&head));
+    let head_text = text(&head);
+    let address = head_text
+        .split_whitespace()
+        .find(|w| w.starts_with("127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no address in: {head_text}"))
+        .to_string();
+    let before: Vec<i32> = std::fs::read_dir(run_dir.path())
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.parse().ok())
+        .collect();
+    let node = manta(run_dir.path(), &["start", "--address", &address]);
+    assert!(node.status.success(), "{}", text(&node));
+    let node_pid = std::fs::read_dir(run_dir.path())
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| !before.contains(pid))
+        .expect("the node's pid file");
+    assert!(
+        has_shm_session(node_pid),
+        "the node's session is in /dev/shm"
+    );
+    // SAFETY: kill(2) of the node this test started.
+    unsafe { libc::kill(node_pid, libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while manta::engine::store::process_alive(node_pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node outlived SIGKILL"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(has_shm_session(node_pid), "a killed node cannot clean up");
+    let stop = manta(run_dir.path(), &["stop"]);
+    assert!(stop.status.success(), "{}", text(&stop));
+    assert!(
+        !has_shm_session(node_pid),
+        "manta stop left the killed node's shared memory"
+    );
+}
+
 #[test]
 fn a_node_whose_head_does_not_answer_fails_fast() {
     let run_dir = tempfile::tempdir().unwrap();

@@ -300,7 +300,9 @@ pub fn local_head_address() -> Result<Option<String>> {
         .map(|(_, _, address)| address))
 }
 
-/// Stops every process `manta start` started here: nodes first, then heads.
+/// Stops every process `manta start` started here: nodes first, then heads; then removes the
+/// object-store sessions of nodes that are gone (a node killed with SIGKILL leaves its
+/// `/dev/shm` session behind).
 pub fn stop_all() -> Result<()> {
     let processes = started();
     if processes.is_empty() {
@@ -322,5 +324,9 @@ pub fn stop_all() -> Result<()> {
         }
         let _ = fs::remove_file(run_dir().join(pid.to_string()));
     }
+    // What nodes that died without cleaning up (SIGKILL, a crash) left in shared memory and in
+    // the default spill directory: sessions whose process is gone.
+    manta::engine::store::remove_stale_sessions(&manta::engine::store::default_shared_parent());
+    manta::engine::store::remove_stale_sessions(&manta::engine::store::default_spill_parent());
     Ok(())
 }
