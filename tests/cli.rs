@@ -30,19 +30,24 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
+/// `manta start --head` in the background; its address.
+fn start_head(run_dir: &Path) -> String {
+    let head = manta(run_dir, &["start", "--head", "--port", "0"]);
+    assert!(head.status.success(), "{}", text(&head));
+    let head_text = text(&head);
+    head_text
+        .split_whitespace()
+        .find(|w| w.starts_with("127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no address in: {head_text}"))
+        .to_string()
+}
+
 #[test]
 fn start_status_stop() {
     let run_dir = tempfile::tempdir().unwrap();
     let _guard = StopOnDrop(run_dir.path());
 
-    let head = manta(run_dir.path(), &["start", "--head", "--port", "0"]);
-    assert!(head.status.success(), "{}", text(&head));
-    let head_text = text(&head);
-    let address = head_text
-        .split_whitespace()
-        .find(|w| w.starts_with("127.0.0.1:"))
-        .unwrap_or_else(|| panic!("no address in: {head_text}"))
-        .to_string();
+    let address = start_head(run_dir.path());
 
     let node = manta(
         run_dir.path(),
@@ -117,14 +122,7 @@ fn has_shm_session(pid: i32) -> bool {
 fn manta_stop_reclaims_what_a_killed_node_left() {
     let run_dir = tempfile::tempdir().unwrap();
     let _guard = StopOnDrop(run_dir.path());
-    let head = manta(run_dir.path(), &["start", "--head", "--port", "0"]);
-    assert!(head.status.success(), "{}", text(&head));
-    let head_text = text(&head);
-    let address = head_text
-        .split_whitespace()
-        .find(|w| w.starts_with("127.0.0.1:"))
-        .unwrap_or_else(|| panic!("no address in: {head_text}"))
-        .to_string();
+    let address = start_head(run_dir.path());
     let before: Vec<i32> = std::fs::read_dir(run_dir.path())
         .unwrap()
         .filter_map(|e| e.unwrap().file_name().to_str()?.parse().ok())

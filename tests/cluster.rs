@@ -317,16 +317,20 @@ fn main() {
     }
 }
 
-fn quickstart_runs_across_two_nodes_and_matches_embedded(cluster: &Cluster) {
-    let tmp = tempfile::tempdir().unwrap();
-    let input = small_lineitem(tmp.path());
-    // Reads run only on node "a", the batch function only on node "b": every block is produced
-    // on one node and consumed on the other.
+/// Reads run only on node "a", the batch function only on node "b": every block is produced on
+/// one node and consumed on the other.
+fn read_on_a_map_on_b() -> (ReadOptions, MapBatchesOptions) {
     let read = ReadOptions {
         resources: on("a"),
         ..small_tasks()
     };
-    let map = MapBatchesOptions::default().resources(on("b"));
+    (read, MapBatchesOptions::default().resources(on("b")))
+}
+
+fn quickstart_runs_across_two_nodes_and_matches_embedded(cluster: &Cluster) {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = small_lineitem(tmp.path());
+    let (read, map) = read_on_a_map_on_b();
 
     let ctx = cluster.connect();
     let ds = etl(&ctx, &input, read.clone(), map.clone());
@@ -389,11 +393,7 @@ fn the_quickstart_runs_over_tls(_plain: &Cluster) {
     manta::flight::tls::trust_file(&ca.ca).unwrap();
 
     let input = small_lineitem(tmp.path());
-    let read = ReadOptions {
-        resources: on("a"),
-        ..small_tasks()
-    };
-    let map = MapBatchesOptions::default().resources(on("b"));
+    let (read, map) = read_on_a_map_on_b();
     let ctx = cluster.connect();
     let ds = etl(&ctx, &input, read, map);
     let out = tmp.path().join("tls-out");

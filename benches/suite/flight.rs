@@ -158,7 +158,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
     }
     for run in 1..=args.runs {
-        let (seconds, object) = timed(|| runtime.block_on(pool.fetch(&location, id)));
+        let (seconds, object) = timed(|| runtime.block_on(pool.fetch(location, id)));
         let rows = object?.into_block(id)?.num_rows();
         anyhow::ensure!(rows == OBJECT_BYTES / 16, "fetched object is incomplete");
         println!(
@@ -168,7 +168,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     for run in 1..=args.runs {
         // Only the transfer: the messages are dropped as they arrive.
-        let (seconds, bytes) = timed(|| runtime.block_on(drain(&location, id, &token)));
+        let (seconds, bytes) = timed(|| runtime.block_on(drain(location, id, &token)));
         let bytes = bytes?;
         println!(
             "RESULT workload=flight mode=loopback-drain run={run} seconds={seconds:.3} bytes={bytes} gbps={:.2}",

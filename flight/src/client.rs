@@ -81,23 +81,7 @@ impl FlightPool {
         location: &Location,
         id: ObjectId,
     ) -> Result<u64> {
-        let mut stream = self.open(location, id, None).await?;
-        let first = next_message(&mut stream, location, id)
-            .await?
-            .ok_or_else(|| malformed(location, id, "no messages"))?;
-        let (is_block, size) = parse_metadata(&first, location, id)?;
-        let mut receiver = store.receive(id, size)?;
-        receive(
-            first,
-            stream,
-            is_block,
-            size,
-            receiver.writer(),
-            location,
-            id,
-        )
-        .await?;
-        Ok(receiver.finish()?)
+        self.pull_as(store, location, id, None, id).await
     }
 
     /// Pulls only batch `batch` of block `id` from `location` into `store`, as a new object
@@ -110,7 +94,19 @@ impl FlightPool {
         batch: u32,
         local: ObjectId,
     ) -> Result<u64> {
-        let mut stream = self.open(location, id, Some(batch)).await?;
+        self.pull_as(store, location, id, Some(batch), local).await
+    }
+
+    /// Pulls `id` (or only its batch `batch`) from `location` into `store` as `local`.
+    async fn pull_as(
+        &self,
+        store: &Arc<ObjectStore>,
+        location: &Location,
+        id: ObjectId,
+        batch: Option<u32>,
+        local: ObjectId,
+    ) -> Result<u64> {
+        let mut stream = self.open(location, id, batch).await?;
         let first = next_message(&mut stream, location, id)
             .await?
             .ok_or_else(|| malformed(location, id, "no messages"))?;

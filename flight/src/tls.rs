@@ -57,9 +57,14 @@ impl ServerIdentity {
     /// From PEM bytes: `cert` holds one or more certificates (the server's first), `key` its
     /// private key.
     pub fn from_pem(cert: &[u8], key: &[u8]) -> Result<Self> {
-        certificates(cert, "the certificate")?;
+        Self::checked(cert, key, "the certificate", "the private key")
+    }
+
+    /// From PEM bytes, naming them `cert_what` and `key_what` in errors.
+    fn checked(cert: &[u8], key: &[u8], cert_what: &str, key_what: &str) -> Result<Self> {
+        certificates(cert, cert_what)?;
         PrivateKeyDer::from_pem_slice(key).map_err(|e| Error::Tls {
-            what: "the private key".into(),
+            what: key_what.into(),
             reason: format!("no PEM private key ({e})"),
         })?;
         Ok(Self {
@@ -76,17 +81,12 @@ impl ServerIdentity {
                 reason: e.to_string(),
             })
         };
-        let (cert_pem, key_pem) = (read(cert)?, read(key)?);
-        Self::from_pem(&cert_pem, &key_pem).map_err(|e| match e {
-            Error::Tls { what, reason } => Error::Tls {
-                what: format!(
-                    "{what} ({})",
-                    if what.contains("key") { key } else { cert }.display()
-                ),
-                reason,
-            },
-            other => other,
-        })
+        Self::checked(
+            &read(cert)?,
+            &read(key)?,
+            &format!("the certificate {}", cert.display()),
+            &format!("the private key {}", key.display()),
+        )
     }
 
     /// The tonic server configuration presenting this identity.
@@ -101,7 +101,11 @@ static TRUSTED: RwLock<Option<Vec<Certificate>>> = RwLock::new(None);
 /// Trusts the certificate authorities in `pem` (one or more certificates) for every `https://`
 /// connection this process makes from now on.
 pub fn trust_pem(pem: &[u8]) -> Result<()> {
-    let count = certificates(pem, "the certificate authority")?;
+    trust(pem, "the certificate authority")
+}
+
+fn trust(pem: &[u8], what: &str) -> Result<()> {
+    let count = certificates(pem, what)?;
     let mut trusted = TRUSTED.write().unwrap_or_else(|e| e.into_inner());
     let trusted = trusted.get_or_insert_with(from_environment);
     trusted.push(Certificate::from_pem(pem));
@@ -115,13 +119,10 @@ pub fn trust_file(path: &Path) -> Result<()> {
         what: path.display().to_string(),
         reason: e.to_string(),
     })?;
-    trust_pem(&pem).map_err(|e| match e {
-        Error::Tls { what, reason } => Error::Tls {
-            what: format!("{what} ({})", path.display()),
-            reason,
-        },
-        other => other,
-    })
+    trust(
+        &pem,
+        &format!("the certificate authority {}", path.display()),
+    )
 }
 
 /// The authorities named by `MANTA_TLS_CA`, if it is set and readable; a bad file is logged

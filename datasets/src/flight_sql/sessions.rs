@@ -120,18 +120,12 @@ impl CatalogProviderList for OverlayCatalogList {
     }
 
     fn catalog(&self, name: &str) -> Option<Arc<dyn CatalogProvider>> {
-        if let Some(own) = self.own.read().get(name) {
-            return own.clone();
-        }
-        let overlay: Arc<dyn CatalogProvider> = Arc::new(OverlayCatalog {
-            shared: self.shared.catalog(name)?,
-            own: RwLock::default(),
-        });
-        self.own
-            .write()
-            .entry(name.to_string())
-            .or_insert(Some(overlay))
-            .clone()
+        overlay(&self.own, name, || {
+            Some(Arc::new(OverlayCatalog {
+                shared: self.shared.catalog(name)?,
+                own: RwLock::default(),
+            }))
+        })
     }
 }
 
@@ -148,18 +142,12 @@ impl CatalogProvider for OverlayCatalog {
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        if let Some(own) = self.own.read().get(name) {
-            return own.clone();
-        }
-        let overlay: Arc<dyn SchemaProvider> = Arc::new(OverlaySchema {
-            shared: self.shared.schema(name)?,
-            own: RwLock::default(),
-        });
-        self.own
-            .write()
-            .entry(name.to_string())
-            .or_insert(Some(overlay))
-            .clone()
+        overlay(&self.own, name, || {
+            Some(Arc::new(OverlaySchema {
+                shared: self.shared.schema(name)?,
+                own: RwLock::default(),
+            }))
+        })
     }
 
     fn register_schema(
@@ -240,6 +228,23 @@ impl SchemaProvider for OverlaySchema {
             None => self.shared.table_exist(name),
         }
     }
+}
+
+/// What a session sees under `name`: its own change, else an overlay of the shared value
+/// (`wrap`, `None` if there is none), made once and kept so that later changes stick.
+fn overlay<T: ?Sized>(
+    own: &Changes<T>,
+    name: &str,
+    wrap: impl FnOnce() -> Option<Arc<T>>,
+) -> Option<Arc<T>> {
+    if let Some(own) = own.read().get(name) {
+        return own.clone();
+    }
+    let wrapped = wrap()?;
+    own.write()
+        .entry(name.to_string())
+        .or_insert(Some(wrapped))
+        .clone()
 }
 
 /// The shared names with a session's changes applied, sorted.
