@@ -673,3 +673,46 @@ fn each_clients_ddl_stays_in_its_own_session() {
         vec![vec!["1000".to_string()]]
     );
 }
+
+#[test]
+fn a_tls_endpoint_answers_over_tls_and_a_plain_client_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = common::TestCa::new(tmp.path());
+    manta::flight::tls::trust_file(&ca.ca).unwrap();
+    let ctx = manta::init_with(manta::Config::default()).unwrap();
+    let numbers = ctx.range(1000).with_column("sq", col("id") * col("id"));
+    ctx.register("numbers", &numbers).unwrap();
+    let options = manta::datasets::FlightSqlOptions {
+        tls: Some(manta::flight::tls::ServerIdentity::from_files(&ca.cert, &ca.key).unwrap()),
+        ..Default::default()
+    };
+    let server = ctx.serve_flight_sql_with("127.0.0.1:0", options).unwrap();
+    let port = server.address().port();
+    runtime().block_on(async {
+        let channel = manta::flight::tls::endpoint(&format!("https://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = FlightSqlServiceClient::new(channel);
+        client.set_token(server.token().secret().to_string());
+        let answer = cells(
+            &query(&mut client, "SELECT count(*), sum(sq) FROM numbers")
+                .await
+                .unwrap(),
+        );
+        let expected: i64 = (0..1000i64).map(|i| i * i).sum();
+        assert_eq!(answer, vec![vec!["1000".to_string(), expected.to_string()]]);
+
+        // A plain client gets an error (at connecting or at its first call), not an answer.
+        let plain = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await;
+        if let Ok(channel) = plain {
+            let mut plain = FlightSqlServiceClient::new(channel);
+            plain.set_token(server.token().secret().to_string());
+            assert!(query(&mut plain, "SELECT 1").await.is_err());
+        }
+    });
+}

@@ -53,12 +53,12 @@ pub fn serve(_args: &Args) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let address = listener.local_addr()?;
             let service = ObjectFlightService::new(Arc::clone(&store)).into_server();
-            let mut builder = manta::scheduler::server::server_builder(tls)?;
+            let mut builder = manta::scheduler::server::server_builder();
             let router = match guarded {
                 true => builder.add_service(manta::flight::auth::guard(service, &token)),
                 false => builder.add_service(service),
             };
-            tokio::spawn(router.serve_with_incoming(manta::flight::incoming(listener)));
+            tokio::spawn(router.serve_with_incoming(manta::flight::incoming(listener, tls)));
             let scheme = if tls.is_some() { "https" } else { "http" };
             addresses.push(format!("{scheme}://{address}"));
         }

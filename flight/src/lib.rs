@@ -29,11 +29,6 @@ pub mod tls;
 
 pub use client::{FlightPool, tune_endpoint};
 
-/// Accepted connections of `listener`, with Nagle's algorithm off. (A tonic server fed by a
-/// plain listener stream never sets `TCP_NODELAY`; a small reply then waits for the peer's
-/// delayed ACK, which made every small fetch take 40 ms.)
-pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
-}
 pub use error::{Error, Result};
 pub use service::ObjectFlightService;
+pub use tls::incoming;

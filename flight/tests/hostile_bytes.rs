@@ -172,7 +172,7 @@ fn hostile_puts_are_refused_and_the_node_goes_on() {
                     ObjectFlightService::new(Arc::clone(&store)).into_server(),
                     token(),
                 ))
-                .serve_with_incoming(manta_flight::incoming(listener)),
+                .serve_with_incoming(manta_flight::incoming(listener, None)),
         );
         let url = format!("http://{address}");
         let channel = tonic::transport::Endpoint::from_shared(url.clone())

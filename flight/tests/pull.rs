@@ -31,7 +31,7 @@ async fn serve(store: Arc<ObjectStore>) -> Location {
                 ObjectFlightService::new(store).into_server(),
                 token(),
             ))
-            .serve_with_incoming(manta_flight::incoming(listener)),
+            .serve_with_incoming(manta_flight::incoming(listener, None)),
     );
     Location {
         node: NodeId::random(),

@@ -272,14 +272,17 @@ impl Head {
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<()> {
         let watcher = tokio::spawn(Arc::clone(&self).watch_liveness());
-        let mut builder = server::server_builder(self.config.tls.as_ref())?;
+        let mut builder = server::server_builder();
         let result = server::serve_until(shutdown, |graceful| {
             builder
                 .add_service(guard(
                     HeadServer::from_arc(Arc::clone(&self)),
                     &self.config.token,
                 ))
-                .serve_with_incoming_shutdown(manta_flight::incoming(listener), graceful)
+                .serve_with_incoming_shutdown(
+                    manta_flight::incoming(listener, self.config.tls.as_ref()),
+                    graceful,
+                )
         })
         .await;
         watcher.abort();

@@ -794,7 +794,7 @@ pub async fn run_node(config: NodeConfig, ready: impl FnOnce(&str)) -> Result<()
     let bind_host = config.bind_host.as_deref().unwrap_or(&config.host);
     let (listener, bound) = server::bind(bind_host, config.port).await?;
     let address = advertised_address(&config, bound.port());
-    let mut builder = server::server_builder(config.tls.as_ref())?;
+    let mut builder = server::server_builder();
     let id = NodeId::random();
     let store = ObjectStore::new(StoreConfig {
         budget_bytes: config.object_store_memory,
@@ -843,7 +843,10 @@ pub async fn run_node(config: NodeConfig, ready: impl FnOnce(&str)) -> Result<()
             .add_service(guard(NodeServer::new(service.clone()), &token))
             .add_service(guard(WorkerServer::new(service), &token))
             .add_service(guard(ObjectFlightService::new(store).into_server(), &token))
-            .serve_with_incoming_shutdown(manta_flight::incoming(listener), graceful)
+            .serve_with_incoming_shutdown(
+                manta_flight::incoming(listener, config.tls.as_ref()),
+                graceful,
+            )
     })
     .await;
     heartbeats.abort();

@@ -33,23 +33,14 @@ pub async fn bind(host: &str, port: u16) -> Result<(TcpListener, SocketAddr)> {
     Ok((listener, address))
 }
 
-/// A tonic server builder with Manta's transport settings (see `manta_flight::tune_endpoint`),
-/// serving TLS with `tls` when given.
-pub fn server_builder(tls: Option<&ServerIdentity>) -> Result<tonic::transport::Server> {
-    let builder = tonic::transport::Server::builder()
+/// A tonic server builder with Manta's transport settings (see `manta_flight::tune_endpoint`).
+/// Serve it with `manta_flight::incoming`, which speaks TLS when given an identity.
+pub fn server_builder() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(16 << 20))
         .initial_connection_window_size(Some(32 << 20))
-        .max_frame_size(Some(manta_flight::client::MAX_FRAME_BYTES));
-    match tls {
-        Some(identity) => builder.tls_config(identity.server_config()).map_err(|e| {
-            Error::Flight(manta_flight::Error::Tls {
-                what: "the server's certificate".into(),
-                reason: transport_reason(&e),
-            })
-        }),
-        None => Ok(builder),
-    }
+        .max_frame_size(Some(manta_flight::client::MAX_FRAME_BYTES))
 }
 
 /// The scheme of this process's servers' addresses: `https` when serving `tls`.

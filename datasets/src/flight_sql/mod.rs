@@ -105,11 +105,6 @@ impl Context {
     ) -> Result<FlightSqlServer> {
         let FlightSqlOptions { access, tls } = options;
         let mut builder = tonic::transport::Server::builder();
-        if let Some(identity) = &tls {
-            builder = builder
-                .tls_config(identity.server_config())
-                .map_err(|e| Error::InvalidArgument(format!("Flight SQL TLS: {e}")))?;
-        }
         let bind_error = |source| Error::Io {
             action: "binding the Flight SQL endpoint at",
             path: address.into(),
@@ -133,7 +128,7 @@ impl Context {
             let served = builder
                 .add_service(service)
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    manta_flight::incoming(listener, tls.as_ref()),
                     async {
                         let _ = stopped.await;
                     },
