@@ -39,6 +39,12 @@ pub struct Config {
     /// as tasks (see [`crate::sql_tasks`]); default: on a cluster, yes; embedded, no (DataFusion
     /// already uses every core of this process).
     pub sql_tasks: Option<bool>,
+    /// How often a dataset or SQL task runs again after its worker or node failed (default 3;
+    /// see [`crate::retries`]). Process-wide, like Ray Data's `DataContext`.
+    pub task_max_retries: Option<u32>,
+    /// The most lineage this process keeps to make lost objects again (default 1 GiB, or
+    /// `MANTA_MAX_LINEAGE_BYTES`; see `manta_engine::lineage`). Process-wide.
+    pub max_lineage_bytes: Option<u64>,
 }
 
 /// The default of [`Config::small_exchange_bytes`].
@@ -47,7 +53,7 @@ pub const SMALL_EXCHANGE_BYTES: u64 = 64 << 20;
 impl Config {
     /// From the environment: `MANTA_ADDRESS`, `MANTA_TOKEN`, `MANTA_NUM_CPUS`, `MANTA_OBJECT_STORE_MEMORY`,
     /// `MANTA_RESOURCES` (`name=amount,...`), `MANTA_SMALL_EXCHANGE_BYTES`, `MANTA_SQL_TASKS`
-    /// (`1`/`true` or `0`/`false`).
+    /// (`1`/`true` or `0`/`false`), `MANTA_TASK_MAX_RETRIES`, `MANTA_MAX_LINEAGE_BYTES`.
     pub fn from_env() -> Result<Self> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let num_cpus = var("MANTA_NUM_CPUS")
@@ -82,6 +88,18 @@ impl Config {
                         "MANTA_SQL_TASKS={v:?}: expected 1 or 0"
                     ))),
                 })
+                .transpose()?,
+            task_max_retries: var("MANTA_TASK_MAX_RETRIES")
+                .map(|v| {
+                    v.trim().parse().map_err(|_| {
+                        Error::InvalidArgument(format!(
+                            "MANTA_TASK_MAX_RETRIES={v:?} is not a whole number"
+                        ))
+                    })
+                })
+                .transpose()?,
+            max_lineage_bytes: var(manta_engine::lineage::MAX_LINEAGE_BYTES_ENV)
+                .map(|v| parse_bytes(&v))
                 .transpose()?,
         })
     }
@@ -144,6 +162,12 @@ impl Context {
                 path: "the driver's runtime".into(),
                 source,
             })?;
+        if let Some(retries) = config.task_max_retries {
+            crate::retries::set_task_max_retries(retries);
+        }
+        if let Some(bytes) = config.max_lineage_bytes {
+            manta_engine::lineage::set_max_lineage_bytes(bytes);
+        }
         let client = match &config.address {
             Some(address) => Client::Cluster(
                 runtime.block_on(ClusterClient::connect(address, config.token.as_ref()))?,

@@ -86,7 +86,7 @@ fn stage_task(
         inputs,
         input_batch: None,
         resources: physical.resources.clone(),
-        max_retries: 3,
+        max_retries: crate::retries::task_max_retries(),
         label: format!("block {index} of stage {stage} ({})", physical.name),
     })
 }

@@ -48,6 +48,7 @@ pub mod partition;
 pub mod plan;
 pub mod progress;
 pub mod reduce;
+pub mod retries;
 pub mod rows;
 pub mod run;
 pub mod sink;

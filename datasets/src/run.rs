@@ -210,7 +210,7 @@ fn task(function: &str, args: bytes::Bytes, inputs: Vec<ObjectRef>, label: &str)
         inputs,
         input_batch: None,
         resources: Resources::one_cpu(),
-        max_retries: 3,
+        max_retries: crate::retries::task_max_retries(),
         label: label.to_string(),
     }
 }

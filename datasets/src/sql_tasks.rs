@@ -193,7 +193,7 @@ impl ScanTasksExec {
                     inputs: Vec::new(),
                     input_batch: None,
                     resources: Resources::one_cpu(),
-                    max_retries: 3,
+                    max_retries: crate::retries::task_max_retries(),
                     label: format!(
                         "partition {partition} of {partitions} of SQL scan {}",
                         self.fragment.name()

@@ -40,6 +40,7 @@ pub mod callable;
 pub mod dirs;
 pub mod error;
 pub mod ids;
+pub mod lineage;
 pub mod object;
 pub mod object_ref;
 pub mod registry;

@@ -8,9 +8,10 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
 use crate::ids::{NodeId, ObjectId};
+use crate::lineage::Lineage;
 
 /// Where an object lives: a node, and that node's Flight address for pulling it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -40,11 +41,15 @@ pub struct ObjectMeta {
     pub num_rows: u64,
 }
 
-struct RefInner {
+pub(crate) struct RefInner {
     meta: ObjectMeta,
     releaser: Option<Arc<dyn ReleaseObject>>,
     /// The value itself, for a small task result that travelled back with its answer.
     inline: Option<bytes::Bytes>,
+    /// How the object was made, for a task's output (see [`crate::lineage`]).
+    lineage: OnceLock<Arc<Lineage>>,
+    /// The copy made again after this one was found lost.
+    replacement: OnceLock<ObjectRef>,
 }
 
 impl Drop for RefInner {
@@ -71,6 +76,8 @@ impl<T> ObjectRef<T> {
                 meta,
                 releaser: Some(releaser),
                 inline: None,
+                lineage: OnceLock::new(),
+                replacement: OnceLock::new(),
             }),
             _type: PhantomData,
         }
@@ -83,6 +90,8 @@ impl<T> ObjectRef<T> {
                 meta,
                 releaser: None,
                 inline: None,
+                lineage: OnceLock::new(),
+                replacement: OnceLock::new(),
             }),
             _type: PhantomData,
         }
@@ -96,6 +105,8 @@ impl<T> ObjectRef<T> {
                 meta,
                 releaser: None,
                 inline: Some(value),
+                lineage: OnceLock::new(),
+                replacement: OnceLock::new(),
             }),
             _type: PhantomData,
         }
@@ -119,6 +130,47 @@ impl<T> ObjectRef<T> {
     /// Everything known about the object.
     pub fn meta(&self) -> &ObjectMeta {
         &self.inner.meta
+    }
+
+    /// How the object was made, if it is a task's output whose lineage was kept.
+    pub fn lineage(&self) -> Option<Arc<Lineage>> {
+        self.inner.lineage.get().cloned()
+    }
+
+    /// Records how the object was made (once; later calls change nothing).
+    pub fn set_lineage(&self, lineage: Arc<Lineage>) {
+        let _ = self.inner.lineage.set(lineage);
+    }
+
+    /// The newest copy of the object: this ref, or the copy made again after it was lost (and
+    /// after that one was lost, its replacement, and so on).
+    pub fn current(&self) -> ObjectRef<T> {
+        let mut current = self.cast();
+        while let Some(next) = current.inner.replacement.get() {
+            current = next.cast();
+        }
+        current
+    }
+
+    /// Records `copy` as the object made again after this copy was lost, so that every
+    /// holder of this ref reads the new one ([`current`](Self::current)). Once per ref.
+    pub fn set_replacement(&self, copy: ObjectRef) {
+        if !Arc::ptr_eq(&self.inner, &copy.inner) {
+            let _ = self.inner.replacement.set(copy);
+        }
+    }
+
+    /// A link to this ref that does not keep the object alive.
+    pub(crate) fn downgrade(&self) -> Weak<RefInner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    /// The ref `weak` links to, if any clone of it is alive.
+    pub(crate) fn upgrade(weak: &Weak<RefInner>) -> Option<Self> {
+        weak.upgrade().map(|inner| Self {
+            inner,
+            _type: PhantomData,
+        })
     }
 
     /// The same ref, typed as `U`. The count is shared.
@@ -183,5 +235,40 @@ mod tests {
         assert!(recorder.0.lock().is_empty());
         drop(typed);
         assert_eq!(*recorder.0.lock(), vec![id]);
+    }
+
+    #[test]
+    fn a_replaced_ref_leads_to_its_newest_copy_and_lineage_keeps_no_input_alive() {
+        let recorder = Arc::new(Recorder::default());
+        let input: ObjectRef = ObjectRef::new(meta(), Arc::clone(&recorder) as _);
+        let spec = crate::TaskSpec {
+            function: "f".into(),
+            args: bytes::Bytes::new(),
+            inputs: vec![input.clone()],
+            input_batch: None,
+            resources: crate::Resources::default(),
+            max_retries: 0,
+            label: "f".into(),
+        };
+        let lineage = Lineage::of(&spec).unwrap();
+        drop(spec);
+        let output: ObjectRef = ObjectRef::new(meta(), Arc::clone(&recorder) as _);
+        output.set_lineage(Arc::clone(&lineage));
+        assert_eq!(lineage.inputs()[0].live().unwrap().id(), input.id());
+
+        let (second, third): (ObjectRef, ObjectRef) = (
+            ObjectRef::new(meta(), Arc::clone(&recorder) as _),
+            ObjectRef::new(meta(), Arc::clone(&recorder) as _),
+        );
+        output.set_replacement(second.clone());
+        second.set_replacement(third.clone());
+        assert_eq!(output.current().id(), third.id());
+        assert!(output.lineage().is_some());
+
+        let input_id = input.id();
+        drop(input);
+        assert_eq!(*recorder.0.lock(), vec![input_id], "lineage holds no input");
+        assert!(lineage.inputs()[0].live().is_none());
+        assert_eq!(lineage.inputs()[0].id(), input_id);
     }
 }

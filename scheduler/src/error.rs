@@ -105,6 +105,15 @@ pub enum Error {
         node: String,
     },
 
+    /// An object was lost and could not be made again from its lineage.
+    #[error("object {object} was lost and cannot be made again: {reason}")]
+    CannotRemake {
+        /// The object.
+        object: ObjectId,
+        /// Why not (no lineage, or what failed while making it).
+        reason: String,
+    },
+
     /// The worker process running a task died.
     #[error("the worker running {task} on node {node} died: {message}")]
     WorkerDied {

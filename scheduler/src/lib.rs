@@ -34,6 +34,7 @@ pub mod embedded;
 pub mod error;
 pub mod executables;
 pub mod head;
+pub mod lineage;
 pub mod node;
 pub mod placement;
 pub mod proto;

@@ -31,13 +31,30 @@ impl std::fmt::Debug for EmbeddedRuntime {
 }
 
 impl Client {
-    /// Runs a task; resolves when it is done.
+    /// Runs a task; resolves when it is done. On a cluster the output keeps the task's lineage,
+    /// and inputs found lost are made again from theirs (see [`crate::lineage`]).
     pub fn submit(
+        &self,
+        spec: TaskSpec,
+    ) -> futures::future::Either<
+        impl Future<Output = Result<TaskOutcome>> + Send + 'static,
+        impl Future<Output = Result<TaskOutcome>> + Send + 'static,
+    > {
+        match self {
+            Client::Embedded(_) => futures::future::Either::Left(self.submit_once(spec)),
+            Client::Cluster(_) => {
+                futures::future::Either::Right(crate::lineage::submit(self, spec))
+            }
+        }
+    }
+
+    /// Runs a task once, as it is: no lineage, nothing made again.
+    pub(crate) fn submit_once(
         &self,
         spec: TaskSpec,
     ) -> impl Future<Output = Result<TaskOutcome>> + Send + 'static {
         let (done, outcome) = tokio::sync::oneshot::channel();
-        self.submit_then(
+        self.submit_then_once(
             spec,
             Box::new(move |result| {
                 let _ = done.send(result);
@@ -53,8 +70,28 @@ impl Client {
     /// Queues a task; `done` gets its outcome when it is done, on a thread of the client's (a
     /// task thread embedded, the task stream's receiving task on a cluster), so it must be
     /// quick and must not block. Callable from any thread: submitting this way needs no future
-    /// per task.
+    /// per task. On a cluster the output keeps the task's lineage (but lost inputs are not made
+    /// again: that needs [`submit`](Self::submit)).
     pub fn submit_then(&self, spec: TaskSpec, done: OnOutcome) {
+        match self {
+            Client::Embedded(runtime) => runtime.submit_then(spec, done),
+            Client::Cluster(cluster) => match manta_engine::lineage::Lineage::of(&spec) {
+                Some(lineage) => cluster.submit_then(
+                    spec,
+                    Box::new(move |outcome| {
+                        if let Ok(outcome) = &outcome {
+                            outcome.output.set_lineage(lineage);
+                        }
+                        done(outcome)
+                    }),
+                ),
+                None => cluster.submit_then(spec, done),
+            },
+        }
+    }
+
+    /// [`submit_then`](Self::submit_then) without recording lineage.
+    fn submit_then_once(&self, spec: TaskSpec, done: OnOutcome) {
         match self {
             Client::Embedded(runtime) => runtime.submit_then(spec, done),
             Client::Cluster(cluster) => cluster.submit_then(spec, done),
@@ -82,11 +119,17 @@ impl Client {
         }
     }
 
-    /// Reads an object into this process (zero-copy when it is local).
+    /// Reads an object into this process (zero-copy when it is local). On a cluster, an
+    /// object found lost is made again from its lineage first.
     pub async fn get(&self, object: &ObjectRef) -> Result<Object> {
         match self {
             Client::Embedded(runtime) => runtime.get(object),
-            Client::Cluster(cluster) => cluster.get(object).await,
+            Client::Cluster(cluster) => {
+                crate::lineage::read_remaking(self, object, |copy| async move {
+                    cluster.get(&copy).await
+                })
+                .await
+            }
         }
     }
 

@@ -7,7 +7,7 @@
 //! returned ref to the task's output.
 
 use std::future::Future;
-use std::sync::Arc;
+
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
@@ -19,9 +19,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::args::{Args, decode, encode};
+use crate::call::Call;
 use crate::error::{Error, Result};
-use crate::lineage::Lineage;
-use crate::object_ref::{ObjectRef, Resolution, Setter, UntypedRef};
+use crate::object_ref::{ObjectRef, Resolution, UntypedRef};
 
 /// What runs calls: a client and the runtime its futures run on (Manta's `Context`).
 pub trait Runtime {
@@ -95,11 +95,7 @@ pub fn submit<R>(
         match error {
             Some(error) => setter.set(Err(error)),
             None => {
-                let lineage = Lineage::new(function, bytes, &[], options);
-                if matches!(client, Client::Cluster(_)) {
-                    setter.set_lineage(Arc::clone(&lineage));
-                }
-                lineage.submit_then(client, setter);
+                Call::new(function, bytes, options).submit_then(client, setter);
             }
         }
         return ObjectRef::from_untyped(object);
@@ -107,7 +103,7 @@ pub fn submit<R>(
     let client = client.clone();
     let options = options.clone();
     runtime.handle().spawn(async move {
-        let outcome = call(&client, function, args, &options, &setter).await;
+        let outcome = call(&client, function, args, &options).await;
         setter.set(outcome);
     });
     ObjectRef::from_untyped(object)
@@ -149,20 +145,17 @@ pub(crate) async fn resolve(
 }
 
 /// Resolves the arguments and runs the task (again on failure, as `options` allow). On a
-/// cluster the ref remembers the task first, so that its output can be made again if lost.
+/// cluster the output keeps the task's lineage, so that it can be made again if lost.
 async fn call(
     client: &Client,
     function: &'static str,
     args: Args,
     options: &TaskOptions,
-    setter: &Setter,
 ) -> Resolution {
-    let (bytes, inputs, sources) = resolve(client, function, args).await?;
-    let lineage = Lineage::new(function, bytes, &sources, options);
-    if matches!(client, Client::Cluster(_)) {
-        setter.set_lineage(Arc::clone(&lineage));
-    }
-    lineage.submit(client, inputs).await
+    let (bytes, inputs, _sources) = resolve(client, function, args).await?;
+    Call::new(function, bytes, options)
+        .submit(client, inputs)
+        .await
 }
 
 /// The object behind `object` if reading it needs no waiting and no network: its call is done
@@ -188,14 +181,7 @@ async fn fetch<T>(client: &Client, object: &ObjectRef<T>) -> Result<Object> {
         return local;
     }
     let stored = object.stored().await?;
-    match client.get(&stored).await {
-        Err(error) if crate::lineage::lost_object(&error).is_some() => {
-            tracing::info!(object = %stored.id(), %error, "object lost; rebuilding it");
-            let rebuilt = object.untyped().rebuild(client, stored.id()).await?;
-            Ok(client.get(&rebuilt).await?)
-        }
-        fetched => Ok(fetched?),
-    }
+    Ok(client.get(&stored).await?)
 }
 
 /// Stores `value` and returns a ref to it: in this process's store, or on a cluster in the

@@ -18,8 +18,8 @@
 //! ```
 //!
 //! * [`args`]: how arguments travel (values encoded with postcard, refs as task inputs).
-//! * [`object_ref`]: the typed, possibly-pending [`ObjectRef`]; `lineage`: how a lost
-//!   task output is made again.
+//! * [`object_ref`]: the typed, possibly-pending [`ObjectRef`]; `call`: a call's task and its
+//!   retries (a lost output is made again by [`manta_scheduler::lineage`]).
 //! * [`actor`]: actors ([`ActorRef`], [`ActorOptions`]), what `#[manta::actor]` builds on.
 //! * [`api`]: [`submit`], [`put`], [`get`], [`get_all`], [`wait`], and [`TaskOptions`].
 
@@ -28,8 +28,8 @@
 pub mod actor;
 pub mod api;
 pub mod args;
+mod call;
 pub mod error;
-mod lineage;
 pub mod object_ref;
 
 pub use actor::{ActorClass, ActorOptions, ActorRef};

@@ -9,27 +9,22 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
-use manta_engine::ObjectId;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
-use crate::lineage::Lineage;
 
 /// What a call ended with: the stored object, or why there is none.
 pub(crate) type Resolution = Result<manta_engine::ObjectRef>;
 
-/// What every clone of one ref shares: the outcome, and how to make the object again.
+/// What every clone of one ref shares: the outcome. (How to make the object again, if it is
+/// lost, is the stored ref's lineage: see `manta_scheduler::lineage`.)
 pub(crate) struct Shared {
     /// The outcome, once there is one.
     state: Mutex<Option<Resolution>>,
     /// Turns `true` when the outcome is set; closed if the call ended without one.
     ready: watch::Receiver<bool>,
-    /// The task that made the object, on a cluster (set once its arguments are resolved).
-    lineage: OnceLock<Arc<Lineage>>,
-    /// Held while the object is rebuilt, so that concurrent `get`s rebuild it once.
-    rebuilding: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -55,13 +50,6 @@ pub(crate) struct Setter {
 }
 
 impl Setter {
-    /// Records how the object is made (before it is there, so that its dependents see it).
-    pub(crate) fn set_lineage(&self, lineage: Arc<Lineage>) {
-        if let Some(shared) = self.shared.upgrade() {
-            let _ = shared.lineage.set(lineage);
-        }
-    }
-
     /// Sets the outcome; every clone of the ref sees it.
     pub(crate) fn set(&self, resolution: Resolution) {
         if let Some(shared) = self.shared.upgrade() {
@@ -77,8 +65,6 @@ impl UntypedRef {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
                 ready,
-                lineage: OnceLock::new(),
-                rebuilding: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -110,21 +96,6 @@ impl UntypedRef {
         self.shared.state().clone()
     }
 
-    /// The task that makes this object, if it is a task's result on a cluster.
-    pub(crate) fn lineage(&self) -> Option<Arc<Lineage>> {
-        self.shared.lineage.get().cloned()
-    }
-
-    /// A link to this ref that does not keep its object alive.
-    pub(crate) fn downgrade(&self) -> Weak<Shared> {
-        Arc::downgrade(&self.shared)
-    }
-
-    /// The ref behind a link, if any clone of it is still alive.
-    pub(crate) fn upgrade(link: &Weak<Shared>) -> Option<Self> {
-        link.upgrade().map(|shared| Self { shared })
-    }
-
     /// Waits for the call to be done.
     pub(crate) async fn resolution(&self) -> Resolution {
         // Subscribed before looking, so an outcome set in between still wakes this.
@@ -141,32 +112,6 @@ impl UntypedRef {
                 ))));
             }
         }
-    }
-
-    /// Makes the object again after its copy `lost` was found gone (its node died): runs its
-    /// task again, rebuilding lost inputs first. Every clone of the ref then sees the new copy.
-    /// Concurrent callers rebuild it once.
-    pub(crate) async fn rebuild(
-        &self,
-        client: &manta_scheduler::Client,
-        lost: ObjectId,
-    ) -> Resolution {
-        let _one_at_a_time = self.shared.rebuilding.lock().await;
-        if let Some(Ok(current)) = &*self.shared.state()
-            && current.id() != lost
-        {
-            return Ok(current.clone());
-        }
-        let Some(lineage) = self.lineage() else {
-            return Err(Error::Lost {
-                object: lost.to_string(),
-                reason: "it was stored by `put`, not made by a task, so it cannot be made again"
-                    .into(),
-            });
-        };
-        let outcome = lineage.run(client).await;
-        *self.shared.state() = Some(outcome.clone());
-        outcome
     }
 }
 
