@@ -292,6 +292,14 @@ fn main() {
             "the_quickstart_survives_a_node_killed_mid_run",
             the_quickstart_survives_a_node_killed_mid_run,
         ),
+        (
+            "a_driver_cut_off_from_its_head_fails_naming_the_head",
+            a_driver_cut_off_from_its_head_fails_naming_the_head,
+        ),
+        (
+            "a_lost_head_fails_its_driver_and_its_nodes_rejoin_it_restarted",
+            a_lost_head_fails_its_driver_and_its_nodes_rejoin_it_restarted,
+        ),
     ];
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
     // The head serves the TPC-H tables to Flight SQL clients.
@@ -1272,4 +1280,156 @@ fn the_quickstart_survives_a_node_killed_mid_run(_shared: &Cluster) {
         checksum.update(&batch.unwrap()).unwrap();
     }
     assert_eq!(checksum, expected_etl(&input));
+}
+
+/// A driver reaches its head through a relay, and the relay's link is cut (a partition: bytes
+/// stop, nothing closes). A call made after the cut does not hang: keepalive gives the
+/// connection up within seconds and the call fails naming the head's address as the driver
+/// knows it. A cluster of its own, so that its head's tasks are not disturbed.
+fn a_driver_cut_off_from_its_head_fails_naming_the_head(_shared: &Cluster) {
+    let cluster = Cluster::start(&["a=1"]);
+    let head_port = cluster
+        .head
+        .address
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/');
+    let relay = common::Relay::start(&format!("127.0.0.1:{head_port}"));
+    let token = manta::scheduler::cluster_token::resolve(None, &cluster.head.address).unwrap();
+    let ctx = manta::init_with(Config {
+        address: Some(format!("http://{}", relay.address)),
+        token: Some(token),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(ctx.get(&add.remote(&ctx, 1, 2)).unwrap(), 3);
+
+    relay.cut();
+    let cut_at = std::time::Instant::now();
+    let (answer, answered) = std::sync::mpsc::channel();
+    let driver = ctx.clone();
+    std::thread::spawn(move || {
+        let result = driver.get(&add.remote(&driver, 2, 3));
+        let _ = answer.send(result.map_err(|e| e.to_string()));
+    });
+    let error = answered
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("a call on a cut link is still waiting after two minutes")
+        .unwrap_err();
+    println!(
+        "after {:.1} s on a cut link: {error}",
+        cut_at.elapsed().as_secs_f64()
+    );
+    assert!(error.contains(&relay.address), "{error}");
+    assert!(error.contains("head"), "{error}");
+}
+
+/// The pids whose parent is `pid` (from /proc).
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // The parent pid is the second field after the parenthesised name.
+                    let after_name = stat.rsplit_once(')')?.1;
+                    after_name.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// Live and dead nodes in the head's table, as a driver sees them.
+fn node_table(ctx: &manta::Context) -> (usize, usize) {
+    let manta::scheduler::Client::Cluster(cluster) = ctx.client() else {
+        panic!("a cluster driver")
+    };
+    let nodes = ctx.block_on(cluster.nodes()).unwrap();
+    (nodes.iter().filter(|n| n.alive).count(), nodes.len())
+}
+
+/// The head is SIGKILLed under a running driver: the driver's next call fails naming the head;
+/// the node stops the job's worker processes but keeps running, and rejoins a head restarted
+/// on the same address with the same token, which then runs a new driver's tasks on it. Before
+/// that, a node that dies is listed as dead and then forgotten. A cluster of its own.
+fn a_lost_head_fails_its_driver_and_its_nodes_rejoin_it_restarted(_shared: &Cluster) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let token = manta::Token::generate();
+    let head_args = [
+        "--head",
+        "--port",
+        &port,
+        "--token",
+        token.secret(),
+        "--forget-dead-nodes-after",
+        "1",
+    ];
+    let mut head = Process::start(&head_args);
+    let node_args = |head: &Process| {
+        [
+            "--address".to_string(),
+            head.address.clone(),
+            "--num-cpus".into(),
+            "1".into(),
+            "--object-store-memory".into(),
+            "256MiB".into(),
+            "--token".into(),
+            token.secret().to_string(),
+        ]
+    };
+    let start_node = |head: &Process| {
+        let args = node_args(head);
+        Process::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let node = start_node(&head);
+    let doomed = start_node(&head);
+    let connect = |head: &Process| {
+        manta::init_with(Config {
+            address: Some(head.address.clone()),
+            token: Some(token.clone()),
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let ctx = connect(&head);
+    assert_eq!(ctx.get(&add.remote(&ctx, 1, 2)).unwrap(), 3);
+    assert_eq!(node_table(&ctx), (2, 2));
+
+    // SAFETY: kill(2) of a node daemon the test started.
+    assert_eq!(unsafe { libc::kill(doomed.pid() as i32, libc::SIGKILL) }, 0);
+    eventually("the dead node is listed dead", || {
+        node_table(&ctx) == (1, 2)
+    });
+    eventually("the dead node is forgotten", || node_table(&ctx) == (1, 1));
+
+    eventually("the job has a worker on the node", || {
+        !children_of(node.pid()).is_empty()
+    });
+    // SAFETY: kill(2) of the head the test started.
+    assert_eq!(unsafe { libc::kill(head.pid() as i32, libc::SIGKILL) }, 0);
+    let error = ctx.get(&add.remote(&ctx, 2, 3)).unwrap_err().to_string();
+    assert!(
+        error.contains(&format!("127.0.0.1:{port}")) && error.contains("head"),
+        "{error}"
+    );
+    eventually("the node stopped the lost job's workers", || {
+        children_of(node.pid()).is_empty()
+    });
+
+    head = Process::start(&head_args);
+    let again = connect(&head);
+    eventually("the node rejoined the restarted head", || {
+        node_table(&again) == (1, 1)
+    });
+    assert_eq!(again.get(&add.remote(&again, 20, 22)).unwrap(), 42);
+    drop((node, doomed, head));
 }

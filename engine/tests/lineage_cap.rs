@@ -28,7 +28,10 @@ fn lineage_past_the_cap_is_not_kept_and_dropped_lineage_frees_room() {
     );
     assert!(lineage_bytes() <= 10_000);
     assert!(Lineage::of(&spec(1_000)).is_none(), "the cap is reached");
-    assert!(Lineage::of(&spec(20_000)).is_none(), "one task larger than the cap");
+    assert!(
+        Lineage::of(&spec(20_000)).is_none(),
+        "one task larger than the cap"
+    );
     drop(kept);
     assert_eq!(lineage_bytes(), before);
     assert!(Lineage::of(&spec(1_000)).is_some(), "room again");

@@ -24,11 +24,23 @@ use crate::service::MAX_MESSAGE_BYTES;
 /// How long to wait for a node's Flight endpoint to accept a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Applies Manta's transport settings to an endpoint: a connect timeout, no Nagle delay, and
-/// HTTP/2 flow-control windows large enough that a multi-MiB message is not throttled.
+/// How often either end of a connection pings the other (HTTP/2 PING), busy or idle.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long a ping may go unanswered before the connection is given up as dead: a peer that
+/// died without closing it, or a network partition, is noticed within
+/// `KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT`, and the calls on it fail naming the peer.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Applies Manta's transport settings to an endpoint: a connect timeout, keepalive pings (see
+/// [`KEEPALIVE_TIMEOUT`]), no Nagle delay, and HTTP/2 flow-control windows large enough that a
+/// multi-MiB message is not throttled.
 pub fn tune_endpoint(endpoint: Endpoint) -> Endpoint {
     endpoint
         .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(16 << 20))
         .initial_connection_window_size(Some(32 << 20))

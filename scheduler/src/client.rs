@@ -197,13 +197,14 @@ impl ClusterClient {
         let releaser = Arc::clone(&self.releaser);
         // The inputs stay referenced (so not freed) until the task is done.
         let inputs = spec.inputs;
+        let address = self.address.clone();
         self.tasks.send(
             request,
             Box::new(move |reply| {
                 drop(inputs);
                 done(
                     reply
-                        .map_err(|s| Error::rpc("SubmitTasks", s))
+                        .map_err(|s| head_call_failed(&address, "SubmitTasks", s))
                         .and_then(|reply| outcome(reply, &releaser)),
                 )
             }),
@@ -259,7 +260,7 @@ impl ClusterClient {
         Ok(head
             .list_nodes(proto::ListNodesRequest {})
             .await
-            .map_err(|s| Error::rpc("ListNodes", s))?
+            .map_err(|s| head_call_failed(&self.address, "ListNodes", s))?
             .into_inner()
             .nodes)
     }
@@ -294,8 +295,30 @@ impl ClusterClient {
             job_id: Bytes::copy_from_slice(self.job.as_bytes()),
         })
         .await
-        .map_err(|s| Error::rpc("EndJob", s))?;
+        .map_err(|s| head_call_failed(&self.address, "EndJob", s))?;
         Ok(())
+    }
+}
+
+/// The error of a call to the head: [`Error::HeadLost`] when the connection broke (the status
+/// came from the transport, or from the task stream that ended with it), else what the head
+/// answered.
+fn head_call_failed(address: &str, call: &'static str, status: tonic::Status) -> Error {
+    let from_transport = std::error::Error::source(&status).is_some()
+        || status
+            .message()
+            .starts_with(crate::task_stream::STREAM_ENDED);
+    if !from_transport {
+        return Error::rpc(call, status);
+    }
+    let reason = match std::error::Error::source(&status) {
+        Some(source) => server::transport_reason(source),
+        None => status.message().to_string(),
+    };
+    Error::HeadLost {
+        address: address.to_string(),
+        call,
+        reason,
     }
 }
 

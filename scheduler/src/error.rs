@@ -24,6 +24,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// The connection to the head broke while a call was on it: the head died or stopped, or
+    /// the network between failed (noticed by keepalive within seconds).
+    #[error("lost the connection to the Manta head at {address} during {call}: {reason}")]
+    HeadLost {
+        /// The head's address.
+        address: String,
+        /// The call that was on the connection.
+        call: &'static str,
+        /// What the transport said.
+        reason: String,
+    },
+
     /// No cluster token to present to the head at `address`.
     #[error(
         "no cluster token for the Manta head at {address}: {reason}. Pass --token or set MANTA_TOKEN \

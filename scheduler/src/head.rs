@@ -86,7 +86,13 @@ pub struct HeadConfig {
     pub token: Token,
     /// Serve TLS with this certificate and key.
     pub tls: Option<manta_flight::tls::ServerIdentity>,
+    /// How long a dead node stays in the node table (for `manta status` to show) before it is
+    /// forgotten. A forgotten node that comes back registers again.
+    pub forget_dead_nodes_after: Duration,
 }
+
+/// The default of [`HeadConfig::forget_dead_nodes_after`].
+pub const FORGET_DEAD_NODES_AFTER: Duration = Duration::from_secs(60);
 
 impl Default for HeadConfig {
     fn default() -> Self {
@@ -97,6 +103,7 @@ impl Default for HeadConfig {
             policy: Arc::new(LocalityFirst),
             token: Token::generate(),
             tls: None,
+            forget_dead_nodes_after: FORGET_DEAD_NODES_AFTER,
         }
     }
 }
@@ -308,6 +315,14 @@ impl Head {
                 // Tasks that only a dead node could run are now infeasible.
                 self.dispatch(&mut state);
             }
+            let forget_after = timeout + self.config.forget_dead_nodes_after;
+            state.nodes.retain(|id, node| {
+                let forget = !node.alive && node.last_heartbeat.elapsed() > forget_after;
+                if forget {
+                    tracing::info!(node = ?id, address = %node.address, "forgetting a node dead for {} s", forget_after.as_secs());
+                }
+                !forget
+            });
         }
     }
 

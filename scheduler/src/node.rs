@@ -528,14 +528,49 @@ impl NodeDaemon {
 
     async fn heartbeat_loop(self: Arc<Self>, interval: Duration, resources: Resources) {
         let mut ticks = tokio::time::interval(interval);
+        // After a stall, beat once and go on at the interval, rather than in a burst.
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A heartbeat never waits on a stuck connection longer than this: the next one goes
+        // out on time (over a new connection once the keepalive gives the old one up).
+        let deadline = (interval * 2).max(Duration::from_millis(500));
+        // The head is taken for lost after as long as it takes to declare a node dead; the
+        // jobs' workers are stopped then (their drivers have failed: nothing can reach them).
+        let head_lost_after = interval * HEAD_LOST_AFTER_BEATS;
+        let mut last_answer = std::time::Instant::now();
+        let mut jobs_stopped = false;
+        let mut failed_beats = 0u64;
         let mut head = self.head.clone();
         loop {
             ticks.tick().await;
+            if !jobs_stopped && last_answer.elapsed() > head_lost_after {
+                jobs_stopped = true;
+                let jobs = self.workers.end_all_jobs();
+                tracing::warn!(
+                    "no answer from the head for {} s: stopped the workers of {jobs} job(s); \
+                     objects are kept, and this node rejoins the head when it answers again",
+                    head_lost_after.as_secs_f64().round()
+                );
+            }
             let request = proto::HeartbeatRequest {
                 node_id: Bytes::copy_from_slice(self.id.as_bytes()),
                 store: Some(self.store.usage().into()),
             };
-            match head.heartbeat(request).await {
+            let beat = match tokio::time::timeout(deadline, head.heartbeat(request)).await {
+                Ok(beat) => beat,
+                Err(_) => {
+                    tracing::warn!(
+                        "no answer to a heartbeat within {} ms; is the head reachable?",
+                        deadline.as_millis()
+                    );
+                    continue;
+                }
+            };
+            if beat.is_ok() {
+                last_answer = std::time::Instant::now();
+                jobs_stopped = false;
+                failed_beats = 0;
+            }
+            match beat {
                 Ok(reply) if reply.get_ref().known => {}
                 Ok(_) => {
                     tracing::warn!(
@@ -545,11 +580,25 @@ impl NodeDaemon {
                         tracing::warn!(error = %e, "registering again failed");
                     }
                 }
-                Err(status) => tracing::warn!(%status, "heartbeat to the head failed"),
+                Err(status) => {
+                    // Once, then every 20 beats: a lost head is one story, not a flood.
+                    if failed_beats.is_multiple_of(20) {
+                        tracing::warn!(
+                            failed_beats = failed_beats + 1,
+                            "heartbeat to the head failed: {}",
+                            crate::server::transport_reason(&status)
+                        );
+                    }
+                    failed_beats += 1;
+                }
             }
         }
     }
 }
+
+/// Heartbeat intervals without an answer after which a node takes its head for lost (the
+/// head's own default for declaring a node dead).
+const HEAD_LOST_AFTER_BEATS: u32 = 6;
 
 async fn register(
     head: &mut HeadClient<AuthChannel>,

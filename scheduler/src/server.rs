@@ -33,10 +33,13 @@ pub async fn bind(host: &str, port: u16) -> Result<(TcpListener, SocketAddr)> {
     Ok((listener, address))
 }
 
-/// A tonic server builder with Manta's transport settings (see `manta_flight::tune_endpoint`).
-/// Serve it with `manta_flight::incoming`, which speaks TLS when given an identity.
+/// A tonic server builder with Manta's transport settings (see `manta_flight::tune_endpoint`),
+/// pinging its clients as they ping it, so that a dead client's calls end too. Serve it with
+/// `manta_flight::incoming`, which speaks TLS when given an identity.
 pub fn server_builder() -> tonic::transport::Server {
     tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(manta_flight::client::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(manta_flight::client::KEEPALIVE_TIMEOUT))
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(16 << 20))
         .initial_connection_window_size(Some(32 << 20))

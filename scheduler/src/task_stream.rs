@@ -48,6 +48,9 @@ pub type Opener = Arc<
         + Sync,
 >;
 
+/// How every status this module makes up (the stream stopped, ended, broke) begins.
+pub(crate) const STREAM_ENDED: &str = "the task stream";
+
 /// What is done with a call's reply (or with the status that replaces it).
 pub type OnReply = Box<dyn FnOnce(Result<TaskReply, Status>) + Send>;
 

@@ -484,6 +484,18 @@ impl WorkerPools {
         }
     }
 
+    /// Stops the workers of every job (the head is lost); returns how many jobs had some.
+    pub fn end_all_jobs(&self) -> usize {
+        let mut jobs: Vec<JobId> = self.jobs.lock().keys().copied().collect();
+        jobs.extend(self.actor_pids.lock().values().map(|(job, _)| *job));
+        jobs.sort_unstable();
+        jobs.dedup();
+        for job in &jobs {
+            self.end_job(*job);
+        }
+        jobs.len()
+    }
+
     /// Stops every worker of `job` (its driver is done), its actors' too.
     pub fn end_job(&self, job: JobId) {
         for (_, (actor_job, pid)) in self.actor_pids.lock().iter() {

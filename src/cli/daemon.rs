@@ -60,6 +60,7 @@ pub fn run_foreground(args: StartArgs) -> Result<()> {
         let config = HeadConfig {
             token,
             tls,
+            forget_dead_nodes_after: Duration::from_secs(args.forget_dead_nodes_after),
             ..HeadConfig::default()
         };
         let host = args.host.clone();

@@ -71,6 +71,9 @@ pub struct StartArgs {
     /// Node: custom resources offered, as name=amount,name=amount.
     #[arg(long, default_value = "")]
     resources: String,
+    /// Head: seconds a dead node stays listed (in `manta status`) before it is forgotten.
+    #[arg(long, requires = "head", default_value_t = 60)]
+    forget_dead_nodes_after: u64,
     /// Head: also serve Flight SQL clients on this port (0 picks a free one), through a driver
     /// of this cluster.
     #[arg(long, requires = "head")]

@@ -336,3 +336,78 @@ pub fn lineitem_sql(input: &Path) -> SessionContext {
     .unwrap();
     df
 }
+
+/// A TCP relay on 127.0.0.1 to `target` whose link can be cut without closing it: after
+/// [`Relay::cut`] no byte crosses in either direction and no connection is closed or refused,
+/// which is what a network partition looks like to both ends.
+pub struct Relay {
+    /// The relay's `127.0.0.1:port`.
+    pub address: String,
+    cut: tokio::sync::watch::Sender<bool>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Relay {
+    /// Relays connections to `target` (`host:port`).
+    pub fn start(target: &str) -> Relay {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (cut, is_cut) = tokio::sync::watch::channel(false);
+        let target = target.to_string();
+        runtime.spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(relay_one_way(client_read, server_write, is_cut.clone()));
+                tokio::spawn(relay_one_way(server_read, client_write, is_cut.clone()));
+            }
+        });
+        Relay {
+            address,
+            cut,
+            _runtime: runtime,
+        }
+    }
+
+    /// Cuts the link: from now on bytes stop in both directions, and connections stay open.
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+}
+
+async fn relay_one_way(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut is_cut: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 64 << 10];
+    loop {
+        let read = tokio::select! {
+            read = from.read(&mut buffer) => read,
+            _ = is_cut.wait_for(|cut| *cut) => break,
+        };
+        match read {
+            Ok(0) | Err(_) => return,
+            Ok(n) if !*is_cut.borrow() => {
+                if to.write_all(&buffer[..n]).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => break,
+        }
+    }
+    // Cut: hold both ends open, silent, for as long as the relay lives.
+    std::future::pending::<()>().await;
+    drop((from, to));
+}
