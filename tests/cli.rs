@@ -4,6 +4,17 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// Held by each test that starts an object store (a node, or an embedded engine): a store that
+/// starts sweeps away the sessions of processes that died, which would race the test that
+/// checks what a killed node leaves behind.
+static STORES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_store_test_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    STORES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn manta(run_dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_manta"))
         .args(args)
@@ -44,6 +55,7 @@ fn start_head(run_dir: &Path) -> String {
 
 #[test]
 fn start_status_stop() {
+    let _one_at_a_time = one_store_test_at_a_time();
     let run_dir = tempfile::tempdir().unwrap();
     let _guard = StopOnDrop(run_dir.path());
 
@@ -120,6 +132,7 @@ fn has_shm_session(pid: i32) -> bool {
 /// A node killed with SIGKILL cannot clean up; `manta stop` removes what it left in /dev/shm.
 #[test]
 fn manta_stop_reclaims_what_a_killed_node_left() {
+    let _one_at_a_time = one_store_test_at_a_time();
     let run_dir = tempfile::tempdir().unwrap();
     let _guard = StopOnDrop(run_dir.path());
     let address = start_head(run_dir.path());
@@ -127,8 +140,24 @@ fn manta_stop_reclaims_what_a_killed_node_left() {
         .unwrap()
         .filter_map(|e| e.unwrap().file_name().to_str()?.parse().ok())
         .collect();
-    let node = manta(run_dir.path(), &["start", "--address", &address]);
+    let spill = tempfile::tempdir().unwrap();
+    let spill_dir = spill.path().join("spill");
+    let node = manta(
+        run_dir.path(),
+        &[
+            "start",
+            "--address",
+            &address,
+            "--spill-dir",
+            spill_dir.to_str().unwrap(),
+        ],
+    );
     assert!(node.status.success(), "{}", text(&node));
+    let spill_sessions = || {
+        std::fs::read_dir(&spill_dir)
+            .map(|entries| entries.count())
+            .unwrap_or(0)
+    };
     let node_pid = std::fs::read_dir(run_dir.path())
         .unwrap()
         .filter_map(|e| e.unwrap().file_name().to_str()?.parse::<i32>().ok())
@@ -149,11 +178,17 @@ fn manta_stop_reclaims_what_a_killed_node_left() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert!(has_shm_session(node_pid), "a killed node cannot clean up");
+    assert_eq!(spill_sessions(), 1, "its spill session is left too");
     let stop = manta(run_dir.path(), &["stop"]);
     assert!(stop.status.success(), "{}", text(&stop));
     assert!(
         !has_shm_session(node_pid),
         "manta stop left the killed node's shared memory"
+    );
+    assert_eq!(
+        spill_sessions(),
+        0,
+        "manta stop left the killed node's spill session in its --spill-dir"
     );
 }
 
@@ -187,6 +222,7 @@ fn a_node_whose_head_does_not_answer_fails_fast() {
 /// the shell goes on), and a bad query as an argument (a failure naming the table).
 #[test]
 fn sql_over_files_in_every_format_and_in_a_shell() {
+    let _one_at_a_time = one_store_test_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let rows = [(1i64, "a"), (2, "b"), (3, "ü"), (40, "d")];
     let mut csv = String::from("id,name\n");

@@ -260,7 +260,17 @@ pub fn start_background(args: StartArgs) -> Result<()> {
     };
     let flight_sql = ready.find_map(|part| part.strip_prefix("flight-sql="));
     let pid = child.id();
-    fs::write(dir.join(pid.to_string()), format!("{kind} {address}\n"))?;
+    // `<kind> <address>`, and for a node with its own spill directory `spill <dir>`, which
+    // `manta stop` sweeps for the sessions of nodes that died.
+    let mut record = format!("{kind} {address}\n");
+    if let Some(spill) = args
+        .spill_dir
+        .as_ref()
+        .and_then(|d| std::path::absolute(d).ok())
+    {
+        record.push_str(&format!("spill {}\n", spill.display()));
+    }
+    fs::write(dir.join(pid.to_string()), record)?;
     println!(
         "Started the {kind} at {address} (pid {pid}; log {}).",
         log_path.display()
@@ -277,20 +287,41 @@ pub fn start_background(args: StartArgs) -> Result<()> {
 
 /// Records of processes started here: (pid, kind, address).
 fn started() -> Vec<(i32, String, String)> {
-    let Ok(entries) = fs::read_dir(run_dir()) else {
-        return Vec::new();
-    };
-    let mut processes: Vec<_> = entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid = entry.file_name().to_str()?.parse().ok()?;
-            let text = fs::read_to_string(entry.path()).ok()?;
-            let (kind, address) = text.trim().split_once(' ')?;
+    let mut processes: Vec<_> = records()
+        .into_iter()
+        .filter_map(|(pid, text)| {
+            let (kind, address) = text.lines().next()?.trim().split_once(' ')?;
             Some((pid, kind.to_string(), address.to_string()))
         })
         .collect();
     processes.sort_by_key(|(pid, kind, _)| (kind == "head", *pid));
     processes
+}
+
+/// The spill directories nodes started here were given (`--spill-dir`).
+fn spill_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = records()
+        .iter()
+        .flat_map(|(_, text)| text.lines().filter_map(|l| l.strip_prefix("spill ")))
+        .map(PathBuf::from)
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+/// Each record file of the run directory: (pid, its text).
+fn records() -> Vec<(i32, String)> {
+    let Ok(entries) = fs::read_dir(run_dir()) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse().ok()?;
+            Some((pid, fs::read_to_string(entry.path()).ok()?))
+        })
+        .collect()
 }
 
 /// The address of a live head started on this machine.
@@ -306,6 +337,7 @@ pub fn local_head_address() -> Result<Option<String>> {
 /// `/dev/shm` session behind).
 pub fn stop_all() -> Result<()> {
     let processes = started();
+    let spill_dirs = spill_dirs();
     if processes.is_empty() {
         println!("Nothing to stop.");
     }
@@ -329,5 +361,8 @@ pub fn stop_all() -> Result<()> {
     // the default spill directory: sessions whose process is gone.
     manta::engine::store::remove_stale_sessions(&manta::engine::store::default_shared_parent());
     manta::engine::store::remove_stale_sessions(&manta::engine::store::default_spill_parent());
+    for dir in spill_dirs {
+        manta::engine::store::remove_stale_sessions(&dir);
+    }
     Ok(())
 }

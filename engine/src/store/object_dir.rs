@@ -9,9 +9,12 @@
 //! The session directory (mode 0700) and its object files (mode 0600) are readable by the
 //! node's user only: its worker processes run as that user, nobody else may map an object.
 //!
-//! The session directory is named `manta-<pid>-<random>`. The node that created it removes it
-//! when it stops; and every new session first removes directories whose pid is no longer alive,
-//! so a crashed node leaks nothing past the next start on that machine.
+//! The session directory is named `manta-<pid>-<random>`, and its owner holds an exclusive
+//! `flock` on the session's `.owner` file for as long as it lives (the kernel lets go when
+//! the process dies, however it dies). The node that created it removes it when it stops; and
+//! every new session, and `manta stop`, first remove the sessions whose lock nobody holds, so a
+//! crashed node leaks nothing past the next start or stop on that machine — a session is never
+//! kept because another process happens to have its dead owner's pid.
 
 use std::fs::{self, File};
 use std::io::BufWriter;
@@ -29,11 +32,16 @@ use crate::object::Object;
 /// Prefix of every session directory Manta creates.
 const SESSION_PREFIX: &str = "manta-";
 
+/// The file in a session directory whose lock says the session's owner is alive.
+const OWNER_FILE: &str = ".owner";
+
 /// A directory of object files; removes itself on drop if it owns the session.
 #[derive(Debug)]
 pub struct ObjectDir {
     path: PathBuf,
     owned: bool,
+    /// The owner's lock on [`OWNER_FILE`], held while the session lives.
+    _owner_lock: Option<File>,
 }
 
 impl ObjectDir {
@@ -51,7 +59,19 @@ impl ObjectDir {
             .mode(0o700)
             .create(&path)
             .map_err(|e| Error::io(&path, e))?;
-        Ok(Self { path, owned: true })
+        let owner = path.join(OWNER_FILE);
+        let lock_file = fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(&owner)
+            .map_err(|e| Error::io(&owner, e))?;
+        lock(&lock_file, libc::LOCK_EX | libc::LOCK_NB).map_err(|e| Error::io(&owner, e))?;
+        Ok(Self {
+            path,
+            owned: true,
+            _owner_lock: Some(lock_file),
+        })
     }
 
     /// Opens a session directory another process owns (a worker opening its node's store).
@@ -59,6 +79,7 @@ impl ObjectDir {
         Self {
             path: path.into(),
             owned: false,
+            _owner_lock: None,
         }
     }
 
@@ -254,7 +275,8 @@ pub fn default_shared_parent() -> PathBuf {
     }
 }
 
-/// Removes `manta-<pid>-*` directories under `parent` whose process is gone.
+/// Removes the `manta-<pid>-*` session directories under `parent` whose owner is gone: nobody
+/// holds the lock on its `.owner` file (or, for a session without one, no process has its pid).
 pub fn remove_stale_sessions(parent: &Path) {
     let Ok(entries) = fs::read_dir(parent) else {
         return;
@@ -267,10 +289,24 @@ pub fn remove_stale_sessions(parent: &Path) {
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
             continue;
         };
-        if !process_alive(pid) {
+        if !session_owner_alive(&entry.path(), pid) {
             tracing::info!(dir = %entry.path().display(), pid, "removing a dead session's objects");
             let _ = fs::remove_dir_all(entry.path());
         }
+    }
+}
+
+/// Whether the session at `dir`, named for `pid`, still has its owner: its `.owner` lock is
+/// held. A session that has no `.owner` yet (being created this instant, or made by an older
+/// Manta) counts as owned while its pid exists.
+fn session_owner_alive(dir: &Path, pid: i32) -> bool {
+    match File::open(dir.join(OWNER_FILE)) {
+        Ok(owner) => match lock(&owner, libc::LOCK_EX | libc::LOCK_NB) {
+            // Taken at once: nobody held it. (Dropping the file lets it go again.)
+            Ok(()) => false,
+            Err(_) => true,
+        },
+        Err(_) => process_alive(pid),
     }
 }
 
@@ -323,7 +359,15 @@ mod tests {
         // A session of a process that no longer exists: pid 2^22 + 1 is above Linux's pid_max.
         let stale = parent.path().join("manta-4194305-deadbeef");
         fs::create_dir_all(&stale).unwrap();
+        // A session whose pid is alive (ours) but whose owner lock nobody holds: its owner died
+        // and the pid was reused. Removed all the same.
+        let reused = parent
+            .path()
+            .join(format!("manta-{}-cafe0001", std::process::id()));
+        fs::create_dir_all(&reused).unwrap();
+        fs::write(reused.join(OWNER_FILE), b"").unwrap();
         let fresh = ObjectDir::create_session(parent.path()).unwrap();
+        assert!(!reused.exists(), "a session nobody holds is removed");
         assert!(!stale.exists());
         assert!(fresh.path().exists());
     }
