@@ -8,7 +8,8 @@
 //! Each run prints one `RESULT workload=... seconds=...` line; where a workload has a baseline
 //! (plain DataFusion, raw TCP) it runs in the same process run and prints a `BASELINE` line.
 //! Workloads so far: `etl`, `q1`, `shuffle`, `sort`, `scale` (the three all-to-all ones, each in
-//! its own process), `tpch` (22 queries through `ctx.sql`), `objects`, `flight`, `tasks`, `actors`.
+//! its own process), `tpch` (22 queries through `ctx.sql`), `objects`, `flight`, `tasks`, `actors`,
+//! `recovery` (a node killed halfway, on a cluster).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -22,7 +23,7 @@ mod suite;
 
 #[derive(Parser, Debug, Clone)]
 pub struct Args {
-    /// etl | q1 | shuffle | sort | scale | tpch | objects | flight | tasks | actors
+    /// etl | q1 | shuffle | sort | scale | tpch | objects | flight | tasks | actors | recovery
     workload: String,
     /// TPC-H scale factor.
     #[arg(long, default_value_t = 1.0)]
@@ -45,6 +46,9 @@ pub struct Args {
     /// Skip the baseline.
     #[arg(long)]
     no_baseline: bool,
+    /// `recovery`: the pid of a node to SIGKILL halfway through the disturbed run.
+    #[arg(long)]
+    kill_node: Option<i32>,
     /// Internal: serve a Flight object for the `flight` workload.
     #[arg(long, hide = true)]
     serve_flight: bool,
@@ -179,8 +183,9 @@ fn main() -> anyhow::Result<()> {
         "tpch" => suite::tpch::run(&args),
         "tasks" => suite::tasks::run(&args),
         "actors" => suite::actors::run(&args),
+        "recovery" => suite::recovery::run(&args),
         other => anyhow::bail!(
-            "unknown workload {other:?}: expected etl, q1, shuffle, sort, scale, tpch, objects, flight, tasks or actors"
+            "unknown workload {other:?}: expected etl, q1, shuffle, sort, scale, tpch, objects, flight, tasks, actors or recovery"
         ),
     }
 }

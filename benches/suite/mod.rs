@@ -5,5 +5,6 @@ pub mod alltoall;
 pub mod etl;
 pub mod flight;
 pub mod objects;
+pub mod recovery;
 pub mod tasks;
 pub mod tpch;

@@ -23,6 +23,9 @@
 //! A stage with a concurrency cap (`map_batches` with `concurrency`, an actor pool) never has
 //! more tasks running than its cap; its input waits in its queue meanwhile.
 //!
+//! Each submission runs as a tokio task of its own, so that it makes progress while this loop
+//! waits on the consumer (who may be waiting on it, to make a lost block again).
+//!
 //! No stage waits for the previous one to finish. On the first failure the executor stops
 //! launching, waits for the tasks already running (so nothing writes after the error is
 //! reported), and returns the error.
@@ -186,8 +189,18 @@ pub async fn execute(
             };
             stats[stage].started(Instant::now());
             running_per_stage[stage] += 1;
-            let task = client.submit(spec);
-            running.push(async move { (stage, index, input_rows, task.await) });
+            // A task of its own, not only a future this loop polls: while the loop waits for
+            // the consumer (`out.send`), a submission must still make progress, since the
+            // consumer may be waiting for it (to make a lost block again, say).
+            let task = tokio::spawn(client.submit(spec));
+            running.push(async move {
+                let result = task.await.unwrap_or_else(|e| {
+                    Err(manta_scheduler::Error::Internal(format!(
+                        "a task submission failed: {e}"
+                    )))
+                });
+                (stage, index, input_rows, result)
+            });
         }
 
         let Some((stage, index, input_rows, result)) = running.next().await else {

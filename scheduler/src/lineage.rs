@@ -11,9 +11,11 @@
 //! caller's `ObjectRef`) reads the new one from then on. The same serves Ray Core tasks and
 //! every block a dataset stage, an exchange or a SQL scan task makes: they all are tasks.
 //!
-//! How often: each submission may make its inputs again up to [`MAX_REMAKES`] times in all
-//! (a copy can be lost again while the job runs), with a short backoff between attempts so a
-//! node that is dying is noticed by the head before the next try.
+//! How often: each submission may make its inputs again in up to [`MAX_REMAKES`] rounds (a
+//! copy can be lost again while the job runs), at once the first time and with a backoff
+//! doubling from 50 ms after that. A round makes again, concurrently, every input that was on
+//! the lost one's node: a reduce task whose map outputs were on a dead node waits for one
+//! round, not one per output.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -27,10 +29,10 @@ use manta_engine::{ObjectId, ObjectRef, TaskOutcome, TaskSpec};
 use crate::error::{Error, Result};
 use crate::runtime::Client;
 
-/// How many times one submission makes lost inputs again before it gives up.
+/// How many rounds of making lost inputs again one submission gets before it gives up.
 pub const MAX_REMAKES: u32 = 8;
 
-/// The pause before the first remake of a submission; doubled for each one after it.
+/// The pause before a submission's second round of remakes; doubled for each one after it.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Objects this process made again, and their rows.
@@ -108,14 +110,34 @@ async fn settle(
         let Some(index) = lost.filter(|_| remakes < MAX_REMAKES) else {
             return Err(error);
         };
-        tokio::time::sleep(FIRST_BACKOFF * 2u32.pow(remakes.min(6))).await;
+        if remakes > 0 {
+            tokio::time::sleep(FIRST_BACKOFF * 2u32.pow((remakes - 1).min(6))).await;
+        }
         remakes += 1;
+        // The other inputs that were on the lost one's node are most likely gone with it: all
+        // are made again at once, rather than one per failed submission.
+        let node = inputs[index].location().node;
+        let gone: Vec<usize> = (0..inputs.len())
+            .filter(|&i| {
+                i == index
+                    || (inputs[i].inline_value().is_none()
+                        && inputs[i].current().location().node == node)
+            })
+            .collect();
         tracing::info!(
             task = lineage.label(),
             object = %inputs[index].id(),
-            "an input was lost ({error}); making it again"
+            inputs = gone.len(),
+            "an input was lost ({error}); making it and the others on its node again"
         );
-        inputs[index] = remake(client, &inputs[index]).await?;
+        let copies =
+            futures::future::try_join_all(gone.iter().map(|&i| remake(client, &inputs[i]))).await?;
+        for (i, copy) in gone.into_iter().zip(copies) {
+            inputs[i] = copy;
+        }
+        for input in &mut inputs {
+            *input = input.current();
+        }
         result = client.submit_once(lineage.task(inputs.clone())).await;
     }
 }
