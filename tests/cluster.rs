@@ -1411,9 +1411,12 @@ fn a_lost_head_fails_its_driver_and_its_nodes_rejoin_it_restarted(_shared: &Clus
     });
     eventually("the dead node is forgotten", || node_table(&ctx) == (1, 1));
 
-    eventually("the job has a worker on the node", || {
-        !children_of(node.pid()).is_empty()
-    });
+    // The node left is the only one: this task's worker runs there.
+    assert_eq!(ctx.get(&add.remote(&ctx, 3, 4)).unwrap(), 7);
+    assert!(
+        !children_of(node.pid()).is_empty(),
+        "the job has a worker on the node"
+    );
     // SAFETY: kill(2) of the head the test started.
     assert_eq!(unsafe { libc::kill(head.pid() as i32, libc::SIGKILL) }, 0);
     let error = ctx.get(&add.remote(&ctx, 2, 3)).unwrap_err().to_string();
