@@ -293,6 +293,10 @@ fn main() {
             the_quickstart_survives_a_node_killed_mid_run,
         ),
         (
+            "a_write_whose_node_is_killed_mid_run_lands_whole",
+            a_write_whose_node_is_killed_mid_run_lands_whole,
+        ),
+        (
             "a_driver_cut_off_from_its_head_fails_naming_the_head",
             a_driver_cut_off_from_its_head_fails_naming_the_head,
         ),
@@ -1435,4 +1439,45 @@ fn a_lost_head_fails_its_driver_and_its_nodes_rejoin_it_restarted(_shared: &Clus
     });
     assert_eq!(again.get(&add.remote(&again, 20, 22)).unwrap(), 42);
     drop((node, doomed, head));
+}
+
+/// The quickstart written to Parquet, a node killed once the first part file is in the write's
+/// temporary directory (blocks and write tasks in flight on both nodes): the output directory
+/// holds exactly DataFusion's answer, each part once, and no temporary directory is left.
+/// A cluster of its own, since a node dies.
+fn a_write_whose_node_is_killed_mid_run_lands_whole(_shared: &Cluster) {
+    let mut cluster = Cluster::start(&["a=1", "b=1"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let input = small_lineitem(tmp.path());
+    let out = tmp.path().join("out");
+    let ctx = cluster.connect();
+    let writing = {
+        let (ctx, input, out) = (ctx.clone(), input.clone(), out.clone());
+        std::thread::spawn(move || {
+            etl(&ctx, &input, small_tasks(), MapBatchesOptions::default()).write_parquet(&out)
+        })
+    };
+    let parts_in_progress = || {
+        std::fs::read_dir(tmp.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("manta-tmp"))
+            .flat_map(|dir| std::fs::read_dir(dir.path()).into_iter().flatten())
+            .count()
+    };
+    eventually("a part file is written, or the write is done", || {
+        parts_in_progress() > 0 || writing.is_finished()
+    });
+    let doomed = cluster.nodes[0].address.clone();
+    kill_node_at(&mut cluster, &doomed);
+
+    let written = writing.join().unwrap().unwrap();
+    assert_eq!(checksum_of_parquet_dir(&out), expected_etl(&input));
+    assert_eq!(written.rows, expected_etl(&input).rows);
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("manta-tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
