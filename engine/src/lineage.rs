@@ -140,6 +140,11 @@ impl Lineage {
         &self.inputs
     }
 
+    /// How often the task may run again after its worker or node failed.
+    pub fn max_retries(&self) -> u32 {
+        self.max_retries
+    }
+
     /// The task's label ("block 3 of stage 1 (ReadParquet->Map)").
     pub fn label(&self) -> &str {
         &self.label

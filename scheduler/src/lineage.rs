@@ -107,6 +107,23 @@ async fn settle(
         };
         let lost =
             lost_object(&error).and_then(|lost| inputs.iter().position(|input| input.id() == lost));
+        if lost.is_none()
+            && remakes < MAX_REMAKES
+            && lineage.max_retries() > 0
+            && matches!(error, Error::NodeLost { .. })
+        {
+            // The head ran out of retries on a node that was dying under them (it can place a
+            // retry on a node it has not yet found dead): submitted again after a pause, by
+            // when the head knows. (A task that may not be retried is not.)
+            tokio::time::sleep(FIRST_BACKOFF * 2u32.pow(remakes.min(6))).await;
+            remakes += 1;
+            tracing::info!(task = lineage.label(), "{error}; submitting it again");
+            for input in &mut inputs {
+                *input = input.current();
+            }
+            result = client.submit_once(lineage.task(inputs.clone())).await;
+            continue;
+        }
         let Some(index) = lost.filter(|_| remakes < MAX_REMAKES) else {
             return Err(error);
         };
