@@ -548,8 +548,25 @@ fn a_failing_task_on_a_node_names_the_function(cluster: &Cluster) {
     assert!(!out.exists());
 }
 
+/// `lineitem` grouped by return flag (count, sum of quantity) equals the same in SQL over `df`.
+fn groupby_matches_sql(lineitem: &manta::Dataset, df: &datafusion::prelude::SessionContext) {
+    let grouped = lineitem
+        .groupby(&["l_returnflag"])
+        .aggregate(vec![
+            manta::Aggregate::count(),
+            manta::Aggregate::sum("l_quantity"),
+        ])
+        .to_arrow()
+        .unwrap();
+    let expected = sql(
+        df,
+        "SELECT l_returnflag, count(*), sum(l_quantity) FROM lineitem GROUP BY l_returnflag",
+    );
+    assert_eq!(sorted(rows(&grouped)), sorted(rows(&expected)));
+}
+
 fn all_to_all_operations_match_sql_across_nodes(cluster: &Cluster) {
-    use manta::{Aggregate, JoinKind, SortKey};
+    use manta::{JoinKind, SortKey};
     let tmp = tempfile::tempdir().unwrap();
     let input = small_lineitem(tmp.path());
     let df = lineitem_sql(&input);
@@ -578,16 +595,7 @@ fn all_to_all_operations_match_sql_across_nodes(cluster: &Cluster) {
     );
 
     // Group and aggregate, with the reduce running DataFusion in worker processes.
-    let grouped = lineitem
-        .groupby(&["l_returnflag"])
-        .aggregate(vec![Aggregate::count(), Aggregate::sum("l_quantity")])
-        .to_arrow()
-        .unwrap();
-    let expected = sql(
-        &df,
-        "SELECT l_returnflag, count(*), sum(l_quantity) FROM lineitem GROUP BY l_returnflag",
-    );
-    assert_eq!(sorted(rows(&grouped)), sorted(rows(&expected)));
+    groupby_matches_sql(&lineitem, &df);
 
     // A join with a small table shipped from the driver (from_arrow on a cluster).
     let flags = RecordBatch::try_from_iter([
@@ -1191,7 +1199,7 @@ fn task_outputs_lost_with_their_node_are_rebuilt_from_lineage(_shared: &Cluster)
 /// an input gone, and the driver reading a lost block, both remake it). A cluster of its own,
 /// since a node dies.
 fn dataset_blocks_lost_with_their_node_are_made_again(_shared: &Cluster) {
-    use manta::{Aggregate, SortKey};
+    use manta::SortKey;
     let mut cluster = Cluster::start(&["a=1", "b=1"]);
     let tmp = tempfile::tempdir().unwrap();
     let input = small_lineitem(tmp.path());
@@ -1232,16 +1240,7 @@ fn dataset_blocks_lost_with_their_node_are_made_again(_shared: &Cluster) {
         expected.len()
     );
 
-    let grouped = lineitem
-        .groupby(&["l_returnflag"])
-        .aggregate(vec![Aggregate::count(), Aggregate::sum("l_quantity")])
-        .to_arrow()
-        .unwrap();
-    let expected = sql(
-        &df,
-        "SELECT l_returnflag, count(*), sum(l_quantity) FROM lineitem GROUP BY l_returnflag",
-    );
-    assert_eq!(sorted(rows(&grouped)), sorted(rows(&expected)));
+    groupby_matches_sql(&lineitem, &df);
 
     let all = lineitem.to_arrow().unwrap();
     let expected = sql(
