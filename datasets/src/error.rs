@@ -86,6 +86,21 @@ pub enum Error {
         reason: String,
     },
 
+    /// A write task found no temporary directory of its write on its node: the local output
+    /// path is on the driver's machine only. On a cluster the nodes write the parts, so a local
+    /// path must be a directory every node shares (the write then moves nothing else).
+    #[error(
+        "cannot write to {path}: its directory is not on {node}. On a cluster the nodes write \
+         the output, so a local path must be a directory every node and the driver share; \
+         write to an object-store URL (s3://bucket/path) instead"
+    )]
+    OutputNotShared {
+        /// The destination, on the driver's machine.
+        path: PathBuf,
+        /// The node that looked for it.
+        node: String,
+    },
+
     /// The pipeline feeding a `streaming_split` consumer failed (another consumer saw the
     /// error first).
     #[error("the pipeline feeding this split failed: {reason}")]

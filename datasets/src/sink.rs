@@ -94,7 +94,7 @@ impl WriteTarget {
             path: parent.clone(),
             source,
         })?;
-        let tmp = parent.join(format!(".{name}.manta-tmp-{tag}"));
+        let tmp = parent.join(format!(".{name}{TMP_MARK}{tag}"));
         fs::create_dir(&tmp).map_err(|source| Error::Io {
             action: "creating",
             path: tmp.clone(),
@@ -339,6 +339,18 @@ impl WriteFormat {
     }
 }
 
+/// What names a local write's temporary directory, `.<name>.manta-tmp-<tag>`, beside it.
+const TMP_MARK: &str = ".manta-tmp-";
+
+/// The destination whose temporary directory `tmp` is (see [`WriteTarget::prepare`]).
+fn destination_of(tmp: &Path) -> PathBuf {
+    let name = tmp.file_name().unwrap_or_default().to_string_lossy();
+    match name.strip_prefix('.').and_then(|n| n.rsplit_once(TMP_MARK)) {
+        Some((destination, _tag)) => tmp.with_file_name(destination),
+        None => tmp.to_path_buf(),
+    }
+}
+
 /// Writes `batches` as `dir/part-<index>.<extension>`; returns the one-row record of it. `dir`
 /// is a local directory or an object store URL (the part is encoded in memory, then put whole).
 pub fn write_part(
@@ -363,6 +375,16 @@ pub fn write_part(
         storage::Object::parse(&url)?.write(buffer)?;
         len
     } else {
+        // The driver made `dir`; a node that cannot see it must not make one of its own (the
+        // parts would be scattered on nodes' disks, where the commit never finds them).
+        if !dir.is_dir() {
+            return Err(Error::OutputNotShared {
+                path: destination_of(dir),
+                node: std::env::var(manta_scheduler::worker_pool::env::NODE_ADDRESS)
+                    .map(|node| format!("node {node}"))
+                    .unwrap_or_else(|_| "the node that ran this task".into()),
+            });
+        }
         let file = std::io::BufWriter::new(File::create(&path).map_err(io)?);
         encode(file, &path, format, schema, batches)?;
         fs::metadata(&path).map_err(io)?.len()
@@ -508,6 +530,7 @@ mod tests {
         let abandoned = WriteTarget::prepare(&tmp.path().join("never"), WriteMode::Error).unwrap();
         fs::write(abandoned.tmp_dir().join("part"), "x").unwrap();
         drop(abandoned);
+        assert_eq!(destination_of(target.tmp_dir()), destination);
         let names: Vec<_> = fs::read_dir(tmp.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod batch_tasks;
+pub mod hosts;
 pub mod tpch;
 pub mod trainables;
 
@@ -95,7 +96,13 @@ pub struct Process {
 impl Process {
     /// Runs `manta start ... --block` and waits for its ready line.
     pub fn start(args: &[&str]) -> Process {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_manta"))
+        Self::start_from(Command::new(env!("CARGO_BIN_EXE_manta")), args)
+    }
+
+    /// Runs `command start ... --block` (a command that runs `manta`, maybe through another
+    /// program) and waits for its ready line.
+    pub fn start_from(mut command: Command, args: &[&str]) -> Process {
+        let mut child = command
             .arg("start")
             .args(args)
             .arg("--block")
