@@ -409,9 +409,9 @@ enum Blow {
 
 /// A soak: drivers run pipelines, SQL and a task graph one after another on the cluster while
 /// the chaos loop (on this thread) kills a random worker or node (restarting it) or unplugs a
-/// node's cable every few seconds. Every answer is the embedded one. Then the daemons stop, and
-/// `manta stop` on each node's host finds nothing left: no process but the host's own anchor,
-/// no file in /dev/shm, no spill session.
+/// node's cable every few seconds. Every answer is the embedded one. Then the nodes stop, and
+/// after `manta stop` on each node's host (and the driver's) nothing is left there: no process
+/// but the host's own anchor, no file in /dev/shm, no spill session.
 fn chaos_changes_no_answer_and_leaves_nothing_behind(hosts: &Hosts) {
     let embedded = answers(&hosts.driver("chaos", "embedded", &[]));
     assert_eq!(embedded.len(), driver::CHAOS_ANSWERS.len(), "{embedded:?}");
@@ -469,11 +469,12 @@ fn chaos_changes_no_answer_and_leaves_nothing_behind(hosts: &Hosts) {
     println!("{runs} runs under chaos, blows: {blows:?}");
     assert!(runs > 0, "no run finished");
 
-    // Stop everything, then look for what is left on each node's host.
-    let names: Vec<_> = hosts.nodes.lock().unwrap().keys().copied().collect();
-    for name in names {
-        let mut node = hosts.nodes.lock().unwrap().remove(name).unwrap();
-        node.stop();
+    // Stop the nodes, then look for what is left on their hosts and the driver's.
+    for name in ["n1", "n2", "driver"] {
+        let node = hosts.nodes.lock().unwrap().remove(name);
+        if let Some(mut node) = node {
+            node.stop();
+        }
         let host = hosts.network.host(name);
         let mut stop = manta_on(host, &hosts.env);
         let out = stop.arg("stop").output().unwrap();
@@ -545,7 +546,14 @@ mod driver {
     ];
 
     /// Every answer the `chaos` role gives.
-    pub const CHAOS_ANSWERS: &[&str] = &["stream", "shuffle_sort", "sql_q6", "task_tree"];
+    pub const CHAOS_ANSWERS: &[&str] = &[
+        "stream",
+        "quickstart_s3",
+        "shuffle_sort",
+        "join",
+        "sql_q6",
+        "task_tree",
+    ];
 
     /// The input in the bucket.
     fn lineitem_url() -> String {
@@ -635,7 +643,10 @@ mod driver {
             }
             "chaos" => {
                 answer("stream", stream(&ctx, false));
+                let s3_out = format!("s3://{BUCKET}/chaos-{mode}");
+                answer("quickstart_s3", quickstart(&ctx, &lineitem_url(), &s3_out));
                 answer("shuffle_sort", shuffle_sort(&ctx));
+                answer("join", join(&ctx));
                 ctx.register("lineitem", &read(&ctx)).unwrap();
                 answer("sql_q6", sql(&ctx, &common::tpch::query(6)));
                 // A task graph: leaves made by tasks (so a lost one can be made again), then a

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{FlightData, Ticket};
-use futures::StreamExt;
 use manta_engine::store::{MemoryReceiver, header, write_ipc_end, write_ipc_message};
 use manta_engine::{Location, Object, ObjectId, ObjectStore};
 use parking_lot::Mutex;
@@ -31,6 +30,28 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
 /// died without closing it, or a network partition, is noticed within
 /// `KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT`, and the calls on it fail naming the peer.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// How long a call waits for a peer's answer, or a pull for the object's next message, from a
+/// peer that still answers pings (so keepalive does not end the connection) but sends nothing:
+/// a stuck node fails the call, naming it, instead of stalling it forever. Objects are sent as
+/// soon as they are asked for, so only a stuck peer takes this long.
+pub const MESSAGE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// `call` (a request, or the next message of a stream) under [`MESSAGE_DEADLINE`]; past it,
+/// an `Unavailable` status saying what was waited for.
+async fn in_time<T>(
+    what: &str,
+    call: impl std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+) -> std::result::Result<T, tonic::Status> {
+    tokio::time::timeout(MESSAGE_DEADLINE, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(tonic::Status::unavailable(format!(
+                "{what}: nothing for {} s from a node that still answers pings (stuck?)",
+                MESSAGE_DEADLINE.as_secs()
+            )))
+        })
+}
 
 /// Applies Manta's transport settings to an endpoint: a connect timeout, keepalive pings (see
 /// [`KEEPALIVE_TIMEOUT`]), no Nagle delay, and HTTP/2 flow-control windows large enough that a
@@ -172,13 +193,11 @@ impl FlightPool {
         }
         messages[0].flight_descriptor = Some(arrow_flight::FlightDescriptor::new_cmd(descriptor));
         let mut client = self.client(&location.flight_address).await?;
-        let mut replies = client
-            .do_put(futures::stream::iter(messages))
+        let mut replies = in_time("DoPut", client.do_put(futures::stream::iter(messages)))
             .await
             .map_err(|status| fetch_failed(location, id, status))?
             .into_inner();
-        let reply = replies
-            .message()
+        let reply = in_time("DoPut's answer", replies.message())
             .await
             .map_err(|status| fetch_failed(location, id, status))?
             .ok_or_else(|| malformed(location, id, "DoPut answered nothing"))?;
@@ -219,7 +238,7 @@ impl FlightPool {
         let ticket = Ticket {
             ticket: crate::service::ticket(id, batch),
         };
-        match client.do_get(ticket).await {
+        match in_time("DoGet", client.do_get(ticket)).await {
             Ok(response) => Ok(response.into_inner()),
             Err(status) => {
                 if status.code() == tonic::Code::Unavailable {
@@ -237,8 +256,7 @@ async fn next_message(
     location: &Location,
     id: ObjectId,
 ) -> Result<Option<FlightData>> {
-    stream
-        .message()
+    in_time("the object's first message", stream.message())
         .await
         .map_err(|status| fetch_failed(location, id, status))
 }
@@ -271,10 +289,8 @@ pub(crate) async fn receive(
         } else {
             out.write_all(&data.data_body).map_err(io)?;
         }
-        message = stream
-            .next()
+        message = in_time("the object's next message", stream.message())
             .await
-            .transpose()
             .map_err(|status| fetch_failed(location, id, status))?;
     }
     if is_block {
