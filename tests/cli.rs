@@ -41,9 +41,12 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
-/// `manta start --head` in the background; its address.
-fn start_head(run_dir: &Path) -> String {
-    let head = manta(run_dir, &["start", "--head", "--port", "0"]);
+/// `manta start --head --port 0 ARGS` in the background; its address.
+fn start_head(run_dir: &Path, args: &[&str]) -> String {
+    let head = manta(
+        run_dir,
+        &[&["start", "--head", "--port", "0"], args].concat(),
+    );
     assert!(head.status.success(), "{}", text(&head));
     let head_text = text(&head);
     head_text
@@ -59,7 +62,11 @@ fn start_status_stop() {
     let run_dir = tempfile::tempdir().unwrap();
     let _guard = StopOnDrop(run_dir.path());
 
-    let address = start_head(run_dir.path());
+    // The head is a node too (with one CPU here), unless started with --num-cpus 0.
+    let address = start_head(
+        run_dir.path(),
+        &["--num-cpus", "1", "--object-store-memory", "128MiB"],
+    );
 
     let node = manta(
         run_dir.path(),
@@ -78,10 +85,14 @@ fn start_status_stop() {
     let status = manta(run_dir.path(), &["status"]);
     let status_text = text(&status);
     assert!(status.status.success(), "{status_text}");
-    assert!(status_text.contains("1 node(s), 1 alive"), "{status_text}");
+    assert!(status_text.contains("2 node(s), 2 alive"), "{status_text}");
     assert!(
-        status_text.contains("0.0/3.0"),
-        "three CPUs, none used: {status_text}"
+        status_text.contains("0.0/3.0") && status_text.contains("0.0/1.0"),
+        "three CPUs and the head's one, none used: {status_text}"
+    );
+    assert!(
+        status_text.contains("128.0 MiB"),
+        "the head's store's budget: {status_text}"
     );
     assert!(
         status_text.contains("256.0 MiB"),
@@ -135,7 +146,7 @@ fn manta_stop_reclaims_what_a_killed_node_left() {
     let _one_at_a_time = one_store_test_at_a_time();
     let run_dir = tempfile::tempdir().unwrap();
     let _guard = StopOnDrop(run_dir.path());
-    let address = start_head(run_dir.path());
+    let address = start_head(run_dir.path(), &["--num-cpus", "0"]);
     let before: Vec<i32> = std::fs::read_dir(run_dir.path())
         .unwrap()
         .filter_map(|e| e.unwrap().file_name().to_str()?.parse().ok())
@@ -189,31 +200,6 @@ fn manta_stop_reclaims_what_a_killed_node_left() {
         spill_sessions(),
         0,
         "manta stop left the killed node's spill session in its --spill-dir"
-    );
-}
-
-#[test]
-fn a_node_whose_head_does_not_answer_fails_fast() {
-    let run_dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let node = manta(
-        run_dir.path(),
-        &[
-            "start",
-            "--address",
-            &format!("127.0.0.1:{port}"),
-            "--block",
-        ],
-    );
-    assert!(!node.status.success());
-    let message = text(&node);
-    assert!(
-        message.contains("could not reach the Manta head"),
-        "{message}"
     );
 }
 
@@ -303,4 +289,37 @@ fn sql_over_files_in_every_format_and_in_a_shell() {
     );
     assert!(!out.status.success());
     assert!(text(&out).contains("nowhere"), "{}", text(&out));
+}
+
+/// A node whose head never comes up keeps trying for `--join-timeout` seconds, then fails
+/// naming the head's address.
+#[test]
+fn a_node_whose_head_never_comes_up_gives_up_naming_it() {
+    let run_dir = tempfile::tempdir().unwrap();
+    // A port nobody listens on: bound, then let go.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let node = manta(
+        run_dir.path(),
+        &[
+            "start",
+            "--address",
+            &address,
+            "--join-timeout",
+            "1",
+            "--num-cpus",
+            "1",
+            "--block",
+        ],
+    );
+    let out = text(&node);
+    assert!(!node.status.success(), "{out}");
+    assert!(
+        out.contains(&format!("could not reach the Manta head at {address}")),
+        "{out}"
+    );
 }

@@ -304,6 +304,14 @@ fn main() {
             "a_lost_head_fails_its_driver_and_its_nodes_rejoin_it_restarted",
             a_lost_head_fails_its_driver_and_its_nodes_rejoin_it_restarted,
         ),
+        (
+            "a_head_alone_is_a_node_and_answers_flight_sql",
+            a_head_alone_is_a_node_and_answers_flight_sql,
+        ),
+        (
+            "a_node_started_before_its_head_joins_it_when_it_comes_up",
+            a_node_started_before_its_head_joins_it_when_it_comes_up,
+        ),
     ];
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
     // The head serves the TPC-H tables to Flight SQL clients.
@@ -1375,6 +1383,8 @@ fn a_lost_head_fails_its_driver_and_its_nodes_rejoin_it_restarted(_shared: &Clus
         token.secret(),
         "--forget-dead-nodes-after",
         "1",
+        "--num-cpus",
+        "0",
     ];
     let mut head = Process::start(&head_args);
     let node_args = |head: &Process| {
@@ -1479,4 +1489,119 @@ fn a_write_whose_node_is_killed_mid_run_lands_whole(_shared: &Cluster) {
         .filter(|e| e.file_name().to_string_lossy().contains("manta-tmp"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// `manta start --head --flight-sql-port P --table ...` and nothing else: the head is a node
+/// too, so a query whose scan runs as tasks is answered (DataFusion's answer over the files).
+fn a_head_alone_is_a_node_and_answers_flight_sql(_shared: &Cluster) {
+    let orders = tpch::tables()
+        .into_iter()
+        .find(|(name, _)| *name == "orders")
+        .unwrap()
+        .1;
+    let table = format!("orders={orders}");
+    let head = Process::start(&[
+        "--head",
+        "--port",
+        "0",
+        "--num-cpus",
+        "1",
+        "--object-store-memory",
+        "256MiB",
+        "--flight-sql-port",
+        "0",
+        "--table",
+        &table,
+    ]);
+    let query = "SELECT o_orderpriority, count(*) AS n, sum(o_totalprice) > 0 AS priced \
+                 FROM orders WHERE o_orderstatus <> 'X' GROUP BY o_orderpriority \
+                 ORDER BY o_orderpriority";
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_manta"))
+        .args(["sql", "--flight-sql", head.flight_sql.as_ref().unwrap()])
+        .args(["--format", "csv", query])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let df = datafusion::prelude::SessionContext::new();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime
+        .block_on(df.register_parquet("orders", &orders, Default::default()))
+        .unwrap();
+    let expected = rows(&sql(&df, query));
+    assert!(!expected.is_empty());
+    let ours: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|line| line.replace(',', "|"))
+        .collect();
+    assert_eq!(ours, expected);
+}
+
+/// A node started before its head keeps trying to join, and joins the head once it is up: a
+/// driver's tasks then run on it (the head itself offers no CPUs).
+fn a_node_started_before_its_head_joins_it_when_it_comes_up(_shared: &Cluster) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let token = manta::Token::generate();
+    let secret = token.secret().to_string();
+    let head_address = format!("127.0.0.1:{port}");
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_manta"))
+        .args(["start", "--address", &head_address, "--token", &secret])
+        .args([
+            "--num-cpus",
+            "1",
+            "--object-store-memory",
+            "256MiB",
+            "--block",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the node says it is waiting for its head, the head starts.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("waiting for the head at") {
+        said.clear();
+        assert!(stderr.read_line(&mut said).unwrap() > 0, "the node exited");
+    }
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let _head = Process::start(&[
+        "--head",
+        "--port",
+        &port,
+        "--token",
+        &secret,
+        "--num-cpus",
+        "0",
+    ]);
+    let mut ready = String::new();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut ready).unwrap();
+    // Keep draining: worker processes inherit this pipe.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    assert!(ready.starts_with("MANTA_READY "), "{ready:?}");
+    let _node = Process {
+        child,
+        address: ready.trim().to_string(),
+        flight_sql: None,
+    };
+    let ctx = manta::init_with(Config {
+        address: Some(head_address),
+        token: Some(token),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(ctx.get(&add.remote(&ctx, 20, 22)).unwrap(), 42);
+    assert_eq!(node_table(&ctx), (1, 1));
 }

@@ -179,6 +179,9 @@ impl Hosts {
                 &HEAD_PORT.to_string(),
                 "--node-ip-address",
                 &head_host.ip,
+                // A head that schedules nothing: the nodes are on hosts of their own.
+                "--num-cpus",
+                "0",
             ],
         );
         let hosts = Hosts {

@@ -523,6 +523,7 @@ mod tests {
 
         let target = WriteTarget::prepare(&destination, WriteMode::Overwrite).unwrap();
         fs::write(target.tmp_dir().join("new.txt"), "new").unwrap();
+        assert_eq!(destination_of(target.tmp_dir()), destination);
         target.commit().unwrap();
         assert!(destination.join("new.txt").exists());
         assert!(!destination.join("old.txt").exists());
@@ -530,7 +531,6 @@ mod tests {
         let abandoned = WriteTarget::prepare(&tmp.path().join("never"), WriteMode::Error).unwrap();
         fs::write(abandoned.tmp_dir().join("part"), "x").unwrap();
         drop(abandoned);
-        assert_eq!(destination_of(target.tmp_dir()), destination);
         let names: Vec<_> = fs::read_dir(tmp.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())

@@ -71,7 +71,15 @@ pub struct NodeConfig {
     /// A PEM file of the certificate authorities this node trusts, handed to its worker
     /// processes (`MANTA_TLS_CA`); the node itself trusts what `manta_flight::tls` was given.
     pub tls_ca: Option<PathBuf>,
+    /// How long to keep trying to join a head that is not up (yet) before giving up.
+    pub join_timeout: Duration,
 }
+
+/// The default of [`NodeConfig::join_timeout`].
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long one registration may wait for the head's answer.
+const REGISTER_DEADLINE: Duration = Duration::from_secs(10);
 
 impl NodeConfig {
     /// Defaults for a node of this machine joining `head_address`.
@@ -93,6 +101,7 @@ impl NodeConfig {
             token: None,
             tls: None,
             tls_ca: None,
+            join_timeout: JOIN_TIMEOUT,
         }
     }
 }
@@ -600,6 +609,63 @@ impl NodeDaemon {
 /// head's own default for declaring a node dead).
 const HEAD_LOST_AFTER_BEATS: u32 = 6;
 
+/// Connects to the head and registers this node, trying again while the head is not up (not
+/// listening, or not answering) until [`NodeConfig::join_timeout`], and saying every few
+/// seconds that it waits. A head that answers and refuses (a wrong token, say) is not retried.
+async fn join_head(
+    config: &NodeConfig,
+    id: NodeId,
+    address: &str,
+    resources: &Resources,
+) -> Result<(HeadClient<AuthChannel>, manta_flight::auth::Token, Duration)> {
+    let started = std::time::Instant::now();
+    let mut said: Option<std::time::Instant> = None;
+    loop {
+        let attempt = async {
+            let (channel, token) =
+                crate::cluster_token::connect_head(&config.head_address, config.token.as_ref())
+                    .await?;
+            let mut head = HeadClient::new(channel);
+            let registered = tokio::time::timeout(
+                REGISTER_DEADLINE,
+                register(&mut head, id, address, resources),
+            );
+            let interval = registered.await.map_err(|_| Error::HeadUnreachable {
+                address: config.head_address.clone(),
+                reason: format!(
+                    "no answer to RegisterNode within {} s",
+                    REGISTER_DEADLINE.as_secs()
+                ),
+            })??;
+            Ok::<_, Error>((head, token, interval))
+        };
+        match attempt.await {
+            Ok(joined) => return Ok(joined),
+            Err(e) if not_up_yet(&e) && started.elapsed() < config.join_timeout => {
+                if said.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
+                    tracing::warn!(
+                        "waiting for the head at {} (up to {} s): {e}",
+                        config.head_address,
+                        config.join_timeout.as_secs()
+                    );
+                    said = Some(std::time::Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether joining failed only because the head is not up (yet).
+fn not_up_yet(error: &Error) -> bool {
+    match error {
+        Error::HeadUnreachable { .. } => true,
+        Error::Rpc { status, .. } => status.code() == tonic::Code::Unavailable,
+        _ => false,
+    }
+}
+
 async fn register(
     head: &mut HeadClient<AuthChannel>,
     id: NodeId,
@@ -854,15 +920,12 @@ pub async fn run_node(config: NodeConfig, ready: impl FnOnce(&str)) -> Result<()
         .shared_dir()
         .expect("a node's store is in shared memory")
         .to_path_buf();
-    let (channel, token) =
-        crate::cluster_token::connect_head(&config.head_address, config.token.as_ref()).await?;
-    let mut head = HeadClient::new(channel);
     let resources = Resources {
         cpus: config.num_cpus,
         memory_bytes: config.object_store_memory,
         custom: config.custom_resources.clone(),
     };
-    let interval = register(&mut head, id, &address, &resources).await?;
+    let (head, token, interval) = join_head(&config, id, &address, &resources).await?;
     let daemon = Arc::new(NodeDaemon {
         id,
         address: address.clone(),

@@ -57,6 +57,18 @@ pub fn run_foreground(args: StartArgs) -> Result<()> {
         let flight_sql = args
             .flight_sql_port
             .map(|port| (port, args.clone(), token.clone(), tls.clone()));
+        // The head is also a node (as Ray's is) unless it offers no CPUs: once the head
+        // listens, a node daemon in this process joins it, and the head says it is ready only
+        // when its node is, so that work handed to a just-started head finds a node.
+        let own_node = match args.num_cpus {
+            Some(cpus) if cpus == 0.0 => None,
+            _ => Some(node_config(
+                &args,
+                String::new(),
+                Some(token.clone()),
+                tls.clone(),
+            )?),
+        };
         let config = HeadConfig {
             token,
             tls,
@@ -65,27 +77,42 @@ pub fn run_foreground(args: StartArgs) -> Result<()> {
         };
         let host = args.host.clone();
         let serves_tls = config.tls.is_some();
-        runtime.block_on(manta::scheduler::run_head(
-            &bind_host,
-            args.port,
-            config,
-            |bound| {
-                // The advertised host with the bound port, as an https:// URL when serving TLS.
-                let address =
-                    std::net::SocketAddr::new(host.parse().unwrap_or(bound.ip()), bound.port());
-                let address = match serves_tls {
-                    true => format!("https://{address}"),
-                    false => address.to_string(),
-                };
-                match flight_sql {
-                    // Ready once the Flight SQL endpoint listens too.
-                    Some((port, args, token, tls)) => {
-                        serve_flight_sql(address, port, args, token, tls, announce)
-                    }
-                    None => announce(&address),
+        let ready = move |address: String| match flight_sql {
+            // Ready once the Flight SQL endpoint listens too.
+            Some((port, args, token, tls)) => {
+                serve_flight_sql(address, port, args, token, tls, announce)
+            }
+            None => announce(&address),
+        };
+        let (listening, head_address) = tokio::sync::oneshot::channel::<String>();
+        let head = manta::scheduler::run_head(&bind_host, args.port, config, move |bound| {
+            // The advertised host with the bound port, as an https:// URL when serving TLS.
+            let address =
+                std::net::SocketAddr::new(host.parse().unwrap_or(bound.ip()), bound.port());
+            let address = match serves_tls {
+                true => format!("https://{address}"),
+                false => address.to_string(),
+            };
+            let _ = listening.send(address);
+        });
+        let after_head = async move {
+            // No address: the head did not start (its error is the one returned).
+            let Ok(address) = head_address.await else {
+                return Ok(());
+            };
+            match own_node {
+                Some(mut node) => {
+                    node.head_address = address.clone();
+                    manta::scheduler::run_node(node, move |_| ready(address)).await
                 }
-            },
-        ))?;
+                None => {
+                    ready(address);
+                    Ok(())
+                }
+            }
+        };
+        // Either failing (the head cannot bind, its node cannot start) ends the process.
+        runtime.block_on(async { tokio::try_join!(head, after_head) })?;
         // The Flight SQL endpoint's token file goes with the head.
         drop(
             FLIGHT_SQL_TOKEN_FILE
@@ -94,24 +121,37 @@ pub fn run_foreground(args: StartArgs) -> Result<()> {
                 .take(),
         );
     } else {
-        let mut config = NodeConfig::new(args.address.clone().expect("validated"));
-        config.token = token;
-        config.host = args.host.clone();
-        config.bind_host = args.bind_address.clone();
+        let head = args.address.clone().expect("validated");
+        let mut config = node_config(&args, head, token, tls)?;
         config.port = args.port;
-        config.tls = tls;
-        config.tls_ca = args.ca.tls_ca.clone();
-        if let Some(cpus) = args.num_cpus {
-            config.num_cpus = cpus;
-        }
-        config.object_store_memory = parse_bytes(&args.object_store_memory)?;
-        config.custom_resources = Resources::parse_custom(&args.resources)?;
-        if let Some(dir) = &args.spill_dir {
-            config.spill_parent = dir.clone();
-        }
         runtime.block_on(manta::scheduler::run_node(config, |a| announce(a)))?;
     }
     Ok(())
+}
+
+/// A node daemon's configuration from `manta start` arguments (any free port).
+fn node_config(
+    args: &StartArgs,
+    head: String,
+    token: Option<manta::Token>,
+    tls: Option<manta::flight::tls::ServerIdentity>,
+) -> Result<NodeConfig> {
+    let mut config = NodeConfig::new(head);
+    config.token = token;
+    config.host = args.host.clone();
+    config.bind_host = args.bind_address.clone();
+    config.tls = tls;
+    config.tls_ca = args.ca.tls_ca.clone();
+    config.join_timeout = Duration::from_secs(args.join_timeout);
+    if let Some(cpus) = args.num_cpus {
+        config.num_cpus = cpus;
+    }
+    config.object_store_memory = parse_bytes(&args.object_store_memory)?;
+    config.custom_resources = Resources::parse_custom(&args.resources)?;
+    if let Some(dir) = &args.spill_dir {
+        config.spill_parent = dir.clone();
+    }
+    Ok(config)
 }
 
 /// The token file of the head's Flight SQL endpoint, removed when the head stops.

@@ -62,13 +62,17 @@ pub struct StartArgs {
     tls_key: Option<PathBuf>,
     #[command(flatten)]
     ca: CaArgs,
-    /// Node: CPUs offered to tasks (default: this machine's).
+    /// CPUs offered to tasks (default: this machine's). The head is also a node unless
+    /// this is 0 (a head that schedules nothing).
     #[arg(long)]
     num_cpus: Option<f64>,
-    /// Node: object store memory budget, e.g. 2GiB; past it objects spill to disk.
+    /// Node: seconds to keep trying to join a head that is not up (yet) before giving up.
+    #[arg(long, default_value_t = 60)]
+    join_timeout: u64,
+    /// Object store memory budget, e.g. 2GiB; past it objects spill to disk.
     #[arg(long, default_value = "2GiB")]
     object_store_memory: String,
-    /// Node: custom resources offered, as name=amount,name=amount.
+    /// Custom resources offered (by a node, or by the head's own node), as name=amount,...
     #[arg(long, default_value = "")]
     resources: String,
     /// Head: seconds a dead node stays listed (in `manta status`) before it is forgotten.

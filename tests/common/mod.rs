@@ -229,8 +229,9 @@ impl Cluster {
 
     /// A head started with `head_args`, one node per entry of `node_resources`, each node
     /// started with `node_args` too.
+    /// The head schedules nothing (`--num-cpus 0`): the tests place work on the nodes.
     pub fn start_with(head_args: &[&str], node_resources: &[&str], node_args: &[&str]) -> Cluster {
-        let head = Process::start(head_args);
+        let head = Process::start(&[head_args, &["--num-cpus", "0"]].concat());
         let nodes = node_resources
             .iter()
             .map(|resources| {
