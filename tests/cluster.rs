@@ -312,6 +312,10 @@ fn main() {
             "a_node_started_before_its_head_joins_it_when_it_comes_up",
             a_node_started_before_its_head_joins_it_when_it_comes_up,
         ),
+        (
+            "a_task_that_fits_no_node_waits_for_one",
+            a_task_that_fits_no_node_waits_for_one,
+        ),
     ];
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
     // The head serves the TPC-H tables to Flight SQL clients.
@@ -1604,4 +1608,38 @@ fn a_node_started_before_its_head_joins_it_when_it_comes_up(_shared: &Cluster) {
     .unwrap();
     assert_eq!(ctx.get(&add.remote(&ctx, 20, 22)).unwrap(), 42);
     assert_eq!(node_table(&ctx), (1, 1));
+}
+
+/// A task that fits no live node waits for one: on a head with no nodes it runs once a node
+/// joins; with `--pending-timeout 1` it fails after that second, naming what it asked for and
+/// that there are no live nodes.
+fn a_task_that_fits_no_node_waits_for_one(_shared: &Cluster) {
+    let driver = |head: &Process| {
+        manta::init_with(Config {
+            address: Some(head.address.clone()),
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let head = Process::start(&["--head", "--port", "0", "--num-cpus", "0"]);
+    let ctx = driver(&head);
+    let answer = add.remote(&ctx, 20, 22);
+    let _node = Process::start(&["--address", &head.address, "--num-cpus", "1"]);
+    assert_eq!(ctx.get(&answer).unwrap(), 42);
+
+    let impatient = Process::start(&[
+        "--head",
+        "--port",
+        "0",
+        "--num-cpus",
+        "0",
+        "--pending-timeout",
+        "1",
+    ]);
+    let ctx = driver(&impatient);
+    let error = ctx.get(&add.remote(&ctx, 1, 2)).unwrap_err().to_string();
+    assert!(
+        error.contains("no node offers") && error.contains("no live nodes"),
+        "{error}"
+    );
 }

@@ -89,7 +89,17 @@ pub struct HeadConfig {
     /// How long a dead node stays in the node table (for `manta status` to show) before it is
     /// forgotten. A forgotten node that comes back registers again.
     pub forget_dead_nodes_after: Duration,
+    /// How long a task or actor that fits no live node waits for one (a node joining, coming
+    /// back, or started by an autoscaler) before it fails; meanwhile the head warns every
+    /// [`PENDING_WARNING_EVERY`] naming the demand and what the nodes offer.
+    pub pending_timeout: Duration,
 }
+
+/// The default of [`HeadConfig::pending_timeout`].
+pub const PENDING_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How often the head warns about demand that no live node can meet.
+pub const PENDING_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 /// The default of [`HeadConfig::forget_dead_nodes_after`].
 pub const FORGET_DEAD_NODES_AFTER: Duration = Duration::from_secs(60);
@@ -104,6 +114,7 @@ impl Default for HeadConfig {
             token: Token::generate(),
             tls: None,
             forget_dead_nodes_after: FORGET_DEAD_NODES_AFTER,
+            pending_timeout: PENDING_TIMEOUT,
         }
     }
 }
@@ -144,6 +155,8 @@ struct HeadState {
     actors: HashMap<manta_engine::ActorId, actors::ActorEntry>,
     /// How long each task function runs, in nanoseconds (a moving average), by label.
     durations: HashMap<String, f64>,
+    /// When the head last warned about demand no live node can meet.
+    pending_warned: Option<Instant>,
 }
 
 /// A task waiting for resources: told the node whose resources were taken for it.
@@ -152,6 +165,24 @@ struct Waiter {
     input_bytes: HashMap<NodeId, u64>,
     label: String,
     placed: oneshot::Sender<Result<Reservation>>,
+    /// When it started waiting (a demand no live node fits waits at most
+    /// [`HeadConfig::pending_timeout`]).
+    since: Instant,
+}
+
+/// What the live nodes offer, for messages: each one's address and total resources.
+fn offered(state: &HeadState) -> String {
+    let offered: Vec<String> = state
+        .nodes
+        .values()
+        .filter(|n| n.alive)
+        .map(|n| format!("{} {:?}", n.address, n.total))
+        .collect();
+    if offered.is_empty() {
+        "no live nodes".to_string()
+    } else {
+        offered.join("; ")
+    }
 }
 
 /// The head's state and gRPC service.
@@ -311,10 +342,11 @@ impl Head {
                     changed = true;
                 }
             }
-            if changed {
-                // Tasks that only a dead node could run are now infeasible.
+            if changed || !state.waiting.is_empty() {
+                // Waiting demand that no live node fits fails once it has waited too long.
                 self.dispatch(&mut state);
             }
+            self.warn_about_pending(&mut state);
             let forget_after = timeout + self.config.forget_dead_nodes_after;
             state.nodes.retain(|id, node| {
                 let forget = !node.alive && node.last_heartbeat.elapsed() > forget_after;
@@ -323,6 +355,47 @@ impl Head {
                 }
                 !forget
             });
+        }
+    }
+
+    /// Every [`PENDING_WARNING_EVERY`], one warning per demand that no live node fits: how
+    /// many wait for it, what the nodes offer, and how long until they fail.
+    fn warn_about_pending(&self, state: &mut HeadState) {
+        if state
+            .pending_warned
+            .is_some_and(|at| at.elapsed() < PENDING_WARNING_EVERY)
+        {
+            return;
+        }
+        let views = Self::views(state);
+        let mut warned = false;
+        for queue in state.waiting.values() {
+            let Some(first) = queue.front() else { continue };
+            if !matches!(
+                self.config
+                    .policy
+                    .place(&first.demand, &first.input_bytes, &views),
+                Placement::Infeasible
+            ) {
+                continue;
+            }
+            let left = self
+                .config
+                .pending_timeout
+                .saturating_sub(first.since.elapsed());
+            tracing::warn!(
+                "{} task(s) or actor(s) wait for {:?} ({}), which no live node offers; nodes \
+                 offer: {}. They fail in {} s unless a node that fits joins",
+                queue.len(),
+                first.demand,
+                first.label,
+                offered(state),
+                left.as_secs()
+            );
+            warned = true;
+        }
+        if warned {
+            state.pending_warned = Some(Instant::now());
         }
     }
 
@@ -382,7 +455,7 @@ impl Head {
             let key = format!("{demand:?}");
             let queued = state.waiting.get(&key).is_some_and(|q| !q.is_empty());
             if !queued {
-                match self.try_place(&mut state, demand, input_bytes, label) {
+                match self.try_place(&mut state, demand, input_bytes, label, Instant::now()) {
                     Some(Ok(reservation)) => return Ok(self.lease(&state, reservation)),
                     Some(Err(e)) => return Err(e),
                     None => {}
@@ -394,6 +467,7 @@ impl Head {
                 input_bytes: input_bytes.clone(),
                 label: label.to_string(),
                 placed,
+                since: Instant::now(),
             });
             told
         };
@@ -403,13 +477,16 @@ impl Head {
         Ok(self.lease(&self.state.lock(), reservation))
     }
 
-    /// Takes resources for `demand` on the node the policy picks: `None` if it must wait.
+    /// Takes resources for `demand` on the node the policy picks: `None` if it must wait. A
+    /// demand that no live node fits waits too, until [`HeadConfig::pending_timeout`] after
+    /// `since`; then it fails naming what the nodes offer.
     fn try_place(
         &self,
         state: &mut HeadState,
         demand: &Resources,
         input_bytes: &HashMap<NodeId, u64>,
         label: &str,
+        since: Instant,
     ) -> Option<Result<Reservation>> {
         match self
             .config
@@ -429,24 +506,16 @@ impl Head {
                 }))
             }
             Placement::Wait => self.queue_on_busy_node(state, demand, label).map(Ok),
-            Placement::Infeasible => {
-                let offered = state
-                    .nodes
-                    .values()
-                    .filter(|n| n.alive)
-                    .map(|n| format!("{} {:?}", n.address, n.total))
-                    .collect::<Vec<_>>();
-                let offered = if offered.is_empty() {
-                    "no live nodes".to_string()
-                } else {
-                    offered.join("; ")
-                };
-                Some(Err(Error::Infeasible {
-                    task: label.to_string(),
-                    demand: demand.clone(),
-                    offered,
-                }))
-            }
+            Placement::Infeasible if since.elapsed() < self.config.pending_timeout => None,
+            Placement::Infeasible => Some(Err(Error::Infeasible {
+                task: label.to_string(),
+                demand: demand.clone(),
+                offered: format!(
+                    "{} (waited {} s for a node that fits)",
+                    offered(state),
+                    self.config.pending_timeout.as_secs()
+                ),
+            })),
         }
     }
 
@@ -507,8 +576,13 @@ impl Head {
                 if waiter.placed.is_closed() {
                     continue;
                 }
-                let outcome =
-                    self.try_place(state, &waiter.demand, &waiter.input_bytes, &waiter.label);
+                let outcome = self.try_place(
+                    state,
+                    &waiter.demand,
+                    &waiter.input_bytes,
+                    &waiter.label,
+                    waiter.since,
+                );
                 match outcome {
                     Some(Ok(reservation)) => {
                         if let Err(Ok(reservation)) = waiter.placed.send(Ok(reservation)) {

@@ -73,6 +73,7 @@ pub fn run_foreground(args: StartArgs) -> Result<()> {
             token,
             tls,
             forget_dead_nodes_after: Duration::from_secs(args.forget_dead_nodes_after),
+            pending_timeout: Duration::from_secs(args.pending_timeout),
             ..HeadConfig::default()
         };
         let host = args.host.clone();

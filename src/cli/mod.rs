@@ -78,6 +78,10 @@ pub struct StartArgs {
     /// Head: seconds a dead node stays listed (in `manta status`) before it is forgotten.
     #[arg(long, requires = "head", default_value_t = 60)]
     forget_dead_nodes_after: u64,
+    /// Head: seconds a task or actor that fits no live node waits for one (warned about every
+    /// 10 s) before it fails.
+    #[arg(long, requires = "head", default_value_t = 300)]
+    pending_timeout: u64,
     /// Head: also serve Flight SQL clients on this port (0 picks a free one), through a driver
     /// of this cluster.
     #[arg(long, requires = "head")]
