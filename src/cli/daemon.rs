@@ -61,7 +61,7 @@ pub fn run_foreground(args: StartArgs) -> Result<()> {
         // listens, a node daemon in this process joins it, and the head says it is ready only
         // when its node is, so that work handed to a just-started head finds a node.
         let own_node = match args.num_cpus {
-            Some(cpus) if cpus == 0.0 => None,
+            Some(0.0) => None,
             _ => Some(node_config(
                 &args,
                 String::new(),
