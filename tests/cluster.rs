@@ -1610,8 +1610,8 @@ fn a_node_started_before_its_head_joins_it_when_it_comes_up(_shared: &Cluster) {
     assert_eq!(node_table(&ctx), (1, 1));
 }
 
-/// A task that fits no live node waits for one: on a head with no nodes it runs once a node
-/// joins; with `--pending-timeout 1` it fails after that second, naming what it asked for and
+/// A task that fits no live node waits for one: on a head with no nodes `manta status` shows
+/// it pending, and it runs once a node joins; with `--pending-timeout 1` it fails after that second, naming what it asked for and
 /// that there are no live nodes.
 fn a_task_that_fits_no_node_waits_for_one(_shared: &Cluster) {
     let driver = |head: &Process| {
@@ -1624,6 +1624,17 @@ fn a_task_that_fits_no_node_waits_for_one(_shared: &Cluster) {
     let head = Process::start(&["--head", "--port", "0", "--num-cpus", "0"]);
     let ctx = driver(&head);
     let answer = add.remote(&ctx, 20, 22);
+    // `manta status` shows it waiting, and why.
+    eventually("manta status shows the waiting task", || {
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_manta"))
+            .args(["status", "--address", &head.address])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&status.stdout);
+        text.contains("Pending demand:")
+            && text.contains("1 waiting for 1 CPU")
+            && text.contains("no live node offers it")
+    });
     let _node = Process::start(&["--address", &head.address, "--num-cpus", "1"]);
     assert_eq!(ctx.get(&answer).unwrap(), 42);
 

@@ -32,6 +32,8 @@ use common::hosts::{Host, Network};
 const ROLE: &str = "MANTA_TEST_HOSTS_ROLE";
 /// The env variable naming the lineitem directory in the shared directory, for drivers.
 const SHARED: &str = "MANTA_TEST_HOSTS_SHARED";
+/// The env variables carrying TPC-H queries to drivers (`MANTA_TEST_HOSTS_Q1`, ...).
+const QUERY: &str = "MANTA_TEST_HOSTS_Q";
 /// The S3 server's port on its host.
 const S3_PORT: u16 = 9000;
 /// The bucket every run reads and writes.
@@ -56,6 +58,18 @@ fn main() {
             return;
         }
     };
+    // Every host mounts its own /tmp: the programs they run must live elsewhere.
+    for program in [
+        std::env::current_exe().unwrap(),
+        env!("CARGO_BIN_EXE_manta").into(),
+    ] {
+        assert!(
+            !program.starts_with("/tmp"),
+            "{} is under /tmp, which each separate host replaces with its own: build with \
+             CARGO_TARGET_DIR outside /tmp (as .ci/run does)",
+            program.display()
+        );
+    }
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
     let cluster = Hosts::start(&python);
     type Test = (&'static str, fn(&Hosts));
@@ -247,6 +261,9 @@ impl Hosts {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(ROLE, role)
             .env(SHARED, &self.input);
+        for n in [1, 6] {
+            command.env(format!("{QUERY}{n}"), common::tpch::query(n));
+        }
         if mode == "cluster" {
             command.env("MANTA_ADDRESS", &self.head.address);
         }
@@ -621,8 +638,8 @@ mod driver {
                 answer("join", join(&ctx));
                 let lineitem = read(&ctx);
                 ctx.register("lineitem", &lineitem).unwrap();
-                answer("sql_q1", sql(&ctx, &common::tpch::query(1)));
-                answer("sql_q6", sql(&ctx, &common::tpch::query(6)));
+                answer("sql_q1", sql(&ctx, &query(1)));
+                answer("sql_q6", sql(&ctx, &query(6)));
                 let counter = Counter::remote(&ctx, 10).unwrap();
                 let sums: Vec<_> = (1..=20).map(|n| counter.add(n)).collect();
                 answer("actor", format!("{:?}", ctx.get_all(&sums).unwrap()));
@@ -651,7 +668,7 @@ mod driver {
                 answer("shuffle_sort", shuffle_sort(&ctx));
                 answer("join", join(&ctx));
                 ctx.register("lineitem", &read(&ctx)).unwrap();
-                answer("sql_q6", sql(&ctx, &common::tpch::query(6)));
+                answer("sql_q6", sql(&ctx, &query(6)));
                 // A task graph: leaves made by tasks (so a lost one can be made again), then a
                 // tree of additions, each level taking the refs of the one below.
                 let mut level: Vec<_> = (0..32i64).map(|i| add.remote(&ctx, i, i * i)).collect();
@@ -692,6 +709,12 @@ mod driver {
             }
         }
         format!("rows={} checksum={}", checksum.rows, checksum.hex())
+    }
+
+    /// TPC-H query `n`, as the test process read it (the checkout may be under /tmp, which
+    /// the driver's host does not share).
+    fn query(n: usize) -> String {
+        std::env::var(format!("{QUERY}{n}")).expect("the query, from the test process")
     }
 
     fn answer(name: &str, value: String) {

@@ -727,6 +727,35 @@ impl Head {
         nodes.sort_by(|a, b| a.address.cmp(&b.address));
         nodes
     }
+
+    /// The demand waiting for resources, one entry per resource shape: what an operator (and
+    /// an autoscaler) needs to see.
+    fn pending_demand(&self) -> Vec<proto::PendingDemand> {
+        let state = self.state.lock();
+        let views = Self::views(&state);
+        state
+            .waiting
+            .values()
+            .filter_map(|queue| {
+                let waiting: Vec<&Waiter> =
+                    queue.iter().filter(|w| !w.placed.is_closed()).collect();
+                let oldest = waiting.first()?;
+                let fits_no_live_node = matches!(
+                    self.config
+                        .policy
+                        .place(&oldest.demand, &oldest.input_bytes, &views),
+                    Placement::Infeasible
+                );
+                Some(proto::PendingDemand {
+                    demand: Some((&oldest.demand).into()),
+                    label: oldest.label.clone(),
+                    count: waiting.len() as u64,
+                    waited_millis: oldest.since.elapsed().as_millis() as u64,
+                    fits_no_live_node,
+                })
+            })
+            .collect()
+    }
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<proto::ExecutableChunk, Status>> + Send>>;
@@ -800,6 +829,7 @@ impl HeadRpc for Head {
     ) -> Result<Response<proto::ListNodesReply>, Status> {
         Ok(Response::new(proto::ListNodesReply {
             nodes: self.node_infos(),
+            pending: self.pending_demand(),
         }))
     }
 

@@ -10,13 +10,14 @@ pub fn print_status(address: &str, token: Option<&manta::Token>) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let nodes = runtime.block_on(async {
+    let reply = runtime.block_on(async {
         let (channel, _) = manta::scheduler::cluster_token::connect_head(address, token).await?;
         let reply = HeadClient::new(channel)
             .list_nodes(ListNodesRequest {})
             .await?;
-        anyhow::Ok(reply.into_inner().nodes)
+        anyhow::Ok(reply.into_inner())
     })?;
+    let (nodes, pending) = (reply.nodes, reply.pending);
     println!(
         "Head {address}: {} node(s), {} alive",
         nodes.len(),
@@ -48,5 +49,32 @@ pub fn print_status(address: &str, token: Option<&manta::Token>) -> Result<()> {
             custom.join(","),
         );
     }
+    if !pending.is_empty() {
+        println!("Pending demand:");
+    }
+    for demand in pending {
+        println!(
+            "  {} waiting for {} ({}), the oldest for {} s{}",
+            demand.count,
+            describe(&demand.demand.unwrap_or_default()),
+            demand.label,
+            demand.waited_millis / 1000,
+            if demand.fits_no_live_node {
+                ": no live node offers it"
+            } else {
+                ""
+            }
+        );
+    }
     Ok(())
+}
+
+/// A resource shape as `1 CPU, 2.0 GiB, gpu=1`.
+fn describe(resources: &manta::scheduler::proto::Resources) -> String {
+    let mut parts = vec![format!("{} CPU", resources.cpus)];
+    if resources.memory_bytes > 0 {
+        parts.push(human_bytes(resources.memory_bytes));
+    }
+    parts.extend(resources.custom.iter().map(|(k, v)| format!("{k}={v}")));
+    parts.join(", ")
 }
