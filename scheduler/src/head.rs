@@ -1010,8 +1010,17 @@ mod tests {
     use super::*;
 
     fn head_with_one_cpu(dir: &std::path::Path) -> (Arc<Head>, NodeId) {
+        head_with_one_cpu_waiting(dir, PENDING_TIMEOUT)
+    }
+
+    /// [`head_with_one_cpu`] whose demand that fits no node waits `pending_timeout`.
+    fn head_with_one_cpu_waiting(
+        dir: &std::path::Path,
+        pending_timeout: Duration,
+    ) -> (Arc<Head>, NodeId) {
         let head = Head::new(HeadConfig {
             cache_dir: dir.to_path_buf(),
+            pending_timeout,
             ..HeadConfig::default()
         })
         .unwrap();
@@ -1066,18 +1075,28 @@ mod tests {
         assert!(state.waiting.is_empty());
     }
 
+    /// With no time to wait for a node that fits, a task no node can run fails at once,
+    /// naming itself; with time, it waits (queued, not failed) for one.
     #[tokio::test]
-    async fn a_task_no_node_can_run_fails_at_once() {
+    async fn a_task_no_node_can_run_waits_then_fails_naming_itself() {
         let dir = tempfile::tempdir().unwrap();
-        let (head, _) = head_with_one_cpu(dir.path());
         let big = Resources {
             cpus: 4.0,
             ..Resources::default()
         };
+        let (head, _) = head_with_one_cpu_waiting(dir.path(), Duration::ZERO);
         let error = match head.acquire(&big, &HashMap::new(), "big").await {
             Err(e) => e.to_string(),
             Ok(_) => panic!("4 CPUs on a 1-CPU node"),
         };
         assert!(error.contains("big"), "{error}");
+
+        let (head, _) = head_with_one_cpu(dir.path());
+        let no_inputs = HashMap::new();
+        let acquiring = head.acquire(&big, &no_inputs, "big");
+        tokio::pin!(acquiring);
+        assert!(futures::poll!(&mut acquiring).is_pending());
+        assert_eq!(head.pending_demand().len(), 1);
+        assert!(head.pending_demand()[0].fits_no_live_node);
     }
 }
