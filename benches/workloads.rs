@@ -9,7 +9,7 @@
 //! (plain DataFusion, raw TCP) it runs in the same process run and prints a `BASELINE` line.
 //! Workloads so far: `etl`, `q1`, `shuffle`, `sort`, `scale` (the three all-to-all ones, each in
 //! its own process), `tpch` (22 queries through `ctx.sql`), `objects`, `flight`, `tasks`, `actors`,
-//! `recovery` (a node killed halfway, on a cluster).
+//! `recovery` (a node killed halfway, on a cluster), `autoscale` and `jobs` (on a cluster).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -23,7 +23,8 @@ mod suite;
 
 #[derive(Parser, Debug, Clone)]
 pub struct Args {
-    /// etl | q1 | shuffle | sort | scale | tpch | objects | flight | tasks | actors | recovery
+    /// etl | q1 | shuffle | sort | scale | tpch | objects | flight | tasks | actors | recovery |
+    /// autoscale | jobs
     workload: String,
     /// TPC-H scale factor.
     #[arg(long, default_value_t = 1.0)]
@@ -49,6 +50,9 @@ pub struct Args {
     /// `recovery`: the pid of a node to SIGKILL halfway through the disturbed run.
     #[arg(long)]
     kill_node: Option<i32>,
+    /// `jobs`: the quickstart executable to submit (default target/release/examples/quickstart).
+    #[arg(long)]
+    job: Option<PathBuf>,
     /// Internal: serve a Flight object for the `flight` workload.
     #[arg(long, hide = true)]
     serve_flight: bool,
@@ -184,8 +188,10 @@ fn main() -> anyhow::Result<()> {
         "tasks" => suite::tasks::run(&args),
         "actors" => suite::actors::run(&args),
         "recovery" => suite::recovery::run(&args),
+        "autoscale" => suite::operate::autoscale(&args),
+        "jobs" => suite::operate::jobs(&args),
         other => anyhow::bail!(
-            "unknown workload {other:?}: expected etl, q1, shuffle, sort, scale, tpch, objects, flight, tasks, actors or recovery"
+            "unknown workload {other:?}: expected etl, q1, shuffle, sort, scale, tpch, objects, flight, tasks, actors, recovery, autoscale or jobs"
         ),
     }
 }

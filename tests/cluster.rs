@@ -174,15 +174,6 @@ fn resident_bytes(cluster: &Cluster) -> u64 {
     })
 }
 
-/// Polls `condition` (every 100 ms, for at most 30 s); panics naming `what` if it never holds.
-fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !condition() {
-        assert!(std::time::Instant::now() < deadline, "never: {what}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
 /// A driver puts a 32 MiB block on a node and is killed (SIGKILL: it frees nothing, ends
 /// nothing): the head sees its job's connection close and ends the job, and the node frees
 /// the block.
@@ -217,7 +208,7 @@ fn main() {
     if let Ok(head) = std::env::var(PUT_THEN_WAIT) {
         put_then_wait(head);
     }
-    type Test = (&'static str, fn(&Cluster));
+    type Test = common::Test<Cluster>;
     let tests: &[Test] = &[
         ("the_quickstart_runs_over_tls", the_quickstart_runs_over_tls),
         (
@@ -317,7 +308,6 @@ fn main() {
             a_task_that_fits_no_node_waits_for_one,
         ),
     ];
-    let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
     // The head serves the TPC-H tables to Flight SQL clients.
     let tables: Vec<String> = tpch::tables()
         .into_iter()
@@ -328,25 +318,7 @@ fn main() {
         head_args.extend(["--table", table]);
     }
     let cluster = Cluster::start_with_head(&head_args, &["a=1", "b=1"]);
-    let mut failed = 0;
-    for (name, test) in tests
-        .iter()
-        .filter(|(name, _)| filter.as_deref().is_none_or(|f| name.contains(f)))
-    {
-        println!("test {name} ...");
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| test(&cluster))) {
-            Ok(()) => println!("test {name} ... ok"),
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed += 1;
-            }
-        }
-    }
-    drop(cluster);
-    if failed > 0 {
-        eprintln!("{failed} cluster test(s) failed");
-        std::process::exit(1);
-    }
+    common::run_tests("cluster", tests, cluster);
 }
 
 /// Reads run only on node "a", the batch function only on node "b": every block is produced on
@@ -1340,24 +1312,6 @@ fn a_driver_cut_off_from_its_head_fails_naming_the_head(_shared: &Cluster) {
     assert!(error.contains("head"), "{error}");
 }
 
-/// The pids whose parent is `pid` (from /proc).
-fn children_of(pid: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|child| {
-            std::fs::read_to_string(format!("/proc/{child}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    // The parent pid is the second field after the parenthesised name.
-                    let after_name = stat.rsplit_once(')')?.1;
-                    after_name.split_whitespace().nth(1)?.parse::<u32>().ok()
-                })
-                == Some(pid)
-        })
-        .collect()
-}
-
 /// Live and dead nodes in the head's table, as a driver sees them.
 fn node_table(ctx: &manta::Context) -> (usize, usize) {
     let manta::scheduler::Client::Cluster(cluster) = ctx.client() else {
@@ -1372,12 +1326,7 @@ fn node_table(ctx: &manta::Context) -> (usize, usize) {
 /// on the same address with the same token, which then runs a new driver's tasks on it. Before
 /// that, a node that dies is listed as dead and then forgotten. A cluster of its own.
 fn a_lost_head_fails_its_driver_and_its_nodes_rejoin_it_restarted(_shared: &Cluster) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
+    let port = free_port().to_string();
     let token = manta::Token::generate();
     let head_args = [
         "--head",
@@ -1549,12 +1498,7 @@ fn a_head_alone_is_a_node_and_answers_flight_sql(_shared: &Cluster) {
 /// A node started before its head keeps trying to join, and joins the head once it is up: a
 /// driver's tasks then run on it (the head itself offers no CPUs).
 fn a_node_started_before_its_head_joins_it_when_it_comes_up(_shared: &Cluster) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
+    let port = free_port().to_string();
     let token = manta::Token::generate();
     let secret = token.secret().to_string();
     let head_address = format!("127.0.0.1:{port}");

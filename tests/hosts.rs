@@ -25,8 +25,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::Process;
 use common::hosts::{Host, Network};
+use common::{Process, children_of};
 
 /// The env variable that makes this binary a driver in a role (see [`driver`]).
 const ROLE: &str = "MANTA_TEST_HOSTS_ROLE";
@@ -70,9 +70,8 @@ fn main() {
             program.display()
         );
     }
-    let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
     let cluster = Hosts::start(&python);
-    type Test = (&'static str, fn(&Hosts));
+    type Test = common::Test<Hosts>;
     let tests: &[Test] = &[
         (
             "every_answer_on_separate_hosts_is_the_embedded_one",
@@ -91,25 +90,7 @@ fn main() {
             chaos_changes_no_answer_and_leaves_nothing_behind,
         ),
     ];
-    let mut failed = 0;
-    for (name, test) in tests
-        .iter()
-        .filter(|(name, _)| filter.as_deref().is_none_or(|f| name.contains(f)))
-    {
-        println!("test {name} ...");
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| test(&cluster))) {
-            Ok(()) => println!("test {name} ... ok"),
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed += 1;
-            }
-        }
-    }
-    drop(cluster);
-    if failed > 0 {
-        eprintln!("{failed} separate-hosts test(s) failed");
-        std::process::exit(1);
-    }
+    common::run_tests("separate-hosts", tests, cluster);
 }
 
 /// The Python that has moto's server, or why there is none.
@@ -515,24 +496,6 @@ fn chaos_changes_no_answer_and_leaves_nothing_behind(hosts: &Hosts) {
             .collect();
         assert!(left.is_empty(), "left on {name}: {left:?}");
     }
-}
-
-/// The pids whose parent is `pid`.
-fn children_of(pid: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|child| {
-            std::fs::read_to_string(format!("/proc/{child}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    // The parent pid is the second field after the parenthesised name.
-                    let after_name = stat.rsplit_once(')')?.1;
-                    after_name.split_whitespace().nth(1)?.parse::<u32>().ok()
-                })
-                == Some(pid)
-        })
-        .collect()
 }
 
 /// xorshift64: the chaos thread's dice (the seed is printed, to replay a run).

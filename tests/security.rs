@@ -128,6 +128,7 @@ fn every_service_refuses_a_caller_without_the_token_before_doing_anything() {
                         ..Default::default()
                     }),
                     pid: 1,
+                    name: String::new(),
                 })
                 .await;
             assert_refused(who, "RegisterNode", fake);

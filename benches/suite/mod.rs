@@ -5,6 +5,7 @@ pub mod alltoall;
 pub mod etl;
 pub mod flight;
 pub mod objects;
+pub mod operate;
 pub mod recovery;
 pub mod tasks;
 pub mod tpch;

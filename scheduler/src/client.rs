@@ -397,6 +397,38 @@ fn outcome(reply: proto::TaskReply, releaser: &Arc<dyn ReleaseObject>) -> Result
     }
 }
 
+/// Uploads the executable at `path` to the head's content-addressed cache (unless it has it
+/// already); its hash, which names it there (what `manta job submit` runs).
+pub async fn upload_executable(
+    head: &mut HeadClient<AuthChannel>,
+    path: &std::path::Path,
+) -> Result<String> {
+    let (hash, size) = {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || hash_file(&path))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??
+    };
+    // Registering with the hash answers whether the head has it (the job id is not used).
+    let reply = head
+        .register_job(proto::RegisterJobRequest {
+            executable_hash: hash.clone(),
+            executable_size: size,
+        })
+        .await
+        .map_err(|s| Error::rpc("RegisterJob", s))?
+        .into_inner();
+    if !reply.has_executable {
+        upload(head, path, &hash).await?;
+    }
+    head.end_job(proto::EndJobRequest {
+        job_id: reply.job_id,
+    })
+    .await
+    .map_err(|s| Error::rpc("EndJob", s))?;
+    Ok(hash)
+}
+
 async fn upload(
     head: &mut HeadClient<AuthChannel>,
     executable: &std::path::Path,

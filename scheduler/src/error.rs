@@ -171,6 +171,24 @@ pub enum Error {
         message: String,
     },
 
+    /// No submitted job has this id.
+    #[error("no job {job} (see `manta job list`)")]
+    NoSuchJob {
+        /// The id asked for.
+        job: String,
+    },
+
+    /// The autoscaler's node provider could not start or stop a node.
+    #[error("could not {action} node {node}: {message}")]
+    Provider {
+        /// `launch` or `terminate`.
+        action: &'static str,
+        /// The node's name (or the provider's id for it).
+        node: String,
+        /// What went wrong.
+        message: String,
+    },
+
     /// A remote failure of some other kind.
     #[error("{0}")]
     Internal(String),

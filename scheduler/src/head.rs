@@ -54,6 +54,7 @@ use crate::server;
 use crate::task_stream::{self, TaskStream};
 
 mod actors;
+mod autoscaling;
 
 /// A function whose runs average at most this long is *short*: its tasks may queue on a node
 /// whose workers are all busy, so that a worker goes from one to the next without waiting for
@@ -93,6 +94,16 @@ pub struct HeadConfig {
     /// back, or started by an autoscaler) before it fails; meanwhile the head warns every
     /// [`PENDING_WARNING_EVERY`] naming the demand and what the nodes offer.
     pub pending_timeout: Duration,
+    /// The autoscaler to run, if any: it launches nodes for waiting demand and stops idle
+    /// ones; demand none of its node types could meet then fails at once.
+    pub autoscaler: Option<crate::autoscaler::AutoscalerConfig>,
+    /// The host nodes reach this head at, when not the address it binds (the autoscaler
+    /// tells the nodes it launches).
+    pub advertise_host: Option<String>,
+    /// Where submitted jobs' working directories and logs go ([`crate::jobs`]).
+    pub jobs_dir: PathBuf,
+    /// Serve the HTTP JSON API (jobs) on this port of the bound address (0: a free one).
+    pub dashboard_port: Option<u16>,
 }
 
 /// The default of [`HeadConfig::pending_timeout`].
@@ -115,12 +126,20 @@ impl Default for HeadConfig {
             tls: None,
             forget_dead_nodes_after: FORGET_DEAD_NODES_AFTER,
             pending_timeout: PENDING_TIMEOUT,
+            autoscaler: None,
+            advertise_host: None,
+            jobs_dir: crate::jobs::Jobs::default_dir(),
+            dashboard_port: None,
         }
     }
 }
 
 struct NodeEntry {
     address: String,
+    /// The name it registered with (may be empty).
+    name: String,
+    /// Taking no new work: the autoscaler is stopping it.
+    draining: bool,
     total: Resources,
     available: Resources,
     store: proto::StoreUsage,
@@ -192,6 +211,10 @@ pub struct Head {
     me: Weak<Head>,
     config: HeadConfig,
     executables: ExecutableCache,
+    /// The autoscaler, when the head runs one (for `manta status`).
+    autoscaler: std::sync::OnceLock<Weak<crate::autoscaler::Autoscaler>>,
+    /// Submitted jobs.
+    jobs: Arc<crate::jobs::Jobs>,
 }
 
 /// A node's resources taken for one task; given back when dropped (also when a waiting task's
@@ -291,14 +314,22 @@ impl Head {
         futures::future::join_all(calls).await;
     }
 
+    /// Lets `manta status` show `autoscaler`'s node types and events.
+    pub(crate) fn attach_autoscaler(&self, autoscaler: &Arc<crate::autoscaler::Autoscaler>) {
+        let _ = self.autoscaler.set(Arc::downgrade(autoscaler));
+    }
+
     /// A head with no nodes.
     pub fn new(config: HeadConfig) -> Result<Arc<Self>> {
         let executables = ExecutableCache::new(&config.cache_dir)?;
+        let jobs = crate::jobs::Jobs::new(config.jobs_dir.clone(), config.token.clone());
         Ok(Arc::new_cyclic(|me| Self {
+            jobs,
             state: Mutex::default(),
             me: me.clone(),
             config,
             executables,
+            autoscaler: std::sync::OnceLock::new(),
         }))
     }
 
@@ -437,7 +468,7 @@ impl Head {
                 id: *id,
                 total: n.total.clone(),
                 available: n.available.clone(),
-                alive: n.alive,
+                alive: n.alive && !n.draining,
             })
             .collect()
     }
@@ -506,6 +537,31 @@ impl Head {
                 }))
             }
             Placement::Wait => self.queue_on_busy_node(state, demand, label).map(Ok),
+            // With an autoscaler, demand none of its node types could meet fails at once.
+            Placement::Infeasible
+                if self
+                    .config
+                    .autoscaler
+                    .as_ref()
+                    .is_some_and(|a| !a.could_ever_run(demand)) =>
+            {
+                let types: Vec<String> = self
+                    .config
+                    .autoscaler
+                    .iter()
+                    .flat_map(|a| &a.node_types)
+                    .map(|t| format!("{} {:?} (max_nodes {})", t.name, t.resources, t.max_nodes))
+                    .collect();
+                Some(Err(Error::Infeasible {
+                    task: label.to_string(),
+                    demand: demand.clone(),
+                    offered: format!(
+                        "{}; nor does any node type the autoscaler can launch: {}",
+                        offered(state),
+                        types.join("; ")
+                    ),
+                }))
+            }
             Placement::Infeasible if since.elapsed() < self.config.pending_timeout => None,
             Placement::Infeasible => Some(Err(Error::Infeasible {
                 task: label.to_string(),
@@ -534,7 +590,7 @@ impl Head {
         let (id, node) = state
             .nodes
             .iter_mut()
-            .filter(|(_, n)| n.alive && n.total.covers(demand))
+            .filter(|(_, n)| n.alive && !n.draining && n.total.covers(demand))
             .filter(|(_, n)| n.queued < per_cpu * n.total.cpus.ceil().max(1.0) as u64)
             .min_by_key(|(_, n)| n.queued)?;
         node.queued += 1;
@@ -722,6 +778,8 @@ impl Head {
                 running_tasks: n.running,
                 millis_since_heartbeat: n.last_heartbeat.elapsed().as_millis() as u64,
                 pid: n.pid,
+                name: n.name.clone(),
+                draining: n.draining,
             })
             .collect();
         nodes.sort_by(|a, b| a.address.cmp(&b.address));
@@ -782,6 +840,8 @@ impl HeadRpc for Head {
         };
         let entry = NodeEntry {
             address: r.address,
+            name: r.name,
+            draining: false,
             available: total.clone(),
             total,
             store,
@@ -830,6 +890,7 @@ impl HeadRpc for Head {
         Ok(Response::new(proto::ListNodesReply {
             nodes: self.node_infos(),
             pending: self.pending_demand(),
+            autoscaler: self.autoscaler_status(),
         }))
     }
 
@@ -983,6 +1044,103 @@ impl HeadRpc for Head {
         Head::kill_actor(self, request.into_inner())?;
         Ok(Response::new(proto::ActorReply {}))
     }
+
+    async fn submit_job(
+        &self,
+        request: Request<proto::SubmitJobRequest>,
+    ) -> Result<Response<proto::JobInfo>, Status> {
+        let r = request.into_inner();
+        let program = if r.executable_hash.is_empty() {
+            if r.command.is_empty() {
+                return Err(Status::invalid_argument(
+                    "a job needs an executable or a command",
+                ));
+            }
+            PathBuf::from(&r.command)
+        } else {
+            if !self.executables.contains(&r.executable_hash) {
+                return Err(Status::failed_precondition(format!(
+                    "no executable with hash {}: upload it first",
+                    r.executable_hash
+                )));
+            }
+            self.executables.path(&r.executable_hash)
+        };
+        let name = match r.entrypoint_name.is_empty() {
+            true => r.command.clone(),
+            false => r.entrypoint_name.clone(),
+        };
+        let entrypoint = std::iter::once(name)
+            .chain(r.args.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let spec = crate::jobs::JobSpec {
+            program,
+            args: r.args,
+            env: r.env.into_iter().collect(),
+            entrypoint,
+        };
+        self.jobs
+            .submit(spec)
+            .map(Response::new)
+            .map_err(job_status)
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<proto::GetJobRequest>,
+    ) -> Result<Response<proto::JobInfo>, Status> {
+        self.jobs
+            .get(&request.into_inner().job_id)
+            .map(Response::new)
+            .map_err(job_status)
+    }
+
+    async fn list_jobs(
+        &self,
+        _: Request<proto::ListJobsRequest>,
+    ) -> Result<Response<proto::ListJobsReply>, Status> {
+        Ok(Response::new(proto::ListJobsReply {
+            jobs: self.jobs.list(),
+        }))
+    }
+
+    async fn stop_job(
+        &self,
+        request: Request<proto::GetJobRequest>,
+    ) -> Result<Response<proto::JobInfo>, Status> {
+        self.jobs
+            .stop(&request.into_inner().job_id)
+            .map(Response::new)
+            .map_err(job_status)
+    }
+
+    type JobLogsStream = Pin<Box<dyn Stream<Item = Result<proto::JobLogChunk, Status>> + Send>>;
+
+    async fn job_logs(
+        &self,
+        request: Request<proto::JobLogsRequest>,
+    ) -> Result<Response<Self::JobLogsStream>, Status> {
+        let r = request.into_inner();
+        let chunks = self
+            .jobs
+            .logs(&r.job_id, r.offset, r.follow)
+            .map_err(job_status)?;
+        let chunks = futures::StreamExt::map(chunks, |chunk| {
+            chunk
+                .map(|data| proto::JobLogChunk { data })
+                .map_err(job_status)
+        });
+        Ok(Response::new(Box::pin(chunks)))
+    }
+}
+
+/// A jobs error as a gRPC status.
+fn job_status(error: Error) -> Status {
+    match error {
+        Error::NoSuchJob { .. } => Status::not_found(error.to_string()),
+        _ => Status::internal(error.to_string()),
+    }
 }
 
 /// Runs a head on `host:port` until SIGTERM or Ctrl-C; `ready` is called with the bound address.
@@ -996,9 +1154,59 @@ pub async fn run_head(
     let stop = server::shutdown_signal();
     // Processes of this user on this machine find the token here; removed when the head stops.
     let _token_file = crate::cluster_token::TokenFile::write(address.port(), &config.token)?;
+    let autoscaler_config = config.autoscaler.clone();
+    let token = config.token.clone();
+    let scheme = if config.tls.is_some() { "https://" } else { "" };
+    let host = config
+        .advertise_host
+        .clone()
+        .unwrap_or_else(|| address.ip().to_string());
+    let dashboard_port = config.dashboard_port;
+    if dashboard_port.is_some() && config.tls.is_some() {
+        return Err(Error::Internal(
+            "the HTTP API (--dashboard-port) does not serve TLS yet: leave it off on a TLS \
+             cluster and use `manta job` (gRPC over TLS)"
+                .into(),
+        ));
+    }
+    let head_address = format!(
+        "{scheme}{}",
+        std::net::SocketAddr::new(host.parse().unwrap_or(address.ip()), address.port())
+    );
     let head = Head::new(config)?;
+    head.jobs.set_head_address(head_address.clone());
+    let stop_http = CancellationToken::new();
+    if let Some(port) = dashboard_port {
+        let (listener, http_address) = server::bind(&address.ip().to_string(), port).await?;
+        tracing::info!("HTTP API at http://{http_address}/api/jobs");
+        eprintln!("HTTP API: http://{http_address}/api/jobs");
+        let router = crate::jobs::http::router(Arc::clone(&head.jobs), head.config.token.clone());
+        let stop = stop_http.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::warn!("the HTTP API stopped: {e}");
+            }
+        });
+    }
+    let stop_autoscaler = CancellationToken::new();
+    let autoscaler = autoscaler_config.map(|config| {
+        let head_address = head_address.clone();
+        let autoscaler =
+            crate::autoscaler::Autoscaler::new(Arc::clone(&head), config, head_address, token);
+        tokio::spawn(autoscaler.run(stop_autoscaler.clone()))
+    });
     ready(address);
-    head.serve(listener, stop).await
+    let served = head.serve(listener, stop).await;
+    stop_http.cancel();
+    // The nodes the autoscaler launched stop with the head.
+    stop_autoscaler.cancel();
+    if let Some(autoscaler) = autoscaler {
+        let _ = autoscaler.await;
+    }
+    served
 }
 
 #[cfg(test)]
@@ -1018,17 +1226,23 @@ mod tests {
         dir: &std::path::Path,
         pending_timeout: Duration,
     ) -> (Arc<Head>, NodeId) {
-        let head = Head::new(HeadConfig {
+        head_with_one_cpu_and(HeadConfig {
             cache_dir: dir.to_path_buf(),
             pending_timeout,
             ..HeadConfig::default()
         })
-        .unwrap();
+    }
+
+    /// A head with `config` and one node of one CPU.
+    fn head_with_one_cpu_and(config: HeadConfig) -> (Arc<Head>, NodeId) {
+        let head = Head::new(config).unwrap();
         let id = NodeId::random();
         let client =
             NodeClient::new(server::lazy_channel("127.0.0.1:9", &Token::generate()).unwrap());
         let entry = NodeEntry {
             address: "http://127.0.0.1:9".into(),
+            name: String::new(),
+            draining: false,
             total: Resources::one_cpu(),
             available: Resources::one_cpu(),
             store: proto::StoreUsage::default(),
@@ -1098,5 +1312,67 @@ mod tests {
         assert!(futures::poll!(&mut acquiring).is_pending());
         assert_eq!(head.pending_demand().len(), 1);
         assert!(head.pending_demand()[0].fits_no_live_node);
+    }
+
+    #[tokio::test]
+    async fn with_an_autoscaler_demand_no_node_type_could_meet_fails_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let cpus = |n: f64| Resources {
+            cpus: n,
+            ..Resources::default()
+        };
+        let autoscaler = crate::autoscaler::AutoscalerConfig {
+            node_types: vec![crate::autoscaler::NodeType {
+                name: "cpu2".into(),
+                resources: cpus(2.0),
+                min_nodes: 0,
+                max_nodes: 2,
+            }],
+            provider: crate::autoscaler::ProviderConfig::Command {
+                launch: "false".into(),
+                terminate: "true".into(),
+            },
+            idle_timeout: Duration::from_secs(60),
+            upscaling_speed: 1.0,
+            update_interval: Duration::from_secs(1),
+            launch_timeout: Duration::from_secs(60),
+        };
+        let (head, _) = head_with_one_cpu_and(HeadConfig {
+            cache_dir: dir.path().to_path_buf(),
+            autoscaler: Some(autoscaler),
+            ..HeadConfig::default()
+        });
+        let none = HashMap::new();
+        let error = match head.acquire(&cpus(4.0), &none, "huge").await {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("4 CPUs placed on a 1-CPU node"),
+        };
+        assert!(
+            error.contains("huge")
+                && error.contains("nor does any node type the autoscaler can launch: cpu2"),
+            "{error}"
+        );
+        // Two CPUs: a node type offers them, so the task waits for the autoscaler.
+        let pair = cpus(2.0);
+        let acquiring = head.acquire(&pair, &none, "pair");
+        tokio::pin!(acquiring);
+        assert!(futures::poll!(&mut acquiring).is_pending());
+        assert_eq!(head.load().pending, vec![(cpus(2.0), 1)]);
+    }
+
+    #[tokio::test]
+    async fn a_busy_node_is_not_drained_and_a_drained_one_takes_no_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let (head, node) = head_with_one_cpu(dir.path());
+        let (cpu, none) = (Resources::one_cpu(), HashMap::new());
+        let lease = head.acquire(&cpu, &none, "first").await.unwrap();
+        assert!(head.load().nodes[0].busy);
+        assert!(!head.drain_if_idle(node));
+        drop(lease);
+        assert!(head.drain_if_idle(node));
+        let mut waiting = pin!(head.acquire(&cpu, &none, "second"));
+        assert!(poll!(&mut waiting).is_pending());
+        head.undrain(node);
+        assert!(waiting.await.is_ok());
     }
 }

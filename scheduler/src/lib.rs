@@ -17,6 +17,9 @@
 //! thread pool in-process, no serialisation. [`Client`] is the one handle either way.
 //!
 //! * [`head`]: node table, jobs, placement, retries, liveness.
+//! * [`autoscaler`]: launches nodes for waiting demand and stops idle ones, through a
+//!   [`autoscaler::NodeProvider`].
+//! * [`jobs`]: submitted jobs (an entrypoint the head runs as a driver), and their HTTP API.
 //! * [`placement`]: the placement rule behind a two-method trait, unit-tested without processes.
 //! * [`node`]: the node daemon; [`worker_pool`]: its worker processes; [`worker`]: a worker.
 //! * [`client`]: the driver side of a cluster; [`embedded`]: the in-process runtime.
@@ -28,12 +31,14 @@
 #![warn(missing_docs)]
 
 pub mod actors;
+pub mod autoscaler;
 pub mod client;
 pub mod cluster_token;
 pub mod embedded;
 pub mod error;
 pub mod executables;
 pub mod head;
+pub mod jobs;
 pub mod lineage;
 pub mod node;
 pub mod placement;

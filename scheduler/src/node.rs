@@ -73,6 +73,9 @@ pub struct NodeConfig {
     pub tls_ca: Option<PathBuf>,
     /// How long to keep trying to join a head that is not up (yet) before giving up.
     pub join_timeout: Duration,
+    /// A name the head lists this node by (the autoscaler names the nodes it launches, and
+    /// knows them by it); may be empty.
+    pub name: String,
 }
 
 /// The default of [`NodeConfig::join_timeout`].
@@ -102,6 +105,7 @@ impl NodeConfig {
             tls: None,
             tls_ca: None,
             join_timeout: JOIN_TIMEOUT,
+            name: String::new(),
         }
     }
 }
@@ -110,6 +114,7 @@ impl NodeConfig {
 pub struct NodeDaemon {
     id: NodeId,
     address: String,
+    name: String,
     store: Arc<ObjectStore>,
     flight: FlightPool,
     workers: Arc<WorkerPools>,
@@ -585,7 +590,9 @@ impl NodeDaemon {
                     tracing::warn!(
                         "the head does not know this node (it restarted?); registering again"
                     );
-                    if let Err(e) = register(&mut head, self.id, &self.address, &resources).await {
+                    if let Err(e) =
+                        register(&mut head, self.id, &self.address, &self.name, &resources).await
+                    {
                         tracing::warn!(error = %e, "registering again failed");
                     }
                 }
@@ -628,7 +635,7 @@ async fn join_head(
             let mut head = HeadClient::new(channel);
             let registered = tokio::time::timeout(
                 REGISTER_DEADLINE,
-                register(&mut head, id, address, resources),
+                register(&mut head, id, address, &config.name, resources),
             );
             let interval = registered.await.map_err(|_| Error::HeadUnreachable {
                 address: config.head_address.clone(),
@@ -670,6 +677,7 @@ async fn register(
     head: &mut HeadClient<AuthChannel>,
     id: NodeId,
     address: &str,
+    name: &str,
     resources: &Resources,
 ) -> Result<Duration> {
     let reply = head
@@ -678,6 +686,7 @@ async fn register(
             address: address.to_string(),
             resources: Some(resources.into()),
             pid: std::process::id(),
+            name: name.to_string(),
         })
         .await
         .map_err(|s| Error::rpc("RegisterNode", s))?;
@@ -929,6 +938,7 @@ pub async fn run_node(config: NodeConfig, ready: impl FnOnce(&str)) -> Result<()
     let daemon = Arc::new(NodeDaemon {
         id,
         address: address.clone(),
+        name: config.name.clone(),
         store: Arc::clone(&store),
         flight: FlightPool::new(&token),
         workers: WorkerPools::new(

@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use clap::Parser as _;
 use manta::engine::{Resources, parse_bytes};
 use manta::scheduler::{HeadConfig, NodeConfig};
 
@@ -74,6 +75,15 @@ pub fn run_foreground(args: StartArgs) -> Result<()> {
             tls,
             forget_dead_nodes_after: Duration::from_secs(args.forget_dead_nodes_after),
             pending_timeout: Duration::from_secs(args.pending_timeout),
+            autoscaler: match &args.autoscaler {
+                Some(path) => Some(
+                    manta::scheduler::autoscaler::ClusterFile::read(path, &run_dir().join("logs"))?
+                        .autoscaler,
+                ),
+                None => None,
+            },
+            advertise_host: Some(args.host.clone()),
+            dashboard_port: args.dashboard_port,
             ..HeadConfig::default()
         };
         let host = args.host.clone();
@@ -144,6 +154,7 @@ fn node_config(
     config.tls = tls;
     config.tls_ca = args.ca.tls_ca.clone();
     config.join_timeout = Duration::from_secs(args.join_timeout);
+    config.name = args.node_name.clone();
     if let Some(cpus) = args.num_cpus {
         config.num_cpus = cpus;
     }
@@ -248,8 +259,9 @@ fn redirect_stdout_to_null() {
     }
 }
 
-/// Starts the head or node in the background and waits until it is ready.
-pub fn start_background(args: StartArgs) -> Result<()> {
+/// Starts the head or node in the background and waits until it is ready: runs `manta
+/// ARGV --block --daemon-child` (ARGV being `start ...`).
+pub fn start_background(args: StartArgs, argv: Vec<std::ffi::OsString>) -> Result<()> {
     super::validate(&args)?;
     let kind = if args.head { "head" } else { "node" };
     let dir = run_dir();
@@ -263,10 +275,7 @@ pub fn start_background(args: StartArgs) -> Result<()> {
     let log =
         fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let mut command = Command::new(std::env::current_exe()?);
-    command
-        .args(std::env::args_os().skip(1))
-        .arg("--block")
-        .arg("--daemon-child");
+    command.args(argv).arg("--block").arg("--daemon-child");
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -304,6 +313,13 @@ pub fn start_background(args: StartArgs) -> Result<()> {
     // `<kind> <address>`, and for a node with its own spill directory `spill <dir>`, which
     // `manta stop` sweeps for the sessions of nodes that died.
     let mut record = format!("{kind} {address}\n");
+    if let Some(config) = args
+        .autoscaler
+        .as_ref()
+        .and_then(|c| fs::canonicalize(c).ok())
+    {
+        record.push_str(&format!("config {}\n", config.display()));
+    }
     if let Some(spill) = args
         .spill_dir
         .as_ref()
@@ -373,6 +389,108 @@ pub fn local_head_address() -> Result<Option<String>> {
         .map(|(_, _, address)| address))
 }
 
+/// Stops a process `manta start` started (SIGTERM, then SIGKILL after `grace`) and removes
+/// its record.
+fn stop_process(pid: i32, kind: &str, address: &str, grace: Duration) {
+    if manta::engine::store::process_alive(pid) {
+        // SAFETY: kill(2) of a process this command line started.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + grace;
+        while manta::engine::store::process_alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if manta::engine::store::process_alive(pid) {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        println!("Stopped the {kind} at {address} (pid {pid}).");
+    }
+    let _ = fs::remove_file(run_dir().join(pid.to_string()));
+}
+
+/// `manta up CONFIG`: a head started in the background with the config's `[head]` settings
+/// and its autoscaler.
+pub fn up(config: &std::path::Path) -> Result<()> {
+    let file = manta::scheduler::autoscaler::ClusterFile::read(config, &run_dir().join("logs"))?;
+    if let Some(address) = head_of_config(config)? {
+        bail!(
+            "{} is already up: its head is at {address}",
+            config.display()
+        );
+    }
+    let head = file.head;
+    let mut argv: Vec<String> = vec![
+        "start".into(),
+        "--head".into(),
+        "--port".into(),
+        head.port.to_string(),
+        "--autoscaler".into(),
+        config.display().to_string(),
+    ];
+    if let Some(host) = head.host {
+        argv.extend(["--node-ip-address".into(), host]);
+    }
+    if let Some(cpus) = head.num_cpus {
+        argv.extend(["--num-cpus".into(), cpus.to_string()]);
+    }
+    if let Some(memory) = head.object_store_memory {
+        argv.extend(["--object-store-memory".into(), memory]);
+    }
+    if let Some(seconds) = head.pending_timeout_s {
+        argv.extend(["--pending-timeout".into(), seconds.to_string()]);
+    }
+    let args = match super::Cli::try_parse_from(
+        std::iter::once("manta".to_string()).chain(argv.clone()),
+    ) {
+        Ok(super::Cli {
+            command: super::Command::Start(args),
+        }) => *args,
+        Ok(_) => unreachable!("argv starts with `start`"),
+        Err(e) => bail!("{}: {e}", config.display()),
+    };
+    start_background(args, argv.into_iter().map(Into::into).collect())
+}
+
+/// The head `manta up CONFIG` started here and that still runs: its address.
+fn head_of_config(config: &std::path::Path) -> Result<Option<String>> {
+    Ok(up_heads(config)?
+        .into_iter()
+        .next()
+        .map(|(_, address)| address))
+}
+
+/// Live heads started here with the autoscaler config at `config`: (pid, address).
+fn up_heads(config: &std::path::Path) -> Result<Vec<(i32, String)>> {
+    let config = fs::canonicalize(config).with_context(|| config.display().to_string())?;
+    let wanted = format!("config {}", config.display());
+    Ok(records()
+        .into_iter()
+        .filter(|(pid, text)| {
+            text.lines().any(|l| l == wanted) && manta::engine::store::process_alive(*pid)
+        })
+        .filter_map(|(pid, text)| {
+            let address = text.lines().next()?.strip_prefix("head ")?.to_string();
+            Some((pid, address))
+        })
+        .collect())
+}
+
+/// `manta down CONFIG`: stops the head `manta up CONFIG` started; it stops the nodes its
+/// autoscaler launched before it exits.
+pub fn down(config: &std::path::Path) -> Result<()> {
+    let heads = up_heads(config)?;
+    if heads.is_empty() {
+        println!("{} is not up here.", config.display());
+    }
+    for (pid, address) in heads {
+        // Time for the autoscaler to stop its nodes (each has 15 s) before the head is killed.
+        stop_process(pid, "head", &address, Duration::from_secs(90));
+    }
+    manta::engine::store::remove_stale_sessions(&manta::engine::store::default_shared_parent());
+    manta::engine::store::remove_stale_sessions(&manta::engine::store::default_spill_parent());
+    Ok(())
+}
+
 /// Stops every process `manta start` started here: nodes first, then heads; then removes the
 /// object-store sessions of nodes that are gone (a node killed with SIGKILL leaves its
 /// `/dev/shm` session behind).
@@ -383,20 +501,7 @@ pub fn stop_all() -> Result<()> {
         println!("Nothing to stop.");
     }
     for (pid, kind, address) in processes {
-        if manta::engine::store::process_alive(pid) {
-            // SAFETY: kill(2) of a process this command line started.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while manta::engine::store::process_alive(pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if manta::engine::store::process_alive(pid) {
-                // SAFETY: as above.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            println!("Stopped the {kind} at {address} (pid {pid}).");
-        }
-        let _ = fs::remove_file(run_dir().join(pid.to_string()));
+        stop_process(pid, &kind, &address, Duration::from_secs(15));
     }
     // What nodes that died without cleaning up (SIGKILL, a crash) left in shared memory and in
     // the default spill directory: sessions whose process is gone.

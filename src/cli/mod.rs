@@ -1,6 +1,7 @@
 //! The subcommands, one struct each (clap derive: doc comments are the help text).
 
 mod daemon;
+mod job;
 mod sql;
 mod status;
 
@@ -20,11 +21,18 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start the head (`--head`) or a node daemon (`--address`) on this machine.
-    Start(StartArgs),
+    Start(Box<StartArgs>),
     /// List the cluster's nodes with their CPUs and object-store use.
     Status(StatusArgs),
     /// Stop every head and node daemon that `manta start` started on this machine.
     Stop,
+    /// Start a head with the autoscaler a cluster config file describes (TOML: [head],
+    /// [autoscaler], [provider], [node_types.NAME]; see docs/cluster.md).
+    Up(UpArgs),
+    /// Stop the head `manta up CONFIG` started here, and every node its autoscaler launched.
+    Down(UpArgs),
+    /// Submit, follow, list and stop jobs: entrypoints the head runs as drivers.
+    Job(job::JobArgs),
     /// Run SQL over tables of files: one query, or a shell without one.
     Sql(sql::SqlArgs),
 }
@@ -99,6 +107,15 @@ pub struct StartArgs {
         requires = "flight_sql_port"
     )]
     sql_writable: Vec<String>,
+    /// Node: a name the head lists it by (the autoscaler names the nodes it launches).
+    #[arg(long, conflicts_with = "head", default_value = "")]
+    node_name: String,
+    /// Head: serve the HTTP JSON API (jobs) on this port (0 picks a free one).
+    #[arg(long, requires = "head")]
+    dashboard_port: Option<u16>,
+    /// Head: run the autoscaler this cluster config file describes (what `manta up` does).
+    #[arg(long, requires = "head", value_name = "CONFIG")]
+    autoscaler: Option<PathBuf>,
     /// Node: directory for spilled objects.
     #[arg(long)]
     spill_dir: Option<PathBuf>,
@@ -110,14 +127,21 @@ pub struct StartArgs {
     daemon_child: bool,
 }
 
+/// Arguments of `manta up` and `manta down`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// The cluster config file.
+    config: PathBuf,
+}
+
 /// Arguments of `manta status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// The head's address (default: MANTA_ADDRESS, else the head started on this machine).
-    #[arg(long, env = "MANTA_ADDRESS")]
+    #[arg(long, env = "MANTA_ADDRESS", global = true)]
     address: Option<String>,
     /// The cluster token (default: the head's token file, on the head's machine).
-    #[arg(long, env = "MANTA_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "MANTA_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
     #[command(flatten)]
     ca: CaArgs,
@@ -128,7 +152,7 @@ pub struct StatusArgs {
 pub struct CaArgs {
     /// Trust this certificate authority (PEM) to verify the TLS certificates of the cluster's
     /// `https://HOST:PORT` addresses.
-    #[arg(long, env = "MANTA_TLS_CA")]
+    #[arg(long, env = "MANTA_TLS_CA", global = true)]
     tls_ca: Option<PathBuf>,
 }
 
@@ -147,26 +171,38 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Start(args) if args.block => {
             args.ca.trust()?;
-            daemon::run_foreground(args)
+            daemon::run_foreground(*args)
         }
-        Command::Start(args) => daemon::start_background(args),
+        Command::Start(args) => {
+            let argv = std::env::args_os().skip(1).collect();
+            daemon::start_background(*args, argv)
+        }
         Command::Status(args) => {
-            let address = match args.address {
-                Some(address) => address,
-                None => daemon::local_head_address()?.context(
-                    "no head address: pass --address, set MANTA_ADDRESS, or start a head here",
-                )?,
-            };
-            args.ca.trust()?;
-            let token = token(args.token.as_deref())?;
+            let (address, token) = head_of(&args)?;
             status::print_status(&address, token.as_ref())
         }
+        Command::Job(args) => job::run(args),
         Command::Stop => daemon::stop_all(),
+        Command::Up(args) => daemon::up(&args.config),
+        Command::Down(args) => daemon::down(&args.config),
         Command::Sql(args) => {
             args.ca.trust()?;
             sql::run(args)
         }
     }
+}
+
+/// The head to talk to and the token to present: `--address` (or `MANTA_ADDRESS`, else the
+/// head started on this machine) and `--token` (or `MANTA_TOKEN`, else its token file); trusts
+/// `--tls-ca`.
+fn head_of(args: &StatusArgs) -> Result<(String, Option<manta::Token>)> {
+    let address = match &args.address {
+        Some(address) => address.clone(),
+        None => daemon::local_head_address()?
+            .context("no head address: pass --address, set MANTA_ADDRESS, or start a head here")?,
+    };
+    args.ca.trust()?;
+    Ok((address, token(args.token.as_deref())?))
 }
 
 /// A token given on the command line or in `MANTA_TOKEN`, checked.

@@ -1,4 +1,5 @@
-//! `manta status`: the head's node table.
+//! `manta status`: the head's node table, the demand waiting for nodes, and the autoscaler's
+//! node types and recent decisions.
 
 use anyhow::Result;
 use manta::datasets::stats::human_bytes;
@@ -17,7 +18,7 @@ pub fn print_status(address: &str, token: Option<&manta::Token>) -> Result<()> {
             .await?;
         anyhow::Ok(reply.into_inner())
     })?;
-    let (nodes, pending) = (reply.nodes, reply.pending);
+    let (nodes, pending, autoscaler) = (reply.nodes, reply.pending, reply.autoscaler);
     println!(
         "Head {address}: {} node(s), {} alive",
         nodes.len(),
@@ -28,6 +29,11 @@ pub fn print_status(address: &str, token: Option<&manta::Token>) -> Result<()> {
         "node", "state", "CPUs used", "tasks", "object store", "spilled"
     );
     for node in nodes {
+        let state = match (node.alive, node.draining) {
+            (false, _) => "dead",
+            (true, true) => "drain",
+            (true, false) => "alive",
+        };
         let total = node.total.unwrap_or_default();
         let available = node.available.unwrap_or_default();
         let store = node.store.unwrap_or_default();
@@ -39,7 +45,7 @@ pub fn print_status(address: &str, token: Option<&manta::Token>) -> Result<()> {
         println!(
             "{:<24} {:<6} {:>5.1}/{:<5.1} {:>7} {:>10}/{:<12} {:>10}  {}",
             node.address.trim_start_matches("http://"),
-            if node.alive { "alive" } else { "dead" },
+            state,
             total.cpus - available.cpus,
             total.cpus,
             node.running_tasks,
@@ -48,6 +54,9 @@ pub fn print_status(address: &str, token: Option<&manta::Token>) -> Result<()> {
             human_bytes(store.spilled_bytes),
             custom.join(","),
         );
+        if !node.name.is_empty() {
+            println!("  (named {})", node.name);
+        }
     }
     if !pending.is_empty() {
         println!("Pending demand:");
@@ -66,15 +75,47 @@ pub fn print_status(address: &str, token: Option<&manta::Token>) -> Result<()> {
             }
         );
     }
+    if let Some(autoscaler) = autoscaler {
+        print_autoscaler(autoscaler);
+    }
     Ok(())
+}
+
+/// The autoscaler's node types with their counts, then its recent decisions.
+fn print_autoscaler(autoscaler: manta::scheduler::proto::AutoscalerStatus) {
+    println!("Autoscaler node types:");
+    for t in autoscaler.node_types {
+        let mut line = format!(
+            "  {} ({}): {} running, {} launching, min {}, max {}",
+            t.name,
+            describe(&t.resources.unwrap_or_default()),
+            t.running,
+            t.launching,
+            t.min_nodes,
+            t.max_nodes
+        );
+        if t.failed_launches > 0 {
+            line.push_str(&format!(
+                "; {} failed launch(es) in a row, next try in {:.0} s",
+                t.failed_launches,
+                t.backoff_millis as f64 / 1000.0
+            ));
+        }
+        println!("{line}");
+    }
+    if !autoscaler.events.is_empty() {
+        println!("Autoscaler events:");
+    }
+    for event in autoscaler.events {
+        println!(
+            "  {:>5.1} s ago  {}",
+            event.millis_ago as f64 / 1000.0,
+            event.message
+        );
+    }
 }
 
 /// A resource shape as `1 CPU, 2.0 GiB, gpu=1`.
 fn describe(resources: &manta::scheduler::proto::Resources) -> String {
-    let mut parts = vec![format!("{} CPU", resources.cpus)];
-    if resources.memory_bytes > 0 {
-        parts.push(human_bytes(resources.memory_bytes));
-    }
-    parts.extend(resources.custom.iter().map(|(k, v)| format!("{k}={v}")));
-    parts.join(", ")
+    manta::scheduler::autoscaler::plan::describe(&resources.clone().into())
 }

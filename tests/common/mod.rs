@@ -20,6 +20,80 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use manta::{Checksum, MapBatchesOptions, ReadOptions};
 
+/// A test of a test binary without libtest's harness (`harness = false`, so that `main` can
+/// first let a worker process become one): its name and body, given what the tests share.
+pub type Test<T> = (&'static str, fn(&T));
+
+/// Runs the tests whose name contains the binary's first argument (every test without
+/// one), each caught on its own, and exits with status 1 naming how many failed.
+pub fn run_tests<T>(kind: &str, tests: &[Test<T>], shared: T) {
+    let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
+    let mut failed = 0;
+    for (name, test) in tests
+        .iter()
+        .filter(|(name, _)| filter.as_deref().is_none_or(|f| name.contains(f)))
+    {
+        println!("test {name} ...");
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| test(&shared))) {
+            Ok(()) => println!("test {name} ... ok"),
+            Err(_) => {
+                println!("test {name} ... FAILED");
+                failed += 1;
+            }
+        }
+    }
+    drop(shared);
+    if failed > 0 {
+        eprintln!("{failed} {kind} test(s) failed");
+        std::process::exit(1);
+    }
+}
+
+/// Waits (up to 30 s, looking every 100 ms) until `condition` holds; fails naming `what`.
+pub fn eventually(what: &str, condition: impl FnMut() -> bool) {
+    eventually_within(std::time::Duration::from_secs(30), what, condition)
+}
+
+/// [`eventually`] with a deadline of its own.
+pub fn eventually_within(
+    limit: std::time::Duration,
+    what: &str,
+    mut condition: impl FnMut() -> bool,
+) {
+    let deadline = std::time::Instant::now() + limit;
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// A TCP port of 127.0.0.1 that nothing listens on (now).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The processes whose parent is `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // The parent pid is the second field after the parenthesised name.
+                    let after_name = stat.rsplit_once(')')?.1;
+                    after_name.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
 /// Generates a small lineitem with many row groups (so many tasks), once per test binary run.
 pub fn small_lineitem(root: &Path) -> PathBuf {
     manta::tpch::lineitem_with(root, 0.01, 4096).expect("generate lineitem")

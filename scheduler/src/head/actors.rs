@@ -34,6 +34,12 @@ impl ActorEntry {
         self.info.borrow().state != State::Dead as i32
     }
 
+    /// Whether it is alive (or starting) on the node at `address`.
+    pub(super) fn runs_at(&self, address: &str) -> bool {
+        let info = self.info.borrow();
+        info.state != State::Dead as i32 && info.address == address
+    }
+
     fn kill(&mut self, why: &str) {
         self.killed = true;
         let _ = self.deaths.send((0, why.to_string()));

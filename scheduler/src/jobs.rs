@@ -1,0 +1,381 @@
+//! Submitted jobs, in Ray Jobs' model: an entrypoint the head runs as a driver of its own
+//! cluster, with states, a log on disk, and a way to stop it.
+//!
+//! ```text
+//!  manta job submit -- ./my_pipeline --flag     (or POST /api/jobs)
+//!        │ upload ./my_pipeline (content-addressed, as drivers' executables are)
+//!        ▼
+//!  head: SubmitJob ─▶ spawn the driver: MANTA_ADDRESS=<head>, MANTA_TOKEN=<token>,
+//!                     in <jobs dir>/<id>/, its own process group,
+//!                     stdout + stderr ─▶ <jobs dir>/<id>.log (capped at JOB_LOG_CAP)
+//!        state: PENDING ─▶ RUNNING ─▶ SUCCEEDED | FAILED | STOPPED
+//! ```
+//!
+//! The driver joins the cluster like any other (it registers its own scheduler job and holds
+//! it open), so stopping a job is killing its driver's process group: SIGTERM, then SIGKILL
+//! after [`STOP_GRACE`]; the head then sees the driver's connection close and ends its
+//! scheduler job, which frees its tasks, actors and objects. Job records live in the head's
+//! memory (a restarted head has none); their logs stay on disk.
+
+pub mod http;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use manta_flight::auth::Token;
+use parking_lot::Mutex;
+use tokio::io::AsyncReadExt as _;
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::proto::{self, JobState};
+
+/// The most bytes of output kept per job; past it the log says it was cut, and the rest of
+/// the output is read and dropped.
+pub const JOB_LOG_CAP: u64 = 64 << 20;
+
+/// How long a stopped job's driver has to exit before it is killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// What the head runs for one job.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    /// The program.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: BTreeMap<String, String>,
+    /// The entrypoint as people know it (for listings).
+    pub entrypoint: String,
+}
+
+/// The head's jobs: their records, drivers and logs.
+pub struct Jobs {
+    dir: PathBuf,
+    /// The head's address and token, which drivers are given.
+    head_address: Mutex<String>,
+    token: Token,
+    jobs: Mutex<HashMap<String, Job>>,
+}
+
+struct Job {
+    info: proto::JobInfo,
+    /// Bumped as the log grows and when the job ends (followers wait on it).
+    progress: watch::Sender<u64>,
+    stopping: bool,
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn ended(state: i32) -> bool {
+    [
+        JobState::JobSucceeded,
+        JobState::JobFailed,
+        JobState::JobStopped,
+    ]
+    .iter()
+    .any(|s| *s as i32 == state)
+}
+
+impl Jobs {
+    /// Jobs whose working directories and logs go under `dir`; their drivers get `token`.
+    pub fn new(dir: PathBuf, token: Token) -> Arc<Self> {
+        Arc::new(Self {
+            dir,
+            head_address: Mutex::default(),
+            token,
+            jobs: Mutex::default(),
+        })
+    }
+
+    /// The default directory: `jobs` beside the executable cache.
+    pub fn default_dir() -> PathBuf {
+        std::env::var_os("MANTA_CACHE_DIR")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(manta_engine::dirs::user_cache_dir)
+            .join("jobs")
+    }
+
+    /// Tells drivers started from now on where the head is.
+    pub fn set_head_address(&self, address: String) {
+        *self.head_address.lock() = address;
+    }
+
+    fn log_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.log"))
+    }
+
+    /// Starts `spec` as a job: its record at once (RUNNING, or FAILED if its driver could not
+    /// start, with why).
+    pub fn submit(self: &Arc<Self>, spec: JobSpec) -> Result<proto::JobInfo> {
+        let id = format!("job-{:016x}", rand::random::<u64>());
+        let workdir = self.dir.join(&id);
+        std::fs::create_dir_all(&workdir).map_err(|source| Error::Io {
+            action: "creating the job's directory",
+            path: workdir.clone(),
+            source,
+        })?;
+        let log_path = self.log_path(&id);
+        let log = std::fs::File::create(&log_path).map_err(|source| Error::Io {
+            action: "creating the job's log",
+            path: log_path.clone(),
+            source,
+        })?;
+        let mut command = tokio::process::Command::new(&spec.program);
+        command
+            .args(&spec.args)
+            .envs(&spec.env)
+            .env("MANTA_ADDRESS", self.head_address.lock().clone())
+            .env("MANTA_TOKEN", self.token.secret())
+            .current_dir(&workdir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let (progress, _) = watch::channel(0);
+        let mut info = proto::JobInfo {
+            job_id: id.clone(),
+            entrypoint: spec.entrypoint.clone(),
+            state: JobState::JobPending as i32,
+            submitted_unix_millis: now_millis(),
+            ..Default::default()
+        };
+        let child = command.spawn();
+        match &child {
+            Ok(child) => {
+                info.state = JobState::JobRunning as i32;
+                info.driver_pid = child.id().unwrap_or_default();
+            }
+            Err(e) => {
+                info.state = JobState::JobFailed as i32;
+                info.message = format!("could not start {}: {e}", spec.program.display());
+                info.ended_unix_millis = now_millis();
+                let _ = writeln!(&log, "{}", info.message);
+            }
+        }
+        tracing::info!(job = %id, entrypoint = %spec.entrypoint, "job submitted");
+        self.jobs.lock().insert(
+            id.clone(),
+            Job {
+                info: info.clone(),
+                progress,
+                stopping: false,
+            },
+        );
+        if let Ok(child) = child {
+            tokio::spawn(Arc::clone(self).supervise(id, child, log));
+        }
+        Ok(info)
+    }
+
+    /// Copies the driver's output to its log and records how it ended.
+    async fn supervise(
+        self: Arc<Self>,
+        id: String,
+        mut child: tokio::process::Child,
+        log: std::fs::File,
+    ) {
+        let log = Arc::new(Mutex::new((log, 0u64)));
+        let copy = |pipe: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>| {
+            let (me, id, log) = (Arc::clone(&self), id.clone(), Arc::clone(&log));
+            async move {
+                let Some(mut pipe) = pipe else { return };
+                let mut buffer = vec![0u8; 64 << 10];
+                while let Ok(n) = pipe.read(&mut buffer).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let written = {
+                        let mut log = log.lock();
+                        let (file, written) = &mut *log;
+                        let room = JOB_LOG_CAP.saturating_sub(*written);
+                        let keep = (n as u64).min(room) as usize;
+                        if keep > 0 && file.write_all(&buffer[..keep]).is_ok() {
+                            *written += keep as u64;
+                            if keep < n {
+                                let note = format!("\n[manta: log cut at {JOB_LOG_CAP} bytes]\n");
+                                let _ = file.write_all(note.as_bytes());
+                                *written = JOB_LOG_CAP + 1;
+                            }
+                        }
+                        *written
+                    };
+                    me.progressed(&id, written);
+                }
+            }
+        };
+        let stdout = child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
+        let stderr = child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
+        let copies = tokio::spawn(futures::future::join(copy(stdout), copy(stderr)));
+        let status = child.wait().await;
+        // The rest of the output: what is still in the pipes, for at most a few seconds (a
+        // child the driver left behind may hold them open).
+        let _ = tokio::time::timeout(Duration::from_secs(5), copies).await;
+        let mut jobs = self.jobs.lock();
+        let Some(job) = jobs.get_mut(&id) else { return };
+        let (state, message) = match status {
+            _ if job.stopping => (JobState::JobStopped, "stopped".to_string()),
+            Ok(status) if status.success() => (JobState::JobSucceeded, String::new()),
+            Ok(status) => (
+                JobState::JobFailed,
+                format!("the driver exited with {status}"),
+            ),
+            Err(e) => (JobState::JobFailed, format!("waiting for the driver: {e}")),
+        };
+        job.info.state = state as i32;
+        job.info.message = message;
+        job.info.ended_unix_millis = now_millis();
+        job.info.driver_pid = 0;
+        tracing::info!(job = %id, state = ?state, "job ended");
+        job.progress.send_modify(|n| *n += 1);
+    }
+
+    fn progressed(&self, id: &str, written: u64) {
+        if let Some(job) = self.jobs.lock().get_mut(id) {
+            job.info.log_bytes = written.min(JOB_LOG_CAP);
+            job.progress.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// The job's record.
+    pub fn get(&self, id: &str) -> Result<proto::JobInfo> {
+        self.jobs
+            .lock()
+            .get(id)
+            .map(|job| job.info.clone())
+            .ok_or_else(|| Error::NoSuchJob {
+                job: id.to_string(),
+            })
+    }
+
+    /// Every job, oldest first.
+    pub fn list(&self) -> Vec<proto::JobInfo> {
+        let mut jobs: Vec<_> = self.jobs.lock().values().map(|j| j.info.clone()).collect();
+        jobs.sort_by_key(|j| (j.submitted_unix_millis, j.job_id.clone()));
+        jobs
+    }
+
+    /// Stops the job: SIGTERM to its driver's process group, SIGKILL after [`STOP_GRACE`].
+    /// Its record says STOPPED once the driver has exited.
+    pub fn stop(&self, id: &str) -> Result<proto::JobInfo> {
+        let mut jobs = self.jobs.lock();
+        let job = jobs.get_mut(id).ok_or_else(|| Error::NoSuchJob {
+            job: id.to_string(),
+        })?;
+        let pid = job.info.driver_pid as i32;
+        if ended(job.info.state) || pid == 0 {
+            return Ok(job.info.clone());
+        }
+        job.stopping = true;
+        tracing::info!(job = %id, "stopping the job");
+        // SAFETY: kill(2) of the process group of a driver this head started and has not
+        // reaped (its record still has its pid).
+        unsafe { libc::kill(-pid, libc::SIGTERM) };
+        let mut progress = job.progress.subscribe();
+        let id = id.to_string();
+        let info = job.info.clone();
+        drop(jobs);
+        tokio::spawn(async move {
+            let ended = tokio::time::timeout(STOP_GRACE, async {
+                while progress.changed().await.is_ok() {}
+            });
+            if ended.await.is_err() {
+                tracing::warn!(job = %id, "the driver did not stop within {} s; killing it", STOP_GRACE.as_secs());
+                // SAFETY: as above; the group is this job's.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+            }
+        });
+        Ok(info)
+    }
+
+    /// The job's log from `offset`: what is there now, then (with `follow`) what is written
+    /// until the job ends.
+    pub fn logs(
+        self: &Arc<Self>,
+        id: &str,
+        offset: u64,
+        follow: bool,
+    ) -> Result<tokio_stream::wrappers::ReceiverStream<Result<bytes::Bytes>>> {
+        let progress = {
+            let jobs = self.jobs.lock();
+            let job = jobs.get(id).ok_or_else(|| Error::NoSuchJob {
+                job: id.to_string(),
+            })?;
+            job.progress.subscribe()
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (me, id) = (Arc::clone(self), id.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = me.send_log(&id, offset, follow, progress, &tx).await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+
+    async fn send_log(
+        &self,
+        id: &str,
+        offset: u64,
+        follow: bool,
+        mut progress: watch::Receiver<u64>,
+        tx: &tokio::sync::mpsc::Sender<Result<bytes::Bytes>>,
+    ) -> Result<()> {
+        let path = self.log_path(id);
+        let io = |action: &'static str| {
+            let path = path.clone();
+            move |source| Error::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(io("opening the job's log"))?;
+        tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(io("reading the job's log"))?;
+        let mut buffer = vec![0u8; 64 << 10];
+        loop {
+            progress.borrow_and_update();
+            let done = ended(self.get(id)?.state);
+            // Everything written so far (and, if the job had ended, all there will be).
+            loop {
+                let n = file
+                    .read(&mut buffer)
+                    .await
+                    .map_err(io("reading the job's log"))?;
+                if n == 0 {
+                    break;
+                }
+                if tx
+                    .send(Ok(bytes::Bytes::copy_from_slice(&buffer[..n])))
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+            if !follow || done || progress.changed().await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,559 @@
+//! Operating a cluster as its users do, through the `manta` command line: `manta up` a head
+//! whose autoscaler launches and stops nodes for the demand it sees, with the local provider
+//! and with a command provider that fails before it works; and jobs: the quickstart submitted
+//! to a head, one that fails, one that is stopped, through `manta job` and the HTTP API.
+//!
+//! `harness = false`: worker processes are this very executable, so `main` must first let a
+//! worker become one (`manta::run_worker_if_requested`).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Process, children_of, eventually, eventually_within, free_port};
+use manta::Config;
+
+/// The env variable that makes this binary a job's driver in a role (see [`hold_objects`]).
+const ROLE: &str = "MANTA_TEST_OPERATE_ROLE";
+
+fn main() {
+    manta::run_worker_if_requested();
+    if std::env::var(ROLE).as_deref() == Ok("hold") {
+        hold_objects();
+    }
+    type Test = common::Test<()>;
+    let tests: &[Test] = &[
+        (
+            "the_autoscaler_grows_to_max_nodes_for_demand_and_stops_idle_nodes",
+            the_autoscaler_grows_to_max_nodes_for_demand_and_stops_idle_nodes,
+        ),
+        (
+            "a_provider_that_fails_is_retried_with_backoff_and_the_head_lives",
+            a_provider_that_fails_is_retried_with_backoff_and_the_head_lives,
+        ),
+        (
+            "jobs_run_fail_and_stop_and_are_listed",
+            jobs_run_fail_and_stop_and_are_listed,
+        ),
+    ];
+    common::run_tests("operate", tests, ());
+}
+
+/// Runs on a node until `nodes` different nodes run it at once (each leaves a file named after
+/// its node's process in `dir`); answers its node's process id. With one CPU per node, the
+/// tasks can only all finish once the autoscaler has launched `nodes` nodes.
+#[manta::remote]
+fn wait_for_nodes(dir: String, nodes: usize) -> Result<u32, manta::engine::BoxError> {
+    let node = std::os::unix::process::parent_id();
+    std::fs::write(Path::new(&dir).join(node.to_string()), b"")?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_dir(&dir)?.count() < nodes {
+        if Instant::now() > deadline {
+            return Err(format!("fewer than {nodes} nodes after 120 s").into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(node)
+}
+
+#[manta::remote]
+fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+/// A cluster `manta up` started from a config file in a directory of its own (its run
+/// directory too, so that `manta down` finds it); `manta down` when dropped.
+struct UpCluster {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    address: String,
+    head_pid: u32,
+}
+
+impl UpCluster {
+    /// `manta up` with this config (its `[head]` section is added: a free port, no CPUs).
+    fn up(config: &str) -> UpCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.toml");
+        std::fs::write(
+            &path,
+            format!("[head]\nport = 0\nnum_cpus = 0\nobject_store_memory = \"128MiB\"\n{config}"),
+        )
+        .unwrap();
+        let mut cluster = UpCluster {
+            dir,
+            config: path,
+            address: String::new(),
+            head_pid: 0,
+        };
+        let up = cluster.manta(&["up", cluster.config.to_str().unwrap()]);
+        // "Started the head at ADDRESS (pid PID; log ...)."
+        let started = up
+            .lines()
+            .find_map(|l| l.strip_prefix("Started the head at "))
+            .unwrap_or_else(|| panic!("manta up: {up}"));
+        let (address, rest) = started.split_once(" (pid ").unwrap();
+        cluster.address = address.to_string();
+        cluster.head_pid = rest.split(';').next().unwrap().parse().unwrap();
+        cluster
+    }
+
+    /// Runs `manta ARGS` with this cluster's run directory; its standard output.
+    fn manta(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_manta"))
+            .args(args)
+            .env("MANTA_RUN_DIR", self.dir.path().join("run"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "manta {args:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    fn status(&self) -> String {
+        self.manta(&["status", "--address", &self.address])
+    }
+
+    fn driver(&self) -> manta::Context {
+        manta::init_with(Config {
+            address: Some(self.address.clone()),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    /// The node daemons the local provider runs (children of the head).
+    fn nodes(&self) -> Vec<u32> {
+        children_of(self.head_pid)
+    }
+}
+
+impl Drop for UpCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_manta"))
+            .args(["down", self.config.to_str().unwrap()])
+            .env("MANTA_RUN_DIR", self.dir.path().join("run"))
+            .output();
+    }
+}
+
+/// Ray's autoscaler test: a head with no CPUs and `min_nodes = 0`; 40 one-CPU tasks that can
+/// only finish once 3 nodes run them at once bring the cluster up to `max_nodes = 3` (and no
+/// further), every task runs, and once idle for `idle_timeout` every node is stopped: the
+/// head lists none and their processes are gone. `manta status` told the story meanwhile.
+fn the_autoscaler_grows_to_max_nodes_for_demand_and_stops_idle_nodes(_: &()) {
+    let cluster = UpCluster::up(
+        r#"
+        [autoscaler]
+        idle_timeout_s = 2
+        update_interval_s = 0.25
+
+        [provider]
+        type = "local"
+
+        [node_types.cpu1]
+        num_cpus = 1
+        object_store_memory = "128MiB"
+        max_nodes = 3
+        "#,
+    );
+    assert!(
+        cluster
+            .status()
+            .contains("cpu1 (1 CPU, 128 MiB): 0 running, 0 launching, min 0, max 3")
+    );
+    let markers = cluster.dir.path().join("markers");
+    std::fs::create_dir(&markers).unwrap();
+    let ctx = cluster.driver();
+    let calls: Vec<_> = (0..40)
+        .map(|_| wait_for_nodes.remote(&ctx, markers.display().to_string(), 3))
+        .collect();
+    let ran_on: Vec<u32> = ctx.get_all(&calls).unwrap();
+    let nodes: BTreeSet<u32> = ran_on.iter().copied().collect();
+    assert_eq!(ran_on.len(), 40);
+    assert_eq!(nodes.len(), 3, "the tasks ran on {nodes:?}");
+    drop(ctx);
+
+    // Idle: every node is stopped, and gone.
+    eventually_within(
+        Duration::from_secs(60),
+        "the idle nodes are stopped",
+        || {
+            let status = cluster.status();
+            status.contains("0 node(s)") && cluster.nodes().is_empty()
+        },
+    );
+    for pid in &nodes {
+        assert!(
+            !manta::engine::store::process_alive(*pid as i32),
+            "node {pid} still runs"
+        );
+    }
+    let status = cluster.status();
+    for said in [
+        "launching node cpu1-0: ",
+        "task(s) or actor(s) wait for 1 CPU",
+        "node cpu1-2 joined",
+        "stopping node cpu1-1: idle for 2 s",
+        "node cpu1-0 stopped",
+    ] {
+        assert!(status.contains(said), "{said}: {status}");
+    }
+    assert!(!status.contains("cpu1-3"), "{status}");
+
+    cluster.manta(&["down", cluster.config.to_str().unwrap()]);
+    assert!(!manta::engine::store::process_alive(
+        cluster.head_pid as i32
+    ));
+}
+
+/// A command provider whose launch command fails twice ("no capacity") before it starts a
+/// node: the failures are reported with their reason and retried with growing waits, the head
+/// keeps answering, and the tasks run once the node is up. Demand no node type could meet
+/// fails at once, naming the node types; the idle node is stopped by the terminate command.
+fn a_provider_that_fails_is_retried_with_backoff_and_the_head_lives(_: &()) {
+    let dir = tempfile::tempdir().unwrap();
+    let tries = dir.path().join("tries");
+    let log = dir.path().join("node.log");
+    let launch = dir.path().join("launch.sh");
+    std::fs::write(
+        &launch,
+        format!(
+            "n=$(cat {tries} 2>/dev/null || echo 0); echo $((n + 1)) > {tries}\n\
+             if [ \"$n\" -lt 2 ]; then echo 'no capacity in this zone' >&2; exit 1; fi\n\
+             \"$MANTA_PROGRAM\" $MANTA_START_ARGS --block > /dev/null 2>> {log} &\n\
+             echo $!\n",
+            tries = tries.display(),
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    let cluster = UpCluster::up(&format!(
+        r#"
+        [autoscaler]
+        idle_timeout_s = 1
+        update_interval_s = 0.25
+
+        [provider]
+        type = "command"
+        launch = "sh {launch}"
+        terminate = 'kill $MANTA_PROVIDER_ID'
+
+        [node_types.cpu1]
+        num_cpus = 1
+        object_store_memory = "128MiB"
+        max_nodes = 1
+        "#,
+        launch = launch.display()
+    ));
+    let ctx = cluster.driver();
+    let sums: Vec<_> = (0..4).map(|i| add.remote(&ctx, i, 10)).collect();
+    assert_eq!(ctx.get_all(&sums).unwrap(), vec![10, 11, 12, 13]);
+    assert_eq!(std::fs::read_to_string(&tries).unwrap().trim(), "3");
+
+    let too_big = manta::tasks::TaskOptions {
+        resources: manta::Resources {
+            cpus: 2.0,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let error = ctx
+        .get(&add.remote_with(&ctx, &too_big, 1, 1))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("nor does any node type the autoscaler can launch: cpu1"),
+        "{error}"
+    );
+    drop(ctx);
+
+    let status = cluster.status();
+    for said in [
+        "no capacity in this zone (failure 1 in a row for cpu1; next try in 1 s)",
+        "(failure 2 in a row for cpu1; next try in 2 s)",
+        "launching node cpu1-2: ",
+    ] {
+        assert!(status.contains(said), "{said}: {status}");
+    }
+    // The autoscaler sees the node it launched at its next look (the tasks may be done by then).
+    eventually("the autoscaler sees its node join", || {
+        cluster.status().contains("node cpu1-2 joined")
+    });
+    eventually_within(Duration::from_secs(60), "the idle node is stopped", || {
+        cluster.status().contains("node cpu1-2 stopped")
+    });
+    assert!(cluster.status().contains("0 node(s)"));
+}
+
+/// A job's driver that puts a 16 MiB object on the cluster, says so, and waits to be stopped.
+fn hold_objects() -> ! {
+    let ctx = manta::init().expect("MANTA_ADDRESS and MANTA_TOKEN are set for jobs");
+    let _held = ctx.put(&vec![7u8; 16 << 20]).unwrap();
+    println!("holding an object");
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Runs `manta ARGS`; (success, stdout + stderr).
+fn manta(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_manta"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The job id in `manta job submit`'s "Submitted job ID (STATE)." line.
+fn submitted(output: &str) -> String {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix("Submitted job "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no job id: {output}"))
+        .to_string()
+}
+
+/// Objects in the stores of the head's nodes.
+fn objects_on(head: &str) -> u64 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (channel, _) = manta::scheduler::cluster_token::connect_head(head, None)
+            .await
+            .unwrap();
+        let nodes = manta::scheduler::proto::head_client::HeadClient::new(channel)
+            .list_nodes(manta::scheduler::proto::ListNodesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .nodes;
+        nodes
+            .iter()
+            .map(|n| n.store.unwrap_or_default().objects)
+            .sum()
+    })
+}
+
+/// One HTTP/1.1 request to `address`; (status code, body).
+fn http(address: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_string())
+}
+
+/// Ray Jobs' test: the quickstart submitted to a head runs there as a driver of the cluster;
+/// its log, followed, ends with the `rows_out=` line whose checksum is DataFusion's over the
+/// same input, and it succeeded. A job that fails says so with its exit status; a job that is
+/// stopped has its driver killed and its object freed. `manta job list` and the HTTP API list
+/// all three with their states; the HTTP API refuses a caller without the token, and runs a
+/// command of its own.
+fn jobs_run_fail_and_stop_and_are_listed(_: &()) {
+    let quickstart = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("examples/quickstart");
+    assert!(
+        quickstart.is_file(),
+        "{} is not built: `cargo test` builds the examples (or cargo build --release --example quickstart)",
+        quickstart.display()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let input = common::small_lineitem(tmp.path());
+    let http_port = free_port().to_string();
+    let head = Process::start(&["--head", "--port", "0", "--dashboard-port", &http_port]);
+    let address = head.address.as_str();
+
+    // The quickstart, submitted, its log followed to the end.
+    let (ok, out) = manta(&[
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--",
+        quickstart.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        "out",
+    ]);
+    assert!(ok, "{out}");
+    let quickstart_job = submitted(&out);
+    let (ok, log) = manta(&[
+        "job",
+        "logs",
+        &quickstart_job,
+        "--follow",
+        "--address",
+        address,
+    ]);
+    assert!(ok, "{log}");
+    let expected = common::expected_etl(&input);
+    let last = log
+        .lines()
+        .rfind(|l| l.starts_with("rows_out="))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(
+        last,
+        format!("rows_out={} checksum={}", expected.rows, expected.hex())
+    );
+    let (_, status) = manta(&["job", "status", &quickstart_job, "--address", address]);
+    assert!(
+        status.contains(&format!("Job {quickstart_job}: SUCCEEDED")),
+        "{status}"
+    );
+
+    // A job that fails, followed with --wait: the command fails too, naming how.
+    let (ok, out) = manta(&[
+        "job",
+        "submit",
+        "--wait",
+        "--address",
+        address,
+        "--",
+        "sh",
+        "-c",
+        "echo about to fail; exit 3",
+    ]);
+    assert!(!ok, "{out}");
+    let failing_job = submitted(&out);
+    assert!(
+        out.contains("about to fail") && out.contains("FAILED") && out.contains("exit status: 3"),
+        "{out}"
+    );
+
+    // A job that holds an object until it is stopped.
+    let this = std::env::current_exe().unwrap();
+    let (ok, out) = manta(&[
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--env",
+        &format!("{ROLE}=hold"),
+        "--",
+        this.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    let held_job = submitted(&out);
+    eventually("the job holds its object", || {
+        manta(&["job", "logs", &held_job, "--address", address])
+            .1
+            .contains("holding an object")
+    });
+    eventually("its node reports the object", || objects_on(address) > 0);
+    let (ok, out) = manta(&["job", "stop", &held_job, "--address", address]);
+    assert!(ok, "{out}");
+    eventually("the job is stopped and its object freed", || {
+        manta(&["job", "status", &held_job, "--address", address])
+            .1
+            .contains("STOPPED")
+            && objects_on(address) == 0
+    });
+
+    let (_, list) = manta(&["job", "list", "--address", address]);
+    for (job, state) in [
+        (&quickstart_job, "SUCCEEDED"),
+        (&failing_job, "FAILED"),
+        (&held_job, "STOPPED"),
+    ] {
+        assert!(
+            list.lines()
+                .any(|l| l.starts_with(job.as_str()) && l.contains(state)),
+            "{job} {state}: {list}"
+        );
+    }
+
+    // The HTTP API: the token or nothing; the same jobs; a command submitted and its log read.
+    let http_address = format!("127.0.0.1:{http_port}");
+    let port: u16 = address.rsplit(':').next().unwrap().parse().unwrap();
+    let token = std::fs::read_to_string(manta::scheduler::cluster_token::token_file(port)).unwrap();
+    let token = token.trim();
+    let (code, _) = http(&http_address, "GET", "/api/jobs", None, "");
+    assert_eq!(code, 401);
+    let (code, _) = http(&http_address, "GET", "/api/jobs", Some("not-the-token"), "");
+    assert_eq!(code, 401);
+    let (code, body) = http(&http_address, "GET", "/api/jobs", Some(token), "");
+    assert_eq!(code, 200, "{body}");
+    let jobs: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let states: Vec<(&str, &str)> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| (j["job_id"].as_str().unwrap(), j["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            (quickstart_job.as_str(), "SUCCEEDED"),
+            (failing_job.as_str(), "FAILED"),
+            (held_job.as_str(), "STOPPED")
+        ]
+    );
+    let (code, body) = http(
+        &http_address,
+        "POST",
+        "/api/jobs",
+        Some(token),
+        r#"{"entrypoint": ["sh", "-c", "echo from http $GREETING"], "env": {"GREETING": "hello"}}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let job: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = job["job_id"].as_str().unwrap().to_string();
+    eventually("the HTTP job succeeds", || {
+        let (_, body) = http(
+            &http_address,
+            "GET",
+            &format!("/api/jobs/{id}"),
+            Some(token),
+            "",
+        );
+        body.contains("\"SUCCEEDED\"")
+    });
+    let (code, log) = http(
+        &http_address,
+        "GET",
+        &format!("/api/jobs/{id}/logs"),
+        Some(token),
+        "",
+    );
+    assert_eq!((code, log.as_str()), (200, "from http hello\n"));
+    let (code, _) = http(&http_address, "GET", "/api/jobs/job-nope", Some(token), "");
+    assert_eq!(code, 404);
+}
