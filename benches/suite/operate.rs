@@ -46,22 +46,33 @@ async fn head(address: &str) -> anyhow::Result<HeadClient<manta::flight::auth::A
 }
 
 pub fn autoscale(args: &Args) -> anyhow::Result<()> {
-    let address = args
-        .address
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("autoscale runs on a head started by `manta up`: pass --address"))?;
+    let address = args.address.clone().ok_or_else(|| {
+        anyhow::anyhow!("autoscale runs on a head started by `manta up`: pass --address")
+    })?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let status = runtime.block_on(async { anyhow::Ok(head(&address).await?.list_nodes(proto::ListNodesRequest {}).await?.into_inner()) })?;
-    let autoscaler = status
-        .autoscaler
-        .ok_or_else(|| anyhow::anyhow!("the head at {address} runs no autoscaler (start it with manta up)"))?;
+    let status = runtime.block_on(async {
+        anyhow::Ok(
+            head(&address)
+                .await?
+                .list_nodes(proto::ListNodesRequest {})
+                .await?
+                .into_inner(),
+        )
+    })?;
+    let autoscaler = status.autoscaler.ok_or_else(|| {
+        anyhow::anyhow!("the head at {address} runs no autoscaler (start it with manta up)")
+    })?;
     let max_nodes: u32 = autoscaler.node_types.iter().map(|t| t.max_nodes).sum();
     anyhow::ensure!(
         status.nodes.iter().all(|n| n.name.is_empty()),
         "autoscaled nodes are still up: wait for them to stop"
     );
     let named_alive = |reply: &proto::ListNodesReply| {
-        reply.nodes.iter().filter(|n| n.alive && !n.name.is_empty()).count() as u32
+        reply
+            .nodes
+            .iter()
+            .filter(|n| n.alive && !n.name.is_empty())
+            .count() as u32
     };
     let mut config = manta::Config::from_env()?;
     config.address = Some(address.clone());
@@ -75,7 +86,10 @@ pub fn autoscale(args: &Args) -> anyhow::Result<()> {
     let all_up = runtime.block_on(async {
         let mut head = head(&address).await?;
         loop {
-            let reply = head.list_nodes(proto::ListNodesRequest {}).await?.into_inner();
+            let reply = head
+                .list_nodes(proto::ListNodesRequest {})
+                .await?
+                .into_inner();
             if named_alive(&reply) >= max_nodes {
                 return anyhow::Ok(started.elapsed().as_secs_f64());
             }
@@ -89,7 +103,10 @@ pub fn autoscale(args: &Args) -> anyhow::Result<()> {
     let scaled_down = runtime.block_on(async {
         let mut head = head(&address).await?;
         loop {
-            let reply = head.list_nodes(proto::ListNodesRequest {}).await?.into_inner();
+            let reply = head
+                .list_nodes(proto::ListNodesRequest {})
+                .await?
+                .into_inner();
             if named_alive(&reply) == 0 {
                 return anyhow::Ok(unix_seconds() - done);
             }
@@ -130,7 +147,11 @@ async fn time_job(
         .await?
         .into_inner();
     let state = manta::scheduler::jobs::http::state_name(info.state).to_string();
-    anyhow::ensure!(info.state == JobState::JobSucceeded as i32, "the job {state}: {}", info.message);
+    anyhow::ensure!(
+        info.state == JobState::JobSucceeded as i32,
+        "the job {state}: {}",
+        info.message
+    );
     Ok((first_line.unwrap_or(end), end, state))
 }
 

@@ -61,6 +61,8 @@ pub struct Jobs {
     head_address: Mutex<String>,
     token: Token,
     jobs: Mutex<HashMap<String, Job>>,
+    /// The most bytes of output kept per job ([`JOB_LOG_CAP`] unless set).
+    log_cap: u64,
 }
 
 struct Job {
@@ -94,6 +96,15 @@ impl Jobs {
             head_address: Mutex::default(),
             token,
             jobs: Mutex::default(),
+            log_cap: JOB_LOG_CAP,
+        })
+    }
+
+    /// [`Jobs::new`] keeping at most `log_cap` bytes of each job's output.
+    pub fn with_log_cap(dir: PathBuf, token: Token, log_cap: u64) -> Arc<Self> {
+        Arc::new(Self {
+            log_cap,
+            ..Arc::into_inner(Self::new(dir, token)).expect("just made")
         })
     }
 
@@ -188,6 +199,7 @@ impl Jobs {
         let log = Arc::new(Mutex::new((log, 0u64)));
         let copy = |pipe: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>| {
             let (me, id, log) = (Arc::clone(&self), id.clone(), Arc::clone(&log));
+            let cap = self.log_cap;
             async move {
                 let Some(mut pipe) = pipe else { return };
                 let mut buffer = vec![0u8; 64 << 10];
@@ -198,14 +210,14 @@ impl Jobs {
                     let written = {
                         let mut log = log.lock();
                         let (file, written) = &mut *log;
-                        let room = JOB_LOG_CAP.saturating_sub(*written);
+                        let room = cap.saturating_sub(*written);
                         let keep = (n as u64).min(room) as usize;
                         if keep > 0 && file.write_all(&buffer[..keep]).is_ok() {
                             *written += keep as u64;
                             if keep < n {
-                                let note = format!("\n[manta: log cut at {JOB_LOG_CAP} bytes]\n");
+                                let note = format!("\n[manta: log cut at {cap} bytes]\n");
                                 let _ = file.write_all(note.as_bytes());
-                                *written = JOB_LOG_CAP + 1;
+                                *written = cap + 1;
                             }
                         }
                         *written
@@ -248,7 +260,7 @@ impl Jobs {
 
     fn progressed(&self, id: &str, written: u64) {
         if let Some(job) = self.jobs.lock().get_mut(id) {
-            job.info.log_bytes = written.min(JOB_LOG_CAP);
+            job.info.log_bytes = written.min(self.log_cap);
             job.progress.send_modify(|n| *n += 1);
         }
     }
@@ -377,5 +389,142 @@ impl Jobs {
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt as _;
+
+    use super::*;
+
+    fn spec(script: &str) -> JobSpec {
+        JobSpec {
+            program: "sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: [("WORD".to_string(), "hello".to_string())].into(),
+            entrypoint: script.into(),
+        }
+    }
+
+    /// The whole log, following it until the job ends.
+    async fn followed(jobs: &Arc<Jobs>, id: &str) -> String {
+        let mut text = Vec::new();
+        let mut log = jobs.logs(id, 0, true).unwrap();
+        while let Some(chunk) = log.next().await {
+            text.extend_from_slice(&chunk.unwrap());
+        }
+        String::from_utf8(text).unwrap()
+    }
+
+    #[tokio::test]
+    async fn jobs_succeed_fail_and_keep_their_output_within_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = Jobs::with_log_cap(dir.path().into(), Token::generate(), 1000);
+        jobs.set_head_address("127.0.0.1:1".into());
+
+        let ok = jobs
+            .submit(spec("echo $WORD at $MANTA_ADDRESS; pwd"))
+            .unwrap();
+        let log = followed(&jobs, &ok.job_id).await;
+        let workdir = dir.path().join(&ok.job_id).canonicalize().unwrap();
+        assert_eq!(
+            log,
+            format!("hello at 127.0.0.1:1\n{}\n", workdir.display())
+        );
+        assert_eq!(
+            jobs.get(&ok.job_id).unwrap().state,
+            JobState::JobSucceeded as i32
+        );
+
+        let chatty = jobs
+            .submit(spec("yes | head -c 100000; echo done >&2"))
+            .unwrap();
+        let log = followed(&jobs, &chatty.job_id).await;
+        assert!(log.starts_with("y\ny\n"), "{log}");
+        assert!(log.ends_with("\n[manta: log cut at 1000 bytes]\n"), "{log}");
+        assert_eq!(log.len(), 1000 + "\n[manta: log cut at 1000 bytes]\n".len());
+        let chatty = jobs.get(&chatty.job_id).unwrap();
+        assert_eq!(
+            (chatty.state, chatty.log_bytes),
+            (JobState::JobSucceeded as i32, 1000)
+        );
+
+        let failing = jobs.submit(spec("exit 7")).unwrap();
+        followed(&jobs, &failing.job_id).await;
+        let failing = jobs.get(&failing.job_id).unwrap();
+        assert_eq!(failing.state, JobState::JobFailed as i32);
+        assert!(
+            failing.message.contains("exit status: 7"),
+            "{}",
+            failing.message
+        );
+
+        let missing = jobs
+            .submit(JobSpec {
+                program: dir.path().join("no-such-program"),
+                ..spec("")
+            })
+            .unwrap();
+        assert_eq!(missing.state, JobState::JobFailed as i32);
+        assert!(
+            missing.message.contains("no-such-program"),
+            "{}",
+            missing.message
+        );
+        assert!(
+            followed(&jobs, &missing.job_id)
+                .await
+                .contains("could not start")
+        );
+
+        let listed: Vec<String> = jobs.list().into_iter().map(|j| j.job_id).collect();
+        assert_eq!(listed.len(), 4);
+        assert!(matches!(jobs.get("job-nope"), Err(Error::NoSuchJob { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_stopped_job_and_its_children_are_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = Jobs::new(dir.path().into(), Token::generate());
+        // A driver whose own child ignores nothing: both are in the job's process group.
+        let job = jobs.submit(spec("sleep 600 & echo started; wait")).unwrap();
+        let mut log = jobs.logs(&job.job_id, 0, true).unwrap();
+        assert_eq!(&log.next().await.unwrap().unwrap()[..], b"started\n");
+        jobs.stop(&job.job_id).unwrap();
+        assert!(log.next().await.is_none(), "the log ends when the job does");
+        let stopped = jobs.get(&job.job_id).unwrap();
+        assert_eq!(stopped.state, JobState::JobStopped as i32);
+        // Every process of the job's group is gone (or a zombie waiting to be reaped): the
+        // signal reached the driver's child too.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !live_members(job.driver_pid).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the job's process group outlived it"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The processes of group `group` that are not zombies.
+    fn live_members(group: u32) -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                    return false;
+                };
+                // After the parenthesised name: state, parent, process group.
+                let mut fields = stat
+                    .rsplit_once(')')
+                    .map_or("", |(_, rest)| rest)
+                    .split_whitespace();
+                let state = fields.next();
+                let group_of = fields.nth(1).and_then(|g| g.parse::<u32>().ok());
+                state != Some("Z") && group_of == Some(group)
+            })
+            .collect()
     }
 }
