@@ -38,6 +38,10 @@ fn main() {
             "jobs_run_fail_and_stop_and_are_listed",
             jobs_run_fail_and_stop_and_are_listed,
         ),
+        (
+            "metrics_of_the_head_and_a_node_move_as_work_runs",
+            metrics_of_the_head_and_a_node_move_as_work_runs,
+        ),
     ];
     common::run_tests("operate", tests, ());
 }
@@ -556,4 +560,126 @@ fn jobs_run_fail_and_stop_and_are_listed(_: &()) {
     assert_eq!((code, log.as_str()), (200, "from http hello\n"));
     let (code, _) = http(&http_address, "GET", "/api/jobs/job-nope", Some(token), "");
     assert_eq!(code, 404);
+}
+
+/// The value of the sample `name` (with its labels, as exposed) in a Prometheus text
+/// exposition; 0 when absent (a counter never incremented).
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// `/metrics` on the head and on a node, scraped with the token (and refused without it),
+/// before and after five tasks and a put: the task counters move by exactly five, the run-time
+/// histogram counts five, the node's store holds the object and its worker process is counted,
+/// and the head's cluster-wide store gauge follows the node's heartbeat.
+fn metrics_of_the_head_and_a_node_move_as_work_runs(_: &()) {
+    let (head_port, node_port) = (free_port().to_string(), free_port().to_string());
+    let head = Process::start(&[
+        "--head",
+        "--port",
+        "0",
+        "--num-cpus",
+        "0",
+        "--dashboard-port",
+        &head_port,
+    ]);
+    let _node = Process::start(&[
+        "--address",
+        &head.address,
+        "--num-cpus",
+        "1",
+        "--object-store-memory",
+        "256MiB",
+        "--metrics-port",
+        &node_port,
+    ]);
+    let port: u16 = head.address.rsplit(':').next().unwrap().parse().unwrap();
+    let token = std::fs::read_to_string(manta::scheduler::cluster_token::token_file(port)).unwrap();
+    let scrape = |port: &str| {
+        let (code, text) = http(
+            &format!("127.0.0.1:{port}"),
+            "GET",
+            "/metrics",
+            Some(token.trim()),
+            "",
+        );
+        assert_eq!(code, 200, "{text}");
+        text
+    };
+    for port in [&head_port, &node_port] {
+        let (code, _) = http(&format!("127.0.0.1:{port}"), "GET", "/metrics", None, "");
+        assert_eq!(code, 401, "/metrics on port {port} without the token");
+    }
+    let (head_before, node_before) = (scrape(&head_port), scrape(&node_port));
+    assert_eq!(
+        sample(&head_before, "manta_nodes{state=\"alive\"}"),
+        1.0,
+        "{head_before}"
+    );
+
+    let ctx = manta::init_with(Config {
+        address: Some(head.address.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    let sums: Vec<_> = (0..5).map(|i| add.remote(&ctx, i, 1)).collect();
+    assert_eq!(ctx.get_all(&sums).unwrap(), vec![1, 2, 3, 4, 5]);
+    let held = ctx.put(&vec![1u8; 4 << 20]).unwrap();
+
+    let (head_after, node_after) = (scrape(&head_port), scrape(&node_port));
+    let moved = |before: &str, after: &str, name: &str| sample(after, name) - sample(before, name);
+    assert_eq!(
+        moved(
+            &head_before,
+            &head_after,
+            "manta_tasks_total{state=\"submitted\"}"
+        ),
+        5.0
+    );
+    assert_eq!(
+        moved(
+            &head_before,
+            &head_after,
+            "manta_tasks_total{state=\"finished\"}"
+        ),
+        5.0
+    );
+    assert_eq!(
+        moved(&head_before, &head_after, "manta_task_seconds_count"),
+        5.0
+    );
+    assert_eq!(
+        moved(
+            &node_before,
+            &node_after,
+            "manta_node_tasks_total{outcome=\"ok\"}"
+        ),
+        5.0
+    );
+    assert!(
+        sample(&node_after, "manta_object_store_objects") >= 1.0,
+        "{node_after}"
+    );
+    assert!(sample(&node_after, "manta_object_store_bytes{kind=\"resident\"}") >= (4 << 20) as f64);
+    assert_eq!(
+        sample(&node_after, "manta_object_store_bytes{kind=\"budget\"}"),
+        (256 << 20) as f64
+    );
+    assert!(
+        sample(&node_after, "manta_node_worker_processes") >= 1.0,
+        "{node_after}"
+    );
+    eventually(
+        "the head's store gauge follows the node's heartbeat",
+        || {
+            sample(
+                &scrape(&head_port),
+                "manta_object_store_bytes{kind=\"resident\"}",
+            ) >= (4 << 20) as f64
+        },
+    );
+    drop(held);
 }

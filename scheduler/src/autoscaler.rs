@@ -223,6 +223,7 @@ impl Autoscaler {
             let Some(node) = state.nodes.remove(&name) else {
                 continue;
             };
+            self.decided("lost");
             let message = format!("node {name} {why}; stopping what is left of it");
             if matches!(node.phase, Phase::Launching) {
                 state.launch_failed(&node.node_type, message);
@@ -283,6 +284,7 @@ impl Autoscaler {
             let name = format!("{node_type}-{}", state.next_number);
             state.next_number += 1;
             state.event(format!("launching node {name}: {why}"));
+            self.decided("launch");
             state.nodes.insert(
                 name.clone(),
                 Managed {
@@ -307,8 +309,18 @@ impl Autoscaler {
             node.phase = Phase::Stopping;
             let provider_id = node.provider_id.clone().unwrap_or_default();
             state.event(format!("stopping node {name}: {why}"));
+            self.decided("stop");
             self.spawn_terminate(name, provider_id, Some(id));
         }
+    }
+
+    /// Counts a decision in the head's metrics.
+    fn decided(&self, decision: &str) {
+        self.head
+            .metrics()
+            .autoscaler
+            .with_label_values(&[decision])
+            .inc();
     }
 
     fn spawn_launch(self: &Arc<Self>, name: String, node_type: String) {
@@ -351,6 +363,7 @@ impl Autoscaler {
                 }
                 Err(message) => {
                     state.nodes.remove(&name);
+                    me.decided("launch_failed");
                     state.launch_failed(&node_type, message);
                 }
             }

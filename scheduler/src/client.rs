@@ -273,17 +273,11 @@ impl ClusterClient {
         {
             return Ok(usage);
         }
-        let mut total = manta_engine::StoreUsage::default();
+        let mut sum = proto::StoreUsage::default();
         for node in self.nodes().await?.into_iter().filter(|n| n.alive) {
-            let usage: manta_engine::StoreUsage = node.store.unwrap_or_default().into();
-            total.budget_bytes += usage.budget_bytes;
-            total.resident_bytes += usage.resident_bytes;
-            total.spilled_bytes += usage.spilled_bytes;
-            total.objects += usage.objects;
-            total.spilled_bytes_total += usage.spilled_bytes_total;
-            total.restored_bytes_total += usage.restored_bytes_total;
-            total.recycled_bytes += usage.recycled_bytes;
+            sum += &node.store.unwrap_or_default();
         }
+        let total: manta_engine::StoreUsage = sum.into();
         *self.usage.lock() = Some((std::time::Instant::now(), total));
         Ok(total)
     }

@@ -215,6 +215,7 @@ pub struct Head {
     autoscaler: std::sync::OnceLock<Weak<crate::autoscaler::Autoscaler>>,
     /// Submitted jobs.
     jobs: Arc<crate::jobs::Jobs>,
+    metrics: crate::metrics::HeadMetrics,
 }
 
 /// A node's resources taken for one task; given back when dropped (also when a waiting task's
@@ -319,12 +320,55 @@ impl Head {
         let _ = self.autoscaler.set(Arc::downgrade(autoscaler));
     }
 
+    /// The head's metrics.
+    pub(crate) fn metrics(&self) -> &crate::metrics::HeadMetrics {
+        &self.metrics
+    }
+
+    /// Every metric in Prometheus' text format, the gauges set from the head's state now.
+    pub fn encode_metrics(&self) -> Vec<u8> {
+        let m = &self.metrics;
+        {
+            let state = self.state.lock();
+            let count = |f: &dyn Fn(&NodeEntry) -> bool| {
+                state.nodes.values().filter(|n| f(n)).count() as i64
+            };
+            m.nodes
+                .with_label_values(&["alive"])
+                .set(count(&|n| n.alive && !n.draining));
+            m.nodes
+                .with_label_values(&["draining"])
+                .set(count(&|n| n.alive && n.draining));
+            m.nodes
+                .with_label_values(&["dead"])
+                .set(count(&|n| !n.alive));
+            let pending: usize = state
+                .waiting
+                .values()
+                .map(|q| q.iter().filter(|w| !w.placed.is_closed()).count())
+                .sum();
+            m.pending.set(pending as i64);
+            m.store
+                .set(state.nodes.values().filter(|n| n.alive).map(|n| &n.store));
+        }
+        let jobs = self.jobs.list();
+        for state in ["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED"] {
+            let n = jobs
+                .iter()
+                .filter(|j| crate::jobs::http::state_name(j.state) == state)
+                .count();
+            m.jobs.with_label_values(&[state]).set(n as i64);
+        }
+        m.encode()
+    }
+
     /// A head with no nodes.
     pub fn new(config: HeadConfig) -> Result<Arc<Self>> {
         let executables = ExecutableCache::new(&config.cache_dir)?;
         let jobs = crate::jobs::Jobs::new(config.jobs_dir.clone(), config.token.clone());
         Ok(Arc::new_cyclic(|me| Self {
             jobs,
+            metrics: Default::default(),
             state: Mutex::default(),
             me: me.clone(),
             config,
@@ -707,6 +751,8 @@ impl Head {
                 .or_default() += input.size_bytes;
         }
         let mut attempt = 0;
+        let tasks = &self.metrics.tasks;
+        tasks.with_label_values(&["submitted"]).inc();
         loop {
             request.pipeline = self.is_short(&request.label);
             let lease = self.acquire(&demand, &input_bytes, &request.label).await?;
@@ -724,9 +770,19 @@ impl Head {
                         && !self.input_gone(&e) =>
                 {
                     attempt += 1;
+                    tasks.with_label_values(&["retried"]).inc();
                     tracing::warn!(task = %request.label, attempt, error = %e, "retrying task");
                 }
-                other => return other,
+                Ok(success) => {
+                    tasks.with_label_values(&["finished"]).inc();
+                    let wall_ns = success.stats.as_ref().map_or(0, |s| s.wall_ns);
+                    self.metrics.task_seconds.observe(wall_ns as f64 / 1e9);
+                    return Ok(success);
+                }
+                Err(e) => {
+                    tasks.with_label_values(&["failed"]).inc();
+                    return Err(e);
+                }
             }
         }
     }
@@ -1178,9 +1234,20 @@ pub async fn run_head(
     let stop_http = CancellationToken::new();
     if let Some(port) = dashboard_port {
         let (listener, http_address) = server::bind(&address.ip().to_string(), port).await?;
-        tracing::info!("HTTP API at http://{http_address}/api/jobs");
-        eprintln!("HTTP API: http://{http_address}/api/jobs");
-        let router = crate::jobs::http::router(Arc::clone(&head.jobs), head.config.token.clone());
+        tracing::info!("HTTP API at http://{http_address}/api/jobs and /metrics");
+        eprintln!("HTTP API: http://{http_address}/api/jobs, metrics at /metrics");
+        let router = crate::jobs::http::router(Arc::clone(&head.jobs), head.config.token.clone())
+            .merge(crate::metrics::router(
+                {
+                    let head = Arc::downgrade(&head);
+                    move || {
+                        head.upgrade()
+                            .map(|h| h.encode_metrics())
+                            .unwrap_or_default()
+                    }
+                },
+                head.config.token.clone(),
+            ));
         let stop = stop_http.clone();
         tokio::spawn(async move {
             let served = axum::serve(listener, router)

@@ -20,6 +20,8 @@
 //! * [`autoscaler`]: launches nodes for waiting demand and stops idle ones, through a
 //!   [`autoscaler::NodeProvider`].
 //! * [`jobs`]: submitted jobs (an entrypoint the head runs as a driver), and their HTTP API.
+//! * [`metrics`]: Prometheus metrics of the head and the nodes; [`http_auth`]: the token on
+//!   HTTP endpoints.
 //! * [`placement`]: the placement rule behind a two-method trait, unit-tested without processes.
 //! * [`node`]: the node daemon; [`worker_pool`]: its worker processes; [`worker`]: a worker.
 //! * [`client`]: the driver side of a cluster; [`embedded`]: the in-process runtime.
@@ -38,8 +40,10 @@ pub mod embedded;
 pub mod error;
 pub mod executables;
 pub mod head;
+pub mod http_auth;
 pub mod jobs;
 pub mod lineage;
+pub mod metrics;
 pub mod node;
 pub mod placement;
 pub mod proto;

@@ -76,6 +76,9 @@ pub struct NodeConfig {
     /// A name the head lists this node by (the autoscaler names the nodes it launches, and
     /// knows them by it); may be empty.
     pub name: String,
+    /// Serve Prometheus metrics at `/metrics` on this port of the bound address (0: a free
+    /// one), behind the token.
+    pub metrics_port: Option<u16>,
 }
 
 /// The default of [`NodeConfig::join_timeout`].
@@ -106,6 +109,7 @@ impl NodeConfig {
             tls_ca: None,
             join_timeout: JOIN_TIMEOUT,
             name: String::new(),
+            metrics_port: None,
         }
     }
 }
@@ -127,9 +131,31 @@ pub struct NodeDaemon {
     /// One lock per object being pulled, so two tasks needing it pull it once.
     pulls: Mutex<HashMap<ObjectId, Arc<tokio::sync::Mutex<()>>>>,
     downloads: tokio::sync::Mutex<()>,
+    metrics: crate::metrics::NodeMetrics,
 }
 
 impl NodeDaemon {
+    /// Counts a task's outcome (and the bytes it pulled) in the node's metrics.
+    fn count(&self, outcome: &Result<proto::TaskSuccess>) {
+        let m = &self.metrics;
+        match outcome {
+            Ok(success) => {
+                m.tasks.with_label_values(&["ok"]).inc();
+                let pulled = success.stats.as_ref().map_or(0, |s| s.pulled_bytes);
+                m.pulled_bytes.inc_by(pulled);
+            }
+            Err(_) => m.tasks.with_label_values(&["error"]).inc(),
+        }
+    }
+
+    /// Every metric in Prometheus' text format, the gauges set from the node's state now.
+    pub fn encode_metrics(&self) -> Vec<u8> {
+        let usage: proto::StoreUsage = self.store.usage().into();
+        self.metrics.store.set([&usage]);
+        self.metrics.workers.set(self.workers.live_workers() as i64);
+        self.metrics.encode()
+    }
+
     /// The node's id.
     pub fn id(&self) -> NodeId {
         self.id
@@ -739,7 +765,11 @@ impl NodeRpc for NodeService {
         let daemon = Arc::clone(&self.0);
         let replies = task_stream::serve(request.into_inner(), move |task| {
             let daemon = Arc::clone(&daemon);
-            async move { daemon.run(task).await.into() }
+            async move {
+                let outcome = daemon.run(task).await;
+                daemon.count(&outcome);
+                outcome.into()
+            }
         });
         Ok(Response::new(replies))
     }
@@ -955,8 +985,30 @@ pub async fn run_node(config: NodeConfig, ready: impl FnOnce(&str)) -> Result<()
         actors: Mutex::default(),
         pulls: Mutex::default(),
         downloads: tokio::sync::Mutex::new(()),
+        metrics: Default::default(),
     });
     let heartbeats = tokio::spawn(Arc::clone(&daemon).heartbeat_loop(interval, resources));
+    let metrics = match config.metrics_port {
+        Some(port) => {
+            let (listener, at) = server::bind(bind_host, port).await?;
+            tracing::info!("metrics at http://{at}/metrics");
+            let node = Arc::downgrade(&daemon);
+            let router = crate::metrics::router(
+                move || {
+                    node.upgrade()
+                        .map(|n| n.encode_metrics())
+                        .unwrap_or_default()
+                },
+                token.clone(),
+            );
+            Some(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    tracing::warn!("the metrics endpoint stopped: {e}");
+                }
+            }))
+        }
+        None => None,
+    };
     tracing::info!(node = ?id, %address, "node registered with the head at {}", config.head_address);
     ready(&address);
     let service = NodeService(Arc::clone(&daemon));
@@ -972,5 +1024,8 @@ pub async fn run_node(config: NodeConfig, ready: impl FnOnce(&str)) -> Result<()
     })
     .await;
     heartbeats.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     result.map_err(|e| Error::Internal(format!("node server: {e}")))
 }

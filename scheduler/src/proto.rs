@@ -31,6 +31,19 @@ impl From<Resources> for manta_engine::Resources {
     }
 }
 
+/// Sums store usages (of several nodes: the cluster's).
+impl std::ops::AddAssign<&StoreUsage> for StoreUsage {
+    fn add_assign(&mut self, u: &StoreUsage) {
+        self.budget_bytes += u.budget_bytes;
+        self.resident_bytes += u.resident_bytes;
+        self.spilled_bytes += u.spilled_bytes;
+        self.objects += u.objects;
+        self.spilled_bytes_total += u.spilled_bytes_total;
+        self.restored_bytes_total += u.restored_bytes_total;
+        self.recycled_bytes += u.recycled_bytes;
+    }
+}
+
 impl From<manta_engine::StoreUsage> for self::StoreUsage {
     fn from(u: manta_engine::StoreUsage) -> Self {
         Self {

@@ -484,6 +484,12 @@ impl WorkerPools {
         }
     }
 
+    /// Live worker processes: those running tasks (attached or starting) and actors'.
+    pub fn live_workers(&self) -> usize {
+        let tasks: usize = self.jobs.lock().values().map(|j| j.live).sum();
+        tasks + self.actor_pids.lock().len()
+    }
+
     /// Stops the workers of every job (the head is lost); returns how many jobs had some.
     pub fn end_all_jobs(&self) -> usize {
         let mut jobs: Vec<JobId> = self.jobs.lock().keys().copied().collect();

@@ -155,6 +155,7 @@ fn node_config(
     config.tls_ca = args.ca.tls_ca.clone();
     config.join_timeout = Duration::from_secs(args.join_timeout);
     config.name = args.node_name.clone();
+    config.metrics_port = args.metrics_port;
     if let Some(cpus) = args.num_cpus {
         config.num_cpus = cpus;
     }

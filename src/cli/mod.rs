@@ -110,7 +110,12 @@ pub struct StartArgs {
     /// Node: a name the head lists it by (the autoscaler names the nodes it launches).
     #[arg(long, conflicts_with = "head", default_value = "")]
     node_name: String,
-    /// Head: serve the HTTP JSON API (jobs) on this port (0 picks a free one).
+    /// Serve Prometheus metrics of this node (a head: of its own node) at /metrics on this
+    /// port (0 picks a free one), behind the token. A head's metrics are on --dashboard-port.
+    #[arg(long)]
+    metrics_port: Option<u16>,
+    /// Head: serve the HTTP JSON API (jobs) and the head's /metrics on this port (0 picks a
+    /// free one).
     #[arg(long, requires = "head")]
     dashboard_port: Option<u16>,
     /// Head: run the autoscaler this cluster config file describes (what `manta up` does).

@@ -260,6 +260,7 @@ impl Head {
                         );
                     }
                     restarts_left -= 1;
+                    self.metrics().actor_restarts.inc();
                     tracing::warn!(?actor, incarnation, %why, "restarting an actor");
                     self.set_info(
                         actor,

@@ -18,9 +18,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -39,24 +38,10 @@ pub fn router(jobs: Arc<Jobs>, token: Token) -> Router {
         .route("/api/jobs/{id}", get(one))
         .route("/api/jobs/{id}/logs", get(logs))
         .route("/api/jobs/{id}/stop", post(stop))
-        .layer(axum::middleware::from_fn(move |request: Request, next: Next| {
-            let token = token.clone();
-            async move {
-                let presented = request
-                    .headers()
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| token.accepts(v));
-                if !presented {
-                    return (
-                        StatusCode::UNAUTHORIZED,
-                        Json(json!({"error": "present the cluster token: Authorization: Bearer <token>"})),
-                    )
-                        .into_response();
-                }
-                next.run(request).await
-            }
-        }))
+        .layer(axum::middleware::from_fn_with_state(
+            token,
+            crate::http_auth::require_token,
+        ))
         .with_state(jobs)
 }
 

@@ -1,0 +1,258 @@
+//! Prometheus metrics of the head and of each node, served at `/metrics` in the text
+//! exposition format (the `prometheus` crate), behind the cluster token like every service:
+//! Prometheus scrapes with `authorization: {credentials_file: ~/.manta/head-<port>.token}`.
+//!
+//! Counters move as work happens (tasks placed and finished, bytes pulled over Flight,
+//! autoscaler decisions); gauges that mirror state the head or node already keeps (nodes,
+//! pending demand, store use, jobs by state, worker processes) are set from it at each scrape,
+//! so they cannot drift from what `manta status` shows.
+//!
+//! | metric | where | what |
+//! |---|---|---|
+//! | `manta_tasks_total{state}` | head | tasks `submitted`, `finished`, `failed`, `retried` |
+//! | `manta_task_seconds` | head | run time of finished tasks (histogram) |
+//! | `manta_nodes{state}` | head | nodes `alive`, `draining`, `dead` |
+//! | `manta_pending_tasks` | head | tasks and actors waiting for resources |
+//! | `manta_object_store_bytes{kind}` | head (cluster), node | `resident`, `spilled`, `budget` |
+//! | `manta_object_store_objects` | head (cluster), node | objects in the stores |
+//! | `manta_object_store_spilled_bytes_total`, `..._restored_bytes_total` | head, node | since start |
+//! | `manta_actor_restarts_total` | head | actor restarts after a worker or node died |
+//! | `manta_autoscaler_decisions_total{decision}` | head | `launch`, `launch_failed`, `stop`, `lost` |
+//! | `manta_jobs{state}` | head | submitted jobs by state |
+//! | `manta_node_tasks_total{outcome}` | node | tasks run here: `ok`, `error` |
+//! | `manta_node_pulled_bytes_total` | node | input bytes fetched from other nodes (Flight) |
+//! | `manta_node_worker_processes` | node | live worker processes |
+
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::proto;
+
+/// `metric`, registered with `registry` (names are fixed here, so neither step can fail).
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("registered once");
+    metric
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    registered(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), &[label]),
+    )
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntGaugeVec {
+    registered(registry, IntGaugeVec::new(Opts::new(name, help), &[label]))
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    registered(registry, IntGauge::new(name, help))
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    registered(registry, IntCounter::new(name, help))
+}
+
+/// The store gauges, shared by the head (summed over its nodes) and each node.
+pub struct StoreGauges {
+    bytes: IntGaugeVec,
+    objects: IntGauge,
+    spilled_total: IntGauge,
+    restored_total: IntGauge,
+}
+
+impl StoreGauges {
+    fn new(registry: &Registry) -> Self {
+        Self {
+            bytes: gauge_vec(
+                registry,
+                "manta_object_store_bytes",
+                "Object store bytes: resident in shared memory, spilled to disk, and the budget",
+                "kind",
+            ),
+            objects: gauge(
+                registry,
+                "manta_object_store_objects",
+                "Objects in the store",
+            ),
+            spilled_total: gauge(
+                registry,
+                "manta_object_store_spilled_bytes_total",
+                "Bytes spilled to disk since the store started",
+            ),
+            restored_total: gauge(
+                registry,
+                "manta_object_store_restored_bytes_total",
+                "Bytes restored from disk since the store started",
+            ),
+        }
+    }
+
+    /// Sets them to the sum of `usages`.
+    pub fn set<'a>(&self, usages: impl IntoIterator<Item = &'a proto::StoreUsage>) {
+        let mut sum = proto::StoreUsage::default();
+        for u in usages {
+            sum += u;
+        }
+        let bytes = |kind: &str, value: u64| {
+            self.bytes.with_label_values(&[kind]).set(value as i64);
+        };
+        bytes("resident", sum.resident_bytes);
+        bytes("spilled", sum.spilled_bytes);
+        bytes("budget", sum.budget_bytes);
+        self.objects.set(sum.objects as i64);
+        self.spilled_total.set(sum.spilled_bytes_total as i64);
+        self.restored_total.set(sum.restored_bytes_total as i64);
+    }
+}
+
+/// The head's metrics (see the module doc).
+pub struct HeadMetrics {
+    registry: Registry,
+    /// Tasks by state: `submitted`, `finished`, `failed`, `retried`.
+    pub tasks: IntCounterVec,
+    /// Run time of finished tasks.
+    pub task_seconds: Histogram,
+    /// Nodes by state (set at scrape).
+    pub nodes: IntGaugeVec,
+    /// Waiting tasks and actors (set at scrape).
+    pub pending: IntGauge,
+    /// The cluster's stores, summed (set at scrape).
+    pub store: StoreGauges,
+    /// Actor restarts.
+    pub actor_restarts: IntCounter,
+    /// Autoscaler decisions: `launch`, `launch_failed`, `stop`, `lost`.
+    pub autoscaler: IntCounterVec,
+    /// Jobs by state (set at scrape).
+    pub jobs: IntGaugeVec,
+}
+
+impl Default for HeadMetrics {
+    fn default() -> Self {
+        let registry = Registry::new();
+        let task_seconds = registered(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new("manta_task_seconds", "Run time of finished tasks").buckets(
+                    prometheus::exponential_buckets(1e-5, 4.0, 12).expect("valid buckets"),
+                ),
+            ),
+        );
+        Self {
+            tasks: counter_vec(&registry, "manta_tasks_total", "Tasks by state", "state"),
+            task_seconds,
+            nodes: gauge_vec(&registry, "manta_nodes", "Nodes by state", "state"),
+            pending: gauge(
+                &registry,
+                "manta_pending_tasks",
+                "Tasks and actors waiting for resources",
+            ),
+            store: StoreGauges::new(&registry),
+            actor_restarts: counter(
+                &registry,
+                "manta_actor_restarts_total",
+                "Actor restarts after their worker or node died",
+            ),
+            autoscaler: counter_vec(
+                &registry,
+                "manta_autoscaler_decisions_total",
+                "Autoscaler decisions and failures",
+                "decision",
+            ),
+            jobs: gauge_vec(&registry, "manta_jobs", "Submitted jobs by state", "state"),
+            registry,
+        }
+    }
+}
+
+impl HeadMetrics {
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(&self.registry)
+    }
+}
+
+/// A node's metrics (see the module doc).
+pub struct NodeMetrics {
+    registry: Registry,
+    /// Tasks run here by outcome: `ok`, `error`.
+    pub tasks: IntCounterVec,
+    /// Input bytes fetched from other nodes.
+    pub pulled_bytes: IntCounter,
+    /// Live worker processes (set at scrape).
+    pub workers: IntGauge,
+    /// This node's store (set at scrape).
+    pub store: StoreGauges,
+}
+
+impl Default for NodeMetrics {
+    fn default() -> Self {
+        let registry = Registry::new();
+        Self {
+            tasks: counter_vec(
+                &registry,
+                "manta_node_tasks_total",
+                "Tasks run on this node by outcome",
+                "outcome",
+            ),
+            pulled_bytes: counter(
+                &registry,
+                "manta_node_pulled_bytes_total",
+                "Input bytes fetched from other nodes over Flight",
+            ),
+            workers: gauge(
+                &registry,
+                "manta_node_worker_processes",
+                "Live worker processes",
+            ),
+            store: StoreGauges::new(&registry),
+            registry,
+        }
+    }
+}
+
+impl NodeMetrics {
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(&self.registry)
+    }
+}
+
+fn encode(registry: &Registry) -> Vec<u8> {
+    let mut text = Vec::new();
+    // Encoding gathered families into a Vec cannot fail.
+    let _ = TextEncoder::new().encode(&registry.gather(), &mut text);
+    text
+}
+
+/// An axum router serving `/metrics` from `encode` (called at each scrape), behind `token`.
+pub fn router(
+    encode: impl Fn() -> Vec<u8> + Clone + Send + Sync + 'static,
+    token: manta_flight::auth::Token,
+) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let encode = encode.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+                        encode(),
+                    )
+                }
+            }),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            token,
+            crate::http_auth::require_token,
+        ))
+}
