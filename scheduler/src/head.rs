@@ -112,6 +112,9 @@ pub const PENDING_TIMEOUT: Duration = Duration::from_secs(300);
 /// How often the head warns about demand that no live node can meet.
 pub const PENDING_WARNING_EVERY: Duration = Duration::from_secs(10);
 
+/// How long the head refuses a node the autoscaler stopped (it has exited long before).
+const RETIRED_KEPT: Duration = Duration::from_secs(600);
+
 /// The default of [`HeadConfig::forget_dead_nodes_after`].
 pub const FORGET_DEAD_NODES_AFTER: Duration = Duration::from_secs(60);
 
@@ -176,6 +179,9 @@ struct HeadState {
     durations: HashMap<String, f64>,
     /// When the head last warned about demand no live node can meet.
     pending_warned: Option<Instant>,
+    /// Nodes the autoscaler stopped, and when: one still shutting down that heartbeats is
+    /// refused rather than registered again.
+    retired: HashMap<NodeId, Instant>,
 }
 
 /// A task waiting for resources: told the node whose resources were taken for it.
@@ -423,6 +429,7 @@ impl Head {
             }
             self.warn_about_pending(&mut state);
             let forget_after = timeout + self.config.forget_dead_nodes_after;
+            state.retired.retain(|_, at| at.elapsed() < RETIRED_KEPT);
             state.nodes.retain(|id, node| {
                 let forget = !node.alive && node.last_heartbeat.elapsed() > forget_after;
                 if forget {
@@ -882,6 +889,12 @@ impl HeadRpc for Head {
     ) -> Result<Response<proto::RegisterNodeReply>, Status> {
         let r = request.into_inner();
         let id = proto::parse_id(&r.node_id, NodeId::from_slice, "node_id")?;
+        if self.state.lock().retired.contains_key(&id) {
+            return Err(Status::failed_precondition(format!(
+                "node {} was stopped by the autoscaler; it may not register again",
+                r.address
+            )));
+        }
         let client = NodeClient::new(
             server::lazy_channel(&r.address, &self.config.token)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?,
@@ -1425,6 +1438,25 @@ mod tests {
         tokio::pin!(acquiring);
         assert!(futures::poll!(&mut acquiring).is_pending());
         assert_eq!(head.load().pending, vec![(cpus(2.0), 1)]);
+    }
+
+    #[tokio::test]
+    async fn a_node_the_autoscaler_stopped_may_not_register_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (head, node) = head_with_one_cpu(dir.path());
+        head.forget_node(node);
+        let again = proto::RegisterNodeRequest {
+            node_id: bytes::Bytes::copy_from_slice(node.as_bytes()),
+            address: "http://127.0.0.1:9".into(),
+            resources: Some((&Resources::one_cpu()).into()),
+            pid: 0,
+            name: "cpu1-0".into(),
+        };
+        let refused = HeadRpc::register_node(&*head, Request::new(again))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        assert!(head.load().nodes.is_empty());
     }
 
     #[tokio::test]

@@ -93,9 +93,11 @@ impl Head {
         self.dispatch(&mut state);
     }
 
-    /// Forgets node `id`, which was stopped on purpose.
+    /// Forgets node `id`, which was stopped on purpose; should it register again while it
+    /// shuts down (its terminate may return before it exits), it is refused.
     pub(crate) fn forget_node(&self, id: NodeId) {
         let mut state = self.state.lock();
+        state.retired.insert(id, std::time::Instant::now());
         if let Some(node) = state.nodes.remove(&id) {
             node.lost.cancel();
             tracing::info!(node = ?id, address = %node.address, name = %node.name, "node stopped by the autoscaler");
