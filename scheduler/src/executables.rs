@@ -49,11 +49,7 @@ impl ExecutableCache {
     /// `$MANTA_CACHE_DIR/executables`, else `executables` in this user's cache directory
     /// ([`manta_engine::dirs::user_cache_dir`]).
     pub fn default_dir() -> PathBuf {
-        std::env::var_os("MANTA_CACHE_DIR")
-            .filter(|d| !d.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(manta_engine::dirs::user_cache_dir)
-            .join("executables")
+        manta_cache_dir().join("executables")
     }
 
     /// Opens the executable with `hash` and checks its contents have that hash: `None` if it
@@ -314,6 +310,15 @@ fn set_executable(path: &Path) -> Result<()> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Manta's cache directory: `MANTA_CACHE_DIR`, else the user's cache directory (executables
+/// and submitted jobs live under it).
+pub fn manta_cache_dir() -> PathBuf {
+    std::env::var_os("MANTA_CACHE_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(manta_engine::dirs::user_cache_dir)
 }
 
 #[cfg(test)]

@@ -110,11 +110,7 @@ impl Jobs {
 
     /// The default directory: `jobs` beside the executable cache.
     pub fn default_dir() -> PathBuf {
-        std::env::var_os("MANTA_CACHE_DIR")
-            .filter(|d| !d.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(manta_engine::dirs::user_cache_dir)
-            .join("jobs")
+        crate::executables::manta_cache_dir().join("jobs")
     }
 
     /// Tells drivers started from now on where the head is.

@@ -72,12 +72,6 @@ async fn run(script: &str, env: &[(&str, String)]) -> std::result::Result<String
 #[async_trait::async_trait]
 impl NodeProvider for CommandProvider {
     async fn launch(&self, request: &LaunchRequest) -> Result<String> {
-        let custom: Vec<String> = request
-            .resources
-            .custom
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
         let program = std::env::current_exe()
             .map(|p| p.display().to_string())
             .unwrap_or_default();
@@ -92,7 +86,7 @@ impl NodeProvider for CommandProvider {
                 "MANTA_OBJECT_STORE_MEMORY",
                 request.resources.memory_bytes.to_string(),
             ),
-            ("MANTA_RESOURCES", custom.join(",")),
+            ("MANTA_RESOURCES", request.custom_resources()),
             ("MANTA_PROGRAM", program),
         ];
         let output = run(&self.launch, &env)

@@ -37,15 +37,20 @@ impl LaunchRequest {
             self.resources.memory_bytes.to_string(),
         ];
         if !self.resources.custom.is_empty() {
-            let custom: Vec<String> = self
-                .resources
-                .custom
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            args.extend(["--resources".to_string(), custom.join(",")]);
+            args.extend(["--resources".to_string(), self.custom_resources()]);
         }
         args
+    }
+
+    /// Its custom resources as `manta start --resources` takes them: `name=amount,...`.
+    pub fn custom_resources(&self) -> String {
+        let custom: Vec<String> = self
+            .resources
+            .custom
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        custom.join(",")
     }
 }
 
