@@ -21,8 +21,10 @@ const ROLE: &str = "MANTA_TEST_OPERATE_ROLE";
 
 fn main() {
     manta::run_worker_if_requested();
-    if std::env::var(ROLE).as_deref() == Ok("hold") {
-        hold_objects();
+    match std::env::var(ROLE).as_deref() {
+        Ok("hold") => hold_objects(),
+        Ok(role) if role.starts_with("stall-") => stall(role),
+        _ => {}
     }
     type Test = common::Test<()>;
     let tests: &[Test] = &[
@@ -41,6 +43,18 @@ fn main() {
         (
             "metrics_of_the_head_and_a_node_move_as_work_runs",
             metrics_of_the_head_and_a_node_move_as_work_runs,
+        ),
+        (
+            "the_dashboard_in_a_real_browser_shows_the_job_its_stages_and_a_dead_node",
+            the_dashboard_in_a_real_browser_shows_the_job_its_stages_and_a_dead_node,
+        ),
+        (
+            "the_timeline_of_a_job_has_one_slice_per_task_run",
+            the_timeline_of_a_job_has_one_slice_per_task_run,
+        ),
+        (
+            "a_stalled_driver_says_what_it_waits_for",
+            a_stalled_driver_says_what_it_waits_for,
         ),
     ];
     common::run_tests("operate", tests, ());
@@ -307,6 +321,70 @@ fn hold_objects() -> ! {
     }
 }
 
+/// Sleeps `ms` milliseconds; answers `ms`.
+#[manta::remote]
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// An actor that holds a CPU while it lives, and does nothing else.
+struct CpuHolder;
+
+#[manta::actor]
+impl CpuHolder {
+    pub fn new() -> Self {
+        CpuHolder
+    }
+
+    pub fn ping(&self) -> bool {
+        true
+    }
+}
+
+/// A job's driver that stalls in the way `role` names, on a cluster of one 1-CPU node:
+/// `stall-infeasible` waits for a GPU no node has; `stall-busy` waits for the CPU an actor
+/// holds; `stall-straggler` waits for one task of a stage whose others took 10 ms.
+fn stall(role: &str) -> ! {
+    let ctx = manta::init().expect("MANTA_ADDRESS and MANTA_TOKEN are set for jobs");
+    let long = || sleep_ms.remote(&ctx, 600_000);
+    // Every ref is kept: the driver waits on all of them.
+    let waiting = match role {
+        "stall-infeasible" => {
+            let options = manta::TaskOptions {
+                resources: manta::Resources {
+                    cpus: 1.0,
+                    custom: [("gpu".to_string(), 1.0)].into(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            vec![sleep_ms.remote_with(&ctx, &options, 1)]
+        }
+        "stall-busy" => {
+            let options = manta::ActorOptions {
+                resources: manta::Resources::one_cpu(),
+                name: Some("cpu-holder".into()),
+                ..Default::default()
+            };
+            // Alive (holding the only CPU) before the task is submitted.
+            let holder = CpuHolder::remote_with(&ctx, &options).unwrap();
+            std::mem::forget(holder);
+            vec![sleep_ms.remote(&ctx, 1)]
+        }
+        "stall-straggler" => {
+            let quick: Vec<_> = (0..4).map(|_| sleep_ms.remote(&ctx, 10)).collect();
+            ctx.get_all(&quick).unwrap();
+            vec![long()]
+        }
+        other => panic!("no role {other}"),
+    };
+    println!("stalling ({} waiting)", waiting.len());
+    loop {
+        std::thread::park();
+    }
+}
+
 /// Runs `manta ARGS`; (success, stdout + stderr).
 fn manta(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_manta"))
@@ -354,6 +432,22 @@ fn objects_on(head: &str) -> u64 {
     })
 }
 
+/// The quickstart example's executable (`cargo test` builds the examples).
+fn quickstart() -> PathBuf {
+    let quickstart = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("examples/quickstart");
+    assert!(
+        quickstart.is_file(),
+        "{} is not built: `cargo test` builds the examples (or cargo build --release --example quickstart)",
+        quickstart.display()
+    );
+    quickstart
+}
+
 /// One HTTP/1.1 request to `address`; (status code, body).
 fn http(address: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
     use std::io::{Read, Write};
@@ -387,17 +481,7 @@ fn http(address: &str, method: &str, path: &str, token: Option<&str>, body: &str
 /// all three with their states; the HTTP API refuses a caller without the token, and runs a
 /// command of its own.
 fn jobs_run_fail_and_stop_and_are_listed(_: &()) {
-    let quickstart = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("examples/quickstart");
-    assert!(
-        quickstart.is_file(),
-        "{} is not built: `cargo test` builds the examples (or cargo build --release --example quickstart)",
-        quickstart.display()
-    );
+    let quickstart = quickstart();
     let tmp = tempfile::tempdir().unwrap();
     let input = common::small_lineitem(tmp.path());
     let http_port = free_port().to_string();
@@ -672,6 +756,15 @@ fn metrics_of_the_head_and_a_node_move_as_work_runs(_: &()) {
         sample(&node_after, "manta_node_worker_processes") >= 1.0,
         "{node_after}"
     );
+    // The put went to the node over Flight (DoPut): its bytes, at least, came in.
+    assert!(
+        moved(
+            &node_before,
+            &node_after,
+            "manta_node_flight_bytes_total{direction=\"in\"}"
+        ) >= (4 << 20) as f64,
+        "{node_after}"
+    );
     eventually(
         "the head's store gauge follows the node's heartbeat",
         || {
@@ -682,4 +775,354 @@ fn metrics_of_the_head_and_a_node_move_as_work_runs(_: &()) {
         },
     );
     drop(held);
+}
+
+/// Chromium (or Chrome) on this machine, if any.
+fn chromium() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .flat_map(|name| std::env::split_paths(&path).map(move |dir| dir.join(name)))
+        .find(|p| p.is_file())
+}
+
+/// The page at `url` as headless Chromium leaves it after 5 s of (virtual) time, in a fresh
+/// profile: its DOM, after the live-update script has run. Fails if the page logged anything
+/// to the console (our pages log nothing; an uncaught error logs). With
+/// `MANTA_DASHBOARD_SCREENSHOTS=DIR`, a screenshot of the page at `screenshot_url` (a second,
+/// fresh link: links sign in once) goes to `DIR/<name>.png`.
+fn browse(
+    chromium: &Path,
+    url: &str,
+    name: &str,
+    screenshot_url: impl FnOnce() -> String,
+) -> String {
+    let run = |extra: &[String], url: &str| {
+        let profile = tempfile::tempdir().unwrap();
+        let out = Command::new("timeout")
+            .arg("120")
+            .arg(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--enable-logging=stderr",
+                "--v=0",
+                "--virtual-time-budget=5000",
+                "--window-size=1280,1000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(url)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "chromium on {url}: {stderr}");
+        let console: Vec<&str> = stderr.lines().filter(|l| l.contains(":CONSOLE")).collect();
+        assert!(console.is_empty(), "{name}: console output: {console:#?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = run(&["--dump-dom".to_string()], url);
+    if let Some(dir) = std::env::var_os("MANTA_DASHBOARD_SCREENSHOTS") {
+        let file = Path::new(&dir).join(format!("{name}.png"));
+        run(
+            &[format!("--screenshot={}", file.display())],
+            &screenshot_url(),
+        );
+        assert!(file.is_file(), "no screenshot at {}", file.display());
+    }
+    dom
+}
+
+/// `text` as the dashboard escapes it in HTML.
+fn html_escaped(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// The `<tr>` of `dom` that mentions `needle`.
+fn row_with<'a>(dom: &'a str, needle: &str) -> Option<&'a str> {
+    dom.split("<tr>").find(|row| row.contains(needle))
+}
+
+/// Ray's dashboard test, in a real browser: a head with its dashboard, a second node, and the
+/// quickstart submitted as a job. Headless Chromium, signed in by the one-time link `manta
+/// dashboard` prints, loads every page without console output; the job page shows the job
+/// SUCCEEDED with each of its stages (as the JSON API lists them: every task finished, and the
+/// filtered stage's rows equal to DataFusion's count over the same input) and has been
+/// updated live; after the second node is killed, the nodes page shows it DEAD and the events
+/// page says it was lost. Without the link, the browser lands on the login form.
+fn the_dashboard_in_a_real_browser_shows_the_job_its_stages_and_a_dead_node(_: &()) {
+    let Some(chromium) = chromium() else {
+        assert!(
+            std::env::var_os("MANTA_REQUIRE_CHROMIUM").is_none(),
+            "MANTA_REQUIRE_CHROMIUM is set but there is no chromium on PATH"
+        );
+        eprintln!(
+            "skipped: no chromium on PATH (Debian: apt-get install chromium; .ci/run installs it)"
+        );
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let input = common::small_lineitem(tmp.path());
+    let dashboard_port = free_port().to_string();
+    let head = Process::start(&["--head", "--port", "0", "--dashboard-port", &dashboard_port]);
+    let address = head.address.as_str();
+    let mut doomed = Process::start(&[
+        "--address",
+        address,
+        "--num-cpus",
+        "1",
+        "--node-name",
+        "doomed",
+    ]);
+    let (ok, out) = manta(&[
+        "job",
+        "submit",
+        "--wait",
+        "--address",
+        address,
+        "--",
+        quickstart().to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        "out",
+    ]);
+    assert!(ok, "{out}");
+    let job = submitted(&out);
+
+    // What the job page must show, from the JSON API and from DataFusion.
+    let port: u16 = address.rsplit(':').next().unwrap().parse().unwrap();
+    let token = std::fs::read_to_string(manta::scheduler::cluster_token::token_file(port)).unwrap();
+    let api = format!("127.0.0.1:{dashboard_port}");
+    let (code, stages) = http(
+        &api,
+        "GET",
+        &format!("/api/jobs/{job}/stages"),
+        Some(token.trim()),
+        "",
+    );
+    assert_eq!(code, 200, "{stages}");
+    let drivers: serde_json::Value = serde_json::from_str(&stages).unwrap();
+    let stages: Vec<&serde_json::Value> = drivers
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|d| d["stages"].as_array().unwrap())
+        .collect();
+    assert!(!stages.is_empty(), "{drivers}");
+    for stage in &stages {
+        assert_eq!(stage["finished"], stage["submitted"], "{stage}");
+        assert_eq!(stage["failed"], 0, "{stage}");
+        assert_eq!(stage["running"], 0, "{stage}");
+    }
+    let expected = common::expected_etl(&input);
+    assert!(
+        stages.iter().any(|s| s["rows_out"] == expected.rows),
+        "no stage made the {} rows DataFusion counts: {drivers}",
+        expected.rows
+    );
+
+    let link = |page: &str| {
+        let (ok, out) = manta(&["dashboard", "--address", address, "--page", page]);
+        assert!(ok, "{out}");
+        out.lines().next().unwrap().to_string()
+    };
+    let job_page = format!("/jobs/{job}");
+    let dom = browse(&chromium, &link(&job_page), "job", || link(&job_page));
+    assert!(dom.contains(&format!("Job {job}")), "{dom}");
+    assert!(dom.contains("SUCCEEDED"), "{dom}");
+    for stage in &stages {
+        let name = html_escaped(stage["stage"].as_str().unwrap());
+        assert!(
+            dom.contains(&name),
+            "stage {name} not on the job page: {dom}"
+        );
+    }
+    assert!(
+        dom.contains("id=\"updated\">updated "),
+        "the page did not update itself: {dom}"
+    );
+    assert!(
+        dom.contains(&format!("rows_out={}", expected.rows)),
+        "no log tail: {dom}"
+    );
+    for (page, name, heading) in [
+        ("/", "overview", "<h1>Cluster</h1>"),
+        ("/jobs", "jobs", "<h1>Jobs</h1>"),
+        ("/actors", "actors", "<h1>Actors</h1>"),
+        ("/objects", "objects", "<h1>Objects</h1>"),
+    ] {
+        let dom = browse(&chromium, &link(page), name, || link(page));
+        assert!(dom.contains(heading), "{page}: {dom}");
+        if page == "/" {
+            assert!(dom.contains(&job), "the overview lists no job {job}: {dom}");
+        }
+    }
+
+    // Without the link: the login form, and nothing of the cluster.
+    let dom = browse(
+        &chromium,
+        &format!("http://{api}{job_page}"),
+        "login",
+        || format!("http://{api}/login"),
+    );
+    assert!(
+        dom.contains("Sign in") && !dom.contains("SUCCEEDED"),
+        "{dom}"
+    );
+
+    // A killed node shows as dead.
+    doomed.child.kill().unwrap();
+    doomed.child.wait().unwrap();
+    eventually("the head marks the killed node dead", || {
+        let (_, nodes) = http(&api, "GET", "/api/nodes", Some(token.trim()), "");
+        let nodes: serde_json::Value = serde_json::from_str(&nodes).unwrap();
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == "doomed" && n["state"] == "DEAD")
+    });
+    let dom = browse(&chromium, &link("/nodes"), "nodes", || link("/nodes"));
+    let row = row_with(&dom, "doomed").unwrap_or_else(|| panic!("no node doomed: {dom}"));
+    assert!(row.contains("DEAD"), "{row}");
+    let dom = browse(&chromium, &link("/events"), "events", || link("/events"));
+    let row = row_with(&dom, "doomed").unwrap_or_else(|| panic!("no event of doomed: {dom}"));
+    assert!(row.contains("lost"), "{row}");
+}
+
+/// `manta timeline` after a driver ran twelve tasks: a Chrome trace with one slice per task,
+/// on the worker process that ran it, named as the task was, without error; a job id the
+/// head never saw gives an empty trace; the file is JSON Perfetto reads (an array of trace
+/// events with the fields it needs, and the nodes named).
+fn the_timeline_of_a_job_has_one_slice_per_task_run(_: &()) {
+    let head = Process::start(&["--head", "--port", "0", "--no-dashboard", "--num-cpus", "2"]);
+    let ctx = manta::init_with(Config {
+        address: Some(head.address.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    let sums: Vec<_> = (0..12).map(|i| add.remote(&ctx, i, 1)).collect();
+    let expected: Vec<i64> = (1..=12).collect();
+    assert_eq!(ctx.get_all(&sums).unwrap(), expected);
+    let tmp = tempfile::tempdir().unwrap();
+    let trace_path = tmp.path().join("trace.json");
+    // Every job's tasks: this driver's are the only ones.
+    let (ok, out) = manta(&[
+        "timeline",
+        "--address",
+        &head.address,
+        "-o",
+        trace_path.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    let trace: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&trace_path).unwrap()).unwrap();
+    let slices: Vec<&serde_json::Value> = trace
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["ph"] == "X")
+        .collect();
+    assert_eq!(slices.len(), 12, "{trace}");
+    let pids: BTreeSet<u64> = slices.iter().map(|s| s["tid"].as_u64().unwrap()).collect();
+    let workers = children_of(head.pid());
+    for slice in &slices {
+        assert!(slice["name"].as_str().unwrap().contains("add"), "{slice}");
+        assert!(
+            slice["ts"].as_u64().unwrap() > 0 && slice["dur"].as_u64().is_some(),
+            "{slice}"
+        );
+        assert_eq!(slice["args"]["error"], "", "{slice}");
+    }
+    assert!(
+        pids.iter().all(|pid| workers.contains(&(*pid as u32))),
+        "the slices' threads {pids:?} are not the node's worker processes {workers:?}"
+    );
+    assert!(
+        trace
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["ph"] == "M" && e["name"] == "process_name"),
+        "{trace}"
+    );
+    let other = tmp.path().join("other.json");
+    let (ok, out) = manta(&[
+        "timeline",
+        "--address",
+        &head.address,
+        "--job",
+        "job-never-submitted",
+        "-o",
+        other.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), "[]");
+}
+
+/// Ray's 30-minute no-progress timeout, done better: a driver whose tasks stop finishing says
+/// within its stall timeout (1 s here) what it waits for, naming the cause, for three kinds of
+/// stall made on purpose (see [`stall`]): a task no live node can run (it wants a GPU: the
+/// message names the demand and that no node offers it), a task waiting for the CPU an actor
+/// holds (the message names the node and the actor holding it), and a straggler (one
+/// task running far longer than its stage's others). Each driver runs as a job whose log is
+/// read; the job is stopped before the next.
+fn a_stalled_driver_says_what_it_waits_for(_: &()) {
+    let head = Process::start(&["--head", "--port", "0", "--no-dashboard", "--num-cpus", "1"]);
+    let address = head.address.as_str();
+    let this = std::env::current_exe().unwrap();
+    let cases: [(&str, &[&str]); 3] = [
+        (
+            "stall-infeasible",
+            &[
+                "wait for a node with 1 CPU, gpu=1",
+                "no live node offers it",
+            ],
+        ),
+        (
+            "stall-busy",
+            &["every node that fits is busy", "holds actor 'cpu-holder'"],
+        ),
+        ("stall-straggler", &["longer than its peers", "sleep_ms"]),
+    ];
+    for (role, expected) in cases {
+        let (ok, out) = manta(&[
+            "job",
+            "submit",
+            "--address",
+            address,
+            "--env",
+            &format!("{ROLE}={role}"),
+            "--env",
+            "MANTA_STALL_TIMEOUT=1",
+            "--",
+            this.to_str().unwrap(),
+        ]);
+        assert!(ok, "{out}");
+        let job = submitted(&out);
+        let mut log = String::new();
+        eventually_within(
+            Duration::from_secs(60),
+            &format!("{role}: the driver says why it is stalled"),
+            || {
+                log = manta(&["job", "logs", &job, "--address", address]).1;
+                log.contains("no task of this job has finished for")
+                    && expected.iter().all(|e| log.contains(e))
+            },
+        );
+        let (ok, out) = manta(&["job", "stop", &job, "--address", address]);
+        assert!(ok, "{out}");
+        eventually(&format!("{role}: the job stops"), || {
+            manta(&["job", "status", &job, "--address", address])
+                .1
+                .contains("STOPPED")
+        });
+    }
 }

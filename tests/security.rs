@@ -136,9 +136,18 @@ fn every_service_refuses_a_caller_without_the_token_before_doing_anything() {
                 .register_job(proto::RegisterJobRequest {
                     executable_hash: "00".repeat(32),
                     executable_size: 3,
+                    ..Default::default()
                 })
                 .await;
             assert_refused(who, "RegisterJob", job);
+            let events = client
+                .task_events(proto::TaskEventsRequest::default())
+                .await;
+            assert_refused(who, "TaskEvents", events);
+            let link = client
+                .dashboard_link(proto::DashboardLinkRequest::default())
+                .await;
+            assert_refused(who, "DashboardLink", link);
             let chunk = proto::ExecutableChunk {
                 hash: "00".repeat(32),
                 data: Bytes::from_static(b"#!/bin/sh\ntouch /tmp/owned\n"),

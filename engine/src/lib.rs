@@ -57,7 +57,7 @@ pub use object_ref::{Location, ObjectMeta, ObjectRef, ReleaseObject};
 pub use registry::{
     FunctionKind, RemoteBatchFn, RemoteFunction, RemoteRowFn, TaskContext, TaskInput,
 };
-pub use resources::{Resources, parse_bytes};
+pub use resources::{Resources, human_bytes, parse_bytes};
 pub use store::{ObjectStore, Pin, StoreConfig, StoreUsage, Stored};
 pub use task::{TaskOutcome, TaskSpec, TaskStats};
 

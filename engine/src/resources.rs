@@ -78,6 +78,22 @@ impl Resources {
     }
 }
 
+/// `1.5 MiB`-style sizes (what [`parse_bytes`] reads, to one decimal).
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 /// Parses a byte size such as `1GiB`, `512MB` or `1000000`.
 ///
 /// ```

@@ -30,5 +30,5 @@ pub mod tls;
 pub use client::{FlightPool, tune_endpoint};
 
 pub use error::{Error, Result};
-pub use service::ObjectFlightService;
+pub use service::{FlightTraffic, ObjectFlightService};
 pub use tls::incoming;

@@ -14,6 +14,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
 use arrow_flight::{
@@ -33,16 +34,34 @@ const BYTES_CHUNK: usize = 2 << 20;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+/// Bytes a node's Flight service has sent (`DoGet`) and received (`DoPut`), for its metrics.
+#[derive(Debug, Default)]
+pub struct FlightTraffic {
+    /// Bytes of objects sent to `DoGet` callers.
+    pub served_bytes: AtomicU64,
+    /// Bytes of objects stored from `DoPut` callers.
+    pub received_bytes: AtomicU64,
+}
+
 /// Serves one node's objects over Arrow Flight.
 #[derive(Debug, Clone)]
 pub struct ObjectFlightService {
     store: Arc<ObjectStore>,
+    traffic: Arc<FlightTraffic>,
 }
 
 impl ObjectFlightService {
     /// A service over `store`.
     pub fn new(store: Arc<ObjectStore>) -> Self {
-        Self { store }
+        Self {
+            store,
+            traffic: Arc::default(),
+        }
+    }
+
+    /// The service, counting its traffic in `traffic`.
+    pub fn counting(self, traffic: Arc<FlightTraffic>) -> Self {
+        Self { traffic, ..self }
     }
 
     /// The service as a tonic server, with message limits raised for blocks.
@@ -192,6 +211,13 @@ impl FlightService for ObjectFlightService {
             manta_engine::Error::CorruptObject { .. } => Status::data_loss(e.to_string()),
             other => Status::internal(other.to_string()),
         })?;
+        let bytes: usize = messages
+            .iter()
+            .map(|m| m.data_header.len() + m.data_body.len())
+            .sum();
+        self.traffic
+            .served_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
         Ok(Response::new(Box::pin(futures::stream::iter(
             messages.into_iter().map(Ok),
         ))))
@@ -316,6 +342,9 @@ impl FlightService for ObjectFlightService {
                 }
                 e => Status::internal(e.to_string()),
             })?;
+        self.traffic
+            .received_bytes
+            .fetch_add(size as u64, Ordering::Relaxed);
         if let Some(job) = job {
             self.store.set_job(id, job);
         }

@@ -43,6 +43,8 @@ pub struct ClusterClient {
     /// The cluster's store usage as last asked of the head, and when.
     usage: parking_lot::Mutex<Option<(std::time::Instant, manta_engine::StoreUsage)>>,
     actors: Arc<crate::actors::ActorDirectory>,
+    /// Tasks in flight, for the stall watchdog ([`crate::stall_watch`]).
+    stalls: Arc<crate::stall_watch::StallWatch>,
 }
 
 /// How long a store usage answer is reused before the head is asked again.
@@ -87,6 +89,8 @@ impl ClusterClient {
             .register_job(proto::RegisterJobRequest {
                 executable_hash: hash.clone(),
                 executable_size: size,
+                // A driver `manta job submit` started: its tasks are shown under that job.
+                submission_id: std::env::var("MANTA_JOB_ID").unwrap_or_default(),
             })
             .await
             .map_err(|s| joining_failed(address, s))?
@@ -118,7 +122,14 @@ impl ClusterClient {
             })
         }));
         tracing::info!(%job, address, "joined the cluster");
+        let stalls = crate::stall_watch::StallWatch::from_env();
+        tokio::spawn(crate::stall_watch::StallWatch::watch(
+            Arc::downgrade(&stalls),
+            head.clone(),
+            job,
+        ));
         Ok(Arc::new(Self {
+            stalls,
             address: address.to_string(),
             head,
             job,
@@ -198,10 +209,13 @@ impl ClusterClient {
         // The inputs stay referenced (so not freed) until the task is done.
         let inputs = spec.inputs;
         let address = self.address.clone();
+        let stalls = Arc::clone(&self.stalls);
+        stalls.started();
         self.tasks.send(
             request,
             Box::new(move |reply| {
                 drop(inputs);
+                stalls.ended();
                 done(
                     reply
                         .map_err(|s| head_call_failed(&address, "SubmitTasks", s))
@@ -408,6 +422,7 @@ pub async fn upload_executable(
         .register_job(proto::RegisterJobRequest {
             executable_hash: hash.clone(),
             executable_size: size,
+            ..Default::default()
         })
         .await
         .map_err(|s| Error::rpc("RegisterJob", s))?

@@ -55,6 +55,9 @@ use crate::task_stream::{self, TaskStream};
 
 mod actors;
 mod autoscaling;
+mod stalls;
+
+pub use actors::ActorSummary;
 
 /// A function whose runs average at most this long is *short*: its tasks may queue on a node
 /// whose workers are all busy, so that a worker goes from one to the next without waiting for
@@ -102,8 +105,11 @@ pub struct HeadConfig {
     pub advertise_host: Option<String>,
     /// Where submitted jobs' working directories and logs go ([`crate::jobs`]).
     pub jobs_dir: PathBuf,
-    /// Serve the HTTP JSON API (jobs) on this port of the bound address (0: a free one).
+    /// Serve the dashboard, its JSON API and `/metrics` on this port of the bound address
+    /// (0: a free one).
     pub dashboard_port: Option<u16>,
+    /// Keep task events and stage progress ([`crate::events`]; on by default).
+    pub task_events: bool,
 }
 
 /// The default of [`HeadConfig::pending_timeout`].
@@ -133,6 +139,7 @@ impl Default for HeadConfig {
             advertise_host: None,
             jobs_dir: crate::jobs::Jobs::default_dir(),
             dashboard_port: None,
+            task_events: true,
         }
     }
 }
@@ -156,6 +163,15 @@ struct NodeEntry {
     /// The stream the node's tasks are sent on.
     tasks: TaskStream,
     lost: CancellationToken,
+}
+
+/// A node as people name it: its name and address, or its address.
+fn node_title(node: &NodeEntry) -> String {
+    if node.name.is_empty() {
+        node.address.clone()
+    } else {
+        format!("{} ({})", node.name, node.address)
+    }
 }
 
 /// The task stream to the node `client` reaches.
@@ -222,6 +238,10 @@ pub struct Head {
     /// Submitted jobs.
     jobs: Arc<crate::jobs::Jobs>,
     metrics: crate::metrics::HeadMetrics,
+    /// Task events, stage progress and cluster events.
+    events: Arc<crate::events::Events>,
+    /// The dashboard, when it is served.
+    dashboard: std::sync::OnceLock<Weak<crate::dashboard::Dashboard>>,
 }
 
 /// A node's resources taken for one task; given back when dropped (also when a waiting task's
@@ -271,6 +291,8 @@ fn release(state: &mut HeadState, reservation: &Reservation) {
 struct Lease {
     reservation: Reservation,
     address: String,
+    /// The node's name.
+    name: String,
     client: NodeClient<AuthChannel>,
     tasks: TaskStream,
     lost: CancellationToken,
@@ -326,6 +348,21 @@ impl Head {
         let _ = self.autoscaler.set(Arc::downgrade(autoscaler));
     }
 
+    /// Task events, stage progress and cluster events.
+    pub fn events(&self) -> &Arc<crate::events::Events> {
+        &self.events
+    }
+
+    /// Submitted jobs.
+    pub fn jobs(&self) -> &Arc<crate::jobs::Jobs> {
+        &self.jobs
+    }
+
+    /// The cluster token.
+    pub fn token(&self) -> &Token {
+        &self.config.token
+    }
+
     /// The head's metrics.
     pub(crate) fn metrics(&self) -> &crate::metrics::HeadMetrics {
         &self.metrics
@@ -372,8 +409,12 @@ impl Head {
     pub fn new(config: HeadConfig) -> Result<Arc<Self>> {
         let executables = ExecutableCache::new(&config.cache_dir)?;
         let jobs = crate::jobs::Jobs::new(config.jobs_dir.clone(), config.token.clone());
+        let events = Arc::new(crate::events::Events::new(config.task_events));
+        jobs.report_to(Arc::clone(&events));
         Ok(Arc::new_cyclic(|me| Self {
             jobs,
+            events,
+            dashboard: std::sync::OnceLock::new(),
             metrics: Default::default(),
             state: Mutex::default(),
             me: me.clone(),
@@ -418,6 +459,10 @@ impl Head {
             for (id, node) in state.nodes.iter_mut().filter(|(_, n)| n.alive) {
                 if node.last_heartbeat.elapsed() > timeout {
                     tracing::warn!(node = ?id, address = %node.address, "node missed its heartbeats; marking it dead");
+                    self.events.cluster(
+                        crate::events::EventKind::NodeLost,
+                        format!("node {} lost: it missed its heartbeats", node_title(node)),
+                    );
                     node.alive = false;
                     node.lost.cancel();
                     changed = true;
@@ -490,6 +535,10 @@ impl Head {
             && node.alive
         {
             tracing::warn!(node = ?id, address = %node.address, "node unreachable; marking it dead");
+            self.events.cluster(
+                crate::events::EventKind::NodeLost,
+                format!("node {} lost: it could not be reached", node_title(node)),
+            );
             node.alive = false;
             node.lost.cancel();
             self.dispatch(&mut state);
@@ -719,6 +768,7 @@ impl Head {
         };
         Lease {
             address: node.address.clone(),
+            name: node.name.clone(),
             client: node.client.clone(),
             tasks: node.tasks.clone(),
             lost: node.lost.clone(),
@@ -760,22 +810,35 @@ impl Head {
         let mut attempt = 0;
         let tasks = &self.metrics.tasks;
         tasks.with_label_values(&["submitted"]).inc();
+        let mut track = self.events.submitted(
+            JobId::from_slice(&request.job_id)?,
+            &request.label,
+            &demand,
+            input_bytes.values().sum(),
+        );
         loop {
             request.pipeline = self.is_short(&request.label);
             let lease = self.acquire(&demand, &input_bytes, &request.label).await?;
+            self.events.placed(&mut track, &lease.address);
             // Boxed: a task waiting for a node then holds only what it needs to be placed.
             let outcome = Box::pin(self.run_on(&lease, &request)).await;
-            drop(lease);
+            drop(lease.reservation);
             if let Ok(success) = &outcome {
                 let wall_ns = success.stats.as_ref().map_or(0, |s| s.wall_ns);
                 self.record_duration(&request.label, wall_ns);
             }
+            let retry = matches!(&outcome, Err(e) if e.is_retryable()
+                && attempt < request.max_retries
+                && !self.input_gone(e));
+            let ran_on = crate::events::RanOn {
+                address: &lease.address,
+                name: &lease.name,
+                attempt,
+            };
+            self.events
+                .ended(&mut track, &request, ran_on, outcome.as_ref(), retry);
             match outcome {
-                Err(e)
-                    if e.is_retryable()
-                        && attempt < request.max_retries
-                        && !self.input_gone(&e) =>
-                {
+                Err(e) if retry => {
                     attempt += 1;
                     tasks.with_label_values(&["retried"]).inc();
                     tracing::warn!(task = %request.label, attempt, error = %e, "retrying task");
@@ -784,6 +847,14 @@ impl Head {
                     tasks.with_label_values(&["finished"]).inc();
                     let wall_ns = success.stats.as_ref().map_or(0, |s| s.wall_ns);
                     self.metrics.task_seconds.observe(wall_ns as f64 / 1e9);
+                    if let Some(output) = &success.output {
+                        self.metrics.task_rows.inc_by(output.num_rows);
+                        let bytes = &self.metrics.task_bytes;
+                        bytes.with_label_values(&["out"]).inc_by(output.size_bytes);
+                        bytes
+                            .with_label_values(&["in"])
+                            .inc_by(input_bytes.values().sum());
+                    }
                     return Ok(success);
                 }
                 Err(e) => {
@@ -826,7 +897,8 @@ impl Head {
         }
     }
 
-    fn node_infos(&self) -> Vec<proto::NodeInfo> {
+    /// Every node the head knows, live or dead, by address.
+    pub fn node_infos(&self) -> Vec<proto::NodeInfo> {
         let state = self.state.lock();
         let mut nodes: Vec<_> = state
             .nodes
@@ -851,7 +923,7 @@ impl Head {
 
     /// The demand waiting for resources, one entry per resource shape: what an operator (and
     /// an autoscaler) needs to see.
-    fn pending_demand(&self) -> Vec<proto::PendingDemand> {
+    pub fn pending_demand(&self) -> Vec<proto::PendingDemand> {
         let state = self.state.lock();
         let views = Self::views(&state);
         state
@@ -901,6 +973,19 @@ impl HeadRpc for Head {
         );
         let total: Resources = r.resources.unwrap_or_default().into();
         tracing::info!(node = ?id, address = %r.address, resources = ?total, "node registered");
+        self.events.cluster(
+            crate::events::EventKind::NodeJoined,
+            format!(
+                "node {}{} joined with {}",
+                r.name,
+                if r.name.is_empty() {
+                    r.address.clone()
+                } else {
+                    format!(" ({})", r.address)
+                },
+                crate::autoscaler::plan::describe(&total)
+            ),
+        );
         // Until its first heartbeat, the node's store is empty and has the budget it asked
         // for as memory (what `manta status` shows right after `manta start`).
         let store = proto::StoreUsage {
@@ -971,6 +1056,7 @@ impl HeadRpc for Head {
         let job = JobId::random();
         let has_executable = self.executables.contains(&r.executable_hash);
         self.state.lock().jobs.insert(job, r.executable_hash);
+        self.events.job_registered(job, &r.submission_id);
         tracing::info!(job = %job, has_executable, "job registered");
         Ok(Response::new(proto::RegisterJobReply {
             job_id: bytes::Bytes::copy_from_slice(job.as_bytes()),
@@ -1202,7 +1288,58 @@ impl HeadRpc for Head {
         });
         Ok(Response::new(Box::pin(chunks)))
     }
+
+    type TaskEventsStream =
+        Pin<Box<dyn Stream<Item = Result<proto::TaskEventBatch, Status>> + Send>>;
+
+    async fn explain_job(
+        &self,
+        request: Request<proto::ExplainJobRequest>,
+    ) -> Result<Response<proto::ExplainJobReply>, Status> {
+        Ok(Response::new(proto::ExplainJobReply {
+            lines: self.explain_stall(&request.into_inner().job),
+        }))
+    }
+
+    async fn dashboard_link(
+        &self,
+        request: Request<proto::DashboardLinkRequest>,
+    ) -> Result<Response<proto::DashboardLinkReply>, Status> {
+        let dashboard = self
+            .dashboard
+            .get()
+            .and_then(Weak::upgrade)
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "this head serves no dashboard (started with --no-dashboard, on TLS, or \
+                     its port was taken)",
+                )
+            })?;
+        Ok(Response::new(proto::DashboardLinkReply {
+            url: dashboard.login_link(&request.into_inner().next),
+            expires_in_seconds: crate::dashboard::login::TICKET_LIFETIME.as_secs(),
+        }))
+    }
+
+    async fn task_events(
+        &self,
+        request: Request<proto::TaskEventsRequest>,
+    ) -> Result<Response<Self::TaskEventsStream>, Status> {
+        let events = self.events.task_events(&request.into_inner().job);
+        let batches: Vec<_> = events
+            .chunks(TASK_EVENTS_PER_MESSAGE)
+            .map(|chunk| {
+                Ok(proto::TaskEventBatch {
+                    events: chunk.to_vec(),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(batches))))
+    }
 }
+
+/// How many task events go in one message of `TaskEvents`.
+const TASK_EVENTS_PER_MESSAGE: usize = 1_000;
 
 /// A jobs error as a gRPC status.
 fn job_status(error: Error) -> Status {
@@ -1233,8 +1370,8 @@ pub async fn run_head(
     let dashboard_port = config.dashboard_port;
     if dashboard_port.is_some() && config.tls.is_some() {
         return Err(Error::Internal(
-            "the HTTP API (--dashboard-port) does not serve TLS yet: leave it off on a TLS \
-             cluster and use `manta job` (gRPC over TLS)"
+            "the dashboard (--dashboard-port) does not serve TLS yet: leave it off on a TLS \
+             cluster and use `manta job` and `manta status` (gRPC over TLS)"
                 .into(),
         ));
     }
@@ -1245,29 +1382,48 @@ pub async fn run_head(
     let head = Head::new(config)?;
     head.jobs.set_head_address(head_address.clone());
     let stop_http = CancellationToken::new();
-    if let Some(port) = dashboard_port {
-        let (listener, http_address) = server::bind(&address.ip().to_string(), port).await?;
-        tracing::info!("HTTP API at http://{http_address}/api/jobs and /metrics");
-        eprintln!("HTTP API: http://{http_address}/api/jobs, metrics at /metrics");
-        let router = crate::jobs::http::router(Arc::clone(&head.jobs), head.config.token.clone())
-            .merge(crate::metrics::router(
-                {
-                    let head = Arc::downgrade(&head);
-                    move || {
-                        head.upgrade()
-                            .map(|h| h.encode_metrics())
-                            .unwrap_or_default()
-                    }
-                },
-                head.config.token.clone(),
-            ));
+    let bound = match dashboard_port {
+        Some(port) => match server::bind(&address.ip().to_string(), port).await {
+            Ok(bound) => Some(bound),
+            // The default port is taken (by another head on this machine, say): the cluster
+            // runs without a dashboard rather than not at all.
+            Err(e) if port == crate::dashboard::DEFAULT_PORT => {
+                tracing::warn!("no dashboard: {e}");
+                eprintln!(
+                    "No dashboard: port {port} is taken ({e}); pass --dashboard-port to choose another"
+                );
+                None
+            }
+            Err(e) => return Err(e),
+        },
+        None => None,
+    };
+    if let Some((listener, http_address)) = bound {
+        tracing::info!(
+            "dashboard at http://{http_address}/ (JSON at /api/..., metrics at /metrics)"
+        );
+        eprintln!(
+            "Dashboard: http://{http_address}/ (sign in with the cluster token, or open the link \
+             `manta dashboard` prints); JSON API at /api/..., metrics at /metrics"
+        );
+        let url = format!(
+            "http://{}",
+            std::net::SocketAddr::new(
+                host.parse().unwrap_or(http_address.ip()),
+                http_address.port()
+            )
+        );
+        let dashboard = crate::dashboard::Dashboard::new(Arc::clone(&head), url);
+        let _ = head.dashboard.set(Arc::downgrade(&dashboard));
+        let router = dashboard.router();
+        tokio::spawn(Arc::clone(&dashboard).sample(stop_http.clone()));
         let stop = stop_http.clone();
         tokio::spawn(async move {
             let served = axum::serve(listener, router)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await;
             if let Err(e) = served {
-                tracing::warn!("the HTTP API stopped: {e}");
+                tracing::warn!("the dashboard stopped: {e}");
             }
         });
     }

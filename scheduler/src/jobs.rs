@@ -63,6 +63,8 @@ pub struct Jobs {
     jobs: Mutex<HashMap<String, Job>>,
     /// The most bytes of output kept per job ([`JOB_LOG_CAP`] unless set).
     log_cap: u64,
+    /// Where state changes are recorded, if anywhere.
+    events: std::sync::OnceLock<Arc<crate::events::Events>>,
 }
 
 struct Job {
@@ -97,7 +99,28 @@ impl Jobs {
             token,
             jobs: Mutex::default(),
             log_cap: JOB_LOG_CAP,
+            events: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Records jobs' state changes in `events` from now on.
+    pub fn report_to(&self, events: Arc<crate::events::Events>) {
+        let _ = self.events.set(events);
+    }
+
+    fn record(&self, id: &str, info: &proto::JobInfo) {
+        if let Some(events) = self.events.get() {
+            let state = http::state_name(info.state);
+            let why = if info.message.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", info.message)
+            };
+            events.cluster(
+                crate::events::EventKind::JobState,
+                format!("job {id} {state}{why}"),
+            );
+        }
     }
 
     /// [`Jobs::new`] keeping at most `log_cap` bytes of each job's output.
@@ -144,6 +167,7 @@ impl Jobs {
             .envs(&spec.env)
             .env("MANTA_ADDRESS", self.head_address.lock().clone())
             .env("MANTA_TOKEN", self.token.secret())
+            .env("MANTA_JOB_ID", &id)
             .current_dir(&workdir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -171,6 +195,7 @@ impl Jobs {
             }
         }
         tracing::info!(job = %id, entrypoint = %spec.entrypoint, "job submitted");
+        self.record(&id, &info);
         self.jobs.lock().insert(
             id.clone(),
             Job {
@@ -251,6 +276,7 @@ impl Jobs {
         job.info.ended_unix_millis = now_millis();
         job.info.driver_pid = 0;
         tracing::info!(job = %id, state = ?state, "job ended");
+        self.record(&id, &job.info);
         job.progress.send_modify(|n| *n += 1);
     }
 

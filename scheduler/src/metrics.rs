@@ -11,6 +11,8 @@
 //! |---|---|---|
 //! | `manta_tasks_total{state}` | head | tasks `submitted`, `finished`, `failed`, `retried` |
 //! | `manta_task_seconds` | head | run time of finished tasks (histogram) |
+//! | `manta_task_rows_total` | head | rows made by finished tasks (datasets' blocks) |
+//! | `manta_task_bytes_total{direction}` | head | bytes finished tasks read (`in`) and made (`out`) |
 //! | `manta_nodes{state}` | head | nodes `alive`, `draining`, `dead` |
 //! | `manta_pending_tasks` | head | tasks and actors waiting for resources |
 //! | `manta_object_store_bytes{kind}` | head (cluster), node | `resident`, `spilled`, `budget` |
@@ -21,6 +23,7 @@
 //! | `manta_jobs{state}` | head | submitted jobs by state |
 //! | `manta_node_tasks_total{outcome}` | node | tasks run here: `ok`, `error` |
 //! | `manta_node_pulled_bytes_total` | node | input bytes fetched from other nodes (Flight) |
+//! | `manta_node_flight_bytes_total{direction}` | node | object bytes its Flight service sent (`out`) and stored (`in`) |
 //! | `manta_node_worker_processes` | node | live worker processes |
 
 use prometheus::{
@@ -133,6 +136,10 @@ pub struct HeadMetrics {
     pub autoscaler: IntCounterVec,
     /// Jobs by state (set at scrape).
     pub jobs: IntGaugeVec,
+    /// Rows made by finished tasks (a dataset's blocks).
+    pub task_rows: IntCounter,
+    /// Bytes read (`in`) and made (`out`) by finished tasks.
+    pub task_bytes: IntCounterVec,
 }
 
 impl Default for HeadMetrics {
@@ -149,6 +156,17 @@ impl Default for HeadMetrics {
         Self {
             tasks: counter_vec(&registry, "manta_tasks_total", "Tasks by state", "state"),
             task_seconds,
+            task_rows: counter(
+                &registry,
+                "manta_task_rows_total",
+                "Rows made by finished tasks",
+            ),
+            task_bytes: counter_vec(
+                &registry,
+                "manta_task_bytes_total",
+                "Bytes finished tasks read (in) and made (out)",
+                "direction",
+            ),
             nodes: gauge_vec(&registry, "manta_nodes", "Nodes by state", "state"),
             pending: gauge(
                 &registry,
@@ -191,6 +209,8 @@ pub struct NodeMetrics {
     pub workers: IntGauge,
     /// This node's store (set at scrape).
     pub store: StoreGauges,
+    /// Bytes its Flight service sent (`out`) and stored (`in`), brought up to date at scrape.
+    pub flight_bytes: IntCounterVec,
 }
 
 impl Default for NodeMetrics {
@@ -214,12 +234,30 @@ impl Default for NodeMetrics {
                 "Live worker processes",
             ),
             store: StoreGauges::new(&registry),
+            flight_bytes: counter_vec(
+                &registry,
+                "manta_node_flight_bytes_total",
+                "Object bytes this node's Flight service sent (out, DoGet) and stored (in, DoPut)",
+                "direction",
+            ),
             registry,
         }
     }
 }
 
 impl NodeMetrics {
+    /// Brings the Flight counters up to `traffic` (they only grow).
+    pub fn set_flight(&self, traffic: &manta_flight::FlightTraffic) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (direction, total) in [
+            ("out", traffic.served_bytes.load(Relaxed)),
+            ("in", traffic.received_bytes.load(Relaxed)),
+        ] {
+            let counter = self.flight_bytes.with_label_values(&[direction]);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+    }
+
     /// The text exposition of every metric.
     pub fn encode(&self) -> Vec<u8> {
         encode(&self.registry)
@@ -238,21 +276,24 @@ pub fn router(
     encode: impl Fn() -> Vec<u8> + Clone + Send + Sync + 'static,
     token: manta_flight::auth::Token,
 ) -> axum::Router {
-    axum::Router::new()
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let encode = encode.clone();
-                async move {
-                    (
-                        [(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-                        encode(),
-                    )
-                }
-            }),
-        )
-        .layer(axum::middleware::from_fn_with_state(
-            token,
-            crate::http_auth::require_token,
-        ))
+    routes(encode).layer(axum::middleware::from_fn_with_state(
+        token,
+        crate::http_auth::require_token,
+    ))
+}
+
+/// The `/metrics` route with no check of its own (the dashboard puts its login in front).
+pub fn routes(encode: impl Fn() -> Vec<u8> + Clone + Send + Sync + 'static) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let encode = encode.clone();
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+                    encode(),
+                )
+            }
+        }),
+    )
 }

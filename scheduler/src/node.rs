@@ -132,6 +132,8 @@ pub struct NodeDaemon {
     pulls: Mutex<HashMap<ObjectId, Arc<tokio::sync::Mutex<()>>>>,
     downloads: tokio::sync::Mutex<()>,
     metrics: crate::metrics::NodeMetrics,
+    /// What its Flight service sent and received.
+    flight_traffic: Arc<manta_flight::FlightTraffic>,
 }
 
 impl NodeDaemon {
@@ -153,6 +155,7 @@ impl NodeDaemon {
         let usage: proto::StoreUsage = self.store.usage().into();
         self.metrics.store.set([&usage]);
         self.metrics.workers.set(self.workers.live_workers() as i64);
+        self.metrics.set_flight(&self.flight_traffic);
         self.metrics.encode()
     }
 
@@ -298,7 +301,18 @@ impl NodeDaemon {
         Ok((part, 0, None, pulled))
     }
 
+    /// Runs a task here, in a span carrying its task and stage ids (as its worker's does).
     async fn run(&self, request: proto::TaskRequest) -> Result<proto::TaskSuccess> {
+        let span = tracing::info_span!(
+            "task",
+            task_id = %hex::encode(&request.task_id),
+            stage = %crate::events::stage_of(&request.label),
+            label = %request.label,
+        );
+        tracing::Instrument::instrument(self.run_in_span(request), span).await
+    }
+
+    async fn run_in_span(&self, request: proto::TaskRequest) -> Result<proto::TaskSuccess> {
         if !request.actor_id.is_empty() {
             return self.create_actor(request).await;
         }
@@ -306,11 +320,13 @@ impl NodeDaemon {
         let executable = self.ensure_executable(&request.executable_hash).await?;
         let mut prepared = self.prepare(&request).await?;
         let assignment = prepared.assignment.take().expect("just prepared");
-        let done = self
+        let (done, worker_pid) = self
             .workers
             .run(job, executable, assignment, request.pipeline)
             .await?;
-        self.finish(prepared, done).await
+        let mut success = self.finish(prepared, done).await?;
+        success.worker_pid = worker_pid;
+        Ok(success)
     }
 
     /// Starts a worker process for the actor `request` constructs, and runs the constructor
@@ -559,6 +575,7 @@ impl NodeDaemon {
                         inline,
                     }),
                     stats: Some(stats.into()),
+                    worker_pid: 0,
                 })
             }
             Some(worker_done::Result::Error(error)) => Err(error.into_error()),
@@ -986,6 +1003,7 @@ pub async fn run_node(config: NodeConfig, ready: impl FnOnce(&str)) -> Result<()
         pulls: Mutex::default(),
         downloads: tokio::sync::Mutex::new(()),
         metrics: Default::default(),
+        flight_traffic: Arc::default(),
     });
     let heartbeats = tokio::spawn(Arc::clone(&daemon).heartbeat_loop(interval, resources));
     let metrics = match config.metrics_port {
@@ -1016,7 +1034,12 @@ pub async fn run_node(config: NodeConfig, ready: impl FnOnce(&str)) -> Result<()
         builder
             .add_service(guard(NodeServer::new(service.clone()), &token))
             .add_service(guard(WorkerServer::new(service), &token))
-            .add_service(guard(ObjectFlightService::new(store).into_server(), &token))
+            .add_service(guard(
+                ObjectFlightService::new(store)
+                    .counting(Arc::clone(&daemon.flight_traffic))
+                    .into_server(),
+                &token,
+            ))
             .serve_with_incoming_shutdown(
                 manta_flight::incoming(listener, config.tls.as_ref()),
                 graceful,

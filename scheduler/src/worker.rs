@@ -147,6 +147,15 @@ async fn serve(worker: WorkerEnv) -> Result<()> {
         .spawn(move || {
             for assignment in queued {
                 let task_id = assignment.task_id.clone();
+                // The same task and stage ids as the node's span for this task: a task's log
+                // lines can be followed across processes.
+                let span = tracing::info_span!(
+                    "task",
+                    task_id = %hex::encode(&task_id),
+                    stage = %crate::events::stage_of(&assignment.label),
+                    label = %assignment.label,
+                );
+                let _in_task = span.enter();
                 let result = match run_assignment(&ctx, &dir, assignment) {
                     Ok(output) => worker_done::Result::Output(output),
                     Err(e) => worker_done::Result::Error(proto::TaskError::from_error(&e)),

@@ -187,23 +187,25 @@ impl WorkerPools {
     /// Runs one assignment on a worker of `job` and waits for its answer. A `pipeline`d (short)
     /// task that finds every worker busy is queued on the least loaded one rather than waiting
     /// for one to come back: the worker starts it the moment its current task ends, with no
-    /// round trip in between.
+    /// round trip in between. Answers the worker's process id too.
     pub async fn run(
         self: &Arc<Self>,
         job: JobId,
         executable: PathBuf,
         assignment: WorkerAssignment,
         pipeline: bool,
-    ) -> Result<WorkerDone> {
+    ) -> Result<(WorkerDone, u32)> {
         if let Some(worker) = pipeline.then(|| self.busy_worker(job)).flatten() {
-            return self.send_to(&worker, assignment).await;
+            let done = self.send_to(&worker, assignment).await?;
+            return Ok((done, worker.pid()));
         }
         let worker = Borrowed {
             pools: self,
             job,
             worker: self.acquire(job, executable).await?,
         };
-        self.send_to(&worker, assignment).await
+        let done = self.send_to(&worker, assignment).await?;
+        Ok((done, worker.pid()))
     }
 
     /// The busy worker with the fewest tasks queued, when no worker is idle, none can be

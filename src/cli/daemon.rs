@@ -70,6 +70,14 @@ pub fn run_foreground(args: StartArgs) -> Result<()> {
                 tls.clone(),
             )?),
         };
+        // The dashboard is on by default, but not on TLS (it does not serve TLS yet) unless
+        // asked for, which then fails saying so.
+        let dashboard_port = match (args.no_dashboard, args.dashboard_port, &tls) {
+            (true, _, _) => None,
+            (false, Some(port), _) => Some(port),
+            (false, None, None) => Some(manta::scheduler::dashboard::DEFAULT_PORT),
+            (false, None, Some(_)) => None,
+        };
         let config = HeadConfig {
             token,
             tls,
@@ -83,7 +91,8 @@ pub fn run_foreground(args: StartArgs) -> Result<()> {
                 None => None,
             },
             advertise_host: Some(args.host.clone()),
-            dashboard_port: args.dashboard_port,
+            dashboard_port,
+            task_events: !args.no_task_events,
             ..HeadConfig::default()
         };
         let host = args.host.clone();

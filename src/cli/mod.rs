@@ -4,6 +4,7 @@ mod daemon;
 mod job;
 mod sql;
 mod status;
+mod timeline;
 
 use std::path::PathBuf;
 
@@ -33,6 +34,10 @@ enum Command {
     Down(UpArgs),
     /// Submit, follow, list and stop jobs: entrypoints the head runs as drivers.
     Job(job::JobArgs),
+    /// Print a one-time link that signs a browser in to the head's dashboard.
+    Dashboard(timeline::DashboardArgs),
+    /// Write a job's tasks as a Chrome trace (open it in Perfetto or chrome://tracing).
+    Timeline(timeline::TimelineArgs),
     /// Run SQL over tables of files: one query, or a shell without one.
     Sql(sql::SqlArgs),
 }
@@ -114,10 +119,17 @@ pub struct StartArgs {
     /// port (0 picks a free one), behind the token. A head's metrics are on --dashboard-port.
     #[arg(long)]
     metrics_port: Option<u16>,
-    /// Head: serve the HTTP JSON API (jobs) and the head's /metrics on this port (0 picks a
-    /// free one).
+    /// Head: serve the dashboard, its JSON API (/api/...) and the head's /metrics on this
+    /// port (0 picks a free one) [default: 8265, skipped with a warning if taken]. Behind the
+    /// cluster token: `manta dashboard` prints a link that signs a browser in.
     #[arg(long, requires = "head")]
     dashboard_port: Option<u16>,
+    /// Head: serve no dashboard.
+    #[arg(long, requires = "head", conflicts_with = "dashboard_port")]
+    no_dashboard: bool,
+    /// Head: keep no task events (what the dashboard's stages and `manta timeline` show).
+    #[arg(long, requires = "head")]
+    no_task_events: bool,
     /// Head: run the autoscaler this cluster config file describes (what `manta up` does).
     #[arg(long, requires = "head", value_name = "CONFIG")]
     autoscaler: Option<PathBuf>,
@@ -187,6 +199,8 @@ pub fn run(cli: Cli) -> Result<()> {
             status::print_status(&address, token.as_ref())
         }
         Command::Job(args) => job::run(args),
+        Command::Dashboard(args) => timeline::dashboard(args),
+        Command::Timeline(args) => timeline::timeline(args),
         Command::Stop => daemon::stop_all(),
         Command::Up(args) => daemon::up(&args.config),
         Command::Down(args) => daemon::down(&args.config),

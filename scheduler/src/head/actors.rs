@@ -22,7 +22,7 @@ use crate::proto::{self, actor_info::State};
 /// What the head keeps of one actor.
 pub(super) struct ActorEntry {
     job: JobId,
-    name: Option<String>,
+    pub(super) name: Option<String>,
     info: watch::Sender<proto::ActorInfo>,
     /// Deaths reported, by incarnation (0: whichever is current).
     deaths: mpsc::UnboundedSender<(u64, String)>,
@@ -46,7 +46,56 @@ impl ActorEntry {
     }
 }
 
+/// One actor, as the dashboard lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ActorSummary {
+    /// Its id (hex).
+    pub actor_id: String,
+    /// Its name, if it was given one.
+    pub name: String,
+    /// The driver job that made it (hex).
+    pub job_id: String,
+    /// `PENDING`, `ALIVE`, `RESTARTING` or `DEAD`.
+    pub state: &'static str,
+    /// The node it runs on.
+    pub address: String,
+    /// How often it was started again after its worker or node died.
+    pub restarts: u64,
+    /// Why it is dead.
+    pub death: String,
+}
+
 impl Head {
+    /// Every actor the head knows, live or dead, alive ones first.
+    pub fn actor_summaries(&self) -> Vec<ActorSummary> {
+        let state = self.state.lock();
+        let mut actors: Vec<ActorSummary> = state
+            .actors
+            .iter()
+            .map(|(id, entry)| {
+                let info = entry.info.borrow();
+                ActorSummary {
+                    actor_id: id.to_string(),
+                    name: entry.name.clone().unwrap_or_default(),
+                    job_id: entry.job.to_string(),
+                    state: match State::try_from(info.state) {
+                        Ok(State::Pending) => "PENDING",
+                        Ok(State::Alive) => "ALIVE",
+                        Ok(State::Restarting) => "RESTARTING",
+                        _ => "DEAD",
+                    },
+                    address: info.address.clone(),
+                    restarts: info.incarnation.saturating_sub(1),
+                    death: info.death.clone(),
+                }
+            })
+            .collect();
+        actors.sort_by(|a, b| {
+            (a.state == "DEAD", &a.actor_id).cmp(&(b.state == "DEAD", &b.actor_id))
+        });
+        actors
+    }
+
     /// Registers the actor and starts its supervisor; answers once its first start is done.
     pub(super) async fn create_actor(
         &self,
@@ -261,6 +310,10 @@ impl Head {
                     }
                     restarts_left -= 1;
                     self.metrics().actor_restarts.inc();
+                    self.events.cluster(
+                        crate::events::EventKind::ActorRestarted,
+                        format!("actor {actor} restarting: {why}"),
+                    );
                     tracing::warn!(?actor, incarnation, %why, "restarting an actor");
                     self.set_info(
                         actor,

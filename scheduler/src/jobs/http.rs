@@ -1,4 +1,4 @@
-//! The jobs API over HTTP and JSON, for scripts (and, later, the dashboard): the same
+//! The jobs API over HTTP and JSON, for scripts and the dashboard: the same
 //! operations as `manta job`, on the head's `--dashboard-port`.
 //!
 //! | request | answer |
@@ -12,7 +12,8 @@
 //! A job is `{"job_id", "entrypoint", "state": "RUNNING", "message", "submitted_unix_millis",
 //! "ended_unix_millis", "driver_pid", "log_bytes"}`. Over HTTP the entrypoint is a command on
 //! the head's machine (uploading a binary takes `manta job submit`). Every request must carry
-//! the cluster token (`Authorization: Bearer <token>`) or gets 401 before anything is done.
+//! the cluster token (`Authorization: Bearer <token>`) or a dashboard session, or gets 401
+//! before anything is done ([`crate::dashboard::login`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,7 +24,6 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use manta_flight::auth::Token;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -31,17 +31,13 @@ use super::{JobSpec, Jobs};
 use crate::error::Error;
 use crate::proto::{self, JobState};
 
-/// The routes, each behind the token.
-pub fn router(jobs: Arc<Jobs>, token: Token) -> Router {
+/// The routes with no check of their own (the dashboard puts its login in front).
+pub fn routes(jobs: Arc<Jobs>) -> Router {
     Router::new()
         .route("/api/jobs", post(submit).get(list))
         .route("/api/jobs/{id}", get(one))
         .route("/api/jobs/{id}/logs", get(logs))
         .route("/api/jobs/{id}/stop", post(stop))
-        .layer(axum::middleware::from_fn_with_state(
-            token,
-            crate::http_auth::require_token,
-        ))
         .with_state(jobs)
 }
 

@@ -1,0 +1,865 @@
+//! What happened in the cluster, kept by the head in bounded memory: every task run (a ring of
+//! [`TASK_EVENTS_KEPT`] task events, what `manta timeline` draws), each job's progress by
+//! stage (what the dashboard's job page shows while it runs), and cluster events (nodes
+//! joining and lost, tasks retried and failed, actors restarted, jobs changing state).
+//!
+//! ```text
+//!  head.submit ─▶ submitted(): stage counts submitted += 1        (one lock, no allocation
+//!       │ placed on a node ─▶ placed(): running += 1               but the stage name once)
+//!       ▼ the node answers ─▶ ended(): running -= 1, finished/failed += 1, rows and bytes
+//!                                       added; the task event pushed on the ring
+//! ```
+//!
+//! A task's *stage* is its label without its block or partition number (`block 3 of stage 1
+//! (map)` is of `stage 1 (map)`), so a dataset's stages and a SQL scan's partitions group
+//! without the driver saying more. Drivers started by `manta job submit` register with their
+//! job's id (`MANTA_JOB_ID`), so their tasks are shown under it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use manta_engine::{JobId, Resources, TaskId};
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::proto;
+
+/// How many task events the head keeps (the oldest go first).
+pub const TASK_EVENTS_KEPT: usize = 100_000;
+
+/// How many cluster events the head keeps.
+pub const CLUSTER_EVENTS_KEPT: usize = 1_000;
+
+/// How many jobs' stage progress the head keeps (the least recently started go first).
+pub const JOBS_KEPT: usize = 100;
+
+/// Microseconds since the Unix epoch.
+pub fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// What a cluster event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A node registered.
+    NodeJoined,
+    /// A node missed its heartbeats or could not be reached.
+    NodeLost,
+    /// A task failed and runs again.
+    TaskRetried,
+    /// A task failed for good.
+    TaskFailed,
+    /// An actor's worker or node died and it is being made again.
+    ActorRestarted,
+    /// A submitted job started or ended.
+    JobState,
+}
+
+/// Something that happened to the cluster, for people.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterEvent {
+    /// When (milliseconds since the Unix epoch).
+    pub unix_millis: u64,
+    /// What it is about.
+    pub kind: EventKind,
+    /// What happened, in a sentence.
+    pub message: String,
+}
+
+/// One stage of one job: its tasks by state and what they read, made and cost.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StageProgress {
+    /// Its name ([`stage_of`] its tasks' labels).
+    pub stage: String,
+    /// Tasks submitted (each counted once, however often it ran).
+    pub submitted: u64,
+    /// Tasks on a node now.
+    pub running: u64,
+    /// Tasks that succeeded.
+    pub finished: u64,
+    /// Tasks that failed for good.
+    pub failed: u64,
+    /// Runs that failed and were run again.
+    pub retried: u64,
+    /// Tasks whose driver went away before they ended.
+    pub cancelled: u64,
+    /// Rows its tasks made.
+    pub rows_out: u64,
+    /// Bytes of its finished tasks' inputs.
+    pub bytes_in: u64,
+    /// Bytes its tasks made.
+    pub bytes_out: u64,
+    /// Bytes spilled to make room for its outputs.
+    pub spilled_bytes: u64,
+    /// Wall time of its tasks, summed.
+    pub wall_ns: u64,
+    /// CPU time of its tasks, summed.
+    pub cpu_ns: u64,
+    /// When its first task was placed (0: not yet).
+    pub first_placed_unix_micros: u64,
+    /// When its last task to end ended (0: none yet).
+    pub last_ended_unix_micros: u64,
+}
+
+/// One driver job's stages, in the order they first ran.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct JobProgress {
+    /// The driver's job id (hex).
+    pub job_id: String,
+    /// The submitted job it runs for (empty: a driver started by hand).
+    pub submission_id: String,
+    /// Its stages, in the order their first tasks were submitted.
+    pub stages: Vec<StageProgress>,
+}
+
+/// A task between its submission and its end: what [`Events::ended`] needs to record it.
+pub struct TaskTrack {
+    /// The log it is in flight in, which forgets it if it is dropped before it ends (its
+    /// caller went away).
+    events: std::sync::Weak<Events>,
+    /// On a node now.
+    on_node: bool,
+    /// Ended for good.
+    done: bool,
+    job: JobId,
+    /// Its key among the tasks in flight.
+    seq: u64,
+    stage_index: Option<usize>,
+    submitted_unix_micros: u64,
+    placed_unix_micros: u64,
+    input_bytes: u64,
+}
+
+impl Drop for TaskTrack {
+    fn drop(&mut self) {
+        if !self.done
+            && self.seq != 0
+            && let Some(events) = self.events.upgrade()
+        {
+            events.abandoned(self);
+        }
+    }
+}
+
+/// Where a task ran, for its event.
+pub struct RanOn<'a> {
+    /// The node's address.
+    pub address: &'a str,
+    /// The node's name (may be empty).
+    pub name: &'a str,
+    /// Which run of the task this was (0: the first).
+    pub attempt: u32,
+}
+
+/// A task the head has not heard the end of: waiting for a node, or running on one.
+struct InFlight {
+    job: JobId,
+    label: Arc<str>,
+    stage_index: Option<usize>,
+    demand: Resources,
+    /// Since when it waits (no node) or runs (on `node`, an index in [`Progress::nodes`]).
+    since: Instant,
+    node: Option<u32>,
+}
+
+/// One task run in the ring: small, and sharing nothing another thread touches (its stage and
+/// node are indices, resolved when asked for; its label moves over from the task in flight),
+/// so that recording one costs no more than a push and keeping 100,000 little. Turned into a
+/// [`proto::TaskEvent`] when asked for.
+struct TaskRecord {
+    task_id: Option<TaskId>,
+    job: JobId,
+    label: Arc<str>,
+    /// Index in its job's stages (`u32::MAX`: none).
+    stage: u32,
+    /// Index in [`Progress::nodes`].
+    node: u32,
+    worker_pid: u32,
+    attempt: u32,
+    submitted_unix_micros: u64,
+    placed_unix_micros: u64,
+    finished_unix_micros: u64,
+    stats: proto::TaskStats,
+    input_bytes: u64,
+    output_bytes: u64,
+    output_rows: u64,
+    error: Option<Box<str>>,
+    retried: bool,
+}
+
+impl TaskRecord {
+    /// The event, its stage, job and node looked up in `progress`.
+    fn to_proto(&self, progress: &Progress) -> proto::TaskEvent {
+        let job = progress.jobs.get(&self.job);
+        let stage = job
+            .and_then(|j| j.progress.stages.get(self.stage as usize))
+            .map_or_else(String::new, |s| s.stage.clone());
+        let (node_address, node_name) = progress
+            .nodes
+            .get(self.node as usize)
+            .cloned()
+            .unwrap_or_default();
+        proto::TaskEvent {
+            task_id: self
+                .task_id
+                .map(|id| bytes::Bytes::copy_from_slice(id.as_bytes()))
+                .unwrap_or_default(),
+            label: self.label.to_string(),
+            stage,
+            job_id: bytes::Bytes::copy_from_slice(self.job.as_bytes()),
+            submission_id: job.map_or_else(String::new, |j| j.progress.submission_id.clone()),
+            node_address,
+            node_name,
+            worker_pid: self.worker_pid,
+            attempt: self.attempt,
+            submitted_unix_micros: self.submitted_unix_micros,
+            placed_unix_micros: self.placed_unix_micros,
+            finished_unix_micros: self.finished_unix_micros,
+            stats: Some(self.stats),
+            input_bytes: self.input_bytes,
+            output_bytes: self.output_bytes,
+            output_rows: self.output_rows,
+            error: self.error.as_deref().unwrap_or_default().to_string(),
+            retried: self.retried,
+        }
+    }
+}
+
+/// One driver job's progress, and its stages' indices by name.
+struct JobEntry {
+    progress: JobProgress,
+    index: HashMap<String, usize>,
+}
+
+/// A task in flight, as [`Events::in_flight`] describes it.
+#[derive(Debug, Clone)]
+pub struct TaskInFlight {
+    /// Its label.
+    pub label: String,
+    /// Its stage's name.
+    pub stage: String,
+    /// What it asked for.
+    pub demand: Resources,
+    /// How long it has waited for a node, or run on `node`.
+    pub for_: Duration,
+    /// The node it runs on (`None`: waiting for one).
+    pub node: Option<String>,
+    /// Tasks of its stage that finished, and their mean run time.
+    pub stage_finished: u64,
+    /// The mean run time of its stage's finished tasks.
+    pub stage_mean: Duration,
+}
+
+#[derive(Default)]
+struct Progress {
+    /// Each job's stages.
+    jobs: HashMap<JobId, JobEntry>,
+    /// Task runs, oldest first (at most [`TASK_EVENTS_KEPT`]).
+    tasks: VecDeque<TaskRecord>,
+    /// Nodes (address, name) task records name, by index; and the index of each address.
+    nodes: Vec<(String, String)>,
+    node_index: HashMap<String, u32>,
+    /// Tasks submitted and not ended, by [`TaskTrack`] sequence number.
+    in_flight: HashMap<u64, InFlight>,
+    next_seq: u64,
+    /// Jobs, oldest first, for eviction.
+    order: VecDeque<JobId>,
+}
+
+/// The head's event log. Cheap enough to leave on (`enabled: false` records nothing, for
+/// measuring what it costs).
+pub struct Events {
+    enabled: bool,
+    cluster: Mutex<VecDeque<ClusterEvent>>,
+    progress: Mutex<Progress>,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Self::new(true)
+    }
+}
+
+/// The stage a task of this label belongs to: the label without leading `<word> <n> of ` and
+/// `<n> of ` parts (`block 3 of stage 1 (map)` → `stage 1 (map)`, `partition 2 of 4 of SQL
+/// scan t` → `SQL scan t`).
+pub fn stage_of(label: &str) -> &str {
+    let mut rest = label;
+    loop {
+        match numbered_prefix(rest).and_then(|n| rest.get(n..)) {
+            Some(next) if !next.is_empty() && next.parse::<u64>().is_err() => rest = next,
+            _ => return rest,
+        }
+    }
+}
+
+/// The length of `text`'s leading `<n> of ` or `<word> <n> of `, if it has one (no
+/// allocation: this runs for every task).
+fn numbered_prefix(text: &str) -> Option<usize> {
+    let number_of = |t: &str| -> Option<usize> {
+        let (number, after) = t.split_once(' ')?;
+        number.parse::<u64>().ok()?;
+        after.starts_with("of ").then_some(number.len() + 4)
+    };
+    number_of(text).or_else(|| {
+        let (word, after) = text.split_once(' ')?;
+        number_of(after).map(|n| word.len() + 1 + n)
+    })
+}
+
+impl Events {
+    /// An event log that records (or, `enabled: false`, records nothing).
+    pub fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            cluster: Mutex::default(),
+            progress: Mutex::default(),
+        }
+    }
+
+    /// Records a cluster event (and logs it).
+    pub fn cluster(&self, kind: EventKind, message: impl Into<String>) {
+        let message = message.into();
+        let mut cluster = self.cluster.lock();
+        if cluster.len() == CLUSTER_EVENTS_KEPT {
+            cluster.pop_front();
+        }
+        cluster.push_back(ClusterEvent {
+            unix_millis: now_micros() / 1000,
+            kind,
+            message,
+        });
+    }
+
+    /// The cluster events kept, oldest first.
+    pub fn cluster_events(&self) -> Vec<ClusterEvent> {
+        self.cluster.lock().iter().cloned().collect()
+    }
+
+    /// A driver registered `job`, for the submitted job `submission` (may be empty).
+    pub fn job_registered(&self, job: JobId, submission: &str) {
+        if !self.enabled {
+            return;
+        }
+        let mut progress = self.progress.lock();
+        if progress.order.len() == JOBS_KEPT
+            && let Some(oldest) = progress.order.pop_front()
+        {
+            progress.jobs.remove(&oldest);
+        }
+        progress.order.push_back(job);
+        let entry = JobEntry {
+            progress: JobProgress {
+                job_id: job.to_string(),
+                submission_id: submission.to_string(),
+                stages: Vec::new(),
+            },
+            index: HashMap::new(),
+        };
+        progress.jobs.insert(job, entry);
+    }
+
+    /// A task of `job` with `label` asking for `demand` was submitted, its inputs
+    /// `input_bytes` in all.
+    pub fn submitted(
+        self: &Arc<Self>,
+        job: JobId,
+        label: &str,
+        demand: &Resources,
+        input_bytes: u64,
+    ) -> TaskTrack {
+        let mut track = TaskTrack {
+            events: Arc::downgrade(self),
+            on_node: false,
+            done: false,
+            job,
+            seq: 0,
+            stage_index: None,
+            submitted_unix_micros: 0,
+            placed_unix_micros: 0,
+            input_bytes,
+        };
+        if !self.enabled {
+            return track;
+        }
+        track.submitted_unix_micros = now_micros();
+        let stage = stage_of(label);
+        let mut progress = self.progress.lock();
+        progress.next_seq += 1;
+        track.seq = progress.next_seq;
+        if let Some(entry) = progress.jobs.get_mut(&job) {
+            // Looked up by a borrowed key first: a known stage costs no allocation.
+            let i = match entry.index.get(stage) {
+                Some(i) => *i,
+                None => {
+                    entry.progress.stages.push(StageProgress {
+                        stage: stage.to_string(),
+                        ..Default::default()
+                    });
+                    let i = entry.progress.stages.len() - 1;
+                    entry.index.insert(stage.to_string(), i);
+                    i
+                }
+            };
+            entry.progress.stages[i].submitted += 1;
+            track.stage_index = Some(i);
+        }
+        progress.in_flight.insert(
+            track.seq,
+            InFlight {
+                job,
+                label: Arc::from(label),
+                stage_index: track.stage_index,
+                demand: demand.clone(),
+                since: Instant::now(),
+                node: None,
+            },
+        );
+        track
+    }
+
+    /// The task was sent to the node at `address`.
+    pub fn placed(&self, track: &mut TaskTrack, address: &str) {
+        if !self.enabled {
+            return;
+        }
+        track.placed_unix_micros = now_micros();
+        track.on_node = true;
+        let mut progress = self.progress.lock();
+        let node = node_index(&mut progress, address, None);
+        if let Some(task) = progress.in_flight.get_mut(&track.seq) {
+            task.since = Instant::now();
+            task.node = Some(node);
+        }
+        if let Some(stage) = Self::stage_mut(&mut progress, track) {
+            stage.running += 1;
+            if stage.first_placed_unix_micros == 0 {
+                stage.first_placed_unix_micros = track.placed_unix_micros;
+            }
+        }
+    }
+
+    fn stage_mut<'a>(
+        progress: &'a mut Progress,
+        track: &TaskTrack,
+    ) -> Option<&'a mut StageProgress> {
+        let i = track.stage_index?;
+        progress
+            .jobs
+            .get_mut(&track.job)
+            .and_then(|entry| entry.progress.stages.get_mut(i))
+    }
+
+    /// A task whose caller went away before it ended: it is no longer in flight.
+    fn abandoned(&self, track: &TaskTrack) {
+        let mut progress = self.progress.lock();
+        progress.in_flight.remove(&track.seq);
+        if let Some(stage) = Self::stage_mut(&mut progress, track) {
+            if track.on_node {
+                stage.running = stage.running.saturating_sub(1);
+            }
+            stage.cancelled += 1;
+        }
+    }
+
+    /// The tasks in flight of `job` (a submitted job's id or a driver's job id; empty: every
+    /// job), oldest first.
+    pub fn in_flight(&self, job: &str) -> Vec<TaskInFlight> {
+        let progress = self.progress.lock();
+        let mut tasks: Vec<(Instant, TaskInFlight)> = progress
+            .in_flight
+            .values()
+            .filter_map(|task| {
+                let job_progress = &progress.jobs.get(&task.job)?.progress;
+                let matches = job.is_empty()
+                    || job_progress.submission_id == job
+                    || job_progress.job_id == job;
+                if !matches {
+                    return None;
+                }
+                let stage = task.stage_index.and_then(|i| job_progress.stages.get(i));
+                let finished = stage.map_or(0, |s| s.finished);
+                let mean_ns = stage.map_or(0, |s| s.wall_ns / s.finished.max(1));
+                Some((
+                    task.since,
+                    TaskInFlight {
+                        label: task.label.to_string(),
+                        stage: stage.map_or_else(String::new, |s| s.stage.clone()),
+                        demand: task.demand.clone(),
+                        for_: task.since.elapsed(),
+                        node: task
+                            .node
+                            .and_then(|n| progress.nodes.get(n as usize))
+                            .map(|(address, _)| address.clone()),
+                        stage_finished: finished,
+                        stage_mean: Duration::from_nanos(mean_ns),
+                    },
+                ))
+            })
+            .collect();
+        tasks.sort_by_key(|(since, _)| *since);
+        tasks.into_iter().map(|(_, task)| task).collect()
+    }
+
+    /// The task's run on `ran_on` ended with `outcome`; `retried`: it runs again.
+    pub fn ended(
+        &self,
+        track: &mut TaskTrack,
+        request: &proto::TaskRequest,
+        ran_on: RanOn<'_>,
+        outcome: Result<&proto::TaskSuccess, &Error>,
+        retried: bool,
+    ) {
+        if retried && let Err(e) = outcome {
+            self.cluster(
+                EventKind::TaskRetried,
+                format!(
+                    "task {} retried (attempt {}) after: {e}",
+                    request.label,
+                    ran_on.attempt + 1
+                ),
+            );
+        } else if let Err(e) = outcome {
+            self.cluster(
+                EventKind::TaskFailed,
+                format!("task {} failed: {e}", request.label),
+            );
+        }
+        if !self.enabled {
+            return;
+        }
+        let finished = now_micros();
+        let (stats, output, worker_pid) = match outcome {
+            Ok(success) => (
+                success.stats.unwrap_or_default(),
+                success.output.as_ref(),
+                success.worker_pid,
+            ),
+            Err(_) => (Default::default(), None, 0),
+        };
+        let (output_bytes, output_rows) = output.map_or((0, 0), |o| (o.size_bytes, o.num_rows));
+        track.on_node = false;
+        track.done = !retried;
+        let mut progress = self.progress.lock();
+        let label = if retried {
+            progress.in_flight.get_mut(&track.seq).map(|task| {
+                task.since = Instant::now();
+                task.node = None;
+                Arc::clone(&task.label)
+            })
+        } else {
+            progress.in_flight.remove(&track.seq).map(|task| task.label)
+        };
+        let node = node_index(&mut progress, ran_on.address, Some(ran_on.name));
+        let Progress { jobs, tasks, .. } = &mut *progress;
+        let Some(entry) = jobs.get_mut(&track.job) else {
+            return;
+        };
+        if let Some(s) = track
+            .stage_index
+            .and_then(|i| entry.progress.stages.get_mut(i))
+        {
+            s.running = s.running.saturating_sub(1);
+            s.last_ended_unix_micros = finished;
+            s.wall_ns += stats.wall_ns;
+            s.cpu_ns += stats.cpu_ns;
+            s.spilled_bytes += stats.spilled_bytes;
+            match (outcome, retried) {
+                (Ok(_), _) => {
+                    s.finished += 1;
+                    s.rows_out += output_rows;
+                    s.bytes_in += track.input_bytes;
+                    s.bytes_out += output_bytes;
+                }
+                (Err(_), true) => s.retried += 1,
+                (Err(_), false) => s.failed += 1,
+            }
+        }
+        let record = TaskRecord {
+            task_id: TaskId::from_slice(&request.task_id).ok(),
+            job: track.job,
+            label: label.unwrap_or_else(|| Arc::from(request.label.as_str())),
+            stage: track.stage_index.map_or(u32::MAX, |i| i as u32),
+            node,
+            worker_pid,
+            attempt: ran_on.attempt,
+            submitted_unix_micros: track.submitted_unix_micros,
+            placed_unix_micros: track.placed_unix_micros,
+            finished_unix_micros: finished,
+            stats,
+            input_bytes: track.input_bytes,
+            output_bytes,
+            output_rows,
+            error: outcome.err().map(|e| e.to_string().into_boxed_str()),
+            retried,
+        };
+        if tasks.len() == TASK_EVENTS_KEPT {
+            tasks.pop_front();
+        }
+        tasks.push_back(record);
+    }
+
+    /// The task events of `job` (a submitted job's id, or a driver's job id in hex; empty:
+    /// all), oldest first.
+    pub fn task_events(&self, job: &str) -> Vec<proto::TaskEvent> {
+        let driver = job.parse::<JobId>().ok();
+        let progress = self.progress.lock();
+        let submitted_as = |e: &TaskRecord| {
+            progress
+                .jobs
+                .get(&e.job)
+                .is_some_and(|j| j.progress.submission_id == job)
+        };
+        progress
+            .tasks
+            .iter()
+            .filter(|e| job.is_empty() || driver == Some(e.job) || submitted_as(e))
+            .map(|e| e.to_proto(&progress))
+            .collect()
+    }
+
+    /// The stage progress of the driver jobs of `job` (a submitted job's id or a driver's
+    /// job id), or of every job kept if it is empty.
+    pub fn progress(&self, job: &str) -> Vec<JobProgress> {
+        let progress = self.progress.lock();
+        progress
+            .order
+            .iter()
+            .filter_map(|id| progress.jobs.get(id).map(|entry| &entry.progress))
+            .filter(|p| job.is_empty() || p.submission_id == job || p.job_id == job)
+            .cloned()
+            .collect()
+    }
+}
+
+/// `events` as a Chrome trace (the JSON that Perfetto and chrome://tracing open): one
+/// process per node, one thread per worker process, one slice per task run from the moment
+/// it was placed until its node answered, with its figures as arguments.
+pub fn chrome_trace(events: &[proto::TaskEvent]) -> serde_json::Value {
+    use serde_json::json;
+    let mut nodes: HashMap<&str, usize> = HashMap::new();
+    let mut trace = Vec::with_capacity(events.len() + 8);
+    for event in events {
+        let next = nodes.len() + 1;
+        let pid = *nodes.entry(event.node_address.as_str()).or_insert_with(|| {
+            let name = if event.node_name.is_empty() {
+                format!("node {}", event.node_address)
+            } else {
+                format!("node {} ({})", event.node_name, event.node_address)
+            };
+            trace.push(json!({"name": "process_name", "ph": "M", "pid": next,
+                "args": {"name": name}}));
+            next
+        });
+        let stats = event.stats.unwrap_or_default();
+        let start = if event.placed_unix_micros > 0 {
+            event.placed_unix_micros
+        } else {
+            event.submitted_unix_micros
+        };
+        trace.push(json!({
+            "name": event.label,
+            "cat": if event.error.is_empty() { "task" } else { "task,failed" },
+            "ph": "X",
+            "ts": start,
+            "dur": event.finished_unix_micros.saturating_sub(start),
+            "pid": pid,
+            "tid": event.worker_pid,
+            "args": {
+                "stage": event.stage,
+                "job_id": hex::encode(&event.job_id),
+                "submission_id": event.submission_id,
+                "task_id": hex::encode(&event.task_id),
+                "attempt": event.attempt,
+                "waited_us": event.placed_unix_micros.saturating_sub(event.submitted_unix_micros),
+                "run_us": stats.wall_ns / 1000,
+                "cpu_us": stats.cpu_ns / 1000,
+                "input_bytes": event.input_bytes,
+                "output_bytes": event.output_bytes,
+                "output_rows": event.output_rows,
+                "pulled_bytes": stats.pulled_bytes,
+                "spilled_bytes": stats.spilled_bytes,
+                "error": event.error,
+            },
+        }));
+    }
+    serde_json::Value::Array(trace)
+}
+
+/// The index of the node at `address` in `progress.nodes` (added if new; its name updated if
+/// given). At most [`NODES_KEPT`]; past that the table starts over (old records then name
+/// whichever node took their index).
+fn node_index(progress: &mut Progress, address: &str, name: Option<&str>) -> u32 {
+    let i = match progress.node_index.get(address) {
+        Some(i) => *i,
+        None => {
+            if progress.nodes.len() >= NODES_KEPT {
+                progress.nodes.clear();
+                progress.node_index.clear();
+            }
+            progress.nodes.push((address.to_string(), String::new()));
+            let i = (progress.nodes.len() - 1) as u32;
+            progress.node_index.insert(address.to_string(), i);
+            i
+        }
+    };
+    if let Some(name) = name
+        && progress.nodes[i as usize].1 != name
+    {
+        progress.nodes[i as usize].1 = name.to_string();
+    }
+    i
+}
+
+/// How many node addresses task records may name before the table starts over.
+const NODES_KEPT: usize = 10_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_are_labels_without_their_numbers() {
+        assert_eq!(stage_of("block 3 of stage 1 (map)"), "stage 1 (map)");
+        assert_eq!(
+            stage_of("partition 2 of 4 of SQL scan lineitem"),
+            "SQL scan lineitem"
+        );
+        assert_eq!(stage_of("add"), "add");
+        assert_eq!(stage_of("block 3 of"), "block 3 of");
+        assert_eq!(stage_of("3 of 4"), "3 of 4");
+        assert_eq!(stage_of(""), "");
+        assert_eq!(stage_of("row 7 of 9 of stage 2 (x)"), "stage 2 (x)");
+        assert_eq!(stage_of("block x of stage"), "block x of stage");
+        assert_eq!(
+            stage_of("lineitem reduce (all 4 partitions, 10 bytes)"),
+            "lineitem reduce (all 4 partitions, 10 bytes)"
+        );
+    }
+
+    fn request(job: JobId, label: &str) -> proto::TaskRequest {
+        proto::TaskRequest {
+            job_id: bytes::Bytes::copy_from_slice(job.as_bytes()),
+            label: label.into(),
+            ..Default::default()
+        }
+    }
+
+    fn success(rows: u64, bytes: u64) -> proto::TaskSuccess {
+        proto::TaskSuccess {
+            output: Some(proto::ObjectLocation {
+                size_bytes: bytes,
+                num_rows: rows,
+                ..Default::default()
+            }),
+            stats: Some(proto::TaskStats {
+                wall_ns: 1000,
+                ..Default::default()
+            }),
+            worker_pid: 7,
+        }
+    }
+
+    #[test]
+    fn stage_progress_counts_every_task_once_and_the_ring_keeps_each_run() {
+        let events = Arc::new(Events::new(true));
+        let job = JobId::random();
+        events.job_registered(job, "job-1");
+        let on = || RanOn {
+            address: "a",
+            name: "n",
+            attempt: 0,
+        };
+        let mut expected_rows = 0;
+        for i in 0..10u64 {
+            let label = format!("block {i} of stage {} (map)", i % 2);
+            let request = request(job, &label);
+            let mut track = events.submitted(job, &label, &Resources::one_cpu(), 5);
+            assert_eq!(events.in_flight("job-1").last().unwrap().node, None);
+            events.placed(&mut track, "a");
+            assert_eq!(
+                events.in_flight("job-1").last().unwrap().node.as_deref(),
+                Some("a")
+            );
+            if i == 3 {
+                let lost = Error::Internal("lost".into());
+                events.ended(&mut track, &request, on(), Err(&lost), true);
+                assert_eq!(events.in_flight("job-1").last().unwrap().node, None);
+                events.placed(&mut track, "a");
+            }
+            events.ended(&mut track, &request, on(), Ok(&success(i, 2 * i)), false);
+            expected_rows += i;
+        }
+        let progress = events.progress("job-1");
+        assert_eq!(progress.len(), 1);
+        let stages = &progress[0].stages;
+        assert_eq!(
+            stages.iter().map(|s| s.stage.as_str()).collect::<Vec<_>>(),
+            ["stage 0 (map)", "stage 1 (map)"]
+        );
+        assert_eq!(stages.iter().map(|s| s.finished).sum::<u64>(), 10);
+        assert_eq!(stages.iter().map(|s| s.submitted).sum::<u64>(), 10);
+        assert_eq!(stages.iter().map(|s| s.running).sum::<u64>(), 0);
+        assert_eq!(stages.iter().map(|s| s.retried).sum::<u64>(), 1);
+        assert_eq!(
+            stages.iter().map(|s| s.rows_out).sum::<u64>(),
+            expected_rows
+        );
+        assert_eq!(stages.iter().map(|s| s.bytes_in).sum::<u64>(), 50);
+        assert!(events.in_flight("").is_empty(), "every task ended");
+        // A task whose caller goes away is no longer in flight, and counted as cancelled.
+        let mut gone = events.submitted(job, "block 0 of stage 0 (map)", &Resources::one_cpu(), 0);
+        events.placed(&mut gone, "a");
+        assert_eq!(events.in_flight("job-1").len(), 1);
+        drop(gone);
+        assert!(events.in_flight("job-1").is_empty());
+        let stage = &events.progress("job-1")[0].stages[0];
+        assert_eq!((stage.running, stage.cancelled), (0, 1));
+        assert_eq!(events.task_events("job-1").len(), 11);
+        assert_eq!(events.task_events(&job.to_string()).len(), 11);
+        assert!(events.task_events("job-2").is_empty());
+        let trace = chrome_trace(&events.task_events(""));
+        let slices = trace
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["ph"] == "X")
+            .count();
+        assert_eq!(slices, 11);
+        assert!(
+            events
+                .cluster_events()
+                .iter()
+                .any(|e| e.kind == EventKind::TaskRetried)
+        );
+    }
+
+    #[test]
+    fn disabled_records_no_tasks() {
+        let events = Arc::new(Events::new(false));
+        let job = JobId::random();
+        events.job_registered(job, "");
+        let request = request(job, "add");
+        let mut track = events.submitted(job, "add", &Resources::one_cpu(), 0);
+        events.placed(&mut track, "a");
+        events.ended(
+            &mut track,
+            &request,
+            RanOn {
+                address: "a",
+                name: "",
+                attempt: 0,
+            },
+            Ok(&success(1, 1)),
+            false,
+        );
+        assert!(events.task_events("").is_empty());
+        assert!(events.progress("").is_empty());
+        assert!(events.in_flight("").is_empty());
+    }
+}
