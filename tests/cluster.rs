@@ -41,6 +41,7 @@ fn tpch_queries_run_their_scans_as_tasks_on_the_nodes(cluster: &Cluster) {
         physical.matches("ScanTasksExec").count() >= 3,
         "q18's three scans run as tasks:\n{physical}"
     );
+    explain_analyze_shows_the_tasks_under_the_cut(&ctx);
     let wrong: Vec<String> = CLUSTER_QUERIES
         .iter()
         .filter_map(|&n| {
@@ -51,6 +52,61 @@ fn tpch_queries_run_their_scans_as_tasks_on_the_nodes(cluster: &Cluster) {
         })
         .collect();
     assert!(wrong.is_empty(), "wrong answers:\n{}", wrong.join("\n"));
+}
+
+/// `EXPLAIN ANALYZE` of a scan that runs as tasks shows, on its `ScanTasksExec`, what the
+/// tasks did: as many tasks as it has partitions, the rows they made (DataFusion's own count
+/// of the same rows, computed apart over the same files; few enough to print exactly), and
+/// their CPU time.
+fn explain_analyze_shows_the_tasks_under_the_cut(ctx: &manta::Context) {
+    let filter = "l_quantity = 50 AND l_discount = 0.05 AND l_tax = 0.02";
+    let lineitem = tpch::tables()
+        .into_iter()
+        .find(|(table, _)| *table == "lineitem")
+        .unwrap()
+        .1;
+    let expected: u64 = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let df = datafusion::prelude::SessionContext::new();
+        df.register_parquet("lineitem", &lineitem, Default::default())
+            .await
+            .unwrap();
+        let rows = df
+            .sql(&format!("SELECT l_orderkey FROM lineitem WHERE {filter}"))
+            .await
+            .unwrap()
+            .count()
+            .await
+            .unwrap();
+        rows as u64
+    });
+    assert!(expected > 0 && expected < 1000, "{expected} rows: pick another filter");
+    let analyzed = cells(
+        &ctx.sql(&format!(
+            "EXPLAIN ANALYZE SELECT l_orderkey FROM lineitem WHERE {filter}"
+        ))
+        .unwrap()
+        .to_arrow()
+        .unwrap(),
+    );
+    let text: String = analyzed.iter().map(|row| row[1].clone() + "\n").collect();
+    let scan = text
+        .lines()
+        .find(|l| l.contains("ScanTasksExec"))
+        .unwrap_or_else(|| panic!("no ScanTasksExec:\n{text}"));
+    let numbers_after = |name: &str| -> Vec<u64> {
+        scan.split(&format!("{name}="))
+            .skip(1)
+            .filter_map(|rest| {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse().ok()
+            })
+            .collect()
+    };
+    // `tasks=` twice: the partitions it was planned with, and the tasks that ran.
+    let tasks = numbers_after("tasks");
+    assert!(tasks.len() == 2 && tasks[0] == tasks[1] && tasks[0] > 0, "{scan}");
+    assert_eq!(numbers_after("output_rows"), vec![expected], "{scan}");
+    assert!(scan.contains("task_cpu=") && scan.contains("task_wall="), "{scan}");
 }
 
 /// `manta start --head --flight-sql-port 0 --table ...` serves the tables: a Flight SQL client
@@ -1184,7 +1240,11 @@ fn task_outputs_lost_with_their_node_are_rebuilt_from_lineage(_shared: &Cluster)
 /// since a node dies.
 fn dataset_blocks_lost_with_their_node_are_made_again(_shared: &Cluster) {
     use manta::SortKey;
-    let mut cluster = Cluster::start(&["a=1", "b=1"]);
+    let dashboard = free_port().to_string();
+    let mut cluster = Cluster::start_with_head(
+        &["--head", "--port", "0", "--dashboard-port", &dashboard],
+        &["a=1", "b=1"],
+    );
     let tmp = tempfile::tempdir().unwrap();
     let input = small_lineitem(tmp.path());
     let df = lineitem_sql(&input);
@@ -1243,6 +1303,22 @@ fn dataset_blocks_lost_with_their_node_are_made_again(_shared: &Cluster) {
         remade.objects > before.objects && remade.rows > before.rows,
         "the dead node's blocks were made again: {remade:?}"
     );
+    // The head's cluster events say so too, beside the node's loss.
+    let port: u16 = cluster.head.address.rsplit(':').next().unwrap().parse().unwrap();
+    let token = std::fs::read_to_string(manta::scheduler::cluster_token::token_file(port)).unwrap();
+    let api = format!("127.0.0.1:{dashboard}");
+    eventually("the head lists the reconstructions and the lost node", || {
+        let (code, events) = http(&api, "GET", "/api/events", Some(token.trim()), "");
+        assert_eq!(code, 200, "{events}");
+        let kinds: Vec<String> = serde_json::from_str::<serde_json::Value>(&events)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap().to_string())
+            .collect();
+        kinds.iter().any(|k| k == "lineage_reconstruction") && kinds.iter().any(|k| k == "node_lost")
+    });
 }
 
 /// The quickstart (read → filter, columns and a batch function), consumed as a stream: a node

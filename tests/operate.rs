@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Process, children_of, eventually, eventually_within, free_port};
+use common::{Process, children_of, eventually, eventually_within, free_port, http};
 use manta::Config;
 
 /// The env variable that makes this binary a job's driver in a role (see [`hold_objects`]).
@@ -448,31 +448,6 @@ fn quickstart() -> PathBuf {
     quickstart
 }
 
-/// One HTTP/1.1 request to `address`; (status code, body).
-fn http(address: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{auth}Content-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, body.to_string())
-}
 
 /// Ray Jobs' test: the quickstart submitted to a head runs there as a driver of the cluster;
 /// its log, followed, ends with the `rows_out=` line whose checksum is DataFusion's over the

@@ -19,7 +19,8 @@
 //! ```
 //!
 //! The rule is on for contexts connected to a cluster, and `Config::sql_tasks` turns it on
-//! or off. Datasets registered as tables are not rewritten, because their pipelines already
+//! or off. `EXPLAIN ANALYZE` shows what the tasks under the cut did (from their answers:
+//! tasks, rows, bytes made, pulled and spilled, wall and CPU time) on each `ScanTasksExec`. Datasets registered as tables are not rewritten, because their pipelines already
 //! run as tasks.
 
 use std::fmt;
@@ -37,6 +38,9 @@ use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::metrics::{
+    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
+};
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -161,6 +165,49 @@ pub struct ScanTasksExec {
     encoded: Bytes,
     client: Client,
     properties: Arc<PlanProperties>,
+    /// What its tasks did, gathered from their answers: `EXPLAIN ANALYZE` shows it.
+    metrics: ExecutionPlanMetricsSet,
+}
+
+/// The figures of a [`ScanTasksExec`]'s tasks, summed (see [`ScanTasksExec::metrics`]).
+struct TaskMetrics {
+    tasks: Count,
+    output_rows: Count,
+    output_bytes: Count,
+    pulled_bytes: Count,
+    spilled_bytes: Count,
+    task_wall: Time,
+    task_cpu: Time,
+}
+
+impl TaskMetrics {
+    fn new(metrics: &ExecutionPlanMetricsSet) -> Self {
+        let counter = |name: &'static str| MetricBuilder::new(metrics).global_counter(name);
+        let time = |name: &'static str| MetricBuilder::new(metrics).subset_time(name, 0);
+        Self {
+            tasks: counter("tasks"),
+            output_rows: MetricBuilder::new(metrics).output_rows(0),
+            output_bytes: counter("task_output_bytes"),
+            pulled_bytes: counter("task_pulled_bytes"),
+            spilled_bytes: counter("task_spilled_bytes"),
+            task_wall: time("task_wall"),
+            task_cpu: time("task_cpu"),
+        }
+    }
+
+    fn record(&self, outcome: &manta_engine::TaskOutcome) {
+        let stats = &outcome.stats;
+        let meta = outcome.output.meta();
+        self.tasks.add(1);
+        self.output_rows.add(meta.num_rows as usize);
+        self.output_bytes.add(meta.size_bytes as usize);
+        self.pulled_bytes.add(stats.pulled_bytes as usize);
+        self.spilled_bytes.add(stats.spilled_bytes as usize);
+        self.task_wall
+            .add_duration(std::time::Duration::from_nanos(stats.wall_ns));
+        self.task_cpu
+            .add_duration(std::time::Duration::from_nanos(stats.cpu_ns));
+    }
 }
 
 impl ScanTasksExec {
@@ -176,6 +223,7 @@ impl ScanTasksExec {
             encoded,
             client,
             properties: Arc::new(properties),
+            metrics: ExecutionPlanMetricsSet::new(),
         }
     }
 
@@ -256,6 +304,12 @@ impl ExecutionPlan for ScanTasksExec {
         }
     }
 
+    /// Its tasks' figures, from their answers: how many ran, the rows and bytes they made,
+    /// the bytes they pulled and spilled, their wall and CPU time summed.
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
     fn execute(
         &self,
         partition: usize,
@@ -270,11 +324,13 @@ impl ExecutionPlan for ScanTasksExec {
         let tasks = self.tasks();
         let concurrency = tasks.len().max(1);
         let client = self.client.clone();
+        let metrics = Arc::new(TaskMetrics::new(&self.metrics));
         let blocks = futures::stream::iter(tasks)
             .map(move |spec| {
-                let client = client.clone();
+                let (client, metrics) = (client.clone(), Arc::clone(&metrics));
                 async move {
                     let outcome = client.submit(spec).await?;
+                    metrics.record(&outcome);
                     client.get(&outcome.output).await
                 }
             })

@@ -196,6 +196,28 @@ impl ClusterClient {
         }
     }
 
+    /// Tells the head (for its cluster events) that the lost object `object` was made again by
+    /// running `task` again; in the background, with a deadline, its failure only logged.
+    pub fn report_reconstruction(&self, object: ObjectId, task: &str, rows: u64) {
+        let mut head = self.head.clone();
+        let request = proto::ReportReconstructionRequest {
+            job_id: Bytes::copy_from_slice(self.job.as_bytes()),
+            object_id: Bytes::copy_from_slice(object.as_bytes()),
+            task: task.to_string(),
+            rows,
+        };
+        tokio::spawn(async move {
+            let told = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                head.report_reconstruction(request),
+            )
+            .await;
+            if !matches!(told, Ok(Ok(_))) {
+                tracing::debug!("could not tell the head of a reconstruction: {told:?}");
+            }
+        });
+    }
+
     /// A task's reply as its outcome: the output, owned by this driver, or the error.
     pub(crate) fn outcome(&self, reply: proto::TaskReply) -> Result<TaskOutcome> {
         outcome(reply, &self.releaser)

@@ -1,7 +1,8 @@
 //! What happened in the cluster, kept by the head in bounded memory: every task run (a ring of
 //! [`TASK_EVENTS_KEPT`] task events, what `manta timeline` draws), each job's progress by
 //! stage (what the dashboard's job page shows while it runs), and cluster events (nodes
-//! joining and lost, tasks retried and failed, actors restarted, jobs changing state).
+//! joining and lost, tasks retried and failed, actors restarted, lost objects made again from
+//! their lineage, jobs changing state).
 //!
 //! ```text
 //!  head.submit ─▶ submitted(): stage counts submitted += 1        (one lock, no allocation
@@ -56,6 +57,8 @@ pub enum EventKind {
     TaskFailed,
     /// An actor's worker or node died and it is being made again.
     ActorRestarted,
+    /// A driver made a lost object again from its lineage.
+    LineageReconstruction,
     /// A submitted job started or ended.
     JobState,
 }

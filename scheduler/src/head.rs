@@ -1292,6 +1292,25 @@ impl HeadRpc for Head {
     type TaskEventsStream =
         Pin<Box<dyn Stream<Item = Result<proto::TaskEventBatch, Status>> + Send>>;
 
+    async fn report_reconstruction(
+        &self,
+        request: Request<proto::ReportReconstructionRequest>,
+    ) -> Result<Response<proto::ReportReconstructionReply>, Status> {
+        let r = request.into_inner();
+        let job = proto::parse_id(&r.job_id, JobId::from_slice, "job_id")?;
+        let object = proto::parse_id(&r.object_id, manta_engine::ObjectId::from_slice, "object_id")?;
+        // A label is short; a longer one is cut (the event ring holds sentences, not payloads).
+        let task: String = r.task.chars().take(200).collect();
+        self.events.cluster(
+            crate::events::EventKind::LineageReconstruction,
+            format!(
+                "job {job} made lost object {object} again ({} rows) by running {task} again",
+                r.rows
+            ),
+        );
+        Ok(Response::new(proto::ReportReconstructionReply {}))
+    }
+
     async fn explain_job(
         &self,
         request: Request<proto::ExplainJobRequest>,

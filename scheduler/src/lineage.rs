@@ -208,6 +208,9 @@ pub fn remake<'a>(client: &'a Client, lost: &'a ObjectRef) -> BoxFuture<'a, Resu
         })?;
         REMADE_OBJECTS.fetch_add(1, Ordering::Relaxed);
         REMADE_ROWS.fetch_add(made.meta().num_rows, Ordering::Relaxed);
+        if let Client::Cluster(cluster) = client {
+            cluster.report_reconstruction(lost.id(), lineage.label(), made.meta().num_rows);
+        }
         lost.set_replacement(made.clone());
         Ok(made)
     }
