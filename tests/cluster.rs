@@ -79,7 +79,10 @@ fn explain_analyze_shows_the_tasks_under_the_cut(ctx: &manta::Context) {
             .unwrap();
         rows as u64
     });
-    assert!(expected > 0 && expected < 1000, "{expected} rows: pick another filter");
+    assert!(
+        expected > 0 && expected < 1000,
+        "{expected} rows: pick another filter"
+    );
     let analyzed = cells(
         &ctx.sql(&format!(
             "EXPLAIN ANALYZE SELECT l_orderkey FROM lineitem WHERE {filter}"
@@ -104,9 +107,15 @@ fn explain_analyze_shows_the_tasks_under_the_cut(ctx: &manta::Context) {
     };
     // `tasks=` twice: the partitions it was planned with, and the tasks that ran.
     let tasks = numbers_after("tasks");
-    assert!(tasks.len() == 2 && tasks[0] == tasks[1] && tasks[0] > 0, "{scan}");
+    assert!(
+        tasks.len() == 2 && tasks[0] == tasks[1] && tasks[0] > 0,
+        "{scan}"
+    );
     assert_eq!(numbers_after("output_rows"), vec![expected], "{scan}");
-    assert!(scan.contains("task_cpu=") && scan.contains("task_wall="), "{scan}");
+    assert!(
+        scan.contains("task_cpu=") && scan.contains("task_wall="),
+        "{scan}"
+    );
 }
 
 /// `manta start --head --flight-sql-port 0 --table ...` serves the tables: a Flight SQL client
@@ -1304,21 +1313,32 @@ fn dataset_blocks_lost_with_their_node_are_made_again(_shared: &Cluster) {
         "the dead node's blocks were made again: {remade:?}"
     );
     // The head's cluster events say so too, beside the node's loss.
-    let port: u16 = cluster.head.address.rsplit(':').next().unwrap().parse().unwrap();
+    let port: u16 = cluster
+        .head
+        .address
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let token = std::fs::read_to_string(manta::scheduler::cluster_token::token_file(port)).unwrap();
     let api = format!("127.0.0.1:{dashboard}");
-    eventually("the head lists the reconstructions and the lost node", || {
-        let (code, events) = http(&api, "GET", "/api/events", Some(token.trim()), "");
-        assert_eq!(code, 200, "{events}");
-        let kinds: Vec<String> = serde_json::from_str::<serde_json::Value>(&events)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["kind"].as_str().unwrap().to_string())
-            .collect();
-        kinds.iter().any(|k| k == "lineage_reconstruction") && kinds.iter().any(|k| k == "node_lost")
-    });
+    eventually(
+        "the head lists the reconstructions and the lost node",
+        || {
+            let (code, events) = http(&api, "GET", "/api/events", Some(token.trim()), "");
+            assert_eq!(code, 200, "{events}");
+            let kinds: Vec<String> = serde_json::from_str::<serde_json::Value>(&events)
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["kind"].as_str().unwrap().to_string())
+                .collect();
+            kinds.iter().any(|k| k == "lineage_reconstruction")
+                && kinds.iter().any(|k| k == "node_lost")
+        },
+    );
 }
 
 /// The quickstart (read → filter, columns and a batch function), consumed as a stream: a node

@@ -448,7 +448,6 @@ fn quickstart() -> PathBuf {
     quickstart
 }
 
-
 /// Ray Jobs' test: the quickstart submitted to a head runs there as a driver of the cluster;
 /// its log, followed, ends with the `rows_out=` line whose checksum is DataFusion's over the
 /// same input, and it succeeded. A job that fails says so with its exit status; a job that is

@@ -130,8 +130,8 @@ pub struct TaskTrack {
     /// Ended for good.
     done: bool,
     job: JobId,
-    /// Its key among the tasks in flight.
-    seq: u64,
+    /// Its slot among the tasks in flight ([`NO_SLOT`]: none).
+    slot: u32,
     stage_index: Option<usize>,
     submitted_unix_micros: u64,
     placed_unix_micros: u64,
@@ -141,7 +141,7 @@ pub struct TaskTrack {
 impl Drop for TaskTrack {
     fn drop(&mut self) {
         if !self.done
-            && self.seq != 0
+            && self.slot != NO_SLOT
             && let Some(events) = self.events.upgrade()
         {
             events.abandoned(self);
@@ -150,14 +150,15 @@ impl Drop for TaskTrack {
 }
 
 /// Where a task ran, for its event.
-pub struct RanOn<'a> {
-    /// The node's address.
-    pub address: &'a str,
-    /// The node's name (may be empty).
-    pub name: &'a str,
+pub struct RanOn {
+    /// The node, as [`Events::node`] numbered it.
+    pub node: u32,
     /// Which run of the task this was (0: the first).
     pub attempt: u32,
 }
+
+/// No slot among the tasks in flight.
+const NO_SLOT: u32 = u32::MAX;
 
 /// A task the head has not heard the end of: waiting for a node, or running on one.
 struct InFlight {
@@ -267,9 +268,10 @@ struct Progress {
     /// Nodes (address, name) task records name, by index; and the index of each address.
     nodes: Vec<(String, String)>,
     node_index: HashMap<String, u32>,
-    /// Tasks submitted and not ended, by [`TaskTrack`] sequence number.
-    in_flight: HashMap<u64, InFlight>,
-    next_seq: u64,
+    /// Tasks submitted and not ended, by [`TaskTrack`] slot (a slab: no hashing per task),
+    /// and the free slots.
+    in_flight: Vec<Option<InFlight>>,
+    free_slots: Vec<u32>,
     /// Jobs, oldest first, for eviction.
     order: VecDeque<JobId>,
 }
@@ -278,6 +280,9 @@ struct Progress {
 /// measuring what it costs).
 pub struct Events {
     enabled: bool,
+    /// A moment and its Unix time, to turn `Instant`s into Unix times without asking the
+    /// clock twice.
+    clock: (Instant, u64),
     cluster: Mutex<VecDeque<ClusterEvent>>,
     progress: Mutex<Progress>,
 }
@@ -320,6 +325,7 @@ impl Events {
     pub fn new(enabled: bool) -> Self {
         Self {
             enabled,
+            clock: (Instant::now(), now_micros()),
             cluster: Mutex::default(),
             progress: Mutex::default(),
         }
@@ -381,7 +387,7 @@ impl Events {
             on_node: false,
             done: false,
             job,
-            seq: 0,
+            slot: NO_SLOT,
             stage_index: None,
             submitted_unix_micros: 0,
             placed_unix_micros: 0,
@@ -390,11 +396,10 @@ impl Events {
         if !self.enabled {
             return track;
         }
-        track.submitted_unix_micros = now_micros();
+        let now = Instant::now();
+        track.submitted_unix_micros = self.unix_micros(now);
         let stage = stage_of(label);
         let mut progress = self.progress.lock();
-        progress.next_seq += 1;
-        track.seq = progress.next_seq;
         if let Some(entry) = progress.jobs.get_mut(&job) {
             // Looked up by a borrowed key first: a known stage costs no allocation.
             let i = match entry.index.get(stage) {
@@ -412,31 +417,38 @@ impl Events {
             entry.progress.stages[i].submitted += 1;
             track.stage_index = Some(i);
         }
-        progress.in_flight.insert(
-            track.seq,
-            InFlight {
-                job,
-                label: Arc::from(label),
-                stage_index: track.stage_index,
-                demand: demand.clone(),
-                since: Instant::now(),
-                node: None,
-            },
-        );
+        let task = InFlight {
+            job,
+            label: Arc::from(label),
+            stage_index: track.stage_index,
+            demand: demand.clone(),
+            since: now,
+            node: None,
+        };
+        track.slot = match progress.free_slots.pop() {
+            Some(slot) => {
+                progress.in_flight[slot as usize] = Some(task);
+                slot
+            }
+            None => {
+                progress.in_flight.push(Some(task));
+                (progress.in_flight.len() - 1) as u32
+            }
+        };
         track
     }
 
-    /// The task was sent to the node at `address`.
-    pub fn placed(&self, track: &mut TaskTrack, address: &str) {
+    /// The task was sent to `node` (as [`Events::node`] numbered it).
+    pub fn placed(&self, track: &mut TaskTrack, node: u32) {
         if !self.enabled {
             return;
         }
-        track.placed_unix_micros = now_micros();
+        let now = Instant::now();
+        track.placed_unix_micros = self.unix_micros(now);
         track.on_node = true;
         let mut progress = self.progress.lock();
-        let node = node_index(&mut progress, address, None);
-        if let Some(task) = progress.in_flight.get_mut(&track.seq) {
-            task.since = Instant::now();
+        if let Some(Some(task)) = progress.in_flight.get_mut(track.slot as usize) {
+            task.since = now;
             task.node = Some(node);
         }
         if let Some(stage) = Self::stage_mut(&mut progress, track) {
@@ -445,6 +457,29 @@ impl Events {
                 stage.first_placed_unix_micros = track.placed_unix_micros;
             }
         }
+    }
+
+    /// The Unix time (microseconds) of `at`.
+    fn unix_micros(&self, at: Instant) -> u64 {
+        let (base, base_unix) = self.clock;
+        base_unix + at.saturating_duration_since(base).as_micros() as u64
+    }
+
+    /// The number task events and tasks in flight name the node at `address` by; its name is
+    /// recorded (the head calls this when a node registers).
+    pub fn node(&self, address: &str, name: &str) -> u32 {
+        let mut progress = self.progress.lock();
+        let i = match progress.node_index.get(address) {
+            Some(i) => *i,
+            None => {
+                progress.nodes.push((address.to_string(), String::new()));
+                let i = (progress.nodes.len() - 1) as u32;
+                progress.node_index.insert(address.to_string(), i);
+                i
+            }
+        };
+        progress.nodes[i as usize].1 = name.to_string();
+        i
     }
 
     fn stage_mut<'a>(
@@ -461,7 +496,7 @@ impl Events {
     /// A task whose caller went away before it ended: it is no longer in flight.
     fn abandoned(&self, track: &TaskTrack) {
         let mut progress = self.progress.lock();
-        progress.in_flight.remove(&track.seq);
+        take_slot(&mut progress, track.slot);
         if let Some(stage) = Self::stage_mut(&mut progress, track) {
             if track.on_node {
                 stage.running = stage.running.saturating_sub(1);
@@ -476,7 +511,8 @@ impl Events {
         let progress = self.progress.lock();
         let mut tasks: Vec<(Instant, TaskInFlight)> = progress
             .in_flight
-            .values()
+            .iter()
+            .flatten()
             .filter_map(|task| {
                 let job_progress = &progress.jobs.get(&task.job)?.progress;
                 let matches = job.is_empty()
@@ -514,7 +550,7 @@ impl Events {
         &self,
         track: &mut TaskTrack,
         request: &proto::TaskRequest,
-        ran_on: RanOn<'_>,
+        ran_on: RanOn,
         outcome: Result<&proto::TaskSuccess, &Error>,
         retried: bool,
     ) {
@@ -536,7 +572,8 @@ impl Events {
         if !self.enabled {
             return;
         }
-        let finished = now_micros();
+        let now = Instant::now();
+        let finished = self.unix_micros(now);
         let (stats, output, worker_pid) = match outcome {
             Ok(success) => (
                 success.stats.unwrap_or_default(),
@@ -550,15 +587,18 @@ impl Events {
         track.done = !retried;
         let mut progress = self.progress.lock();
         let label = if retried {
-            progress.in_flight.get_mut(&track.seq).map(|task| {
-                task.since = Instant::now();
-                task.node = None;
-                Arc::clone(&task.label)
-            })
+            match progress.in_flight.get_mut(track.slot as usize) {
+                Some(Some(task)) => {
+                    task.since = now;
+                    task.node = None;
+                    Some(Arc::clone(&task.label))
+                }
+                _ => None,
+            }
         } else {
-            progress.in_flight.remove(&track.seq).map(|task| task.label)
+            take_slot(&mut progress, track.slot).map(|task| task.label)
         };
-        let node = node_index(&mut progress, ran_on.address, Some(ran_on.name));
+        let node = ran_on.node;
         let Progress { jobs, tasks, .. } = &mut *progress;
         let Some(entry) = jobs.get_mut(&track.job) else {
             return;
@@ -694,33 +734,12 @@ pub fn chrome_trace(events: &[proto::TaskEvent]) -> serde_json::Value {
     serde_json::Value::Array(trace)
 }
 
-/// The index of the node at `address` in `progress.nodes` (added if new; its name updated if
-/// given). At most [`NODES_KEPT`]; past that the table starts over (old records then name
-/// whichever node took their index).
-fn node_index(progress: &mut Progress, address: &str, name: Option<&str>) -> u32 {
-    let i = match progress.node_index.get(address) {
-        Some(i) => *i,
-        None => {
-            if progress.nodes.len() >= NODES_KEPT {
-                progress.nodes.clear();
-                progress.node_index.clear();
-            }
-            progress.nodes.push((address.to_string(), String::new()));
-            let i = (progress.nodes.len() - 1) as u32;
-            progress.node_index.insert(address.to_string(), i);
-            i
-        }
-    };
-    if let Some(name) = name
-        && progress.nodes[i as usize].1 != name
-    {
-        progress.nodes[i as usize].1 = name.to_string();
-    }
-    i
+/// Takes the task in flight at `slot` out, freeing the slot.
+fn take_slot(progress: &mut Progress, slot: u32) -> Option<InFlight> {
+    let task = progress.in_flight.get_mut(slot as usize)?.take()?;
+    progress.free_slots.push(slot);
+    Some(task)
 }
-
-/// How many node addresses task records may name before the table starts over.
-const NODES_KEPT: usize = 10_000;
 
 #[cfg(test)]
 mod tests {
@@ -773,9 +792,9 @@ mod tests {
         let events = Arc::new(Events::new(true));
         let job = JobId::random();
         events.job_registered(job, "job-1");
+        let a = events.node("a", "n");
         let on = || RanOn {
-            address: "a",
-            name: "n",
+            node: a,
             attempt: 0,
         };
         let mut expected_rows = 0;
@@ -784,7 +803,7 @@ mod tests {
             let request = request(job, &label);
             let mut track = events.submitted(job, &label, &Resources::one_cpu(), 5);
             assert_eq!(events.in_flight("job-1").last().unwrap().node, None);
-            events.placed(&mut track, "a");
+            events.placed(&mut track, a);
             assert_eq!(
                 events.in_flight("job-1").last().unwrap().node.as_deref(),
                 Some("a")
@@ -793,7 +812,7 @@ mod tests {
                 let lost = Error::Internal("lost".into());
                 events.ended(&mut track, &request, on(), Err(&lost), true);
                 assert_eq!(events.in_flight("job-1").last().unwrap().node, None);
-                events.placed(&mut track, "a");
+                events.placed(&mut track, a);
             }
             events.ended(&mut track, &request, on(), Ok(&success(i, 2 * i)), false);
             expected_rows += i;
@@ -817,7 +836,7 @@ mod tests {
         assert!(events.in_flight("").is_empty(), "every task ended");
         // A task whose caller goes away is no longer in flight, and counted as cancelled.
         let mut gone = events.submitted(job, "block 0 of stage 0 (map)", &Resources::one_cpu(), 0);
-        events.placed(&mut gone, "a");
+        events.placed(&mut gone, a);
         assert_eq!(events.in_flight("job-1").len(), 1);
         drop(gone);
         assert!(events.in_flight("job-1").is_empty());
@@ -849,13 +868,12 @@ mod tests {
         events.job_registered(job, "");
         let request = request(job, "add");
         let mut track = events.submitted(job, "add", &Resources::one_cpu(), 0);
-        events.placed(&mut track, "a");
+        events.placed(&mut track, 0);
         events.ended(
             &mut track,
             &request,
             RanOn {
-                address: "a",
-                name: "",
+                node: 0,
                 attempt: 0,
             },
             Ok(&success(1, 1)),

@@ -146,6 +146,8 @@ impl Default for HeadConfig {
 
 struct NodeEntry {
     address: String,
+    /// Its number in the task events.
+    events_node: u32,
     /// The name it registered with (may be empty).
     name: String,
     /// Taking no new work: the autoscaler is stopping it.
@@ -291,8 +293,8 @@ fn release(state: &mut HeadState, reservation: &Reservation) {
 struct Lease {
     reservation: Reservation,
     address: String,
-    /// The node's name.
-    name: String,
+    /// The node's number in the task events.
+    events_node: u32,
     client: NodeClient<AuthChannel>,
     tasks: TaskStream,
     lost: CancellationToken,
@@ -768,7 +770,7 @@ impl Head {
         };
         Lease {
             address: node.address.clone(),
-            name: node.name.clone(),
+            events_node: node.events_node,
             client: node.client.clone(),
             tasks: node.tasks.clone(),
             lost: node.lost.clone(),
@@ -819,7 +821,7 @@ impl Head {
         loop {
             request.pipeline = self.is_short(&request.label);
             let lease = self.acquire(&demand, &input_bytes, &request.label).await?;
-            self.events.placed(&mut track, &lease.address);
+            self.events.placed(&mut track, lease.events_node);
             // Boxed: a task waiting for a node then holds only what it needs to be placed.
             let outcome = Box::pin(self.run_on(&lease, &request)).await;
             drop(lease.reservation);
@@ -831,8 +833,7 @@ impl Head {
                 && attempt < request.max_retries
                 && !self.input_gone(e));
             let ran_on = crate::events::RanOn {
-                address: &lease.address,
-                name: &lease.name,
+                node: lease.events_node,
                 attempt,
             };
             self.events
@@ -993,6 +994,7 @@ impl HeadRpc for Head {
             ..Default::default()
         };
         let entry = NodeEntry {
+            events_node: self.events.node(&r.address, &r.name),
             address: r.address,
             name: r.name,
             draining: false,
@@ -1298,7 +1300,11 @@ impl HeadRpc for Head {
     ) -> Result<Response<proto::ReportReconstructionReply>, Status> {
         let r = request.into_inner();
         let job = proto::parse_id(&r.job_id, JobId::from_slice, "job_id")?;
-        let object = proto::parse_id(&r.object_id, manta_engine::ObjectId::from_slice, "object_id")?;
+        let object = proto::parse_id(
+            &r.object_id,
+            manta_engine::ObjectId::from_slice,
+            "object_id",
+        )?;
         // A label is short; a longer one is cut (the event ring holds sentences, not payloads).
         let task: String = r.task.chars().take(200).collect();
         self.events.cluster(
@@ -1495,6 +1501,7 @@ mod tests {
         let client =
             NodeClient::new(server::lazy_channel("127.0.0.1:9", &Token::generate()).unwrap());
         let entry = NodeEntry {
+            events_node: head.events.node("http://127.0.0.1:9", ""),
             address: "http://127.0.0.1:9".into(),
             name: String::new(),
             draining: false,

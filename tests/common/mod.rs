@@ -495,7 +495,13 @@ async fn relay_one_way(
 }
 
 /// One HTTP/1.1 request to `address`; (status code, body).
-pub fn http(address: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+pub fn http(
+    address: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     stream
