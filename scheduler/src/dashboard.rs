@@ -75,7 +75,7 @@ impl Dashboard {
                 _ = stop.cancelled() => return,
             }
             let nodes = self.head.node_infos();
-            let now = crate::events::now_micros() / 1000;
+            let now = crate::events::now_millis();
             self.history.lock().record(&nodes, now);
         }
     }

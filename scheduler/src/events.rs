@@ -36,6 +36,11 @@ pub const CLUSTER_EVENTS_KEPT: usize = 1_000;
 /// How many jobs' stage progress the head keeps (the least recently started go first).
 pub const JOBS_KEPT: usize = 100;
 
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> u64 {
+    now_micros() / 1000
+}
+
 /// Microseconds since the Unix epoch.
 pub fn now_micros() -> u64 {
     SystemTime::now()
@@ -287,12 +292,6 @@ pub struct Events {
     progress: Mutex<Progress>,
 }
 
-impl Default for Events {
-    fn default() -> Self {
-        Self::new(true)
-    }
-}
-
 /// The stage a task of this label belongs to: the label without leading `<word> <n> of ` and
 /// `<n> of ` parts (`block 3 of stage 1 (map)` → `stage 1 (map)`, `partition 2 of 4 of SQL
 /// scan t` → `SQL scan t`).
@@ -339,7 +338,7 @@ impl Events {
             cluster.pop_front();
         }
         cluster.push_back(ClusterEvent {
-            unix_millis: now_micros() / 1000,
+            unix_millis: now_millis(),
             kind,
             message,
         });

@@ -24,7 +24,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use manta_flight::auth::Token;
 use parking_lot::Mutex;
@@ -32,6 +32,7 @@ use tokio::io::AsyncReadExt as _;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
+use crate::events::now_millis;
 use crate::proto::{self, JobState};
 
 /// The most bytes of output kept per job; past it the log says it was cut, and the rest of
@@ -72,12 +73,6 @@ struct Job {
     /// Bumped as the log grows and when the job ends (followers wait on it).
     progress: watch::Sender<u64>,
     stopping: bool,
-}
-
-fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn ended(state: i32) -> bool {

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::html::{self, ago, card, duration_ms, escape, link, progress, sparkline, table};
 use super::{Dashboard, api};
-use crate::events::{JobProgress, StageProgress, now_micros};
+use crate::events::{JobProgress, StageProgress, now_micros, now_millis};
 use crate::jobs::http::state_name;
 use crate::proto;
 
@@ -34,10 +34,6 @@ fn respond(query: &PageQuery, title: &str, body: String) -> Response {
     } else {
         Html(html::page(title, &body)).into_response()
     }
-}
-
-fn now_millis() -> u64 {
-    now_micros() / 1000
 }
 
 fn node_title(node: &proto::NodeInfo) -> String {
