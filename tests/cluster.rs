@@ -285,6 +285,10 @@ fn main() {
             workers_read_blocks_zero_copy_from_shared_memory,
         ),
         (
+            "stats_show_the_peak_memory_of_each_stages_tasks",
+            stats_show_the_peak_memory_of_each_stages_tasks,
+        ),
+        (
             "a_failing_task_on_a_node_names_the_function",
             a_failing_task_on_a_node_names_the_function,
         ),
@@ -563,6 +567,44 @@ fn workers_read_blocks_zero_copy_from_shared_memory(cluster: &Cluster) {
             "the block was mapped from shared memory, not copied"
         );
     }
+}
+
+/// Bytes [`hold_memory`] allocates and touches.
+const HELD_BYTES: usize = 96 << 20;
+
+#[manta::remote]
+fn hold_memory(batch: RecordBatch) -> manta::Result<RecordBatch> {
+    let held = vec![1u8; HELD_BYTES];
+    let sum: u64 = std::hint::black_box(&held).iter().map(|&b| b as u64).sum();
+    assert_eq!(sum, HELD_BYTES as u64);
+    Ok(batch)
+}
+
+/// `ds.stats()` on the cluster shows each stage's peak memory, measured in the worker
+/// processes: a stage whose function holds 96 MiB shows at least that; the stage before it,
+/// which holds nothing of the sort (on the other node, in other workers), shows less.
+fn stats_show_the_peak_memory_of_each_stages_tasks(cluster: &Cluster) {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = small_lineitem(tmp.path());
+    let (read, map) = read_on_a_map_on_b();
+    let ctx = cluster.connect();
+    let ds = ctx
+        .read_parquet_with(input.to_str().unwrap(), read)
+        .unwrap()
+        .map_batches_with(hold_memory, map);
+    assert!(!ds.take(usize::MAX).unwrap().is_empty());
+    let stats = ds.stats();
+    assert_eq!(stats.stages.len(), 2, "{stats}");
+    let (read, held) = (&stats.stages[0].task, &stats.stages[1].task);
+    assert!(
+        held.peak_memory_bytes >= HELD_BYTES as u64,
+        "the holding stage's peak: {stats}"
+    );
+    assert!(
+        read.peak_memory_bytes < HELD_BYTES as u64,
+        "the reading stage's peak: {stats}"
+    );
+    assert!(stats.to_string().contains("peak memory"), "{stats}");
 }
 
 #[manta::remote]

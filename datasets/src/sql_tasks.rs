@@ -39,7 +39,7 @@ use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::metrics::{
-    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
+    Count, ExecutionPlanMetricsSet, Gauge, MetricBuilder, MetricsSet, Time,
 };
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -178,6 +178,7 @@ struct TaskMetrics {
     spilled_bytes: Count,
     task_wall: Time,
     task_cpu: Time,
+    peak_memory: Gauge,
 }
 
 impl TaskMetrics {
@@ -192,6 +193,7 @@ impl TaskMetrics {
             spilled_bytes: counter("task_spilled_bytes"),
             task_wall: time("task_wall"),
             task_cpu: time("task_cpu"),
+            peak_memory: MetricBuilder::new(metrics).global_gauge("task_peak_memory_bytes"),
         }
     }
 
@@ -207,6 +209,7 @@ impl TaskMetrics {
             .add_duration(std::time::Duration::from_nanos(stats.wall_ns));
         self.task_cpu
             .add_duration(std::time::Duration::from_nanos(stats.cpu_ns));
+        self.peak_memory.set_max(stats.peak_memory_bytes as usize);
     }
 }
 

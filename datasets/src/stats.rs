@@ -119,6 +119,13 @@ impl fmt::Display for DatasetStats {
                     human_bytes(s.task.spilled_bytes)
                 )?;
             }
+            if s.task.peak_memory_bytes > 0 {
+                writeln!(
+                    f,
+                    "  peak memory of a worker running one of its tasks: {}",
+                    human_bytes(s.task.peak_memory_bytes)
+                )?;
+            }
             if s.task.pulled_objects > 0 {
                 writeln!(
                     f,

@@ -50,6 +50,11 @@ pub struct TaskStats {
     pub pulled_objects: u64,
     /// Bytes of other objects spilled to disk to make room for the output.
     pub spilled_bytes: u64,
+    /// Peak resident memory of the worker process while it ran the task (0: not measured, as
+    /// in embedded mode, where tasks share one process, or for a task under a millisecond).
+    /// Summing stats keeps the largest.
+    #[serde(default)]
+    pub peak_memory_bytes: u64,
 }
 
 impl TaskStats {
@@ -60,6 +65,7 @@ impl TaskStats {
         self.pulled_bytes += other.pulled_bytes;
         self.pulled_objects += other.pulled_objects;
         self.spilled_bytes += other.spilled_bytes;
+        self.peak_memory_bytes = self.peak_memory_bytes.max(other.peak_memory_bytes);
     }
 }
 

@@ -811,7 +811,7 @@ impl Head {
         }
         let mut attempt = 0;
         let tasks = &self.metrics.tasks;
-        tasks.with_label_values(&["submitted"]).inc();
+        tasks.submitted.inc();
         let mut track = self.events.submitted(
             JobId::from_slice(&request.job_id)?,
             &request.label,
@@ -841,25 +841,24 @@ impl Head {
             match outcome {
                 Err(e) if retry => {
                     attempt += 1;
-                    tasks.with_label_values(&["retried"]).inc();
+                    tasks.retried.inc();
                     tracing::warn!(task = %request.label, attempt, error = %e, "retrying task");
                 }
                 Ok(success) => {
-                    tasks.with_label_values(&["finished"]).inc();
+                    tasks.finished.inc();
                     let wall_ns = success.stats.as_ref().map_or(0, |s| s.wall_ns);
                     self.metrics.task_seconds.observe(wall_ns as f64 / 1e9);
                     if let Some(output) = &success.output {
                         self.metrics.task_rows.inc_by(output.num_rows);
-                        let bytes = &self.metrics.task_bytes;
-                        bytes.with_label_values(&["out"]).inc_by(output.size_bytes);
-                        bytes
-                            .with_label_values(&["in"])
+                        self.metrics.task_bytes_out.inc_by(output.size_bytes);
+                        self.metrics
+                            .task_bytes_in
                             .inc_by(input_bytes.values().sum());
                     }
                     return Ok(success);
                 }
                 Err(e) => {
-                    tasks.with_label_values(&["failed"]).inc();
+                    tasks.failed.inc();
                     return Err(e);
                 }
             }

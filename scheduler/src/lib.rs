@@ -47,6 +47,7 @@ pub mod jobs;
 pub mod lineage;
 pub mod metrics;
 pub mod node;
+pub mod peak_memory;
 pub mod placement;
 pub mod proto;
 pub mod runtime;

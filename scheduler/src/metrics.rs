@@ -52,6 +52,12 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntC
     )
 }
 
+/// The counters of `vec` for each of `values` of its one label, looked up once: counting with
+/// one is then a single atomic add, where `with_label_values` hashes and locks on every call.
+fn children<const N: usize>(vec: &IntCounterVec, values: [&str; N]) -> [IntCounter; N] {
+    values.map(|value| vec.with_label_values(&[value]))
+}
+
 fn gauge_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntGaugeVec {
     registered(registry, IntGaugeVec::new(Opts::new(name, help), &[label]))
 }
@@ -117,11 +123,23 @@ impl StoreGauges {
     }
 }
 
+/// `manta_tasks_total` by state.
+pub struct TaskCounters {
+    /// Tasks submitted to the head.
+    pub submitted: IntCounter,
+    /// Tasks that ended well.
+    pub finished: IntCounter,
+    /// Tasks that failed for good.
+    pub failed: IntCounter,
+    /// Runs that failed and were run again.
+    pub retried: IntCounter,
+}
+
 /// The head's metrics (see the module doc).
 pub struct HeadMetrics {
     registry: Registry,
-    /// Tasks by state: `submitted`, `finished`, `failed`, `retried`.
-    pub tasks: IntCounterVec,
+    /// Tasks by state.
+    pub tasks: TaskCounters,
     /// Run time of finished tasks.
     pub task_seconds: Histogram,
     /// Nodes by state (set at scrape).
@@ -138,8 +156,10 @@ pub struct HeadMetrics {
     pub jobs: IntGaugeVec,
     /// Rows made by finished tasks (a dataset's blocks).
     pub task_rows: IntCounter,
-    /// Bytes read (`in`) and made (`out`) by finished tasks.
-    pub task_bytes: IntCounterVec,
+    /// Bytes read by finished tasks.
+    pub task_bytes_in: IntCounter,
+    /// Bytes made by finished tasks.
+    pub task_bytes_out: IntCounter,
 }
 
 impl Default for HeadMetrics {
@@ -153,20 +173,31 @@ impl Default for HeadMetrics {
                 ),
             ),
         );
+        let tasks = counter_vec(&registry, "manta_tasks_total", "Tasks by state", "state");
+        let [submitted, finished, failed, retried] =
+            children(&tasks, ["submitted", "finished", "failed", "retried"]);
+        let task_bytes = counter_vec(
+            &registry,
+            "manta_task_bytes_total",
+            "Bytes finished tasks read (in) and made (out)",
+            "direction",
+        );
+        let [task_bytes_in, task_bytes_out] = children(&task_bytes, ["in", "out"]);
         Self {
-            tasks: counter_vec(&registry, "manta_tasks_total", "Tasks by state", "state"),
+            tasks: TaskCounters {
+                submitted,
+                finished,
+                failed,
+                retried,
+            },
             task_seconds,
             task_rows: counter(
                 &registry,
                 "manta_task_rows_total",
                 "Rows made by finished tasks",
             ),
-            task_bytes: counter_vec(
-                &registry,
-                "manta_task_bytes_total",
-                "Bytes finished tasks read (in) and made (out)",
-                "direction",
-            ),
+            task_bytes_in,
+            task_bytes_out,
             nodes: gauge_vec(&registry, "manta_nodes", "Nodes by state", "state"),
             pending: gauge(
                 &registry,
@@ -201,8 +232,10 @@ impl HeadMetrics {
 /// A node's metrics (see the module doc).
 pub struct NodeMetrics {
     registry: Registry,
-    /// Tasks run here by outcome: `ok`, `error`.
-    pub tasks: IntCounterVec,
+    /// Tasks run here that ended well.
+    pub tasks_ok: IntCounter,
+    /// Tasks run here that failed.
+    pub tasks_error: IntCounter,
     /// Input bytes fetched from other nodes.
     pub pulled_bytes: IntCounter,
     /// Live worker processes (set at scrape).
@@ -216,13 +249,16 @@ pub struct NodeMetrics {
 impl Default for NodeMetrics {
     fn default() -> Self {
         let registry = Registry::new();
+        let tasks = counter_vec(
+            &registry,
+            "manta_node_tasks_total",
+            "Tasks run on this node by outcome",
+            "outcome",
+        );
+        let [tasks_ok, tasks_error] = children(&tasks, ["ok", "error"]);
         Self {
-            tasks: counter_vec(
-                &registry,
-                "manta_node_tasks_total",
-                "Tasks run on this node by outcome",
-                "outcome",
-            ),
+            tasks_ok,
+            tasks_error,
             pulled_bytes: counter(
                 &registry,
                 "manta_node_pulled_bytes_total",

@@ -142,11 +142,11 @@ impl NodeDaemon {
         let m = &self.metrics;
         match outcome {
             Ok(success) => {
-                m.tasks.with_label_values(&["ok"]).inc();
+                m.tasks_ok.inc();
                 let pulled = success.stats.as_ref().map_or(0, |s| s.pulled_bytes);
                 m.pulled_bytes.inc_by(pulled);
             }
-            Err(_) => m.tasks.with_label_values(&["error"]).inc(),
+            Err(_) => m.tasks_error.inc(),
         }
     }
 

@@ -80,6 +80,7 @@ impl From<manta_engine::TaskStats> for TaskStats {
             pulled_bytes: s.pulled_bytes,
             pulled_objects: s.pulled_objects,
             spilled_bytes: s.spilled_bytes,
+            peak_memory_bytes: s.peak_memory_bytes,
         }
     }
 }
@@ -92,6 +93,7 @@ impl From<TaskStats> for manta_engine::TaskStats {
             pulled_bytes: s.pulled_bytes,
             pulled_objects: s.pulled_objects,
             spilled_bytes: s.spilled_bytes,
+            peak_memory_bytes: s.peak_memory_bytes,
         }
     }
 }

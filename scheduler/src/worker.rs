@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::{Error, Result, from_task_error};
+use crate::peak_memory::PeakMemory;
 use crate::proto::worker_client::WorkerClient;
 use crate::proto::{self, worker_done, worker_message};
 use crate::worker_pool::env;
@@ -145,6 +146,7 @@ async fn serve(worker: WorkerEnv) -> Result<()> {
     std::thread::Builder::new()
         .name("manta-task".into())
         .spawn(move || {
+            let peak_memory = PeakMemory::open();
             for assignment in queued {
                 let task_id = assignment.task_id.clone();
                 // The same task and stage ids as the node's span for this task: a task's log
@@ -156,8 +158,14 @@ async fn serve(worker: WorkerEnv) -> Result<()> {
                     label = %assignment.label,
                 );
                 let _in_task = span.enter();
+                let started = std::time::Instant::now();
                 let result = match run_assignment(&ctx, &dir, assignment) {
-                    Ok(output) => worker_done::Result::Output(output),
+                    Ok(mut output) => {
+                        if let (Some(peak), Some(stats)) = (&peak_memory, &mut output.stats) {
+                            stats.peak_memory_bytes = peak.after_task(started.elapsed());
+                        }
+                        worker_done::Result::Output(output)
+                    }
                     Err(e) => worker_done::Result::Error(proto::TaskError::from_error(&e)),
                 };
                 let done = proto::WorkerDone {

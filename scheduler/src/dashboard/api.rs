@@ -231,6 +231,7 @@ fn task_json(event: &proto::TaskEvent) -> Value {
         "cpu_ns": stats.cpu_ns,
         "pulled_bytes": stats.pulled_bytes,
         "spilled_bytes": stats.spilled_bytes,
+        "peak_memory_bytes": stats.peak_memory_bytes,
         "input_bytes": event.input_bytes,
         "output_bytes": event.output_bytes,
         "output_rows": event.output_rows,

@@ -386,6 +386,11 @@ fn stage_row(stage: &StageProgress) -> Vec<String> {
         human_bytes(stage.bytes_in),
         human_bytes(stage.bytes_out),
         human_bytes(stage.spilled_bytes),
+        if stage.peak_memory_bytes == 0 {
+            "-".into()
+        } else {
+            human_bytes(stage.peak_memory_bytes)
+        },
         duration_ms(took_ms),
         duration_ms(stage.cpu_ns / 1_000_000),
     ]
@@ -410,6 +415,7 @@ pub fn stages_table(progress: &[JobProgress]) -> String {
             "#bytes in",
             "#bytes out",
             "#spilled",
+            "#peak task memory",
             "#time",
             "#task CPU",
         ],
