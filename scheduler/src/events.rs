@@ -16,6 +16,9 @@
 //! without the driver saying more. Drivers started by `manta job submit` register with their
 //! job's id (`MANTA_JOB_ID`), so their tasks are shown under it.
 
+mod label;
+mod ring;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -28,9 +31,10 @@ use serde::Serialize;
 
 use crate::error::Error;
 use crate::proto;
-
-/// How many task events the head keeps (the oldest go first).
-pub const TASK_EVENTS_KEPT: usize = 100_000;
+use label::LabelPrefix;
+pub use label::stage_of;
+pub use ring::TASK_EVENTS_KEPT;
+use ring::{TaskRecord, TaskRing};
 
 /// How many cluster events the head keeps.
 pub const CLUSTER_EVENTS_KEPT: usize = 1_000;
@@ -141,6 +145,8 @@ pub struct TaskTrack {
     job: JobId,
     /// Its slot among the tasks in flight ([`NO_SLOT`]: none).
     slot: u32,
+    /// Its demand's index in [`Progress::demands`] (or [`ODD_DEMAND`]).
+    demand: u32,
     stage_index: Option<usize>,
     submitted_unix_micros: u64,
     placed_unix_micros: u64,
@@ -170,13 +176,23 @@ pub struct RanOn {
 const NO_SLOT: u32 = u32::MAX;
 
 /// What a task in flight is, written once when it is submitted (and left in its slot after it
-/// ends, until the slot is reused).
+/// ends, until the slot is reused). Plain data, like [`TaskRecord`]s, so that reusing a slot
+/// written long before loads nothing from it: its label's prefix is inline, its demand an
+/// index in [`Progress::demands`].
+#[derive(Clone, Copy)]
 struct InFlight {
     job: JobId,
-    label: Arc<str>,
+    label: LabelPrefix,
     stage_index: Option<usize>,
-    demand: Resources,
+    demand: u32,
 }
+
+/// A demand not in [`Progress::demands`] (too many different ones in flight): the task's is in
+/// [`Progress::odd_demands`] under its slot.
+const ODD_DEMAND: u32 = u32::MAX;
+
+/// How many different demands [`Progress::demands`] holds at most.
+const DEMANDS_KEPT: usize = 64;
 
 /// Where a task in flight is, beside its [`InFlight`] in a compact array of its own: with a
 /// long queue, a task's slot was written long before it is placed or ends and is out of the
@@ -196,66 +212,44 @@ struct Whereabouts {
 /// No node: the task waits for one.
 const NO_NODE: u32 = u32::MAX;
 
-/// One task run in the ring: small, and sharing nothing another thread touches (its stage and
-/// node are indices, resolved when asked for; its label is its own copy),
-/// so that recording one costs no more than a push and keeping 100,000 little. Turned into a
-/// [`proto::TaskEvent`] when asked for.
-struct TaskRecord {
-    task_id: Option<TaskId>,
-    job: JobId,
-    label: Arc<str>,
-    /// Index in its job's stages (`u32::MAX`: none).
-    stage: u32,
-    /// Index in [`Progress::nodes`].
-    node: u32,
-    worker_pid: u32,
-    attempt: u32,
-    submitted_unix_micros: u64,
-    placed_unix_micros: u64,
-    finished_unix_micros: u64,
-    stats: proto::TaskStats,
-    input_bytes: u64,
-    output_bytes: u64,
-    output_rows: u64,
-    error: Option<Box<str>>,
-    retried: bool,
-}
-
-impl TaskRecord {
-    /// The event, its stage, job and node looked up in `progress`.
-    fn to_proto(&self, progress: &Progress) -> proto::TaskEvent {
-        let job = progress.jobs.get(&self.job);
-        let stage = job
-            .and_then(|j| j.progress.stages.get(self.stage as usize))
-            .map_or_else(String::new, |s| s.stage.clone());
-        let (node_address, node_name) = progress
-            .nodes
-            .get(self.node as usize)
-            .cloned()
-            .unwrap_or_default();
-        proto::TaskEvent {
-            task_id: self
-                .task_id
-                .map(|id| bytes::Bytes::copy_from_slice(id.as_bytes()))
-                .unwrap_or_default(),
-            label: self.label.to_string(),
-            stage,
-            job_id: bytes::Bytes::copy_from_slice(self.job.as_bytes()),
-            submission_id: job.map_or_else(String::new, |j| j.progress.submission_id.clone()),
-            node_address,
-            node_name,
-            worker_pid: self.worker_pid,
-            attempt: self.attempt,
-            submitted_unix_micros: self.submitted_unix_micros,
-            placed_unix_micros: self.placed_unix_micros,
-            finished_unix_micros: self.finished_unix_micros,
-            stats: Some(self.stats),
-            input_bytes: self.input_bytes,
-            output_bytes: self.output_bytes,
-            output_rows: self.output_rows,
-            error: self.error.as_deref().unwrap_or_default().to_string(),
-            retried: self.retried,
-        }
+/// The event of `record` (its error message `error`), its stage, job and node looked up in
+/// `progress`.
+fn record_to_proto(
+    record: &TaskRecord,
+    error: Option<&str>,
+    progress: &Progress,
+) -> proto::TaskEvent {
+    let job = progress.jobs.get(&record.job);
+    let stage = job
+        .and_then(|j| j.progress.stages.get(record.stage as usize))
+        .map_or("", |s| s.stage.as_str());
+    let (node_address, node_name) = progress
+        .nodes
+        .get(record.node as usize)
+        .cloned()
+        .unwrap_or_default();
+    proto::TaskEvent {
+        task_id: record
+            .task_id
+            .map(|id| bytes::Bytes::copy_from_slice(id.as_bytes()))
+            .unwrap_or_default(),
+        label: record.label.label(stage),
+        stage: stage.to_string(),
+        job_id: bytes::Bytes::copy_from_slice(record.job.as_bytes()),
+        submission_id: job.map_or_else(String::new, |j| j.progress.submission_id.clone()),
+        node_address,
+        node_name,
+        worker_pid: record.worker_pid,
+        attempt: record.attempt,
+        submitted_unix_micros: record.submitted_unix_micros,
+        placed_unix_micros: record.placed_unix_micros,
+        finished_unix_micros: record.finished_unix_micros,
+        stats: Some(record.stats),
+        input_bytes: record.input_bytes,
+        output_bytes: record.output_bytes,
+        output_rows: record.output_rows,
+        error: error.unwrap_or_default().to_string(),
+        retried: record.retried,
     }
 }
 
@@ -289,7 +283,7 @@ struct Progress {
     /// Each job's stages.
     jobs: HashMap<JobId, JobEntry>,
     /// Task runs, oldest first (at most [`TASK_EVENTS_KEPT`]).
-    tasks: VecDeque<TaskRecord>,
+    tasks: TaskRing,
     /// Nodes (address, name) task records name, by index; and the index of each address.
     nodes: Vec<(String, String)>,
     node_index: HashMap<String, u32>,
@@ -298,6 +292,10 @@ struct Progress {
     in_flight: Vec<InFlight>,
     whereabouts: Vec<Whereabouts>,
     free_slots: Vec<u32>,
+    /// The demands of tasks in flight, each once, with how many tasks in flight ask for it (a
+    /// job's tasks mostly ask for one or two); past [`DEMANDS_KEPT`] different ones, by slot.
+    demands: Vec<(Resources, u32)>,
+    odd_demands: HashMap<u32, Resources>,
     /// Jobs, oldest first, for eviction.
     order: VecDeque<JobId>,
 }
@@ -311,33 +309,6 @@ pub struct Events {
     clock: (Instant, u64),
     cluster: Mutex<VecDeque<ClusterEvent>>,
     progress: Mutex<Progress>,
-}
-
-/// The stage a task of this label belongs to: the label without leading `<word> <n> of ` and
-/// `<n> of ` parts (`block 3 of stage 1 (map)` → `stage 1 (map)`, `partition 2 of 4 of SQL
-/// scan t` → `SQL scan t`).
-pub fn stage_of(label: &str) -> &str {
-    let mut rest = label;
-    loop {
-        match numbered_prefix(rest).and_then(|n| rest.get(n..)) {
-            Some(next) if !next.is_empty() && next.parse::<u64>().is_err() => rest = next,
-            _ => return rest,
-        }
-    }
-}
-
-/// The length of `text`'s leading `<n> of ` or `<word> <n> of `, if it has one (no
-/// allocation: this runs for every task).
-fn numbered_prefix(text: &str) -> Option<usize> {
-    let number_of = |t: &str| -> Option<usize> {
-        let (number, after) = t.split_once(' ')?;
-        number.parse::<u64>().ok()?;
-        after.starts_with("of ").then_some(number.len() + 4)
-    };
-    number_of(text).or_else(|| {
-        let (word, after) = text.split_once(' ')?;
-        number_of(after).map(|n| word.len() + 1 + n)
-    })
 }
 
 impl Events {
@@ -408,6 +379,7 @@ impl Events {
             done: false,
             job,
             slot: NO_SLOT,
+            demand: ODD_DEMAND,
             stage_index: None,
             submitted_unix_micros: 0,
             placed_unix_micros: 0,
@@ -437,12 +409,18 @@ impl Events {
             entry.progress.stages[i].submitted += 1;
             track.stage_index = Some(i);
         }
+        let prefix_of = if track.stage_index.is_some() {
+            stage
+        } else {
+            ""
+        };
         let task = InFlight {
             job,
-            label: Arc::from(label),
+            label: LabelPrefix::of(label, prefix_of),
             stage_index: track.stage_index,
-            demand: demand.clone(),
+            demand: intern_demand(&mut progress.demands, demand),
         };
+        track.demand = task.demand;
         let whereabouts = Whereabouts {
             since: now,
             node: NO_NODE,
@@ -460,6 +438,9 @@ impl Events {
                 (progress.in_flight.len() - 1) as u32
             }
         };
+        if track.demand == ODD_DEMAND {
+            progress.odd_demands.insert(track.slot, demand.clone());
+        }
         track
     }
 
@@ -521,7 +502,7 @@ impl Events {
     /// A task whose caller went away before it ended: it is no longer in flight.
     fn abandoned(&self, track: &TaskTrack) {
         let mut progress = self.progress.lock();
-        free_slot(&mut progress, track.slot);
+        free_slot(&mut progress, track);
         if let Some(stage) = Self::stage_mut(&mut progress, track) {
             if track.on_node {
                 stage.running = stage.running.saturating_sub(1);
@@ -538,8 +519,9 @@ impl Events {
             .in_flight
             .iter()
             .zip(&progress.whereabouts)
-            .filter(|(_, whereabouts)| whereabouts.live)
-            .filter_map(|(task, whereabouts)| {
+            .zip(0u32..)
+            .filter(|((_, whereabouts), _)| whereabouts.live)
+            .filter_map(|((task, whereabouts), slot)| {
                 let job_progress = &progress.jobs.get(&task.job)?.progress;
                 let matches = job.is_empty()
                     || job_progress.submission_id == job
@@ -553,9 +535,13 @@ impl Events {
                 Some((
                     whereabouts.since,
                     TaskInFlight {
-                        label: task.label.to_string(),
+                        label: task.label.label(stage.map_or("", |s| s.stage.as_str())),
                         stage: stage.map_or_else(String::new, |s| s.stage.clone()),
-                        demand: task.demand.clone(),
+                        demand: match task.demand {
+                            ODD_DEMAND => progress.odd_demands.get(&slot).cloned(),
+                            i => progress.demands.get(i as usize).map(|(d, _)| d.clone()),
+                        }
+                        .unwrap_or_default(),
                         for_: whereabouts.since.elapsed(),
                         node: progress
                             .nodes
@@ -618,7 +604,7 @@ impl Events {
                 whereabouts.node = NO_NODE;
             }
         } else {
-            free_slot(&mut progress, track.slot);
+            free_slot(&mut progress, track);
         }
         let node = ran_on.node;
         let Progress { jobs, tasks, .. } = &mut *progress;
@@ -646,10 +632,14 @@ impl Events {
                 (Err(_), false) => s.failed += 1,
             }
         }
+        let stage_name = match track.stage_index {
+            Some(_) => stage_of(&request.label),
+            None => "",
+        };
         let record = TaskRecord {
             task_id: TaskId::from_slice(&request.task_id).ok(),
             job: track.job,
-            label: Arc::from(request.label.as_str()),
+            label: LabelPrefix::of(&request.label, stage_name),
             stage: track.stage_index.map_or(u32::MAX, |i| i as u32),
             node,
             worker_pid,
@@ -661,13 +651,10 @@ impl Events {
             input_bytes: track.input_bytes,
             output_bytes,
             output_rows,
-            error: outcome.err().map(|e| e.to_string().into_boxed_str()),
+            failed: outcome.is_err(),
             retried,
         };
-        if tasks.len() == TASK_EVENTS_KEPT {
-            tasks.pop_front();
-        }
-        tasks.push_back(record);
+        tasks.push(record, outcome.err().map(|e| e.to_string()));
     }
 
     /// The task events of `job` (a submitted job's id, or a driver's job id in hex; empty:
@@ -684,8 +671,8 @@ impl Events {
         progress
             .tasks
             .iter()
-            .filter(|e| job.is_empty() || driver == Some(e.job) || submitted_as(e))
-            .map(|e| e.to_proto(&progress))
+            .filter(|(e, _)| job.is_empty() || driver == Some(e.job) || submitted_as(e))
+            .map(|(e, error)| record_to_proto(e, error, &progress))
             .collect()
     }
 
@@ -759,38 +746,53 @@ pub fn chrome_trace(events: &[proto::TaskEvent]) -> serde_json::Value {
 }
 
 /// Takes the task in flight at `slot` out, freeing the slot.
-/// Marks `slot` free (what was in it stays until it is reused: nothing to load now).
-fn free_slot(progress: &mut Progress, slot: u32) {
-    if let Some(whereabouts) = progress.whereabouts.get_mut(slot as usize) {
-        // A slot is freed once: its track is then done (or dropped).
-        debug_assert!(whereabouts.live, "slot {slot} freed twice");
-        whereabouts.live = false;
-        progress.free_slots.push(slot);
+/// Frees `track`'s slot (what was in it stays until it is reused: nothing to load now) and
+/// its hold on its demand.
+fn free_slot(progress: &mut Progress, track: &TaskTrack) {
+    let slot = track.slot;
+    let Some(whereabouts) = progress.whereabouts.get_mut(slot as usize) else {
+        return;
+    };
+    // A slot is freed once: its track is then done (or dropped).
+    debug_assert!(whereabouts.live, "slot {slot} freed twice");
+    whereabouts.live = false;
+    progress.free_slots.push(slot);
+    match track.demand {
+        ODD_DEMAND => {
+            progress.odd_demands.remove(&slot);
+        }
+        i => {
+            if let Some((_, holders)) = progress.demands.get_mut(i as usize) {
+                *holders = holders.saturating_sub(1);
+            }
+        }
     }
+}
+
+/// The index of `demand` in `demands`, held once more: where it is already, or in a place no
+/// task holds any more, or a new one ([`ODD_DEMAND`] if there are [`DEMANDS_KEPT`] already).
+fn intern_demand(demands: &mut Vec<(Resources, u32)>, demand: &Resources) -> u32 {
+    let at = match demands.iter().position(|(d, _)| d == demand) {
+        Some(i) => i,
+        None => match demands.iter().position(|(_, holders)| *holders == 0) {
+            Some(i) => {
+                demands[i].0 = demand.clone();
+                i
+            }
+            None if demands.len() < DEMANDS_KEPT => {
+                demands.push((demand.clone(), 0));
+                demands.len() - 1
+            }
+            None => return ODD_DEMAND,
+        },
+    };
+    demands[at].1 += 1;
+    at as u32
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stages_are_labels_without_their_numbers() {
-        assert_eq!(stage_of("block 3 of stage 1 (map)"), "stage 1 (map)");
-        assert_eq!(
-            stage_of("partition 2 of 4 of SQL scan lineitem"),
-            "SQL scan lineitem"
-        );
-        assert_eq!(stage_of("add"), "add");
-        assert_eq!(stage_of("block 3 of"), "block 3 of");
-        assert_eq!(stage_of("3 of 4"), "3 of 4");
-        assert_eq!(stage_of(""), "");
-        assert_eq!(stage_of("row 7 of 9 of stage 2 (x)"), "stage 2 (x)");
-        assert_eq!(stage_of("block x of stage"), "block x of stage");
-        assert_eq!(
-            stage_of("lineitem reduce (all 4 partitions, 10 bytes)"),
-            "lineitem reduce (all 4 partitions, 10 bytes)"
-        );
-    }
 
     fn request(job: JobId, label: &str) -> proto::TaskRequest {
         proto::TaskRequest {
@@ -887,6 +889,40 @@ mod tests {
                 .iter()
                 .any(|e| e.kind == EventKind::TaskRetried)
         );
+    }
+
+    /// Tasks in flight keep their own demands, however many different ones there are (past
+    /// the interned ones too), and a demand no task holds any more makes room for another.
+    #[test]
+    fn tasks_in_flight_keep_their_demands() {
+        let events = Arc::new(Events::new(true));
+        let job = JobId::random();
+        events.job_registered(job, "job-1");
+        let demand = |i: usize| Resources {
+            memory_bytes: i as u64,
+            ..Resources::one_cpu()
+        };
+        let many = DEMANDS_KEPT + 10;
+        let tracks: Vec<TaskTrack> = (0..many)
+            .map(|i| events.submitted(job, &format!("block {i} of s"), &demand(i), 0))
+            .collect();
+        let mut seen: Vec<(String, u64)> = events
+            .in_flight("job-1")
+            .into_iter()
+            .map(|t| (t.label, t.demand.memory_bytes))
+            .collect();
+        seen.sort_by_key(|(_, memory)| *memory);
+        let expected: Vec<(String, u64)> = (0..many)
+            .map(|i| (format!("block {i} of s"), i as u64))
+            .collect();
+        assert_eq!(seen, expected);
+        drop(tracks);
+        assert!(events.in_flight("").is_empty());
+        let _again = events.submitted(job, "block 0 of s", &demand(many), 0);
+        let progress = events.progress.lock();
+        assert!(progress.odd_demands.is_empty());
+        assert!(progress.demands.len() <= DEMANDS_KEPT);
+        assert_eq!(progress.demands.iter().map(|(_, n)| n).sum::<u32>(), 1);
     }
 
     #[test]
