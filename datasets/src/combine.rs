@@ -29,7 +29,7 @@ use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::prelude::{SessionConfig, SessionContext, col};
 
 use crate::exchange::{Aggregate, AggregateFunction};
-use crate::source::{decode_schema, encode_schema};
+use crate::ipc::{decode_schema, encode_schema};
 
 /// The metadata key under which partial states carry their input's schema (hex IPC message).
 const INPUT_SCHEMA_KEY: &str = "manta.combine.input_schema";
@@ -117,7 +117,7 @@ fn plan(
     let frame = ctx
         .read_table(Arc::new(table))?
         .aggregate(groups, aggregates.iter().map(Aggregate::expr).collect())?;
-    crate::exchange::block_on(frame.create_physical_plan())
+    crate::thread_runtime::block_on(frame.create_physical_plan())
 }
 
 /// The first aggregate node in `mode`, searching from the top.
@@ -161,7 +161,7 @@ fn replace_final_input(
 /// Runs a one-partition plan to one batch.
 fn run(plan: Arc<dyn ExecutionPlan>) -> Result<RecordBatch> {
     let schema = plan.schema();
-    let batches = crate::exchange::block_on(datafusion::physical_plan::collect(
+    let batches = crate::thread_runtime::block_on(datafusion::physical_plan::collect(
         plan,
         Arc::new(datafusion::execution::TaskContext::default()),
     ))?;
@@ -213,7 +213,7 @@ mod tests {
         let all = concat_batches(&parts[0].schema(), &parts).unwrap();
         let ctx = SessionContext::new();
         ctx.register_batch("t", all).unwrap();
-        let expected = crate::exchange::block_on(async {
+        let expected = crate::thread_runtime::block_on(async {
             ctx.sql(
                 "SELECT k, count(1), sum(n), avg(v), stddev(v), min(v), max(n) FROM t GROUP BY k",
             )

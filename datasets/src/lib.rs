@@ -41,6 +41,7 @@ pub mod executor;
 pub mod file_options;
 pub mod files;
 pub mod flight_sql;
+pub mod ipc;
 pub mod objects;
 pub mod ops;
 mod parquet_source;
@@ -59,6 +60,7 @@ pub mod sql_tasks;
 pub mod stage;
 pub mod stats;
 pub mod storage;
+mod thread_runtime;
 
 pub use checksum::Checksum;
 pub use context::{Config, Context};

@@ -25,6 +25,7 @@ use crate::exchange::{
     PartitionSpec, Partitioner, SAMPLES_PER_BLOCK, SortKey, decode, into_block, single_batch,
     user_error,
 };
+pub use crate::ipc::write_ipc;
 
 pub(crate) fn run_partition(_: &TaskContext, input: TaskInput) -> manta_engine::Result<Object> {
     let spec: PartitionSpec = decode(&input.args, "a partition task")?;
@@ -166,16 +167,6 @@ fn read_ipc(bytes: &[u8]) -> Result<Option<RecordBatch>, arrow::error::ArrowErro
     let schema = reader.schema();
     let batches = reader.collect::<Result<Vec<_>, _>>()?;
     Ok(Some(crate::columns::concat(&schema, &batches)?))
-}
-
-/// A batch as an Arrow IPC stream.
-pub fn write_ipc(batch: &RecordBatch) -> Result<Vec<u8>, arrow::error::ArrowError> {
-    let mut out = Vec::new();
-    let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut out, batch.schema_ref())?;
-    writer.write(batch)?;
-    writer.finish()?;
-    drop(writer);
-    Ok(out)
 }
 
 pub(crate) fn run_sample(_: &TaskContext, input: TaskInput) -> manta_engine::Result<Object> {

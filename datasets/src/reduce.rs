@@ -28,6 +28,7 @@ use crate::exchange::{
     user_error,
 };
 use crate::partition::sort_batch;
+use crate::thread_runtime::block_on;
 
 pub(crate) fn run_reduce(_: &TaskContext, input: TaskInput) -> manta_engine::Result<Object> {
     let spec: ReduceSpec = decode(&input.args, "a reduce task")?;
@@ -238,18 +239,6 @@ impl Reducer {
 
 fn single_partition_session() -> SessionContext {
     SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1))
-}
-
-/// Runs a future on this thread's own current-thread runtime (DataFusion's plans are async;
-/// tasks run on plain threads).
-pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
-    thread_local! {
-        static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a current-thread runtime");
-    }
-    RUNTIME.with(|rt| rt.block_on(future))
 }
 
 /// Runs a DataFusion plan to one batch, on this thread.

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::file_options::{CsvOptions, JsonOptions, ParseOptions};
 use crate::files::list_files;
+pub use crate::ipc::{decode_schema, encode_schema};
 use crate::parquet_source::{Fragment, ParquetSource, PushedPredicate, read_fragment};
 use crate::storage::ReadSeek;
 
@@ -304,7 +305,7 @@ impl Source {
             Source::Inline { batches, .. } => batches
                 .iter()
                 .map(|b| ReadTask::Inline {
-                    ipc: crate::exchange::write_ipc(b).expect("a valid batch encodes"),
+                    ipc: crate::ipc::write_ipc(b).expect("a valid batch encodes"),
                     rows: b.num_rows() as u64,
                 })
                 .collect(),
@@ -632,34 +633,6 @@ fn read_file(
         FileFormat::Binary => unreachable!("read whole"),
     }
     Ok(())
-}
-
-/// A schema as an Arrow IPC schema message.
-pub fn encode_schema(schema: &Schema) -> Vec<u8> {
-    let generator = arrow::ipc::writer::IpcDataGenerator::default();
-    let mut tracker = arrow::ipc::writer::DictionaryTracker::new(false);
-    generator
-        .schema_to_bytes_with_dictionary_tracker(
-            schema,
-            &mut tracker,
-            &arrow::ipc::writer::IpcWriteOptions::default(),
-        )
-        .ipc_message
-}
-
-/// The schema of an Arrow IPC schema message.
-pub fn decode_schema(bytes: &[u8]) -> Result<SchemaRef> {
-    let message = arrow::ipc::root_as_message(bytes).map_err(|e| {
-        Error::Arrow(arrow::error::ArrowError::ParseError(format!(
-            "not a schema message: {e}"
-        )))
-    })?;
-    let schema = message.header_as_schema().ok_or_else(|| {
-        Error::Arrow(arrow::error::ArrowError::ParseError(
-            "not a schema message".into(),
-        ))
-    })?;
-    Ok(Arc::new(arrow::ipc::convert::fb_to_schema(schema)))
 }
 
 #[cfg(test)]

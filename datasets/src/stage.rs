@@ -324,7 +324,7 @@ impl CompiledStage {
                     OpSpec::Reshape(reshape) => CompiledOp::Reshape(reshape.clone()),
                     OpSpec::RandomSample { fraction, seed } => CompiledOp::Sample(*fraction, *seed),
                     OpSpec::Conform { schema } => {
-                        CompiledOp::Conform(crate::source::decode_schema(schema).map_err(|e| {
+                        CompiledOp::Conform(crate::ipc::decode_schema(schema).map_err(|e| {
                             manta_engine::Error::Internal(format!(
                                 "could not decode a schema of stage {}: {e}",
                                 spec.name

@@ -49,9 +49,9 @@ pub use specs::{
     slice_args,
 };
 
-pub use crate::partition::{boundaries, partition_batch, write_ipc};
+pub use crate::ipc::write_ipc;
+pub use crate::partition::{boundaries, partition_batch};
 pub use crate::reduce::ReduceError;
-pub(crate) use crate::reduce::block_on;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
