@@ -9,7 +9,8 @@
 //! (plain DataFusion, raw TCP) it runs in the same process run and prints a `BASELINE` line.
 //! Workloads so far: `etl`, `q1`, `shuffle`, `sort`, `scale` (the three all-to-all ones, each in
 //! its own process), `tpch` (22 queries through `ctx.sql`), `objects`, `flight`, `tasks`, `actors`,
-//! `recovery` (a node killed halfway, on a cluster), `autoscale` and `jobs` (on a cluster).
+//! `recovery` (a node killed halfway, on a cluster), `autoscale` and `jobs` (on a cluster), `sim`
+//! (the head against 1,000 simulated nodes).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -24,7 +25,7 @@ mod suite;
 #[derive(Parser, Debug, Clone)]
 pub struct Args {
     /// etl | q1 | shuffle | sort | scale | tpch | objects | flight | tasks | actors | recovery |
-    /// autoscale | jobs
+    /// sim | autoscale | jobs
     workload: String,
     /// TPC-H scale factor.
     #[arg(long, default_value_t = 1.0)]
@@ -41,12 +42,20 @@ pub struct Args {
     /// Where generated TPC-H data is cached.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// How many tasks (or actor calls) the `tasks` and `actors` workloads run (default 100,000).
+    /// How many tasks (or actor calls) the `tasks` and `actors` workloads run (default
+    /// 100,000), or `sim` submits (default 1,000,000).
     #[arg(long)]
     count: Option<usize>,
     /// Skip the baseline.
     #[arg(long)]
     no_baseline: bool,
+    /// `sim`: how many simulated nodes (default 1,000).
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// `sim`: how long each task runs on its simulated node, in ms (default 5; 0: answered at
+    /// once, which measures the head alone).
+    #[arg(long)]
+    task_ms: Option<u64>,
     /// `recovery`: the pid of a node to SIGKILL halfway through the disturbed run.
     #[arg(long)]
     kill_node: Option<i32>,
@@ -188,10 +197,11 @@ fn main() -> anyhow::Result<()> {
         "tasks" => suite::tasks::run(&args),
         "actors" => suite::actors::run(&args),
         "recovery" => suite::recovery::run(&args),
+        "sim" => suite::sim::run(&args),
         "autoscale" => suite::operate::autoscale(&args),
         "jobs" => suite::operate::jobs(&args),
         other => anyhow::bail!(
-            "unknown workload {other:?}: expected etl, q1, shuffle, sort, scale, tpch, objects, flight, tasks, actors, recovery, autoscale or jobs"
+            "unknown workload {other:?}: expected etl, q1, shuffle, sort, scale, tpch, objects, flight, tasks, actors, recovery, sim, autoscale or jobs"
         ),
     }
 }

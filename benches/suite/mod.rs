@@ -7,5 +7,6 @@ pub mod flight;
 pub mod objects;
 pub mod operate;
 pub mod recovery;
+pub mod sim;
 pub mod tasks;
 pub mod tpch;

@@ -12,12 +12,17 @@
 //!
 //! (Both links are one stream each, carrying calls and replies in batches: [`task_stream`].)
 //!
-//! The head holds one entry per node: its resources (total and available), its last store
-//! usage and the time of its last heartbeat. A submitted task takes resources from the node the
-//! policy picks and gives them back when the node answers. A task that finds no room waits in a
-//! queue of tasks with the same demand; whenever resources come back (or nodes come and go) the
-//! head hands them to the queues' first tasks in order, and stops at each queue's first task
-//! that must go on waiting, so a release costs the tasks it places, not the tasks waiting.
+//! The head holds one entry per node: its resources (total and available, the latter indexed
+//! for placement in [`Nodes`]), its last store usage and the time of its last heartbeat. A
+//! submitted task takes resources from the node the policy picks and gives them back when the
+//! node answers. A task that finds no room waits with the tasks of the same demand, at the node
+//! holding most of its input bytes or anywhere if it has none ([`waiting`]). When resources
+//! come back on a node, that node takes the older of its own first waiter and the first that
+//! may run anywhere (another node's only if it has neither), for as long as it has room: a
+//! release costs the tasks it places, not the tasks or nodes there are, and on a busy cluster
+//! tasks run where their inputs are. When nodes come and go, every node with room is served
+//! the same way. (`cargo bench --bench workloads -- sim` measures this against 1,000
+//! simulated nodes: [`crate::simulation`].)
 //!
 //! *Short* tasks are the exception. The head keeps a moving average of each function's run
 //! time; a task of a function averaging under 1 ms ([`SHORT_TASK_NS`]) that finds every node
@@ -30,7 +35,7 @@
 //! marked dead: its running tasks fail with `NodeLost` at once, and are retried elsewhere if
 //! their retry budget allows.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
@@ -46,7 +51,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{Error, Result};
 use crate::executables::ExecutableCache;
-use crate::placement::{LocalityFirst, NodeView, Placement, PlacementPolicy};
+use crate::placement::{LocalityFirst, Nodes, Placement, PlacementPolicy};
 use crate::proto::head_server::{Head as HeadRpc, HeadServer};
 use crate::proto::node_client::NodeClient;
 use crate::proto::{self, task_reply};
@@ -55,7 +60,11 @@ use crate::task_stream::{self, TaskStream};
 
 mod actors;
 mod autoscaling;
+mod simulation;
 mod stalls;
+mod waiting;
+
+use waiting::{DemandQueue, Waiter};
 
 pub use actors::ActorSummary;
 
@@ -72,6 +81,16 @@ const QUEUED_WORK_NS: f64 = 4e6;
 /// if it is not short.
 fn short_task_queue(mean_ns: f64) -> Option<u64> {
     (mean_ns <= SHORT_TASK_NS).then(|| (QUEUED_WORK_NS / mean_ns.max(1.0)).clamp(1.0, 128.0) as u64)
+}
+
+/// Which of two demands is served first when a node has room: those asking for named
+/// resources (which few nodes have), then the larger.
+fn scarcer(a: &Resources, b: &Resources) -> std::cmp::Ordering {
+    b.custom
+        .len()
+        .cmp(&a.custom.len())
+        .then(b.cpus.total_cmp(&a.cpus))
+        .then(b.memory_bytes.cmp(&a.memory_bytes))
 }
 
 /// How the head is set up.
@@ -152,8 +171,8 @@ struct NodeEntry {
     name: String,
     /// Taking no new work: the autoscaler is stopping it.
     draining: bool,
+    /// Everything it offers (what is available is in [`HeadState::capacity`]).
     total: Resources,
-    available: Resources,
     store: proto::StoreUsage,
     last_heartbeat: Instant,
     alive: bool,
@@ -188,9 +207,14 @@ fn node_tasks(client: &NodeClient<AuthChannel>) -> TaskStream {
 #[derive(Default)]
 struct HeadState {
     nodes: HashMap<NodeId, NodeEntry>,
+    /// What each node has available, indexed for placement; kept in step with `nodes` by
+    /// [`HeadState::node_changed`].
+    capacity: Nodes,
     jobs: HashMap<JobId, String>,
-    /// Tasks waiting for resources, by demand (see the module doc), first come first served.
-    waiting: BTreeMap<String, VecDeque<Waiter>>,
+    /// Tasks waiting for resources, by demand (see the module doc).
+    waiting: BTreeMap<String, DemandQueue>,
+    /// The next waiter's place in line.
+    next_seq: u64,
     /// Every actor created, live or dead ([`actors`]).
     actors: HashMap<manta_engine::ActorId, actors::ActorEntry>,
     /// How long each task function runs, in nanoseconds (a moving average), by label.
@@ -202,15 +226,30 @@ struct HeadState {
     retired: HashMap<NodeId, Instant>,
 }
 
-/// A task waiting for resources: told the node whose resources were taken for it.
-struct Waiter {
-    demand: Resources,
-    input_bytes: HashMap<NodeId, u64>,
-    label: String,
-    placed: oneshot::Sender<Result<Reservation>>,
-    /// When it started waiting (a demand no live node fits waits at most
-    /// [`HeadConfig::pending_timeout`]).
-    since: Instant,
+impl HeadState {
+    /// Brings node `id`'s placement view in step with its entry, after it was added, removed,
+    /// lost or (un)drained.
+    fn node_changed(&mut self, id: NodeId) {
+        match self.nodes.get(&id) {
+            Some(node) => {
+                if self.capacity.get(id).is_none() {
+                    self.capacity.insert(id, node.total.clone());
+                }
+                self.capacity.set_alive(id, node.alive && !node.draining);
+                if !node.alive {
+                    for queue in self.waiting.values_mut() {
+                        queue.forget_node(id);
+                    }
+                }
+            }
+            None => {
+                self.capacity.remove(id);
+                for queue in self.waiting.values_mut() {
+                    queue.forget_node(id);
+                }
+            }
+        }
+    }
 }
 
 /// What the live nodes offer, for messages: each one's address and total resources.
@@ -273,7 +312,7 @@ impl Drop for Reservation {
         if let Some(head) = self.head.upgrade() {
             let mut state = head.state.lock();
             release(&mut state, self);
-            head.dispatch(&mut state);
+            head.dispatch_at(&mut state, self.node);
         }
     }
 }
@@ -283,8 +322,10 @@ fn release(state: &mut HeadState, reservation: &Reservation) {
         if reservation.queued {
             node.queued = node.queued.saturating_sub(1);
         } else {
-            node.available.add(&reservation.demand);
             node.running = node.running.saturating_sub(1);
+            state
+                .capacity
+                .give_back(reservation.node, &reservation.demand);
         }
     }
 }
@@ -292,6 +333,8 @@ fn release(state: &mut HeadState, reservation: &Reservation) {
 /// A reservation, with what it takes to run the task on its node.
 struct Lease {
     reservation: Reservation,
+    /// The task's function is short: the node may queue it behind busy workers.
+    short: bool,
     address: String,
     /// The node's number in the task events.
     events_node: u32,
@@ -457,7 +500,7 @@ impl Head {
         loop {
             ticks.tick().await;
             let mut state = self.state.lock();
-            let mut changed = false;
+            let mut lost = Vec::new();
             for (id, node) in state.nodes.iter_mut().filter(|(_, n)| n.alive) {
                 if node.last_heartbeat.elapsed() > timeout {
                     tracing::warn!(node = ?id, address = %node.address, "node missed its heartbeats; marking it dead");
@@ -467,23 +510,31 @@ impl Head {
                     );
                     node.alive = false;
                     node.lost.cancel();
-                    changed = true;
+                    lost.push(*id);
                 }
             }
-            if changed || !state.waiting.is_empty() {
+            for id in &lost {
+                state.node_changed(*id);
+            }
+            if !lost.is_empty() || !state.waiting.is_empty() {
                 // Waiting demand that no live node fits fails once it has waited too long.
                 self.dispatch(&mut state);
             }
             self.warn_about_pending(&mut state);
             let forget_after = timeout + self.config.forget_dead_nodes_after;
             state.retired.retain(|_, at| at.elapsed() < RETIRED_KEPT);
+            let mut forgotten = Vec::new();
             state.nodes.retain(|id, node| {
                 let forget = !node.alive && node.last_heartbeat.elapsed() > forget_after;
                 if forget {
                     tracing::info!(node = ?id, address = %node.address, "forgetting a node dead for {} s", forget_after.as_secs());
+                    forgotten.push(*id);
                 }
                 !forget
             });
+            for id in forgotten {
+                state.node_changed(id);
+            }
         }
     }
 
@@ -496,16 +547,12 @@ impl Head {
         {
             return;
         }
-        let views = Self::views(state);
         let mut warned = false;
         for queue in state.waiting.values() {
-            let Some(first) = queue.front() else { continue };
-            if !matches!(
-                self.config
-                    .policy
-                    .place(&first.demand, &first.input_bytes, &views),
-                Placement::Infeasible
-            ) {
+            let Some(first) = queue.oldest() else {
+                continue;
+            };
+            if state.capacity.could_fit(&queue.demand) {
                 continue;
             }
             let left = self
@@ -516,7 +563,7 @@ impl Head {
                 "{} task(s) or actor(s) wait for {:?} ({}), which no live node offers; nodes \
                  offer: {}. They fail in {} s unless a node that fits joins",
                 queue.len(),
-                first.demand,
+                queue.demand,
                 first.label,
                 offered(state),
                 left.as_secs()
@@ -543,6 +590,7 @@ impl Head {
             );
             node.alive = false;
             node.lost.cancel();
+            state.node_changed(id);
             self.dispatch(&mut state);
         }
     }
@@ -562,17 +610,19 @@ impl Head {
             .any(|n| n.alive && n.address.trim_end_matches('/') == node.trim_end_matches('/'))
     }
 
-    fn views(state: &HeadState) -> Vec<NodeView> {
-        state
-            .nodes
+    /// The node holding most of a task's input bytes, if it takes work and could ever run
+    /// `demand`: where the task waits when no node has room.
+    fn preferred_node(
+        state: &HeadState,
+        demand: &Resources,
+        input_bytes: &HashMap<NodeId, u64>,
+    ) -> Option<NodeId> {
+        let (id, _) = input_bytes
             .iter()
-            .map(|(id, n)| NodeView {
-                id: *id,
-                total: n.total.clone(),
-                available: n.available.clone(),
-                alive: n.alive && !n.draining,
-            })
-            .collect()
+            .filter(|(_, bytes)| **bytes > 0)
+            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))?;
+        let node = state.capacity.get(*id)?;
+        (node.alive && node.total.covers(demand)).then_some(*id)
     }
 
     /// Takes resources on the node the policy picks, waiting in its demand's queue while every
@@ -589,25 +639,30 @@ impl Head {
             let queued = state.waiting.get(&key).is_some_and(|q| !q.is_empty());
             if !queued {
                 match self.try_place(&mut state, demand, input_bytes, label, Instant::now()) {
-                    Some(Ok(reservation)) => return Ok(self.lease(&state, reservation)),
+                    Some(Ok(reservation)) => return Ok(self.lease(&state, reservation, label)),
                     Some(Err(e)) => return Err(e),
                     None => {}
                 }
             }
             let (placed, told) = oneshot::channel();
-            state.waiting.entry(key).or_default().push_back(Waiter {
-                demand: demand.clone(),
-                input_bytes: input_bytes.clone(),
+            let waiter = Waiter {
+                seq: state.next_seq,
+                prefers: Self::preferred_node(&state, demand, input_bytes),
                 label: label.to_string(),
                 placed,
                 since: Instant::now(),
-            });
+            };
+            state.next_seq += 1;
+            state
+                .waiting
+                .entry(key)
+                .or_insert_with(|| DemandQueue::new(demand.clone()))
+                .push(waiter);
             told
         };
-        let reservation = placed
+        placed
             .await
-            .map_err(|_| Error::Internal("the head stopped while the task waited".into()))??;
-        Ok(self.lease(&self.state.lock(), reservation))
+            .map_err(|_| Error::Internal("the head stopped while the task waited".into()))?
     }
 
     /// Takes resources for `demand` on the node the policy picks: `None` if it must wait. A
@@ -624,151 +679,239 @@ impl Head {
         match self
             .config
             .policy
-            .place(demand, input_bytes, &Self::views(state))
+            .place(demand, input_bytes, &state.capacity)
         {
-            Placement::Node(id) => {
-                let node = state.nodes.get_mut(&id).expect("policy picks a known node");
-                node.available.subtract(demand);
-                node.running += 1;
-                Some(Ok(Reservation {
-                    head: self.me.clone(),
-                    node: id,
-                    demand: demand.clone(),
-                    queued: false,
-                    held: true,
-                }))
-            }
-            Placement::Wait => self.queue_on_busy_node(state, demand, label).map(Ok),
-            // With an autoscaler, demand none of its node types could meet fails at once.
-            Placement::Infeasible
-                if self
-                    .config
-                    .autoscaler
-                    .as_ref()
-                    .is_some_and(|a| !a.could_ever_run(demand)) =>
-            {
-                let types: Vec<String> = self
-                    .config
-                    .autoscaler
-                    .iter()
-                    .flat_map(|a| &a.node_types)
-                    .map(|t| format!("{} {:?} (max_nodes {})", t.name, t.resources, t.max_nodes))
-                    .collect();
-                Some(Err(Error::Infeasible {
-                    task: label.to_string(),
-                    demand: demand.clone(),
-                    offered: format!(
-                        "{}; nor does any node type the autoscaler can launch: {}",
-                        offered(state),
-                        types.join("; ")
-                    ),
-                }))
-            }
-            Placement::Infeasible if since.elapsed() < self.config.pending_timeout => None,
-            Placement::Infeasible => Some(Err(Error::Infeasible {
-                task: label.to_string(),
-                demand: demand.clone(),
-                offered: format!(
-                    "{} (waited {} s for a node that fits)",
-                    offered(state),
-                    self.config.pending_timeout.as_secs()
-                ),
-            })),
+            Placement::Node(id) => Some(Ok(self.reserve(state, id, demand))),
+            Placement::Wait => self.queue_on_busy_node(state, demand, label, None).map(Ok),
+            Placement::Infeasible => self.infeasible(state, demand, label, since).map(Err),
         }
     }
 
+    /// Takes `demand` on node `id`, which has it available.
+    fn reserve(&self, state: &mut HeadState, id: NodeId, demand: &Resources) -> Reservation {
+        state.capacity.take(id, demand);
+        if let Some(node) = state.nodes.get_mut(&id) {
+            node.running += 1;
+        }
+        Reservation {
+            head: self.me.clone(),
+            node: id,
+            demand: demand.clone(),
+            queued: false,
+            held: true,
+        }
+    }
+
+    /// The error for a task waiting since `since` for `demand`, which no live node fits: at
+    /// once if no node type the autoscaler can launch fits it either, after
+    /// [`HeadConfig::pending_timeout`] otherwise; `None` while it may still wait.
+    fn infeasible(
+        &self,
+        state: &HeadState,
+        demand: &Resources,
+        label: &str,
+        since: Instant,
+    ) -> Option<Error> {
+        if let Some(autoscaler) = &self.config.autoscaler
+            && !autoscaler.could_ever_run(demand)
+        {
+            let types: Vec<String> = autoscaler
+                .node_types
+                .iter()
+                .map(|t| format!("{} {:?} (max_nodes {})", t.name, t.resources, t.max_nodes))
+                .collect();
+            return Some(Error::Infeasible {
+                task: label.to_string(),
+                demand: demand.clone(),
+                offered: format!(
+                    "{}; nor does any node type the autoscaler can launch: {}",
+                    offered(state),
+                    types.join("; ")
+                ),
+            });
+        }
+        (since.elapsed() >= self.config.pending_timeout).then(|| Error::Infeasible {
+            task: label.to_string(),
+            demand: demand.clone(),
+            offered: format!(
+                "{} (waited {} s for a node that fits)",
+                offered(state),
+                self.config.pending_timeout.as_secs()
+            ),
+        })
+    }
+
     /// A short task that finds every fitting node busy: queued on the node with the fewest
-    /// queued, if one has room (see [`short_task_queue`]).
+    /// queued (or on node `only`), if one has room (see [`short_task_queue`]).
     fn queue_on_busy_node(
         &self,
         state: &mut HeadState,
         demand: &Resources,
         label: &str,
+        only: Option<NodeId>,
     ) -> Option<Reservation> {
         if demand.memory_bytes > 0 || !demand.custom.is_empty() {
             return None;
         }
         let per_cpu = short_task_queue(*state.durations.get(label)?)?;
-        let (id, node) = state
-            .nodes
-            .iter_mut()
-            .filter(|(_, n)| n.alive && !n.draining && n.total.covers(demand))
-            .filter(|(_, n)| n.queued < per_cpu * n.total.cpus.ceil().max(1.0) as u64)
-            .min_by_key(|(_, n)| n.queued)?;
+        let has_room = |n: &NodeEntry| {
+            n.alive
+                && !n.draining
+                && n.total.covers(demand)
+                && n.queued < per_cpu * n.total.cpus.ceil().max(1.0) as u64
+        };
+        let (id, node) = match only {
+            Some(id) => (id, state.nodes.get_mut(&id).filter(|n| has_room(n))?),
+            None => {
+                let (id, node) = state
+                    .nodes
+                    .iter_mut()
+                    .filter(|(_, n)| has_room(n))
+                    .min_by_key(|(_, n)| n.queued)?;
+                (*id, node)
+            }
+        };
         node.queued += 1;
         Some(Reservation {
             head: self.me.clone(),
-            node: *id,
+            node: id,
             demand: demand.clone(),
             queued: true,
             held: true,
         })
     }
 
-    /// Notes how long a run of `label`'s function took (a moving average per function).
-    fn record_duration(&self, label: &str, wall_ns: u64) {
+    /// A task's run on its node ended: notes how long it ran (if it did; a moving average
+    /// per function) and gives the node's resources to the tasks waiting, under one lock.
+    fn ended_on_node(&self, reservation: Reservation, label: &str, wall_ns: Option<u64>) {
+        let node = reservation.node;
         let mut state = self.state.lock();
-        match state.durations.get_mut(label) {
-            Some(mean) => *mean = *mean * 0.9 + wall_ns as f64 * 0.1,
-            None => {
-                state.durations.insert(label.to_string(), wall_ns as f64);
+        if let Some(wall_ns) = wall_ns {
+            match state.durations.get_mut(label) {
+                Some(mean) => *mean = *mean * 0.9 + wall_ns as f64 * 0.1,
+                None => {
+                    state.durations.insert(label.to_string(), wall_ns as f64);
+                }
             }
         }
+        reservation.give_back(&mut state);
+        self.dispatch_at(&mut state, node);
     }
 
-    /// Whether `label`'s function is short enough to be queued behind busy workers.
-    fn is_short(&self, label: &str) -> bool {
-        let state = self.state.lock();
-        state
-            .durations
-            .get(label)
-            .is_some_and(|mean| short_task_queue(*mean).is_some())
+    /// Resources came back on node `node`: its room goes to the tasks waiting for it (see
+    /// [`waiting`]). Costs the tasks it places, not the tasks or nodes there are.
+    fn dispatch_at(&self, state: &mut HeadState, node: NodeId) {
+        if state.waiting.is_empty() {
+            return;
+        }
+        let mut waiting = std::mem::take(&mut state.waiting);
+        let mut queues: Vec<&mut DemandQueue> = waiting.values_mut().collect();
+        // The scarcest demands first: a GPU freed goes to a task that needs one, not to a task
+        // of CPUs only that would take the CPU it comes with.
+        queues.sort_by(|a, b| scarcer(&a.demand, &b.demand));
+        for queue in queues {
+            self.serve_waiters(state, queue, node);
+        }
+        waiting.retain(|_, queue| !queue.is_empty());
+        state.waiting = waiting;
     }
 
-    /// Hands free resources to waiting tasks: each queue's tasks in order, up to the first that
-    /// must go on waiting. Called with the lock held whenever resources or nodes change.
+    /// Hands free resources to waiting tasks after nodes came, went or changed (and on every
+    /// liveness tick): each demand's waiters go first to the nodes they wait at, then to the
+    /// freest nodes with room. Waiters for a demand no live node fits fail once they have
+    /// waited too long.
     fn dispatch(&self, state: &mut HeadState) {
-        let keys: Vec<String> = state.waiting.keys().cloned().collect();
-        for key in keys {
-            while let Some(waiter) = state.waiting.get_mut(&key).and_then(VecDeque::pop_front) {
-                if waiter.placed.is_closed() {
-                    continue;
+        let mut waiting = std::mem::take(&mut state.waiting);
+        let mut queues: Vec<&mut DemandQueue> = waiting.values_mut().collect();
+        queues.sort_by(|a, b| scarcer(&a.demand, &b.demand));
+        for queue in queues {
+            for node in queue.preferred_nodes() {
+                self.serve_waiters(state, queue, node);
+            }
+            while !queue.is_empty() {
+                let Some(node) = state
+                    .capacity
+                    .with_free_cpus(queue.demand.cpus)
+                    .find(|n| n.available.covers(&queue.demand))
+                    .map(|n| n.id)
+                else {
+                    break;
+                };
+                let before = queue.len();
+                self.serve_waiters(state, queue, node);
+                if queue.len() == before {
+                    break;
                 }
-                let outcome = self.try_place(
-                    state,
-                    &waiter.demand,
-                    &waiter.input_bytes,
-                    &waiter.label,
-                    waiter.since,
-                );
-                match outcome {
-                    Some(Ok(reservation)) => {
-                        if let Err(Ok(reservation)) = waiter.placed.send(Ok(reservation)) {
-                            reservation.give_back(state);
-                        }
+            }
+            if !queue.is_empty() && !state.capacity.could_fit(&queue.demand) {
+                let timeout = if self
+                    .config
+                    .autoscaler
+                    .as_ref()
+                    .is_some_and(|a| !a.could_ever_run(&queue.demand))
+                {
+                    Duration::ZERO
+                } else {
+                    self.config.pending_timeout
+                };
+                for waiter in queue.take_expired(timeout) {
+                    if let Some(error) =
+                        self.infeasible(state, &queue.demand, &waiter.label, waiter.since)
+                    {
+                        let _ = waiter.placed.send(Err(error));
                     }
-                    Some(Err(e)) => {
-                        let _ = waiter.placed.send(Err(e));
-                    }
+                }
+            }
+        }
+        waiting.retain(|_, queue| !queue.is_empty());
+        state.waiting = waiting;
+    }
+
+    /// Gives node `node`'s room to `queue`'s waiters while it has room for them (a short task
+    /// may also queue behind its busy workers).
+    fn serve_waiters(&self, state: &mut HeadState, queue: &mut DemandQueue, node: NodeId) {
+        while !queue.is_empty() {
+            let has_room = state.capacity.fits_now(node, &queue.demand);
+            let capacity = &state.capacity;
+            // Another node's waiter is taken only if that node cannot soon serve it itself.
+            let may_steal = |owner: NodeId, len: usize, first: &Waiter| {
+                let cpus = capacity.get(owner).map_or(0.0, |n| n.total.cpus);
+                len as f64 > cpus || first.since.elapsed() >= waiting::STEAL_AFTER
+            };
+            let Some(waiter) = queue.take_for(node, may_steal) else {
+                break;
+            };
+            if waiter.placed.is_closed() {
+                continue;
+            }
+            let reservation = if has_room {
+                self.reserve(state, node, &queue.demand)
+            } else {
+                match self.queue_on_busy_node(state, &queue.demand, &waiter.label, Some(node)) {
+                    Some(reservation) => reservation,
                     None => {
-                        if let Some(queue) = state.waiting.get_mut(&key) {
-                            queue.push_front(waiter);
-                        }
+                        queue.put_back(waiter);
                         break;
                     }
                 }
-            }
-            if state.waiting.get(&key).is_some_and(VecDeque::is_empty) {
-                state.waiting.remove(&key);
+            };
+            let lease = self.lease(state, reservation, &waiter.label);
+            if let Err(Ok(lease)) = waiter.placed.send(Ok(lease)) {
+                lease.reservation.give_back(state);
             }
         }
     }
 
-    fn lease(&self, state: &HeadState, reservation: Reservation) -> Lease {
+    /// What it takes to run a task of function `label` on the node `reservation` is on.
+    fn lease(&self, state: &HeadState, reservation: Reservation, label: &str) -> Lease {
         let Some(node) = state.nodes.get(&reservation.node) else {
-            unreachable!("nodes are never removed, only marked dead")
+            unreachable!("a node is forgotten only after its reservations are given back")
         };
         Lease {
+            short: state
+                .durations
+                .get(label)
+                .is_some_and(|mean| short_task_queue(*mean).is_some()),
             address: node.address.clone(),
             events_node: node.events_node,
             client: node.client.clone(),
@@ -819,16 +962,16 @@ impl Head {
             input_bytes.values().sum(),
         );
         loop {
-            request.pipeline = self.is_short(&request.label);
             let lease = self.acquire(&demand, &input_bytes, &request.label).await?;
+            request.pipeline = lease.short;
             self.events.placed(&mut track, lease.events_node);
             // Boxed: a task waiting for a node then holds only what it needs to be placed.
             let outcome = Box::pin(self.run_on(&lease, &request)).await;
-            drop(lease.reservation);
-            if let Ok(success) = &outcome {
-                let wall_ns = success.stats.as_ref().map_or(0, |s| s.wall_ns);
-                self.record_duration(&request.label, wall_ns);
-            }
+            let wall_ns = outcome
+                .as_ref()
+                .ok()
+                .map(|success| success.stats.as_ref().map_or(0, |s| s.wall_ns));
+            self.ended_on_node(lease.reservation, &request.label, wall_ns);
             let retry = matches!(&outcome, Err(e) if e.is_retryable()
                 && attempt < request.max_retries
                 && !self.input_gone(e));
@@ -907,7 +1050,7 @@ impl Head {
                 node_id: bytes::Bytes::copy_from_slice(id.as_bytes()),
                 address: n.address.clone(),
                 total: Some((&n.total).into()),
-                available: Some((&n.available).into()),
+                available: state.capacity.get(*id).map(|c| c.available.into()),
                 store: Some(n.store),
                 alive: n.alive,
                 running_tasks: n.running,
@@ -925,22 +1068,16 @@ impl Head {
     /// an autoscaler) needs to see.
     pub fn pending_demand(&self) -> Vec<proto::PendingDemand> {
         let state = self.state.lock();
-        let views = Self::views(&state);
         state
             .waiting
             .values()
             .filter_map(|queue| {
                 let waiting: Vec<&Waiter> =
                     queue.iter().filter(|w| !w.placed.is_closed()).collect();
-                let oldest = waiting.first()?;
-                let fits_no_live_node = matches!(
-                    self.config
-                        .policy
-                        .place(&oldest.demand, &oldest.input_bytes, &views),
-                    Placement::Infeasible
-                );
+                let oldest = waiting.iter().min_by_key(|w| w.seq)?;
+                let fits_no_live_node = !state.capacity.could_fit(&queue.demand);
                 Some(proto::PendingDemand {
-                    demand: Some((&oldest.demand).into()),
+                    demand: Some((&queue.demand).into()),
                     label: oldest.label.clone(),
                     count: waiting.len() as u64,
                     waited_millis: oldest.since.elapsed().as_millis() as u64,
@@ -997,8 +1134,7 @@ impl HeadRpc for Head {
             address: r.address,
             name: r.name,
             draining: false,
-            available: total.clone(),
-            total,
+            total: total.clone(),
             store,
             last_heartbeat: Instant::now(),
             alive: true,
@@ -1013,6 +1149,8 @@ impl HeadRpc for Head {
         if let Some(old) = state.nodes.insert(id, entry) {
             old.lost.cancel();
         }
+        state.capacity.insert(id, total);
+        state.node_changed(id);
         self.dispatch(&mut state);
         drop(state);
         Ok(Response::new(proto::RegisterNodeReply {
@@ -1496,6 +1634,12 @@ mod tests {
     /// A head with `config` and one node of one CPU.
     fn head_with_one_cpu_and(config: HeadConfig) -> (Arc<Head>, NodeId) {
         let head = Head::new(config).unwrap();
+        let id = add_node(&head, Resources::one_cpu());
+        (head, id)
+    }
+
+    /// Adds a node offering `total` that nothing answers at (tests here only place tasks).
+    fn add_node(head: &Head, total: Resources) -> NodeId {
         let id = NodeId::random();
         let client =
             NodeClient::new(server::lazy_channel("127.0.0.1:9", &Token::generate()).unwrap());
@@ -1504,8 +1648,7 @@ mod tests {
             address: "http://127.0.0.1:9".into(),
             name: String::new(),
             draining: false,
-            total: Resources::one_cpu(),
-            available: Resources::one_cpu(),
+            total: total.clone(),
             store: proto::StoreUsage::default(),
             last_heartbeat: Instant::now(),
             alive: true,
@@ -1516,8 +1659,68 @@ mod tests {
             tasks: node_tasks(&client),
             lost: CancellationToken::new(),
         };
-        head.state.lock().nodes.insert(id, entry);
-        (head, id)
+        let mut state = head.state.lock();
+        state.nodes.insert(id, entry);
+        state.capacity.insert(id, total);
+        state.node_changed(id);
+        id
+    }
+
+    /// On a busy cluster a freed CPU goes to a task whose inputs its node holds, before older
+    /// tasks whose inputs are elsewhere; a task with no inputs keeps its place in line; and
+    /// the tasks waiting at a lost node wait anywhere.
+    #[tokio::test]
+    async fn waiting_tasks_wait_at_the_node_holding_their_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (head, a) = head_with_one_cpu(dir.path());
+        let b = add_node(&head, Resources::one_cpu());
+        let c = add_node(&head, Resources::one_cpu());
+        let (cpu, none) = (Resources::one_cpu(), HashMap::new());
+        let on = |node: NodeId| HashMap::from([(node, 1000u64)]);
+        let (on_a, on_b, on_c) = (on(a), on(b), on(c));
+        let mut running = HashMap::new();
+        for _ in 0..3 {
+            let lease = head.acquire(&cpu, &none, "busy").await.unwrap();
+            running.insert(lease.reservation.node, lease);
+        }
+        let mut at_b = pin!(head.acquire(&cpu, &on_b, "at b"));
+        let mut at_a = pin!(head.acquire(&cpu, &on_a, "at a"));
+        let mut anywhere = pin!(head.acquire(&cpu, &none, "anywhere"));
+        let mut at_c = pin!(head.acquire(&cpu, &on_c, "at c"));
+        for waiting in [
+            at_b.as_mut(),
+            at_a.as_mut(),
+            anywhere.as_mut(),
+            at_c.as_mut(),
+        ] {
+            assert!(poll!(waiting).is_pending());
+        }
+
+        drop(running.remove(&a));
+        let ran_at_a = at_a.await.unwrap();
+        assert_eq!(
+            ran_at_a.reservation.node, a,
+            "a runs the task whose inputs it holds"
+        );
+        assert!(poll!(at_b.as_mut()).is_pending(), "b's task waits for b");
+
+        drop(ran_at_a);
+        let anywhere = anywhere.await.unwrap();
+        assert_eq!(
+            anywhere.reservation.node, a,
+            "a takes the task that may run anywhere"
+        );
+
+        head.lose_nodes(&[c]);
+        drop(running.remove(&b));
+        let first = at_b.await.unwrap();
+        assert_eq!(first.reservation.node, b);
+        drop(first);
+        let at_c = at_c.await.unwrap();
+        assert_eq!(
+            at_c.reservation.node, b,
+            "c's task ran where there was room once c was lost"
+        );
     }
 
     #[tokio::test]
@@ -1545,7 +1748,10 @@ mod tests {
         let third = third.await.unwrap();
         drop(third);
         let state = head.state.lock();
-        assert_eq!(state.nodes[&node].available, Resources::one_cpu());
+        assert_eq!(
+            *state.capacity.get(node).expect("known").available,
+            Resources::one_cpu()
+        );
         assert_eq!(state.nodes[&node].running, 0);
         assert!(state.waiting.is_empty());
     }

@@ -52,6 +52,7 @@ pub mod placement;
 pub mod proto;
 pub mod runtime;
 pub mod server;
+pub mod simulation;
 pub mod stall_watch;
 pub mod task_stream;
 pub mod worker;

@@ -12,24 +12,18 @@
 //! until a running task gives resources back; if no live node has them at all, the task is
 //! infeasible and fails at once with a message listing what the nodes offer.
 //!
-//! The policy sees plain data ([`NodeView`]), so it is tested without any process.
+//! The policy sees plain data ([`Nodes`], [`NodeView`]), so it is tested without any process.
+//! The nodes are indexed by available CPUs, so placing a task looks at the nodes holding its
+//! inputs and the freest nodes, not at every node: on a thousand nodes it stays a few
+//! microseconds.
 
 use std::collections::HashMap;
 
 use manta_engine::{NodeId, Resources};
 
-/// A node as the placement policy sees it.
-#[derive(Clone, Debug)]
-pub struct NodeView {
-    /// The node.
-    pub id: NodeId,
-    /// Everything it offers.
-    pub total: Resources,
-    /// What is not taken by running tasks.
-    pub available: Resources,
-    /// Whether it is heartbeating.
-    pub alive: bool,
-}
+mod nodes;
+
+pub use nodes::{NodeView, Nodes};
 
 /// A placement decision.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,7 +43,7 @@ pub trait PlacementPolicy: Send + Sync {
         &self,
         demand: &Resources,
         input_bytes: &HashMap<NodeId, u64>,
-        nodes: &[NodeView],
+        nodes: &Nodes,
     ) -> Placement;
 }
 
@@ -62,22 +56,34 @@ impl PlacementPolicy for LocalityFirst {
         &self,
         demand: &Resources,
         input_bytes: &HashMap<NodeId, u64>,
-        nodes: &[NodeView],
+        nodes: &Nodes,
     ) -> Placement {
-        let best = nodes
+        // The nodes holding inputs are few: each is looked at.
+        let holder = input_bytes
             .iter()
-            .filter(|n| n.alive && n.available.covers(demand))
-            .max_by(|a, b| {
-                let local = |n: &NodeView| input_bytes.get(&n.id).copied().unwrap_or(0);
-                local(a)
-                    .cmp(&local(b))
+            .filter(|(_, bytes)| **bytes > 0)
+            .filter_map(|(id, bytes)| Some((nodes.get(*id)?, *bytes)))
+            .filter(|(node, _)| node.alive && node.available.covers(demand))
+            .max_by(|(a, a_bytes), (b, b_bytes)| {
+                a_bytes
+                    .cmp(b_bytes)
                     .then(a.available.cpus.total_cmp(&b.available.cpus))
                     .then(b.id.cmp(&a.id))
             });
-        match best {
-            Some(node) => Placement::Node(node.id),
-            None if nodes.iter().any(|n| n.alive && n.total.covers(demand)) => Placement::Wait,
-            None => Placement::Infeasible,
+        if let Some((node, _)) = holder {
+            return Placement::Node(node.id);
+        }
+        // Otherwise the freest node that fits: the index gives them freest first.
+        if let Some(node) = nodes
+            .with_free_cpus(demand.cpus)
+            .find(|n| n.available.covers(demand))
+        {
+            return Placement::Node(node.id);
+        }
+        if nodes.could_fit(demand) {
+            Placement::Wait
+        } else {
+            Placement::Infeasible
         }
     }
 }
@@ -86,32 +92,42 @@ impl PlacementPolicy for LocalityFirst {
 mod tests {
     use super::*;
 
-    fn node(cpus_total: f64, cpus_free: f64, custom: &[(&str, f64)]) -> NodeView {
+    /// A node: its id, total and available resources, and whether it is alive.
+    type Node = (NodeId, Resources, Resources, bool);
+
+    fn node(cpus_total: f64, cpus_free: f64, custom: &[(&str, f64)]) -> Node {
         let custom: std::collections::BTreeMap<String, f64> =
             custom.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-        NodeView {
-            id: NodeId::random(),
-            total: Resources {
-                cpus: cpus_total,
-                memory_bytes: 0,
-                custom: custom.clone(),
-            },
-            available: Resources {
-                cpus: cpus_free,
-                memory_bytes: 0,
-                custom,
-            },
-            alive: true,
-        }
+        let total = Resources {
+            cpus: cpus_total,
+            memory_bytes: 0,
+            custom: custom.clone(),
+        };
+        let available = Resources {
+            cpus: cpus_free,
+            memory_bytes: 0,
+            custom,
+        };
+        (NodeId::random(), total, available, true)
+    }
+
+    fn place(demand: &Resources, inputs: &HashMap<NodeId, u64>, nodes: &[Node]) -> Placement {
+        let nodes = Nodes::from_views(nodes.iter().map(|(id, total, available, alive)| NodeView {
+            id: *id,
+            total,
+            available,
+            alive: *alive,
+        }));
+        LocalityFirst.place(demand, inputs, &nodes)
     }
 
     #[test]
     fn prefers_the_node_holding_the_inputs() {
         let nodes = [node(2.0, 2.0, &[]), node(2.0, 1.0, &[])];
-        let inputs = HashMap::from([(nodes[1].id, 1000)]);
+        let inputs = HashMap::from([(nodes[1].0, 1000)]);
         assert_eq!(
-            LocalityFirst.place(&Resources::one_cpu(), &inputs, &nodes),
-            Placement::Node(nodes[1].id)
+            place(&Resources::one_cpu(), &inputs, &nodes),
+            Placement::Node(nodes[1].0)
         );
     }
 
@@ -119,8 +135,8 @@ mod tests {
     fn spreads_tasks_without_inputs_to_the_freest_node() {
         let nodes = [node(2.0, 1.0, &[]), node(2.0, 2.0, &[])];
         assert_eq!(
-            LocalityFirst.place(&Resources::one_cpu(), &HashMap::new(), &nodes),
-            Placement::Node(nodes[1].id)
+            place(&Resources::one_cpu(), &HashMap::new(), &nodes),
+            Placement::Node(nodes[1].0)
         );
     }
 
@@ -128,17 +144,14 @@ mod tests {
     fn waits_when_busy_and_fails_when_impossible() {
         let nodes = [node(2.0, 0.0, &[])];
         assert_eq!(
-            LocalityFirst.place(&Resources::one_cpu(), &HashMap::new(), &nodes),
+            place(&Resources::one_cpu(), &HashMap::new(), &nodes),
             Placement::Wait
         );
         let big = Resources {
             cpus: 4.0,
             ..Default::default()
         };
-        assert_eq!(
-            LocalityFirst.place(&big, &HashMap::new(), &nodes),
-            Placement::Infeasible
-        );
+        assert_eq!(place(&big, &HashMap::new(), &nodes), Placement::Infeasible);
     }
 
     #[test]
@@ -150,17 +163,17 @@ mod tests {
             custom: [("writer".to_string(), 0.1)].into(),
         };
         assert_eq!(
-            LocalityFirst.place(&demand, &HashMap::new(), &nodes),
-            Placement::Node(nodes[1].id)
+            place(&demand, &HashMap::new(), &nodes),
+            Placement::Node(nodes[1].0)
         );
     }
 
     #[test]
     fn dead_nodes_are_never_chosen() {
         let mut nodes = [node(2.0, 2.0, &[])];
-        nodes[0].alive = false;
+        nodes[0].3 = false;
         assert_eq!(
-            LocalityFirst.place(&Resources::one_cpu(), &HashMap::new(), &nodes),
+            place(&Resources::one_cpu(), &HashMap::new(), &nodes),
             Placement::Infeasible
         );
     }

@@ -74,6 +74,22 @@ impl TaskStream {
         Self { queue }
     }
 
+    /// A stream whose calls `answer` takes in this process, in order, with no transport: how
+    /// the scheduling simulation ([`crate::simulation`]) stands in for a node. `answer`
+    /// runs on the stream's own task, so it must not block.
+    pub fn in_process(answer: Arc<dyn Fn(TaskRequest, OnReply) + Send + Sync>) -> Self {
+        let (queue, mut calls) = mpsc::unbounded_channel::<(TaskRequest, OnReply)>();
+        tokio::spawn(async move {
+            let mut queued = Vec::new();
+            while calls.recv_many(&mut queued, MAX_CALLS).await > 0 {
+                for (task, on_reply) in queued.drain(..) {
+                    answer(task, on_reply);
+                }
+            }
+        });
+        Self { queue }
+    }
+
     /// Queues one task; `on_reply` gets its reply, or the error status that replaces it if
     /// the stream broke first. It runs on the stream's receiving task, so it must not block.
     /// Needs no runtime context: a plain thread can send.

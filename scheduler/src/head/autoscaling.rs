@@ -52,7 +52,11 @@ impl Head {
                 name: n.name.clone(),
                 alive: n.alive,
                 draining: n.draining,
-                available: n.available.clone(),
+                available: state
+                    .capacity
+                    .get(*id)
+                    .map(|c| c.available.clone())
+                    .unwrap_or_default(),
                 busy: busy(&state, id),
             })
             .collect();
@@ -60,9 +64,8 @@ impl Head {
             .waiting
             .values()
             .filter_map(|queue| {
-                let waiting: Vec<_> = queue.iter().filter(|w| !w.placed.is_closed()).collect();
-                let first = waiting.first()?;
-                Some((first.demand.clone(), waiting.len() as u64))
+                let waiting = queue.iter().filter(|w| !w.placed.is_closed()).count();
+                (waiting > 0).then(|| (queue.demand.clone(), waiting as u64))
             })
             .collect();
         ClusterLoad { nodes, pending }
@@ -78,6 +81,7 @@ impl Head {
         match state.nodes.get_mut(&id) {
             Some(node) if node.alive => {
                 node.draining = true;
+                state.node_changed(id);
                 true
             }
             _ => false,
@@ -90,6 +94,7 @@ impl Head {
         if let Some(node) = state.nodes.get_mut(&id) {
             node.draining = false;
         }
+        state.node_changed(id);
         self.dispatch(&mut state);
     }
 
@@ -102,6 +107,7 @@ impl Head {
             node.lost.cancel();
             tracing::info!(node = ?id, address = %node.address, name = %node.name, "node stopped by the autoscaler");
         }
+        state.node_changed(id);
         self.dispatch(&mut state);
     }
 

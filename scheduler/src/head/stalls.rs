@@ -12,7 +12,6 @@ use manta_engine::Resources;
 use super::{Head, offered};
 use crate::autoscaler::plan::describe;
 use crate::events::TaskInFlight;
-use crate::placement::Placement;
 
 /// A running task is a straggler once it has run this many times its stage's mean...
 const STRAGGLER_FACTOR: u32 = 4;
@@ -67,7 +66,6 @@ impl Head {
         }
         let everywhere = self.events.in_flight("");
         let state = self.state.lock();
-        let views = Self::views(&state);
         groups
             .into_iter()
             .map(|((stage, shape), (count, longest, demand))| {
@@ -76,11 +74,7 @@ impl Head {
                      for {})",
                     seconds(longest)
                 );
-                let placement = self
-                    .config
-                    .policy
-                    .place(&demand, &Default::default(), &views);
-                if matches!(placement, Placement::Infeasible) {
+                if !state.capacity.could_fit(&demand) {
                     return format!(
                         "{waiting}: no live node offers it (nodes offer: {})",
                         offered(&state)
