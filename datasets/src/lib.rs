@@ -32,11 +32,11 @@
 
 pub mod checksum;
 pub mod columns;
-pub mod combine;
 pub mod context;
 pub mod dataset;
 pub mod error;
 pub mod exchange;
+pub use exchange::{combine, partition, reduce};
 pub mod executor;
 pub mod file_options;
 pub mod files;
@@ -45,10 +45,8 @@ pub mod ipc;
 pub mod objects;
 pub mod ops;
 mod parquet_source;
-pub mod partition;
 pub mod plan;
 pub mod progress;
-pub mod reduce;
 pub mod retries;
 pub mod rows;
 pub mod run;

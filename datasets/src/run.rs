@@ -16,9 +16,9 @@ use futures::StreamExt;
 use manta_engine::{ObjectRef, Resources, TaskOutcome, TaskSpec};
 use tokio::sync::mpsc;
 
-use crate::combine;
 use crate::context::Context;
 use crate::error::Result;
+use crate::exchange::combine;
 use crate::exchange::{
     self, Exchange, PARTITION_FUNCTION, PartitionSpec, REDUCE_FUNCTION, ReduceSpec,
     SAMPLE_FUNCTION, SLICE_FUNCTION, ZIP_FUNCTION,

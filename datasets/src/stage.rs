@@ -576,7 +576,7 @@ impl CompiledStage {
                             )));
                         }
                     };
-                    if is_unknown(&block) {
+                    if crate::exchange::reduce::is_unknown(&block) {
                         // No rows and no schema (a map_groups reducer without a group).
                         continue;
                     }
@@ -632,13 +632,6 @@ impl CompiledStage {
             }
         }
     }
-}
-
-/// Whether a block has no rows and no columns: a block whose schema nobody could tell (a
-/// `map_groups` reducer that got no group, and so never called the function that makes it).
-/// Every consumer skips such blocks; any block with a schema is taken as it is, rows or not.
-pub(crate) fn is_unknown(block: &Block) -> bool {
-    block.num_rows() == 0 && block.schema().fields().is_empty()
 }
 
 fn read_failed(label: &str, error: crate::Error) -> manta_engine::Error {

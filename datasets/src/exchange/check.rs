@@ -49,7 +49,7 @@ impl Exchange {
                             )));
                         }
                     }
-                    let fields = crate::partition::sort_fields(keys, &schema)
+                    let fields = super::partition::sort_fields(keys, &schema)
                         .map_err(|e| plan_error(e.to_string()))?;
                     RowConverter::new(fields)
                         .map_err(|e| plan_error(format!("cannot sort by {keys:?}: {e}")))?;

@@ -22,7 +22,7 @@
 //! an all-to-all operation over more data than memory reads and moves each byte about once.
 //! The reduce outputs become the input blocks of the operators that follow.
 //!
-//! Aggregations combine on the map side (see [`crate::combine`]): a map task aggregates its
+//! Aggregations combine on the map side (see [`combine`]): a map task aggregates its
 //! block into partial states first, so only one row per group and block is partitioned.
 //!
 //! A sort samples first: a **sample** task per block returns a few rows of the sort keys, the
@@ -32,7 +32,7 @@
 //! This folder holds the operations as plain data: the logical node ([`Exchange`], here), its
 //! checks ([`check`]), the keys and aggregates users write ([`keys`]), the specs of its tasks
 //! ([`specs`]), and the slice and zip tasks ([`slice_zip`]); the map side is
-//! [`crate::partition`], the reduce side [`crate::reduce`].
+//! [`partition`], the reduce side [`reduce`].
 mod check;
 mod keys;
 mod slice_zip;
@@ -50,8 +50,12 @@ pub use specs::{
 };
 
 pub use crate::ipc::write_ipc;
-pub use crate::partition::{boundaries, partition_batch};
-pub use crate::reduce::ReduceError;
+pub mod combine;
+pub mod partition;
+pub mod reduce;
+
+pub use partition::{boundaries, partition_batch};
+pub use reduce::ReduceError;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -70,9 +74,9 @@ pub const SLICE_FUNCTION: &str = "manta::datasets::slice";
 /// The registered name of the zip task.
 pub const ZIP_FUNCTION: &str = "manta::datasets::zip";
 
-inventory::submit! { RemoteFunction { name: PARTITION_FUNCTION, kind: FunctionKind::Task(crate::partition::run_partition) } }
-inventory::submit! { RemoteFunction { name: REDUCE_FUNCTION, kind: FunctionKind::Task(crate::reduce::run_reduce) } }
-inventory::submit! { RemoteFunction { name: SAMPLE_FUNCTION, kind: FunctionKind::Task(crate::partition::run_sample) } }
+inventory::submit! { RemoteFunction { name: PARTITION_FUNCTION, kind: FunctionKind::Task(partition::run_partition) } }
+inventory::submit! { RemoteFunction { name: REDUCE_FUNCTION, kind: FunctionKind::Task(reduce::run_reduce) } }
+inventory::submit! { RemoteFunction { name: SAMPLE_FUNCTION, kind: FunctionKind::Task(partition::run_sample) } }
 inventory::submit! { RemoteFunction { name: SLICE_FUNCTION, kind: FunctionKind::Task(slice_zip::run_slice) } }
 inventory::submit! { RemoteFunction { name: ZIP_FUNCTION, kind: FunctionKind::Task(slice_zip::run_zip) } }
 

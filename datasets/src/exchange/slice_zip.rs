@@ -65,7 +65,7 @@ fn slice_blocks(objects: Vec<Object>, slices: &[(u64, u64)]) -> manta_engine::Re
     let mut out = Vec::new();
     for (object, &(offset, length)) in objects.into_iter().zip(slices) {
         let block = into_block(object)?;
-        if crate::stage::is_unknown(&block) {
+        if super::reduce::is_unknown(&block) {
             continue;
         }
         schema.get_or_insert_with(|| Arc::clone(block.schema()));

@@ -28,7 +28,7 @@ use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::prelude::{SessionConfig, SessionContext, col};
 
-use crate::exchange::{Aggregate, AggregateFunction};
+use super::{Aggregate, AggregateFunction};
 use crate::ipc::{decode_schema, encode_schema};
 
 /// The metadata key under which partial states carry their input's schema (hex IPC message).

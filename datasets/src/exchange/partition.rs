@@ -4,7 +4,7 @@
 //! key columns (strings hashed as their key type, so `Utf8` and views of equal keys meet), or
 //! by the range of the sort keys between sampled boundaries. Rows are counted per partition,
 //! sorted by partition with one `take`, and the batches are zero-copy slices of that. An
-//! aggregation first combines the block into partial states ([`crate::combine`]).
+//! aggregation first combines the block into partial states ([`super::combine`]).
 //!
 //! A sort's boundaries come from sample tasks (a few rows of each block's keys) or a sampling
 //! first pass; [`boundaries`] picks `n - 1` evenly spaced rows of the sorted samples.
@@ -18,13 +18,13 @@ use arrow::row::{RowConverter, SortField};
 use manta_engine::{Block, Object, TaskContext, TaskInput};
 use rand::{Rng, SeedableRng};
 
-use crate::columns::batch_seed;
-use crate::combine;
-use crate::error::Result;
-use crate::exchange::{
+use super::combine;
+use super::{
     PartitionSpec, Partitioner, SAMPLES_PER_BLOCK, SortKey, decode, into_block, single_batch,
     user_error,
 };
+use crate::columns::batch_seed;
+use crate::error::Result;
 pub use crate::ipc::write_ipc;
 
 pub(crate) fn run_partition(_: &TaskContext, input: TaskInput) -> manta_engine::Result<Object> {
@@ -52,7 +52,7 @@ pub fn partition_batch(
     let label = label.to_string();
     let n = spec.n.max(1);
     if batch.num_rows() == 0 && batch.schema().fields().is_empty() {
-        // Rows of a schema nobody knows (see `stage::is_unknown`): none, in every partition.
+        // Rows of a schema nobody knows (see [`super::reduce::is_unknown`]): none, in every partition.
         return Block::try_new(batch.schema(), vec![batch; n]);
     }
     if let Some((keys, aggregates)) = &spec.combine {
@@ -175,7 +175,7 @@ pub(crate) fn run_sample(_: &TaskContext, input: TaskInput) -> manta_engine::Res
         into_block(input.objects.into_iter().next().ok_or_else(|| {
             manta_engine::Error::Internal("a sample task needs its block".into())
         })?)?;
-    if crate::stage::is_unknown(&block) {
+    if super::reduce::is_unknown(&block) {
         // No rows: no samples.
         return Ok(Object::Block(block));
     }

@@ -1,10 +1,10 @@
 //! The reduce side of an exchange (see [`crate::exchange`]): a reduce task takes its partition
 //! of every map output (or, for a small exchange, every map output whole) and reduces the rows
 //! of each side with a [`Reducer`]: concatenate, shuffle, sort, aggregate or join with
-//! DataFusion (one partition, on this thread), merge partial states ([`crate::combine`]), or
+//! DataFusion (one partition, on this thread), merge partial states ([`super::combine`]), or
 //! call a registered function once per group of equal keys.
 //!
-//! Blocks of no known schema (see `stage::is_unknown`) hold no rows and are skipped; where a
+//! Blocks of no known schema (see [`is_unknown`]) hold no rows and are skipped; where a
 //! side has nothing else, [`Reducer::reduce_sides`] answers what it can without that schema
 //! and says why where it cannot.
 
@@ -21,13 +21,13 @@ use manta_engine::{Block, Object, TaskContext, TaskInput};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
-use crate::columns::batch_seed;
-use crate::combine;
-use crate::exchange::{
+use super::combine;
+use super::partition::sort_batch;
+use super::{
     Aggregate, JoinKind, ReduceSpec, Reducer, SortKey, check_join_keys, decode, ident, into_block,
     user_error,
 };
-use crate::partition::sort_batch;
+use crate::columns::batch_seed;
 use crate::thread_runtime::block_on;
 
 pub(crate) fn run_reduce(_: &TaskContext, input: TaskInput) -> manta_engine::Result<Object> {
@@ -46,7 +46,7 @@ pub(crate) fn run_reduce(_: &TaskContext, input: TaskInput) -> manta_engine::Res
         // known schema hold no rows and are skipped; the others all carry the side's schema.
         for object in objects.by_ref().take(count) {
             let block = into_block(object)?;
-            if crate::stage::is_unknown(&block) {
+            if is_unknown(&block) {
                 continue;
             }
             schema = Some(match schema {
@@ -194,7 +194,7 @@ impl Reducer {
 }
 
 impl Reducer {
-    /// A reduce where a side has no known schema, so no rows (see `stage::is_unknown`): what
+    /// A reduce where a side has no known schema, so no rows (see [`is_unknown`]): what
     /// the answer is, where it can be told without that schema, or an error saying why not.
     fn reduce_unknown(
         &self,
@@ -322,4 +322,11 @@ fn join(
         }
     }
     collect(joined.select(select)?)
+}
+
+/// Whether a block has no rows and no columns: a block whose schema nobody could tell (a
+/// `map_groups` reducer that got no group, and so never called the function that makes it).
+/// Every consumer skips such blocks; any block with a schema is taken as it is, rows or not.
+pub(crate) fn is_unknown(block: &Block) -> bool {
+    block.num_rows() == 0 && block.schema().fields().is_empty()
 }
