@@ -186,6 +186,17 @@ struct NodeEntry {
     lost: CancellationToken,
 }
 
+/// What the head learns of a node when it joins.
+struct Joining {
+    address: String,
+    name: String,
+    total: Resources,
+    store: proto::StoreUsage,
+    pid: u32,
+    client: NodeClient<AuthChannel>,
+    tasks: TaskStream,
+}
+
 /// A node as people name it: its name and address, or its address.
 fn node_title(node: &NodeEntry) -> String {
     if node.name.is_empty() {
@@ -573,6 +584,34 @@ impl Head {
         if warned {
             state.pending_warned = Some(Instant::now());
         }
+    }
+
+    /// Adds node `id` (or replaces an earlier entry of it) with all its resources available,
+    /// and hands them to the tasks waiting.
+    fn join(&self, id: NodeId, node: Joining) {
+        let entry = NodeEntry {
+            events_node: self.events.node(&node.address, &node.name),
+            address: node.address,
+            name: node.name,
+            draining: false,
+            total: node.total.clone(),
+            store: node.store,
+            last_heartbeat: Instant::now(),
+            alive: true,
+            running: 0,
+            queued: 0,
+            pid: node.pid,
+            client: node.client,
+            tasks: node.tasks,
+            lost: CancellationToken::new(),
+        };
+        let mut state = self.state.lock();
+        if let Some(old) = state.nodes.insert(id, entry) {
+            old.lost.cancel();
+        }
+        state.capacity.insert(id, node.total);
+        state.node_changed(id);
+        self.dispatch(&mut state);
     }
 
     /// A node could not be reached: it is marked dead at once rather than after its missed
@@ -1129,30 +1168,18 @@ impl HeadRpc for Head {
             budget_bytes: total.memory_bytes,
             ..Default::default()
         };
-        let entry = NodeEntry {
-            events_node: self.events.node(&r.address, &r.name),
-            address: r.address,
-            name: r.name,
-            draining: false,
-            total: total.clone(),
-            store,
-            last_heartbeat: Instant::now(),
-            alive: true,
-            running: 0,
-            queued: 0,
-            pid: r.pid,
-            tasks: node_tasks(&client),
-            client,
-            lost: CancellationToken::new(),
-        };
-        let mut state = self.state.lock();
-        if let Some(old) = state.nodes.insert(id, entry) {
-            old.lost.cancel();
-        }
-        state.capacity.insert(id, total);
-        state.node_changed(id);
-        self.dispatch(&mut state);
-        drop(state);
+        self.join(
+            id,
+            Joining {
+                address: r.address,
+                name: r.name,
+                total,
+                store,
+                pid: r.pid,
+                tasks: node_tasks(&client),
+                client,
+            },
+        );
         Ok(Response::new(proto::RegisterNodeReply {
             heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u64,
         }))
@@ -1643,26 +1670,18 @@ mod tests {
         let id = NodeId::random();
         let client =
             NodeClient::new(server::lazy_channel("127.0.0.1:9", &Token::generate()).unwrap());
-        let entry = NodeEntry {
-            events_node: head.events.node("http://127.0.0.1:9", ""),
-            address: "http://127.0.0.1:9".into(),
-            name: String::new(),
-            draining: false,
-            total: total.clone(),
-            store: proto::StoreUsage::default(),
-            last_heartbeat: Instant::now(),
-            alive: true,
-            running: 0,
-            queued: 0,
-            pid: 0,
-            client: client.clone(),
-            tasks: node_tasks(&client),
-            lost: CancellationToken::new(),
-        };
-        let mut state = head.state.lock();
-        state.nodes.insert(id, entry);
-        state.capacity.insert(id, total);
-        state.node_changed(id);
+        head.join(
+            id,
+            Joining {
+                address: "http://127.0.0.1:9".into(),
+                name: String::new(),
+                total,
+                store: proto::StoreUsage::default(),
+                pid: 0,
+                tasks: node_tasks(&client),
+                client,
+            },
+        );
         id
     }
 

@@ -5,12 +5,9 @@
 //! Everything else — placement, the waiting queues, retries, task events, metrics — is the
 //! head's own code, unchanged: the simulation measures the head, not a model of it.
 
-use std::time::Instant;
-
 use manta_engine::{JobId, NodeId, Resources};
-use tokio_util::sync::CancellationToken;
 
-use super::{Head, NodeEntry};
+use super::{Head, Joining};
 use crate::error::Result;
 use crate::proto::{self, node_client::NodeClient};
 use crate::server;
@@ -29,27 +26,18 @@ impl Head {
     ) -> Result<()> {
         let address = format!("http://{name}.simulated.invalid:1");
         let client = NodeClient::new(server::lazy_channel(&address, &self.config.token)?);
-        let entry = NodeEntry {
-            events_node: self.events.node(&address, name),
-            address,
-            name: name.to_string(),
-            draining: false,
-            total: total.clone(),
-            store: proto::StoreUsage::default(),
-            last_heartbeat: Instant::now(),
-            alive: true,
-            running: 0,
-            queued: 0,
-            pid: 0,
-            tasks,
-            client,
-            lost: CancellationToken::new(),
-        };
-        let mut state = self.state.lock();
-        state.nodes.insert(id, entry);
-        state.capacity.insert(id, total);
-        state.node_changed(id);
-        self.dispatch(&mut state);
+        self.join(
+            id,
+            Joining {
+                name: name.to_string(),
+                address,
+                total,
+                store: proto::StoreUsage::default(),
+                pid: 0,
+                client,
+                tasks,
+            },
+        );
         Ok(())
     }
 
