@@ -18,9 +18,9 @@
 //! node answers. A task that finds no room waits with the tasks of the same demand, at the node
 //! holding most of its input bytes or anywhere if it has none ([`waiting`]). When resources
 //! come back on a node, that node takes the older of its own first waiter and the first that
-//! may run anywhere (another node's only if it has neither), for as long as it has room: a
-//! release costs the tasks it places, not the tasks or nodes there are, and on a busy cluster
-//! tasks run where their inputs are. When nodes come and go, every node with room is served
+//! may run anywhere, for every demand, and only then another node's waiter, for as long as it
+//! has room: a release costs the tasks it places, not the tasks or nodes there are, and on a
+//! busy cluster tasks run where their inputs are. When nodes come and go, every node with room is served
 //! the same way. (`cargo bench --bench workloads -- sim` measures this against 1,000
 //! simulated nodes: [`crate::simulation`].)
 //!
@@ -848,8 +848,11 @@ impl Head {
         // The scarcest demands first: a GPU freed goes to a task that needs one, not to a task
         // of CPUs only that would take the CPU it comes with.
         queues.sort_by(|a, b| scarcer(&a.demand, &b.demand));
-        for queue in queues {
-            self.serve_waiters(state, queue, node);
+        // The node's own waiters of every demand before any other node's.
+        for steal in [false, true] {
+            for queue in &mut queues {
+                self.serve_waiters(state, queue, node, steal);
+            }
         }
         waiting.retain(|_, queue| !queue.is_empty());
         state.waiting = waiting;
@@ -865,7 +868,7 @@ impl Head {
         queues.sort_by(|a, b| scarcer(&a.demand, &b.demand));
         for queue in queues {
             for node in queue.preferred_nodes() {
-                self.serve_waiters(state, queue, node);
+                self.serve_waiters(state, queue, node, false);
             }
             while !queue.is_empty() {
                 let Some(node) = state
@@ -877,7 +880,7 @@ impl Head {
                     break;
                 };
                 let before = queue.len();
-                self.serve_waiters(state, queue, node);
+                self.serve_waiters(state, queue, node, true);
                 if queue.len() == before {
                     break;
                 }
@@ -907,15 +910,21 @@ impl Head {
     }
 
     /// Gives node `node`'s room to `queue`'s waiters while it has room for them (a short task
-    /// may also queue behind its busy workers).
-    fn serve_waiters(&self, state: &mut HeadState, queue: &mut DemandQueue, node: NodeId) {
+    /// may also queue behind its busy workers); to other nodes' waiters only if `steal`.
+    fn serve_waiters(
+        &self,
+        state: &mut HeadState,
+        queue: &mut DemandQueue,
+        node: NodeId,
+        steal: bool,
+    ) {
         while !queue.is_empty() {
             let has_room = state.capacity.fits_now(node, &queue.demand);
             let capacity = &state.capacity;
             // Another node's waiter is taken only if that node cannot soon serve it itself.
             let may_steal = |owner: NodeId, len: usize, first: &Waiter| {
                 let cpus = capacity.get(owner).map_or(0.0, |n| n.total.cpus);
-                len as f64 > cpus || first.since.elapsed() >= waiting::STEAL_AFTER
+                steal && (len as f64 > cpus || first.since.elapsed() >= waiting::STEAL_AFTER)
             };
             let Some(waiter) = queue.take_for(node, may_steal) else {
                 break;

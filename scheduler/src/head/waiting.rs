@@ -3,7 +3,8 @@
 //!
 //! When a node has room for a demand, it takes the older of its own first waiter and the
 //! first waiter that may run anywhere; only when both are empty does it take another node's
-//! first waiter (it steals), and only from a line that node cannot soon serve itself: longer
+//! first waiter (it steals) — and the head lets it steal only once it has served its own
+//! waiters of every demand, and only from a line that node cannot soon serve itself: longer
 //! than its CPUs, or whose first has waited [`STEAL_AFTER`] (delay scheduling, as Spark's
 //! locality wait, but short). On a busy cluster each node therefore runs the tasks whose
 //! inputs it holds — the head's dispatch picks by the node that has room, not by the task at
