@@ -19,6 +19,7 @@ use tonic::transport::Endpoint;
 use crate::auth::{AuthChannel, Token, with_token};
 use crate::error::{Error, Result};
 use crate::service::MAX_MESSAGE_BYTES;
+use crate::ticket::{MAX_PARTS, encode_object, encode_parts};
 
 /// How long to wait for a node's Flight endpoint to accept a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -80,6 +81,18 @@ pub struct FlightPool {
     clients: Mutex<HashMap<Arc<str>, FlightServiceClient<AuthChannel>>>,
 }
 
+/// One part of a [`FlightPool::pull_parts_into`]: batch `batch` of block `object`, to be
+/// stored as `local`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Part {
+    /// The block on the serving node.
+    pub object: ObjectId,
+    /// Which of its batches.
+    pub batch: u32,
+    /// The id it is stored under here.
+    pub local: ObjectId,
+}
+
 impl FlightPool {
     /// An empty pool whose calls present `token`.
     pub fn new(token: &Token) -> Self {
@@ -114,7 +127,23 @@ impl FlightPool {
         location: &Location,
         id: ObjectId,
     ) -> Result<u64> {
-        self.pull_as(store, location, id, None, id).await
+        let mut stream = self.open(location, encode_object(id), id).await?;
+        let first = next_message(&mut stream, location, id)
+            .await?
+            .ok_or_else(|| malformed(location, id, "no messages"))?;
+        let (is_block, size) = parse_metadata(&first, location, id)?;
+        let mut receiver = store.receive(id, size)?;
+        receive(
+            first,
+            stream,
+            is_block,
+            size,
+            receiver.writer(),
+            location,
+            id,
+        )
+        .await?;
+        Ok(receiver.finish()?)
     }
 
     /// Pulls only batch `batch` of block `id` from `location` into `store`, as a new object
@@ -127,35 +156,70 @@ impl FlightPool {
         batch: u32,
         local: ObjectId,
     ) -> Result<u64> {
-        self.pull_as(store, location, id, Some(batch), local).await
+        let part = Part {
+            object: id,
+            batch,
+            local,
+        };
+        Ok(self.pull_parts_into(store, location, &[part]).await?[0])
     }
 
-    /// Pulls `id` (or only its batch `batch`) from `location` into `store` as `local`.
-    async fn pull_as(
+    /// Pulls one batch of each of many blocks from `location` into `store`, each as a new
+    /// object (a block of that one batch), in one `DoGet` (one per [`MAX_PARTS`]); returns the
+    /// parts' sizes as stored, in order. On failure the parts stored so far are freed, and the
+    /// error names the object of the part that failed.
+    pub async fn pull_parts_into(
         &self,
         store: &Arc<ObjectStore>,
         location: &Location,
-        id: ObjectId,
-        batch: Option<u32>,
-        local: ObjectId,
-    ) -> Result<u64> {
-        let mut stream = self.open(location, id, batch).await?;
-        let first = next_message(&mut stream, location, id)
-            .await?
-            .ok_or_else(|| malformed(location, id, "no messages"))?;
-        let (is_block, size) = parse_metadata(&first, location, id)?;
-        let mut receiver = store.receive(local, size)?;
-        receive(
-            first,
-            stream,
-            is_block,
-            size,
-            receiver.writer(),
-            location,
-            id,
-        )
-        .await?;
-        Ok(receiver.finish()?)
+        parts: &[Part],
+    ) -> Result<Vec<u64>> {
+        let mut sizes = Vec::with_capacity(parts.len());
+        let pulled = async {
+            for chunk in parts.chunks(MAX_PARTS) {
+                let asked: Vec<_> = chunk.iter().map(|p| (p.object, p.batch)).collect();
+                let first_object = chunk[0].object;
+                let mut stream = self
+                    .open(location, encode_parts(&asked), first_object)
+                    .await?;
+                let mut next = next_message(&mut stream, location, first_object).await?;
+                for part in chunk {
+                    let first = next.take().ok_or_else(|| {
+                        malformed(location, part.object, "the answer ended before this part")
+                    })?;
+                    let (is_block, size) = parse_metadata(&first, location, part.object)?;
+                    let mut receiver = store.receive(part.local, size)?;
+                    let (_, following) = receive_part(
+                        first,
+                        &mut stream,
+                        is_block,
+                        size,
+                        receiver.writer(),
+                        location,
+                        part.object,
+                    )
+                    .await?;
+                    sizes.push(receiver.finish()?);
+                    next = following;
+                }
+                if next.is_some() {
+                    return Err(malformed(
+                        location,
+                        first_object,
+                        "more parts in the answer than were asked for",
+                    ));
+                }
+            }
+            Ok(())
+        };
+        let pulled = pulled.await;
+        if let Err(e) = pulled {
+            for part in &parts[..sizes.len()] {
+                store.free(part.local);
+            }
+            return Err(e);
+        }
+        Ok(sizes)
     }
 
     /// Stores `object` as `id` in the store of the node at `location` (Flight `DoPut`); returns
@@ -209,7 +273,7 @@ impl FlightPool {
 
     /// Fetches `id` from `location` into this process's memory.
     pub async fn fetch(&self, location: &Location, id: ObjectId) -> Result<Object> {
-        let mut stream = self.open(location, id, None).await?;
+        let mut stream = self.open(location, encode_object(id), id).await?;
         let first = next_message(&mut stream, location, id)
             .await?
             .ok_or_else(|| malformed(location, id, "no messages"))?;
@@ -228,16 +292,15 @@ impl FlightPool {
         Ok(receiver.finish(id)?)
     }
 
+    /// Sends `ticket` to `location`'s `DoGet`; errors name `id`.
     async fn open(
         &self,
         location: &Location,
+        ticket: bytes::Bytes,
         id: ObjectId,
-        batch: Option<u32>,
     ) -> Result<tonic::Streaming<FlightData>> {
         let mut client = self.client(&location.flight_address).await?;
-        let ticket = Ticket {
-            ticket: crate::service::ticket(id, batch),
-        };
+        let ticket = Ticket { ticket };
         match in_time("DoGet", client.do_get(ticket)).await {
             Ok(response) => Ok(response.into_inner()),
             Err(status) => {
@@ -262,6 +325,7 @@ async fn next_message(
 }
 
 /// Writes the messages of one object into `out` in the stored layout; returns bytes received.
+/// The answer must hold that object only.
 pub(crate) async fn receive(
     first: FlightData,
     mut stream: tonic::Streaming<FlightData>,
@@ -271,6 +335,30 @@ pub(crate) async fn receive(
     location: &Location,
     id: ObjectId,
 ) -> Result<u64> {
+    let (received, next) =
+        receive_part(first, &mut stream, is_block, declared, out, location, id).await?;
+    match next {
+        None => Ok(received),
+        Some(_) => Err(malformed(
+            location,
+            id,
+            "more than one object in the answer",
+        )),
+    }
+}
+
+/// Writes the messages of one object or part into `out` in the stored layout, up to the first
+/// message of the next part (one with `app_metadata`) or the end of the stream; returns the
+/// bytes received and that next message.
+async fn receive_part(
+    first: FlightData,
+    stream: &mut tonic::Streaming<FlightData>,
+    is_block: bool,
+    declared: usize,
+    out: &mut (dyn std::io::Write + Send),
+    location: &Location,
+    id: ObjectId,
+) -> Result<(u64, Option<FlightData>)> {
     let io = |e: std::io::Error| malformed(location, id, &format!("could not store it: {e}"));
     out.write_all(&header(is_block)).map_err(io)?;
     let mut received = 0u64;
@@ -292,11 +380,14 @@ pub(crate) async fn receive(
         message = in_time("the object's next message", stream.message())
             .await
             .map_err(|status| fetch_failed(location, id, status))?;
+        if message.as_ref().is_some_and(|m| !m.app_metadata.is_empty()) {
+            break;
+        }
     }
     if is_block {
         write_ipc_end(out).map_err(io)?;
     }
-    Ok(received)
+    Ok((received, message))
 }
 
 pub(crate) fn parse_metadata(
@@ -309,6 +400,18 @@ pub(crate) fn parse_metadata(
         .strip_prefix("manta:")
         .and_then(|rest| rest.split_once(':'))
         .ok_or_else(|| malformed(location, id, "first message lacks manta metadata"))?;
+    if kind == "error" {
+        // A part the serving node could not read (see `service::failed_part`).
+        let (code, message) = size.split_once(':').unwrap_or((size, ""));
+        let code = code
+            .parse()
+            .map_or(tonic::Code::Unknown, tonic::Code::from_i32);
+        return Err(fetch_failed(
+            location,
+            id,
+            tonic::Status::new(code, message.to_string()),
+        ));
+    }
     let size = size
         .parse()
         .map_err(|_| malformed(location, id, "bad size in metadata"))?;

@@ -52,3 +52,13 @@ pub enum Error {
     #[error(transparent)]
     Engine(#[from] manta_engine::Error),
 }
+
+impl Error {
+    /// The object this error is about, when it names one.
+    pub fn object(&self) -> Option<ObjectId> {
+        match self {
+            Error::FetchFailed { object, .. } | Error::Malformed { object, .. } => Some(*object),
+            _ => None,
+        }
+    }
+}

@@ -12,6 +12,7 @@
 //!
 //! * [`auth`]: the cluster [`auth::Token`], presented on every call and required by every service.
 //! * [`tls`]: opt-in TLS: a server's [`tls::ServerIdentity`], the authorities a client trusts.
+//! * [`ticket`]: what a `DoGet` asks for: an object whole, or parts of many blocks at once.
 //! * [`service`]: [`ObjectFlightService`], the server side, zero-copy from the mapping.
 //! * [`client`]: [`FlightPool`], the client side, into a store or into memory.
 //! * [`error`]: [`Error`], typed (`FetchFailed { node, object, .. }`), never a string.
@@ -25,9 +26,10 @@ pub mod auth;
 pub mod client;
 pub mod error;
 pub mod service;
+pub mod ticket;
 pub mod tls;
 
-pub use client::{FlightPool, tune_endpoint};
+pub use client::{FlightPool, Part, tune_endpoint};
 
 pub use error::{Error, Result};
 pub use service::{FlightTraffic, ObjectFlightService};

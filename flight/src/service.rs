@@ -1,16 +1,18 @@
-//! The Flight service every node runs: `DoGet(ticket = object id)` streams a stored object;
-//! `DoGet(ticket = object id + batch index)` only that batch of it (a reduce task's partition),
-//! read from a spilled object in place. `DoPut` (descriptor = object id) stores an object a
-//! driver pushes, in the same messages: a new id only (`ALREADY_EXISTS` otherwise: objects never
-//! change), no larger than the store's budget, and no more bytes than its metadata declared.
+//! The Flight service every node runs: `DoGet` streams a stored object whole, or one batch of
+//! each of many blocks in one call (a reduce task's partitions of the map outputs this node
+//! holds), read from a spilled block in place; see [`crate::ticket`]. `DoPut` (descriptor =
+//! object id) stores an object a driver pushes, in the same messages: a new id only
+//! (`ALREADY_EXISTS` otherwise: objects never change), no larger than the store's budget, and
+//! no more bytes than its metadata declared.
 //!
 //! A block is stored as an Arrow IPC stream (see `manta_engine::store`), and an IPC stream is
 //! exactly what Flight sends: one `FlightData` per IPC message, its `data_header` the message's
 //! flatbuffer and its `data_body` the message's body. So the service does not decode and
 //! re-encode anything: it maps the object and hands out slices of the mapping, and any Flight
-//! client can read the result as record batches. The first message's `app_metadata` says
-//! `manta:block:<size>` (or `manta:bytes:<size>` for a bytes object, sent in 2 MiB pieces), so a
-//! Manta receiver can size its buffer once.
+//! client can read the result as record batches. The first message of each object or part has
+//! `app_metadata` saying `manta:block:<size>` (or `manta:bytes:<size>` for a bytes object, sent
+//! in 2 MiB pieces), the others none, so a Manta receiver can size its buffer once and tell
+//! where one part ends and the next begins.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,7 +24,7 @@ use arrow_flight::{
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
 use bytes::Bytes;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use manta_engine::store::{HEADER_LEN, ipc_messages, is_block};
 use manta_engine::{ObjectId, ObjectStore};
 use tonic::{Request, Response, Status, Streaming};
@@ -110,24 +112,6 @@ pub fn object_messages(
     }
 }
 
-/// A ticket: an object id, and the batch asked for if only one is.
-pub fn ticket(id: ObjectId, batch: Option<u32>) -> Bytes {
-    let mut ticket = id.as_bytes().to_vec();
-    if let Some(batch) = batch {
-        ticket.extend_from_slice(&batch.to_le_bytes());
-    }
-    Bytes::from(ticket)
-}
-
-fn parse_ticket(ticket: &[u8]) -> Option<(ObjectId, Option<u32>)> {
-    let id = ObjectId::from_slice(ticket.get(..16)?).ok()?;
-    match ticket.len() {
-        16 => Some((id, None)),
-        20 => Some((id, Some(u32::from_le_bytes(ticket[16..].try_into().ok()?)))),
-        _ => None,
-    }
-}
-
 /// The Flight messages of one batch of a stored block: the schema, any dictionaries, and the
 /// `batch`th record batch (an empty stream of the schema if there are fewer). Zero-copy.
 pub fn batch_messages(
@@ -174,6 +158,52 @@ pub fn batch_messages(
     Ok(messages)
 }
 
+/// The messages of one part of a `DoGet`: object `id` whole, or only its batch `batch` (read
+/// alone from the spill file if the block is spilled, never restoring it).
+fn part_messages(
+    store: &Arc<ObjectStore>,
+    id: ObjectId,
+    batch: Option<u32>,
+) -> Result<Vec<FlightData>, manta_engine::Error> {
+    let messages = match batch {
+        Some(batch) => match store.spilled_batch(id, batch as usize)? {
+            Some(alone) => batch_messages(id, alone, 0)?,
+            None => batch_messages(id, store.stored_bytes(id)?, batch)?,
+        },
+        None => object_messages(id, store.stored_bytes(id)?)?,
+    };
+    // The first message's metadata is where a receiver sees the part begin.
+    if messages.is_empty() {
+        return Err(manta_engine::Error::CorruptObject {
+            id,
+            reason: "a stored block without a schema".into(),
+        });
+    }
+    Ok(messages)
+}
+
+/// The message that stands for a part that could not be read: only `app_metadata`, saying
+/// `manta:error:<gRPC code>:<message>` (read by [`crate::client`]).
+fn failed_part(status: &Status) -> FlightData {
+    FlightData {
+        app_metadata: Bytes::from(format!(
+            "manta:error:{}:{}",
+            status.code() as i32,
+            status.message()
+        )),
+        ..Default::default()
+    }
+}
+
+/// The status a failed read of an object answers with.
+fn status_of(error: manta_engine::Error) -> Status {
+    match error {
+        manta_engine::Error::ObjectNotFound { .. } => Status::not_found(error.to_string()),
+        manta_engine::Error::CorruptObject { .. } => Status::data_loss(error.to_string()),
+        other => Status::internal(other.to_string()),
+    }
+}
+
 #[tonic::async_trait]
 impl FlightService for ObjectFlightService {
     type HandshakeStream = BoxStream<HandshakeResponse>;
@@ -189,38 +219,61 @@ impl FlightService for ObjectFlightService {
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
         let ticket = request.into_inner().ticket;
-        let (id, batch) = parse_ticket(&ticket).ok_or_else(|| {
-            Status::invalid_argument(
-                "a Manta ticket is a 16-byte object id, optionally followed by a 4-byte batch index",
-            )
-        })?;
-        let store = Arc::clone(&self.store);
-        // Reading may read a spill file or restore an object: keep it off the async threads. A
-        // single batch of a spilled block is read alone from its spill file, never restored.
-        let messages = tokio::task::spawn_blocking(move || match batch {
-            Some(batch) => match store.spilled_batch(id, batch as usize)? {
-                Some(alone) => batch_messages(id, alone, 0),
-                None => batch_messages(id, store.stored_bytes(id)?, batch),
-            },
-            None => object_messages(id, store.stored_bytes(id)?),
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| match e {
-            manta_engine::Error::ObjectNotFound { .. } => Status::not_found(e.to_string()),
-            manta_engine::Error::CorruptObject { .. } => Status::data_loss(e.to_string()),
-            other => Status::internal(other.to_string()),
-        })?;
-        let bytes: usize = messages
-            .iter()
-            .map(|m| m.data_header.len() + m.data_body.len())
-            .sum();
-        self.traffic
-            .served_bytes
-            .fetch_add(bytes as u64, Ordering::Relaxed);
-        Ok(Response::new(Box::pin(futures::stream::iter(
-            messages.into_iter().map(Ok),
-        ))))
+        let parts = match crate::ticket::Ticket::parse(&ticket) {
+            Some(crate::ticket::Ticket::Object(id)) => vec![(id, None)],
+            Some(crate::ticket::Ticket::Parts(parts)) => parts
+                .into_iter()
+                .map(|(id, batch)| (id, Some(batch)))
+                .collect(),
+            None => {
+                return Err(Status::invalid_argument(format!(
+                    "a Manta ticket is a 16-byte object id, or 1 to {} parts of 20 bytes \
+                     (an object id and a batch index)",
+                    crate::ticket::MAX_PARTS
+                )));
+            }
+        };
+        let (store, traffic) = (Arc::clone(&self.store), Arc::clone(&self.traffic));
+        let read = move |(id, batch): (ObjectId, Option<u32>)| {
+            let (store, traffic) = (Arc::clone(&store), Arc::clone(&traffic));
+            async move {
+                // Off the async threads: reading may read a spill file or restore an object.
+                let messages =
+                    tokio::task::spawn_blocking(move || part_messages(&store, id, batch))
+                        .await
+                        .map_err(|e| Status::internal(e.to_string()))?
+                        .map_err(status_of)?;
+                let bytes: usize = messages
+                    .iter()
+                    .map(|m| m.data_header.len() + m.data_body.len())
+                    .sum();
+                traffic
+                    .served_bytes
+                    .fetch_add(bytes as u64, Ordering::Relaxed);
+                Ok::<_, Status>(messages)
+            }
+        };
+        if let [(id, None)] = parts[..] {
+            // An object whole: read before answering, so a missing one is the call's status.
+            let messages = read((id, None)).await?;
+            return Ok(Response::new(Box::pin(futures::stream::iter(
+                messages.into_iter().map(Ok),
+            ))));
+        }
+        // Parts are read as the stream reaches them. One that cannot be read is sent as a
+        // message saying why (see [`failed_part`]) and ends the stream: the caller learns which
+        // object it could not have, with the parts before it whole.
+        let messages = futures::stream::iter(parts)
+            .then(read)
+            .scan(false, |ended, part| {
+                let next = (!*ended).then(|| {
+                    *ended = part.is_err();
+                    part.unwrap_or_else(|status| vec![failed_part(&status)])
+                });
+                futures::future::ready(next)
+            })
+            .flat_map(|messages| futures::stream::iter(messages.into_iter().map(Ok)));
+        Ok(Response::new(Box::pin(messages)))
     }
 
     async fn handshake(

@@ -1,11 +1,12 @@
 //! Pulls objects between two stores over a real Flight server on 127.0.0.1.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arrow::array::{Int64Array, RecordBatch, StringViewArray};
 use manta_engine::{Location, NodeId, Object, ObjectId, ObjectStore, StoreConfig};
 use manta_flight::auth::{Token, guard};
-use manta_flight::{Error, FlightPool, ObjectFlightService};
+use manta_flight::{Error, FlightPool, ObjectFlightService, Part};
 
 /// The token the servers of this test binary require.
 fn token() -> &'static Token {
@@ -23,20 +24,34 @@ fn shared_store(dir: &std::path::Path) -> Arc<ObjectStore> {
 }
 
 async fn serve(store: Arc<ObjectStore>) -> Location {
+    serve_counting(store).await.0
+}
+
+/// Serves `store`; the counter counts the calls the server takes.
+async fn serve_counting(store: Arc<ObjectStore>) -> (Location, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
     tokio::spawn(
         tonic::transport::Server::builder()
+            .layer(tonic::service::InterceptorLayer::new(
+                move |request: tonic::Request<()>| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    Ok(request)
+                },
+            ))
             .add_service(guard(
                 ObjectFlightService::new(store).into_server(),
                 token(),
             ))
             .serve_with_incoming(manta_flight::incoming(listener, None)),
     );
-    Location {
+    let location = Location {
         node: NodeId::random(),
         flight_address: format!("http://{address}").into(),
-    }
+    };
+    (location, calls)
 }
 
 fn batches() -> Vec<RecordBatch> {
@@ -299,4 +314,104 @@ async fn a_put_never_replaces_an_object_nor_outgrows_the_store() {
     // The id the liar took is free again.
     let fine = Object::Bytes(vec![4u8; 50].into());
     pool.push(&location, liar, &fine).await.unwrap();
+}
+
+/// A store on `dir` whose budget holds about one block of [`batches`], so others spill.
+fn small_store(dir: &std::path::Path) -> Arc<ObjectStore> {
+    ObjectStore::new(StoreConfig {
+        budget_bytes: 200_000,
+        shared_parent: Some(dir.join("shm")),
+        spill_parent: dir.join("spill"),
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn many_parts_of_many_blocks_cross_in_one_call() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = small_store(&tmp.path().join("a"));
+    let target = shared_store(&tmp.path().join("b"));
+    let (location, calls) = serve_counting(Arc::clone(&source)).await;
+
+    // Three blocks with their batches in different orders; all but the last spill.
+    let mut blocks = Vec::new();
+    for rotation in 0..3 {
+        let mut rotated = batches();
+        rotated.rotate_left(rotation);
+        let id = ObjectId::random();
+        let block = manta_engine::Block::try_new(rotated[0].schema(), rotated.clone()).unwrap();
+        source.put(id, Object::Block(block)).unwrap();
+        blocks.push((id, rotated));
+    }
+    assert!(source.usage().spilled_bytes > 0);
+
+    // Every batch of every block, the same block asked for more than once, out of order.
+    let mut wanted = Vec::new();
+    for index in [4u32, 0, 2, 2, 1, 3] {
+        for (id, rotated) in &blocks {
+            wanted.push((*id, index, rotated[index as usize].clone()));
+        }
+    }
+    let parts: Vec<_> = wanted
+        .iter()
+        .map(|(object, batch, _)| Part {
+            object: *object,
+            batch: *batch,
+            local: ObjectId::random(),
+        })
+        .collect();
+    let sizes = FlightPool::new(token())
+        .pull_parts_into(&target, &location, &parts)
+        .await
+        .unwrap();
+    assert_eq!(sizes.len(), parts.len());
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one DoGet for every part");
+    for (part, (_, _, expected)) in parts.iter().zip(&wanted) {
+        let pulled = target
+            .get(part.local)
+            .unwrap()
+            .into_block(part.local)
+            .unwrap();
+        assert_eq!(pulled.batches(), std::slice::from_ref(expected));
+    }
+    assert_eq!(source.usage().restored_bytes_total, 0);
+}
+
+#[tokio::test]
+async fn a_missing_part_is_named_and_the_parts_before_it_are_freed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = shared_store(&tmp.path().join("a"));
+    let target = shared_store(&tmp.path().join("b"));
+    let location = serve(Arc::clone(&source)).await;
+    let present = ObjectId::random();
+    let block = manta_engine::Block::try_new(batches()[0].schema(), batches()).unwrap();
+    source.put(present, Object::Block(block)).unwrap();
+    let missing = ObjectId::random();
+
+    let part = |object, batch| Part {
+        object,
+        batch,
+        local: ObjectId::random(),
+    };
+    let parts = [
+        part(present, 0),
+        part(present, 1),
+        part(missing, 0),
+        part(present, 2),
+    ];
+    let error = FlightPool::new(token())
+        .pull_parts_into(&target, &location, &parts)
+        .await
+        .unwrap_err();
+    match &error {
+        Error::FetchFailed { object, status, .. } => {
+            assert_eq!(*object, missing, "{error}");
+            assert_eq!(status.code(), tonic::Code::NotFound, "{error}");
+        }
+        other => panic!("expected FetchFailed, got {other:?}"),
+    }
+    for part in &parts {
+        assert!(!target.contains(part.local), "a part was left behind");
+    }
+    assert_eq!(target.usage().objects, 0);
 }

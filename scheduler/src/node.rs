@@ -4,8 +4,9 @@
 //! gRPC services on one port: `Node` (the head runs tasks here; drivers free objects),
 //! `Worker` (its worker processes attach here) and Arrow Flight (other nodes and drivers pull
 //! objects). Running a task means: make sure the job's executable is cached, pull the inputs
-//! that live elsewhere over Flight into the local store, pin them, hand the task to a worker
-//! process, and adopt the output file the worker wrote into shared memory.
+//! that live elsewhere over Flight into the local store (a reduce task's partitions with one
+//! call per source node: [`partitions`]), pin them, hand the task to a worker process, and
+//! adopt the output file the worker wrote into shared memory.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use manta_engine::{
     ActorId, JobId, NodeId, ObjectId, ObjectStore, Resources, StoreConfig, TaskStats,
 };
@@ -35,8 +36,9 @@ use crate::task_stream;
 use crate::worker_pool::{WorkerConn, WorkerPools};
 use manta_flight::auth::{AuthChannel, guard};
 
-/// Partitions a node fetches at once for one reduce task.
-const PARTITION_FETCHES: usize = 16;
+mod partitions;
+
+use partitions::Scratch;
 
 /// How a node daemon is set up.
 #[derive(Clone, Debug)]
@@ -262,45 +264,6 @@ impl NodeDaemon {
         Ok(pulled)
     }
 
-    /// Batch `batch` of `meta`'s object, readable by a worker from this node's shared memory:
-    /// the object itself if it is here and resident (pinned; the worker picks the batch), else
-    /// a new object of that batch alone, copied from the spill file or pulled over Flight.
-    /// Returns the id to read, the batch to pick in it, a pin, and the bytes pulled.
-    async fn local_batch(
-        &self,
-        meta: &manta_engine::ObjectMeta,
-        batch: u32,
-    ) -> Result<(ObjectId, u32, Option<manta_engine::Pin>, u64)> {
-        let id = meta.id;
-        if self.store.contains(id) {
-            let store = Arc::clone(&self.store);
-            let local = tokio::task::spawn_blocking(move || -> manta_engine::Result<_> {
-                if let Some(pin) = store.pin_if_resident(id)? {
-                    return Ok((id, batch, Some(pin)));
-                }
-                let part = ObjectId::random();
-                store.put(part, store.get_batch(id, batch as usize)?)?;
-                Ok((part, 0, None))
-            })
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))??;
-            return Ok((local.0, local.1, local.2, 0));
-        }
-        if meta.location.node == self.id {
-            return Err(Error::ObjectLost {
-                object: id,
-                node: self.address.clone(),
-            });
-        }
-        let part = ObjectId::random();
-        let pulled = self
-            .flight
-            .pull_batch_into(&self.store, &meta.location, id, batch, part)
-            .await
-            .map_err(|e| Error::fetching(&meta.location.flight_address, id, e))?;
-        Ok((part, 0, None, pulled))
-    }
-
     /// Runs a task here, in a span carrying its task and stage ids (as its worker's does).
     async fn run(&self, request: proto::TaskRequest) -> Result<proto::TaskSuccess> {
         let span = tracing::info_span!(
@@ -432,47 +395,33 @@ impl NodeDaemon {
         let mut pins = Vec::with_capacity(request.inputs.len());
         let mut input_ids = Vec::with_capacity(request.inputs.len());
         let mut input_batches = Vec::new();
+        let mut spilled_inputs = Vec::new();
         // Partitions copied or pulled for this task alone, freed when it ends.
-        let mut scratch = Scratch(Arc::clone(&self.store), Vec::new());
+        let mut scratch = Scratch::new(&self.store);
         if let Some(batch) = request.input_batch {
-            // A reduce task's partition of every map output: fetched several at once (most are
-            // small, and half may be a Flight round trip away). Every fetch is awaited, so the
-            // scratch objects of those that succeeded are freed even if another failed.
+            // A reduce task's partition of every map output (see `partitions`).
             let metas = request
                 .inputs
                 .iter()
                 .map(|input| input.to_meta())
                 .collect::<Result<Vec<_>>>()?;
-            let fetches = metas.into_iter().map(|meta| async move {
-                let result = self.local_batch(&meta, batch).await;
-                (meta, result)
-            });
-            let fetched: Vec<_> = futures::stream::iter(fetches)
-                .buffered(PARTITION_FETCHES)
-                .collect()
-                .await;
-            let mut first_error = None;
-            for (meta, result) in fetched {
-                let (id, index, pin, pulled) = match result {
-                    Ok(fetched) => fetched,
-                    Err(e) => {
-                        first_error.get_or_insert(e);
-                        continue;
-                    }
-                };
-                if pulled > 0 {
-                    stats.pulled_bytes += pulled;
-                    stats.pulled_objects += 1;
+            let partitions = self
+                .gather_partitions(&metas, batch, &mut scratch, &mut stats)
+                .await?;
+            for (index, partition) in partitions.into_iter().enumerate() {
+                pins.extend(partition.pin);
+                input_ids.push(Bytes::copy_from_slice(partition.id.as_bytes()));
+                input_batches.push(partition.index);
+                if let Some(spilled) = partition.spilled {
+                    spilled_inputs.push(proto::SpilledInput {
+                        index: index as u32,
+                        path: spilled.path.to_string_lossy().into_owned(),
+                        schema_start: spilled.schema.start,
+                        schema_end: spilled.schema.end,
+                        batch_start: spilled.batch.start,
+                        batch_end: spilled.batch.end,
+                    });
                 }
-                if id != meta.id {
-                    scratch.1.push(id);
-                }
-                pins.extend(pin);
-                input_ids.push(Bytes::copy_from_slice(id.as_bytes()));
-                input_batches.push(index);
-            }
-            if let Some(e) = first_error {
-                return Err(e);
             }
         }
         let mut inline_inputs = Vec::new();
@@ -517,6 +466,7 @@ impl NodeDaemon {
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             inline_inputs,
+            spilled_inputs,
         };
         Ok(Prepared {
             assignment: Some(assignment),
@@ -754,17 +704,6 @@ struct Prepared {
 struct LocalActor {
     worker: Arc<WorkerConn>,
     incarnation: u64,
-}
-
-/// Objects made for one task's inputs; freed when it drops.
-struct Scratch(Arc<ObjectStore>, Vec<ObjectId>);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        for id in self.1.drain(..) {
-            self.0.free(id);
-        }
-    }
 }
 
 /// The `Node` and `Worker` services of a daemon.

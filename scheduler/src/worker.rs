@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use manta_engine::store::ObjectDir;
+use manta_engine::store::{ObjectDir, SpilledBatch};
 use manta_engine::{NodeId, Object, ObjectId, TaskContext};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -214,6 +214,18 @@ fn run_assignment(
         .iter()
         .map(|input| (input.index, input.data.clone()))
         .collect();
+    let mut spilled: std::collections::HashMap<u32, SpilledBatch> = assignment
+        .spilled_inputs
+        .iter()
+        .map(|input| {
+            let batch = SpilledBatch {
+                path: input.path.clone().into(),
+                schema: input.schema_start..input.schema_end,
+                batch: input.batch_start..input.batch_end,
+            };
+            (input.index, batch)
+        })
+        .collect();
     let inputs = assignment
         .input_ids
         .iter()
@@ -223,6 +235,10 @@ fn run_assignment(
                 return Ok(Object::Bytes(value));
             }
             let id = ObjectId::from_slice(id)?;
+            if let Some(spilled) = spilled.remove(&(i as u32)) {
+                // A partition read alone from a spill file (see the node's `partitions`).
+                return spilled.read(id);
+            }
             let object = dir.read_locked(id)?;
             match assignment.input_batches.get(i) {
                 Some(batch) => manta_engine::store::select_batch(id, object, *batch as usize),

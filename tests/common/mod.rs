@@ -302,7 +302,7 @@ impl Cluster {
     }
 
     /// A head started with `head_args`, one node per entry of `node_resources`, each node
-    /// started with `node_args` too.
+    /// started with `node_args` too (a store of 1 GiB unless they say otherwise).
     /// The head schedules nothing (`--num-cpus 0`): the tests place work on the nodes.
     pub fn start_with(head_args: &[&str], node_resources: &[&str], node_args: &[&str]) -> Cluster {
         let head = Process::start(&[head_args, &["--num-cpus", "0"]].concat());
@@ -314,11 +314,12 @@ impl Cluster {
                     &head.address,
                     "--num-cpus",
                     "2",
-                    "--object-store-memory",
-                    "1GiB",
                     "--resources",
                     resources,
                 ];
+                if !node_args.contains(&"--object-store-memory") {
+                    args.extend(["--object-store-memory", "1GiB"]);
+                }
                 args.extend_from_slice(node_args);
                 Process::start(&args)
             })

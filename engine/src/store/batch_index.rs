@@ -88,20 +88,56 @@ impl BatchIndex {
     /// Batch `index` of the indexed block in `file`, as the stored bytes of a block of that one
     /// batch (of none, past the last).
     pub(super) fn read_batch(&self, file: &File, path: &Path, index: usize) -> Result<Bytes> {
-        let io = |e| Error::io(path, e);
-        let batch = self.batches.get(index).cloned().unwrap_or(0..0);
-        let schema_len = (self.schema.end - self.schema.start) as usize;
-        let batch_len = (batch.end - batch.start) as usize;
-        let total = HEADER_LEN + schema_len + batch_len + END_MARKER.len();
-        let mut buffer = MutableBuffer::from_len_zeroed(total);
-        let out = buffer.as_slice_mut();
-        out[..HEADER_LEN].copy_from_slice(&header(true));
-        let (schema_out, rest) = out[HEADER_LEN..].split_at_mut(schema_len);
-        file.read_exact_at(schema_out, self.schema.start)
-            .map_err(io)?;
-        let (batch_out, end) = rest.split_at_mut(batch_len);
-        file.read_exact_at(batch_out, batch.start).map_err(io)?;
-        end.copy_from_slice(&END_MARKER);
-        Ok(Bytes::from_owner(ArrowBytes(buffer.into())))
+        read_ranges(file, path, &self.schema, &self.batch(index))
     }
+
+    /// Where the schema lies in the file.
+    pub(super) fn schema(&self) -> Range<u64> {
+        self.schema.clone()
+    }
+
+    /// Where batch `index` lies in the file (an empty range past the last).
+    pub(super) fn batch(&self, index: usize) -> Range<u64> {
+        self.batches.get(index).cloned().unwrap_or(0..0)
+    }
+}
+
+/// One batch of a spilled block, read alone from its file by any process: the file (a link to
+/// the spill file the store made for this reader, see [`super::ObjectStore::link_spilled_batch`])
+/// and where the schema message and the batch's message lie in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpilledBatch {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// The schema message's bytes in it.
+    pub schema: Range<u64>,
+    /// The batch message's bytes in it (empty: a block of no rows).
+    pub batch: Range<u64>,
+}
+
+impl SpilledBatch {
+    /// Reads the batch into a fresh buffer (two `pread`s) as a block of that one batch, `id`.
+    pub fn read(&self, id: ObjectId) -> Result<crate::Object> {
+        let file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        let bytes = read_ranges(&file, &self.path, &self.schema, &self.batch)?;
+        super::read_object(id, bytes)
+    }
+}
+
+/// The stored bytes of a block of one batch: header, the schema message at `schema` in `file`,
+/// the batch message at `batch` (none if empty), end marker; 64-byte aligned.
+fn read_ranges(file: &File, path: &Path, schema: &Range<u64>, batch: &Range<u64>) -> Result<Bytes> {
+    let io = |e| Error::io(path, e);
+    let schema_len = (schema.end - schema.start) as usize;
+    let batch_len = (batch.end - batch.start) as usize;
+    let total = HEADER_LEN + schema_len + batch_len + END_MARKER.len();
+    let mut buffer = MutableBuffer::from_len_zeroed(total);
+    let out = buffer.as_slice_mut();
+    out[..HEADER_LEN].copy_from_slice(&header(true));
+    let (schema_out, rest) = out[HEADER_LEN..].split_at_mut(schema_len);
+    file.read_exact_at(schema_out, schema.start).map_err(io)?;
+    let (batch_out, end) = rest.split_at_mut(batch_len);
+    file.read_exact_at(batch_out, batch.start).map_err(io)?;
+    end.copy_from_slice(&END_MARKER);
+    Ok(Bytes::from_owner(ArrowBytes(buffer.into())))
 }

@@ -42,6 +42,7 @@ use parking_lot::{Condvar, Mutex};
 
 use batch_index::BatchIndex;
 
+pub use batch_index::SpilledBatch;
 pub use format::{
     HEADER_LEN, IpcMessage, header, ipc_messages, is_block, read_block_stream, read_object,
     read_object_validated, write_block_stream, write_ipc_end, write_ipc_message, write_object,
@@ -419,6 +420,33 @@ impl ObjectStore {
         batches
             .read_batch(&file, &self.spill.file(id), index)
             .map(Some)
+    }
+
+    /// For a reader in another process: if `id` is a spilled block with an index of its
+    /// batches, a new hard link to its spill file and where batch `index` lies in it; `None` if
+    /// it is resident (or moving, or not indexed), when the reader has it the usual way.
+    ///
+    /// The link keeps the file's bytes as they are while the reader needs them, whatever the
+    /// store does meanwhile (a restore or a free removes the spill file's name, never its
+    /// content; a later spill writes a new file). The caller removes the link when done.
+    pub fn link_spilled_batch(&self, id: ObjectId, index: usize) -> Result<Option<SpilledBatch>> {
+        let state = self.state.lock();
+        let entry = state.entries.get(&id).ok_or(Error::ObjectNotFound { id })?;
+        let Residence::Spilled(Some(batches)) = &entry.residence else {
+            return Ok(None);
+        };
+        // Linked under the lock, so no restore can remove the file first.
+        let link = self
+            .spill
+            .path()
+            .join(format!("reader-{}", ObjectId::random()));
+        let path = self.spill.file(id);
+        std::fs::hard_link(&path, &link).map_err(|e| Error::io(&path, e))?;
+        Ok(Some(SpilledBatch {
+            path: link,
+            schema: batches.schema(),
+            batch: batches.batch(index),
+        }))
     }
 
     /// Keeps `id` resident until the returned pin drops, if it is resident now; `None` if it is

@@ -285,12 +285,32 @@ fn one_batch_of_a_spilled_block_is_read_in_place() {
             .expect("spilled and indexed");
         let one = crate::store::read_object(first, one).unwrap();
         assert_eq!(block_of(one), parts[2]);
+        // A link for another process's reader keeps reading the batches after the restore
+        // below removes the spill file.
+        let links: Vec<_> = (0..=parts.len())
+            .map(|i| {
+                store
+                    .link_spilled_batch(first, i)
+                    .unwrap()
+                    .expect("spilled and indexed")
+            })
+            .collect();
         let whole = store.get(first).unwrap().into_block(first).unwrap();
         assert_eq!(whole.batches(), parts.as_slice());
         assert!(
             store.spilled_batch(first, 0).unwrap().is_none(),
             "resident now"
         );
+        assert!(store.link_spilled_batch(first, 0).unwrap().is_none());
+        store.free(first);
+        for (i, link) in links.iter().enumerate() {
+            let read = block_of(link.read(first).unwrap());
+            match parts.get(i) {
+                Some(part) => assert_eq!(&read, part),
+                None => assert_eq!(read.num_rows(), 0, "past the last batch"),
+            }
+            std::fs::remove_file(&link.path).unwrap();
+        }
     }
 }
 

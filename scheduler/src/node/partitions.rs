@@ -1,0 +1,278 @@
+//! A reduce task's partitions: batch `b` of each of its inputs (the map outputs), made readable
+//! by its worker from this node's shared memory.
+//!
+//! * An input resident here is pinned and read in place (the worker picks the batch).
+//! * An input spilled here is read in place too: the worker reads its batch alone from the
+//!   spill file, through a link the store makes for it ([`ObjectStore::link_spilled_batch`]),
+//!   so nothing is copied into shared memory and nothing else is spilled to make room. (A
+//!   spilled block the store could not index, one with dictionaries, has the batch copied
+//!   out as a scratch object.)
+//! * Inputs on other nodes are pulled with **one `DoGet` per source node**, its ticket naming
+//!   every part wanted there ([`manta_flight::ticket`]): a reduce task over the outputs of a
+//!   thousand map tasks on three nodes makes three calls, not a thousand. Nodes are fetched
+//!   from concurrently, and beside the local copies.
+//!
+//! Scratch objects (copied or pulled for this task alone) and links are removed when the task
+//! ends, or when gathering fails, whichever part failed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use manta_engine::store::SpilledBatch;
+use manta_engine::{ObjectId, ObjectMeta, ObjectStore, TaskStats};
+use manta_flight::Part;
+
+use super::NodeDaemon;
+use crate::error::{Error, Result};
+
+/// Source nodes a reduce task fetches from at once.
+const SOURCE_FETCHES: usize = 16;
+
+/// Objects copied or pulled for one task alone, and links made for its worker to read spill
+/// files through: freed and removed when it is dropped.
+pub(super) struct Scratch {
+    store: Arc<ObjectStore>,
+    objects: Vec<ObjectId>,
+    links: Vec<std::path::PathBuf>,
+}
+
+impl Scratch {
+    pub(super) fn new(store: &Arc<ObjectStore>) -> Self {
+        Self {
+            store: Arc::clone(store),
+            objects: Vec::new(),
+            links: Vec::new(),
+        }
+    }
+}
+
+impl Scratch {
+    /// Frees or removes what was made for `partition` (of input `input`) with this scratch.
+    fn keep(&mut self, partition: &Partition, input: ObjectId) {
+        if partition.id != input {
+            self.objects.push(partition.id);
+        }
+        if let Some(spilled) = &partition.spilled {
+            self.links.push(spilled.path.clone());
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for id in self.objects.drain(..) {
+            self.store.free(id);
+        }
+        for link in self.links.drain(..) {
+            if let Err(e) = std::fs::remove_file(&link) {
+                tracing::warn!(link = %link.display(), "could not remove a spill file's link: {e}");
+            }
+        }
+    }
+}
+
+/// One partition, readable by a worker: batch `index` of object `id` in shared memory (pinned
+/// if it is the input itself), or a batch read from a spill file.
+pub(super) struct Partition {
+    pub(super) id: ObjectId,
+    pub(super) index: u32,
+    pub(super) pin: Option<manta_engine::Pin>,
+    pub(super) spilled: Option<SpilledBatch>,
+}
+
+impl Partition {
+    /// Batch `index` of `id` in shared memory.
+    fn in_memory(id: ObjectId, index: u32, pin: Option<manta_engine::Pin>) -> Self {
+        Self {
+            id,
+            index,
+            pin,
+            spilled: None,
+        }
+    }
+}
+
+/// Where the inputs of one reduce task come from.
+#[derive(Default)]
+struct Sources {
+    /// Inputs in this node's store, by position.
+    local: Vec<usize>,
+    /// Inputs on other nodes, by Flight address: the node and the positions of its inputs.
+    remote: HashMap<Arc<str>, (manta_engine::Location, Vec<usize>)>,
+}
+
+impl NodeDaemon {
+    /// Batch `batch` of each of `inputs`, in order, readable by a worker; scratch objects are
+    /// added to `scratch` and pulled bytes to `stats`.
+    pub(super) async fn gather_partitions(
+        &self,
+        inputs: &[ObjectMeta],
+        batch: u32,
+        scratch: &mut Scratch,
+        stats: &mut TaskStats,
+    ) -> Result<Vec<Partition>> {
+        let mut sources = Sources::default();
+        for (position, meta) in inputs.iter().enumerate() {
+            if self.store.contains(meta.id) {
+                sources.local.push(position);
+            } else if meta.location.node == self.id {
+                return Err(Error::ObjectLost {
+                    object: meta.id,
+                    node: self.address.clone(),
+                });
+            } else {
+                sources
+                    .remote
+                    .entry(Arc::clone(&meta.location.flight_address))
+                    .or_insert_with(|| (meta.location.clone(), Vec::new()))
+                    .1
+                    .push(position);
+            }
+        }
+        let local = self.local_partitions(inputs, &sources.local, batch);
+        let remote = futures::stream::iter(sources.remote.into_values())
+            .map(|(location, positions)| self.pull_partitions(inputs, location, positions, batch))
+            .buffer_unordered(SOURCE_FETCHES)
+            .collect::<Vec<_>>();
+        // Every fetch is awaited, so the scratch objects of those that succeeded are freed even
+        // if another failed.
+        let (local, remote) = futures::join!(local, remote);
+        let mut slots: Vec<Option<Partition>> = inputs.iter().map(|_| None).collect();
+        let mut first_error = None;
+        for gathered in std::iter::once(local).chain(remote) {
+            match gathered {
+                Ok(partitions) => {
+                    for (position, partition, pulled) in partitions {
+                        scratch.keep(&partition, inputs[position].id);
+                        if pulled > 0 {
+                            stats.pulled_bytes += pulled;
+                            stats.pulled_objects += 1;
+                        }
+                        slots[position] = Some(partition);
+                    }
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        let partitions = slots
+            .into_iter()
+            .map(|slot| slot.expect("every input is local or on a source node"))
+            .collect();
+        self.pin_copies(partitions).await
+    }
+
+    /// Pins the copies among `partitions` (pulled or copied into the store for this task), so
+    /// that none is spilled before the worker maps it: the store may be over its budget while
+    /// a task gathers its partitions, and spills the least recently used unpinned objects.
+    async fn pin_copies(&self, mut partitions: Vec<Partition>) -> Result<Vec<Partition>> {
+        let store = Arc::clone(&self.store);
+        // Off the async threads: a copy spilled meanwhile is read back.
+        tokio::task::spawn_blocking(move || {
+            for partition in &mut partitions {
+                if partition.pin.is_none() && partition.spilled.is_none() {
+                    partition.pin = Some(store.pin(partition.id)?);
+                }
+            }
+            Ok(partitions)
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+    }
+
+    /// The partitions of the inputs at `positions`, all in this node's store (see
+    /// [`local_partition`]).
+    async fn local_partitions(
+        &self,
+        inputs: &[ObjectMeta],
+        positions: &[usize],
+        batch: u32,
+    ) -> Result<Vec<(usize, Partition, u64)>> {
+        if positions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let store = Arc::clone(&self.store);
+        let wanted: Vec<(usize, ObjectId)> = positions.iter().map(|&p| (p, inputs[p].id)).collect();
+        // Off the async threads: linking touches the disk, and a copy reads a spill file.
+        tokio::task::spawn_blocking(move || {
+            let mut partitions = Vec::with_capacity(wanted.len());
+            for &(position, id) in &wanted {
+                match local_partition(&store, id, batch) {
+                    Ok(partition) => partitions.push((position, partition, 0)),
+                    Err(e) => {
+                        // What was made so far goes with the error.
+                        let mut made = Scratch::new(&store);
+                        for ((_, partition, _), &(_, input)) in partitions.iter().zip(&wanted) {
+                            made.keep(partition, input);
+                        }
+                        return Err(Error::Engine(e));
+                    }
+                }
+            }
+            Ok(partitions)
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+    }
+
+    /// The partitions of the inputs at `positions`, all on the node at `location`, pulled in
+    /// one `DoGet`.
+    async fn pull_partitions(
+        &self,
+        inputs: &[ObjectMeta],
+        location: manta_engine::Location,
+        positions: Vec<usize>,
+        batch: u32,
+    ) -> Result<Vec<(usize, Partition, u64)>> {
+        let parts: Vec<Part> = positions
+            .iter()
+            .map(|&p| Part {
+                object: inputs[p].id,
+                batch,
+                local: ObjectId::random(),
+            })
+            .collect();
+        let sizes = self
+            .flight
+            .pull_parts_into(&self.store, &location, &parts)
+            .await
+            .map_err(|e| {
+                let object = e.object().unwrap_or(parts[0].object);
+                Error::fetching(&location.flight_address, object, e)
+            })?;
+        Ok(positions
+            .into_iter()
+            .zip(parts)
+            .zip(sizes)
+            .map(|((position, part), size)| {
+                (position, Partition::in_memory(part.local, 0, None), size)
+            })
+            .collect())
+    }
+}
+
+/// Batch `batch` of `id`, which is in `store`: in place if resident (pinned) or spilled (a link
+/// to its spill file), else (a spilled block that is not indexed) copied out alone.
+fn local_partition(
+    store: &Arc<ObjectStore>,
+    id: ObjectId,
+    batch: u32,
+) -> manta_engine::Result<Partition> {
+    if let Some(pin) = store.pin_if_resident(id)? {
+        return Ok(Partition::in_memory(id, batch, Some(pin)));
+    }
+    if let Some(spilled) = store.link_spilled_batch(id, batch as usize)? {
+        return Ok(Partition {
+            spilled: Some(spilled),
+            ..Partition::in_memory(id, 0, None)
+        });
+    }
+    let copy = ObjectId::random();
+    store.put(copy, store.get_batch(id, batch as usize)?)?;
+    Ok(Partition::in_memory(copy, 0, None))
+}
