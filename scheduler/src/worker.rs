@@ -239,10 +239,10 @@ fn run_assignment(
                 // A partition read alone from a spill file (see the node's `partitions`).
                 return spilled.read(id);
             }
-            let object = dir.read_locked(id)?;
             match assignment.input_batches.get(i) {
-                Some(batch) => manta_engine::store::select_batch(id, object, *batch as usize),
-                None => Ok(object),
+                // Only the batch is decoded, not the hundreds of others of a map output.
+                Some(batch) => dir.read_batch_locked(id, *batch as usize),
+                None => dir.read_locked(id),
             }
         })
         .collect::<manta_engine::Result<Vec<Object>>>()?;

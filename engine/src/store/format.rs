@@ -106,14 +106,38 @@ pub fn read_object_validated(id: ObjectId, bytes: Bytes) -> Result<Object> {
     })
 }
 
+/// Batch `index` of a stored block, as a block of that one batch (empty past the last),
+/// without copying; only that batch is decoded (the others' message headers are read to step
+/// over them): a reduce task reading its partition of a mapped map output of hundreds of
+/// batches builds the arrays of one.
+pub fn read_object_batch(id: ObjectId, bytes: Bytes, index: usize) -> Result<Object> {
+    if !is_block(&bytes) {
+        return Err(Error::CorruptObject {
+            id,
+            reason: "a batch was asked of an object that is not a block".into(),
+        });
+    }
+    decode_stored(id, bytes, false, Some(index))
+}
+
 fn decode_object(id: ObjectId, bytes: Bytes, validate: bool) -> Result<Object> {
+    decode_stored(id, bytes, validate, None)
+}
+
+/// Decodes a stored object; of a block, only batch `only` if given.
+fn decode_stored(
+    id: ObjectId,
+    bytes: Bytes,
+    validate: bool,
+    only: Option<usize>,
+) -> Result<Object> {
     let corrupt = |reason: String| Error::CorruptObject { id, reason };
     if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
         return Err(corrupt(format!("missing header ({} bytes)", bytes.len())));
     }
     let payload = bytes.slice(HEADER_LEN..);
     match bytes[8] {
-        KIND_BLOCK => decode_block_stream(payload, validate)
+        KIND_BLOCK => decode_block_stream(payload, validate, only)
             .map(Object::Block)
             .map_err(|e| corrupt(e.to_string())),
         KIND_BYTES => Ok(Object::Bytes(payload)),
@@ -128,10 +152,11 @@ fn decode_object(id: ObjectId, bytes: Bytes, validate: bool) -> Result<Object> {
 /// its `FileDecoder` honours the flag and decodes one framed message at a time, so the stream's
 /// messages are split here and handed to it.
 pub fn read_block_stream(payload: Bytes) -> Result<Block> {
-    decode_block_stream(payload, false)
+    decode_block_stream(payload, false, None)
 }
 
-fn decode_block_stream(payload: Bytes, validate: bool) -> Result<Block> {
+/// Decodes a block's IPC stream; only its batch `only` if given (none past the last).
+fn decode_block_stream(payload: Bytes, validate: bool, only: Option<usize>) -> Result<Block> {
     use arrow::ipc::MessageHeader;
     use arrow::ipc::reader::FileDecoder;
 
@@ -139,6 +164,7 @@ fn decode_block_stream(payload: Bytes, validate: bool) -> Result<Block> {
     let mut decoder: Option<FileDecoder> = None;
     let mut schema = None;
     let mut batches = Vec::new();
+    let mut batches_seen = 0usize;
     for message in ipc_messages(payload) {
         let message = message?;
         let parsed = arrow::ipc::root_as_message(&message.header)
@@ -161,6 +187,13 @@ fn decode_block_stream(payload: Bytes, validate: bool) -> Result<Block> {
                 schema = Some(decoded);
             }
             MessageHeader::DictionaryBatch | MessageHeader::RecordBatch => {
+                if parsed.header_type() == MessageHeader::RecordBatch {
+                    batches_seen += 1;
+                    if only.is_some_and(|only| batches_seen != only + 1) {
+                        // Not the batch asked for: stepped over, not decoded.
+                        continue;
+                    }
+                }
                 let decoder = decoder
                     .as_mut()
                     .ok_or_else(|| bad("a batch before the schema message".into()))?;
@@ -177,6 +210,10 @@ fn decode_block_stream(payload: Bytes, validate: bool) -> Result<Block> {
                 }
                 if let Some(batch) = decoder.read_record_batch(&block, &framed)? {
                     batches.push(batch);
+                }
+                if only.is_some() {
+                    // The one batch asked for: nothing after it is read.
+                    break;
                 }
             }
             other => return Err(bad(format!("unexpected {other:?} message in a block"))),
@@ -320,6 +357,48 @@ mod tests {
         ])
         .unwrap();
         Block::try_new(batch.schema(), vec![batch.clone(), batch.slice(1, 2)]).unwrap()
+    }
+
+    /// Each batch read alone is that batch, for blocks of plain and dictionary-encoded
+    /// columns (whose dictionaries come before the batches), empty batches included; past the
+    /// last, an empty block of the schema; a bytes object has no batches.
+    #[test]
+    fn one_batch_is_read_alone() {
+        use arrow::array::DictionaryArray;
+        use arrow::datatypes::Int32Type;
+        let words: DictionaryArray<Int32Type> = ["x", "ÿ", "x", "z", "x"].into_iter().collect();
+        let dictionary = RecordBatch::try_from_iter([("w", Arc::new(words) as _)]).unwrap();
+        let plain = block();
+        let parts =
+            |b: &RecordBatch| vec![b.slice(0, 2), b.slice(2, 0), b.slice(2, b.num_rows() - 2)];
+        for batches in [parts(&plain.concat().unwrap()), parts(&dictionary)] {
+            let stored =
+                Object::Block(Block::try_new(batches[0].schema(), batches.clone()).unwrap());
+            let mut out = Vec::new();
+            write_object(&mut out, &stored).unwrap();
+            let out = Bytes::from(out);
+            let id = ObjectId::random();
+            for (index, expected) in batches.iter().enumerate() {
+                let alone = read_object_batch(id, out.clone(), index)
+                    .unwrap()
+                    .into_block(id)
+                    .unwrap();
+                assert_eq!(
+                    alone.batches(),
+                    std::slice::from_ref(expected),
+                    "batch {index}"
+                );
+            }
+            let past = read_object_batch(id, out, batches.len())
+                .unwrap()
+                .into_block(id)
+                .unwrap();
+            assert_eq!(past.num_rows(), 0);
+            assert_eq!(past.schema(), &batches[0].schema());
+        }
+        let mut bytes = Vec::new();
+        write_object(&mut bytes, &Object::Bytes(Bytes::from_static(b"abc"))).unwrap();
+        assert!(read_object_batch(ObjectId::random(), Bytes::from(bytes), 0).is_err());
     }
 
     #[test]

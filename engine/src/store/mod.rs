@@ -45,7 +45,8 @@ use batch_index::BatchIndex;
 pub use batch_index::SpilledBatch;
 pub use format::{
     HEADER_LEN, IpcMessage, header, ipc_messages, is_block, read_block_stream, read_object,
-    read_object_validated, write_block_stream, write_ipc_end, write_ipc_message, write_object,
+    read_object_batch, read_object_validated, write_block_stream, write_ipc_end, write_ipc_message,
+    write_object,
 };
 pub use object_dir::{ObjectDir, default_shared_parent, process_alive, remove_stale_sessions};
 

@@ -171,6 +171,18 @@ impl ObjectDir {
     /// store from recycling it (see [`super::recycle`]). `ObjectNotFound` if the object was
     /// freed (or recycled) before the lock was taken.
     pub fn read_locked(&self, id: ObjectId) -> Result<Object> {
+        read_object(id, self.map_locked(id)?)
+    }
+
+    /// Batch `index` of block `id` as a block of that one batch, read as
+    /// [`read_locked`](Self::read_locked) reads and decoding only that batch (see
+    /// [`super::read_object_batch`]).
+    pub fn read_batch_locked(&self, id: ObjectId, index: usize) -> Result<Object> {
+        super::read_object_batch(id, self.map_locked(id)?, index)
+    }
+
+    /// Maps `id`'s file under a shared lock held as long as the mapping lives.
+    fn map_locked(&self, id: ObjectId) -> Result<Bytes> {
         let path = self.file(id);
         let file = File::open(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::ObjectNotFound { id },
@@ -183,7 +195,7 @@ impl ObjectDir {
             return Err(Error::ObjectNotFound { id });
         }
         let holder = file.try_clone().map_err(|e| Error::io(&path, e))?;
-        read_object(id, map_open_file(file, &path, Some(Box::new(holder)))?)
+        map_open_file(file, &path, Some(Box::new(holder)))
     }
 
     /// Removes `id`'s file, if there is one.
