@@ -257,7 +257,8 @@ impl NodeDaemon {
 }
 
 /// Batch `batch` of `id`, which is in `store`: in place if resident (pinned) or spilled (a link
-/// to its spill file), else (a spilled block that is not indexed) copied out alone.
+/// to its spill file), else (a spilled block that is not indexed, or a spill directory without
+/// hard links) copied out alone.
 fn local_partition(
     store: &Arc<ObjectStore>,
     id: ObjectId,
@@ -266,11 +267,17 @@ fn local_partition(
     if let Some(pin) = store.pin_if_resident(id)? {
         return Ok(Partition::in_memory(id, batch, Some(pin)));
     }
-    if let Some(spilled) = store.link_spilled_batch(id, batch as usize)? {
-        return Ok(Partition {
-            spilled: Some(spilled),
-            ..Partition::in_memory(id, 0, None)
-        });
+    match store.link_spilled_batch(id, batch as usize) {
+        Ok(Some(spilled)) => {
+            return Ok(Partition {
+                spilled: Some(spilled),
+                ..Partition::in_memory(id, 0, None)
+            });
+        }
+        Ok(None) => {}
+        // A spill directory that takes no hard links (some network file systems): the batch
+        // is copied instead. (An object gone since is gone for the copy too, which says so.)
+        Err(e) => tracing::debug!(%id, "reading a spilled partition through a copy: {e}"),
     }
     let copy = ObjectId::random();
     store.put(copy, store.get_batch(id, batch as usize)?)?;
