@@ -8,6 +8,8 @@
 //! * `DoPut` itself, over a real server: real objects' Flight messages with their metadata,
 //!   headers and bodies changed or cut, and messages of random bytes. The server refuses them
 //!   (or stores a valid object), stores nothing else, and still answers a valid put and get.
+//! * `DoGet` tickets, over the same server: random bytes, and many-part tickets naming stored
+//!   and missing objects at any batch index; each call answers in time.
 
 use std::sync::Arc;
 
@@ -224,6 +226,46 @@ fn hostile_puts_are_refused_and_the_node_goes_on() {
         stored_ok.get(),
         "only accepted puts are stored"
     );
+
+    // Hostile tickets: random bytes, and parts of a stored block and of missing objects at
+    // any batch index. Every DoGet answers in time (messages, or an error), and the node goes
+    // on serving.
+    let real = ObjectId::random();
+    let block = manta_engine::store::read_object(real, Bytes::from(stored_block(50))).unwrap();
+    store.put(real, block).unwrap();
+    let tickets = prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..120),
+        proptest::collection::vec((any::<bool>(), any::<u32>()), 1..8).prop_map(move |parts| {
+            let parts: Vec<_> = parts
+                .into_iter()
+                .map(|(stored, batch)| {
+                    let id = if stored { real } else { ObjectId::random() };
+                    (id, if batch % 2 == 0 { batch % 3 } else { batch })
+                })
+                .collect();
+            manta_flight::ticket::encode_parts(&parts).to_vec()
+        }),
+    ];
+    runner
+        .run(&tickets, |ticket| {
+            let answer = runtime.block_on(tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                async {
+                    let request = arrow_flight::Ticket {
+                        ticket: Bytes::from(ticket.clone()),
+                    };
+                    let mut stream = client.clone().do_get(request).await?.into_inner();
+                    let mut messages = 0usize;
+                    while stream.message().await?.is_some() {
+                        messages += 1;
+                    }
+                    Ok::<_, tonic::Status>(messages)
+                },
+            ));
+            prop_assert!(answer.is_ok(), "DoGet hung on ticket {ticket:?}");
+            Ok(())
+        })
+        .unwrap();
 
     // The node still serves: a valid put and a pull of it.
     runtime.block_on(async {
