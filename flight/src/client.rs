@@ -127,11 +127,7 @@ impl FlightPool {
         location: &Location,
         id: ObjectId,
     ) -> Result<u64> {
-        let mut stream = self.open(location, encode_object(id), id).await?;
-        let first = next_message(&mut stream, location, id)
-            .await?
-            .ok_or_else(|| malformed(location, id, "no messages"))?;
-        let (is_block, size) = parse_metadata(&first, location, id)?;
+        let (first, stream, is_block, size) = self.open_object(location, id).await?;
         let mut receiver = store.receive(id, size)?;
         receive(
             first,
@@ -273,11 +269,7 @@ impl FlightPool {
 
     /// Fetches `id` from `location` into this process's memory.
     pub async fn fetch(&self, location: &Location, id: ObjectId) -> Result<Object> {
-        let mut stream = self.open(location, encode_object(id), id).await?;
-        let first = next_message(&mut stream, location, id)
-            .await?
-            .ok_or_else(|| malformed(location, id, "no messages"))?;
-        let (is_block, size) = parse_metadata(&first, location, id)?;
+        let (first, stream, is_block, size) = self.open_object(location, id).await?;
         let mut receiver = MemoryReceiver::with_capacity(size);
         receive(
             first,
@@ -290,6 +282,21 @@ impl FlightPool {
         )
         .await?;
         Ok(receiver.finish(id)?)
+    }
+
+    /// Asks `location` for object `id` whole: its first message, the rest of the stream, and
+    /// whether it is a block of what declared size.
+    async fn open_object(
+        &self,
+        location: &Location,
+        id: ObjectId,
+    ) -> Result<(FlightData, tonic::Streaming<FlightData>, bool, usize)> {
+        let mut stream = self.open(location, encode_object(id), id).await?;
+        let first = next_message(&mut stream, location, id)
+            .await?
+            .ok_or_else(|| malformed(location, id, "no messages"))?;
+        let (is_block, size) = parse_metadata(&first, location, id)?;
+        Ok((first, stream, is_block, size))
     }
 
     /// Sends `ticket` to `location`'s `DoGet`; errors name `id`.
