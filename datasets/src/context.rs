@@ -35,9 +35,9 @@ pub struct Config {
     /// of one task per partition each fetching its partition of every map output (default
     /// 64 MiB; `Some(0)` always partitions). `repartition` always makes its `n` blocks.
     pub small_exchange_bytes: Option<u64>,
-    /// Whether SQL queries run their file scans, filters, projections and partial aggregates
-    /// as tasks (see [`crate::sql_tasks`]); default: on a cluster, yes; embedded, no (DataFusion
-    /// already uses every core of this process).
+    /// Whether SQL queries run as stages of tasks (scans, exchanges, partitioned joins and
+    /// aggregates; see [`crate::sql_tasks`]); default: on a cluster, yes; embedded, no
+    /// (DataFusion already uses every core of this process).
     pub sql_tasks: Option<bool>,
     /// How often a dataset or SQL task runs again after its worker or node failed (default 3;
     /// see [`crate::retries`]). Process-wide, like Ray Data's `DataContext`.

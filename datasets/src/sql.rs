@@ -11,9 +11,10 @@
 //!   dataset's read, filters on a Parquet read reach its row groups) and runs it as a pipeline.
 //!
 //! [`Context::sql`] plans and runs a query and returns its result as a dataset over blocks in
-//! the store, so a pipeline continues from it. The query runs in the driver (joins, final
-//! aggregation, sorting); a registered dataset's pipeline runs its tasks wherever the context
-//! runs them (the embedded pool, or the cluster's nodes).
+//! the store, so a pipeline continues from it. Embedded, DataFusion runs the query in this
+//! process; on a cluster its plan is cut into stages of tasks (see [`crate::sql_tasks`]). A
+//! registered dataset's pipeline runs its tasks wherever the context runs them (the embedded
+//! pool, or the cluster's nodes).
 
 use std::sync::Arc;
 
@@ -38,7 +39,7 @@ use manta_scheduler::Client;
 use crate::context::Context;
 use crate::dataset::{Dataset, PlainFiles};
 use crate::error::Result;
-use crate::sql_tasks::ScanTasks;
+use crate::sql_tasks::StageTasks;
 
 /// A dataset as a DataFusion table (see the module doc).
 #[derive(Debug)]
@@ -171,9 +172,9 @@ pub fn session() -> SessionContext {
     SessionContext::new_with_state(state)
 }
 
-/// A SQL session whose queries run their file scans (with filters, projections and partial
-/// aggregates) as tasks through `client` (see [`crate::sql_tasks`]). A scan is split into at
-/// least as many partitions as the cluster has CPUs. Dynamic filters (a join's build side
+/// A SQL session whose queries run as stages of tasks through `client` (see
+/// [`crate::sql_tasks`]). Scans and exchanges are split into at least as many partitions as
+/// the cluster has CPUs. Dynamic filters (a join's build side
 /// narrowing its probe side's scan at run time) are off: the scans they would narrow run
 /// elsewhere.
 pub fn session_with_tasks(client: &Client, cpus: f64) -> SessionContext {
@@ -182,7 +183,7 @@ pub fn session_with_tasks(client: &Client, cpus: f64) -> SessionContext {
     let partitions = config.target_partitions().max(cpus.ceil() as usize);
     config = config.with_target_partitions(partitions);
     let mut rules = physical_rules();
-    rules.push(Arc::new(ScanTasks::new(client.clone())));
+    rules.push(Arc::new(StageTasks::new(client.clone())));
     let state = SessionStateBuilder::new()
         .with_config(config)
         .with_default_features()

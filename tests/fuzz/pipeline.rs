@@ -909,6 +909,11 @@ impl Pipeline {
 
     /// The SQL of the first `n` rows in the pipeline's order (a limit after a sort).
     pub fn ordered_sql(&self, query: &str, n: u64) -> String {
+        format!("{} LIMIT {n}", self.all_ordered_sql(query))
+    }
+
+    /// The SQL of every row in the pipeline's order.
+    pub fn all_ordered_sql(&self, query: &str) -> String {
         let order: Vec<String> = self
             .order
             .iter()
@@ -921,10 +926,7 @@ impl Pipeline {
                 format!("{} {direction}", q(&self.columns[i].name))
             })
             .collect();
-        format!(
-            "SELECT * FROM ({query}) AS o ORDER BY {} LIMIT {n}",
-            order.join(", ")
-        )
+        format!("SELECT * FROM ({query}) AS o ORDER BY {}", order.join(", "))
     }
 
     /// Builds the pipeline on `ctx` (running it up to each write it holds), with `read` for the

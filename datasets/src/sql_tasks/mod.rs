@@ -1,0 +1,276 @@
+//! SQL queries as stages of tasks: a query's plan is cut at its exchanges, and everything
+//! below the final merge runs as tasks on the cluster's nodes, over hash partitions that are
+//! objects in the store.
+//!
+//! DataFusion plans a query in the driver as usual. Then the physical optimizer rule
+//! [`StageTasks`], which runs after DataFusion's own rules, walks the plan from the leaves up
+//! and finds the work that can run one partition at a time: file scans (local Parquet, CSV,
+//! JSON) and, above them, operators that compute output partition *i* from input partition *i*
+//! (filters, projections, partial and partitioned aggregates, sorts of a partition, windows,
+//! partitioned joins). Such work is cut into **stages**:
+//!
+//! * a **hash exchange** (`RepartitionExec` by hash) over such work becomes a stage whose
+//!   task *i* runs input partition *i* and splits its rows by the same hash into one block of
+//!   *n* batches; the operators above read partition *j* as batch *j* of every task's block
+//!   (a reduce task is given only that batch of each, [`manta_engine::TaskSpec::input_batch`]);
+//! * a join that **collects its build side** (`HashJoinExec` in `CollectLeft` mode) gets the
+//!   build side as a stage of its own, run once, its blocks read whole by every probe task (a
+//!   broadcast);
+//! * where the driver's own work begins (a merge of sorted partitions, a final aggregate over
+//!   all partitions, a global limit), the work below becomes a stage whose partitions the
+//!   driver reads in place, one per task.
+//!
+//! ```text
+//!  driver: SortPreservingMergeExec
+//!            StageExec: stage=2, read=partitions      ─┐ tasks: partition j of
+//!              SortExec, AggregateExec(FinalPartitioned) │ every stage-1 block
+//!                StageExec: stage=1, read=hash        ─┐ tasks: file partition i,
+//!                  RepartitionExec(Hash) ─ AggregateExec(Partial) ─ DataSourceExec
+//! ```
+//!
+//! A [`StageExec`] stands where a stage is read; its child is the stage's fragment, so
+//! `EXPLAIN` shows the stages as a tree, and `EXPLAIN ANALYZE` shows on each what its tasks
+//! did. A stage runs when first read, after the stages it reads (see [`stage`]), and its tasks
+//! go through the client, so their outputs keep their lineage (a lost one is made again) and
+//! their placement follows their inputs. Work that cannot travel (an operator
+//! `datafusion-proto` does not encode, an expression bound outside the fragment) stays in the
+//! driver, reading the stages below it.
+//!
+//! The rule is on for contexts connected to a cluster, and `Config::sql_tasks` turns it on or
+//! off. Datasets registered as tables are not rewritten, because their pipelines already run
+//! as tasks.
+
+mod exec;
+mod input;
+mod metrics;
+mod stage;
+mod task;
+
+use std::sync::Arc;
+
+use datafusion::common::JoinType;
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::error::Result;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::coop::CooperativeExec;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode, SortMergeJoinExec};
+use datafusion::physical_plan::limit::LocalLimitExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
+use datafusion::physical_plan::{ExecutionPlan, Partitioning, replace_children_if_necessary};
+use manta_scheduler::Client;
+
+pub use exec::StageExec;
+pub use input::Read;
+pub use stage::{Output, Stage};
+pub use task::STAGE_FUNCTION;
+
+/// The physical optimizer rule (see the module doc).
+#[derive(Debug)]
+pub struct StageTasks {
+    client: Client,
+}
+
+impl StageTasks {
+    /// The rule, submitting tasks through `client`.
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+}
+
+impl PhysicalOptimizerRule for StageTasks {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut cut = Cut {
+            client: self.client.clone(),
+            stages: 0,
+        };
+        let plan = plan.transform_up(|node| Ok(cut.visit(node)))?.data;
+        // A plan that runs whole as tasks: the driver reads its partitions.
+        Ok(if in_tasks(&plan) && !plan.is::<StageExec>() {
+            cut.stage(Arc::clone(&plan), Output::Partitions, Read::Partitions)
+                .unwrap_or(plan)
+        } else {
+            plan
+        })
+    }
+
+    fn name(&self) -> &str {
+        "manta_stage_tasks"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// The walk that cuts a plan into stages.
+struct Cut {
+    client: Client,
+    /// Stages made so far.
+    stages: usize,
+}
+
+impl Cut {
+    /// `node` (whose children have been visited) with its exchanges and the driver's inputs
+    /// cut into stages.
+    fn visit(&mut self, node: Arc<dyn ExecutionPlan>) -> Transformed<Arc<dyn ExecutionPlan>> {
+        // A hash exchange over work that runs as tasks: its map side becomes a stage.
+        if let Some(repartition) = node.downcast_ref::<RepartitionExec>()
+            && matches!(repartition.partitioning(), Partitioning::Hash(..))
+            && !repartition.preserve_order()
+            && in_tasks(repartition.input())
+        {
+            return match self.stage(Arc::clone(&node), Output::Hash, Read::Hash) {
+                Some(read) => Transformed::yes(read),
+                None => Transformed::no(node),
+            };
+        }
+        // A join that collects its build side: built once, broadcast to every probe task.
+        if let Some(join) = node.downcast_ref::<HashJoinExec>()
+            && *join.partition_mode() == PartitionMode::CollectLeft
+            && probe_side_only(*join.join_type())
+            && in_tasks(join.right())
+        {
+            let build = match join.left().downcast_ref::<CoalescePartitionsExec>() {
+                Some(coalesce) if coalesce.fetch().is_none() => Arc::clone(coalesce.input()),
+                _ => Arc::clone(join.left()),
+            };
+            let broadcast = match build.downcast_ref::<StageExec>() {
+                // Already a stage (the build side's gather was visited first): read it whole.
+                Some(stage) => Some(Arc::new(StageExec::new(
+                    Arc::clone(stage.stage()),
+                    Read::Broadcast,
+                )) as Arc<dyn ExecutionPlan>),
+                None if in_tasks(&build) => {
+                    self.stage(build, Output::Partitions, Read::Broadcast)
+                }
+                None => None,
+            };
+            if let Some(read) = broadcast
+                && let Ok(joined) =
+                    replace_children_if_necessary(Arc::clone(&node), vec![read, Arc::clone(join.right())])
+            {
+                return Transformed::yes(joined);
+            }
+        }
+        if in_tasks(&node) {
+            return Transformed::no(node);
+        }
+        // The driver's work: each input that runs as tasks becomes a stage it reads.
+        let mut changed = false;
+        let children = node
+            .children()
+            .into_iter()
+            .map(|child| {
+                if in_tasks(child) && !child.is::<StageExec>() {
+                    let read = self.stage(Arc::clone(child), Output::Partitions, Read::Partitions);
+                    if let Some(read) = read {
+                        changed = true;
+                        return read;
+                    }
+                }
+                Arc::clone(child)
+            })
+            .collect();
+        if !changed {
+            return Transformed::no(node);
+        }
+        match replace_children_if_necessary(Arc::clone(&node), children) {
+            Ok(node) => Transformed::yes(node),
+            Err(e) => {
+                tracing::debug!("{} keeps its inputs in the driver: {e}", node.name());
+                Transformed::no(node)
+            }
+        }
+    }
+
+    /// A [`StageExec`] reading a new stage that runs `fragment`, or `None` (and the reason in
+    /// the log) if the fragment cannot travel to tasks.
+    fn stage(
+        &mut self,
+        fragment: Arc<dyn ExecutionPlan>,
+        output: Output,
+        read: Read,
+    ) -> Option<Arc<dyn ExecutionPlan>> {
+        let name = fragment.name().to_string();
+        match Stage::try_new(self.stages + 1, fragment, output, self.client.clone()) {
+            Ok(stage) => {
+                self.stages += 1;
+                Some(Arc::new(StageExec::new(Arc::new(stage), read)))
+            }
+            Err(e) => {
+                tracing::debug!("{name} stays in the driver: it does not travel ({e})");
+                None
+            }
+        }
+    }
+}
+
+/// Whether `node` can run one partition at a time in tasks: a local file scan, a stage's
+/// output read by hash or broadcast, or an operator computing partition *i* from partition *i*
+/// of inputs that can.
+fn in_tasks(node: &Arc<dyn ExecutionPlan>) -> bool {
+    if let Some(stage) = node.downcast_ref::<StageExec>() {
+        return stage.runs_in_tasks();
+    }
+    if let Some(source) = node.downcast_ref::<DataSourceExec>() {
+        return source
+            .data_source()
+            .downcast_ref::<FileScanConfig>()
+            .is_some_and(|files| files.object_store_url.as_str().starts_with("file://"));
+    }
+    let per_partition = node.is::<FilterExec>()
+        || node.is::<ProjectionExec>()
+        || node.is::<CooperativeExec>()
+        || node.is::<LocalLimitExec>()
+        || node.is::<SortExec>()
+        || node.is::<BoundedWindowAggExec>()
+        || node.is::<WindowAggExec>()
+        || node.is::<SortMergeJoinExec>()
+        || node.downcast_ref::<AggregateExec>().is_some_and(|a| {
+            matches!(
+                a.mode(),
+                AggregateMode::Partial
+                    | AggregateMode::FinalPartitioned
+                    | AggregateMode::SinglePartitioned
+            )
+        })
+        || node.downcast_ref::<HashJoinExec>().is_some_and(|join| {
+            match join.partition_mode() {
+                PartitionMode::Partitioned => true,
+                // Its build side must be a broadcast stage, or every task would build it.
+                PartitionMode::CollectLeft => {
+                    probe_side_only(*join.join_type())
+                        && join
+                            .left()
+                            .downcast_ref::<StageExec>()
+                            .is_some_and(|s| s.read() == Read::Broadcast)
+                }
+                PartitionMode::Auto => false,
+            }
+        });
+    per_partition && node.children().iter().all(|child| in_tasks(child))
+}
+
+/// Whether a join that collects its build side can run each probe partition in a task of its
+/// own: only if it emits nothing for build rows after the probe side ends (build rows never
+/// or not matched are known only once every probe partition has been seen, which in one
+/// process DataFusion tracks across partitions, and across tasks nobody would).
+fn probe_side_only(join_type: JoinType) -> bool {
+    matches!(
+        join_type,
+        JoinType::Inner | JoinType::Right | JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark
+    )
+}

@@ -1,0 +1,248 @@
+//! A stage: a fragment of a query's plan run as one task per partition, its output objects in
+//! the store, made once however many readers it has.
+//!
+//! A stage runs when it is first read: it runs the stages it reads first (concurrently), then
+//! submits its tasks, all at once, each with the objects of every stage it reads as inputs.
+//! When every input is read by hash partition, each task's inputs arrive as only its
+//! partition (the task's `input_batch`), so a reducer moves only its share between nodes.
+//! Tasks run through [`Client::submit`], so their outputs keep their lineage: an output lost
+//! with its node is made again when a later stage or the driver needs it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::error::{DataFusionError, Result, SharedResult};
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use manta_engine::{ObjectRef, Resources, TaskSpec};
+use manta_scheduler::Client;
+use serde::{Deserialize, Serialize};
+
+use super::exec::StageExec;
+use super::input::{InputCodec, Read, StageInput};
+use super::metrics::TaskMetrics;
+use super::task::{STAGE_FUNCTION, TASK_SESSION, TaskArgs};
+
+/// The largest encoded fragment shipped with every task.
+const MAX_FRAGMENT_BYTES: usize = 1 << 20;
+
+/// What each task of a stage stores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Output {
+    /// The rows of its partition, as one block.
+    Partitions,
+    /// The rows of its partition of the input of the fragment's top (a hash
+    /// `RepartitionExec`), split by that repartitioning: one block whose batch *j* holds the
+    /// rows of output partition *j*.
+    Hash,
+}
+
+/// A stage (see the module doc).
+pub struct Stage {
+    /// Its number in the query (stages below it have smaller ones).
+    number: usize,
+    /// The fragment as planned, with [`StageExec`]s where it reads other stages.
+    fragment: Arc<dyn ExecutionPlan>,
+    /// The fragment as tasks decode it: reads of other stages as [`StageInput`]s.
+    encoded: Bytes,
+    output: Output,
+    /// The stages it reads, in the order of its input groups, and how.
+    inputs: Vec<(Arc<Stage>, Read)>,
+    tasks: usize,
+    client: Client,
+    metrics: ExecutionPlanMetricsSet,
+    /// Its output objects, by task, once it has run.
+    outputs: tokio::sync::OnceCell<SharedResult<Arc<Vec<ObjectRef>>>>,
+}
+
+impl std::fmt::Debug for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stage")
+            .field("number", &self.number)
+            .field("output", &self.output)
+            .field("tasks", &self.tasks)
+            .field("inputs", &self.inputs.len())
+            .finish()
+    }
+}
+
+impl Stage {
+    /// The stage running `fragment`; an error if it cannot travel to a task (an operator
+    /// `datafusion-proto` does not encode, an expression bound to an operator outside it, or
+    /// too large a plan).
+    pub fn try_new(
+        number: usize,
+        fragment: Arc<dyn ExecutionPlan>,
+        output: Output,
+        client: Client,
+    ) -> Result<Self> {
+        let tasks = match output {
+            Output::Partitions => fragment.output_partitioning().partition_count(),
+            Output::Hash => {
+                let hash = fragment
+                    .downcast_ref::<RepartitionExec>()
+                    .filter(|r| matches!(r.partitioning(), Partitioning::Hash(..)));
+                let Some(repartition) = hash else {
+                    return Err(DataFusionError::Internal(format!(
+                        "a hash stage's fragment is {}, not a hash RepartitionExec",
+                        fragment.name()
+                    )));
+                };
+                repartition.input().output_partitioning().partition_count()
+            }
+        };
+        let mut inputs = Vec::new();
+        let travelling = Arc::clone(&fragment)
+            .transform_down(|node| {
+                let Some(read) = node.downcast_ref::<StageExec>() else {
+                    return Ok(Transformed::no(node));
+                };
+                let leaf = StageInput::new(
+                    inputs.len(),
+                    read.read(),
+                    node.schema(),
+                    node.output_partitioning().partition_count(),
+                );
+                inputs.push((Arc::clone(read.stage()), read.read()));
+                Ok(Transformed::new(
+                    Arc::new(leaf) as Arc<dyn ExecutionPlan>,
+                    true,
+                    TreeNodeRecursion::Jump,
+                ))
+            })?
+            .data;
+        let encoded = datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(
+            travelling,
+            &InputCodec::unbound(),
+        )?;
+        if encoded.len() > MAX_FRAGMENT_BYTES {
+            // DataFusion's encoding can include per-file statistics.
+            return Err(DataFusionError::ResourcesExhausted(format!(
+                "its plan is {} bytes",
+                encoded.len()
+            )));
+        }
+        // Some plans encode but do not decode alone (an expression bound to an operator above
+        // the cut, such as a scalar subquery's result): decode once here to know.
+        datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(
+            &encoded,
+            &TASK_SESSION.task_ctx(),
+            &InputCodec::unbound(),
+        )?;
+        Ok(Self {
+            number,
+            fragment,
+            encoded,
+            output,
+            inputs,
+            tasks,
+            client,
+            metrics: ExecutionPlanMetricsSet::new(),
+            outputs: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// Its number in the query.
+    pub fn number(&self) -> usize {
+        self.number
+    }
+
+    /// The fragment as planned.
+    pub fn fragment(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.fragment
+    }
+
+    /// What each task stores.
+    pub fn output(&self) -> Output {
+        self.output
+    }
+
+    /// How many tasks it runs.
+    pub fn tasks(&self) -> usize {
+        self.tasks
+    }
+
+    /// The client its tasks go through.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// What its tasks did.
+    pub fn metrics(&self) -> &ExecutionPlanMetricsSet {
+        &self.metrics
+    }
+
+    /// Its output objects by task, running it (and the stages it reads) the first time.
+    pub fn run(self: &Arc<Self>) -> BoxFuture<'static, Result<Arc<Vec<ObjectRef>>>> {
+        let stage = Arc::clone(self);
+        async move {
+            stage
+                .outputs
+                .get_or_init(|| stage.run_tasks())
+                .await
+                .clone()
+                .map_err(DataFusionError::Shared)
+        }
+        .boxed()
+    }
+
+    async fn run_tasks(&self) -> SharedResult<Arc<Vec<ObjectRef>>> {
+        let inputs = futures::future::try_join_all(self.inputs.iter().map(|(s, _)| s.run()))
+            .await
+            .map_err(Arc::new)?;
+        let metrics = Arc::new(TaskMetrics::new(&self.metrics));
+        let submitted = self.specs(&inputs).into_iter().map(|spec| {
+            let (outcome, metrics) = (self.client.submit(spec), Arc::clone(&metrics));
+            async move {
+                let outcome = outcome
+                    .await
+                    .map_err(|e| Arc::new(DataFusionError::External(Box::new(e))))?;
+                metrics.record(&outcome);
+                Ok::<_, Arc<DataFusionError>>(outcome.output)
+            }
+        });
+        Ok(Arc::new(futures::future::try_join_all(submitted).await?))
+    }
+
+    /// Its tasks, given the outputs of the stages it reads.
+    fn specs(&self, inputs: &[Arc<Vec<ObjectRef>>]) -> Vec<TaskSpec> {
+        // Only hash reads: each input object arrives as the task's partition alone.
+        let sliced =
+            !self.inputs.is_empty() && self.inputs.iter().all(|(_, read)| *read == Read::Hash);
+        let groups: Vec<(Read, u32)> = self
+            .inputs
+            .iter()
+            .zip(inputs)
+            .map(|((_, read), objects)| (*read, objects.len() as u32))
+            .collect();
+        let objects: Vec<ObjectRef> = inputs.iter().flat_map(|o| o.iter().cloned()).collect();
+        (0..self.tasks)
+            .map(|partition| {
+                let args = TaskArgs {
+                    partition: partition as u32,
+                    output: self.output,
+                    sliced,
+                    groups: groups.clone(),
+                };
+                TaskSpec {
+                    function: STAGE_FUNCTION.to_string(),
+                    args: args.encode(&self.encoded),
+                    inputs: objects.clone(),
+                    input_batch: sliced.then_some(partition as u32),
+                    resources: Resources::one_cpu(),
+                    max_retries: crate::retries::task_max_retries(),
+                    label: format!(
+                        "SQL stage {}, partition {partition} of {} ({})",
+                        self.number,
+                        self.tasks,
+                        self.fragment.name()
+                    ),
+                }
+            })
+            .collect()
+    }
+}
