@@ -17,7 +17,7 @@ use common::tpch::{self, cells};
 use common::*;
 
 /// A driver of the cluster answers all 22 TPC-H queries right, their plans cut into stages
-/// of tasks on the nodes (on the cluster by default): q18's exchanges hash-partition into the
+/// of tasks on the nodes (on the cluster by default): q18's aggregates hash-partition into the
 /// store and its small join sides are broadcast, so only the final merge runs in the driver.
 fn tpch_queries_run_as_stages_of_tasks_on_the_nodes(cluster: &Cluster) {
     let ctx = cluster.connect();
@@ -36,9 +36,8 @@ fn tpch_queries_run_as_stages_of_tasks_on_the_nodes(cluster: &Cluster) {
         .map(|row| row[1].clone())
         .unwrap_or_default();
     assert!(
-        physical.matches("read=hash").count() >= 3
+        physical.matches("read=hash").count() >= 2
             && physical.contains("read=broadcast")
-            && physical.contains("mode=Partitioned")
             && physical.lines().nth(1).unwrap_or("").contains("StageExec"),
         "q18 runs as stages below the final merge:\n{physical}"
     );

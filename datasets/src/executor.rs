@@ -88,6 +88,7 @@ fn stage_task(
         args: encode_args(&physical.spec, &TaskArgs { part, index })?,
         inputs,
         input_batch: None,
+        batched_inputs: None,
         resources: physical.resources.clone(),
         max_retries: crate::retries::task_max_retries(),
         label: format!("block {index} of stage {stage} ({})", physical.name),

@@ -209,6 +209,7 @@ fn task(function: &str, args: bytes::Bytes, inputs: Vec<ObjectRef>, label: &str)
         args,
         inputs,
         input_batch: None,
+        batched_inputs: None,
         resources: Resources::one_cpu(),
         max_retries: crate::retries::task_max_retries(),
         label: label.to_string(),
@@ -653,6 +654,7 @@ fn reduce_tasks(
             // Each reduce task reads (and pulls) only its own partition of every map output.
             Ok(TaskSpec {
                 input_batch: Some(partition as u32),
+                batched_inputs: None,
                 ..task(
                     REDUCE_FUNCTION,
                     exchange::reduce_args(&spec)?,

@@ -172,6 +172,12 @@ pub fn session() -> SessionContext {
     SessionContext::new_with_state(state)
 }
 
+/// The largest estimated join side a session with tasks broadcasts, in bytes.
+const BROADCAST_BYTES: usize = 32 << 20;
+
+/// The largest estimated join side a session with tasks broadcasts, in rows.
+const BROADCAST_ROWS: usize = 2 << 20;
+
 /// A SQL session whose queries run as stages of tasks through `client` (see
 /// [`crate::sql_tasks`]). Scans and exchanges are split into at least as many partitions as
 /// the cluster has CPUs. Dynamic filters (a join's build side
@@ -182,6 +188,12 @@ pub fn session_with_tasks(client: &Client, cpus: f64) -> SessionContext {
         SessionConfig::new().set_bool("datafusion.optimizer.enable_dynamic_filter_pushdown", false);
     let partitions = config.target_partitions().max(cpus.ceil() as usize);
     config = config.with_target_partitions(partitions);
+    // A join side this small is built once and broadcast to every probe task instead of both
+    // sides being hash-partitioned through the store (DataFusion's defaults, 1 MiB and 128k
+    // rows, are for partitions that share memory).
+    let optimizer = &mut config.options_mut().optimizer;
+    optimizer.hash_join_single_partition_threshold = BROADCAST_BYTES;
+    optimizer.hash_join_single_partition_threshold_rows = BROADCAST_ROWS;
     let mut rules = physical_rules();
     rules.push(Arc::new(StageTasks::new(client.clone())));
     let state = SessionStateBuilder::new()

@@ -246,6 +246,7 @@ mod tests {
             args: bytes::Bytes::new(),
             inputs: vec![input.clone()],
             input_batch: None,
+            batched_inputs: None,
             resources: crate::Resources::default(),
             max_retries: 0,
             label: "f".into(),

@@ -29,6 +29,9 @@ pub struct TaskSpec {
     /// If set, each input arrives as a block of only its batch `i` (a reduce task's partition
     /// of each map output), and only that batch is read or moved between nodes.
     pub input_batch: Option<u32>,
+    /// With `input_batch`: how many of the inputs (the first ones) arrive as that batch; the
+    /// others arrive whole (a broadcast beside a reduce task's partitions). `None`: all.
+    pub batched_inputs: Option<u32>,
     /// What the task needs of a node.
     pub resources: Resources,
     /// How often to run it again after a failure of its worker or node.

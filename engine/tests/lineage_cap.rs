@@ -10,6 +10,7 @@ fn spec(arg_bytes: usize) -> TaskSpec {
         args: vec![7u8; arg_bytes].into(),
         inputs: Vec::new(),
         input_batch: None,
+        batched_inputs: None,
         resources: Resources::default(),
         max_retries: 0,
         label: "f".into(),

@@ -190,6 +190,7 @@ impl ClusterClient {
             output_id: Bytes::copy_from_slice(ObjectId::random().as_bytes()),
             executable_hash: String::new(),
             input_batch: spec.input_batch,
+            batched_inputs: spec.batched_inputs,
             actor_id: Bytes::new(),
             actor_incarnation: 0,
             pipeline: false,

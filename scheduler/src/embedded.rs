@@ -155,12 +155,14 @@ impl EmbeddedRuntime {
 
     /// Runs a task in this thread.
     pub(crate) fn run(&self, spec: TaskSpec) -> Result<TaskOutcome> {
+        let batched = spec.batched_inputs.map_or(usize::MAX, |n| n as usize);
         let objects = spec
             .inputs
             .iter()
-            .map(|r| match spec.input_batch {
-                Some(batch) => self.store.get_batch(r.id(), batch as usize),
-                None => self.store.get(r.id()),
+            .enumerate()
+            .map(|(i, r)| match spec.input_batch {
+                Some(batch) if i < batched => self.store.get_batch(r.id(), batch as usize),
+                _ => self.store.get(r.id()),
             })
             .collect::<manta_engine::Result<Vec<_>>>()?;
         let (output, mut stats) =

@@ -398,10 +398,16 @@ impl NodeDaemon {
         let mut spilled_inputs = Vec::new();
         // Partitions copied or pulled for this task alone, freed when it ends.
         let mut scratch = Scratch::new(&self.store);
+        // How many inputs (the first ones) are read as one batch; the rest arrive whole.
+        let batched = match request.input_batch {
+            Some(_) => request
+                .batched_inputs
+                .map_or(request.inputs.len(), |n| request.inputs.len().min(n as usize)),
+            None => 0,
+        };
         if let Some(batch) = request.input_batch {
             // A reduce task's partition of every map output (see `partitions`).
-            let metas = request
-                .inputs
+            let metas = request.inputs[..batched]
                 .iter()
                 .map(|input| input.to_meta())
                 .collect::<Result<Vec<_>>>()?;
@@ -429,7 +435,7 @@ impl NodeDaemon {
             .inputs
             .iter()
             .enumerate()
-            .filter(|_| request.input_batch.is_none())
+            .skip(batched)
         {
             if let Some(data) = &input.inline {
                 inline_inputs.push(proto::InlineInput {

@@ -81,6 +81,7 @@ impl Call {
             args: self.args.clone(),
             inputs,
             input_batch: None,
+            batched_inputs: None,
             resources: self.options.resources.clone(),
             max_retries: self.options.max_retries,
             label: self.function.to_string(),

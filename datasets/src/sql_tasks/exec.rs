@@ -169,10 +169,7 @@ impl ExecutionPlan for StageExec {
                 };
                 blocks.push(block.into_batches());
             }
-            let rows = match read {
-                Read::Partitions => blocks.into_iter().flatten().collect(),
-                Read::Hash | Read::Broadcast => read.rows(blocks, partition, false),
-            };
+            let rows = read.rows(blocks, partition, false);
             let batches = rows.into_iter().map(move |batch| {
                 // Same columns; the schema object the rest of the plan expects.
                 batch.with_schema(Arc::clone(&out_schema)).map_err(|e| {

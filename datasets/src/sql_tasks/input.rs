@@ -38,8 +38,9 @@ pub enum Read {
 }
 
 impl Read {
-    /// The rows partition `partition` reads of `objects` (the blocks of one input group; with
-    /// `sliced`, each is already only its batch `partition`).
+    /// The rows partition `partition` reads of `objects`: the blocks of one input group (with
+    /// `sliced`, each of a hash read is already only its batch `partition`; of a partitions
+    /// read, only the partition's own block is given).
     pub fn rows(
         self,
         objects: Vec<Vec<RecordBatch>>,
@@ -52,8 +53,7 @@ impl Read {
                 .into_iter()
                 .filter_map(|batches| batches.into_iter().nth(partition))
                 .collect(),
-            Read::Broadcast => objects.into_iter().flatten().collect(),
-            Read::Partitions => objects.into_iter().nth(partition).unwrap_or_default(),
+            Read::Broadcast | Read::Partitions => objects.into_iter().flatten().collect(),
         }
     }
 

@@ -3,8 +3,9 @@
 //!
 //! A stage runs when it is first read: it runs the stages it reads first (concurrently), then
 //! submits its tasks, all at once, each with the objects of every stage it reads as inputs.
-//! When every input is read by hash partition, each task's inputs arrive as only its
-//! partition (the task's `input_batch`), so a reducer moves only its share between nodes.
+//! Inputs read by hash partition arrive as only the task's partition (the task's
+//! `input_batch`), so a reducer moves only its share between nodes; broadcast inputs arrive
+//! whole beside them.
 //! Tasks run through [`Client::submit`], so their outputs keep their lineage: an output lost
 //! with its node is made again when a later stage or the driver needs it.
 
@@ -210,16 +211,25 @@ impl Stage {
 
     /// Its tasks, given the outputs of the stages it reads.
     fn specs(&self, inputs: &[Arc<Vec<ObjectRef>>]) -> Vec<TaskSpec> {
-        // Only hash reads: each input object arrives as the task's partition alone.
-        let sliced =
-            !self.inputs.is_empty() && self.inputs.iter().all(|(_, read)| *read == Read::Hash);
+        // Hash reads arrive as the task's partition alone (the task's `input_batch`), so they
+        // go first; broadcast reads follow, whole.
+        let sliced = self.inputs.iter().any(|(_, read)| *read == Read::Hash);
         let groups: Vec<(Read, u32)> = self
             .inputs
             .iter()
             .zip(inputs)
             .map(|((_, read), objects)| (*read, objects.len() as u32))
             .collect();
-        let objects: Vec<ObjectRef> = inputs.iter().flat_map(|o| o.iter().cloned()).collect();
+        let of_read = |hash: bool| {
+            self.inputs
+                .iter()
+                .zip(inputs)
+                .filter(move |((_, read), _)| (*read == Read::Hash) == hash)
+                .flat_map(|(_, objects)| objects.iter().cloned())
+        };
+        let mut objects: Vec<ObjectRef> = of_read(true).collect();
+        let batched = objects.len() as u32;
+        objects.extend(of_read(false));
         (0..self.tasks)
             .map(|partition| {
                 let args = TaskArgs {
@@ -233,6 +243,7 @@ impl Stage {
                     args: args.encode(&self.encoded),
                     inputs: objects.clone(),
                     input_batch: sliced.then_some(partition as u32),
+                    batched_inputs: Some(batched),
                     resources: Resources::one_cpu(),
                     max_retries: crate::retries::task_max_retries(),
                     label: format!(

@@ -44,7 +44,7 @@ pub struct TaskArgs {
     pub partition: u32,
     /// What it stores.
     pub output: Output,
-    /// Whether each input object arrives as batch `partition` alone.
+    /// Whether the objects of hash reads arrive first, each as batch `partition` alone.
     pub sliced: bool,
     /// Its input groups in order: how each is read, and how many of the task's input objects
     /// it takes.
@@ -103,15 +103,34 @@ fn run_stage_task(_ctx: &TaskContext, input: TaskInput) -> manta_engine::Result<
     Ok(Object::Block(block.map_err(|e| failed(label, e))?))
 }
 
-/// The rows each input group gives the task's partition.
+/// The rows each input group gives the task's partition. With `sliced`, the objects of the
+/// hash reads come first, each only the task's batch, and the others follow, whole.
 fn bind(args: &TaskArgs, objects: Vec<Object>) -> Result<Vec<Vec<RecordBatch>>> {
-    let mut objects = objects.into_iter();
+    let sliced_read = |read: Read| args.sliced && read == Read::Hash;
+    let batched: usize = args
+        .groups
+        .iter()
+        .filter(|(read, _)| sliced_read(*read))
+        .map(|(_, count)| *count as usize)
+        .sum();
+    let mut whole = objects;
+    let mut batched = whole.drain(..batched.min(whole.len())).collect::<Vec<_>>().into_iter();
+    let mut whole = whole.into_iter();
     args.groups
         .iter()
         .map(|&(read, count)| {
+            let objects = match sliced_read(read) {
+                true => batched.by_ref().take(count as usize).collect::<Vec<_>>(),
+                false => whole.by_ref().take(count as usize).collect(),
+            };
+            if objects.len() != count as usize {
+                return Err(DataFusionError::Internal(format!(
+                    "a SQL stage task was given {} objects of an input of {count}",
+                    objects.len()
+                )));
+            }
             let blocks = objects
-                .by_ref()
-                .take(count as usize)
+                .into_iter()
                 .map(|object| match object {
                     Object::Block(block) => Ok(block.into_batches()),
                     other => Err(DataFusionError::Internal(format!(
