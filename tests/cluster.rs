@@ -17,12 +17,17 @@ use common::tpch::{self, cells};
 use common::*;
 
 /// A driver of the cluster answers all 22 TPC-H queries right, their plans cut into stages
-/// of tasks on the nodes (on the cluster by default): q18's aggregates hash-partition into the
+/// of tasks on the nodes (on the cluster by default), with `lineitem` a registered pipeline
+/// whose blocks the stages read where they are: q18's aggregates hash-partition into the
 /// store and its small join sides are broadcast, so only the final merge runs in the driver.
 fn tpch_queries_run_as_stages_of_tasks_on_the_nodes(cluster: &Cluster) {
     let ctx = cluster.connect();
     for (table, path) in tpch::tables() {
-        ctx.register_parquet(table, &path).unwrap();
+        match table {
+            // A pipeline: its blocks, made on the nodes, are what the stages read.
+            "lineitem" => tpch::register_lineitem_pipeline(&ctx, &path),
+            _ => ctx.register_parquet(table, &path).unwrap(),
+        }
     }
     let plan = cells(
         &ctx.sql(&format!("EXPLAIN {}", tpch::query(18)))
@@ -38,6 +43,7 @@ fn tpch_queries_run_as_stages_of_tasks_on_the_nodes(cluster: &Cluster) {
     assert!(
         physical.matches("read=hash").count() >= 2
             && physical.contains("read=broadcast")
+            && physical.contains("DatasetBlocksExec")
             && physical.lines().nth(1).unwrap_or("").contains("StageExec"),
         "q18 runs as stages below the final merge:\n{physical}"
     );

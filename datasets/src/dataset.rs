@@ -525,6 +525,18 @@ impl Dataset {
             .collect())
     }
 
+    /// Runs the pipeline and returns its blocks in the object store, in block order (a SQL
+    /// scan of a registered dataset reads them as partitions).
+    pub(crate) fn run_to_blocks(&self) -> Result<Vec<ObjectRef>> {
+        let mut stats = Vec::new();
+        let (blocks, _) = run::run_to_blocks(&self.ctx, &self.plan, &mut stats)?;
+        *self.last_stats.lock() = Some(DatasetStats {
+            wall: stats.iter().map(|s| s.wall).sum(),
+            stages: stats,
+        });
+        Ok(blocks)
+    }
+
     /// Runs the pipeline and keeps its blocks in the object store: a dataset over them, which
     /// later pipelines read without running this one again.
     pub fn materialize(&self) -> Result<Dataset> {

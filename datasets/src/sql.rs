@@ -8,7 +8,9 @@
 //!   Parquet, CSV or JSON files is registered the same way;
 //! * any other registered dataset is a [`DatasetTable`]: its scan adds the
 //!   query's filters, projection and limit to the dataset's plan (the projection reaches the
-//!   dataset's read, filters on a Parquet read reach its row groups) and runs it as a pipeline.
+//!   dataset's read, filters on a Parquet read reach its row groups) and runs it as a pipeline,
+//!   whose blocks stay in the store as the scan's partitions
+//!   ([`crate::sql_tasks::DatasetBlocksExec`]).
 //!
 //! [`Context::sql`] plans and runs a query and returns its result as a dataset over blocks in
 //! the store, so a pipeline continues from it. Embedded, DataFusion runs the query in this
@@ -39,7 +41,7 @@ use manta_scheduler::Client;
 use crate::context::Context;
 use crate::dataset::{Dataset, PlainFiles};
 use crate::error::Result;
-use crate::sql_tasks::StageTasks;
+use crate::sql_tasks::{DatasetBlocksExec, StageTasks};
 
 /// A dataset as a DataFusion table (see the module doc).
 #[derive(Debug)]
@@ -110,16 +112,14 @@ impl TableProvider for DatasetTable {
         if let Some(n) = limit {
             dataset = dataset.limit(n as u64);
         }
-        // The pipeline blocks on the context's runtime, which may be the one running this
-        // query: run it on a thread of its own.
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(dataset.to_arrow());
-        });
-        let batches = rx
-            .await
-            .map_err(|_| DataFusionError::Execution("a dataset scan's thread died".into()))?
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        if !schema.fields().is_empty() {
+            // Its blocks stay in the store, read a partition each (and, in stages of tasks,
+            // where they are).
+            let client = dataset.ctx.client().clone();
+            let blocks = on_a_thread(move || dataset.run_to_blocks()).await?;
+            return Ok(Arc::new(DatasetBlocksExec::new(blocks, schema, client)));
+        }
+        let batches = on_a_thread(move || dataset.to_arrow()).await?;
         let batches = batches
             .into_iter()
             .map(|b| {
@@ -133,6 +133,20 @@ impl TableProvider for DatasetTable {
             .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(MemorySourceConfig::try_new_exec(&[batches], schema, None)?)
     }
+}
+
+/// `run`'s answer: a pipeline blocks on the context's runtime, which may be the one running
+/// this query, so it runs on a thread of its own.
+async fn on_a_thread<T: Send + 'static>(
+    run: impl FnOnce() -> Result<T> + Send + 'static,
+) -> datafusion::error::Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(run());
+    });
+    rx.await
+        .map_err(|_| DataFusionError::Execution("a dataset scan's thread died".into()))?
+        .map_err(|e| DataFusionError::External(Box::new(e)))
 }
 
 /// `expr` with its column references stripped of table qualifiers (a dataset's columns have

@@ -400,9 +400,9 @@ impl NodeDaemon {
         let mut scratch = Scratch::new(&self.store);
         // How many inputs (the first ones) are read as one batch; the rest arrive whole.
         let batched = match request.input_batch {
-            Some(_) => request
-                .batched_inputs
-                .map_or(request.inputs.len(), |n| request.inputs.len().min(n as usize)),
+            Some(_) => request.batched_inputs.map_or(request.inputs.len(), |n| {
+                request.inputs.len().min(n as usize)
+            }),
             None => 0,
         };
         if let Some(batch) = request.input_batch {
@@ -431,12 +431,7 @@ impl NodeDaemon {
             }
         }
         let mut inline_inputs = Vec::new();
-        for (index, input) in request
-            .inputs
-            .iter()
-            .enumerate()
-            .skip(batched)
-        {
+        for (index, input) in request.inputs.iter().enumerate().skip(batched) {
             if let Some(data) = &input.inline {
                 inline_inputs.push(proto::InlineInput {
                     index: index as u32,

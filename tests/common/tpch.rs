@@ -102,3 +102,13 @@ pub fn tables() -> Vec<(&'static str, String)> {
         })
         .collect()
 }
+
+/// Registers `path` as `lineitem`, a pipeline (it computes a column) rather than a plain read:
+/// SQL scans it by running it, with the query's projection and filters.
+pub fn register_lineitem_pipeline(ctx: &manta::Context, path: &str) {
+    let prepared = ctx
+        .read_parquet(path)
+        .unwrap()
+        .with_column("l_unused", manta::prelude::lit(1));
+    ctx.register("lineitem", &prepared).unwrap()
+}

@@ -245,7 +245,10 @@ fn staged_sql_answer(pipeline: &Pipeline, tables: &Tables) -> manta::Result<Got>
     });
     // A plain read registers as DataFusion's own Parquet table (replacing the last case's).
     for (name, path) in [("a", &tables.a), ("b", &tables.b)] {
-        ctx.register(name, &ctx.read_parquet(path.to_str().expect("a UTF-8 path"))?)?;
+        ctx.register(
+            name,
+            &ctx.read_parquet(path.to_str().expect("a UTF-8 path"))?,
+        )?;
     }
     let names: Vec<String> = pipeline.columns.iter().map(|c| c.name.clone()).collect();
     let query = pipeline.sql();

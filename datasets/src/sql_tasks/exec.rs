@@ -6,6 +6,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -18,7 +20,8 @@ use datafusion::physical_plan::{
     PlanProperties,
 };
 use futures::{StreamExt, TryStreamExt};
-use manta_engine::Object;
+use manta_engine::{Object, ObjectRef};
+use manta_scheduler::Client;
 
 use super::input::Read;
 use super::stage::{Output, Stage};
@@ -75,7 +78,10 @@ impl DisplayAs for StageExec {
             Output::Partitions => "partitions".to_string(),
             Output::Hash => format!(
                 "hash({})",
-                self.stage.fragment().output_partitioning().partition_count()
+                self.stage
+                    .fragment()
+                    .output_partitioning()
+                    .partition_count()
             ),
         };
         write!(
@@ -150,37 +156,53 @@ impl ExecutionPlan for StageExec {
         let out_schema = Arc::clone(&schema);
         let rows = futures::stream::once(async move {
             let outputs = stage.run().await?;
-            let wanted = match read {
+            let wanted: Vec<ObjectRef> = match read {
                 Read::Partitions => outputs.get(partition).into_iter().cloned().collect(),
                 Read::Hash | Read::Broadcast => outputs.to_vec(),
             };
-            let mut blocks = Vec::with_capacity(wanted.len());
-            for object in &wanted {
-                let object = stage
-                    .client()
-                    .get(object)
-                    .await
-                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                let Object::Block(block) = object else {
-                    return Err(DataFusionError::Internal(format!(
-                        "a SQL stage task stored {}, not a block",
-                        object.kind()
-                    )));
-                };
-                blocks.push(block.into_batches());
-            }
-            let rows = read.rows(blocks, partition, false);
-            let batches = rows.into_iter().map(move |batch| {
-                // Same columns; the schema object the rest of the plan expects.
-                batch.with_schema(Arc::clone(&out_schema)).map_err(|e| {
-                    DataFusionError::Internal(format!(
-                        "a SQL stage task's rows do not fit the plan: {e}"
-                    ))
-                })
-            });
-            Ok(futures::stream::iter(batches))
+            let blocks = fetch_blocks(stage.client(), &wanted).await?;
+            Ok::<_, DataFusionError>(fitted(read.rows(blocks, partition, false), out_schema))
         })
         .try_flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, rows.boxed())))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            rows.boxed(),
+        )))
     }
+}
+
+/// The batches of `objects` (blocks), fetched through `client`: in place from this process's
+/// store, or over Flight from a node.
+pub(super) async fn fetch_blocks(
+    client: &Client,
+    objects: &[ObjectRef],
+) -> Result<Vec<Vec<RecordBatch>>> {
+    let mut blocks = Vec::with_capacity(objects.len());
+    for object in objects {
+        let object = client
+            .get(object)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let Object::Block(block) = object else {
+            return Err(DataFusionError::Internal(format!(
+                "a SQL stage read {}, not a block",
+                object.kind()
+            )));
+        };
+        blocks.push(block.into_batches());
+    }
+    Ok(blocks)
+}
+
+/// `batches` as a stream of batches of `schema` (the same columns; the schema object the rest
+/// of the plan expects).
+pub(super) fn fitted(
+    batches: Vec<RecordBatch>,
+    schema: SchemaRef,
+) -> futures::stream::Iter<impl Iterator<Item = Result<RecordBatch>>> {
+    futures::stream::iter(batches.into_iter().map(move |batch| {
+        batch.with_schema(Arc::clone(&schema)).map_err(|e| {
+            DataFusionError::Internal(format!("a SQL stage's rows do not fit the plan: {e}"))
+        })
+    }))
 }

@@ -135,7 +135,9 @@ impl ExecutionPlan for StageInput {
         if children.is_empty() {
             Ok(self)
         } else {
-            Err(DataFusionError::Internal("StageInput has no children".into()))
+            Err(DataFusionError::Internal(
+                "StageInput has no children".into(),
+            ))
         }
     }
 

@@ -5,7 +5,7 @@
 //! DataFusion plans a query in the driver as usual. Then the physical optimizer rule
 //! [`StageTasks`], which runs after DataFusion's own rules, walks the plan from the leaves up
 //! and finds the work that can run one partition at a time: file scans (local Parquet, CSV,
-//! JSON) and, above them, operators that compute output partition *i* from input partition *i*
+//! JSON) and registered datasets' blocks and, above them, operators that compute output partition *i* from input partition *i*
 //! (filters, projections, partial and partitioned aggregates, sorts of a partition, windows,
 //! partitioned joins). Such work is cut into **stages**:
 //!
@@ -16,6 +16,8 @@
 //! * a join that **collects its build side** (`HashJoinExec` in `CollectLeft` mode) gets the
 //!   build side as a stage of its own, run once, its blocks read whole by every probe task (a
 //!   broadcast);
+//! * a round-robin spread (`RepartitionExec` round robin) over such work is dropped: it only
+//!   makes more partitions of the same rows;
 //! * where the driver's own work begins (a merge of sorted partitions, a final aggregate over
 //!   all partitions, a global limit), the work below becomes a stage whose partitions the
 //!   driver reads in place, one per task.
@@ -36,10 +38,14 @@
 //! `datafusion-proto` does not encode, an expression bound outside the fragment) stays in the
 //! driver, reading the stages below it.
 //!
+//! A registered dataset's scan answers a [`DatasetBlocksExec`]: its pipeline's blocks, left in
+//! the store, one partition each, which stages read like file scans (task *i* is given block
+//! *i*).
+//!
 //! The rule is on for contexts connected to a cluster, and `Config::sql_tasks` turns it on or
-//! off. Datasets registered as tables are not rewritten, because their pipelines already run
-//! as tasks.
+//! off.
 
+mod blocks;
 mod exec;
 mod input;
 mod metrics;
@@ -68,6 +74,7 @@ use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
 use datafusion::physical_plan::{ExecutionPlan, Partitioning, replace_children_if_necessary};
 use manta_scheduler::Client;
 
+pub use blocks::DatasetBlocksExec;
 pub use exec::StageExec;
 pub use input::Read;
 pub use stage::{Output, Stage};
@@ -98,7 +105,7 @@ impl PhysicalOptimizerRule for StageTasks {
         };
         let plan = plan.transform_up(|node| Ok(cut.visit(node)))?.data;
         // A plan that runs whole as tasks: the driver reads its partitions.
-        Ok(if in_tasks(&plan) && !plan.is::<StageExec>() {
+        Ok(if in_tasks(&plan) && !read_in_place(&plan) {
             cut.stage(Arc::clone(&plan), Output::Partitions, Read::Partitions)
                 .unwrap_or(plan)
         } else {
@@ -137,6 +144,14 @@ impl Cut {
                 None => Transformed::no(node),
             };
         }
+        // A round-robin spread over work that runs as tasks: only more partitions of the same
+        // rows, which the tasks do not need (they run where their inputs are).
+        if let Some(repartition) = node.downcast_ref::<RepartitionExec>()
+            && matches!(repartition.partitioning(), Partitioning::RoundRobinBatch(_))
+            && in_tasks(repartition.input())
+        {
+            return Transformed::yes(Arc::clone(repartition.input()));
+        }
         // A join that collects its build side: built once, broadcast to every probe task.
         if let Some(join) = node.downcast_ref::<HashJoinExec>()
             && *join.partition_mode() == PartitionMode::CollectLeft
@@ -153,14 +168,14 @@ impl Cut {
                     Arc::clone(stage.stage()),
                     Read::Broadcast,
                 )) as Arc<dyn ExecutionPlan>),
-                None if in_tasks(&build) => {
-                    self.stage(build, Output::Partitions, Read::Broadcast)
-                }
+                None if in_tasks(&build) => self.stage(build, Output::Partitions, Read::Broadcast),
                 None => None,
             };
             if let Some(read) = broadcast
-                && let Ok(joined) =
-                    replace_children_if_necessary(Arc::clone(&node), vec![read, Arc::clone(join.right())])
+                && let Ok(joined) = replace_children_if_necessary(
+                    Arc::clone(&node),
+                    vec![read, Arc::clone(join.right())],
+                )
             {
                 return Transformed::yes(joined);
             }
@@ -174,7 +189,7 @@ impl Cut {
             .children()
             .into_iter()
             .map(|child| {
-                if in_tasks(child) && !child.is::<StageExec>() {
+                if in_tasks(child) && !read_in_place(child) {
                     let read = self.stage(Arc::clone(child), Output::Partitions, Read::Partitions);
                     if let Some(read) = read {
                         changed = true;
@@ -218,12 +233,21 @@ impl Cut {
     }
 }
 
-/// Whether `node` can run one partition at a time in tasks: a local file scan, a stage's
-/// output read by hash or broadcast, or an operator computing partition *i* from partition *i*
-/// of inputs that can.
+/// Whether the driver reads `node` as it is: a stage's output, or a dataset's blocks (a stage
+/// of its own would only copy them).
+fn read_in_place(node: &Arc<dyn ExecutionPlan>) -> bool {
+    node.is::<StageExec>() || node.is::<DatasetBlocksExec>()
+}
+
+/// Whether `node` can run one partition at a time in tasks: a local file scan, a registered
+/// dataset's blocks, a stage's output read by hash or broadcast, or an operator computing
+/// partition *i* from partition *i* of inputs that can.
 fn in_tasks(node: &Arc<dyn ExecutionPlan>) -> bool {
     if let Some(stage) = node.downcast_ref::<StageExec>() {
         return stage.runs_in_tasks();
+    }
+    if node.is::<DatasetBlocksExec>() {
+        return true;
     }
     if let Some(source) = node.downcast_ref::<DataSourceExec>() {
         return source
@@ -271,6 +295,10 @@ fn in_tasks(node: &Arc<dyn ExecutionPlan>) -> bool {
 fn probe_side_only(join_type: JoinType) -> bool {
     matches!(
         join_type,
-        JoinType::Inner | JoinType::Right | JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark
+        JoinType::Inner
+            | JoinType::Right
+            | JoinType::RightSemi
+            | JoinType::RightAnti
+            | JoinType::RightMark
     )
 }

@@ -23,6 +23,7 @@ use manta_engine::{ObjectRef, Resources, TaskSpec};
 use manta_scheduler::Client;
 use serde::{Deserialize, Serialize};
 
+use super::blocks::DatasetBlocksExec;
 use super::exec::StageExec;
 use super::input::{InputCodec, Read, StageInput};
 use super::metrics::TaskMetrics;
@@ -42,6 +43,12 @@ pub enum Output {
     Hash,
 }
 
+/// What a stage reads: another stage's output, or a registered dataset's blocks.
+enum Input {
+    Stage(Arc<Stage>),
+    Blocks(Arc<Vec<ObjectRef>>),
+}
+
 /// A stage (see the module doc).
 pub struct Stage {
     /// Its number in the query (stages below it have smaller ones).
@@ -51,8 +58,8 @@ pub struct Stage {
     /// The fragment as tasks decode it: reads of other stages as [`StageInput`]s.
     encoded: Bytes,
     output: Output,
-    /// The stages it reads, in the order of its input groups, and how.
-    inputs: Vec<(Arc<Stage>, Read)>,
+    /// What it reads, in the order of its input groups, and how.
+    inputs: Vec<(Input, Read)>,
     tasks: usize,
     client: Client,
     metrics: ExecutionPlanMetricsSet,
@@ -99,16 +106,23 @@ impl Stage {
         let mut inputs = Vec::new();
         let travelling = Arc::clone(&fragment)
             .transform_down(|node| {
-                let Some(read) = node.downcast_ref::<StageExec>() else {
+                let input = if let Some(read) = node.downcast_ref::<StageExec>() {
+                    (Input::Stage(Arc::clone(read.stage())), read.read())
+                } else if let Some(dataset) = node.downcast_ref::<DatasetBlocksExec>() {
+                    (
+                        Input::Blocks(Arc::clone(dataset.blocks())),
+                        Read::Partitions,
+                    )
+                } else {
                     return Ok(Transformed::no(node));
                 };
                 let leaf = StageInput::new(
                     inputs.len(),
-                    read.read(),
+                    input.1,
                     node.schema(),
                     node.output_partitioning().partition_count(),
                 );
-                inputs.push((Arc::clone(read.stage()), read.read()));
+                inputs.push(input);
                 Ok(Transformed::new(
                     Arc::new(leaf) as Arc<dyn ExecutionPlan>,
                     true,
@@ -192,7 +206,11 @@ impl Stage {
     }
 
     async fn run_tasks(&self) -> SharedResult<Arc<Vec<ObjectRef>>> {
-        let inputs = futures::future::try_join_all(self.inputs.iter().map(|(s, _)| s.run()))
+        let inputs =
+            futures::future::try_join_all(self.inputs.iter().map(|(input, _)| match input {
+                Input::Stage(stage) => stage.run(),
+                Input::Blocks(blocks) => futures::future::ready(Ok(Arc::clone(blocks))).boxed(),
+            }))
             .await
             .map_err(Arc::new)?;
         let metrics = Arc::new(TaskMetrics::new(&self.metrics));
@@ -209,41 +227,42 @@ impl Stage {
         Ok(Arc::new(futures::future::try_join_all(submitted).await?))
     }
 
-    /// Its tasks, given the outputs of the stages it reads.
+    /// Its tasks, given the outputs of what it reads.
     fn specs(&self, inputs: &[Arc<Vec<ObjectRef>>]) -> Vec<TaskSpec> {
         // Hash reads arrive as the task's partition alone (the task's `input_batch`), so they
-        // go first; broadcast reads follow, whole.
+        // go first; broadcasts follow whole, and of a dataset's blocks only the task's own.
         let sliced = self.inputs.iter().any(|(_, read)| *read == Read::Hash);
-        let groups: Vec<(Read, u32)> = self
-            .inputs
-            .iter()
-            .zip(inputs)
-            .map(|((_, read), objects)| (*read, objects.len() as u32))
+        let read_inputs = || self.inputs.iter().map(|(_, read)| *read).zip(inputs);
+        let hashed: Vec<ObjectRef> = read_inputs()
+            .filter(|(read, _)| *read == Read::Hash)
+            .flat_map(|(_, objects)| objects.iter().cloned())
             .collect();
-        let of_read = |hash: bool| {
-            self.inputs
-                .iter()
-                .zip(inputs)
-                .filter(move |((_, read), _)| (*read == Read::Hash) == hash)
-                .flat_map(|(_, objects)| objects.iter().cloned())
-        };
-        let mut objects: Vec<ObjectRef> = of_read(true).collect();
-        let batched = objects.len() as u32;
-        objects.extend(of_read(false));
         (0..self.tasks)
             .map(|partition| {
+                let mut objects = hashed.clone();
+                let groups = read_inputs()
+                    .map(|(read, all)| {
+                        let given = match read {
+                            Read::Hash => return (read, all.len() as u32),
+                            Read::Broadcast => all.as_slice(),
+                            Read::Partitions => all.get(partition..=partition).unwrap_or(&[]),
+                        };
+                        objects.extend(given.iter().cloned());
+                        (read, given.len() as u32)
+                    })
+                    .collect();
                 let args = TaskArgs {
                     partition: partition as u32,
                     output: self.output,
                     sliced,
-                    groups: groups.clone(),
+                    groups,
                 };
                 TaskSpec {
                     function: STAGE_FUNCTION.to_string(),
                     args: args.encode(&self.encoded),
-                    inputs: objects.clone(),
+                    inputs: objects,
                     input_batch: sliced.then_some(partition as u32),
-                    batched_inputs: Some(batched),
+                    batched_inputs: Some(hashed.len() as u32),
                     resources: Resources::one_cpu(),
                     max_retries: crate::retries::task_max_retries(),
                     label: format!(

@@ -64,7 +64,8 @@ impl TaskArgs {
 
     /// The arguments and the fragment, from a task's argument bytes.
     fn decode(args: &Bytes) -> Result<(Self, Bytes)> {
-        let truncated = || DataFusionError::Internal("SQL stage task arguments are truncated".into());
+        let truncated =
+            || DataFusionError::Internal("SQL stage task arguments are truncated".into());
         let len = args
             .get(..4)
             .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
@@ -114,7 +115,10 @@ fn bind(args: &TaskArgs, objects: Vec<Object>) -> Result<Vec<Vec<RecordBatch>>> 
         .map(|(_, count)| *count as usize)
         .sum();
     let mut whole = objects;
-    let mut batched = whole.drain(..batched.min(whole.len())).collect::<Vec<_>>().into_iter();
+    let mut batched = whole
+        .drain(..batched.min(whole.len()))
+        .collect::<Vec<_>>()
+        .into_iter();
     let mut whole = whole.into_iter();
     args.groups
         .iter()
