@@ -280,6 +280,14 @@ impl NodeDaemon {
             return self.create_actor(request).await;
         }
         let job = JobId::from_slice(&request.job_id)?;
+        let output_id = ObjectId::from_slice(&request.output_id)?;
+        if self.store.contains(output_id) {
+            // A retry of a task whose earlier attempt finished here after the head gave this
+            // node up (a network partition it has rejoined from): that output was never
+            // reported, and makes way for this attempt's (readers that mapped it keep it).
+            tracing::info!(object = %output_id, "a retried task's unreported output is replaced");
+            self.store.free(output_id);
+        }
         let executable = self.ensure_executable(&request.executable_hash).await?;
         let mut prepared = self.prepare(&request).await?;
         let assignment = prepared.assignment.take().expect("just prepared");
