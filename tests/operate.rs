@@ -45,6 +45,10 @@ fn main() {
             metrics_of_the_head_and_a_node_move_as_work_runs,
         ),
         (
+            "task_results_go_from_the_node_to_the_driver_not_through_the_head",
+            task_results_go_from_the_node_to_the_driver_not_through_the_head,
+        ),
+        (
             "the_dashboard_in_a_real_browser_shows_the_job_its_stages_and_a_dead_node",
             the_dashboard_in_a_real_browser_shows_the_job_its_stages_and_a_dead_node,
         ),
@@ -80,6 +84,14 @@ fn wait_for_nodes(dir: String, nodes: usize) -> Result<u32, manta::engine::BoxEr
 #[manta::remote]
 fn add(a: i64, b: i64) -> i64 {
     a + b
+}
+
+/// `len` bytes that depend on `seed`: a small result (it travels inline, not as an object).
+#[manta::remote]
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    (0..len as u64)
+        .map(|i| (i.wrapping_mul(31) ^ seed) as u8)
+        .collect()
 }
 
 /// A cluster `manta up` started from a config file in a directory of its own (its run
@@ -635,15 +647,7 @@ fn sample(text: &str, name: &str) -> f64 {
 /// and the head's cluster-wide store gauge follows the node's heartbeat.
 fn metrics_of_the_head_and_a_node_move_as_work_runs(_: &()) {
     let (head_port, node_port) = (free_port().to_string(), free_port().to_string());
-    let head = Process::start(&[
-        "--head",
-        "--port",
-        "0",
-        "--num-cpus",
-        "0",
-        "--dashboard-port",
-        &head_port,
-    ]);
+    let head = head_serving_metrics(&head_port);
     let _node = Process::start(&[
         "--address",
         &head.address,
@@ -654,19 +658,8 @@ fn metrics_of_the_head_and_a_node_move_as_work_runs(_: &()) {
         "--metrics-port",
         &node_port,
     ]);
-    let port: u16 = head.address.rsplit(':').next().unwrap().parse().unwrap();
-    let token = std::fs::read_to_string(manta::scheduler::cluster_token::token_file(port)).unwrap();
-    let scrape = |port: &str| {
-        let (code, text) = http(
-            &format!("127.0.0.1:{port}"),
-            "GET",
-            "/metrics",
-            Some(token.trim()),
-            "",
-        );
-        assert_eq!(code, 200, "{text}");
-        text
-    };
+    let token = head_token(&head);
+    let scrape = |port: &str| scrape(port.parse().unwrap(), &token);
     for port in [&head_port, &node_port] {
         let (code, _) = http(&format!("127.0.0.1:{port}"), "GET", "/metrics", None, "");
         assert_eq!(code, 401, "/metrics on port {port} without the token");
@@ -749,6 +742,123 @@ fn metrics_of_the_head_and_a_node_move_as_work_runs(_: &()) {
         },
     );
     drop(held);
+}
+
+/// Small task results come from the node that ran them to the driver over its result link,
+/// not through the head: after 200 tasks of 4 KiB results, all right, the node says it sent
+/// each one direct and the head passed on no result byte. A node that joins after the driver
+/// (which has no link to it yet) sends its first results through the head, and the driver
+/// then links to it; its results are right either way, and each went one way or the other.
+fn task_results_go_from_the_node_to_the_driver_not_through_the_head(_: &()) {
+    let (head_port, first_port, late_port) = (free_port(), free_port(), free_port());
+    let head = head_serving_metrics(&head_port.to_string());
+    let node = |port: u16, resources: &str| {
+        Process::start(&[
+            "--address",
+            &head.address,
+            "--num-cpus",
+            "1",
+            "--object-store-memory",
+            "256MiB",
+            "--metrics-port",
+            &port.to_string(),
+            "--resources",
+            resources,
+        ])
+    };
+    let _first = node(first_port, "first=1");
+    let token = head_token(&head);
+    let ctx = manta::init_with(Config {
+        address: Some(head.address.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    let relayed = "manta_head_relayed_result_bytes_total";
+    let (direct, through_head) = (
+        "manta_node_results_total{path=\"direct\"}",
+        "manta_node_results_total{path=\"head\"}",
+    );
+    let run = |count: u64, resource: &str| {
+        let options = manta::tasks::TaskOptions {
+            resources: common::on(resource),
+            ..Default::default()
+        };
+        let refs: Vec<_> = (0..count)
+            .map(|seed| pattern.remote_with(&ctx, &options, seed, 4096))
+            .collect();
+        let expected: Vec<_> = (0..count).map(|seed| pattern::call(seed, 4096)).collect();
+        assert_eq!(ctx.get_all(&refs).unwrap(), expected);
+    };
+
+    let (head_before, node_before) = (scrape(head_port, &token), scrape(first_port, &token));
+    run(200, "first");
+    let (head_after, node_after) = (scrape(head_port, &token), scrape(first_port, &token));
+    let moved = |before: &str, after: &str, name: &str| sample(after, name) - sample(before, name);
+    assert_eq!(
+        moved(&node_before, &node_after, direct),
+        200.0,
+        "{node_after}"
+    );
+    assert_eq!(
+        moved(&node_before, &node_after, through_head),
+        0.0,
+        "{node_after}"
+    );
+    assert_eq!(
+        moved(&head_before, &head_after, relayed),
+        0.0,
+        "{head_after}"
+    );
+
+    let _late = node(late_port, "late=1");
+    let head_before = scrape(head_port, &token);
+    run(50, "late");
+    let (head_after, late) = (scrape(head_port, &token), scrape(late_port, &token));
+    assert_eq!(
+        sample(&late, direct) + sample(&late, through_head),
+        50.0,
+        "{late}"
+    );
+    assert!(sample(&late, through_head) >= 1.0, "{late}");
+    assert!(
+        moved(&head_before, &head_after, relayed) >= 4096.0,
+        "{head_after}"
+    );
+}
+
+/// A head with no CPUs of its own, serving its dashboard and `/metrics` on `port`.
+fn head_serving_metrics(port: &str) -> Process {
+    Process::start(&[
+        "--head",
+        "--port",
+        "0",
+        "--num-cpus",
+        "0",
+        "--dashboard-port",
+        port,
+    ])
+}
+
+/// The cluster token of the head `head` started (its token file on this machine).
+fn head_token(head: &Process) -> String {
+    let port: u16 = head.address.rsplit(':').next().unwrap().parse().unwrap();
+    std::fs::read_to_string(manta::scheduler::cluster_token::token_file(port))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// `/metrics` of the process serving them on `port`, with the token.
+fn scrape(port: u16, token: &str) -> String {
+    let (code, text) = http(
+        &format!("127.0.0.1:{port}"),
+        "GET",
+        "/metrics",
+        Some(token),
+        "",
+    );
+    assert_eq!(code, 200, "{text}");
+    text
 }
 
 /// Chromium (or Chrome) on this machine, if any.

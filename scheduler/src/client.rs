@@ -2,9 +2,10 @@
 //!
 //! Joining: connect to the head (failing within seconds if nothing answers), hash this
 //! executable and register a job with it, uploading the executable if the head lacks it. Then
-//! tasks are submitted to the head over one stream ([`TaskStream`]), which answers with the
-//! output's location (or, for a small result, the value itself), and objects are read straight
-//! from the node that holds them over Flight. The driver owns the objects its
+//! tasks are submitted to the head over one stream ([`TaskStream`]); each task's success (the
+//! output's location, or for a small result the value itself) comes straight from the node
+//! that ran it ([`crate::direct_results`]), and objects are read straight from the node that
+//! holds them over Flight. The driver owns the objects its
 //! tasks create: when the last [`ObjectRef`] to one drops, a background task tells the node to
 //! free it (batched per node).
 
@@ -38,6 +39,8 @@ pub struct ClusterClient {
     releaser: Arc<dyn ReleaseObject>,
     /// The stream tasks are submitted to the head on.
     tasks: TaskStream,
+    /// Where their successes come back, straight from the nodes.
+    direct: Arc<crate::direct_results::DirectResults>,
     /// This process's IP address as seen on the way to the head: its host in the cluster.
     own_ip: Option<std::net::IpAddr>,
     /// The cluster's store usage as last asked of the head, and when.
@@ -121,6 +124,15 @@ impl ClusterClient {
                     .map(tonic::Response::into_inner)
             })
         }));
+        // Results come straight from the nodes (those that join later are linked to when their
+        // first result arrives through the head).
+        let direct = crate::direct_results::DirectResults::new(token.clone());
+        let nodes = head.clone().list_nodes(proto::ListNodesRequest {}).await;
+        for node in nodes.map(|n| n.into_inner().nodes).unwrap_or_default() {
+            if node.alive {
+                direct.link(&node.address);
+            }
+        }
         tracing::info!(%job, address, "joined the cluster");
         let stalls = crate::stall_watch::StallWatch::from_env();
         tokio::spawn(crate::stall_watch::StallWatch::watch(
@@ -137,6 +149,7 @@ impl ClusterClient {
             token,
             releaser: Arc::new(FreeQueue(tx)),
             tasks,
+            direct,
             own_ip: own_ip_towards(address),
             usage: parking_lot::Mutex::new(None),
             actors: Arc::default(),
@@ -194,6 +207,7 @@ impl ClusterClient {
             actor_id: Bytes::new(),
             actor_incarnation: 0,
             pipeline: false,
+            reply_to: None,
         }
     }
 
@@ -227,25 +241,24 @@ impl ClusterClient {
     /// Queues a task on the cluster; `done` gets its outcome, on the task stream's receiving
     /// task (so it must not block). Callable from any thread.
     pub fn submit_then(&self, spec: TaskSpec, done: crate::runtime::OnOutcome) {
-        let request = self.request(&spec);
+        let mut request = self.request(&spec);
         let releaser = Arc::clone(&self.releaser);
         // The inputs stay referenced (so not freed) until the task is done.
         let inputs = spec.inputs;
         let address = self.address.clone();
         let stalls = Arc::clone(&self.stalls);
         stalls.started();
-        self.tasks.send(
-            request,
-            Box::new(move |reply| {
-                drop(inputs);
-                stalls.ended();
-                done(
-                    reply
-                        .map_err(|s| head_call_failed(&address, "SubmitTasks", s))
-                        .and_then(|reply| outcome(reply, &releaser)),
-                )
-            }),
-        );
+        let (reply_to, on_reply) = self.direct.register(Box::new(move |reply| {
+            drop(inputs);
+            stalls.ended();
+            done(
+                reply
+                    .map_err(|s| head_call_failed(&address, "SubmitTasks", s))
+                    .and_then(|reply| outcome(reply, &releaser)),
+            )
+        }));
+        request.reply_to = Some(reply_to);
+        self.tasks.send(request, on_reply);
     }
 
     /// Stores `object` (a driver's `put`) on a node over Flight `DoPut`: a live node on this

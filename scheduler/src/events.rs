@@ -814,6 +814,7 @@ mod tests {
                 ..Default::default()
             }),
             worker_pid: 7,
+            delivered: false,
         }
     }
 

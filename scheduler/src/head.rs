@@ -1297,9 +1297,25 @@ impl HeadRpc for Head {
             let head = Arc::clone(&head);
             async move {
                 match head.submit(task).await {
-                    Ok(success) => proto::TaskReply {
-                        result: Some(task_reply::Result::Success(success)),
+                    // The caller has it (over its result link): it needs only to hear that.
+                    Ok(success) if success.delivered => proto::TaskReply {
+                        result: Some(task_reply::Result::Success(proto::TaskSuccess {
+                            delivered: true,
+                            ..Default::default()
+                        })),
                     },
+                    Ok(success) => {
+                        if let Some(inline) =
+                            success.output.as_ref().and_then(|o| o.inline.as_ref())
+                        {
+                            head.metrics
+                                .relayed_result_bytes
+                                .inc_by(inline.len() as u64);
+                        }
+                        proto::TaskReply {
+                            result: Some(task_reply::Result::Success(success)),
+                        }
+                    }
                     Err(error) => proto::TaskReply::failed(&error),
                 }
             }

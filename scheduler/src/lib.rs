@@ -11,6 +11,7 @@
 //!                             node table,             Flight endpoint,              executable, runs
 //!                             executables             worker pool                   registered functions)
 //!        ◀════════════════ Arrow Flight DoGet(object id) ════════════════▶  other nodes
+//!        ◀══════════════════════ Results (task successes) ══════════════  node daemon
 //! ```
 //!
 //! Without an address the driver gets the [`EmbeddedRuntime`] instead: the same tasks on a
@@ -25,6 +26,8 @@
 //! * [`placement`]: the placement rule behind a two-method trait, unit-tested without processes.
 //! * [`node`]: the node daemon; [`worker_pool`]: its worker processes; [`worker`]: a worker.
 //! * [`client`]: the driver side of a cluster; [`embedded`]: the in-process runtime.
+//! * `direct_results` and `node/result_links`: task results from the node to the caller, not
+//!   through the head.
 //! * [`actors`]: actors, their call queues, restarts and kills.
 //! * [`cluster_token`]: where a process finds the cluster token every service requires.
 //! * [`executables`]: the content-addressed executable cache.
@@ -37,6 +40,7 @@ pub mod autoscaler;
 pub mod client;
 pub mod cluster_token;
 pub mod dashboard;
+pub(crate) mod direct_results;
 pub mod embedded;
 pub mod error;
 pub mod events;

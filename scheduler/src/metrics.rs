@@ -160,6 +160,9 @@ pub struct HeadMetrics {
     pub task_bytes_in: IntCounter,
     /// Bytes made by finished tasks.
     pub task_bytes_out: IntCounter,
+    /// Inline result bytes the head passed on to callers: results that did not reach their
+    /// caller over a result link (see `scheduler/src/node/result_links.rs`).
+    pub relayed_result_bytes: IntCounter,
 }
 
 impl Default for HeadMetrics {
@@ -198,6 +201,11 @@ impl Default for HeadMetrics {
             ),
             task_bytes_in,
             task_bytes_out,
+            relayed_result_bytes: counter(
+                &registry,
+                "manta_head_relayed_result_bytes_total",
+                "Inline task result bytes the head passed on to callers (not sent over a result link)",
+            ),
             nodes: gauge_vec(&registry, "manta_nodes", "Nodes by state", "state"),
             pending: gauge(
                 &registry,
@@ -236,6 +244,10 @@ pub struct NodeMetrics {
     pub tasks_ok: IntCounter,
     /// Tasks run here that failed.
     pub tasks_error: IntCounter,
+    /// Successes sent to their caller over its result link.
+    pub results_direct: IntCounter,
+    /// Successes sent to the head whole (no result link, or it broke).
+    pub results_through_head: IntCounter,
     /// Input bytes fetched from other nodes.
     pub pulled_bytes: IntCounter,
     /// Live worker processes (set at scrape).
@@ -256,9 +268,18 @@ impl Default for NodeMetrics {
             "outcome",
         );
         let [tasks_ok, tasks_error] = children(&tasks, ["ok", "error"]);
+        let results = counter_vec(
+            &registry,
+            "manta_node_results_total",
+            "Task successes by the way they went to their caller: direct (its result link) or head",
+            "path",
+        );
+        let [results_direct, results_through_head] = children(&results, ["direct", "head"]);
         Self {
             tasks_ok,
             tasks_error,
+            results_direct,
+            results_through_head,
             pulled_bytes: counter(
                 &registry,
                 "manta_node_pulled_bytes_total",

@@ -30,13 +30,14 @@ use crate::executables::{ExecutableCache, LoadedExecutable};
 use crate::proto::head_client::HeadClient;
 use crate::proto::node_server::{Node as NodeRpc, NodeServer};
 use crate::proto::worker_server::{Worker as WorkerRpc, WorkerServer};
-use crate::proto::{self, worker_done, worker_message};
+use crate::proto::{self, task_reply, worker_done, worker_message};
 use crate::server;
 use crate::task_stream;
 use crate::worker_pool::{WorkerConn, WorkerPools};
 use manta_flight::auth::{AuthChannel, guard};
 
 mod partitions;
+mod result_links;
 
 use partitions::Scratch;
 
@@ -136,6 +137,8 @@ pub struct NodeDaemon {
     metrics: crate::metrics::NodeMetrics,
     /// What its Flight service sent and received.
     flight_traffic: Arc<manta_flight::FlightTraffic>,
+    /// Callers' result links (see [`result_links`]).
+    result_links: Arc<result_links::ResultLinks>,
 }
 
 impl NodeDaemon {
@@ -535,6 +538,7 @@ impl NodeDaemon {
                     }),
                     stats: Some(stats.into()),
                     worker_pid: 0,
+                    delivered: false,
                 })
             }
             Some(worker_done::Result::Error(error)) => Err(error.into_error()),
@@ -731,9 +735,25 @@ impl NodeRpc for NodeService {
         let replies = task_stream::serve(request.into_inner(), move |task| {
             let daemon = Arc::clone(&daemon);
             async move {
+                let reply_to = task.reply_to;
                 let outcome = daemon.run(task).await;
                 daemon.count(&outcome);
-                outcome.into()
+                match outcome {
+                    Ok(success) => {
+                        let success = daemon
+                            .result_links
+                            .deliver(reply_to.as_ref(), success)
+                            .await;
+                        match success.delivered {
+                            true => daemon.metrics.results_direct.inc(),
+                            false => daemon.metrics.results_through_head.inc(),
+                        }
+                        proto::TaskReply {
+                            result: Some(task_reply::Result::Success(success)),
+                        }
+                    }
+                    Err(error) => proto::TaskReply::failed(&error),
+                }
             }
         });
         Ok(Response::new(replies))
@@ -762,6 +782,17 @@ impl NodeRpc for NodeService {
             tracing::info!(%job, freed, "freed the objects its driver put and left behind");
         }
         Ok(Response::new(proto::EndJobReply {}))
+    }
+
+    type ResultsStream = result_links::ResultStream;
+
+    async fn results(
+        &self,
+        request: Request<Streaming<proto::ResultAcks>>,
+    ) -> Result<Response<result_links::ResultStream>, Status> {
+        Ok(Response::new(
+            self.0.result_links.serve(request.into_inner()).await?,
+        ))
     }
 
     type ActorCallsStream = ActorReplyStream;
@@ -952,6 +983,7 @@ pub async fn run_node(config: NodeConfig, ready: impl FnOnce(&str)) -> Result<()
         downloads: tokio::sync::Mutex::new(()),
         metrics: Default::default(),
         flight_traffic: Arc::default(),
+        result_links: Arc::default(),
     });
     let heartbeats = tokio::spawn(Arc::clone(&daemon).heartbeat_loop(interval, resources));
     let metrics = match config.metrics_port {

@@ -211,6 +211,7 @@ fn simulated_node(
                 output: Some(output),
                 stats: Some(stats),
                 worker_pid: 0,
+                delivered: false,
             })),
         };
         if duration.is_zero() {

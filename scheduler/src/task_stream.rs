@@ -263,37 +263,41 @@ where
             }
         }
     });
-    let batches = futures::stream::unfold(
-        (replies, None::<TaskCallReply>),
-        |(mut replies, mut carried)| async move {
-            let mut batch = Vec::new();
-            let mut bytes = 0;
-            if let Some(reply) = carried.take() {
-                bytes += reply.encoded_len();
-                batch.push(reply);
-            } else {
-                match replies.recv().await {
-                    Some(reply) => {
-                        bytes += reply.encoded_len();
-                        batch.push(reply);
-                    }
-                    None => return None,
-                }
-            }
-            // Then whatever else is done now, up to the size cap.
+    batches(replies, |replies| TaskCallReplies { replies }).boxed()
+}
+
+/// What arrives on `items` as a stream of messages made by `message`, each of up to
+/// [`MAX_CALLS`] items and about [`MAX_BATCH_BYTES`]: whatever is there when the last message
+/// went, so batching costs no latency. Ends when every sender is gone.
+pub(crate) fn batches<T, M>(
+    items: mpsc::UnboundedReceiver<T>,
+    message: fn(Vec<T>) -> M,
+) -> impl Stream<Item = Result<M, Status>> + Send + 'static
+where
+    T: Message + Send + 'static,
+    M: Send + 'static,
+{
+    futures::stream::unfold(
+        (items, None::<T>),
+        move |(mut items, mut carried)| async move {
+            let first = match carried.take() {
+                Some(item) => item,
+                None => items.recv().await?,
+            };
+            let mut bytes = first.encoded_len();
+            let mut batch = vec![first];
             while batch.len() < MAX_CALLS
-                && let Ok(reply) = replies.try_recv()
+                && let Ok(item) = items.try_recv()
             {
-                let size = reply.encoded_len();
+                let size = item.encoded_len();
                 if bytes + size > MAX_BATCH_BYTES {
-                    carried = Some(reply);
+                    carried = Some(item);
                     break;
                 }
                 bytes += size;
-                batch.push(reply);
+                batch.push(item);
             }
-            Some((Ok(TaskCallReplies { replies: batch }), (replies, carried)))
+            Some((Ok(message(batch)), (items, carried)))
         },
-    );
-    batches.boxed()
+    )
 }
