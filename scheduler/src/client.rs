@@ -127,8 +127,18 @@ impl ClusterClient {
         // Results come straight from the nodes (those that join later are linked to when their
         // first result arrives through the head).
         let direct = crate::direct_results::DirectResults::new(token.clone());
-        let nodes = head.clone().list_nodes(proto::ListNodesRequest {}).await;
-        for node in nodes.map(|n| n.into_inner().nodes).unwrap_or_default() {
+        let mut lister = head.clone();
+        let nodes = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            lister.list_nodes(proto::ListNodesRequest {}),
+        )
+        .await;
+        let nodes = match nodes {
+            Ok(Ok(nodes)) => nodes.into_inner().nodes,
+            // No links yet: results come through the head until they are made.
+            _ => Vec::new(),
+        };
+        for node in nodes {
             if node.alive {
                 direct.link(&node.address);
             }
