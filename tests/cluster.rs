@@ -669,11 +669,32 @@ fn groupby_matches_sql(lineitem: &manta::Dataset, df: &datafusion::prelude::Sess
 }
 
 fn all_to_all_operations_match_sql_across_nodes(cluster: &Cluster) {
-    use manta::{JoinKind, SortKey};
     let tmp = tempfile::tempdir().unwrap();
     let input = small_lineitem(tmp.path());
     let df = lineitem_sql(&input);
-    let ctx = cluster.connect();
+    // One reduce task per partition, then (as a mid-sized exchange runs) one per CPU, each
+    // over a range of partitions gathered from both nodes.
+    let (maps, reduces) = all_to_all_operations_match_sql(&cluster.connect(), &input, &df);
+    assert_eq!(reduces, maps, "one reduce task per partition");
+    let ranges = cluster.connect_with(manta::Config {
+        reduce_task_bytes: Some(u64::MAX),
+        ..Default::default()
+    });
+    let (maps, reduces) = all_to_all_operations_match_sql(&ranges, &input, &df);
+    assert!(
+        reduces < maps,
+        "{reduces} reduce tasks over {maps} partitions"
+    );
+}
+
+/// Runs a shuffle and sort, a groupby and a join on `ctx`, each checked against SQL; returns
+/// the shuffle's map and reduce tasks.
+fn all_to_all_operations_match_sql(
+    ctx: &manta::Context,
+    input: &std::path::Path,
+    df: &datafusion::prelude::SessionContext,
+) -> (u64, u64) {
+    use manta::{JoinKind, SortKey};
     let lineitem = ctx
         .read_parquet_with(input.to_str().unwrap(), small_tasks())
         .unwrap()
@@ -686,7 +707,7 @@ fn all_to_all_operations_match_sql_across_nodes(cluster: &Cluster) {
     ]);
     let ours = sorted_ds.to_arrow().unwrap();
     let expected = sql(
-        &df,
+        df,
         "SELECT l_orderkey, l_linenumber, l_returnflag, l_quantity FROM lineitem \
          ORDER BY l_orderkey, l_linenumber DESC",
     );
@@ -696,9 +717,18 @@ fn all_to_all_operations_match_sql_across_nodes(cluster: &Cluster) {
         stats.pulled_bytes() > 0,
         "reducers pulled partitions from the other node: {stats}"
     );
+    let tasks = |stage: &str| {
+        stats
+            .stages
+            .iter()
+            .find(|s| s.name.ends_with(stage))
+            .unwrap_or_else(|| panic!("a stage {stage}: {stats}"))
+            .tasks
+    };
+    let shuffle_tasks = (tasks("RandomShuffleMap"), tasks("RandomShuffleReduce"));
 
     // Group and aggregate, with the reduce running DataFusion in worker processes.
-    groupby_matches_sql(&lineitem, &df);
+    groupby_matches_sql(&lineitem, df);
 
     // A join with a small table shipped from the driver (from_arrow on a cluster).
     let flags = RecordBatch::try_from_iter([
@@ -722,13 +752,15 @@ fn all_to_all_operations_match_sql_across_nodes(cluster: &Cluster) {
         )
         .to_arrow()
         .unwrap();
+    df.deregister_table("flags").unwrap();
     df.register_batch("flags", flags).unwrap();
     let expected = sql(
-        &df,
+        df,
         "SELECT l.l_orderkey, l.l_linenumber, l.l_returnflag, l.l_quantity, f.meaning \
          FROM lineitem l JOIN flags f ON l.l_returnflag = f.l_returnflag",
     );
     assert_eq!(sorted(rows(&joined)), sorted(rows(&expected)));
+    shuffle_tasks
 }
 
 /// Under stores far smaller than the data, the map outputs spill, and the reduce tasks read

@@ -1,7 +1,8 @@
 //! A differential fuzzer of the Dataset API: random pipelines over uneven Parquet files (nulls,
 //! empty strings, unicode, one-row and all-null groups, files with no rows) run through Manta,
-//! as is and fully partitioned, and through DataFusion SQL over the same files; the answers
-//! must agree (numbers within 1e-9, nulls as nulls, order where the pipeline promises one).
+//! as is, fully partitioned and with reduce tasks over partition ranges, and through DataFusion
+//! SQL over the same files; the answers must agree (numbers within 1e-9, nulls as nulls, order
+//! where the pipeline promises one).
 //!
 //! `cargo test --test differential` runs a fixed set of cases (seeded, so every run is the
 //! same). `MANTA_FUZZ_CASES=5000` runs more, `MANTA_FUZZ_SEED=<n>` other ones. A failing case is

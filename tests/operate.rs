@@ -49,6 +49,10 @@ fn main() {
             task_results_go_from_the_node_to_the_driver_not_through_the_head,
         ),
         (
+            "a_cut_result_link_loses_no_result",
+            a_cut_result_link_loses_no_result,
+        ),
+        (
             "the_dashboard_in_a_real_browser_shows_the_job_its_stages_and_a_dead_node",
             the_dashboard_in_a_real_browser_shows_the_job_its_stages_and_a_dead_node,
         ),
@@ -648,16 +652,7 @@ fn sample(text: &str, name: &str) -> f64 {
 fn metrics_of_the_head_and_a_node_move_as_work_runs(_: &()) {
     let (head_port, node_port) = (free_port().to_string(), free_port().to_string());
     let head = head_serving_metrics(&head_port);
-    let _node = Process::start(&[
-        "--address",
-        &head.address,
-        "--num-cpus",
-        "1",
-        "--object-store-memory",
-        "256MiB",
-        "--metrics-port",
-        &node_port,
-    ]);
+    let _node = node_serving_metrics(&head, node_port.parse().unwrap(), None);
     let token = head_token(&head);
     let scrape = |port: &str| scrape(port.parse().unwrap(), &token);
     for port in [&head_port, &node_port] {
@@ -752,20 +747,7 @@ fn metrics_of_the_head_and_a_node_move_as_work_runs(_: &()) {
 fn task_results_go_from_the_node_to_the_driver_not_through_the_head(_: &()) {
     let (head_port, first_port, late_port) = (free_port(), free_port(), free_port());
     let head = head_serving_metrics(&head_port.to_string());
-    let node = |port: u16, resources: &str| {
-        Process::start(&[
-            "--address",
-            &head.address,
-            "--num-cpus",
-            "1",
-            "--object-store-memory",
-            "256MiB",
-            "--metrics-port",
-            &port.to_string(),
-            "--resources",
-            resources,
-        ])
-    };
+    let node = |port: u16, resources: &str| node_serving_metrics(&head, port, Some(resources));
     let _first = node(first_port, "first=1");
     let token = head_token(&head);
     let ctx = manta::init_with(Config {
@@ -792,7 +774,8 @@ fn task_results_go_from_the_node_to_the_driver_not_through_the_head(_: &()) {
 
     let (head_before, node_before) = (scrape(head_port, &token), scrape(first_port, &token));
     run(200, "first");
-    let (head_after, node_after) = (scrape(head_port, &token), scrape(first_port, &token));
+    let node_after = results_counted(first_port, &token, &node_before, 200);
+    let head_after = scrape(head_port, &token);
     let moved = |before: &str, after: &str, name: &str| sample(after, name) - sample(before, name);
     assert_eq!(
         moved(&node_before, &node_after, direct),
@@ -813,7 +796,8 @@ fn task_results_go_from_the_node_to_the_driver_not_through_the_head(_: &()) {
     let _late = node(late_port, "late=1");
     let head_before = scrape(head_port, &token);
     run(50, "late");
-    let (head_after, late) = (scrape(head_port, &token), scrape(late_port, &token));
+    let late = results_counted(late_port, &token, "", 50);
+    let head_after = scrape(head_port, &token);
     assert_eq!(
         sample(&late, direct) + sample(&late, through_head),
         50.0,
@@ -824,6 +808,140 @@ fn task_results_go_from_the_node_to_the_driver_not_through_the_head(_: &()) {
         moved(&head_before, &head_after, relayed) >= 4096.0,
         "{head_after}"
     );
+}
+
+/// A node of one CPU (and `resources`) joined to `head`, serving `/metrics` on `port`.
+fn node_serving_metrics(head: &Process, port: u16, resources: Option<&str>) -> Process {
+    let port = port.to_string();
+    let mut args = vec![
+        "--address",
+        &head.address,
+        "--num-cpus",
+        "1",
+        "--object-store-memory",
+        "256MiB",
+        "--metrics-port",
+        &port,
+    ];
+    if let Some(resources) = resources {
+        args.extend(["--resources", resources]);
+    }
+    Process::start(&args)
+}
+
+/// A small result, `pattern(seed, 64)`, once the file `gate` exists.
+#[manta::remote]
+fn pattern_once_open(gate: String, seed: u64) -> Result<Vec<u8>, manta::engine::BoxError> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !Path::new(&gate).exists() {
+        if Instant::now() > deadline {
+            return Err(format!("{gate} was not made within two minutes").into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(pattern::call(seed, 64))
+}
+
+/// A result link cut alone, with the node and the head fine: 300 tasks are queued on the node
+/// behind a gate (a file), the driver's TCP connection to the node's gRPC port (its result link
+/// only) is shut down, then the gate opens. Every answer is right, at least one result came
+/// through the head (the cut link was noticed, not waited on), and each came one way or the
+/// other.
+fn a_cut_result_link_loses_no_result(_: &()) {
+    let (head_port, node_port) = (free_port(), free_port());
+    let head = head_serving_metrics(&head_port.to_string());
+    let node = node_serving_metrics(&head, node_port, None);
+    let token = head_token(&head);
+    let ctx = manta::init_with(Config {
+        address: Some(head.address.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    let (direct, through_head) = (
+        "manta_node_results_total{path=\"direct\"}",
+        "manta_node_results_total{path=\"head\"}",
+    );
+    // The link is open once a result came over it.
+    eventually("a result over the driver's result link", || {
+        ctx.get(&add.remote(&ctx, 1, 2)).unwrap();
+        sample(&scrape(node_port, &token), direct) >= 1.0
+    });
+    let before = scrape(node_port, &token);
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("open").to_string_lossy().into_owned();
+    let refs: Vec<_> = (0..300)
+        .map(|seed| pattern_once_open.remote(&ctx, gate.clone(), seed))
+        .collect();
+    let node_grpc_port: u16 = node.address.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(
+        shut_down_connections_to(node_grpc_port) >= 1,
+        "the driver holds a connection to the node's gRPC port {node_grpc_port} (its link)"
+    );
+    std::fs::write(&gate, b"").unwrap();
+    let expected: Vec<_> = (0..300).map(|seed| pattern::call(seed, 64)).collect();
+    assert_eq!(ctx.get_all(&refs).unwrap(), expected);
+    let after = results_counted(node_port, &token, &before, 300);
+    let moved = |after: &str, name: &str| sample(after, name) - sample(&before, name);
+    assert_eq!(
+        moved(&after, direct) + moved(&after, through_head),
+        300.0,
+        "{after}"
+    );
+    assert!(moved(&after, through_head) >= 1.0, "{after}");
+}
+
+/// The node's `/metrics` on `port` once it counts `count` more results (either way) than in
+/// `before`: a node counts a result once its caller confirmed it, so just after the caller has
+/// it.
+fn results_counted(port: u16, token: &str, before: &str, count: u64) -> String {
+    let total = |metrics: &str| {
+        sample(metrics, "manta_node_results_total{path=\"direct\"}")
+            + sample(metrics, "manta_node_results_total{path=\"head\"}")
+    };
+    let mut after = String::new();
+    eventually("the node counted each result", || {
+        after = scrape(port, token);
+        total(&after) - total(before) >= count as f64
+    });
+    after
+}
+
+/// Shuts down (both ways) every established TCP connection of this process to `port` on the
+/// loopback: the peer sees it end, as if the path between them broke. Returns how many.
+fn shut_down_connections_to(port: u16) -> usize {
+    // Sockets of this process, by inode.
+    let mut fds = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy().into_owned();
+        if let Some(inode) = target
+            .strip_prefix("socket:[")
+            .and_then(|t| t.strip_suffix(']'))
+        {
+            let fd: i32 = entry.file_name().to_string_lossy().parse().unwrap();
+            fds.insert(inode.to_string(), fd);
+        }
+    }
+    let table = std::fs::read_to_string("/proc/self/net/tcp").unwrap();
+    let mut cut = 0;
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // sl, local, remote, state (01: established), ..., inode (the tenth).
+        let remote_port = fields[2].rsplit(':').next().unwrap();
+        if u16::from_str_radix(remote_port, 16).unwrap() != port || fields[3] != "01" {
+            continue;
+        }
+        if let Some(&fd) = fds.get(fields[9]) {
+            // SAFETY: `fd` is an open socket of this process; shutting it down closes no file
+            // descriptor, so nothing else can come to use its number.
+            let done = unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            assert_eq!(done, 0, "shutdown of fd {fd}");
+            cut += 1;
+        }
+    }
+    cut
 }
 
 /// A head with no CPUs of its own, serving its dashboard and `/metrics` on `port`.

@@ -35,6 +35,12 @@ pub struct Config {
     /// of one task per partition each fetching its partition of every map output (default
     /// 64 MiB; `Some(0)` always partitions). `repartition` always makes its `n` blocks.
     pub small_exchange_bytes: Option<u64>,
+    /// Past `small_exchange_bytes`, how much map output one reduce task reads: consecutive
+    /// partitions merge into ranges of about this many bytes, with at least one task per CPU
+    /// (default: `small_exchange_bytes`; `Some(0)`: one task per partition), and at most a
+    /// quarter of the object store budget. Spark's advisory partition size, for the same reason:
+    /// many small reduce tasks cost more in fetches and scheduling than they save.
+    pub reduce_task_bytes: Option<u64>,
     /// Whether SQL queries run as stages of tasks (scans, exchanges, partitioned joins and
     /// aggregates; see [`crate::sql_tasks`]); default: on a cluster, yes; embedded, no
     /// (DataFusion already uses every core of this process).
@@ -52,7 +58,8 @@ pub const SMALL_EXCHANGE_BYTES: u64 = 64 << 20;
 
 impl Config {
     /// From the environment: `MANTA_ADDRESS`, `MANTA_TOKEN`, `MANTA_NUM_CPUS`, `MANTA_OBJECT_STORE_MEMORY`,
-    /// `MANTA_RESOURCES` (`name=amount,...`), `MANTA_SMALL_EXCHANGE_BYTES`, `MANTA_SQL_TASKS`
+    /// `MANTA_RESOURCES` (`name=amount,...`), `MANTA_SMALL_EXCHANGE_BYTES`,
+    /// `MANTA_REDUCE_TASK_BYTES`, `MANTA_SQL_TASKS`
     /// (`1`/`true` or `0`/`false`), `MANTA_TASK_MAX_RETRIES`, `MANTA_MAX_LINEAGE_BYTES`.
     pub fn from_env() -> Result<Self> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
@@ -78,6 +85,9 @@ impl Config {
                 .transpose()?
                 .unwrap_or_default(),
             small_exchange_bytes: var("MANTA_SMALL_EXCHANGE_BYTES")
+                .map(|v| parse_bytes(&v))
+                .transpose()?,
+            reduce_task_bytes: var("MANTA_REDUCE_TASK_BYTES")
                 .map(|v| parse_bytes(&v))
                 .transpose()?,
             sql_tasks: var("MANTA_SQL_TASKS")
@@ -109,6 +119,8 @@ struct Inner {
     runtime: Option<tokio::runtime::Runtime>,
     client: Client,
     small_exchange_bytes: u64,
+    /// See [`Config::reduce_task_bytes`].
+    reduce_task_bytes: u64,
     /// The SQL session whose tables `register` and friends add (see [`crate::sql`]).
     sql: datafusion::prelude::SessionContext,
     /// The token the context's services require: the cluster's, or an embedded one given.
@@ -202,6 +214,10 @@ impl Context {
                 runtime: Some(runtime),
                 client,
                 small_exchange_bytes: config.small_exchange_bytes.unwrap_or(SMALL_EXCHANGE_BYTES),
+                reduce_task_bytes: config
+                    .reduce_task_bytes
+                    .or(config.small_exchange_bytes)
+                    .unwrap_or(SMALL_EXCHANGE_BYTES),
                 sql,
                 token,
             }),
@@ -221,6 +237,11 @@ impl Context {
     /// See [`Config::small_exchange_bytes`].
     pub(crate) fn small_exchange_bytes(&self) -> u64 {
         self.inner.small_exchange_bytes
+    }
+
+    /// See [`Config::reduce_task_bytes`].
+    pub(crate) fn reduce_task_bytes(&self) -> u64 {
+        self.inner.reduce_task_bytes
     }
 
     /// Where tasks run.

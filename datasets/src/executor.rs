@@ -87,7 +87,7 @@ fn stage_task(
         function: crate::stage::STAGE_FUNCTION.to_string(),
         args: encode_args(&physical.spec, &TaskArgs { part, index })?,
         inputs,
-        input_batch: None,
+        input_batches: None,
         batched_inputs: None,
         resources: physical.resources.clone(),
         max_retries: crate::retries::task_max_retries(),

@@ -208,7 +208,7 @@ fn task(function: &str, args: bytes::Bytes, inputs: Vec<ObjectRef>, label: &str)
         function: function.to_string(),
         args,
         inputs,
-        input_batch: None,
+        input_batches: None,
         batched_inputs: None,
         resources: Resources::one_cpu(),
         max_retries: crate::retries::task_max_retries(),
@@ -598,13 +598,15 @@ fn run_fused_exchange(
 }
 
 /// The reduce round: one task per partition, each reading its partition of every map output;
-/// or, when the map outputs are small (see [`Config::small_exchange_bytes`]), one task reading
-/// them whole (every reducer accepts any set of whole partitions, and fetching n small pieces
-/// from each of n outputs costs far more than the reduce). The tasks are not run here: they
-/// become the first stage of whatever runs next, so reduced blocks stream on instead of all
-/// waiting in the store (and spilling) for their consumer.
+/// for a mid-sized exchange, one task per range of consecutive partitions (about
+/// [`Config::reduce_task_bytes`] of map output each, and at least one task per CPU), each
+/// reading its range of every map output in one gather; or, when the map outputs are small,
+/// one task reading them whole. Every reducer accepts any set of whole partitions, and
+/// fetching n small pieces from each of n outputs costs far more than the reduce. The tasks
+/// are not run here: they become the first stage of whatever runs next, so reduced blocks
+/// stream on instead of all waiting in the store (and spilling) for their consumer.
 ///
-/// [`Config::small_exchange_bytes`]: crate::Config::small_exchange_bytes
+/// [`Config::reduce_task_bytes`]: crate::Config::reduce_task_bytes
 fn reduce_tasks(
     ctx: &Context,
     exchange: &Exchange,
@@ -620,12 +622,12 @@ fn reduce_tasks(
     let budget = ctx
         .block_on(ctx.client().store_usage())
         .map_or(u64::MAX, |usage| usage.budget_bytes);
-    let small = map_bytes <= ctx.small_exchange_bytes().min(budget / 4)
-        && !matches!(exchange, Exchange::Repartition { .. });
-    if small {
+    // `repartition` makes exactly its `n` blocks.
+    let merges = !matches!(exchange, Exchange::Repartition { .. });
+    if merges && map_bytes <= ctx.small_exchange_bytes().min(budget / 4) {
         let spec = ReduceSpec {
             reducer,
-            partition: None,
+            partitions: None,
             sides,
             side_schemas,
             stage: format!("{name}Reduce"),
@@ -642,24 +644,42 @@ fn reduce_tasks(
             rows_in,
         });
     }
-    let tasks = (0..n)
-        .map(|partition| {
+    // What one reduce task reads: small enough to hold at once beside others.
+    let per_task = ctx.reduce_task_bytes().min(budget / 4);
+    let reducers = if merges && per_task > 0 {
+        let cpus = ctx
+            .block_on(ctx.client().total_cpus())
+            .map_or(n, |cpus| cpus.ceil() as usize);
+        (map_bytes.div_ceil(per_task) as usize)
+            .max(cpus)
+            .clamp(1, n)
+    } else {
+        n
+    };
+    let tasks = (0..reducers)
+        .map(|i| {
+            let partitions = i * n / reducers..(i + 1) * n / reducers;
+            let label = match partitions.len() {
+                1 => format!("{name} reduce partition {}", partitions.start),
+                _ => format!("{name} reduce partitions {partitions:?}"),
+            };
+            let batches = partitions.start as u32..partitions.end as u32;
             let spec = ReduceSpec {
                 reducer: reducer.clone(),
-                partition: Some(partition),
+                partitions: Some(partitions),
                 sides: sides.clone(),
                 side_schemas: side_schemas.clone(),
                 stage: format!("{name}Reduce"),
             };
-            // Each reduce task reads (and pulls) only its own partition of every map output.
+            // Each reduce task reads (and pulls) only its own partitions of every map output.
             Ok(TaskSpec {
-                input_batch: Some(partition as u32),
+                input_batches: Some(batches),
                 batched_inputs: None,
                 ..task(
                     REDUCE_FUNCTION,
                     exchange::reduce_args(&spec)?,
                     map_outputs.clone(),
-                    &format!("{name} reduce partition {partition}"),
+                    &label,
                 )
             })
         })

@@ -245,7 +245,7 @@ mod tests {
             function: "f".into(),
             args: bytes::Bytes::new(),
             inputs: vec![input.clone()],
-            input_batch: None,
+            input_batches: None,
             batched_inputs: None,
             resources: crate::Resources::default(),
             max_retries: 0,

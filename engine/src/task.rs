@@ -26,11 +26,14 @@ pub struct TaskSpec {
     pub args: Bytes,
     /// Objects resolved before the task runs, passed to it in this order.
     pub inputs: Vec<ObjectRef>,
-    /// If set, each input arrives as a block of only its batch `i` (a reduce task's partition
-    /// of each map output), and only that batch is read or moved between nodes.
-    pub input_batch: Option<u32>,
-    /// With `input_batch`: how many of the inputs (the first ones) arrive as that batch; the
-    /// others arrive whole (a broadcast beside a reduce task's partitions). `None`: all.
+    /// If set, each of the first [`batched_inputs`](Self::batched_inputs) inputs arrives as
+    /// one block per batch in this range, input by input (a reduce task's partitions of each
+    /// map output: inputs `a`, `b` with batches `3..5` arrive as `a[3], a[4], b[3], b[4]`), and
+    /// only those batches are read or moved between nodes.
+    pub input_batches: Option<std::ops::Range<u32>>,
+    /// With `input_batches`: how many of the inputs (the first ones) arrive as those batches;
+    /// the others arrive whole, after them (a broadcast beside a reduce task's partitions).
+    /// `None`: all.
     pub batched_inputs: Option<u32>,
     /// What the task needs of a node.
     pub resources: Resources,

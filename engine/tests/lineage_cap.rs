@@ -9,7 +9,7 @@ fn spec(arg_bytes: usize) -> TaskSpec {
         function: "f".into(),
         args: vec![7u8; arg_bytes].into(),
         inputs: Vec::new(),
-        input_batch: None,
+        input_batches: None,
         batched_inputs: None,
         resources: Resources::default(),
         max_retries: 0,

@@ -155,15 +155,20 @@ impl EmbeddedRuntime {
 
     /// Runs a task in this thread.
     pub(crate) fn run(&self, spec: TaskSpec) -> Result<TaskOutcome> {
-        let batched = spec.batched_inputs.map_or(usize::MAX, |n| n as usize);
-        let objects = spec
-            .inputs
+        let batched = match &spec.input_batches {
+            Some(_) => spec
+                .inputs
+                .len()
+                .min(spec.batched_inputs.map_or(usize::MAX, |n| n as usize)),
+            None => 0,
+        };
+        let batches = spec.input_batches.clone().unwrap_or(0..0);
+        let (sliced, whole) = spec.inputs.split_at(batched);
+        let objects = sliced
             .iter()
-            .enumerate()
-            .map(|(i, r)| match spec.input_batch {
-                Some(batch) if i < batched => self.store.get_batch(r.id(), batch as usize),
-                _ => self.store.get(r.id()),
-            })
+            .flat_map(|r| batches.clone().map(move |batch| (r, batch)))
+            .map(|(r, batch)| self.store.get_batch(r.id(), batch as usize))
+            .chain(whole.iter().map(|r| self.store.get(r.id())))
             .collect::<manta_engine::Result<Vec<_>>>()?;
         let (output, mut stats) =
             manta_engine::task::execute(&self.ctx, &spec.function, &spec.label, spec.args, objects)

@@ -9,6 +9,7 @@
 //! adopt the output file the worker wrote into shared memory.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -416,14 +417,15 @@ impl NodeDaemon {
             }),
             None => 0,
         };
-        if let Some(batch) = request.input_batch {
-            // A reduce task's partition of every map output (see `partitions`).
-            let metas = request.inputs[..batched]
-                .iter()
-                .map(|input| input.to_meta())
-                .collect::<Result<Vec<_>>>()?;
+        if let Some(batches) = batch_range(request, batched)? {
+            // A reduce task's partitions of every map output (see `partitions`), input by input.
+            let mut wanted = Vec::with_capacity(batched * batches.len());
+            for input in &request.inputs[..batched] {
+                let meta = input.to_meta()?;
+                wanted.extend(batches.clone().map(|batch| (meta.clone(), batch)));
+            }
             let partitions = self
-                .gather_partitions(&metas, batch, &mut scratch, &mut stats)
+                .gather_partitions(&wanted, &mut scratch, &mut stats)
                 .await?;
             for (index, partition) in partitions.into_iter().enumerate() {
                 pins.extend(partition.pin);
@@ -442,10 +444,11 @@ impl NodeDaemon {
             }
         }
         let mut inline_inputs = Vec::new();
-        for (index, input) in request.inputs.iter().enumerate().skip(batched) {
+        for input in &request.inputs[batched..] {
             if let Some(data) = &input.inline {
                 inline_inputs.push(proto::InlineInput {
-                    index: index as u32,
+                    // Its place among the worker's inputs, after the partitions.
+                    index: input_ids.len() as u32,
                     data: data.clone(),
                 });
                 input_ids.push(input.object_id.clone());
@@ -668,6 +671,30 @@ async fn join_head(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The most inputs a task's batch range may expand to (its batched inputs times its batches):
+/// far more than any reduce task reads, and few enough that a malformed request cannot make
+/// the node allocate without bound.
+const MAX_BATCHED_INPUTS: usize = 1 << 20;
+
+/// The batches a task reads of each of its first `batched` inputs (`input_batch` up to
+/// `input_batch_end`), or `None` if it reads them whole; an error for an empty, reversed or
+/// too large range.
+fn batch_range(request: &proto::TaskRequest, batched: usize) -> Result<Option<Range<u32>>> {
+    let Some(start) = request.input_batch else {
+        return Ok(None);
+    };
+    let end = request.input_batch_end.unwrap_or(start.saturating_add(1));
+    let count = end.saturating_sub(start) as usize;
+    if count == 0 || count.saturating_mul(batched) > MAX_BATCHED_INPUTS {
+        return Err(Error::Internal(format!(
+            "task {:?} asks for batches {start}..{end} of {batched} inputs: an empty range, or \
+             more than {MAX_BATCHED_INPUTS} partitions",
+            request.label
+        )));
+    }
+    Ok(Some(start..end))
 }
 
 /// Whether joining failed only because the head is not up (yet).

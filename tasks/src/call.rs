@@ -80,7 +80,7 @@ impl Call {
             function: self.function.to_string(),
             args: self.args.clone(),
             inputs,
-            input_batch: None,
+            input_batches: None,
             batched_inputs: None,
             resources: self.options.resources.clone(),
             max_retries: self.options.max_retries,

@@ -329,12 +329,17 @@ impl Cluster {
 
     /// A driver context joined to this cluster.
     pub fn connect(&self) -> manta::Context {
+        self.connect_with(manta::Config::default())
+    }
+
+    /// A driver context joined to this cluster, configured as `config` says besides.
+    pub fn connect_with(&self, config: manta::Config) -> manta::Context {
         manta::init_with(manta::Config {
             address: Some(self.head.address.clone()),
             // Small test data still takes the partitioned reduce path: each reducer fetching
             // (and pulling over Flight) its partition of every map output.
             small_exchange_bytes: Some(0),
-            ..Default::default()
+            ..config
         })
         .expect("join the cluster")
     }

@@ -101,8 +101,10 @@ pub struct Mode {
     pub read: manta::ReadOptions,
 }
 
-/// Both modes: as a user runs it, and fully partitioned (every exchange partitioned, one block
-/// per row group, batches of three rows), so the distributed code paths run at test sizes.
+/// The modes: as a user runs it; fully partitioned (every exchange partitioned, one block per
+/// row group, batches of three rows), so the distributed code paths run at test sizes; and
+/// the same with each reduce task taking a range of partitions (as a mid-sized exchange does:
+/// here two tasks, one per CPU, each with half of the partitions).
 pub fn modes() -> Vec<Mode> {
     let normal = manta::init_with(manta::Config {
         num_cpus: Some(2),
@@ -115,6 +117,18 @@ pub fn modes() -> Vec<Mode> {
         ..Default::default()
     })
     .expect("an embedded context");
+    let merged = manta::init_with(manta::Config {
+        num_cpus: Some(2),
+        small_exchange_bytes: Some(0),
+        reduce_task_bytes: Some(u64::MAX),
+        ..Default::default()
+    })
+    .expect("an embedded context");
+    let partitioned_reads = || manta::ReadOptions {
+        rows_per_task: 1,
+        batch_size: 3,
+        ..Default::default()
+    };
     vec![
         Mode {
             name: "as is",
@@ -124,11 +138,12 @@ pub fn modes() -> Vec<Mode> {
         Mode {
             name: "fully partitioned",
             ctx: partitioned,
-            read: manta::ReadOptions {
-                rows_per_task: 1,
-                batch_size: 3,
-                ..Default::default()
-            },
+            read: partitioned_reads(),
+        },
+        Mode {
+            name: "partition ranges",
+            ctx: merged,
+            read: partitioned_reads(),
         },
     ]
 }

@@ -13,7 +13,10 @@
 //! 2. **reduce** (one task per partition *i*): takes every map output as input, but asks for
 //!    batch *i* of each only (the task's `input_batch`), and reduces them with a [`Reducer`]
 //!    (concatenate, shuffle, sort, aggregate with DataFusion, join with DataFusion, or call a
-//!    registered function per group).
+//!    registered function per group). A mid-sized exchange merges: each reduce task takes a
+//!    range of consecutive partitions (the task's `input_batches`), about
+//!    [`Config::reduce_task_bytes`](crate::Config::reduce_task_bytes) of map output, gathered
+//!    in one go; a small one has a single task read every map output whole.
 //!
 //! Map outputs live in the object store like any block: past the store's budget they spill to
 //! disk. A reducer reads its batch of a spilled map output straight from the mapped spill file

@@ -1,8 +1,10 @@
 //! The reduce side of an exchange (see [`crate::exchange`]): a reduce task takes its partition
-//! of every map output (or, for a small exchange, every map output whole) and reduces the rows
-//! of each side with a [`Reducer`]: concatenate, shuffle, sort, aggregate or join with
-//! DataFusion (one partition, on this thread), merge partial states ([`super::combine`]), or
-//! call a registered function once per group of equal keys.
+//! of every map output (or a range of partitions, for a mid-sized exchange; or, for a small
+//! exchange, every map output whole) and reduces the rows of each side with a [`Reducer`]:
+//! concatenate, shuffle, sort, aggregate or join with DataFusion (one partition, on this
+//! thread), merge partial states ([`super::combine`]), or call a registered function once per
+//! group of equal keys. Every reducer takes any set of whole partitions: keys of one partition
+//! are in no other (hash), and consecutive ranges of a sort stay in order.
 //!
 //! Blocks of no known schema (see [`is_unknown`]) hold no rows and are skipped; where a
 //! side has nothing else, [`Reducer::reduce_sides`] answers what it can without that schema
@@ -32,19 +34,23 @@ use crate::thread_runtime::block_on;
 
 pub(crate) fn run_reduce(_: &TaskContext, input: TaskInput) -> manta_engine::Result<Object> {
     let spec: ReduceSpec = decode(&input.args, "a reduce task")?;
-    let label = match spec.partition {
-        Some(partition) => format!("partition {partition} (stage {})", spec.stage),
+    let label = match &spec.partitions {
+        Some(p) if p.len() == 1 => format!("partition {} (stage {})", p.start, spec.stage),
+        Some(p) => format!("partitions {p:?} (stage {})", spec.stage),
         None => format!("all partitions (stage {})", spec.stage),
     };
+    // Each map output arrives as one input per partition read (a range: all of them, one
+    // map output after another).
+    let per_output = spec.partitions.as_ref().map_or(1, |p| p.len());
     let mut objects = input.objects.into_iter();
     let mut schemas = Vec::new();
     let mut sides = Vec::new();
     for (side_index, &count) in spec.sides.iter().enumerate() {
         let mut side = Vec::new();
         let mut schema = None;
-        // Each input arrives as its partition alone (the task's `input_batch`). Blocks of no
+        // Each input arrives as one partition alone (the task's `input_batches`). Blocks of no
         // known schema hold no rows and are skipped; the others all carry the side's schema.
-        for object in objects.by_ref().take(count) {
+        for object in objects.by_ref().take(count * per_output) {
             let block = into_block(object)?;
             if is_unknown(&block) {
                 continue;

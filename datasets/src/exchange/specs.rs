@@ -85,10 +85,12 @@ pub enum Reducer {
 pub struct ReduceSpec {
     /// How.
     pub reducer: Reducer,
-    /// Which partition of each input (the task's `input_batch`); `None` when the task reads
-    /// its inputs whole (every partition, a small exchange).
-    pub partition: Option<usize>,
-    /// How many inputs come from each side (one entry unless a join).
+    /// Which partitions of each input (the task's `input_batches`: one, or a range of them for
+    /// a mid-sized exchange); `None` when the task reads its inputs whole (every partition, a
+    /// small exchange).
+    pub partitions: Option<std::ops::Range<usize>>,
+    /// How many map outputs come from each side (one entry unless a join); the task has one
+    /// input per map output and partition.
     pub sides: Vec<usize>,
     /// Each side's schema where the plan knows it (an IPC schema message), for a side with no
     /// inputs at all.

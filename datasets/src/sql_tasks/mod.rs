@@ -12,7 +12,7 @@
 //! * a **hash exchange** (`RepartitionExec` by hash) over such work becomes a stage whose
 //!   task *i* runs input partition *i* and splits its rows by the same hash into one block of
 //!   *n* batches; the operators above read partition *j* as batch *j* of every task's block
-//!   (a reduce task is given only that batch of each, [`manta_engine::TaskSpec::input_batch`]);
+//!   (a reduce task is given only that batch of each, [`manta_engine::TaskSpec::input_batches`]);
 //! * a join that **collects its build side** (`HashJoinExec` in `CollectLeft` mode) gets the
 //!   build side as a stage of its own, run once, its blocks read whole by every probe task (a
 //!   broadcast);

@@ -4,7 +4,7 @@
 //! A stage runs when it is first read: it runs the stages it reads first (concurrently), then
 //! submits its tasks, all at once, each with the objects of every stage it reads as inputs.
 //! Inputs read by hash partition arrive as only the task's partition (the task's
-//! `input_batch`), so a reducer moves only its share between nodes; broadcast inputs arrive
+//! `input_batches`), so a reducer moves only its share between nodes; broadcast inputs arrive
 //! whole beside them.
 //! Tasks run through [`Client::submit`], so their outputs keep their lineage: an output lost
 //! with its node is made again when a later stage or the driver needs it.
@@ -229,7 +229,7 @@ impl Stage {
 
     /// Its tasks, given the outputs of what it reads.
     fn specs(&self, inputs: &[Arc<Vec<ObjectRef>>]) -> Vec<TaskSpec> {
-        // Hash reads arrive as the task's partition alone (the task's `input_batch`), so they
+        // Hash reads arrive as the task's partition alone (the task's `input_batches`), so they
         // go first; broadcasts follow whole, and of a dataset's blocks only the task's own.
         let sliced = self.inputs.iter().any(|(_, read)| *read == Read::Hash);
         let read_inputs = || self.inputs.iter().map(|(_, read)| *read).zip(inputs);
@@ -261,7 +261,7 @@ impl Stage {
                     function: STAGE_FUNCTION.to_string(),
                     args: args.encode(&self.encoded),
                     inputs: objects,
-                    input_batch: sliced.then_some(partition as u32),
+                    input_batches: sliced.then_some(partition as u32..partition as u32 + 1),
                     batched_inputs: Some(hashed.len() as u32),
                     resources: Resources::one_cpu(),
                     max_retries: crate::retries::task_max_retries(),

@@ -1,5 +1,5 @@
-//! A reduce task's partitions: batch `b` of each of its inputs (the map outputs), made readable
-//! by its worker from this node's shared memory.
+//! A reduce task's partitions: batch `b` (or each batch of a range) of each of its inputs (the
+//! map outputs), made readable by its worker from this node's shared memory.
 //!
 //! * An input resident here is pinned and read in place (the worker picks the batch).
 //! * An input spilled here is read in place too: the worker reads its batch alone from the
@@ -103,17 +103,16 @@ struct Sources {
 }
 
 impl NodeDaemon {
-    /// Batch `batch` of each of `inputs`, in order, readable by a worker; scratch objects are
-    /// added to `scratch` and pulled bytes to `stats`.
+    /// The wanted batch of each of `inputs` (an object and which of its batches), in order,
+    /// readable by a worker; scratch objects are added to `scratch` and pulled bytes to `stats`.
     pub(super) async fn gather_partitions(
         &self,
-        inputs: &[ObjectMeta],
-        batch: u32,
+        inputs: &[(ObjectMeta, u32)],
         scratch: &mut Scratch,
         stats: &mut TaskStats,
     ) -> Result<Vec<Partition>> {
         let mut sources = Sources::default();
-        for (position, meta) in inputs.iter().enumerate() {
+        for (position, (meta, _)) in inputs.iter().enumerate() {
             if self.store.contains(meta.id) {
                 sources.local.push(position);
             } else if meta.location.node == self.id {
@@ -130,9 +129,9 @@ impl NodeDaemon {
                     .push(position);
             }
         }
-        let local = self.local_partitions(inputs, &sources.local, batch);
+        let local = self.local_partitions(inputs, &sources.local);
         let remote = futures::stream::iter(sources.remote.into_values())
-            .map(|(location, positions)| self.pull_partitions(inputs, location, positions, batch))
+            .map(|(location, positions)| self.pull_partitions(inputs, location, positions))
             .buffer_unordered(SOURCE_FETCHES)
             .collect::<Vec<_>>();
         // Every fetch is awaited, so the scratch objects of those that succeeded are freed even
@@ -144,7 +143,7 @@ impl NodeDaemon {
             match gathered {
                 Ok(partitions) => {
                     for (position, partition, pulled) in partitions {
-                        scratch.keep(&partition, inputs[position].id);
+                        scratch.keep(&partition, inputs[position].0.id);
                         if pulled > 0 {
                             stats.pulled_bytes += pulled;
                             stats.pulled_objects += 1;
@@ -189,25 +188,27 @@ impl NodeDaemon {
     /// [`local_partition`]).
     async fn local_partitions(
         &self,
-        inputs: &[ObjectMeta],
+        inputs: &[(ObjectMeta, u32)],
         positions: &[usize],
-        batch: u32,
     ) -> Result<Vec<(usize, Partition, u64)>> {
         if positions.is_empty() {
             return Ok(Vec::new());
         }
         let store = Arc::clone(&self.store);
-        let wanted: Vec<(usize, ObjectId)> = positions.iter().map(|&p| (p, inputs[p].id)).collect();
+        let wanted: Vec<(usize, ObjectId, u32)> = positions
+            .iter()
+            .map(|&p| (p, inputs[p].0.id, inputs[p].1))
+            .collect();
         // Off the async threads: linking touches the disk, and a copy reads a spill file.
         tokio::task::spawn_blocking(move || {
             let mut partitions = Vec::with_capacity(wanted.len());
-            for &(position, id) in &wanted {
+            for &(position, id, batch) in &wanted {
                 match local_partition(&store, id, batch) {
                     Ok(partition) => partitions.push((position, partition, 0)),
                     Err(e) => {
                         // What was made so far goes with the error.
                         let mut made = Scratch::new(&store);
-                        for ((_, partition, _), &(_, input)) in partitions.iter().zip(&wanted) {
+                        for ((_, partition, _), &(_, input, _)) in partitions.iter().zip(&wanted) {
                             made.keep(partition, input);
                         }
                         return Err(Error::Engine(e));
@@ -224,16 +225,15 @@ impl NodeDaemon {
     /// one `DoGet`.
     async fn pull_partitions(
         &self,
-        inputs: &[ObjectMeta],
+        inputs: &[(ObjectMeta, u32)],
         location: manta_engine::Location,
         positions: Vec<usize>,
-        batch: u32,
     ) -> Result<Vec<(usize, Partition, u64)>> {
         let parts: Vec<Part> = positions
             .iter()
             .map(|&p| Part {
-                object: inputs[p].id,
-                batch,
+                object: inputs[p].0.id,
+                batch: inputs[p].1,
                 local: ObjectId::random(),
             })
             .collect();

@@ -13,6 +13,9 @@
 //! Nothing is lost on the way: a result whose caller has no link here, whose link breaks
 //! before the caller confirms it, or that is not confirmed within [`CONFIRM_DEADLINE`], goes to
 //! the head whole, as every result did before, and the caller takes whichever copy comes first.
+//! A link that misses that deadline is given up at once (a silent peer or a dead path): every
+//! result waiting on it goes through the head, and its stream ends, so the caller opens a new
+//! one when its next result comes through the head.
 //! A node that dies before the head hears of the task fails it with `NodeLost` as before: if
 //! the caller had the result already, it ignores the failure (and the head's retry).
 
@@ -48,7 +51,8 @@ pub(crate) struct ResultLinks {
 
 /// One caller's link.
 struct Link {
-    outgoing: mpsc::UnboundedSender<proto::DirectResult>,
+    /// `None` once the link broke or was given up, which ends the caller's stream.
+    outgoing: Mutex<Option<mpsc::UnboundedSender<proto::DirectResult>>>,
     /// Results sent and not yet confirmed, by key; `None` once the link broke.
     awaiting: Mutex<Option<HashMap<u64, oneshot::Sender<()>>>>,
 }
@@ -74,15 +78,41 @@ impl ResultLinks {
             key: to.key,
             success: Some(success.clone()),
         };
-        if link.outgoing.send(result).is_ok()
-            && let Ok(Ok(())) = tokio::time::timeout(CONFIRM_DEADLINE, confirmed).await
-        {
-            return marker(success);
+        let sent = link
+            .outgoing
+            .lock()
+            .as_ref()
+            .is_some_and(|outgoing| outgoing.send(result).is_ok());
+        if sent {
+            match tokio::time::timeout(CONFIRM_DEADLINE, confirmed).await {
+                Ok(Ok(())) => return marker(success),
+                // The link broke meanwhile.
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    tracing::warn!(
+                        caller = to.caller,
+                        "a caller did not confirm a result within {CONFIRM_DEADLINE:?}: its \
+                         result link is given up, its results go through the head"
+                    );
+                    self.close(to.caller, &link);
+                }
+            }
         }
         if let Some(awaiting) = link.awaiting.lock().as_mut() {
             awaiting.remove(&to.key);
         }
         success
+    }
+
+    /// Closes `caller`'s `link`: the deliveries waiting on it send their results through the
+    /// head, its stream ends, and later results do not use it.
+    fn close(&self, caller: u64, link: &Arc<Link>) {
+        link.awaiting.lock().take();
+        link.outgoing.lock().take();
+        let mut open = self.links.lock();
+        if open.get(&caller).is_some_and(|l| Arc::ptr_eq(l, link)) {
+            open.remove(&caller);
+        }
     }
 
     /// Serves a caller's link: waits for it to name itself, then streams its results to it,
@@ -98,7 +128,7 @@ impl ResultLinks {
         let caller = hello.caller;
         let (outgoing, results) = mpsc::unbounded_channel();
         let link = Arc::new(Link {
-            outgoing,
+            outgoing: Mutex::new(Some(outgoing)),
             awaiting: Mutex::new(Some(HashMap::new())),
         });
         self.links.lock().insert(caller, Arc::clone(&link));
@@ -116,11 +146,7 @@ impl ResultLinks {
                 }
             }
             // Broken: the deliveries waiting send their results through the head.
-            link.awaiting.lock().take();
-            let mut open = links.links.lock();
-            if open.get(&caller).is_some_and(|l| Arc::ptr_eq(l, &link)) {
-                open.remove(&caller);
-            }
+            links.close(caller, &link);
         });
         Ok(task_stream::batches(results, |results| proto::DirectResults { results }).boxed())
     }
