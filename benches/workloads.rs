@@ -49,6 +49,10 @@ pub struct Args {
     /// Skip the baseline.
     #[arg(long)]
     no_baseline: bool,
+    /// `q1`, `shuffle`, `sort`: rows per read task (default: the reader's), so many small
+    /// blocks make a mid-sized exchange.
+    #[arg(long)]
+    rows_per_task: Option<u64>,
     /// `sim`: how many simulated nodes (default 1,000).
     #[arg(long)]
     nodes: Option<usize>,

@@ -53,7 +53,11 @@ const SORT_SQL: &str = "SELECT * FROM lineitem ORDER BY l_extendedprice DESC";
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let input = manta::tpch::lineitem(&args.data_dir(), args.scale)?;
     let ctx = context(args)?;
-    let lineitem = ctx.read_parquet(input.to_str().expect("a UTF-8 path"))?;
+    let mut read = manta::ReadOptions::default();
+    if let Some(rows) = args.rows_per_task {
+        read.rows_per_task = rows;
+    }
+    let lineitem = ctx.read_parquet_with(input.to_str().expect("a UTF-8 path"), read)?;
     let workload = args.workload.as_str();
     for run in 1..=args.runs {
         let (seconds, result) = timed(|| -> anyhow::Result<_> {

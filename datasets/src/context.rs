@@ -36,9 +36,9 @@ pub struct Config {
     /// 64 MiB; `Some(0)` always partitions). `repartition` always makes its `n` blocks.
     pub small_exchange_bytes: Option<u64>,
     /// Past `small_exchange_bytes`, how much map output one reduce task reads: consecutive
-    /// partitions merge into ranges of about this many bytes, with at least one task per CPU
-    /// (default: `small_exchange_bytes`; `Some(0)`: one task per partition), and at most a
-    /// quarter of the object store budget. Spark's advisory partition size, for the same reason:
+    /// partitions of at most a sixteenth of this merge into ranges of about this many bytes,
+    /// with at least one task per CPU (default: `small_exchange_bytes`; `Some(0)`: one task
+    /// per partition), and at most a quarter of the object store budget. Spark's advisory partition size, for the same reason:
     /// many small reduce tasks cost more in fetches and scheduling than they save.
     pub reduce_task_bytes: Option<u64>,
     /// Whether SQL queries run as stages of tasks (scans, exchanges, partitioned joins and

@@ -104,7 +104,7 @@ pub struct Mode {
 /// The modes: as a user runs it; fully partitioned (every exchange partitioned, one block per
 /// row group, batches of three rows), so the distributed code paths run at test sizes; and
 /// the same with each reduce task taking a range of partitions (as a mid-sized exchange does:
-/// here two tasks, one per CPU, each with half of the partitions).
+/// here two tasks, one per CPU, each with about half of the partitions).
 pub fn modes() -> Vec<Mode> {
     let normal = manta::init_with(manta::Config {
         num_cpus: Some(2),

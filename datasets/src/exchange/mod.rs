@@ -11,10 +11,10 @@
 //!    block of exactly `n` batches, batch *i* holding partition *i*. One object per map task,
 //!    not `n`, so the store tracks `blocks` objects rather than `blocks × n`.
 //! 2. **reduce** (one task per partition *i*): takes every map output as input, but asks for
-//!    batch *i* of each only (the task's `input_batch`), and reduces them with a [`Reducer`]
+//!    batch *i* of each only (the task's `input_batches`), and reduces them with a [`Reducer`]
 //!    (concatenate, shuffle, sort, aggregate with DataFusion, join with DataFusion, or call a
-//!    registered function per group). A mid-sized exchange merges: each reduce task takes a
-//!    range of consecutive partitions (the task's `input_batches`), about
+//!    registered function per group). A mid-sized exchange of small partitions merges: each
+//!    reduce task takes a range of consecutive partitions (the task's `input_batches`), about
 //!    [`Config::reduce_task_bytes`](crate::Config::reduce_task_bytes) of map output, gathered
 //!    in one go; a small one has a single task read every map output whole.
 //!
