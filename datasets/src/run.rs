@@ -601,6 +601,10 @@ fn run_fused_exchange(
 /// what the task reads ([`Config::reduce_task_bytes`](crate::Config::reduce_task_bytes)).
 const MERGED_PARTITION_SHARE: u64 = 16;
 
+/// The most pieces (a partition of a map output) one merged reduce task reads: each costs the
+/// worker a block's worth of bookkeeping whatever its size.
+const MAX_REDUCE_PIECES: usize = 1 << 16;
+
 /// The reduce round: one task per partition, each reading its partition of every map output;
 /// for a mid-sized exchange of small partitions, one task per range of consecutive partitions
 /// (about [`Config::reduce_task_bytes`] of map output each, and at least one task per CPU), each
@@ -658,8 +662,12 @@ fn reduce_tasks(
         let cpus = ctx
             .block_on(ctx.client().total_cpus())
             .map_or(n, |cpus| cpus.ceil() as usize);
+        // Every task reads its partitions of every map output: a piece each, and never more
+        // than MAX_REDUCE_PIECES of them (tiny partitions of many map outputs add up).
+        let pieces = map_outputs.len() * n;
         (map_bytes.div_ceil(per_task) as usize)
             .max(cpus)
+            .max(pieces.div_ceil(MAX_REDUCE_PIECES))
             .clamp(1, n)
     } else {
         n
