@@ -3,6 +3,7 @@
 //! ```text
 //! cargo bench --bench workloads -- WORKLOAD [--scale S] [--runs N] [--address HOST:PORT]
 //!                                           [--object-store-memory BYTES] [--data DIR]
+//!                                           [--hosts]
 //! ```
 //!
 //! Each run prints one `RESULT workload=... seconds=...` line; where a workload has a baseline
@@ -66,6 +67,10 @@ pub struct Args {
     /// `jobs`: the quickstart executable to submit (default target/release/examples/quickstart).
     #[arg(long)]
     job: Option<PathBuf>,
+    /// Run on a cluster of separate hosts made here (network and mount namespaces: a head,
+    /// two nodes of one CPU, the driver; needs root and iproute2). See `suite/hosts.rs`.
+    #[arg(long, conflicts_with = "address")]
+    hosts: bool,
     /// Internal: serve a Flight object for the `flight` workload.
     #[arg(long, hide = true)]
     serve_flight: bool,
@@ -190,6 +195,9 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.serve_flight {
         return suite::flight::serve(&args);
+    }
+    if args.hosts {
+        return suite::hosts::run(&args);
     }
     match args.workload.as_str() {
         "etl" => suite::etl::run(&args),

@@ -4,6 +4,7 @@ pub mod actors;
 pub mod alltoall;
 pub mod etl;
 pub mod flight;
+pub mod hosts;
 pub mod objects;
 pub mod operate;
 pub mod recovery;

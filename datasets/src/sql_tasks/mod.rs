@@ -16,6 +16,10 @@
 //! * a join that **collects its build side** (`HashJoinExec` in `CollectLeft` mode) gets the
 //!   build side as a stage of its own, run once, its blocks read whole by every probe task (a
 //!   broadcast);
+//! * a join that collects its build side but emits rows for build rows only once every probe
+//!   partition has been seen (left, full, left semi and anti, mark) is planned again in
+//!   `Partitioned` mode: both sides become hash stages by the join keys, and each task joins
+//!   one partition of keys (across tasks nobody could track which build rows matched);
 //! * a round-robin spread (`RepartitionExec` round robin) over such work is dropped: it only
 //!   makes more partitions of the same rows;
 //! * where the driver's own work begins (a merge of sorted partitions, a final aggregate over
@@ -97,11 +101,12 @@ impl PhysicalOptimizerRule for StageTasks {
     fn optimize(
         &self,
         plan: Arc<dyn ExecutionPlan>,
-        _config: &ConfigOptions,
+        config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let mut cut = Cut {
             client: self.client.clone(),
             stages: 0,
+            partitions: config.execution.target_partitions.max(1),
         };
         let plan = plan.transform_up(|node| Ok(cut.visit(node)))?.data;
         // A plan that runs whole as tasks: the driver reads its partitions.
@@ -127,6 +132,8 @@ struct Cut {
     client: Client,
     /// Stages made so far.
     stages: usize,
+    /// How many hash partitions an exchange this rule adds makes (the session's target).
+    partitions: usize,
 }
 
 impl Cut {
@@ -180,6 +187,19 @@ impl Cut {
                 return Transformed::yes(joined);
             }
         }
+        // A join that collects its build side but must see every probe partition to finish
+        // (left, full, left semi and anti, mark): both sides hash-partitioned by the join keys
+        // instead, so that each task joins one partition of keys (DataFusion's `Partitioned`
+        // mode), rather than the whole probe side travelling to the driver.
+        if let Some(join) = node.downcast_ref::<HashJoinExec>()
+            && *join.partition_mode() == PartitionMode::CollectLeft
+            && !probe_side_only(*join.join_type())
+            && !join.null_aware
+            && in_tasks(join.right())
+            && let Some(joined) = self.partition_join(join)
+        {
+            return Transformed::yes(joined);
+        }
         if in_tasks(&node) {
             return Transformed::no(node);
         }
@@ -211,6 +231,46 @@ impl Cut {
         }
     }
 
+    /// `join` (which collects its build side) in `Partitioned` mode, each side a stage
+    /// hash-partitioned by its join keys; `None` if its build side does not run in tasks or a
+    /// side cannot travel.
+    fn partition_join(&mut self, join: &HashJoinExec) -> Option<Arc<dyn ExecutionPlan>> {
+        let build = match join.left().downcast_ref::<CoalescePartitionsExec>() {
+            Some(coalesce) if coalesce.fetch().is_none() => Arc::clone(coalesce.input()),
+            _ => Arc::clone(join.left()),
+        };
+        let (build, number) = match build.downcast_ref::<StageExec>() {
+            // The build side's gather, visited first, is a stage already: its fragment is
+            // hash-partitioned instead, under its number (the gather is never run).
+            Some(gathered) if gathered.read() == Read::Partitions => (
+                Arc::clone(gathered.stage().fragment()),
+                Some(gathered.stage().number()),
+            ),
+            Some(_) => return None,
+            None if in_tasks(&build) => (build, None),
+            None => return None,
+        };
+        let hashed = |side: Arc<dyn ExecutionPlan>, keys: Vec<_>| {
+            RepartitionExec::try_new(side, Partitioning::Hash(keys, self.partitions))
+                .ok()
+                .map(|r| Arc::new(r) as Arc<dyn ExecutionPlan>)
+        };
+        let probe_keys = join.on().iter().map(|(_, r)| Arc::clone(r)).collect();
+        let probe = hashed(Arc::clone(join.right()), probe_keys)?;
+        let build_keys = join.on().iter().map(|(l, _)| Arc::clone(l)).collect();
+        let build = hashed(build, build_keys)?;
+        let build = self.stage_numbered(number, build, Output::Hash, Read::Hash)?;
+        let probe = self.stage(probe, Output::Hash, Read::Hash)?;
+        let joined = join
+            .builder()
+            .with_partition_mode(PartitionMode::Partitioned)
+            .with_new_children(vec![build, probe])
+            .and_then(|builder| builder.reset_state().build_exec());
+        joined
+            .inspect_err(|e| tracing::debug!("a join stays in the driver: {e}"))
+            .ok()
+    }
+
     /// A [`StageExec`] reading a new stage that runs `fragment`, or `None` (and the reason in
     /// the log) if the fragment cannot travel to tasks.
     fn stage(
@@ -219,10 +279,23 @@ impl Cut {
         output: Output,
         read: Read,
     ) -> Option<Arc<dyn ExecutionPlan>> {
+        self.stage_numbered(None, fragment, output, read)
+    }
+
+    /// [`Cut::stage`], numbered `number` if given (a stage made again in place of one that
+    /// will never run), else the next number.
+    fn stage_numbered(
+        &mut self,
+        number: Option<usize>,
+        fragment: Arc<dyn ExecutionPlan>,
+        output: Output,
+        read: Read,
+    ) -> Option<Arc<dyn ExecutionPlan>> {
         let name = fragment.name().to_string();
-        match Stage::try_new(self.stages + 1, fragment, output, self.client.clone()) {
+        let next = number.unwrap_or(self.stages + 1);
+        match Stage::try_new(next, fragment, output, self.client.clone()) {
             Ok(stage) => {
-                self.stages += 1;
+                self.stages = self.stages.max(next);
                 Some(Arc::new(StageExec::new(Arc::new(stage), read)))
             }
             Err(e) => {
