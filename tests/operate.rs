@@ -648,7 +648,9 @@ fn sample(text: &str, name: &str) -> f64 {
 /// `/metrics` on the head and on a node, scraped with the token (and refused without it),
 /// before and after five tasks and a put: the task counters move by exactly five, the run-time
 /// histogram counts five, the node's store holds the object and its worker process is counted,
-/// and the head's cluster-wide store gauge follows the node's heartbeat.
+/// the head's cluster-wide store gauge follows the node's heartbeat, and the driver (on the
+/// node's machine) reads the object back from the node's shared memory: its Flight sends
+/// nothing.
 fn metrics_of_the_head_and_a_node_move_as_work_runs(_: &()) {
     let (head_port, node_port) = (free_port().to_string(), free_port().to_string());
     let head = head_serving_metrics(&head_port);
@@ -727,6 +729,12 @@ fn metrics_of_the_head_and_a_node_move_as_work_runs(_: &()) {
         ) >= (4 << 20) as f64,
         "{node_after}"
     );
+    // A driver on the node's machine reads it back from the node's shared memory, not over
+    // Flight: the node sends no byte.
+    let sent = "manta_node_flight_bytes_total{direction=\"out\"}";
+    let sent_before = sample(&scrape(&node_port), sent);
+    assert_eq!(ctx.get(&held).unwrap(), vec![1u8; 4 << 20]);
+    assert_eq!(sample(&scrape(&node_port), sent), sent_before);
     eventually(
         "the head's store gauge follows the node's heartbeat",
         || {

@@ -129,6 +129,8 @@ fn every_service_refuses_a_caller_without_the_token_before_doing_anything() {
                     }),
                     pid: 1,
                     name: String::new(),
+                    shared_dir: String::new(),
+                    spill_dir: String::new(),
                 })
                 .await;
             assert_refused(who, "RegisterNode", fake);

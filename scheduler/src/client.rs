@@ -48,7 +48,12 @@ pub struct ClusterClient {
     actors: Arc<crate::actors::ActorDirectory>,
     /// Tasks in flight, for the stall watchdog ([`crate::stall_watch`]).
     stalls: Arc<crate::stall_watch::StallWatch>,
+    /// The stores of nodes on this machine, read in place ([`crate::local_stores`]).
+    local: crate::local_stores::LocalStores,
 }
+
+/// How long a driver waits for the head's node list when looking a node's store up.
+const LIST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long a store usage answer is reused before the head is asked again.
 const USAGE_TTL: std::time::Duration = std::time::Duration::from_millis(200);
@@ -151,6 +156,7 @@ impl ClusterClient {
             job,
         ));
         Ok(Arc::new(Self {
+            local: Default::default(),
             stalls,
             address: address.to_string(),
             head,
@@ -303,16 +309,36 @@ impl ClusterClient {
     }
 
     /// Reads an object from the node that holds it (or from the ref, for a small task result
-    /// that came back inline).
+    /// that came back inline): in place from its shared memory if the node is on this
+    /// machine ([`crate::local_stores`]), else over Flight.
     pub async fn get(&self, object: &ObjectRef) -> Result<Object> {
         if let Some(value) = object.inline_value() {
             return Ok(Object::Bytes(value.clone()));
         }
         let location = object.location();
+        if let Some(object) = self.read_in_place(location.node, object.id()).await {
+            return Ok(object);
+        }
         self.flight
             .fetch(location, object.id())
             .await
             .map_err(|e| Error::fetching(&location.flight_address, object.id(), e))
+    }
+
+    /// Object `id` of `node` read from the node's shared memory, if the node is on this
+    /// machine and has it there (the head is asked where a node's store is once per node).
+    async fn read_in_place(&self, node: manta_engine::NodeId, id: ObjectId) -> Option<Object> {
+        let dir = match self.local.lookup(node) {
+            Some(known) => known,
+            None => {
+                let listed = tokio::time::timeout(LIST_DEADLINE, self.nodes()).await;
+                let nodes = listed.ok()?.ok()?;
+                self.local.learn(&nodes, node);
+                self.local.lookup(node).flatten()
+            }
+        }?;
+        // A few syscalls (open, flock, mmap): the bytes are read when the caller touches them.
+        crate::local_stores::LocalStores::read(&dir, id)
     }
 
     /// The cluster's nodes, as the head sees them.

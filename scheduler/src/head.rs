@@ -169,6 +169,9 @@ struct NodeEntry {
     events_node: u32,
     /// The name it registered with (may be empty).
     name: String,
+    /// Its store's shared-memory and spill directories (for drivers on its machine).
+    shared_dir: String,
+    spill_dir: String,
     /// Taking no new work: the autoscaler is stopping it.
     draining: bool,
     /// Everything it offers (what is available is in [`HeadState::capacity`]).
@@ -190,6 +193,9 @@ struct NodeEntry {
 struct Joining {
     address: String,
     name: String,
+    /// Its store's shared-memory and spill directories (for drivers on its machine).
+    shared_dir: String,
+    spill_dir: String,
     total: Resources,
     store: proto::StoreUsage,
     pid: u32,
@@ -593,6 +599,8 @@ impl Head {
             events_node: self.events.node(&node.address, &node.name),
             address: node.address,
             name: node.name,
+            shared_dir: node.shared_dir,
+            spill_dir: node.spill_dir,
             draining: false,
             total: node.total.clone(),
             store: node.store,
@@ -1106,6 +1114,8 @@ impl Head {
                 pid: n.pid,
                 name: n.name.clone(),
                 draining: n.draining,
+                shared_dir: n.shared_dir.clone(),
+                spill_dir: n.spill_dir.clone(),
             })
             .collect();
         nodes.sort_by(|a, b| a.address.cmp(&b.address));
@@ -1182,6 +1192,8 @@ impl HeadRpc for Head {
             Joining {
                 address: r.address,
                 name: r.name,
+                shared_dir: r.shared_dir,
+                spill_dir: r.spill_dir,
                 total,
                 store,
                 pid: r.pid,
@@ -1700,6 +1712,8 @@ mod tests {
             Joining {
                 address: "http://127.0.0.1:9".into(),
                 name: String::new(),
+                shared_dir: String::new(),
+                spill_dir: String::new(),
                 total,
                 store: proto::StoreUsage::default(),
                 pid: 0,
@@ -1882,6 +1896,8 @@ mod tests {
             resources: Some((&Resources::one_cpu()).into()),
             pid: 0,
             name: "cpu1-0".into(),
+            shared_dir: String::new(),
+            spill_dir: String::new(),
         };
         let refused = HeadRpc::register_node(&*head, Request::new(again))
             .await

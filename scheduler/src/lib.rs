@@ -49,6 +49,7 @@ pub mod head;
 pub mod http_auth;
 pub mod jobs;
 pub mod lineage;
+pub mod local_stores;
 pub mod metrics;
 pub mod node;
 pub mod peak_memory;

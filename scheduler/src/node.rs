@@ -143,6 +143,11 @@ pub struct NodeDaemon {
 }
 
 impl NodeDaemon {
+    /// Its store's directories, as registered with the head.
+    fn store_dirs(&self) -> StoreDirs {
+        StoreDirs::of(&self.store)
+    }
+
     /// Counts a task's outcome (and the bytes it pulled) in the node's metrics.
     fn count(&self, outcome: &Result<proto::TaskSuccess>) {
         let m = &self.metrics;
@@ -599,8 +604,15 @@ impl NodeDaemon {
                     tracing::warn!(
                         "the head does not know this node (it restarted?); registering again"
                     );
-                    if let Err(e) =
-                        register(&mut head, self.id, &self.address, &self.name, &resources).await
+                    if let Err(e) = register(
+                        &mut head,
+                        self.id,
+                        &self.address,
+                        &self.name,
+                        &resources,
+                        &self.store_dirs(),
+                    )
+                    .await
                     {
                         tracing::warn!(error = %e, "registering again failed");
                     }
@@ -633,6 +645,7 @@ async fn join_head(
     id: NodeId,
     address: &str,
     resources: &Resources,
+    dirs: &StoreDirs,
 ) -> Result<(HeadClient<AuthChannel>, manta_flight::auth::Token, Duration)> {
     let started = std::time::Instant::now();
     let mut said: Option<std::time::Instant> = None;
@@ -644,7 +657,7 @@ async fn join_head(
             let mut head = HeadClient::new(channel);
             let registered = tokio::time::timeout(
                 REGISTER_DEADLINE,
-                register(&mut head, id, address, &config.name, resources),
+                register(&mut head, id, address, &config.name, resources, dirs),
             );
             let interval = registered.await.map_err(|_| Error::HeadUnreachable {
                 address: config.head_address.clone(),
@@ -706,12 +719,30 @@ fn not_up_yet(error: &Error) -> bool {
     }
 }
 
+/// A store's shared-memory and spill directories, as the head hands them to drivers (see
+/// [`crate::local_stores`]).
+struct StoreDirs {
+    shared: String,
+    spill: String,
+}
+
+impl StoreDirs {
+    fn of(store: &ObjectStore) -> Self {
+        let text = |path: &std::path::Path| path.to_string_lossy().into_owned();
+        Self {
+            shared: store.shared_dir().map(text).unwrap_or_default(),
+            spill: text(store.spill_dir()),
+        }
+    }
+}
+
 async fn register(
     head: &mut HeadClient<AuthChannel>,
     id: NodeId,
     address: &str,
     name: &str,
     resources: &Resources,
+    dirs: &StoreDirs,
 ) -> Result<Duration> {
     let reply = head
         .register_node(proto::RegisterNodeRequest {
@@ -720,6 +751,8 @@ async fn register(
             resources: Some(resources.into()),
             pid: std::process::id(),
             name: name.to_string(),
+            shared_dir: dirs.shared.clone(),
+            spill_dir: dirs.spill.clone(),
         })
         .await
         .map_err(|s| Error::rpc("RegisterNode", s))?;
@@ -987,7 +1020,8 @@ pub async fn run_node(config: NodeConfig, ready: impl FnOnce(&str)) -> Result<()
         memory_bytes: config.object_store_memory,
         custom: config.custom_resources.clone(),
     };
-    let (head, token, interval) = join_head(&config, id, &address, &resources).await?;
+    let (head, token, interval) =
+        join_head(&config, id, &address, &resources, &StoreDirs::of(&store)).await?;
     let daemon = Arc::new(NodeDaemon {
         id,
         address: address.clone(),

@@ -275,6 +275,12 @@ impl ObjectStore {
         self.shared.as_ref().map(ObjectDir::path)
     }
 
+    /// The directory spilled objects are written to (each sealed by a rename, as in the
+    /// shared-memory directory).
+    pub fn spill_dir(&self) -> &Path {
+        self.spill.path()
+    }
+
     /// What the store holds now.
     pub fn usage(&self) -> StoreUsage {
         StoreUsage {
@@ -739,7 +745,15 @@ impl ObjectStore {
             Residence::Shared(_) => {
                 let dir = self.shared_dir_ref();
                 let to = self.spill.file(id);
-                match std::fs::copy(dir.file(id), &to) {
+                // Copied under a temporary name and renamed, so that a reader of the spill
+                // directory (a driver on this machine) never maps half a file.
+                let tmp = self.spill.path().join(format!("{id}.tmp"));
+                let copied = std::fs::copy(dir.file(id), &tmp)
+                    .and_then(|size| std::fs::rename(&tmp, &to).map(|()| size))
+                    .inspect_err(|_| {
+                        let _ = std::fs::remove_file(&tmp);
+                    });
+                match copied {
                     Ok(size) => {
                         // Victims are unpinned, so nobody maps the file: its pages can be reused.
                         self.recycler.keep(dir.path(), &dir.file(id), size);

@@ -88,6 +88,18 @@ impl ObjectDir {
         &self.path
     }
 
+    /// Whether the process that owns this session is alive (it holds the `.owner` lock).
+    pub fn owner_alive(&self) -> bool {
+        let pid = self
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix(SESSION_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok());
+        pid.is_some_and(|pid| session_owner_alive(&self.path, pid))
+    }
+
     /// The file that holds (or will hold) `id`.
     pub fn file(&self, id: ObjectId) -> PathBuf {
         self.path.join(id.to_string())

@@ -30,6 +30,8 @@ impl Head {
             id,
             Joining {
                 name: name.to_string(),
+                shared_dir: String::new(),
+                spill_dir: String::new(),
                 address,
                 total,
                 store: proto::StoreUsage::default(),
