@@ -527,10 +527,11 @@ impl NodeDaemon {
                     Some(value) => value.len() as u64,
                     None => {
                         let store = Arc::clone(&self.store);
-                        let stored =
-                            tokio::task::spawn_blocking(move || store.adopt_reporting(output_id))
-                                .await
-                                .map_err(|e| Error::Internal(e.to_string()))??;
+                        let stored = tokio::task::spawn_blocking(move || {
+                            store.adopt_spilling_behind(output_id)
+                        })
+                        .await
+                        .map_err(|e| Error::Internal(e.to_string()))??;
                         stats.spilled_bytes += stored.spilled_bytes;
                         stored.size_bytes
                     }

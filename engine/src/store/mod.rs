@@ -31,6 +31,7 @@ mod format;
 mod object_dir;
 mod recycle;
 mod spill;
+mod spill_behind;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -233,6 +234,8 @@ pub struct ObjectStore {
     shared: Option<ObjectDir>,
     spill: ObjectDir,
     recycler: recycle::Recycler,
+    /// The background spiller of [`ObjectStore::adopt_spilling_behind`].
+    spilling: spill_behind::SpillBehind,
 }
 
 impl std::fmt::Debug for ObjectStore {
@@ -267,6 +270,7 @@ impl ObjectStore {
             shared,
             spill,
             recycler,
+            spilling: Default::default(),
         }))
     }
 

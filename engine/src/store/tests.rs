@@ -414,3 +414,48 @@ fn a_file_a_worker_still_maps_is_never_written_over() {
     );
     assert_eq!(view, kept);
 }
+
+/// Outputs adopted while the store is full are taken at once and spilled behind them, never
+/// more than a quarter of the budget (plus the one being adopted) over it; when the spiller is
+/// done every block reads back equal, and the spills reported by the adoptions are spills the
+/// store made.
+#[test]
+fn adopting_spills_behind_within_a_quarter_of_the_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let budget = 4 * 80_500;
+    let store = shared_store(budget, tmp.path());
+    let worker = ObjectDir::open(store.shared_dir().unwrap());
+    let rows = 10_000;
+    let mut reported = 0;
+    let ids: Vec<ObjectId> = (0..12)
+        .map(|i| {
+            let id = ObjectId::random();
+            let size = worker.write(id, &batch(i * rows, rows).into()).unwrap();
+            reported += store.adopt_spilling_behind(id).unwrap().spilled_bytes;
+            let usage = store.usage();
+            let held = usage.resident_bytes + usage.recycled_bytes;
+            assert!(held <= budget + budget / 4 + size, "{usage:?}");
+            id
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while store.spilling_behind() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spiller never stopped"
+        );
+        std::thread::yield_now();
+    }
+    let usage = store.usage();
+    assert!(usage.spilled_bytes_total > 0, "{usage:?}");
+    assert!(
+        reported <= usage.spilled_bytes_total,
+        "{reported} {usage:?}"
+    );
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(
+            block_of(store.get(*id).unwrap()),
+            batch(i as i64 * rows, rows)
+        );
+    }
+}
