@@ -29,7 +29,7 @@ fn tpch_queries_run_as_stages_of_tasks_on_the_nodes(cluster: &Cluster) {
             _ => ctx.register_parquet(table, &path).unwrap(),
         }
     }
-    let physical = physical_plan(&ctx, 18);
+    let physical = tpch::physical_plan(&ctx, 18);
     assert!(
         physical.matches("read=hash").count() >= 2
             && physical.contains("read=broadcast")
@@ -40,7 +40,7 @@ fn tpch_queries_run_as_stages_of_tasks_on_the_nodes(cluster: &Cluster) {
     // q21's EXISTS is a left semi join whose build side is small: collected whole, it would
     // need every probe partition in one place (the driver); partitioned by key, it runs in
     // tasks like the rest.
-    let physical = physical_plan(&ctx, 21);
+    let physical = tpch::physical_plan(&ctx, 21);
     assert!(
         physical.contains("mode=Partitioned, join_type=LeftSemi")
             && physical.lines().nth(1).unwrap_or("").contains("StageExec"),
@@ -135,20 +135,6 @@ fn outer_semi_and_anti_joins_match_datafusion_across_nodes(cluster: &Cluster) {
         partitioned >= 5,
         "only {partitioned} joins ran partitioned in tasks"
     );
-}
-
-/// The physical plan `EXPLAIN` shows for TPC-H query `n`.
-fn physical_plan(ctx: &manta::Context, n: usize) -> String {
-    let plan = cells(
-        &ctx.sql(&format!("EXPLAIN {}", tpch::query(n)))
-            .unwrap()
-            .to_arrow()
-            .unwrap(),
-    );
-    plan.iter()
-        .find(|row| row[0] == "physical_plan")
-        .map(|row| row[1].clone())
-        .unwrap_or_default()
 }
 
 /// `EXPLAIN ANALYZE` of a scan that runs as tasks shows, on its `StageExec`, what the

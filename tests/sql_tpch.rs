@@ -51,18 +51,7 @@ fn all_22_tpch_queries_answer_right_in_stages_of_tasks() {
                 _ => ctx.register_parquet(table, &path).unwrap(),
             }
         }
-        let explain = |n: usize| {
-            let plan = cells(
-                &ctx.sql(&format!("EXPLAIN {}", tpch::query(n)))
-                    .unwrap()
-                    .to_arrow()
-                    .unwrap(),
-            );
-            plan.iter()
-                .find(|row| row[0] == "physical_plan")
-                .map(|row| row[1].clone())
-                .unwrap_or_default()
-        };
+        let explain = |n: usize| tpch::physical_plan(&ctx, n);
         if std::env::var_os("MANTA_PRINT_PLANS").is_some() {
             for n in 1..=22 {
                 eprintln!("q{n}:\n{}", explain(n));

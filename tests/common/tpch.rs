@@ -18,6 +18,20 @@ pub fn shared_tpch() -> PathBuf {
 }
 
 /// Every cell of the batches as text (NULL as the empty string), row by row.
+/// The physical plan `EXPLAIN` shows for TPC-H query `n` on `ctx`.
+pub fn physical_plan(ctx: &manta::Context, n: usize) -> String {
+    let plan = cells(
+        &ctx.sql(&format!("EXPLAIN {}", query(n)))
+            .unwrap()
+            .to_arrow()
+            .unwrap(),
+    );
+    plan.iter()
+        .find(|row| row[0] == "physical_plan")
+        .map(|row| row[1].clone())
+        .unwrap_or_default()
+}
+
 pub fn cells(batches: &[RecordBatch]) -> Vec<Vec<String>> {
     let options = FormatOptions::default().with_null("");
     let mut rows = Vec::new();

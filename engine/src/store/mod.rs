@@ -355,6 +355,17 @@ impl ObjectStore {
 
     /// [`adopt`](Self::adopt), also saying how many bytes of other objects it spilled.
     pub fn adopt_reporting(&self, id: ObjectId) -> Result<Stored> {
+        let size = self.take_sealed(id)?;
+        let spilled_bytes = self.make_room(None)?;
+        Ok(Stored {
+            size_bytes: size,
+            spilled_bytes,
+        })
+    }
+
+    /// Counts the sealed shared-memory file of `id` (written by another process) as a
+    /// resident object of this store, without making room; its size.
+    fn take_sealed(&self, id: ObjectId) -> Result<u64> {
         let dir = self
             .shared
             .as_ref()
@@ -364,11 +375,7 @@ impl ObjectStore {
             .map_err(|e| Error::io(&path, e))?
             .len();
         self.insert(id, Residence::Shared(None), size);
-        let spilled_bytes = self.make_room(None)?;
-        Ok(Stored {
-            size_bytes: size,
-            spilled_bytes,
-        })
+        Ok(size)
     }
 
     /// The object, restored first if it was spilled. Shared-memory objects are mapped without

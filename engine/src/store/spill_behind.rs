@@ -20,8 +20,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use super::{ObjectStore, Residence, Stored};
-use crate::error::{Error, Result};
+use super::{ObjectStore, Stored};
+use crate::error::Result;
 use crate::ids::ObjectId;
 
 /// The store's background spiller: whether it runs, and what it spilled since last reported.
@@ -36,27 +36,15 @@ impl ObjectStore {
     /// quarter of its budget over (see the module doc). `spilled_bytes` is what this call
     /// spilled plus what the background spilled since the last adoption reported it.
     pub fn adopt_spilling_behind(self: &Arc<Self>, id: ObjectId) -> Result<Stored> {
-        let dir = self
-            .shared
-            .as_ref()
-            .expect("adopt needs a shared-memory store");
-        let path = dir.file(id);
-        let size = std::fs::metadata(&path)
-            .map_err(|e| Error::io(&path, e))?
-            .len();
-        self.insert(id, Residence::Shared(None), size);
-        let over = {
-            let usage = self.state.lock().usage;
-            (usage.resident_bytes + self.recycler.bytes()).saturating_sub(usage.budget_bytes)
-        };
+        let size = self.take_sealed(id)?;
+        let usage = self.state.lock().usage;
+        let held = usage.resident_bytes + self.recycler.bytes();
+        let over = held.saturating_sub(usage.budget_bytes);
         let mut spilled_bytes = 0;
-        if over > 0 {
-            let budget = self.state.lock().usage.budget_bytes;
-            if over > budget / 4 {
-                spilled_bytes += self.make_room(None)?;
-            } else {
-                self.spill_behind();
-            }
+        if over > usage.budget_bytes / 4 {
+            spilled_bytes += self.make_room(None)?;
+        } else if over > 0 {
+            self.spill_behind();
         }
         spilled_bytes += self.spilling.spilled.swap(0, Ordering::Relaxed);
         Ok(Stored {
