@@ -58,9 +58,10 @@ fn tpch_queries_run_as_stages_of_tasks_on_the_nodes(cluster: &Cluster) {
     assert!(wrong.is_empty(), "wrong answers:\n{}", wrong.join("\n"));
 }
 
-/// Joins that must see every probe row before they know a build row's fate (left, full, semi
-/// and anti, `NOT IN`) give on the cluster, where each runs in tasks over hash partitions of
-/// both sides, what plain DataFusion gives over the same files: random tables (seeded; the
+/// Joins that must see every probe row before they know a build row's fate (left, full, semi,
+/// anti and mark, `NOT IN`) give on the cluster, where each runs in tasks over hash partitions
+/// of both sides (a semi, anti or mark join's probe side first cut down to its rows matching
+/// a build row), what plain DataFusion gives over the same files: random tables (seeded; the
 /// seed is in the failure) with null and repeated keys, unicode, and an empty file.
 fn outer_semi_and_anti_joins_match_datafusion_across_nodes(cluster: &Cluster) {
     use rand::{Rng, SeedableRng};
@@ -114,8 +115,10 @@ fn outer_semi_and_anti_joins_match_datafusion_across_nodes(cluster: &Cluster) {
         "SELECT k, tag FROM small s WHERE NOT EXISTS (SELECT 1 FROM big b WHERE b.k = s.k)",
         "SELECT k, tag FROM small WHERE k NOT IN (SELECT k FROM big WHERE tag = 't1é✓')",
         "SELECT tag, count(*) FROM small s WHERE k IN (SELECT k FROM big) GROUP BY tag",
+        "SELECT k, tag FROM small s WHERE EXISTS (SELECT 1 FROM big b WHERE b.k = s.k) \
+         OR s.tag IS NULL",
     ];
-    let mut partitioned = 0;
+    let (mut partitioned, mut reduced) = (0, 0);
     for query in queries {
         let ours = sorted(rows(&ctx.sql(query).unwrap().to_arrow().unwrap()));
         let theirs = sorted(rows(&sql(&df, query)));
@@ -129,12 +132,21 @@ fn outer_semi_and_anti_joins_match_datafusion_across_nodes(cluster: &Cluster) {
         if plan.iter().any(|line| line.contains("mode=Partitioned")) {
             partitioned += 1;
         }
+        // A semi, anti or mark join's probe side cut down to the rows matching a build row.
+        if plan
+            .iter()
+            .any(|line| line.contains("mode=CollectLeft, join_type=RightSemi"))
+        {
+            reduced += 1;
+        }
     }
     // All but `NOT IN` (null-aware: one NULL anywhere in the subquery empties the answer).
     assert!(
-        partitioned >= 5,
+        partitioned >= 6,
         "only {partitioned} joins ran partitioned in tasks"
     );
+    // EXISTS, NOT EXISTS, IN and the mark join of EXISTS ... OR.
+    assert!(reduced >= 4, "only {reduced} probe sides were reduced");
 }
 
 /// `EXPLAIN ANALYZE` of a scan that runs as tasks shows, on its `StageExec`, what the

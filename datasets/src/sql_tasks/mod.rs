@@ -19,7 +19,9 @@
 //! * a join that collects its build side but emits rows for build rows only once every probe
 //!   partition has been seen (left, full, left semi and anti, mark) is planned again in
 //!   `Partitioned` mode: both sides become hash stages by the join keys, and each task joins
-//!   one partition of keys (across tasks nobody could track which build rows matched);
+//!   one partition of keys (across tasks nobody could track which build rows matched); a semi,
+//!   anti or mark join first cuts its probe side down to the rows that match some build row
+//!   (a right semi join against the build side, broadcast), so only those travel;
 //! * a round-robin spread (`RepartitionExec` round robin) over such work is dropped: it only
 //!   makes more partitions of the same rows;
 //! * where the driver's own work begins (a merge of sorted partitions, a final aggregate over
@@ -234,21 +236,51 @@ impl Cut {
     /// `join` (which collects its build side) in `Partitioned` mode, each side a stage
     /// hash-partitioned by its join keys; `None` if its build side does not run in tasks or a
     /// side cannot travel.
+    ///
+    /// A semi, anti or mark join reduces its probe side first: only probe rows that match
+    /// some build row can change its answer, so the probe side's tasks keep just those (a
+    /// right semi join against the build side, computed once and broadcast to them) before
+    /// the exchange. TPC-H q21's `EXISTS` then exchanges the few hundred thousand lineitems
+    /// of the orders it asks about, not all six million.
     fn partition_join(&mut self, join: &HashJoinExec) -> Option<Arc<dyn ExecutionPlan>> {
         let build = match join.left().downcast_ref::<CoalescePartitionsExec>() {
             Some(coalesce) if coalesce.fetch().is_none() => Arc::clone(coalesce.input()),
             _ => Arc::clone(join.left()),
         };
-        let (build, number) = match build.downcast_ref::<StageExec>() {
-            // The build side's gather, visited first, is a stage already: its fragment is
-            // hash-partitioned instead, under its number (the gather is never run).
-            Some(gathered) if gathered.read() == Read::Partitions => (
-                Arc::clone(gathered.stage().fragment()),
-                Some(gathered.stage().number()),
-            ),
-            Some(_) => return None,
-            None if in_tasks(&build) => (build, None),
-            None => return None,
+        let (build, number, probe) = if reduces_probe_side(*join.join_type()) {
+            let collected = match build.downcast_ref::<StageExec>() {
+                // The build side's gather, visited first: the stage both reads share.
+                Some(stage) if stage.stage().output() == Output::Partitions => {
+                    Arc::clone(stage.stage())
+                }
+                Some(_) => return None,
+                None if in_tasks(&build) => self.new_stage(None, build, Output::Partitions)?,
+                None => return None,
+            };
+            let broadcast = Arc::new(StageExec::new(Arc::clone(&collected), Read::Broadcast));
+            let reduced = join
+                .builder()
+                .with_type(JoinType::RightSemi)
+                .with_projection(None)
+                .with_new_children(vec![broadcast, Arc::clone(join.right())])
+                .and_then(|builder| builder.reset_state().build_exec())
+                .inspect_err(|e| tracing::debug!("a join's probe side is not reduced: {e}"))
+                .ok()?;
+            let partitions = Arc::new(StageExec::new(collected, Read::Partitions));
+            (partitions as Arc<dyn ExecutionPlan>, None, reduced)
+        } else {
+            let (build, number) = match build.downcast_ref::<StageExec>() {
+                // The build side's gather, visited first, is a stage already: its fragment is
+                // hash-partitioned instead, under its number (the gather is never run).
+                Some(gathered) if gathered.read() == Read::Partitions => (
+                    Arc::clone(gathered.stage().fragment()),
+                    Some(gathered.stage().number()),
+                ),
+                Some(_) => return None,
+                None if in_tasks(&build) => (build, None),
+                None => return None,
+            };
+            (build, number, Arc::clone(join.right()))
         };
         let hashed = |side: Arc<dyn ExecutionPlan>, keys: Vec<_>| {
             RepartitionExec::try_new(side, Partitioning::Hash(keys, self.partitions))
@@ -256,10 +288,13 @@ impl Cut {
                 .map(|r| Arc::new(r) as Arc<dyn ExecutionPlan>)
         };
         let probe_keys = join.on().iter().map(|(_, r)| Arc::clone(r)).collect();
-        let probe = hashed(Arc::clone(join.right()), probe_keys)?;
+        let probe = hashed(probe, probe_keys)?;
         let build_keys = join.on().iter().map(|(l, _)| Arc::clone(l)).collect();
         let build = hashed(build, build_keys)?;
-        let build = self.stage_numbered(number, build, Output::Hash, Read::Hash)?;
+        let build = Arc::new(StageExec::new(
+            self.new_stage(number, build, Output::Hash)?,
+            Read::Hash,
+        ));
         let probe = self.stage(probe, Output::Hash, Read::Hash)?;
         let joined = join
             .builder()
@@ -279,24 +314,25 @@ impl Cut {
         output: Output,
         read: Read,
     ) -> Option<Arc<dyn ExecutionPlan>> {
-        self.stage_numbered(None, fragment, output, read)
+        let stage = self.new_stage(None, fragment, output)?;
+        Some(Arc::new(StageExec::new(stage, read)))
     }
 
-    /// [`Cut::stage`], numbered `number` if given (a stage made again in place of one that
-    /// will never run), else the next number.
-    fn stage_numbered(
+    /// A new stage running `fragment`, numbered `number` if given (a stage made again in
+    /// place of one that will never run), else the next number; `None` (and the reason in the
+    /// log) if the fragment cannot travel to tasks.
+    fn new_stage(
         &mut self,
         number: Option<usize>,
         fragment: Arc<dyn ExecutionPlan>,
         output: Output,
-        read: Read,
-    ) -> Option<Arc<dyn ExecutionPlan>> {
+    ) -> Option<Arc<Stage>> {
         let name = fragment.name().to_string();
         let next = number.unwrap_or(self.stages + 1);
         match Stage::try_new(next, fragment, output, self.client.clone()) {
             Ok(stage) => {
                 self.stages = self.stages.max(next);
-                Some(Arc::new(StageExec::new(Arc::new(stage), read)))
+                Some(Arc::new(stage))
             }
             Err(e) => {
                 tracing::debug!("{name} stays in the driver: it does not travel ({e})");
@@ -373,5 +409,15 @@ fn probe_side_only(join_type: JoinType) -> bool {
             | JoinType::RightSemi
             | JoinType::RightAnti
             | JoinType::RightMark
+    )
+}
+
+/// Whether a join's answer depends on the probe side only through the probe rows that match
+/// some build row (semi, anti and mark joins keep or mark build rows; a probe row matching
+/// none changes nothing), so the probe side can be cut down to those before it travels.
+fn reduces_probe_side(join_type: JoinType) -> bool {
+    matches!(
+        join_type,
+        JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark
     )
 }
