@@ -14,10 +14,11 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::MetricsSet;
+use datafusion::physical_plan::statistics::{ChildStats, StatisticsArgs};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
-    PlanProperties,
+    PlanProperties, Statistics,
 };
 use futures::{StreamExt, TryStreamExt};
 use manta_engine::{Object, ObjectRef};
@@ -110,6 +111,25 @@ impl ExecutionPlan for StageExec {
     /// The stage's fragment, for display: it runs in the stage's tasks, not under this node.
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
         vec![self.stage.fragment()]
+    }
+
+    /// The fragment's whole output: what the stage makes, however it is read.
+    fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
+        match partition {
+            None => vec![ChildStats::At(None)],
+            Some(_) => vec![ChildStats::Skip],
+        }
+    }
+
+    fn statistics_from_inputs(
+        &self,
+        input_stats: &[Arc<Statistics>],
+        args: &StatisticsArgs,
+    ) -> Result<Arc<Statistics>> {
+        Ok(match (args.partition(), input_stats.first()) {
+            (None, Some(stats)) => Arc::clone(stats),
+            _ => Arc::new(Statistics::new_unknown(&self.schema())),
+        })
     }
 
     fn apply_expressions(

@@ -76,6 +76,7 @@ use datafusion::physical_plan::limit::LocalLimitExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
 use datafusion::physical_plan::{ExecutionPlan, Partitioning, replace_children_if_necessary};
 use manta_scheduler::Client;
@@ -109,6 +110,7 @@ impl PhysicalOptimizerRule for StageTasks {
             client: self.client.clone(),
             stages: 0,
             partitions: config.execution.target_partitions.max(1),
+            broadcast_rows: config.optimizer.hash_join_single_partition_threshold_rows,
         };
         let plan = plan.transform_up(|node| Ok(cut.visit(node)))?.data;
         // A plan that runs whole as tasks: the driver reads its partitions.
@@ -136,6 +138,8 @@ struct Cut {
     stages: usize,
     /// How many hash partitions an exchange this rule adds makes (the session's target).
     partitions: usize,
+    /// The most rows DataFusion estimates a join side it broadcasts to have.
+    broadcast_rows: usize,
 }
 
 impl Cut {
@@ -199,6 +203,14 @@ impl Cut {
             && !join.null_aware
             && in_tasks(join.right())
             && let Some(joined) = self.partition_join(join)
+        {
+            return Transformed::yes(joined);
+        }
+        // A partitioned semi, anti or mark join whose kept side is small: the other side is
+        // cut down to its rows matching a kept row before it is exchanged.
+        if let Some(join) = node.downcast_ref::<HashJoinExec>()
+            && *join.partition_mode() == PartitionMode::Partitioned
+            && let Some(joined) = self.reduce_partitioned_join(join)
         {
             return Transformed::yes(joined);
         }
@@ -303,6 +315,84 @@ impl Cut {
             .and_then(|builder| builder.reset_state().build_exec());
         joined
             .inspect_err(|e| tracing::debug!("a join stays in the driver: {e}"))
+            .ok()
+    }
+
+    /// `join` (partitioned, both sides hash stages) with the side whose rows it does not emit
+    /// cut down, in that side's stage, to the rows matching a row of the side it keeps (a
+    /// right semi join against the kept side's stage, read whole); `None` unless the join is
+    /// a semi, anti or mark join whose kept side DataFusion estimates small enough to
+    /// broadcast. TPC-H q21's `NOT EXISTS` then exchanges the lines of the 73 K candidate
+    /// lines' orders, not all 3.8 M late lines.
+    fn reduce_partitioned_join(&mut self, join: &HashJoinExec) -> Option<Arc<dyn ExecutionPlan>> {
+        if join.null_aware {
+            return None;
+        }
+        let keeps_left = match join.join_type() {
+            JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => true,
+            JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => false,
+            _ => return None,
+        };
+        let hash_stage = |side: &Arc<dyn ExecutionPlan>| {
+            side.downcast_ref::<StageExec>()
+                .filter(|s| s.read() == Read::Hash && s.stage().output() == Output::Hash)
+                .map(|s| Arc::clone(s.stage()))
+        };
+        let (left, right) = (hash_stage(join.left())?, hash_stage(join.right())?);
+        let (kept, other) = if keeps_left {
+            (left, right)
+        } else {
+            (right, left)
+        };
+        let stats = StatisticsContext::new()
+            .compute(kept.fragment().as_ref(), &StatisticsArgs::new())
+            .ok()?;
+        tracing::debug!(stage = kept.number(), rows = ?stats.num_rows, "a reducible join's kept side");
+        let rows = stats.num_rows;
+        if rows
+            .get_value()
+            .is_none_or(|&rows| rows > self.broadcast_rows)
+        {
+            return None;
+        }
+        let exchange = other.fragment().downcast_ref::<RepartitionExec>()?;
+        // The kept side builds, the other side probes: keys and filter turned to match.
+        let (on, filter) = match keeps_left {
+            true => (join.on().to_vec(), join.filter().cloned()),
+            false => (
+                join.on()
+                    .iter()
+                    .map(|(l, r)| (Arc::clone(r), Arc::clone(l)))
+                    .collect(),
+                join.filter().map(|f| f.swap()),
+            ),
+        };
+        let broadcast = Arc::new(StageExec::new(kept, Read::Broadcast));
+        let reduced = join
+            .builder()
+            .with_type(JoinType::RightSemi)
+            .with_partition_mode(PartitionMode::CollectLeft)
+            .with_projection(None)
+            .with_on(on)
+            .with_filter(filter)
+            .with_new_children(vec![broadcast, Arc::clone(exchange.input())])
+            .and_then(|builder| builder.reset_state().build_exec())
+            .inspect_err(|e| tracing::debug!("a join's other side is not reduced: {e}"))
+            .ok()?;
+        let exchange = RepartitionExec::try_new(reduced, exchange.partitioning().clone()).ok()?;
+        // Made again in place of the stage it replaces, which never runs.
+        let other = Arc::new(StageExec::new(
+            self.new_stage(Some(other.number()), Arc::new(exchange), Output::Hash)?,
+            Read::Hash,
+        ));
+        let children: Vec<Arc<dyn ExecutionPlan>> = match keeps_left {
+            true => vec![Arc::clone(join.left()), other],
+            false => vec![other, Arc::clone(join.right())],
+        };
+        join.builder()
+            .with_new_children(children)
+            .and_then(|builder| builder.reset_state().build_exec())
+            .inspect_err(|e| tracing::debug!("a join's other side is not reduced: {e}"))
             .ok()
     }
 

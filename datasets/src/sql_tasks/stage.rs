@@ -51,7 +51,8 @@ enum Input {
 
 /// A stage (see the module doc).
 pub struct Stage {
-    /// Its number in the query (stages below it have smaller ones).
+    /// Its number in the query (unique; given as the plan is cut, from the leaves up, and
+    /// kept by a stage made again in place of another).
     number: usize,
     /// The fragment as planned, with [`StageExec`]s where it reads other stages.
     fragment: Arc<dyn ExecutionPlan>,
