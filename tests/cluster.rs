@@ -1399,6 +1399,58 @@ fn tune_runs_trials_as_tasks_and_actors_on_the_nodes(cluster: &Cluster) {
     assert!(results.trials().iter().any(|t| t.stopped_early));
 }
 
+/// SQL semi and anti joins of a small file against `lineitem` (a dataset some of whose blocks
+/// died with their node): the lineitem side, reduced in its tasks to the lines matching the
+/// file's keys, reads the lost blocks made again, and the answers are DataFusion's.
+fn semi_and_anti_joins_over_lost_blocks_match_sql(
+    ctx: &manta::Context,
+    lineitem: &manta::Dataset,
+    df: &datafusion::prelude::SessionContext,
+    dir: &std::path::Path,
+) {
+    let keys: Vec<Option<i64>> = (0..400)
+        .map(|i| (i % 13 != 0).then_some(i * 37 % 20_000))
+        .collect();
+    let batch =
+        RecordBatch::try_from_iter([("k", Arc::new(arrow::array::Int64Array::from(keys)) as _)])
+            .unwrap();
+    let path = dir.join("keys.parquet");
+    let mut writer = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&path).unwrap(),
+        batch.schema(),
+        None,
+    )
+    .unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    let path = path.to_str().unwrap();
+    ctx.register_parquet("keys", path).unwrap();
+    ctx.register("lineitem", lineitem).unwrap();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(df.register_parquet("keys", path, Default::default()))
+        .unwrap();
+    for query in [
+        "SELECT k FROM keys WHERE EXISTS (SELECT 1 FROM lineitem \
+         WHERE l_orderkey = k AND l_returnflag = 'R')",
+        "SELECT k FROM keys WHERE NOT EXISTS (SELECT 1 FROM lineitem WHERE l_orderkey = k)",
+    ] {
+        let plan = rows(
+            &ctx.sql(&format!("EXPLAIN {query}"))
+                .unwrap()
+                .to_arrow()
+                .unwrap(),
+        );
+        assert!(
+            plan.iter()
+                .any(|line| line.contains("mode=CollectLeft, join_type=RightSemi")),
+            "lineitem's side is reduced: {plan:?}"
+        );
+        let ours = sorted(rows(&ctx.sql(query).unwrap().to_arrow().unwrap()));
+        assert_eq!(ours, sorted(rows(&sql(df, query))), "{query}");
+    }
+}
+
 /// SIGKILLs the node daemon at `address`, one of `cluster`'s.
 fn kill_node_at(cluster: &mut Cluster, address: &str) {
     let index = cluster
@@ -1484,8 +1536,8 @@ fn task_outputs_lost_with_their_node_are_rebuilt_from_lineage(_shared: &Cluster)
     assert_ne!(numbers_node, doomed);
 }
 
-/// Killing a node that holds a materialized dataset's blocks: a shuffle and sort, a groupby
-/// and a plain read of the dataset afterwards all give the answers DataFusion gives
+/// Killing a node that holds a materialized dataset's blocks: SQL semi and anti joins, a
+/// shuffle and sort, a groupby and a plain read of the dataset afterwards all give the answers DataFusion gives
 /// over the same file, the lost blocks made again from their read tasks (map tasks that find
 /// an input gone, and the driver reading a lost block, both remake it). A cluster of its own,
 /// since a node dies.
@@ -1514,6 +1566,7 @@ fn dataset_blocks_lost_with_their_node_are_made_again(_shared: &Cluster) {
     let doomed = cluster.nodes[0].address.clone();
     kill_node_at(&mut cluster, &doomed);
 
+    semi_and_anti_joins_over_lost_blocks_match_sql(&ctx, &lineitem, &df, tmp.path());
     let sorted_rows = lineitem
         .random_shuffle(Some(5))
         .sort_by(vec![

@@ -269,15 +269,7 @@ impl Cut {
                 None if in_tasks(&build) => self.new_stage(None, build, Output::Partitions)?,
                 None => return None,
             };
-            let broadcast = Arc::new(StageExec::new(Arc::clone(&collected), Read::Broadcast));
-            let reduced = join
-                .builder()
-                .with_type(JoinType::RightSemi)
-                .with_projection(None)
-                .with_new_children(vec![broadcast, Arc::clone(join.right())])
-                .and_then(|builder| builder.reset_state().build_exec())
-                .inspect_err(|e| tracing::debug!("a join's probe side is not reduced: {e}"))
-                .ok()?;
+            let reduced = reduced(join, Arc::clone(&collected), Arc::clone(join.right()), true)?;
             let partitions = Arc::new(StageExec::new(collected, Read::Partitions));
             (partitions as Arc<dyn ExecutionPlan>, None, reduced)
         } else {
@@ -344,11 +336,15 @@ impl Cut {
         } else {
             (right, left)
         };
-        let stats = StatisticsContext::new()
+        let rows = StatisticsContext::new()
             .compute(kept.fragment().as_ref(), &StatisticsArgs::new())
-            .ok()?;
-        tracing::debug!(stage = kept.number(), rows = ?stats.num_rows, "a reducible join's kept side");
-        let rows = stats.num_rows;
+            .ok()?
+            .num_rows;
+        tracing::debug!(
+            stage = kept.number(),
+            ?rows,
+            "the kept side of a semi or anti join"
+        );
         if rows
             .get_value()
             .is_none_or(|&rows| rows > self.broadcast_rows)
@@ -356,29 +352,7 @@ impl Cut {
             return None;
         }
         let exchange = other.fragment().downcast_ref::<RepartitionExec>()?;
-        // The kept side builds, the other side probes: keys and filter turned to match.
-        let (on, filter) = match keeps_left {
-            true => (join.on().to_vec(), join.filter().cloned()),
-            false => (
-                join.on()
-                    .iter()
-                    .map(|(l, r)| (Arc::clone(r), Arc::clone(l)))
-                    .collect(),
-                join.filter().map(|f| f.swap()),
-            ),
-        };
-        let broadcast = Arc::new(StageExec::new(kept, Read::Broadcast));
-        let reduced = join
-            .builder()
-            .with_type(JoinType::RightSemi)
-            .with_partition_mode(PartitionMode::CollectLeft)
-            .with_projection(None)
-            .with_on(on)
-            .with_filter(filter)
-            .with_new_children(vec![broadcast, Arc::clone(exchange.input())])
-            .and_then(|builder| builder.reset_state().build_exec())
-            .inspect_err(|e| tracing::debug!("a join's other side is not reduced: {e}"))
-            .ok()?;
+        let reduced = reduced(join, kept, Arc::clone(exchange.input()), keeps_left)?;
         let exchange = RepartitionExec::try_new(reduced, exchange.partitioning().clone()).ok()?;
         // Made again in place of the stage it replaces, which never runs.
         let other = Arc::new(StageExec::new(
@@ -500,6 +474,37 @@ fn probe_side_only(join_type: JoinType) -> bool {
             | JoinType::RightAnti
             | JoinType::RightMark
     )
+}
+
+/// `other`, one side of semi, anti or mark `join`, cut down to its rows matching a row of the
+/// side the join keeps (left if `keeps_left`), whose stage is `kept`: a right semi join with
+/// `kept` read whole as its build side, on `join`'s keys and filter turned to match.
+fn reduced(
+    join: &HashJoinExec,
+    kept: Arc<Stage>,
+    other: Arc<dyn ExecutionPlan>,
+    keeps_left: bool,
+) -> Option<Arc<dyn ExecutionPlan>> {
+    let (on, filter) = match keeps_left {
+        true => (join.on().to_vec(), join.filter().cloned()),
+        false => (
+            join.on()
+                .iter()
+                .map(|(l, r)| (Arc::clone(r), Arc::clone(l)))
+                .collect(),
+            join.filter().map(|f| f.swap()),
+        ),
+    };
+    join.builder()
+        .with_type(JoinType::RightSemi)
+        .with_partition_mode(PartitionMode::CollectLeft)
+        .with_projection(None)
+        .with_on(on)
+        .with_filter(filter)
+        .with_new_children(vec![Arc::new(StageExec::new(kept, Read::Broadcast)), other])
+        .and_then(|builder| builder.reset_state().build_exec())
+        .inspect_err(|e| tracing::debug!("a join's other side is not reduced: {e}"))
+        .ok()
 }
 
 /// Whether a join's answer depends on the probe side only through the probe rows that match
