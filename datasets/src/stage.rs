@@ -103,7 +103,7 @@ pub enum OpSpec {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum SinkSpec {
     /// Into partitions: the map side of an exchange, fused with the stage (each task's block
-    /// is partitioned as [`crate::exchange::partition_batch`] does, `block` set per task).
+    /// is partitioned as [`crate::exchange::partition_batches`] does, `block` set per task).
     Partition(crate::exchange::PartitionSpec),
     /// One part file per task, in this directory.
     Files {
@@ -608,13 +608,12 @@ impl CompiledStage {
         match &self.spec.sink {
             None => Ok(Object::Block(Block::try_new(schema, out)?)),
             Some(SinkSpec::Partition(spec)) => {
-                let rows = crate::columns::concat(&schema, &out)?;
                 let spec = crate::exchange::PartitionSpec {
                     block: args.index,
                     ..spec.clone()
                 };
-                Ok(Object::Block(crate::exchange::partition_batch(
-                    rows, &spec, &label,
+                Ok(Object::Block(crate::exchange::partition_batches(
+                    &schema, out, &spec, &label,
                 )?))
             }
             Some(SinkSpec::Files { dir, format }) => {

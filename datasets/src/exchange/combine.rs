@@ -41,19 +41,20 @@ pub fn combinable(aggregates: &[Aggregate]) -> bool {
         .all(|a| a.function != AggregateFunction::CountDistinct)
 }
 
-/// The map half: `batch`'s rows aggregated into partial states, one row per group.
+/// The map half: the rows of `batches` (of `schema`) aggregated into partial states, one row
+/// per group.
 pub fn partial(
-    batch: RecordBatch,
+    schema: &SchemaRef,
+    batches: Vec<RecordBatch>,
     keys: &[String],
     aggregates: &[Aggregate],
 ) -> Result<RecordBatch> {
-    let schema = batch.schema();
-    let plan = plan(&schema, keys, aggregates)?;
+    let plan = plan(schema, keys, aggregates)?;
     let partial = find_aggregate(&plan, AggregateMode::Partial)?;
-    let input = MemorySourceConfig::try_new_exec(&[vec![batch]], Arc::clone(&schema), None)?;
+    let input = MemorySourceConfig::try_new_exec(&[batches], Arc::clone(schema), None)?;
     let states = run(replace_children_if_necessary(partial, vec![input])?)?;
     let mut metadata = states.schema().metadata().clone();
-    metadata.insert(INPUT_SCHEMA_KEY.into(), hex::encode(encode_schema(&schema)));
+    metadata.insert(INPUT_SCHEMA_KEY.into(), hex::encode(encode_schema(schema)));
     let tagged = Arc::new(Schema::new_with_metadata(
         states.schema().fields().clone(),
         metadata,
@@ -204,7 +205,11 @@ mod tests {
         ];
         let states: Vec<RecordBatch> = parts
             .iter()
-            .map(|p| partial(p.clone(), &keys, &aggregates).unwrap())
+            // Each part as two batches: a map task aggregates its batches as they come.
+            .map(|p| {
+                let halves = vec![p.slice(0, 1), p.slice(1, p.num_rows() - 1)];
+                partial(&p.schema(), halves, &keys, &aggregates).unwrap()
+            })
             .collect();
         assert!(is_partial(&states[0].schema()));
         let schema = states[0].schema();
@@ -265,7 +270,7 @@ mod tests {
             Aggregate::mean("nn_g").alias("c2"),
             Aggregate::mean("nn_g").alias("c3"),
         ];
-        let states = partial(batch.clone(), &keys, &aggregates).unwrap();
+        let states = partial(&batch.schema(), vec![batch.clone()], &keys, &aggregates).unwrap();
         let combined = finish(&states.schema(), vec![states], &keys, &aggregates).unwrap();
         assert_eq!(combined.num_rows(), 2);
         assert_eq!(combined.num_columns(), 4);

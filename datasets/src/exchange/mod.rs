@@ -57,7 +57,7 @@ pub mod combine;
 pub mod partition;
 pub mod reduce;
 
-pub use partition::{boundaries, partition_batch};
+pub use partition::{boundaries, partition_batches};
 pub use reduce::ReduceError;
 
 use arrow::array::RecordBatch;

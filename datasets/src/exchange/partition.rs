@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use arrow::compute::{SortColumn, lexsort_to_indices, take_record_batch};
-use arrow::datatypes::Schema;
+use arrow::datatypes::{Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use manta_engine::{Block, Object, TaskContext, TaskInput};
 use rand::{Rng, SeedableRng};
@@ -34,31 +34,43 @@ pub(crate) fn run_partition(_: &TaskContext, input: TaskInput) -> manta_engine::
         manta_engine::Error::Internal("a partition task needs its block".into())
     })?)?;
     let label = format!("block {} ({:?})", spec.block, spec.partitioner);
-    Ok(Object::Block(partition_batch(
-        single_batch(&block)?,
+    let schema = Arc::clone(block.schema());
+    Ok(Object::Block(partition_batches(
+        &schema,
+        block.into_batches(),
         &spec,
         &label,
     )?))
 }
 
-/// The map side of an exchange on one block's rows: combined first if the spec says so, then
-/// split into exactly `spec.n` batches, batch *i* holding partition *i*. Run by partition
-/// tasks, and by the last stage of an input pipeline fused with the exchange's map side.
-pub fn partition_batch(
-    mut batch: RecordBatch,
+/// The map side of an exchange on one block's rows (`batches` of `schema`): combined first if
+/// the spec says so (over the batches as they are: an aggregate needs no single batch), else
+/// put together, then split into exactly `spec.n` batches, batch *i* holding partition *i*. Run
+/// by partition tasks, and by the last stage of an input pipeline fused with the exchange's
+/// map side.
+pub fn partition_batches(
+    schema: &SchemaRef,
+    batches: Vec<RecordBatch>,
     spec: &PartitionSpec,
     label: &str,
 ) -> manta_engine::Result<Block> {
     let label = label.to_string();
     let n = spec.n.max(1);
-    if batch.num_rows() == 0 && batch.schema().fields().is_empty() {
+    if schema.fields().is_empty() && batches.iter().all(|b| b.num_rows() == 0) {
         // Rows of a schema nobody knows (see [`super::reduce::is_unknown`]): none, in every partition.
-        return Block::try_new(batch.schema(), vec![batch; n]);
+        return Block::try_new(
+            Arc::clone(schema),
+            vec![RecordBatch::new_empty(Arc::clone(schema)); n],
+        );
     }
-    if let Some((keys, aggregates)) = &spec.combine {
-        batch = combine::partial(batch, keys, aggregates)
-            .map_err(|e| user_error("aggregate", label.clone(), e))?;
-    }
+    let batch = match &spec.combine {
+        Some((keys, aggregates)) => combine::partial(schema, batches, keys, aggregates)
+            .map_err(|e| user_error("aggregate", label.clone(), e))?,
+        None => match <[RecordBatch; 1]>::try_from(batches) {
+            Ok([one]) => one,
+            Err(batches) => crate::columns::concat(schema, &batches)?,
+        },
+    };
     let schema = batch.schema();
     let assignment: Vec<u32> = match &spec.partitioner {
         Partitioner::Random { seed } => {
