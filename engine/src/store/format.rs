@@ -15,7 +15,7 @@
 
 use std::io::Write;
 
-use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
+use arrow::ipc::writer::{IpcWriteOptions, StreamEncoder};
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
@@ -38,40 +38,122 @@ pub fn header(is_block: bool) -> [u8; HEADER_LEN] {
     header
 }
 
-/// Writes `object` in the stored layout; returns the bytes written.
-pub fn write_object(out: &mut impl Write, object: &Object) -> Result<u64> {
-    let mut counter = CountingWriter {
-        inner: out,
-        written: 0,
-    };
-    match object {
-        Object::Block(block) => {
-            counter
-                .write_all(&header(true))
-                .map_err(arrow::error::ArrowError::from)?;
-            write_block_stream(&mut counter, block)?;
-        }
-        Object::Bytes(bytes) => {
-            counter
-                .write_all(&header(false))
-                .map_err(arrow::error::ArrowError::from)?;
-            counter
-                .write_all(bytes)
-                .map_err(arrow::error::ArrowError::from)?;
+/// An object in the stored layout, as the pieces to write one after another: the header, then
+/// for a block the IPC stream's messages, whose bodies are the block's own Arrow buffers (arrow's
+/// `StreamEncoder` hands them out without copying), for bytes the bytes. So the one copy a
+/// write makes is from the buffers into the file (or its mapping: [`Encoded::copy_to`]).
+pub struct Encoded {
+    pieces: Vec<Piece>,
+    len: u64,
+}
+
+enum Piece {
+    Header([u8; HEADER_LEN]),
+    Arrow(arrow::buffer::Buffer),
+    Bytes(Bytes),
+}
+
+impl Piece {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Piece::Header(header) => header,
+            Piece::Arrow(buffer) => buffer.as_slice(),
+            Piece::Bytes(bytes) => bytes,
         }
     }
-    Ok(counter.written)
+}
+
+impl Encoded {
+    fn new() -> Self {
+        Self {
+            pieces: Vec::new(),
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, piece: Piece) {
+        self.len += piece.as_slice().len() as u64;
+        self.pieces.push(piece);
+    }
+
+    /// The stored object's size in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the object has no bytes at all (never true of a stored object, which has a
+    /// header).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Writes the pieces to `out`; the bytes written.
+    pub fn write_to(&self, out: &mut impl Write) -> std::io::Result<u64> {
+        for piece in &self.pieces {
+            out.write_all(piece.as_slice())?;
+        }
+        Ok(self.len)
+    }
+
+    /// Copies the pieces to the start of `dest`, which must hold [`len`](Self::len) bytes.
+    pub fn copy_to(&self, dest: &mut [u8]) {
+        let mut at = 0;
+        for piece in &self.pieces {
+            let piece = piece.as_slice();
+            dest[at..at + piece.len()].copy_from_slice(piece);
+            at += piece.len();
+        }
+    }
+}
+
+/// `object` in the stored layout (see [`Encoded`]); nothing is copied yet.
+pub fn encode_object(object: &Object) -> Result<Encoded> {
+    let mut encoded = Encoded::new();
+    match object {
+        Object::Block(block) => {
+            encoded.push(Piece::Header(header(true)));
+            encode_block_stream(block, &mut encoded)?;
+        }
+        Object::Bytes(bytes) => {
+            encoded.push(Piece::Header(header(false)));
+            encoded.push(Piece::Bytes(bytes.clone()));
+        }
+    }
+    Ok(encoded)
+}
+
+/// Writes `object` in the stored layout; returns the bytes written.
+pub fn write_object(out: &mut impl Write, object: &Object) -> Result<u64> {
+    encode_object(object)?
+        .write_to(out)
+        .map_err(|e| arrow::error::ArrowError::from(e).into())
+}
+
+/// A block's batches as an Arrow IPC stream (no Manta header), their view columns compacted
+/// first where they point into mostly-unused buffers (see [`crate::views`]), appended to
+/// `encoded`.
+fn encode_block_stream(block: &Block, encoded: &mut Encoded) -> Result<()> {
+    let mut encoder =
+        StreamEncoder::try_new_with_options(block.schema(), IpcWriteOptions::default())?;
+    for batch in block.batches() {
+        for buffer in encoder.encode(&crate::views::compact_views(batch))? {
+            encoded.push(Piece::Arrow(buffer));
+        }
+    }
+    for buffer in encoder.finish()? {
+        encoded.push(Piece::Arrow(buffer));
+    }
+    Ok(())
 }
 
 /// Writes a block as an Arrow IPC stream (no Manta header), its view columns compacted first
 /// where they point into mostly-unused buffers (see [`crate::views`]).
 pub fn write_block_stream(out: &mut impl Write, block: &Block) -> Result<()> {
-    let mut writer =
-        StreamWriter::try_new_with_options(out, block.schema(), IpcWriteOptions::default())?;
-    for batch in block.batches() {
-        writer.write(&crate::views::compact_views(batch))?;
-    }
-    writer.finish()?;
+    let mut encoded = Encoded::new();
+    encode_block_stream(block, &mut encoded)?;
+    encoded
+        .write_to(out)
+        .map_err(arrow::error::ArrowError::from)?;
     Ok(())
 }
 
@@ -319,23 +401,6 @@ pub fn write_ipc_end(out: &mut (impl Write + ?Sized)) -> std::io::Result<u64> {
     out.write_all(&CONTINUATION)?;
     out.write_all(&0u32.to_le_bytes())?;
     Ok(8)
-}
-
-struct CountingWriter<'a, W: Write> {
-    inner: &'a mut W,
-    written: u64,
-}
-
-impl<W: Write> Write for CountingWriter<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.written += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 #[cfg(test)]

@@ -17,14 +17,14 @@
 //! kept because another process happens to have its dead owner's pid.
 
 use std::fs::{self, File};
-use std::io::BufWriter;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use memmap2::Mmap;
 
-use super::format::{read_object, write_object};
+use super::format::{Encoded, encode_object, read_object};
 use crate::error::{Error, Result};
 use crate::ids::ObjectId;
 use crate::object::Object;
@@ -118,16 +118,11 @@ impl ObjectDir {
         object: &Object,
         recycled: Option<&Path>,
     ) -> Result<u64> {
+        let encoded = encode_object(object)?;
         let (file, tmp) = self.open_tmp(id, recycled)?;
-        let result = (|| {
-            let mut out = BufWriter::with_capacity(1 << 20, file);
-            let size = write_object(&mut out, object)?;
-            let file = out
-                .into_inner()
-                .map_err(|e| Error::io(&tmp, e.into_error()))?;
-            file.set_len(size).map_err(|e| Error::io(&tmp, e))?;
-            Ok(size)
-        })();
+        let result = write_encoded(&file, &encoded)
+            .map(|()| encoded.len())
+            .map_err(|e| Error::io(&tmp, e));
         match result {
             Ok(size) => {
                 self.seal(id, &tmp)?;
@@ -140,18 +135,19 @@ impl ObjectDir {
         }
     }
 
-    /// Opens `<id>.tmp` for writing from its start: a fresh file, or `recycled` renamed (its
+    /// Opens `<id>.tmp` for writing (and reading, so it can be mapped) from its start: a fresh file, or `recycled` renamed (its
     /// old bytes are overwritten, and whatever is left past the new end must be cut with
     /// `set_len` once the length is known).
     pub fn open_tmp(&self, id: ObjectId, recycled: Option<&Path>) -> Result<(File, PathBuf)> {
         let tmp = self.path.join(format!("{id}.tmp"));
         if let Some(recycled) = recycled
             && fs::rename(recycled, &tmp).is_ok()
-            && let Ok(file) = fs::OpenOptions::new().write(true).open(&tmp)
+            && let Ok(file) = fs::OpenOptions::new().read(true).write(true).open(&tmp)
         {
             return Ok((file, tmp));
         }
         let file = fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
             .truncate(true)
@@ -216,6 +212,55 @@ impl ObjectDir {
     }
 }
 
+/// Writes `encoded` as the whole of `file` (opened for reading and writing, fresh or recycled),
+/// one copy from the object's buffers either way. A recycled file, whose pages exist, is
+/// written through a mapping ([`write_mapped`]): 5.0–5.5 GB/s for 64 MiB blocks here, against
+/// 3.1 for `write(2)`, which locks, copies into and unlocks tmpfs page by page. A fresh file
+/// is written with `write(2)`: its pages are allocated as they are filled, where a mapping
+/// would need them allocated and zeroed first (3.4 GB/s against 1.7).
+fn write_encoded(file: &File, encoded: &Encoded) -> std::io::Result<()> {
+    if file.metadata()?.len() > 0 {
+        return write_mapped(file, encoded);
+    }
+    encoded.write_to(&mut &*file)?;
+    Ok(())
+}
+
+/// Writes `encoded` as the whole of `file` through a mapping: its length set, its space
+/// allocated, its pages mapped in one go (`MAP_POPULATE`), then one copy.
+///
+/// The space is allocated (`fallocate`) before anything is mapped: a store whose filesystem is
+/// full fails here with ENOSPC, where a write through the mapping into a hole would kill the
+/// process with SIGBUS.
+fn write_mapped(file: &File, encoded: &Encoded) -> std::io::Result<()> {
+    file.set_len(encoded.len())?;
+    if encoded.is_empty() {
+        return Ok(());
+    }
+    let len = libc::off_t::try_from(encoded.len()).map_err(std::io::Error::other)?;
+    // SAFETY: `fallocate` on an open descriptor we own, within the length just set.
+    let status = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+    if status != 0 {
+        let error = std::io::Error::last_os_error();
+        // A filesystem without fallocate (some network or FUSE ones) is written as it is.
+        if error.raw_os_error() != Some(libc::EOPNOTSUPP) {
+            return Err(error);
+        }
+    }
+    // SAFETY: the file is this store's `<id>.tmp` (its session directory is its user's only,
+    // the file 0600), fresh or a recycled file renamed to that name under the exclusive lock
+    // no reader holds (see `super::recycle`): nothing else maps, truncates or writes it while
+    // this mapping lives, and readers map it only once it is renamed to the object's name.
+    let mut map = unsafe {
+        memmap2::MmapOptions::new()
+            .len(encoded.len() as usize)
+            .populate()
+            .map_mut(file)?
+    };
+    encoded.copy_to(&mut map);
+    Ok(())
+}
+
 impl Drop for ObjectDir {
     fn drop(&mut self) {
         if self.owned {
@@ -239,7 +284,6 @@ pub(crate) fn map_file(
 
 /// `flock(2)` on `file` (`LOCK_SH`, `LOCK_EX`, with `LOCK_NB` or not).
 pub(crate) fn lock(file: &File, operation: libc::c_int) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
     loop {
         // SAFETY: flock on a descriptor this `File` owns; it touches no memory.
         if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
