@@ -34,6 +34,7 @@ pub mod checksum;
 pub mod columns;
 pub mod context;
 pub mod dataset;
+mod decimal_arithmetic;
 pub mod error;
 pub mod exchange;
 pub use exchange::{combine, partition, reduce};

@@ -62,7 +62,8 @@ impl PlannedExpr {
 
 /// Plans `expr` against `schema`: type coercion, then DataFusion's expression simplifier (which
 /// some functions need before they can run at all: `coalesce`, `nvl` and the like are rewritten
-/// into `CASE` there), then the physical expression.
+/// into `CASE` there), then the physical expression, its decimal arithmetic made faster
+/// ([`crate::decimal_arithmetic`]).
 pub fn plan_expr(
     expr: &Expr,
     schema: &SchemaRef,
@@ -73,7 +74,8 @@ pub fn plan_expr(
         .build();
     let simplifier = ExprSimplifier::new(context);
     let expr = simplifier.simplify(simplifier.coerce(expr.clone(), &df_schema)?)?;
-    SESSION.create_physical_expr(expr, &df_schema)
+    let physical = SESSION.create_physical_expr(expr, &df_schema)?;
+    crate::decimal_arithmetic::faster_decimal_arithmetic(physical, schema)
 }
 
 /// Keeps the rows where `predicate` is true (null counts as false).
