@@ -17,6 +17,7 @@
 //! kept because another process happens to have its dead owner's pid.
 
 use std::fs::{self, File};
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -222,8 +223,11 @@ fn write_encoded(file: &File, encoded: &Encoded) -> std::io::Result<()> {
     if file.metadata()?.len() > 0 {
         return write_mapped(file, encoded);
     }
-    encoded.write_to(&mut &*file)?;
-    Ok(())
+    // Small pieces (message headers, padding, short columns) gathered into one `write`;
+    // a piece as large as the buffer goes to the file straight from the column.
+    let mut out = std::io::BufWriter::with_capacity(64 << 10, file);
+    encoded.write_to(&mut out)?;
+    out.flush()
 }
 
 /// Writes `encoded` as the whole of `file` through a mapping: its length set, its space
