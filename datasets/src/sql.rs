@@ -177,11 +177,16 @@ pub fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
         .collect()
 }
 
-/// The SQL session of an embedded context: DataFusion's defaults, with [`physical_rules`].
+/// The SQL session of an embedded context: DataFusion's defaults, with [`physical_rules`] and
+/// then [`FasterDecimalArithmetic`](crate::decimal_arithmetic::FasterDecimalArithmetic) (decimal
+/// `+`, `-` and `*` without a per-row overflow check where none can overflow; the plans of a
+/// session with tasks are serialized, and keep DataFusion's expressions).
 pub fn session() -> SessionContext {
+    let mut rules = physical_rules();
+    rules.push(Arc::new(crate::decimal_arithmetic::FasterDecimalArithmetic));
     let state = SessionStateBuilder::new()
         .with_default_features()
-        .with_physical_optimizer_rules(physical_rules())
+        .with_physical_optimizer_rules(rules)
         .build();
     SessionContext::new_with_state(state)
 }
