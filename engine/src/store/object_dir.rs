@@ -136,9 +136,9 @@ impl ObjectDir {
         }
     }
 
-    /// Opens `<id>.tmp` for writing (and reading, so it can be mapped) from its start: a fresh file, or `recycled` renamed (its
-    /// old bytes are overwritten, and whatever is left past the new end must be cut with
-    /// `set_len` once the length is known).
+    /// Opens `<id>.tmp` for writing (and reading, so it can be mapped) from its start: a fresh
+    /// file, or `recycled` renamed (its old bytes are overwritten, and whatever is left past
+    /// the new end must be cut with `set_len` once the length is known).
     pub fn open_tmp(&self, id: ObjectId, recycled: Option<&Path>) -> Result<(File, PathBuf)> {
         let tmp = self.path.join(format!("{id}.tmp"));
         if let Some(recycled) = recycled
@@ -220,9 +220,10 @@ impl ObjectDir {
 /// is written with `write(2)`: its pages are allocated as they are filled, where a mapping
 /// would need them allocated and zeroed first (3.4 GB/s against 1.7).
 fn write_encoded(file: &File, encoded: &Encoded) -> std::io::Result<()> {
-    if file.metadata()?.len() > 0 {
-        return write_mapped(file, encoded);
+    if file.metadata()?.len() > 0 && write_mapped(file, encoded)? {
+        return Ok(());
     }
+    file.set_len(0)?;
     // Small pieces (message headers, padding, short columns) gathered into one `write`;
     // a piece as large as the buffer goes to the file straight from the column.
     let mut out = std::io::BufWriter::with_capacity(64 << 10, file);
@@ -231,25 +232,26 @@ fn write_encoded(file: &File, encoded: &Encoded) -> std::io::Result<()> {
 }
 
 /// Writes `encoded` as the whole of `file` through a mapping: its length set, its space
-/// allocated, its pages mapped in one go (`MAP_POPULATE`), then one copy.
+/// allocated, its pages mapped in one go (`MAP_POPULATE`), then one copy. `false` (nothing
+/// written) on a filesystem that cannot allocate space ahead (`fallocate` unsupported).
 ///
-/// The space is allocated (`fallocate`) before anything is mapped: a store whose filesystem is
-/// full fails here with ENOSPC, where a write through the mapping into a hole would kill the
-/// process with SIGBUS.
-fn write_mapped(file: &File, encoded: &Encoded) -> std::io::Result<()> {
+/// The space is allocated before anything is mapped: a store whose filesystem is full fails
+/// here with ENOSPC, where a write through the mapping into a hole would kill the process
+/// with SIGBUS.
+fn write_mapped(file: &File, encoded: &Encoded) -> std::io::Result<bool> {
     file.set_len(encoded.len())?;
     if encoded.is_empty() {
-        return Ok(());
+        return Ok(true);
     }
     let len = libc::off_t::try_from(encoded.len()).map_err(std::io::Error::other)?;
     // SAFETY: `fallocate` on an open descriptor we own, within the length just set.
     let status = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
     if status != 0 {
         let error = std::io::Error::last_os_error();
-        // A filesystem without fallocate (some network or FUSE ones) is written as it is.
-        if error.raw_os_error() != Some(libc::EOPNOTSUPP) {
-            return Err(error);
-        }
+        return match error.raw_os_error() {
+            Some(libc::EOPNOTSUPP) => Ok(false),
+            _ => Err(error),
+        };
     }
     // SAFETY: the file is this store's `<id>.tmp` (its session directory is its user's only,
     // the file 0600), fresh or a recycled file renamed to that name under the exclusive lock
@@ -262,7 +264,7 @@ fn write_mapped(file: &File, encoded: &Encoded) -> std::io::Result<()> {
             .map_mut(file)?
     };
     encoded.copy_to(&mut map);
-    Ok(())
+    Ok(true)
 }
 
 impl Drop for ObjectDir {
