@@ -247,44 +247,39 @@ impl datafusion::physical_optimizer::PhysicalOptimizerRule for FasterDecimalArit
         plan.transform_up(|node| {
             if let Some(projection) = node.downcast_ref::<ProjectionExec>() {
                 let input = projection.input();
-                let schema = input.schema();
-                let exprs = projection
+                let old: Vec<_> = projection
                     .expr()
                     .iter()
-                    .map(|e| {
-                        Ok(ProjectionExpr {
-                            expr: faster_decimal_arithmetic(Arc::clone(&e.expr), &schema)?,
-                            alias: e.alias.clone(),
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let rewritten = ProjectionExec::try_new(exprs, Arc::clone(input))?;
-                if rewritten.schema() != node.schema() {
-                    return Ok(Transformed::no(node));
+                    .map(|e| Arc::clone(&e.expr))
+                    .collect();
+                if let Some(new) = rewritten(&old, &input.schema())? {
+                    let exprs =
+                        new.into_iter()
+                            .zip(projection.expr())
+                            .map(|(expr, e)| ProjectionExpr {
+                                expr,
+                                alias: e.alias.clone(),
+                            });
+                    let projection = ProjectionExec::try_new(exprs, Arc::clone(input))?;
+                    if projection.schema() == node.schema() {
+                        return Ok(Transformed::yes(
+                            Arc::new(projection) as Arc<dyn ExecutionPlan>
+                        ));
+                    }
                 }
-                return Ok(Transformed::yes(
-                    Arc::new(rewritten) as Arc<dyn ExecutionPlan>
-                ));
             }
             if let Some(aggregate) = node.downcast_ref::<AggregateExec>() {
                 let schema = aggregate.input_schema();
                 let mut changed = false;
                 let mut functions = Vec::with_capacity(aggregate.aggr_expr().len());
                 for function in aggregate.aggr_expr() {
-                    let args = function
-                        .expressions()
-                        .into_iter()
-                        .map(|e| faster_decimal_arithmetic(e, &schema))
-                        .collect::<Result<Vec<_>>>()?;
-                    let order_by = function
-                        .order_bys()
-                        .iter()
-                        .map(|s| Arc::clone(&s.expr))
-                        .collect();
-                    match function.with_new_expressions(args, order_by) {
-                        Some(rewritten) => {
+                    let order_by = || function.order_bys().iter().map(|s| Arc::clone(&s.expr));
+                    let faster = rewritten(&function.expressions(), &schema)?
+                        .and_then(|args| function.with_new_expressions(args, order_by().collect()));
+                    match faster {
+                        Some(faster) => {
                             changed = true;
-                            functions.push(Arc::new(rewritten));
+                            functions.push(Arc::new(faster));
                         }
                         None => functions.push(Arc::clone(function)),
                     }
@@ -308,6 +303,20 @@ impl datafusion::physical_optimizer::PhysicalOptimizerRule for FasterDecimalArit
     fn schema_check(&self) -> bool {
         true
     }
+}
+
+/// `exprs` with their decimal arithmetic made faster; `None` if none of them changed, so a
+/// plan without any keeps its nodes.
+fn rewritten(
+    exprs: &[Arc<dyn PhysicalExpr>],
+    schema: &Schema,
+) -> Result<Option<Vec<Arc<dyn PhysicalExpr>>>> {
+    let new = exprs
+        .iter()
+        .map(|e| faster_decimal_arithmetic(Arc::clone(e), schema))
+        .collect::<Result<Vec<_>>>()?;
+    let changed = new.iter().zip(exprs).any(|(n, o)| !Arc::ptr_eq(n, o));
+    Ok(changed.then_some(new))
 }
 
 #[cfg(test)]
