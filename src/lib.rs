@@ -96,7 +96,11 @@ pub fn init_with(config: Config) -> Result<Context> {
 /// If a node daemon started this process as a worker, serves tasks and exits; otherwise returns
 /// at once. [`init`] calls it; a program with its own `main` logic before `init` (a test
 /// harness, say) calls it first thing.
+///
+/// Either way it first turns transparent huge pages off for the process (see
+/// [`manta_engine::huge_pages`]; `MANTA_TRANSPARENT_HUGE_PAGES=1` keeps them).
 pub fn run_worker_if_requested() {
+    manta_engine::huge_pages::disable_transparent_huge_pages();
     if let Some(worker) = manta_scheduler::WorkerEnv::from_env() {
         init_tracing();
         manta_scheduler::run_worker(worker);

@@ -21,7 +21,8 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     // A driver's tasks run in worker processes started from the driver's own executable, and
-    // `manta sql --address` and a head serving Flight SQL are drivers.
+    // `manta sql --address` and a head serving Flight SQL are drivers. (This also turns
+    // transparent huge pages off for heads, nodes and the workers they start.)
     manta::run_worker_if_requested();
     let args = cli::Cli::parse();
     manta::init_tracing();

@@ -19,6 +19,7 @@
 //! * [`registry`]: functions registered by name, and calling them safely.
 //! * [`task`]: [`TaskSpec`], [`execute`](task::execute), [`TaskStats`].
 //! * [`resources`]: CPUs, memory and custom resources; byte sizes.
+//! * [`huge_pages`]: transparent huge pages, off for Manta's processes.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -39,6 +40,7 @@ pub mod actor;
 pub mod callable;
 pub mod dirs;
 pub mod error;
+pub mod huge_pages;
 pub mod ids;
 pub mod lineage;
 pub mod object;
