@@ -180,12 +180,15 @@ pub fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
 /// The SQL session of an embedded context: DataFusion's defaults, with [`physical_rules`] and
 /// then [`FasterDecimalArithmetic`](crate::decimal_arithmetic::FasterDecimalArithmetic) (decimal
 /// `+`, `-` and `*` without a per-row overflow check where none can overflow; the plans of a
-/// session with tasks are serialized, and keep DataFusion's expressions).
+/// session with tasks are serialized, and keep DataFusion's expressions), and the logical rule
+/// [`SemiJoinPushdown`](crate::semi_join_pushdown::SemiJoinPushdown) (a semi join on a join's
+/// key moved below it; sessions with tasks have their own semi join reductions).
 pub fn session() -> SessionContext {
     let mut rules = physical_rules();
     rules.push(Arc::new(crate::decimal_arithmetic::FasterDecimalArithmetic));
     let state = SessionStateBuilder::new()
         .with_default_features()
+        .with_optimizer_rule(Arc::new(crate::semi_join_pushdown::SemiJoinPushdown))
         .with_physical_optimizer_rules(rules)
         .build();
     SessionContext::new_with_state(state)
