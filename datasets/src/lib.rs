@@ -37,6 +37,7 @@ pub mod dataset;
 mod decimal_arithmetic;
 pub mod error;
 pub mod exchange;
+mod group_key_reduction;
 mod semi_join_pushdown;
 pub use exchange::{combine, partition, reduce};
 pub mod executor;

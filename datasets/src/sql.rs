@@ -189,6 +189,7 @@ pub fn session() -> SessionContext {
     let state = SessionStateBuilder::new()
         .with_default_features()
         .with_optimizer_rule(Arc::new(crate::semi_join_pushdown::SemiJoinPushdown))
+        .with_optimizer_rule(Arc::new(crate::group_key_reduction::GroupKeyReduction))
         .with_physical_optimizer_rules(rules)
         .build();
     SessionContext::new_with_state(state)
