@@ -182,7 +182,9 @@ pub fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
 /// `+`, `-` and `*` without a per-row overflow check where none can overflow; the plans of a
 /// session with tasks are serialized, and keep DataFusion's expressions), and the logical rule
 /// [`SemiJoinPushdown`](crate::semi_join_pushdown::SemiJoinPushdown) (a semi join on a join's
-/// key moved below it; sessions with tasks have their own semi join reductions).
+/// key moved below it) and [`GroupKeyReduction`](crate::group_key_reduction::GroupKeyReduction)
+/// (an aggregate joined on its group key with a filtered scan reads only that scan's keys);
+/// sessions with tasks have their own semi join reductions.
 pub fn session() -> SessionContext {
     let mut rules = physical_rules();
     rules.push(Arc::new(crate::decimal_arithmetic::FasterDecimalArithmetic));
