@@ -266,6 +266,7 @@ mod tests {
     use proptest::prelude::*;
 
     use crate::sql::session;
+    use crate::sql::test_support::{optimized_plan, sorted_answer};
 
     /// `p(p_k, p_b)` (parts with a brand) and `l(l_k, l_q, l_p)` (lines of parts), keys from
     /// few values so that they repeat, miss and are null.
@@ -315,29 +316,6 @@ mod tests {
         "SELECT p_k, s FROM p JOIN (SELECT l_k, sum(l_q) AS s FROM l GROUP BY l_k) a ON a.l_k = p_k",
     ];
 
-    fn answer(ctx: &SessionContext, sql: &str) -> Vec<String> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let batches = runtime
-            .block_on(async { ctx.sql(sql).await?.collect().await })
-            .unwrap();
-        let text = arrow::util::pretty::pretty_format_batches(&batches)
-            .unwrap()
-            .to_string();
-        let mut lines: Vec<String> = text.lines().skip(3).map(str::to_string).collect();
-        lines.sort();
-        lines
-    }
-
-    fn optimized(ctx: &SessionContext, sql: &str) -> String {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let frame = runtime.block_on(ctx.sql(sql)).unwrap();
-        format!("{}", frame.into_optimized_plan().unwrap().display_indent())
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
 
@@ -351,7 +329,7 @@ mod tests {
             let plain = SessionContext::new();
             register(&manta, &parts, &lines);
             register(&plain, &parts, &lines);
-            prop_assert_eq!(answer(&manta, QUERIES[query]), answer(&plain, QUERIES[query]));
+            prop_assert_eq!(sorted_answer(&manta, QUERIES[query]), sorted_answer(&plain, QUERIES[query]));
         }
     }
 
@@ -362,7 +340,7 @@ mod tests {
         let ctx = session();
         register(&ctx, &[(Some(1), 2)], &[(Some(1), 3)]);
         for (n, sql) in QUERIES.iter().enumerate() {
-            let plan = optimized(&ctx, sql);
+            let plan = optimized_plan(&ctx, sql);
             let reductions = plan.matches(super::KEYS_ALIAS).count();
             let expected = if n < 3 { 1 } else { 0 };
             assert!(

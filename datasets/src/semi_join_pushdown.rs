@@ -141,6 +141,7 @@ mod tests {
     use proptest::prelude::*;
 
     use crate::sql::session;
+    use crate::sql::test_support::{optimized_plan, sorted_answer};
 
     /// Tables `o(k, c, v)`, `l(k, q)` and `c(c, name)` with keys drawn from few values (so
     /// that keys repeat, miss and are null) and a semi join query shape per case, answered by
@@ -206,22 +207,6 @@ mod tests {
         "SELECT o_k, c_name FROM o JOIN c ON o_c = c_c WHERE o_k IN (SELECT l_k FROM l WHERE l_q = 3)",
     ];
 
-    /// The rows of `sql`'s answer, sorted, as text.
-    fn answer(ctx: &SessionContext, sql: &str) -> Vec<String> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let batches = runtime
-            .block_on(async { ctx.sql(sql).await?.collect().await })
-            .unwrap();
-        let text = arrow::util::pretty::pretty_format_batches(&batches)
-            .unwrap()
-            .to_string();
-        let mut lines: Vec<String> = text.lines().skip(3).map(str::to_string).collect();
-        lines.sort();
-        lines
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
 
@@ -237,7 +222,7 @@ mod tests {
             let plain = SessionContext::new();
             register(&manta, &rows);
             register(&plain, &rows);
-            prop_assert_eq!(answer(&manta, QUERIES[query]), answer(&plain, QUERIES[query]));
+            prop_assert_eq!(sorted_answer(&manta, QUERIES[query]), sorted_answer(&plain, QUERIES[query]));
         }
     }
 
@@ -247,13 +232,7 @@ mod tests {
     fn moves_the_semi_join_only_onto_the_join_on_its_key() {
         let ctx = session();
         register(&ctx, &[(Some(1), Some(1), 1), (Some(2), None, 2)]);
-        let plan = |sql: &str| {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .unwrap();
-            let frame = runtime.block_on(ctx.sql(sql)).unwrap();
-            format!("{}", frame.into_optimized_plan().unwrap().display_indent())
-        };
+        let plan = |sql: &str| optimized_plan(&ctx, sql);
         let lines =
             |text: &str| -> Vec<String> { text.lines().map(|l| l.trim().to_string()).collect() };
         let q18 = lines(&plan(QUERIES[0]));

@@ -317,3 +317,28 @@ impl Context {
         self.from_arrow(batches)
     }
 }
+
+/// Helpers for the tests of the SQL session's own rules.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use datafusion::prelude::SessionContext;
+
+    /// The rows of `sql`'s answer in `ctx`, printed and sorted (so that two engines' answers
+    /// compare whatever their row order).
+    pub(crate) fn sorted_answer(ctx: &SessionContext, sql: &str) -> Vec<String> {
+        let batches =
+            crate::thread_runtime::block_on(async { ctx.sql(sql).await?.collect().await }).unwrap();
+        let text = arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        let mut lines: Vec<String> = text.lines().skip(3).map(str::to_string).collect();
+        lines.sort();
+        lines
+    }
+
+    /// `sql`'s optimized logical plan in `ctx`, indented, one node per line.
+    pub(crate) fn optimized_plan(ctx: &SessionContext, sql: &str) -> String {
+        let frame = crate::thread_runtime::block_on(ctx.sql(sql)).unwrap();
+        format!("{}", frame.into_optimized_plan().unwrap().display_indent())
+    }
+}
