@@ -295,6 +295,8 @@ fn sql_over_files_in_every_format_and_in_a_shell() {
 /// naming the head's address.
 #[test]
 fn a_node_whose_head_never_comes_up_gives_up_naming_it() {
+    // The node makes its store (sweeping dead sessions) before it tries the head.
+    let _one_at_a_time = one_store_test_at_a_time();
     let run_dir = tempfile::tempdir().unwrap();
     // A port nobody listens on: bound, then let go.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
