@@ -39,6 +39,7 @@ pub mod error;
 pub mod exchange;
 mod group_key_reduction;
 mod semi_join_pushdown;
+mod shared_subplan;
 pub use exchange::{combine, partition, reduce};
 pub mod executor;
 pub mod file_options;

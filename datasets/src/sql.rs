@@ -192,6 +192,8 @@ pub fn session() -> SessionContext {
         .with_default_features()
         .with_optimizer_rule(Arc::new(crate::semi_join_pushdown::SemiJoinPushdown))
         .with_optimizer_rule(Arc::new(crate::group_key_reduction::GroupKeyReduction))
+        .with_optimizer_rule(Arc::new(crate::shared_subplan::SharedSubplans))
+        .with_query_planner(Arc::new(crate::shared_subplan::SharedSubplanQueryPlanner))
         .with_physical_optimizer_rules(rules)
         .build();
     SessionContext::new_with_state(state)
