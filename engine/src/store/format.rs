@@ -41,7 +41,7 @@ pub fn header(is_block: bool) -> [u8; HEADER_LEN] {
 /// An object in the stored layout, as the pieces to write one after another: the header, then
 /// for a block the IPC stream's messages, whose bodies are the block's own Arrow buffers (arrow's
 /// `StreamEncoder` hands them out without copying), for bytes the bytes. So the one copy a
-/// write makes is from the buffers into the file (or its mapping: [`Encoded::copy_to`]).
+/// write makes is from the buffers into the file (or its mapping: [`Encoded::copy_range`]).
 pub struct Encoded {
     pieces: Vec<Piece>,
     len: u64,
@@ -95,13 +95,20 @@ impl Encoded {
         Ok(self.len)
     }
 
-    /// Copies the pieces to the start of `dest`, which must hold [`len`](Self::len) bytes.
-    pub fn copy_to(&self, dest: &mut [u8]) {
+    /// Copies the bytes `start..start + dest.len()` of the object into `dest`.
+    pub fn copy_range(&self, start: usize, dest: &mut [u8]) {
+        let end = start + dest.len();
         let mut at = 0;
         for piece in &self.pieces {
             let piece = piece.as_slice();
-            dest[at..at + piece.len()].copy_from_slice(piece);
+            let (from, to) = (at.max(start), (at + piece.len()).min(end));
+            if from < to {
+                dest[from - start..to - start].copy_from_slice(&piece[from - at..to - at]);
+            }
             at += piece.len();
+            if at >= end {
+                break;
+            }
         }
     }
 }
