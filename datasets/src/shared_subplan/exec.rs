@@ -48,7 +48,8 @@ impl fmt::Debug for Started {
 
 impl SharedResult {
     /// The shared output for an occurrence whose input is `input`: started now from `input` if
-    /// no occurrence ran yet; `None` if one did with a different physical plan.
+    /// no occurrence ran yet; `None` if one did with a different physical plan (or there is no
+    /// runtime to start it on), and the occurrence must run its own input.
     fn partitions(
         &self,
         input: &Arc<dyn ExecutionPlan>,
@@ -59,6 +60,8 @@ impl SharedResult {
         if let Some(started) = started.as_ref() {
             return (started.plan == plan).then(|| started.partitions.clone());
         }
+        // Executed outside a runtime (nothing to spawn on): this occurrence runs alone.
+        tokio::runtime::Handle::try_current().ok()?;
         let task = SpawnedTask::spawn(collect_partitioned(Arc::clone(input), Arc::clone(context)));
         let partitions = async move {
             match task.join_unwind().await {
