@@ -37,6 +37,7 @@ pub mod dataset;
 mod decimal_arithmetic;
 pub mod error;
 pub mod exchange;
+mod filter_order;
 mod group_key_reduction;
 mod semi_join_pushdown;
 mod shared_subplan;

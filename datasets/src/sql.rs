@@ -188,6 +188,7 @@ pub fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
 pub fn session() -> SessionContext {
     let mut rules = physical_rules();
     rules.push(Arc::new(crate::decimal_arithmetic::FasterDecimalArithmetic));
+    rules.push(Arc::new(crate::filter_order::FilterOrder));
     let state = SessionStateBuilder::new()
         .with_default_features()
         .with_optimizer_rule(Arc::new(crate::semi_join_pushdown::SemiJoinPushdown))
