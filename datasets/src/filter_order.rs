@@ -187,19 +187,7 @@ mod tests {
     use proptest::prelude::*;
 
     use crate::sql::session;
-
-    /// `sql`'s rows in `ctx`, printed and sorted; or its error, printed.
-    fn answer(ctx: &SessionContext, sql: &str) -> Result<Vec<String>, String> {
-        let batches =
-            crate::thread_runtime::block_on(async { ctx.sql(sql).await?.collect().await })
-                .map_err(|e| e.to_string())?;
-        let text = arrow::util::pretty::pretty_format_batches(&batches)
-            .unwrap()
-            .to_string();
-        let mut lines: Vec<String> = text.lines().skip(3).map(str::to_string).collect();
-        lines.sort();
-        Ok(lines)
-    }
+    use crate::sql::test_support::try_sorted_answer as answer;
 
     /// `t(a, b, c, s)`: small numbers that repeat and are null, and short unicode strings.
     fn register(ctx: &SessionContext, rows: &[(Option<i64>, Option<i64>, i64, String)]) {

@@ -329,14 +329,23 @@ pub(crate) mod test_support {
     /// The rows of `sql`'s answer in `ctx`, printed and sorted (so that two engines' answers
     /// compare whatever their row order).
     pub(crate) fn sorted_answer(ctx: &SessionContext, sql: &str) -> Vec<String> {
+        try_sorted_answer(ctx, sql).unwrap()
+    }
+
+    /// [`sorted_answer`], or the query's error, printed.
+    pub(crate) fn try_sorted_answer(
+        ctx: &SessionContext,
+        sql: &str,
+    ) -> Result<Vec<String>, String> {
         let batches =
-            crate::thread_runtime::block_on(async { ctx.sql(sql).await?.collect().await }).unwrap();
+            crate::thread_runtime::block_on(async { ctx.sql(sql).await?.collect().await })
+                .map_err(|e| e.to_string())?;
         let text = arrow::util::pretty::pretty_format_batches(&batches)
             .unwrap()
             .to_string();
         let mut lines: Vec<String> = text.lines().skip(3).map(str::to_string).collect();
         lines.sort();
-        lines
+        Ok(lines)
     }
 
     /// `sql`'s optimized logical plan in `ctx`, indented, one node per line.
