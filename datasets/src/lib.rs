@@ -39,6 +39,7 @@ pub mod error;
 pub mod exchange;
 mod filter_order;
 mod group_key_reduction;
+mod join_order;
 mod semi_join_pushdown;
 mod shared_subplan;
 pub use exchange::{combine, partition, reduce};

@@ -30,6 +30,7 @@ use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::optimizer::{Optimizer, OptimizerRule};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::physical_plan::ExecutionPlan;
@@ -183,14 +184,15 @@ pub fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
 /// session with tasks are serialized, and keep DataFusion's expressions), and the logical rule
 /// [`SemiJoinPushdown`](crate::semi_join_pushdown::SemiJoinPushdown) (a semi join on a join's
 /// key moved below it) and [`GroupKeyReduction`](crate::group_key_reduction::GroupKeyReduction)
-/// (an aggregate joined on its group key with a filtered scan reads only that scan's keys);
-/// sessions with tasks have their own semi join reductions.
+/// (an aggregate joined on its group key with a filtered scan reads only that scan's keys),
+/// and [`logical_rules`]' join order; sessions with tasks have their own semi join reductions.
 pub fn session() -> SessionContext {
     let mut rules = physical_rules();
     rules.push(Arc::new(crate::decimal_arithmetic::FasterDecimalArithmetic));
     rules.push(Arc::new(crate::filter_order::FilterOrder));
     let state = SessionStateBuilder::new()
         .with_default_features()
+        .with_optimizer_rules(logical_rules())
         .with_optimizer_rule(Arc::new(crate::semi_join_pushdown::SemiJoinPushdown))
         .with_optimizer_rule(Arc::new(crate::group_key_reduction::GroupKeyReduction))
         .with_optimizer_rule(Arc::new(crate::shared_subplan::SharedSubplans))
@@ -198,6 +200,20 @@ pub fn session() -> SessionContext {
         .with_physical_optimizer_rules(rules)
         .build();
     SessionContext::new_with_state(state)
+}
+
+/// The logical optimizer rules of the embedded SQL session: DataFusion's, with
+/// [`JoinOrder`](crate::join_order::JoinOrder) (inner joins in the order estimated to join
+/// the fewest rows) before its projection pruning, so that each pass prunes the columns of the
+/// joins in their new order.
+fn logical_rules() -> Vec<Arc<dyn OptimizerRule + Send + Sync>> {
+    let mut rules = Optimizer::new().rules;
+    let pruning = rules
+        .iter()
+        .position(|rule| rule.name() == "optimize_projections")
+        .unwrap_or(rules.len());
+    rules.insert(pruning, Arc::new(crate::join_order::JoinOrder));
+    rules
 }
 
 /// The largest estimated join side a session with tasks broadcasts, in bytes.
