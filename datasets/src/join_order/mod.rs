@@ -29,7 +29,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{Column, DFSchemaRef, NullEquality, Result};
+use datafusion::common::{Column, DFSchemaRef, NullEquality, Result, internal_datafusion_err};
 use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 use datafusion::logical_expr::{
     Expr, Filter, Join, JoinConstraint, JoinType, LogicalPlan, Projection,
@@ -88,9 +88,36 @@ fn reorder(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
         return Ok(Transformed::yes(rebuilt));
     }
     match plans_changed {
-        true => Ok(Transformed::yes(group.build(&written, schema)?)),
+        true => {
+            let mut plans = group.plans.into_iter();
+            Ok(Transformed::yes(with_plans(&plan, &mut plans)?))
+        }
         false => Ok(Transformed::no(plan)),
     }
+}
+
+/// `plan`, a group's joins as written, over `plans` in place of the plans
+/// [`Group::flatten`] found in it (in the order it found them).
+fn with_plans(
+    plan: &LogicalPlan,
+    plans: &mut impl Iterator<Item = LogicalPlan>,
+) -> Result<LogicalPlan> {
+    let member = match plan {
+        LogicalPlan::Join(_) => is_inner_join(plan),
+        LogicalPlan::Projection(_) => is_group_member_join(plan),
+        _ => false,
+    };
+    if !member {
+        return plans
+            .next()
+            .ok_or_else(|| internal_datafusion_err!("a join group has fewer plans than joins"));
+    }
+    let inputs = plan
+        .inputs()
+        .into_iter()
+        .map(|input| with_plans(input, plans))
+        .collect::<Result<Vec<_>>>()?;
+    plan.with_new_exprs(plan.expressions(), inputs)
 }
 
 /// Whether `plan` is a join this rule may reorder: inner, on equal keys, nulls joining
