@@ -1318,15 +1318,19 @@ fn a_stalled_driver_says_what_it_waits_for(_: &()) {
         assert!(ok, "{out}");
         let job = submitted(&out);
         let mut log = String::new();
-        eventually_within(
-            Duration::from_secs(60),
-            &format!("{role}: the driver says why it is stalled"),
-            || {
-                log = manta(&["job", "logs", &job, "--address", address]).1;
-                log.contains("no task of this job has finished for")
-                    && expected.iter().all(|e| log.contains(e))
-            },
-        );
+        let said = |log: &str| {
+            log.contains("no task of this job has finished for")
+                && expected.iter().all(|e| log.contains(e))
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !said(&log) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{role}: the driver never said why it is stalled in 60 s; its log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+            log = manta(&["job", "logs", &job, "--address", address]).1;
+        }
         let (ok, out) = manta(&["job", "stop", &job, "--address", address]);
         assert!(ok, "{out}");
         eventually(&format!("{role}: the job stops"), || {

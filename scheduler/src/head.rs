@@ -894,6 +894,7 @@ impl Head {
                 }
             }
             if !queue.is_empty() && !state.capacity.could_fit(&queue.demand) {
+                queue.drop_gone();
                 let timeout = if self
                     .config
                     .autoscaler
@@ -1832,11 +1833,17 @@ mod tests {
 
         let (head, _) = head_with_one_cpu(dir.path());
         let no_inputs = HashMap::new();
-        let acquiring = head.acquire(&big, &no_inputs, "big");
-        tokio::pin!(acquiring);
+        let mut acquiring = Box::pin(head.acquire(&big, &no_inputs, "big"));
         assert!(futures::poll!(&mut acquiring).is_pending());
         assert_eq!(head.pending_demand().len(), 1);
         assert!(head.pending_demand()[0].fits_no_live_node);
+
+        // Its caller goes away (its job ended): the next dispatch forgets it rather than
+        // counting it as demand until it would have expired.
+        drop(acquiring);
+        let mut state = head.state.lock();
+        head.dispatch(&mut state);
+        assert!(state.waiting.is_empty());
     }
 
     #[tokio::test]

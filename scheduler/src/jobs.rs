@@ -64,6 +64,8 @@ pub struct Jobs {
     jobs: Mutex<HashMap<String, Job>>,
     /// The most bytes of output kept per job ([`JOB_LOG_CAP`] unless set).
     log_cap: u64,
+    /// How long a stopped job's driver has to exit before it is killed ([`STOP_GRACE`]).
+    stop_grace: Duration,
     /// Where state changes are recorded, if anywhere.
     events: std::sync::OnceLock<Arc<crate::events::Events>>,
 }
@@ -73,6 +75,9 @@ struct Job {
     /// Bumped as the log grows and when the job ends (followers wait on it).
     progress: watch::Sender<u64>,
     stopping: bool,
+    /// Told by [`Jobs::stop`]: the supervisor, which owns the driver's process (so never
+    /// signals a pid it has reaped), kills the group if the driver outlives [`STOP_GRACE`].
+    stop: Arc<tokio::sync::Notify>,
 }
 
 fn ended(state: i32) -> bool {
@@ -94,6 +99,7 @@ impl Jobs {
             token,
             jobs: Mutex::default(),
             log_cap: JOB_LOG_CAP,
+            stop_grace: STOP_GRACE,
             events: std::sync::OnceLock::new(),
         })
     }
@@ -191,26 +197,30 @@ impl Jobs {
         }
         tracing::info!(job = %id, entrypoint = %spec.entrypoint, "job submitted");
         self.record(&id, &info);
+        let stop = Arc::new(tokio::sync::Notify::new());
         self.jobs.lock().insert(
             id.clone(),
             Job {
                 info: info.clone(),
                 progress,
                 stopping: false,
+                stop: Arc::clone(&stop),
             },
         );
         if let Ok(child) = child {
-            tokio::spawn(Arc::clone(self).supervise(id, child, log));
+            tokio::spawn(Arc::clone(self).supervise(id, child, log, stop));
         }
         Ok(info)
     }
 
-    /// Copies the driver's output to its log and records how it ended.
+    /// Copies the driver's output to its log, kills its process group if it outlives a stop
+    /// by [`STOP_GRACE`], and records how it ended.
     async fn supervise(
         self: Arc<Self>,
         id: String,
         mut child: tokio::process::Child,
         log: std::fs::File,
+        stop: Arc<tokio::sync::Notify>,
     ) {
         let log = Arc::new(Mutex::new((log, 0u64)));
         let copy = |pipe: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>| {
@@ -251,7 +261,21 @@ impl Jobs {
             .take()
             .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
         let copies = tokio::spawn(futures::future::join(copy(stdout), copy(stderr)));
-        let status = child.wait().await;
+        let status = tokio::select! {
+            status = child.wait() => status,
+            () = stop.notified() => match tokio::time::timeout(self.stop_grace, child.wait()).await {
+                Ok(status) => status,
+                Err(_) => {
+                    tracing::warn!(job = %id, "the driver did not stop within {:?}; killing it", self.stop_grace);
+                    if let Some(pid) = child.id() {
+                        // SAFETY: kill(2) of the process group of the driver this task owns
+                        // and has not reaped (`child.id()` is `None` once it is).
+                        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+                    }
+                    child.wait().await
+                }
+            },
+        };
         // The rest of the output: what is still in the pipes, for at most a few seconds (a
         // child the driver left behind may hold them open).
         let _ = tokio::time::timeout(Duration::from_secs(5), copies).await;
@@ -316,21 +340,8 @@ impl Jobs {
         // SAFETY: kill(2) of the process group of a driver this head started and has not
         // reaped (its record still has its pid).
         unsafe { libc::kill(-pid, libc::SIGTERM) };
-        let mut progress = job.progress.subscribe();
-        let id = id.to_string();
-        let info = job.info.clone();
-        drop(jobs);
-        tokio::spawn(async move {
-            let ended = tokio::time::timeout(STOP_GRACE, async {
-                while progress.changed().await.is_ok() {}
-            });
-            if ended.await.is_err() {
-                tracing::warn!(job = %id, "the driver did not stop within {} s; killing it", STOP_GRACE.as_secs());
-                // SAFETY: as above; the group is this job's.
-                unsafe { libc::kill(-pid, libc::SIGKILL) };
-            }
-        });
-        Ok(info)
+        job.stop.notify_one();
+        Ok(job.info.clone())
     }
 
     /// The job's log from `offset`: what is there now, then (with `follow`) what is written
@@ -522,6 +533,29 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// A driver that ignores SIGTERM is killed once its grace is over, and the job is STOPPED.
+    #[tokio::test]
+    async fn a_driver_that_ignores_a_stop_is_killed_after_its_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = Arc::new(Jobs {
+            stop_grace: Duration::from_millis(200),
+            ..Arc::into_inner(Jobs::new(dir.path().into(), Token::generate())).unwrap()
+        });
+        let job = jobs
+            .submit(spec("trap '' TERM; echo started; sleep 600 & wait; wait"))
+            .unwrap();
+        let mut log = jobs.logs(&job.job_id, 0, true).unwrap();
+        assert_eq!(&log.next().await.unwrap().unwrap()[..], b"started\n");
+        jobs.stop(&job.job_id).unwrap();
+        let rest = tokio::time::timeout(Duration::from_secs(30), log.next())
+            .await
+            .expect("the job ends once its grace is over");
+        assert!(rest.is_none(), "the log ends when the job does");
+        let stopped = jobs.get(&job.job_id).unwrap();
+        assert_eq!(stopped.state, JobState::JobStopped as i32);
+        assert!(live_members(job.driver_pid).is_empty());
     }
 
     /// The processes of group `group` that are not zombies.

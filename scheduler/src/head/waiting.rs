@@ -163,17 +163,27 @@ impl DemandQueue {
 
     /// Removes and returns the waiters that have waited longer than `timeout`.
     pub(super) fn take_expired(&mut self, timeout: Duration) -> Vec<Waiter> {
-        let mut expired = Vec::new();
+        self.take_where(|w| w.since.elapsed() >= timeout)
+    }
+
+    /// Drops the waiters whose callers went away (a job that ended, a driver that died): a
+    /// queue no node can serve would otherwise keep them, and count them, until they expire.
+    pub(super) fn drop_gone(&mut self) {
+        self.take_where(|w| w.placed.is_closed());
+    }
+
+    /// Removes and returns the waiters `which` picks, keeping the others' order.
+    fn take_where(&mut self, which: impl Fn(&Waiter) -> bool) -> Vec<Waiter> {
+        let mut taken = Vec::new();
         let lines = std::iter::once(&mut self.anywhere).chain(self.at.values_mut());
         for line in lines {
-            let (old, young): (Vec<Waiter>, Vec<Waiter>) =
-                line.drain(..).partition(|w| w.since.elapsed() >= timeout);
-            *line = young.into();
-            expired.extend(old);
+            let (picked, kept): (Vec<Waiter>, Vec<Waiter>) = line.drain(..).partition(&which);
+            *line = kept.into();
+            taken.extend(picked);
         }
         self.at.retain(|_, line| !line.is_empty());
-        self.len -= expired.len();
-        expired
+        self.len -= taken.len();
+        taken
     }
 
     /// Every waiter, in no particular order.
