@@ -74,6 +74,10 @@ pub struct Args {
     /// Internal: serve a Flight object for the `flight` workload.
     #[arg(long, hide = true)]
     serve_flight: bool,
+    /// `flight`: the serving process on CPU 0 and this one on CPU 1, as two hosts with a core
+    /// each would be, rather than both sharing both cores.
+    #[arg(long)]
+    split_cpus: bool,
     /// `cargo bench` passes this; ignored.
     #[arg(long, hide = true)]
     bench: bool,

@@ -12,6 +12,10 @@
 //! fetched 5,000 times one after another, one call each, against all three (`small-calls`):
 //! the per-call cost of the token check, which a task or actor call pays at most once (they
 //! travel many to a call, on streams).
+//!
+//! Both processes share the machine's cores unless `--split-cpus` puts the serving process on
+//! CPU 0 and the pulling one on CPU 1: two hosts with a core each, where what TLS costs one
+//! side does not slow the other (`cpus=split` in each result line).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
@@ -32,10 +36,33 @@ const TOKEN_ENV: &str = "MANTA_BENCH_FLIGHT_TOKEN";
 const CERT_ENV: &str = "MANTA_BENCH_FLIGHT_CERT";
 const KEY_ENV: &str = "MANTA_BENCH_FLIGHT_KEY";
 
+/// The serving process's CPU under `--split-cpus`, handed to it by `run`.
+const CPU_ENV: &str = "MANTA_BENCH_FLIGHT_CPU";
+
 /// Small objects fetched one call at a time, per endpoint.
 const SMALL_CALLS: usize = 5_000;
 
+/// Keeps this thread, and the threads it starts from now on, on CPU `cpu`.
+fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it; the call reads
+    // `size_of` bytes of it.
+    let ok = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    };
+    anyhow::ensure!(
+        ok,
+        "pinning to CPU {cpu}: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
 pub fn serve(_args: &Args) -> anyhow::Result<()> {
+    if let Ok(cpu) = std::env::var(CPU_ENV) {
+        pin_to_cpu(cpu.parse()?)?;
+    }
     let token = manta::Token::new(&std::env::var(TOKEN_ENV)?)?;
     let identity = manta::flight::tls::ServerIdentity::from_files(
         std::env::var(CERT_ENV)?.as_ref(),
@@ -87,14 +114,22 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let certificates = tempfile::tempdir()?;
     let (ca, cert, key) = certificates_for_localhost(certificates.path())?;
     manta::flight::tls::trust_file(&ca)?;
-    let mut child = Command::new(std::env::current_exe()?)
+    let mut server = Command::new(std::env::current_exe()?);
+    server
         .args(["flight", "--serve-flight"])
         .env(TOKEN_ENV, token.secret())
         .env(CERT_ENV, &cert)
         .env(KEY_ENV, &key)
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
+        .stdout(Stdio::piped());
+    let cpus = if args.split_cpus {
+        server.env(CPU_ENV, "0");
+        pin_to_cpu(1)?;
+        "split"
+    } else {
+        "shared"
+    };
+    let mut child = server.spawn()?;
     let mut line = String::new();
     BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line)?;
     let parts: Vec<&str> = line.split_whitespace().collect();
@@ -131,7 +166,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             drop(block);
             store.free(id);
             println!(
-                "RESULT workload=flight mode={mode} run={run} seconds={seconds:.3} bytes={received} gbps={:.2}",
+                "RESULT workload=flight mode={mode} cpus={cpus} run={run} seconds={seconds:.3} bytes={received} gbps={:.2}",
                 size as f64 / seconds / 1e9
             );
         }
@@ -152,7 +187,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             });
             fetched?;
             println!(
-                "RESULT workload=flight mode={mode} run={run} seconds={seconds:.3} calls_per_s={:.0}",
+                "RESULT workload=flight mode={mode} cpus={cpus} run={run} seconds={seconds:.3} calls_per_s={:.0}",
                 SMALL_CALLS as f64 / seconds
             );
         }
@@ -162,7 +197,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let rows = object?.into_block(id)?.num_rows();
         anyhow::ensure!(rows == OBJECT_BYTES / 16, "fetched object is incomplete");
         println!(
-            "RESULT workload=flight mode=loopback-into-memory run={run} seconds={seconds:.3} gbps={:.2}",
+            "RESULT workload=flight mode=loopback-into-memory cpus={cpus} run={run} seconds={seconds:.3} gbps={:.2}",
             size as f64 / seconds / 1e9
         );
     }
@@ -171,7 +206,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let (seconds, bytes) = timed(|| runtime.block_on(drain(location, id, &token)));
         let bytes = bytes?;
         println!(
-            "RESULT workload=flight mode=loopback-drain run={run} seconds={seconds:.3} bytes={bytes} gbps={:.2}",
+            "RESULT workload=flight mode=loopback-drain cpus={cpus} run={run} seconds={seconds:.3} bytes={bytes} gbps={:.2}",
             bytes as f64 / seconds / 1e9
         );
     }
@@ -182,7 +217,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             let mut stream = std::net::TcpStream::connect(&raw_address)?;
             let (seconds, ()) = timed(|| stream.read_exact(&mut buffer).unwrap());
             println!(
-                "BASELINE workload=flight engine=raw-tcp run={run} seconds={seconds:.3} bytes={size} gbps={:.2}",
+                "BASELINE workload=flight engine=raw-tcp cpus={cpus} run={run} seconds={seconds:.3} bytes={size} gbps={:.2}",
                 size as f64 / seconds / 1e9
             );
         }
