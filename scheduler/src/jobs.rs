@@ -76,7 +76,8 @@ struct Job {
     progress: watch::Sender<u64>,
     stopping: bool,
     /// Told by [`Jobs::stop`]: the supervisor, which owns the driver's process (so never
-    /// signals a pid it has reaped), kills the group if the driver outlives [`STOP_GRACE`].
+    /// signals a pid it has reaped), sends SIGTERM to its group, and SIGKILL if the driver
+    /// outlives [`STOP_GRACE`].
     stop: Arc<tokio::sync::Notify>,
 }
 
@@ -261,20 +262,28 @@ impl Jobs {
             .take()
             .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
         let copies = tokio::spawn(futures::future::join(copy(stdout), copy(stderr)));
+        // Signals go to the driver's process group only from here, where the driver is owned
+        // and not yet reaped (`child.id()` is `None` once it is): never to a pid reused since.
+        let signal_group = |child: &tokio::process::Child, signal: libc::c_int| {
+            if let Some(pid) = child.id() {
+                // SAFETY: kill(2) of the process group of a driver this task owns and has not
+                // reaped.
+                unsafe { libc::kill(-(pid as i32), signal) };
+            }
+        };
         let status = tokio::select! {
             status = child.wait() => status,
-            () = stop.notified() => match tokio::time::timeout(self.stop_grace, child.wait()).await {
-                Ok(status) => status,
-                Err(_) => {
-                    tracing::warn!(job = %id, "the driver did not stop within {:?}; killing it", self.stop_grace);
-                    if let Some(pid) = child.id() {
-                        // SAFETY: kill(2) of the process group of the driver this task owns
-                        // and has not reaped (`child.id()` is `None` once it is).
-                        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+            () = stop.notified() => {
+                signal_group(&child, libc::SIGTERM);
+                match tokio::time::timeout(self.stop_grace, child.wait()).await {
+                    Ok(status) => status,
+                    Err(_) => {
+                        tracing::warn!(job = %id, "the driver did not stop within {:?}; killing it", self.stop_grace);
+                        signal_group(&child, libc::SIGKILL);
+                        child.wait().await
                     }
-                    child.wait().await
                 }
-            },
+            }
         };
         // The rest of the output: what is still in the pipes, for at most a few seconds (a
         // child the driver left behind may hold them open).
@@ -324,22 +333,20 @@ impl Jobs {
         jobs
     }
 
-    /// Stops the job: SIGTERM to its driver's process group, SIGKILL after [`STOP_GRACE`].
+    /// Stops the job: SIGTERM to its driver's process group, SIGKILL after [`STOP_GRACE`]
+    /// (both sent by the job's supervisor, which owns the driver's process).
     /// Its record says STOPPED once the driver has exited.
     pub fn stop(&self, id: &str) -> Result<proto::JobInfo> {
         let mut jobs = self.jobs.lock();
         let job = jobs.get_mut(id).ok_or_else(|| Error::NoSuchJob {
             job: id.to_string(),
         })?;
-        let pid = job.info.driver_pid as i32;
-        if ended(job.info.state) || pid == 0 {
+        if ended(job.info.state) || job.info.driver_pid == 0 {
             return Ok(job.info.clone());
         }
         job.stopping = true;
         tracing::info!(job = %id, "stopping the job");
-        // SAFETY: kill(2) of the process group of a driver this head started and has not
-        // reaped (its record still has its pid).
-        unsafe { libc::kill(-pid, libc::SIGTERM) };
+        // Its supervisor signals the driver (see `supervise`).
         job.stop.notify_one();
         Ok(job.info.clone())
     }
