@@ -2,8 +2,11 @@
 //!
 //! [`table`] writes one of the eight TPC-H tables ([`TABLES`]) at a scale factor as Parquet
 //! files (snappy, row groups of 128Ki rows) under a cache directory, generating the parts in
-//! parallel, and reuses them on later calls; [`lineitem`] is the one most workloads read. The directory appears atomically (written under a temporary name, then
-//! renamed), so a half-generated table is never mistaken for a whole one.
+//! parallel, and reuses them on later calls; [`lineitem`] is the one most workloads read. The
+//! directory appears atomically (written under a temporary name of its own, then renamed), so
+//! a half-generated table is never mistaken for a whole one, and callers that generate the same
+//! table at once (threads of one test binary, or several processes) each write their own copy
+//! and the first rename wins.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -72,7 +75,11 @@ pub fn table_with(
     }
     let parent = dir.parent().expect("has a parent");
     fs::create_dir_all(parent)?;
-    let tmp = parent.join(format!(".{table}.tmp-{}", std::process::id()));
+    // Named for this call alone: two threads of one process generating the same table must
+    // not write into (or remove) each other's temporary directory.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = parent.join(format!(".{table}.tmp-{}-{call}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
     // Parts generated in parallel: about 750k lineitem rows or 375k orders rows each.
@@ -107,7 +114,13 @@ pub fn table_with(
         let _ = fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    fs::rename(&tmp, &dir)?;
+    if let Err(e) = fs::rename(&tmp, &dir) {
+        let _ = fs::remove_dir_all(&tmp);
+        // Another caller's copy got there first: it is as whole as ours.
+        if !dir.is_dir() {
+            return Err(e);
+        }
+    }
     Ok(dir)
 }
 
@@ -235,4 +248,67 @@ pub fn add_shipmode_upper(batch: RecordBatch) -> crate::Result<RecordBatch> {
         Arc::new(Schema::new(fields)),
         columns,
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use arrow::array::Int64Array;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    use super::*;
+
+    /// Every `o_orderkey` in the Parquet files of `dir`.
+    fn order_keys(dir: &Path) -> Vec<i64> {
+        let mut keys = Vec::new();
+        for file in fs::read_dir(dir).unwrap() {
+            let file = fs::File::open(file.unwrap().path()).unwrap();
+            for batch in ParquetRecordBatchReaderBuilder::try_new(file)
+                .unwrap()
+                .build()
+                .unwrap()
+            {
+                let batch = batch.unwrap();
+                let column = batch.column_by_name("o_orderkey").unwrap();
+                let column = column.as_any().downcast_ref::<Int64Array>().unwrap();
+                keys.extend(column.values().iter());
+            }
+        }
+        keys
+    }
+
+    /// Threads of one process that ask for the same missing table at once (as the tests of one
+    /// binary do on a fresh checkout) all get it whole: each writes its own temporary copy and
+    /// the first to rename it wins.
+    #[test]
+    fn callers_generating_one_table_at_once_all_get_it_whole() {
+        let root = std::env::temp_dir().join(format!(
+            "manta-tpch-race-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let scale = 0.01;
+        let dirs: Vec<PathBuf> = std::thread::scope(|scope| {
+            let callers: Vec<_> = (0..4)
+                .map(|_| scope.spawn(|| table(&root, "orders", scale)))
+                .collect();
+            callers
+                .into_iter()
+                .map(|c| c.join().unwrap().unwrap())
+                .collect()
+        });
+        assert!(dirs.iter().all(|dir| *dir == dirs[0]));
+        // TPC-H has 1.5 M orders per unit of scale, each key once.
+        let keys = order_keys(&dirs[0]);
+        assert_eq!(keys.len(), (1_500_000.0 * scale) as usize);
+        assert_eq!(keys.iter().collect::<HashSet<_>>().len(), keys.len());
+        let leftovers: Vec<_> = fs::read_dir(dirs[0].parent().unwrap())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .filter(|name| name != "orders")
+            .collect();
+        assert!(leftovers.is_empty(), "temporary copies left: {leftovers:?}");
+        fs::remove_dir_all(&root).unwrap();
+    }
 }
