@@ -202,7 +202,7 @@ pub fn session() -> SessionContext {
     SessionContext::new_with_state(state)
 }
 
-/// The logical optimizer rules of the embedded SQL session: DataFusion's, with
+/// The logical optimizer rules of both SQL sessions, embedded and with tasks: DataFusion's, with
 /// [`JoinOrder`](crate::join_order::JoinOrder) (inner joins in the order estimated to join
 /// the fewest rows) before its projection pruning, so that each pass prunes the columns of the
 /// joins in their new order.
@@ -224,9 +224,9 @@ const BROADCAST_ROWS: usize = 2 << 20;
 
 /// A SQL session whose queries run as stages of tasks through `client` (see
 /// [`crate::sql_tasks`]). Scans and exchanges are split into at least as many partitions as
-/// the cluster has CPUs. Dynamic filters (a join's build side
-/// narrowing its probe side's scan at run time) are off: the scans they would narrow run
-/// elsewhere.
+/// the cluster has CPUs. Joins are ordered by [`logical_rules`]' `JoinOrder`, as embedded.
+/// Dynamic filters (a join's build side narrowing its probe side's scan at run time) are off:
+/// the scans they would narrow run elsewhere.
 pub fn session_with_tasks(client: &Client, cpus: f64) -> SessionContext {
     let mut config =
         SessionConfig::new().set_bool("datafusion.optimizer.enable_dynamic_filter_pushdown", false);
@@ -243,6 +243,7 @@ pub fn session_with_tasks(client: &Client, cpus: f64) -> SessionContext {
     let state = SessionStateBuilder::new()
         .with_config(config)
         .with_default_features()
+        .with_optimizer_rules(logical_rules())
         .with_physical_optimizer_rules(rules)
         .build();
     SessionContext::new_with_state(state)
