@@ -178,14 +178,14 @@ pub fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
         .collect()
 }
 
-/// The SQL session of an embedded context: DataFusion's defaults, with [`physical_rules`] and
-/// then [`FasterDecimalArithmetic`](crate::decimal_arithmetic::FasterDecimalArithmetic) (decimal
-/// `+`, `-` and `*` without a per-row overflow check where none can overflow; the plans of a
-/// session with tasks are serialized, and keep DataFusion's expressions), and the logical rule
-/// [`SemiJoinPushdown`](crate::semi_join_pushdown::SemiJoinPushdown) (a semi join on a join's
-/// key moved below it) and [`GroupKeyReduction`](crate::group_key_reduction::GroupKeyReduction)
-/// (an aggregate joined on its group key with a filtered scan reads only that scan's keys),
-/// and [`logical_rules`]' join order; sessions with tasks have their own semi join reductions.
+/// The SQL session of an embedded context: DataFusion's defaults, with [`logical_rules`],
+/// [`SharedSubplans`](crate::shared_subplan::SharedSubplans) (a subplan a query holds twice,
+/// such as q15's view, computed once) and [`physical_rules`] followed by
+/// [`FasterDecimalArithmetic`](crate::decimal_arithmetic::FasterDecimalArithmetic) (decimal
+/// `+`, `-` and `*` without a per-row overflow check where none can overflow) and
+/// [`FilterOrder`](crate::filter_order::FilterOrder). The two rules a session with tasks does
+/// without make plan nodes and expressions of Manta's own, which its serialized plans cannot
+/// carry.
 pub fn session() -> SessionContext {
     let mut rules = physical_rules();
     rules.push(Arc::new(crate::decimal_arithmetic::FasterDecimalArithmetic));
@@ -193,8 +193,6 @@ pub fn session() -> SessionContext {
     let state = SessionStateBuilder::new()
         .with_default_features()
         .with_optimizer_rules(logical_rules())
-        .with_optimizer_rule(Arc::new(crate::semi_join_pushdown::SemiJoinPushdown))
-        .with_optimizer_rule(Arc::new(crate::group_key_reduction::GroupKeyReduction))
         .with_optimizer_rule(Arc::new(crate::shared_subplan::SharedSubplans))
         .with_query_planner(Arc::new(crate::shared_subplan::SharedSubplanQueryPlanner))
         .with_physical_optimizer_rules(rules)
@@ -205,7 +203,10 @@ pub fn session() -> SessionContext {
 /// The logical optimizer rules of both SQL sessions, embedded and with tasks: DataFusion's, with
 /// [`JoinOrder`](crate::join_order::JoinOrder) (inner joins in the order estimated to join
 /// the fewest rows) before its projection pruning, so that each pass prunes the columns of the
-/// joins in their new order.
+/// joins in their new order, and then
+/// [`SemiJoinPushdown`](crate::semi_join_pushdown::SemiJoinPushdown) (a semi join on a join's
+/// key moved below it) and [`GroupKeyReduction`](crate::group_key_reduction::GroupKeyReduction)
+/// (an aggregate joined on its group key with a filtered scan reads only that scan's keys).
 fn logical_rules() -> Vec<Arc<dyn OptimizerRule + Send + Sync>> {
     let mut rules = Optimizer::new().rules;
     let pruning = rules
@@ -213,6 +214,8 @@ fn logical_rules() -> Vec<Arc<dyn OptimizerRule + Send + Sync>> {
         .position(|rule| rule.name() == "optimize_projections")
         .unwrap_or(rules.len());
     rules.insert(pruning, Arc::new(crate::join_order::JoinOrder));
+    rules.push(Arc::new(crate::semi_join_pushdown::SemiJoinPushdown));
+    rules.push(Arc::new(crate::group_key_reduction::GroupKeyReduction));
     rules
 }
 
@@ -224,9 +227,10 @@ const BROADCAST_ROWS: usize = 2 << 20;
 
 /// A SQL session whose queries run as stages of tasks through `client` (see
 /// [`crate::sql_tasks`]). Scans and exchanges are split into at least as many partitions as
-/// the cluster has CPUs. Joins are ordered by [`logical_rules`]' `JoinOrder`, as embedded.
-/// Dynamic filters (a join's build side narrowing its probe side's scan at run time) are off:
-/// the scans they would narrow run elsewhere.
+/// the cluster has CPUs. It has the embedded session's [`logical_rules`] and, before cutting the
+/// plan into stages, [`FilterOrder`](crate::filter_order::FilterOrder). Dynamic filters (a
+/// join's build side narrowing its probe side's scan at run time) are off: the scans they would
+/// narrow run elsewhere.
 pub fn session_with_tasks(client: &Client, cpus: f64) -> SessionContext {
     let mut config =
         SessionConfig::new().set_bool("datafusion.optimizer.enable_dynamic_filter_pushdown", false);
@@ -239,6 +243,7 @@ pub fn session_with_tasks(client: &Client, cpus: f64) -> SessionContext {
     optimizer.hash_join_single_partition_threshold = BROADCAST_BYTES;
     optimizer.hash_join_single_partition_threshold_rows = BROADCAST_ROWS;
     let mut rules = physical_rules();
+    rules.push(Arc::new(crate::filter_order::FilterOrder));
     rules.push(Arc::new(StageTasks::new(client.clone())));
     let state = SessionStateBuilder::new()
         .with_config(config)
