@@ -49,6 +49,7 @@ pub use manta_scheduler as scheduler;
 pub use manta_tasks as tasks;
 pub use manta_tune as tune;
 
+pub mod memory;
 pub mod report;
 pub mod tpch;
 
@@ -98,9 +99,12 @@ pub fn init_with(config: Config) -> Result<Context> {
 /// harness, say) calls it first thing.
 ///
 /// Either way it first turns transparent huge pages off for the process (see
-/// [`manta_engine::huge_pages`]; `MANTA_TRANSPARENT_HUGE_PAGES=1` keeps them).
+/// [`manta_engine::huge_pages`]; `MANTA_TRANSPARENT_HUGE_PAGES=1` keeps them), and, if
+/// `MANTA_PRESSURE_PURGE_DELAY_MS` asks, has mimalloc give freed memory back sooner while an
+/// object store of the process is full (see [`memory`]).
 pub fn run_worker_if_requested() {
     manta_engine::huge_pages::disable_transparent_huge_pages();
+    memory::purge_sooner_under_pressure();
     if let Some(worker) = manta_scheduler::WorkerEnv::from_env() {
         init_tracing();
         manta_scheduler::run_worker(worker);

@@ -29,6 +29,7 @@
 mod batch_index;
 mod format;
 mod object_dir;
+mod pressure;
 mod recycle;
 mod spill;
 mod spill_behind;
@@ -50,6 +51,7 @@ pub use format::{
     write_object,
 };
 pub use object_dir::{ObjectDir, default_shared_parent, process_alive, remove_stale_sessions};
+pub use pressure::{on_pressure_change, under_pressure};
 
 use crate::error::{Error, Result};
 use crate::ids::ObjectId;
@@ -218,12 +220,23 @@ struct State {
     receiving: std::collections::HashSet<ObjectId>,
     usage: StoreUsage,
     clock: u64,
+    /// Whether the store is under memory pressure, as told to the process (see [`pressure`]).
+    pressure: pressure::StorePressure,
 }
 
 impl State {
     fn tick(&mut self) -> u64 {
         self.clock += 1;
         self.clock
+    }
+
+    /// Tells the process whether the store is under memory pressure (see [`pressure`]): it
+    /// holds spilled objects, or its resident objects fill three quarters of its budget.
+    /// Called wherever `usage` changes.
+    fn note_pressure(&mut self) {
+        let usage = &self.usage;
+        let nearly_full = usage.resident_bytes >= usage.budget_bytes - usage.budget_bytes / 4;
+        self.pressure.set(usage.spilled_bytes > 0 || nearly_full);
     }
 }
 
@@ -572,9 +585,13 @@ impl ObjectStore {
         };
         state.usage.objects -= 1;
         match entry.residence {
-            Residence::Heap(_) => state.usage.resident_bytes -= entry.size_bytes,
+            Residence::Heap(_) => {
+                state.usage.resident_bytes -= entry.size_bytes;
+                state.note_pressure();
+            }
             Residence::Shared(_) => {
                 state.usage.resident_bytes -= entry.size_bytes;
+                state.note_pressure();
                 drop(state);
                 let dir = self.shared_dir_ref();
                 if !entry.in_use() {
@@ -586,6 +603,7 @@ impl ObjectStore {
             }
             Residence::Spilled(_) => {
                 state.usage.spilled_bytes -= entry.size_bytes;
+                state.note_pressure();
                 drop(state);
                 self.spill.remove(id);
             }
@@ -631,6 +649,7 @@ impl ObjectStore {
         assert!(old.is_none(), "object {id} stored twice");
         state.usage.objects += 1;
         state.usage.resident_bytes += size_bytes;
+        state.note_pressure();
     }
 
     /// Runs `f` on `id`'s entry once the object is resident, restoring it first if spilled.
@@ -658,6 +677,7 @@ impl ObjectStore {
                     let size = entry.size_bytes;
                     state.usage.spilled_bytes -= size;
                     state.usage.resident_bytes += size;
+                    state.note_pressure();
                     drop(state);
                     let restored = self.restore(id);
                     state = self.state.lock();
@@ -733,6 +753,7 @@ impl ObjectStore {
             let residence = std::mem::replace(&mut entry.residence, Residence::Moving);
             state.usage.resident_bytes -= size;
             state.usage.spilled_bytes += size;
+            state.note_pressure();
             drop(state);
             let spilled = self.spill_out(id, residence);
             let mut state = self.state.lock();
@@ -800,6 +821,7 @@ impl ObjectStore {
                 Direction::Spill => state.usage.spilled_bytes -= size,
                 Direction::Restore => state.usage.resident_bytes -= size,
             }
+            state.note_pressure();
             if let Some(dir) = &self.shared {
                 dir.remove(id);
             }
@@ -825,6 +847,7 @@ impl ObjectStore {
                 state.usage.spilled_bytes += size;
             }
         }
+        state.note_pressure();
         self.moved.notify_all();
         result
     }
