@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use common::tpch::{self, cells};
 
 #[test]
@@ -233,5 +235,61 @@ fn partitioned_semi_and_anti_joins_reduce_their_other_side_and_stay_right() {
             .block_on(datafusion::physical_plan::collect(staged, df.task_ctx()))
             .unwrap();
         assert_eq!(tpch::check(n, &cells(&batches)), None, "q{n}");
+    }
+}
+
+/// A partitioned join whose build side turns out small once its stage has run is run with that
+/// side broadcast instead, and its probe side is not exchanged: with every join planned
+/// partitioned, q18's 57-orders-at-scale-1 side is broadcast (its stage's metrics say how many
+/// rows), and q3, q10 and q18 still give the answer files' answers.
+#[test]
+fn partitioned_joins_broadcast_a_build_side_that_turns_out_small_and_stay_right() {
+    use datafusion::physical_optimizer::PhysicalOptimizerRule;
+    let ctx = manta::init_with(manta::Config::default()).unwrap();
+    let config = datafusion::prelude::SessionConfig::new()
+        .with_target_partitions(2)
+        .set_usize(
+            "datafusion.optimizer.hash_join_single_partition_threshold_rows",
+            0,
+        )
+        .set_usize(
+            "datafusion.optimizer.hash_join_single_partition_threshold",
+            0,
+        );
+    let df = datafusion::prelude::SessionContext::new_with_config(config);
+    for (table, path) in tpch::tables() {
+        ctx.block_on(df.register_parquet(table, &path, Default::default()))
+            .unwrap();
+    }
+    let rule = manta::datasets::sql_tasks::StageTasks::new(ctx.client().clone());
+    // The rule's own threshold for a small side: DataFusion's default.
+    let options = datafusion::common::config::ConfigOptions::new();
+    for n in [3, 10, 18] {
+        let plan = ctx
+            .block_on(async { df.sql(&tpch::query(n)).await?.create_physical_plan().await })
+            .unwrap();
+        let staged = rule.optimize(plan, &options).unwrap();
+        let batches = ctx
+            .block_on(datafusion::physical_plan::collect(
+                Arc::clone(&staged),
+                df.task_ctx(),
+            ))
+            .unwrap();
+        assert_eq!(tpch::check(n, &cells(&batches)), None, "q{n}");
+        if n == 18 {
+            let shown = datafusion::physical_plan::displayable(staged.as_ref())
+                .indent(false)
+                .to_string();
+            let ran = datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(
+                staged.as_ref(),
+            )
+            .indent(false)
+            .to_string();
+            assert!(
+                shown.contains("broadcast_build_if_rows<=")
+                    && ran.contains("broadcast_build_rows="),
+                "q18 broadcasts the orders it keeps once they are known:\n{ran}"
+            );
+        }
     }
 }

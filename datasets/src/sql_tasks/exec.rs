@@ -95,7 +95,11 @@ impl DisplayAs for StageExec {
                 Read::Broadcast => "broadcast",
                 Read::Partitions => "partitions",
             }
-        )
+        )?;
+        match self.stage.broadcast_threshold() {
+            Some(rows) => write!(f, ", broadcast_build_if_rows<={rows}"),
+            None => Ok(()),
+        }
     }
 }
 

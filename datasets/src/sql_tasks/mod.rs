@@ -22,6 +22,8 @@
 //!   one partition of keys (across tasks nobody could track which build rows matched); a semi,
 //!   anti or mark join first cuts its probe side down to the rows that match some build row
 //!   (a right semi join against the build side, broadcast), so only those travel;
+//! * a partitioned join whose build side turns out small once its stage has run is run with
+//!   that side broadcast instead, and its probe side is not exchanged (see [`adaptive`]);
 //! * a round-robin spread (`RepartitionExec` round robin) over such work is dropped: it only
 //!   makes more partitions of the same rows;
 //! * where the driver's own work begins (a merge of sorted partitions, a final aggregate over
@@ -51,6 +53,7 @@
 //! The rule is on for contexts connected to a cluster, and `Config::sql_tasks` turns it on or
 //! off.
 
+mod adaptive;
 mod blocks;
 mod exec;
 mod input;
@@ -396,7 +399,7 @@ impl Cut {
         match Stage::try_new(next, fragment, output, self.client.clone()) {
             Ok(stage) => {
                 self.stages = self.stages.max(next);
-                Some(Arc::new(stage))
+                Some(Arc::new(stage.with_broadcast_if_small(self.broadcast_rows)))
             }
             Err(e) => {
                 tracing::debug!("{name} stays in the driver: it does not travel ({e})");

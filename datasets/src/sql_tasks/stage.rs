@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result, SharedResult};
-use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder};
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning};
 use futures::FutureExt;
@@ -23,6 +23,7 @@ use manta_engine::{ObjectRef, Resources, TaskSpec};
 use manta_scheduler::Client;
 use serde::{Deserialize, Serialize};
 
+use super::adaptive::{self, BroadcastIfSmall};
 use super::blocks::DatasetBlocksExec;
 use super::exec::StageExec;
 use super::input::{InputCodec, Read, StageInput};
@@ -64,6 +65,8 @@ pub struct Stage {
     tasks: usize,
     client: Client,
     metrics: ExecutionPlanMetricsSet,
+    /// The form it runs instead if its join's build side turns out small (see [`adaptive`]).
+    broadcast_if_small: Option<BroadcastIfSmall>,
     /// Its output objects, by task, once it has run.
     outputs: tokio::sync::OnceCell<SharedResult<Arc<Vec<ObjectRef>>>>,
 }
@@ -158,8 +161,52 @@ impl Stage {
             tasks,
             client,
             metrics: ExecutionPlanMetricsSet::new(),
+            broadcast_if_small: None,
             outputs: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// This stage, running its join with the build side broadcast instead if that side's
+    /// stage makes at most `max_rows` rows and broadcasting them sends fewer rows than the
+    /// probe side's exchange would (see [`adaptive`]); unchanged if its fragment has no such
+    /// join.
+    pub fn with_broadcast_if_small(mut self, max_rows: usize) -> Self {
+        if self.output != Output::Hash {
+            return self;
+        }
+        // Without an estimate of the probe side, nothing says a broadcast sends fewer rows.
+        let Some((form, probe_rows)) = adaptive::broadcast_form(&self.fragment)
+            .and_then(|form| form.probe_rows.map(|rows| (form, rows)))
+        else {
+            return self;
+        };
+        match Stage::try_new(
+            self.number,
+            form.fragment,
+            Output::Hash,
+            self.client.clone(),
+        ) {
+            Ok(mut broadcast) => {
+                // One stage to `EXPLAIN ANALYZE`, whichever form ran.
+                broadcast.metrics = self.metrics.clone();
+                let max_rows =
+                    adaptive::most_rows_to_broadcast(max_rows as u64, probe_rows, broadcast.tasks);
+                if max_rows > 0 {
+                    self.broadcast_if_small = Some(BroadcastIfSmall {
+                        build: form.build,
+                        max_rows,
+                        broadcast: Arc::new(broadcast),
+                    });
+                }
+            }
+            Err(e) => tracing::debug!("a join's broadcast form does not travel: {e}"),
+        }
+        self
+    }
+
+    /// The most build rows its join broadcasts instead (see [`adaptive`]), if it has that form.
+    pub fn broadcast_threshold(&self) -> Option<u64> {
+        self.broadcast_if_small.as_ref().map(|b| b.max_rows)
     }
 
     /// Its number in the query.
@@ -207,6 +254,22 @@ impl Stage {
     }
 
     async fn run_tasks(&self) -> SharedResult<Arc<Vec<ObjectRef>>> {
+        if let Some(adaptive) = &self.broadcast_if_small {
+            let build = adaptive.build.run().await.map_err(Arc::new)?;
+            let rows: u64 = build.iter().map(|object| object.meta().num_rows).sum();
+            tracing::debug!(
+                stage = self.number,
+                rows,
+                max_rows = adaptive.max_rows,
+                "a partitioned join's build side has run"
+            );
+            if rows <= adaptive.max_rows {
+                MetricBuilder::new(&self.metrics)
+                    .global_counter("broadcast_build_rows")
+                    .add(rows as usize);
+                return adaptive.broadcast.run().await.map_err(Arc::new);
+            }
+        }
         let inputs =
             futures::future::try_join_all(self.inputs.iter().map(|(input, _)| match input {
                 Input::Stage(stage) => stage.run(),
