@@ -155,10 +155,11 @@ mod tests {
             (10, 7, 1),
         ] {
             let most = most_rows_to_broadcast(max, probe, tasks);
+            let sent = |rows: u64| rows * (tasks as u64);
             assert!(most <= max);
-            assert!(most * tasks as u64 < probe, "{most} x {tasks} >= {probe}");
+            assert!(sent(most) < probe, "{most} x {tasks} >= {probe}");
             // One more row would break a bound.
-            assert!(most == max || (most + 1) * tasks as u64 >= probe);
+            assert!(most == max || sent(most + 1) >= probe);
         }
         // q18: 57 orders against six million line items.
         assert!(57 <= most_rows_to_broadcast(2_097_152, 6_001_215, 2));
