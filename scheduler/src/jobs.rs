@@ -532,14 +532,7 @@ mod tests {
         assert_eq!(stopped.state, JobState::JobStopped as i32);
         // Every process of the job's group is gone (or a zombie waiting to be reaped): the
         // signal reached the driver's child too.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !live_members(job.driver_pid).is_empty() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the job's process group outlived it"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        group_ends(job.driver_pid).await;
     }
 
     /// A driver that ignores SIGTERM is killed once its grace is over, and the job is STOPPED.
@@ -562,7 +555,22 @@ mod tests {
         assert!(rest.is_none(), "the log ends when the job does");
         let stopped = jobs.get(&job.job_id).unwrap();
         assert_eq!(stopped.state, JobState::JobStopped as i32);
-        assert!(live_members(job.driver_pid).is_empty());
+        group_ends(job.driver_pid).await;
+    }
+
+    /// Waits (up to 10 s, then fails) until no process of group `group` is alive: the kernel
+    /// tears a killed group's processes down a moment after the driver's end is seen (its log
+    /// closes first), so a check made at once failed now and then.
+    async fn group_ends(group: u32) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !live_members(group).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the job's process group outlived it: {:?}",
+                live_members(group)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The processes of group `group` that are not zombies.
