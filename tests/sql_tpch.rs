@@ -198,22 +198,7 @@ fn datasets_and_queries_compose_and_bad_queries_are_clear_errors() {
 fn partitioned_semi_and_anti_joins_reduce_their_other_side_and_stay_right() {
     use datafusion::physical_optimizer::PhysicalOptimizerRule;
     let ctx = manta::init_with(manta::Config::default()).unwrap();
-    let config = datafusion::prelude::SessionConfig::new()
-        .with_target_partitions(2)
-        .set_usize(
-            "datafusion.optimizer.hash_join_single_partition_threshold_rows",
-            0,
-        )
-        .set_usize(
-            "datafusion.optimizer.hash_join_single_partition_threshold",
-            0,
-        )
-        .set_bool("datafusion.optimizer.enable_dynamic_filter_pushdown", false);
-    let df = datafusion::prelude::SessionContext::new_with_config(config);
-    for (table, path) in tpch::tables() {
-        ctx.block_on(df.register_parquet(table, &path, Default::default()))
-            .unwrap();
-    }
+    let df = partitioned_tpch_session(&ctx, false);
     let rule = manta::datasets::sql_tasks::StageTasks::new(ctx.client().clone());
     // The rule's own threshold for a small side: DataFusion's default.
     let options = datafusion::common::config::ConfigOptions::new();
@@ -246,21 +231,7 @@ fn partitioned_semi_and_anti_joins_reduce_their_other_side_and_stay_right() {
 fn partitioned_joins_broadcast_a_build_side_that_turns_out_small_and_stay_right() {
     use datafusion::physical_optimizer::PhysicalOptimizerRule;
     let ctx = manta::init_with(manta::Config::default()).unwrap();
-    let config = datafusion::prelude::SessionConfig::new()
-        .with_target_partitions(2)
-        .set_usize(
-            "datafusion.optimizer.hash_join_single_partition_threshold_rows",
-            0,
-        )
-        .set_usize(
-            "datafusion.optimizer.hash_join_single_partition_threshold",
-            0,
-        );
-    let df = datafusion::prelude::SessionContext::new_with_config(config);
-    for (table, path) in tpch::tables() {
-        ctx.block_on(df.register_parquet(table, &path, Default::default()))
-            .unwrap();
-    }
+    let df = partitioned_tpch_session(&ctx, true);
     let rule = manta::datasets::sql_tasks::StageTasks::new(ctx.client().clone());
     // The rule's own threshold for a small side: DataFusion's default.
     let options = datafusion::common::config::ConfigOptions::new();
@@ -292,4 +263,32 @@ fn partitioned_joins_broadcast_a_build_side_that_turns_out_small_and_stay_right(
             );
         }
     }
+}
+
+/// A DataFusion session over the TPC-H tables in which every join is partitioned (nothing is
+/// small enough to collect), on two partitions, with dynamic filters on or off.
+fn partitioned_tpch_session(
+    ctx: &manta::Context,
+    dynamic_filters: bool,
+) -> datafusion::prelude::SessionContext {
+    let config = datafusion::prelude::SessionConfig::new()
+        .with_target_partitions(2)
+        .set_usize(
+            "datafusion.optimizer.hash_join_single_partition_threshold_rows",
+            0,
+        )
+        .set_usize(
+            "datafusion.optimizer.hash_join_single_partition_threshold",
+            0,
+        )
+        .set_bool(
+            "datafusion.optimizer.enable_dynamic_filter_pushdown",
+            dynamic_filters,
+        );
+    let df = datafusion::prelude::SessionContext::new_with_config(config);
+    for (table, path) in tpch::tables() {
+        ctx.block_on(df.register_parquet(table, &path, Default::default()))
+            .unwrap();
+    }
+    df
 }
