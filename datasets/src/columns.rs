@@ -232,6 +232,13 @@ pub fn project(
 /// number or type (where arrow's `concat_batches` would panic or fail obscurely), such as the
 /// outputs of a user function that does not always return the same columns.
 pub fn concat(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch, ArrowError> {
+    check_columns(schema, batches)?;
+    arrow::compute::concat_batches(schema, batches)
+}
+
+/// Whether every batch has `schema`'s columns, in number and type: an error naming the first
+/// that does not, as [`concat`] gives.
+pub fn check_columns(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<(), ArrowError> {
     let fits = |batch: &RecordBatch| {
         batch.num_columns() == schema.fields().len()
             && batch
@@ -248,7 +255,7 @@ pub fn concat(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch
             describe_fields(other.schema_ref())
         )));
     }
-    arrow::compute::concat_batches(schema, batches)
+    Ok(())
 }
 
 /// The type a key column of `data_type` is compared and hashed as: strings of every kind

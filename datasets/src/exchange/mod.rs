@@ -37,6 +37,7 @@
 //! ([`specs`]), and the slice and zip tasks ([`slice_zip`]); the map side is
 //! [`partition`], the reduce side [`reduce`].
 mod check;
+mod gather;
 mod keys;
 mod slice_zip;
 mod specs;

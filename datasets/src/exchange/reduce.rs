@@ -13,7 +13,6 @@
 use std::sync::Arc;
 
 use arrow::array::{RecordBatch, UInt32Array};
-use arrow::compute::take_record_batch;
 use arrow::datatypes::{Schema, SchemaRef};
 use datafusion::datasource::MemTable;
 use datafusion::logical_expr::{Expr, col};
@@ -24,7 +23,8 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
 use super::combine;
-use super::partition::sort_batch;
+use super::gather;
+use super::partition::sort_batches;
 use super::{
     Aggregate, JoinKind, ReduceSpec, Reducer, SortKey, check_join_keys, decode, ident, into_block,
     user_error,
@@ -137,19 +137,24 @@ impl Reducer {
                 aggregates,
             )?);
         }
-        let rows = crate::columns::concat(&schema, &sides[0])?;
+        // The left side's batches: put together into one batch by most reducers; shuffled or
+        // sorted by a gather, a column at a time (see [`super::gather`]).
+        let left = std::mem::take(&mut sides[0]);
         match self {
-            Reducer::Concat => Ok(rows),
+            Reducer::Concat => Ok(crate::columns::concat(&schema, &left)?),
             Reducer::Shuffle { seed } => {
-                let mut order: Vec<u32> = (0..rows.num_rows() as u32).collect();
-                let first = rows.num_rows() as u64;
+                let rows = left.iter().map(RecordBatch::num_rows).sum::<usize>();
+                let mut order: Vec<u32> = (0..rows as u32).collect();
                 order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(batch_seed(
-                    *seed, first, 1,
+                    *seed,
+                    rows as u64,
+                    1,
                 )));
-                Ok(take_record_batch(&rows, &UInt32Array::from(order))?)
+                Ok(gather::gather(&schema, left, &UInt32Array::from(order))?)
             }
-            Reducer::Sort { keys } => Ok(sort_batch(&rows, keys)?),
+            Reducer::Sort { keys } => Ok(sort_batches(&schema, left, keys)?),
             Reducer::Aggregate { keys, aggregates } => {
+                let rows = crate::columns::concat(&schema, &left)?;
                 let ctx = single_partition_session();
                 let frame =
                     ctx.read_table(Arc::new(MemTable::try_new(schema, vec![vec![rows]])?))?;
@@ -160,8 +165,9 @@ impl Reducer {
             }
             Reducer::MapGroups { keys, function } => {
                 let f = lookup_batch(function).map_err(ReduceError::User)?;
-                let sorted = sort_batch(
-                    &rows,
+                let sorted = sort_batches(
+                    &schema,
+                    left,
                     &keys.iter().map(|k| SortKey::asc(k)).collect::<Vec<_>>(),
                 )?;
                 let columns = keys
@@ -192,6 +198,7 @@ impl Reducer {
                 how,
             } => {
                 let right_schema = Arc::clone(&schemas[1]);
+                let rows = crate::columns::concat(&schema, &left)?;
                 let right_rows = crate::columns::concat(&right_schema, &sides.swap_remove(1))?;
                 join(rows, right_rows, left_on, right_on, *how)
             }
