@@ -86,15 +86,17 @@ impl Block {
     }
 
     /// Bytes of Arrow memory the batches' rows use (a slice counts its rows, not the whole
-    /// buffer it points into).
+    /// buffer it points into; a string view column its views and the values they point at, see
+    /// [`crate::views::view_value_bytes`]).
     pub fn size_bytes(&self) -> usize {
         self.batches
             .iter()
             .flat_map(|b| b.columns())
             .map(|c| {
-                c.to_data()
-                    .get_slice_memory_size()
+                let data = c.to_data();
+                data.get_slice_memory_size()
                     .unwrap_or_else(|_| c.get_array_memory_size())
+                    + crate::views::view_value_bytes(&data)
             })
             .sum()
     }

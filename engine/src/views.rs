@@ -64,13 +64,38 @@ fn is_wasteful(views: &[u128], buffers: &[Buffer]) -> bool {
     if held < MIN_WASTE_BYTES {
         return false;
     }
-    // A view's low 32 bits are its length; values of 12 bytes or fewer live inside the view.
-    let used: usize = views
+    let used = out_of_line_bytes(views);
+    held - used.min(held) >= MIN_WASTE_BYTES && held > 2 * used
+}
+
+/// Bytes of the values these views keep in data buffers: a view's low 32 bits are its length,
+/// and values of 12 bytes or fewer live inside the view.
+fn out_of_line_bytes(views: &[u128]) -> usize {
+    views
         .iter()
         .map(|view| *view as u32 as usize)
         .filter(|&len| len > 12)
-        .sum();
-    held - used.min(held) >= MIN_WASTE_BYTES && held > 2 * used
+        .sum()
+}
+
+/// Bytes of string and binary *view* values that `data`'s views (and its children's, for
+/// nested types) keep in data buffers. Arrow's `get_slice_memory_size` counts a view column's
+/// 16-byte views only, none of its strings; the store adds this so that its budget sees them.
+/// Like a slice's other buffers, each view counts its own value only, however many views share
+/// a buffer.
+pub fn view_value_bytes(data: &arrow::array::ArrayData) -> usize {
+    let own = match data.data_type() {
+        DataType::Utf8View | DataType::BinaryView => {
+            let views: &[u128] = data.buffers()[0].typed_data();
+            out_of_line_bytes(&views[data.offset()..data.offset() + data.len()])
+        }
+        _ => 0,
+    };
+    own + data
+        .child_data()
+        .iter()
+        .map(view_value_bytes)
+        .sum::<usize>()
 }
 
 #[cfg(test)]
@@ -125,5 +150,31 @@ mod tests {
             picked.iter().collect::<Vec<_>>()
         );
         assert!(column.data_buffers().iter().map(Buffer::len).sum::<usize>() < 100);
+    }
+
+    #[test]
+    fn view_values_are_counted_once_per_view_inline_ones_not_at_all() {
+        let all = long_strings(1_000);
+        let long: usize = (0..1_000).map(|i| all.value(i).len()).sum();
+        assert_eq!(view_value_bytes(&all.to_data()), long);
+        // A slice counts its own values; two halves count the whole once.
+        let (first, second) = (all.slice(0, 400), all.slice(400, 600));
+        assert_eq!(
+            view_value_bytes(&first.to_data()) + view_value_bytes(&second.to_data()),
+            long
+        );
+        let short = StringViewArray::from_iter_values(["twelve bytes", "short", ""]);
+        assert_eq!(view_value_bytes(&short.to_data()), 0);
+        // Inside a list too.
+        let list = arrow::array::ListArray::new(
+            Arc::new(arrow::datatypes::Field::new_list_field(
+                DataType::Utf8View,
+                true,
+            )),
+            arrow::buffer::OffsetBuffer::from_lengths([600, 400]),
+            Arc::new(all),
+            None,
+        );
+        assert_eq!(view_value_bytes(&list.to_data()), long);
     }
 }
