@@ -472,7 +472,7 @@ mod tests {
                 0 => Partitioner::Random { seed: 7 },
                 1 => Partitioner::Hash { keys: vec!["name".into()] },
                 _ => Partitioner::Range {
-                    boundaries: boundaries(&[whole.clone()], &keys, n).unwrap(),
+                    boundaries: boundaries(std::slice::from_ref(&whole), &keys, n).unwrap(),
                     keys,
                 },
             };
