@@ -46,6 +46,7 @@ pub use exchange::{combine, partition, reduce};
 pub mod executor;
 pub mod file_options;
 pub mod files;
+mod filtered_read;
 pub mod flight_sql;
 pub mod ipc;
 pub mod objects;

@@ -14,8 +14,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
-    ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
-    RowFilter,
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
 };
 use serde::{Deserialize, Serialize};
 
@@ -157,8 +156,8 @@ pub struct PushedPredicate {
 }
 
 /// Reads one fragment as batches of `batch_size` rows, only the `columns` named (all if
-/// `None`). With `predicate`, the reader decodes the predicate's columns first and the other
-/// columns only for the rows it keeps. The schema comes back with the batches: a fragment whose
+/// `None`). With `predicate`, the predicate's columns are decoded first and the others then
+/// read the cheaper way for the rows it keeps ([`crate::filtered_read`]). The schema comes back with the batches: a fragment whose
 /// every row the predicate drops yields no batch, but its rows still have a schema.
 pub fn read_fragment(
     fragment: &Fragment,
@@ -171,35 +170,46 @@ pub fn read_fragment(
         source,
     };
     let file = StorageFile::open(&fragment.path)?;
-    let mut builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(invalid)?
-        .with_row_groups(fragment.row_groups.clone())
-        .with_batch_size(batch_size);
-    if let Some(columns) = columns {
-        let schema = builder.schema();
-        let mut indices = columns
-            .iter()
-            .map(|name| schema.index_of(name))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        indices.sort_unstable();
-        let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
-        builder = builder.with_projection(mask);
-    }
-    if let Some(predicate) = predicate {
-        let schema = builder.schema();
-        let indices = predicate
-            .columns
-            .iter()
-            .map(|name| schema.index_of(name))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
-        builder = builder.with_row_filter(RowFilter::new(vec![Box::new(ArrowPredicateFn::new(
-            mask,
-            predicate.keep,
-        ))]));
-    }
-    let reader = builder.build().map_err(invalid)?;
-    let mut schema = arrow::record_batch::RecordBatchReader::schema(&reader);
+    let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(invalid)?;
+    let output: Vec<usize> = match columns {
+        Some(columns) => {
+            let mut indices = columns
+                .iter()
+                .map(|name| metadata.schema().index_of(name))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            indices.sort_unstable();
+            indices.dedup();
+            indices
+        }
+        None => (0..metadata.schema().fields().len()).collect(),
+    };
+    let ReadBatches {
+        mut schema,
+        batches,
+    } = match predicate {
+        Some(predicate) => crate::filtered_read::read_filtered(
+            fragment, &metadata, batch_size, predicate, &output,
+        )?,
+        None => {
+            let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata)
+                .with_row_groups(fragment.row_groups.clone())
+                .with_batch_size(batch_size);
+            let mask = ProjectionMask::roots(builder.parquet_schema(), output);
+            let reader = builder.with_projection(mask).build().map_err(invalid)?;
+            let schema = arrow::record_batch::RecordBatchReader::schema(&reader);
+            let path = fragment.path.clone();
+            let batches = reader.map(move |batch| {
+                batch.map_err(|e| Error::InvalidParquet {
+                    path: path.clone(),
+                    source: parquet::errors::ParquetError::ArrowError(e.to_string()),
+                })
+            });
+            ReadBatches {
+                schema,
+                batches: Box::new(batches),
+            }
+        }
+    };
     if let Some(bytes) = &fragment.conform_to {
         // The dataset's fields (nullable where any file's is) for the columns read.
         let dataset = crate::source::decode_schema(bytes)?;
@@ -221,12 +231,8 @@ pub fn read_fragment(
         .conform_to
         .is_some()
         .then(|| std::sync::Arc::clone(&schema));
-    let path = fragment.path.clone();
-    let batches = reader.map(move |batch| {
-        let batch = batch.map_err(|e| Error::InvalidParquet {
-            path: path.clone(),
-            source: parquet::errors::ParquetError::ArrowError(e.to_string()),
-        })?;
+    let batches = batches.map(move |batch| {
+        let batch = batch?;
         match &target {
             Some(target) => Ok(crate::columns::conform(&batch, target)?),
             None => Ok(batch),
