@@ -8,7 +8,7 @@
 //!
 //! Each run prints one `RESULT workload=... seconds=...` line; where a workload has a baseline
 //! (plain DataFusion, raw TCP) it runs in the same process run and prints a `BASELINE` line.
-//! Workloads so far: `etl`, `q1`, `shuffle`, `sort`, `scale` (the three all-to-all ones, each in
+//! Workloads so far: `etl`, `filters` (one read through filters of several selectivities), `q1`, `shuffle`, `sort`, `scale` (the three all-to-all ones, each in
 //! its own process), `tpch` (22 queries through `ctx.sql`), `objects`, `flight`, `tasks`, `actors`,
 //! `recovery` (a node killed halfway, on a cluster), `autoscale` and `jobs` (on a cluster), `sim`
 //! (the head against 1,000 simulated nodes).
@@ -25,7 +25,7 @@ mod suite;
 
 #[derive(Parser, Debug, Clone)]
 pub struct Args {
-    /// etl | q1 | shuffle | sort | scale | tpch | objects | flight | tasks | actors | recovery |
+    /// etl | filters | q1 | shuffle | sort | scale | tpch | objects | flight | tasks | actors | recovery |
     /// sim | autoscale | jobs
     workload: String,
     /// TPC-H scale factor.
@@ -205,6 +205,7 @@ fn main() -> anyhow::Result<()> {
     }
     match args.workload.as_str() {
         "etl" => suite::etl::run(&args),
+        "filters" => suite::filters::run(&args),
         "objects" => suite::objects::run(&args),
         "flight" => suite::flight::run(&args),
         "q1" | "shuffle" | "sort" => suite::alltoall::run(&args),
@@ -217,7 +218,7 @@ fn main() -> anyhow::Result<()> {
         "autoscale" => suite::operate::autoscale(&args),
         "jobs" => suite::operate::jobs(&args),
         other => anyhow::bail!(
-            "unknown workload {other:?}: expected etl, q1, shuffle, sort, scale, tpch, objects, flight, tasks, actors, recovery, sim, autoscale or jobs"
+            "unknown workload {other:?}: expected etl, filters, q1, shuffle, sort, scale, tpch, objects, flight, tasks, actors, recovery, sim, autoscale or jobs"
         ),
     }
 }

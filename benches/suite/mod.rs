@@ -3,6 +3,7 @@
 pub mod actors;
 pub mod alltoall;
 pub mod etl;
+pub mod filters;
 pub mod flight;
 pub mod hosts;
 pub mod objects;
