@@ -154,7 +154,7 @@ fn reader(
 }
 
 /// A batch from a reader, its error naming the file.
-fn read_error(
+pub fn read_error(
     path: &std::path::Path,
     batch: std::result::Result<RecordBatch, arrow::error::ArrowError>,
 ) -> Result<RecordBatch> {

@@ -157,8 +157,9 @@ pub struct PushedPredicate {
 
 /// Reads one fragment as batches of `batch_size` rows, only the `columns` named (all if
 /// `None`). With `predicate`, the predicate's columns are decoded first and the others then
-/// read the cheaper way for the rows it keeps ([`crate::filtered_read`]). The schema comes back with the batches: a fragment whose
-/// every row the predicate drops yields no batch, but its rows still have a schema.
+/// read the cheaper way for the rows it keeps ([`crate::filtered_read`]). The schema comes
+/// back with the batches: a fragment whose every row the predicate drops yields no batch, but
+/// its rows still have a schema.
 pub fn read_fragment(
     fragment: &Fragment,
     batch_size: usize,
@@ -198,12 +199,7 @@ pub fn read_fragment(
             let reader = builder.with_projection(mask).build().map_err(invalid)?;
             let schema = arrow::record_batch::RecordBatchReader::schema(&reader);
             let path = fragment.path.clone();
-            let batches = reader.map(move |batch| {
-                batch.map_err(|e| Error::InvalidParquet {
-                    path: path.clone(),
-                    source: parquet::errors::ParquetError::ArrowError(e.to_string()),
-                })
-            });
+            let batches = reader.map(move |batch| crate::filtered_read::read_error(&path, batch));
             ReadBatches {
                 schema,
                 batches: Box::new(batches),
