@@ -48,6 +48,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     for (name, path) in &tables {
         ctx.register_parquet(name, path)?;
     }
+    // Session settings to try, as `SET` statements separated by `;` (for experiments).
+    if let Ok(settings) = std::env::var("MANTA_BENCH_SQL_SETTINGS") {
+        for statement in settings.split(';').filter(|s| !s.trim().is_empty()) {
+            ctx.sql(statement)?;
+        }
+    }
     for run in 1..=args.runs {
         let (total, rows, per_query) = time_queries(&queries, |sql| {
             let answer = ctx.sql(sql)?.to_arrow()?;

@@ -67,7 +67,7 @@ pub fn desc(column: &str) -> SortKey {
 }
 
 /// An aggregate function.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum AggregateFunction {
     /// Rows (with a column: non-null values).
     Count,
@@ -86,7 +86,7 @@ pub enum AggregateFunction {
 }
 
 /// One aggregate: a function of a column, named in the output.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Aggregate {
     /// The function.
     pub function: AggregateFunction,
