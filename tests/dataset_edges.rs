@@ -158,6 +158,43 @@ fn a_block_whose_rows_a_pushed_filter_removes_keeps_its_schema() {
     }
 }
 
+/// Filters skip row groups by their statistics (several row groups per read task here, so a
+/// task reads some of its row groups and not others): every answer is still SQL's, over
+/// sorted and unsorted columns, nulls, strings, ranges, negations, and filters that keep
+/// nothing or everything.
+#[test]
+fn filters_that_skip_row_groups_answer_as_sql() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = numbers(&tmp.path().join("numbers"), 100, 10);
+    let df = df_over("numbers", &path);
+    let ctx = embedded();
+    let cases: Vec<(Expr, &str)> = vec![
+        (col("val").gt(lit(500i64)), "val > 500"),
+        (
+            col("id").gt_eq(lit(40i64)).and(col("id").lt(lit(45i64))),
+            "id >= 40 AND id < 45",
+        ),
+        (col("grp").eq(lit("g1")), "grp = 'g1'"),
+        (col("val").is_null(), "val IS NULL"),
+        (!col("id").lt(lit(90i64)), "NOT (id < 90)"),
+        (col("id").lt(lit(0i64)), "id < 0"),
+        (col("id").gt_eq(lit(0i64)), "id >= 0"),
+        (
+            col("val").lt(lit(100i64)).or(col("id").gt(lit(95i64))),
+            "val < 100 OR id > 95",
+        ),
+    ];
+    for (filter, text) in cases {
+        let ds = ctx.read_parquet(&path).unwrap().filter(filter);
+        let got = sorted(rows(&ds.to_arrow().unwrap()));
+        let want = sorted(rows(&sql(
+            &df,
+            &format!("SELECT * FROM numbers WHERE {text}"),
+        )));
+        assert_eq!(got, want, "{text}");
+    }
+}
+
 #[test]
 fn columns_pruned_from_a_read_can_still_be_dropped_and_renamed() {
     let tmp = tempfile::tempdir().unwrap();

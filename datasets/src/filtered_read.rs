@@ -43,6 +43,7 @@ pub const MIN_RUN_ROWS: usize = 64;
 /// The batches of `fragment` whose rows `predicate` keeps, with only the columns at
 /// `output` (indices into the file's schema, ascending), and their schema.
 pub fn read_filtered(
+    file: &StorageFile,
     fragment: &Fragment,
     metadata: &ArrowReaderMetadata,
     batch_size: usize,
@@ -59,7 +60,14 @@ pub fn read_filtered(
     filter_columns.sort_unstable();
     filter_columns.dedup();
 
-    let first = FirstPass::run(fragment, metadata, batch_size, predicate, &filter_columns)?;
+    let first = FirstPass::run(
+        file,
+        fragment,
+        metadata,
+        batch_size,
+        predicate,
+        &filter_columns,
+    )?;
     if first.kept_rows == 0 {
         return Ok(ReadBatches {
             schema,
@@ -67,7 +75,7 @@ pub fn read_filtered(
         });
     }
     let reader = |columns: &[usize], selection: Option<RowSelection>| {
-        reader(fragment, metadata, batch_size, columns, selection)
+        reader(file, fragment, metadata, batch_size, columns, selection)
     };
 
     if first.average_run() >= MIN_RUN_ROWS {
@@ -130,13 +138,14 @@ pub fn read_filtered(
 /// A reader of `columns` of the fragment's row groups (only the `selection`'s runs, if
 /// given), from metadata already read.
 fn reader(
+    file: &StorageFile,
     fragment: &Fragment,
     metadata: &ArrowReaderMetadata,
     batch_size: usize,
     columns: &[usize],
     selection: Option<RowSelection>,
 ) -> Result<ParquetRecordBatchReader> {
-    let file = StorageFile::open(&fragment.path)?;
+    let file = file.try_clone(&fragment.path)?;
     let mask = ProjectionMask::roots(metadata.parquet_schema(), columns.iter().copied());
     let mut builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone())
         .with_row_groups(fragment.row_groups.clone())
@@ -209,13 +218,14 @@ struct FirstPass {
 
 impl FirstPass {
     fn run(
+        file: &StorageFile,
         fragment: &Fragment,
         metadata: &ArrowReaderMetadata,
         batch_size: usize,
         mut predicate: PushedPredicate,
         filter_columns: &[usize],
     ) -> Result<Self> {
-        let reader = reader(fragment, metadata, batch_size, filter_columns, None)?;
+        let reader = reader(file, fragment, metadata, batch_size, filter_columns, None)?;
         let mut pass = FirstPass {
             batches: Vec::new(),
             masks: Vec::new(),
@@ -324,6 +334,7 @@ mod tests {
         PushedPredicate {
             columns: vec![if scattered { "v" } else { "k" }.to_string()],
             keep: Box::new(keep),
+            filter: None,
         }
     }
 
@@ -391,12 +402,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let values: Vec<Option<i32>> = (0..1000).map(|i| Some(i % 10)).collect();
         let fragment = write_file(tmp.path(), &values, 1000);
-        let metadata = {
-            let file = StorageFile::open(&fragment.path).unwrap();
-            ArrowReaderMetadata::load(&file, Default::default()).unwrap()
-        };
+        let file = StorageFile::open(&fragment.path).unwrap();
+        let metadata = ArrowReaderMetadata::load(&file, Default::default()).unwrap();
         let first = |scattered, columns: &[usize]| {
             FirstPass::run(
+                &file,
                 &fragment,
                 &metadata,
                 100,
@@ -420,6 +430,7 @@ mod tests {
         let wrong = PushedPredicate {
             columns: vec!["v".into()],
             keep: Box::new(|_| Ok(BooleanArray::from(vec![true]))),
+            filter: None,
         };
         let error = read_fragment(&fragment, 10, Some(wrong), None)
             .err()

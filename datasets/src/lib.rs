@@ -55,6 +55,7 @@ mod parquet_source;
 pub mod plan;
 pub mod progress;
 pub mod retries;
+mod row_group_pruning;
 pub mod rows;
 pub mod run;
 pub mod sink;

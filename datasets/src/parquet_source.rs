@@ -153,6 +153,9 @@ pub struct PushedPredicate {
     pub columns: Vec<String>,
     /// Which rows to keep.
     pub keep: Box<dyn FnMut(RecordBatch) -> std::result::Result<BooleanArray, ArrowError> + Send>,
+    /// What `keep` computes, as an expression, for skipping row groups by their statistics
+    /// ([`crate::row_group_pruning`]); none skips none.
+    pub filter: Option<datafusion::logical_expr::Expr>,
 }
 
 /// Reads one fragment as batches of `batch_size` rows, only the `columns` named (all if
@@ -172,6 +175,26 @@ pub fn read_fragment(
     };
     let file = StorageFile::open(&fragment.path)?;
     let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(invalid)?;
+    let pruned;
+    let fragment = match predicate.as_ref().and_then(|p| p.filter.as_ref()) {
+        Some(filter) => {
+            let kept = crate::row_group_pruning::row_groups_to_read(
+                &metadata,
+                &fragment.row_groups,
+                filter,
+            );
+            pruned = Fragment {
+                rows: kept
+                    .iter()
+                    .map(|&i| metadata.metadata().row_group(i).num_rows() as u64)
+                    .sum(),
+                row_groups: kept,
+                ..fragment.clone()
+            };
+            &pruned
+        }
+        None => fragment,
+    };
     let output: Vec<usize> = match columns {
         Some(columns) => {
             let mut indices = columns
@@ -189,7 +212,7 @@ pub fn read_fragment(
         batches,
     } = match predicate {
         Some(predicate) => crate::filtered_read::read_filtered(
-            fragment, &metadata, batch_size, predicate, &output,
+            &file, fragment, &metadata, batch_size, predicate, &output,
         )?,
         None => {
             let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata)

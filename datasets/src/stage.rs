@@ -465,6 +465,10 @@ impl CompiledStage {
         columns.sort();
         columns.dedup();
         let count = filters.len();
+        let conjunction = filters
+            .iter()
+            .map(|f| f.expr().clone())
+            .reduce(datafusion::logical_expr::Expr::and);
         let keep = move |batch: RecordBatch| {
             let mut keep: Option<arrow::array::BooleanArray> = None;
             for filter in &filters {
@@ -481,6 +485,7 @@ impl CompiledStage {
             Some(PushedPredicate {
                 columns,
                 keep: Box::new(keep),
+                filter: conjunction,
             }),
             count,
         )

@@ -341,6 +341,23 @@ impl StorageFile {
                 source,
             })
     }
+
+    /// Another handle on the same file, for a second reader of it: a duplicated descriptor,
+    /// or the same object and size (no request to the store).
+    pub fn try_clone(&self, path: &LocalPath) -> Result<Self> {
+        match self {
+            StorageFile::Local(file) => {
+                file.try_clone()
+                    .map(StorageFile::Local)
+                    .map_err(|source| Error::Io {
+                        action: "opening",
+                        path: path.to_path_buf(),
+                        source,
+                    })
+            }
+            StorageFile::Remote(object, size) => Ok(StorageFile::Remote(object.clone(), *size)),
+        }
+    }
 }
 
 impl Length for StorageFile {
