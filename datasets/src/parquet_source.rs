@@ -175,20 +175,22 @@ pub fn read_fragment(
     };
     let file = StorageFile::open(&fragment.path)?;
     let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(invalid)?;
+    let mut predicate = predicate;
     let pruned;
     let fragment = match predicate.as_ref().and_then(|p| p.filter.as_ref()) {
         Some(filter) => {
-            let kept = crate::row_group_pruning::row_groups_to_read(
-                &metadata,
-                &fragment.row_groups,
-                filter,
-            );
+            let kept =
+                crate::row_group_pruning::prune_row_groups(&metadata, &fragment.row_groups, filter);
+            if kept.every_row_kept {
+                predicate = None;
+            }
             pruned = Fragment {
                 rows: kept
+                    .row_groups
                     .iter()
                     .map(|&i| metadata.metadata().row_group(i).num_rows() as u64)
                     .sum(),
-                row_groups: kept,
+                row_groups: kept.row_groups,
                 ..fragment.clone()
             };
             &pruned

@@ -2,60 +2,80 @@
 //!
 //! A Parquet footer records, for each row group and column, the smallest and the largest value
 //! and the number of nulls. DataFusion's [`PruningPredicate`] turns a filter into a test over
-//! those (`l_orderkey < 60000` into `l_orderkey_min < 60000`), and [`row_groups_to_read`] runs
+//! those (`l_orderkey < 60000` into `l_orderkey_min < 60000`), and [`prune_row_groups`] runs
 //! it over the row groups of a read task's fragment: a row group the test rules out is not
 //! decoded at all. This is the pruning DataFusion's own Parquet scan does for SQL over the same
 //! files, so `filter` on a dataset and `WHERE` on its table skip the same row groups.
 //!
 //! The test is conservative: a part of the filter it cannot translate (a function it does not
 //! know, a column without statistics) counts as "may keep rows", and any error on the way keeps
-//! every row group. Either way the filter still runs on every row that is read, so pruning can
-//! only save work, never change an answer.
+//! every row group. The filter still runs on every row that is read, so pruning can only save
+//! work, never change an answer; but for one exception: where the statistics also prove that
+//! the filter keeps *every* row of the row groups left (DataFusion inverts the filter and
+//! prunes with that, nulls counted), and the filter is made of comparisons, `AND`/`OR`/`NOT`,
+//! `IS NULL` and `IN` lists of columns and literals (so that evaluating it could not have
+//! failed), the read skips the filter too.
 
 use std::sync::Arc;
 
 use datafusion::datasource::physical_plan::parquet::{
     ParquetAccessPlan, ParquetFileMetrics, RowGroupAccessPlanFilter,
 };
-use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::{Expr, Operator};
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::pruning::{PruningPredicate, PruningPredicateBuilder};
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 
+/// What the statistics say of a fragment's row groups under a filter.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Pruned {
+    /// The row groups that may hold a row the filter keeps, in the fragment's order.
+    pub row_groups: Vec<usize>,
+    /// Whether the statistics prove that the filter keeps every row of every one of them, and
+    /// the filter is one whose evaluation cannot fail ([`cannot_fail`]): then it need not run.
+    pub every_row_kept: bool,
+}
+
 /// Which of `row_groups` (indices into the file of `metadata`, in order) may hold a row that
-/// `filter` keeps: all of them unless their statistics prove otherwise.
-pub fn row_groups_to_read(
+/// `filter` keeps (all of them unless their statistics prove otherwise), and whether it keeps
+/// every row of those.
+pub fn prune_row_groups(
     metadata: &ArrowReaderMetadata,
     row_groups: &[usize],
     filter: &Expr,
-) -> Vec<usize> {
+) -> Pruned {
+    let unpruned = || Pruned {
+        row_groups: row_groups.to_vec(),
+        every_row_kept: false,
+    };
     let in_file = metadata.metadata().num_row_groups();
     if row_groups.iter().any(|&i| i >= in_file) {
         // The file changed since it was planned: the reader names the problem.
-        return row_groups.to_vec();
+        return unpruned();
     }
     match prune(metadata, row_groups, filter) {
-        Ok(kept) => kept,
+        Ok(pruned) => pruned.unwrap_or_else(unpruned),
         Err(error) => {
             tracing::debug!(%filter, %error, "row groups not pruned");
-            row_groups.to_vec()
+            unpruned()
         }
     }
 }
 
-/// [`row_groups_to_read`], with errors.
+/// [`prune_row_groups`], with errors; `None` where the statistics cannot judge the filter.
 fn prune(
     metadata: &ArrowReaderMetadata,
     row_groups: &[usize],
     filter: &Expr,
-) -> datafusion::error::Result<Vec<usize>> {
+) -> datafusion::error::Result<Option<Pruned>> {
     let schema = Arc::clone(metadata.schema());
     let physical = crate::ops::plan_expr(filter, &schema)?;
     let predicate: PruningPredicate = PruningPredicateBuilder::new()
         .with_file_schema(Arc::clone(&schema))
-        .try_build(physical)?;
+        .try_build(Arc::clone(&physical))?;
     if predicate.always_true() {
-        return Ok(row_groups.to_vec());
+        return Ok(None);
     }
     let groups = metadata.metadata().row_groups();
     let mut plan = ParquetAccessPlan::new_none(groups.len());
@@ -72,12 +92,53 @@ fn prune(
         &predicate,
         &metrics,
     );
+    let fully_matched = plan.is_fully_matched().clone();
     let plan = plan.build();
-    Ok(row_groups
+    let kept: Vec<usize> = row_groups
         .iter()
         .copied()
         .filter(|&i| plan.should_scan(i))
-        .collect())
+        .collect();
+    let every_row_kept =
+        !kept.is_empty() && kept.iter().all(|&i| fully_matched[i]) && cannot_fail(&physical);
+    Ok(Some(Pruned {
+        row_groups: kept,
+        every_row_kept,
+    }))
+}
+
+/// Whether evaluating `expr` can never fail, so that skipping it where its answer is known
+/// hides no error: columns and literals joined by comparisons, `AND`, `OR`, `NOT`, `IS NULL`,
+/// `IN` lists. Arithmetic (which overflows), casts (which reject values) and functions are
+/// not.
+fn cannot_fail(expr: &Arc<dyn PhysicalExpr>) -> bool {
+    use datafusion::physical_expr::expressions::{
+        BinaryExpr, Column, InListExpr, IsNotNullExpr, IsNullExpr, Literal, NotExpr,
+    };
+    let allowed = match expr.downcast_ref::<BinaryExpr>() {
+        Some(binary) => matches!(
+            binary.op(),
+            Operator::Eq
+                | Operator::NotEq
+                | Operator::Lt
+                | Operator::LtEq
+                | Operator::Gt
+                | Operator::GtEq
+                | Operator::And
+                | Operator::Or
+                | Operator::IsDistinctFrom
+                | Operator::IsNotDistinctFrom
+        ),
+        None => {
+            expr.downcast_ref::<Column>().is_some()
+                || expr.downcast_ref::<Literal>().is_some()
+                || expr.downcast_ref::<NotExpr>().is_some()
+                || expr.downcast_ref::<IsNullExpr>().is_some()
+                || expr.downcast_ref::<IsNotNullExpr>().is_some()
+                || expr.downcast_ref::<InListExpr>().is_some()
+        }
+    };
+    allowed && expr.children().into_iter().all(cannot_fail)
 }
 
 #[cfg(test)]
@@ -86,7 +147,6 @@ mod tests {
 
     use arrow::array::{Array, BooleanArray, Int64Array, RecordBatch, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
-    use datafusion::logical_expr::Operator;
     use datafusion::prelude::{col, lit};
     use parquet::arrow::ArrowWriter;
     use parquet::file::properties::WriterProperties;
@@ -133,12 +193,13 @@ mod tests {
         ArrowReaderMetadata::load(&StorageFile::open(&path).unwrap(), Default::default()).unwrap()
     }
 
-    /// Whether `filter` keeps some row of each row group, evaluated on the rows themselves.
-    fn groups_with_kept_rows(
+    /// Whether `filter` keeps some row, and whether it keeps every row, of each row group:
+    /// evaluated on the rows themselves.
+    fn rows_kept_by_group(
         values: &[Option<i64>],
         group_rows: usize,
         filter: &Expr,
-    ) -> Vec<bool> {
+    ) -> Vec<(bool, bool)> {
         values
             .chunks(group_rows)
             .map(|chunk| {
@@ -165,7 +226,7 @@ mod tests {
                     .into_array(batch.num_rows())
                     .unwrap();
                 let mask = mask.as_any().downcast_ref::<BooleanArray>().unwrap();
-                mask.true_count() > 0
+                (mask.true_count() > 0, mask.true_count() == mask.len())
             })
             .collect()
     }
@@ -193,9 +254,10 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
-        /// No row group holding a kept row is ever skipped, over sorted, shuffled and partly
-        /// null values, any fragment of the file's row groups; and on sorted values without
-        /// nulls every row group without a kept row is skipped.
+        /// No row group holding a kept row is ever skipped, and no filter is called needless
+        /// where it drops a row, over sorted, shuffled and partly null values, any fragment of
+        /// the file's row groups; and on sorted values without nulls every row group without a
+        /// kept row is skipped.
         #[test]
         fn pruning_never_skips_a_kept_row(
             rows in 1usize..400,
@@ -218,13 +280,20 @@ mod tests {
             let metadata = file(tmp.path(), &values, group_rows);
             let groups = metadata.metadata().num_row_groups();
             let fragment: Vec<usize> = (usize::from(skip_first && groups > 1)..groups).collect();
-            let kept = row_groups_to_read(&metadata, &fragment, &filter);
-            let truth = groups_with_kept_rows(&values, group_rows, &filter);
+            let pruned = prune_row_groups(&metadata, &fragment, &filter);
+            let kept = &pruned.row_groups;
+            let all_kept = rows_kept_by_group(&values, group_rows, &filter);
+            let truth: Vec<bool> = all_kept.iter().map(|&(some, _)| some).collect();
             prop_assert!(kept.windows(2).all(|w| w[0] < w[1]), "{kept:?} out of order");
             prop_assert!(kept.iter().all(|i| fragment.contains(i)));
             for &i in &fragment {
                 if truth[i] {
                     prop_assert!(kept.contains(&i), "{filter}: row group {i} skipped");
+                }
+            }
+            if pruned.every_row_kept {
+                for &i in kept {
+                    prop_assert!(all_kept[i].1, "{filter}: row group {i} drops a row");
                 }
             }
             // `n < v` and `n >= v`: the statistics answer those exactly for sorted values.
@@ -247,18 +316,38 @@ mod tests {
         let all: Vec<usize> = (0..10).collect();
         // Unknown to pruning (a function of the column), and wrong (no such column).
         let opaque = (col("n") % lit(7)).eq(lit(3));
-        assert_eq!(row_groups_to_read(&metadata, &all, &opaque), all);
+        let unpruned = |row_groups: &[usize]| Pruned {
+            row_groups: row_groups.to_vec(),
+            every_row_kept: false,
+        };
+        assert_eq!(prune_row_groups(&metadata, &all, &opaque), unpruned(&all));
         let missing = col("nope").lt(lit(3));
-        assert_eq!(row_groups_to_read(&metadata, &all, &missing), all);
+        assert_eq!(prune_row_groups(&metadata, &all, &missing), unpruned(&all));
         // Row groups the file does not have: left for the reader to report.
+        let beyond = prune_row_groups(&metadata, &[3, 42], &col("n").lt(lit(0)));
+        assert_eq!(beyond, unpruned(&[3, 42]));
+        // And one it can: only the first row group holds n < 10, and all of it.
+        let first = prune_row_groups(&metadata, &all, &col("n").lt(lit(10)));
         assert_eq!(
-            row_groups_to_read(&metadata, &[3, 42], &col("n").lt(lit(0))),
-            vec![3, 42]
+            first,
+            Pruned {
+                row_groups: vec![0],
+                every_row_kept: true
+            }
         );
-        // And one it can: only the first row group holds n < 10.
+        // Every row of the last two, but through arithmetic that could overflow: it must run.
+        let sum = (col("n") + lit(1)).gt(lit(80));
+        assert!(!prune_row_groups(&metadata, &all, &sum).every_row_kept);
+        let plain = col("n")
+            .gt(lit(79))
+            .or(col("n").in_list(vec![lit(-5)], false));
+        let last = prune_row_groups(&metadata, &all, &plain);
         assert_eq!(
-            row_groups_to_read(&metadata, &all, &col("n").lt(lit(10))),
-            vec![0]
+            last,
+            Pruned {
+                row_groups: vec![8, 9],
+                every_row_kept: true
+            }
         );
     }
 }
