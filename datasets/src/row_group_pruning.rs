@@ -155,13 +155,8 @@ mod tests {
     use super::*;
     use crate::storage::StorageFile;
 
-    /// A file of `values` (`n`, and `s` its text), `group_rows` rows per row group, and its
-    /// metadata.
-    fn file(
-        dir: &std::path::Path,
-        values: &[Option<i64>],
-        group_rows: usize,
-    ) -> ArrowReaderMetadata {
+    /// The rows of `values`: `n`, and `s` its text.
+    fn batch(values: &[Option<i64>]) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![
             Field::new("n", DataType::Int64, true),
             Field::new("s", DataType::Utf8, true),
@@ -170,14 +165,24 @@ mod tests {
             .iter()
             .map(|v| v.map(|v| format!("ü{v:05}")))
             .collect();
-        let batch = RecordBatch::try_new(
-            Arc::clone(&schema),
+        RecordBatch::try_new(
+            schema,
             vec![
                 Arc::new(Int64Array::from(values.to_vec())),
                 Arc::new(StringArray::from(text)),
             ],
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// A file of [`batch`]`(values)`, `group_rows` rows per row group, and its metadata.
+    fn file(
+        dir: &std::path::Path,
+        values: &[Option<i64>],
+        group_rows: usize,
+    ) -> ArrowReaderMetadata {
+        let batch = batch(values);
+        let schema = batch.schema();
         let path = dir.join("f.parquet");
         let properties = WriterProperties::builder()
             .set_max_row_group_row_count(Some(group_rows))
@@ -203,23 +208,8 @@ mod tests {
         values
             .chunks(group_rows)
             .map(|chunk| {
-                let schema = Arc::new(Schema::new(vec![
-                    Field::new("n", DataType::Int64, true),
-                    Field::new("s", DataType::Utf8, true),
-                ]));
-                let text: Vec<Option<String>> = chunk
-                    .iter()
-                    .map(|v| v.map(|v| format!("ü{v:05}")))
-                    .collect();
-                let batch = RecordBatch::try_new(
-                    Arc::clone(&schema),
-                    vec![
-                        Arc::new(Int64Array::from(chunk.to_vec())),
-                        Arc::new(StringArray::from(text)),
-                    ],
-                )
-                .unwrap();
-                let mask = crate::ops::plan_expr(filter, &schema)
+                let batch = batch(chunk);
+                let mask = crate::ops::plan_expr(filter, &batch.schema())
                     .unwrap()
                     .evaluate(&batch)
                     .unwrap()
