@@ -847,14 +847,38 @@ fn all_to_all_operations_match_sql(
         .to_arrow()
         .unwrap();
     df.deregister_table("flags").unwrap();
-    df.register_batch("flags", flags).unwrap();
+    df.register_batch("flags", flags.clone()).unwrap();
     let expected = sql(
         df,
         "SELECT l.l_orderkey, l.l_linenumber, l.l_returnflag, l.l_quantity, f.meaning \
          FROM lineitem l JOIN flags f ON l.l_returnflag = f.l_returnflag",
     );
     assert_eq!(sorted(rows(&joined)), sorted(rows(&expected)));
+    driver_batches_come_back_without_tasks(ctx, &flags);
     shuffle_tasks
+}
+
+/// The driver's own batches (`from_arrow` on a cluster, as a SQL answer is) come back to the
+/// driver as they are, without a task; with an operator on them they run on the nodes.
+fn driver_batches_come_back_without_tasks(ctx: &manta::Context, flags: &RecordBatch) {
+    let empty = flags.slice(0, 0);
+    let input = vec![flags.clone(), empty, flags.slice(1, 1)];
+    let ds = ctx.from_arrow(input.clone()).unwrap();
+    assert_eq!(rows(&ds.to_arrow().unwrap()), rows(&input));
+    assert!(ds.stats().stages.is_empty(), "no stage ran: {}", ds.stats());
+    let iterated: Vec<RecordBatch> = ds.iter_batches().unwrap().map(Result::unwrap).collect();
+    assert_eq!(rows(&iterated), rows(&input));
+    assert_eq!(ds.count().unwrap(), rows(&input).len() as u64);
+    assert_eq!(rows(&ds.take(2).unwrap()), rows(&input)[..2]);
+
+    let meanings = ds.select_columns(&["meaning"]);
+    let projected: Vec<RecordBatch> = input.iter().map(|b| b.project(&[1]).unwrap()).collect();
+    assert_eq!(rows(&meanings.to_arrow().unwrap()), rows(&projected));
+    assert!(
+        !meanings.stats().stages.is_empty(),
+        "a selection runs as a stage: {}",
+        meanings.stats()
+    );
 }
 
 /// Under stores far smaller than the data, the map outputs spill, and the reduce tasks read

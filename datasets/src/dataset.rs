@@ -435,8 +435,26 @@ impl Dataset {
         Ok(stats)
     }
 
+    /// The batches of a dataset that only reads the driver's own batches (see
+    /// [`LogicalPlan::driver_batches`]), without the empty ones, and recorded as a run of no
+    /// stages; `None` for anything with work to run.
+    fn driver_batches(&self) -> Option<Vec<RecordBatch>> {
+        let batches = self.plan.driver_batches()?;
+        *self.last_stats.lock() = Some(DatasetStats::default());
+        Some(
+            batches
+                .iter()
+                .filter(|b| b.num_rows() > 0)
+                .cloned()
+                .collect(),
+        )
+    }
+
     /// Runs the pipeline and counts the rows.
     pub fn count(&self) -> Result<u64> {
+        if let Some(batches) = self.driver_batches() {
+            return Ok(batches.iter().map(|b| b.num_rows() as u64).sum());
+        }
         let (mut rx, handle, before) = self.start(Sink::Driver)?;
         let mut rows = 0;
         while let Some(out) = self.ctx.block_on(rx.recv()) {
@@ -496,6 +514,9 @@ impl Dataset {
 
     /// Every row, as batches in block order.
     pub fn to_arrow(&self) -> Result<Vec<RecordBatch>> {
+        if let Some(batches) = self.driver_batches() {
+            return Ok(batches);
+        }
         let mut blocks: Vec<(u64, Vec<RecordBatch>)> = Vec::new();
         let (mut rx, handle, before) = self.start(Sink::Driver)?;
         while let Some(out) = self.ctx.block_on(rx.recv()) {
@@ -556,6 +577,18 @@ impl Dataset {
     /// consumed, and stops if the iterator is dropped. Batches come in block order (a sorted
     /// dataset's in sorted order); a block that finishes early waits for the ones before it.
     pub fn iter_batches(&self) -> Result<BatchIter> {
+        if let Some(batches) = self.driver_batches() {
+            return Ok(BatchIter {
+                dataset: self.clone(),
+                rx: None,
+                handle: None,
+                before: Vec::new(),
+                pending: batches.into(),
+                batch_size: None,
+                early: Default::default(),
+                next_index: 0,
+            });
+        }
         let (rx, handle, before) = self.start(Sink::Driver)?;
         Ok(BatchIter {
             dataset: self.clone(),

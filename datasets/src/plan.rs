@@ -11,6 +11,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
 use datafusion::logical_expr::Expr;
@@ -323,6 +324,19 @@ impl LogicalPlan {
             schema = op_schema(op, &schema).ok()??;
         }
         Some(schema)
+    }
+
+    /// The driver's own batches, for a plan that only reads them (`from_arrow` on a cluster,
+    /// so a SQL answer there): exactly what running it would return, so a consumer in the
+    /// driver takes them as they are instead of shipping them to a worker and back.
+    pub fn driver_batches(&self) -> Option<&Arc<Vec<RecordBatch>>> {
+        match &self.input {
+            PlanInput::Read { source, .. } if self.ops.is_empty() => match source.as_ref() {
+                Source::Inline { batches, .. } => Some(batches),
+                _ => None,
+            },
+            _ => None,
+        }
     }
 
     fn input_schema(&self) -> Option<SchemaRef> {
