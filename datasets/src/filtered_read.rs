@@ -41,7 +41,8 @@ use crate::storage::StorageFile;
 pub const MIN_RUN_ROWS: usize = 64;
 
 /// The batches of `fragment` whose rows `predicate` keeps, with only the columns at
-/// `output` (indices into the file's schema, ascending), and their schema.
+/// `output` (indices into the file's schema, ascending), and their schema. With `pages` (a
+/// selection of the fragment's rows, from the page index), only those rows are read at all.
 pub fn read_filtered(
     file: &StorageFile,
     fragment: &Fragment,
@@ -49,6 +50,7 @@ pub fn read_filtered(
     batch_size: usize,
     predicate: PushedPredicate,
     output: &[usize],
+    pages: Option<RowSelection>,
 ) -> Result<ReadBatches> {
     let file_schema = metadata.schema();
     let schema = Arc::new(file_schema.project(output)?);
@@ -67,6 +69,7 @@ pub fn read_filtered(
         batch_size,
         predicate,
         &filter_columns,
+        pages.clone(),
     )?;
     if first.kept_rows == 0 {
         return Ok(ReadBatches {
@@ -79,7 +82,12 @@ pub fn read_filtered(
     };
 
     if first.average_run() >= MIN_RUN_ROWS {
-        let selection = RowSelection::from_filters(&first.masks);
+        // The masks answer for the rows the first pass read: the pages' rows, if any.
+        let kept = RowSelection::from_filters(&first.masks);
+        let selection = match &pages {
+            Some(pages) => pages.and_then(&kept),
+            None => kept,
+        };
         let batches = reader(output, Some(selection))?;
         let path = fragment.path.clone();
         return Ok(ReadBatches {
@@ -96,7 +104,7 @@ pub fn read_filtered(
         .collect();
     let mut rest_batches: Option<ParquetRecordBatchReader> = match rest.is_empty() {
         true => None,
-        false => Some(reader(&rest, None)?),
+        false => Some(reader(&rest, pages)?),
     };
     let path = fragment.path.clone();
     let out_schema = Arc::clone(&schema);
@@ -224,8 +232,9 @@ impl FirstPass {
         batch_size: usize,
         mut predicate: PushedPredicate,
         filter_columns: &[usize],
+        pages: Option<RowSelection>,
     ) -> Result<Self> {
-        let reader = reader(file, fragment, metadata, batch_size, filter_columns, None)?;
+        let reader = reader(file, fragment, metadata, batch_size, filter_columns, pages)?;
         let mut pass = FirstPass {
             batches: Vec::new(),
             masks: Vec::new(),
@@ -412,6 +421,7 @@ mod tests {
                 100,
                 predicate(scattered, 10, 300),
                 columns,
+                None,
             )
             .unwrap()
         };

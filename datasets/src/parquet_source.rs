@@ -16,6 +16,7 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
 };
+use parquet::file::metadata::PageIndexPolicy;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -174,16 +175,25 @@ pub fn read_fragment(
         source,
     };
     let file = StorageFile::open(&fragment.path)?;
-    let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(invalid)?;
+    let filter = predicate.as_ref().and_then(|p| p.filter.clone());
+    // A filter reads the page index too (when the file has one): to skip pages by their
+    // statistics, and whole pages between the runs of rows it keeps.
+    let options = ArrowReaderOptions::new().with_page_index_policy(match filter {
+        Some(_) => PageIndexPolicy::Optional,
+        None => PageIndexPolicy::Skip,
+    });
+    let metadata = ArrowReaderMetadata::load(&file, options).map_err(invalid)?;
     let mut predicate = predicate;
+    let mut pages = None;
     let pruned;
-    let fragment = match predicate.as_ref().and_then(|p| p.filter.as_ref()) {
+    let fragment = match &filter {
         Some(filter) => {
             let kept =
                 crate::row_group_pruning::prune_row_groups(&metadata, &fragment.row_groups, filter);
             if kept.every_row_kept {
                 predicate = None;
             }
+            pages = kept.pages;
             pruned = Fragment {
                 rows: kept
                     .row_groups
@@ -214,7 +224,7 @@ pub fn read_fragment(
         batches,
     } = match predicate {
         Some(predicate) => crate::filtered_read::read_filtered(
-            &file, fragment, &metadata, batch_size, predicate, &output,
+            &file, fragment, &metadata, batch_size, predicate, &output, pages,
         )?,
         None => {
             let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata)

@@ -15,17 +15,23 @@
 //! prunes with that, nulls counted), and the filter is made of comparisons, `AND`/`OR`/`NOT`,
 //! `IS NULL` and `IN` lists of columns and literals (so that evaluating it could not have
 //! failed), the read skips the filter too.
+//!
+//! Within the row groups left, a file written with a page index (each page's smallest and
+//! largest value, and where it starts) narrows the read further: DataFusion's
+//! [`PagePruningAccessPlanFilter`] tests each single-column conjunct of the filter against
+//! every page, and [`Pruned::pages`] selects only the rows of the pages no conjunct rules out,
+//! so the reader skips the others without decompressing them.
 
 use std::sync::Arc;
 
 use datafusion::datasource::physical_plan::parquet::{
-    ParquetAccessPlan, ParquetFileMetrics, RowGroupAccessPlanFilter,
+    PagePruningAccessPlanFilter, ParquetAccessPlan, ParquetFileMetrics, RowGroupAccessPlanFilter,
 };
 use datafusion::logical_expr::{Expr, Operator};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::pruning::{PruningPredicate, PruningPredicateBuilder};
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
-use parquet::arrow::arrow_reader::ArrowReaderMetadata;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, RowSelection};
 
 /// What the statistics say of a fragment's row groups under a filter.
 #[derive(Debug, PartialEq, Eq)]
@@ -35,6 +41,9 @@ pub struct Pruned {
     /// Whether the statistics prove that the filter keeps every row of every one of them, and
     /// the filter is one whose evaluation cannot fail ([`cannot_fail`]): then it need not run.
     pub every_row_kept: bool,
+    /// The rows of those row groups (all of them in order, as one run of rows) on pages the
+    /// page index cannot rule out; `None` to read every row of them.
+    pub pages: Option<RowSelection>,
 }
 
 /// Which of `row_groups` (indices into the file of `metadata`, in order) may hold a row that
@@ -48,6 +57,7 @@ pub fn prune_row_groups(
     let unpruned = || Pruned {
         row_groups: row_groups.to_vec(),
         every_row_kept: false,
+        pages: None,
     };
     let in_file = metadata.metadata().num_row_groups();
     if row_groups.iter().any(|&i| i >= in_file) {
@@ -94,16 +104,38 @@ fn prune(
     );
     let fully_matched = plan.is_fully_matched().clone();
     let plan = plan.build();
-    let kept: Vec<usize> = row_groups
-        .iter()
-        .copied()
-        .filter(|&i| plan.should_scan(i))
-        .collect();
-    let every_row_kept =
-        !kept.is_empty() && kept.iter().all(|&i| fully_matched[i]) && cannot_fail(&physical);
+    let kept = |plan: &ParquetAccessPlan| -> Vec<usize> {
+        row_groups
+            .iter()
+            .copied()
+            .filter(|&i| plan.should_scan(i))
+            .collect()
+    };
+    let row_groups_kept = kept(&plan);
+    let every_row_kept = !row_groups_kept.is_empty()
+        && row_groups_kept.iter().all(|&i| fully_matched[i])
+        && cannot_fail(&physical);
+    // The selection runs over the row groups in the file's order: only for a fragment in it.
+    let in_order = row_groups.windows(2).all(|w| w[0] < w[1]);
+    if every_row_kept || !in_order {
+        return Ok(Some(Pruned {
+            row_groups: row_groups_kept,
+            every_row_kept,
+            pages: None,
+        }));
+    }
+    let plan = PagePruningAccessPlanFilter::new(&physical, Arc::clone(&schema))
+        .prune_plan_with_page_index(
+            plan,
+            &schema,
+            metadata.parquet_schema(),
+            metadata.metadata(),
+            &metrics,
+        );
     Ok(Some(Pruned {
-        row_groups: kept,
+        row_groups: kept(&plan),
         every_row_kept,
+        pages: plan.into_overall_row_selection(groups)?,
     }))
 }
 
@@ -175,17 +207,21 @@ mod tests {
         .unwrap()
     }
 
-    /// A file of [`batch`]`(values)`, `group_rows` rows per row group, and its metadata.
+    /// A file of [`batch`]`(values)`, `group_rows` rows per row group and pages of at most
+    /// `page_rows`, and its metadata with the page index.
     fn file(
         dir: &std::path::Path,
         values: &[Option<i64>],
         group_rows: usize,
+        page_rows: usize,
     ) -> ArrowReaderMetadata {
         let batch = batch(values);
         let schema = batch.schema();
         let path = dir.join("f.parquet");
         let properties = WriterProperties::builder()
             .set_max_row_group_row_count(Some(group_rows))
+            .set_data_page_row_count_limit(page_rows)
+            .set_write_batch_size(page_rows)
             .build();
         let mut writer = ArrowWriter::try_new(
             std::fs::File::create(&path).unwrap(),
@@ -195,7 +231,43 @@ mod tests {
         .unwrap();
         writer.write(&batch).unwrap();
         writer.close().unwrap();
-        ArrowReaderMetadata::load(&StorageFile::open(&path).unwrap(), Default::default()).unwrap()
+        let options = parquet::arrow::arrow_reader::ArrowReaderOptions::new()
+            .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Required);
+        ArrowReaderMetadata::load(&StorageFile::open(&path).unwrap(), options).unwrap()
+    }
+
+    /// Whether each row of `row_groups` (in order) is read under `pages`, and the first row of
+    /// each page of column `n` there.
+    fn selected_rows(
+        metadata: &ArrowReaderMetadata,
+        row_groups: &[usize],
+        pages: &Option<RowSelection>,
+    ) -> (Vec<bool>, Vec<usize>) {
+        let groups = metadata.metadata().row_groups();
+        let rows: usize = row_groups
+            .iter()
+            .map(|&i| groups[i].num_rows() as usize)
+            .sum();
+        let selected = match pages {
+            None => vec![true; rows],
+            Some(pages) => pages
+                .iter()
+                .flat_map(|run| std::iter::repeat_n(!run.skip, run.row_count))
+                .collect(),
+        };
+        let offsets = metadata.metadata().offset_index().expect("a page index");
+        let mut starts = Vec::new();
+        let mut first_row = 0;
+        for &i in row_groups {
+            let locations = offsets[i][0].page_locations();
+            starts.extend(
+                locations
+                    .iter()
+                    .map(|p| first_row + p.first_row_index as usize),
+            );
+            first_row += groups[i].num_rows() as usize;
+        }
+        (selected, starts)
     }
 
     /// Whether `filter` keeps some row, and whether it keeps every row, of each row group:
@@ -252,6 +324,7 @@ mod tests {
         fn pruning_never_skips_a_kept_row(
             rows in 1usize..400,
             group_rows in 1usize..60,
+            page_rows in 1usize..20,
             sorted in any::<bool>(),
             nulls in any::<bool>(),
             seed in any::<u64>(),
@@ -267,7 +340,7 @@ mod tests {
                 })
                 .collect();
             let tmp = tempfile::tempdir().unwrap();
-            let metadata = file(tmp.path(), &values, group_rows);
+            let metadata = file(tmp.path(), &values, group_rows, page_rows);
             let groups = metadata.metadata().num_row_groups();
             let fragment: Vec<usize> = (usize::from(skip_first && groups > 1)..groups).collect();
             let pruned = prune_row_groups(&metadata, &fragment, &filter);
@@ -295,6 +368,29 @@ mod tests {
                     prop_assert_eq!(kept.contains(&i), truth[i], "{} row group {}", filter, i);
                 }
             }
+
+            // Within the row groups kept, the pages: a selection of exactly their rows that
+            // reads every kept row, and (for the exact filters above) no page without one.
+            let (selected, page_starts) = selected_rows(&metadata, kept, &pruned.pages);
+            let kept_values: Vec<Option<i64>> = kept
+                .iter()
+                .flat_map(|&i| values.iter().skip(i * group_rows).take(group_rows).copied())
+                .collect();
+            prop_assert_eq!(selected.len(), kept_values.len(), "{} selects other rows", filter);
+            let keeps: Vec<bool> = kept_values
+                .iter()
+                .map(|v| rows_kept_by_group(&[*v], 1, &filter)[0].0)
+                .collect();
+            for (row, (&keep, &read)) in keeps.iter().zip(&selected).enumerate() {
+                prop_assert!(!keep || read, "{}: kept row {} on a skipped page", filter, row);
+            }
+            if sorted && !nulls && exact {
+                let ends = page_starts.iter().skip(1).copied().chain([keeps.len()]);
+                for (start, end) in page_starts.iter().copied().zip(ends) {
+                    let holds = keeps[start..end].iter().any(|&k| k);
+                    prop_assert_eq!(selected[start], holds, "{} page at row {}", filter, start);
+                }
+            }
         }
     }
 
@@ -302,13 +398,14 @@ mod tests {
     fn a_filter_statistics_cannot_judge_keeps_every_row_group() {
         let tmp = tempfile::tempdir().unwrap();
         let values: Vec<Option<i64>> = (0..100).map(Some).collect();
-        let metadata = file(tmp.path(), &values, 10);
+        let metadata = file(tmp.path(), &values, 10, 10);
         let all: Vec<usize> = (0..10).collect();
         // Unknown to pruning (a function of the column), and wrong (no such column).
         let opaque = (col("n") % lit(7)).eq(lit(3));
         let unpruned = |row_groups: &[usize]| Pruned {
             row_groups: row_groups.to_vec(),
             every_row_kept: false,
+            pages: None,
         };
         assert_eq!(prune_row_groups(&metadata, &all, &opaque), unpruned(&all));
         let missing = col("nope").lt(lit(3));
@@ -322,7 +419,8 @@ mod tests {
             first,
             Pruned {
                 row_groups: vec![0],
-                every_row_kept: true
+                every_row_kept: true,
+                pages: None,
             }
         );
         // Every row of the last two, but through arithmetic that could overflow: it must run.
@@ -336,7 +434,8 @@ mod tests {
             last,
             Pruned {
                 row_groups: vec![8, 9],
-                every_row_kept: true
+                every_row_kept: true,
+                pages: None,
             }
         );
     }
