@@ -859,7 +859,8 @@ fn all_to_all_operations_match_sql(
 }
 
 /// The driver's own batches (`from_arrow` on a cluster, as a SQL answer is) come back to the
-/// driver as they are, without a task; with an operator on them they run on the nodes.
+/// driver as they are, without a task; with an operator on them they run on the nodes, and
+/// what that leaves in the stores is read back without a task too.
 fn driver_batches_come_back_without_tasks(ctx: &manta::Context, flags: &RecordBatch) {
     let empty = flags.slice(0, 0);
     let input = vec![flags.clone(), empty, flags.slice(1, 1)];
@@ -879,6 +880,14 @@ fn driver_batches_come_back_without_tasks(ctx: &manta::Context, flags: &RecordBa
         "a selection runs as a stage: {}",
         meanings.stats()
     );
+
+    // Blocks kept in the stores are read as they are, with no stage copying them first.
+    let stored = meanings.materialize().unwrap();
+    assert_eq!(rows(&stored.to_arrow().unwrap()), rows(&projected));
+    assert!(stored.stats().stages.is_empty(), "{}", stored.stats());
+    let iterated: Vec<RecordBatch> = stored.iter_batches().unwrap().map(Result::unwrap).collect();
+    assert_eq!(rows(&iterated), rows(&projected));
+    assert_eq!(stored.count().unwrap(), rows(&projected).len() as u64);
 }
 
 /// Under stores far smaller than the data, the map outputs spill, and the reduce tasks read

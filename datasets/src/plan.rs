@@ -339,6 +339,16 @@ impl LogicalPlan {
         }
     }
 
+    /// The blocks of a plan that is nothing but blocks already in the store (`materialize`,
+    /// `from_arrow` embedded): a consumer in the driver reads them as they are, where running
+    /// the plan would copy each into a new block first.
+    pub fn stored_blocks(&self) -> Option<&Arc<Vec<ObjectRef>>> {
+        match &self.input {
+            PlanInput::Blocks { blocks, .. } if self.ops.is_empty() => Some(blocks),
+            _ => None,
+        }
+    }
+
     fn input_schema(&self) -> Option<SchemaRef> {
         match &self.input {
             PlanInput::Read { source, .. } => Some(source.schema()),
