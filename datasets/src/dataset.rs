@@ -459,6 +459,29 @@ impl Dataset {
         Some(blocks)
     }
 
+    /// For a dataset with nothing to run (the driver's own batches, or blocks in the store),
+    /// an iterator over its batches as they are, like a finished pipeline's: the batches in
+    /// hand, or the blocks read one by one as it goes.
+    fn ready_batches(&self) -> Option<BatchIter> {
+        let (pending, early) = match self.driver_batches() {
+            Some(batches) => (batches.into(), Default::default()),
+            None => {
+                let blocks = self.stored_blocks()?;
+                (VecDeque::new(), (0..).zip(blocks.iter().cloned()).collect())
+            }
+        };
+        Some(BatchIter {
+            dataset: self.clone(),
+            rx: None,
+            handle: None,
+            before: Vec::new(),
+            pending,
+            batch_size: None,
+            early,
+            next_index: 0,
+        })
+    }
+
     /// Runs the pipeline and counts the rows.
     pub fn count(&self) -> Result<u64> {
         if let Some(batches) = self.driver_batches() {
@@ -526,15 +549,8 @@ impl Dataset {
 
     /// Every row, as batches in block order.
     pub fn to_arrow(&self) -> Result<Vec<RecordBatch>> {
-        if let Some(batches) = self.driver_batches() {
-            return Ok(batches);
-        }
-        if let Some(blocks) = self.stored_blocks() {
-            let mut batches = Vec::new();
-            for block in blocks.iter() {
-                batches.extend(fetch_batches(&self.ctx, block.clone())?);
-            }
-            return Ok(batches);
+        if let Some(ready) = self.ready_batches() {
+            return ready.collect();
         }
         let mut blocks: Vec<(u64, Vec<RecordBatch>)> = Vec::new();
         let (mut rx, handle, before) = self.start(Sink::Driver)?;
@@ -596,30 +612,8 @@ impl Dataset {
     /// consumed, and stops if the iterator is dropped. Batches come in block order (a sorted
     /// dataset's in sorted order); a block that finishes early waits for the ones before it.
     pub fn iter_batches(&self) -> Result<BatchIter> {
-        if let Some(batches) = self.driver_batches() {
-            return Ok(BatchIter {
-                dataset: self.clone(),
-                rx: None,
-                handle: None,
-                before: Vec::new(),
-                pending: batches.into(),
-                batch_size: None,
-                early: Default::default(),
-                next_index: 0,
-            });
-        }
-        if let Some(blocks) = self.stored_blocks() {
-            // Read one by one as the iterator goes, like a finished pipeline's last blocks.
-            return Ok(BatchIter {
-                dataset: self.clone(),
-                rx: None,
-                handle: None,
-                before: Vec::new(),
-                pending: VecDeque::new(),
-                batch_size: None,
-                early: (0..).zip(blocks.iter().cloned()).collect(),
-                next_index: 0,
-            });
+        if let Some(ready) = self.ready_batches() {
+            return Ok(ready);
         }
         let (rx, handle, before) = self.start(Sink::Driver)?;
         Ok(BatchIter {
