@@ -86,9 +86,21 @@ pub fn start(
     mpsc::Receiver<BlockOut>,
     tokio::task::JoinHandle<Result<DatasetStats>>,
 )> {
+    launch(ctx, plan, sink, limits(ctx)?)
+}
+
+/// Starts the streaming executor on a resolved plan, with `limits`.
+fn launch(
+    ctx: &Context,
+    plan: &LogicalPlan,
+    sink: Sink,
+    limits: Limits,
+) -> Result<(
+    mpsc::Receiver<BlockOut>,
+    tokio::task::JoinHandle<Result<DatasetStats>>,
+)> {
     let physical = plan.compile(sink)?;
     let client = ctx.client().clone();
-    let limits = limits(ctx)?;
     let (tx, rx) = mpsc::channel(limits.max_buffered);
     let handle = ctx.spawn(execute(client, physical, tx, limits, true));
     Ok((rx, handle))
@@ -129,7 +141,12 @@ fn collect_blocks(
     sink: Sink,
     stats: &mut Vec<StageStats>,
 ) -> Result<Vec<ObjectRef>> {
-    let (mut rx, handle) = start(ctx, plan, sink)?;
+    // Every block is kept until the end: waiting for room in the store would free nothing.
+    let limits = Limits {
+        wait_for_store: false,
+        ..limits(ctx)?
+    };
+    let (mut rx, handle) = launch(ctx, plan, sink, limits)?;
     let mut out = Vec::new();
     while let Some(block) = ctx.block_on(rx.recv()) {
         out.push(block);
