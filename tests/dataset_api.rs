@@ -674,6 +674,42 @@ fn bad_input_gets_clear_errors() {
     assert!(error.contains("nope") && error.contains("id"), "{error}");
 }
 
+/// A shuffle streamed through a store its map outputs overflow: every row comes out, and the
+/// stats say how many tasks of each stage ran at once. (Which store usage holds back a task is
+/// `executor::store_has_room`'s unit test: the map outputs no longer do.)
+#[test]
+fn a_shuffle_streamed_through_a_full_store_keeps_every_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = small_lineitem(tmp.path());
+    let ctx = manta::init_with(Config {
+        num_cpus: Some(2),
+        object_store_memory: Some(1 << 20),
+        ..Default::default()
+    })
+    .unwrap();
+    let ds = ctx
+        .read_parquet_with(input.to_str().unwrap(), small_tasks())
+        .unwrap();
+    let shuffled = ds.random_shuffle(Some(5));
+    let mut ours = Vec::new();
+    for batch in shuffled.iter_batches().unwrap() {
+        ours.push(batch.unwrap());
+    }
+    let expected = sql(&lineitem_sql(&input), "SELECT * FROM lineitem");
+    assert_eq!(sorted(rows(&ours)), sorted(rows(&expected)));
+    let usage = ctx.client().local_store_usage().unwrap();
+    assert!(
+        usage.spilled_bytes_total > 0,
+        "the map outputs overflow the store: {usage:?}"
+    );
+    let stats = shuffled.stats();
+    assert_eq!(stats.stages.len(), 2, "{stats}");
+    for stage in &stats.stages {
+        assert!(stage.tasks >= 2, "{stats}");
+        assert!(stage.most_running >= 2, "{stats}");
+    }
+}
+
 #[test]
 fn a_shuffle_larger_than_the_store_spills_and_stays_right() {
     let tmp = tempfile::tempdir().unwrap();

@@ -41,7 +41,7 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use manta_engine::{ObjectRef, TaskSpec};
+use manta_engine::{ObjectRef, StoreUsage, TaskSpec};
 use manta_scheduler::Client;
 use tokio::sync::mpsc;
 
@@ -82,6 +82,13 @@ impl Limits {
             wait_for_store: true,
         }
     }
+}
+
+/// Whether the store has room for another source task's output: it is under 90% of its
+/// budget, not counting `source_inputs` (bytes that waiting would not free). Yes when its
+/// usage is unknown.
+fn store_has_room(usage: Option<StoreUsage>, source_inputs: u64) -> bool {
+    usage.is_none_or(|u| u.resident_bytes.saturating_sub(source_inputs) <= u.budget_bytes / 10 * 9)
 }
 
 /// The bytes of the distinct inputs of `sources`' tasks (reads and blocks have none).
@@ -192,9 +199,7 @@ pub async fn execute(
                     queues.iter().map(VecDeque::len).sum::<usize>() + running_sources;
                 let memory_ok = running.is_empty()
                     || !limits.wait_for_store
-                    || client.store_usage().await.is_none_or(|u| {
-                        u.resident_bytes.saturating_sub(source_inputs) <= u.budget_bytes / 10 * 9
-                    });
+                    || store_has_room(client.store_usage().await, source_inputs);
                 if sources.is_empty()
                     || buffered >= limits.max_buffered
                     || !memory_ok
@@ -216,8 +221,8 @@ pub async fn execute(
                 };
                 (0, index, rows, spec)
             };
-            stats[stage].started(Instant::now());
             running_per_stage[stage] += 1;
+            stats[stage].started(Instant::now(), running_per_stage[stage]);
             // A task of its own, not only a future this loop polls: while the loop waits for
             // the consumer (`out.send`), a submission must still make progress, since the
             // consumer may be waiting for it (to make a lost block again, say).
@@ -285,5 +290,33 @@ pub async fn execute(
             stages: stats,
             wall: started.elapsed(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(budget_bytes: u64, resident_bytes: u64) -> Option<StoreUsage> {
+        Some(StoreUsage {
+            budget_bytes,
+            resident_bytes,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn only_what_waiting_frees_counts_against_the_store() {
+        // Under 90% of the budget, or unknown: room.
+        assert!(store_has_room(usage(1000, 900), 0));
+        assert!(store_has_room(None, 0));
+        // Over it with nothing that stays: no room, until something is freed.
+        assert!(!store_has_room(usage(1000, 901), 0));
+        assert!(!store_has_room(usage(1000, 5000), 0));
+        // Over it because of the source tasks' own inputs (which stay until the last of them
+        // ends): room, as long as the rest is under 90%.
+        assert!(store_has_room(usage(1000, 1000), 100));
+        assert!(store_has_room(usage(1000, 1000), 5000));
+        assert!(!store_has_room(usage(1000, 1000), 99));
     }
 }

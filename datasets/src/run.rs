@@ -241,7 +241,7 @@ fn run_tasks(
 ) -> Result<Vec<TaskOutcome>> {
     let client = ctx.client().clone();
     let limit = limits(ctx)?.max_running;
-    stage.started(Instant::now());
+    stage.started(Instant::now(), limit.min(tasks.len()));
     let rows_in: Vec<u64> = tasks
         .iter()
         .map(|t| t.inputs.iter().map(|i| i.meta().num_rows).sum())

@@ -22,6 +22,8 @@ pub struct StageStats {
     pub wall: Duration,
     /// Sum of the tasks' own statistics (wall, CPU, bytes pulled over Flight).
     pub task: TaskStats,
+    /// The most of its tasks submitted and not yet finished at any one time.
+    pub most_running: usize,
     first_start: Option<Instant>,
     last_end: Option<Instant>,
 }
@@ -35,8 +37,10 @@ impl StageStats {
         }
     }
 
-    pub(crate) fn started(&mut self, at: Instant) {
+    /// A task of the stage was submitted at `at`, making `running` not yet finished.
+    pub(crate) fn started(&mut self, at: Instant, running: usize) {
         self.first_start.get_or_insert(at);
+        self.most_running = self.most_running.max(running);
     }
 
     pub(crate) fn finished(
@@ -96,7 +100,11 @@ impl fmt::Display for DatasetStats {
         for (i, s) in self.stages.iter().enumerate() {
             let cpu = Duration::from_nanos(s.task.cpu_ns);
             let task_wall = Duration::from_nanos(s.task.wall_ns);
-            writeln!(f, "Stage {i} {}: {} tasks", s.name, s.tasks)?;
+            writeln!(
+                f,
+                "Stage {i} {}: {} tasks, at most {} at once",
+                s.name, s.tasks, s.most_running
+            )?;
             writeln!(
                 f,
                 "  wall {:.3} s, task wall {:.3} s, CPU {:.3} s",
