@@ -120,6 +120,14 @@ impl fmt::Display for DatasetStats {
                 s.tasks,
                 human_bytes(s.bytes_out)
             )?;
+            if s.task.inputs_ns > 0 || s.task.output_ns > 0 {
+                writeln!(
+                    f,
+                    "  making inputs readable {:.3} s, storing outputs {:.3} s",
+                    Duration::from_nanos(s.task.inputs_ns).as_secs_f64(),
+                    Duration::from_nanos(s.task.output_ns).as_secs_f64()
+                )?;
+            }
             if s.task.spilled_bytes > 0 {
                 writeln!(
                     f,

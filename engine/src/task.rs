@@ -61,6 +61,15 @@ pub struct TaskStats {
     /// Summing stats keeps the largest.
     #[serde(default)]
     pub peak_memory_bytes: u64,
+    /// Wall time spent making the inputs readable before the function ran (pulling them from
+    /// other nodes, linking spill files, mapping shared memory), in nanoseconds; 0 in embedded
+    /// mode, where inputs are already in the process.
+    #[serde(default)]
+    pub inputs_ns: u64,
+    /// Wall time spent storing the output after the function returned (writing it into shared
+    /// memory, spilling others to make room), in nanoseconds; 0 in embedded mode.
+    #[serde(default)]
+    pub output_ns: u64,
 }
 
 impl TaskStats {
@@ -72,6 +81,8 @@ impl TaskStats {
         self.pulled_objects += other.pulled_objects;
         self.spilled_bytes += other.spilled_bytes;
         self.peak_memory_bytes = self.peak_memory_bytes.max(other.peak_memory_bytes);
+        self.inputs_ns += other.inputs_ns;
+        self.output_ns += other.output_ns;
     }
 }
 

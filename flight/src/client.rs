@@ -40,7 +40,7 @@ pub const MESSAGE_DEADLINE: Duration = Duration::from_secs(60);
 
 /// `call` (a request, or the next message of a stream) under [`MESSAGE_DEADLINE`]; past it,
 /// an `Unavailable` status saying what was waited for.
-async fn in_time<T>(
+pub(crate) async fn in_time<T>(
     what: &str,
     call: impl std::future::Future<Output = std::result::Result<T, tonic::Status>>,
 ) -> std::result::Result<T, tonic::Status> {
@@ -300,7 +300,7 @@ impl FlightPool {
     }
 
     /// Sends `ticket` to `location`'s `DoGet`; errors name `id`.
-    async fn open(
+    pub(crate) async fn open(
         &self,
         location: &Location,
         ticket: bytes::Bytes,
@@ -321,7 +321,7 @@ impl FlightPool {
     }
 }
 
-async fn next_message(
+pub(crate) async fn next_message(
     stream: &mut tonic::Streaming<FlightData>,
     location: &Location,
     id: ObjectId,
@@ -433,7 +433,7 @@ pub(crate) fn parse_metadata(
     }
 }
 
-fn fetch_failed(location: &Location, id: ObjectId, status: tonic::Status) -> Error {
+pub(crate) fn fetch_failed(location: &Location, id: ObjectId, status: tonic::Status) -> Error {
     Error::FetchFailed {
         node: location.flight_address.to_string(),
         object: id,
@@ -441,7 +441,7 @@ fn fetch_failed(location: &Location, id: ObjectId, status: tonic::Status) -> Err
     }
 }
 
-fn malformed(location: &Location, id: ObjectId, reason: &str) -> Error {
+pub(crate) fn malformed(location: &Location, id: ObjectId, reason: &str) -> Error {
     Error::Malformed {
         node: location.flight_address.to_string(),
         object: id,

@@ -15,6 +15,7 @@
 //! * [`ticket`]: what a `DoGet` asks for: an object whole, or parts of many blocks at once.
 //! * [`service`]: [`ObjectFlightService`], the server side, zero-copy from the mapping.
 //! * [`client`]: [`FlightPool`], the client side, into a store or into memory.
+//! * [`combined`]: many parts from one node pulled into one block (a reduce task's partitions).
 //! * [`error`]: [`Error`], typed (`FetchFailed { node, object, .. }`), never a string.
 //!
 //! Any Flight client can read a block: the ticket is the 16-byte object id and the stream is a
@@ -24,6 +25,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod combined;
 pub mod error;
 pub mod service;
 pub mod ticket;

@@ -415,3 +415,162 @@ async fn a_missing_part_is_named_and_the_parts_before_it_are_freed() {
     }
     assert_eq!(target.usage().objects, 0);
 }
+
+/// Every part the wanted batches name, its expected batch, and what `pull_parts_combined` made
+/// of them: the combined block's batch `k` must be part `k`.
+fn assert_combined(
+    target: &Arc<ObjectStore>,
+    into: ObjectId,
+    wanted: &[(ObjectId, u32, RecordBatch)],
+) {
+    let combined = target.get(into).unwrap().into_block(into).unwrap();
+    assert_eq!(combined.batches().len(), wanted.len());
+    for (k, (_, _, expected)) in wanted.iter().enumerate() {
+        assert_eq!(&combined.batches()[k], expected, "part {k}");
+    }
+    assert_eq!(target.usage().objects, 1, "one object for every part");
+}
+
+#[tokio::test]
+async fn parts_of_many_blocks_combine_into_one_block() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = small_store(&tmp.path().join("a"));
+    let target = shared_store(&tmp.path().join("b"));
+    let (location, calls) = serve_counting(Arc::clone(&source)).await;
+
+    // Blocks with their batches in different orders (all but the last spill), one of them
+    // with nulls, unicode and an empty batch.
+    let nullable = Arc::new(arrow::datatypes::Schema::new(
+        batches()[0]
+            .schema()
+            .fields()
+            .iter()
+            .map(|field| field.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ));
+    let mut blocks = Vec::new();
+    for rotation in 0..3 {
+        let mut rotated: Vec<RecordBatch> = batches()
+            .into_iter()
+            .map(|b| RecordBatch::try_new(Arc::clone(&nullable), b.columns().to_vec()).unwrap())
+            .collect();
+        rotated.rotate_left(rotation);
+        if rotation == 1 {
+            let n = Int64Array::from(vec![Some(1), None, Some(-3)]);
+            let s = StringViewArray::from(vec![None, Some("ünïcödé 🦀"), Some("")]);
+            let odd =
+                RecordBatch::try_new(rotated[0].schema(), vec![Arc::new(n), Arc::new(s)]).unwrap();
+            rotated[1] = odd;
+            rotated[3] = rotated[0].slice(0, 0);
+        }
+        let id = ObjectId::random();
+        let block = manta_engine::Block::try_new(rotated[0].schema(), rotated.clone()).unwrap();
+        source.put(id, Object::Block(block)).unwrap();
+        blocks.push((id, rotated));
+    }
+    assert!(source.usage().spilled_bytes > 0);
+    let mut wanted = Vec::new();
+    for index in [3u32, 0, 1, 1, 4] {
+        for (id, rotated) in &blocks {
+            wanted.push((*id, index, rotated[index as usize].clone()));
+        }
+    }
+    let parts: Vec<_> = wanted.iter().map(|(id, batch, _)| (*id, *batch)).collect();
+    let into = ObjectId::random();
+    let size = FlightPool::new(token())
+        .pull_parts_combined(&target, &location, &parts, into)
+        .await
+        .unwrap()
+        .expect("parts of one schema combine");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one DoGet for every part");
+    assert_eq!(target.usage().resident_bytes, size);
+    assert_combined(&target, into, &wanted);
+}
+
+/// Parts that cannot share one IPC stream (dictionary batches, schemas that differ) are not
+/// combined: nothing is stored, and pulled one object each they arrive whole.
+#[tokio::test]
+async fn parts_that_cannot_share_a_stream_are_not_combined() {
+    use arrow::array::{DictionaryArray, Int32Array, StringArray};
+    use arrow::datatypes::Int32Type;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let source = shared_store(&tmp.path().join("a"));
+    let target = shared_store(&tmp.path().join("b"));
+    let location = serve(Arc::clone(&source)).await;
+    let put = |batch: RecordBatch| {
+        let id = ObjectId::random();
+        let block = manta_engine::Block::try_new(batch.schema(), vec![batch.clone()]).unwrap();
+        source.put(id, Object::Block(block)).unwrap();
+        (id, 0u32, batch)
+    };
+    let dictionary = || {
+        let keys = Int32Array::from(vec![0, 1, 0]);
+        let values = Arc::new(StringArray::from(vec!["a", "b"]));
+        let d = DictionaryArray::<Int32Type>::try_new(keys, values).unwrap();
+        RecordBatch::try_from_iter([("d", Arc::new(d) as _)]).unwrap()
+    };
+    let cases = [
+        ("dictionaries", vec![put(dictionary()), put(dictionary())]),
+        (
+            "schemas that differ",
+            vec![put(batches()[0].clone()), put(dictionary())],
+        ),
+    ];
+    for (case, wanted) in cases {
+        let parts: Vec<_> = wanted.iter().map(|(id, batch, _)| (*id, *batch)).collect();
+        let combined = FlightPool::new(token())
+            .pull_parts_combined(&target, &location, &parts, ObjectId::random())
+            .await
+            .unwrap();
+        assert!(combined.is_none(), "{case}: combined");
+        assert_eq!(target.usage().objects, 0, "{case}: something was stored");
+        let one_each: Vec<_> = wanted
+            .iter()
+            .map(|(object, batch, _)| Part {
+                object: *object,
+                batch: *batch,
+                local: ObjectId::random(),
+            })
+            .collect();
+        FlightPool::new(token())
+            .pull_parts_into(&target, &location, &one_each)
+            .await
+            .unwrap();
+        for (part, (_, _, expected)) in one_each.iter().zip(&wanted) {
+            let pulled = target
+                .get(part.local)
+                .unwrap()
+                .into_block(part.local)
+                .unwrap();
+            assert_eq!(pulled.batches(), std::slice::from_ref(expected), "{case}");
+            target.free(part.local);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_missing_part_fails_a_combined_pull_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = shared_store(&tmp.path().join("a"));
+    let target = shared_store(&tmp.path().join("b"));
+    let location = serve(Arc::clone(&source)).await;
+    let present = ObjectId::random();
+    let block = manta_engine::Block::try_new(batches()[0].schema(), batches()).unwrap();
+    source.put(present, Object::Block(block)).unwrap();
+    let missing = ObjectId::random();
+    let parts = [(present, 0), (present, 1), (missing, 0), (present, 2)];
+    let error = FlightPool::new(token())
+        .pull_parts_combined(&target, &location, &parts, ObjectId::random())
+        .await
+        .unwrap_err();
+    match &error {
+        Error::FetchFailed { object, status, .. } => {
+            assert_eq!(*object, missing, "{error}");
+            assert_eq!(status.code(), tonic::Code::NotFound, "{error}");
+        }
+        other => panic!("expected FetchFailed, got {other:?}"),
+    }
+    assert_eq!(target.usage().objects, 0);
+    assert_eq!(target.usage().resident_bytes, 0);
+}

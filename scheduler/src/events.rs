@@ -731,6 +731,8 @@ pub fn chrome_trace(events: &[proto::TaskEvent]) -> serde_json::Value {
                 "attempt": event.attempt,
                 "waited_us": event.placed_unix_micros.saturating_sub(event.submitted_unix_micros),
                 "run_us": stats.wall_ns / 1000,
+                "inputs_us": stats.inputs_ns / 1000,
+                "output_us": stats.output_ns / 1000,
                 "cpu_us": stats.cpu_ns / 1000,
                 "input_bytes": event.input_bytes,
                 "output_bytes": event.output_bytes,

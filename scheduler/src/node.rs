@@ -407,6 +407,7 @@ impl NodeDaemon {
 
     /// Makes a task's inputs readable by a worker and builds its assignment.
     async fn prepare(&self, request: &proto::TaskRequest) -> Result<Prepared> {
+        let started = std::time::Instant::now();
         let output_id = ObjectId::from_slice(&request.output_id)?;
         let mut stats = TaskStats::default();
         let mut pins = Vec::with_capacity(request.inputs.len());
@@ -473,6 +474,7 @@ impl NodeDaemon {
             input_ids.push(input.object_id.clone());
         }
         let output_file = self.store.take_recycled();
+        stats.inputs_ns = started.elapsed().as_nanos() as u64;
         let assignment = proto::WorkerAssignment {
             task_id: request.task_id.clone(),
             function: request.function.clone(),
@@ -526,6 +528,7 @@ impl NodeDaemon {
                 let size_bytes = match &inline {
                     Some(value) => value.len() as u64,
                     None => {
+                        let started = std::time::Instant::now();
                         let store = Arc::clone(&self.store);
                         let stored = tokio::task::spawn_blocking(move || {
                             store.adopt_spilling_behind(output_id)
@@ -533,6 +536,7 @@ impl NodeDaemon {
                         .await
                         .map_err(|e| Error::Internal(e.to_string()))??;
                         stats.spilled_bytes += stored.spilled_bytes;
+                        stats.output_ns += started.elapsed().as_nanos() as u64;
                         stored.size_bytes
                     }
                 };

@@ -81,6 +81,8 @@ impl From<manta_engine::TaskStats> for TaskStats {
             pulled_objects: s.pulled_objects,
             spilled_bytes: s.spilled_bytes,
             peak_memory_bytes: s.peak_memory_bytes,
+            inputs_ns: s.inputs_ns,
+            output_ns: s.output_ns,
         }
     }
 }
@@ -94,6 +96,8 @@ impl From<TaskStats> for manta_engine::TaskStats {
             pulled_objects: s.pulled_objects,
             spilled_bytes: s.spilled_bytes,
             peak_memory_bytes: s.peak_memory_bytes,
+            inputs_ns: s.inputs_ns,
+            output_ns: s.output_ns,
         }
     }
 }

@@ -209,6 +209,7 @@ fn run_assignment(
     dir: &ObjectDir,
     assignment: proto::WorkerAssignment,
 ) -> Result<proto::WorkerOutput> {
+    let started = std::time::Instant::now();
     let mut inline: std::collections::HashMap<u32, Bytes> = assignment
         .inline_inputs
         .iter()
@@ -226,6 +227,9 @@ fn run_assignment(
             (input.index, batch)
         })
         .collect();
+    // Objects mapped so far: a node's partitions pulled from another node are the batches of
+    // one object (see `manta_flight::combined`), mapped once.
+    let mut mapped: std::collections::HashMap<ObjectId, Bytes> = std::collections::HashMap::new();
     let inputs = assignment
         .input_ids
         .iter()
@@ -241,12 +245,19 @@ fn run_assignment(
             }
             match assignment.input_batches.get(i) {
                 // Only the batch is decoded, not the hundreds of others of a map output.
-                Some(batch) => dir.read_batch_locked(id, *batch as usize),
+                Some(batch) => {
+                    let bytes = match mapped.get(&id) {
+                        Some(bytes) => bytes.clone(),
+                        None => mapped.entry(id).or_insert(dir.map_locked(id)?).clone(),
+                    };
+                    manta_engine::store::read_object_batch(id, bytes, *batch as usize)
+                }
                 None => dir.read_locked(id),
             }
         })
         .collect::<manta_engine::Result<Vec<Object>>>()?;
-    let (output, stats) = manta_engine::task::execute(
+    let inputs_ns = started.elapsed().as_nanos() as u64;
+    let (output, mut stats) = manta_engine::task::execute(
         ctx,
         &assignment.function,
         &assignment.label,
@@ -254,6 +265,7 @@ fn run_assignment(
         inputs,
     )
     .map_err(from_task_error)?;
+    stats.inputs_ns = inputs_ns;
     let num_rows = match &output {
         Object::Block(block) => block.num_rows() as u64,
         Object::Bytes(value) if value.len() <= INLINE_RESULT_BYTES => {
@@ -267,11 +279,13 @@ fn run_assignment(
     };
     let recycled =
         (!assignment.output_file.is_empty()).then(|| std::path::Path::new(&assignment.output_file));
+    let writing = std::time::Instant::now();
     dir.write_reusing(
         ObjectId::from_slice(&assignment.output_id)?,
         &output,
         recycled,
     )?;
+    stats.output_ns = writing.elapsed().as_nanos() as u64;
     Ok(proto::WorkerOutput {
         num_rows,
         stats: Some(stats.into()),

@@ -343,7 +343,8 @@ impl ObjectStore {
     pub fn put_reporting(&self, id: ObjectId, object: Object) -> Result<Stored> {
         let (residence, size_bytes) = match &self.shared {
             Some(dir) => {
-                let size = dir.write_reusing(id, &object, self.recycler.take().as_deref())?;
+                let recycled = self.recycler.take_fitting(object.size_bytes() as u64);
+                let size = dir.write_reusing(id, &object, recycled.as_deref())?;
                 (Residence::Shared(None), size)
             }
             None => {
@@ -531,7 +532,8 @@ impl ObjectStore {
         };
         let target = match &self.shared {
             Some(dir) => {
-                let (file, tmp) = dir.open_tmp(id, self.recycler.take().as_deref())?;
+                let recycled = self.recycler.take_fitting(size_hint as u64);
+                let (file, tmp) = dir.open_tmp(id, recycled.as_deref())?;
                 Target::File {
                     out: std::io::BufWriter::with_capacity(1 << 20, file),
                     tmp,
@@ -727,23 +729,32 @@ impl ObjectStore {
     }
 
     /// Spills least-recently-used unpinned objects (other than `keep`) until the resident
-    /// bytes fit the budget; returns the bytes spilled.
+    /// bytes and the recycled files fit the budget; returns the bytes spilled.
+    ///
+    /// Recycled files hold no data anyone needs, so they go first, but for a reserve (see
+    /// [`recycle::reserve`]) kept while there is an object to spill instead: on a full store
+    /// (a stage whose outputs overflow it) every spilled file would otherwise be deleted at
+    /// once, and every next output written into freshly allocated pages.
     fn make_room(&self, keep: Option<ObjectId>) -> Result<u64> {
         let mut spilled_bytes = 0;
         loop {
             let mut state = self.state.lock();
             let budget = state.usage.budget_bytes;
-            if state.usage.resident_bytes + self.recycler.bytes() <= budget {
+            let resident = state.usage.resident_bytes;
+            let pooled = self.recycler.bytes();
+            if resident + pooled <= budget {
                 return Ok(spilled_bytes);
             }
-            // Recycled files go first: they hold no data anyone needs.
+            let reserve = recycle::reserve(budget).min(pooled);
             self.recycler
-                .shrink_to(budget.saturating_sub(state.usage.resident_bytes));
-            if state.usage.resident_bytes <= budget {
+                .shrink_to(budget.saturating_sub(resident).max(reserve));
+            if resident + self.recycler.bytes() <= budget {
                 return Ok(spilled_bytes);
             }
             let candidates = state.entries.iter().filter(|(id, _)| Some(**id) != keep);
             let Some(id) = spill::choose_victim(candidates.map(|(id, e)| (*id, e))) else {
+                // Nothing to spill: the reserve goes too.
+                self.recycler.shrink_to(budget.saturating_sub(resident));
                 tracing::debug!(usage = ?state.usage, "over budget, but every resident object is pinned");
                 return Ok(spilled_bytes);
             };

@@ -183,15 +183,10 @@ impl ObjectDir {
         read_object(id, self.map_locked(id)?)
     }
 
-    /// Batch `index` of block `id` as a block of that one batch, read as
-    /// [`read_locked`](Self::read_locked) reads and decoding only that batch (see
-    /// [`super::read_object_batch`]).
-    pub fn read_batch_locked(&self, id: ObjectId, index: usize) -> Result<Object> {
-        super::read_object_batch(id, self.map_locked(id)?, index)
-    }
-
-    /// Maps `id`'s file under a shared lock held as long as the mapping lives.
-    fn map_locked(&self, id: ObjectId) -> Result<Bytes> {
+    /// Maps `id`'s file under a shared lock held as long as the mapping lives (see
+    /// [`read_locked`](Self::read_locked)): for a reader that takes several batches of one
+    /// object, mapping it once.
+    pub fn map_locked(&self, id: ObjectId) -> Result<Bytes> {
         let path = self.file(id);
         let file = File::open(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::ObjectNotFound { id },

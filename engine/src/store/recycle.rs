@@ -33,6 +33,17 @@ const MIN_RECYCLED_BYTES: u64 = 256 << 10;
 /// At most this many recycled files.
 const MAX_RECYCLED_FILES: usize = 64;
 
+/// The share of the store's budget that [`reserve`] keeps in recycled files on a full store.
+const RESERVE_DIVISOR: u64 = 8;
+
+/// Bytes of recycled files a store over its budget keeps while it can spill objects instead:
+/// an eighth of its `budget`. On a full store, spilling an object (a copy to disk) and
+/// writing the next output over its file costs less than writing that output into fresh
+/// pages (allocated and zeroed by the kernel) and freeing the spilled object's pages.
+pub(crate) fn reserve(budget: u64) -> u64 {
+    budget / RESERVE_DIVISOR
+}
+
 /// The pool of recycled files of one shared-memory directory.
 #[derive(Debug, Default)]
 pub(crate) struct Recycler {
@@ -85,6 +96,30 @@ impl Recycler {
         self.files.lock().pop().map(|(path, _)| path)
     }
 
+    /// A recycled file to write an object of about `size` bytes over: the smallest that holds
+    /// it, else the largest, but none more than twice its size (plus 1 MiB). Cutting a file
+    /// much larger than the object frees the pages past its end, which costs more than
+    /// allocating the object's few pages, and wastes a file a large output could use.
+    pub(crate) fn take_fitting(&self, size: u64) -> Option<PathBuf> {
+        let mut files = self.files.lock();
+        let limit = size.saturating_mul(2).saturating_add(1 << 20);
+        let fits = |file: &u64| *file <= limit;
+        let chosen = files
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, file))| fits(file) && *file >= size)
+            .min_by_key(|(_, (_, file))| *file)
+            .or_else(|| {
+                files
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (_, file))| fits(file))
+                    .max_by_key(|(_, (_, file))| *file)
+            })
+            .map(|(index, _)| index)?;
+        Some(files.remove(chosen).0)
+    }
+
     /// Bytes of memory the pool holds.
     pub(crate) fn bytes(&self) -> u64 {
         self.files.lock().iter().map(|(_, size)| size).sum()
@@ -104,5 +139,65 @@ impl Recycler {
             released += size;
         }
         released
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pool of files of the given sizes (in KiB), in the order they were kept.
+    fn pool_of(dir: &Path, sizes_kib: &[u64]) -> Recycler {
+        let recycler = Recycler::new(u64::MAX);
+        for (i, kib) in sizes_kib.iter().enumerate() {
+            let path = dir.join(format!("object-{i}"));
+            std::fs::File::create(&path).unwrap();
+            assert!(recycler.keep(dir, &path, kib << 10));
+        }
+        recycler
+    }
+
+    fn size_of(recycler: &Recycler, dir: &Path, taken: Option<PathBuf>) -> Option<u64> {
+        let taken = taken?;
+        assert!(taken.starts_with(dir));
+        assert!(!recycler.files.lock().iter().any(|(path, _)| *path == taken));
+        Some(
+            taken
+                .file_name()
+                .and_then(|name| name.to_str())
+                .and_then(|name| name.strip_prefix("recycled-"))
+                .map(|n| n.parse::<usize>().unwrap())
+                .map(|n| [300, 4096, 51_200, 700, 2048][n])
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_file_is_taken_to_fit_the_object() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let recycler = pool_of(dir, &[300, 4096, 51_200, 700, 2048]);
+        // The smallest file that holds the object.
+        assert_eq!(
+            size_of(&recycler, dir, recycler.take_fitting(650 << 10)),
+            Some(700)
+        );
+        // None holds it within twice its size: the largest smaller one.
+        assert_eq!(
+            size_of(&recycler, dir, recycler.take_fitting(8 << 20)),
+            Some(4096)
+        );
+        // A small object does not take a file many times its size.
+        assert_eq!(
+            size_of(&recycler, dir, recycler.take_fitting(200 << 10)),
+            Some(300)
+        );
+        assert_eq!(
+            size_of(&recycler, dir, recycler.take_fitting(10 << 10)),
+            None
+        );
+        // An output of unknown size takes the most recently kept.
+        assert_eq!(size_of(&recycler, dir, recycler.take()), Some(2048));
+        assert_eq!(recycler.bytes(), 51_200 << 10);
     }
 }

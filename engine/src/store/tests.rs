@@ -460,6 +460,83 @@ fn adopting_spills_behind_within_a_quarter_of_the_budget() {
     }
 }
 
+/// A store its objects overflow keeps a reserve of recycled files (spilling objects instead)
+/// for the next objects to be written over, never holding more than its budget; with
+/// nothing it may spill, it gives up recycled files past the budget. Every object reads back
+/// whole.
+#[test]
+fn a_full_store_keeps_recycled_files_to_write_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Objects of about 320 KB (recycled files are at least 256 KiB), sixteen to the budget:
+    // the reserve (an eighth of the budget) holds two of their files.
+    let rows = 40_000;
+    let size = ObjectStore::new(StoreConfig {
+        budget_bytes: 1 << 30,
+        shared_parent: Some(tmp.path().join("probe")),
+        spill_parent: tmp.path().join("probe-spill"),
+    })
+    .unwrap()
+    .put(ObjectId::random(), batch(0, rows).into())
+    .unwrap();
+    let budget = 16 * size;
+    let store = shared_store(budget, tmp.path());
+    let mut ids = Vec::new();
+    let (mut full, mut kept_while_full) = (0, 0);
+    for i in 0..40 {
+        let id = ObjectId::random();
+        store.put(id, batch(i * rows, rows).into()).unwrap();
+        ids.push(id);
+        let usage = store.usage();
+        assert!(
+            usage.resident_bytes + usage.recycled_bytes <= budget,
+            "{usage:?}"
+        );
+        if usage.spilled_bytes > 0 {
+            full += 1;
+            kept_while_full += usize::from(usage.recycled_bytes > 0);
+        }
+    }
+    // The pool refills when a put spills (up to the reserve, two files) and the next puts
+    // take from it: two of every three puts leave a file.
+    assert!(
+        full > 20 && kept_while_full * 2 > full,
+        "a full store kept recycled files after only {kept_while_full} of {full} puts"
+    );
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(
+            block_of(store.get(*id).unwrap()),
+            batch(i as i64 * rows, rows)
+        );
+    }
+    // Every resident object pinned: nothing to spill, so the reserve goes past the budget.
+    let resident: Vec<ObjectId> = ids
+        .iter()
+        .copied()
+        .filter(|id| store.pin_if_resident(*id).unwrap().is_some())
+        .collect();
+    let _pins: Vec<Pin> = resident.iter().map(|id| store.pin(*id).unwrap()).collect();
+    assert!(store.usage().recycled_bytes > 0, "{:?}", store.usage());
+    // Written by a worker (not over a recycled file), counted, pinned too, then room made.
+    let id = ObjectId::random();
+    ObjectDir::open(store.shared_dir().unwrap())
+        .write(id, &batch(0, rows).into())
+        .unwrap();
+    store.take_sealed(id).unwrap();
+    let _last = store.pin(id).unwrap();
+    let before = store.usage();
+    assert!(
+        before.resident_bytes + before.recycled_bytes > budget,
+        "{before:?}"
+    );
+    assert_eq!(store.make_room(None).unwrap(), 0);
+    let after = store.usage();
+    assert!(after.recycled_bytes < before.recycled_bytes, "{after:?}");
+    assert!(
+        after.resident_bytes + after.recycled_bytes <= budget,
+        "{after:?}"
+    );
+}
+
 /// Objects written over recycled files (through a mapping, see `object_dir::write_encoded`)
 /// of larger and smaller objects, and into fresh files, read back as they were put: blocks of
 /// nulls, strings and empty batches of random sizes, and bytes objects.

@@ -9,8 +9,11 @@
 //!   out as a scratch object.)
 //! * Inputs on other nodes are pulled with **one `DoGet` per source node**, its ticket naming
 //!   every part wanted there ([`manta_flight::ticket`]): a reduce task over the outputs of a
-//!   thousand map tasks on three nodes makes three calls, not a thousand. Nodes are fetched
-//!   from concurrently, and beside the local copies.
+//!   thousand map tasks on three nodes makes three calls, not a thousand. The parts from one
+//!   node are written into **one object**, whose batch `k` is part `k`
+//!   ([`manta_flight::combined`]): one file per source node, not per part (parts that cannot
+//!   share one IPC stream, dictionary-encoded say, are pulled one object each). Nodes are
+//!   fetched from concurrently, and beside the local copies.
 //!
 //! Scratch objects (copied or pulled for this task alone) and links are removed when the task
 //! ends, or when gathering fails, whichever part failed.
@@ -50,7 +53,8 @@ impl Scratch {
 impl Scratch {
     /// Frees or removes what was made for `partition` (of input `input`) with this scratch.
     fn keep(&mut self, partition: &Partition, input: ObjectId) {
-        if partition.id != input {
+        // Partitions pulled from one node are batches of one object, kept once.
+        if partition.id != input && self.objects.last() != Some(&partition.id) {
             self.objects.push(partition.id);
         }
         if let Some(spilled) = &partition.spilled {
@@ -222,13 +226,38 @@ impl NodeDaemon {
     }
 
     /// The partitions of the inputs at `positions`, all on the node at `location`, pulled in
-    /// one `DoGet`.
+    /// one `DoGet` into one object whose batches they are ([`manta_flight::combined`]), or,
+    /// if they cannot share one, one object each.
     async fn pull_partitions(
         &self,
         inputs: &[(ObjectMeta, u32)],
         location: manta_engine::Location,
         positions: Vec<usize>,
     ) -> Result<Vec<(usize, Partition, u64)>> {
+        let wanted: Vec<(ObjectId, u32)> = positions
+            .iter()
+            .map(|&p| (inputs[p].0.id, inputs[p].1))
+            .collect();
+        let combined = ObjectId::random();
+        let pulled = self
+            .flight
+            .pull_parts_combined(&self.store, &location, &wanted, combined)
+            .await
+            .map_err(|e| {
+                let object = e.object().unwrap_or(wanted[0].0);
+                Error::fetching(&location.flight_address, object, e)
+            })?;
+        if let Some(size) = pulled {
+            // The pulled bytes are counted once, with the first partition.
+            return Ok(positions
+                .into_iter()
+                .enumerate()
+                .map(|(k, position)| {
+                    let partition = Partition::in_memory(combined, k as u32, None);
+                    (position, partition, if k == 0 { size } else { 0 })
+                })
+                .collect());
+        }
         let parts: Vec<Part> = positions
             .iter()
             .map(|&p| Part {

@@ -1,0 +1,151 @@
+//! Pulling many parts from one node into **one** object: batch `k` of the stored block is part
+//! `k`.
+//!
+//! A reduce task reads one batch of every map output. Pulled one object per part (see
+//! [`FlightPool::pull_parts_into`]), a scale-10 shuffle on two nodes made 28,800 shared-memory
+//! files of about 220 KB: each one created, its pages allocated and zeroed, then truncated and
+//! deleted when the task ended, and mapped and unmapped by the worker; in a profile those files
+//! cost more of the nodes' CPU than the bytes in them. Here the parts from one node arrive in one
+//! `DoGet` as before, and are written as they come into one file: the first part's schema
+//! message, then every part's batch message, then the end marker. One file per source node and
+//! task is big enough to be written over a recycled one, and freed whole.
+//!
+//! Parts can share one IPC stream only if each is one record batch of the same schema (the map
+//! outputs of one exchange are). A part that is not (a bytes object, a schema that differs, a
+//! dictionary batch, other than one batch) ends the pull with `Ok(None)` and stores nothing:
+//! the caller then pulls the parts one object each.
+
+use std::sync::Arc;
+
+use arrow::ipc::MessageHeader;
+use arrow_flight::FlightData;
+use manta_engine::store::{header, write_ipc_end, write_ipc_message};
+use manta_engine::{Location, ObjectId, ObjectStore};
+
+use crate::client::{FlightPool, fetch_failed, in_time, malformed, next_message, parse_metadata};
+use crate::error::Result;
+use crate::ticket::{MAX_PARTS, encode_parts};
+
+impl FlightPool {
+    /// Pulls batch `batch` of each block `object` of `parts` from `location` into `store` as
+    /// one new block `into`, whose batch `k` is part `k` (see the module doc); returns its size
+    /// as stored, or `None` if the parts cannot share one block (nothing is stored then). On
+    /// failure nothing is stored, and the error names the object of the part that failed.
+    pub async fn pull_parts_combined(
+        &self,
+        store: &Arc<ObjectStore>,
+        location: &Location,
+        parts: &[(ObjectId, u32)],
+        into: ObjectId,
+    ) -> Result<Option<u64>> {
+        let mut combined = Combined::default();
+        for chunk in parts.chunks(MAX_PARTS) {
+            let first_object = chunk[0].0;
+            let mut stream = self
+                .open(location, encode_parts(chunk), first_object)
+                .await?;
+            let mut next = next_message(&mut stream, location, first_object).await?;
+            for &(object, _) in chunk {
+                let first = next.take().ok_or_else(|| {
+                    malformed(location, object, "the answer ended before this part")
+                })?;
+                let (is_block, declared) = parse_metadata(&first, location, object)?;
+                if !is_block {
+                    return Ok(None);
+                }
+                if combined.receiver.is_none() {
+                    // Parts of one exchange are about the same size: the first tells the total,
+                    // which picks the recycled file to write over.
+                    let mut receiver = store.receive(into, declared.saturating_mul(parts.len()))?;
+                    let io = |e| malformed(location, object, &format!("could not store it: {e}"));
+                    receiver.writer().write_all(&header(true)).map_err(io)?;
+                    combined.receiver = Some(receiver);
+                }
+                let mut received = 0u64;
+                let mut batches = 0;
+                let mut message = Some(first);
+                while let Some(data) = message {
+                    received += (data.data_header.len() + data.data_body.len()) as u64;
+                    if received > declared as u64 {
+                        return Err(malformed(
+                            location,
+                            object,
+                            &format!("more than the {declared} bytes its metadata declared"),
+                        ));
+                    }
+                    match combined.add(&data, location, object)? {
+                        Added::Batch => batches += 1,
+                        Added::Schema => {}
+                        Added::NotCombinable => return Ok(None),
+                    }
+                    message = in_time("the object's next message", stream.message())
+                        .await
+                        .map_err(|status| fetch_failed(location, object, status))?;
+                    if message.as_ref().is_some_and(|m| !m.app_metadata.is_empty()) {
+                        break;
+                    }
+                }
+                if batches != 1 {
+                    return Ok(None);
+                }
+                next = message;
+            }
+            if next.is_some() {
+                return Err(malformed(
+                    location,
+                    first_object,
+                    "more parts in the answer than were asked for",
+                ));
+            }
+        }
+        let Some(mut receiver) = combined.receiver else {
+            return Ok(None);
+        };
+        write_ipc_end(receiver.writer())
+            .map_err(|e| malformed(location, into, &format!("could not store it: {e}")))?;
+        Ok(Some(receiver.finish()?))
+    }
+}
+
+/// The block being written: its receiver (dropped unfinished, it removes what was written)
+/// and the schema message every part must repeat.
+#[derive(Default)]
+struct Combined {
+    receiver: Option<manta_engine::store::ObjectReceiver>,
+    schema: Option<bytes::Bytes>,
+}
+
+/// What one message of a part was.
+enum Added {
+    Schema,
+    Batch,
+    NotCombinable,
+}
+
+impl Combined {
+    /// Writes `data` (a message of part `object`) unless it is a schema already written.
+    fn add(&mut self, data: &FlightData, location: &Location, object: ObjectId) -> Result<Added> {
+        let kind = arrow::ipc::root_as_message(&data.data_header)
+            .map_err(|e| malformed(location, object, &format!("invalid message header: {e}")))?
+            .header_type();
+        let added = match kind {
+            MessageHeader::Schema => match &self.schema {
+                Some(schema) if *schema == data.data_header => return Ok(Added::Schema),
+                Some(_) => return Ok(Added::NotCombinable),
+                None => {
+                    self.schema = Some(data.data_header.clone());
+                    Added::Schema
+                }
+            },
+            MessageHeader::RecordBatch if self.schema.is_some() => Added::Batch,
+            _ => return Ok(Added::NotCombinable),
+        };
+        let receiver = self
+            .receiver
+            .as_mut()
+            .expect("opened before the first message");
+        write_ipc_message(receiver.writer(), &data.data_header, &data.data_body)
+            .map_err(|e| malformed(location, object, &format!("could not store it: {e}")))?;
+        Ok(added)
+    }
+}
