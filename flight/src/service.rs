@@ -147,6 +147,13 @@ pub fn batch_messages(
             break;
         }
     }
+    with_part_metadata(&mut messages);
+    Ok(messages)
+}
+
+/// Marks the first of a part's `messages` with the part's kind and its size as stored (an
+/// upper bound), where a receiver sees the part begin.
+fn with_part_metadata(messages: &mut [FlightData]) {
     let size: usize = messages
         .iter()
         .map(|m| m.data_header.len() + m.data_body.len() + 72)
@@ -155,6 +162,27 @@ pub fn batch_messages(
     if let Some(first) = messages.first_mut() {
         first.app_metadata = Bytes::from(format!("manta:block:{size}"));
     }
+}
+
+/// The messages of one batch found through the block's index ([`ObjectStore::shared_batch`]):
+/// its `schema` message and its `batch` message (none if empty), framed, as
+/// [`batch_messages`] sends them.
+fn indexed_batch_messages(
+    schema: Bytes,
+    batch: Bytes,
+) -> Result<Vec<FlightData>, manta_engine::Error> {
+    let mut messages = Vec::with_capacity(2);
+    for framed in [schema, batch] {
+        if let Some(message) = ipc_messages(framed).next() {
+            let message = message?;
+            messages.push(FlightData {
+                data_header: message.header,
+                data_body: message.body,
+                ..Default::default()
+            });
+        }
+    }
+    with_part_metadata(&mut messages);
     Ok(messages)
 }
 
@@ -168,7 +196,10 @@ fn part_messages(
     let messages = match batch {
         Some(batch) => match store.spilled_batch(id, batch as usize)? {
             Some(alone) => batch_messages(id, alone, 0)?,
-            None => batch_messages(id, store.stored_bytes(id)?, batch)?,
+            None => match store.shared_batch(id, batch as usize)? {
+                Some((schema, batch)) => indexed_batch_messages(schema, batch)?,
+                None => batch_messages(id, store.stored_bytes(id)?, batch)?,
+            },
         },
         None => object_messages(id, store.stored_bytes(id)?)?,
     };

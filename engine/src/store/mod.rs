@@ -203,6 +203,9 @@ struct Entry {
     /// The job the object was put for by a client outside the node (see
     /// [`ObjectStore::free_job`]).
     job: Option<crate::ids::JobId>,
+    /// Where the batches of a shared-memory block lie in its file, once one was served alone
+    /// ([`ObjectStore::shared_batch`]); the file never changes, so neither does the index.
+    batches: Option<Arc<BatchIndex>>,
 }
 
 impl Entry {
@@ -454,6 +457,56 @@ impl ObjectStore {
             .map(Some)
     }
 
+    /// Batch `index` of shared-memory block `id`, as its schema message and its batch message
+    /// (each framed, as in the stored stream; the batch empty past the last), zero-copy from
+    /// the mapping, which stays pinned while they live. `None` if `id` is not a block in shared
+    /// memory or has dictionaries (the caller reads it whole then). A spilled block is
+    /// restored, as [`stored_bytes`](Self::stored_bytes) does. The block's messages are
+    /// indexed the first time (see [`batch_index`]).
+    pub fn shared_batch(
+        self: &Arc<Self>,
+        id: ObjectId,
+        index: usize,
+    ) -> Result<Option<(Bytes, Bytes)>> {
+        let (pin, known) = match self.access(id, false)? {
+            Access::Ready(_) => return Ok(None),
+            Access::Pinned(pin) => {
+                let known = self
+                    .state
+                    .lock()
+                    .entries
+                    .get(&id)
+                    .and_then(|entry| entry.batches.clone());
+                (pin, known)
+            }
+        };
+        let stored = self.shared_dir_ref().map(id, Some(Box::new(pin)))?;
+        let batches = match known {
+            Some(batches) => batches,
+            None => {
+                let Some(made) = BatchIndex::of_stored(id, &stored)? else {
+                    return Ok(None);
+                };
+                let made = Arc::new(made);
+                if let Some(entry) = self.state.lock().entries.get_mut(&id) {
+                    entry.batches = Some(Arc::clone(&made));
+                }
+                made
+            }
+        };
+        let cut = |range: std::ops::Range<u64>| -> Result<Bytes> {
+            let (start, end) = (range.start as usize, range.end as usize);
+            if start > end || end > stored.len() {
+                return Err(Error::CorruptObject {
+                    id,
+                    reason: format!("a batch at {start}..{end} of a {}-byte file", stored.len()),
+                });
+            }
+            Ok(stored.slice(start..end))
+        };
+        Ok(Some((cut(batches.schema())?, cut(batches.batch(index))?)))
+    }
+
     /// For a reader in another process: if `id` is a spilled block with an index of its
     /// batches, a new hard link to its spill file and where batch `index` lies in it; `None` if
     /// it is resident (or moving, or not indexed), when the reader has it the usual way.
@@ -646,6 +699,7 @@ impl ObjectStore {
                 pins: 0,
                 last_used,
                 job: None,
+                batches: None,
             },
         );
         assert!(old.is_none(), "object {id} stored twice");

@@ -611,3 +611,46 @@ fn assert_objects_equal(got: &Object, put: &Object) {
         _ => panic!("the object came back as another kind"),
     }
 }
+
+/// One batch of a shared-memory block, found through its index, is that batch: every batch
+/// (empty ones too), asked for in any order and more than once, and nothing past the last; a
+/// block with dictionaries and a heap store have no index.
+#[test]
+fn a_shared_block_serves_each_batch_through_its_index() {
+    use arrow::array::{DictionaryArray, Int32Array, StringArray};
+    use arrow::datatypes::Int32Type;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let store = shared_store(1 << 30, tmp.path());
+    let batches = vec![batch(0, 5), batch(5, 0), batch(5, 1000), batch(1005, 1)];
+    let id = ObjectId::random();
+    let block = Block::try_new(batches[0].schema(), batches.clone()).unwrap();
+    store.put(id, Object::Block(block)).unwrap();
+    for index in [2usize, 0, 3, 1, 2, 0] {
+        let (schema, message) = store.shared_batch(id, index).unwrap().unwrap();
+        let mut stored = format::header(true).to_vec();
+        stored.extend_from_slice(&schema);
+        stored.extend_from_slice(&message);
+        format::write_ipc_end(&mut stored).unwrap();
+        let read = read_object(id, Bytes::from(stored)).unwrap();
+        assert_eq!(block_of(read), batches[index], "batch {index}");
+    }
+    let (_, past) = store.shared_batch(id, 4).unwrap().unwrap();
+    assert!(past.is_empty());
+
+    let keys = Int32Array::from(vec![0, 1, 0]);
+    let values = Arc::new(StringArray::from(vec!["a", "b"]));
+    let d = DictionaryArray::<Int32Type>::try_new(keys, values).unwrap();
+    let dictionary = RecordBatch::try_from_iter([("d", Arc::new(d) as _)]).unwrap();
+    let with_dictionaries = ObjectId::random();
+    store.put(with_dictionaries, dictionary.into()).unwrap();
+    assert!(store.shared_batch(with_dictionaries, 0).unwrap().is_none());
+
+    let heap = heap_store(1 << 30, &tmp.path().join("heap"));
+    heap.put(id, batch(0, 5).into()).unwrap();
+    assert!(heap.shared_batch(id, 0).unwrap().is_none());
+    assert!(matches!(
+        store.shared_batch(ObjectId::random(), 0),
+        Err(Error::ObjectNotFound { .. })
+    ));
+}
