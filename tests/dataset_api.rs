@@ -674,22 +674,32 @@ fn bad_input_gets_clear_errors() {
     assert!(error.contains("nope") && error.contains("id"), "{error}");
 }
 
-/// A shuffle streamed through a store its map outputs overflow: every row comes out, and the
-/// stats say how many tasks of each stage ran at once. (Which store usage holds back a task is
-/// `executor::store_has_room`'s unit test: the map outputs no longer do.)
-#[test]
-fn a_shuffle_streamed_through_a_full_store_keeps_every_row() {
-    let tmp = tempfile::tempdir().unwrap();
-    let input = small_lineitem(tmp.path());
+/// A context of two CPUs whose store holds `store_bytes`, and a dataset reading the small
+/// lineitem file written under `dir` (also returned) in several tasks.
+fn small_lineitem_under_a_store_of(
+    dir: &std::path::Path,
+    store_bytes: u64,
+) -> (std::path::PathBuf, manta::Context, manta::Dataset) {
+    let input = small_lineitem(dir);
     let ctx = manta::init_with(Config {
         num_cpus: Some(2),
-        object_store_memory: Some(1 << 20),
+        object_store_memory: Some(store_bytes),
         ..Default::default()
     })
     .unwrap();
     let ds = ctx
         .read_parquet_with(input.to_str().unwrap(), small_tasks())
         .unwrap();
+    (input, ctx, ds)
+}
+
+/// A shuffle streamed through a store its map outputs overflow: every row comes out, and the
+/// stats say how many tasks of each stage ran at once. (Which store usage holds back a task is
+/// `executor::store_has_room`'s unit test: the map outputs no longer do.)
+#[test]
+fn a_shuffle_streamed_through_a_full_store_keeps_every_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, ctx, ds) = small_lineitem_under_a_store_of(tmp.path(), 1 << 20);
     let shuffled = ds.random_shuffle(Some(5));
     let mut ours = Vec::new();
     for batch in shuffled.iter_batches().unwrap() {
@@ -713,16 +723,7 @@ fn a_shuffle_streamed_through_a_full_store_keeps_every_row() {
 #[test]
 fn a_shuffle_larger_than_the_store_spills_and_stays_right() {
     let tmp = tempfile::tempdir().unwrap();
-    let input = small_lineitem(tmp.path());
-    let ctx = manta::init_with(Config {
-        num_cpus: Some(2),
-        object_store_memory: Some(2 << 20),
-        ..Default::default()
-    })
-    .unwrap();
-    let ds = ctx
-        .read_parquet_with(input.to_str().unwrap(), small_tasks())
-        .unwrap();
+    let (input, ctx, ds) = small_lineitem_under_a_store_of(tmp.path(), 2 << 20);
     let shuffled = ds.random_shuffle(Some(11)).sort_by(vec![
         SortKey::asc("l_orderkey"),
         SortKey::asc("l_linenumber"),

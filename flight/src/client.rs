@@ -371,14 +371,7 @@ async fn receive_part(
     let mut received = 0u64;
     let mut message = Some(first);
     while let Some(data) = message {
-        received += (data.data_header.len() + data.data_body.len()) as u64;
-        if received > declared as u64 {
-            return Err(malformed(
-                location,
-                id,
-                &format!("more than the {declared} bytes its metadata declared"),
-            ));
-        }
+        count_received(&mut received, &data, declared, location, id)?;
         if is_block {
             write_ipc_message(out, &data.data_header, &data.data_body).map_err(io)?;
         } else {
@@ -395,6 +388,26 @@ async fn receive_part(
         write_ipc_end(out).map_err(io)?;
     }
     Ok((received, message))
+}
+
+/// Adds `data` to the bytes `received` of object `id`, which must stay within the `declared`
+/// size its first message announced: a peer cannot make a receiver write without bound.
+pub(crate) fn count_received(
+    received: &mut u64,
+    data: &FlightData,
+    declared: usize,
+    location: &Location,
+    id: ObjectId,
+) -> Result<()> {
+    *received += (data.data_header.len() + data.data_body.len()) as u64;
+    if *received > declared as u64 {
+        return Err(malformed(
+            location,
+            id,
+            &format!("more than the {declared} bytes its metadata declared"),
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) fn parse_metadata(

@@ -22,7 +22,9 @@ use arrow_flight::FlightData;
 use manta_engine::store::{header, write_ipc_end, write_ipc_message};
 use manta_engine::{Location, ObjectId, ObjectStore};
 
-use crate::client::{FlightPool, fetch_failed, in_time, malformed, next_message, parse_metadata};
+use crate::client::{
+    FlightPool, count_received, fetch_failed, in_time, malformed, next_message, parse_metadata,
+};
 use crate::error::Result;
 use crate::ticket::{MAX_PARTS, encode_parts};
 
@@ -65,14 +67,7 @@ impl FlightPool {
                 let mut batches = 0;
                 let mut message = Some(first);
                 while let Some(data) = message {
-                    received += (data.data_header.len() + data.data_body.len()) as u64;
-                    if received > declared as u64 {
-                        return Err(malformed(
-                            location,
-                            object,
-                            &format!("more than the {declared} bytes its metadata declared"),
-                        ));
-                    }
+                    count_received(&mut received, &data, declared, location, object)?;
                     match combined.add(&data, location, object)? {
                         Added::Batch => batches += 1,
                         Added::Schema => {}

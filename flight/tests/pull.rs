@@ -367,18 +367,23 @@ async fn many_parts_of_many_blocks_cross_in_one_call() {
     assert_eq!(sizes.len(), parts.len());
     assert_eq!(calls.load(Ordering::SeqCst), 1, "one DoGet for every part");
     for (part, (_, _, expected)) in parts.iter().zip(&wanted) {
-        let pulled = target
-            .get(part.local)
-            .unwrap()
-            .into_block(part.local)
-            .unwrap();
-        assert_eq!(pulled.batches(), std::slice::from_ref(expected));
+        assert_eq!(
+            batches_of(&target, part.local),
+            std::slice::from_ref(expected)
+        );
     }
     assert_eq!(source.usage().restored_bytes_total, 0);
 }
 
-#[tokio::test]
-async fn a_missing_part_is_named_and_the_parts_before_it_are_freed() {
+/// A served store holding one block of [`batches`], an empty target store, the block's id,
+/// and an id the source does not have (the temporary directory lives as long as the first).
+async fn a_served_block_and_a_missing_id() -> (
+    tempfile::TempDir,
+    Arc<ObjectStore>,
+    Location,
+    ObjectId,
+    ObjectId,
+) {
     let tmp = tempfile::tempdir().unwrap();
     let source = shared_store(&tmp.path().join("a"));
     let target = shared_store(&tmp.path().join("b"));
@@ -386,7 +391,23 @@ async fn a_missing_part_is_named_and_the_parts_before_it_are_freed() {
     let present = ObjectId::random();
     let block = manta_engine::Block::try_new(batches()[0].schema(), batches()).unwrap();
     source.put(present, Object::Block(block)).unwrap();
-    let missing = ObjectId::random();
+    (tmp, target, location, present, ObjectId::random())
+}
+
+/// The batches of block `id` in `store`.
+fn batches_of(store: &Arc<ObjectStore>, id: ObjectId) -> Vec<RecordBatch> {
+    store
+        .get(id)
+        .unwrap()
+        .into_block(id)
+        .unwrap()
+        .batches()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn a_missing_part_is_named_and_the_parts_before_it_are_freed() {
+    let (_tmp, target, location, present, missing) = a_served_block_and_a_missing_id().await;
 
     let part = |object, batch| Part {
         object,
@@ -538,12 +559,8 @@ async fn parts_that_cannot_share_a_stream_are_not_combined() {
             .await
             .unwrap();
         for (part, (_, _, expected)) in one_each.iter().zip(&wanted) {
-            let pulled = target
-                .get(part.local)
-                .unwrap()
-                .into_block(part.local)
-                .unwrap();
-            assert_eq!(pulled.batches(), std::slice::from_ref(expected), "{case}");
+            let pulled = batches_of(&target, part.local);
+            assert_eq!(pulled, std::slice::from_ref(expected), "{case}");
             target.free(part.local);
         }
     }
@@ -551,14 +568,7 @@ async fn parts_that_cannot_share_a_stream_are_not_combined() {
 
 #[tokio::test]
 async fn a_missing_part_fails_a_combined_pull_and_leaves_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let source = shared_store(&tmp.path().join("a"));
-    let target = shared_store(&tmp.path().join("b"));
-    let location = serve(Arc::clone(&source)).await;
-    let present = ObjectId::random();
-    let block = manta_engine::Block::try_new(batches()[0].schema(), batches()).unwrap();
-    source.put(present, Object::Block(block)).unwrap();
-    let missing = ObjectId::random();
+    let (_tmp, target, location, present, missing) = a_served_block_and_a_missing_id().await;
     let parts = [(present, 0), (present, 1), (missing, 0), (present, 2)];
     let error = FlightPool::new(token())
         .pull_parts_combined(&target, &location, &parts, ObjectId::random())
