@@ -15,11 +15,12 @@
 //! dictionary batch, other than one batch) ends the pull with `Ok(None)` and stores nothing:
 //! the caller then pulls the parts one object each.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::ipc::MessageHeader;
 use arrow_flight::FlightData;
-use manta_engine::store::{header, write_ipc_end, write_ipc_message};
+use manta_engine::store::{HEADER_LEN, header, write_ipc_end, write_ipc_message};
 use manta_engine::{Location, ObjectId, ObjectStore};
 
 use crate::client::{
@@ -28,18 +29,33 @@ use crate::client::{
 use crate::error::Result;
 use crate::ticket::{MAX_PARTS, encode_parts};
 
+/// A block [`FlightPool::pull_parts_combined`] stored: its size, and where its messages lie in
+/// it, so that its reader slices each part out
+/// ([`read_batch_at`](manta_engine::store::read_batch_at)) instead of stepping over the parts
+/// before it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CombinedBlock {
+    /// Its size as stored.
+    pub size: u64,
+    /// The schema message's bytes.
+    pub schema: Range<u64>,
+    /// Each part's batch message's bytes, in the order asked for.
+    pub parts: Vec<Range<u64>>,
+}
+
 impl FlightPool {
     /// Pulls batch `batch` of each block `object` of `parts` from `location` into `store` as
     /// one new block `into`, whose batch `k` is part `k` (see the module doc); returns its size
-    /// as stored, or `None` if the parts cannot share one block (nothing is stored then). On
-    /// failure nothing is stored, and the error names the object of the part that failed.
+    /// as stored and its layout, or `None` if the parts cannot share one block (nothing is
+    /// stored then). On failure nothing is stored, and the error names the object of the part
+    /// that failed.
     pub async fn pull_parts_combined(
         &self,
         store: &Arc<ObjectStore>,
         location: &Location,
         parts: &[(ObjectId, u32)],
         into: ObjectId,
-    ) -> Result<Option<u64>> {
+    ) -> Result<Option<CombinedBlock>> {
         let mut combined = Combined::default();
         for chunk in parts.chunks(MAX_PARTS) {
             let first_object = chunk[0].0;
@@ -62,6 +78,7 @@ impl FlightPool {
                     let io = |e| malformed(location, object, &format!("could not store it: {e}"));
                     receiver.writer().write_all(&header(true)).map_err(io)?;
                     combined.receiver = Some(receiver);
+                    combined.written = HEADER_LEN as u64;
                 }
                 let mut received = 0u64;
                 let mut batches = 0;
@@ -93,21 +110,29 @@ impl FlightPool {
                 ));
             }
         }
-        let Some(mut receiver) = combined.receiver else {
+        let (Some(mut receiver), Some(schema)) = (combined.receiver, combined.schema_range) else {
             return Ok(None);
         };
         write_ipc_end(receiver.writer())
             .map_err(|e| malformed(location, into, &format!("could not store it: {e}")))?;
-        Ok(Some(receiver.finish()?))
+        Ok(Some(CombinedBlock {
+            size: receiver.finish()?,
+            schema,
+            parts: combined.parts,
+        }))
     }
 }
 
-/// The block being written: its receiver (dropped unfinished, it removes what was written)
-/// and the schema message every part must repeat.
+/// The block being written: its receiver (dropped unfinished, it removes what was written),
+/// the schema message every part must repeat, and where what was written so far lies.
 #[derive(Default)]
 struct Combined {
     receiver: Option<manta_engine::store::ObjectReceiver>,
     schema: Option<bytes::Bytes>,
+    /// Bytes written so far.
+    written: u64,
+    schema_range: Option<Range<u64>>,
+    parts: Vec<Range<u64>>,
 }
 
 /// What one message of a part was.
@@ -139,8 +164,15 @@ impl Combined {
             .receiver
             .as_mut()
             .expect("opened before the first message");
-        write_ipc_message(receiver.writer(), &data.data_header, &data.data_body)
+        let len = write_ipc_message(receiver.writer(), &data.data_header, &data.data_body)
             .map_err(|e| malformed(location, object, &format!("could not store it: {e}")))?;
+        let range = self.written..self.written + len;
+        self.written += len;
+        match added {
+            Added::Schema => self.schema_range = Some(range),
+            Added::Batch => self.parts.push(range),
+            Added::NotCombinable => {}
+        }
         Ok(added)
     }
 }

@@ -32,6 +32,7 @@ pub mod ticket;
 pub mod tls;
 
 pub use client::{FlightPool, Part, tune_endpoint};
+pub use combined::CombinedBlock;
 
 pub use error::{Error, Result};
 pub use service::{FlightTraffic, ObjectFlightService};

@@ -498,14 +498,25 @@ async fn parts_of_many_blocks_combine_into_one_block() {
     }
     let parts: Vec<_> = wanted.iter().map(|(id, batch, _)| (*id, *batch)).collect();
     let into = ObjectId::random();
-    let size = FlightPool::new(token())
+    let pulled = FlightPool::new(token())
         .pull_parts_combined(&target, &location, &parts, into)
         .await
         .unwrap()
         .expect("parts of one schema combine");
     assert_eq!(calls.load(Ordering::SeqCst), 1, "one DoGet for every part");
-    assert_eq!(target.usage().resident_bytes, size);
+    assert_eq!(target.usage().resident_bytes, pulled.size);
     assert_combined(&target, into, &wanted);
+    // Each part read alone through the layout the pull reported is that part.
+    let stored = target.stored_bytes(into).unwrap();
+    assert_eq!(pulled.parts.len(), wanted.len());
+    for (k, ((_, _, expected), range)) in wanted.iter().zip(&pulled.parts).enumerate() {
+        let alone =
+            manta_engine::store::read_batch_at(into, &stored, pulled.schema.clone(), range.clone())
+                .unwrap()
+                .into_block(into)
+                .unwrap();
+        assert_eq!(alone.batches(), std::slice::from_ref(expected), "part {k}");
+    }
 }
 
 /// Parts that cannot share one IPC stream (dictionary batches, schemas that differ) are not

@@ -414,6 +414,7 @@ impl NodeDaemon {
         let mut input_ids = Vec::with_capacity(request.inputs.len());
         let mut input_batches = Vec::new();
         let mut spilled_inputs = Vec::new();
+        let mut mapped_inputs = Vec::new();
         // Partitions copied or pulled for this task alone, freed when it ends.
         let mut scratch = Scratch::new(&self.store);
         // How many inputs (the first ones) are read as one batch; the rest arrive whole.
@@ -445,6 +446,15 @@ impl NodeDaemon {
                         schema_end: spilled.schema.end,
                         batch_start: spilled.batch.start,
                         batch_end: spilled.batch.end,
+                    });
+                }
+                if let Some((schema, batch)) = partition.ranges {
+                    mapped_inputs.push(proto::MappedInput {
+                        index: index as u32,
+                        schema_start: schema.start,
+                        schema_end: schema.end,
+                        batch_start: batch.start,
+                        batch_end: batch.end,
                     });
                 }
             }
@@ -489,6 +499,7 @@ impl NodeDaemon {
                 .unwrap_or_default(),
             inline_inputs,
             spilled_inputs,
+            mapped_inputs,
         };
         Ok(Prepared {
             assignment: Some(assignment),

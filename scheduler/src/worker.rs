@@ -7,6 +7,7 @@
 //! answers. Tasks run one at a time, in the order sent, on a thread of their own (the node may
 //! queue several short ones); when the node closes the stream (or dies), the worker exits.
 
+use std::ops::Range;
 use std::path::PathBuf;
 
 use bytes::Bytes;
@@ -227,6 +228,18 @@ fn run_assignment(
             (input.index, batch)
         })
         .collect();
+    // Partitions whose messages the node says where to find in the object (`read_batch_at`).
+    let mut ranged: std::collections::HashMap<u32, (Range<u64>, Range<u64>)> = assignment
+        .mapped_inputs
+        .iter()
+        .map(|input| {
+            let ranges = (
+                input.schema_start..input.schema_end,
+                input.batch_start..input.batch_end,
+            );
+            (input.index, ranges)
+        })
+        .collect();
     // Objects mapped so far: a node's partitions pulled from another node are the batches of
     // one object (see `manta_flight::combined`), mapped once.
     let mut mapped: std::collections::HashMap<ObjectId, Bytes> = std::collections::HashMap::new();
@@ -250,7 +263,12 @@ fn run_assignment(
                         Some(bytes) => bytes.clone(),
                         None => mapped.entry(id).or_insert(dir.map_locked(id)?).clone(),
                     };
-                    manta_engine::store::read_object_batch(id, bytes, *batch as usize)
+                    match ranged.remove(&(i as u32)) {
+                        Some((schema, batch)) => {
+                            manta_engine::store::read_batch_at(id, &bytes, schema, batch)
+                        }
+                        None => manta_engine::store::read_object_batch(id, bytes, *batch as usize),
+                    }
                 }
                 None => dir.read_locked(id),
             }

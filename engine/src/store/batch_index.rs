@@ -11,9 +11,10 @@
 //! with an earlier one); readers of those restore the block instead.
 //!
 //! A block in shared memory is indexed too, the first time one of its batches is served to
-//! another node ([`super::ObjectStore::shared_batch`]): serving a reduce task's partition
-//! walked every message header before it, so serving all the partitions of a map output of
-//! hundreds of batches took time quadratic in their number.
+//! another node ([`super::ObjectStore::shared_batch`]) or read by a worker of this node
+//! ([`super::ObjectStore::batch_ranges`]): finding a reduce task's partition walked every
+//! message header before it, so reading all the partitions of a map output of hundreds of
+//! batches took time quadratic in their number.
 
 use std::fs::File;
 use std::ops::Range;
@@ -86,32 +87,6 @@ impl BatchIndex {
                 _ => return Ok(None),
             }
             at = end;
-        }
-        Ok(schema.map(|schema| Self { schema, batches }))
-    }
-
-    /// Indexes the stored object `stored` (mapped: the walk reads only message headers); `None`
-    /// for a bytes object or a block with dictionaries.
-    pub(super) fn of_stored(id: ObjectId, stored: &Bytes) -> Result<Option<Self>> {
-        if !is_block(stored) {
-            return Ok(None);
-        }
-        let corrupt = |reason: String| Error::CorruptObject { id, reason };
-        let start = stored.as_ptr() as usize;
-        let mut schema = None;
-        let mut batches = Vec::new();
-        for message in super::format::ipc_messages(stored.slice(HEADER_LEN..)) {
-            let message = message?;
-            let at = (message.framed.as_ptr() as usize - start) as u64;
-            let range = at..at + message.framed.len() as u64;
-            let kind = arrow::ipc::root_as_message(&message.header)
-                .map_err(|e| corrupt(format!("invalid message header: {e}")))?
-                .header_type();
-            match kind {
-                MessageHeader::Schema => schema = Some(range),
-                MessageHeader::RecordBatch => batches.push(range),
-                _ => return Ok(None),
-            }
         }
         Ok(schema.map(|schema| Self { schema, batches }))
     }

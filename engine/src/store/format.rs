@@ -14,6 +14,7 @@
 //! so its messages can also be forwarded over Arrow Flight as they are.
 
 use std::io::Write;
+use std::ops::Range;
 
 use arrow::ipc::writer::{IpcWriteOptions, StreamEncoder};
 use bytes::Bytes;
@@ -209,6 +210,42 @@ pub fn read_object_batch(id: ObjectId, bytes: Bytes, index: usize) -> Result<Obj
     decode_stored(id, bytes, false, Some(index))
 }
 
+/// The one-batch block whose schema message lies at `schema` and batch message at `batch` (empty:
+/// a block of no batches) in `stored`, a stored block (a mapping, say), without copying and
+/// without reading any other message: a worker reads its partitions this way when its node
+/// knows where they lie ([`crate::store::ObjectStore::batch_ranges`]), instead of stepping over
+/// every message header before them.
+pub fn read_batch_at(
+    id: ObjectId,
+    stored: &Bytes,
+    schema: Range<u64>,
+    batch: Range<u64>,
+) -> Result<Object> {
+    let corrupt = |reason: String| Error::CorruptObject { id, reason };
+    if !is_block(stored) {
+        return Err(corrupt(
+            "a batch was asked of an object that is not a block".into(),
+        ));
+    }
+    let slice = |range: Range<u64>| -> Result<Bytes> {
+        let (start, end) = (range.start as usize, range.end as usize);
+        if start == end {
+            return Ok(Bytes::new());
+        }
+        if start < HEADER_LEN || start > end || end > stored.len() {
+            return Err(corrupt(format!(
+                "a message at {start}..{end} of a {}-byte object",
+                stored.len()
+            )));
+        }
+        Ok(stored.slice(start..end))
+    };
+    let messages = ipc_messages(slice(schema)?).chain(ipc_messages(slice(batch)?));
+    decode_messages(messages, false, None)
+        .map(Object::Block)
+        .map_err(|e| corrupt(e.to_string()))
+}
+
 fn decode_object(id: ObjectId, bytes: Bytes, validate: bool) -> Result<Object> {
     decode_stored(id, bytes, validate, None)
 }
@@ -246,6 +283,15 @@ pub fn read_block_stream(payload: Bytes) -> Result<Block> {
 
 /// Decodes a block's IPC stream; only its batch `only` if given (none past the last).
 fn decode_block_stream(payload: Bytes, validate: bool, only: Option<usize>) -> Result<Block> {
+    decode_messages(ipc_messages(payload), validate, only)
+}
+
+/// Decodes a block from its IPC messages; only its batch `only` if given (none past the last).
+fn decode_messages(
+    messages: impl Iterator<Item = Result<IpcMessage>>,
+    validate: bool,
+    only: Option<usize>,
+) -> Result<Block> {
     use arrow::ipc::MessageHeader;
     use arrow::ipc::reader::FileDecoder;
 
@@ -254,7 +300,7 @@ fn decode_block_stream(payload: Bytes, validate: bool, only: Option<usize>) -> R
     let mut schema = None;
     let mut batches = Vec::new();
     let mut batches_seen = 0usize;
-    for message in ipc_messages(payload) {
+    for message in messages {
         let message = message?;
         let parsed = arrow::ipc::root_as_message(&message.header)
             .map_err(|e| bad(format!("invalid message header: {e}")))?;

@@ -46,9 +46,9 @@ use batch_index::BatchIndex;
 
 pub use batch_index::SpilledBatch;
 pub use format::{
-    HEADER_LEN, IpcMessage, header, ipc_messages, is_block, read_block_stream, read_object,
-    read_object_batch, read_object_validated, write_block_stream, write_ipc_end, write_ipc_message,
-    write_object,
+    HEADER_LEN, IpcMessage, header, ipc_messages, is_block, read_batch_at, read_block_stream,
+    read_object, read_object_batch, read_object_validated, write_block_stream, write_ipc_end,
+    write_ipc_message, write_object,
 };
 pub use object_dir::{ObjectDir, default_shared_parent, process_alive, remove_stale_sessions};
 pub use pressure::{on_pressure_change, under_pressure};
@@ -468,32 +468,14 @@ impl ObjectStore {
         id: ObjectId,
         index: usize,
     ) -> Result<Option<(Bytes, Bytes)>> {
-        let (pin, known) = match self.access(id, false)? {
+        let pin = match self.access(id, false)? {
             Access::Ready(_) => return Ok(None),
-            Access::Pinned(pin) => {
-                let known = self
-                    .state
-                    .lock()
-                    .entries
-                    .get(&id)
-                    .and_then(|entry| entry.batches.clone());
-                (pin, known)
-            }
+            Access::Pinned(pin) => pin,
+        };
+        let Some(batches) = self.shared_index(id)? else {
+            return Ok(None);
         };
         let stored = self.shared_dir_ref().map(id, Some(Box::new(pin)))?;
-        let batches = match known {
-            Some(batches) => batches,
-            None => {
-                let Some(made) = BatchIndex::of_stored(id, &stored)? else {
-                    return Ok(None);
-                };
-                let made = Arc::new(made);
-                if let Some(entry) = self.state.lock().entries.get_mut(&id) {
-                    entry.batches = Some(Arc::clone(&made));
-                }
-                made
-            }
-        };
         let cut = |range: std::ops::Range<u64>| -> Result<Bytes> {
             let (start, end) = (range.start as usize, range.end as usize);
             if start > end || end > stored.len() {
@@ -505,6 +487,48 @@ impl ObjectStore {
             Ok(stored.slice(start..end))
         };
         Ok(Some((cut(batches.schema())?, cut(batches.batch(index))?)))
+    }
+
+    /// Where batch `index` of block `id`, resident in shared memory, lies in its file: the
+    /// schema message's bytes and the batch message's bytes (empty past the last). A worker of
+    /// this node given them reads the batch out of its mapping ([`read_batch_at`]) without
+    /// stepping over the messages before it, which for a reduce task over map outputs of
+    /// hundreds of batches touched a page of each. `None` if `id` is not resident in shared
+    /// memory, or has dictionaries. The caller keeps it pinned while the ranges are used.
+    pub fn batch_ranges(
+        &self,
+        id: ObjectId,
+        index: usize,
+    ) -> Result<Option<(std::ops::Range<u64>, std::ops::Range<u64>)>> {
+        Ok(self
+            .shared_index(id)?
+            .map(|batches| (batches.schema(), batches.batch(index))))
+    }
+
+    /// The index of shared-memory block `id`'s messages (see [`batch_index`]), made the first
+    /// time from its file and kept with its entry (the file never changes); `None` if it is not
+    /// resident in shared memory, or is not a block without dictionaries.
+    fn shared_index(&self, id: ObjectId) -> Result<Option<Arc<BatchIndex>>> {
+        {
+            let state = self.state.lock();
+            let entry = state.entries.get(&id).ok_or(Error::ObjectNotFound { id })?;
+            if !matches!(entry.residence, Residence::Shared(_)) {
+                return Ok(None);
+            }
+            if let Some(known) = &entry.batches {
+                return Ok(Some(Arc::clone(known)));
+            }
+        }
+        let path = self.shared_dir_ref().file(id);
+        let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let Some(made) = BatchIndex::of_file(id, &file, &path)? else {
+            return Ok(None);
+        };
+        let made = Arc::new(made);
+        if let Some(entry) = self.state.lock().entries.get_mut(&id) {
+            entry.batches = Some(Arc::clone(&made));
+        }
+        Ok(Some(made))
     }
 
     /// For a reader in another process: if `id` is a spilled block with an index of its

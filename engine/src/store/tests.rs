@@ -654,3 +654,58 @@ fn a_shared_block_serves_each_batch_through_its_index() {
         Err(Error::ObjectNotFound { .. })
     ));
 }
+
+/// A batch read at the ranges `batch_ranges` gives, out of the stored bytes, is that batch, in
+/// any order and repeated (empty batches and past the last included); blocks with
+/// dictionaries and heap objects have none, and ranges that do not fit the object are an
+/// error, not a panic.
+#[test]
+fn each_batch_reads_alone_where_the_store_says_it_lies() {
+    use arrow::array::{DictionaryArray, Int32Array, StringArray};
+    use arrow::datatypes::Int32Type;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let store = shared_store(1 << 30, tmp.path());
+    let batches = vec![batch(0, 5), batch(5, 0), batch(5, 1000), batch(1005, 1)];
+    let id = ObjectId::random();
+    let block = Block::try_new(batches[0].schema(), batches.clone()).unwrap();
+    store.put(id, Object::Block(block)).unwrap();
+    let stored = store.stored_bytes(id).unwrap();
+    for index in [2usize, 0, 3, 1, 2, 0, 4] {
+        let (schema, message) = store.batch_ranges(id, index).unwrap().unwrap();
+        let read = format::read_batch_at(id, &stored, schema, message).unwrap();
+        let expected = batches.get(index).map_or(0, |b| b.num_rows());
+        let read = read.into_block(id).unwrap();
+        assert_eq!(read.num_rows(), expected, "batch {index}");
+        if let Some(expected) = batches.get(index) {
+            assert_eq!(
+                read.batches(),
+                std::slice::from_ref(expected),
+                "batch {index}"
+            );
+        }
+    }
+    let (schema, message) = store.batch_ranges(id, 0).unwrap().unwrap();
+    let past_the_end = message.start..stored.len() as u64 + 1;
+    for (schema, message) in [
+        (schema.clone(), past_the_end),
+        (0..schema.end, message.clone()),
+        (message.clone(), schema.clone()),
+    ] {
+        assert!(matches!(
+            format::read_batch_at(id, &stored, schema, message),
+            Err(Error::CorruptObject { .. })
+        ));
+    }
+
+    let keys = Int32Array::from(vec![0, 1, 0]);
+    let values = Arc::new(StringArray::from(vec!["a", "b"]));
+    let d = DictionaryArray::<Int32Type>::try_new(keys, values).unwrap();
+    let dictionary = RecordBatch::try_from_iter([("d", Arc::new(d) as _)]).unwrap();
+    let with_dictionaries = ObjectId::random();
+    store.put(with_dictionaries, dictionary.into()).unwrap();
+    assert!(store.batch_ranges(with_dictionaries, 0).unwrap().is_none());
+    let heap = heap_store(1 << 30, &tmp.path().join("heap"));
+    heap.put(id, batch(0, 5).into()).unwrap();
+    assert!(heap.batch_ranges(id, 0).unwrap().is_none());
+}

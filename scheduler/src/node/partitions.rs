@@ -19,6 +19,7 @@
 //! ends, or when gathering fails, whichever part failed.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -83,16 +84,27 @@ pub(super) struct Partition {
     pub(super) index: u32,
     pub(super) pin: Option<manta_engine::Pin>,
     pub(super) spilled: Option<SpilledBatch>,
+    /// Where its schema and batch messages lie in object `id`, when known.
+    pub(super) ranges: Option<MessageRanges>,
 }
 
+/// The byte ranges of a batch's schema message and of its batch message in a stored block.
+pub(super) type MessageRanges = (Range<u64>, Range<u64>);
+
 impl Partition {
-    /// Batch `index` of `id` in shared memory.
-    fn in_memory(id: ObjectId, index: u32, pin: Option<manta_engine::Pin>) -> Self {
+    /// Batch `index` of `id` in shared memory, its messages at `ranges` if known.
+    fn in_memory(
+        id: ObjectId,
+        index: u32,
+        pin: Option<manta_engine::Pin>,
+        ranges: Option<MessageRanges>,
+    ) -> Self {
         Self {
             id,
             index,
             pin,
             spilled: None,
+            ranges,
         }
     }
 }
@@ -247,14 +259,16 @@ impl NodeDaemon {
                 let object = e.object().unwrap_or(wanted[0].0);
                 Error::fetching(&location.flight_address, object, e)
             })?;
-        if let Some(size) = pulled {
+        if let Some(block) = pulled {
             // The pulled bytes are counted once, with the first partition.
             return Ok(positions
                 .into_iter()
+                .zip(block.parts)
                 .enumerate()
-                .map(|(k, position)| {
-                    let partition = Partition::in_memory(combined, k as u32, None);
-                    (position, partition, if k == 0 { size } else { 0 })
+                .map(|(k, (position, batch))| {
+                    let ranges = Some((block.schema.clone(), batch));
+                    let partition = Partition::in_memory(combined, k as u32, None, ranges);
+                    (position, partition, if k == 0 { block.size } else { 0 })
                 })
                 .collect());
         }
@@ -279,28 +293,34 @@ impl NodeDaemon {
             .zip(parts)
             .zip(sizes)
             .map(|((position, part), size)| {
-                (position, Partition::in_memory(part.local, 0, None), size)
+                (
+                    position,
+                    Partition::in_memory(part.local, 0, None, None),
+                    size,
+                )
             })
             .collect())
     }
 }
 
-/// Batch `batch` of `id`, which is in `store`: in place if resident (pinned) or spilled (a link
-/// to its spill file), else (a spilled block that is not indexed, or a spill directory without
-/// hard links) copied out alone.
+/// Batch `batch` of `id`, which is in `store`: in place if resident (pinned, with where its
+/// messages lie if it is in shared memory) or spilled (a link to its spill file), else (a
+/// spilled block that is not indexed, or a spill directory without hard links) copied out
+/// alone.
 fn local_partition(
     store: &Arc<ObjectStore>,
     id: ObjectId,
     batch: u32,
 ) -> manta_engine::Result<Partition> {
     if let Some(pin) = store.pin_if_resident(id)? {
-        return Ok(Partition::in_memory(id, batch, Some(pin)));
+        let ranges = store.batch_ranges(id, batch as usize)?;
+        return Ok(Partition::in_memory(id, batch, Some(pin), ranges));
     }
     match store.link_spilled_batch(id, batch as usize) {
         Ok(Some(spilled)) => {
             return Ok(Partition {
                 spilled: Some(spilled),
-                ..Partition::in_memory(id, 0, None)
+                ..Partition::in_memory(id, 0, None, None)
             });
         }
         Ok(None) => {}
@@ -310,5 +330,5 @@ fn local_partition(
     }
     let copy = ObjectId::random();
     store.put(copy, store.get_batch(id, batch as usize)?)?;
-    Ok(Partition::in_memory(copy, 0, None))
+    Ok(Partition::in_memory(copy, 0, None, None))
 }
