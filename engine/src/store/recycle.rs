@@ -96,26 +96,27 @@ impl Recycler {
         self.files.lock().pop().map(|(path, _)| path)
     }
 
-    /// A recycled file to write an object of about `size` bytes over: the smallest that holds
-    /// it, else the largest, but none more than twice its size (plus 1 MiB). Cutting a file
-    /// much larger than the object frees the pages past its end, which costs more than
-    /// allocating the object's few pages, and wastes a file a large output could use.
+    /// A recycled file to write an object of about `size` bytes over: the one closest to its
+    /// size, a byte short counting twice a byte over, and none more than twice its size (plus
+    /// 1 MiB). Writing over a file larger than the object cuts it, freeing the pages past its
+    /// end; writing past a smaller one allocates and zeroes new pages, which costs about twice
+    /// as much a page. So a file a little short is better than one far over: a reduce task's
+    /// pulled partitions, whose size is estimated from the first part and comes out slightly
+    /// over, then take the file of the task before (about their size) instead of a freed map
+    /// output twice as large. A file much larger than the object would also waste what a
+    /// large output could use.
     pub(crate) fn take_fitting(&self, size: u64) -> Option<PathBuf> {
         let mut files = self.files.lock();
         let limit = size.saturating_mul(2).saturating_add(1 << 20);
-        let fits = |file: &u64| *file <= limit;
+        let cost = |file: u64| match file.checked_sub(size) {
+            Some(over) => over,
+            None => (size - file).saturating_mul(2),
+        };
         let chosen = files
             .iter()
             .enumerate()
-            .filter(|(_, (_, file))| fits(file) && *file >= size)
-            .min_by_key(|(_, (_, file))| *file)
-            .or_else(|| {
-                files
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, (_, file))| fits(file))
-                    .max_by_key(|(_, (_, file))| *file)
-            })
+            .filter(|(_, (_, file))| *file <= limit)
+            .min_by_key(|(_, (_, file))| cost(*file))
             .map(|(index, _)| index)?;
         Some(files.remove(chosen).0)
     }
@@ -157,7 +158,13 @@ mod tests {
         recycler
     }
 
-    fn size_of(recycler: &Recycler, dir: &Path, taken: Option<PathBuf>) -> Option<u64> {
+    /// The size of the file `taken` from `recycler`, made by `pool_of(dir, sizes_kib)`.
+    fn size_in(
+        sizes_kib: &[u64],
+        recycler: &Recycler,
+        dir: &Path,
+        taken: Option<PathBuf>,
+    ) -> Option<u64> {
         let taken = taken?;
         assert!(taken.starts_with(dir));
         assert!(!recycler.files.lock().iter().any(|(path, _)| *path == taken));
@@ -167,7 +174,7 @@ mod tests {
                 .and_then(|name| name.to_str())
                 .and_then(|name| name.strip_prefix("recycled-"))
                 .map(|n| n.parse::<usize>().unwrap())
-                .map(|n| [300, 4096, 51_200, 700, 2048][n])
+                .map(|n| sizes_kib[n])
                 .unwrap(),
         )
     }
@@ -176,7 +183,10 @@ mod tests {
     fn a_file_is_taken_to_fit_the_object() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let recycler = pool_of(dir, &[300, 4096, 51_200, 700, 2048]);
+        let sizes = [300, 4096, 51_200, 700, 2048];
+        let recycler = pool_of(dir, &sizes);
+        let size_of =
+            |recycler: &Recycler, dir: &Path, taken| size_in(&sizes, recycler, dir, taken);
         // The smallest file that holds the object.
         assert_eq!(
             size_of(&recycler, dir, recycler.take_fitting(650 << 10)),
@@ -199,5 +209,22 @@ mod tests {
         // An output of unknown size takes the most recently kept.
         assert_eq!(size_of(&recycler, dir, recycler.take()), Some(2048));
         assert_eq!(recycler.bytes(), 51_200 << 10);
+
+        // A file a little short of the object is taken over one far over it, and one a little
+        // over it over one far short.
+        let dir = &tmp.path().join("closest");
+        std::fs::create_dir(dir).unwrap();
+        let sizes = [1000, 1200, 600];
+        let recycler = pool_of(dir, &sizes);
+        let size_of =
+            |recycler: &Recycler, dir: &Path, taken| size_in(&sizes, recycler, dir, taken);
+        assert_eq!(
+            size_of(&recycler, dir, recycler.take_fitting(1010 << 10)),
+            Some(1000)
+        );
+        assert_eq!(
+            size_of(&recycler, dir, recycler.take_fitting(1000 << 10)),
+            Some(1200)
+        );
     }
 }
