@@ -612,20 +612,37 @@ fn assert_objects_equal(got: &Object, put: &Object) {
     }
 }
 
+/// A block of four batches (one of them empty) put in `store`: its id and its batches.
+fn a_block_of_four_batches_in(store: &ObjectStore) -> (ObjectId, Vec<RecordBatch>) {
+    let batches = vec![batch(0, 5), batch(5, 0), batch(5, 1000), batch(1005, 1)];
+    let id = ObjectId::random();
+    let block = Block::try_new(batches[0].schema(), batches.clone()).unwrap();
+    store.put(id, Object::Block(block)).unwrap();
+    (id, batches)
+}
+
+/// A block with a dictionary-encoded column put in `store`: its id.
+fn a_block_with_dictionaries_in(store: &ObjectStore) -> ObjectId {
+    use arrow::array::{DictionaryArray, Int32Array, StringArray};
+    use arrow::datatypes::Int32Type;
+
+    let keys = Int32Array::from(vec![0, 1, 0]);
+    let values = Arc::new(StringArray::from(vec!["a", "b"]));
+    let d = DictionaryArray::<Int32Type>::try_new(keys, values).unwrap();
+    let dictionary = RecordBatch::try_from_iter([("d", Arc::new(d) as _)]).unwrap();
+    let id = ObjectId::random();
+    store.put(id, dictionary.into()).unwrap();
+    id
+}
+
 /// One batch of a shared-memory block, found through its index, is that batch: every batch
 /// (empty ones too), asked for in any order and more than once, and nothing past the last; a
 /// block with dictionaries and a heap store have no index.
 #[test]
 fn a_shared_block_serves_each_batch_through_its_index() {
-    use arrow::array::{DictionaryArray, Int32Array, StringArray};
-    use arrow::datatypes::Int32Type;
-
     let tmp = tempfile::tempdir().unwrap();
     let store = shared_store(1 << 30, tmp.path());
-    let batches = vec![batch(0, 5), batch(5, 0), batch(5, 1000), batch(1005, 1)];
-    let id = ObjectId::random();
-    let block = Block::try_new(batches[0].schema(), batches.clone()).unwrap();
-    store.put(id, Object::Block(block)).unwrap();
+    let (id, batches) = a_block_of_four_batches_in(&store);
     for index in [2usize, 0, 3, 1, 2, 0] {
         let (schema, message) = store.shared_batch(id, index).unwrap().unwrap();
         let mut stored = format::header(true).to_vec();
@@ -638,12 +655,7 @@ fn a_shared_block_serves_each_batch_through_its_index() {
     let (_, past) = store.shared_batch(id, 4).unwrap().unwrap();
     assert!(past.is_empty());
 
-    let keys = Int32Array::from(vec![0, 1, 0]);
-    let values = Arc::new(StringArray::from(vec!["a", "b"]));
-    let d = DictionaryArray::<Int32Type>::try_new(keys, values).unwrap();
-    let dictionary = RecordBatch::try_from_iter([("d", Arc::new(d) as _)]).unwrap();
-    let with_dictionaries = ObjectId::random();
-    store.put(with_dictionaries, dictionary.into()).unwrap();
+    let with_dictionaries = a_block_with_dictionaries_in(&store);
     assert!(store.shared_batch(with_dictionaries, 0).unwrap().is_none());
 
     let heap = heap_store(1 << 30, &tmp.path().join("heap"));
@@ -661,15 +673,9 @@ fn a_shared_block_serves_each_batch_through_its_index() {
 /// error, not a panic.
 #[test]
 fn each_batch_reads_alone_where_the_store_says_it_lies() {
-    use arrow::array::{DictionaryArray, Int32Array, StringArray};
-    use arrow::datatypes::Int32Type;
-
     let tmp = tempfile::tempdir().unwrap();
     let store = shared_store(1 << 30, tmp.path());
-    let batches = vec![batch(0, 5), batch(5, 0), batch(5, 1000), batch(1005, 1)];
-    let id = ObjectId::random();
-    let block = Block::try_new(batches[0].schema(), batches.clone()).unwrap();
-    store.put(id, Object::Block(block)).unwrap();
+    let (id, batches) = a_block_of_four_batches_in(&store);
     let stored = store.stored_bytes(id).unwrap();
     for index in [2usize, 0, 3, 1, 2, 0, 4] {
         let (schema, message) = store.batch_ranges(id, index).unwrap().unwrap();
@@ -698,12 +704,7 @@ fn each_batch_reads_alone_where_the_store_says_it_lies() {
         ));
     }
 
-    let keys = Int32Array::from(vec![0, 1, 0]);
-    let values = Arc::new(StringArray::from(vec!["a", "b"]));
-    let d = DictionaryArray::<Int32Type>::try_new(keys, values).unwrap();
-    let dictionary = RecordBatch::try_from_iter([("d", Arc::new(d) as _)]).unwrap();
-    let with_dictionaries = ObjectId::random();
-    store.put(with_dictionaries, dictionary.into()).unwrap();
+    let with_dictionaries = a_block_with_dictionaries_in(&store);
     assert!(store.batch_ranges(with_dictionaries, 0).unwrap().is_none());
     let heap = heap_store(1 << 30, &tmp.path().join("heap"));
     heap.put(id, batch(0, 5).into()).unwrap();
