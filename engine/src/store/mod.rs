@@ -27,6 +27,7 @@
 //! marked as such and readers wait for it on a condition variable.
 
 mod batch_index;
+mod file_write;
 mod format;
 mod object_dir;
 mod pressure;
@@ -206,6 +207,9 @@ struct Entry {
     /// Where the batches of a shared-memory block lie in its file, once one was served alone
     /// ([`ObjectStore::shared_batch`]); the file never changes, so neither does the index.
     batches: Option<Arc<BatchIndex>>,
+    /// The mapping the store wrote the object's shared-memory file through, kept for the next
+    /// write over the file once it is recycled (see [`file_write`]).
+    write_mapping: Option<file_write::WriteMapping>,
 }
 
 impl Entry {
@@ -323,7 +327,7 @@ impl ObjectStore {
         };
         match std::fs::metadata(path) {
             Ok(meta) => {
-                self.recycler.keep(dir, path, meta.len());
+                self.recycler.keep(dir, path, meta.len(), None);
             }
             Err(_) => {
                 let _ = std::fs::remove_file(path);
@@ -344,19 +348,19 @@ impl ObjectStore {
 
     /// [`put`](Self::put), also saying how many bytes of other objects it spilled.
     pub fn put_reporting(&self, id: ObjectId, object: Object) -> Result<Stored> {
-        let (residence, size_bytes) = match &self.shared {
+        let (residence, size_bytes, write_mapping) = match &self.shared {
             Some(dir) => {
                 let recycled = self.recycler.take_fitting(object.size_bytes() as u64);
-                let size = dir.write_reusing(id, &object, recycled.as_deref())?;
-                (Residence::Shared(None), size)
+                let (size, mapping) = dir.write_over(id, &object, recycled)?;
+                (Residence::Shared(None), size, mapping)
             }
             None => {
                 let object = object.compacted();
                 let size = object.size_bytes() as u64;
-                (Residence::Heap(object), size)
+                (Residence::Heap(object), size, None)
             }
         };
-        self.insert(id, residence, size_bytes);
+        self.insert(id, residence, size_bytes, write_mapping);
         let spilled_bytes = self.make_room(None)?;
         Ok(Stored {
             size_bytes,
@@ -391,7 +395,7 @@ impl ObjectStore {
         let size = std::fs::metadata(&path)
             .map_err(|e| Error::io(&path, e))?
             .len();
-        self.insert(id, Residence::Shared(None), size);
+        self.insert(id, Residence::Shared(None), size, None);
         Ok(size)
     }
 
@@ -610,6 +614,7 @@ impl ObjectStore {
         let target = match &self.shared {
             Some(dir) => {
                 let recycled = self.recycler.take_fitting(size_hint as u64);
+                let recycled = recycled.map(|file| file.path);
                 let (file, tmp) = dir.open_tmp(id, recycled.as_deref())?;
                 Target::File {
                     out: std::io::BufWriter::with_capacity(1 << 20, file),
@@ -674,8 +679,12 @@ impl ObjectStore {
                 drop(state);
                 let dir = self.shared_dir_ref();
                 if !entry.in_use() {
-                    self.recycler
-                        .keep(dir.path(), &dir.file(id), entry.size_bytes);
+                    self.recycler.keep(
+                        dir.path(),
+                        &dir.file(id),
+                        entry.size_bytes,
+                        entry.write_mapping,
+                    );
                 } else {
                     dir.remove(id);
                 }
@@ -712,7 +721,13 @@ impl ObjectStore {
             .expect("only shared-memory objects are pinned")
     }
 
-    fn insert(&self, id: ObjectId, residence: Residence, size_bytes: u64) {
+    fn insert(
+        &self,
+        id: ObjectId,
+        residence: Residence,
+        size_bytes: u64,
+        write_mapping: Option<file_write::WriteMapping>,
+    ) {
         let mut state = self.state.lock();
         let last_used = state.tick();
         let old = state.entries.insert(
@@ -724,6 +739,7 @@ impl ObjectStore {
                 last_used,
                 job: None,
                 batches: None,
+                write_mapping,
             },
         );
         assert!(old.is_none(), "object {id} stored twice");
@@ -840,11 +856,12 @@ impl ObjectStore {
             let entry = state.entries.get_mut(&id).expect("victim exists");
             let size = entry.size_bytes;
             let residence = std::mem::replace(&mut entry.residence, Residence::Moving);
+            let write_mapping = entry.write_mapping.take();
             state.usage.resident_bytes -= size;
             state.usage.spilled_bytes += size;
             state.note_pressure();
             drop(state);
-            let spilled = self.spill_out(id, residence);
+            let spilled = self.spill_out(id, residence, write_mapping);
             let mut state = self.state.lock();
             self.finish_move(&mut state, id, size, spilled, Direction::Spill)?;
         }
@@ -857,6 +874,7 @@ impl ObjectStore {
         &self,
         id: ObjectId,
         residence: Residence,
+        write_mapping: Option<file_write::WriteMapping>,
     ) -> Result<Residence, (Error, Residence)> {
         match residence {
             Residence::Heap(object) => match self.spill.write(id, &object) {
@@ -877,7 +895,8 @@ impl ObjectStore {
                 match copied {
                     Ok(size) => {
                         // Victims are unpinned, so nobody maps the file: its pages can be reused.
-                        self.recycler.keep(dir.path(), &dir.file(id), size);
+                        self.recycler
+                            .keep(dir.path(), &dir.file(id), size, write_mapping);
                         Ok(Residence::Spilled(self.index_spilled(id)))
                     }
                     Err(e) => Err((Error::io(to, e), Residence::Shared(None))),

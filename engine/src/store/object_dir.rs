@@ -17,7 +17,6 @@
 //! kept because another process happens to have its dead owner's pid.
 
 use std::fs::{self, File};
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -25,7 +24,9 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use memmap2::Mmap;
 
-use super::format::{Encoded, encode_object, read_object};
+use super::file_write::{WriteMapping, write_encoded};
+use super::format::{encode_object, read_object};
+use super::recycle::RecycledFile;
 use crate::error::{Error, Result};
 use crate::ids::ObjectId;
 use crate::object::Object;
@@ -119,15 +120,39 @@ impl ObjectDir {
         object: &Object,
         recycled: Option<&Path>,
     ) -> Result<u64> {
+        let recycled = recycled.map(|path| RecycledFile {
+            path: path.to_path_buf(),
+            mapping: None,
+        });
+        self.write_over(id, object, recycled)
+            .map(|(size, _mapping)| size)
+    }
+
+    /// [`write_reusing`](Self::write_reusing) for the store, which keeps the mapping a write
+    /// goes through for the next write over the same file (see [`super::file_write`]):
+    /// `recycled` brings the mapping kept with it, if any, and the one written through is
+    /// returned with the size.
+    pub(crate) fn write_over(
+        &self,
+        id: ObjectId,
+        object: &Object,
+        recycled: Option<RecycledFile>,
+    ) -> Result<(u64, Option<WriteMapping>)> {
         let encoded = encode_object(object)?;
-        let (file, tmp) = self.open_tmp(id, recycled)?;
-        let result = write_encoded(&file, &encoded)
-            .map(|()| encoded.len())
+        let (path, kept) = match recycled {
+            Some(RecycledFile { path, mapping }) => (Some(path), mapping),
+            None => (None, None),
+        };
+        let (file, tmp, reused) = self.open_tmp_reusing(id, path.as_deref())?;
+        // A mapping kept with a file that could not be taken maps another file.
+        let kept = kept.filter(|_| reused);
+        let result = write_encoded(&file, &encoded, kept)
+            .map(|mapping| (encoded.len(), mapping))
             .map_err(|e| Error::io(&tmp, e));
         match result {
-            Ok(size) => {
+            Ok(written) => {
                 self.seal(id, &tmp)?;
-                Ok(size)
+                Ok(written)
             }
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
@@ -140,12 +165,22 @@ impl ObjectDir {
     /// file, or `recycled` renamed (its old bytes are overwritten, and whatever is left past
     /// the new end must be cut with `set_len` once the length is known).
     pub fn open_tmp(&self, id: ObjectId, recycled: Option<&Path>) -> Result<(File, PathBuf)> {
+        self.open_tmp_reusing(id, recycled)
+            .map(|(file, tmp, _reused)| (file, tmp))
+    }
+
+    /// [`open_tmp`](Self::open_tmp), also saying whether the file is `recycled`.
+    fn open_tmp_reusing(
+        &self,
+        id: ObjectId,
+        recycled: Option<&Path>,
+    ) -> Result<(File, PathBuf, bool)> {
         let tmp = self.path.join(format!("{id}.tmp"));
         if let Some(recycled) = recycled
             && fs::rename(recycled, &tmp).is_ok()
             && let Ok(file) = fs::OpenOptions::new().read(true).write(true).open(&tmp)
         {
-            return Ok((file, tmp));
+            return Ok((file, tmp, true));
         }
         let file = fs::OpenOptions::new()
             .read(true)
@@ -155,7 +190,7 @@ impl ObjectDir {
             .mode(0o600)
             .open(&tmp)
             .map_err(|e| Error::io(&tmp, e))?;
-        Ok((file, tmp))
+        Ok((file, tmp, false))
     }
 
     /// Renames a completely written `tmp` file to `id`'s name.
@@ -206,149 +241,6 @@ impl ObjectDir {
     pub fn remove(&self, id: ObjectId) {
         let _ = fs::remove_file(self.file(id));
     }
-}
-
-/// Writes `encoded` as the whole of `file` (opened for reading and writing, fresh or recycled),
-/// one copy from the object's buffers either way. A recycled file, whose pages exist, is
-/// written through a mapping ([`write_mapped`]): 7.9–8.3 GB/s for 64 MiB blocks here on two
-/// threads (4.7–5.5 on one), against 3.1 for `write(2)`, which locks, copies into and unlocks
-/// tmpfs page by page. A fresh file is written with `write(2)`: its pages are allocated as
-/// they are filled, where a mapping would need them allocated and zeroed first (3.4 GB/s
-/// against 1.7).
-fn write_encoded(file: &File, encoded: &Encoded) -> std::io::Result<()> {
-    let old_len = file.metadata()?.len();
-    if old_len > 0 && write_mapped(file, old_len, encoded)? {
-        return Ok(());
-    }
-    file.set_len(0)?;
-    // Small pieces (message headers, padding, short columns) gathered into one `write`;
-    // a piece as large as the buffer goes to the file straight from the column.
-    let mut out = std::io::BufWriter::with_capacity(64 << 10, file);
-    encoded.write_to(&mut out)?;
-    out.flush()
-}
-
-/// Writes `encoded` as the whole of `file` through a mapping: its length set, its space
-/// allocated, then each share of it (a large object has several, see [`copy_threads`]) mapped
-/// with its pages in one go (`MAP_POPULATE`) and copied, one thread per share. `false` (nothing
-/// written) on a filesystem that cannot allocate space ahead (`fallocate` unsupported).
-///
-/// The space is allocated before anything is mapped: a store whose filesystem is full fails
-/// here with ENOSPC, where a write through the mapping into a hole would kill the process
-/// with SIGBUS.
-fn write_mapped(file: &File, old_len: u64, encoded: &Encoded) -> std::io::Result<bool> {
-    file.set_len(encoded.len())?;
-    if encoded.is_empty() {
-        return Ok(true);
-    }
-    let len = libc::off_t::try_from(encoded.len()).map_err(std::io::Error::other)?;
-    // On tmpfs the pages of a recycled file's old length exist (it was written whole) and are
-    // written in place; only what lies past them needs allocating. Elsewhere (a filesystem
-    // that copies on write, say) all of it.
-    let old_len = libc::off_t::try_from(old_len).map_err(std::io::Error::other)?;
-    let allocated = if on_tmpfs(file) { old_len.min(len) } else { 0 };
-    if allocated < len {
-        // SAFETY: `fallocate` on an open descriptor we own, within the length just set.
-        let status = unsafe { libc::fallocate(file.as_raw_fd(), 0, allocated, len - allocated) };
-        if status != 0 {
-            let error = std::io::Error::last_os_error();
-            return match error.raw_os_error() {
-                Some(libc::EOPNOTSUPP) => Ok(false),
-                _ => Err(error),
-            };
-        }
-    }
-    write_mapped_shares(file, encoded).map(|()| true)
-}
-
-/// Whether `file` is on tmpfs (shared memory).
-fn on_tmpfs(file: &File) -> bool {
-    // SAFETY: fstatfs fills the zeroed struct it is given, from a descriptor we own.
-    let mut stats: libc::statfs = unsafe { std::mem::zeroed() };
-    let status = unsafe { libc::fstatfs(file.as_raw_fd(), &mut stats) };
-    status == 0 && stats.f_type == libc::TMPFS_MAGIC
-}
-
-/// Copies `encoded` into `file` (its length set, its space allocated) through mappings: each
-/// share of it mapped and copied by a thread of its own (see [`copy_threads`]).
-fn write_mapped_shares(file: &File, encoded: &Encoded) -> std::io::Result<()> {
-    let len = encoded.len() as usize;
-    let share = len
-        .div_ceil(copy_threads(len))
-        .next_multiple_of(SHARE_ALIGNMENT);
-    let shares: Vec<_> = (0..len)
-        .step_by(share)
-        .map(|start| start..(start + share).min(len))
-        .collect();
-    on_threads(shares, |range| {
-        // SAFETY: the file is this store's `<id>.tmp` (its session directory is its user's
-        // only, the file 0600), fresh or a recycled file renamed to that name under the
-        // exclusive lock no reader holds (see `super::recycle`): nothing else maps, truncates
-        // or writes it while this mapping lives, and readers map it only once it is renamed to
-        // the object's name. The shares are disjoint.
-        let mut map = unsafe {
-            memmap2::MmapOptions::new()
-                .offset(range.start as u64)
-                .len(range.len())
-                .populate()
-                .map_mut(file)?
-        };
-        encoded.copy_range(range.start, &mut map);
-        Ok(())
-    })
-}
-
-/// Objects at least this large are written by more than one thread.
-const PARALLEL_WRITE_BYTES: usize = 8 << 20;
-
-/// Where the shares of a parallel write may start: a multiple of any page size.
-const SHARE_ALIGNMENT: usize = 64 << 10;
-
-/// How many threads write an object of `len` bytes into its mapping: one per 4 MiB past
-/// [`PARALLEL_WRITE_BYTES`], at most four and at most one per core. As Ray's plasma client
-/// copies large objects on several threads: here one core copies 64 MiB at 7.3 GB/s, two at
-/// 13.9; a put of a 64 MiB block ran at 4.7–5.5 GB/s on one thread, 7.9–8.3 on two.
-fn copy_threads(len: usize) -> usize {
-    if len < PARALLEL_WRITE_BYTES {
-        return 1;
-    }
-    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    (len / (4 << 20)).clamp(1, 4).min(cores)
-}
-
-/// Runs `work` on every item on as many threads as there are items, the calling one included:
-/// each takes the next item until none is left, so a thread that cannot be started leaves its
-/// items to the others. Returns the first error.
-fn on_threads<T: Send>(
-    items: Vec<T>,
-    work: impl Fn(T) -> std::io::Result<()> + Sync,
-) -> std::io::Result<()> {
-    let threads = items.len();
-    let items = parking_lot::Mutex::new(items);
-    let first_error = parking_lot::Mutex::new(None);
-    let take_items = || {
-        loop {
-            let next = items.lock().pop();
-            let Some(item) = next else { break };
-            if let Err(e) = work(item) {
-                first_error.lock().get_or_insert(e);
-            }
-        }
-    };
-    std::thread::scope(|scope| {
-        for _ in 1..threads {
-            let started = std::thread::Builder::new()
-                .name("manta-write".into())
-                .spawn_scoped(scope, take_items);
-            if let Err(e) = started {
-                tracing::debug!(error = %e, "writing an object on fewer threads");
-                break;
-            }
-        }
-        take_items();
-    });
-    first_error.into_inner().map_or(Ok(()), Err)
 }
 
 impl Drop for ObjectDir {

@@ -8,7 +8,9 @@
 //! written over it: its pages already exist. The pool is small (at most 64 files and a quarter
 //! of the store's budget), counts against the budget, and is emptied first when the store
 //! needs room. This is what Ray's plasma store gets from its preallocated arena, without an
-//! allocator: each object still has a file of its own, mapped by readers.
+//! allocator: each object still has a file of its own, mapped by readers. A file keeps the
+//! store's own mapping of it while it waits in the pool, if the store wrote it (see
+//! [`super::file_write`]), so writing over it maps no pages either.
 //!
 //! # Never under a reader
 //!
@@ -28,6 +30,8 @@ use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
 
+use super::file_write::WriteMapping;
+
 /// Files smaller than this are deleted, not recycled.
 const MIN_RECYCLED_BYTES: u64 = 256 << 10;
 /// At most this many recycled files.
@@ -44,10 +48,25 @@ pub(crate) fn reserve(budget: u64) -> u64 {
     budget / RESERVE_DIVISOR
 }
 
+/// A file taken from the pool to write over, with the store's mapping of it if one was kept.
+#[derive(Debug)]
+pub(crate) struct RecycledFile {
+    pub path: PathBuf,
+    pub mapping: Option<WriteMapping>,
+}
+
+/// A file in the pool.
+#[derive(Debug)]
+struct Pooled {
+    path: PathBuf,
+    size: u64,
+    mapping: Option<WriteMapping>,
+}
+
 /// The pool of recycled files of one shared-memory directory.
 #[derive(Debug, Default)]
 pub(crate) struct Recycler {
-    files: Mutex<Vec<(PathBuf, u64)>>,
+    files: Mutex<Vec<Pooled>>,
     next: std::sync::atomic::AtomicU64,
     max_bytes: u64,
 }
@@ -60,9 +79,16 @@ impl Recycler {
         }
     }
 
-    /// Keeps `path` (an object file of `size` bytes in `dir` that nobody maps) for reuse;
-    /// deletes it if it is small or the pool is full. Returns whether it was kept.
-    pub(crate) fn keep(&self, dir: &Path, path: &Path, size: u64) -> bool {
+    /// Keeps `path` (an object file of `size` bytes in `dir` that nobody maps but the store,
+    /// through `mapping` if it wrote the file) for reuse; deletes it if it is small or the
+    /// pool is full. Returns whether it was kept.
+    pub(crate) fn keep(
+        &self,
+        dir: &Path,
+        path: &Path,
+        size: u64,
+        mapping: Option<WriteMapping>,
+    ) -> bool {
         // Held (if taken) until the file is renamed into the pool: see the module doc.
         let unmapped = std::fs::File::open(path)
             .ok()
@@ -72,7 +98,7 @@ impl Recycler {
             return false;
         }
         let mut files = self.files.lock();
-        let pooled: u64 = files.iter().map(|(_, size)| size).sum();
+        let pooled: u64 = files.iter().map(|file| file.size).sum();
         if size < MIN_RECYCLED_BYTES
             || files.len() >= MAX_RECYCLED_FILES
             || pooled + size > self.max_bytes
@@ -87,13 +113,18 @@ impl Recycler {
             let _ = std::fs::remove_file(path);
             return false;
         }
-        files.push((recycled, size));
+        files.push(Pooled {
+            path: recycled,
+            size,
+            mapping,
+        });
         true
     }
 
-    /// A recycled file to write over (the most recently freed: likeliest still in cache).
+    /// A recycled file for another process to write over (the most recently freed: likeliest
+    /// still in cache). The store's mapping of it, if any, is dropped.
     pub(crate) fn take(&self) -> Option<PathBuf> {
-        self.files.lock().pop().map(|(path, _)| path)
+        self.files.lock().pop().map(|file| file.path)
     }
 
     /// A recycled file to write an object of about `size` bytes over: the one closest to its
@@ -105,7 +136,7 @@ impl Recycler {
     /// over, then take the file of the task before (about their size) instead of a freed map
     /// output twice as large. A file much larger than the object would also waste what a
     /// large output could use.
-    pub(crate) fn take_fitting(&self, size: u64) -> Option<PathBuf> {
+    pub(crate) fn take_fitting(&self, size: u64) -> Option<RecycledFile> {
         let mut files = self.files.lock();
         let limit = size.saturating_mul(2).saturating_add(1 << 20);
         let cost = |file: u64| match file.checked_sub(size) {
@@ -115,29 +146,31 @@ impl Recycler {
         let chosen = files
             .iter()
             .enumerate()
-            .filter(|(_, (_, file))| *file <= limit)
-            .min_by_key(|(_, (_, file))| cost(*file))
+            .filter(|(_, file)| file.size <= limit)
+            .min_by_key(|(_, file)| cost(file.size))
             .map(|(index, _)| index)?;
-        Some(files.remove(chosen).0)
+        let Pooled { path, mapping, .. } = files.remove(chosen);
+        Some(RecycledFile { path, mapping })
     }
 
     /// Bytes of memory the pool holds.
     pub(crate) fn bytes(&self) -> u64 {
-        self.files.lock().iter().map(|(_, size)| size).sum()
+        self.files.lock().iter().map(|file| file.size).sum()
     }
 
     /// Deletes pooled files until at most `keep_bytes` remain; returns the bytes released.
     pub(crate) fn shrink_to(&self, keep_bytes: u64) -> u64 {
         let mut files = self.files.lock();
-        let mut pooled: u64 = files.iter().map(|(_, size)| size).sum();
+        let mut pooled: u64 = files.iter().map(|file| file.size).sum();
         let mut released = 0;
         while pooled > keep_bytes {
-            let Some((path, size)) = (!files.is_empty()).then(|| files.remove(0)) else {
+            let Some(file) = (!files.is_empty()).then(|| files.remove(0)) else {
                 break;
             };
-            let _ = std::fs::remove_file(path);
-            pooled -= size;
-            released += size;
+            // Unmapped with the file deleted: its pages are freed.
+            let _ = std::fs::remove_file(&file.path);
+            pooled -= file.size;
+            released += file.size;
         }
         released
     }
@@ -153,7 +186,7 @@ mod tests {
         for (i, kib) in sizes_kib.iter().enumerate() {
             let path = dir.join(format!("object-{i}"));
             std::fs::File::create(&path).unwrap();
-            assert!(recycler.keep(dir, &path, kib << 10));
+            assert!(recycler.keep(dir, &path, kib << 10, None));
         }
         recycler
     }
@@ -167,7 +200,7 @@ mod tests {
     ) -> Option<u64> {
         let taken = taken?;
         assert!(taken.starts_with(dir));
-        assert!(!recycler.files.lock().iter().any(|(path, _)| *path == taken));
+        assert!(!recycler.files.lock().iter().any(|file| file.path == taken));
         Some(
             taken
                 .file_name()
@@ -177,6 +210,12 @@ mod tests {
                 .map(|n| sizes_kib[n])
                 .unwrap(),
         )
+    }
+
+    impl Recycler {
+        fn take_fitting_path(&self, size: u64) -> Option<PathBuf> {
+            self.take_fitting(size).map(|file| file.path)
+        }
     }
 
     #[test]
@@ -189,21 +228,21 @@ mod tests {
             |recycler: &Recycler, dir: &Path, taken| size_in(&sizes, recycler, dir, taken);
         // The smallest file that holds the object.
         assert_eq!(
-            size_of(&recycler, dir, recycler.take_fitting(650 << 10)),
+            size_of(&recycler, dir, recycler.take_fitting_path(650 << 10)),
             Some(700)
         );
         // None holds it within twice its size: the largest smaller one.
         assert_eq!(
-            size_of(&recycler, dir, recycler.take_fitting(8 << 20)),
+            size_of(&recycler, dir, recycler.take_fitting_path(8 << 20)),
             Some(4096)
         );
         // A small object does not take a file many times its size.
         assert_eq!(
-            size_of(&recycler, dir, recycler.take_fitting(200 << 10)),
+            size_of(&recycler, dir, recycler.take_fitting_path(200 << 10)),
             Some(300)
         );
         assert_eq!(
-            size_of(&recycler, dir, recycler.take_fitting(10 << 10)),
+            size_of(&recycler, dir, recycler.take_fitting_path(10 << 10)),
             None
         );
         // An output of unknown size takes the most recently kept.
@@ -219,11 +258,11 @@ mod tests {
         let size_of =
             |recycler: &Recycler, dir: &Path, taken| size_in(&sizes, recycler, dir, taken);
         assert_eq!(
-            size_of(&recycler, dir, recycler.take_fitting(1010 << 10)),
+            size_of(&recycler, dir, recycler.take_fitting_path(1010 << 10)),
             Some(1000)
         );
         assert_eq!(
-            size_of(&recycler, dir, recycler.take_fitting(1000 << 10)),
+            size_of(&recycler, dir, recycler.take_fitting_path(1000 << 10)),
             Some(1200)
         );
     }
