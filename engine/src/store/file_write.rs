@@ -27,8 +27,10 @@ use std::os::fd::AsRawFd;
 use super::format::Encoded;
 
 /// A writable mapping of an object file, kept from one write over the file to the next (see
-/// the module doc). It covers at least the file's length, and every page of the file is mapped
-/// in it: the write that made or last used it wrote the whole file through it.
+/// the module doc). Every page of the file that lies within the mapping is mapped in it: the
+/// write that made or last used it wrote or mapped all of them (a file cut shorter loses its
+/// pages past the cut from every mapping; a file grown gets its new pages mapped by the next
+/// write through the mapping).
 pub(crate) struct WriteMapping {
     map: memmap2::MmapMut,
 }
@@ -57,6 +59,97 @@ impl WriteMapping {
     /// How many bytes of the file it covers.
     fn len(&self) -> usize {
         self.map.len()
+    }
+}
+
+/// Writes a recycled file from its start, as bytes arrive (an object received from another
+/// node), through a mapping of its first `capacity` bytes: their space allocated and their
+/// pages mapped up front, so each write is a copy into mapped pages (where `write(2)` into
+/// tmpfs locks, copies into and unlocks page by page). Bytes past the capacity (the object
+/// came out larger than said) go to the file with `pwrite`. [`finish`](Self::finish) cuts the
+/// file where the writes ended.
+pub(crate) struct MappedWriter {
+    file: File,
+    mapping: WriteMapping,
+    capacity: usize,
+    written: usize,
+}
+
+impl MappedWriter {
+    /// A writer over `file` (recycled: opened for reading and writing, its pages those of a
+    /// written object), through `kept` (the store's mapping of it) if that covers `capacity`
+    /// bytes, else a new mapping. At least the file's old length is mapped. `None` on a
+    /// filesystem that cannot allocate space ahead.
+    pub(crate) fn new(
+        file: &File,
+        kept: Option<WriteMapping>,
+        capacity: usize,
+    ) -> std::io::Result<Option<Self>> {
+        let old_len = usize::try_from(file.metadata()?.len()).map_err(std::io::Error::other)?;
+        let capacity = capacity.max(old_len).max(1).next_multiple_of(page_size());
+        file.set_len(capacity as u64)?;
+        let allocated = if on_tmpfs(file) { old_len } else { 0 };
+        if !allocate(file, allocated, capacity)? {
+            return Ok(None);
+        }
+        let (mut mapping, mapped) = match kept {
+            Some(kept) if kept.len() >= capacity => (kept, old_len),
+            _ => (WriteMapping::new(file, capacity)?, 0),
+        };
+        populate(&mut mapping.map[..capacity], mapped);
+        Ok(Some(Self {
+            file: file.try_clone()?,
+            mapping,
+            capacity,
+            written: 0,
+        }))
+    }
+
+    /// Cuts the file at the end of what was written; returns the mapping, to keep with it.
+    pub(crate) fn finish(self) -> std::io::Result<WriteMapping> {
+        self.file.set_len(self.written as u64)?;
+        Ok(self.mapping)
+    }
+}
+
+impl Write for MappedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let start = self.written;
+        let fits = self.capacity.saturating_sub(start).min(buf.len());
+        if fits > 0 {
+            self.mapping.map[start..start + fits].copy_from_slice(&buf[..fits]);
+        }
+        if fits < buf.len() {
+            use std::os::unix::fs::FileExt;
+            self.file
+                .write_all_at(&buf[fits..], (start + fits) as u64)?;
+        }
+        self.written += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Allocates the space of `file` from `from` to `to` (`fallocate`); `false` where the
+/// filesystem cannot.
+fn allocate(file: &File, from: usize, to: usize) -> std::io::Result<bool> {
+    if from >= to {
+        return Ok(true);
+    }
+    let offset = libc::off_t::try_from(from).map_err(std::io::Error::other)?;
+    let len = libc::off_t::try_from(to - from).map_err(std::io::Error::other)?;
+    // SAFETY: `fallocate` on an open descriptor we own, within the file's length.
+    let status = unsafe { libc::fallocate(file.as_raw_fd(), 0, offset, len) };
+    if status == 0 {
+        return Ok(true);
+    }
+    let error = std::io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::EOPNOTSUPP) => Ok(false),
+        _ => Err(error),
     }
 }
 
@@ -102,26 +195,17 @@ fn write_mapped(
     kept: Option<WriteMapping>,
 ) -> std::io::Result<Option<WriteMapping>> {
     file.set_len(encoded.len())?;
-    let len = libc::off_t::try_from(encoded.len()).map_err(std::io::Error::other)?;
+    let len = usize::try_from(encoded.len()).map_err(std::io::Error::other)?;
+    let old_len = usize::try_from(old_len).map_err(std::io::Error::other)?;
     // On tmpfs the pages of a recycled file's old length exist (it was written whole) and are
     // written in place; only what lies past them needs allocating. Elsewhere (a filesystem
     // that copies on write, say) all of it.
-    let old_len = libc::off_t::try_from(old_len).map_err(std::io::Error::other)?;
     let allocated = if on_tmpfs(file) { old_len.min(len) } else { 0 };
-    if allocated < len {
-        // SAFETY: `fallocate` on an open descriptor we own, within the length just set.
-        let status = unsafe { libc::fallocate(file.as_raw_fd(), 0, allocated, len - allocated) };
-        if status != 0 {
-            let error = std::io::Error::last_os_error();
-            return match error.raw_os_error() {
-                Some(libc::EOPNOTSUPP) => Ok(None),
-                _ => Err(error),
-            };
-        }
+    if !allocate(file, allocated, len)? {
+        return Ok(None);
     }
-    let len = len as usize;
     let (mut mapping, mapped) = match kept {
-        Some(kept) if kept.len() >= len => (kept, (old_len as usize).min(len)),
+        Some(kept) if kept.len() >= len => (kept, old_len.min(len)),
         _ => (WriteMapping::new(file, len)?, 0),
     };
     copy_in_shares(&mut mapping.map[..len], mapped, encoded)?;

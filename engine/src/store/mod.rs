@@ -376,7 +376,7 @@ impl ObjectStore {
 
     /// [`adopt`](Self::adopt), also saying how many bytes of other objects it spilled.
     pub fn adopt_reporting(&self, id: ObjectId) -> Result<Stored> {
-        let size = self.take_sealed(id)?;
+        let size = self.take_sealed(id, None)?;
         let spilled_bytes = self.make_room(None)?;
         Ok(Stored {
             size_bytes: size,
@@ -384,9 +384,22 @@ impl ObjectStore {
         })
     }
 
-    /// Counts the sealed shared-memory file of `id` (written by another process) as a
-    /// resident object of this store, without making room; its size.
-    fn take_sealed(&self, id: ObjectId) -> Result<u64> {
+    /// [`adopt`](Self::adopt) of a file this process wrote through `mapping` (kept for the
+    /// next write over the file, see [`file_write`]).
+    fn adopt_written(
+        &self,
+        id: ObjectId,
+        mapping: Option<file_write::WriteMapping>,
+    ) -> Result<u64> {
+        let size = self.take_sealed(id, mapping)?;
+        self.make_room(None)?;
+        Ok(size)
+    }
+
+    /// Counts the sealed shared-memory file of `id` (written by another process, or by this
+    /// one through `mapping`) as a resident object of this store, without making room; its
+    /// size.
+    fn take_sealed(&self, id: ObjectId, mapping: Option<file_write::WriteMapping>) -> Result<u64> {
         let dir = self
             .shared
             .as_ref()
@@ -395,7 +408,7 @@ impl ObjectStore {
         let size = std::fs::metadata(&path)
             .map_err(|e| Error::io(&path, e))?
             .len();
-        self.insert(id, Residence::Shared(None), size, None);
+        self.insert(id, Residence::Shared(None), size, mapping);
         Ok(size)
     }
 
@@ -614,11 +627,24 @@ impl ObjectStore {
         let target = match &self.shared {
             Some(dir) => {
                 let recycled = self.recycler.take_fitting(size_hint as u64);
-                let recycled = recycled.map(|file| file.path);
-                let (file, tmp) = dir.open_tmp(id, recycled.as_deref())?;
-                Target::File {
-                    out: std::io::BufWriter::with_capacity(1 << 20, file),
-                    tmp,
+                let (path, kept) = match recycled {
+                    Some(recycle::RecycledFile { path, mapping }) => (Some(path), mapping),
+                    None => (None, None),
+                };
+                let (file, tmp, reused) = dir.open_tmp_reusing(id, path.as_deref())?;
+                // Over a recycled file through a mapping; a fresh file with `write(2)`, which
+                // allocates its pages as it fills them.
+                let mapped = match reused {
+                    true => file_write::MappedWriter::new(&file, kept, size_hint)
+                        .map_err(|e| Error::io(&tmp, e))?,
+                    false => None,
+                };
+                match mapped {
+                    Some(out) => Target::Mapped { out, tmp },
+                    None => Target::File {
+                        out: std::io::BufWriter::with_capacity(1 << 20, file),
+                        tmp,
+                    },
                 }
             }
             None => Target::Memory(AlignedWriter(MutableBuffer::with_capacity(size_hint))),
@@ -1042,6 +1068,10 @@ enum Target {
         out: std::io::BufWriter<std::fs::File>,
         tmp: PathBuf,
     },
+    Mapped {
+        out: file_write::MappedWriter,
+        tmp: PathBuf,
+    },
     Memory(AlignedWriter),
 }
 
@@ -1080,6 +1110,7 @@ impl ObjectReceiver {
     pub fn writer(&mut self) -> &mut (dyn std::io::Write + Send) {
         match self.target.as_mut().expect("not finished") {
             Target::File { out, .. } => out,
+            Target::Mapped { out, .. } => out,
             Target::Memory(buffer) => buffer,
         }
     }
@@ -1087,6 +1118,31 @@ impl ObjectReceiver {
     /// Stores the object; returns its size.
     pub fn finish(self) -> Result<u64> {
         self.store(false)
+    }
+
+    /// Seals the received file `tmp`, once `written` whole (with the mapping it was written
+    /// through, if any), and adds it to the store: its size. Validated first if asked.
+    fn seal(
+        &self,
+        tmp: &Path,
+        written: Result<Option<file_write::WriteMapping>>,
+        validate: bool,
+    ) -> Result<u64> {
+        let id = self.id;
+        let sealed = written.and_then(|mapping| {
+            if validate {
+                format::read_object_validated(id, object_dir::map_file(tmp, id, None)?)?;
+            }
+            self.store.shared_dir_ref().seal(id, tmp)?;
+            Ok(mapping)
+        });
+        match sealed {
+            Ok(mapping) => self.store.adopt_written(id, mapping),
+            Err(e) => {
+                let _ = std::fs::remove_file(tmp);
+                Err(e)
+            }
+        }
     }
 
     /// [`finish`](Self::finish) for bytes from outside the cluster (a client's `DoPut`): the
@@ -1100,7 +1156,7 @@ impl ObjectReceiver {
         let id = self.id;
         match self.target.take().expect("not finished") {
             Target::File { out, tmp } => {
-                let result = (|| {
+                let written = (|| {
                     let mut file = out
                         .into_inner()
                         .map_err(|e| Error::io(&tmp, e.into_error()))?;
@@ -1108,16 +1164,13 @@ impl ObjectReceiver {
                     let written = std::io::Seek::stream_position(&mut file)
                         .map_err(|e| Error::io(&tmp, e))?;
                     file.set_len(written).map_err(|e| Error::io(&tmp, e))?;
-                    if validate {
-                        format::read_object_validated(id, object_dir::map_file(&tmp, id, None)?)?;
-                    }
-                    self.store.shared_dir_ref().seal(id, &tmp)
+                    Ok(None)
                 })();
-                if let Err(e) = result {
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(e);
-                }
-                self.store.adopt(id)
+                self.seal(&tmp, written, validate)
+            }
+            Target::Mapped { out, tmp } => {
+                let written = out.finish().map(Some).map_err(|e| Error::io(&tmp, e));
+                self.seal(&tmp, written, validate)
             }
             Target::Memory(buffer) => {
                 let bytes = buffer.into_bytes();
@@ -1133,7 +1186,7 @@ impl ObjectReceiver {
 
 impl Drop for ObjectReceiver {
     fn drop(&mut self) {
-        if let Some(Target::File { tmp, .. }) = &self.target {
+        if let Some(Target::File { tmp, .. } | Target::Mapped { tmp, .. }) = &self.target {
             let _ = std::fs::remove_file(tmp);
         }
         // Finished (the object is stored under the id) or abandoned: either way the id is no

@@ -170,7 +170,7 @@ impl ObjectDir {
     }
 
     /// [`open_tmp`](Self::open_tmp), also saying whether the file is `recycled`.
-    fn open_tmp_reusing(
+    pub(crate) fn open_tmp_reusing(
         &self,
         id: ObjectId,
         recycled: Option<&Path>,

@@ -36,7 +36,7 @@ impl ObjectStore {
     /// quarter of its budget over (see the module doc). `spilled_bytes` is what this call
     /// spilled plus what the background spilled since the last adoption reported it.
     pub fn adopt_spilling_behind(self: &Arc<Self>, id: ObjectId) -> Result<Stored> {
-        let size = self.take_sealed(id)?;
+        let size = self.take_sealed(id, None)?;
         let usage = self.state.lock().usage;
         let held = usage.resident_bytes + self.recycler.bytes();
         let over = held.saturating_sub(usage.budget_bytes);
