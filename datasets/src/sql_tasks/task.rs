@@ -2,7 +2,7 @@
 //! objects, run the partition, and store its rows as one block (split into the hash
 //! partitions of the stage's exchange when it feeds one).
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use arrow::array::RecordBatch;
 use bytes::Bytes;
@@ -95,6 +95,7 @@ fn run_stage_task(_ctx: &TaskContext, input: TaskInput) -> manta_engine::Result<
         &TASK_SESSION.task_ctx(),
         &InputCodec::bound(partition, groups),
     )
+    .and_then(with_faster_decimal_arithmetic)
     .map_err(|e| failed("its plan".into(), e))?;
     let label = format!("partition {partition} of {}", plan.name());
     let block = match args.output {
@@ -102,6 +103,18 @@ fn run_stage_task(_ctx: &TaskContext, input: TaskInput) -> manta_engine::Result<
         Output::Hash => run_hash_partitioned(plan, partition),
     };
     Ok(Object::Block(block.map_err(|e| failed(label, e))?))
+}
+
+/// `plan` with the embedded session's decimal arithmetic
+/// ([`FasterDecimalArithmetic`](crate::decimal_arithmetic::FasterDecimalArithmetic)): its
+/// expression has no protobuf form, so the driver's session cannot put it in the fragments it
+/// sends, and each task puts it in the fragment it decoded. Without it, TPC-H q1's stage over
+/// lineitem ran a third slower in a task than the same rows embedded.
+fn with_faster_decimal_arithmetic(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    use datafusion::physical_optimizer::PhysicalOptimizerRule;
+    let state = TASK_SESSION.state_ref();
+    let config = state.read();
+    crate::decimal_arithmetic::FasterDecimalArithmetic.optimize(plan, config.config_options())
 }
 
 /// The rows each input group gives the task's partition. With `sliced`, the objects of the
