@@ -46,6 +46,7 @@ fn tpch_queries_run_as_stages_of_tasks_on_the_nodes(cluster: &Cluster) {
             && physical.lines().nth(1).unwrap_or("").contains("StageExec"),
         "q21 runs as stages below the final merge:\n{physical}"
     );
+    a_view_read_twice_runs_once(&ctx);
     explain_analyze_shows_the_tasks_under_the_cut(&ctx);
     let wrong: Vec<String> = (1..=22)
         .filter_map(|n| {
@@ -56,6 +57,36 @@ fn tpch_queries_run_as_stages_of_tasks_on_the_nodes(cluster: &Cluster) {
         })
         .collect();
     assert!(wrong.is_empty(), "wrong answers:\n{}", wrong.join("\n"));
+}
+
+/// A view a query reads twice (as TPC-H q15 does) runs once: both reads are of one stage, and
+/// the answer is plain DataFusion's over the same files.
+fn a_view_read_twice_runs_once(ctx: &manta::Context) {
+    let query = "WITH r AS (SELECT o_custkey, sum(o_totalprice) AS total \
+                 FROM orders GROUP BY o_custkey) \
+                 SELECT o_custkey, total FROM r \
+                 WHERE total >= (SELECT max(total) FROM r) / 2 ORDER BY o_custkey";
+    let physical = tpch::physical_plan_of(ctx, query);
+    let hash_reads: Vec<&str> = physical
+        .lines()
+        .filter(|line| line.contains("StageExec") && line.contains("read=hash"))
+        .map(str::trim)
+        .collect();
+    assert!(
+        hash_reads.len() == 2 && hash_reads[0] == hash_reads[1],
+        "both reads of the view are of one stage:\n{physical}"
+    );
+    let df = datafusion::prelude::SessionContext::new();
+    let (_, orders) = tpch::tables()
+        .into_iter()
+        .find(|(table, _)| *table == "orders")
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(df.register_parquet("orders", &orders, Default::default()))
+        .unwrap();
+    let theirs = rows(&sql(&df, query));
+    assert!(!theirs.is_empty());
+    assert_eq!(rows(&ctx.sql(query).unwrap().to_arrow().unwrap()), theirs);
 }
 
 /// Joins that must see every probe row before they know a build row's fate (left, full, semi,

@@ -20,8 +20,13 @@ pub fn shared_tpch() -> PathBuf {
 /// Every cell of the batches as text (NULL as the empty string), row by row.
 /// The physical plan `EXPLAIN` shows for TPC-H query `n` on `ctx`.
 pub fn physical_plan(ctx: &manta::Context, n: usize) -> String {
+    physical_plan_of(ctx, &query(n))
+}
+
+/// The physical plan `EXPLAIN` shows for `sql`.
+pub fn physical_plan_of(ctx: &manta::Context, sql: &str) -> String {
     let plan = cells(
-        &ctx.sql(&format!("EXPLAIN {}", query(n)))
+        &ctx.sql(&format!("EXPLAIN {sql}"))
             .unwrap()
             .to_arrow()
             .unwrap(),

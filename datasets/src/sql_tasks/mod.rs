@@ -114,6 +114,7 @@ impl PhysicalOptimizerRule for StageTasks {
             stages: 0,
             partitions: config.execution.target_partitions.max(1),
             broadcast_rows: config.optimizer.hash_join_single_partition_threshold_rows,
+            made: Vec::new(),
         };
         let plan = plan.transform_up(|node| Ok(cut.visit(node)))?.data;
         // A plan that runs whole as tasks: the driver reads its partitions.
@@ -143,6 +144,9 @@ struct Cut {
     partitions: usize,
     /// The most rows DataFusion estimates a join side it broadcasts to have.
     broadcast_rows: usize,
+    /// The stages made so far: a new stage that does the same work as one of them is that
+    /// one (see [`Stage::does_the_same_as`]).
+    made: Vec<Arc<Stage>>,
 }
 
 impl Cut {
@@ -386,8 +390,9 @@ impl Cut {
     }
 
     /// A new stage running `fragment`, numbered `number` if given (a stage made again in
-    /// place of one that will never run), else the next number; `None` (and the reason in the
-    /// log) if the fragment cannot travel to tasks.
+    /// place of one that will never run), else the next number, or else a stage made before
+    /// that does the same work; `None` (and the reason in the log) if the fragment cannot
+    /// travel to tasks.
     fn new_stage(
         &mut self,
         number: Option<usize>,
@@ -398,8 +403,16 @@ impl Cut {
         let next = number.unwrap_or(self.stages + 1);
         match Stage::try_new(next, fragment, output, self.client.clone()) {
             Ok(stage) => {
+                if number.is_none()
+                    && let Some(same) = self.made.iter().find(|made| made.does_the_same_as(&stage))
+                {
+                    tracing::debug!(stage = same.number(), "{name} is a stage made before");
+                    return Some(Arc::clone(same));
+                }
                 self.stages = self.stages.max(next);
-                Some(Arc::new(stage.with_broadcast_if_small(self.broadcast_rows)))
+                let stage = Arc::new(stage.with_broadcast_if_small(self.broadcast_rows));
+                self.made.push(Arc::clone(&stage));
+                Some(stage)
             }
             Err(e) => {
                 tracing::debug!("{name} stays in the driver: it does not travel ({e})");

@@ -204,6 +204,29 @@ impl Stage {
         self
     }
 
+    /// Whether `other` does the same work as this stage: the same fragment (as its tasks
+    /// decode it) and output, over the same inputs (the same stages and blocks, read the same
+    /// way). A query that holds a subplan twice, such as TPC-H q15's view, then runs it once,
+    /// as the embedded session's shared subplans do.
+    pub fn does_the_same_as(&self, other: &Stage) -> bool {
+        let same_input = |(a, read_a): &(Input, Read), (b, read_b): &(Input, Read)| {
+            read_a == read_b
+                && match (a, b) {
+                    (Input::Stage(a), Input::Stage(b)) => Arc::ptr_eq(a, b),
+                    (Input::Blocks(a), Input::Blocks(b)) => Arc::ptr_eq(a, b),
+                    _ => false,
+                }
+        };
+        self.output == other.output
+            && self.encoded == other.encoded
+            && self.inputs.len() == other.inputs.len()
+            && self
+                .inputs
+                .iter()
+                .zip(&other.inputs)
+                .all(|(a, b)| same_input(a, b))
+    }
+
     /// The most build rows its join broadcasts instead (see [`adaptive`]), if it has that form.
     pub fn broadcast_threshold(&self) -> Option<u64> {
         self.broadcast_if_small.as_ref().map(|b| b.max_rows)
