@@ -5,7 +5,7 @@
 //! first waiter that may run anywhere; only when both are empty does it take another node's
 //! first waiter (it steals) — and the head lets it steal only once it has served its own
 //! waiters of every demand, and only from a line that node cannot soon serve itself: longer
-//! than its CPUs, or whose first has waited [`STEAL_AFTER`] (delay scheduling, as Spark's
+//! than its CPUs, or whose first has waited [`steal_after`] (delay scheduling, as Spark's
 //! locality wait, but short). On a busy cluster each node therefore runs the tasks whose
 //! inputs it holds — the head's dispatch picks by the node that has room, not by the task at
 //! the front of one global line — while tasks without inputs still go in the order they came.
@@ -25,8 +25,21 @@ use super::Lease;
 use crate::error::Result;
 
 /// How long a task waits for the node holding its inputs before another node with room may
-/// take it (when its line is short enough for that node to serve soon).
+/// take it (when its line is short enough for that node to serve soon), besides the time
+/// moving its inputs would take ([`steal_after`]).
 pub(super) const STEAL_AFTER: Duration = Duration::from_millis(10);
+
+/// The rate [`steal_after`] counts moving inputs between nodes at: about what a pull of a
+/// task's partitions reaches on loopback here.
+const STEAL_BYTES_PER_SECOND: f64 = 1e9;
+
+/// How long a task whose inputs are `bytes` at the node it waits for waits before another
+/// node may take it: [`STEAL_AFTER`], plus as long as moving those bytes would take. Moving a
+/// task is worth it when waiting costs more than moving its data: a task with a few MiB of
+/// inputs is taken after about 10 ms, one with 100 MB after about 110.
+pub(super) fn steal_after(bytes: u64) -> Duration {
+    STEAL_AFTER + Duration::from_secs_f64(bytes as f64 / STEAL_BYTES_PER_SECOND)
+}
 
 /// How many other nodes' lines a node with room looks at for one to steal from.
 const STEAL_LOOKS: usize = 8;
@@ -42,6 +55,8 @@ pub(super) struct Waiter {
     /// When it started waiting (a demand no live node fits waits at most
     /// [`super::HeadConfig::pending_timeout`]).
     pub(super) since: Instant,
+    /// How long it waits for the node it prefers before another may take it ([`steal_after`]).
+    pub(super) steal_after: Duration,
 }
 
 /// The tasks waiting for one demand; see the module documentation.
@@ -213,6 +228,7 @@ mod tests {
             label: format!("task {seq}"),
             placed,
             since: Instant::now(),
+            steal_after: STEAL_AFTER,
         }
     }
 
