@@ -25,10 +25,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let checksum = checksum_dir(&ctx, &written.path)?;
         let rss = rss_report(&ctx)?;
         println!(
-            "RESULT workload=etl mode={} scale={} run={run} seconds={seconds:.3} rows={} {rss} checksum={}",
+            "RESULT workload=etl mode={} scale={} run={run} seconds={seconds:.3} rows={} out_mib={:.1} {rss} checksum={}",
             args.mode(),
             args.scale,
             written.rows,
+            dir_bytes(&written.path)? as f64 / (1 << 20) as f64,
             checksum.hex()
         );
         if run == args.runs {
@@ -40,6 +41,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         baseline(args, &input)?;
     }
     Ok(())
+}
+
+/// The bytes of the files in `dir`.
+fn dir_bytes(dir: &std::path::Path) -> anyhow::Result<u64> {
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(dir)? {
+        bytes += entry?.metadata()?.len();
+    }
+    Ok(bytes)
 }
 
 fn checksum_dir(ctx: &manta::Context, dir: &std::path::Path) -> anyhow::Result<manta::Checksum> {
