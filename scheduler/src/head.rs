@@ -234,7 +234,9 @@ struct HeadState {
     next_seq: u64,
     /// Every actor created, live or dead ([`actors`]).
     actors: HashMap<manta_engine::ActorId, actors::ActorEntry>,
-    /// How long each task function runs, in nanoseconds (a moving average), by label.
+    /// How long each task function runs, in nanoseconds (a moving average), by function: not
+    /// by label, which for a SQL or dataset stage's tasks ("SQL stage 1, partition 0 of 2
+    /// (...)") names a place in a plan that every query has, doing different work in each.
     durations: HashMap<String, f64>,
     /// When the head last warned about demand no live node can meet.
     pending_warned: Option<Instant>,
@@ -676,20 +678,23 @@ impl Head {
     }
 
     /// Takes resources on the node the policy picks, waiting in its demand's queue while every
-    /// fitting node is busy.
+    /// fitting node is busy. `label` names the task in messages; `function` is what its
+    /// history of durations is kept by.
     async fn acquire(
         &self,
         demand: &Resources,
         input_bytes: &HashMap<NodeId, u64>,
         label: &str,
+        function: &str,
     ) -> Result<Lease> {
         let placed = {
             let mut state = self.state.lock();
             let key = format!("{demand:?}");
             let queued = state.waiting.get(&key).is_some_and(|q| !q.is_empty());
             if !queued {
-                match self.try_place(&mut state, demand, input_bytes, label, Instant::now()) {
-                    Some(Ok(reservation)) => return Ok(self.lease(&state, reservation, label)),
+                let placed = self.try_place(&mut state, demand, input_bytes, label, function);
+                match placed {
+                    Some(Ok(reservation)) => return Ok(self.lease(&state, reservation, function)),
                     Some(Err(e)) => return Err(e),
                     None => {}
                 }
@@ -701,6 +706,7 @@ impl Head {
                 seq: state.next_seq,
                 prefers,
                 label: label.to_string(),
+                function: function.to_string(),
                 placed,
                 since: Instant::now(),
                 steal_after: waiting::steal_after(bytes_there.unwrap_or(0)),
@@ -718,16 +724,16 @@ impl Head {
             .map_err(|_| Error::Internal("the head stopped while the task waited".into()))?
     }
 
-    /// Takes resources for `demand` on the node the policy picks: `None` if it must wait. A
-    /// demand that no live node fits waits too, until [`HeadConfig::pending_timeout`] after
-    /// `since`; then it fails naming what the nodes offer.
+    /// Takes resources for `demand` on the node the policy picks, for a task just arrived:
+    /// `None` if it must wait. A demand that no live node fits waits too, until
+    /// [`HeadConfig::pending_timeout`]; then it fails naming what the nodes offer.
     fn try_place(
         &self,
         state: &mut HeadState,
         demand: &Resources,
         input_bytes: &HashMap<NodeId, u64>,
         label: &str,
-        since: Instant,
+        function: &str,
     ) -> Option<Result<Reservation>> {
         match self
             .config
@@ -735,8 +741,12 @@ impl Head {
             .place(demand, input_bytes, &state.capacity)
         {
             Placement::Node(id) => Some(Ok(self.reserve(state, id, demand))),
-            Placement::Wait => self.queue_on_busy_node(state, demand, label, None).map(Ok),
-            Placement::Infeasible => self.infeasible(state, demand, label, since).map(Err),
+            Placement::Wait => self
+                .queue_on_busy_node(state, demand, function, None)
+                .map(Ok),
+            Placement::Infeasible => self
+                .infeasible(state, demand, label, Instant::now())
+                .map(Err),
         }
     }
 
@@ -794,19 +804,19 @@ impl Head {
         })
     }
 
-    /// A short task that finds every fitting node busy: queued on the node with the fewest
-    /// queued (or on node `only`), if one has room (see [`short_task_queue`]).
+    /// A short task (of `function`) that finds every fitting node busy: queued on the node
+    /// with the fewest queued (or on node `only`), if one has room (see [`short_task_queue`]).
     fn queue_on_busy_node(
         &self,
         state: &mut HeadState,
         demand: &Resources,
-        label: &str,
+        function: &str,
         only: Option<NodeId>,
     ) -> Option<Reservation> {
         if demand.memory_bytes > 0 || !demand.custom.is_empty() {
             return None;
         }
-        let per_cpu = short_task_queue(*state.durations.get(label)?)?;
+        let per_cpu = short_task_queue(*state.durations.get(function)?)?;
         let has_room = |n: &NodeEntry| {
             n.alive
                 && !n.draining
@@ -836,14 +846,14 @@ impl Head {
 
     /// A task's run on its node ended: notes how long it ran (if it did; a moving average
     /// per function) and gives the node's resources to the tasks waiting, under one lock.
-    fn ended_on_node(&self, reservation: Reservation, label: &str, wall_ns: Option<u64>) {
+    fn ended_on_node(&self, reservation: Reservation, function: &str, wall_ns: Option<u64>) {
         let node = reservation.node;
         let mut state = self.state.lock();
         if let Some(wall_ns) = wall_ns {
-            match state.durations.get_mut(label) {
+            match state.durations.get_mut(function) {
                 Some(mean) => *mean = *mean * 0.9 + wall_ns as f64 * 0.1,
                 None => {
-                    state.durations.insert(label.to_string(), wall_ns as f64);
+                    state.durations.insert(function.to_string(), wall_ns as f64);
                 }
             }
         }
@@ -960,7 +970,7 @@ impl Head {
             let reservation = if has_room {
                 self.reserve(state, node, &queue.demand)
             } else {
-                match self.queue_on_busy_node(state, &queue.demand, &waiter.label, Some(node)) {
+                match self.queue_on_busy_node(state, &queue.demand, &waiter.function, Some(node)) {
                     Some(reservation) => reservation,
                     None => {
                         queue.put_back(waiter);
@@ -968,7 +978,7 @@ impl Head {
                     }
                 }
             };
-            let lease = self.lease(state, reservation, &waiter.label);
+            let lease = self.lease(state, reservation, &waiter.function);
             if let Err(Ok(lease)) = waiter.placed.send(Ok(lease)) {
                 lease.reservation.give_back(state);
             }
@@ -1006,15 +1016,15 @@ impl Head {
         });
     }
 
-    /// What it takes to run a task of function `label` on the node `reservation` is on.
-    fn lease(&self, state: &HeadState, reservation: Reservation, label: &str) -> Lease {
+    /// What it takes to run a task of `function` on the node `reservation` is on.
+    fn lease(&self, state: &HeadState, reservation: Reservation, function: &str) -> Lease {
         let Some(node) = state.nodes.get(&reservation.node) else {
             unreachable!("a node is forgotten only after its reservations are given back")
         };
         Lease {
             short: state
                 .durations
-                .get(label)
+                .get(function)
                 .is_some_and(|mean| short_task_queue(*mean).is_some()),
             address: node.address.clone(),
             events_node: node.events_node,
@@ -1066,7 +1076,9 @@ impl Head {
             input_bytes.values().sum(),
         );
         loop {
-            let lease = self.acquire(&demand, &input_bytes, &request.label).await?;
+            let lease = self
+                .acquire(&demand, &input_bytes, &request.label, &request.function)
+                .await?;
             request.pipeline = lease.short;
             self.events.placed(&mut track, lease.events_node);
             // Boxed: a task waiting for a node then holds only what it needs to be placed.
@@ -1075,7 +1087,7 @@ impl Head {
                 .as_ref()
                 .ok()
                 .map(|success| success.stats.as_ref().map_or(0, |s| s.wall_ns));
-            self.ended_on_node(lease.reservation, &request.label, wall_ns);
+            self.ended_on_node(lease.reservation, &request.function, wall_ns);
             let retry = matches!(&outcome, Err(e) if e.is_retryable()
                 && attempt < request.max_retries
                 && !self.input_gone(e));
@@ -1786,13 +1798,13 @@ mod tests {
         let (on_a, on_b, on_c) = (on(a), on(b), on(c));
         let mut running = HashMap::new();
         for _ in 0..3 {
-            let lease = head.acquire(&cpu, &none, "busy").await.unwrap();
+            let lease = head.acquire(&cpu, &none, "busy", "busy").await.unwrap();
             running.insert(lease.reservation.node, lease);
         }
-        let mut at_b = pin!(head.acquire(&cpu, &on_b, "at b"));
-        let mut at_a = pin!(head.acquire(&cpu, &on_a, "at a"));
-        let mut anywhere = pin!(head.acquire(&cpu, &none, "anywhere"));
-        let mut at_c = pin!(head.acquire(&cpu, &on_c, "at c"));
+        let mut at_b = pin!(head.acquire(&cpu, &on_b, "at b", "at b"));
+        let mut at_a = pin!(head.acquire(&cpu, &on_a, "at a", "at a"));
+        let mut anywhere = pin!(head.acquire(&cpu, &none, "anywhere", "anywhere"));
+        let mut at_c = pin!(head.acquire(&cpu, &on_c, "at c", "at c"));
         for waiting in [
             at_b.as_mut(),
             at_a.as_mut(),
@@ -1840,11 +1852,11 @@ mod tests {
         let (cpu, none) = (Resources::one_cpu(), HashMap::new());
         let mut running = HashMap::new();
         for _ in 0..2 {
-            let lease = head.acquire(&cpu, &none, "busy").await.unwrap();
+            let lease = head.acquire(&cpu, &none, "busy", "busy").await.unwrap();
             running.insert(lease.reservation.node, lease);
         }
         let inputs_on_a = HashMap::from([(a, 1000u64)]);
-        let mut at_a = pin!(head.acquire(&cpu, &inputs_on_a, "at a"));
+        let mut at_a = pin!(head.acquire(&cpu, &inputs_on_a, "at a", "at a"));
         assert!(poll!(at_a.as_mut()).is_pending());
         drop(running.remove(&b));
         let stolen = tokio::time::timeout(Duration::from_secs(60), at_a)
@@ -1855,19 +1867,48 @@ mod tests {
         assert!(running.contains_key(&a), "a is still busy");
     }
 
+    /// Whether a task is short enough to queue on a busy node is told by its function's
+    /// history, not its label: a SQL stage's label ("SQL stage 1, partition 0 of 2 (...)")
+    /// names a place that every query's plan has, doing different work in each.
+    #[tokio::test]
+    async fn a_task_queues_on_a_busy_node_by_its_functions_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let (head, _) = head_with_one_cpu(dir.path());
+        let (cpu, none) = (Resources::one_cpu(), HashMap::new());
+        let label = "SQL stage 1, partition 0 of 1 (FilterExec)";
+        for _ in 0..3 {
+            let lease = head.acquire(&cpu, &none, label, "tiny").await.unwrap();
+            head.ended_on_node(lease.reservation, "tiny", Some(1_000));
+        }
+        let busy = head.acquire(&cpu, &none, "busy", "busy").await.unwrap();
+        let queued = match poll!(pin!(head.acquire(&cpu, &none, "another label", "tiny"))) {
+            std::task::Poll::Ready(lease) => lease.unwrap(),
+            std::task::Poll::Pending => panic!("a short function's task queues on the busy node"),
+        };
+        assert!(queued.short && queued.reservation.queued);
+        let mut other = pin!(head.acquire(&cpu, &none, label, "other"));
+        assert!(
+            poll!(other.as_mut()).is_pending(),
+            "a function without a short history waits for a free CPU, whatever its label"
+        );
+        drop(queued);
+        drop(busy);
+        assert!(!other.await.unwrap().short);
+    }
+
     #[tokio::test]
     async fn waiting_tasks_get_freed_resources_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let (head, node) = head_with_one_cpu(dir.path());
         let (cpu, none) = (Resources::one_cpu(), HashMap::new());
-        let first = head.acquire(&cpu, &none, "first").await.unwrap();
-        let mut second = pin!(head.acquire(&cpu, &none, "second"));
-        let mut third = pin!(head.acquire(&cpu, &none, "third"));
+        let first = head.acquire(&cpu, &none, "first", "first").await.unwrap();
+        let mut second = pin!(head.acquire(&cpu, &none, "second", "second"));
+        let mut third = pin!(head.acquire(&cpu, &none, "third", "third"));
         assert!(poll!(second.as_mut()).is_pending());
         assert!(poll!(third.as_mut()).is_pending());
         {
             // A waiter whose caller goes away is skipped, not given the CPU.
-            let mut gone = pin!(head.acquire(&cpu, &none, "gone"));
+            let mut gone = pin!(head.acquire(&cpu, &none, "gone", "gone"));
             assert!(poll!(gone.as_mut()).is_pending());
         }
         drop(first);
@@ -1898,7 +1939,7 @@ mod tests {
             ..Resources::default()
         };
         let (head, _) = head_with_one_cpu_waiting(dir.path(), Duration::ZERO);
-        let error = match head.acquire(&big, &HashMap::new(), "big").await {
+        let error = match head.acquire(&big, &HashMap::new(), "big", "big").await {
             Err(e) => e.to_string(),
             Ok(_) => panic!("4 CPUs on a 1-CPU node"),
         };
@@ -1906,7 +1947,7 @@ mod tests {
 
         let (head, _) = head_with_one_cpu(dir.path());
         let no_inputs = HashMap::new();
-        let mut acquiring = Box::pin(head.acquire(&big, &no_inputs, "big"));
+        let mut acquiring = Box::pin(head.acquire(&big, &no_inputs, "big", "big"));
         assert!(futures::poll!(&mut acquiring).is_pending());
         assert_eq!(head.pending_demand().len(), 1);
         assert!(head.pending_demand()[0].fits_no_live_node);
@@ -1948,7 +1989,7 @@ mod tests {
             ..HeadConfig::default()
         });
         let none = HashMap::new();
-        let error = match head.acquire(&cpus(4.0), &none, "huge").await {
+        let error = match head.acquire(&cpus(4.0), &none, "huge", "huge").await {
             Err(e) => e.to_string(),
             Ok(_) => panic!("4 CPUs placed on a 1-CPU node"),
         };
@@ -1959,7 +2000,7 @@ mod tests {
         );
         // Two CPUs: a node type offers them, so the task waits for the autoscaler.
         let pair = cpus(2.0);
-        let acquiring = head.acquire(&pair, &none, "pair");
+        let acquiring = head.acquire(&pair, &none, "pair", "pair");
         tokio::pin!(acquiring);
         assert!(futures::poll!(&mut acquiring).is_pending());
         assert_eq!(head.load().pending, vec![(cpus(2.0), 1)]);
@@ -1991,12 +2032,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (head, node) = head_with_one_cpu(dir.path());
         let (cpu, none) = (Resources::one_cpu(), HashMap::new());
-        let lease = head.acquire(&cpu, &none, "first").await.unwrap();
+        let lease = head.acquire(&cpu, &none, "first", "first").await.unwrap();
         assert!(head.load().nodes[0].busy);
         assert!(!head.drain_if_idle(node));
         drop(lease);
         assert!(head.drain_if_idle(node));
-        let mut waiting = pin!(head.acquire(&cpu, &none, "second"));
+        let mut waiting = pin!(head.acquire(&cpu, &none, "second", "second"));
         assert!(poll!(&mut waiting).is_pending());
         head.undrain(node);
         assert!(waiting.await.is_ok());

@@ -250,7 +250,12 @@ impl Head {
                     incarnation += 1;
                     constructor.actor_incarnation = incarnation;
                     let lease = match self
-                        .acquire(&demand, &HashMap::new(), &constructor.label)
+                        .acquire(
+                            &demand,
+                            &HashMap::new(),
+                            &constructor.label,
+                            &constructor.function,
+                        )
                         .await
                     {
                         Ok(lease) => lease,

@@ -51,6 +51,8 @@ pub(super) struct Waiter {
     /// The node holding most of its input bytes (which can run it), if any.
     pub(super) prefers: Option<NodeId>,
     pub(super) label: String,
+    /// Its function, by which its history of durations is kept.
+    pub(super) function: String,
     pub(super) placed: oneshot::Sender<Result<Lease>>,
     /// When it started waiting (a demand no live node fits waits at most
     /// [`super::HeadConfig::pending_timeout`]).
@@ -226,6 +228,7 @@ mod tests {
             seq,
             prefers,
             label: format!("task {seq}"),
+            function: "f".into(),
             placed,
             since: Instant::now(),
             steal_after: STEAL_AFTER,
