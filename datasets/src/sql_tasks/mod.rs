@@ -26,6 +26,8 @@
 //!   that side broadcast instead, and its probe side is not exchanged (see [`adaptive`]);
 //! * a round-robin spread (`RepartitionExec` round robin) over such work is dropped: it only
 //!   makes more partitions of the same rows;
+//! * a stage that does the same work as one made before (a view the query reads twice) is
+//!   that one, run once ([`Stage::does_the_same_as`]);
 //! * where the driver's own work begins (a merge of sorted partitions, a final aggregate over
 //!   all partitions, a global limit), the work below becomes a stage whose partitions the
 //!   driver reads in place, one per task.

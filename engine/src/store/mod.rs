@@ -635,8 +635,10 @@ impl ObjectStore {
                 // Over a recycled file through a mapping; a fresh file with `write(2)`, which
                 // allocates its pages as it fills them.
                 let mapped = match reused {
-                    true => file_write::MappedWriter::new(&file, kept, size_hint)
-                        .map_err(|e| Error::io(&tmp, e))?,
+                    true => file_write::MappedWriter::new(&file, kept, size_hint).map_err(|e| {
+                        let _ = std::fs::remove_file(&tmp);
+                        Error::io(&tmp, e)
+                    })?,
                     false => None,
                 };
                 match mapped {
