@@ -87,14 +87,8 @@ impl MappedWriter {
     ) -> std::io::Result<Option<Self>> {
         let old_len = usize::try_from(file.metadata()?.len()).map_err(std::io::Error::other)?;
         let capacity = capacity.max(old_len).max(1).next_multiple_of(page_size());
-        file.set_len(capacity as u64)?;
-        let allocated = if on_tmpfs(file) { old_len } else { 0 };
-        if !allocate(file, allocated, capacity)? {
+        let Some((mut mapping, mapped)) = resize_and_map(file, old_len, capacity, kept)? else {
             return Ok(None);
-        }
-        let (mut mapping, mapped) = match kept {
-            Some(kept) if kept.len() >= capacity => (kept, old_len),
-            _ => (WriteMapping::new(file, capacity)?, 0),
         };
         populate(&mut mapping.map[..capacity], mapped);
         Ok(Some(Self {
@@ -194,9 +188,26 @@ fn write_mapped(
     encoded: &Encoded,
     kept: Option<WriteMapping>,
 ) -> std::io::Result<Option<WriteMapping>> {
-    file.set_len(encoded.len())?;
     let len = usize::try_from(encoded.len()).map_err(std::io::Error::other)?;
     let old_len = usize::try_from(old_len).map_err(std::io::Error::other)?;
+    let Some((mut mapping, mapped)) = resize_and_map(file, old_len, len, kept)? else {
+        return Ok(None);
+    };
+    copy_in_shares(&mut mapping.map[..len], mapped, encoded)?;
+    Ok(Some(mapping))
+}
+
+/// Sets `file` (whose length was `old_len`) to `len` bytes with their space allocated, and
+/// maps them for writing: through `kept` if it covers them, else a new mapping. Returns the
+/// mapping and how many of its first bytes already have their pages mapped; `None` (nothing
+/// mapped) on a filesystem that cannot allocate space ahead.
+fn resize_and_map(
+    file: &File,
+    old_len: usize,
+    len: usize,
+    kept: Option<WriteMapping>,
+) -> std::io::Result<Option<(WriteMapping, usize)>> {
+    file.set_len(len as u64)?;
     // On tmpfs the pages of a recycled file's old length exist (it was written whole) and are
     // written in place; only what lies past them needs allocating. Elsewhere (a filesystem
     // that copies on write, say) all of it.
@@ -204,12 +215,10 @@ fn write_mapped(
     if !allocate(file, allocated, len)? {
         return Ok(None);
     }
-    let (mut mapping, mapped) = match kept {
+    Ok(Some(match kept {
         Some(kept) if kept.len() >= len => (kept, old_len.min(len)),
         _ => (WriteMapping::new(file, len)?, 0),
-    };
-    copy_in_shares(&mut mapping.map[..len], mapped, encoded)?;
-    Ok(Some(mapping))
+    }))
 }
 
 /// Copies `encoded` into `dest` (a mapping of its file, whose first `mapped` bytes have their

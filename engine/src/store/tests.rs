@@ -542,7 +542,7 @@ fn a_full_store_keeps_recycled_files_to_write_over() {
 /// nulls, strings and empty batches of random sizes, and bytes objects.
 #[test]
 fn objects_written_over_recycled_files_of_any_size_read_back_whole() {
-    use rand::{Rng, SeedableRng};
+    use rand::SeedableRng;
 
     let tmp = tempfile::tempdir().unwrap();
     let store = shared_store(1 << 30, tmp.path());
@@ -558,15 +558,9 @@ fn objects_written_over_recycled_files_of_any_size_read_back_whole() {
         store.put(id, object.clone()).unwrap();
         kept.push((id, object));
         // Free about half of what is kept, so later puts land on recycled files.
-        if rng.random_bool(0.6) {
-            let (id, object) = kept.swap_remove(rng.random_range(0..kept.len()));
-            assert_objects_equal(&store.get(id).unwrap(), &object);
-            store.free(id);
-        }
+        free_one_now_and_then(&store, &mut kept, &mut rng);
     }
-    for (id, object) in &kept {
-        assert_objects_equal(&store.get(*id).unwrap(), object);
-    }
+    assert_all_read_back(&store, &kept);
     assert!(
         recycled_into > 5,
         "only {recycled_into} puts found a recycled file"
@@ -639,19 +633,34 @@ fn objects_received_over_recycled_files_of_any_size_read_back_whole() {
             "round {round}: the file holds the object's stored bytes"
         );
         kept.push((id, object));
-        if rng.random_bool(0.6) {
-            let (id, object) = kept.swap_remove(rng.random_range(0..kept.len()));
-            assert_objects_equal(&store.get(id).unwrap(), &object);
-            store.free(id);
-        }
+        free_one_now_and_then(&store, &mut kept, &mut rng);
     }
-    for (id, object) in &kept {
-        assert_objects_equal(&store.get(*id).unwrap(), object);
-    }
+    assert_all_read_back(&store, &kept);
     assert!(
         received_over_recycled > 10,
         "only {received_over_recycled} receives found a recycled file"
     );
+}
+
+/// With probability 0.6, frees one of the `kept` objects (at random) after checking it reads
+/// back, so that later writes land on its recycled file.
+fn free_one_now_and_then(
+    store: &Arc<ObjectStore>,
+    kept: &mut Vec<(ObjectId, Object)>,
+    rng: &mut impl rand::Rng,
+) {
+    if rng.random_bool(0.6) {
+        let (id, object) = kept.swap_remove(rng.random_range(0..kept.len()));
+        assert_objects_equal(&store.get(id).unwrap(), &object);
+        store.free(id);
+    }
+}
+
+/// Every `kept` object reads back as it was put.
+fn assert_all_read_back(store: &Arc<ObjectStore>, kept: &[(ObjectId, Object)]) {
+    for (id, object) in kept {
+        assert_objects_equal(&store.get(*id).unwrap(), object);
+    }
 }
 
 /// An object of up to 120,000 rows: every fifth round bytes, else a block of numbers with
