@@ -165,7 +165,11 @@ impl Context {
     /// Starts the embedded runtime, or joins the cluster at `config.address`.
     pub fn new(config: Config) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(match config.address {
+                // DataFusion's operators run on an embedded driver's runtime.
+                None => 2,
+                Some(_) => manta_scheduler::io_threads::io_threads(),
+            })
             .thread_name("manta-driver")
             .enable_all()
             .build()

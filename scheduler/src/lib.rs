@@ -47,6 +47,7 @@ pub mod events;
 pub mod executables;
 pub mod head;
 pub mod http_auth;
+pub mod io_threads;
 pub mod jobs;
 pub mod lineage;
 pub mod local_stores;

@@ -32,6 +32,10 @@ fn run_dir() -> PathBuf {
 pub fn run_foreground(args: StartArgs) -> Result<()> {
     super::validate(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(
+            args.runtime_threads
+                .map_or_else(manta::scheduler::io_threads::io_threads, usize::from),
+        )
         .enable_all()
         .build()?;
     let daemon_child = args.daemon_child;

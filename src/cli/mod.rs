@@ -130,6 +130,12 @@ pub struct StartArgs {
     /// Head: keep no task events (what the dashboard's stages and `manta timeline` show).
     #[arg(long, requires = "head")]
     no_task_events: bool,
+    /// Threads of this daemon's async runtime [default: a quarter of this machine's cores,
+    /// at least 1 and at most 8]. The daemon mostly passes messages and shares the machine
+    /// with its workers: on a small machine one thread serves its streams without waking
+    /// another for each message.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    runtime_threads: Option<u16>,
     /// Head: run the autoscaler this cluster config file describes (what `manta up` does).
     #[arg(long, requires = "head", value_name = "CONFIG")]
     autoscaler: Option<PathBuf>,
