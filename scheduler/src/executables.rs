@@ -219,8 +219,7 @@ pub struct LoadedExecutable {
 }
 
 impl LoadedExecutable {
-    /// Its path, if that still names the verified file (two `stat`s: cheap enough for every
-    /// use).
+    /// Its path, if that still names the verified file (two `stat`s).
     pub fn in_place(&self) -> Option<&Path> {
         use std::os::unix::fs::MetadataExt;
         let open = self.file.metadata().ok()?;
@@ -255,6 +254,30 @@ impl LoadedExecutable {
             offset += n as u64;
         }
         writer.finish()
+    }
+}
+
+/// A job's executable as a node starts workers from it: loaded once, and checked (or put
+/// back) before each start by [`JobExecutable::path`], not on every task.
+#[derive(Clone, Debug)]
+pub struct JobExecutable {
+    loaded: std::sync::Arc<LoadedExecutable>,
+    cache: ExecutableCache,
+}
+
+impl JobExecutable {
+    /// `loaded`, from `cache`.
+    pub fn new(loaded: std::sync::Arc<LoadedExecutable>, cache: ExecutableCache) -> Self {
+        Self { loaded, cache }
+    }
+
+    /// The path to start a worker by, after [`LoadedExecutable::installed`] on a blocking
+    /// thread.
+    pub async fn path(&self) -> Result<PathBuf> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.loaded.installed(&this.cache))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
     }
 }
 
@@ -334,7 +357,7 @@ mod tests {
     }
 
     /// Nine different executables through a cache that keeps eight: the node that loaded the
-    /// first still starts it, from the same verified bytes, though it was pruned.
+    /// first still starts workers from it, the same verified bytes, though it was pruned.
     #[test]
     fn a_loaded_executable_survives_being_pruned() {
         let tmp = tempfile::tempdir().unwrap();
@@ -352,7 +375,12 @@ mod tests {
             install(&cache, format!("program {i}").as_bytes());
         }
         assert!(!cache.path(&first).exists(), "pruned");
-        let path = loaded.installed(&cache).unwrap();
+        // What a node's worker pool does before it starts a worker.
+        let job = JobExecutable::new(std::sync::Arc::new(loaded), cache.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let path = runtime.block_on(job.path()).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"#!/bin/sh\necho first\n");
         assert_eq!(hash_file(&path).unwrap().0, first);
     }

@@ -27,7 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{Error, Result};
-use crate::executables::{ExecutableCache, LoadedExecutable};
+use crate::executables::{ExecutableCache, JobExecutable, LoadedExecutable};
 use crate::proto::head_client::HeadClient;
 use crate::proto::node_server::{Node as NodeRpc, NodeServer};
 use crate::proto::worker_server::{Worker as WorkerRpc, WorkerServer};
@@ -180,9 +180,9 @@ impl NodeDaemon {
         &self.store
     }
 
-    /// The path to start the executable with `hash` by: loaded (verified) once, and checked
-    /// to still be in place before every use (see [`crate::executables`]).
-    async fn ensure_executable(&self, hash: &str) -> Result<PathBuf> {
+    /// The executable with `hash`, loaded (verified) once per node; the worker pool checks it
+    /// is still in place before each worker it starts (see [`crate::executables`]).
+    async fn job_executable(&self, hash: &str) -> Result<JobExecutable> {
         let loaded = self.loaded_executables.lock().get(hash).cloned();
         let loaded = match loaded {
             Some(loaded) => loaded,
@@ -211,13 +211,7 @@ impl NodeDaemon {
                 loaded
             }
         };
-        if let Some(path) = loaded.in_place() {
-            return Ok(path.to_path_buf());
-        }
-        let cache = self.executables.clone();
-        tokio::task::spawn_blocking(move || loaded.installed(&cache))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?
+        Ok(JobExecutable::new(loaded, self.executables.clone()))
     }
 
     /// The executable with `hash` from the cache, downloaded from the head if missing.
@@ -297,7 +291,7 @@ impl NodeDaemon {
             tracing::info!(object = %output_id, "a retried task's unreported output is replaced");
             self.store.free(output_id);
         }
-        let executable = self.ensure_executable(&request.executable_hash).await?;
+        let executable = self.job_executable(&request.executable_hash).await?;
         let mut prepared = self.prepare(&request).await?;
         let assignment = prepared.assignment.take().expect("just prepared");
         let (done, worker_pid) = self
@@ -314,7 +308,7 @@ impl NodeDaemon {
     async fn create_actor(&self, request: proto::TaskRequest) -> Result<proto::TaskSuccess> {
         let job = JobId::from_slice(&request.job_id)?;
         let actor = ActorId::from_slice(&request.actor_id)?;
-        let executable = self.ensure_executable(&request.executable_hash).await?;
+        let executable = self.job_executable(&request.executable_hash).await?;
         let worker = self.workers.start_actor(job, executable, actor).await?;
         self.actors.lock().insert(
             actor,

@@ -21,7 +21,7 @@
 //! their node, and `end_job` stops a job's workers when its driver is done.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
 use crate::error::{Error, Result};
+use crate::executables::JobExecutable;
 use crate::proto::{WorkerAssignment, WorkerDone};
 
 /// Environment variables a worker process is started with.
@@ -105,7 +106,7 @@ impl WorkerConn {
 }
 
 struct JobWorkers {
-    executable: PathBuf,
+    executable: JobExecutable,
     idle: Vec<Arc<WorkerConn>>,
     /// Every attached worker, idle or not (short tasks are queued on busy ones).
     attached: Vec<Arc<WorkerConn>>,
@@ -191,7 +192,7 @@ impl WorkerPools {
     pub async fn run(
         self: &Arc<Self>,
         job: JobId,
-        executable: PathBuf,
+        executable: JobExecutable,
         assignment: WorkerAssignment,
         pipeline: bool,
     ) -> Result<(WorkerDone, u32)> {
@@ -244,7 +245,11 @@ impl WorkerPools {
             .map_err(|_| died("exited while running the task"))
     }
 
-    async fn acquire(self: &Arc<Self>, job: JobId, executable: PathBuf) -> Result<Arc<WorkerConn>> {
+    async fn acquire(
+        self: &Arc<Self>,
+        job: JobId,
+        executable: JobExecutable,
+    ) -> Result<Arc<WorkerConn>> {
         let (tx, rx) = oneshot::channel();
         let start = {
             let mut jobs = self.jobs.lock();
@@ -297,7 +302,7 @@ impl WorkerPools {
     }
 
     /// The command that starts a worker process of `job`.
-    fn command(&self, job: JobId, executable: &PathBuf, index: u64) -> tokio::process::Command {
+    fn command(&self, job: JobId, executable: &Path, index: u64) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(executable);
         command
             .env(env::NODE_ADDRESS, &self.node_address)
@@ -328,9 +333,10 @@ impl WorkerPools {
     pub async fn start_actor(
         self: &Arc<Self>,
         job: JobId,
-        executable: PathBuf,
+        executable: JobExecutable,
         actor: ActorId,
     ) -> Result<Arc<WorkerConn>> {
+        let executable = executable.path().await?;
         let mut command = self.command(job, &executable, 0);
         command.env(env::ACTOR, actor.to_string());
         let (attached, answer) = oneshot::channel();
@@ -390,30 +396,33 @@ impl WorkerPools {
         }
     }
 
-    /// Starts one worker process; a task watches it until it exits.
-    fn start(self: &Arc<Self>, job: JobId, executable: PathBuf, index: u64) {
-        let mut command = self.command(job, &executable, index);
+    /// Starts one worker process, from its executable checked to be in place (on a task of
+    /// its own); a task watches it until it exits.
+    fn start(self: &Arc<Self>, job: JobId, executable: JobExecutable, index: u64) {
         let pools = Arc::clone(self);
-        match command.spawn() {
-            Ok(mut child) => {
-                let pid = child.id().unwrap_or(0);
-                if let Some(workers) = self.jobs.lock().get_mut(&job) {
-                    workers.pids.push(pid);
-                }
-                tracing::info!(%job, pid, index, executable = %executable.display(), "started worker");
-                tokio::spawn(async move {
-                    let status = child.wait().await;
-                    let status = status
-                        .map(|s| s.to_string())
-                        .unwrap_or_else(|e| e.to_string());
-                    pools.exited(job, pid, &status);
-                });
+        tokio::spawn(async move {
+            let spawned = match executable.path().await {
+                Ok(path) => pools
+                    .command(job, &path, index)
+                    .spawn()
+                    .map_err(|e| format!("could not start worker {}: {e}", path.display())),
+                Err(e) => Err(format!("could not start a worker: {e}")),
+            };
+            let mut child = match spawned {
+                Ok(child) => child,
+                Err(message) => return pools.start_failed(job, &message),
+            };
+            let pid = child.id().unwrap_or(0);
+            if let Some(workers) = pools.jobs.lock().get_mut(&job) {
+                workers.pids.push(pid);
             }
-            Err(e) => {
-                let message = format!("could not start worker {}: {e}", executable.display());
-                pools.start_failed(job, &message);
-            }
-        }
+            tracing::info!(%job, pid, index, "started worker");
+            let status = child.wait().await;
+            let status = status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|e| e.to_string());
+            pools.exited(job, pid, &status);
+        });
     }
 
     /// A worker process connected and said hello: hand it to a waiting task, or keep it idle.
