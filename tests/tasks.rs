@@ -188,6 +188,45 @@ fn wait_returns_when_enough_are_done_or_the_timeout_expires() {
     assert_eq!(ctx.get(&gated).unwrap(), 42);
 }
 
+/// A gate of its own for `get_all_answers_a_failure_while_calls_before_it_run`.
+static FAILURE_GATE: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+
+#[manta::remote]
+fn behind_failure_gate(value: i64) -> i64 {
+    let (open, changed) = &FAILURE_GATE;
+    let mut open = open.lock().unwrap();
+    while !*open {
+        open = changed.wait(open).unwrap();
+    }
+    value
+}
+
+#[test]
+fn get_all_answers_a_failure_while_calls_before_it_run() {
+    let ctx = embedded();
+    let gated = behind_failure_gate.remote(&ctx, 7);
+    let failed = explode.remote(&ctx, 3);
+    let refs = vec![gated.clone(), failed];
+    let (answer, answered) = std::sync::mpsc::channel();
+    let getter = {
+        let ctx = ctx.clone();
+        std::thread::spawn(move || answer.send(ctx.get_all(&refs).map_err(|e| e.to_string())))
+    };
+    // Bounded, so that a get_all waiting for the gated call fails here rather than hanging.
+    let error = answered
+        .recv_timeout(Duration::from_secs(60))
+        .expect("get_all answers the failure without waiting for the gated call")
+        .unwrap_err();
+    assert!(error.contains("exploded at 3"), "{error}");
+    assert!(!gated.is_ready());
+    getter.join().unwrap().unwrap();
+
+    let (open, changed) = &FAILURE_GATE;
+    *open.lock().unwrap() = true;
+    changed.notify_all();
+    assert_eq!(ctx.get(&gated).unwrap(), 7);
+}
+
 #[test]
 fn objects_are_freed_when_the_last_ref_drops() {
     let ctx = embedded();

@@ -272,6 +272,15 @@ pub fn get_all<T: DeserializeOwned>(
     objects: &[ObjectRef<T>],
 ) -> Result<Vec<T>> {
     let client = runtime.client();
+    // Waits for the calls first, on the runtime (see `wait_on_runtime`); a failure ends the
+    // wait, to be returned below.
+    let pending: Vec<UntypedRef> = objects
+        .iter()
+        .filter(|o| !o.is_ready())
+        .map(ObjectRef::untyped)
+        .collect();
+    let wanted = pending.len();
+    wait_on_runtime(runtime, pending, wanted, true, None);
     // Values already here are read in place; only the rest are fetched, concurrently (a
     // future per object would cost more than the read itself).
     let mut values = Vec::with_capacity(objects.len());
@@ -313,28 +322,19 @@ pub fn wait<T>(
     timeout: Option<Duration>,
 ) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
     let wanted = num_returns.min(objects.len());
-    block_on(runtime, async {
-        let mut done = objects.iter().filter(|o| o.is_ready()).count();
-        let mut pending: FuturesUnordered<_> = objects
-            .iter()
-            .filter(|o| !o.is_ready())
-            .map(|o| async move {
-                // Done either way: with a value or with the failure that replaces it.
-                let _ = o.stored().await;
-            })
-            .collect();
-        let waiting = async {
-            while done < wanted && pending.next().await.is_some() {
-                done += 1;
-            }
-        };
-        match timeout {
-            Some(timeout) => {
-                let _ = tokio::time::timeout(timeout, waiting).await;
-            }
-            None => waiting.await,
-        }
-    });
+    let done = objects.iter().filter(|o| o.is_ready()).count();
+    let pending: Vec<UntypedRef> = objects
+        .iter()
+        .filter(|o| !o.is_ready())
+        .map(ObjectRef::untyped)
+        .collect();
+    wait_on_runtime(
+        runtime,
+        pending,
+        wanted.saturating_sub(done),
+        false,
+        timeout,
+    );
     let (mut ready, mut rest) = (Vec::new(), Vec::new());
     for object in objects {
         if ready.len() < wanted && object.is_ready() {
@@ -344,6 +344,58 @@ pub fn wait<T>(
         }
     }
     (ready, rest)
+}
+
+/// Blocks the calling thread until `wanted` of `pending` are done (or, with
+/// `stop_on_failure`, one has failed), or `timeout` passes.
+///
+/// On a cluster the refs are set on the driver's runtime, as results arrive: there the waiting
+/// runs as a task of that runtime, so each ref set wakes only that task, on the thread that
+/// set it, and the calling thread is woken once, at the end. Waited for on the calling
+/// thread, each ref set woke it across threads (a futex wake and a context switch): a seventh
+/// of the driver's time at 50,000 tasks a second. Embedded, the refs are set on the
+/// executor's threads, and a waiting task on the runtime would only add a hop: the calling
+/// thread waits itself.
+fn wait_on_runtime(
+    runtime: &impl Runtime,
+    pending: Vec<UntypedRef>,
+    wanted: usize,
+    stop_on_failure: bool,
+    timeout: Option<Duration>,
+) {
+    if wanted == 0 {
+        return;
+    }
+    let waiting = async move {
+        let mut left: FuturesUnordered<_> = pending
+            .iter()
+            .map(|o| async move { o.resolution().await.is_err() })
+            .collect();
+        let mut done = 0;
+        while done < wanted {
+            match left.next().await {
+                Some(failed) if failed && stop_on_failure => break,
+                Some(_) => done += 1,
+                None => break,
+            }
+        }
+    };
+    let waiting = async move {
+        match timeout {
+            Some(timeout) => {
+                let _ = tokio::time::timeout(timeout, waiting).await;
+            }
+            None => waiting.await,
+        }
+    };
+    match runtime.client() {
+        // Ends when the waiting does; an error means the runtime is stopping, and then the
+        // refs' own outcomes say why.
+        Client::Cluster(_) => {
+            let _ = block_on(runtime, runtime.handle().spawn(waiting));
+        }
+        Client::Embedded(_) => block_on(runtime, waiting),
+    }
 }
 
 pub(crate) fn block_on<F: Future>(runtime: &impl Runtime, future: F) -> F::Output {
