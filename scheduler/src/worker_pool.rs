@@ -413,8 +413,11 @@ impl WorkerPools {
                 Err(message) => return pools.start_failed(job, &message),
             };
             let pid = child.id().unwrap_or(0);
-            if let Some(workers) = pools.jobs.lock().get_mut(&job) {
-                workers.pids.push(pid);
+            match pools.jobs.lock().get_mut(&job) {
+                Some(workers) => workers.pids.push(pid),
+                // The job ended while the executable was checked: `end_job` could not stop
+                // this worker, so dropping it does (`kill_on_drop`).
+                None => return,
             }
             tracing::info!(%job, pid, index, "started worker");
             let status = child.wait().await;
