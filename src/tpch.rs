@@ -82,10 +82,15 @@ pub fn table_with(
     let tmp = parent.join(format!(".{table}.tmp-{}-{call}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
-    // Parts generated in parallel: about 750k lineitem rows or 375k orders rows each.
+    // Parts generated in parallel: about 750k lineitem rows, 375k orders rows, 200k partsupp
+    // rows, or 100k part and 75k customer rows each. Every part is a file, so the tables a
+    // query scans split evenly over two or more partitions: one file of 150k customer rows would
+    // be a row group of 128Ki rows and one of 19k, and the task scanning the first would do
+    // nearly all the work.
     let parts = match table {
         "lineitem" => ((scale * 8.0).ceil() as i32).max(1),
         "orders" | "partsupp" => ((scale * 4.0).ceil() as i32).max(1),
+        "part" | "customer" => ((scale * 2.0).ceil() as i32).max(1),
         _ => 1,
     };
     let threads = std::thread::available_parallelism()
