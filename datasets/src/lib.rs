@@ -67,6 +67,7 @@ pub mod stage;
 pub mod stats;
 pub mod storage;
 mod thread_runtime;
+mod whole_file_scans;
 
 pub use checksum::Checksum;
 pub use context::{Config, Context};

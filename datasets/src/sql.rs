@@ -188,6 +188,7 @@ pub fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
 /// carry.
 pub fn session() -> SessionContext {
     let mut rules = physical_rules();
+    rules.push(Arc::new(crate::whole_file_scans::WholeFileScans));
     rules.push(Arc::new(crate::decimal_arithmetic::FasterDecimalArithmetic));
     rules.push(Arc::new(crate::filter_order::FilterOrder));
     let state = SessionStateBuilder::new()
@@ -243,6 +244,7 @@ pub fn session_with_tasks(client: &Client, cpus: f64) -> SessionContext {
     optimizer.hash_join_single_partition_threshold = BROADCAST_BYTES;
     optimizer.hash_join_single_partition_threshold_rows = BROADCAST_ROWS;
     let mut rules = physical_rules();
+    rules.push(Arc::new(crate::whole_file_scans::WholeFileScans));
     rules.push(Arc::new(crate::filter_order::FilterOrder));
     rules.push(Arc::new(StageTasks::new(client.clone())));
     let state = SessionStateBuilder::new()
