@@ -1,8 +1,9 @@
 //! Actors in embedded mode: calls run in order on one state, refs as arguments, named actors,
 //! kill, and failures; each answer checked against the same calls on a plain local value.
 
-use std::sync::{Condvar, Mutex};
+mod common;
 
+use common::gate::Gate;
 use manta::tasks::Error;
 use manta::{ActorOptions, Config, Context};
 
@@ -67,16 +68,13 @@ fn add(a: i64, b: i64) -> i64 {
     a + b
 }
 
-static GATE: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+/// The gate of `a_call_waiting_for_a_ref_holds_back_the_calls_after_it`.
+static GATE: Gate = Gate::new();
 
 /// Returns `value` once the test opens the gate.
 #[manta::remote]
 fn gated(value: i64) -> i64 {
-    let (open, changed) = &GATE;
-    let mut open = open.lock().unwrap();
-    while !*open {
-        open = changed.wait(open).unwrap();
-    }
+    GATE.pass();
     value
 }
 
@@ -115,11 +113,7 @@ fn a_call_waiting_for_a_ref_holds_back_the_calls_after_it() {
     let second = tally.add(1); // must not overtake it
     let third = tally.add(&add.remote(&ctx, 2, 3));
     assert!(!first.is_ready() && !second.is_ready());
-    {
-        let (open, changed) = &GATE;
-        *open.lock().unwrap() = true;
-        changed.notify_all();
-    }
+    GATE.open();
     assert_eq!(ctx.get_all(&[first, second, third]).unwrap(), [5, 6, 11]);
     assert_eq!(ctx.get(&tally.log()).unwrap(), [5, 1, 5]);
 }

@@ -3,12 +3,13 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use common::batch_tasks::{numbers, scale_x, scaled};
+use common::gate::Gate;
 use manta::tasks::TaskOptions;
 use manta::{Config, Context};
 
@@ -145,16 +146,12 @@ fn retry_exceptions_runs_a_failing_task_again() {
     assert!(error.contains("failure 3"), "{error}");
 }
 
-/// A gate tasks wait at until the test opens it.
-static GATE: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+/// The gate of `wait_returns_when_enough_are_done_or_the_timeout_expires`.
+static GATE: Gate = Gate::new();
 
 #[manta::remote]
 fn behind_gate(value: i64) -> i64 {
-    let (open, changed) = &GATE;
-    let mut open = open.lock().unwrap();
-    while !*open {
-        open = changed.wait(open).unwrap();
-    }
+    GATE.pass();
     value
 }
 
@@ -180,24 +177,18 @@ fn wait_returns_when_enough_are_done_or_the_timeout_expires() {
     let (done, rest) = ctx.wait(&all, 2, None);
     assert_eq!((done.len(), rest.len()), (2, 2));
 
-    let (open, changed) = &GATE;
-    *open.lock().unwrap() = true;
-    changed.notify_all();
+    GATE.open();
     let (done, rest) = ctx.wait(&all, 4, None);
     assert_eq!((done.len(), rest.len()), (4, 0));
     assert_eq!(ctx.get(&gated).unwrap(), 42);
 }
 
-/// A gate of its own for `get_all_answers_a_failure_while_calls_before_it_run`.
-static FAILURE_GATE: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+/// The gate of `get_all_answers_a_failure_while_calls_before_it_run`.
+static FAILURE_GATE: Gate = Gate::new();
 
 #[manta::remote]
 fn behind_failure_gate(value: i64) -> i64 {
-    let (open, changed) = &FAILURE_GATE;
-    let mut open = open.lock().unwrap();
-    while !*open {
-        open = changed.wait(open).unwrap();
-    }
+    FAILURE_GATE.pass();
     value
 }
 
@@ -221,9 +212,7 @@ fn get_all_answers_a_failure_while_calls_before_it_run() {
     assert!(!gated.is_ready());
     getter.join().unwrap().unwrap();
 
-    let (open, changed) = &FAILURE_GATE;
-    *open.lock().unwrap() = true;
-    changed.notify_all();
+    FAILURE_GATE.open();
     assert_eq!(ctx.get(&gated).unwrap(), 7);
 }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod batch_tasks;
+pub mod gate;
 pub mod hosts;
 pub mod tpch;
 pub mod trainables;
