@@ -58,6 +58,7 @@ pub mod retries;
 mod row_group_pruning;
 pub mod rows;
 pub mod run;
+mod scan_predicates;
 pub mod sink;
 pub mod source;
 pub mod split;

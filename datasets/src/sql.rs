@@ -167,9 +167,10 @@ fn unqualified(expr: Expr) -> datafusion::error::Result<Expr> {
 /// `JoinSelection` swapped into the wrong side when both sides have a column of the filter's
 /// name, and drops it from above the join: `SELECT * FROM (SELECT l.k AS k, r.k AS k_right FROM
 /// a l RIGHT JOIN b r ON l.g = r.h) WHERE NOT (k IS NOT NULL AND k_right >= -3)` keeps rows
-/// that fail the filter (found by `tests/differential.rs`). Filters still reach the scans
-/// through the logical optimizer (row-group pruning, predicates), and the pass after the
-/// others (dynamic filters) is kept.
+/// that fail the filter (found by `tests/differential.rs`). The pass after the others
+/// (dynamic filters) is kept, and
+/// [`ScanPredicates`](crate::scan_predicates::ScanPredicates) gives the scans the predicates
+/// of the filters right above them, for pruning.
 pub fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
     PhysicalOptimizer::new()
         .rules
@@ -181,6 +182,10 @@ pub fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
 /// The SQL session of an embedded context: DataFusion's defaults, with [`logical_rules`],
 /// [`SharedSubplans`](crate::shared_subplan::SharedSubplans) (a subplan a query holds twice,
 /// such as q15's view, computed once) and [`physical_rules`] followed by
+/// [`WholeFileScans`](crate::whole_file_scans::WholeFileScans) (a scan's files dealt whole
+/// over its partitions where they balance),
+/// [`ScanPredicates`](crate::scan_predicates::ScanPredicates) (scans pruned by the filters
+/// above them),
 /// [`FasterDecimalArithmetic`](crate::decimal_arithmetic::FasterDecimalArithmetic) (decimal
 /// `+`, `-` and `*` without a per-row overflow check where none can overflow) and
 /// [`FilterOrder`](crate::filter_order::FilterOrder). The two rules a session with tasks does
@@ -189,6 +194,7 @@ pub fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
 pub fn session() -> SessionContext {
     let mut rules = physical_rules();
     rules.push(Arc::new(crate::whole_file_scans::WholeFileScans));
+    rules.push(Arc::new(crate::scan_predicates::ScanPredicates));
     rules.push(Arc::new(crate::decimal_arithmetic::FasterDecimalArithmetic));
     rules.push(Arc::new(crate::filter_order::FilterOrder));
     let state = SessionStateBuilder::new()
@@ -229,7 +235,8 @@ const BROADCAST_ROWS: usize = 2 << 20;
 /// A SQL session whose queries run as stages of tasks through `client` (see
 /// [`crate::sql_tasks`]). Scans and exchanges are split into at least as many partitions as
 /// the cluster has CPUs. It has the embedded session's [`logical_rules`] and, before cutting the
-/// plan into stages, [`FilterOrder`](crate::filter_order::FilterOrder). Dynamic filters (a
+/// plan into stages, `WholeFileScans`, `ScanPredicates` and
+/// [`FilterOrder`](crate::filter_order::FilterOrder). Dynamic filters (a
 /// join's build side narrowing its probe side's scan at run time) are off: the scans they would
 /// narrow run elsewhere.
 pub fn session_with_tasks(client: &Client, cpus: f64) -> SessionContext {
@@ -245,6 +252,7 @@ pub fn session_with_tasks(client: &Client, cpus: f64) -> SessionContext {
     optimizer.hash_join_single_partition_threshold_rows = BROADCAST_ROWS;
     let mut rules = physical_rules();
     rules.push(Arc::new(crate::whole_file_scans::WholeFileScans));
+    rules.push(Arc::new(crate::scan_predicates::ScanPredicates));
     rules.push(Arc::new(crate::filter_order::FilterOrder));
     rules.push(Arc::new(StageTasks::new(client.clone())));
     let state = SessionStateBuilder::new()
