@@ -8,8 +8,8 @@
 //!
 //! [`ScanPredicates`] does only the part of that pass that cannot move a filter: for each
 //! `FilterExec` whose input is a file scan, it offers the filter's predicate to the scan's
-//! source (`FileSource::try_pushdown_filters`, with the columns renumbered for the table's
-//! schema), keeps the `FilterExec` as it is, and replaces the scan with the source's answer. A
+//! source (`FileSource::try_pushdown_filters`, rewritten through the scan's projection into the
+//! table's columns; never a volatile one), keeps the `FilterExec` as it is, and replaces the scan with the source's answer. A
 //! Parquet source takes it as its pruning predicate (and, only if the session asks for
 //! `pushdown_filters`, as a row filter too); other formats decline, and the plan is unchanged.
 //! Pruning only skips data that cannot pass the filter, and the filter still runs on what is
@@ -22,7 +22,7 @@ use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
-use datafusion::physical_expr::utils::reassign_expr_columns;
+use datafusion::physical_expr_common::physical_expr::is_volatile;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::{ExecutionPlan, replace_children_if_necessary};
@@ -74,10 +74,20 @@ fn with_predicate(
     else {
         return Ok(None);
     };
-    // The filter names the scan's output columns; the source, its table's.
-    let table = scan.file_source.table_schema().table_schema();
-    let Ok(predicate) = reassign_expr_columns(Arc::clone(filter.predicate()), table) else {
+    // A predicate that gives another answer each time it runs (`random()`) is not offered: a
+    // session with `pushdown_filters` would run it once in the scan and again in the filter.
+    let predicate = Arc::clone(filter.predicate());
+    if is_volatile(&predicate) {
         return Ok(None);
+    }
+    // The filter reads the scan's output; the source, its table's columns: the scan's
+    // projection (which may rename or compute columns) undone, as DataFusion's pass does.
+    let predicate = match scan.file_source.projection() {
+        None => predicate,
+        Some(projection) => match projection.unproject_expr(&predicate) {
+            Ok(predicate) => predicate,
+            Err(_) => return Ok(None),
+        },
     };
     let offered = scan
         .file_source
@@ -162,6 +172,9 @@ mod tests {
             "SELECT name, count(*) FROM t WHERE id >= 930 AND name <> 'n3' GROUP BY name",
             "SELECT id FROM t WHERE id % 7 = 0 AND id BETWEEN 480 AND 520",
             "SELECT count(*) FROM t WHERE name = 'n5' OR id IS NULL",
+            // Columns renamed into each other's names above the scan.
+            "SELECT b, id FROM (SELECT id AS b, name AS id FROM t) WHERE id = 'n3' AND b > 500",
+            "SELECT count(*) FROM t WHERE random() < 2.0 AND id < 300",
         ];
         for sql in queries {
             let manta = crate::sql::session();
