@@ -25,7 +25,7 @@ use arrow_flight::{
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use manta_engine::store::{HEADER_LEN, ipc_messages, is_block};
+use manta_engine::store::{HEADER_LEN, OneBatch, ipc_messages, is_block};
 use manta_engine::{ObjectId, ObjectStore};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -194,12 +194,11 @@ fn part_messages(
     batch: Option<u32>,
 ) -> Result<Vec<FlightData>, manta_engine::Error> {
     let messages = match batch {
-        Some(batch) => match store.spilled_batch(id, batch as usize)? {
-            Some(alone) => batch_messages(id, alone, 0)?,
-            None => match store.shared_batch(id, batch as usize)? {
-                Some((schema, batch)) => indexed_batch_messages(schema, batch)?,
-                None => batch_messages(id, store.stored_bytes(id)?, batch)?,
-            },
+        Some(batch) => match store.one_batch(id, batch as usize)? {
+            OneBatch::Read(alone) => batch_messages(id, alone, 0)?,
+            // Pinned while it is cut, so not spilled (and restored) meanwhile.
+            OneBatch::Resident(_pin) => resident_batch_messages(store, id, batch)?,
+            OneBatch::Unindexed => resident_batch_messages(store, id, batch)?,
         },
         None => object_messages(id, store.stored_bytes(id)?)?,
     };
@@ -211,6 +210,19 @@ fn part_messages(
         });
     }
     Ok(messages)
+}
+
+/// The messages of batch `batch` of block `id`, resident (or restored) here: cut from its
+/// mapping through its index if it has one, else by stepping over its messages.
+fn resident_batch_messages(
+    store: &Arc<ObjectStore>,
+    id: ObjectId,
+    batch: u32,
+) -> Result<Vec<FlightData>, manta_engine::Error> {
+    match store.shared_batch(id, batch as usize)? {
+        Some((schema, batch)) => indexed_batch_messages(schema, batch),
+        None => batch_messages(id, store.stored_bytes(id)?, batch),
+    }
 }
 
 /// The message that stands for a part that could not be read: only `app_metadata`, saying

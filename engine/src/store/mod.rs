@@ -95,6 +95,18 @@ impl StoreConfig {
     }
 }
 
+/// How one batch of a block is read without restoring the block ([`ObjectStore::one_batch`]).
+pub enum OneBatch {
+    /// The block is spilled: the stored bytes of a block of that batch alone, read from its
+    /// spill file.
+    Read(Bytes),
+    /// The block is resident, and stays so while this pin lives: read the batch in place.
+    Resident(Pin),
+    /// The block is spilled without an index of its batches (it has dictionaries): only a
+    /// restore reads it.
+    Unindexed,
+}
+
 /// Batch `index` of a block object, as a block of that one batch (empty past the last).
 pub fn select_batch(id: ObjectId, object: Object, index: usize) -> Result<Object> {
     let Object::Block(block) = object else {
@@ -443,35 +455,55 @@ impl ObjectStore {
 
     /// Batch `index` of a stored block, as a block of that one batch (empty past the last),
     /// without restoring a spilled block: only that batch is read from its spill file (see
-    /// [`spilled_batch`](Self::spilled_batch)), so a reduce task reading its partition of a
-    /// spilled map output reads only that partition. Zero-copy for resident blocks.
+    /// [`one_batch`](Self::one_batch)), so a reduce task reading its partition of a spilled
+    /// map output reads only that partition. Zero-copy for resident blocks.
     pub fn get_batch(self: &Arc<Self>, id: ObjectId, index: usize) -> Result<Object> {
-        match self.spilled_batch(id, index)? {
-            Some(bytes) => read_object(id, bytes),
-            None => select_batch(id, self.get(id)?, index),
+        match self.one_batch(id, index)? {
+            OneBatch::Read(bytes) => read_object(id, bytes),
+            // Pinned, so it cannot be spilled before `get` has it.
+            OneBatch::Resident(_pin) => select_batch(id, self.get(id)?, index),
+            OneBatch::Unindexed => select_batch(id, self.get(id)?, index),
         }
     }
 
     /// If `id` is a spilled block with an index of its batches, the stored bytes of a block of
-    /// its batch `index` alone, read from the spill file with two `pread`s into a fresh buffer
-    /// (never mapped: see [`batch_index`]); `None` if it is resident (or moving, or not
-    /// indexed), when a caller reads it the usual way.
-    pub fn spilled_batch(&self, id: ObjectId, index: usize) -> Result<Option<Bytes>> {
+    /// its batch `index` alone (see [`one_batch`](Self::one_batch)); `None` if it is resident
+    /// (or not indexed), when a caller reads it the usual way.
+    pub fn spilled_batch(self: &Arc<Self>, id: ObjectId, index: usize) -> Result<Option<Bytes>> {
+        Ok(match self.one_batch(id, index)? {
+            OneBatch::Read(bytes) => Some(bytes),
+            OneBatch::Resident(_) | OneBatch::Unindexed => None,
+        })
+    }
+
+    /// How to read batch `index` of block `id` without restoring it, decided under one lock
+    /// (so the block cannot move between the look and the read): from its spill file, read
+    /// here with two `pread`s into a fresh buffer (never mapped: see [`batch_index`]), or in
+    /// place, the block pinned resident. A spill or restore under way is waited for.
+    pub fn one_batch(self: &Arc<Self>, id: ObjectId, index: usize) -> Result<OneBatch> {
         let (file, batches) = {
-            let state = self.state.lock();
-            let entry = state.entries.get(&id).ok_or(Error::ObjectNotFound { id })?;
-            let Residence::Spilled(Some(batches)) = &entry.residence else {
-                return Ok(None);
-            };
-            // Opened under the lock, so no restore can remove the file first; the open file
-            // stays readable after that.
-            let path = self.spill.file(id);
-            let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-            (file, Arc::clone(batches))
+            let mut state = self.state.lock();
+            let entry = self.settled(&mut state, id)?;
+            match &entry.residence {
+                Residence::Spilled(Some(batches)) => {
+                    // Opened under the lock, so no restore can remove the file first; the open
+                    // file stays readable after that.
+                    let path = self.spill.file(id);
+                    let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+                    (file, Arc::clone(batches))
+                }
+                Residence::Spilled(None) => return Ok(OneBatch::Unindexed),
+                Residence::Heap(_) | Residence::Shared(_) => {
+                    entry.pins += 1;
+                    drop(state);
+                    return Ok(OneBatch::Resident(Pin::new(self, id)));
+                }
+                Residence::Moving => unreachable!("settled"),
+            }
         };
         batches
             .read_batch(&file, &self.spill.file(id), index)
-            .map(Some)
+            .map(OneBatch::Read)
     }
 
     /// Batch `index` of shared-memory block `id`, as its schema message and its batch message
@@ -550,14 +582,15 @@ impl ObjectStore {
 
     /// For a reader in another process: if `id` is a spilled block with an index of its
     /// batches, a new hard link to its spill file and where batch `index` lies in it; `None` if
-    /// it is resident (or moving, or not indexed), when the reader has it the usual way.
+    /// it is resident (or not indexed), when the reader has it the usual way. A spill or
+    /// restore under way is waited for.
     ///
     /// The link keeps the file's bytes as they are while the reader needs them, whatever the
     /// store does meanwhile (a restore or a free removes the spill file's name, never its
     /// content; a later spill writes a new file). The caller removes the link when done.
     pub fn link_spilled_batch(&self, id: ObjectId, index: usize) -> Result<Option<SpilledBatch>> {
-        let state = self.state.lock();
-        let entry = state.entries.get(&id).ok_or(Error::ObjectNotFound { id })?;
+        let mut state = self.state.lock();
+        let entry = self.settled(&mut state, id)?;
         let Residence::Spilled(Some(batches)) = &entry.residence else {
             return Ok(None);
         };
@@ -576,14 +609,11 @@ impl ObjectStore {
     }
 
     /// Keeps `id` resident until the returned pin drops, if it is resident now; `None` if it is
-    /// spilled (or on its way), which a caller that can read spilled objects in place prefers
-    /// to restoring it.
+    /// spilled, which a caller that can read spilled objects in place prefers to restoring it.
+    /// A spill or restore under way is waited for.
     pub fn pin_if_resident(self: &Arc<Self>, id: ObjectId) -> Result<Option<Pin>> {
         let mut state = self.state.lock();
-        let entry = state
-            .entries
-            .get_mut(&id)
-            .ok_or(Error::ObjectNotFound { id })?;
+        let entry = self.settled(&mut state, id)?;
         match entry.residence {
             Residence::Heap(_) | Residence::Shared(_) => {
                 entry.pins += 1;
@@ -592,6 +622,31 @@ impl ObjectStore {
             }
             Residence::Spilled(_) | Residence::Moving => Ok(None),
         }
+    }
+
+    /// `id`'s entry once it is not moving: a spill or restore under way is waited for (the
+    /// thread moving it holds no lock meanwhile, and wakes the waiters when done).
+    ///
+    /// The readers of single batches wait rather than read a moving object some other way: a
+    /// reduce task's partition of a map output being spilled was read by restoring the whole
+    /// output, which pushed out another, and so on (in a scale-10 shuffle on a full store,
+    /// a restore of a whole block for a partition of a 240th of it, many times per task).
+    fn settled<'a>(
+        &self,
+        state: &'a mut parking_lot::MutexGuard<'_, State>,
+        id: ObjectId,
+    ) -> Result<&'a mut Entry> {
+        loop {
+            let entry = state.entries.get(&id).ok_or(Error::ObjectNotFound { id })?;
+            if !matches!(entry.residence, Residence::Moving) {
+                break;
+            }
+            self.moved.wait(state);
+        }
+        Ok(state
+            .entries
+            .get_mut(&id)
+            .expect("found just now, under the lock"))
     }
 
     /// The object's stored bytes (header and payload, see [`write_object`]), for sending it

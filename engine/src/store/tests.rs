@@ -346,6 +346,59 @@ fn a_spilled_block_with_dictionaries_is_restored_to_read_one_batch() {
     assert_eq!(block_of(store.get_batch(id, 1).unwrap()), parts[1]);
 }
 
+/// Single batches read while other objects push theirs out: a reader that finds its block
+/// being spilled waits for the spill rather than restoring the whole block (which is what a
+/// reduce task's partitions did on a full store), so nothing is ever restored, and every batch
+/// reads back as written.
+#[test]
+fn batches_read_during_spills_never_restore_their_block() {
+    for shared in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        // Room for about two of the blocks below: every put spills one.
+        let store = if shared {
+            shared_store(700_000, tmp.path())
+        } else {
+            heap_store(700_000, tmp.path())
+        };
+        let parts: Vec<RecordBatch> = (0..8).map(|i| batch(i * 2500, 2500)).collect();
+        let blocks: Vec<ObjectId> = (0..24).map(|_| ObjectId::random()).collect();
+        let block = || Object::Block(Block::try_new(parts[0].schema(), parts.clone()).unwrap());
+        // The first few go in before the readers start, so every read finds a block.
+        let (early, late) = blocks.split_at(4);
+        for id in early {
+            store.put(*id, block()).unwrap();
+        }
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for id in late {
+                    store.put(*id, block()).unwrap();
+                }
+            });
+            for reader in 0..3 {
+                let (store, parts) = (&store, &parts);
+                scope.spawn(move || {
+                    for round in 0..200 {
+                        let id = early[(reader + round) % early.len()];
+                        let index = (reader * 7 + round) % parts.len();
+                        let read = block_of(store.get_batch(id, index).unwrap());
+                        assert_eq!(read, parts[index], "shared: {shared}");
+                        if let Some(link) = store.link_spilled_batch(id, index).unwrap() {
+                            assert_eq!(block_of(link.read(id).unwrap()), parts[index]);
+                            std::fs::remove_file(&link.path).unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        assert!(store.usage().spilled_bytes > 0, "nothing was spilled");
+        assert_eq!(
+            store.usage().restored_bytes_total,
+            0,
+            "a batch read restored its block (shared: {shared})"
+        );
+    }
+}
+
 #[test]
 fn object_files_and_session_directories_are_their_users_alone() {
     use std::os::unix::fs::PermissionsExt;
