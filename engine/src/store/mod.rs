@@ -397,14 +397,16 @@ impl ObjectStore {
     }
 
     /// [`adopt`](Self::adopt) of a file this process wrote through `mapping` (kept for the
-    /// next write over the file, see [`file_write`]).
+    /// next write over the file, see [`file_write`]): an object received over Flight, or a
+    /// reduce task's partitions pulled from another node. Room is made behind it, within the
+    /// slack (see [`spill_behind`]), so a task's inputs do not wait for the disk.
     fn adopt_written(
-        &self,
+        self: &Arc<Self>,
         id: ObjectId,
         mapping: Option<file_write::WriteMapping>,
     ) -> Result<u64> {
         let size = self.take_sealed(id, mapping)?;
-        self.make_room(None)?;
+        self.make_room_behind()?;
         Ok(size)
     }
 

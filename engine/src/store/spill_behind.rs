@@ -7,7 +7,9 @@
 //! one CPU per node nothing filled the gap (a profile of a scale-10 shuffle showed 40% of the
 //! CPU idle in its map stage). [`ObjectStore::adopt_spilling_behind`] takes the output at once
 //! and leaves the spilling to one background thread per store, which runs while the store is
-//! over budget.
+//! over budget. Objects received from other processes (a pull over Flight, a reduce task's
+//! partitions from another node) are sealed the same way: in a scale-10 shuffle's reduce
+//! stage every task's pulled partitions spilled as much again before the task could start.
 //!
 //! The budget still holds, with slack: a writer that finds the store more than a quarter of
 //! its budget over waits for room, as `adopt` does. So memory is bounded by 1.25 times the
@@ -37,6 +39,18 @@ impl ObjectStore {
     /// spilled plus what the background spilled since the last adoption reported it.
     pub fn adopt_spilling_behind(self: &Arc<Self>, id: ObjectId) -> Result<Stored> {
         let size = self.take_sealed(id, None)?;
+        // What the background spilled is reported here, by the adoptions of task outputs.
+        let spilled_bytes =
+            self.make_room_behind()? + self.spilling.spilled.swap(0, Ordering::Relaxed);
+        Ok(Stored {
+            size_bytes: size,
+            spilled_bytes,
+        })
+    }
+
+    /// Makes room after an object came in: here if the store is more than a quarter of its
+    /// budget over, else in the background. Returns what this call spilled.
+    pub(super) fn make_room_behind(self: &Arc<Self>) -> Result<u64> {
         let usage = self.state.lock().usage;
         let held = usage.resident_bytes + self.recycler.bytes();
         let over = held.saturating_sub(usage.budget_bytes);
@@ -46,11 +60,7 @@ impl ObjectStore {
         } else if over > 0 {
             self.spill_behind();
         }
-        spilled_bytes += self.spilling.spilled.swap(0, Ordering::Relaxed);
-        Ok(Stored {
-            size_bytes: size,
-            spilled_bytes,
-        })
+        Ok(spilled_bytes)
     }
 
     /// Starts the background spiller unless it runs already (it makes room until the store
