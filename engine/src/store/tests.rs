@@ -38,6 +38,14 @@ fn shared_store(budget_bytes: u64, dir: &Path) -> Arc<ObjectStore> {
     .unwrap()
 }
 
+/// A shared-memory store if `shared`, else a heap store.
+fn store_of(shared: bool, budget_bytes: u64, dir: &Path) -> Arc<ObjectStore> {
+    match shared {
+        true => shared_store(budget_bytes, dir),
+        false => heap_store(budget_bytes, dir),
+    }
+}
+
 #[test]
 fn heap_put_get_and_free() {
     let tmp = tempfile::tempdir().unwrap();
@@ -249,11 +257,7 @@ fn one_batch_of_a_spilled_block_is_read_in_place() {
     for shared in [false, true] {
         let tmp = tempfile::tempdir().unwrap();
         // Room for the first block (160 kB), not for both.
-        let store = if shared {
-            shared_store(200_000, tmp.path())
-        } else {
-            heap_store(200_000, tmp.path())
-        };
+        let store = store_of(shared, 200_000, tmp.path());
         let parts: Vec<RecordBatch> = (0..4).map(|i| batch(i * 5000, 5000)).collect();
         let first = ObjectId::random();
         let block = Block::try_new(parts[0].schema(), parts.clone()).unwrap();
@@ -355,11 +359,7 @@ fn batches_read_during_spills_never_restore_their_block() {
     for shared in [false, true] {
         let tmp = tempfile::tempdir().unwrap();
         // Room for about two of the blocks below: every put spills one.
-        let store = if shared {
-            shared_store(700_000, tmp.path())
-        } else {
-            heap_store(700_000, tmp.path())
-        };
+        let store = store_of(shared, 700_000, tmp.path());
         let parts: Vec<RecordBatch> = (0..8).map(|i| batch(i * 2500, 2500)).collect();
         let blocks: Vec<ObjectId> = (0..24).map(|_| ObjectId::random()).collect();
         let block = || Object::Block(Block::try_new(parts[0].schema(), parts.clone()).unwrap());
