@@ -116,12 +116,27 @@ fn narrow(value: i128) -> bool {
     i128::from(value as i64) == value
 }
 
-/// Whether every one of `values` fits in 64 bits: a test without a branch per value (which
-/// the compiler vectorizes) over blocks of them, stopping at the first block that fails.
-fn all_narrow(values: &[i128]) -> bool {
-    values
-        .chunks(64)
-        .all(|block| block.iter().fold(true, |all, &v| all & narrow(v)))
+/// Whether every one of `values` fits in 64 bits, over blocks of them, stopping at the first
+/// block that fails.
+///
+/// A value fits when its high 64-bit word is its low word's sign spread out, so a block fits
+/// when the OR over its values of `high ^ (low >> 63)` is zero: a test without a branch per
+/// value over plain 64-bit words, which the compiler vectorizes (a test on the `i128` values
+/// themselves compiled to one value at a time, and was a third of the operations' time).
+fn all_narrow(values: &ScalarBuffer<i128>) -> bool {
+    if cfg!(target_endian = "big") {
+        return values.iter().all(|&v| narrow(v));
+    }
+    // Arrow's buffers are in the machine's byte order: on a little-endian machine each value
+    // is its low word, then its high word. An `i128` buffer is aligned for `i64` words.
+    let words: &[i64] = values.inner().typed_data();
+    let (pairs, _) = words.as_chunks::<2>();
+    pairs.chunks(64).all(|block| {
+        block
+            .iter()
+            .fold(0, |spread, &[low, high]| spread | (high ^ (low >> 63)))
+            == 0
+    })
 }
 
 /// The product of two values that fit in 64 bits: one widening multiply.
@@ -341,6 +356,43 @@ mod tests {
                 .with_precision_and_scale(precision, scale)
                 .unwrap(),
         )
+    }
+
+    /// The word-wise test agrees with the value-wise definition, at the edges of 64 bits and
+    /// on slices that start anywhere in their buffer.
+    #[test]
+    fn all_narrow_agrees_with_each_value() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let edges = [
+            0,
+            -1,
+            i128::from(i64::MIN),
+            i128::from(i64::MAX),
+            i128::from(i64::MIN) - 1,
+            i128::from(i64::MAX) + 1,
+            i128::MIN,
+            i128::MAX,
+            1 << 64,
+            -(1 << 64),
+        ];
+        for round in 0..400 {
+            let rows = rng.random_range(0..300);
+            let mut values: Vec<i128> = (0..rows)
+                .map(|_| i128::from(rng.random_range(i64::MIN..=i64::MAX)))
+                .collect();
+            if rows > 0 && round % 2 == 0 {
+                values[rng.random_range(0..rows)] = edges[rng.random_range(0..edges.len())];
+            }
+            let buffer = ScalarBuffer::from(values.clone());
+            let start = rng.random_range(0..=rows);
+            let len = rng.random_range(0..=rows - start);
+            let slice = buffer.slice(start, len);
+            assert_eq!(
+                all_narrow(&slice),
+                values[start..start + len].iter().all(|&v| narrow(v)),
+                "round {round}"
+            );
+        }
     }
 
     /// Random sums, differences and products, with nulls, values past 64 bits, overflowing
