@@ -64,7 +64,7 @@ mod simulation;
 mod stalls;
 mod waiting;
 
-use waiting::{DemandQueue, Waiter};
+use waiting::{DemandKey, DemandQueue, Waiter};
 
 pub use actors::ActorSummary;
 
@@ -229,7 +229,7 @@ struct HeadState {
     capacity: Nodes,
     jobs: HashMap<JobId, String>,
     /// Tasks waiting for resources, by demand (see the module doc).
-    waiting: BTreeMap<String, DemandQueue>,
+    waiting: BTreeMap<DemandKey, DemandQueue>,
     /// The next waiter's place in line.
     next_seq: u64,
     /// Every actor created, live or dead ([`actors`]).
@@ -689,7 +689,7 @@ impl Head {
     ) -> Result<Lease> {
         let placed = {
             let mut state = self.state.lock();
-            let key = format!("{demand:?}");
+            let key = DemandKey::of(demand);
             let queued = state.waiting.get(&key).is_some_and(|q| !q.is_empty());
             if !queued {
                 let placed = self.try_place(&mut state, demand, input_bytes, label, function);

@@ -44,6 +44,31 @@ pub(super) fn steal_after(bytes: u64) -> Duration {
 /// How many other nodes' lines a node with room looks at for one to steal from.
 const STEAL_LOOKS: usize = 8;
 
+/// The key of a demand's [`DemandQueue`]: equal for equal demands (CPUs and named resources
+/// by their bits, so `-0.0` and `0.0` differ, as they would as text). Built per task placed,
+/// so it allocates only for named resources, where formatting the demand allocated and printed
+/// floats for every task.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct DemandKey {
+    cpus: u64,
+    memory_bytes: u64,
+    custom: Vec<(String, u64)>,
+}
+
+impl DemandKey {
+    pub(super) fn of(demand: &Resources) -> Self {
+        Self {
+            cpus: demand.cpus.to_bits(),
+            memory_bytes: demand.memory_bytes,
+            custom: demand
+                .custom
+                .iter()
+                .map(|(name, amount)| (name.clone(), amount.to_bits()))
+                .collect(),
+        }
+    }
+}
+
 /// A task waiting for resources: told the node whose resources were taken for it.
 pub(super) struct Waiter {
     /// Its place in line among every waiter of the head.
