@@ -85,10 +85,19 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     eprintln!("separate hosts: head {address}, nodes n1 and n2, driver on a host of its own");
 
-    let forwarded: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--hosts" && a != "--bench")
-        .collect();
+    // This run's arguments but `--hosts` and `--data` (given again below, made absolute).
+    let mut forwarded: Vec<String> = Vec::new();
+    let mut given = std::env::args().skip(1);
+    while let Some(arg) = given.next() {
+        match arg.as_str() {
+            "--hosts" | "--bench" => {}
+            "--data" => {
+                given.next();
+            }
+            _ if arg.starts_with("--data=") => {}
+            _ => forwarded.push(arg),
+        }
+    }
     let status = network
         .host("driver")
         .command(exe.to_str().context("a UTF-8 executable path")?)
