@@ -267,6 +267,30 @@ impl NodeDaemon {
         Ok(pulled)
     }
 
+    /// [`make_local`](Self::make_local) for all of `metas` at once, then pins them (so none is
+    /// spilled before the worker maps it); returns the pins and the bytes each pull moved.
+    async fn make_all_local(
+        &self,
+        metas: &[manta_engine::ObjectMeta],
+    ) -> Result<(Vec<manta_engine::Pin>, Vec<u64>)> {
+        if metas.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let pulled =
+            futures::future::try_join_all(metas.iter().map(|m| self.make_local(m))).await?;
+        let store = Arc::clone(&self.store);
+        let ids: Vec<ObjectId> = metas.iter().map(|m| m.id).collect();
+        // Off the async threads: an object spilled meanwhile is read back.
+        let pins = tokio::task::spawn_blocking(move || {
+            ids.into_iter()
+                .map(|id| store.pin(id))
+                .collect::<manta_engine::Result<Vec<_>>>()
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+        Ok((pins, pulled))
+    }
+
     /// Runs a task here, in a span carrying its task and stage ids (as its worker's does).
     async fn run(&self, request: proto::TaskRequest) -> Result<proto::TaskSuccess> {
         let span = tracing::info_span!(
@@ -418,63 +442,70 @@ impl NodeDaemon {
             }),
             None => 0,
         };
+        // A reduce task's partitions of every map output (see `partitions`), input by input.
+        let mut wanted = Vec::new();
         if let Some(batches) = batch_range(request, batched)? {
-            // A reduce task's partitions of every map output (see `partitions`), input by input.
-            let mut wanted = Vec::with_capacity(batched * batches.len());
+            wanted.reserve(batched * batches.len());
             for input in &request.inputs[..batched] {
                 let meta = input.to_meta()?;
                 wanted.extend(batches.clone().map(|batch| (meta.clone(), batch)));
             }
-            let partitions = self
-                .gather_partitions(&wanted, &mut scratch, &mut stats)
-                .await?;
-            for (index, partition) in partitions.into_iter().enumerate() {
-                pins.extend(partition.pin);
-                input_ids.push(Bytes::copy_from_slice(partition.id.as_bytes()));
-                input_batches.push(partition.index);
-                if let Some(spilled) = partition.spilled {
-                    spilled_inputs.push(proto::SpilledInput {
-                        index: index as u32,
-                        path: spilled.path.to_string_lossy().into_owned(),
-                        schema_start: spilled.schema.start,
-                        schema_end: spilled.schema.end,
-                        batch_start: spilled.batch.start,
-                        batch_end: spilled.batch.end,
-                    });
-                }
-                if let Some((schema, batch)) = partition.ranges {
-                    mapped_inputs.push(proto::MappedInput {
-                        index: index as u32,
-                        schema_start: schema.start,
-                        schema_end: schema.end,
-                        batch_start: batch.start,
-                        batch_end: batch.end,
-                    });
-                }
+        }
+        // The rest are read whole (broadcasts, arguments), unless sent inline.
+        let whole = &request.inputs[batched..];
+        let metas = whole
+            .iter()
+            .filter(|input| input.inline.is_none())
+            .map(|input| input.to_meta())
+            .collect::<Result<Vec<_>>>()?;
+        // Both kinds are pulled at once: a task waits for its slowest pull, not for their sum.
+        let gathering = async {
+            if wanted.is_empty() {
+                return Ok(Vec::new());
+            }
+            self.gather_partitions(&wanted, &mut scratch, &mut stats)
+                .await
+        };
+        let (partitions, whole_pulled) = futures::join!(gathering, self.make_all_local(&metas));
+        let (whole_pins, pulled) = whole_pulled?;
+        for (index, partition) in partitions?.into_iter().enumerate() {
+            pins.extend(partition.pin);
+            input_ids.push(Bytes::copy_from_slice(partition.id.as_bytes()));
+            input_batches.push(partition.index);
+            if let Some(spilled) = partition.spilled {
+                spilled_inputs.push(proto::SpilledInput {
+                    index: index as u32,
+                    path: spilled.path.to_string_lossy().into_owned(),
+                    schema_start: spilled.schema.start,
+                    schema_end: spilled.schema.end,
+                    batch_start: spilled.batch.start,
+                    batch_end: spilled.batch.end,
+                });
+            }
+            if let Some((schema, batch)) = partition.ranges {
+                mapped_inputs.push(proto::MappedInput {
+                    index: index as u32,
+                    schema_start: schema.start,
+                    schema_end: schema.end,
+                    batch_start: batch.start,
+                    batch_end: batch.end,
+                });
             }
         }
+        for bytes in pulled.into_iter().filter(|&bytes| bytes > 0) {
+            stats.pulled_bytes += bytes;
+            stats.pulled_objects += 1;
+        }
+        pins.extend(whole_pins);
         let mut inline_inputs = Vec::new();
-        for input in &request.inputs[batched..] {
+        for input in whole {
             if let Some(data) = &input.inline {
                 inline_inputs.push(proto::InlineInput {
                     // Its place among the worker's inputs, after the partitions.
                     index: input_ids.len() as u32,
                     data: data.clone(),
                 });
-                input_ids.push(input.object_id.clone());
-                continue;
             }
-            let meta = input.to_meta()?;
-            let pulled = self.make_local(&meta).await?;
-            if pulled > 0 {
-                stats.pulled_bytes += pulled;
-                stats.pulled_objects += 1;
-            }
-            let store = Arc::clone(&self.store);
-            let pin = tokio::task::spawn_blocking(move || store.pin(meta.id))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))??;
-            pins.push(pin);
             input_ids.push(input.object_id.clone());
         }
         let output_file = self.store.take_recycled();
