@@ -6,9 +6,10 @@
 //! first waiter (it steals) — and the head lets it steal only once it has served its own
 //! waiters of every demand, and only from a line that node cannot soon serve itself: longer
 //! than its CPUs, or whose first has waited [`steal_after`] (delay scheduling, as Spark's
-//! locality wait, but short). On a busy cluster each node therefore runs the tasks whose
-//! inputs it holds — the head's dispatch picks by the node that has room, not by the task at
-//! the front of one global line — while tasks without inputs still go in the order they came.
+//! locality wait, but short, and shorter still for a task whose inputs are spread). On a busy
+//! cluster each node therefore runs the tasks whose inputs it holds — the head's dispatch picks
+//! by the node that has room, not by the task at the front of one global line — while tasks
+//! without inputs still go in the order they came.
 //!
 //! Every operation costs about the waiters it returns: no operation looks at every node or
 //! every waiter, except [`DemandQueue::take_expired`] (for a demand no node fits, which does
@@ -33,12 +34,25 @@ pub(super) const STEAL_AFTER: Duration = Duration::from_millis(10);
 /// task's partitions reaches on loopback here.
 const STEAL_BYTES_PER_SECOND: f64 = 1e9;
 
-/// How long a task whose inputs are `bytes` at the node it waits for waits before another
-/// node may take it: [`STEAL_AFTER`], plus as long as moving those bytes would take. Moving a
-/// task is worth it when waiting costs more than moving its data: a task with a few MiB of
-/// inputs is taken after about 10 ms, one with 100 MB after about 110.
-pub(super) fn steal_after(bytes: u64) -> Duration {
-    STEAL_AFTER + Duration::from_secs_f64(bytes as f64 / STEAL_BYTES_PER_SECOND)
+/// How long a task waits for the node holding most of its inputs before another node may take
+/// it. `extra_bytes` is what running elsewhere would pull beyond what running there pulls (its
+/// bytes there, less those at the next best node); `pulled_anyway` is what it pulls even there.
+///
+/// A task held mostly by one node waits [`STEAL_AFTER`] plus as long as moving `extra_bytes`
+/// would take: a task with a few MiB of inputs is taken after about 10 ms, one with 100 MB
+/// after about 110. A task whose inputs are spread, so that running elsewhere pulls at most a
+/// quarter more than running there (a reducer of a hash exchange, a task reading broadcast
+/// blocks made on every node), gains little from waiting: it waits only as long as moving
+/// `extra_bytes` takes, the ski-rental rule (wait as long as moving would cost, then move).
+/// In TPC-H's short stages such a reducer waited 10 ms for the node running its sibling while
+/// the other node was idle.
+pub(super) fn steal_after(extra_bytes: u64, pulled_anyway: u64) -> Duration {
+    let moving = Duration::from_secs_f64(extra_bytes as f64 / STEAL_BYTES_PER_SECOND);
+    if extra_bytes <= pulled_anyway / 4 {
+        moving
+    } else {
+        STEAL_AFTER + moving
+    }
 }
 
 /// How many other nodes' lines a node with room looks at for one to steal from.
@@ -321,6 +335,19 @@ mod tests {
         assert_eq!(queue.preferred_nodes(), vec![b]);
         let order: Vec<u64> = std::iter::from_fn(|| taken(&mut queue, b)).collect();
         assert_eq!(order, vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn spread_inputs_wait_only_as_long_as_moving_them_takes() {
+        let mib = 1 << 20;
+        assert!(steal_after(mib, 0) > STEAL_AFTER, "one node holds it all");
+        let spread = steal_after(mib, 8 * mib);
+        assert!(
+            spread < STEAL_AFTER,
+            "a reducer pulls most of its inputs anyway"
+        );
+        assert!(spread > Duration::ZERO);
+        assert_eq!(steal_after(0, 8 * mib), Duration::ZERO, "evenly spread");
     }
 
     #[test]
