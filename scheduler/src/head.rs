@@ -701,16 +701,6 @@ impl Head {
             }
             let (placed, told) = oneshot::channel();
             let prefers = Self::preferred_node(&state, demand, input_bytes);
-            // What it would pull elsewhere beyond what it pulls at the node it prefers.
-            let bytes_there = prefers.and_then(|node| input_bytes.get(&node)).copied();
-            let next_most = input_bytes
-                .iter()
-                .filter(|(node, _)| Some(**node) != prefers)
-                .map(|(_, bytes)| *bytes)
-                .max()
-                .unwrap_or(0);
-            let extra_bytes = bytes_there.unwrap_or(0).saturating_sub(next_most);
-            let pulled_anyway = input_bytes.values().sum::<u64>() - bytes_there.unwrap_or(0);
             let waiter = Waiter {
                 seq: state.next_seq,
                 prefers,
@@ -718,7 +708,7 @@ impl Head {
                 function: function.to_string(),
                 placed,
                 since: Instant::now(),
-                steal_after: waiting::steal_after(extra_bytes, pulled_anyway),
+                steal_after: waiting::wait_for(prefers, input_bytes),
             };
             state.next_seq += 1;
             state

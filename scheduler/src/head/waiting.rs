@@ -15,7 +15,7 @@
 //! every waiter, except [`DemandQueue::take_expired`] (for a demand no node fits, which does
 //! not wait long) and the read-only views for status and the autoscaler.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,22 @@ pub(super) fn steal_after(extra_bytes: u64, pulled_anyway: u64) -> Duration {
     } else {
         STEAL_AFTER + moving
     }
+}
+
+/// [`steal_after`] for a task whose inputs are `input_bytes` per node, waiting at `prefers`.
+pub(super) fn wait_for(prefers: Option<NodeId>, input_bytes: &HashMap<NodeId, u64>) -> Duration {
+    let there = prefers
+        .and_then(|node| input_bytes.get(&node))
+        .copied()
+        .unwrap_or(0);
+    let next_best = input_bytes
+        .iter()
+        .filter(|(node, _)| Some(**node) != prefers)
+        .map(|(_, bytes)| *bytes)
+        .max()
+        .unwrap_or(0);
+    let pulled_anyway = input_bytes.values().sum::<u64>() - there;
+    steal_after(there.saturating_sub(next_best), pulled_anyway)
 }
 
 /// How many other nodes' lines a node with room looks at for one to steal from.
@@ -348,6 +364,12 @@ mod tests {
         );
         assert!(spread > Duration::ZERO);
         assert_eq!(steal_after(0, 8 * mib), Duration::ZERO, "evenly spread");
+
+        let (a, b, c) = (NodeId::random(), NodeId::random(), NodeId::random());
+        let reducer = HashMap::from([(a, 5 * mib), (b, 5 * mib - 1024), (c, 4 * mib)]);
+        assert!(wait_for(Some(a), &reducer) < STEAL_AFTER);
+        let local = HashMap::from([(a, 5 * mib), (b, 1024)]);
+        assert!(wait_for(Some(a), &local) > STEAL_AFTER);
     }
 
     #[test]
