@@ -383,8 +383,11 @@ fn stall(role: &str) -> ! {
                 name: Some("cpu-holder".into()),
                 ..Default::default()
             };
-            // Alive (holding the only CPU) before the task is submitted.
+            // Alive (holding the only CPU) before the task is submitted: creating an actor
+            // returns at once, and a task that reached the head first took the CPU, ran and
+            // left nothing to stall on. Its first call's answer means it was created.
             let holder = CpuHolder::remote_with(&ctx, &options).unwrap();
+            assert!(ctx.get(&holder.ping()).unwrap());
             std::mem::forget(holder);
             vec![sleep_ms.remote(&ctx, 1)]
         }
@@ -874,7 +877,15 @@ fn a_cut_result_link_loses_no_result(_: &()) {
         ctx.get(&add.remote(&ctx, 1, 2)).unwrap();
         sample(&scrape(node_port, &token), direct) >= 1.0
     });
-    let before = scrape(node_port, &token);
+    // The last of those results is counted once the driver confirmed it, which may be after
+    // `get` returned: `before` waits until every task the node ran is counted, or it would
+    // miss one and the count below would be one over.
+    let mut before = String::new();
+    eventually("the node counted every result so far", || {
+        before = scrape(node_port, &token);
+        sample(&before, direct) + sample(&before, through_head)
+            == sample(&before, "manta_node_tasks_total{outcome=\"ok\"}")
+    });
     let dir = tempfile::tempdir().unwrap();
     let gate = dir.path().join("open").to_string_lossy().into_owned();
     let refs: Vec<_> = (0..300)
