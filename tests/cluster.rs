@@ -46,6 +46,13 @@ fn tpch_queries_run_as_stages_of_tasks_on_the_nodes(cluster: &Cluster) {
             && physical.lines().nth(1).unwrap_or("").contains("StageExec"),
         "q21 runs as stages below the final merge:\n{physical}"
     );
+    // q22's customers are filtered by a scalar subquery (the average balance): its value
+    // travels to the tasks as a literal, so the filter and the anti join above it run there.
+    let physical = tpch::physical_plan(&ctx, 22);
+    assert!(
+        under_a_stage(&physical, "scalar_subquery"),
+        "q22's filter by its scalar subquery runs in tasks:\n{physical}"
+    );
     a_view_read_twice_runs_once(&ctx);
     explain_analyze_shows_the_tasks_under_the_cut(&ctx);
     let wrong: Vec<String> = (1..=22)
@@ -92,7 +99,8 @@ fn a_view_read_twice_runs_once(ctx: &manta::Context) {
 /// Joins that must see every probe row before they know a build row's fate (left, full, semi,
 /// anti and mark, `NOT IN`) give on the cluster, where each runs in tasks over hash partitions
 /// of both sides (a semi, anti or mark join's probe side first cut down to its rows matching
-/// a build row), what plain DataFusion gives over the same files: random tables (seeded; the
+/// a build row), what plain DataFusion gives over the same files; so do filters by scalar
+/// subqueries, which run in tasks too: random tables (seeded; the
 /// seed is in the failure) with null and repeated keys, unicode, and an empty file.
 fn outer_semi_and_anti_joins_match_datafusion_across_nodes(cluster: &Cluster) {
     use rand::{Rng, SeedableRng};
@@ -149,6 +157,26 @@ fn outer_semi_and_anti_joins_match_datafusion_across_nodes(cluster: &Cluster) {
         "SELECT k, tag FROM small s WHERE EXISTS (SELECT 1 FROM big b WHERE b.k = s.k) \
          OR s.tag IS NULL",
     ];
+    // Scalar subqueries, whose values the stages that filter by them are given as literals
+    // when they run: TPC-H q22's shape, a unicode string, a NULL (no row), and one read by the
+    // map side of an aggregate's exchange.
+    let scalar_subqueries = [
+        "SELECT k, tag FROM small s WHERE k > (SELECT avg(k) FROM big) \
+         AND NOT EXISTS (SELECT 1 FROM big b WHERE b.k = s.k)",
+        "SELECT k, tag FROM big WHERE tag = (SELECT min(tag) FROM small)",
+        "SELECT k FROM small WHERE k < (SELECT max(k) FROM big WHERE tag = 'none')",
+        "SELECT tag, count(*) FROM big WHERE k * 2 > (SELECT min(k) FROM small) GROUP BY tag",
+    ];
+    for query in scalar_subqueries {
+        let ours = sorted(rows(&ctx.sql(query).unwrap().to_arrow().unwrap()));
+        let theirs = sorted(rows(&sql(&df, query)));
+        assert_eq!(ours, theirs, "seed {seed}: {query}");
+        let physical = tpch::physical_plan_of(&ctx, query);
+        assert!(
+            under_a_stage(&physical, "scalar_subquery"),
+            "the filter by a scalar subquery runs in tasks:\n{physical}"
+        );
+    }
     let (mut partitioned, mut reduced) = (0, 0);
     for query in queries {
         let ours = sorted(rows(&ctx.sql(query).unwrap().to_arrow().unwrap()));
@@ -178,6 +206,27 @@ fn outer_semi_and_anti_joins_match_datafusion_across_nodes(cluster: &Cluster) {
     );
     // EXISTS, NOT EXISTS, IN and the mark join of EXISTS ... OR.
     assert!(reduced >= 4, "only {reduced} probe sides were reduced");
+}
+
+/// Whether the first line of `plan` (an `EXPLAIN`'s indented tree) that holds `needle` is
+/// below a `StageExec`: part of a stage's fragment, which runs in tasks.
+fn under_a_stage(plan: &str, needle: &str) -> bool {
+    let indent = |line: &str| line.len() - line.trim_start().len();
+    let lines: Vec<&str> = plan.lines().collect();
+    let Some(at) = lines.iter().position(|line| line.contains(needle)) else {
+        return false;
+    };
+    // Up the tree: each line less indented than all below it is an ancestor.
+    let mut depth = indent(lines[at]);
+    for line in lines[..at].iter().rev() {
+        if indent(line) < depth {
+            if line.contains("StageExec") {
+                return true;
+            }
+            depth = indent(line);
+        }
+    }
+    false
 }
 
 /// `EXPLAIN ANALYZE` of a scan that runs as tasks shows, on its `StageExec`, what the

@@ -44,9 +44,10 @@
 //! `EXPLAIN` shows the stages as a tree, and `EXPLAIN ANALYZE` shows on each what its tasks
 //! did. A stage runs when first read, after the stages it reads (see [`stage`]), and its tasks
 //! go through the client, so their outputs keep their lineage (a lost one is made again) and
-//! their placement follows their inputs. Work that cannot travel (an operator
-//! `datafusion-proto` does not encode, an expression bound outside the fragment) stays in the
-//! driver, reading the stages below it.
+//! their placement follows their inputs. A scalar subquery's value travels as a literal
+//! written in when the stage runs (see [`subquery_values`]). Work that cannot travel (an
+//! operator `datafusion-proto` does not encode, an expression bound outside the fragment) stays
+//! in the driver, reading the stages below it.
 //!
 //! A registered dataset's scan answers a [`DatasetBlocksExec`]: its pipeline's blocks, left in
 //! the store, one partition each, which stages read like file scans (task *i* is given block
@@ -61,6 +62,7 @@ mod exec;
 mod input;
 mod metrics;
 mod stage;
+mod subquery_values;
 mod task;
 
 use std::sync::Arc;

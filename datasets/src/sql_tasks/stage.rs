@@ -28,6 +28,7 @@ use super::blocks::DatasetBlocksExec;
 use super::exec::StageExec;
 use super::input::{InputCodec, Read, StageInput};
 use super::metrics::TaskMetrics;
+use super::subquery_values::SubqueryValues;
 use super::task::{STAGE_FUNCTION, TASK_SESSION, TaskArgs};
 
 /// The largest encoded fragment shipped with every task.
@@ -59,6 +60,9 @@ pub struct Stage {
     fragment: Arc<dyn ExecutionPlan>,
     /// The fragment as tasks decode it: reads of other stages as [`StageInput`]s.
     encoded: Bytes,
+    /// The fragment as it travels, if it reads scalar subqueries: encoded again with their
+    /// values when the stage runs (`encoded` has typed nulls in their place).
+    reads_subqueries: Option<Arc<dyn ExecutionPlan>>,
     output: Output,
     /// What it reads, in the order of its input groups, and how.
     inputs: Vec<(Input, Read)>,
@@ -134,10 +138,8 @@ impl Stage {
                 ))
             })?
             .data;
-        let encoded = datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(
-            travelling,
-            &InputCodec::unbound(),
-        )?;
+        let (encoded, reads_subqueries) =
+            SubqueryValues::encode_placeholders(Arc::clone(&travelling), &InputCodec::unbound())?;
         if encoded.len() > MAX_FRAGMENT_BYTES {
             // DataFusion's encoding can include per-file statistics.
             return Err(DataFusionError::ResourcesExhausted(format!(
@@ -146,7 +148,7 @@ impl Stage {
             )));
         }
         // Some plans encode but do not decode alone (an expression bound to an operator above
-        // the cut, such as a scalar subquery's result): decode once here to know.
+        // the cut): decode once here to know.
         datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(
             &encoded,
             &TASK_SESSION.task_ctx(),
@@ -156,6 +158,7 @@ impl Stage {
             number,
             fragment,
             encoded,
+            reads_subqueries: reads_subqueries.then_some(travelling),
             output,
             inputs,
             tasks,
@@ -207,8 +210,12 @@ impl Stage {
     /// Whether `other` does the same work as this stage: the same fragment (as its tasks
     /// decode it) and output, over the same inputs (the same stages and blocks, read the same
     /// way). A query that holds a subplan twice, such as TPC-H q15's view, then runs it once,
-    /// as the embedded session's shared subplans do.
+    /// as the embedded session's shared subplans do. A fragment that reads scalar subqueries
+    /// is never the same as another: its encoding does not show which.
     pub fn does_the_same_as(&self, other: &Stage) -> bool {
+        if self.reads_subqueries.is_some() || other.reads_subqueries.is_some() {
+            return false;
+        }
         let same_input = |(a, read_a): &(Input, Read), (b, read_b): &(Input, Read)| {
             read_a == read_b
                 && match (a, b) {
@@ -300,8 +307,15 @@ impl Stage {
             }))
             .await
             .map_err(Arc::new)?;
+        let encoded = match &self.reads_subqueries {
+            Some(travelling) => {
+                SubqueryValues::encode_values(Arc::clone(travelling), &InputCodec::unbound())
+                    .map_err(Arc::new)?
+            }
+            None => self.encoded.clone(),
+        };
         let metrics = Arc::new(TaskMetrics::new(&self.metrics));
-        let submitted = self.specs(&inputs).into_iter().map(|spec| {
+        let submitted = self.specs(&inputs, &encoded).into_iter().map(|spec| {
             let (outcome, metrics) = (self.client.submit(spec), Arc::clone(&metrics));
             async move {
                 let outcome = outcome
@@ -314,8 +328,8 @@ impl Stage {
         Ok(Arc::new(futures::future::try_join_all(submitted).await?))
     }
 
-    /// Its tasks, given the outputs of what it reads.
-    fn specs(&self, inputs: &[Arc<Vec<ObjectRef>>]) -> Vec<TaskSpec> {
+    /// Its tasks, given the outputs of what it reads and its fragment as they decode it.
+    fn specs(&self, inputs: &[Arc<Vec<ObjectRef>>], encoded: &Bytes) -> Vec<TaskSpec> {
         // Hash reads arrive as the task's partition alone (the task's `input_batches`), so they
         // go first; broadcasts follow whole, and of a dataset's blocks only the task's own.
         let sliced = self.inputs.iter().any(|(_, read)| *read == Read::Hash);
@@ -346,7 +360,7 @@ impl Stage {
                 };
                 TaskSpec {
                     function: STAGE_FUNCTION.to_string(),
-                    args: args.encode(&self.encoded),
+                    args: args.encode(encoded),
                     inputs: objects,
                     input_batches: sliced.then_some(partition as u32..partition as u32 + 1),
                     batched_inputs: Some(hashed.len() as u32),
