@@ -1512,10 +1512,12 @@ fn tune_runs_trials_as_tasks_and_actors_on_the_nodes(cluster: &Cluster) {
     assert!(results.trials().iter().any(|t| t.stopped_early));
 }
 
-/// SQL semi and anti joins of a small file against `lineitem` (a dataset some of whose blocks
-/// died with their node): the lineitem side, reduced in its tasks to the lines matching the
-/// file's keys, reads the lost blocks made again, and the answers are DataFusion's.
-fn semi_and_anti_joins_over_lost_blocks_match_sql(
+/// SQL over `lineitem` (a dataset some of whose blocks died with their node) gives the answers
+/// DataFusion gives: semi and anti joins of a small file against it (the lineitem side,
+/// reduced in its tasks to the lines matching the file's keys), and filters by scalar
+/// subqueries over it, which run in tasks given the subquery's value as a literal. The first
+/// query's stage over lineitem, one given such a value, reads the lost blocks made again.
+fn sql_over_lost_blocks_matches_datafusion(
     ctx: &manta::Context,
     lineitem: &manta::Dataset,
     df: &datafusion::prelude::SessionContext,
@@ -1543,6 +1545,22 @@ fn semi_and_anti_joins_over_lost_blocks_match_sql(
         .unwrap()
         .block_on(df.register_parquet("keys", path, Default::default()))
         .unwrap();
+    for query in [
+        // The first to read lineitem: its aggregate's map side, filtered by the value of a
+        // subquery over the file, reads the lost blocks.
+        "SELECT l_returnflag, count(*), sum(l_quantity) FROM lineitem \
+         WHERE l_orderkey > (SELECT avg(k) FROM keys) GROUP BY l_returnflag",
+        "SELECT k FROM keys WHERE k > (SELECT min(l_orderkey) FROM lineitem \
+         WHERE l_returnflag = 'R') AND NOT EXISTS (SELECT 1 FROM lineitem WHERE l_orderkey = k)",
+    ] {
+        let physical = tpch::physical_plan_of(ctx, query);
+        assert!(
+            under_a_stage(&physical, "scalar_subquery"),
+            "the filter by a scalar subquery runs in tasks:\n{physical}"
+        );
+        let ours = sorted(rows(&ctx.sql(query).unwrap().to_arrow().unwrap()));
+        assert_eq!(ours, sorted(rows(&sql(df, query))), "{query}");
+    }
     for query in [
         "SELECT k FROM keys WHERE EXISTS (SELECT 1 FROM lineitem \
          WHERE l_orderkey = k AND l_returnflag = 'R')",
@@ -1649,11 +1667,11 @@ fn task_outputs_lost_with_their_node_are_rebuilt_from_lineage(_shared: &Cluster)
     assert_ne!(numbers_node, doomed);
 }
 
-/// Killing a node that holds a materialized dataset's blocks: SQL semi and anti joins, a
-/// shuffle and sort, a groupby and a plain read of the dataset afterwards all give the answers DataFusion gives
-/// over the same file, the lost blocks made again from their read tasks (map tasks that find
-/// an input gone, and the driver reading a lost block, both remake it). A cluster of its own,
-/// since a node dies.
+/// Killing a node that holds a materialized dataset's blocks: SQL filters by scalar subqueries
+/// and semi and anti joins, a shuffle and sort, a groupby and a plain read of the dataset
+/// afterwards all give the answers DataFusion gives over the same file, the lost blocks made
+/// again from their read tasks (map tasks that find an input gone, and the driver reading a
+/// lost block, both remake it). A cluster of its own, since a node dies.
 fn dataset_blocks_lost_with_their_node_are_made_again(_shared: &Cluster) {
     use manta::SortKey;
     let dashboard = free_port().to_string();
@@ -1679,7 +1697,7 @@ fn dataset_blocks_lost_with_their_node_are_made_again(_shared: &Cluster) {
     let doomed = cluster.nodes[0].address.clone();
     kill_node_at(&mut cluster, &doomed);
 
-    semi_and_anti_joins_over_lost_blocks_match_sql(&ctx, &lineitem, &df, tmp.path());
+    sql_over_lost_blocks_matches_datafusion(&ctx, &lineitem, &df, tmp.path());
     let sorted_rows = lineitem
         .random_shuffle(Some(5))
         .sort_by(vec![
