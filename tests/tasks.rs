@@ -212,6 +212,24 @@ fn get_all_answers_a_failure_while_calls_before_it_run() {
     assert!(!gated.is_ready());
     getter.join().unwrap().unwrap();
 
+    // The failure in hand before get_all starts (what a busy machine makes of the above, now
+    // and then): get_all answers it at once too, rather than waiting for the gated call.
+    let failed = explode.remote(&ctx, 4);
+    let (done, _) = ctx.wait(std::slice::from_ref(&failed), 1, None);
+    assert_eq!(done.len(), 1);
+    let (answer, answered) = std::sync::mpsc::channel();
+    let getter = {
+        let (ctx, refs) = (ctx.clone(), vec![gated.clone(), failed]);
+        std::thread::spawn(move || answer.send(ctx.get_all(&refs).map_err(|e| e.to_string())))
+    };
+    let error = answered
+        .recv_timeout(Duration::from_secs(60))
+        .expect("get_all answers a failure it finds in hand")
+        .unwrap_err();
+    assert!(error.contains("exploded at 4"), "{error}");
+    getter.join().unwrap().unwrap();
+    assert!(!gated.is_ready());
+
     FAILURE_GATE.open();
     assert_eq!(ctx.get(&gated).unwrap(), 7);
 }

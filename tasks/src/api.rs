@@ -273,14 +273,17 @@ pub fn get_all<T: DeserializeOwned>(
 ) -> Result<Vec<T>> {
     let client = runtime.client();
     // Waits for the calls first, on the runtime (see `wait_on_runtime`); a failure ends the
-    // wait, to be returned below.
-    let pending: Vec<UntypedRef> = objects
-        .iter()
-        .filter(|o| !o.is_ready())
-        .map(ObjectRef::untyped)
-        .collect();
-    let wanted = pending.len();
-    wait_on_runtime(runtime, pending, wanted, true, None);
+    // wait, to be returned below. A call that has failed already ends it before it starts:
+    // waiting for the others then would wait for nothing, and maybe forever.
+    if !objects.iter().any(ObjectRef::has_failed) {
+        let pending: Vec<UntypedRef> = objects
+            .iter()
+            .filter(|o| !o.is_ready())
+            .map(ObjectRef::untyped)
+            .collect();
+        let wanted = pending.len();
+        wait_on_runtime(runtime, pending, wanted, true, None);
+    }
     // Values already here are read in place; only the rest are fetched, concurrently (a
     // future per object would cost more than the read itself).
     let mut values = Vec::with_capacity(objects.len());

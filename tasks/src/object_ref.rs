@@ -91,6 +91,11 @@ impl UntypedRef {
         self.shared.state().is_some()
     }
 
+    /// Whether the call is done and failed.
+    pub(crate) fn has_failed(&self) -> bool {
+        matches!(&*self.shared.state(), Some(Err(_)))
+    }
+
     /// The outcome, if the call is done.
     pub(crate) fn try_resolution(&self) -> Option<Resolution> {
         self.shared.state().clone()
@@ -132,6 +137,11 @@ impl<T> ObjectRef<T> {
 
     pub(crate) fn untyped(&self) -> UntypedRef {
         self.inner.clone()
+    }
+
+    /// Whether its call is done and failed.
+    pub(crate) fn has_failed(&self) -> bool {
+        self.inner.has_failed()
     }
 
     /// Whether the value (or the failure that replaces it) is there: `get` would not wait.
