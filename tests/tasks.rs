@@ -192,42 +192,38 @@ fn behind_failure_gate(value: i64) -> i64 {
     value
 }
 
-#[test]
-fn get_all_answers_a_failure_while_calls_before_it_run() {
-    let ctx = embedded();
-    let gated = behind_failure_gate.remote(&ctx, 7);
-    let failed = explode.remote(&ctx, 3);
-    let refs = vec![gated.clone(), failed];
+/// The error `get_all` of `refs` answers, asked on a thread of its own and waited for at most a
+/// minute, so that a `get_all` waiting for a gated call fails the test rather than hanging it.
+fn get_all_error_within_a_minute(ctx: &Context, refs: Vec<manta::ObjectRef<i64>>) -> String {
     let (answer, answered) = std::sync::mpsc::channel();
     let getter = {
         let ctx = ctx.clone();
         std::thread::spawn(move || answer.send(ctx.get_all(&refs).map_err(|e| e.to_string())))
     };
-    // Bounded, so that a get_all waiting for the gated call fails here rather than hanging.
     let error = answered
         .recv_timeout(Duration::from_secs(60))
         .expect("get_all answers the failure without waiting for the gated call")
         .unwrap_err();
+    getter.join().unwrap().unwrap();
+    error
+}
+
+#[test]
+fn get_all_answers_a_failure_while_calls_before_it_run() {
+    let ctx = embedded();
+    let gated = behind_failure_gate.remote(&ctx, 7);
+    let failed = explode.remote(&ctx, 3);
+    let error = get_all_error_within_a_minute(&ctx, vec![gated.clone(), failed]);
     assert!(error.contains("exploded at 3"), "{error}");
     assert!(!gated.is_ready());
-    getter.join().unwrap().unwrap();
 
     // The failure in hand before get_all starts (what a busy machine makes of the above, now
     // and then): get_all answers it at once too, rather than waiting for the gated call.
     let failed = explode.remote(&ctx, 4);
     let (done, _) = ctx.wait(std::slice::from_ref(&failed), 1, None);
     assert_eq!(done.len(), 1);
-    let (answer, answered) = std::sync::mpsc::channel();
-    let getter = {
-        let (ctx, refs) = (ctx.clone(), vec![gated.clone(), failed]);
-        std::thread::spawn(move || answer.send(ctx.get_all(&refs).map_err(|e| e.to_string())))
-    };
-    let error = answered
-        .recv_timeout(Duration::from_secs(60))
-        .expect("get_all answers a failure it finds in hand")
-        .unwrap_err();
+    let error = get_all_error_within_a_minute(&ctx, vec![gated.clone(), failed]);
     assert!(error.contains("exploded at 4"), "{error}");
-    getter.join().unwrap().unwrap();
     assert!(!gated.is_ready());
 
     FAILURE_GATE.open();
