@@ -167,7 +167,7 @@ fn unqualified(expr: Expr) -> datafusion::error::Result<Expr> {
 /// `JoinSelection` swapped into the wrong side when both sides have a column of the filter's
 /// name, and drops it from above the join: `SELECT * FROM (SELECT l.k AS k, r.k AS k_right FROM
 /// a l RIGHT JOIN b r ON l.g = r.h) WHERE NOT (k IS NOT NULL AND k_right >= -3)` keeps rows
-/// that fail the filter (found by `tests/differential.rs`). The pass after the others
+/// that fail the filter (found by `tests/all/differential.rs`). The pass after the others
 /// (dynamic filters) is kept, and
 /// [`ScanPredicates`](crate::scan_predicates::ScanPredicates) gives the scans the predicates
 /// of the filters right above them, for pruning.

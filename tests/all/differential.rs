@@ -4,15 +4,15 @@
 //! SQL over the same files; the answers must agree (numbers within 1e-9, nulls as nulls, order
 //! where the pipeline promises one).
 //!
-//! `cargo test --test differential` runs a fixed set of cases (seeded, so every run is the
-//! same). `MANTA_FUZZ_CASES=5000` runs more, `MANTA_FUZZ_SEED=<n>` other ones. A failing case is
-//! shrunk (fewer steps, fewer rows) and printed as a reproducer: the pipeline in Rust and in
-//! SQL, the tables' rows, and the case itself, which `MANTA_FUZZ_CASE='Case { ... }'` reruns
-//! (`MANTA_FUZZ_KEEP=1` keeps its files).
-
-mod fuzz;
+//! `cargo test --release --test all differential::` runs a fixed set of cases (seeded, so
+//! every run is the same). `MANTA_FUZZ_CASES=5000` runs more, `MANTA_FUZZ_SEED=<n>` other ones.
+//! A failing case is shrunk (fewer steps, fewer rows) and printed as a reproducer: the pipeline
+//! in Rust and in SQL, the tables' rows, and the case itself, which
+//! `MANTA_FUZZ_CASE='Case { ... }'` reruns (`MANTA_FUZZ_KEEP=1` keeps its files).
 
 use std::time::Instant;
+
+use crate::fuzz;
 
 use proptest::collection::vec;
 use proptest::prelude::*;

@@ -1,7 +1,7 @@
 //! End-to-end tests in embedded mode: the quickstart pipeline against DataFusion SQL, and bad
 //! input getting clear errors with no partial output.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

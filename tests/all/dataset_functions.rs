@@ -2,8 +2,6 @@
 //! size, stateful callables), row and split consumption, and object store URLs, in embedded
 //! mode; each result checked against plain Rust over the same input.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

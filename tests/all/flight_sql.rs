@@ -2,7 +2,7 @@
 //! wrote: arrow-flight's Flight SQL client, and Python's ADBC driver (installed with pip into a
 //! virtual environment; skipped, saying why, only where pip cannot install it).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! Ray Core's tasks and objects in embedded mode: remote functions, refs as arguments, `put`,
 //! `get_all`, `wait`, failures and retries; each answer checked against a plain Rust call.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};

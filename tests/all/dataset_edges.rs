@@ -4,7 +4,7 @@
 //! writes where something exists, writes of nothing, JSON fields that appear late, unions that
 //! differ in nullability; and the ergonomics that came with them.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -5,7 +5,7 @@
 //! (scanned by running it with the query's projection and filters), `orders` a registered plain
 //! Parquet dataset, the other tables DataFusion's own Parquet tables.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -3,7 +3,7 @@
 //! data plane, and the head's Flight SQL endpoint); a driver or node with a wrong token fails
 //! with an error that says so; the head's token file is its user's alone.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-mod common;
+use crate::common;
 
 use common::trainables::{Climber, grid, objective, quadratic};
 use manta::tune::{

@@ -1,7 +1,7 @@
 //! The Dataset API in embedded mode, operation by operation, each result checked against
 //! DataFusion SQL over the same input or against plain Rust.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Actors in embedded mode: calls run in order on one state, refs as arguments, named actors,
 //! kill, and failures; each answer checked against the same calls on a plain local value.
 
-mod common;
+use crate::common;
 
 use common::gate::Gate;
 use manta::tasks::Error;
