@@ -45,6 +45,7 @@ use futures::Stream;
 use manta_engine::{JobId, NodeId, Resources};
 use manta_flight::auth::{AuthChannel, Token, guard};
 use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -221,28 +222,32 @@ fn node_tasks(client: &NodeClient<AuthChannel>) -> TaskStream {
     }))
 }
 
+/// The head's tables, under one lock. Keyed maps hash with `FxHash`, as the event log's do:
+/// they are looked up several times for every task placed and ended (a task function's
+/// duration by its name, a node by its id), and SipHash was a visible share of the head's
+/// time in `tasks`. Their keys come from authenticated cluster members only.
 #[derive(Default)]
 struct HeadState {
-    nodes: HashMap<NodeId, NodeEntry>,
+    nodes: FxHashMap<NodeId, NodeEntry>,
     /// What each node has available, indexed for placement; kept in step with `nodes` by
     /// [`HeadState::node_changed`].
     capacity: Nodes,
-    jobs: HashMap<JobId, String>,
+    jobs: FxHashMap<JobId, String>,
     /// Tasks waiting for resources, by demand (see the module doc).
     waiting: BTreeMap<DemandKey, DemandQueue>,
     /// The next waiter's place in line.
     next_seq: u64,
     /// Every actor created, live or dead ([`actors`]).
-    actors: HashMap<manta_engine::ActorId, actors::ActorEntry>,
+    actors: FxHashMap<manta_engine::ActorId, actors::ActorEntry>,
     /// How long each task function runs, in nanoseconds (a moving average), by function: not
     /// by label, which for a SQL or dataset stage's tasks ("SQL stage 1, partition 0 of 2
     /// (...)") names a place in a plan that every query has, doing different work in each.
-    durations: HashMap<String, f64>,
+    durations: FxHashMap<String, f64>,
     /// When the head last warned about demand no live node can meet.
     pending_warned: Option<Instant>,
     /// Nodes the autoscaler stopped, and when: one still shutting down that heartbeats is
     /// refused rather than registered again.
-    retired: HashMap<NodeId, Instant>,
+    retired: FxHashMap<NodeId, Instant>,
     /// When the waiters are next looked at again for a node with room to steal (see
     /// [`Head::steal_later`]), if a look is due.
     steal_check: Option<Instant>,

@@ -147,7 +147,10 @@ async fn send_calls(open: Opener, mut queue: mpsc::UnboundedReceiver<(TaskReques
                 }
             }
             let link = link.as_ref().expect("opened");
-            let mut message = TaskCalls::default();
+            // Room for every call queued, so the batch is not moved as it grows.
+            let mut message = TaskCalls {
+                calls: Vec::with_capacity(calls.len()),
+            };
             let mut bytes = 0;
             {
                 let mut in_flight = link.in_flight.lock();

@@ -12,7 +12,9 @@
 //! they cannot drift from the table.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use rustc_hash::FxHashMap;
 
 use manta_engine::{NodeId, Resources};
 
@@ -57,7 +59,7 @@ struct Slot {
 /// The placement view of every node the head knows; see the module documentation.
 #[derive(Debug, Default)]
 pub struct Nodes {
-    slots: HashMap<NodeId, Slot>,
+    slots: FxHashMap<NodeId, Slot>,
     /// The nodes taking work, by available CPUs (most first), then by id.
     by_free_cpus: BTreeSet<(Reverse<Cpus>, NodeId)>,
     /// The totals of the nodes taking work, each with how many nodes have it.
