@@ -752,7 +752,8 @@ fn metrics_of_the_head_and_a_node_move_as_work_runs(_: &()) {
 
 /// Small task results come from the node that ran them to the driver over its result link,
 /// not through the head: after 200 tasks of 4 KiB results, all right, the node says it sent
-/// each one direct and the head passed on no result byte. A node that joins after the driver
+/// each one direct, the head passed on no result byte and sent the driver no answer for any of
+/// them (so the driver let go of each call when its result came). A node that joins after the driver
 /// (which has no link to it yet) sends its first results through the head, and the driver
 /// then links to it; its results are right either way, and each went one way or the other.
 fn task_results_go_from_the_node_to_the_driver_not_through_the_head(_: &()) {
@@ -767,6 +768,7 @@ fn task_results_go_from_the_node_to_the_driver_not_through_the_head(_: &()) {
     })
     .unwrap();
     let relayed = "manta_head_relayed_result_bytes_total";
+    let answered = |answer: &str| format!("manta_head_task_answers_total{{answer=\"{answer}\"}}");
     let (direct, through_head) = (
         "manta_node_results_total{path=\"direct\"}",
         "manta_node_results_total{path=\"head\"}",
@@ -786,8 +788,16 @@ fn task_results_go_from_the_node_to_the_driver_not_through_the_head(_: &()) {
     let (head_before, node_before) = (scrape(head_port, &token), scrape(first_port, &token));
     run(200, "first");
     let node_after = results_counted(first_port, &token, &node_before, 200);
-    let head_after = scrape(head_port, &token);
     let moved = |before: &str, after: &str, name: &str| sample(after, name) - sample(before, name);
+    // The node reports each task to the head after counting it.
+    let mut head_after = String::new();
+    let answers = |head: &str| {
+        ["none", "result", "failure"].map(|answer| moved(&head_before, head, &answered(answer)))
+    };
+    eventually("the head heard of each task's end", || {
+        head_after = scrape(head_port, &token);
+        answers(&head_after).iter().sum::<f64>() >= 200.0
+    });
     assert_eq!(
         moved(&node_before, &node_after, direct),
         200.0,
@@ -803,6 +813,7 @@ fn task_results_go_from_the_node_to_the_driver_not_through_the_head(_: &()) {
         0.0,
         "{head_after}"
     );
+    assert_eq!(answers(&head_after), [200.0, 0.0, 0.0], "{head_after}");
 
     let _late = node(late_port, "late=1");
     let head_before = scrape(head_port, &token);
@@ -817,6 +828,12 @@ fn task_results_go_from_the_node_to_the_driver_not_through_the_head(_: &()) {
     assert!(sample(&late, through_head) >= 1.0, "{late}");
     assert!(
         moved(&head_before, &head_after, relayed) >= 4096.0,
+        "{head_after}"
+    );
+    // The head answers exactly the results it carried.
+    assert_eq!(
+        moved(&head_before, &head_after, &answered("result")),
+        sample(&late, through_head),
         "{head_after}"
     );
 }

@@ -37,9 +37,8 @@ pub struct ClusterClient {
     job: JobId,
     flight: FlightPool,
     releaser: Arc<dyn ReleaseObject>,
-    /// The stream tasks are submitted to the head on.
-    tasks: TaskStream,
-    /// Where their successes come back, straight from the nodes.
+    /// Submits tasks to the head over one stream; their successes come back straight from
+    /// the nodes.
     direct: Arc<crate::direct_results::DirectResults>,
     /// This process's IP address as seen on the way to the head: its host in the cluster.
     own_ip: Option<std::net::IpAddr>,
@@ -124,14 +123,13 @@ impl ClusterClient {
         let tasks = TaskStream::new(Arc::new(move |calls| {
             let mut head = submitter.clone();
             Box::pin(async move {
-                head.submit_tasks(calls)
-                    .await
-                    .map(tonic::Response::into_inner)
+                let replies = head.submit_tasks(calls).await?.into_inner();
+                Ok(futures::StreamExt::boxed(replies))
             })
         }));
         // Results come straight from the nodes (those that join later are linked to when their
         // first result arrives through the head).
-        let direct = crate::direct_results::DirectResults::new(token.clone());
+        let direct = crate::direct_results::DirectResults::new(token.clone(), tasks);
         let mut lister = head.clone();
         let nodes = tokio::time::timeout(
             std::time::Duration::from_secs(10),
@@ -164,7 +162,6 @@ impl ClusterClient {
             flight: FlightPool::new(&token),
             token,
             releaser: Arc::new(FreeQueue(tx)),
-            tasks,
             direct,
             own_ip: own_ip_towards(address),
             usage: parking_lot::Mutex::new(None),
@@ -258,14 +255,14 @@ impl ClusterClient {
     /// Queues a task on the cluster; `done` gets its outcome, on the task stream's receiving
     /// task (so it must not block). Callable from any thread.
     pub fn submit_then(&self, spec: TaskSpec, done: crate::runtime::OnOutcome) {
-        let mut request = self.request(&spec);
+        let request = self.request(&spec);
         let releaser = Arc::clone(&self.releaser);
         // The inputs stay referenced (so not freed) until the task is done.
         let inputs = spec.inputs;
         let address = self.address.clone();
         let stalls = Arc::clone(&self.stalls);
         stalls.started();
-        let (reply_to, on_reply) = self.direct.register(Box::new(move |reply| {
+        let on_reply: crate::task_stream::OnReply = Box::new(move |reply| {
             drop(inputs);
             stalls.ended();
             done(
@@ -273,9 +270,8 @@ impl ClusterClient {
                     .map_err(|s| head_call_failed(&address, "SubmitTasks", s))
                     .and_then(|reply| outcome(reply, &releaser)),
             )
-        }));
-        request.reply_to = Some(reply_to);
-        self.tasks.send(request, on_reply);
+        });
+        self.direct.send(request, on_reply);
     }
 
     /// Stores `object` (a driver's `put`) on a node over Flight `DoPut`: a live node on this

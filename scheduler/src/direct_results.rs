@@ -4,22 +4,23 @@
 //! The head places tasks and keeps the cluster's state; the results need not pass through it.
 //! A driver opens a link (`Node.Results`) to every live node when it joins, and to any node a
 //! result later came from through the head (a node that joined after it, or whose link broke).
-//! Each task it submits carries a [`proto::ReplyTo`]: this process's random caller id and a
-//! key for the call. The node that runs the task sends its success over the link
-//! (`scheduler/src/node/result_links.rs`); this side hands it to the call and confirms it, and
-//! only then does the node report to the head, which answers the call's task stream with a bare
-//! "delivered". Anything else the head answers (a failure, a success that did not go over a
-//! link) goes to the call as before. Whichever copy of a result comes first is the answer; the
-//! other is dropped: so a link that breaks loses nothing (the node sends what was not
-//! confirmed through the head), and a failure or retry the head reports for a task whose result
-//! arrived already changes nothing.
+//! Each task it submits ([`DirectResults::send`]) carries a [`proto::ReplyTo`]: this process's
+//! random caller id and a key, which is also the call's id on the task stream to the head. The
+//! node that runs the task sends its success over the link
+//! (`scheduler/src/node/result_links.rs`); this side hands it to the call, lets go of the call
+//! on the task stream ([`TaskStream::forget`]) and confirms it, and only then does the node
+//! report to the head, which then sends the call no answer at all: a task whose result came
+//! this way costs the head no reply. Anything else the head answers (a failure, a success that
+//! did not go over a link) goes to the call as before. Whichever copy of a result comes first
+//! is the answer; the other is dropped: so a link that breaks loses nothing (the node sends
+//! what was not confirmed through the head), and a failure or retry the head reports for a
+//! task whose result arrived already changes nothing.
 //!
 //! Lineage, retries and the in-flight cap are untouched: the head still sees every task end
 //! (it frees the task's resources and its place among the stream's calls in flight when the
 //! node reports, after the caller has the result).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -33,7 +34,7 @@ use tonic::Status;
 use crate::proto::node_client::NodeClient;
 use crate::proto::{self, task_reply};
 use crate::server;
-use crate::task_stream::OnReply;
+use crate::task_stream::{OnReply, TaskStream};
 
 /// How long opening a link may take before it is given up (results then come through the head).
 const OPEN_DEADLINE: Duration = Duration::from_secs(10);
@@ -42,7 +43,8 @@ const OPEN_DEADLINE: Duration = Duration::from_secs(10);
 pub(crate) struct DirectResults {
     /// Names this process to the nodes: random, so two callers never share it.
     caller: u64,
-    next_key: AtomicU64,
+    /// The stream the calls go to the head over; a call's key is its id there.
+    tasks: TaskStream,
     /// Calls not answered yet, by key.
     pending: Mutex<HashMap<u64, OnReply>>,
     /// The nodes a link is open (or opening) to, by address.
@@ -59,11 +61,11 @@ impl Drop for DirectResults {
 }
 
 impl DirectResults {
-    /// No links yet; calls present `token` when they open one.
-    pub(crate) fn new(token: Token) -> Arc<Self> {
+    /// No links yet; calls go to the head over `tasks`, and links present `token` when opened.
+    pub(crate) fn new(token: Token, tasks: TaskStream) -> Arc<Self> {
         Arc::new(Self {
             caller: rand::random(),
-            next_key: AtomicU64::new(0),
+            tasks,
             pending: Mutex::default(),
             linked: Mutex::default(),
             token,
@@ -71,18 +73,18 @@ impl DirectResults {
         })
     }
 
-    /// Takes the handler of a call's reply; returns where the node that runs the call is to
-    /// send its success, and the handler for what the head answers the call.
-    pub(crate) fn register(self: &Arc<Self>, on_reply: OnReply) -> (proto::ReplyTo, OnReply) {
-        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+    /// Sends `task` to the head; `on_reply` gets its success from the node that runs it (over
+    /// the link), or what the head answers instead (a failure, a success it carried).
+    pub(crate) fn send(self: &Arc<Self>, mut task: proto::TaskRequest, on_reply: OnReply) {
+        let key = self.tasks.reserve();
         self.pending.lock().insert(key, on_reply);
-        let results = Arc::clone(self);
-        let from_head: OnReply = Box::new(move |reply| results.from_head(key, reply));
-        let reply_to = proto::ReplyTo {
+        task.reply_to = Some(proto::ReplyTo {
             caller: self.caller,
             key,
-        };
-        (reply_to, from_head)
+        });
+        let results = Arc::clone(self);
+        let from_head: OnReply = Box::new(move |reply| results.from_head(key, reply));
+        self.tasks.send_as(key, task, from_head);
     }
 
     /// Opens a link to the node at `address` unless one is open, in the background (must be
@@ -104,10 +106,10 @@ impl DirectResults {
         }) = &reply
         {
             if success.delivered {
-                // The node reports to the head only after this side confirmed the result,
-                // which it does after taking the call out of `pending`.
+                // The head answers no call whose result came over a link, and the node reports
+                // such a result only after this side took the call out of `pending`.
                 return on_reply(Err(Status::internal(
-                    "the node said the result went over the result link, but it never arrived",
+                    "the head said the result went over the result link, but it never arrived",
                 )));
             }
             if let Some(output) = &success.output {
@@ -117,8 +119,9 @@ impl DirectResults {
         on_reply(reply)
     }
 
-    /// Hands each result of `batch` to its call; returns the keys to confirm (all of them: a
-    /// result whose call the head answered first is confirmed too, and dropped).
+    /// Hands each result of `batch` to its call and lets go of the call on the task stream
+    /// (the head will not answer it); returns the keys to confirm (all of them: a result whose
+    /// call the head answered first is confirmed too, and dropped).
     fn take(&self, batch: proto::DirectResults) -> Vec<u64> {
         let mut received = Vec::with_capacity(batch.results.len());
         let answered: Vec<_> = {
@@ -128,11 +131,12 @@ impl DirectResults {
                 .into_iter()
                 .filter_map(|result| {
                     received.push(result.key);
-                    Some((pending.remove(&result.key)?, result.success))
+                    Some((result.key, pending.remove(&result.key)?, result.success))
                 })
                 .collect()
         };
-        for (on_reply, success) in answered {
+        self.tasks.forget(answered.iter().map(|(key, _, _)| *key));
+        for (_, on_reply, success) in answered {
             on_reply(Ok(proto::TaskReply {
                 result: success.map(task_reply::Result::Success),
             }));

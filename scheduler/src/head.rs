@@ -218,7 +218,10 @@ fn node_tasks(client: &NodeClient<AuthChannel>) -> TaskStream {
     let client = client.clone();
     TaskStream::new(Arc::new(move |calls| {
         let mut client = client.clone();
-        Box::pin(async move { client.run_tasks(calls).await.map(Response::into_inner) })
+        Box::pin(async move {
+            let replies = client.run_tasks(calls).await?.into_inner();
+            Ok(futures::StreamExt::boxed(replies))
+        })
     }))
 }
 
@@ -1373,14 +1376,14 @@ impl HeadRpc for Head {
             let head = Arc::clone(&head);
             async move {
                 match head.submit(task).await {
-                    // The caller has it (over its result link): it needs only to hear that.
-                    Ok(success) if success.delivered => proto::TaskReply {
-                        result: Some(task_reply::Result::Success(proto::TaskSuccess {
-                            delivered: true,
-                            ..Default::default()
-                        })),
-                    },
+                    // The caller has it (over its result link, and confirmed it before the
+                    // node reported here) and has let go of the call: no answer.
+                    Ok(success) if success.delivered => {
+                        head.metrics.task_answers.none.inc();
+                        None
+                    }
                     Ok(success) => {
+                        head.metrics.task_answers.result.inc();
                         if let Some(inline) =
                             success.output.as_ref().and_then(|o| o.inline.as_ref())
                         {
@@ -1388,11 +1391,14 @@ impl HeadRpc for Head {
                                 .relayed_result_bytes
                                 .inc_by(inline.len() as u64);
                         }
-                        proto::TaskReply {
+                        Some(proto::TaskReply {
                             result: Some(task_reply::Result::Success(success)),
-                        }
+                        })
                     }
-                    Err(error) => proto::TaskReply::failed(&error),
+                    Err(error) => {
+                        head.metrics.task_answers.failure.inc();
+                        Some(proto::TaskReply::failed(&error))
+                    }
                 }
             }
         });

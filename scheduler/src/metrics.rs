@@ -163,6 +163,18 @@ pub struct HeadMetrics {
     /// Inline result bytes the head passed on to callers: results that did not reach their
     /// caller over a result link (see `scheduler/src/node/result_links.rs`).
     pub relayed_result_bytes: IntCounter,
+    /// What the head answered the callers of finished tasks.
+    pub task_answers: TaskAnswers,
+}
+
+/// What the head answered a caller when its task ended (`manta_head_task_answers_total`).
+pub struct TaskAnswers {
+    /// The success itself: its result did not go over a result link.
+    pub result: IntCounter,
+    /// The failure.
+    pub failure: IntCounter,
+    /// Nothing: the caller had the result over its result link already.
+    pub none: IntCounter,
 }
 
 impl Default for HeadMetrics {
@@ -186,7 +198,20 @@ impl Default for HeadMetrics {
             "direction",
         );
         let [task_bytes_in, task_bytes_out] = children(&task_bytes, ["in", "out"]);
+        let answers = counter_vec(
+            &registry,
+            "manta_head_task_answers_total",
+            "The head's answers to callers of finished tasks: result, failure, or none (the \
+             caller had the result over its result link)",
+            "answer",
+        );
+        let [result, failure, none] = children(&answers, ["result", "failure", "none"]);
         Self {
+            task_answers: TaskAnswers {
+                result,
+                failure,
+                none,
+            },
             tasks: TaskCounters {
                 submitted,
                 finished,

@@ -849,11 +849,11 @@ impl NodeRpc for NodeService {
                             true => daemon.metrics.results_direct.inc(),
                             false => daemon.metrics.results_through_head.inc(),
                         }
-                        proto::TaskReply {
+                        Some(proto::TaskReply {
                             result: Some(task_reply::Result::Success(success)),
-                        }
+                        })
                     }
-                    Err(error) => proto::TaskReply::failed(&error),
+                    Err(error) => Some(proto::TaskReply::failed(&error)),
                 }
             }
         });

@@ -14,6 +14,9 @@
 //!   call opens a new stream.
 //! * The callee's side is [`serve`]: it runs each call of each message as a tokio task of its
 //!   own, [`MAX_IN_FLIGHT`] at once at most, and sends the replies back, batched the same way.
+//!   A call may end without a reply when the caller has its answer already by another way (a
+//!   driver's task whose result came over a result link, [`crate::direct_results`]); the caller
+//!   then lets go of the call itself ([`TaskStream::forget`]).
 //!
 //! Batching costs no latency: the sender takes what is queued *now*; under light load a batch
 //! is one call.
@@ -22,8 +25,10 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
 use prost::Message;
@@ -39,13 +44,12 @@ pub const MAX_CALLS: usize = 4096;
 /// A message is cut once its calls (or replies) pass this size, well under gRPC's 4 MiB.
 pub const MAX_BATCH_BYTES: usize = 1 << 20;
 
+/// The replies of an open stream (a gRPC response stream, or in a test, anything).
+pub type Replies = BoxStream<'static, Result<TaskCallReplies, Status>>;
+
 /// Opens the stream: given the outgoing messages, starts the RPC and returns the replies.
 pub type Opener = Arc<
-    dyn Fn(
-            ReceiverStream<TaskCalls>,
-        ) -> BoxFuture<'static, Result<Streaming<TaskCallReplies>, Status>>
-        + Send
-        + Sync,
+    dyn Fn(ReceiverStream<TaskCalls>) -> BoxFuture<'static, Result<Replies, Status>> + Send + Sync,
 >;
 
 /// How every status this module makes up (the stream stopped, ended, broke) begins.
@@ -54,10 +58,17 @@ pub(crate) const STREAM_ENDED: &str = "the task stream";
 /// What is done with a call's reply (or with the status that replaces it).
 pub type OnReply = Box<dyn FnOnce(Result<TaskReply, Status>) + Send>;
 
+/// A call queued on a stream: its id, the task, what to do with the reply.
+type Queued = (u64, TaskRequest, OnReply);
+
 /// The caller's side of a task stream (see the module documentation).
 #[derive(Clone)]
 pub struct TaskStream {
-    queue: mpsc::UnboundedSender<(TaskRequest, OnReply)>,
+    queue: mpsc::UnboundedSender<Queued>,
+    /// The id of the next call: unique over the stream's life, across the links it opens.
+    next_id: Arc<AtomicU64>,
+    /// The calls the link open now carries ([`TaskStream::forget`] looks there).
+    current: Arc<Mutex<Option<Arc<Mutex<InFlight>>>>>,
 }
 
 impl std::fmt::Debug for TaskStream {
@@ -70,34 +81,72 @@ impl TaskStream {
     /// A stream opened with `open` at the first call (must be created inside a tokio runtime).
     pub fn new(open: Opener) -> Self {
         let (queue, calls) = mpsc::unbounded_channel();
-        tokio::spawn(send_calls(open, calls));
-        Self { queue }
+        let current = Arc::default();
+        tokio::spawn(send_calls(open, calls, Arc::clone(&current)));
+        Self {
+            queue,
+            next_id: Arc::new(AtomicU64::new(1)),
+            current,
+        }
     }
 
     /// A stream whose calls `answer` takes in this process, in order, with no transport: how
     /// the scheduling simulation ([`crate::simulation`]) stands in for a node. `answer`
     /// runs on the stream's own task, so it must not block.
     pub fn in_process(answer: Arc<dyn Fn(TaskRequest, OnReply) + Send + Sync>) -> Self {
-        let (queue, mut calls) = mpsc::unbounded_channel::<(TaskRequest, OnReply)>();
+        let (queue, mut calls) = mpsc::unbounded_channel::<Queued>();
         tokio::spawn(async move {
             let mut queued = Vec::new();
             while calls.recv_many(&mut queued, MAX_CALLS).await > 0 {
-                for (task, on_reply) in queued.drain(..) {
+                for (_, task, on_reply) in queued.drain(..) {
                     answer(task, on_reply);
                 }
             }
         });
-        Self { queue }
+        Self {
+            queue,
+            next_id: Arc::new(AtomicU64::new(1)),
+            current: Arc::default(),
+        }
     }
 
     /// Queues one task; `on_reply` gets its reply, or the error status that replaces it if
     /// the stream broke first. It runs on the stream's receiving task, so it must not block.
     /// Needs no runtime context: a plain thread can send.
     pub fn send(&self, task: TaskRequest, on_reply: OnReply) {
-        if let Err(refused) = self.queue.send((task, on_reply)) {
-            let (_, on_reply) = refused.0;
+        self.send_as(self.reserve(), task, on_reply);
+    }
+
+    /// An id for a call not sent yet, for [`TaskStream::send_as`]: so that the caller knows
+    /// the call's id before the call goes (to [`forget`](TaskStream::forget) it later).
+    pub(crate) fn reserve(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// [`TaskStream::send`] of a call whose id was [reserved](TaskStream::reserve).
+    pub(crate) fn send_as(&self, call: u64, task: TaskRequest, on_reply: OnReply) {
+        if let Err(refused) = self.queue.send((call, task, on_reply)) {
+            let (_, _, on_reply) = refused.0;
             on_reply(Err(Status::unavailable("the task stream has stopped")));
         }
+    }
+
+    /// Lets go of `calls`, whose answers the caller has by another way: their handlers are
+    /// dropped without being called, and a reply that comes for one later is ignored. A call
+    /// the stream answered already (or failed, when it broke) is skipped.
+    pub(crate) fn forget(&self, calls: impl IntoIterator<Item = u64>) {
+        let Some(link) = self.current.lock().clone() else {
+            return;
+        };
+        let forgotten: Vec<OnReply> = {
+            let mut in_flight = link.lock();
+            calls
+                .into_iter()
+                .filter_map(|call| in_flight.waiting.remove(&call))
+                .collect()
+        };
+        // Dropped outside the lock: a handler may own what takes a lock of its own to drop.
+        drop(forgotten);
     }
 
     /// Sends one task and waits for its reply; an error status if the stream broke first.
@@ -128,9 +177,12 @@ struct Link {
     in_flight: Arc<Mutex<InFlight>>,
 }
 
-async fn send_calls(open: Opener, mut queue: mpsc::UnboundedReceiver<(TaskRequest, OnReply)>) {
+async fn send_calls(
+    open: Opener,
+    mut queue: mpsc::UnboundedReceiver<Queued>,
+    current: Arc<Mutex<Option<Arc<Mutex<InFlight>>>>>,
+) {
     let mut link: Option<Link> = None;
-    let mut next_id = 0u64;
     let mut queued = Vec::new();
     while queue.recv_many(&mut queued, MAX_CALLS).await > 0 {
         let mut calls = queued.drain(..).peekable();
@@ -139,12 +191,13 @@ async fn send_calls(open: Opener, mut queue: mpsc::UnboundedReceiver<(TaskReques
                 match open_link(&open).await {
                     Ok(opened) => link = Some(opened),
                     Err(status) => {
-                        for (_, reply) in calls.by_ref() {
+                        for (_, _, reply) in calls.by_ref() {
                             reply(Err(status.clone()));
                         }
                         break;
                     }
                 }
+                *current.lock() = link.as_ref().map(|l| Arc::clone(&l.in_flight));
             }
             let link = link.as_ref().expect("opened");
             // Room for every call queued, so the batch is not moved as it grows.
@@ -158,13 +211,12 @@ async fn send_calls(open: Opener, mut queue: mpsc::UnboundedReceiver<(TaskReques
                     continue;
                 }
                 while bytes < MAX_BATCH_BYTES
-                    && let Some((task, reply)) = calls.next()
+                    && let Some((call_id, task, reply)) = calls.next()
                 {
-                    next_id += 1;
                     bytes += task.encoded_len();
-                    in_flight.waiting.insert(next_id, reply);
+                    in_flight.waiting.insert(call_id, reply);
                     message.calls.push(TaskCall {
-                        call_id: next_id,
+                        call_id,
                         task: Some(task),
                     });
                 }
@@ -187,10 +239,10 @@ async fn open_link(open: &Opener) -> Result<Link, Status> {
 }
 
 /// Hands each reply to its call; when the stream ends, fails the calls still waiting.
-async fn receive_replies(mut replies: Streaming<TaskCallReplies>, in_flight: Arc<Mutex<InFlight>>) {
+async fn receive_replies(mut replies: Replies, in_flight: Arc<Mutex<InFlight>>) {
     let status = loop {
-        match replies.message().await {
-            Ok(Some(batch)) => {
+        match replies.next().await {
+            Some(Ok(batch)) => {
                 // Taken under the lock, answered outside it.
                 let answered: Vec<_> = {
                     let mut in_flight = in_flight.lock();
@@ -210,8 +262,8 @@ async fn receive_replies(mut replies: Streaming<TaskCallReplies>, in_flight: Arc
                     );
                 }
             }
-            Ok(None) => break Status::unavailable("the task stream ended"),
-            Err(status) => break status,
+            None => break Status::unavailable("the task stream ended"),
+            Some(Err(status)) => break status,
         }
     };
     let waiting = {
@@ -235,11 +287,12 @@ pub type ReplyStream = Pin<Box<dyn Stream<Item = Result<TaskCallReplies, Status>
 
 /// The callee's side: runs every call arriving on `calls` with `run`, each as a tokio task of
 /// its own ([`MAX_IN_FLIGHT`] at once at most), and streams the replies back in batches as they
-/// finish.
+/// finish. A call `run` ends with `None` is not answered: the caller has its answer already
+/// and [forgets](TaskStream::forget) the call itself.
 pub fn serve<F, Fut>(mut calls: Streaming<TaskCalls>, run: F) -> ReplyStream
 where
     F: Fn(TaskRequest) -> Fut + Send + 'static,
-    Fut: Future<Output = TaskReply> + Send + 'static,
+    Fut: Future<Output = Option<TaskReply>> + Send + 'static,
 {
     let (done, replies) = mpsc::unbounded_channel::<TaskCallReply>();
     let room = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -256,11 +309,12 @@ where
                 let running = Box::pin(run(call.task.unwrap_or_default()));
                 let done = done.clone();
                 tokio::spawn(async move {
-                    let reply = running.await;
-                    let _ = done.send(TaskCallReply {
-                        call_id: call.call_id,
-                        reply: Some(reply),
-                    });
+                    if let Some(reply) = running.await {
+                        let _ = done.send(TaskCallReply {
+                            call_id: call.call_id,
+                            reply: Some(reply),
+                        });
+                    }
                     drop(slot);
                 });
             }
@@ -303,4 +357,131 @@ where
             Some((Ok(message(batch)), (items, carried)))
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{TaskSuccess, task_reply};
+
+    /// A stream whose callee is the test: returns it, the calls it sends, and where the test
+    /// puts the callee's replies.
+    fn stream_to_test() -> (
+        TaskStream,
+        mpsc::UnboundedReceiver<TaskCalls>,
+        mpsc::UnboundedSender<Result<TaskCallReplies, Status>>,
+    ) {
+        let (calls_out, calls) = mpsc::unbounded_channel();
+        let (replies, replies_in) = mpsc::unbounded_channel();
+        let replies_in = Arc::new(Mutex::new(Some(replies_in)));
+        let stream = TaskStream::new(Arc::new(move |mut outgoing: ReceiverStream<TaskCalls>| {
+            let calls_out = calls_out.clone();
+            let replies_in = replies_in.lock().take();
+            Box::pin(async move {
+                tokio::spawn(async move {
+                    while let Some(message) = outgoing.next().await {
+                        let _ = calls_out.send(message);
+                    }
+                });
+                let replies_in = replies_in.ok_or_else(|| Status::unavailable("opened twice"))?;
+                Ok(tokio_stream::wrappers::UnboundedReceiverStream::new(replies_in).boxed())
+            })
+        }));
+        (stream, calls, replies)
+    }
+
+    fn waiting(stream: &TaskStream) -> usize {
+        let link = stream.current.lock().clone().expect("a link is open");
+        link.lock().waiting.len()
+    }
+
+    fn success(call_id: u64) -> TaskCallReply {
+        TaskCallReply {
+            call_id,
+            reply: Some(TaskReply {
+                result: Some(task_reply::Result::Success(TaskSuccess::default())),
+            }),
+        }
+    }
+
+    /// Calls the caller forgets (their answers came another way) are let go of at once; the
+    /// callee's later replies to them are ignored, and the other calls get theirs.
+    #[tokio::test]
+    async fn forgotten_calls_are_let_go_and_their_late_replies_ignored() {
+        let (stream, mut calls, replies) = stream_to_test();
+        let (answered, mut answers) = mpsc::unbounded_channel();
+        let ids: Vec<u64> = (0..6).map(|_| stream.reserve()).collect();
+        for &id in &ids {
+            let answered = answered.clone();
+            let on_reply: OnReply = Box::new(move |reply| {
+                let _ = answered.send((id, reply.is_ok()));
+            });
+            stream.send_as(id, TaskRequest::default(), on_reply);
+        }
+        let mut seen = Vec::new();
+        while seen.len() < ids.len() {
+            let message = calls.recv().await.expect("the calls arrive");
+            seen.extend(message.calls.iter().map(|call| call.call_id));
+        }
+        assert_eq!(seen, ids, "each call goes with the id reserved for it");
+        assert_eq!(waiting(&stream), 6);
+
+        let (forgotten, kept): (Vec<u64>, Vec<u64>) = ids.iter().partition(|id| *id % 2 == 0);
+        // Forgetting is idempotent, and an id never sent is skipped.
+        stream.forget(
+            forgotten
+                .iter()
+                .copied()
+                .chain(forgotten.clone())
+                .chain([u64::MAX]),
+        );
+        assert_eq!(waiting(&stream), kept.len());
+
+        // One batch answers every call: the forgotten ones are skipped as the batch is read,
+        // before any handler runs, so once the kept calls are answered nothing else can be.
+        let batch = ids.iter().map(|&id| success(id)).collect();
+        replies
+            .send(Ok(TaskCallReplies { replies: batch }))
+            .unwrap();
+        let mut got = Vec::new();
+        for _ in &kept {
+            let (id, ok) = answers.recv().await.expect("an answer");
+            assert!(ok);
+            got.push(id);
+        }
+        got.sort_unstable();
+        assert_eq!(got, kept);
+        assert!(answers.try_recv().is_err(), "a forgotten call was answered");
+        assert_eq!(waiting(&stream), 0);
+    }
+
+    /// When the stream breaks, the calls still waiting fail with its status; forgotten ones
+    /// are not called at all.
+    #[tokio::test]
+    async fn a_broken_stream_fails_the_waiting_calls_but_not_the_forgotten() {
+        let (stream, mut calls, replies) = stream_to_test();
+        let (answered, mut answers) = mpsc::unbounded_channel();
+        let ids: Vec<u64> = (0..3).map(|_| stream.reserve()).collect();
+        for &id in &ids {
+            let answered = answered.clone();
+            let on_reply: OnReply = Box::new(move |reply: Result<TaskReply, Status>| {
+                let _ = answered.send((id, reply.map(|_| ()).map_err(|s| s.code())));
+            });
+            stream.send_as(id, TaskRequest::default(), on_reply);
+        }
+        let mut seen = 0;
+        while seen < ids.len() {
+            seen += calls.recv().await.expect("the calls arrive").calls.len();
+        }
+        stream.forget([ids[1]]);
+        replies.send(Err(Status::aborted("cut"))).unwrap();
+        drop(answered);
+        let mut failed = Vec::new();
+        while let Some((id, outcome)) = answers.recv().await {
+            assert_eq!(outcome, Err(tonic::Code::Aborted));
+            failed.push(id);
+        }
+        failed.sort_unstable();
+        assert_eq!(failed, [ids[0], ids[2]]);
+    }
 }

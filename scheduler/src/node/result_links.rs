@@ -6,9 +6,8 @@
 //! a task succeeds here, [`ResultLinks::deliver`] sends the success over the caller's link and
 //! waits for the caller to confirm it (the caller confirms each batch of results once it has
 //! handed them on); only then does the head get its copy, a marker without the inline value,
-//! which frees the task's resources and its place in the head's in-flight count and which the
-//! head answers with a bare "delivered". So the marker always reaches the caller after the
-//! result itself.
+//! which frees the task's resources and its place in the head's in-flight count. The head does
+//! not answer the caller for it: the caller had let go of the call when it took the result.
 //!
 //! Nothing is lost on the way: a result whose caller has no link here, whose link breaks
 //! before the caller confirms it, or that is not confirmed within [`CONFIRM_DEADLINE`], goes to
