@@ -364,14 +364,21 @@ mod tests {
     use super::*;
     use crate::proto::{TaskSuccess, task_reply};
 
-    /// A stream whose callee is the test: returns it, the calls it sends, and where the test
-    /// puts the callee's replies.
-    fn stream_to_test() -> (
+    /// A call's outcome as a test sees it: the call's id, and `Ok` or the failure's code.
+    type Answer = (u64, Result<(), tonic::Code>);
+
+    /// A stream whose callee is the test, and `count` calls sent on it: returns the stream, the
+    /// calls' ids, where their answers go, and where the test puts the callee's replies (after
+    /// the calls reached the callee, each with the id reserved for it).
+    async fn calls_to_test(
+        count: usize,
+    ) -> (
         TaskStream,
-        mpsc::UnboundedReceiver<TaskCalls>,
+        Vec<u64>,
+        mpsc::UnboundedReceiver<Answer>,
         mpsc::UnboundedSender<Result<TaskCallReplies, Status>>,
     ) {
-        let (calls_out, calls) = mpsc::unbounded_channel();
+        let (calls_out, mut calls) = mpsc::unbounded_channel();
         let (replies, replies_in) = mpsc::unbounded_channel();
         let replies_in = Arc::new(Mutex::new(Some(replies_in)));
         let stream = TaskStream::new(Arc::new(move |mut outgoing: ReceiverStream<TaskCalls>| {
@@ -387,70 +394,71 @@ mod tests {
                 Ok(tokio_stream::wrappers::UnboundedReceiverStream::new(replies_in).boxed())
             })
         }));
-        (stream, calls, replies)
+        let (answered, answers) = mpsc::unbounded_channel();
+        let ids: Vec<u64> = (0..count).map(|_| stream.reserve()).collect();
+        for &id in &ids {
+            let answered = answered.clone();
+            let on_reply: OnReply = Box::new(move |reply: Result<TaskReply, Status>| {
+                let _ = answered.send((id, reply.map(|_| ()).map_err(|s| s.code())));
+            });
+            stream.send_as(id, TaskRequest::default(), on_reply);
+        }
+        let mut seen = Vec::new();
+        while seen.len() < count {
+            let message: TaskCalls = calls.recv().await.expect("the calls arrive");
+            seen.extend(message.calls.iter().map(|call| call.call_id));
+        }
+        assert_eq!(seen, ids, "each call goes with the id reserved for it");
+        (stream, ids, answers, replies)
     }
 
+    /// The calls the open link awaits replies for.
     fn waiting(stream: &TaskStream) -> usize {
         let link = stream.current.lock().clone().expect("a link is open");
         link.lock().waiting.len()
     }
 
-    fn success(call_id: u64) -> TaskCallReply {
-        TaskCallReply {
-            call_id,
-            reply: Some(TaskReply {
-                result: Some(task_reply::Result::Success(TaskSuccess::default())),
-            }),
+    /// The ids of the next `count` answers, sorted, each checked to be `outcome`.
+    async fn answered(
+        answers: &mut mpsc::UnboundedReceiver<Answer>,
+        count: usize,
+        outcome: Result<(), tonic::Code>,
+    ) -> Vec<u64> {
+        let mut ids = Vec::new();
+        for _ in 0..count {
+            let (id, got) = answers.recv().await.expect("an answer");
+            assert_eq!(got, outcome, "call {id}");
+            ids.push(id);
         }
+        ids.sort_unstable();
+        ids
     }
 
     /// Calls the caller forgets (their answers came another way) are let go of at once; the
     /// callee's later replies to them are ignored, and the other calls get theirs.
     #[tokio::test]
     async fn forgotten_calls_are_let_go_and_their_late_replies_ignored() {
-        let (stream, mut calls, replies) = stream_to_test();
-        let (answered, mut answers) = mpsc::unbounded_channel();
-        let ids: Vec<u64> = (0..6).map(|_| stream.reserve()).collect();
-        for &id in &ids {
-            let answered = answered.clone();
-            let on_reply: OnReply = Box::new(move |reply| {
-                let _ = answered.send((id, reply.is_ok()));
-            });
-            stream.send_as(id, TaskRequest::default(), on_reply);
-        }
-        let mut seen = Vec::new();
-        while seen.len() < ids.len() {
-            let message = calls.recv().await.expect("the calls arrive");
-            seen.extend(message.calls.iter().map(|call| call.call_id));
-        }
-        assert_eq!(seen, ids, "each call goes with the id reserved for it");
+        let (stream, ids, mut answers, replies) = calls_to_test(6).await;
         assert_eq!(waiting(&stream), 6);
-
         let (forgotten, kept): (Vec<u64>, Vec<u64>) = ids.iter().partition(|id| *id % 2 == 0);
         // Forgetting is idempotent, and an id never sent is skipped.
-        stream.forget(
-            forgotten
-                .iter()
-                .copied()
-                .chain(forgotten.clone())
-                .chain([u64::MAX]),
-        );
+        let twice = forgotten.iter().chain(&forgotten).copied();
+        stream.forget(twice.chain([u64::MAX]));
         assert_eq!(waiting(&stream), kept.len());
 
         // One batch answers every call: the forgotten ones are skipped as the batch is read,
         // before any handler runs, so once the kept calls are answered nothing else can be.
-        let batch = ids.iter().map(|&id| success(id)).collect();
-        replies
-            .send(Ok(TaskCallReplies { replies: batch }))
-            .unwrap();
-        let mut got = Vec::new();
-        for _ in &kept {
-            let (id, ok) = answers.recv().await.expect("an answer");
-            assert!(ok);
-            got.push(id);
-        }
-        got.sort_unstable();
-        assert_eq!(got, kept);
+        let batch = ids.iter().map(|&call_id| TaskCallReply {
+            call_id,
+            reply: Some(TaskReply {
+                result: Some(task_reply::Result::Success(TaskSuccess::default())),
+            }),
+        });
+        let batch = TaskCallReplies {
+            replies: batch.collect(),
+        };
+        replies.send(Ok(batch)).unwrap();
+        assert_eq!(answered(&mut answers, kept.len(), Ok(())).await, kept);
         assert!(answers.try_recv().is_err(), "a forgotten call was answered");
         assert_eq!(waiting(&stream), 0);
     }
@@ -459,29 +467,12 @@ mod tests {
     /// are not called at all.
     #[tokio::test]
     async fn a_broken_stream_fails_the_waiting_calls_but_not_the_forgotten() {
-        let (stream, mut calls, replies) = stream_to_test();
-        let (answered, mut answers) = mpsc::unbounded_channel();
-        let ids: Vec<u64> = (0..3).map(|_| stream.reserve()).collect();
-        for &id in &ids {
-            let answered = answered.clone();
-            let on_reply: OnReply = Box::new(move |reply: Result<TaskReply, Status>| {
-                let _ = answered.send((id, reply.map(|_| ()).map_err(|s| s.code())));
-            });
-            stream.send_as(id, TaskRequest::default(), on_reply);
-        }
-        let mut seen = 0;
-        while seen < ids.len() {
-            seen += calls.recv().await.expect("the calls arrive").calls.len();
-        }
+        let (stream, ids, mut answers, replies) = calls_to_test(3).await;
         stream.forget([ids[1]]);
         replies.send(Err(Status::aborted("cut"))).unwrap();
-        drop(answered);
-        let mut failed = Vec::new();
-        while let Some((id, outcome)) = answers.recv().await {
-            assert_eq!(outcome, Err(tonic::Code::Aborted));
-            failed.push(id);
-        }
-        failed.sort_unstable();
+        let failed = answered(&mut answers, 2, Err(tonic::Code::Aborted)).await;
         assert_eq!(failed, [ids[0], ids[2]]);
+        // Every handler is gone (called or dropped), and none answered again.
+        assert_eq!(answers.recv().await, None);
     }
 }
