@@ -55,14 +55,7 @@ fn tpch_queries_run_as_stages_of_tasks_on_the_nodes(cluster: &Cluster) {
     );
     a_view_read_twice_runs_once(&ctx);
     explain_analyze_shows_the_tasks_under_the_cut(&ctx);
-    let wrong: Vec<String> = (1..=22)
-        .filter_map(|n| {
-            tpch::check(
-                n,
-                &cells(&ctx.sql(&tpch::query(n)).unwrap().to_arrow().unwrap()),
-            )
-        })
-        .collect();
+    let wrong = tpch::wrong_answers(&ctx);
     assert!(wrong.is_empty(), "wrong answers:\n{}", wrong.join("\n"));
 }
 

@@ -3,9 +3,10 @@
 
 use crate::common;
 
+use common::embedded;
 use common::gate::Gate;
+use manta::ActorOptions;
 use manta::tasks::Error;
-use manta::{ActorOptions, Config, Context};
 
 /// A running total and a log of what it was given.
 pub struct Tally {
@@ -76,14 +77,6 @@ static GATE: Gate = Gate::new();
 fn gated(value: i64) -> i64 {
     GATE.pass();
     value
-}
-
-fn embedded() -> Context {
-    manta::init_with(Config {
-        num_cpus: Some(2),
-        ..Default::default()
-    })
-    .unwrap()
 }
 
 #[test]

@@ -14,14 +14,6 @@ use manta::{Config, JoinKind};
 
 use common::*;
 
-fn embedded() -> manta::Context {
-    manta::init_with(Config {
-        num_cpus: Some(2),
-        ..Default::default()
-    })
-    .unwrap()
-}
-
 /// The values of an `Int64` column without nulls.
 fn int64s(batch: &RecordBatch, column: usize) -> Vec<i64> {
     let array = batch

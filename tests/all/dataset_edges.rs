@@ -19,14 +19,6 @@ use parquet::file::properties::WriterProperties;
 
 use common::*;
 
-fn embedded() -> manta::Context {
-    manta::init_with(Config {
-        num_cpus: Some(2),
-        ..Default::default()
-    })
-    .unwrap()
-}
-
 /// A context whose every exchange is partitioned (no one-task shortcut for small data).
 fn partitioned() -> manta::Context {
     manta::init_with(Config {

@@ -8,17 +8,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arrow::array::{AsArray, Int64Array, RecordBatch, UInt64Array};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+use manta::BoxError;
 use manta::prelude::*;
-use manta::{BoxError, Config};
-use serde::{Deserialize, Serialize};
 
-fn embedded() -> manta::Context {
-    manta::init_with(Config {
-        num_cpus: Some(2),
-        ..Default::default()
-    })
-    .unwrap()
-}
+use crate::common::embedded;
+use serde::{Deserialize, Serialize};
 
 /// `range(n)` in blocks of `per_block` rows.
 fn ids(ctx: &manta::Context, n: u64, per_block: u64) -> Dataset {

@@ -10,14 +10,6 @@ use manta::{Config, Error, MapBatchesOptions};
 
 use common::*;
 
-fn embedded() -> manta::Context {
-    manta::init_with(Config {
-        num_cpus: Some(2),
-        ..Default::default()
-    })
-    .unwrap()
-}
-
 #[test]
 fn quickstart_pipeline_matches_datafusion_sql() {
     let tmp = tempfile::tempdir().unwrap();

@@ -25,14 +25,7 @@ fn all_22_tpch_queries_answer_right_at_scale_0_1() {
             _ => ctx.register_parquet(table, &path).unwrap(),
         }
     }
-    let wrong: Vec<String> = (1..=22)
-        .filter_map(|n| {
-            tpch::check(
-                n,
-                &cells(&ctx.sql(&tpch::query(n)).unwrap().to_arrow().unwrap()),
-            )
-        })
-        .collect();
+    let wrong = tpch::wrong_answers(&ctx);
     assert!(wrong.is_empty(), "wrong answers:\n{}", wrong.join("\n"));
 }
 
@@ -85,14 +78,7 @@ fn all_22_tpch_queries_answer_right_in_stages_of_tasks() {
             lineitem_pipeline || physical.contains("mode=CollectLeft, join_type=RightSemi"),
             "q21 reduces its semi join's other side:\n{physical}"
         );
-        let wrong: Vec<String> = (1..=22)
-            .filter_map(|n| {
-                tpch::check(
-                    n,
-                    &cells(&ctx.sql(&tpch::query(n)).unwrap().to_arrow().unwrap()),
-                )
-            })
-            .collect();
+        let wrong = tpch::wrong_answers(&ctx);
         assert!(
             wrong.is_empty(),
             "wrong answers (lineitem a pipeline: {lineitem_pipeline}):\n{}",

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use common::batch_tasks::{numbers, scale_x, scaled};
+use common::embedded;
 use common::gate::Gate;
+use manta::Context;
 use manta::tasks::TaskOptions;
-use manta::{Config, Context};
 
 #[manta::remote]
 fn add(a: i64, b: i64) -> i64 {
@@ -41,14 +42,6 @@ fn checked_div(a: i64, b: i64) -> Result<i64, String> {
 #[manta::remote]
 fn explode(at: i64) -> i64 {
     panic!("exploded at {at}")
-}
-
-fn embedded() -> Context {
-    manta::init_with(Config {
-        num_cpus: Some(2),
-        ..Default::default()
-    })
-    .unwrap()
 }
 
 #[test]

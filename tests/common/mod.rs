@@ -21,6 +21,15 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use manta::{Checksum, MapBatchesOptions, ReadOptions};
 
+/// An embedded context of two CPUs, as most tests of one process use.
+pub fn embedded() -> manta::Context {
+    manta::init_with(manta::Config {
+        num_cpus: Some(2),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
 /// A test of a test binary without libtest's harness (`harness = false`, so that `main` can
 /// first let a worker process become one): its name and body, given what the tests share.
 pub type Test<T> = (&'static str, fn(&T));

@@ -91,6 +91,14 @@ pub fn query(n: usize) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// What differs from the answer files when `ctx` runs all 22 queries through `ctx.sql`
+/// (empty if every answer is right).
+pub fn wrong_answers(ctx: &manta::Context) -> Vec<String> {
+    (1..=22)
+        .filter_map(|n| check(n, &cells(&ctx.sql(&query(n)).unwrap().to_arrow().unwrap())))
+        .collect()
+}
+
 /// `None` if `rows` are query `n`'s answer, else what differs.
 pub fn check(n: usize, rows: &[Vec<String>]) -> Option<String> {
     let expected = answer(&format!("q{n:02}"));
