@@ -273,6 +273,63 @@ impl Regroup {
     }
 }
 
+/// The partial aggregate of a map side that combines (see [`crate::exchange::combine`]): each
+/// batch the stage's operators make is aggregated at once, while it is still in the processor's
+/// cache, rather than kept until the task ends and aggregated then.
+struct Combining<'a> {
+    /// The keys and aggregates, if the stage combines.
+    combine: Option<&'a (Vec<String>, Vec<crate::exchange::Aggregate>)>,
+    partial: Option<crate::exchange::combine::PartialAggregate>,
+}
+
+impl<'a> Combining<'a> {
+    /// For a stage whose output is `sink`; does nothing unless it is a combining partition.
+    fn of(sink: &'a Option<SinkSpec>) -> Self {
+        let combine = match sink {
+            Some(SinkSpec::Partition(spec)) => spec.combine.as_ref(),
+            _ => None,
+        };
+        Self {
+            combine,
+            partial: None,
+        }
+    }
+
+    /// Aggregates the batches of `out` and empties it, if the stage combines.
+    fn absorb(&mut self, out: &mut Vec<RecordBatch>, label: &str) -> manta_engine::Result<()> {
+        let Some((keys, aggregates)) = self.combine else {
+            return Ok(());
+        };
+        let failed = |e| crate::exchange::user_error("aggregate", label.to_string(), e);
+        for batch in out.drain(..) {
+            let partial = match &mut self.partial {
+                Some(partial) => partial,
+                None => self.partial.insert(
+                    crate::exchange::combine::PartialAggregate::new(
+                        &batch.schema(),
+                        keys,
+                        aggregates,
+                    )
+                    .map_err(failed)?,
+                ),
+            };
+            partial.push(batch).map_err(failed)?;
+        }
+        Ok(())
+    }
+
+    /// The partial states, if any batch came.
+    fn finish(self, label: &str) -> manta_engine::Result<Option<RecordBatch>> {
+        self.partial
+            .map(|partial| {
+                partial
+                    .finish()
+                    .map_err(|e| crate::exchange::user_error("aggregate", label.to_string(), e))
+            })
+            .transpose()
+    }
+}
+
 /// A decoded stage, shared by every task of the stage in one worker.
 struct CompiledStage {
     spec: StageSpec,
@@ -536,6 +593,7 @@ impl CompiledStage {
 
     fn run(&self, args: TaskArgs, objects: Vec<Object>) -> manta_engine::Result<Object> {
         let mut out = Vec::new();
+        let mut combining = Combining::of(&self.spec.sink);
         let mut regroup = Regroup::new(self.ops.len());
         let mut position = 0u64;
         let mut input_schema: Option<SchemaRef> = None;
@@ -568,6 +626,7 @@ impl CompiledStage {
                     let at = (args.index, position);
                     position += 1;
                     self.push(batch, first_op, &label, at, &mut regroup, &mut out)?;
+                    combining.absorb(&mut out, &label)?;
                 }
             }
             TaskPart::Blocks => {
@@ -599,18 +658,28 @@ impl CompiledStage {
                         let at = (args.index, position);
                         position += 1;
                         self.push(batch, 0, &label, at, &mut regroup, &mut out)?;
+                        combining.absorb(&mut out, &label)?;
                     }
                 }
             }
         }
         self.finish(&label, (args.index, position), &mut regroup, &mut out)?;
+        combining.absorb(&mut out, &label)?;
+        // A combining map side's output is its partial states, partitioned as they are.
+        let mut sink = self.spec.sink.clone();
+        if let Some(states) = combining.finish(&label)? {
+            out = vec![states];
+            if let Some(SinkSpec::Partition(spec)) = &mut sink {
+                spec.combine = None;
+            }
+        }
         let schema = match out.first() {
             Some(batch) => batch.schema(),
             None => input_schema
                 .and_then(|input| self.output_schema(&input, &label))
                 .unwrap_or_else(|| Arc::new(Schema::empty())),
         };
-        match &self.spec.sink {
+        match &sink {
             None => Ok(Object::Block(Block::try_new(schema, out)?)),
             Some(SinkSpec::Partition(spec)) => {
                 let spec = crate::exchange::PartitionSpec {

@@ -6,9 +6,12 @@
 //! mean and a sum of squared deviations for a standard deviation, ...), one row per group, and
 //! only those rows are partitioned and moved; the reducer merges the states of its groups.
 //! Both halves are DataFusion's own: the aggregate is planned once, unoptimised, which gives an
-//! `AggregateExec` in `Partial` mode under one in `Final` mode. The map task runs the partial
-//! one over its block; the reducer runs the final one (and the projection above it) over the
-//! states it receives. The results are DataFusion's, bit for bit, as with one-phase aggregation.
+//! `AggregateExec` in `Partial` mode under one in `Final` mode. The map task does what the
+//! partial one does over its block, with its group values and accumulators, in a loop of its
+//! own that lanes integer and decimal sums ([`super::partial_states`]; the exec itself where
+//! that loop does not apply); the reducer runs the final one (and the projection above it) over
+//! the states it receives. The results are DataFusion's, bit for bit, as with one-phase
+//! aggregation.
 //!
 //! The states carry, in their schema's metadata, the schema of the rows they were made from,
 //! so the reducer plans exactly the aggregate the map tasks planned. `count_distinct` is not
@@ -29,6 +32,7 @@ use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::prelude::{SessionConfig, SessionContext, col};
 
+use super::partial_states::GroupedStates;
 use super::{Aggregate, AggregateFunction};
 use crate::ipc::{decode_schema, encode_schema};
 
@@ -50,17 +54,79 @@ pub fn partial(
     keys: &[String],
     aggregates: &[Aggregate],
 ) -> Result<RecordBatch> {
-    let plan = plan(schema, keys, aggregates)?;
-    let partial = find_aggregate(&plan, AggregateMode::Partial)?;
-    let input = MemorySourceConfig::try_new_exec(&[batches], Arc::clone(schema), None)?;
-    let states = run(replace_children_if_necessary(partial, vec![input])?)?;
-    let mut metadata = states.schema().metadata().clone();
-    metadata.insert(INPUT_SCHEMA_KEY.into(), hex::encode(encode_schema(schema)));
-    let tagged = Arc::new(Schema::new_with_metadata(
-        states.schema().fields().clone(),
-        metadata,
-    ));
-    Ok(states.with_schema(tagged)?)
+    let mut partial = PartialAggregate::new(schema, keys, aggregates)?;
+    for batch in batches {
+        partial.push(batch)?;
+    }
+    partial.finish()
+}
+
+/// The map half fed a batch at a time: each batch is aggregated as it comes (by
+/// [`GroupedStates`]), or, where that loop does not apply, kept for DataFusion's `Partial` exec
+/// to run over them all at the end.
+pub struct PartialAggregate {
+    input_schema: SchemaRef,
+    partial: Arc<dyn ExecutionPlan>,
+    way: Way,
+}
+
+/// How a [`PartialAggregate`] aggregates.
+enum Way {
+    AsTheyCome(GroupedStates),
+    AtTheEnd(Vec<RecordBatch>),
+}
+
+impl PartialAggregate {
+    /// Partial states of `aggregates` by `keys`, over batches of `schema`.
+    pub fn new(schema: &SchemaRef, keys: &[String], aggregates: &[Aggregate]) -> Result<Self> {
+        let plan = plan(schema, keys, aggregates)?;
+        let partial = find_aggregate(&plan, AggregateMode::Partial)?;
+        let way = match GroupedStates::new(&partial)? {
+            Some(states) => Way::AsTheyCome(states),
+            None => Way::AtTheEnd(Vec::new()),
+        };
+        Ok(Self {
+            input_schema: Arc::clone(schema),
+            partial,
+            way,
+        })
+    }
+
+    /// Adds the rows of `batch`.
+    pub fn push(&mut self, batch: RecordBatch) -> Result<()> {
+        match &mut self.way {
+            Way::AsTheyCome(states) => states.push(&batch),
+            Way::AtTheEnd(batches) => {
+                batches.push(batch);
+                Ok(())
+            }
+        }
+    }
+
+    /// The partial states, their schema tagged with the input's (see [`finish`]).
+    pub fn finish(self) -> Result<RecordBatch> {
+        let states = match self.way {
+            Way::AsTheyCome(states) => states.finish()?,
+            Way::AtTheEnd(batches) => {
+                let input = MemorySourceConfig::try_new_exec(
+                    &[batches],
+                    Arc::clone(&self.input_schema),
+                    None,
+                )?;
+                run(replace_children_if_necessary(self.partial, vec![input])?)?
+            }
+        };
+        let mut metadata = states.schema().metadata().clone();
+        metadata.insert(
+            INPUT_SCHEMA_KEY.into(),
+            hex::encode(encode_schema(&self.input_schema)),
+        );
+        let tagged = Arc::new(Schema::new_with_metadata(
+            states.schema().fields().clone(),
+            metadata,
+        ));
+        Ok(states.with_schema(tagged)?)
+    }
 }
 
 /// Whether `schema` is that of partial states (so the reduce must merge, not aggregate).
@@ -314,6 +380,168 @@ mod tests {
         let combined = finish(&states.schema(), vec![states], &keys, &aggregates).unwrap();
         assert_eq!(combined.num_rows(), 2);
         assert_eq!(combined.num_columns(), 4);
+    }
+
+    /// The map side's own loop ([`super::super::partial_states`], sums laned) gives what
+    /// DataFusion's `Partial` exec gives, column for column and row for row, over random
+    /// batches: keys of strings and integers with nulls, one or two of them; decimals and
+    /// integers with nulls, some so large that their sums wrap; floats; empty batches; and
+    /// more groups than the lanes hold, reached part way through.
+    #[test]
+    fn the_map_sides_loop_gives_the_execs_states() {
+        use arrow::array::Decimal128Array;
+        use rand::{Rng, SeedableRng};
+
+        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+        let aggregates = vec![
+            Aggregate::count(),
+            Aggregate::count_non_null("d"),
+            Aggregate::sum("d"),
+            Aggregate::mean("d"),
+            Aggregate::sum("i"),
+            Aggregate::mean("i"),
+            Aggregate::count_non_null("i"),
+            Aggregate::sum("f"),
+            Aggregate::mean("f"),
+            Aggregate::min("d"),
+            Aggregate::max("i"),
+            Aggregate::std("f"),
+            Aggregate::sum("w"),
+            Aggregate::mean("w"),
+        ];
+        for round in 0..160 {
+            let many_groups = round % 10 == 0;
+            let huge = round % 3 == 0;
+            let key_range = if many_groups {
+                12_000
+            } else {
+                rng.random_range(1..12)
+            };
+            let batches: Vec<RecordBatch> = (0..rng.random_range(1..5))
+                .map(|_| {
+                    let rows = match (many_groups, rng.random_bool(0.2)) {
+                        (_, true) => 0,
+                        (true, false) => rng.random_range(1_000..3_000),
+                        (false, false) => rng.random_range(1..400),
+                    };
+                    let opt = |rng: &mut rand::rngs::StdRng| !rng.random_bool(0.1);
+                    let k1: Vec<Option<String>> = (0..rows)
+                        .map(|_| {
+                            opt(&mut rng).then(|| {
+                                ["R", "A", "N", "ünï", ""][rng.random_range(0..5)].to_string()
+                            })
+                        })
+                        .collect();
+                    let k2: Vec<Option<i64>> = (0..rows)
+                        .map(|_| opt(&mut rng).then(|| rng.random_range(0..key_range)))
+                        .collect();
+                    let d: Vec<Option<i128>> = (0..rows)
+                        .map(|_| {
+                            opt(&mut rng).then(|| rng.random_range(-1_000_000_000..1_000_000_000))
+                        })
+                        .collect();
+                    let i: Vec<Option<i64>> = (0..rows)
+                        .map(|_| {
+                            opt(&mut rng).then(|| match huge {
+                                true => rng.random_range(i64::MAX / 2..=i64::MAX),
+                                false => rng.random_range(-1000..1000),
+                            })
+                        })
+                        .collect();
+                    let f: Vec<Option<f64>> = (0..rows)
+                        .map(|_| opt(&mut rng).then(|| rng.random_range(-1e3..1e3)))
+                        .collect();
+                    // Wide decimals whose sums wrap past 128 bits in the rounds with huge values.
+                    let w: Vec<Option<i128>> = (0..rows)
+                        .map(|_| {
+                            opt(&mut rng).then(|| match huge {
+                                true => rng.random_range(i128::MAX / 2..=i128::MAX),
+                                false => rng.random_range(-5..5),
+                            })
+                        })
+                        .collect();
+                    RecordBatch::try_from_iter_with_nullable([
+                        ("k1", Arc::new(StringArray::from(k1)) as _, true),
+                        ("k2", Arc::new(Int64Array::from(k2)) as _, true),
+                        (
+                            "d",
+                            Arc::new(
+                                Decimal128Array::from(d)
+                                    .with_precision_and_scale(15, 2)
+                                    .unwrap(),
+                            ) as _,
+                            true,
+                        ),
+                        ("i", Arc::new(Int64Array::from(i)) as _, true),
+                        ("f", Arc::new(Float64Array::from(f)) as _, true),
+                        (
+                            "w",
+                            Arc::new(
+                                Decimal128Array::from(w)
+                                    .with_precision_and_scale(38, 0)
+                                    .unwrap(),
+                            ) as _,
+                            true,
+                        ),
+                    ])
+                    .unwrap()
+                })
+                .collect();
+            let schema = batches[0].schema();
+            let keys: Vec<String> = match (round % 3, many_groups) {
+                (_, true) | (0, _) => vec!["k2".into()],
+                (1, _) => vec!["k1".into()],
+                _ => vec!["k1".into(), "k2".into()],
+            };
+            let plan = plan(&schema, &keys, &aggregates).unwrap();
+            let partial = find_aggregate(&plan, AggregateMode::Partial).unwrap();
+            if round == 0 {
+                // Laned: the counts, and the sums and means of decimals and integers, except
+                // the mean of integers (taken in floats) and of `w` (whose sum DataFusion
+                // keeps in 256 bits).
+                let aggregate = partial.downcast_ref::<AggregateExec>().unwrap();
+                let not_laned: Vec<String> = aggregate
+                    .aggr_expr()
+                    .iter()
+                    .filter(|f| {
+                        let accumulator =
+                            super::super::laned_sums::accumulator(f, &schema).unwrap();
+                        let any: &dyn std::any::Any = accumulator.as_ref();
+                        !any.is::<super::super::laned_sums::LanedSums>()
+                    })
+                    .map(|f| f.name().to_string())
+                    .collect();
+                assert_eq!(
+                    not_laned,
+                    [
+                        "mean(i)", "sum(f)", "mean(f)", "min(d)", "max(i)", "std(f)", "mean(w)"
+                    ]
+                );
+            }
+            let mut states = GroupedStates::new(&partial)
+                .unwrap()
+                .expect("the loop takes a plain groupby");
+            for batch in &batches {
+                states.push(batch).unwrap();
+            }
+            let ours = states.finish().unwrap();
+            let input = MemorySourceConfig::try_new_exec(&[batches], schema, None).unwrap();
+            let theirs = run(replace_children_if_necessary(partial, vec![input]).unwrap()).unwrap();
+            assert_eq!(ours.schema(), theirs.schema(), "round {round}");
+            for (i, field) in theirs.schema().fields().iter().enumerate() {
+                let (o, t) = (ours.column(i), theirs.column(i));
+                let first = (0..t.len().min(o.len())).find(|&r| o.slice(r, 1) != t.slice(r, 1));
+                assert!(
+                    o.len() == t.len() && first.is_none(),
+                    "round {round}, keys {keys:?}: {} differs ({} rows against {}) first at {first:?}: {:?} against {:?}",
+                    field.name(),
+                    o.len(),
+                    t.len(),
+                    first.map(|r| o.slice(r, 1)),
+                    first.map(|r| t.slice(r, 1)),
+                );
+            }
+        }
     }
 
     /// Plans are cached by input schema: the same keys and aggregates over columns of other

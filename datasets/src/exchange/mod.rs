@@ -26,7 +26,8 @@
 //! The reduce outputs become the input blocks of the operators that follow.
 //!
 //! Aggregations combine on the map side (see [`combine`]): a map task aggregates its
-//! block into partial states first, so only one row per group and block is partitioned.
+//! block into partial states first ([`partial_states`], with sums laned by [`laned_sums`]), so
+//! only one row per group and block is partitioned.
 //!
 //! A sort samples first: a **sample** task per block returns a few rows of the sort keys, the
 //! driver sorts the samples and picks `n - 1` boundaries, and the partitioner sends each row to
@@ -39,6 +40,8 @@
 mod check;
 mod gather;
 mod keys;
+mod laned_sums;
+mod partial_states;
 mod slice_zip;
 mod specs;
 

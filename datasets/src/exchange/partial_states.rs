@@ -1,0 +1,115 @@
+//! The map half of a combined `groupby().aggregate()` as one loop over a task's batches.
+//!
+//! It does what DataFusion's `AggregateExec` in `Partial` mode does with a plain `GROUP BY`,
+//! with DataFusion's own parts: its group values give each row its group (in the order groups
+//! are first seen), its accumulators keep the states, and the output is the exec's schema, row
+//! for row. Two things differ: the sums, means and counts of integers and decimals are laned
+//! ([`super::laned_sums`]), and the batches go straight in, without a plan to run over them all
+//! at the end (a memory source, a stream and a runtime's turn per batch).
+//!
+//! [`GroupedStates`] takes the batches one at a time, as a map task's operators make them, so
+//! each is aggregated while it is still in the processor's cache. Anything else (no keys,
+//! grouping sets, an aggregate's `FILTER`, an aggregate without a groups accumulator) is left to
+//! the exec: [`GroupedStates::new`] answers `None`.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::SchemaRef;
+use datafusion::common::Result;
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::aggregates::AggregateExec;
+use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
+
+use super::laned_sums;
+
+/// The partial states of the batches pushed into it, kept as they come.
+pub struct GroupedStates {
+    /// The states' schema (the exec's output).
+    schema: SchemaRef,
+    /// The grouping keys.
+    keys: Vec<Arc<dyn PhysicalExpr>>,
+    groups: Box<dyn GroupValues>,
+    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+    /// Each aggregate's arguments.
+    arguments: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    /// Each row's group, in the batch at hand.
+    indices: Vec<usize>,
+}
+
+impl GroupedStates {
+    /// The states `partial` (an `AggregateExec` in `Partial` mode) would make, or `None` if
+    /// this loop does not do what it asks.
+    pub fn new(partial: &Arc<dyn ExecutionPlan>) -> Result<Option<Self>> {
+        let Some(aggregate) = partial.downcast_ref::<AggregateExec>() else {
+            return Ok(None);
+        };
+        let group_by = aggregate.group_expr();
+        let functions = aggregate.aggr_expr();
+        if !group_by.is_single()
+            || group_by.expr().is_empty()
+            || aggregate.filter_expr().iter().any(Option::is_some)
+            || !functions.iter().all(|f| f.groups_accumulator_supported())
+        {
+            return Ok(None);
+        }
+        let input_schema = aggregate.input_schema();
+        let groups = new_group_values(group_by.group_schema(&input_schema)?, &GroupOrdering::None)?;
+        let accumulators = functions
+            .iter()
+            .map(|f| laned_sums::accumulator(f, &input_schema))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(Self {
+            schema: aggregate.schema(),
+            keys: group_by.expr().iter().map(|(e, _)| Arc::clone(e)).collect(),
+            groups,
+            accumulators,
+            arguments: functions.iter().map(|f| f.expressions()).collect(),
+            indices: Vec::new(),
+        }))
+    }
+
+    /// Adds the rows of `batch` (of the aggregate's input schema).
+    pub fn push(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let keys = evaluate(&self.keys, batch)?;
+        self.indices.clear();
+        self.groups.intern(&keys, &mut self.indices)?;
+        let total = self.groups.len();
+        for (accumulator, exprs) in self.accumulators.iter_mut().zip(&self.arguments) {
+            let values = evaluate(exprs, batch)?;
+            accumulator.update_batch(&values, &self.indices, None, total)?;
+        }
+        Ok(())
+    }
+
+    /// The states: one row per group, in the order the groups were first seen.
+    pub fn finish(mut self) -> Result<RecordBatch> {
+        let schema = self.schema;
+        if self.groups.is_empty() {
+            // Group values that never saw a row may not know their columns yet.
+            return Ok(RecordBatch::new_empty(schema));
+        }
+        let mut columns = self.groups.emit(EmitTo::All)?;
+        for accumulator in &mut self.accumulators {
+            columns.extend(accumulator.state(EmitTo::All)?);
+        }
+        Ok(RecordBatch::try_new(schema, columns)?)
+    }
+}
+
+/// The columns `exprs` make of `batch`.
+fn evaluate<'a>(
+    exprs: impl IntoIterator<Item = &'a Arc<dyn PhysicalExpr>>,
+    batch: &RecordBatch,
+) -> Result<Vec<ArrayRef>> {
+    exprs
+        .into_iter()
+        .map(|e| e.evaluate(batch)?.into_array(batch.num_rows()))
+        .collect()
+}
