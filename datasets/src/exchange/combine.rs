@@ -92,8 +92,10 @@ impl PartialAggregate {
         })
     }
 
-    /// Adds the rows of `batch`.
+    /// Adds the rows of `batch`; a batch of other columns than the first is an error naming
+    /// both (the accumulators read their arguments' types on trust, and would panic).
     pub fn push(&mut self, batch: RecordBatch) -> Result<()> {
+        crate::columns::check_columns(&self.input_schema, std::slice::from_ref(&batch))?;
         match &mut self.way {
             Way::AsTheyCome(states) => states.push(&batch),
             Way::AtTheEnd(batches) => {
@@ -542,6 +544,31 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A batch whose columns differ in type from the first is an error naming both, not a
+    /// panic in an accumulator.
+    #[test]
+    fn batches_of_other_types_are_an_error_not_a_panic() {
+        let keys = vec!["k".to_string()];
+        let aggregates = vec![Aggregate::sum("n"), Aggregate::count()];
+        let first = batch(&["a", "b"], &[1.0, 2.0]);
+        let other = RecordBatch::try_from_iter([
+            ("k", Arc::new(StringArray::from(vec!["a"])) as _),
+            ("v", Arc::new(Float64Array::from(vec![1.0])) as _),
+            ("n", Arc::new(Float64Array::from(vec![1.5])) as _),
+        ])
+        .unwrap();
+        let error = partial(
+            &first.schema(),
+            vec![first.clone(), other],
+            &keys,
+            &aggregates,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("cannot be put together"), "{error}");
+        assert!(error.contains("n: Float64"), "{error}");
     }
 
     /// Plans are cached by input schema: the same keys and aggregates over columns of other
