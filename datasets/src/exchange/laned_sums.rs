@@ -6,7 +6,10 @@
 //! q1's four), each addition waits for the one before it to reach that slot: in q1 the map
 //! side's eight accumulators took 15% of the run, most of it stalled on those stores. Here
 //! row `i` of a batch adds into lane `i % 4` of its group, so four additions are in flight at
-//! once, and the lanes are added up when the states are asked for.
+//! once, and the lanes are added up when the states are asked for. That pays once the values
+//! come from cache, as they do when each batch is aggregated as it is made
+//! ([`super::partial_states`]): there the lanes took about 5% off q1's CPU, against 3% when the
+//! values came from memory.
 //!
 //! Integer addition that wraps, as DataFusion's does, gives the same total in any order, so
 //! the states are DataFusion's, bit for bit. Floating-point sums (and means of integers, which
