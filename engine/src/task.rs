@@ -48,7 +48,9 @@ pub struct TaskSpec {
 pub struct TaskStats {
     /// Wall time of the function, in nanoseconds.
     pub wall_ns: u64,
-    /// CPU time of the function's thread, in nanoseconds.
+    /// CPU time of the function's thread, in nanoseconds. In a worker process, the task
+    /// thread's CPU time from taking the task to storing its output (so its inputs' mapping
+    /// and the output's writing count too).
     pub cpu_ns: u64,
     /// Bytes pulled from other nodes (over Flight) to resolve the inputs.
     pub pulled_bytes: u64,
@@ -112,18 +114,35 @@ pub fn execute(
     args: Bytes,
     objects: Vec<Object>,
 ) -> Result<(Object, TaskStats)> {
+    let cpu_started = thread_cpu_time();
+    let (output, mut stats) = execute_wall_timed(ctx, function, label, args, objects)?;
+    stats.cpu_ns = thread_cpu_time().saturating_sub(cpu_started).as_nanos() as u64;
+    tracing::debug!(function, label, cpu_ns = stats.cpu_ns, "task CPU time");
+    Ok((output, stats))
+}
+
+/// As [`execute`], but times only the wall clock, leaving `cpu_ns` at 0: for a caller that
+/// reads the thread's CPU clock itself, once per task (a worker's task thread, which runs
+/// nothing else). Reading a thread's CPU clock is a system call, where the wall clock is read
+/// in user space: 0.23–0.26 µs against 0.04 µs on this project's 2-core machine when idle,
+/// 1.7 µs against 0.06 µs with a build running beside it.
+pub fn execute_wall_timed(
+    ctx: &TaskContext,
+    function: &str,
+    label: &str,
+    args: Bytes,
+    objects: Vec<Object>,
+) -> Result<(Object, TaskStats)> {
     let span = tracing::info_span!("task", function, label);
     let _entered = span.enter();
     let started = Instant::now();
-    let cpu_started = thread_cpu_time();
     let output = run_task(function, ctx, TaskInput { args, objects });
     let stats = TaskStats {
         wall_ns: started.elapsed().as_nanos() as u64,
-        cpu_ns: thread_cpu_time().saturating_sub(cpu_started).as_nanos() as u64,
         ..Default::default()
     };
     match &output {
-        Ok(_) => tracing::debug!(wall_ns = stats.wall_ns, cpu_ns = stats.cpu_ns, "task done"),
+        Ok(_) => tracing::debug!(wall_ns = stats.wall_ns, "task done"),
         Err(error) => tracing::debug!(%error, "task failed"),
     }
     Ok((output?, stats))

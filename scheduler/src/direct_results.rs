@@ -20,12 +20,13 @@
 //! (it frees the task's resources and its place among the stream's calls in flight when the
 //! node reports, after the caller has the result).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use manta_flight::auth::Token;
 use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -45,8 +46,8 @@ pub(crate) struct DirectResults {
     caller: u64,
     /// The stream the calls go to the head over; a call's key is its id there.
     tasks: TaskStream,
-    /// Calls not answered yet, by key.
-    pending: Mutex<HashMap<u64, OnReply>>,
+    /// Calls not answered yet, by key (this process's own call ids: a quick hash is safe).
+    pending: Mutex<FxHashMap<u64, OnReply>>,
     /// The nodes a link is open (or opening) to, by address.
     linked: Mutex<HashSet<String>>,
     token: Token,

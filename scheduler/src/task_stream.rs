@@ -21,7 +21,6 @@
 //! Batching costs no latency: the sender takes what is queued *now*; under light load a batch
 //! is one call.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,6 +31,7 @@ use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
 use prost::Message;
+use rustc_hash::FxHashMap;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
@@ -168,7 +168,8 @@ impl TaskStream {
 #[derive(Default)]
 struct InFlight {
     broken: bool,
-    waiting: HashMap<u64, OnReply>,
+    /// By call id: this process's own sequence of numbers, so a quick hash is safe.
+    waiting: FxHashMap<u64, OnReply>,
 }
 
 /// One open stream: where its messages go, and the calls awaiting replies on it.

@@ -148,6 +148,9 @@ async fn serve(worker: WorkerEnv) -> Result<()> {
         .name("manta-task".into())
         .spawn(move || {
             let peak_memory = PeakMemory::open();
+            // The thread's CPU clock, read once per task (see `execute_wall_timed`): each task
+            // is charged what this thread did since the last task's output was stored.
+            let mut cpu_read = manta_engine::task::thread_cpu_time();
             for assignment in queued {
                 let task_id = assignment.task_id.clone();
                 // The same task and stage ids as the node's span for this task: a task's log
@@ -160,10 +163,17 @@ async fn serve(worker: WorkerEnv) -> Result<()> {
                 );
                 let _in_task = span.enter();
                 let started = std::time::Instant::now();
-                let result = match run_assignment(&ctx, &dir, assignment) {
+                let outcome = run_assignment(&ctx, &dir, assignment);
+                let cpu_now = manta_engine::task::thread_cpu_time();
+                let cpu_ns = cpu_now.saturating_sub(cpu_read).as_nanos() as u64;
+                cpu_read = cpu_now;
+                let result = match outcome {
                     Ok(mut output) => {
-                        if let (Some(peak), Some(stats)) = (&peak_memory, &mut output.stats) {
-                            stats.peak_memory_bytes = peak.after_task(started.elapsed());
+                        if let Some(stats) = &mut output.stats {
+                            stats.cpu_ns = cpu_ns;
+                            if let Some(peak) = &peak_memory {
+                                stats.peak_memory_bytes = peak.after_task(started.elapsed());
+                            }
                         }
                         worker_done::Result::Output(output)
                     }
@@ -275,7 +285,7 @@ fn run_assignment(
         })
         .collect::<manta_engine::Result<Vec<Object>>>()?;
     let inputs_ns = started.elapsed().as_nanos() as u64;
-    let (output, mut stats) = manta_engine::task::execute(
+    let (output, mut stats) = manta_engine::task::execute_wall_timed(
         ctx,
         &assignment.function,
         &assignment.label,

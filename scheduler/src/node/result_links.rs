@@ -18,7 +18,6 @@
 //! A node that dies before the head hears of the task fails it with `NodeLost` as before: if
 //! the caller had the result already, it ignores the failure (and the head's retry).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +25,7 @@ use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Status, Streaming};
 
@@ -45,7 +45,7 @@ pub(crate) type ResultStream =
 /// The result links open to this node, by caller.
 #[derive(Default)]
 pub(crate) struct ResultLinks {
-    links: Mutex<HashMap<u64, Arc<Link>>>,
+    links: Mutex<FxHashMap<u64, Arc<Link>>>,
 }
 
 /// One caller's link.
@@ -53,7 +53,7 @@ struct Link {
     /// `None` once the link broke or was given up, which ends the caller's stream.
     outgoing: Mutex<Option<mpsc::UnboundedSender<proto::DirectResult>>>,
     /// Results sent and not yet confirmed, by key; `None` once the link broke.
-    awaiting: Mutex<Option<HashMap<u64, oneshot::Sender<()>>>>,
+    awaiting: Mutex<Option<FxHashMap<u64, oneshot::Sender<()>>>>,
 }
 
 impl ResultLinks {
@@ -128,7 +128,7 @@ impl ResultLinks {
         let (outgoing, results) = mpsc::unbounded_channel();
         let link = Arc::new(Link {
             outgoing: Mutex::new(Some(outgoing)),
-            awaiting: Mutex::new(Some(HashMap::new())),
+            awaiting: Mutex::new(Some(FxHashMap::default())),
         });
         self.links.lock().insert(caller, Arc::clone(&link));
         let links = Arc::clone(self);
