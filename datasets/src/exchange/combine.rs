@@ -280,7 +280,7 @@ fn run(plan: Arc<dyn ExecutionPlan>) -> Result<RecordBatch> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Float64Array, Int64Array, StringArray};
+    use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, StringArray};
 
     fn batch(keys: &[&str], values: &[f64]) -> RecordBatch {
         RecordBatch::try_from_iter([
@@ -387,8 +387,10 @@ mod tests {
     /// The map side's own loop ([`super::super::partial_states`], sums laned) gives what
     /// DataFusion's `Partial` exec gives, column for column and row for row, over random
     /// batches: keys of strings and integers with nulls, one or two of them; decimals and
-    /// integers with nulls, some so large that their sums wrap; floats; empty batches; and
-    /// more groups than the lanes hold, reached part way through.
+    /// integers with nulls, some so large that their sums wrap; floats; empty batches; more
+    /// groups than the lanes hold, reached part way through; and keys that are all
+    /// dictionaries (grouped on their codes, or decoded when their codes combine too many ways),
+    /// with values repeated, unused or null, and each batch its own dictionary.
     #[test]
     fn the_map_sides_loop_gives_the_execs_states() {
         use arrow::array::Decimal128Array;
@@ -411,8 +413,9 @@ mod tests {
             Aggregate::sum("w"),
             Aggregate::mean("w"),
         ];
-        for round in 0..160 {
+        for round in 0..200 {
             let many_groups = round % 10 == 0;
+            let dictionaries = round % 4 == 3 || round % 20 == 0;
             let huge = round % 3 == 0;
             let key_range = if many_groups {
                 12_000
@@ -462,9 +465,22 @@ mod tests {
                             })
                         })
                         .collect();
+                    let (k1, k2, k3): (ArrayRef, ArrayRef, ArrayRef) = match dictionaries {
+                        true => (
+                            encoded(&k1, "unused".into(), &mut rng, StringArray::from),
+                            encoded(&k2, -1, &mut rng, Int64Array::from),
+                            encoded(&k2, -1, &mut rng, Int64Array::from),
+                        ),
+                        false => (
+                            Arc::new(StringArray::from(k1)),
+                            Arc::new(Int64Array::from(k2.clone())),
+                            Arc::new(Int64Array::from(k2)),
+                        ),
+                    };
                     RecordBatch::try_from_iter_with_nullable([
-                        ("k1", Arc::new(StringArray::from(k1)) as _, true),
-                        ("k2", Arc::new(Int64Array::from(k2)) as _, true),
+                        ("k1", k1, true),
+                        ("k2", k2, true),
+                        ("k3", k3, true),
                         (
                             "d",
                             Arc::new(
@@ -490,9 +506,11 @@ mod tests {
                 })
                 .collect();
             let schema = batches[0].schema();
-            let keys: Vec<String> = match (round % 3, many_groups) {
-                (_, true) | (0, _) => vec!["k2".into()],
-                (1, _) => vec!["k1".into()],
+            let keys: Vec<String> = match (round % 3, many_groups, dictionaries) {
+                // Codes that combine too many ways for a table.
+                (_, true, true) => vec!["k1".into(), "k2".into(), "k3".into()],
+                (_, true, false) | (0, _, _) => vec!["k2".into()],
+                (1, _, _) => vec!["k1".into()],
                 _ => vec!["k1".into(), "k2".into()],
             };
             let plan = plan(&schema, &keys, &aggregates).unwrap();
@@ -544,6 +562,43 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// `values` dictionary-encoded the hard way: the dictionary holds their distinct values in
+    /// random order, the first of them again, `unused` and a null; a null is a null key or a
+    /// key to the null entry, and a repeated value is either of its two keys.
+    fn encoded<T: Clone + PartialEq, A: Array + 'static>(
+        values: &[Option<T>],
+        unused: T,
+        rng: &mut rand::rngs::StdRng,
+        array: impl Fn(Vec<Option<T>>) -> A,
+    ) -> ArrayRef {
+        use arrow::array::{DictionaryArray, Int32Array};
+        use rand::Rng;
+        use rand::seq::SliceRandom;
+
+        let mut dictionary: Vec<Option<T>> = Vec::new();
+        for value in values.iter().flatten() {
+            if !dictionary.iter().any(|d| d.as_ref() == Some(value)) {
+                dictionary.push(Some(value.clone()));
+            }
+        }
+        dictionary.shuffle(rng);
+        dictionary.extend(dictionary.first().cloned());
+        dictionary.extend([Some(unused), None]);
+        let keys: Int32Array = values
+            .iter()
+            .map(|value| {
+                let matching: Vec<usize> = (0..dictionary.len())
+                    .filter(|&i| dictionary[i] == *value)
+                    .collect();
+                match value {
+                    None if rng.random_bool(0.5) => None,
+                    _ => Some(matching[rng.random_range(0..matching.len())] as i32),
+                }
+            })
+            .collect();
+        Arc::new(DictionaryArray::try_new(keys, Arc::new(array(dictionary))).unwrap())
     }
 
     /// A batch whose columns differ in type from the first is an error naming both, not a

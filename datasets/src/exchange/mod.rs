@@ -26,8 +26,9 @@
 //! The reduce outputs become the input blocks of the operators that follow.
 //!
 //! Aggregations combine on the map side (see [`combine`]): a map task aggregates its
-//! block into partial states first ([`partial_states`], with sums laned by [`laned_sums`]), so
-//! only one row per group and block is partitioned.
+//! block into partial states first ([`partial_states`], with sums laned by [`laned_sums`] and
+//! dictionary keys grouped on their codes by [`dictionary_keys`]), so only one row per group
+//! and block is partitioned.
 //!
 //! A sort samples first: a **sample** task per block returns a few rows of the sort keys, the
 //! driver sorts the samples and picks `n - 1` boundaries, and the partitioner sends each row to
@@ -38,6 +39,7 @@
 //! ([`specs`]), and the slice and zip tasks ([`slice_zip`]); the map side is
 //! [`partition`], the reduce side [`reduce`].
 mod check;
+mod dictionary_keys;
 mod gather;
 mod keys;
 mod laned_sums;

@@ -8,7 +8,8 @@
 //! at the end (a memory source, a stream and a runtime's turn per batch).
 //!
 //! [`GroupedStates`] takes the batches one at a time, as a map task's operators make them, so
-//! each is aggregated while it is still in the processor's cache. Anything else (no keys,
+//! each is aggregated while it is still in the processor's cache. Keys that are all dictionaries
+//! are grouped on their codes ([`super::dictionary_keys`]). Anything else (no keys,
 //! grouping sets, an aggregate's `FILTER`, an aggregate without a groups accumulator) is left to
 //! the exec: [`GroupedStates::new`] answers `None`.
 
@@ -24,6 +25,7 @@ use datafusion::physical_plan::aggregates::AggregateExec;
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
+use super::dictionary_keys::DictionaryKeys;
 use super::laned_sums;
 
 /// The partial states of the batches pushed into it, kept as they come.
@@ -38,6 +40,8 @@ pub struct GroupedStates {
     arguments: Vec<Vec<Arc<dyn PhysicalExpr>>>,
     /// Each row's group, in the batch at hand.
     indices: Vec<usize>,
+    /// Set when every key is a dictionary: `groups` then holds the dictionaries' values.
+    codes: Option<DictionaryKeys>,
 }
 
 impl GroupedStates {
@@ -57,7 +61,12 @@ impl GroupedStates {
             return Ok(None);
         }
         let input_schema = aggregate.input_schema();
-        let groups = new_group_values(group_by.group_schema(&input_schema)?, &GroupOrdering::None)?;
+        let group_schema = group_by.group_schema(&input_schema)?;
+        let (group_schema, codes) = match DictionaryKeys::new(&group_schema) {
+            Some((values, codes)) => (values, Some(codes)),
+            None => (group_schema, None),
+        };
+        let groups = new_group_values(group_schema, &GroupOrdering::None)?;
         let accumulators = functions
             .iter()
             .map(|f| laned_sums::accumulator(f, &input_schema))
@@ -69,6 +78,7 @@ impl GroupedStates {
             accumulators,
             arguments: functions.iter().map(|f| f.expressions()).collect(),
             indices: Vec::new(),
+            codes,
         }))
     }
 
@@ -79,7 +89,10 @@ impl GroupedStates {
         }
         let keys = evaluate(&self.keys, batch)?;
         self.indices.clear();
-        self.groups.intern(&keys, &mut self.indices)?;
+        match &mut self.codes {
+            Some(codes) => codes.intern(&keys, self.groups.as_mut(), &mut self.indices)?,
+            None => self.groups.intern(&keys, &mut self.indices)?,
+        }
         let total = self.groups.len();
         for (accumulator, exprs) in self.accumulators.iter_mut().zip(&self.arguments) {
             let values = evaluate(exprs, batch)?;
@@ -96,6 +109,12 @@ impl GroupedStates {
             return Ok(RecordBatch::new_empty(schema));
         }
         let mut columns = self.groups.emit(EmitTo::All)?;
+        if self.codes.is_some() {
+            // The dictionaries' values, encoded again as the exec's keys are.
+            for (column, field) in columns.iter_mut().zip(schema.fields()) {
+                *column = arrow::compute::cast(column, field.data_type())?;
+            }
+        }
         for accumulator in &mut self.accumulators {
             columns.extend(accumulator.state(EmitTo::All)?);
         }
