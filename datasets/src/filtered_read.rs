@@ -347,11 +347,37 @@ mod tests {
         }
     }
 
-    /// All of a read's rows as one batch.
+    /// All of a read's rows as one batch, with the schema's types (a column read as a
+    /// dictionary decoded).
     fn rows(read: crate::source::ReadBatches) -> RecordBatch {
         let batches = read.batches.collect::<Result<Vec<_>>>().unwrap();
         assert!(batches.iter().all(|b| b.num_rows() > 0));
+        let batches = batches
+            .iter()
+            .map(|b| crate::columns::conform(b, &read.schema))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .unwrap();
         arrow::compute::concat_batches(&read.schema, &batches).unwrap()
+    }
+
+    /// The types of the batches of a read, and the read.
+    fn types(read: crate::source::ReadBatches) -> (Vec<Vec<DataType>>, crate::source::ReadBatches) {
+        let batches = read.batches.collect::<Result<Vec<_>>>().unwrap();
+        let types = batches
+            .iter()
+            .map(|b| {
+                b.schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.data_type().clone())
+                    .collect()
+            })
+            .collect();
+        let read = crate::source::ReadBatches {
+            schema: read.schema,
+            batches: Box::new(batches.into_iter().map(Ok)),
+        };
+        (types, read)
     }
 
     proptest! {
@@ -368,6 +394,7 @@ mod tests {
             modulus in 1i32..7,
             below in 0i64..700,
             projection in 0usize..4,
+            dictionaries: bool,
         ) {
             let tmp = tempfile::tempdir().unwrap();
             let fragment = write_file(tmp.path(), &values, group_rows);
@@ -377,14 +404,37 @@ mod tests {
                 2 => Some(vec![if scattered { "v" } else { "k" }.into()]),
                 _ => Some(vec!["s".into(), "k".into(), "v".into()]),
             };
-            let filtered = rows(read_fragment(
+            // `s` (and `v`, which is no string and stays as it is) asked for as dictionaries.
+            let as_dictionaries: Vec<String> = match dictionaries {
+                true => vec!["s".into(), "v".into()],
+                false => Vec::new(),
+            };
+            let (types, read) = types(read_fragment(
                 &fragment,
                 batch_size,
                 Some(predicate(scattered, modulus, below)),
                 columns.as_deref(),
+                &as_dictionaries,
             ).unwrap());
+            let schema = Arc::clone(&read.schema);
+            let filtered = rows(read);
+            // The schema keeps the file's types; the batches have `s` as codes when asked.
+            for batch_types in &types {
+                for (field, data_type) in schema.fields().iter().zip(batch_types) {
+                    let encoded = dictionaries && field.name() == "s";
+                    prop_assert_eq!(
+                        matches!(data_type, DataType::Dictionary(..)),
+                        encoded,
+                        "{} read as {}", field.name(), data_type
+                    );
+                }
+            }
 
-            let whole = rows(read_fragment(&fragment, batch_size, None, None).unwrap());
+            let whole = rows(read_fragment(&fragment, batch_size, None, None, &[]).unwrap());
+            let whole_encoded = rows(
+                read_fragment(&fragment, batch_size, None, None, &as_dictionaries).unwrap(),
+            );
+            prop_assert_eq!(&whole_encoded, &whole);
             let needed = predicate(scattered, modulus, below).columns;
             let index = whole.schema().index_of(&needed[0]).unwrap();
             let mask = (predicate(scattered, modulus, below).keep)(whole.project(&[index]).unwrap()).unwrap();
@@ -442,7 +492,7 @@ mod tests {
             keep: Box::new(|_| Ok(BooleanArray::from(vec![true]))),
             filter: None,
         };
-        let error = read_fragment(&fragment, 10, Some(wrong), None)
+        let error = read_fragment(&fragment, 10, Some(wrong), None, &[])
             .err()
             .expect("an error");
         assert!(

@@ -164,11 +164,17 @@ pub struct PushedPredicate {
 /// read the cheaper way for the rows it keeps ([`crate::filtered_read`]). The schema comes
 /// back with the batches: a fragment whose every row the predicate drops yields no batch, but
 /// its rows still have a schema.
+///
+/// The string columns named in `as_dictionaries` come as `Dictionary(Int32, Utf8)` where the
+/// fragment's every chunk of them is dictionary-encoded (see [`dictionary_reads`]): the codes
+/// and the chunk's dictionary as Parquet stores them, not a string per row. The schema still
+/// gives them the file's own type, which their values stand for; only the batches differ.
 pub fn read_fragment(
     fragment: &Fragment,
     batch_size: usize,
     predicate: Option<PushedPredicate>,
     columns: Option<&[String]>,
+    as_dictionaries: &[String],
 ) -> Result<ReadBatches> {
     let invalid = |source| Error::InvalidParquet {
         path: fragment.path.clone(),
@@ -182,7 +188,17 @@ pub fn read_fragment(
         Some(_) => PageIndexPolicy::Optional,
         None => PageIndexPolicy::Skip,
     });
-    let metadata = ArrowReaderMetadata::load(&file, options).map_err(invalid)?;
+    let metadata = ArrowReaderMetadata::load(&file, options.clone()).map_err(invalid)?;
+    // The file's own schema, which the batches stand for.
+    let plain = std::sync::Arc::clone(metadata.schema());
+    let metadata = match dictionary_reads(&metadata, &fragment.row_groups, as_dictionaries) {
+        Some(schema) => ArrowReaderMetadata::try_new(
+            std::sync::Arc::clone(metadata.metadata()),
+            options.with_schema(schema),
+        )
+        .map_err(invalid)?,
+        None => metadata,
+    };
     let mut predicate = predicate;
     let mut pages = None;
     let pruned;
@@ -269,9 +285,85 @@ pub fn read_fragment(
             None => Ok(batch),
         }
     });
+    // Columns read as dictionaries keep the file's type in the schema.
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .map(|f| match plain.field_with_name(f.name()) {
+            Ok(own) if own.data_type() != f.data_type() => {
+                f.as_ref().clone().with_data_type(own.data_type().clone())
+            }
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    let schema = std::sync::Arc::new(arrow::datatypes::Schema::new_with_metadata(
+        fields,
+        schema.metadata().clone(),
+    ));
     Ok(ReadBatches {
         schema,
         batches: Box::new(batches),
+    })
+}
+
+/// The file's schema with the columns of `names` that are strings as `Dictionary(Int32,
+/// Utf8)`, for those whose every chunk in `row_groups` Parquet stored dictionary-encoded, by
+/// the chunks' page encoding statistics (a chunk that fell back to plain pages would have its
+/// values hashed into a dictionary while reading, which costs more than reading them plain);
+/// `None` if no column qualifies.
+pub fn dictionary_reads(
+    metadata: &ArrowReaderMetadata,
+    row_groups: &[usize],
+    names: &[String],
+) -> Option<SchemaRef> {
+    use arrow::datatypes::DataType;
+    use parquet::basic::Encoding;
+    let schema = metadata.schema();
+    let parquet = metadata.metadata();
+    let mut changed = false;
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .map(|field| {
+            let string = matches!(
+                field.data_type(),
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+            );
+            let leaf = parquet
+                .file_metadata()
+                .schema_descr()
+                .columns()
+                .iter()
+                .position(|c| c.path().parts() == [field.name().as_str()]);
+            let encoded = |leaf: usize| {
+                row_groups.iter().all(|&group| {
+                    let Some(chunk) = parquet.row_groups().get(group).map(|g| g.column(leaf))
+                    else {
+                        return false;
+                    };
+                    chunk.dictionary_page_offset().is_some()
+                        && chunk.page_encoding_stats_mask().is_some_and(|mask| {
+                            mask.is_only(Encoding::RLE_DICTIONARY)
+                                || mask.is_only(Encoding::PLAIN_DICTIONARY)
+                        })
+                })
+            };
+            match string && names.contains(field.name()) && leaf.is_some_and(encoded) {
+                true => {
+                    changed = true;
+                    let dictionary =
+                        DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+                    field.as_ref().clone().with_data_type(dictionary)
+                }
+                false => field.as_ref().clone(),
+            }
+        })
+        .collect();
+    changed.then(|| {
+        std::sync::Arc::new(arrow::datatypes::Schema::new_with_metadata(
+            fields,
+            schema.metadata().clone(),
+        ))
     })
 }
 

@@ -568,6 +568,10 @@ impl LogicalPlan {
                     name: name.clone(),
                     batch_size,
                     read_columns: if i == 0 { read_columns.clone() } else { None },
+                    dictionary_keys: match (i, last) {
+                        (0, 0) => self.dictionary_keys(sink.as_ref()),
+                        _ => Vec::new(),
+                    },
                     ops,
                     sink,
                 };
@@ -640,6 +644,52 @@ impl LogicalPlan {
                 .filter(|name| needed.contains(name))
                 .collect(),
         )
+    }
+}
+
+impl LogicalPlan {
+    /// The string keys of the combining groupby `sink` ends in that a Parquet read may give
+    /// as dictionaries ([`StageSpec::dictionary_keys`]): those read from the files and passed
+    /// to the groupby untouched, read by no filter or expression, renamed by none, and no
+    /// aggregate's argument. None if a user function sees the batches (it would see codes).
+    fn dictionary_keys(&self, sink: Option<&SinkSpec>) -> Vec<String> {
+        use arrow::datatypes::DataType;
+        let (PlanInput::Read { source, .. }, Some(SinkSpec::Partition(spec))) = (&self.input, sink)
+        else {
+            return Vec::new();
+        };
+        let (Source::Parquet(parquet), Some((keys, aggregates))) = (source.as_ref(), &spec.combine)
+        else {
+            return Vec::new();
+        };
+        let untouched = |key: &String| {
+            let read_by = |expr: &Expr| expr.column_refs().iter().any(|c| &c.name == key);
+            self.ops.iter().all(|op| match op {
+                LogicalOp::Filter(predicate) => !read_by(predicate),
+                LogicalOp::WithColumn(name, value) => name != key && !read_by(value),
+                LogicalOp::Reshape(Reshape::Select(_)) | LogicalOp::RandomSample { .. } => true,
+                LogicalOp::Reshape(Reshape::Drop(columns)) => !columns.contains(key),
+                LogicalOp::Reshape(Reshape::Rename(pairs)) => {
+                    !pairs.iter().any(|(old, new)| old == key || new == key)
+                }
+                LogicalOp::MapBatches { .. }
+                | LogicalOp::MapRows { .. }
+                | LogicalOp::Conform(_) => false,
+            })
+        };
+        keys.iter()
+            .filter(|key| {
+                parquet.schema.field_with_name(key).is_ok_and(|field| {
+                    matches!(
+                        field.data_type(),
+                        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                    )
+                })
+            })
+            .filter(|key| !aggregates.iter().any(|a| a.column.as_ref() == Some(*key)))
+            .filter(|key| untouched(key))
+            .cloned()
+            .collect()
     }
 }
 
@@ -754,5 +804,93 @@ mod tests {
             ..without_select
         };
         assert_eq!(all.needed_columns(), None, "the output keeps every column");
+    }
+
+    #[test]
+    fn only_string_keys_nothing_else_reads_are_read_as_dictionaries() {
+        use crate::exchange::{Aggregate, PartitionSpec, Partitioner};
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("t.parquet");
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("g", DataType::Utf8, true),
+            Field::new("h", DataType::Utf8View, true),
+            Field::new("k", DataType::Int64, true),
+            Field::new("v", DataType::Int64, true),
+        ]));
+        let file = std::fs::File::create(&path).unwrap();
+        let writer = parquet::arrow::ArrowWriter::try_new(file, schema, None).unwrap();
+        writer.close().unwrap();
+        let read = LogicalPlan::read(
+            Source::parquet(path.to_str().unwrap()).unwrap(),
+            ReadOptions::default(),
+        );
+        // The stage's choice, for a groupby by `keys` of `aggregates` after `ops`.
+        let chosen = |ops: Vec<LogicalOp>, keys: &[&str], aggregates: Vec<Aggregate>| {
+            let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+            let spec = PartitionSpec {
+                partitioner: Partitioner::Hash { keys: keys.clone() },
+                n: 2,
+                block: 0,
+                combine: Some((keys, aggregates)),
+            };
+            let plan = ops
+                .into_iter()
+                .fold(read.clone(), |plan, op| plan.with_op(op));
+            let compiled = plan.compile(Sink::Partition("Map".into(), spec)).unwrap();
+            let stage: StageSpec = postcard::from_bytes(&compiled.stages[0].spec).unwrap();
+            stage.dictionary_keys
+        };
+        let sum = || vec![Aggregate::sum("v")];
+        let both = chosen(
+            vec![
+                LogicalOp::Filter(col("v").gt(lit(1))),
+                LogicalOp::WithColumn("w".into(), col("v") * lit(2)),
+            ],
+            &["g", "h", "k"],
+            sum(),
+        );
+        assert_eq!(both, ["g", "h"], "strings only, untouched");
+        let filtered = chosen(
+            vec![LogicalOp::Filter(col("g").eq(lit("x")))],
+            &["g", "h"],
+            sum(),
+        );
+        assert_eq!(filtered, ["h"], "a filter reads g");
+        let made = chosen(
+            vec![LogicalOp::WithColumn("g".into(), col("h"))],
+            &["g", "h"],
+            sum(),
+        );
+        assert!(made.is_empty(), "g is made and h read: {made:?}");
+        let counted = chosen(
+            Vec::new(),
+            &["g", "h"],
+            vec![Aggregate::count_non_null("g")],
+        );
+        assert_eq!(counted, ["h"], "an aggregate reads g");
+        let renamed = chosen(
+            vec![LogicalOp::Reshape(Reshape::Rename(vec![(
+                "h".into(),
+                "x".into(),
+            )]))],
+            &["g", "x"],
+            sum(),
+        );
+        assert_eq!(renamed, ["g"], "h is renamed");
+        let mapped = chosen(
+            vec![LogicalOp::MapRows {
+                function: "f",
+                mode: RowMode::Map,
+            }],
+            &["g", "h"],
+            sum(),
+        );
+        assert!(
+            mapped.is_empty(),
+            "a user function would see codes: {mapped:?}"
+        );
+        let to_driver = read.compile(Sink::Driver).unwrap();
+        let stage: StageSpec = postcard::from_bytes(&to_driver.stages[0].spec).unwrap();
+        assert!(stage.dictionary_keys.is_empty(), "no groupby");
     }
 }

@@ -377,16 +377,19 @@ impl ReadTask {
     /// where [`pushes_predicates`](Self::pushes_predicates) says so (and ignored elsewhere);
     /// Parquet also decodes only the columns named, other formats read everything and then
     /// keep the columns named. The schema comes with the batches, so a read that yields no
-    /// batch (every row filtered out in the reader) still says what its rows would be.
+    /// batch (every row filtered out in the reader) still says what its rows would be. The
+    /// string columns named in `as_dictionaries` may come dictionary-encoded, as
+    /// [`read_fragment`] says; the schema keeps their own type.
     pub fn read(
         &self,
         batch_size: usize,
         predicate: Option<PushedPredicate>,
         columns: Option<&[String]>,
+        as_dictionaries: &[String],
     ) -> Result<ReadBatches> {
         let whole = match self {
             ReadTask::Parquet(fragment) => {
-                return read_fragment(fragment, batch_size, predicate, columns);
+                return read_fragment(fragment, batch_size, predicate, columns, as_dictionaries);
             }
             ReadTask::Range { start, end } => {
                 let (start, end) = (*start, *end);
@@ -462,7 +465,8 @@ impl ReadTask {
 
 /// What a read task yields: its schema, and its batches.
 pub struct ReadBatches {
-    /// The schema of every batch (after projection).
+    /// The schema of every batch (after projection); a column read as a dictionary (see
+    /// [`ReadTask::read`]) has here the type its values stand for.
     pub schema: SchemaRef,
     /// The batches.
     pub batches: Box<dyn Iterator<Item = Result<RecordBatch>> + Send>,
@@ -660,7 +664,7 @@ mod tests {
         let source = Source::Range { n: 1003 };
         let mut seen = Vec::new();
         for task in source.tasks(100) {
-            for batch in task.read(64, None, None).unwrap().batches {
+            for batch in task.read(64, None, None, &[]).unwrap().batches {
                 let batch = batch.unwrap();
                 assert!(batch.num_rows() <= 64);
                 let ids = batch
@@ -695,7 +699,7 @@ mod tests {
         let options = CsvOptions::default().infer_rows(1000);
         let source = Source::csv(path.to_str().unwrap(), &options).unwrap();
         let task = source.tasks(1000).remove(0);
-        let error = match task.read(1024, None, None) {
+        let error = match task.read(1024, None, None, &[]) {
             Err(e) => e.to_string(),
             Ok(mut read) => read
                 .batches
@@ -716,7 +720,7 @@ mod tests {
             if let ReadTask::Inline { ipc, .. } = &task {
                 largest = largest.max(ipc.len());
             }
-            for batch in task.read(usize::MAX, None, None).unwrap().batches {
+            for batch in task.read(usize::MAX, None, None, &[]).unwrap().batches {
                 let batch =
                     arrow::compute::cast(batch.unwrap().column(0), &DataType::Utf8).unwrap();
                 let column = batch.as_any().downcast_ref::<StringArray>().unwrap();

@@ -46,6 +46,11 @@ pub struct StageSpec {
     pub batch_size: usize,
     /// The columns a read needs to produce (all if `None`): projection pushdown.
     pub read_columns: Option<Vec<String>>,
+    /// String columns the read may give as dictionaries (see
+    /// [`crate::parquet_source::read_fragment`]): the keys of the combining groupby that ends
+    /// the stage, when nothing else reads them (chosen by [`crate::plan`]). The map side groups
+    /// them on their codes and makes its states of their values, as a plain read would.
+    pub dictionary_keys: Vec<String>,
     /// The operators, in order.
     pub ops: Vec<OpSpec>,
     /// Where the output goes, if the stage ends in a sink.
@@ -280,6 +285,9 @@ struct Combining<'a> {
     /// The keys and aggregates, if the stage combines.
     combine: Option<&'a (Vec<String>, Vec<crate::exchange::Aggregate>)>,
     partial: Option<crate::exchange::combine::PartialAggregate>,
+    /// The read's schema, when its key columns may come as dictionaries: the aggregate is
+    /// planned with their own types.
+    read_schema: Option<SchemaRef>,
 }
 
 impl<'a> Combining<'a> {
@@ -292,6 +300,7 @@ impl<'a> Combining<'a> {
         Self {
             combine,
             partial: None,
+            read_schema: None,
         }
     }
 
@@ -304,14 +313,16 @@ impl<'a> Combining<'a> {
         for batch in out.drain(..) {
             let partial = match &mut self.partial {
                 Some(partial) => partial,
-                None => self.partial.insert(
-                    crate::exchange::combine::PartialAggregate::new(
-                        &batch.schema(),
-                        keys,
-                        aggregates,
+                None => {
+                    let schema = match &self.read_schema {
+                        Some(read) => decoded(batch.schema_ref(), read),
+                        None => batch.schema(),
+                    };
+                    self.partial.insert(
+                        crate::exchange::combine::PartialAggregate::new(&schema, keys, aggregates)
+                            .map_err(failed)?,
                     )
-                    .map_err(failed)?,
-                ),
+                }
             };
             partial.push(batch).map_err(failed)?;
         }
@@ -328,6 +339,29 @@ impl<'a> Combining<'a> {
             })
             .transpose()
     }
+}
+
+/// `schema` with its dictionary columns given the type `read` has for them (the dictionaries
+/// of a read's key columns pass the operators unchanged: see [`StageSpec::dictionary_keys`]).
+fn decoded(schema: &SchemaRef, read: &SchemaRef) -> SchemaRef {
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .map(
+            |field| match (field.data_type(), read.field_with_name(field.name())) {
+                (arrow::datatypes::DataType::Dictionary(..), Ok(own))
+                    if own.data_type() != field.data_type() =>
+                {
+                    field
+                        .as_ref()
+                        .clone()
+                        .with_data_type(own.data_type().clone())
+                }
+                _ => field.as_ref().clone(),
+            },
+        )
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
 /// A decoded stage, shared by every task of the stage in one worker.
@@ -618,8 +652,12 @@ impl CompiledStage {
                         self.spec.batch_size,
                         predicate,
                         self.spec.read_columns.as_deref(),
+                        &self.spec.dictionary_keys,
                     )
                     .map_err(|e| read_failed(&label, e))?;
+                if !self.spec.dictionary_keys.is_empty() {
+                    combining.read_schema = Some(Arc::clone(&read.schema));
+                }
                 input_schema = Some(read.schema);
                 for batch in read.batches {
                     let batch = batch.map_err(|e| read_failed(&label, e))?;

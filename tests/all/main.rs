@@ -17,6 +17,7 @@ mod cli;
 mod dataset_api;
 mod dataset_edges;
 mod dataset_functions;
+mod dictionary_keys;
 mod differential;
 mod embedded;
 mod flight_sql;

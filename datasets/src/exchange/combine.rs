@@ -22,7 +22,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::datasource::MemTable;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::{DataFusionError, Result};
@@ -66,13 +66,15 @@ pub fn partial(
 /// to run over them all at the end.
 pub struct PartialAggregate {
     input_schema: SchemaRef,
+    /// The indices of the string keys in the input's columns: they may come as dictionaries.
+    string_keys: Vec<usize>,
     partial: Arc<dyn ExecutionPlan>,
     way: Way,
 }
 
 /// How a [`PartialAggregate`] aggregates.
 enum Way {
-    AsTheyCome(GroupedStates),
+    AsTheyCome(Box<GroupedStates>),
     AtTheEnd(Vec<RecordBatch>),
 }
 
@@ -82,24 +84,55 @@ impl PartialAggregate {
         let plan = plan(schema, keys, aggregates)?;
         let partial = find_aggregate(&plan, AggregateMode::Partial)?;
         let way = match GroupedStates::new(&partial)? {
-            Some(states) => Way::AsTheyCome(states),
+            Some(states) => Way::AsTheyCome(Box::new(states)),
             None => Way::AtTheEnd(Vec::new()),
         };
+        let string_keys = keys
+            .iter()
+            .filter_map(|key| schema.index_of(key).ok())
+            .filter(|&i| is_string(schema.field(i).data_type()))
+            .collect();
         Ok(Self {
             input_schema: Arc::clone(schema),
+            string_keys,
             partial,
             way,
         })
     }
 
     /// Adds the rows of `batch`; a batch of other columns than the first is an error naming
-    /// both (the accumulators read their arguments' types on trust, and would panic).
+    /// both (the accumulators read their arguments' types on trust, and would panic). A string
+    /// key may come as a dictionary of strings (a stage's read of its codes): the states are
+    /// the same.
     pub fn push(&mut self, batch: RecordBatch) -> Result<()> {
-        crate::columns::check_columns(&self.input_schema, std::slice::from_ref(&batch))?;
+        let fields = batch.schema_ref().fields();
+        let encoded = fields.len() == self.input_schema.fields().len()
+            && fields
+                .iter()
+                .zip(self.input_schema.fields())
+                .enumerate()
+                .all(|(i, (came, own))| {
+                    came.data_type() == own.data_type()
+                        || self.string_keys.contains(&i)
+                            && matches!(came.data_type(), DataType::Dictionary(_, values) if is_string(values))
+                });
+        if !encoded {
+            crate::columns::check_columns(&self.input_schema, std::slice::from_ref(&batch))?;
+        }
         match &mut self.way {
             Way::AsTheyCome(states) => states.push(&batch),
             Way::AtTheEnd(batches) => {
-                batches.push(batch);
+                // The exec takes the input's own types.
+                let plain = batch
+                    .schema_ref()
+                    .fields()
+                    .iter()
+                    .zip(self.input_schema.fields())
+                    .all(|(came, own)| came.data_type() == own.data_type());
+                batches.push(match plain {
+                    true => batch,
+                    false => crate::columns::conform(&batch, &self.input_schema)?,
+                });
                 Ok(())
             }
         }
@@ -129,6 +162,14 @@ impl PartialAggregate {
         ));
         Ok(states.with_schema(tagged)?)
     }
+}
+
+/// Whether `data_type` is one of the string types.
+fn is_string(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    )
 }
 
 /// Whether `schema` is that of partial states (so the reduce must merge, not aggregate).

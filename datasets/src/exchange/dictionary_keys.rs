@@ -6,12 +6,14 @@
 //! each row's codes make one number (the codes in mixed radix, a null key being one more code
 //! of its column), which indexes a table as long as the combinations of the batch's
 //! dictionaries. A first pass over the rows lists the combinations present, in the order they
-//! first appear; their values (taken from the dictionaries) are interned in the group values
-//! over the dictionaries' value types, so groups are numbered as a row-by-row interning would
+//! first appear; their values (taken from the dictionaries, and cast to the group values'
+//! types where those differ: a string key a stage read as codes, whose exec groups `Utf8View`)
+//! are interned in the group values, so groups are numbered as a row-by-row interning would
 //! number them; a second pass gives each row its combination's group. A batch's dictionaries
 //! may differ from the last batch's (each Parquet column chunk has its own), so the table is
-//! made again for every batch: it is small. Where the combinations are too many for a table,
-//! the batch's keys are decoded and interned as plain columns.
+//! made again for every batch: it is small. Where the combinations are too many for a table
+//! (over 65,536, or over 16 per row of a batch of more than 64 rows), the batch's keys are
+//! decoded and interned as plain columns.
 
 use arrow::array::{Array, ArrayRef, AsArray, UInt32Array};
 use arrow::compute::{cast, take};
@@ -22,6 +24,13 @@ use std::sync::Arc;
 
 /// The most combinations of codes a batch's table may have before its keys are decoded.
 const MAX_COMBINATIONS: usize = 1 << 16;
+
+/// A table may also have at most this many combinations per row of its batch (clearing a
+/// slot costs far less than decoding and hashing a row's strings)...
+const TABLE_PER_ROW: usize = 16;
+
+/// ...or this many, whatever the batch's rows.
+const MIN_TABLE: usize = 1024;
 
 /// A combination of codes no row of the batch has shown yet.
 const UNSEEN: u32 = u32::MAX;
@@ -40,44 +49,62 @@ pub struct DictionaryKeys {
 }
 
 impl DictionaryKeys {
-    /// The schema to make group values of for `group_schema` (the keys' columns), and the
-    /// grouping, if every key is a dictionary: `None` otherwise.
-    pub fn new(group_schema: &Schema) -> Option<(SchemaRef, Self)> {
-        let fields = group_schema
+    /// The schema of the group values for keys of `group_schema`: a dictionary's values'
+    /// type for a dictionary, a plain key's own.
+    pub fn values_schema(group_schema: &SchemaRef) -> SchemaRef {
+        let fields: Vec<Field> = group_schema
             .fields()
             .iter()
             .map(|field| match field.data_type() {
                 DataType::Dictionary(_, value) => {
-                    Some(Field::new(field.name(), value.as_ref().clone(), true))
+                    Field::new(field.name(), value.as_ref().clone(), true)
                 }
-                _ => None,
+                _ => field.as_ref().clone(),
             })
-            .collect::<Option<Vec<_>>>()?;
-        Some((Arc::new(Schema::new(fields)), Self::default()))
+            .collect();
+        Arc::new(Schema::new(fields))
     }
 
-    /// Gives each row of `keys` (dictionary arrays of equal length) its group in `groups`,
-    /// interning the new ones, into `indices`.
+    /// Whether every one of `keys` is a dictionary (and there is one).
+    pub fn all_dictionaries(keys: &[ArrayRef]) -> bool {
+        !keys.is_empty()
+            && keys
+                .iter()
+                .all(|k| matches!(k.data_type(), DataType::Dictionary(..)))
+    }
+
+    /// `keys` as the group values' `types` (a dictionary decoded).
+    pub fn decode(keys: &[ArrayRef], types: &[DataType]) -> Result<Vec<ArrayRef>> {
+        keys.iter()
+            .zip(types)
+            .map(|(key, to)| match key.data_type() == to {
+                true => Ok(Arc::clone(key)),
+                false => Ok(cast(key, to)?),
+            })
+            .collect()
+    }
+
+    /// Gives each row of `keys` (dictionary arrays of equal length) its group in `groups`
+    /// (of values of `types`), interning the new ones, into `indices`.
     pub fn intern(
         &mut self,
         keys: &[ArrayRef],
+        types: &[DataType],
         groups: &mut dyn GroupValues,
         indices: &mut Vec<usize>,
     ) -> Result<()> {
         let dictionaries: Vec<_> = keys.iter().map(|k| k.as_any_dictionary()).collect();
-        // Each column's codes: its dictionary's indices, and one more for a null key.
+        let rows = keys.first().map_or(0, |k| k.len());
+        // Each column's codes: its dictionary's indices, and one more for a null key. The
+        // table is cleared for every batch: for a batch of few rows it must stay small.
         let radices: Vec<usize> = dictionaries.iter().map(|d| d.values().len() + 1).collect();
+        let most = MAX_COMBINATIONS.min(rows.saturating_mul(TABLE_PER_ROW).max(MIN_TABLE));
         let combinations = radices
             .iter()
             .try_fold(1usize, |all, &radix| all.checked_mul(radix))
-            .filter(|&all| all <= MAX_COMBINATIONS);
+            .filter(|&all| all <= most);
         let Some(combinations) = combinations else {
-            let decoded = keys
-                .iter()
-                .zip(&dictionaries)
-                .map(|(key, dictionary)| cast(key, dictionary.values().data_type()))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            return groups.intern(&decoded, indices);
+            return groups.intern(&Self::decode(keys, types)?, indices);
         };
         let rows = keys.first().map_or(0, |k| k.len());
         self.combinations.clear();
@@ -124,6 +151,7 @@ impl DictionaryKeys {
             values.push(take(dictionary.values(), &indices, None)?);
             stride *= radix as u32;
         }
+        let values = Self::decode(&values, types)?;
         self.present_groups.clear();
         groups.intern(&values, &mut self.present_groups)?;
         for (&combination, &group) in self.present.iter().zip(&self.present_groups) {

@@ -8,15 +8,17 @@
 //! at the end (a memory source, a stream and a runtime's turn per batch).
 //!
 //! [`GroupedStates`] takes the batches one at a time, as a map task's operators make them, so
-//! each is aggregated while it is still in the processor's cache. Keys that are all dictionaries
-//! are grouped on their codes ([`super::dictionary_keys`]). Anything else (no keys,
+//! each is aggregated while it is still in the processor's cache. A batch whose keys are all
+//! dictionaries is grouped on their codes ([`super::dictionary_keys`]): a categorical column,
+//! or a string key a stage read as codes for this loop while the exec's key is the strings.
+//! Anything else (no keys,
 //! grouping sets, an aggregate's `FILTER`, an aggregate without a groups accumulator) is left to
 //! the exec: [`GroupedStates::new`] answers `None`.
 
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::Result;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::PhysicalExpr;
@@ -40,8 +42,10 @@ pub struct GroupedStates {
     arguments: Vec<Vec<Arc<dyn PhysicalExpr>>>,
     /// Each row's group, in the batch at hand.
     indices: Vec<usize>,
-    /// Set when every key is a dictionary: `groups` then holds the dictionaries' values.
-    codes: Option<DictionaryKeys>,
+    /// The types `groups` holds: each key's, or its values' for a dictionary.
+    group_types: Vec<DataType>,
+    /// Grouping by the codes of batches whose keys are all dictionaries.
+    codes: DictionaryKeys,
 }
 
 impl GroupedStates {
@@ -61,11 +65,12 @@ impl GroupedStates {
             return Ok(None);
         }
         let input_schema = aggregate.input_schema();
-        let group_schema = group_by.group_schema(&input_schema)?;
-        let (group_schema, codes) = match DictionaryKeys::new(&group_schema) {
-            Some((values, codes)) => (values, Some(codes)),
-            None => (group_schema, None),
-        };
+        let group_schema = DictionaryKeys::values_schema(&group_by.group_schema(&input_schema)?);
+        let group_types = group_schema
+            .fields()
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
         let groups = new_group_values(group_schema, &GroupOrdering::None)?;
         let accumulators = functions
             .iter()
@@ -78,20 +83,28 @@ impl GroupedStates {
             accumulators,
             arguments: functions.iter().map(|f| f.expressions()).collect(),
             indices: Vec::new(),
-            codes,
+            group_types,
+            codes: DictionaryKeys::default(),
         }))
     }
 
-    /// Adds the rows of `batch` (of the aggregate's input schema).
+    /// Adds the rows of `batch` (of the aggregate's input schema, but for keys that may come
+    /// as dictionaries of their values).
     pub fn push(&mut self, batch: &RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
         let keys = evaluate(&self.keys, batch)?;
         self.indices.clear();
-        match &mut self.codes {
-            Some(codes) => codes.intern(&keys, self.groups.as_mut(), &mut self.indices)?,
-            None => self.groups.intern(&keys, &mut self.indices)?,
+        let groups = self.groups.as_mut();
+        match DictionaryKeys::all_dictionaries(&keys) {
+            true => self
+                .codes
+                .intern(&keys, &self.group_types, groups, &mut self.indices)?,
+            false => {
+                let decoded = DictionaryKeys::decode(&keys, &self.group_types)?;
+                groups.intern(&decoded, &mut self.indices)?
+            }
         }
         let total = self.groups.len();
         for (accumulator, exprs) in self.accumulators.iter_mut().zip(&self.arguments) {
@@ -109,9 +122,9 @@ impl GroupedStates {
             return Ok(RecordBatch::new_empty(schema));
         }
         let mut columns = self.groups.emit(EmitTo::All)?;
-        if self.codes.is_some() {
-            // The dictionaries' values, encoded again as the exec's keys are.
-            for (column, field) in columns.iter_mut().zip(schema.fields()) {
+        for (column, field) in columns.iter_mut().zip(schema.fields()) {
+            // A dictionary key's values, encoded again as the exec's keys are.
+            if column.data_type() != field.data_type() {
                 *column = arrow::compute::cast(column, field.data_type())?;
             }
         }
