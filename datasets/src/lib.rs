@@ -40,6 +40,7 @@ pub mod exchange;
 mod filter_order;
 mod group_key_reduction;
 mod join_order;
+mod outer_join_constants;
 mod semi_join_pushdown;
 mod shared_subplan;
 pub use exchange::{combine, partition, reduce};

@@ -170,13 +170,22 @@ fn unqualified(expr: Expr) -> datafusion::error::Result<Expr> {
 /// that fail the filter (found by `tests/all/differential.rs`). The pass after the others
 /// (dynamic filters) is kept, and
 /// [`ScanPredicates`](crate::scan_predicates::ScanPredicates) gives the scans the predicates
-/// of the filters right above them, for pruning.
+/// of the filters right above them, for pruning. DataFusion's rules run between
+/// [`ForgetNullableConstants`](crate::outer_join_constants::ForgetNullableConstants) and
+/// [`RemoveForgetConstants`](crate::outer_join_constants::RemoveForgetConstants), so that an
+/// outer join's nullable side does not pass its constants on and a sort on them is kept.
 pub fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
-    PhysicalOptimizer::new()
-        .rules
-        .into_iter()
-        .filter(|rule| rule.name() != "FilterPushdown")
-        .collect()
+    use crate::outer_join_constants::{ForgetNullableConstants, RemoveForgetConstants};
+    let mut rules: Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> =
+        vec![Arc::new(ForgetNullableConstants)];
+    rules.extend(
+        PhysicalOptimizer::new()
+            .rules
+            .into_iter()
+            .filter(|rule| rule.name() != "FilterPushdown"),
+    );
+    rules.push(Arc::new(RemoveForgetConstants));
+    rules
 }
 
 /// The SQL session of an embedded context: DataFusion's defaults, with [`logical_rules`],

@@ -875,3 +875,95 @@ fn sql_keeps_a_filter_above_a_join_of_sides_with_a_column_of_one_name() {
     want.sort();
     assert_eq!(got_rows, want);
 }
+
+/// The rows of a query's answer, each as text, and its `column`'s values (nulls as `None`).
+fn answer_and_column(batches: &[RecordBatch], column: usize) -> (Vec<String>, Vec<Option<i64>>) {
+    let values = batches
+        .iter()
+        .flat_map(|b| {
+            b.column(column)
+                .as_primitive::<Int64Type>()
+                .iter()
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    (rows(batches), values)
+}
+
+#[test]
+fn sql_sorts_every_row_of_outer_joins_in_stages_of_tasks_or_not() {
+    // Three mistakes outer joins met (found by `tests/all/differential.rs`): DataFusion 55 let
+    // the nullable side's constant `j = 3` drop the sort; cut into stages of tasks, a join
+    // partitioned under a sort of one partition sorted only the first of its partitions, and
+    // a limit pushed into a join counted in each of its partitions.
+    let tmp = tempfile::tempdir().unwrap();
+    let ids: Vec<Option<i64>> = (0..40).map(|i| (i % 9 != 4).then_some(i % 7)).collect();
+    let a = RecordBatch::try_from_iter([
+        ("k", Arc::new(Int64Array::from(ids.clone())) as ArrayRef),
+        (
+            "v",
+            Arc::new(Int64Array::from((0..40).collect::<Vec<i64>>())),
+        ),
+    ])
+    .unwrap();
+    let b = RecordBatch::try_from_iter([
+        (
+            "j",
+            Arc::new(Int64Array::from(vec![Some(3), Some(3), Some(5), None])) as ArrayRef,
+        ),
+        ("w", Arc::new(Int64Array::from(vec![1, 2, 3, 4]))),
+    ])
+    .unwrap();
+    let a_path = parquet_dir(&tmp.path().join("a"), &a);
+    let b_path = parquet_dir(&tmp.path().join("b"), &b);
+    let df = df_over("a", &a_path);
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(df.register_parquet("b", &b_path, Default::default()))
+        .unwrap();
+    let queries = [
+        // `j` is null or 3: nulls first.
+        (
+            "SELECT a.k, a.v, r.j, r.w FROM a FULL JOIN (SELECT * FROM b WHERE j = 3) r \
+          ON a.k = r.j ORDER BY j DESC NULLS FIRST, v, w",
+            2,
+        ),
+        (
+            "SELECT l.k, l.v, r.k AS rk, r.v AS rv FROM a l LEFT JOIN a r ON l.v = r.k \
+          ORDER BY rv DESC NULLS FIRST, v",
+            3,
+        ),
+    ];
+    for tasks in [false, true] {
+        let ctx = manta::init_with(Config {
+            num_cpus: Some(2),
+            sql_tasks: Some(tasks),
+            ..Default::default()
+        })
+        .unwrap();
+        ctx.register_parquet("a", &a_path).unwrap();
+        ctx.register_parquet("b", &b_path).unwrap();
+        for (query, column) in queries {
+            let got = ctx.sql(query).unwrap().to_arrow().unwrap();
+            let (got_rows, sorted_by) = answer_and_column(&got, column);
+            let want = sql(&df, query);
+            assert_eq!(
+                sorted(got_rows),
+                sorted(rows(&want)),
+                "tasks {tasks}: {query}"
+            );
+            // Descending, nulls first.
+            let in_order = sorted_by.windows(2).all(|pair| match (pair[0], pair[1]) {
+                (Some(_), None) => false,
+                (Some(x), Some(y)) => x >= y,
+                _ => true,
+            });
+            assert!(in_order, "tasks {tasks}: {query} gave {sorted_by:?}");
+        }
+        // A limit DataFusion pushed into a join it collected in one partition.
+        let limited = "SELECT * FROM a FULL JOIN b ON a.k = b.j LIMIT 3";
+        let got = ctx.sql(limited).unwrap().to_arrow().unwrap();
+        let rows_got: usize = got.iter().map(RecordBatch::num_rows).sum();
+        assert_eq!(rows_got, 3, "tasks {tasks}: {limited}");
+    }
+}

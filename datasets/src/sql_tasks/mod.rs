@@ -83,9 +83,13 @@ use datafusion::physical_plan::limit::LocalLimitExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
-use datafusion::physical_plan::{ExecutionPlan, Partitioning, replace_children_if_necessary};
+use datafusion::physical_plan::{
+    Distribution, ExecutionPlan, ExecutionPlanProperties, Partitioning,
+    replace_children_if_necessary,
+};
 use manta_scheduler::Client;
 
 pub use blocks::DatasetBlocksExec;
@@ -157,6 +161,74 @@ impl Cut {
     /// `node` (whose children have been visited) with its exchanges and the driver's inputs
     /// cut into stages.
     fn visit(&mut self, node: Arc<dyn ExecutionPlan>) -> Transformed<Arc<dyn ExecutionPlan>> {
+        let (node, merged) = self.merge_inputs(node);
+        let visited = self.visit_merged(node);
+        match merged {
+            true => Transformed::yes(visited.data),
+            false => visited,
+        }
+    }
+
+    /// `node` with each input it needs as one partition (`Distribution::SinglePartition`)
+    /// that has several merged into one, and whether there was one. DataFusion planned the
+    /// inputs before this rule changed them: a join it collected in one partition and this rule
+    /// partitioned now has as many partitions as the exchange it added, and a `SortExec` above
+    /// it that sorts one partition would read only the first. An input that runs in tasks
+    /// becomes a stage the driver reads, merged there; one that must stay in order is merged
+    /// in order, if it says what its order is.
+    fn merge_inputs(&mut self, node: Arc<dyn ExecutionPlan>) -> (Arc<dyn ExecutionPlan>, bool) {
+        let requirements = node.input_distribution_requirements();
+        let orders = node.required_input_ordering();
+        let mut merged = false;
+        let children: Vec<Arc<dyn ExecutionPlan>> = node
+            .children()
+            .into_iter()
+            .enumerate()
+            .map(|(i, child)| {
+                let single = matches!(
+                    requirements.child_distribution(i),
+                    Some(Distribution::SinglePartition)
+                );
+                if !single || child.output_partitioning().partition_count() <= 1 {
+                    return Arc::clone(child);
+                }
+                let ordered = orders.get(i).is_some_and(Option::is_some);
+                let ordering = child.output_ordering().cloned();
+                if ordered && ordering.is_none() {
+                    return Arc::clone(child);
+                }
+                let input = match in_tasks(child) && !read_in_place(child) {
+                    true => self
+                        .stage(Arc::clone(child), Output::Partitions, Read::Partitions)
+                        .unwrap_or_else(|| Arc::clone(child)),
+                    false => Arc::clone(child),
+                };
+                merged = true;
+                match (ordered, ordering) {
+                    (true, Some(ordering)) => {
+                        Arc::new(SortPreservingMergeExec::new(ordering, input)) as _
+                    }
+                    _ => Arc::new(CoalescePartitionsExec::new(input)) as _,
+                }
+            })
+            .collect();
+        if !merged {
+            return (node, false);
+        }
+        match replace_children_if_necessary(Arc::clone(&node), children) {
+            Ok(node) => (node, true),
+            Err(e) => {
+                tracing::debug!("{} keeps its inputs unmerged: {e}", node.name());
+                (node, false)
+            }
+        }
+    }
+
+    /// [`visit`](Self::visit), once the inputs that must be one partition are.
+    fn visit_merged(
+        &mut self,
+        node: Arc<dyn ExecutionPlan>,
+    ) -> Transformed<Arc<dyn ExecutionPlan>> {
         // A hash exchange over work that runs as tasks: its map side becomes a stage.
         if let Some(repartition) = node.downcast_ref::<RepartitionExec>()
             && matches!(repartition.partitioning(), Partitioning::Hash(..))
@@ -212,6 +284,8 @@ impl Cut {
             && *join.partition_mode() == PartitionMode::CollectLeft
             && !probe_side_only(*join.join_type())
             && !join.null_aware
+            // A limit pushed into the join counts its rows in its one partition.
+            && join.fetch().is_none()
             && in_tasks(join.right())
             && let Some(joined) = self.partition_join(join)
         {
