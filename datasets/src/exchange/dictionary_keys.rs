@@ -15,9 +15,9 @@
 //! (over 65,536, or over 16 per row of a batch of more than 64 rows), the batch's keys are
 //! decoded and interned as plain columns.
 
-use arrow::array::{Array, ArrayRef, AsArray, UInt32Array};
+use arrow::array::{AnyDictionaryArray, Array, ArrayRef, AsArray, UInt32Array};
 use arrow::compute::{cast, take};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
 use datafusion::common::Result;
 use datafusion::physical_plan::aggregates::group_values::GroupValues;
 use std::sync::Arc;
@@ -46,6 +46,47 @@ pub struct DictionaryKeys {
     present: Vec<u32>,
     /// The groups of the combinations present.
     present_groups: Vec<usize>,
+}
+
+/// Adds each row's code in `dictionary` (its key, or `radix - 1` for a null key), times
+/// `stride`, to the row's combination.
+fn add_codes(
+    combinations: &mut [u32],
+    dictionary: &dyn AnyDictionaryArray,
+    radix: usize,
+    stride: u32,
+) {
+    let null_code = (radix - 1) as u32;
+    let key_nulls = dictionary.keys().nulls().filter(|n| n.null_count() > 0);
+    // Parquet's and most dictionaries' keys: read in place (a loop the compiler vectorizes).
+    if let Some(keys) = dictionary.keys().as_primitive_opt::<Int32Type>() {
+        let keys = keys.values();
+        match key_nulls {
+            None => {
+                for (combination, &key) in combinations.iter_mut().zip(keys) {
+                    *combination += key as u32 * stride;
+                }
+            }
+            Some(nulls) => {
+                for (row, (combination, &key)) in combinations.iter_mut().zip(keys).enumerate() {
+                    let code = if nulls.is_valid(row) {
+                        key as u32
+                    } else {
+                        null_code
+                    };
+                    *combination += code * stride;
+                }
+            }
+        }
+        return;
+    }
+    for (row, code) in dictionary.normalized_keys().into_iter().enumerate() {
+        let code = match key_nulls.is_some_and(|n| n.is_null(row)) {
+            true => null_code,
+            false => code as u32,
+        };
+        combinations[row] += code * stride;
+    }
 }
 
 impl DictionaryKeys {
@@ -111,18 +152,9 @@ impl DictionaryKeys {
         self.combinations.resize(rows, 0);
         let mut stride = 1;
         for (dictionary, &radix) in dictionaries.iter().zip(&radices) {
-            let null_code = (radix - 1) as u32;
-            let key_nulls = dictionary.keys().nulls();
-            if radix == 1 {
-                // No values: every key is null.
-                continue;
-            }
-            for (row, code) in dictionary.normalized_keys().into_iter().enumerate() {
-                let code = match key_nulls.is_some_and(|n| n.is_null(row)) {
-                    true => null_code,
-                    false => code as u32,
-                };
-                self.combinations[row] += code * stride;
+            if radix > 1 {
+                // (With no values, every key is null: a code of 0 in a radix of 1.)
+                add_codes(&mut self.combinations, *dictionary, radix, stride);
             }
             stride *= radix as u32;
         }

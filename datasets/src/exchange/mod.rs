@@ -26,9 +26,9 @@
 //! The reduce outputs become the input blocks of the operators that follow.
 //!
 //! Aggregations combine on the map side (see [`combine`]): a map task aggregates its
-//! block into partial states first ([`partial_states`], with sums laned by [`laned_sums`] and
-//! dictionary keys grouped on their codes by [`dictionary_keys`]), so only one row per group
-//! and block is partitioned.
+//! block into partial states first ([`partial_states`], with sums laned by [`laned_sums`] or
+//! added group by group over [`rows_by_group`], and dictionary keys grouped on their codes by
+//! [`dictionary_keys`]), so only one row per group and block is partitioned.
 //!
 //! A sort samples first: a **sample** task per block returns a few rows of the sort keys, the
 //! driver sorts the samples and picks `n - 1` boundaries, and the partitioner sends each row to
@@ -44,6 +44,7 @@ mod gather;
 mod keys;
 mod laned_sums;
 mod partial_states;
+mod rows_by_group;
 mod slice_zip;
 mod specs;
 

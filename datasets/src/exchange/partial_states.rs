@@ -3,17 +3,18 @@
 //! It does what DataFusion's `AggregateExec` in `Partial` mode does with a plain `GROUP BY`,
 //! with DataFusion's own parts: its group values give each row its group (in the order groups
 //! are first seen), its accumulators keep the states, and the output is the exec's schema, row
-//! for row. Two things differ: the sums, means and counts of integers and decimals are laned
-//! ([`super::laned_sums`]), and the batches go straight in, without a plan to run over them all
-//! at the end (a memory source, a stream and a runtime's turn per batch).
+//! for row. Two things differ. The sums, means and counts of integers and decimals are laned
+//! ([`super::laned_sums`]); where a batch has few groups, its rows are sorted by group once
+//! ([`super::rows_by_group`]) and those aggregates add them group by group. And the batches go
+//! straight in, without a plan to run over them all at the end (a memory source, a stream and
+//! a runtime's turn per batch).
 //!
 //! [`GroupedStates`] takes the batches one at a time, as a map task's operators make them, so
 //! each is aggregated while it is still in the processor's cache. A batch whose keys are all
 //! dictionaries is grouped on their codes ([`super::dictionary_keys`]): a categorical column,
 //! or a string key a stage read as codes for this loop while the exec's key is the strings.
-//! Anything else (no keys,
-//! grouping sets, an aggregate's `FILTER`, an aggregate without a groups accumulator) is left to
-//! the exec: [`GroupedStates::new`] answers `None`.
+//! Anything else (no keys, grouping sets, an aggregate's `FILTER`, an aggregate without a
+//! groups accumulator) is left to the exec: [`GroupedStates::new`] answers `None`.
 
 use std::sync::Arc;
 
@@ -28,7 +29,8 @@ use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
 use super::dictionary_keys::DictionaryKeys;
-use super::laned_sums;
+use super::laned_sums::LanedSums;
+use super::rows_by_group::RowsByGroup;
 
 /// The partial states of the batches pushed into it, kept as they come.
 pub struct GroupedStates {
@@ -37,7 +39,7 @@ pub struct GroupedStates {
     /// The grouping keys.
     keys: Vec<Arc<dyn PhysicalExpr>>,
     groups: Box<dyn GroupValues>,
-    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+    accumulators: Vec<Accumulator>,
     /// Each aggregate's arguments.
     arguments: Vec<Vec<Arc<dyn PhysicalExpr>>>,
     /// Each row's group, in the batch at hand.
@@ -46,6 +48,23 @@ pub struct GroupedStates {
     group_types: Vec<DataType>,
     /// Grouping by the codes of batches whose keys are all dictionaries.
     codes: DictionaryKeys,
+    /// The batch at hand's rows by group, for the laned sums, when its groups are few.
+    by_group: RowsByGroup,
+}
+
+/// One aggregate's states: laned sums, or DataFusion's accumulator.
+enum Accumulator {
+    Laned(LanedSums),
+    DataFusion(Box<dyn GroupsAccumulator>),
+}
+
+impl Accumulator {
+    fn as_dyn(&mut self) -> &mut dyn GroupsAccumulator {
+        match self {
+            Accumulator::Laned(laned) => laned,
+            Accumulator::DataFusion(theirs) => theirs.as_mut(),
+        }
+    }
 }
 
 impl GroupedStates {
@@ -74,7 +93,10 @@ impl GroupedStates {
         let groups = new_group_values(group_schema, &GroupOrdering::None)?;
         let accumulators = functions
             .iter()
-            .map(|f| laned_sums::accumulator(f, &input_schema))
+            .map(|f| match LanedSums::try_new(f, &input_schema)? {
+                Some(laned) => Ok(Accumulator::Laned(laned)),
+                None => Ok(Accumulator::DataFusion(f.create_groups_accumulator()?)),
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Some(Self {
             schema: aggregate.schema(),
@@ -85,6 +107,7 @@ impl GroupedStates {
             indices: Vec::new(),
             group_types,
             codes: DictionaryKeys::default(),
+            by_group: RowsByGroup::default(),
         }))
     }
 
@@ -107,9 +130,24 @@ impl GroupedStates {
             }
         }
         let total = self.groups.len();
+        let by_group = RowsByGroup::worth_it(total, batch.num_rows())
+            && self
+                .accumulators
+                .iter()
+                .any(|a| matches!(a, Accumulator::Laned(_)));
+        if by_group {
+            self.by_group.sort(&self.indices, total);
+        }
         for (accumulator, exprs) in self.accumulators.iter_mut().zip(&self.arguments) {
             let values = evaluate(exprs, batch)?;
-            accumulator.update_batch(&values, &self.indices, None, total)?;
+            match accumulator {
+                Accumulator::Laned(laned) if by_group => {
+                    laned.update_by_group(&values, &self.indices, &self.by_group, total)?
+                }
+                other => other
+                    .as_dyn()
+                    .update_batch(&values, &self.indices, None, total)?,
+            }
         }
         Ok(())
     }
@@ -129,7 +167,7 @@ impl GroupedStates {
             }
         }
         for accumulator in &mut self.accumulators {
-            columns.extend(accumulator.state(EmitTo::All)?);
+            columns.extend(accumulator.as_dyn().state(EmitTo::All)?);
         }
         Ok(RecordBatch::try_new(schema, columns)?)
     }
