@@ -579,10 +579,9 @@ mod tests {
                     .aggr_expr()
                     .iter()
                     .filter(|f| {
-                        let accumulator =
-                            super::super::laned_sums::accumulator(f, &schema).unwrap();
-                        let any: &dyn std::any::Any = accumulator.as_ref();
-                        !any.is::<super::super::laned_sums::LanedSums>()
+                        super::super::laned_sums::LanedSums::try_new(f, &schema)
+                            .unwrap()
+                            .is_none()
                     })
                     .map(|f| f.name().to_string())
                     .collect();

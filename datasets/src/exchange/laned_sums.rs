@@ -75,18 +75,6 @@ pub struct LanedSums {
     handed_over: bool,
 }
 
-/// The accumulator for `function` over rows of `input_schema`: laned where its shape allows,
-/// else DataFusion's own.
-pub fn accumulator(
-    function: &AggregateFunctionExpr,
-    input_schema: &Schema,
-) -> Result<Box<dyn GroupsAccumulator>> {
-    Ok(match LanedSums::try_new(function, input_schema)? {
-        Some(laned) => Box::new(laned),
-        None => function.create_groups_accumulator()?,
-    })
-}
-
 /// What `function` keeps, if it is one this module lanes.
 fn shape(
     function: &AggregateFunctionExpr,
