@@ -106,6 +106,45 @@ fn shape(
     Ok(found.map(|(shape, input)| (shape, input, states)))
 }
 
+/// How a batch's rows reach their groups.
+#[derive(Clone, Copy)]
+enum Rows<'a> {
+    /// Each row's group, in the batch's order: rows added into lanes.
+    InOrder(&'a [usize]),
+    /// The rows sorted by group: each group's added in a register.
+    ByGroup(&'a RowsByGroup),
+}
+
+/// Adds the non-null `values` (each widened by `widen`) of `rows` into their groups' lanes.
+fn add_values<V: Copy>(
+    sums: &mut [i128],
+    counts: &mut [u64],
+    rows: Rows,
+    values: &[V],
+    nulls: Option<&NullBuffer>,
+    widen: impl Fn(V) -> i128,
+) {
+    match rows {
+        Rows::InOrder(groups) => add_rows(sums, counts, groups, values, nulls, widen),
+        Rows::ByGroup(by_group) => add_groups(sums, counts, by_group, values, nulls, widen),
+    }
+}
+
+/// Counts `rows` that are not null into their groups' lanes.
+fn count_values(counts: &mut [u64], rows: Rows, nulls: Option<&NullBuffer>) {
+    match rows {
+        Rows::InOrder(groups) => count_rows(counts, groups, nulls),
+        Rows::ByGroup(by_group) => {
+            for (group, rows) in by_group.groups() {
+                counts[group * LANES] += match nulls {
+                    None => rows.len() as u64,
+                    Some(n) => rows.iter().filter(|&&r| n.is_valid(r as usize)).count() as u64,
+                };
+            }
+        }
+    }
+}
+
 /// Adds the non-null `values` (each widened by `widen`) of the rows whose groups are `groups`
 /// into their lanes: row `i` into lane `i % LANES`.
 fn add_rows<V: Copy>(
@@ -258,6 +297,12 @@ impl LanedSums {
         if !self.takes(column, group_indices, None, total_num_groups) {
             return self.update_batch(values, group_indices, None, total_num_groups);
         }
+        self.add(column, Rows::ByGroup(by_group), total_num_groups);
+        Ok(())
+    }
+
+    /// Adds `column`'s values of `rows` into the lanes, grown to `total_num_groups` groups.
+    fn add(&mut self, column: &ArrayRef, rows: Rows, total_num_groups: usize) {
         self.grow(total_num_groups);
         let nulls = column.logical_nulls();
         let nulls = nulls.as_ref().filter(|n| n.null_count() > 0);
@@ -265,22 +310,14 @@ impl LanedSums {
         match self.input {
             Input::Decimal128 => {
                 let values = column.as_primitive::<Decimal128Type>().values();
-                add_groups(sums, counts, by_group, values, nulls, |v| v);
+                add_values(sums, counts, rows, values, nulls, |v| v);
             }
             Input::Int64 => {
                 let values = column.as_primitive::<Int64Type>().values();
-                add_groups(sums, counts, by_group, values, nulls, i128::from);
+                add_values(sums, counts, rows, values, nulls, i128::from);
             }
-            Input::Any => {
-                for (group, rows) in by_group.groups() {
-                    counts[group * LANES] += match nulls {
-                        None => rows.len() as u64,
-                        Some(n) => rows.iter().filter(|&&r| n.is_valid(r as usize)).count() as u64,
-                    };
-                }
-            }
+            Input::Any => count_values(counts, rows, nulls),
         }
-        Ok(())
     }
 
     /// The groups the lanes hold.
@@ -353,21 +390,7 @@ impl GroupsAccumulator for LanedSums {
                 .inner
                 .update_batch(values, group_indices, opt_filter, total_num_groups);
         }
-        self.grow(total_num_groups);
-        let nulls = column.logical_nulls();
-        let nulls = nulls.as_ref().filter(|n| n.null_count() > 0);
-        let (sums, counts) = (&mut self.sums, &mut self.counts);
-        match self.input {
-            Input::Decimal128 => {
-                let values = column.as_primitive::<Decimal128Type>().values();
-                add_rows(sums, counts, group_indices, values, nulls, |v| v);
-            }
-            Input::Int64 => {
-                let values = column.as_primitive::<Int64Type>().values();
-                add_rows(sums, counts, group_indices, values, nulls, i128::from);
-            }
-            Input::Any => count_rows(counts, group_indices, nulls),
-        }
+        self.add(column, Rows::InOrder(group_indices), total_num_groups);
         Ok(())
     }
 
