@@ -266,7 +266,7 @@ fn make_plan(
         .collect();
     let frame = ctx
         .read_table(Arc::new(table))?
-        .aggregate(groups, aggregates.iter().map(Aggregate::expr).collect())?;
+        .aggregate(groups, aggregates.iter().map(|a| a.expr(schema)).collect())?;
     crate::thread_runtime::block_on(frame.create_physical_plan())
 }
 

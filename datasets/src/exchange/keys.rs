@@ -1,8 +1,9 @@
 //! What users write to sort, aggregate and join: sort keys, aggregates, join kinds.
 
 use arrow::compute::SortOptions;
-use datafusion::common::JoinType;
-use datafusion::logical_expr::{Expr, col};
+use arrow::datatypes::Schema;
+use datafusion::common::{JoinType, ScalarValue};
+use datafusion::logical_expr::{Expr, col, lit};
 use serde::{Deserialize, Serialize};
 
 /// One sort key.
@@ -148,20 +149,38 @@ impl Aggregate {
         self
     }
 
-    pub(crate) fn expr(&self) -> Expr {
+    /// The aggregate as a DataFusion expression over a relation of `schema`.
+    pub(crate) fn expr(&self, schema: &Schema) -> Expr {
         use datafusion::functions_aggregate::expr_fn as f;
-        let column = || col(ident(self.column.as_deref().unwrap_or_default()));
+        let name = self.column.as_deref().unwrap_or_default();
+        let column = || col(ident(name));
         let expr = match (self.function, &self.column) {
-            (AggregateFunction::Count, None) => f::count(datafusion::logical_expr::lit(1)),
+            (AggregateFunction::Count, None) => f::count(lit(1)),
             (AggregateFunction::Count, Some(_)) => f::count(column()),
             (AggregateFunction::Sum, _) => f::sum(column()),
             (AggregateFunction::Min, _) => f::min(column()),
             (AggregateFunction::Max, _) => f::max(column()),
             (AggregateFunction::Mean, _) => f::avg(column()),
             (AggregateFunction::Std, _) => f::stddev(column()),
-            (AggregateFunction::CountDistinct, _) => f::count_distinct(column()),
+            (AggregateFunction::CountDistinct, _) => {
+                f::count_distinct(with_one_zero(column(), name, schema))
+            }
         };
         expr.alias(&self.alias)
+    }
+}
+
+/// `column`, with a float's two zeros made one: `-0.0 = 0.0`, so they are one distinct
+/// value, as SQL's `count(DISTINCT)` counts them, but DataFusion's float distinct-count
+/// accumulator tells values apart by their bits. Adding `+0.0` turns `-0.0` into `+0.0` and
+/// leaves every other value (NaN included) as it is; other types are returned unchanged.
+fn with_one_zero(column: Expr, name: &str, schema: &Schema) -> Expr {
+    match schema.field_with_name(name).map(|f| f.data_type()) {
+        Ok(t) if t.is_floating() => match ScalarValue::new_zero(t) {
+            Ok(zero) => column + lit(zero),
+            Err(_) => column,
+        },
+        _ => column,
     }
 }
 

@@ -26,8 +26,7 @@ use super::combine;
 use super::gather;
 use super::partition::sort_batches;
 use super::{
-    Aggregate, JoinKind, ReduceSpec, Reducer, SortKey, check_join_keys, decode, ident, into_block,
-    user_error,
+    JoinKind, ReduceSpec, Reducer, SortKey, check_join_keys, decode, ident, into_block, user_error,
 };
 use crate::columns::batch_seed;
 use crate::thread_runtime::block_on;
@@ -156,10 +155,10 @@ impl Reducer {
             Reducer::Aggregate { keys, aggregates } => {
                 let rows = crate::columns::concat(&schema, &left)?;
                 let ctx = single_partition_session();
+                let aggregates = aggregates.iter().map(|a| a.expr(&schema)).collect();
                 let frame =
                     ctx.read_table(Arc::new(MemTable::try_new(schema, vec![vec![rows]])?))?;
                 let groups = keys.iter().map(|k| col(ident(k))).collect();
-                let aggregates = aggregates.iter().map(Aggregate::expr).collect();
                 let frame = frame.aggregate(groups, aggregates)?;
                 collect(frame)
             }
