@@ -15,6 +15,11 @@
 //! scalars, a null scalar) it throws that result away and calls the kernel DataFusion would
 //! have called. The result, its type and the errors are the same either way.
 //!
+//! A side that is itself a column shifted by a scalar (`1 - l_discount`, `1 + l_tax`) is not
+//! computed into an array of its own: the parent reads the column and shifts each value in its
+//! loop (checking the shifted value fits too), so `l_extendedprice * (1 - l_discount)` reads
+//! two columns and writes one, where it took two loops and a temporary array.
+//!
 //! Used for the expressions of `filter` and `with_column` ([`crate::ops::plan_expr`]).
 
 use std::fmt;
@@ -129,78 +134,203 @@ fn widening_mul(a: i64, b: i64) -> i128 {
     i128::from(a) * i128::from(b)
 }
 
-/// One side of an operation on the unchecked path: an array, or a non-null scalar that fits in
-/// 64 bits.
+/// A side of an operation as the parent's loop gets it: its value, or, for a side that is
+/// itself a sum or difference of a column and a scalar (`1 - l_discount`), the column and how
+/// to shift it, left for the parent's loop to compute row by row. So `l_extendedprice * (1 -
+/// l_discount)` is one loop and one result array, not two.
+enum Operand {
+    /// The side evaluated.
+    Value(ColumnarValue),
+    /// Per row `offset + factor * column[i]`, `column` a decimal array.
+    Shifted {
+        column: ArrayRef,
+        offset: i128,
+        factor: i64,
+    },
+}
+
+impl Operand {
+    /// `expr` over `batch` as a side of a parent [`DecimalArithmetic`].
+    fn of(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<Self> {
+        let Some(inner) = expr.downcast_ref::<DecimalArithmetic>() else {
+            return Ok(Operand::Value(expr.evaluate(batch)?));
+        };
+        let sign = match inner.op {
+            Operator::Plus => 1,
+            Operator::Minus => -1,
+            _ => return Ok(Operand::Value(expr.evaluate(batch)?)),
+        };
+        let (left, right) = (inner.left.evaluate(batch)?, inner.right.evaluate(batch)?);
+        let (lm, rm) = inner.scale_up;
+        let decimals = |v: &ColumnarValue| match v {
+            ColumnarValue::Array(a) if a.as_primitive_opt::<Decimal128Type>().is_some() => {
+                Some(Arc::clone(a))
+            }
+            _ => None,
+        };
+        Ok(match (narrow_scalar(&left), narrow_scalar(&right)) {
+            (Some(s), None) if let Some(column) = decimals(&right) => Operand::Shifted {
+                column,
+                offset: widening_mul(s, lm),
+                factor: sign * rm,
+            },
+            (None, Some(s)) if let Some(column) = decimals(&left) => Operand::Shifted {
+                column,
+                offset: i128::from(sign) * widening_mul(s, rm),
+                factor: lm,
+            },
+            _ => {
+                Operand::Value(inner.finish(Operand::Value(left), Operand::Value(right), batch)?)
+            }
+        })
+    }
+}
+
+/// The value of a non-null decimal scalar that fits in 64 bits.
+fn narrow_scalar(value: &ColumnarValue) -> Option<i64> {
+    match value {
+        ColumnarValue::Scalar(ScalarValue::Decimal128(Some(v), _, _)) if narrow(*v) => {
+            Some(*v as i64)
+        }
+        _ => None,
+    }
+}
+
+/// One side of an operation on the unchecked path: an array (its values shifted or not), or a
+/// non-null scalar that fits in 64 bits.
 enum Side<'a> {
-    Array(&'a Decimal128Array),
-    Scalar(i128),
+    Array(&'a Decimal128Array, Shift),
+    Scalar(i64),
 }
 
 impl<'a> Side<'a> {
-    /// The side `value` makes: any decimal array (its values are checked as they are read),
-    /// or a non-null scalar that fits in 64 bits.
-    fn of(value: &'a ColumnarValue) -> Option<Self> {
-        match value {
-            ColumnarValue::Array(array) => {
-                array.as_primitive_opt::<Decimal128Type>().map(Side::Array)
-            }
-            ColumnarValue::Scalar(ScalarValue::Decimal128(Some(v), _, _)) if narrow(*v) => {
-                Some(Side::Scalar(*v))
-            }
-            ColumnarValue::Scalar(_) => None,
+    /// The side `operand` makes, if the unchecked path can take it.
+    fn of(operand: &'a Operand) -> Option<Self> {
+        match operand {
+            Operand::Value(ColumnarValue::Array(array)) => array
+                .as_primitive_opt::<Decimal128Type>()
+                .map(|a| Side::Array(a, Shift::None)),
+            Operand::Value(value) => narrow_scalar(value).map(Side::Scalar),
+            Operand::Shifted {
+                column,
+                offset,
+                factor,
+            } => Some(Side::Array(
+                column.as_primitive(),
+                Shift::By(*offset, *factor),
+            )),
         }
     }
 }
 
+/// How an array side's values are read: as they are, or shifted (`offset + factor * value`).
+#[derive(Clone, Copy)]
+enum Shift {
+    None,
+    By(i128, i64),
+}
+
+/// Reads a value of an array side on the unchecked path, OR-ing into `wide` what tells whether
+/// it (and, shifted, its result) fits in 64 bits.
+trait Read: Copy {
+    fn read(self, value: i128, wide: &mut i64) -> i64;
+}
+
+/// A value as it is.
+#[derive(Clone, Copy)]
+struct Plain;
+
+impl Read for Plain {
+    #[inline(always)]
+    fn read(self, value: i128, wide: &mut i64) -> i64 {
+        *wide |= spread(value);
+        value as i64
+    }
+}
+
+/// `offset + factor * value`: no overflow in 128 bits, for a value and an offset under 2^63
+/// times at most 10^18.
+#[derive(Clone, Copy)]
+struct Shifted(i128, i64);
+
+impl Read for Shifted {
+    #[inline(always)]
+    fn read(self, value: i128, wide: &mut i64) -> i64 {
+        let shifted = self.0 + widening_mul(value as i64, self.1);
+        *wide |= spread(value) | spread(shifted);
+        shifted as i64
+    }
+}
+
 /// `f` applied row by row to two sides, at least one an array, with nulls where either is
-/// null; `None` if a value of an array side (a null's slot too) does not fit in 64 bits.
+/// null; `None` if a value of an array side (a null's slot too), or its shifted value, does
+/// not fit in 64 bits.
 ///
 /// The values are checked in the loop that computes, one pass over them: checking first
 /// made two more passes, and took as long as the arithmetic.
 fn combine(left: &Side, right: &Side, f: impl Fn(i64, i64) -> i128) -> Option<Decimal128Array> {
-    let mut wide = 0i64;
-    let values: Vec<i128> = match (left, right) {
-        (Side::Array(l), Side::Array(r)) if l.len() == r.len() => l
-            .values()
-            .iter()
-            .zip(r.values().iter())
-            .map(|(&a, &b)| {
-                wide |= spread(a) | spread(b);
-                f(a as i64, b as i64)
-            })
-            .collect(),
-        (Side::Array(l), Side::Scalar(b)) => l
-            .values()
-            .iter()
-            .map(|&a| {
-                wide |= spread(a);
-                f(a as i64, *b as i64)
-            })
-            .collect(),
-        (Side::Scalar(a), Side::Array(r)) => r
-            .values()
-            .iter()
-            .map(|&b| {
-                wide |= spread(b);
-                f(*a as i64, b as i64)
-            })
-            .collect(),
+    let values = match (left, right) {
+        (Side::Array(l, ls), Side::Array(r, rs)) if l.len() == r.len() => match (ls, rs) {
+            (Shift::None, Shift::None) => both(l, Plain, r, Plain, f),
+            (Shift::None, Shift::By(o, m)) => both(l, Plain, r, Shifted(*o, *m), f),
+            (Shift::By(o, m), Shift::None) => both(l, Shifted(*o, *m), r, Plain, f),
+            (Shift::By(lo, lm), Shift::By(ro, rm)) => {
+                both(l, Shifted(*lo, *lm), r, Shifted(*ro, *rm), f)
+            }
+        },
+        (Side::Array(l, shift), Side::Scalar(b)) => match shift {
+            Shift::None => one(l, Plain, |a| f(a, *b)),
+            Shift::By(o, m) => one(l, Shifted(*o, *m), |a| f(a, *b)),
+        },
+        (Side::Scalar(a), Side::Array(r, shift)) => match shift {
+            Shift::None => one(r, Plain, |b| f(*a, b)),
+            Shift::By(o, m) => one(r, Shifted(*o, *m), |b| f(*a, b)),
+        },
         _ => return None,
-    };
-    if wide != 0 {
-        return None;
-    }
+    }?;
     let nulls = |side: &Side<'_>| match side {
-        Side::Array(array) => array.nulls().cloned(),
+        Side::Array(array, _) => array.nulls().cloned(),
         Side::Scalar(_) => None,
     };
     let nulls = NullBuffer::union(nulls(left).as_ref(), nulls(right).as_ref());
     Some(Decimal128Array::new(values.into(), nulls))
 }
 
+/// `f` of two arrays' values, read by `lr` and `rr`; `None` if one did not fit.
+fn both(
+    l: &Decimal128Array,
+    lr: impl Read,
+    r: &Decimal128Array,
+    rr: impl Read,
+    f: impl Fn(i64, i64) -> i128,
+) -> Option<Vec<i128>> {
+    let mut wide = 0i64;
+    let values = l
+        .values()
+        .iter()
+        .zip(r.values().iter())
+        .map(|(&a, &b)| {
+            let (a, b) = (lr.read(a, &mut wide), rr.read(b, &mut wide));
+            f(a, b)
+        })
+        .collect();
+    (wide == 0).then_some(values)
+}
+
+/// `f` of one array's values, read by `read`; `None` if one did not fit.
+fn one(array: &Decimal128Array, read: impl Read, f: impl Fn(i64) -> i128) -> Option<Vec<i128>> {
+    let mut wide = 0i64;
+    let values = array
+        .values()
+        .iter()
+        .map(|&v| f(read.read(v, &mut wide)))
+        .collect();
+    (wide == 0).then_some(values)
+}
+
 impl DecimalArithmetic {
     /// The result on the unchecked path, if both sides allow it.
-    fn unchecked(&self, left: &ColumnarValue, right: &ColumnarValue) -> Option<ArrayRef> {
+    fn unchecked(&self, left: &Operand, right: &Operand) -> Option<ArrayRef> {
         let (l, r) = (Side::of(left)?, Side::of(right)?);
         let (lm, rm) = self.scale_up;
         // Inputs under 2^63 and multipliers at most 10^18 < 2^60: no step can overflow.
@@ -211,6 +341,31 @@ impl DecimalArithmetic {
             _ => return None,
         };
         Some(Arc::new(result.with_data_type(self.data_type.clone())))
+    }
+
+    /// The operation over its two sides: unchecked if it can be, else as DataFusion's
+    /// `BinaryExpr` computes decimals. A shifted side is then computed on its own (its values
+    /// or the shift did not fit): rare enough to evaluate it again.
+    fn finish(&self, left: Operand, right: Operand, batch: &RecordBatch) -> Result<ColumnarValue> {
+        if let Some(result) = self.unchecked(&left, &right) {
+            return Ok(ColumnarValue::Array(result));
+        }
+        let value = |operand: Operand, expr: &Arc<dyn PhysicalExpr>| match operand {
+            Operand::Value(value) => Ok(value),
+            Operand::Shifted { .. } => expr.evaluate(batch),
+        };
+        let (left, right) = (value(left, &self.left)?, value(right, &self.right)?);
+        self.checked(&left, &right)
+    }
+
+    /// What DataFusion's `BinaryExpr` does for decimals.
+    fn checked(&self, left: &ColumnarValue, right: &ColumnarValue) -> Result<ColumnarValue> {
+        use arrow::compute::kernels::numeric::{add_wrapping, mul_wrapping, sub_wrapping};
+        match self.op {
+            Operator::Multiply => apply(left, right, mul_wrapping),
+            Operator::Plus => apply(left, right, add_wrapping),
+            _ => apply(left, right, sub_wrapping),
+        }
     }
 }
 
@@ -224,18 +379,9 @@ impl PhysicalExpr for DecimalArithmetic {
     }
 
     fn evaluate(&self, batch: &RecordBatch) -> Result<ColumnarValue> {
-        let left = self.left.evaluate(batch)?;
-        let right = self.right.evaluate(batch)?;
-        if let Some(result) = self.unchecked(&left, &right) {
-            return Ok(ColumnarValue::Array(result));
-        }
-        // What DataFusion's `BinaryExpr` does for decimals.
-        use arrow::compute::kernels::numeric::{add_wrapping, mul_wrapping, sub_wrapping};
-        match self.op {
-            Operator::Multiply => apply(&left, &right, mul_wrapping),
-            Operator::Plus => apply(&left, &right, add_wrapping),
-            _ => apply(&left, &right, sub_wrapping),
-        }
+        let left = Operand::of(&self.left, batch)?;
+        let right = Operand::of(&self.right, batch)?;
+        self.finish(left, right, batch)
     }
 
     fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
@@ -398,12 +544,13 @@ mod tests {
     }
 
     /// Random sums, differences and products, with nulls, values past 64 bits, overflowing
-    /// ones and scalar sides of other scales, equal to DataFusion's own `BinaryExpr` (values,
-    /// type and errors).
+    /// ones, scalar sides of other scales and sides that are a column shifted by a scalar
+    /// (computed in the parent's loop), equal to DataFusion's own `BinaryExpr` (values, type
+    /// and errors).
     #[test]
     fn results_equal_datafusions() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        for round in 0..600 {
+        for round in 0..1200 {
             let rows = rng.random_range(0..300);
             let wide = round % 4 == 0;
             let huge = round % 13 == 0;
@@ -444,9 +591,27 @@ mod tests {
                 col("b", &schema).unwrap()
             };
             let left = col("a", &schema).unwrap();
-            let (left, right) = match round % 7 == 0 {
-                true => (right, left),
-                false => (left, right),
+            // A side that is a column shifted by a scalar (`1 - b`, `a + 0.5`), which the
+            // parent computes in its own loop: on the right, the left, or both.
+            let shift = |side: Arc<dyn PhysicalExpr>, rng: &mut rand::rngs::StdRng| {
+                let scalar = lit(ScalarValue::Decimal128(
+                    Some(rng.random_range(-999..999)),
+                    38,
+                    rng.random_range(0..=4),
+                ));
+                let op = [Operator::Plus, Operator::Minus][rng.random_range(0..2)];
+                let shifted: Arc<dyn PhysicalExpr> = match rng.random_bool(0.5) {
+                    true => Arc::new(BinaryExpr::new(scalar, op, side)),
+                    false => Arc::new(BinaryExpr::new(side, op, scalar)),
+                };
+                shifted
+            };
+            let (left, right) = match round % 7 {
+                0 => (right, left),
+                2 | 4 => (left, shift(right, &mut rng)),
+                3 => (shift(left, &mut rng), right),
+                6 => (shift(left, &mut rng), shift(right, &mut rng)),
+                _ => (left, right),
             };
             let theirs: Arc<dyn PhysicalExpr> = Arc::new(BinaryExpr::new(left, op, right));
             let ours = faster_decimal_arithmetic(Arc::clone(&theirs), &schema).unwrap();
