@@ -11,7 +11,9 @@
 //! ([`super::partial_states`]): there the lanes took about 5% off q1's CPU, against 3% when the
 //! values came from memory. Where the caller has sorted a batch's rows by group
 //! ([`super::rows_by_group`], for a batch of few groups), [`LanedSums::update_by_group`] adds
-//! each group's values in a register instead and stores one sum per group.
+//! each group's values in a register instead and stores one sum per group; those totals
+//! ([`GroupTotals`]) are worked out once per column and batch, for all the aggregates of that
+//! column (a `sum` and an `avg` of one column, as in q1, add its values once).
 //!
 //! Integer addition that wraps, as DataFusion's does, gives the same total in any order, so
 //! the states are DataFusion's, bit for bit. Floating-point sums (and means of integers, which
@@ -106,45 +108,6 @@ fn shape(
     Ok(found.map(|(shape, input)| (shape, input, states)))
 }
 
-/// How a batch's rows reach their groups.
-#[derive(Clone, Copy)]
-enum Rows<'a> {
-    /// Each row's group, in the batch's order: rows added into lanes.
-    InOrder(&'a [usize]),
-    /// The rows sorted by group: each group's added in a register.
-    ByGroup(&'a RowsByGroup),
-}
-
-/// Adds the non-null `values` (each widened by `widen`) of `rows` into their groups' lanes.
-fn add_values<V: Copy>(
-    sums: &mut [i128],
-    counts: &mut [u64],
-    rows: Rows,
-    values: &[V],
-    nulls: Option<&NullBuffer>,
-    widen: impl Fn(V) -> i128,
-) {
-    match rows {
-        Rows::InOrder(groups) => add_rows(sums, counts, groups, values, nulls, widen),
-        Rows::ByGroup(by_group) => add_groups(sums, counts, by_group, values, nulls, widen),
-    }
-}
-
-/// Counts `rows` that are not null into their groups' lanes.
-fn count_values(counts: &mut [u64], rows: Rows, nulls: Option<&NullBuffer>) {
-    match rows {
-        Rows::InOrder(groups) => count_rows(counts, groups, nulls),
-        Rows::ByGroup(by_group) => {
-            for (group, rows) in by_group.groups() {
-                counts[group * LANES] += match nulls {
-                    None => rows.len() as u64,
-                    Some(n) => rows.iter().filter(|&&r| n.is_valid(r as usize)).count() as u64,
-                };
-            }
-        }
-    }
-}
-
 /// Adds the non-null `values` (each widened by `widen`) of the rows whose groups are `groups`
 /// into their lanes: row `i` into lane `i % LANES`.
 fn add_rows<V: Copy>(
@@ -185,35 +148,73 @@ fn add_rows<V: Copy>(
     }
 }
 
-/// Adds the non-null `values` (each widened by `widen`) of each group's rows in `by_group`
-/// into the group's first lane, one addition per group.
-fn add_groups<V: Copy>(
-    sums: &mut [i128],
-    counts: &mut [u64],
-    by_group: &RowsByGroup,
-    values: &[V],
-    nulls: Option<&NullBuffer>,
-    widen: impl Fn(V) -> i128,
-) {
-    for (group, rows) in by_group.groups() {
-        let (sum, count) = match nulls {
-            None => {
-                let sum = rows
-                    .iter()
-                    .fold(0i128, |sum, &r| sum.wrapping_add(widen(values[r as usize])));
-                (sum, rows.len() as u64)
+/// One batch's sum and count of non-null values of one column per group, from its rows
+/// sorted by group: each group's values added up in a register. Worked out once per column and
+/// batch, and shared by every laned aggregate of that column (q1's `sum` and `avg` of
+/// `l_quantity`).
+pub struct GroupTotals {
+    column: ArrayRef,
+    input: Input,
+    /// `(group, sum, count)` for each group with rows in the batch.
+    totals: Vec<(usize, i128, u64)>,
+}
+
+impl GroupTotals {
+    /// The totals of `column`'s values, read as `input`, for the rows of `by_group`.
+    fn of(column: &ArrayRef, input: Input, by_group: &RowsByGroup) -> Self {
+        let nulls = column.logical_nulls();
+        let nulls = nulls.as_ref().filter(|n| n.null_count() > 0);
+        let totals = match input {
+            Input::Decimal128 => {
+                let values = column.as_primitive::<Decimal128Type>().values();
+                group_totals(by_group, nulls, |r| values[r])
             }
-            Some(nulls) => rows
-                .iter()
-                .filter(|&&r| nulls.is_valid(r as usize))
-                .fold((0i128, 0u64), |(sum, count), &r| {
-                    (sum.wrapping_add(widen(values[r as usize])), count + 1)
-                }),
+            Input::Int64 => {
+                let values = column.as_primitive::<Int64Type>().values();
+                group_totals(by_group, nulls, |r| i128::from(values[r]))
+            }
+            Input::Any => group_totals(by_group, nulls, |_| 0),
         };
-        let slot = group * LANES;
-        sums[slot] = sums[slot].wrapping_add(sum);
-        counts[slot] += count;
+        GroupTotals {
+            column: Arc::clone(column),
+            input,
+            totals,
+        }
     }
+
+    /// Whether these are totals of `column` that an aggregate reading it as `input` can take:
+    /// the same input, or any for one that only counts.
+    fn serve(&self, column: &ArrayRef, input: Input) -> bool {
+        Arc::ptr_eq(&self.column, column) && (self.input == input || input == Input::Any)
+    }
+}
+
+/// `(group, sum, count)` of the non-null values of each group's rows in `by_group`, `value`
+/// giving a row's (zero for an aggregate that only counts).
+fn group_totals(
+    by_group: &RowsByGroup,
+    nulls: Option<&NullBuffer>,
+    value: impl Fn(usize) -> i128,
+) -> Vec<(usize, i128, u64)> {
+    by_group
+        .groups()
+        .map(|(group, rows)| {
+            let (sum, count) = match nulls {
+                None => (
+                    rows.iter()
+                        .fold(0i128, |sum, &r| sum.wrapping_add(value(r as usize))),
+                    rows.len() as u64,
+                ),
+                Some(nulls) => rows
+                    .iter()
+                    .filter(|&&r| nulls.is_valid(r as usize))
+                    .fold((0i128, 0u64), |(sum, count), &r| {
+                        (sum.wrapping_add(value(r as usize)), count + 1)
+                    }),
+            };
+            (group, sum, count)
+        })
+        .collect()
 }
 
 /// Counts the rows whose groups are `groups` and that are not null, into their lanes.
@@ -284,25 +285,40 @@ impl LanedSums {
     }
 
     /// [`GroupsAccumulator::update_batch`] for rows already listed by group in `by_group`
-    /// (sorted from `group_indices`): each group's values are added up in a register and
-    /// stored into its first lane once.
+    /// (sorted from `group_indices`): each group's total is added into its first lane once.
+    /// The totals of a column are worked out once per batch and kept in `shared` for the other
+    /// aggregates of the same column.
     pub fn update_by_group(
         &mut self,
         values: &[ArrayRef],
         group_indices: &[usize],
         by_group: &RowsByGroup,
         total_num_groups: usize,
+        shared: &mut Vec<GroupTotals>,
     ) -> Result<()> {
         let column = &values[0];
         if !self.takes(column, group_indices, None, total_num_groups) {
             return self.update_batch(values, group_indices, None, total_num_groups);
         }
-        self.add(column, Rows::ByGroup(by_group), total_num_groups);
+        self.grow(total_num_groups);
+        let totals = match shared.iter().position(|t| t.serve(column, self.input)) {
+            Some(found) => &shared[found],
+            None => {
+                shared.push(GroupTotals::of(column, self.input, by_group));
+                &shared[shared.len() - 1]
+            }
+        };
+        for &(group, sum, count) in &totals.totals {
+            let slot = group * LANES;
+            self.sums[slot] = self.sums[slot].wrapping_add(sum);
+            self.counts[slot] += count;
+        }
         Ok(())
     }
 
-    /// Adds `column`'s values of `rows` into the lanes, grown to `total_num_groups` groups.
-    fn add(&mut self, column: &ArrayRef, rows: Rows, total_num_groups: usize) {
+    /// Adds `column`'s values of rows whose groups are `groups` into the lanes, grown to
+    /// `total_num_groups` groups.
+    fn add(&mut self, column: &ArrayRef, groups: &[usize], total_num_groups: usize) {
         self.grow(total_num_groups);
         let nulls = column.logical_nulls();
         let nulls = nulls.as_ref().filter(|n| n.null_count() > 0);
@@ -310,13 +326,13 @@ impl LanedSums {
         match self.input {
             Input::Decimal128 => {
                 let values = column.as_primitive::<Decimal128Type>().values();
-                add_values(sums, counts, rows, values, nulls, |v| v);
+                add_rows(sums, counts, groups, values, nulls, |v| v);
             }
             Input::Int64 => {
                 let values = column.as_primitive::<Int64Type>().values();
-                add_values(sums, counts, rows, values, nulls, i128::from);
+                add_rows(sums, counts, groups, values, nulls, i128::from);
             }
-            Input::Any => count_values(counts, rows, nulls),
+            Input::Any => count_rows(counts, groups, nulls),
         }
     }
 
@@ -390,7 +406,7 @@ impl GroupsAccumulator for LanedSums {
                 .inner
                 .update_batch(values, group_indices, opt_filter, total_num_groups);
         }
-        self.add(column, Rows::InOrder(group_indices), total_num_groups);
+        self.add(column, group_indices, total_num_groups);
         Ok(())
     }
 

@@ -138,12 +138,18 @@ impl GroupedStates {
         if by_group {
             self.by_group.sort(&self.indices, total);
         }
+        // The group totals of each column the laned aggregates read, for this batch.
+        let mut shared = Vec::new();
         for (accumulator, exprs) in self.accumulators.iter_mut().zip(&self.arguments) {
             let values = evaluate(exprs, batch)?;
             match accumulator {
-                Accumulator::Laned(laned) if by_group => {
-                    laned.update_by_group(&values, &self.indices, &self.by_group, total)?
-                }
+                Accumulator::Laned(laned) if by_group => laned.update_by_group(
+                    &values,
+                    &self.indices,
+                    &self.by_group,
+                    total,
+                    &mut shared,
+                )?,
                 other => other
                     .as_dyn()
                     .update_batch(&values, &self.indices, None, total)?,
