@@ -141,12 +141,8 @@ fn widening_mul(a: i64, b: i64) -> i128 {
 enum Operand {
     /// The side evaluated.
     Value(ColumnarValue),
-    /// Per row `offset + factor * column[i]`, `column` a decimal array.
-    Shifted {
-        column: ArrayRef,
-        offset: i128,
-        factor: i64,
-    },
+    /// A decimal array, each value shifted as the parent reads it.
+    Shifted(ArrayRef, Shifted),
 }
 
 impl Operand {
@@ -169,16 +165,12 @@ impl Operand {
             _ => None,
         };
         Ok(match (narrow_scalar(&left), narrow_scalar(&right)) {
-            (Some(s), None) if let Some(column) = decimals(&right) => Operand::Shifted {
-                column,
-                offset: widening_mul(s, lm),
-                factor: sign * rm,
-            },
-            (None, Some(s)) if let Some(column) = decimals(&left) => Operand::Shifted {
-                column,
-                offset: i128::from(sign) * widening_mul(s, rm),
-                factor: lm,
-            },
+            (Some(s), None) if let Some(column) = decimals(&right) => {
+                Operand::Shifted(column, Shifted(widening_mul(s, lm), sign * rm))
+            }
+            (None, Some(s)) if let Some(column) = decimals(&left) => {
+                Operand::Shifted(column, Shifted(i128::from(sign) * widening_mul(s, rm), lm))
+            }
             _ => {
                 Operand::Value(inner.finish(Operand::Value(left), Operand::Value(right), batch)?)
             }
@@ -199,7 +191,7 @@ fn narrow_scalar(value: &ColumnarValue) -> Option<i64> {
 /// One side of an operation on the unchecked path: an array (its values shifted or not), or a
 /// non-null scalar that fits in 64 bits.
 enum Side<'a> {
-    Array(&'a Decimal128Array, Shift),
+    Array(&'a Decimal128Array, Option<Shifted>),
     Scalar(i64),
 }
 
@@ -209,25 +201,13 @@ impl<'a> Side<'a> {
         match operand {
             Operand::Value(ColumnarValue::Array(array)) => array
                 .as_primitive_opt::<Decimal128Type>()
-                .map(|a| Side::Array(a, Shift::None)),
+                .map(|a| Side::Array(a, None)),
             Operand::Value(value) => narrow_scalar(value).map(Side::Scalar),
-            Operand::Shifted {
-                column,
-                offset,
-                factor,
-            } => Some(Side::Array(
-                column.as_primitive(),
-                Shift::By(*offset, *factor),
-            )),
+            Operand::Shifted(column, shift) => {
+                Some(Side::Array(column.as_primitive(), Some(*shift)))
+            }
         }
     }
-}
-
-/// How an array side's values are read: as they are, or shifted (`offset + factor * value`).
-#[derive(Clone, Copy)]
-enum Shift {
-    None,
-    By(i128, i64),
 }
 
 /// Reads a value of an array side on the unchecked path, OR-ing into `wide` what tells whether
@@ -248,8 +228,8 @@ impl Read for Plain {
     }
 }
 
-/// `offset + factor * value`: no overflow in 128 bits, for a value and an offset under 2^63
-/// times at most 10^18.
+/// A value shifted, `offset + factor * value` (`Shifted(offset, factor)`): no overflow in 128
+/// bits, for a value and an offset under 2^63 times at most 10^18.
 #[derive(Clone, Copy)]
 struct Shifted(i128, i64);
 
@@ -271,20 +251,18 @@ impl Read for Shifted {
 fn combine(left: &Side, right: &Side, f: impl Fn(i64, i64) -> i128) -> Option<Decimal128Array> {
     let values = match (left, right) {
         (Side::Array(l, ls), Side::Array(r, rs)) if l.len() == r.len() => match (ls, rs) {
-            (Shift::None, Shift::None) => both(l, Plain, r, Plain, f),
-            (Shift::None, Shift::By(o, m)) => both(l, Plain, r, Shifted(*o, *m), f),
-            (Shift::By(o, m), Shift::None) => both(l, Shifted(*o, *m), r, Plain, f),
-            (Shift::By(lo, lm), Shift::By(ro, rm)) => {
-                both(l, Shifted(*lo, *lm), r, Shifted(*ro, *rm), f)
-            }
+            (None, None) => both(l, Plain, r, Plain, f),
+            (None, Some(rs)) => both(l, Plain, r, *rs, f),
+            (Some(ls), None) => both(l, *ls, r, Plain, f),
+            (Some(ls), Some(rs)) => both(l, *ls, r, *rs, f),
         },
         (Side::Array(l, shift), Side::Scalar(b)) => match shift {
-            Shift::None => one(l, Plain, |a| f(a, *b)),
-            Shift::By(o, m) => one(l, Shifted(*o, *m), |a| f(a, *b)),
+            None => one(l, Plain, |a| f(a, *b)),
+            Some(shift) => one(l, *shift, |a| f(a, *b)),
         },
         (Side::Scalar(a), Side::Array(r, shift)) => match shift {
-            Shift::None => one(r, Plain, |b| f(*a, b)),
-            Shift::By(o, m) => one(r, Shifted(*o, *m), |b| f(*a, b)),
+            None => one(r, Plain, |b| f(*a, b)),
+            Some(shift) => one(r, *shift, |b| f(*a, b)),
         },
         _ => return None,
     }?;
@@ -352,7 +330,7 @@ impl DecimalArithmetic {
         }
         let value = |operand: Operand, expr: &Arc<dyn PhysicalExpr>| match operand {
             Operand::Value(value) => Ok(value),
-            Operand::Shifted { .. } => expr.evaluate(batch),
+            Operand::Shifted(..) => expr.evaluate(batch),
         };
         let (left, right) = (value(left, &self.left)?, value(right, &self.right)?);
         self.checked(&left, &right)
