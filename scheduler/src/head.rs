@@ -184,9 +184,20 @@ struct NodeEntry {
     /// Short tasks queued here behind busy workers, beyond its resources.
     queued: u64,
     pid: u32,
+    /// The node's client, the stream its tasks are sent on, and its loss.
+    link: Arc<NodeLink>,
+}
+
+/// How a task reaches its node, shared by the node's entry and every lease on it: placing a
+/// task clones one `Arc` (cloning the stream, the client and the token each took locks and
+/// reference counts of their own, a visible share of the head's time in `tasks`).
+struct NodeLink {
+    /// The node's address, for messages (the entry's, copied once when it joins).
+    address: String,
     client: NodeClient<AuthChannel>,
     /// The stream the node's tasks are sent on.
     tasks: TaskStream,
+    /// Cancelled when the node is lost: its tasks fail over.
     lost: CancellationToken,
 }
 
@@ -365,12 +376,9 @@ struct Lease {
     reservation: Reservation,
     /// The task's function is short: the node may queue it behind busy workers.
     short: bool,
-    address: String,
     /// The node's number in the task events.
     events_node: u32,
-    client: NodeClient<AuthChannel>,
-    tasks: TaskStream,
-    lost: CancellationToken,
+    link: Arc<NodeLink>,
 }
 
 /// A driver's `HoldJob` stream, open: when it is dropped (the driver's connection closed) and
@@ -405,7 +413,7 @@ impl Head {
                 .nodes
                 .values()
                 .filter(|n| n.alive)
-                .map(|n| n.client.clone())
+                .map(|n| n.link.client.clone())
                 .collect()
         };
         let job_id = bytes::Bytes::copy_from_slice(job.as_bytes());
@@ -539,7 +547,7 @@ impl Head {
                         format!("node {} lost: it missed its heartbeats", node_title(node)),
                     );
                     node.alive = false;
-                    node.lost.cancel();
+                    node.link.lost.cancel();
                     lost.push(*id);
                 }
             }
@@ -608,6 +616,12 @@ impl Head {
     /// Adds node `id` (or replaces an earlier entry of it) with all its resources available,
     /// and hands them to the tasks waiting.
     fn join(&self, id: NodeId, node: Joining) {
+        let link = Arc::new(NodeLink {
+            address: node.address.clone(),
+            client: node.client,
+            tasks: node.tasks,
+            lost: CancellationToken::new(),
+        });
         let entry = NodeEntry {
             events_node: self.events.node(&node.address, &node.name),
             address: node.address,
@@ -622,13 +636,11 @@ impl Head {
             running: 0,
             queued: 0,
             pid: node.pid,
-            client: node.client,
-            tasks: node.tasks,
-            lost: CancellationToken::new(),
+            link,
         };
         let mut state = self.state.lock();
         if let Some(old) = state.nodes.insert(id, entry) {
-            old.lost.cancel();
+            old.link.lost.cancel();
         }
         state.capacity.insert(id, node.total);
         state.node_changed(id);
@@ -649,7 +661,7 @@ impl Head {
                 format!("node {} lost: it could not be reached", node_title(node)),
             );
             node.alive = false;
-            node.lost.cancel();
+            node.link.lost.cancel();
             state.node_changed(id);
             self.dispatch(&mut state);
         }
@@ -1033,11 +1045,8 @@ impl Head {
                 .durations
                 .get(function)
                 .is_some_and(|mean| short_task_queue(*mean).is_some()),
-            address: node.address.clone(),
             events_node: node.events_node,
-            client: node.client.clone(),
-            tasks: node.tasks.clone(),
-            lost: node.lost.clone(),
+            link: Arc::clone(&node.link),
             reservation,
         }
     }
@@ -1060,7 +1069,7 @@ impl Head {
             .nodes
             .values()
             .find(|n| n.alive && n.address == address)
-            .map(|n| n.client.clone())
+            .map(|n| n.link.client.clone())
     }
 
     /// Places and runs one task, retrying on machine failures within its retry budget.
@@ -1138,7 +1147,7 @@ impl Head {
         request: &proto::TaskRequest,
     ) -> Result<proto::TaskSuccess> {
         tokio::select! {
-            reply = lease.tasks.call(request.clone()) => match reply {
+            reply = lease.link.tasks.call(request.clone()) => match reply {
                 Ok(reply) => match reply.result {
                     Some(task_reply::Result::Success(success)) => Ok(success),
                     Some(task_reply::Result::Error(error)) => Err(error.into_error()),
@@ -1149,14 +1158,14 @@ impl Head {
                         self.unreachable(lease.reservation.node);
                     }
                     Err(Error::NodeLost {
-                        node: lease.address.clone(),
+                        node: lease.link.address.clone(),
                         task: request.label.clone(),
                         message: status.message().to_string(),
                     })
                 }
             },
-            _ = lease.lost.cancelled() => Err(Error::NodeLost {
-                node: lease.address.clone(),
+            _ = lease.link.lost.cancelled() => Err(Error::NodeLost {
+                node: lease.link.address.clone(),
                 task: request.label.clone(),
                 message: "the node missed its heartbeats".into(),
             }),

@@ -61,6 +61,7 @@ pub mod server;
 pub mod simulation;
 pub mod stall_watch;
 pub mod task_stream;
+pub mod together;
 pub mod worker;
 pub mod worker_pool;
 

@@ -34,6 +34,7 @@ use crate::proto::worker_server::{Worker as WorkerRpc, WorkerServer};
 use crate::proto::{self, task_reply, worker_done, worker_message};
 use crate::server;
 use crate::task_stream;
+use crate::together::Together;
 use crate::worker_pool::{WorkerConn, WorkerPools};
 use manta_flight::auth::{AuthChannel, guard};
 
@@ -1010,7 +1011,10 @@ impl WorkerRpc for NodeService {
             deliver_answers(&mut inbound, &worker).await;
             workers.detached(job, &worker);
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        // The tasks a batch of answers lets go reach the worker in one write.
+        Ok(Response::new(Box::pin(Together::new(ReceiverStream::new(
+            rx,
+        )))))
     }
 }
 

@@ -37,6 +37,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use crate::proto::{TaskCall, TaskCallReplies, TaskCallReply, TaskCalls, TaskReply, TaskRequest};
+use crate::together::Together;
 
 /// Calls sent in one message at most.
 pub const MAX_CALLS: usize = 4096;
@@ -330,12 +331,12 @@ where
 pub(crate) fn batches<T, M>(
     items: mpsc::UnboundedReceiver<T>,
     message: fn(Vec<T>) -> M,
-) -> impl Stream<Item = Result<M, Status>> + Send + 'static
+) -> Together<BoxStream<'static, Result<M, Status>>>
 where
     T: Message + Send + 'static,
     M: Send + 'static,
 {
-    futures::stream::unfold(
+    let batches = futures::stream::unfold(
         (items, None::<T>),
         move |(mut items, mut carried)| async move {
             let first = match carried.take() {
@@ -357,7 +358,8 @@ where
             }
             Some((Ok(message(batch)), (items, carried)))
         },
-    )
+    );
+    Together::new(batches.boxed())
 }
 
 #[cfg(test)]

@@ -118,7 +118,11 @@ fn raise_open_files_limit() {
 async fn serve(worker: WorkerEnv) -> Result<()> {
     let channel = crate::server::lazy_channel(&worker.node_address, &worker.token)?;
     let mut client = WorkerClient::new(channel);
-    let (tx, rx) = mpsc::channel(2);
+    // Room for every answer the task thread can have ready at once (the node queues at most
+    // `PIPELINE_DEPTH` tasks on a worker): the answers ready when the stream's encoder runs
+    // go in one write. With room for two, a worker of short tasks wrote once per one or two
+    // answers, and its writes and wake-ups were most of its cost.
+    let (tx, rx) = mpsc::channel(crate::worker_pool::PIPELINE_DEPTH + 1);
     let hello = proto::WorkerHello {
         job_id: Bytes::copy_from_slice(worker.job_id.as_bytes()),
         pid: std::process::id(),
@@ -202,11 +206,16 @@ async fn serve(worker: WorkerEnv) -> Result<()> {
                 }
             }
             Some(done) = answers.recv() => {
-                let message = proto::WorkerMessage {
-                    kind: Some(worker_message::Kind::Done(done)),
-                };
-                if tx.send(message).await.is_err() {
-                    break;
+                // Every answer ready now, then the encoder: one write for them all.
+                let more = std::iter::from_fn(|| answers.try_recv().ok());
+                let ready = std::iter::once(done).chain(more.take(crate::worker_pool::PIPELINE_DEPTH));
+                for done in ready {
+                    let message = proto::WorkerMessage {
+                        kind: Some(worker_message::Kind::Done(done)),
+                    };
+                    if tx.send(message).await.is_err() {
+                        return Ok(());
+                    }
                 }
             }
         }

@@ -264,20 +264,20 @@ impl Head {
                     let created = self.run_on(&lease, &constructor).await.map(|_| ());
                     let why = match created {
                         Ok(()) => {
-                            tracing::info!(?actor, incarnation, node = %lease.address, "actor started");
+                            tracing::info!(?actor, incarnation, node = %lease.link.address, "actor started");
                             self.set_info(
                                 actor,
                                 info(
                                     State::Alive,
-                                    lease.address.clone(),
+                                    lease.link.address.clone(),
                                     incarnation,
                                     String::new(),
                                 ),
                             );
                             loop {
                                 tokio::select! {
-                                    _ = lease.lost.cancelled() => {
-                                        break format!("its node {} was lost", lease.address);
+                                    _ = lease.link.lost.cancelled() => {
+                                        break format!("its node {} was lost", lease.link.address);
                                     }
                                     died = deaths.recv() => match died {
                                         Some((of, why)) if of == 0 || of == incarnation => break why,
@@ -299,6 +299,7 @@ impl Head {
                     if killed {
                         // Also when the kill came while the constructor ran.
                         let _ = lease
+                            .link
                             .client
                             .clone()
                             .kill_actor(proto::KillActorRequest {

@@ -104,7 +104,7 @@ impl Head {
         let mut state = self.state.lock();
         state.retired.insert(id, std::time::Instant::now());
         if let Some(node) = state.nodes.remove(&id) {
-            node.lost.cancel();
+            node.link.lost.cancel();
             tracing::info!(node = ?id, address = %node.address, name = %node.name, "node stopped by the autoscaler");
         }
         state.node_changed(id);

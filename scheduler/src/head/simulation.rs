@@ -62,7 +62,7 @@ impl Head {
         for id in nodes {
             if let Some(node) = state.nodes.get_mut(id) {
                 node.alive = false;
-                node.lost.cancel();
+                node.link.lost.cancel();
             }
             state.node_changed(*id);
         }
