@@ -20,7 +20,7 @@ use crate::error::{Error, Result, from_task_error};
 use crate::peak_memory::PeakMemory;
 use crate::proto::worker_client::WorkerClient;
 use crate::proto::{self, worker_done, worker_message};
-use crate::worker_pool::env;
+use crate::worker_pool::{PIPELINE_DEPTH, env};
 
 /// Bytes results up to this size go back with the task's answer (and on to the driver) rather
 /// than into shared memory: a small result costs no file, no fetch and no free (Ray's
@@ -122,7 +122,7 @@ async fn serve(worker: WorkerEnv) -> Result<()> {
     // `PIPELINE_DEPTH` tasks on a worker): the answers ready when the stream's encoder runs
     // go in one write. With room for two, a worker of short tasks wrote once per one or two
     // answers, and its writes and wake-ups were most of its cost.
-    let (tx, rx) = mpsc::channel(crate::worker_pool::PIPELINE_DEPTH + 1);
+    let (tx, rx) = mpsc::channel(PIPELINE_DEPTH + 1);
     let hello = proto::WorkerHello {
         job_id: Bytes::copy_from_slice(worker.job_id.as_bytes()),
         pid: std::process::id(),
@@ -207,8 +207,8 @@ async fn serve(worker: WorkerEnv) -> Result<()> {
             }
             Some(done) = answers.recv() => {
                 // Every answer ready now, then the encoder: one write for them all.
-                let more = std::iter::from_fn(|| answers.try_recv().ok());
-                let ready = std::iter::once(done).chain(more.take(crate::worker_pool::PIPELINE_DEPTH));
+                let more = std::iter::from_fn(|| answers.try_recv().ok()).take(PIPELINE_DEPTH);
+                let ready = std::iter::once(done).chain(more);
                 for done in ready {
                     let message = proto::WorkerMessage {
                         kind: Some(worker_message::Kind::Done(done)),
