@@ -23,12 +23,12 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
-use arrow::compute::{filter_record_batch, prep_null_mask_filter};
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions};
+use arrow::compute::{FilterBuilder, prep_null_mask_filter};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection,
-    RowSelectionPolicy,
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder, RowSelection, RowSelectionPolicy,
 };
 
 use crate::error::{Error, Result};
@@ -102,9 +102,31 @@ pub fn read_filtered(
         .copied()
         .filter(|i| filter_columns.binary_search(i).is_err())
         .collect();
+    // Decimals stored as 32- or 64-bit integers are read at that width and widened as they are
+    // filtered (`narrow_decimals`).
+    let narrow = match crate::narrow_decimals::narrow_schema(metadata, &rest) {
+        Some(schema) => Some(
+            ArrowReaderMetadata::try_new(
+                Arc::clone(metadata.metadata()),
+                ArrowReaderOptions::new().with_schema(schema),
+            )
+            .map_err(|source| Error::InvalidParquet {
+                path: fragment.path.clone(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
     let mut rest_batches: Option<ParquetRecordBatchReader> = match rest.is_empty() {
         true => None,
-        false => Some(reader(&rest, pages)?),
+        false => Some(self::reader(
+            file,
+            fragment,
+            narrow.as_ref().unwrap_or(metadata),
+            batch_size,
+            &rest,
+            pages,
+        )?),
     };
     let path = fragment.path.clone();
     let out_schema = Arc::clone(&schema);
@@ -126,15 +148,30 @@ pub fn read_filtered(
                     })?,
                 )?),
             };
+            let kept = mask.true_count();
+            let every_row = kept == mask.len();
+            let keep = (!every_row).then(|| FilterBuilder::new(&mask).optimize().build());
             let columns = output
                 .iter()
-                .map(|i| pick(*i, &filter_columns, &filtered, &rest, others.as_ref()))
+                .zip(out_schema.fields())
+                .map(|(i, field)| {
+                    let column = pick(*i, &filter_columns, &filtered, &rest, others.as_ref())?;
+                    if crate::narrow_decimals::is_narrow(column.as_ref()) {
+                        let mask = (!every_row).then_some(&mask);
+                        return crate::narrow_decimals::widen(&column, field.data_type(), mask);
+                    }
+                    Ok(match &keep {
+                        Some(keep) => keep.filter(column.as_ref())?,
+                        None => column,
+                    })
+                })
                 .collect::<Result<Vec<ArrayRef>>>()?;
-            let batch = RecordBatch::try_new(Arc::clone(&out_schema), columns)?;
-            Ok(match mask.true_count() == mask.len() {
-                true => batch,
-                false => filter_record_batch(&batch, &mask)?,
-            })
+            let options = RecordBatchOptions::new().with_row_count(Some(kept));
+            Ok(RecordBatch::try_new_with_options(
+                Arc::clone(&out_schema),
+                columns,
+                &options,
+            )?)
         })
         .filter(|batch| !matches!(batch, Ok(b) if b.num_rows() == 0));
     Ok(ReadBatches {
@@ -281,26 +318,45 @@ impl FirstPass {
 mod tests {
     use super::*;
     use crate::parquet_source::read_fragment;
-    use arrow::array::{AsArray, Int32Array, Int64Array, StringArray};
+    use arrow::array::{AsArray, Decimal128Array, Int32Array, Int64Array, StringArray};
+    use arrow::compute::filter_record_batch;
     use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema};
     use parquet::arrow::ArrowWriter;
     use parquet::file::properties::WriterProperties;
     use proptest::prelude::*;
 
-    /// A file of `k` (ascending), `v` (nullable) and `s` (nullable, some of it not ASCII), in
+    /// A file of `k` (ascending), `v` (nullable), `s` (nullable, some of it not ASCII), and
+    /// two decimals Parquet stores as integers: `d` (nullable, `INT64`) and `e` (`INT32`), in
     /// row groups of `group_rows`.
     fn write_file(dir: &std::path::Path, values: &[Option<i32>], group_rows: usize) -> Fragment {
         let schema = Arc::new(Schema::new(vec![
             Field::new("k", DataType::Int64, false),
             Field::new("v", DataType::Int32, true),
             Field::new("s", DataType::Utf8, true),
+            Field::new("d", DataType::Decimal128(15, 2), true),
+            Field::new("e", DataType::Decimal128(9, 3), false),
         ]));
         let k = Int64Array::from_iter_values(0..values.len() as i64);
         let v = Int32Array::from(values.to_vec());
         let s: StringArray = values.iter().map(|v| v.map(|v| format!("é{v}ß"))).collect();
+        let d = values
+            .iter()
+            .map(|v| v.map(|v| i128::from(v) * 12_345_678_901))
+            .collect::<Decimal128Array>()
+            .with_precision_and_scale(15, 2)
+            .unwrap();
+        let e = Decimal128Array::from_iter_values((0..values.len() as i128).map(|k| 7 * k - 2_000))
+            .with_precision_and_scale(9, 3)
+            .unwrap();
         let batch = RecordBatch::try_new(
             Arc::clone(&schema),
-            vec![Arc::new(k), Arc::new(v), Arc::new(s)],
+            vec![
+                Arc::new(k),
+                Arc::new(v),
+                Arc::new(s),
+                Arc::new(d),
+                Arc::new(e),
+            ],
         )
         .unwrap();
         let path = dir.join("data.parquet");
@@ -393,7 +449,7 @@ mod tests {
             scattered: bool,
             modulus in 1i32..7,
             below in 0i64..700,
-            projection in 0usize..4,
+            projection in 0usize..5,
             dictionaries: bool,
         ) {
             let tmp = tempfile::tempdir().unwrap();
@@ -402,7 +458,8 @@ mod tests {
                 0 => None,
                 1 => Some(vec!["s".into()]),
                 2 => Some(vec![if scattered { "v" } else { "k" }.into()]),
-                _ => Some(vec!["s".into(), "k".into(), "v".into()]),
+                3 => Some(vec!["e".into(), "d".into()]),
+                _ => Some(vec!["s".into(), "k".into(), "v".into(), "d".into()]),
             };
             // `s` (and `v`, which is no string and stays as it is) asked for as dictionaries.
             let as_dictionaries: Vec<String> = match dictionaries {
@@ -427,6 +484,10 @@ mod tests {
                         encoded,
                         "{} read as {}", field.name(), data_type
                     );
+                    // Decimals read narrow come out at the file's width.
+                    if !encoded {
+                        prop_assert_eq!(data_type, field.data_type());
+                    }
                 }
             }
 

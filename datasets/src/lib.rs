@@ -50,6 +50,7 @@ pub mod files;
 mod filtered_read;
 pub mod flight_sql;
 pub mod ipc;
+mod narrow_decimals;
 pub mod objects;
 pub mod ops;
 mod parquet_source;
