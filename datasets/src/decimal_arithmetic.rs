@@ -28,13 +28,13 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Decimal128Array};
 use arrow::buffer::NullBuffer;
-use arrow::datatypes::{DataType, Decimal128Type, Schema};
+use arrow::datatypes::{DataType, Decimal64Type, Decimal128Type, Schema};
 use arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::{ColumnarValue, Operator};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_expr::expressions::BinaryExpr;
+use datafusion::physical_expr::expressions::{BinaryExpr, Column};
 use datafusion::physical_expr_common::datum::apply;
 
 /// The largest power of ten a sum's side may be scaled by on the unchecked path.
@@ -117,6 +117,27 @@ pub fn faster_decimal_arithmetic(
     .map(|t| t.data)
 }
 
+/// Whether `expr` can be evaluated over batches of `schema` as they are, where some decimal
+/// columns are read narrow ([`crate::narrow_decimals`]): whether it reads each such column only
+/// as a side of a [`DecimalArithmetic`], which takes 64-bit values (any other expression was
+/// planned for the wide type, and is given that).
+pub fn takes_narrow(expr: &Arc<dyn PhysicalExpr>, schema: &Schema) -> bool {
+    fn walk(expr: &Arc<dyn PhysicalExpr>, schema: &Schema, side_of_arithmetic: bool) -> bool {
+        if let Some(column) = expr.downcast_ref::<Column>() {
+            let narrow = schema
+                .fields()
+                .get(column.index())
+                .is_some_and(|f| crate::narrow_decimals::wide_type(f.data_type()).is_some());
+            return side_of_arithmetic || !narrow;
+        }
+        let arithmetic = expr.downcast_ref::<DecimalArithmetic>().is_some();
+        expr.children()
+            .into_iter()
+            .all(|child| walk(child, schema, arithmetic))
+    }
+    walk(expr, schema, false)
+}
+
 /// Whether `value` fits in 64 bits.
 fn narrow(value: i128) -> bool {
     i128::from(value as i64) == value
@@ -159,9 +180,7 @@ impl Operand {
         let (left, right) = (inner.left.evaluate(batch)?, inner.right.evaluate(batch)?);
         let (lm, rm) = inner.scale_up;
         let decimals = |v: &ColumnarValue| match v {
-            ColumnarValue::Array(a) if a.as_primitive_opt::<Decimal128Type>().is_some() => {
-                Some(Arc::clone(a))
-            }
+            ColumnarValue::Array(a) if Values::of(a).is_some() => Some(Arc::clone(a)),
             _ => None,
         };
         Ok(match (narrow_scalar(&left), narrow_scalar(&right)) {
@@ -188,10 +207,40 @@ fn narrow_scalar(value: &ColumnarValue) -> Option<i64> {
     }
 }
 
-/// One side of an operation on the unchecked path: an array (its values shifted or not), or a
-/// non-null scalar that fits in 64 bits.
+/// The values of an array side: 128-bit, or 64-bit for a decimal read at the width Parquet
+/// stores it in ([`crate::narrow_decimals`]).
+#[derive(Clone, Copy)]
+enum Values<'a> {
+    Wide(&'a [i128]),
+    Narrow(&'a [i64]),
+}
+
+impl<'a> Values<'a> {
+    /// The values of `array`, if it is a decimal array either way.
+    fn of(array: &'a ArrayRef) -> Option<Self> {
+        match array.data_type() {
+            DataType::Decimal128(..) => Some(Values::Wide(
+                array.as_primitive::<Decimal128Type>().values(),
+            )),
+            DataType::Decimal64(..) => Some(Values::Narrow(
+                array.as_primitive::<Decimal64Type>().values(),
+            )),
+            _ => None,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Values::Wide(v) => v.len(),
+            Values::Narrow(v) => v.len(),
+        }
+    }
+}
+
+/// One side of an operation on the unchecked path: an array's values and nulls (its values
+/// shifted or not), or a non-null scalar that fits in 64 bits.
 enum Side<'a> {
-    Array(&'a Decimal128Array, Option<Shifted>),
+    Array(Values<'a>, Option<&'a NullBuffer>, Option<Shifted>),
     Scalar(i64),
 }
 
@@ -199,21 +248,53 @@ impl<'a> Side<'a> {
     /// The side `operand` makes, if the unchecked path can take it.
     fn of(operand: &'a Operand) -> Option<Self> {
         match operand {
-            Operand::Value(ColumnarValue::Array(array)) => array
-                .as_primitive_opt::<Decimal128Type>()
-                .map(|a| Side::Array(a, None)),
+            Operand::Value(ColumnarValue::Array(array)) => {
+                Values::of(array).map(|v| Side::Array(v, array.nulls(), None))
+            }
             Operand::Value(value) => narrow_scalar(value).map(Side::Scalar),
             Operand::Shifted(column, shift) => {
-                Some(Side::Array(column.as_primitive(), Some(*shift)))
+                Values::of(column).map(|v| Side::Array(v, column.nulls(), Some(*shift)))
             }
         }
+    }
+}
+
+/// A value of an array side: 128 bits wide, or 64.
+trait Value: Copy {
+    /// Zero exactly when the value fits in 64 bits (see [`spread`]).
+    fn spread(self) -> i64;
+    /// Its low 64 bits: the value, when it fits.
+    fn low(self) -> i64;
+}
+
+impl Value for i128 {
+    #[inline(always)]
+    fn spread(self) -> i64 {
+        spread(self)
+    }
+
+    #[inline(always)]
+    fn low(self) -> i64 {
+        self as i64
+    }
+}
+
+impl Value for i64 {
+    #[inline(always)]
+    fn spread(self) -> i64 {
+        0
+    }
+
+    #[inline(always)]
+    fn low(self) -> i64 {
+        self
     }
 }
 
 /// Reads a value of an array side on the unchecked path, OR-ing into `wide` what tells whether
 /// it (and, shifted, its result) fits in 64 bits.
 trait Read: Copy {
-    fn read(self, value: i128, wide: &mut i64) -> i64;
+    fn read<V: Value>(self, value: V, wide: &mut i64) -> i64;
 }
 
 /// A value as it is.
@@ -222,9 +303,9 @@ struct Plain;
 
 impl Read for Plain {
     #[inline(always)]
-    fn read(self, value: i128, wide: &mut i64) -> i64 {
-        *wide |= spread(value);
-        value as i64
+    fn read<V: Value>(self, value: V, wide: &mut i64) -> i64 {
+        *wide |= value.spread();
+        value.low()
     }
 }
 
@@ -235,9 +316,9 @@ struct Shifted(i128, i64);
 
 impl Read for Shifted {
     #[inline(always)]
-    fn read(self, value: i128, wide: &mut i64) -> i64 {
-        let shifted = self.0 + widening_mul(value as i64, self.1);
-        *wide |= spread(value) | spread(shifted);
+    fn read<V: Value>(self, value: V, wide: &mut i64) -> i64 {
+        let shifted = self.0 + widening_mul(value.low(), self.1);
+        *wide |= value.spread() | spread(shifted);
         shifted as i64
     }
 }
@@ -248,45 +329,77 @@ impl Read for Shifted {
 ///
 /// The values are checked in the loop that computes, one pass over them: checking first
 /// made two more passes, and took as long as the arithmetic.
-fn combine(left: &Side, right: &Side, f: impl Fn(i64, i64) -> i128) -> Option<Decimal128Array> {
+fn combine(
+    left: &Side,
+    right: &Side,
+    f: impl Fn(i64, i64) -> i128 + Copy,
+) -> Option<Decimal128Array> {
+    use Values::{Narrow, Wide};
     let values = match (left, right) {
-        (Side::Array(l, ls), Side::Array(r, rs)) if l.len() == r.len() => match (ls, rs) {
-            (None, None) => both(l, Plain, r, Plain, f),
-            (None, Some(rs)) => both(l, Plain, r, *rs, f),
-            (Some(ls), None) => both(l, *ls, r, Plain, f),
-            (Some(ls), Some(rs)) => both(l, *ls, r, *rs, f),
+        (Side::Array(l, _, ls), Side::Array(r, _, rs)) if l.len() == r.len() => match (l, r) {
+            (Wide(l), Wide(r)) => shifted_pair(l, ls, r, rs, f),
+            (Wide(l), Narrow(r)) => shifted_pair(l, ls, r, rs, f),
+            (Narrow(l), Wide(r)) => shifted_pair(l, ls, r, rs, f),
+            (Narrow(l), Narrow(r)) => shifted_pair(l, ls, r, rs, f),
         },
-        (Side::Array(l, shift), Side::Scalar(b)) => match shift {
-            None => one(l, Plain, |a| f(a, *b)),
-            Some(shift) => one(l, *shift, |a| f(a, *b)),
+        (Side::Array(l, _, shift), Side::Scalar(b)) => match l {
+            Wide(l) => shifted_one(l, shift, |a| f(a, *b)),
+            Narrow(l) => shifted_one(l, shift, |a| f(a, *b)),
         },
-        (Side::Scalar(a), Side::Array(r, shift)) => match shift {
-            None => one(r, Plain, |b| f(*a, b)),
-            Some(shift) => one(r, *shift, |b| f(*a, b)),
+        (Side::Scalar(a), Side::Array(r, _, shift)) => match r {
+            Wide(r) => shifted_one(r, shift, |b| f(*a, b)),
+            Narrow(r) => shifted_one(r, shift, |b| f(*a, b)),
         },
         _ => return None,
     }?;
     let nulls = |side: &Side<'_>| match side {
-        Side::Array(array, _) => array.nulls().cloned(),
+        Side::Array(_, nulls, _) => nulls.cloned(),
         Side::Scalar(_) => None,
     };
     let nulls = NullBuffer::union(nulls(left).as_ref(), nulls(right).as_ref());
     Some(Decimal128Array::new(values.into(), nulls))
 }
 
+/// [`both`] with each side read as its shift says.
+fn shifted_pair<L: Value, R: Value>(
+    l: &[L],
+    ls: &Option<Shifted>,
+    r: &[R],
+    rs: &Option<Shifted>,
+    f: impl Fn(i64, i64) -> i128,
+) -> Option<Vec<i128>> {
+    match (ls, rs) {
+        (None, None) => both(l, Plain, r, Plain, f),
+        (None, Some(rs)) => both(l, Plain, r, *rs, f),
+        (Some(ls), None) => both(l, *ls, r, Plain, f),
+        (Some(ls), Some(rs)) => both(l, *ls, r, *rs, f),
+    }
+}
+
+/// [`one`] with the values read as `shift` says.
+fn shifted_one<V: Value>(
+    values: &[V],
+    shift: &Option<Shifted>,
+    f: impl Fn(i64) -> i128,
+) -> Option<Vec<i128>> {
+    match shift {
+        None => one(values, Plain, f),
+        Some(shift) => one(values, *shift, f),
+    }
+}
+
 /// `f` of two arrays' values, read by `lr` and `rr`; `None` if one did not fit.
-fn both(
-    l: &Decimal128Array,
+fn both<L: Value, R: Value>(
+    l: &[L],
     lr: impl Read,
-    r: &Decimal128Array,
+    r: &[R],
     rr: impl Read,
     f: impl Fn(i64, i64) -> i128,
 ) -> Option<Vec<i128>> {
     let mut wide = 0i64;
     let values = l
-        .values()
         .iter()
-        .zip(r.values().iter())
+        .zip(r.iter())
         .map(|(&a, &b)| {
             let (a, b) = (lr.read(a, &mut wide), rr.read(b, &mut wide));
             f(a, b)
@@ -296,13 +409,9 @@ fn both(
 }
 
 /// `f` of one array's values, read by `read`; `None` if one did not fit.
-fn one(array: &Decimal128Array, read: impl Read, f: impl Fn(i64) -> i128) -> Option<Vec<i128>> {
+fn one<V: Value>(values: &[V], read: impl Read, f: impl Fn(i64) -> i128) -> Option<Vec<i128>> {
     let mut wide = 0i64;
-    let values = array
-        .values()
-        .iter()
-        .map(|&v| f(read.read(v, &mut wide)))
-        .collect();
+    let values = values.iter().map(|&v| f(read.read(v, &mut wide))).collect();
     (wide == 0).then_some(values)
 }
 
@@ -328,7 +437,15 @@ impl DecimalArithmetic {
         if let Some(result) = self.unchecked(&left, &right) {
             return Ok(ColumnarValue::Array(result));
         }
+        // DataFusion's kernels take 128-bit decimals only: a side read narrow is widened.
         let value = |operand: Operand, expr: &Arc<dyn PhysicalExpr>| match operand {
+            Operand::Value(ColumnarValue::Array(array))
+                if crate::narrow_decimals::is_narrow(array.as_ref()) =>
+            {
+                Ok(ColumnarValue::Array(crate::narrow_decimals::widened(
+                    &array,
+                )?))
+            }
             Operand::Value(value) => Ok(value),
             Operand::Shifted(..) => expr.evaluate(batch),
         };
@@ -605,6 +722,42 @@ mod tests {
                 }
                 (Err(t), Err(o)) => assert_eq!(t.to_string(), o.to_string()),
                 (t, o) => panic!("round {round}: DataFusion {t:?}, ours {o:?}"),
+            }
+            // The same columns read narrow (64-bit, as from Parquet's `INT64`), either or
+            // both, when their values fit: the same answer as from the wide ones.
+            let fits = |c: &ArrayRef| {
+                c.as_primitive::<Decimal128Type>()
+                    .iter()
+                    .all(|v| v.is_none_or(narrow))
+            };
+            if batch.columns().iter().all(fits) {
+                let narrowed = |c: &ArrayRef, scale: i8| -> ArrayRef {
+                    Arc::new(
+                        c.as_primitive::<Decimal128Type>()
+                            .unary::<_, Decimal64Type>(|v| v as i64)
+                            .with_precision_and_scale(18, scale)
+                            .unwrap(),
+                    )
+                };
+                let (narrow_a, narrow_b) = [(true, false), (false, true), (true, true)][round % 3];
+                let a = match narrow_a {
+                    true => narrowed(batch.column(0), 2),
+                    false => Arc::clone(batch.column(0)),
+                };
+                let b = match narrow_b {
+                    true => narrowed(batch.column(1), 3),
+                    false => Arc::clone(batch.column(1)),
+                };
+                let narrow_batch = RecordBatch::try_from_iter([("a", a), ("b", b)]).unwrap();
+                let wide = ours.evaluate(&batch).map(|v| v.into_array(rows).unwrap());
+                let from_narrow = ours
+                    .evaluate(&narrow_batch)
+                    .map(|v| v.into_array(rows).unwrap());
+                match (wide, from_narrow) {
+                    (Ok(w), Ok(n)) => assert_eq!(w.as_ref(), n.as_ref(), "round {round}"),
+                    (Err(w), Err(n)) => assert_eq!(w.to_string(), n.to_string()),
+                    (w, n) => panic!("round {round}: wide {w:?}, narrow {n:?}"),
+                }
             }
         }
     }

@@ -27,8 +27,8 @@ use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOption
 use arrow::compute::{FilterBuilder, prep_null_mask_filter};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
-    ParquetRecordBatchReaderBuilder, RowSelection, RowSelectionPolicy,
+    ArrowReaderMetadata, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection,
+    RowSelectionPolicy,
 };
 
 use crate::error::{Error, Result};
@@ -40,18 +40,22 @@ use crate::storage::StorageFile;
 /// beats decoding every row and filtering.
 pub const MIN_RUN_ROWS: usize = 64;
 
-/// The batches of `fragment` whose rows `predicate` keeps, with only the columns at
-/// `output` (indices into the file's schema, ascending), and their schema. With `pages` (a
-/// selection of the fragment's rows, from the page index), only those rows are read at all.
+/// The batches of `fragment` whose rows `predicate` keeps, with only `output`'s columns, and
+/// their schema (the file's types). With `pages` (a selection of the fragment's rows, from the
+/// page index), only those rows are read at all.
 pub fn read_filtered(
     file: &StorageFile,
     fragment: &Fragment,
     metadata: &ArrowReaderMetadata,
     batch_size: usize,
     predicate: PushedPredicate,
-    output: &[usize],
+    output: Output<'_>,
     pages: Option<RowSelection>,
 ) -> Result<ReadBatches> {
+    let Output {
+        columns: output,
+        narrow_decimals,
+    } = output;
     let file_schema = metadata.schema();
     let schema = Arc::new(file_schema.project(output)?);
     let mut filter_columns = predicate
@@ -77,18 +81,30 @@ pub fn read_filtered(
             batches: Box::new(std::iter::empty()),
         });
     }
-    let reader = |columns: &[usize], selection: Option<RowSelection>| {
-        reader(file, fragment, metadata, batch_size, columns, selection)
+    let invalid = |source| Error::InvalidParquet {
+        path: fragment.path.clone(),
+        source,
     };
-
     if first.average_run() >= MIN_RUN_ROWS {
+        // No predicate reads this second decoding: every decimal may come narrow.
+        let metadata = match narrow_decimals {
+            true => crate::narrow_decimals::narrow_metadata(metadata, output).map_err(invalid)?,
+            false => metadata.clone(),
+        };
         // The masks answer for the rows the first pass read: the pages' rows, if any.
         let kept = RowSelection::from_filters(&first.masks);
         let selection = match &pages {
             Some(pages) => pages.and_then(&kept),
             None => kept,
         };
-        let batches = reader(output, Some(selection))?;
+        let batches = reader(
+            file,
+            fragment,
+            &metadata,
+            batch_size,
+            output,
+            Some(selection),
+        )?;
         let path = fragment.path.clone();
         return Ok(ReadBatches {
             schema,
@@ -102,34 +118,19 @@ pub fn read_filtered(
         .copied()
         .filter(|i| filter_columns.binary_search(i).is_err())
         .collect();
-    // Decimals stored as 32- or 64-bit integers are read at that width and widened as they are
-    // filtered (`narrow_decimals`).
-    let narrow = match crate::narrow_decimals::narrow_schema(metadata, &rest) {
-        Some(schema) => Some(
-            ArrowReaderMetadata::try_new(
-                Arc::clone(metadata.metadata()),
-                ArrowReaderOptions::new().with_schema(schema),
-            )
-            .map_err(|source| Error::InvalidParquet {
-                path: fragment.path.clone(),
-                source,
-            })?,
-        ),
-        None => None,
-    };
+    // Decimals stored as 32- or 64-bit integers are read at that width (`narrow_decimals`), and
+    // either widened as they are filtered or, with `narrow_decimals`, kept narrow.
+    let narrow = crate::narrow_decimals::narrow_metadata(metadata, &rest).map_err(invalid)?;
     let mut rest_batches: Option<ParquetRecordBatchReader> = match rest.is_empty() {
         true => None,
-        false => Some(self::reader(
-            file,
-            fragment,
-            narrow.as_ref().unwrap_or(metadata),
-            batch_size,
-            &rest,
-            pages,
-        )?),
+        false => Some(reader(file, fragment, &narrow, batch_size, &rest, pages)?),
     };
     let path = fragment.path.clone();
-    let out_schema = Arc::clone(&schema);
+    // The batches' own types: the file's, or the narrow ones where they are kept.
+    let out_schema = match narrow_decimals {
+        true => Arc::new(narrow.schema().project(output)?),
+        false => Arc::clone(&schema),
+    };
     let output = output.to_vec();
     let assembled = first
         .batches
@@ -156,9 +157,13 @@ pub fn read_filtered(
                 .zip(out_schema.fields())
                 .map(|(i, field)| {
                     let column = pick(*i, &filter_columns, &filtered, &rest, others.as_ref())?;
-                    if crate::narrow_decimals::is_narrow(column.as_ref()) {
+                    if crate::narrow_decimals::is_narrow(column.as_ref()) && !narrow_decimals {
                         let mask = (!every_row).then_some(&mask);
-                        return crate::narrow_decimals::widen(&column, field.data_type(), mask);
+                        return Ok(crate::narrow_decimals::widen(
+                            &column,
+                            field.data_type(),
+                            mask,
+                        )?);
                     }
                     Ok(match &keep {
                         Some(keep) => keep.filter(column.as_ref())?,
@@ -178,6 +183,16 @@ pub fn read_filtered(
         schema,
         batches: Box::new(assembled),
     })
+}
+
+/// The columns a filtered read gives.
+pub struct Output<'a> {
+    /// Indices into the file's schema, ascending.
+    pub columns: &'a [usize],
+    /// Whether decimals Parquet stores as integers that the filter does not read may come at
+    /// that width (`Decimal32`, `Decimal64`; see [`crate::narrow_decimals`]), rather than
+    /// widened to the file's `Decimal128`.
+    pub narrow_decimals: bool,
 }
 
 /// A reader of `columns` of the fragment's row groups (only the `selection`'s runs, if
@@ -451,6 +466,7 @@ mod tests {
             below in 0i64..700,
             projection in 0usize..5,
             dictionaries: bool,
+            narrow: bool,
         ) {
             let tmp = tempfile::tempdir().unwrap();
             let fragment = write_file(tmp.path(), &values, group_rows);
@@ -472,6 +488,7 @@ mod tests {
                 Some(predicate(scattered, modulus, below)),
                 columns.as_deref(),
                 &as_dictionaries,
+                narrow,
             ).unwrap());
             let schema = Arc::clone(&read.schema);
             let filtered = rows(read);
@@ -484,16 +501,24 @@ mod tests {
                         encoded,
                         "{} read as {}", field.name(), data_type
                     );
-                    // Decimals read narrow come out at the file's width.
+                    // Decimals come out at the file's width, or at the stored one when
+                    // asked (`d` and `e` only: `v`, when the filter reads it, comes wide).
                     if !encoded {
-                        prop_assert_eq!(data_type, field.data_type());
+                        let narrowed = crate::narrow_decimals::wide_type(data_type);
+                        match narrowed {
+                            Some(wide) => {
+                                prop_assert!(narrow && ["d", "e"].contains(&field.name().as_str()));
+                                prop_assert_eq!(&wide, field.data_type());
+                            }
+                            None => prop_assert_eq!(data_type, field.data_type()),
+                        }
                     }
                 }
             }
 
-            let whole = rows(read_fragment(&fragment, batch_size, None, None, &[]).unwrap());
+            let whole = rows(read_fragment(&fragment, batch_size, None, None, &[], false).unwrap());
             let whole_encoded = rows(
-                read_fragment(&fragment, batch_size, None, None, &as_dictionaries).unwrap(),
+                read_fragment(&fragment, batch_size, None, None, &as_dictionaries, narrow).unwrap(),
             );
             prop_assert_eq!(&whole_encoded, &whole);
             let needed = predicate(scattered, modulus, below).columns;
@@ -553,7 +578,7 @@ mod tests {
             keep: Box::new(|_| Ok(BooleanArray::from(vec![true]))),
             filter: None,
         };
-        let error = read_fragment(&fragment, 10, Some(wrong), None, &[])
+        let error = read_fragment(&fragment, 10, Some(wrong), None, &[], false)
             .err()
             .expect("an error");
         assert!(

@@ -11,19 +11,31 @@
 //!
 //! [`narrow_schema`] says which columns to read narrow (the reader takes it as a schema
 //! hint), and [`widen`] makes the wide column from a narrow one and the filter's mask.
+//!
+//! A stage that ends in a combining groupby goes further: its read leaves such columns narrow
+//! (the schema still says `Decimal128`, as for the dictionary codes of its keys), and they
+//! reach the decimal arithmetic of `with_column` (`crate::decimal_arithmetic`, which reads
+//! 64-bit sides as they are) and the laned sums and means (`crate::exchange::laned_sums`),
+//! each reading half the bytes. Whatever else reads them gets them widened first: an
+//! expression other than decimal arithmetic ([`crate::decimal_arithmetic::takes_narrow`]), a
+//! filter after the read, a user function, a key, or an aggregate DataFusion computes.
 
 use std::sync::Arc;
 
 use arrow::array::{
     Array, ArrayRef, ArrowPrimitiveType, AsArray, BooleanArray, Decimal128Array, PrimitiveArray,
+    RecordBatch, RecordBatchOptions,
 };
 use arrow::buffer::ScalarBuffer;
 use arrow::compute::filter;
 use arrow::datatypes::{DataType, Decimal32Type, Decimal64Type, Schema, SchemaRef};
-use parquet::arrow::arrow_reader::ArrowReaderMetadata;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::basic::Type as PhysicalType;
 
-use crate::error::Result;
+use arrow::error::ArrowError;
+
+/// What the functions here give: Arrow's errors.
+type Result<T> = std::result::Result<T, ArrowError>;
 
 /// The file's schema with each of `columns` (indices into it) that is a `Decimal128` stored as
 /// `INT32` or `INT64` read as `Decimal32` or `Decimal64`; `None` when no column is.
@@ -53,11 +65,80 @@ pub fn narrow_schema(metadata: &ArrowReaderMetadata, columns: &[usize]) -> Optio
     narrowed.then(|| Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())))
 }
 
+/// `metadata` with the decimals among `columns` that Parquet stores as integers read at that
+/// width (itself when there are none).
+pub fn narrow_metadata(
+    metadata: &ArrowReaderMetadata,
+    columns: &[usize],
+) -> parquet::errors::Result<ArrowReaderMetadata> {
+    match narrow_schema(metadata, columns) {
+        Some(schema) => ArrowReaderMetadata::try_new(
+            Arc::clone(metadata.metadata()),
+            ArrowReaderOptions::new().with_schema(schema),
+        ),
+        None => Ok(metadata.clone()),
+    }
+}
+
 /// Whether `array` is a decimal read narrow, which [`widen`] turns into its `Decimal128`.
 pub fn is_narrow(array: &dyn Array) -> bool {
     matches!(
         array.data_type(),
         DataType::Decimal32(..) | DataType::Decimal64(..)
+    )
+}
+
+/// The `Decimal128` a narrow decimal type stands for (the same precision and scale).
+pub fn wide_type(data_type: &DataType) -> Option<DataType> {
+    match *data_type {
+        DataType::Decimal32(p, s) | DataType::Decimal64(p, s) => Some(DataType::Decimal128(p, s)),
+        _ => None,
+    }
+}
+
+/// `array` as the `Decimal128` it stands for, if it is a narrow decimal; else itself.
+pub fn widened(array: &ArrayRef) -> Result<ArrayRef> {
+    match wide_type(array.data_type()) {
+        Some(wide) => widen(array, &wide, None),
+        None => Ok(Arc::clone(array)),
+    }
+}
+
+/// `schema` with each narrow decimal field given the `Decimal128` it stands for.
+pub fn wide_schema(schema: &SchemaRef) -> SchemaRef {
+    if !schema
+        .fields()
+        .iter()
+        .any(|f| wide_type(f.data_type()).is_some())
+    {
+        return Arc::clone(schema);
+    }
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .map(|f| match wide_type(f.data_type()) {
+            Some(wide) => f.as_ref().clone().with_data_type(wide),
+            None => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// `batch` with its narrow decimal columns widened (itself when it has none).
+pub fn widened_batch(batch: &RecordBatch) -> Result<RecordBatch> {
+    let schema = wide_schema(batch.schema_ref());
+    if Arc::ptr_eq(&schema, batch.schema_ref()) {
+        return Ok(batch.clone());
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .map(widened)
+        .collect::<Result<Vec<_>>>()?;
+    RecordBatch::try_new_with_options(
+        schema,
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
     )
 }
 

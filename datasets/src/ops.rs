@@ -110,13 +110,26 @@ pub fn with_column(
     value: &PlannedExpr,
     batch: &RecordBatch,
 ) -> datafusion::error::Result<RecordBatch> {
+    // Planned with the types decimals read narrow stand for; they are widened first unless
+    // only decimal arithmetic reads them, which takes them as they are.
+    let wide = crate::narrow_decimals::wide_schema(batch.schema_ref());
+    let physical = value.for_schema(&wide)?;
+    let widened;
+    let batch = match Arc::ptr_eq(&wide, batch.schema_ref())
+        || crate::decimal_arithmetic::takes_narrow(&physical, batch.schema_ref())
+    {
+        true => batch,
+        false => {
+            widened = crate::narrow_decimals::widened_batch(batch)?;
+            &widened
+        }
+    };
     let schema = batch.schema_ref();
-    let physical = value.for_schema(schema)?;
     let column = physical.evaluate(batch)?.into_array(batch.num_rows())?;
     let field = Arc::new(Field::new(
         name,
         column.data_type().clone(),
-        physical.nullable(schema)?,
+        physical.nullable(&wide)?,
     ));
     let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
     let mut columns = batch.columns().to_vec();

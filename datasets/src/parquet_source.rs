@@ -169,12 +169,16 @@ pub struct PushedPredicate {
 /// fragment's every chunk of them is dictionary-encoded (see [`dictionary_reads`]): the codes
 /// and the chunk's dictionary as Parquet stores them, not a string per row. The schema still
 /// gives them the file's own type, which their values stand for; only the batches differ.
+/// With `narrow_decimals`, so do the decimals Parquet stores as `INT32` or `INT64` that the
+/// predicate does not read: they come as `Decimal32` or `Decimal64`, the width they are stored
+/// at ([`crate::narrow_decimals`]).
 pub fn read_fragment(
     fragment: &Fragment,
     batch_size: usize,
     predicate: Option<PushedPredicate>,
     columns: Option<&[String]>,
     as_dictionaries: &[String],
+    narrow_decimals: bool,
 ) -> Result<ReadBatches> {
     let invalid = |source| Error::InvalidParquet {
         path: fragment.path.clone(),
@@ -240,9 +244,24 @@ pub fn read_fragment(
         batches,
     } = match predicate {
         Some(predicate) => crate::filtered_read::read_filtered(
-            &file, fragment, &metadata, batch_size, predicate, &output, pages,
+            &file,
+            fragment,
+            &metadata,
+            batch_size,
+            predicate,
+            crate::filtered_read::Output {
+                columns: &output,
+                narrow_decimals,
+            },
+            pages,
         )?,
         None => {
+            let metadata = match narrow_decimals {
+                true => {
+                    crate::narrow_decimals::narrow_metadata(&metadata, &output).map_err(invalid)?
+                }
+                false => metadata,
+            };
             let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata)
                 .with_row_groups(fragment.row_groups.clone())
                 .with_batch_size(batch_size);

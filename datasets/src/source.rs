@@ -379,17 +379,26 @@ impl ReadTask {
     /// keep the columns named. The schema comes with the batches, so a read that yields no
     /// batch (every row filtered out in the reader) still says what its rows would be. The
     /// string columns named in `as_dictionaries` may come dictionary-encoded, as
-    /// [`read_fragment`] says; the schema keeps their own type.
+    /// [`read_fragment`] says; the schema keeps their own type. So may Parquet's narrow
+    /// decimals, with `narrow_decimals`.
     pub fn read(
         &self,
         batch_size: usize,
         predicate: Option<PushedPredicate>,
         columns: Option<&[String]>,
         as_dictionaries: &[String],
+        narrow_decimals: bool,
     ) -> Result<ReadBatches> {
         let whole = match self {
             ReadTask::Parquet(fragment) => {
-                return read_fragment(fragment, batch_size, predicate, columns, as_dictionaries);
+                return read_fragment(
+                    fragment,
+                    batch_size,
+                    predicate,
+                    columns,
+                    as_dictionaries,
+                    narrow_decimals,
+                );
             }
             ReadTask::Range { start, end } => {
                 let (start, end) = (*start, *end);
@@ -664,7 +673,7 @@ mod tests {
         let source = Source::Range { n: 1003 };
         let mut seen = Vec::new();
         for task in source.tasks(100) {
-            for batch in task.read(64, None, None, &[]).unwrap().batches {
+            for batch in task.read(64, None, None, &[], false).unwrap().batches {
                 let batch = batch.unwrap();
                 assert!(batch.num_rows() <= 64);
                 let ids = batch
@@ -699,7 +708,7 @@ mod tests {
         let options = CsvOptions::default().infer_rows(1000);
         let source = Source::csv(path.to_str().unwrap(), &options).unwrap();
         let task = source.tasks(1000).remove(0);
-        let error = match task.read(1024, None, None, &[]) {
+        let error = match task.read(1024, None, None, &[], false) {
             Err(e) => e.to_string(),
             Ok(mut read) => read
                 .batches
@@ -720,7 +729,11 @@ mod tests {
             if let ReadTask::Inline { ipc, .. } = &task {
                 largest = largest.max(ipc.len());
             }
-            for batch in task.read(usize::MAX, None, None, &[]).unwrap().batches {
+            for batch in task
+                .read(usize::MAX, None, None, &[], false)
+                .unwrap()
+                .batches
+            {
                 let batch =
                     arrow::compute::cast(batch.unwrap().column(0), &DataType::Utf8).unwrap();
                 let column = batch.as_any().downcast_ref::<StringArray>().unwrap();

@@ -318,6 +318,8 @@ impl<'a> Combining<'a> {
                         Some(read) => decoded(batch.schema_ref(), read),
                         None => batch.schema(),
                     };
+                    // Planned with the types decimals read narrow stand for.
+                    let schema = crate::narrow_decimals::wide_schema(&schema);
                     self.partial.insert(
                         crate::exchange::combine::PartialAggregate::new(&schema, keys, aggregates)
                             .map_err(failed)?,
@@ -504,6 +506,15 @@ impl CompiledStage {
         (block, position): (u64, u64),
     ) -> manta_engine::Result<RecordBatch> {
         let failed = |e| self.failed(op, input, e);
+        // Decimals read narrow pass the operators that move columns as they are, and the
+        // expressions of `with_column` (which plan against their wide types and widen what
+        // only their decimal arithmetic does not take); before any other operator, they are
+        // widened to the types the plan gave them.
+        let batch = match op {
+            CompiledOp::WithColumn(..) | CompiledOp::Reshape(_) | CompiledOp::Sample(..) => batch,
+            _ => crate::narrow_decimals::widened_batch(&batch)
+                .map_err(|e| failed(datafusion::error::DataFusionError::from(e)))?,
+        };
         Ok(match op {
             CompiledOp::Filter(predicate) => ops::filter(predicate, &batch).map_err(failed)?,
             CompiledOp::WithColumn(name, value) => {
@@ -653,6 +664,9 @@ impl CompiledStage {
                         predicate,
                         self.spec.read_columns.as_deref(),
                         &self.spec.dictionary_keys,
+                        // A combining stage's batches end in the laned sums, which take
+                        // Parquet's narrow decimals as they are (see `run_op`).
+                        combining.combine.is_some(),
                     )
                     .map_err(|e| read_failed(&label, e))?;
                 if !self.spec.dictionary_keys.is_empty() {

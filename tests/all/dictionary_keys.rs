@@ -11,13 +11,11 @@ use std::sync::Arc;
 use arrow::array::StringViewArray;
 use arrow::array::{ArrayRef, Decimal128Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::prelude::{SessionContext, col, lit};
-use manta::Config;
+use datafusion::prelude::{col, lit};
 use manta::prelude::*;
-use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
+use rand::Rng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
 use common::*;
 
@@ -81,32 +79,12 @@ fn write(rng: &mut StdRng, dir: &std::path::Path) {
             2 => properties.set_dictionary_page_size_limit(8),
             _ => properties,
         };
-        let out = std::fs::File::create(dir.join(format!("part-{file}.parquet"))).unwrap();
-        let mut writer = ArrowWriter::try_new(out, schema(), Some(properties.build())).unwrap();
-        writer.write(&batch).unwrap();
-        writer.close().unwrap();
+        write_parquet_file(
+            &dir.join(format!("part-{file}.parquet")),
+            &batch,
+            properties.build(),
+        );
     }
-}
-
-/// The dataset's rows and the columns' types, checked against the types its schema promises.
-fn answer(ds: &Dataset) -> Vec<String> {
-    let promised = ds.schema().unwrap();
-    let batches = ds.to_arrow().unwrap();
-    for batch in &batches {
-        let types: Vec<_> = batch
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.data_type().clone())
-            .collect();
-        let expected: Vec<_> = promised
-            .fields()
-            .iter()
-            .map(|f| f.data_type().clone())
-            .collect();
-        assert_eq!(types, expected, "the output's types");
-    }
-    sorted(rows_of(&batches))
 }
 
 fn rows_of(batches: &[RecordBatch]) -> Vec<String> {
@@ -115,26 +93,8 @@ fn rows_of(batches: &[RecordBatch]) -> Vec<String> {
 
 #[test]
 fn string_keys_read_as_codes_group_as_sql_does() {
-    let contexts = [
-        embedded(),
-        manta::init_with(Config {
-            num_cpus: Some(2),
-            small_exchange_bytes: Some(0),
-            ..Default::default()
-        })
-        .unwrap(),
-    ];
-    for seed in 0..12u64 {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("t");
-        write(&mut rng, &dir);
-        let path = dir.to_str().unwrap();
-        let df = SessionContext::new();
-        tokio::runtime::Runtime::new()
-            .unwrap()
-            .block_on(df.register_parquet("t", path, Default::default()))
-            .unwrap();
+    let contexts = embedded_and_exchanged();
+    for_seeded_files(0..12, write, |seed, rng, path, df| {
         let below = rng.random_range(-100..120);
         let aggregates = || {
             vec![
@@ -160,11 +120,11 @@ fn string_keys_read_as_codes_group_as_sql_does() {
             // Both keys read as codes; then `g` read by a filter, so only `h` is.
             let both = read.groupby(&["g", "h"]).aggregate(aggregates());
             let expected = sql(
-                &df,
+                df,
                 &format!("SELECT g, h, {sql_aggregates} FROM t WHERE v < {below} GROUP BY g, h"),
             );
             assert_eq!(
-                answer(&both),
+                promised_rows(&both),
                 sorted(rows_of(&expected)),
                 "seed {seed}, g and h"
             );
@@ -173,13 +133,17 @@ fn string_keys_read_as_codes_group_as_sql_does() {
                 .groupby(&["h", "g"])
                 .aggregate(aggregates());
             let expected = sql(
-                &df,
+                df,
                 &format!(
                     "SELECT h, g, {sql_aggregates} FROM t WHERE v < {below} AND g <> 'x' \
                      GROUP BY h, g"
                 ),
             );
-            assert_eq!(answer(&one), sorted(rows_of(&expected)), "seed {seed}, h");
+            assert_eq!(
+                promised_rows(&one),
+                sorted(rows_of(&expected)),
+                "seed {seed}, h"
+            );
         }
-    }
+    });
 }

@@ -21,6 +21,7 @@ mod dictionary_keys;
 mod differential;
 mod embedded;
 mod flight_sql;
+mod narrow_decimals;
 mod security;
 mod sql_tpch;
 mod tasks;

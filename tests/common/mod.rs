@@ -424,15 +424,80 @@ pub fn sql(df: &SessionContext, query: &str) -> Vec<RecordBatch> {
 }
 
 pub fn lineitem_sql(input: &Path) -> SessionContext {
+    parquet_sql("lineitem", input.to_str().unwrap())
+}
+
+/// Writes `batch` to a new Parquet file at `path`.
+pub fn write_parquet_file(
+    path: &Path,
+    batch: &RecordBatch,
+    properties: parquet::file::properties::WriterProperties,
+) {
+    let out = std::fs::File::create(path).unwrap();
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(out, batch.schema(), Some(properties)).unwrap();
+    writer.write(batch).unwrap();
+    writer.close().unwrap();
+}
+
+/// The dataset's rows, sorted, each of its batches checked to have the types its schema
+/// promises.
+pub fn promised_rows(ds: &manta::Dataset) -> Vec<String> {
+    let promised = ds.schema().unwrap();
+    let batches = ds.to_arrow().unwrap();
+    let types = |fields: &arrow::datatypes::Fields| -> Vec<DataType> {
+        fields.iter().map(|f| f.data_type().clone()).collect()
+    };
+    for batch in &batches {
+        assert_eq!(
+            types(batch.schema().fields()),
+            types(promised.fields()),
+            "the output's types"
+        );
+    }
+    sorted(rows(&batches))
+}
+
+/// For each of `seeds`: the Parquet files `write` makes in a fresh directory from a generator
+/// of that seed, and `check` given the seed, the generator, the directory and a DataFusion
+/// session with the files as table `t`.
+pub fn for_seeded_files(
+    seeds: std::ops::Range<u64>,
+    write: fn(&mut rand::rngs::StdRng, &Path),
+    mut check: impl FnMut(u64, &mut rand::rngs::StdRng, &str, &SessionContext),
+) {
+    use rand::SeedableRng;
+    for seed in seeds {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("t");
+        write(&mut rng, &dir);
+        let path = dir.to_str().unwrap();
+        check(seed, &mut rng, path, &parquet_sql("t", path));
+    }
+}
+
+/// A plain DataFusion session with the Parquet files at `path` as table `name`.
+pub fn parquet_sql(name: &str, path: &str) -> SessionContext {
     let df = SessionContext::new();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(df.register_parquet(
-        "lineitem",
-        input.to_str().unwrap(),
-        ParquetReadOptions::default(),
-    ))
-    .unwrap();
+    rt.block_on(df.register_parquet(name, path, ParquetReadOptions::default()))
+        .unwrap();
     df
+}
+
+/// Two embedded contexts of two CPUs: one as [`embedded`], and one that exchanges through
+/// the store however small the exchange.
+pub fn embedded_and_exchanged() -> [manta::Context; 2] {
+    [
+        embedded(),
+        manta::init_with(manta::Config {
+            num_cpus: Some(2),
+            small_exchange_bytes: Some(0),
+            ..Default::default()
+        })
+        .unwrap(),
+    ]
 }
 
 /// A TCP relay on 127.0.0.1 to `target` whose link can be cut without closing it: after

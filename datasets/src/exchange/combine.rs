@@ -115,6 +115,8 @@ impl PartialAggregate {
                     came.data_type() == own.data_type()
                         || self.string_keys.contains(&i)
                             && matches!(came.data_type(), DataType::Dictionary(_, values) if is_string(values))
+                        || crate::narrow_decimals::wide_type(came.data_type()).as_ref()
+                            == Some(own.data_type())
                 });
         if !encoded {
             crate::columns::check_columns(&self.input_schema, std::slice::from_ref(&batch))?;

@@ -28,7 +28,8 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, PrimitiveArray};
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{
-    ArrowPrimitiveType, DataType, Decimal128Type, Int64Type, Schema, UInt64Type,
+    ArrowPrimitiveType, DataType, Decimal32Type, Decimal64Type, Decimal128Type, Int64Type, Schema,
+    UInt64Type,
 };
 use datafusion::common::Result;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
@@ -165,10 +166,20 @@ impl GroupTotals {
         let nulls = column.logical_nulls();
         let nulls = nulls.as_ref().filter(|n| n.null_count() > 0);
         let totals = match input {
-            Input::Decimal128 => {
-                let values = column.as_primitive::<Decimal128Type>().values();
-                group_totals(by_group, nulls, |r| values[r])
-            }
+            Input::Decimal128 => match column.data_type() {
+                DataType::Decimal64(..) => {
+                    let values = column.as_primitive::<Decimal64Type>().values();
+                    group_totals(by_group, nulls, |r| i128::from(values[r]))
+                }
+                DataType::Decimal32(..) => {
+                    let values = column.as_primitive::<Decimal32Type>().values();
+                    group_totals(by_group, nulls, |r| i128::from(values[r]))
+                }
+                _ => {
+                    let values = column.as_primitive::<Decimal128Type>().values();
+                    group_totals(by_group, nulls, |r| values[r])
+                }
+            },
             Input::Int64 => {
                 let values = column.as_primitive::<Int64Type>().values();
                 group_totals(by_group, nulls, |r| i128::from(values[r]))
@@ -226,6 +237,15 @@ fn count_rows(counts: &mut [u64], groups: &[usize], nulls: Option<&NullBuffer>) 
     }
 }
 
+/// `values` with any decimal read narrow widened to the `Decimal128` DataFusion's
+/// accumulators take ([`crate::narrow_decimals`]).
+fn widened(values: &[ArrayRef]) -> Result<Vec<ArrayRef>> {
+    Ok(values
+        .iter()
+        .map(crate::narrow_decimals::widened)
+        .collect::<std::result::Result<_, _>>()?)
+}
+
 /// `values` (one per group, null where `nulls` says) as an array of `data_type`.
 fn state_array<T: ArrowPrimitiveType>(
     values: Vec<T::Native>,
@@ -269,7 +289,11 @@ impl LanedSums {
             && total_num_groups <= MAX_LANED_GROUPS
             && column.len() == group_indices.len()
             && match self.input {
-                Input::Decimal128 => matches!(column.data_type(), DataType::Decimal128(_, _)),
+                // Also a decimal read at the width Parquet stores it in.
+                Input::Decimal128 => matches!(
+                    column.data_type(),
+                    DataType::Decimal128(..) | DataType::Decimal64(..) | DataType::Decimal32(..)
+                ),
                 Input::Int64 => column.data_type() == &DataType::Int64,
                 Input::Any => true,
             }
@@ -324,10 +348,20 @@ impl LanedSums {
         let nulls = nulls.as_ref().filter(|n| n.null_count() > 0);
         let (sums, counts) = (&mut self.sums, &mut self.counts);
         match self.input {
-            Input::Decimal128 => {
-                let values = column.as_primitive::<Decimal128Type>().values();
-                add_rows(sums, counts, groups, values, nulls, |v| v);
-            }
+            Input::Decimal128 => match column.data_type() {
+                DataType::Decimal64(..) => {
+                    let values = column.as_primitive::<Decimal64Type>().values();
+                    add_rows(sums, counts, groups, values, nulls, i128::from);
+                }
+                DataType::Decimal32(..) => {
+                    let values = column.as_primitive::<Decimal32Type>().values();
+                    add_rows(sums, counts, groups, values, nulls, i128::from);
+                }
+                _ => {
+                    let values = column.as_primitive::<Decimal128Type>().values();
+                    add_rows(sums, counts, groups, values, nulls, |v| v);
+                }
+            },
             Input::Int64 => {
                 let values = column.as_primitive::<Int64Type>().values();
                 add_rows(sums, counts, groups, values, nulls, i128::from);
@@ -402,9 +436,12 @@ impl GroupsAccumulator for LanedSums {
         if !self.takes(column, group_indices, opt_filter, total_num_groups) {
             self.hand_over()?;
             self.handed_over |= total_num_groups > MAX_LANED_GROUPS;
-            return self
-                .inner
-                .update_batch(values, group_indices, opt_filter, total_num_groups);
+            return self.inner.update_batch(
+                &widened(values)?,
+                group_indices,
+                opt_filter,
+                total_num_groups,
+            );
         }
         self.add(column, group_indices, total_num_groups);
         Ok(())
@@ -436,7 +473,7 @@ impl GroupsAccumulator for LanedSums {
         values: &[ArrayRef],
         opt_filter: Option<&BooleanArray>,
     ) -> Result<Vec<ArrayRef>> {
-        self.inner.convert_to_state(values, opt_filter)
+        self.inner.convert_to_state(&widened(values)?, opt_filter)
     }
 
     fn size(&self) -> usize {

@@ -117,7 +117,9 @@ impl GroupedStates {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let keys = evaluate(&self.keys, batch)?;
+        // A decimal read narrow is widened for the group values; the laned sums take it as
+        // it is, and every other accumulator gets it wide.
+        let keys = widened(evaluate(&self.keys, batch)?)?;
         self.indices.clear();
         let groups = self.groups.as_mut();
         match DictionaryKeys::all_dictionaries(&keys) {
@@ -150,9 +152,14 @@ impl GroupedStates {
                     total,
                     &mut shared,
                 )?,
-                other => other
-                    .as_dyn()
-                    .update_batch(&values, &self.indices, None, total)?,
+                Accumulator::Laned(laned) => {
+                    laned.update_batch(&values, &self.indices, None, total)?
+                }
+                other => {
+                    other
+                        .as_dyn()
+                        .update_batch(&widened(values)?, &self.indices, None, total)?
+                }
             }
         }
         Ok(())
@@ -177,6 +184,20 @@ impl GroupedStates {
         }
         Ok(RecordBatch::try_new(schema, columns)?)
     }
+}
+
+/// `columns` with any decimal read narrow widened to its `Decimal128`.
+fn widened(columns: Vec<ArrayRef>) -> Result<Vec<ArrayRef>> {
+    if !columns
+        .iter()
+        .any(|c| crate::narrow_decimals::is_narrow(c.as_ref()))
+    {
+        return Ok(columns);
+    }
+    Ok(columns
+        .iter()
+        .map(crate::narrow_decimals::widened)
+        .collect::<std::result::Result<_, _>>()?)
 }
 
 /// The columns `exprs` make of `batch`.
